@@ -1,0 +1,64 @@
+//! The admin API's JSON bodies, shared by the agent (which serves them) and `shuntctl`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, LoadError};
+
+/// `GET /status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub sockmap_shortcut: bool,
+    /// `capture::CaptureStatus`: programs, attach points, pins, maps, counters, kernel probe.
+    pub capture: serde_json::Value,
+    pub proxy: ProxyStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub connected: bool,
+    pub pid: Option<u32>,
+}
+
+/// One entry of `GET /workloads`: a pod of the config, captured or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ip: Option<Ipv4Addr>,
+    pub captured: bool,
+    /// Why the pod is captured or not.
+    pub reason: String,
+    pub netns: Option<PathBuf>,
+    pub netns_cookie: Option<u64>,
+    /// `ready`, `pending`, `failed: <error>`, or `n/a` for a pod that is not captured.
+    pub proxy: String,
+}
+
+/// `GET /config`: every object loaded, and the errors of the last load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDump {
+    pub dir: PathBuf,
+    #[serde(flatten)]
+    pub config: Config,
+    pub errors: Vec<LoadError>,
+}
+
+/// `POST /uninstall`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uninstalled {
+    /// The pins (links and maps) and folders that were removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// The body of every non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,131 @@
+//! The agent's composition root: the control and admin sockets, capture, the config watcher
+//! and the reconciler, until SIGTERM/SIGINT or an uninstall.
+//!
+//! Stopping on a signal leaves capture pinned (the next agent adopts it); only an uninstall
+//! removes it, and then the sockets go too.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminContext, AdminServer};
+use crate::capture::{self, Capture, CaptureOptions};
+use crate::config::{self, Snapshot};
+use crate::control::{self, ControlServer};
+use crate::pods::Reconciler;
+use crate::run_dir::{self, RunDir};
+use crate::shared_capture::SharedCapture;
+
+/// How long the tasks get to finish once the agent stops.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Proxy events waiting for the reconciler; the control server waits when it is full.
+const PROXY_EVENTS: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_dir: PathBuf,
+    pub run_dir: RunDir,
+    pub capture: CaptureOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start capture: {0}")]
+    Capture(capture::Error),
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    RunDir(#[from] run_dir::Error),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::Error),
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Why the agent stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Signal(&'static str),
+    Uninstalled,
+}
+
+pub async fn run(options: Options) -> Result<Stopped, Error> {
+    // Read first: a wrong --config-dir fails before anything is installed.
+    let initial = Snapshot::load(&options.config_dir)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+
+    // The sockets before capture: a second agent for the same instance stops here, before it
+    // touches the kernel.
+    options.run_dir.create()?;
+    let control = ControlServer::bind(&options.run_dir.control_socket())?;
+    let admin = AdminServer::bind(&options.run_dir.admin_socket())?;
+    // A program the verifier rejects fails here, with its log: never run without capture.
+    let capture = match Capture::load(&options.capture) {
+        Ok(capture) => SharedCapture::new(capture),
+        Err(e) => {
+            // Nobody will answer on them.
+            let _ = options.run_dir.remove_sockets();
+            return Err(Error::Capture(e));
+        }
+    };
+
+    let shutdown = CancellationToken::new();
+    let uninstalled = CancellationToken::new();
+    config::watch::log_changes(None, &initial);
+    let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
+    let watcher = config::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
+    let reconciler = Reconciler::new(capture.clone());
+    let context = Arc::new(AdminContext {
+        capture,
+        capture_options: options.capture.clone(),
+        config: snapshots.clone(),
+        node: reconciler.view(),
+        uninstalled: uninstalled.clone(),
+    });
+    let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
+    tasks.spawn(control.run(events_tx, shutdown.clone()));
+    tasks.spawn(admin.run(context, shutdown.clone()));
+    tracing::info!(
+        instance = %options.capture.instance,
+        run_dir = %options.run_dir.path().display(),
+        "shunt-agent running"
+    );
+
+    let stopped = tokio::select! {
+        _ = terminate.recv() => Stopped::Signal("SIGTERM"),
+        _ = interrupt.recv() => Stopped::Signal("SIGINT"),
+        () = uninstalled.cancelled() => Stopped::Uninstalled,
+    };
+    tracing::info!(?stopped, "stopping");
+    shutdown.cancel();
+    let finished = tokio::time::timeout(STOP_TIMEOUT, async {
+        let _ = watcher.await;
+        tasks.join_all().await;
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("some tasks did not stop within {STOP_TIMEOUT:?}");
+    }
+    match stopped {
+        Stopped::Uninstalled => {
+            for path in options.run_dir.remove_sockets()? {
+                tracing::info!(path = %path.display(), "removed");
+            }
+        }
+        Stopped::Signal(_) => {
+            tracing::info!("capture stays pinned; the next shunt-agent adopts it");
+        }
+    }
+    Ok(stopped)
+}

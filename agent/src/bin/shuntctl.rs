@@ -1,0 +1,593 @@
+//! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use shunt_agent::admin::api;
+use shunt_agent::admin::client::AdminClient;
+use shunt_agent::config::Sourced;
+use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shuntctl",
+    version,
+    about = "Inspect and control a node's shunt-agent"
+)]
+struct Cli {
+    /// The agent instance to talk to: its admin socket is /run/shunt/NAME/admin.sock.
+    #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_INSTANCE)]
+    instance: String,
+    /// The agent's admin socket, instead of the instance's.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "instance")]
+    admin_socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Programs, attach points, pins, map sizes, counters, and the kernel feature probe.
+    Status,
+    /// Every pod: captured or not and why, netns cookie, proxy state.
+    Workloads,
+    /// The loaded config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// The eBPF maps.
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+    /// Detach and unpin everything of this instance; the agent then exits.
+    Uninstall,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Every object the agent loaded, and the errors of the last load.
+    Dump,
+}
+
+#[derive(Debug, Subcommand)]
+enum MapsCommand {
+    /// A map's entries (e.g. MESHED_NETNS).
+    Dump { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("shuntctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shuntctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let agent = match &cli.admin_socket {
+        Some(socket) => AdminClient::new(socket, None),
+        None => AdminClient::new(
+            &RunDir::for_instance(&cli.instance)?.admin_socket(),
+            Some(&cli.instance),
+        ),
+    };
+    let (path, post) = match &cli.command {
+        Command::Status => ("/status".to_owned(), false),
+        Command::Workloads => ("/workloads".to_owned(), false),
+        Command::Config {
+            command: ConfigCommand::Dump,
+        } => ("/config".to_owned(), false),
+        Command::Maps {
+            command: MapsCommand::Dump { name },
+        } => (format!("/maps/{name}"), false),
+        Command::Uninstall => ("/uninstall".to_owned(), true),
+    };
+    let body: serde_json::Value = if post {
+        agent.post(&path).await?
+    } else {
+        agent.get(&path).await?
+    };
+    if cli.output == Output::Json {
+        println!("{body:#}");
+        return Ok(());
+    }
+    let decode = || format!("unexpected answer from {path}");
+    let text = match cli.command {
+        Command::Status => status(serde_json::from_value(body).with_context(decode)?),
+        Command::Workloads => {
+            let list: Vec<api::Workload> = serde_json::from_value(body).with_context(decode)?;
+            workloads(&list)
+        }
+        Command::Config { .. } => config(&serde_json::from_value(body).with_context(decode)?),
+        Command::Maps { .. } => map_entries(&body),
+        Command::Uninstall => {
+            let answer: api::Uninstalled = serde_json::from_value(body).with_context(decode)?;
+            uninstalled(&answer)
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last one is not padded.
+struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&'static str]) -> Self {
+        Self {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let header: Vec<String> = self.header.iter().map(|&h| h.to_owned()).collect();
+        let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
+        let mut widths = vec![0; self.header.len()];
+        for line in &lines {
+            for (width, cell) in widths.iter_mut().zip(line.iter()) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in lines {
+            let mut text = String::new();
+            for (i, cell) in line.iter().enumerate() {
+                if i + 1 == line.len() {
+                    text.push_str(cell);
+                } else {
+                    let pad = widths[i] - cell.chars().count() + 2;
+                    text.push_str(cell);
+                    text.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_owned()
+}
+
+/// The parts of `capture::CaptureStatus` that `status` shows; lenient, so an agent of another
+/// version still gets a readable answer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CaptureView {
+    programs: Vec<ProgramView>,
+    pods: Vec<PodAttachmentView>,
+    maps: Vec<MapView>,
+    counters: BTreeMap<String, u64>,
+    kernel: KernelView,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ProgramView {
+    name: String,
+    program_type: String,
+    attach_point: String,
+    attachment: String,
+    link_pin: Option<PathBuf>,
+    link: Option<LinkView>,
+    note: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LinkView {
+    link_id: u32,
+    program_id: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PodAttachmentView {
+    netns_cookie: u64,
+    link_pin: PathBuf,
+    link: Option<LinkView>,
+    pod_ip: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MapView {
+    name: String,
+    pin: PathBuf,
+    entries: u64,
+    max_entries: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct KernelView {
+    kernel_release: String,
+    btf_vmlinux: bool,
+    cgroup2_mount: Option<PathBuf>,
+    bpffs_mount: Option<PathBuf>,
+    features: Vec<FeatureView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FeatureView {
+    name: String,
+    supported: Option<bool>,
+    since: String,
+    missing_disables: String,
+    error: Option<String>,
+}
+
+fn status(status: api::Status) -> String {
+    let mut out = String::new();
+    let mut summary = Table::new(&["", ""]);
+    summary.rows = vec![
+        vec!["instance".into(), status.instance.clone()],
+        vec!["pin dir".into(), status.pin_dir.display().to_string()],
+        vec!["cgroup".into(), status.cgroup.display().to_string()],
+        vec![
+            "sockmap shortcut".into(),
+            if status.sockmap_shortcut { "on" } else { "off" }.into(),
+        ],
+        vec![
+            "proxy".into(),
+            match (status.proxy.connected, status.proxy.pid) {
+                (true, Some(pid)) => format!("connected (pid {pid})"),
+                (true, None) => "connected".into(),
+                (false, _) => "not connected".into(),
+            },
+        ],
+    ];
+    // The header row of this two-column table is empty: skip it.
+    out.extend(summary.render().lines().skip(1).map(|l| format!("{l}\n")));
+
+    let capture: CaptureView = match serde_json::from_value(status.capture.clone()) {
+        Ok(capture) => capture,
+        Err(e) => {
+            out.push_str(&format!(
+                "\ncapture status (not understood by this shuntctl: {e}):\n{:#}\n",
+                status.capture
+            ));
+            return out;
+        }
+    };
+
+    let mut programs = Table::new(&[
+        "PROGRAM",
+        "TYPE",
+        "ATTACH POINT",
+        "ATTACHMENT",
+        "LINK",
+        "PROG",
+        "LINK PIN",
+    ]);
+    for p in &capture.programs {
+        programs.row(vec![
+            p.name.clone(),
+            p.program_type.clone(),
+            p.attach_point.clone(),
+            p.attachment.clone(),
+            or_dash(p.link.as_ref().map(|l| l.link_id)),
+            or_dash(p.link.as_ref().map(|l| l.program_id)),
+            or_dash(p.link_pin.as_ref().map(|p| p.display().to_string())),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&programs.render());
+    for p in &capture.programs {
+        if let Some(note) = &p.note {
+            out.push_str(&format!("note: {}: {note}\n", p.name));
+        }
+    }
+
+    out.push_str(&format!(
+        "\nsk_lookup attached in {} pod netns\n",
+        capture.pods.len()
+    ));
+    if !capture.pods.is_empty() {
+        let mut pods = Table::new(&["NETNS-COOKIE", "POD IP", "LINK", "LINK PIN"]);
+        for pod in &capture.pods {
+            pods.row(vec![
+                pod.netns_cookie.to_string(),
+                or_dash(pod.pod_ip.as_ref()),
+                or_dash(pod.link.as_ref().map(|l| l.link_id)),
+                pod.link_pin.display().to_string(),
+            ]);
+        }
+        out.push_str(&pods.render());
+    }
+
+    let mut maps = Table::new(&["MAP", "ENTRIES", "MAX", "PIN"]);
+    for map in &capture.maps {
+        maps.row(vec![
+            map.name.clone(),
+            map.entries.to_string(),
+            map.max_entries.to_string(),
+            map.pin.display().to_string(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&maps.render());
+
+    let mut counters = Table::new(&["COUNTER", "VALUE"]);
+    for (name, value) in &capture.counters {
+        counters.row(vec![name.clone(), value.to_string()]);
+    }
+    out.push('\n');
+    out.push_str(&counters.render());
+
+    let kernel = &capture.kernel;
+    out.push_str(&format!(
+        "\nkernel {} (BTF: {}; cgroup2: {}; bpffs: {})\n",
+        kernel.kernel_release,
+        yes_no(kernel.btf_vmlinux),
+        or_dash(
+            kernel
+                .cgroup2_mount
+                .as_ref()
+                .map(|p| p.display().to_string())
+        ),
+        or_dash(kernel.bpffs_mount.as_ref().map(|p| p.display().to_string())),
+    ));
+    let mut features = Table::new(&["FEATURE", "SUPPORTED", "SINCE", "IF MISSING, DISABLES"]);
+    for f in &kernel.features {
+        features.row(vec![
+            f.name.clone(),
+            match (f.supported, &f.error) {
+                (Some(supported), _) => yes_no(supported),
+                (None, Some(error)) => format!("unknown ({error})"),
+                (None, None) => "unknown".into(),
+            },
+            f.since.clone(),
+            f.missing_disables.clone(),
+        ]);
+    }
+    out.push_str(&features.render());
+    let missing: Vec<&FeatureView> = kernel
+        .features
+        .iter()
+        .filter(|f| f.supported == Some(false))
+        .collect();
+    for f in missing {
+        out.push_str(&format!(
+            "missing: {} (Linux {}+): no {}\n",
+            f.name, f.since, f.missing_disables
+        ));
+    }
+    for error in &capture.errors {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out
+}
+
+fn workloads(workloads: &[api::Workload]) -> String {
+    let mut table = Table::new(&[
+        "NAMESPACE",
+        "NAME",
+        "IP",
+        "CAPTURED",
+        "NETNS-COOKIE",
+        "PROXY",
+        "REASON",
+    ]);
+    for w in workloads {
+        table.row(vec![
+            w.namespace.clone(),
+            w.name.clone(),
+            or_dash(w.ip),
+            yes_no(w.captured),
+            or_dash(w.netns_cookie),
+            w.proxy.clone(),
+            w.reason.clone(),
+        ]);
+    }
+    table.render()
+}
+
+fn config(dump: &api::ConfigDump) -> String {
+    let mut objects = Table::new(&["KIND", "NAMESPACE", "NAME", "FILE"]);
+    let place =
+        |file: &PathBuf, document: usize| format!("{} (document {document})", file.display());
+    for Sourced {
+        file,
+        document,
+        object,
+    } in &dump.config.namespaces
+    {
+        objects.row(vec![
+            "Namespace".into(),
+            "-".into(),
+            object.metadata.name.clone(),
+            place(file, *document),
+        ]);
+    }
+    for p in &dump.config.pods {
+        let meta = &p.object.metadata;
+        objects.row(vec![
+            "Pod".into(),
+            meta.namespace().to_owned(),
+            meta.name.clone(),
+            place(&p.file, p.document),
+        ]);
+    }
+    for s in &dump.config.services {
+        let meta = &s.object.metadata;
+        objects.row(vec![
+            "Service".into(),
+            meta.namespace().to_owned(),
+            meta.name.clone(),
+            place(&s.file, s.document),
+        ]);
+    }
+    for raw in &dump.config.istio {
+        let field = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_owned();
+        let object = &raw.object;
+        objects.row(vec![
+            format!(
+                "{} ({})",
+                field(&object["kind"]),
+                field(&object["apiVersion"])
+            ),
+            field(&object["metadata"]["namespace"]),
+            field(&object["metadata"]["name"]),
+            place(&raw.file, raw.document),
+        ]);
+    }
+    let mut out = format!("config dir {}\n\n", dump.dir.display());
+    out.push_str(&objects.render());
+    if dump.errors.is_empty() {
+        out.push_str("\nno errors\n");
+    } else {
+        out.push_str(&format!(
+            "\n{}:\n",
+            count(dump.errors.len(), "error", "errors")
+        ));
+        let mut errors = Table::new(&["FILE", "OBJECT", "FIELD", "MESSAGE"]);
+        for e in &dump.errors {
+            errors.row(vec![
+                e.file.display().to_string(),
+                or_dash(e.object.as_ref()),
+                or_dash(e.field.as_ref()),
+                e.message.clone(),
+            ]);
+        }
+        out.push_str(&errors.render());
+    }
+    out
+}
+
+/// A map dump is `[{"key": …, "value": …}]`; anything else is shown as JSON.
+fn map_entries(body: &serde_json::Value) -> String {
+    let Some(entries) = body.as_array() else {
+        return format!("{body:#}\n");
+    };
+    let mut table = Table::new(&["KEY", "VALUE"]);
+    for entry in entries {
+        table.row(vec![flat(&entry["key"]), flat(&entry["value"])]);
+    }
+    format!(
+        "{}{}\n",
+        table.render(),
+        count(entries.len(), "entry", "entries")
+    )
+}
+
+/// One line: objects as `k=v k=v`, strings without quotes.
+fn flat(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", flat(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn uninstalled(answer: &api::Uninstalled) -> String {
+    let mut out = String::from("capture uninstalled; the agent is stopping\n");
+    for path in &answer.removed {
+        out.push_str(&format!("removed {}\n", path.display()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_leave_the_last_unpadded() {
+        let mut table = Table::new(&["A", "LONGER", "LAST"]);
+        table.row(vec!["wide cell".into(), "x".into(), "end".into()]);
+        table.row(vec!["y".into(), "".into(), "".into()]);
+        assert_eq!(
+            table.render(),
+            "A          LONGER  LAST\nwide cell  x       end\ny\n"
+        );
+    }
+
+    #[test]
+    fn map_entries_render_one_per_line() {
+        let body = serde_json::json!([
+            {"key": {"netns_cookie": 4097}, "value": {"pod_ip": "10.0.0.1", "capture_inbound": true}},
+            {"key": 0, "value": "listener socket"},
+        ]);
+        assert_eq!(
+            map_entries(&body),
+            "KEY                VALUE\n\
+             netns_cookie=4097  capture_inbound=true pod_ip=10.0.0.1\n\
+             0                  listener socket\n\
+             2 entries\n"
+        );
+    }
+
+    #[test]
+    fn workloads_show_dashes_for_what_is_unknown() {
+        let table = workloads(&[api::Workload {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            uid: "shop/cart".into(),
+            ip: None,
+            captured: false,
+            reason: "not opted in".into(),
+            netns: None,
+            netns_cookie: None,
+            proxy: "n/a".into(),
+        }]);
+        assert_eq!(
+            table,
+            "NAMESPACE  NAME  IP  CAPTURED  NETNS-COOKIE  PROXY  REASON\n\
+             shop       cart  -   no        -             n/a    not opted in\n"
+        );
+    }
+}

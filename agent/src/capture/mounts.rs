@@ -1,0 +1,208 @@
+//! Where bpffs and cgroup2 are mounted, read from /proc/mounts (never assumed).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, FsType, statfs};
+
+use super::Error;
+
+const PROC_MOUNTS: &str = "/proc/mounts";
+/// Where bpffs is conventionally mounted, and where shunt mounts it when it is missing.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// One line of /proc/mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+/// Parses /proc/mounts text. Mount points escape space, tab, newline and backslash as octal
+/// (`\040`); malformed lines are skipped, since the kernel never writes them.
+pub fn parse_mounts(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let _source = fields.next()?;
+            let mount_point = unescape_octal(fields.next()?);
+            let fs_type = fields.next()?.to_owned();
+            Some(MountEntry {
+                mount_point: PathBuf::from(mount_point),
+                fs_type,
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes.get(i) == Some(&b'\\'))
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.extend(bytes.get(i));
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn read_mounts() -> Result<Vec<MountEntry>, Error> {
+    let text = std::fs::read_to_string(PROC_MOUNTS).map_err(|source| Error::Mounts {
+        path: PathBuf::from(PROC_MOUNTS),
+        error: source,
+    })?;
+    Ok(parse_mounts(&text))
+}
+
+/// The first mount of `fs_type`, preferring `preferred` when it is one of them.
+fn find_mount(mounts: &[MountEntry], fs_type: &str, preferred: Option<&Path>) -> Option<PathBuf> {
+    let mut of_type = mounts.iter().filter(|m| m.fs_type == fs_type);
+    let first = of_type.next()?;
+    if let Some(preferred) = preferred
+        && let Some(hit) = std::iter::once(first)
+            .chain(of_type)
+            .find(|m| m.mount_point == preferred)
+    {
+        return Some(hit.mount_point.clone());
+    }
+    Some(first.mount_point.clone())
+}
+
+/// The bpffs mount, if there is one.
+pub fn find_bpffs() -> Result<Option<PathBuf>, Error> {
+    Ok(find_mount(
+        &read_mounts()?,
+        "bpf",
+        Some(Path::new(DEFAULT_BPFFS)),
+    ))
+}
+
+/// The cgroup2 mount, if there is one.
+pub fn find_cgroup2() -> Result<Option<PathBuf>, Error> {
+    Ok(find_mount(&read_mounts()?, "cgroup2", None))
+}
+
+fn has_fs_type(path: &Path, fs_type: FsType) -> bool {
+    statfs(path).is_ok_and(|st| st.filesystem_type() == fs_type)
+}
+
+/// `explicit` when it is a bpffs; otherwise the mounted bpffs; otherwise mounts one at
+/// /sys/fs/bpf.
+pub fn bpffs(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(path) = explicit {
+        return if has_fs_type(path, BPF_FS_MAGIC) {
+            Ok(path.to_owned())
+        } else {
+            Err(Error::NotBpffs {
+                path: path.to_owned(),
+            })
+        };
+    }
+    if let Some(found) = find_bpffs()? {
+        return Ok(found);
+    }
+    let target = Path::new(DEFAULT_BPFFS);
+    std::fs::create_dir_all(target).map_err(|e| Error::MountBpffs {
+        detail: format!("creating {}: {e}", target.display()),
+    })?;
+    mount(
+        Some("bpf"),
+        target,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::MountBpffs {
+        detail: e.to_string(),
+    })?;
+    tracing::info!(path = %target.display(), "mounted bpffs");
+    Ok(target.to_owned())
+}
+
+/// The bpffs to look for pins in, without mounting anything (for `--uninstall`).
+pub fn existing_bpffs(explicit: Option<&Path>) -> Result<Option<PathBuf>, Error> {
+    match explicit {
+        Some(path) if has_fs_type(path, BPF_FS_MAGIC) => Ok(Some(path.to_owned())),
+        Some(path) => Err(Error::NotBpffs {
+            path: path.to_owned(),
+        }),
+        None => find_bpffs(),
+    }
+}
+
+/// `explicit` when it is a cgroup2 folder; otherwise the cgroup2 mount's root.
+pub fn cgroup(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    match explicit {
+        Some(path) if has_fs_type(path, CGROUP2_SUPER_MAGIC) => Ok(path.to_owned()),
+        Some(path) => Err(Error::NotCgroup2 {
+            path: path.to_owned(),
+        }),
+        None => find_cgroup2()?.ok_or(Error::NoCgroup2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+bpf /run/other\\040bpf bpf rw 0 0
+bpf /sys/fs/bpf bpf rw 0 0
+garbage
+";
+
+    #[test]
+    fn finds_mounts_by_type() {
+        let mounts = parse_mounts(HYBRID);
+        let cases = [
+            ("cgroup2", None, Some("/sys/fs/cgroup/unified")),
+            ("bpf", None, Some("/run/other bpf")),
+            ("bpf", Some(DEFAULT_BPFFS), Some(DEFAULT_BPFFS)),
+            ("bpf", Some("/elsewhere"), Some("/run/other bpf")),
+            ("debugfs", None, None),
+        ];
+        for (fs_type, preferred, expected) in cases {
+            assert_eq!(
+                find_mount(&mounts, fs_type, preferred.map(Path::new)),
+                expected.map(PathBuf::from),
+                "{fs_type} preferring {preferred:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unescapes_octal_and_keeps_the_rest() {
+        let cases = [
+            ("/a\\040b", "/a b"),
+            ("/tab\\011x", "/tab\tx"),
+            ("/back\\134slash", "/back\\slash"),
+            ("/trailing\\04", "/trailing\\04"),
+            ("/not\\999octal", "/not\\999octal"),
+            ("/plain", "/plain"),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(unescape_octal(raw), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn skips_malformed_lines() {
+        assert_eq!(parse_mounts("only-one-field\n\n").len(), 0);
+    }
+}

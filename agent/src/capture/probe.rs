@@ -1,0 +1,227 @@
+//! What the running kernel offers shunt, and what each missing piece disables.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::ProgramType;
+use aya::sys::{BpfHelper, is_helper_supported, is_program_supported};
+use aya::util::KernelVersion;
+use serde::Serialize;
+
+use super::mounts;
+
+const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel feature probe shown by `shuntctl status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelProbe {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Kernel BTF at /sys/kernel/btf/vmlinux.
+    pub btf_vmlinux: bool,
+    pub cgroup2_mount: Option<PathBuf>,
+    pub bpffs_mount: Option<PathBuf>,
+    pub features: Vec<Feature>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    /// `None` when probing failed (see `error`).
+    pub supported: Option<bool>,
+    /// The first Linux release that has it.
+    pub since: &'static str,
+    /// What shunt cannot do without it.
+    pub missing_disables: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Feature {
+    pub fn is_missing(&self) -> bool {
+        self.supported == Some(false)
+    }
+}
+
+/// Which check answers whether a feature is there.
+enum Check {
+    Program(ProgramType),
+    Helper(ProgramType, BpfHelper),
+    Kernel(KernelVersion),
+}
+
+struct Requirement {
+    name: &'static str,
+    since: &'static str,
+    check: Check,
+    missing_disables: &'static str,
+    /// Only the sockmap shortcut needs it.
+    shortcut_only: bool,
+}
+
+const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        name: "cgroup/connect4 programs",
+        since: "4.17",
+        check: Check::Program(ProgramType::CgroupSockAddr),
+        missing_disables: "outbound capture",
+        shortcut_only: false,
+    },
+    Requirement {
+        name: "sock_ops programs",
+        since: "4.13",
+        check: Check::Program(ProgramType::SockOps),
+        missing_disables: "original-destination recovery and the sockmap shortcut",
+        shortcut_only: false,
+    },
+    Requirement {
+        name: "bpf_get_netns_cookie in sock_ops",
+        since: "5.15",
+        check: Check::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie),
+        missing_disables: "original-destination recovery (sock_ops cannot tell pods apart)",
+        shortcut_only: false,
+    },
+    Requirement {
+        name: "cgroup/getsockopt programs",
+        since: "5.3",
+        check: Check::Program(ProgramType::CgroupSockopt),
+        missing_disables: "SO_ORIGINAL_DST answers: the proxy cannot tell where captured \
+                           connections were going",
+        shortcut_only: false,
+    },
+    Requirement {
+        name: "sk_lookup programs",
+        since: "5.9",
+        check: Check::Program(ProgramType::SkLookup),
+        missing_disables: "inbound capture",
+        shortcut_only: false,
+    },
+    Requirement {
+        name: "sk_msg programs",
+        since: "4.17",
+        check: Check::Program(ProgramType::SkMsg),
+        missing_disables: "the sockmap shortcut (run with --no-sockmap-shortcut)",
+        shortcut_only: true,
+    },
+    Requirement {
+        name: "bpf_get_netns_cookie in sk_msg",
+        since: "5.15",
+        check: Check::Helper(ProgramType::SkMsg, BpfHelper::BPF_FUNC_get_netns_cookie),
+        missing_disables: "the sockmap shortcut (run with --no-sockmap-shortcut)",
+        shortcut_only: true,
+    },
+    Requirement {
+        name: "sockmap links (pinning sk_msg)",
+        since: "6.10",
+        check: Check::Kernel(KernelVersion::new(6, 10, 0)),
+        missing_disables: "the sockmap shortcut (run with --no-sockmap-shortcut)",
+        shortcut_only: true,
+    },
+];
+
+/// Probes the running kernel. Never fails: what cannot be probed is reported as unknown.
+pub fn probe() -> KernelProbe {
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    KernelProbe {
+        kernel_release,
+        btf_vmlinux: Path::new(BTF_VMLINUX).exists(),
+        cgroup2_mount: mounts::find_cgroup2().ok().flatten(),
+        bpffs_mount: mounts::find_bpffs().ok().flatten(),
+        features: REQUIREMENTS.iter().map(check).collect(),
+    }
+}
+
+fn check(requirement: &Requirement) -> Feature {
+    let result: Result<bool, String> = match requirement.check {
+        Check::Program(program_type) => {
+            is_program_supported(program_type).map_err(|e| e.to_string())
+        }
+        Check::Helper(program_type, helper) => {
+            is_helper_supported(program_type, helper).map_err(|e| e.to_string())
+        }
+        Check::Kernel(minimum) => KernelVersion::current()
+            .map(|current| current >= minimum)
+            .map_err(|e| e.to_string()),
+    };
+    let (supported, error) = match result {
+        Ok(supported) => (Some(supported), None),
+        Err(error) => (None, Some(error)),
+    };
+    Feature {
+        name: requirement.name,
+        supported,
+        since: requirement.since,
+        missing_disables: requirement.missing_disables,
+        error,
+    }
+}
+
+impl KernelProbe {
+    /// The first missing feature that capture needs with these options.
+    pub fn first_missing(&self, sockmap_shortcut: bool) -> Option<&Feature> {
+        self.features
+            .iter()
+            .zip(REQUIREMENTS)
+            .find_map(|(feature, requirement)| {
+                let needed = sockmap_shortcut || !requirement.shortcut_only;
+                (needed && feature.is_missing()).then_some(feature)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_with(missing: &str) -> KernelProbe {
+        KernelProbe {
+            kernel_release: "test".into(),
+            btf_vmlinux: true,
+            cgroup2_mount: None,
+            bpffs_mount: None,
+            features: REQUIREMENTS
+                .iter()
+                .map(|r| Feature {
+                    name: r.name,
+                    supported: Some(r.name != missing),
+                    since: r.since,
+                    missing_disables: r.missing_disables,
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn shortcut_features_only_matter_with_the_shortcut_on() {
+        let cases = [
+            ("sk_lookup programs", false, Some("sk_lookup programs")),
+            ("sk_lookup programs", true, Some("sk_lookup programs")),
+            ("sockmap links (pinning sk_msg)", false, None),
+            (
+                "sockmap links (pinning sk_msg)",
+                true,
+                Some("sockmap links (pinning sk_msg)"),
+            ),
+            ("nothing", true, None),
+        ];
+        for (missing, shortcut, expected) in cases {
+            let probe = probe_with(missing);
+            assert_eq!(
+                probe.first_missing(shortcut).map(|f| f.name),
+                expected,
+                "{missing} missing, shortcut {shortcut}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_result_is_not_missing() {
+        let mut probe = probe_with("nothing");
+        for feature in &mut probe.features {
+            feature.supported = None;
+        }
+        assert!(probe.first_missing(true).is_none());
+    }
+}

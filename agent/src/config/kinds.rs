@@ -1,0 +1,382 @@
+//! The Kubernetes objects local mode understands, as serde types.
+//!
+//! Unknown fields are ignored (real manifests carry many that shunt does not need), but every
+//! field shunt reads is checked, so a bad value fails with its exact path
+//! (`spec.ports[1].port: expected an integer 1-65535, got "http"`). Values that Kubernetes
+//! would default are defaulted the same way. Each type serializes back in Kubernetes' own
+//! shape, which is what `shuntctl config dump` shows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// The namespace of a namespaced object that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The service account of a pod that names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    /// Always set on Pods and Services once parsed (defaulted to `default`); unused on
+    /// Namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+impl ObjectMeta {
+    /// The object's namespace, `default` when it names none.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+}
+
+/// `v1/Namespace`: only its labels matter (capture opt-in and opt-out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+/// `v1/Pod`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub spec: PodSpec,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: PodStatus,
+}
+
+impl Pod {
+    /// `metadata.uid`, or `namespace/name` when the config gives none: how the agent and the
+    /// proxy name the pod.
+    #[must_use]
+    pub fn uid(&self) -> String {
+        self.metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", self.metadata.namespace(), self.metadata.name))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub host_network: bool,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<PortName>,
+    pub container_port: Port,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PodPhase>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<PodIp>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub conditions: Vec<PodCondition>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
+/// `v1/Service`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: ClusterIp,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub selector: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: Port,
+    /// Kubernetes defaults it to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<TargetPort>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+/// A port number, 1-65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port(pub u16);
+
+impl Port {
+    const EXPECTED: &str = "an integer 1-65535";
+
+    fn from_json(value: &serde_json::Value) -> Option<Self> {
+        value
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&n| n != 0)
+            .map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::from_json(&value).ok_or_else(|| expected(Self::EXPECTED, &value))
+    }
+}
+
+impl Serialize for Port {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A port name: what Kubernetes calls an `IANA_SVC_NAME` (at most 15 lowercase letters, digits
+/// and dashes, with at least one letter, no dash at either end and no double dash).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PortName(pub String);
+
+impl PortName {
+    const EXPECTED: &str =
+        "a port name (at most 15 lowercase letters, digits and dashes, with a letter)";
+
+    fn is_valid(name: &str) -> bool {
+        (1..=15).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name.bytes().any(|b| b.is_ascii_lowercase())
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && !name.contains("--")
+    }
+}
+
+impl<'de> Deserialize<'de> for PortName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.as_str() {
+            Some(name) if Self::is_valid(name) => Ok(Self(name.to_owned())),
+            _ => Err(expected(Self::EXPECTED, &value)),
+        }
+    }
+}
+
+/// `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(Port),
+    Name(PortName),
+}
+
+impl<'de> Deserialize<'de> for TargetPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if let Some(port) = Port::from_json(&value) {
+            return Ok(Self::Number(port));
+        }
+        match value.as_str() {
+            Some(name) if PortName::is_valid(name) => Ok(Self::Name(PortName(name.to_owned()))),
+            _ => Err(expected(
+                "an integer 1-65535 or a container port name",
+                &value,
+            )),
+        }
+    }
+}
+
+impl Serialize for TargetPort {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Number(port) => port.serialize(serializer),
+            Self::Name(name) => name.serialize(serializer),
+        }
+    }
+}
+
+/// A port's protocol; Kubernetes' default is TCP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.as_str() {
+            Some("TCP") => Ok(Self::Tcp),
+            Some("UDP") => Ok(Self::Udp),
+            Some("SCTP") => Ok(Self::Sctp),
+            _ => Err(expected("one of TCP, UDP, SCTP", &value)),
+        }
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// `status.podIP`. IPv4 only for now: the capture programs are IPv4 (connect6 is designed in,
+/// not built).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PodIp(pub Ipv4Addr);
+
+impl<'de> Deserialize<'de> for PodIp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        value
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(Self)
+            .ok_or_else(|| expected("an IPv4 address", &value))
+    }
+}
+
+/// `spec.clusterIP`: an IPv4 address, or none (`""`, `None` for a headless Service, or absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterIp(pub Option<Ipv4Addr>);
+
+impl<'de> Deserialize<'de> for ClusterIp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.as_str() {
+            Some("" | "None") => Ok(Self(None)),
+            Some(ip) => ip
+                .parse()
+                .map(|ip| Self(Some(ip)))
+                .map_err(|_| expected("an IPv4 address or \"None\"", &value)),
+            None if value.is_null() => Ok(Self(None)),
+            None => Err(expected("an IPv4 address or \"None\"", &value)),
+        }
+    }
+}
+
+impl Serialize for ClusterIp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(ip) => serializer.collect_str(&ip),
+            None => serializer.serialize_str("None"),
+        }
+    }
+}
+
+/// `expected <what>, got <value as JSON>`: the one shape of every value error.
+fn expected<E: de::Error>(what: &str, got: &serde_json::Value) -> E {
+    E::custom(format_args!("expected {what}, got {}", Shown(got)))
+}
+
+/// A bad value as the operator wrote it (JSON spelling: strings quoted, `null` for nothing).
+struct Shown<'a>(&'a serde_json::Value);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            serde_json::Value::Null => f.write_str("nothing"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// YAML writes an empty section (`labels:`) as null; Kubernetes reads it as empty.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}

@@ -1,0 +1,201 @@
+//! The config as the proxy sees it: `shunt_proxy::state::MeshState`.
+
+use shunt_proxy::state as mesh;
+
+use super::capture::{is_ready, workload_name};
+use super::kinds::{self, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
+
+/// One pod as a mesh workload. `captured` comes from the pod's capture plan.
+#[must_use]
+pub fn workload(pod: &Pod, captured: bool) -> mesh::Workload {
+    mesh::Workload {
+        uid: pod.uid(),
+        namespace: pod.metadata.namespace().to_owned(),
+        name: pod.metadata.name.clone(),
+        workload_name: workload_name(pod),
+        service_account: pod
+            .spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned()),
+        ip: pod.status.pod_ip.map(|ip| ip.0),
+        labels: pod.metadata.labels.clone(),
+        captured,
+        ready: is_ready(pod),
+        ports: pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|container| &container.ports)
+            .map(|port| mesh::ContainerPort {
+                name: port.name.as_ref().map(|name| name.0.clone()),
+                container_port: port.container_port.0,
+                protocol: port.protocol.as_str().to_owned(),
+            })
+            .collect(),
+    }
+}
+
+#[must_use]
+pub fn service(service: &Service) -> mesh::Service {
+    mesh::Service {
+        namespace: service.metadata.namespace().to_owned(),
+        name: service.metadata.name.clone(),
+        cluster_ip: service.spec.cluster_ip.0,
+        ports: service
+            .spec
+            .ports
+            .iter()
+            .map(|port| mesh::ServicePort {
+                name: port.name.clone(),
+                port: port.port.0,
+                target_port: match &port.target_port {
+                    // Kubernetes' default: the same number as the Service port.
+                    None => mesh::TargetPort::Number(port.port.0),
+                    Some(kinds::TargetPort::Number(n)) => mesh::TargetPort::Number(n.0),
+                    Some(kinds::TargetPort::Name(name)) => mesh::TargetPort::Name(name.0.clone()),
+                },
+                protocol: port.protocol.as_str().to_owned(),
+                app_protocol: port.app_protocol.clone(),
+            })
+            .collect(),
+        selector: service.spec.selector.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn pods_become_workloads() {
+        let pod: Pod = serde_yaml::from_str(
+            "
+metadata:
+  name: cart-v1-5f6d7-aaaaa
+  namespace: shop
+  uid: u-1234
+  labels: {app: cart}
+  ownerReferences: [{kind: ReplicaSet, name: cart-v1-5f6d7, controller: true}]
+spec:
+  serviceAccountName: cart
+  containers:
+    - name: app
+      ports: [{name: http, containerPort: 8080}, {containerPort: 53, protocol: UDP}]
+    - name: metrics
+      ports: [{containerPort: 9090}]
+status: {phase: Running, podIP: 10.244.0.21}
+",
+        )
+        .unwrap();
+        let port = |name: Option<&str>, container_port, protocol: &str| mesh::ContainerPort {
+            name: name.map(str::to_owned),
+            container_port,
+            protocol: protocol.to_owned(),
+        };
+        assert_eq!(
+            workload(&pod, true),
+            mesh::Workload {
+                uid: "u-1234".into(),
+                namespace: "shop".into(),
+                name: "cart-v1-5f6d7-aaaaa".into(),
+                workload_name: "cart-v1".into(),
+                service_account: "cart".into(),
+                ip: Some(Ipv4Addr::new(10, 244, 0, 21)),
+                labels: BTreeMap::from([("app".into(), "cart".into())]),
+                captured: true,
+                ready: true,
+                ports: vec![
+                    port(Some("http"), 8080, "TCP"),
+                    port(None, 53, "UDP"),
+                    port(None, 9090, "TCP"),
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn a_bare_pod_gets_kubernetes_defaults() {
+        let pod: Pod = serde_yaml::from_str("metadata: {name: solo}").unwrap();
+        let got = workload(&pod, false);
+        assert_eq!(
+            (
+                got.uid.as_str(),
+                got.namespace.as_str(),
+                got.workload_name.as_str(),
+                got.service_account.as_str(),
+                got.ip,
+                got.ready,
+                got.captured,
+            ),
+            (
+                "default/solo",
+                "default",
+                "solo",
+                "default",
+                None,
+                true,
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn services_convert_with_default_target_ports() {
+        let svc: Service = serde_yaml::from_str(
+            "
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: cart}
+  ports:
+    - {name: http, port: 80, targetPort: http, appProtocol: http}
+    - {name: grpc, port: 9000, targetPort: 9443}
+    - {name: dns, port: 53, protocol: UDP}
+",
+        )
+        .unwrap();
+        let port =
+            |name: &str, port, target_port, protocol: &str, app: Option<&str>| mesh::ServicePort {
+                name: Some(name.into()),
+                port,
+                target_port,
+                protocol: protocol.into(),
+                app_protocol: app.map(str::to_owned),
+            };
+        assert_eq!(
+            service(&svc),
+            mesh::Service {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 20)),
+                ports: vec![
+                    port(
+                        "http",
+                        80,
+                        mesh::TargetPort::Name("http".into()),
+                        "TCP",
+                        Some("http")
+                    ),
+                    port("grpc", 9000, mesh::TargetPort::Number(9443), "TCP", None),
+                    port("dns", 53, mesh::TargetPort::Number(53), "UDP", None),
+                ],
+                selector: BTreeMap::from([("app".into(), "cart".into())]),
+            }
+        );
+    }
+
+    #[test]
+    fn headless_services_have_no_cluster_ip() {
+        for cluster_ip in ["None", "\"\""] {
+            let svc: Service = serde_yaml::from_str(&format!(
+                "metadata: {{name: db}}\nspec: {{clusterIP: {cluster_ip}}}"
+            ))
+            .unwrap();
+            assert_eq!(service(&svc).cluster_ip, None, "{cluster_ip}");
+        }
+    }
+}

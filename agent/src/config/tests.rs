@@ -1,0 +1,467 @@
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use super::parse::Loader;
+use super::*;
+
+fn load(files: &[(&str, &str)]) -> (Config, Vec<LoadError>) {
+    let mut loader = Loader::default();
+    for (name, text) in files {
+        loader.load_file(Path::new(name), text);
+    }
+    (loader.config, loader.errors)
+}
+
+const GOOD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio-injection: enabled}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cart-v1-5f6d7-aaaaa
+  namespace: shop
+  labels: {app: cart}
+  annotations: {shunt.io/netns: /run/netns/cart}
+status: {podIP: 10.244.0.21}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bare}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: cart}
+  ports: [{name: tcp-echo, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http: [{route: [{destination: {host: cart, subset: v1}, weight: 100}]}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-all}
+spec: {}
+---
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec: {accessLogging: [{providers: [{name: envoy}]}]}
+---
+"#;
+
+#[test]
+fn good_documents_load_with_kubernetes_defaults() {
+    let (config, errors) = load(&[("good.yaml", GOOD)]);
+    assert_eq!(errors, vec![]);
+    let namespaces: Vec<_> = config
+        .namespaces
+        .iter()
+        .map(|n| (n.object.metadata.name.as_str(), n.document))
+        .collect();
+    assert_eq!(namespaces, vec![("shop", 1)]);
+    let pods: Vec<_> = config
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                p.object.metadata.namespace(),
+                p.object.metadata.name.as_str(),
+                p.document,
+            )
+        })
+        .collect();
+    assert_eq!(
+        pods,
+        vec![("shop", "cart-v1-5f6d7-aaaaa", 2), ("default", "bare", 3)]
+    );
+    // The default namespace is written into the object, so dumps show it.
+    assert_eq!(
+        config.pods[1].object.metadata.namespace.as_deref(),
+        Some("default")
+    );
+    assert_eq!(config.services.len(), 1);
+    assert_eq!(
+        config.services[0].object.spec.cluster_ip.0,
+        Some(Ipv4Addr::new(10, 96, 0, 20))
+    );
+    assert!(config.pods.iter().all(|p| p.file == Path::new("good.yaml")));
+}
+
+#[test]
+fn istio_kinds_are_kept_as_written() {
+    let (config, errors) = load(&[("good.yaml", GOOD)]);
+    assert_eq!(errors, vec![]);
+    let kinds: Vec<_> = config
+        .istio
+        .iter()
+        .map(|o| {
+            (
+                o.object["kind"].as_str().unwrap_or_default(),
+                o.object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("VirtualService", "shop"),
+            ("AuthorizationPolicy", "default"),
+            ("Telemetry", "istio-system"),
+        ]
+    );
+    assert_eq!(
+        config.istio[0].object["spec"]["http"][0]["route"][0]["destination"]["subset"],
+        "v1"
+    );
+}
+
+/// Heads of documents that the cases below complete.
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\n";
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\n";
+
+#[test]
+fn bad_fields_are_named_by_file_object_and_path() {
+    let service_ports = |ports: &str| format!("{SERVICE}spec:\n  ports: {ports}\n");
+    let pod_with = |rest: &str| format!("{POD}{rest}\n");
+    // (document, object, field, message)
+    let cases: Vec<(String, &str, Option<&str>, &str)> = vec![
+        (
+            service_ports("[{port: 80}, {port: http}]"),
+            "Service shop/cart",
+            Some("spec.ports[1].port"),
+            r#"expected an integer 1-65535, got "http""#,
+        ),
+        (
+            service_ports("[{port: 0}]"),
+            "Service shop/cart",
+            Some("spec.ports[0].port"),
+            "expected an integer 1-65535, got 0",
+        ),
+        (
+            service_ports("[{port: 70000}]"),
+            "Service shop/cart",
+            Some("spec.ports[0].port"),
+            "expected an integer 1-65535, got 70000",
+        ),
+        (
+            service_ports("[{targetPort: 80}]"),
+            "Service shop/cart",
+            Some("spec.ports[0].port"),
+            "required field is missing",
+        ),
+        (
+            service_ports("[{port: 80, targetPort: Web_Port}]"),
+            "Service shop/cart",
+            Some("spec.ports[0].targetPort"),
+            r#"expected an integer 1-65535 or a container port name, got "Web_Port""#,
+        ),
+        (
+            service_ports("[{port: 80, protocol: tcp}]"),
+            "Service shop/cart",
+            Some("spec.ports[0].protocol"),
+            r#"expected one of TCP, UDP, SCTP, got "tcp""#,
+        ),
+        (
+            format!("{SERVICE}spec: {{clusterIP: 10.96.0}}"),
+            "Service shop/cart",
+            Some("spec.clusterIP"),
+            r#"expected an IPv4 address or "None", got "10.96.0""#,
+        ),
+        (
+            pod_with("status: {podIP: 10.0.0.300}"),
+            "Pod default/web",
+            Some("status.podIP"),
+            r#"expected an IPv4 address, got "10.0.0.300""#,
+        ),
+        (
+            pod_with("spec: {containers: [{name: app, ports: [{name: http}]}]}"),
+            "Pod default/web",
+            Some("spec.containers[0].ports[0].containerPort"),
+            "required field is missing",
+        ),
+        (
+            pod_with("spec: {containers: [{ports: [{containerPort: 80, name: HTTP}]}]}"),
+            "Pod default/web",
+            Some("spec.containers[0].ports[0].name"),
+            r#"expected a port name (at most 15 lowercase letters, digits and dashes, with a letter), got "HTTP""#,
+        ),
+        (
+            pod_with("spec: {hostNetwork: \"yes\"}"),
+            "Pod default/web",
+            Some("spec.hostNetwork"),
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            pod_with("status: {phase: Sleeping}"),
+            "Pod default/web",
+            Some("status.phase"),
+            "unknown variant `Sleeping`, expected one of `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {sidecar.istio.io/inject: [no]}}"
+                .to_owned(),
+            "Pod default/web",
+            Some("metadata.labels.sidecar.istio.io/inject"),
+            "invalid type: sequence, expected a string",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {namespace: shop}".to_owned(),
+            "document 1 (Pod)",
+            Some("metadata.name"),
+            "required field is missing",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: \"\"}".to_owned(),
+            "document 1 (Pod)",
+            Some("metadata.name"),
+            r#"expected a non-empty string, got """#,
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: [shop]}".to_owned(),
+            "Pod web",
+            Some("metadata.namespace"),
+            "expected a string, got a list",
+        ),
+        (
+            "apiVersion: v1\nmetadata: {name: web}".to_owned(),
+            "document 1",
+            Some("kind"),
+            "required field is missing",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: web}".to_owned(),
+            "Pod web",
+            Some("apiVersion"),
+            "required field is missing",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Pod\nmetadata: {name: web}".to_owned(),
+            "Pod web",
+            Some("apiVersion"),
+            r#"expected "v1" for a Pod, got "apps/v1""#,
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}".to_owned(),
+            "Deployment web",
+            Some("kind"),
+            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod and Service (v1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
+        ),
+        (
+            "- just\n- a list".to_owned(),
+            "document 1",
+            None,
+            "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), got a list",
+        ),
+    ];
+    for (document, object, field, message) in cases {
+        let (config, errors) = load(&[("bad.yaml", &document)]);
+        let want = LoadError {
+            file: PathBuf::from("bad.yaml"),
+            object: Some(object.to_owned()),
+            field: field.map(str::to_owned),
+            message: message.to_owned(),
+        };
+        assert_eq!(errors, vec![want], "document:\n{document}");
+        assert_eq!(
+            config,
+            Config::default(),
+            "the bad object is skipped:\n{document}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_object_is_skipped_and_the_rest_applies() {
+    let text = format!("{POD}---\n{SERVICE}spec: {{ports: [{{port: x}}]}}\n---\n{SERVICE}");
+    let (config, errors) = load(&[("mixed.yaml", &text)]);
+    assert_eq!(config.pods.len(), 1);
+    assert_eq!(
+        config.services.len(),
+        1,
+        "the later, good Service still loads"
+    );
+    assert_eq!(config.services[0].document, 3);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        r#"mixed.yaml: Service shop/cart: spec.ports[0].port: expected an integer 1-65535, got "x""#
+    );
+}
+
+#[test]
+fn duplicates_name_both_places() {
+    let (config, errors) = load(&[
+        ("a.yaml", &format!("{POD}---\n{SERVICE}")),
+        ("b.yaml", &format!("{SERVICE}---\n{POD}")),
+    ]);
+    assert_eq!((config.pods.len(), config.services.len()), (1, 1));
+    let messages: Vec<_> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "b.yaml: Service shop/cart: Service shop/cart is already defined in a.yaml \
+             (document 2); this one is ignored",
+            "b.yaml: Pod default/web: Pod default/web is already defined in a.yaml \
+             (document 1); this one is ignored",
+        ]
+    );
+    // Same name, other kind or other namespace: not a duplicate.
+    let (config, errors) = load(&[(
+        "c.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart, namespace: shop}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: cart, namespace: other}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: cart, namespace: shop}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cart, namespace: shop}\n",
+    )]);
+    assert_eq!(errors, vec![]);
+    assert_eq!((config.pods.len(), config.istio.len()), (2, 2));
+}
+
+#[test]
+fn pods_sharing_a_uid_are_rejected() {
+    let (config, errors) = load(&[(
+        "uids.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, uid: u1}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b, uid: u1}\n",
+    )]);
+    assert_eq!(config.pods.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "uids.yaml: Pod default/b: metadata.uid: uid \"u1\" is already used by Pod default/a \
+         in uids.yaml (document 1); this pod is ignored"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_keeps_earlier_documents_and_other_files() {
+    let (config, errors) = load(&[
+        ("a.yaml", &format!("{POD}---\nkind: [Pod\n---\n{SERVICE}")),
+        ("b.yaml", SERVICE),
+    ]);
+    assert_eq!((config.pods.len(), config.services.len()), (1, 1));
+    assert_eq!(config.services[0].file, Path::new("b.yaml"));
+    assert_eq!(errors.len(), 1);
+    let error = &errors[0];
+    assert_eq!(error.object.as_deref(), Some("document 2"));
+    assert!(
+        error.message.starts_with("invalid YAML: ")
+            && error
+                .message
+                .ends_with("; the rest of this file is skipped"),
+        "{error}"
+    );
+}
+
+#[test]
+fn load_dir_reads_yaml_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    let pod = |name: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n");
+    write("20-b.yml", &pod("b"));
+    write("10-a.yaml", &pod("a"));
+    write("notes.txt", &pod("ignored-txt"));
+    write(".hidden.yaml", &pod("ignored-hidden"));
+    std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+    let snapshot = Snapshot::load(dir.path()).unwrap();
+    let names: Vec<_> = snapshot
+        .config
+        .pods
+        .iter()
+        .map(|p| p.object.metadata.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(snapshot.config.pods[0].file, dir.path().join("10-a.yaml"));
+
+    let missing = dir.path().join("nope");
+    let err = Snapshot::load(&missing).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "cannot read the config directory {}: ",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn snapshots_plan_capture_and_build_the_mesh() {
+    let text = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ok, namespace: shop, annotations: {shunt.io/netns: /run/netns/ok}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-netns, namespace: shop}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outside}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+";
+    let (config, errors) = load(&[("node.yaml", text)]);
+    assert_eq!(errors, vec![]);
+    let snapshot = Snapshot::from_config(Path::new("/cfg"), config, errors);
+    let plans: Vec<_> = snapshot
+        .pods
+        .iter()
+        .map(|p| (p.uid.as_str(), p.captured()))
+        .collect();
+    assert_eq!(
+        plans,
+        vec![
+            ("shop/ok", true),
+            ("shop/no-netns", false),
+            ("default/outside", false)
+        ]
+    );
+    assert_eq!(
+        snapshot.errors,
+        vec![LoadError {
+            file: "node.yaml".into(),
+            object: Some("Pod shop/no-netns".into()),
+            field: Some("metadata.annotations.shunt.io/netns".into()),
+            message: "required for a captured pod: the path of the pod's network namespace, \
+                      e.g. /run/netns/NAME"
+                .into(),
+        }]
+    );
+    let workloads: Vec<_> = snapshot
+        .mesh
+        .workloads
+        .iter()
+        .map(|w| (w.name.as_str(), w.captured))
+        .collect();
+    assert_eq!(
+        workloads,
+        vec![("ok", true), ("no-netns", false), ("outside", false)]
+    );
+    assert_eq!(snapshot.mesh.services.len(), 1);
+    assert_eq!(
+        snapshot.mesh.services[0].hostname(),
+        "web.shop.svc.cluster.local"
+    );
+}

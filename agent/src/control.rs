@@ -1,0 +1,212 @@
+//! The control socket the proxy dials (`<run-dir>/control.sock`,
+//! `shunt_proxy::control::wire`).
+//!
+//! One proxy at a time: a new connection replaces the old one. Each connection starts with the
+//! proxy's `Hello`; the server then hands the connection to the reconciler
+//! ([`ProxyEvent::Connected`] with an outbox), which sends `State`, the `AddPod`s and `Synced`,
+//! and later the deltas. What the proxy answers goes back to the reconciler as
+//! [`ProxyEvent::Message`]. The server itself keeps no state, so the order of messages is the
+//! reconciler's.
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shunt_proxy::control::wire::{self, AgentMessage, ProxyMessage};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::run_dir;
+
+/// A proxy that connects must say hello within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Numbers proxy connections, so that late events of a replaced connection are recognised.
+pub type ConnectionId = u64;
+
+/// A message for the proxy, with the descriptor it carries (a pod's netns for `AddPod`).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub message: AgentMessage,
+    pub fd: Option<Arc<OwnedFd>>,
+}
+
+/// What the control server tells the reconciler.
+#[derive(Debug)]
+pub enum ProxyEvent {
+    /// A proxy said hello. Messages for it go into `outbox`; dropping the outbox closes the
+    /// connection.
+    Connected {
+        connection: ConnectionId,
+        pid: u32,
+        version: String,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+    },
+    /// A message from the proxy, with the descriptors it carried.
+    Message {
+        connection: ConnectionId,
+        message: ProxyMessage,
+        fds: Vec<OwnedFd>,
+    },
+    /// The connection ended.
+    Disconnected {
+        connection: ConnectionId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Socket(#[from] run_dir::Error),
+    #[error("the proxy did not say hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("the proxy's first message must be hello, got {0}")]
+    NotHello(String),
+    #[error("cannot duplicate the proxy connection's socket: {0}")]
+    Duplicate(std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] wire::Error),
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Listens on `path` (mode 0600), replacing a stale socket file.
+    pub fn bind(path: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            listener: run_dir::bind_socket(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts proxies until `shutdown`.
+    pub async fn run(self, events: mpsc::Sender<ProxyEvent>, shutdown: CancellationToken) {
+        tracing::info!(socket = %self.path.display(), "waiting for the proxy");
+        let mut next_id: ConnectionId = 0;
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting a proxy connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            next_id += 1;
+            let connection = next_id;
+            let events = events.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve(connection, stream, events, shutdown).await {
+                    tracing::warn!(connection, "proxy connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+async fn serve(
+    connection: ConnectionId,
+    mut reader: UnixStream,
+    events: mpsc::Sender<ProxyEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (hello, _fds) = tokio::time::timeout(HELLO_TIMEOUT, wire::recv(&mut reader))
+        .await
+        .map_err(|_| Error::HelloTimeout)??;
+    let ProxyMessage::Hello { pid, version } = hello else {
+        return Err(Error::NotHello(format!("{hello:?}")));
+    };
+    tracing::info!(connection, pid, %version, "proxy connected");
+    // wire::recv and wire::send each need the stream to themselves, and a read cut short
+    // would lose its place in the stream; so reading and writing go through two descriptors
+    // of the same socket, each used by one side only.
+    let mut writer = duplicate(&reader).map_err(Error::Duplicate)?;
+    let (outbox, mut outgoing) = mpsc::unbounded_channel();
+    let connected = ProxyEvent::Connected {
+        connection,
+        pid,
+        version,
+        outbox,
+    };
+    if events.send(connected).await.is_err() {
+        return Ok(()); // The reconciler is gone: the agent is stopping.
+    }
+    let ended = tokio::select! {
+        ended = read_messages(connection, &mut reader, &events) => ended,
+        ended = write_messages(&mut writer, &mut outgoing) => ended,
+        () = shutdown.cancelled() => Ok("the agent is stopping"),
+    };
+    let reason = match &ended {
+        Ok(reason) => (*reason).to_owned(),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(connection, pid, "proxy connection closed: {reason}");
+    let _ = events
+        .send(ProxyEvent::Disconnected { connection, reason })
+        .await;
+    ended.map(drop)
+}
+
+/// Forwards the proxy's messages until it closes the connection.
+async fn read_messages(
+    connection: ConnectionId,
+    reader: &mut UnixStream,
+    events: &mpsc::Sender<ProxyEvent>,
+) -> Result<&'static str, Error> {
+    loop {
+        let (message, fds) = match wire::recv::<ProxyMessage>(reader).await {
+            Ok(received) => received,
+            Err(wire::Error::Closed) => return Ok("the proxy closed it"),
+            Err(e) => return Err(e.into()),
+        };
+        if let ProxyMessage::Hello { .. } = message {
+            tracing::warn!(connection, "ignoring a second hello from the proxy");
+            continue;
+        }
+        let event = ProxyEvent::Message {
+            connection,
+            message,
+            fds,
+        };
+        if events.send(event).await.is_err() {
+            return Ok("the agent is stopping");
+        }
+    }
+}
+
+/// Sends what the reconciler puts in the outbox, until it drops the outbox.
+async fn write_messages(
+    writer: &mut UnixStream,
+    outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
+) -> Result<&'static str, Error> {
+    while let Some(Outgoing { message, fd }) = outgoing.recv().await {
+        let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+        wire::send(writer, &message, &fds).await?;
+    }
+    Ok("a newer proxy connection replaced it")
+}
+
+fn duplicate(stream: &UnixStream) -> std::io::Result<UnixStream> {
+    let fd = stream.as_fd().try_clone_to_owned()?;
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}

@@ -1,0 +1,10 @@
+//! shunt's node agent: loads and pins the eBPF capture programs, reads the config, decides
+//! which pods are captured, hands them to the proxy, and serves the admin API.
+pub mod admin;
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod control;
+pub mod pods;
+pub mod run_dir;
+pub mod shared_capture;

@@ -1,0 +1,130 @@
+//! `shunt-agent`: loads and pins the capture programs, reads the local config dir, and hands
+//! captured pods to the proxy. `--uninstall` removes capture.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use shunt_agent::admin::api;
+use shunt_agent::admin::client::{self, AdminClient};
+use shunt_agent::app::{self, Options};
+use shunt_agent::capture::{Capture, CaptureOptions};
+use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
+
+#[derive(Debug, Parser)]
+#[command(name = "shunt-agent", version, about)]
+struct Cli {
+    /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Istio kinds) in DIR,
+    /// watched for changes.
+    #[arg(long, value_name = "DIR", required_unless_present = "uninstall")]
+    config_dir: Option<PathBuf>,
+    /// Names this agent: its pins live in <bpffs>/shunt/NAME, its sockets in /run/shunt/NAME.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_INSTANCE)]
+    instance: String,
+    /// Where control.sock and admin.sock live [default: /run/shunt/NAME].
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// The bpffs mount [default: found in /proc/mounts, else mounted at /sys/fs/bpf].
+    #[arg(long, value_name = "DIR")]
+    bpffs: Option<PathBuf>,
+    /// The cgroup2 folder whose processes are captured [default: the cgroup2 mount root].
+    #[arg(long, value_name = "DIR", conflicts_with = "uninstall")]
+    cgroup: Option<PathBuf>,
+    /// Turns off the sockmap/sk_msg shortcut for the app<->proxy hop (for comparison).
+    #[arg(long, conflicts_with = "uninstall")]
+    no_sockmap_shortcut: bool,
+    /// Log format; logs go to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Detach and unpin everything of this instance (through the running agent when there is
+    /// one, which then exits), remove its sockets, and print what was removed.
+    #[arg(long, conflicts_with = "config_dir")]
+    uninstall: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Every error message already carries its causes (e.g. the verifier log).
+            eprintln!("shunt-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let run_dir = match &cli.run_dir {
+        Some(dir) => RunDir::new(dir),
+        None => RunDir::for_instance(&cli.instance)?,
+    };
+    let capture = CaptureOptions {
+        instance: cli.instance.clone(),
+        bpffs: cli.bpffs.clone(),
+        cgroup: cli.cgroup.clone(),
+        sockmap_shortcut: !cli.no_sockmap_shortcut,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    if cli.uninstall {
+        return runtime.block_on(uninstall(&capture, &run_dir));
+    }
+    let Some(config_dir) = cli.config_dir else {
+        anyhow::bail!("--config-dir is required");
+    };
+    let options = Options {
+        config_dir,
+        run_dir,
+        capture,
+    };
+    runtime.block_on(app::run(options))?;
+    Ok(())
+}
+
+/// Asks a running agent to uninstall (so it cannot re-create what is removed, and exits);
+/// with no agent running, removes the pins directly.
+async fn uninstall(options: &CaptureOptions, run_dir: &RunDir) -> anyhow::Result<()> {
+    let agent = AdminClient::new(&run_dir.admin_socket(), Some(&options.instance));
+    let mut removed = match agent.post::<api::Uninstalled>("/uninstall").await {
+        Ok(answer) => {
+            println!("the running agent uninstalled capture and is stopping");
+            answer.removed
+        }
+        Err(client::Error::NoAgent { .. }) => Capture::uninstall(options)?,
+        Err(e) => return Err(e.into()),
+    };
+    removed.extend(run_dir.remove_sockets()?);
+    if removed.is_empty() {
+        println!("nothing to remove for instance {}", options.instance);
+    }
+    for path in removed {
+        println!("removed {}", path.display());
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}

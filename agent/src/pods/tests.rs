@@ -1,0 +1,640 @@
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use shunt_proxy::state::Workload;
+
+use super::*;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Call {
+    Add {
+        cookie: u64,
+        ip: Ipv4Addr,
+        outbound: Vec<u16>,
+        inbound: Vec<u16>,
+    },
+    Listener {
+        ip: Ipv4Addr,
+    },
+    Remove {
+        cookie: u64,
+        ip: Option<Ipv4Addr>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure")]
+struct Injected;
+
+/// Records calls; `captured` plays the pinned state of an earlier agent.
+#[derive(Default)]
+struct FakeCapture {
+    calls: Vec<Call>,
+    captured: Vec<u64>,
+    fail_add: bool,
+}
+
+impl CaptureMaps for FakeCapture {
+    type Error = Injected;
+
+    fn add_pod(&mut self, pod: &PodCapture<'_>) -> Result<(), Injected> {
+        if self.fail_add {
+            return Err(Injected);
+        }
+        self.calls.push(Call::Add {
+            cookie: pod.netns_cookie,
+            ip: pod.pod_ip,
+            outbound: pod.excluded_outbound_ports.clone(),
+            inbound: pod.excluded_inbound_ports.clone(),
+        });
+        Ok(())
+    }
+
+    fn set_inbound_listener(&mut self, ip: Ipv4Addr, _: BorrowedFd<'_>) -> Result<(), Injected> {
+        self.calls.push(Call::Listener { ip });
+        Ok(())
+    }
+
+    fn remove_pod(&mut self, cookie: u64, ip: Option<Ipv4Addr>) -> Result<(), Injected> {
+        self.calls.push(Call::Remove { cookie, ip });
+        Ok(())
+    }
+
+    fn captured_netns(&self) -> Result<Vec<u64>, Injected> {
+        Ok(self.captured.clone())
+    }
+}
+
+/// Plain files stand in for netns files; the inode number plays the cookie.
+fn open_file(path: &Path) -> io::Result<PodNetns> {
+    let file = File::open(path)?;
+    let cookie = file.metadata()?.ino();
+    Ok(PodNetns {
+        fd: file.into(),
+        cookie,
+    })
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    reconciler: Reconciler<FakeCapture>,
+    connections: ConnectionId,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self::with_capture(FakeCapture::default())
+    }
+
+    fn with_capture(capture: FakeCapture) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            reconciler: Reconciler::new(capture).with_netns_opener(open_file),
+            connections: 0,
+        }
+    }
+
+    /// A "netns" file for a pod, and its cookie.
+    fn netns(&self, name: &str) -> (PathBuf, u64) {
+        let path = self.dir.path().join(name);
+        if !path.exists() {
+            std::fs::write(&path, name).unwrap();
+        }
+        let cookie = std::fs::metadata(&path).unwrap().ino();
+        (path, cookie)
+    }
+
+    fn captured(&self, name: &str, ip: u8, outbound: &[u16]) -> PodPlan {
+        let (netns, _) = self.netns(name);
+        PodPlan {
+            capture: Some(CaptureSpec {
+                netns,
+                ip: pod_ip(ip),
+                excluded_outbound_ports: outbound.to_vec(),
+                excluded_inbound_ports: vec![],
+            }),
+            ..uncaptured(name, ip)
+        }
+    }
+
+    fn calls(&mut self) -> Vec<Call> {
+        std::mem::take(&mut self.reconciler.capture.calls)
+    }
+
+    fn connect(&mut self, pid: u32) -> Proxy {
+        self.connections += 1;
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        self.reconciler.handle(ProxyEvent::Connected {
+            connection: self.connections,
+            pid,
+            version: "test".into(),
+            outbox,
+        });
+        Proxy {
+            connection: self.connections,
+            inbox,
+        }
+    }
+
+    fn ready(&mut self, proxy: &Proxy, uid: &str) {
+        let listener: OwnedFd = File::open("/dev/null").unwrap().into();
+        self.reconciler.handle(ProxyEvent::Message {
+            connection: proxy.connection,
+            message: ProxyMessage::PodReady { uid: uid.into() },
+            fds: vec![listener],
+        });
+    }
+
+    fn workload(&self, uid: &str) -> api::Workload {
+        self.reconciler
+            .view
+            .borrow()
+            .workloads
+            .iter()
+            .find(|w| w.uid == uid)
+            .cloned()
+            .unwrap()
+    }
+}
+
+struct Proxy {
+    connection: ConnectionId,
+    inbox: mpsc::UnboundedReceiver<Outgoing>,
+}
+
+/// What the proxy got, in a form tests can compare; `+fd` marks a frame carrying a descriptor.
+impl Proxy {
+    fn received(&mut self) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(Outgoing { message, fd }) = self.inbox.try_recv() {
+            let fd = if fd.is_some() { " +fd" } else { "" };
+            got.push(match message {
+                AgentMessage::State { state } => format!(
+                    "State({})",
+                    state
+                        .workloads
+                        .iter()
+                        .map(|w| w.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                AgentMessage::AddPod { uid, netns_cookie } => {
+                    format!("AddPod({uid}, {netns_cookie}){fd}")
+                }
+                AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
+                AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
+            });
+        }
+        got
+    }
+}
+
+fn pod_ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, last)
+}
+
+fn uncaptured(name: &str, ip: u8) -> PodPlan {
+    PodPlan {
+        uid: format!("ns/{name}"),
+        namespace: "ns".into(),
+        name: name.into(),
+        ip: Some(pod_ip(ip)),
+        reason: "test".into(),
+        capture: None,
+    }
+}
+
+fn snapshot(plans: &[PodPlan]) -> Snapshot {
+    let workloads = plans
+        .iter()
+        .map(|plan| Workload {
+            uid: plan.uid.clone(),
+            namespace: plan.namespace.clone(),
+            name: plan.name.clone(),
+            workload_name: plan.name.clone(),
+            service_account: "default".into(),
+            ip: plan.ip,
+            labels: BTreeMap::new(),
+            captured: plan.captured(),
+            ready: true,
+            ports: vec![],
+        })
+        .collect();
+    Snapshot {
+        pods: plans.to_vec(),
+        mesh: MeshState {
+            workloads,
+            services: vec![],
+        },
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn capture_turns_on_only_when_the_proxy_is_ready() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("a");
+    let a = node.captured("a", 1, &[5432]);
+    node.reconciler.apply(&snapshot(&[a]));
+    assert_eq!(node.calls(), vec![], "no proxy yet: capture stays off");
+    assert_eq!(node.workload("ns/a").proxy, "pending");
+    assert_eq!(node.workload("ns/a").netns_cookie, Some(cookie));
+
+    let mut proxy = node.connect(7);
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(a)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd"),
+            "Synced(ns/a)".to_owned(),
+        ]
+    );
+    assert_eq!(node.calls(), vec![]);
+
+    node.ready(&proxy, "ns/a");
+    assert_eq!(
+        node.calls(),
+        vec![
+            Call::Add {
+                cookie,
+                ip: pod_ip(1),
+                outbound: vec![5432],
+                inbound: vec![],
+            },
+            Call::Listener { ip: pod_ip(1) },
+        ]
+    );
+    let view = node.reconciler.view.borrow().clone();
+    assert_eq!(
+        view.proxy,
+        api::ProxyStatus {
+            connected: true,
+            pid: Some(7)
+        }
+    );
+    assert_eq!(view.workloads[0].proxy, "ready");
+    assert!(view.workloads[0].captured);
+}
+
+#[test]
+fn pods_added_while_the_proxy_is_connected_are_sent_as_deltas() {
+    let mut node = Node::new();
+    let b = uncaptured("b", 2);
+    node.reconciler.apply(&snapshot(std::slice::from_ref(&b)));
+    let mut proxy = node.connect(7);
+    assert_eq!(proxy.received(), vec!["State(b)", "Synced()"]);
+
+    let (_, cookie) = node.netns("a");
+    let a = node.captured("a", 1, &[]);
+    node.reconciler.apply(&snapshot(&[a, b.clone()]));
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(a,b)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd")
+        ]
+    );
+    assert_eq!(node.workload("ns/b").proxy, "n/a");
+    assert_eq!(node.workload("ns/b").netns_cookie, None);
+}
+
+#[test]
+fn a_pod_that_goes_away_or_opts_out_is_removed_completely() {
+    for opted_out in [false, true] {
+        let mut node = Node::new();
+        let (_, cookie) = node.netns("a");
+        let a = node.captured("a", 1, &[]);
+        node.reconciler.apply(&snapshot(std::slice::from_ref(&a)));
+        let mut proxy = node.connect(7);
+        node.ready(&proxy, "ns/a");
+        proxy.received();
+        node.calls();
+
+        let next = if opted_out {
+            vec![uncaptured("a", 1)]
+        } else {
+            vec![]
+        };
+        node.reconciler.apply(&snapshot(&next));
+        assert_eq!(
+            node.calls(),
+            vec![Call::Remove {
+                cookie,
+                ip: Some(pod_ip(1))
+            }],
+            "opted out: {opted_out}"
+        );
+        // An opted-out pod stays in the mesh, only its `captured` flag changes.
+        let state = if opted_out { "State(a)" } else { "State()" };
+        let want = vec![state.to_owned(), "RemovePod(ns/a)".to_owned()];
+        assert_eq!(proxy.received(), want, "opted out: {opted_out}");
+    }
+}
+
+#[test]
+fn changes_that_do_not_concern_capture_leave_the_pod_alone() {
+    let mut node = Node::new();
+    let a = node.captured("a", 1, &[]);
+    node.reconciler.apply(&snapshot(std::slice::from_ref(&a)));
+    let mut proxy = node.connect(7);
+    node.ready(&proxy, "ns/a");
+    proxy.received();
+    node.calls();
+
+    // The same reading again (the periodic re-read): nothing at all.
+    node.reconciler.apply(&snapshot(std::slice::from_ref(&a)));
+    assert_eq!((node.calls(), proxy.received()), (vec![], vec![]));
+
+    // Another pod's arrival, or a label change, only updates the proxy's state.
+    let mut relabelled = snapshot(&[a.clone(), uncaptured("b", 2)]);
+    relabelled.mesh.workloads[0]
+        .labels
+        .insert("version".into(), "v2".into());
+    node.reconciler.apply(&relabelled);
+    assert_eq!(node.calls(), vec![]);
+    assert_eq!(proxy.received(), vec!["State(a,b)"]);
+    assert_eq!(node.workload("ns/a").proxy, "ready");
+}
+
+#[test]
+fn excluded_ports_are_updated_in_place() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("a");
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[5432])]));
+    let mut proxy = node.connect(7);
+    node.ready(&proxy, "ns/a");
+    proxy.received();
+    node.calls();
+
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[5432, 6379])]));
+    assert_eq!(
+        node.calls(),
+        vec![Call::Add {
+            cookie,
+            ip: pod_ip(1),
+            outbound: vec![5432, 6379],
+            inbound: vec![],
+        }],
+        "no remove: the pod's connections are not touched"
+    );
+    assert_eq!(proxy.received(), Vec::<String>::new());
+}
+
+#[test]
+fn a_pod_that_moves_to_another_ip_is_removed_and_added_again() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("a");
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[])]));
+    let mut proxy = node.connect(7);
+    node.ready(&proxy, "ns/a");
+    proxy.received();
+    node.calls();
+
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 9, &[])]));
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie,
+            ip: Some(pod_ip(1))
+        }]
+    );
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(a)".to_owned(),
+            "RemovePod(ns/a)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd"),
+        ]
+    );
+    node.ready(&proxy, "ns/a");
+    assert!(
+        matches!(&node.calls()[..], [Call::Add { ip, .. }, Call::Listener { .. }] if *ip == pod_ip(9))
+    );
+}
+
+#[test]
+fn after_a_restart_capture_is_kept_for_wanted_pods_and_removed_for_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    std::fs::write(&path, "a").unwrap();
+    let kept = std::fs::metadata(&path).unwrap().ino();
+    let stale = kept + 1_000_000;
+    let mut node = Node::with_capture(FakeCapture {
+        captured: vec![kept, stale],
+        ..FakeCapture::default()
+    });
+    node.dir = dir;
+    let a = node.captured("a", 1, &[]);
+    node.reconciler.apply(&snapshot(std::slice::from_ref(&a)));
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie: stale,
+            ip: None
+        }],
+        "only the netns no pod wants loses its capture"
+    );
+
+    // The proxy (which kept its listeners) answers the re-sent AddPod: the same listener goes
+    // in again, harmlessly.
+    let mut proxy = node.connect(7);
+    assert_eq!(proxy.received().len(), 3);
+    node.ready(&proxy, "ns/a");
+    assert_eq!(node.calls().len(), 2);
+
+    // Kept capture counts as on: the pod's removal removes it.
+    node.reconciler.apply(&snapshot(&[]));
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie: kept,
+            ip: Some(pod_ip(1))
+        }]
+    );
+}
+
+#[test]
+fn kept_capture_is_removed_when_the_proxy_cannot_serve_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    std::fs::write(&path, "a").unwrap();
+    let kept = std::fs::metadata(&path).unwrap().ino();
+    let mut node = Node::with_capture(FakeCapture {
+        captured: vec![kept],
+        ..FakeCapture::default()
+    });
+    node.dir = dir;
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[])]));
+    assert_eq!(node.calls(), vec![]);
+    let proxy = node.connect(7);
+    node.reconciler.handle(ProxyEvent::Message {
+        connection: proxy.connection,
+        message: ProxyMessage::PodFailed {
+            uid: "ns/a".into(),
+            error: "no such netns".into(),
+        },
+        fds: vec![],
+    });
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie: kept,
+            ip: Some(pod_ip(1))
+        }]
+    );
+    assert_eq!(
+        node.workload("ns/a").proxy,
+        "failed: the proxy cannot serve pod ns/a: no such netns"
+    );
+}
+
+#[test]
+fn a_netns_that_cannot_be_opened_is_retried_on_the_next_reading() {
+    let mut node = Node::new();
+    let mut proxy = node.connect(7);
+    let missing = node.dir.path().join("later");
+    let plan = PodPlan {
+        capture: Some(CaptureSpec {
+            netns: missing.clone(),
+            ip: pod_ip(1),
+            excluded_outbound_ports: vec![],
+            excluded_inbound_ports: vec![],
+        }),
+        ..uncaptured("a", 1)
+    };
+    node.reconciler
+        .apply(&snapshot(std::slice::from_ref(&plan)));
+    let proxy_column = node.workload("ns/a").proxy;
+    assert!(
+        proxy_column.starts_with(&format!(
+            "failed: cannot open the network namespace {} of pod ns/a: ",
+            missing.display()
+        )) && proxy_column.ends_with("check the pod's shunt.io/netns annotation"),
+        "{proxy_column}"
+    );
+    assert_eq!(proxy.received(), vec!["State()", "Synced()", "State(a)"]);
+
+    let (_, cookie) = node.netns("later");
+    node.reconciler
+        .apply(&snapshot(std::slice::from_ref(&plan)));
+    assert_eq!(
+        proxy.received(),
+        vec![format!("AddPod(ns/a, {cookie}) +fd")]
+    );
+    assert_eq!(node.workload("ns/a").proxy, "pending");
+}
+
+#[test]
+fn two_pods_cannot_share_a_netns() {
+    let mut node = Node::new();
+    let a = node.captured("a", 1, &[]);
+    let mut b = node.captured("b", 2, &[]);
+    if let Some(spec) = &mut b.capture {
+        spec.netns = node.netns("a").0;
+    }
+    node.reconciler.apply(&snapshot(&[a, b]));
+    assert_eq!(node.workload("ns/a").proxy, "pending");
+    assert!(
+        node.workload("ns/b")
+            .proxy
+            .starts_with("failed: pod ns/b uses network namespace "),
+        "{}",
+        node.workload("ns/b").proxy
+    );
+}
+
+#[test]
+fn a_failing_capture_is_rolled_back_and_reported() {
+    let mut node = Node::with_capture(FakeCapture {
+        fail_add: true,
+        ..FakeCapture::default()
+    });
+    let (_, cookie) = node.netns("a");
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[])]));
+    let proxy = node.connect(7);
+    node.ready(&proxy, "ns/a");
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie,
+            ip: Some(pod_ip(1))
+        }]
+    );
+    assert_eq!(
+        node.workload("ns/a").proxy,
+        "failed: capture could not turn capture on for pod ns/a: injected failure"
+    );
+
+    // A PodReady without the listener is a failure too.
+    let mut node = Node::new();
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[])]));
+    let proxy = node.connect(7);
+    node.reconciler.handle(ProxyEvent::Message {
+        connection: proxy.connection,
+        message: ProxyMessage::PodReady { uid: "ns/a".into() },
+        fds: vec![],
+    });
+    assert_eq!(
+        node.workload("ns/a").proxy,
+        "failed: the proxy answered PodReady for pod ns/a without its inbound listener descriptor"
+    );
+}
+
+#[test]
+fn a_new_proxy_connection_replaces_the_old_one() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("a");
+    node.reconciler
+        .apply(&snapshot(&[node.captured("a", 1, &[])]));
+    let mut old = node.connect(7);
+    node.ready(&old, "ns/a");
+    node.calls();
+    let mut new = node.connect(8);
+    assert_eq!(
+        new.received(),
+        vec![
+            "State(a)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd"),
+            "Synced(ns/a)".to_owned(),
+        ]
+    );
+    assert_eq!(node.workload("ns/a").proxy, "pending");
+    old.received();
+    assert!(
+        old.inbox.is_closed(),
+        "the old connection's outbox is dropped"
+    );
+
+    // Late events of the old connection change nothing.
+    node.ready(&old, "ns/a");
+    node.reconciler.handle(ProxyEvent::Disconnected {
+        connection: old.connection,
+        reason: "replaced".into(),
+    });
+    assert_eq!(node.calls(), vec![]);
+    assert_eq!(node.reconciler.view.borrow().proxy.pid, Some(8));
+
+    node.reconciler.handle(ProxyEvent::Disconnected {
+        connection: new.connection,
+        reason: "gone".into(),
+    });
+    assert_eq!(
+        node.reconciler.view.borrow().proxy,
+        api::ProxyStatus {
+            connected: false,
+            pid: None
+        }
+    );
+    assert_eq!(
+        node.calls(),
+        vec![],
+        "capture stays while the proxy is away"
+    );
+}

@@ -1,0 +1,241 @@
+//! The ABI between shunt's eBPF programs and user space.
+//!
+//! Every type here is `#[repr(C)]`, has no `bool`, spells its padding out, and is guarded by a
+//! size assertion, because the kernel side and user space must agree byte for byte.
+//!
+//! Byte order: IPv4 addresses are kept as the kernel hands them to programs, in network byte
+//! order inside a `u32` (`*_be` fields); ports are kept in host byte order.
+#![no_std]
+#![deny(unsafe_code)]
+
+/// Port of the proxy's outbound listener, `127.0.0.1:15001` inside each captured pod's netns.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the proxy's inbound listener, `127.0.0.1:15006` inside each captured pod's netns.
+pub const INBOUND_PORT: u16 = 15006;
+/// `SO_MARK` carried by every socket the proxy dials. The programs never capture a socket that
+/// carries it, which is what keeps the proxy from capturing its own traffic. The value is
+/// Istio's (1337), so that rules written for Istio's proxy mark keep working.
+pub const PROXY_MARK: u32 = 0x539;
+
+/// `SOL_IP` / `SO_ORIGINAL_DST`, as answered by the `cgroup/getsockopt` program.
+pub const SOL_IP: i32 = 0;
+pub const SO_ORIGINAL_DST: i32 = 80;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Map names, as declared in `ebpf/programs/src/maps.rs` and looked up by the agent.
+pub mod map_names {
+    pub const MESHED_NETNS: &str = "MESHED_NETNS";
+    pub const OUTBOUND_EXCLUDED_PORTS: &str = "OUTBOUND_EXCLUDED_PORTS";
+    pub const INBOUND_EXCLUDED_PORTS: &str = "INBOUND_EXCLUDED_PORTS";
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    pub const ORIG_DST_BY_CLIENT: &str = "ORIG_DST_BY_CLIENT";
+    pub const SHORTCUT_SOCKETS: &str = "SHORTCUT_SOCKETS";
+    pub const SHORTCUT_BYPASS: &str = "SHORTCUT_BYPASS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const STATS: &str = "STATS";
+
+    /// Every map, in the order `shuntctl status` lists them.
+    pub const ALL: [&str; 10] = [
+        MESHED_NETNS,
+        OUTBOUND_EXCLUDED_PORTS,
+        INBOUND_EXCLUDED_PORTS,
+        INBOUND_LISTENERS,
+        ORIG_DST_BY_COOKIE,
+        ORIG_DST_BY_CLIENT,
+        SHORTCUT_SOCKETS,
+        SHORTCUT_BYPASS,
+        SETTINGS,
+        STATS,
+    ];
+}
+
+/// Program names (the Rust function names in `ebpf/programs`).
+pub mod program_names {
+    pub const CONNECT4: &str = "shunt_connect4";
+    /// IPv4-mapped IPv6 destinations of dual-stack sockets; native IPv6 is left untouched.
+    pub const CONNECT6: &str = "shunt_connect6";
+    pub const SOCKOPS: &str = "shunt_sockops";
+    pub const GETSOCKOPT: &str = "shunt_getsockopt";
+    pub const SK_LOOKUP: &str = "shunt_sk_lookup";
+    pub const SK_MSG: &str = "shunt_sk_msg";
+}
+
+/// Value of `MESHED_NETNS`, keyed by netns cookie: this netns belongs to a captured pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshedNetns {
+    /// The pod's IPv4 address, network byte order. Connections to it from inside the pod are
+    /// loopback traffic and are never captured.
+    pub pod_ip4_be: u32,
+    /// `MESHED_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<MeshedNetns>() == 8);
+
+/// `MeshedNetns::flags`: capture this pod's outbound connections.
+pub const MESHED_CAPTURE_OUTBOUND: u32 = 1 << 0;
+/// `MeshedNetns::flags`: capture this pod's inbound connections.
+pub const MESHED_CAPTURE_INBOUND: u32 = 1 << 1;
+
+/// Key of `OUTBOUND_EXCLUDED_PORTS`: a destination port that one pod's outbound capture skips.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetnsPortKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<NetnsPortKey>() == 16);
+
+/// Key of `INBOUND_EXCLUDED_PORTS`: a local port of one pod that inbound capture skips.
+/// Keyed by pod IP because `sk_lookup` programs cannot read the netns cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodPortKey {
+    pub pod_ip4_be: u32,
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PodPortKey>() == 8);
+
+/// An original destination, as recovered through `SO_ORIGINAL_DST`. IPv4 uses `addr[0]`; the
+/// other words are there so IPv6 (`cgroup/connect6`) fits without an ABI change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Network byte order.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+}
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 20);
+
+/// Key of `ORIG_DST_BY_CLIENT`: the app's side of a captured connection (its address as the
+/// proxy's accepted socket sees the peer) in one netns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub netns_cookie: u64,
+    /// Network byte order; IPv4 uses `addr[0]` and leaves the rest zero.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 32);
+
+/// Key of `SHORTCUT_SOCKETS` (a sockhash): one end of a same-netns loopback hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub netns_cookie: u64,
+    pub local_ip4_be: u32,
+    pub remote_ip4_be: u32,
+    /// Host byte order.
+    pub local_port: u32,
+    /// Host byte order.
+    pub remote_port: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 24);
+
+impl SockKey {
+    /// The key of the socket at the other end of this connection.
+    #[must_use]
+    pub const fn peer(&self) -> Self {
+        Self {
+            netns_cookie: self.netns_cookie,
+            local_ip4_be: self.remote_ip4_be,
+            remote_ip4_be: self.local_ip4_be,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
+
+/// The single element of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `SETTING_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+
+/// `Settings::flags`: redirect app↔proxy loopback hops with sk_msg (the same-node shortcut).
+pub const SETTING_SOCKMAP_SHORTCUT: u32 = 1 << 0;
+
+/// Indices into the per-CPU `STATS` array of `u64` counters.
+pub mod stats {
+    pub const OUTBOUND_CAPTURED: u32 = 0;
+    pub const OUTBOUND_EXCLUDED: u32 = 1;
+    pub const DIRECT_PROXY_CONNECT_REFUSED: u32 = 2;
+    pub const INBOUND_STEERED: u32 = 3;
+    pub const INBOUND_STEER_FAILED: u32 = 4;
+    pub const ORIG_DST_ANSWERED: u32 = 5;
+    pub const ORIG_DST_MISSED: u32 = 6;
+    pub const SHORTCUT_SOCKETS_ADDED: u32 = 7;
+    pub const SHORTCUT_REDIRECTS: u32 = 8;
+    /// A shortcut socket's first message found no peer; it stays on the TCP stack.
+    pub const SHORTCUT_FALLBACKS: u32 = 9;
+    pub const COUNT: u32 = 10;
+
+    /// Names, indexed like the counters.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "outbound_captured",
+        "outbound_excluded",
+        "direct_proxy_connect_refused",
+        "inbound_steered",
+        "inbound_steer_failed",
+        "orig_dst_answered",
+        "orig_dst_missed",
+        "shortcut_sockets_added",
+        "shortcut_redirects",
+        "shortcut_fallbacks",
+    ];
+}
+
+#[cfg(feature = "user")]
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+mod user {
+    // SAFETY (for every impl below): `#[repr(C)]`, only integer fields, no implicit padding
+    // (the size assertions above prove it), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::MeshedNetns {}
+    unsafe impl aya::Pod for super::NetnsPortKey {}
+    unsafe impl aya::Pod for super::PodPortKey {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_key_peer_swaps_ends_and_is_an_involution() {
+        let key = SockKey {
+            netns_cookie: 7,
+            local_ip4_be: 1,
+            remote_ip4_be: 2,
+            local_port: 40000,
+            remote_port: u32::from(OUTBOUND_PORT),
+        };
+        let peer = key.peer();
+        assert_eq!(peer.local_port, u32::from(OUTBOUND_PORT));
+        assert_eq!(peer.remote_ip4_be, 1);
+        assert_eq!(peer.peer(), key);
+    }
+
+    #[test]
+    fn stat_names_cover_every_counter() {
+        assert_eq!(stats::NAMES.len(), stats::COUNT as usize);
+    }
+}

@@ -1,0 +1,64 @@
+//! Every map of shunt's programs. Names, key and value types come from `shunt-common`; the agent
+//! pins each one under `<bpffs>/shunt/<instance>/maps/<NAME>` and reuses it across restarts.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use shunt_common::{
+    ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, SockKey, stats,
+};
+
+/// Captured pods per node: a few thousand is far beyond any node's pod limit.
+const PODS: u32 = 4096;
+/// Excluded ports, summed over every pod of the node.
+const EXCLUDED_PORTS: u32 = 4096;
+/// Connections in flight at once (original destinations, shortcut sockets).
+const CONNECTIONS: u32 = 65536;
+
+/// Netns cookie → the captured pod living in that netns.
+#[map]
+pub static MESHED_NETNS: HashMap<u64, MeshedNetns> = HashMap::with_max_entries(PODS, 0);
+
+/// (netns cookie, destination port) → 1: outbound connections to that port are not captured.
+#[map]
+pub static OUTBOUND_EXCLUDED_PORTS: HashMap<NetnsPortKey, u8> =
+    HashMap::with_max_entries(EXCLUDED_PORTS, 0);
+
+/// (pod IP, local port) → 1: inbound connections to that port are not captured.
+#[map]
+pub static INBOUND_EXCLUDED_PORTS: HashMap<PodPortKey, u8> =
+    HashMap::with_max_entries(EXCLUDED_PORTS, 0);
+
+/// Pod IP (network order) → the proxy's inbound listener (127.0.0.1:15006) in that pod's netns.
+#[map]
+pub static INBOUND_LISTENERS: SockHash<u32> = SockHash::with_max_entries(PODS, 0);
+
+/// Socket cookie of a captured app socket → its original destination, from `connect()` until
+/// the socket is established. LRU: a connect that never completes leaves an entry behind.
+#[map]
+pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// (netns cookie, app's local address) → original destination; answers `SO_ORIGINAL_DST`.
+/// LRU: entries are never deleted per connection, so the proxy may ask more than once.
+#[map]
+pub static ORIG_DST_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
+    LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Both ends of each same-netns app↔proxy hop, for the `sk_msg` shortcut.
+#[map]
+pub static SHORTCUT_SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(CONNECTIONS, 0);
+
+/// Sockets whose first message found no peer in `SHORTCUT_SOCKETS`: they keep using the TCP
+/// stack for their whole life, because mixing the two paths could reorder bytes at the peer.
+#[map]
+pub static SHORTCUT_BYPASS: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Index 0: the agent's `Settings`.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `shunt_common::stats`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

@@ -1,0 +1,287 @@
+//! Composition root: wires the control client, the pod registry, the metrics endpoint and the
+//! access log, and runs them until SIGTERM/SIGINT, then drains.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::client::ControlClient;
+use crate::inpod::PodRegistry;
+use crate::proxy::ProxyContext;
+use crate::socket::SocketFactory;
+use crate::state::StateStore;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::server;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Metrics(#[from] server::Error),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Everything the command line sets.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub control_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    /// How long in-flight connections get to finish once draining starts.
+    pub drain_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// A started proxy.
+pub struct App {
+    pub pods: Arc<PodRegistry>,
+    pub state: Arc<StateStore>,
+    pub metrics: Arc<Metrics>,
+    /// Where the metrics endpoint actually listens (the config may ask for port 0).
+    pub metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    control: JoinHandle<()>,
+    metrics_server: JoinHandle<()>,
+}
+
+impl App {
+    /// Binds the metrics endpoint and starts dialling the agent.
+    pub async fn start(
+        config: &Config,
+        factory: Arc<dyn SocketFactory>,
+        access_log: AccessLog,
+    ) -> Result<Self, Error> {
+        let state = Arc::new(StateStore::new());
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(ProxyContext::new(
+            state.clone(),
+            metrics.clone(),
+            access_log,
+            config.connect_timeout,
+        ));
+        Self::start_with(config, factory, proxy).await
+    }
+
+    /// [`App::start`] with the proxy context given (tests swap its original-destination source).
+    pub async fn start_with(
+        config: &Config,
+        factory: Arc<dyn SocketFactory>,
+        proxy: Arc<ProxyContext>,
+    ) -> Result<Self, Error> {
+        let metrics_listener = server::bind(config.metrics_addr).await?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .map_err(|source| server::Error::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let metrics_server = tokio::spawn(server::serve(
+            metrics_listener,
+            proxy.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let pods = Arc::new(PodRegistry::new(
+            factory,
+            proxy.clone(),
+            config.drain_timeout,
+        ));
+        let client = ControlClient::new(
+            config.control_socket.clone(),
+            proxy.state.clone(),
+            pods.clone(),
+        );
+        let control = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { client.run(shutdown).await })
+        };
+        tracing::info!(
+            control_socket = %config.control_socket.display(),
+            metrics = %metrics_addr,
+            "shunt-proxy started"
+        );
+        Ok(Self {
+            pods,
+            state: proxy.state.clone(),
+            metrics: proxy.metrics.clone(),
+            metrics_addr,
+            shutdown,
+            control,
+            metrics_server,
+        })
+    }
+
+    /// Stops talking to the agent, drains every pod, and stops the metrics endpoint last so
+    /// the drain can still be scraped.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.control.await {
+            tracing::error!(%error, "control client task failed");
+        }
+        self.pods.shutdown().await;
+        if let Err(error) = self.metrics_server.await {
+            tracing::error!(%error, "metrics endpoint task failed");
+        }
+        tracing::info!("shunt-proxy stopped");
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config, factory: Arc<dyn SocketFactory>) -> Result<(), Error> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    let app = App::start(&config, factory, AccessLog::stdout()).await?;
+    let received = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!(signal = received, drain_timeout = ?config.drain_timeout, "shutting down");
+    app.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::wire::{self, AgentMessage, ProxyMessage};
+    use crate::socket::CurrentNetnsSocketFactory;
+    use crate::state::MeshState;
+    use crate::state::fixtures::pod;
+    use crate::testing::*;
+    use std::net::Ipv4Addr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn the_app_follows_the_agent_reports_and_drains_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let control_socket = dir.path().join("control.sock");
+        let agent_listener = UnixListener::bind(&control_socket).unwrap();
+        let test = TestProxy::new(false);
+        let config = Config {
+            control_socket,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            drain_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(2),
+        };
+        let app = App::start_with(
+            &config,
+            Arc::new(CurrentNetnsSocketFactory),
+            test.proxy.clone(),
+        )
+        .await
+        .unwrap();
+
+        let (mut agent, _) = tokio::time::timeout(Duration::from_secs(5), agent_listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let (hello, _): (ProxyMessage, _) = wire::recv(&mut agent).await.unwrap();
+        assert!(matches!(hello, ProxyMessage::Hello { .. }), "{hello:?}");
+        let state = MeshState {
+            workloads: vec![
+                pod("shop", "web-1", [127, 0, 0, 10], "web"),
+                pod("shop", "api-a", [127, 0, 0, 2], "api"),
+            ],
+            services: vec![],
+        };
+        wire::send(&mut agent, &AgentMessage::State { state }, &[])
+            .await
+            .unwrap();
+        let netns = own_netns();
+        let add = AgentMessage::AddPod {
+            uid: "uid-shop-web-1".into(),
+            netns_cookie: own_netns_cookie(),
+        };
+        wire::send(&mut agent, &add, &[std::os::fd::AsRawFd::as_raw_fd(&netns)])
+            .await
+            .unwrap();
+        let (ready, _): (ProxyMessage, _) = wire::recv(&mut agent).await.unwrap();
+        assert_eq!(
+            ready,
+            ProxyMessage::PodReady {
+                uid: "uid-shop-web-1".into()
+            }
+        );
+
+        let echo = echo_server(Ipv4Addr::new(127, 0, 0, 2)).await;
+        let outbound = app.pods.listeners("uid-shop-web-1").unwrap().outbound;
+        let mut finished = connect_as_captured(outbound, &test.outbound, echo).await;
+        finished.write_all(b"done").await.unwrap();
+        finished.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut finished).await.unwrap(), b"done");
+        let mut held = connect_as_captured(outbound, &test.outbound, echo).await;
+        held.write_all(b"held").await.unwrap();
+        let mut buf = [0u8; 4];
+        held.read_exact(&mut buf).await.unwrap();
+        test.log_lines(1).await;
+
+        let scrape = http_request(app.metrics_addr, "GET /metrics HTTP/1.1").await;
+        let sample = |metric: &str| {
+            scrape
+                .lines()
+                .find(|l| l.starts_with(metric) && l.contains("destination_workload=\"api\""))
+                .and_then(|l| l.rsplit_once(' '))
+                .map(|(_, value)| value.to_owned())
+        };
+        assert_eq!(
+            sample("istio_tcp_connections_opened_total{").as_deref(),
+            Some("2"),
+            "{scrape}"
+        );
+        assert_eq!(
+            sample("istio_tcp_connections_closed_total{").as_deref(),
+            Some("1"),
+            "{scrape}"
+        );
+        assert_eq!(
+            sample("istio_tcp_received_bytes_total{").as_deref(),
+            Some("8"),
+            "{scrape}"
+        );
+
+        let metrics_addr = app.metrics_addr;
+        tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(&mut held).await,
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+        let reasons: Vec<String> = test
+            .log_lines(2)
+            .await
+            .iter()
+            .map(|l| l["close_reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(reasons, ["eof", "drained"]);
+        assert!(
+            tokio::net::TcpStream::connect(outbound).await.is_err(),
+            "pod listener still open"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(metrics_addr).await.is_err(),
+            "metrics still served"
+        );
+        assert!(matches!(
+            wire::recv::<ProxyMessage>(&mut agent).await,
+            Err(wire::Error::Closed)
+        ));
+    }
+}

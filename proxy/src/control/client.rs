@@ -1,0 +1,176 @@
+//! The proxy's end of the control connection: dials the agent, applies what it says, and keeps
+//! everything (state and pods' listeners) while the agent is away.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{self, AgentMessage, ProxyMessage};
+use crate::inpod::PodRegistry;
+use crate::state::StateStore;
+
+/// How often the proxy redials a control socket that is away.
+pub const REDIAL_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot connect to the agent's control socket {path} (is shunt-agent running?): {source}"
+    )]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control connection to the agent failed: {0}")]
+    Wire(#[from] wire::Error),
+}
+
+/// Keeps the proxy in step with the agent.
+pub struct ControlClient {
+    socket_path: PathBuf,
+    state: Arc<StateStore>,
+    pods: Arc<PodRegistry>,
+}
+
+impl ControlClient {
+    #[must_use]
+    pub fn new(socket_path: PathBuf, state: Arc<StateStore>, pods: Arc<PodRegistry>) -> Self {
+        Self {
+            socket_path,
+            state,
+            pods,
+        }
+    }
+
+    /// Dials, serves a session, and redials every [`REDIAL_INTERVAL`] while the agent is away,
+    /// until `shutdown` fires.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        // Warn once per outage; every failed redial after that is only debug noise.
+        let mut outage_reported = false;
+        loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = self.dial_and_serve() => outcome,
+            };
+            match outcome {
+                Err(error @ Error::Connect { .. }) if outage_reported => {
+                    tracing::debug!(%error, "agent still unreachable");
+                }
+                Err(error @ Error::Connect { .. }) => {
+                    tracing::warn!(
+                        %error,
+                        redial_every = ?REDIAL_INTERVAL,
+                        "agent unreachable; keeping the last state and every pod's listeners"
+                    );
+                    outage_reported = true;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        redial_every = ?REDIAL_INTERVAL,
+                        "lost the agent; keeping the last state and every pod's listeners"
+                    );
+                    outage_reported = true;
+                }
+                Ok(()) => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(REDIAL_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn dial_and_serve(&self) -> Result<(), Error> {
+        let stream = connect(&self.socket_path).await?;
+        tracing::info!(socket = %self.socket_path.display(), "connected to the agent");
+        self.serve(stream).await
+    }
+
+    /// Runs one session on a connected stream until the agent goes away.
+    pub async fn serve(&self, mut stream: UnixStream) -> Result<(), Error> {
+        let hello = ProxyMessage::Hello {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        wire::send(&mut stream, &hello, &[]).await?;
+        loop {
+            let (message, fds) = wire::recv::<AgentMessage>(&mut stream).await?;
+            match message {
+                AgentMessage::State { state } => {
+                    let errors = self.state.replace(&state);
+                    for error in &errors {
+                        tracing::warn!(%error, "mesh state problem");
+                    }
+                    let index = self.state.load();
+                    tracing::info!(
+                        workloads = index.workload_count(),
+                        services = index.service_count(),
+                        problems = errors.len(),
+                        "mesh state updated"
+                    );
+                }
+                AgentMessage::AddPod { uid, netns_cookie } => {
+                    let reply = self.add_pod(&uid, netns_cookie, fds).await;
+                    match reply {
+                        Ok(listener) => {
+                            let ready = ProxyMessage::PodReady { uid };
+                            // SCM_RIGHTS gives the agent its own descriptor for the listener.
+                            wire::send(&mut stream, &ready, &[listener.as_raw_fd()]).await?;
+                        }
+                        Err(error) => {
+                            tracing::warn!(pod = %uid, %error, "cannot serve pod");
+                            let failed = ProxyMessage::PodFailed { uid, error };
+                            wire::send(&mut stream, &failed, &[]).await?;
+                        }
+                    }
+                }
+                AgentMessage::RemovePod { uid } => {
+                    if !self.pods.remove(&uid).await {
+                        tracing::debug!(pod = %uid, "RemovePod for a pod that was not served");
+                    }
+                }
+                AgentMessage::Synced { pods } => {
+                    self.pods.retain(&pods).await;
+                    tracing::info!(pods = self.pods.served().len(), "in sync with the agent");
+                }
+            }
+        }
+    }
+
+    /// Serves a pod; the error is what `PodFailed` tells the agent.
+    async fn add_pod(
+        &self,
+        uid: &str,
+        netns_cookie: u64,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<Arc<tokio::net::TcpListener>, String> {
+        if fds.len() != 1 {
+            return Err(format!(
+                "AddPod for {uid} carried {} descriptors; expected exactly one, the pod's \
+                 network namespace",
+                fds.len()
+            ));
+        }
+        let netns = fds.remove(0);
+        self.pods
+            .add(uid, netns_cookie, netns)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+async fn connect(path: &Path) -> Result<UnixStream, Error> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! The agent ↔ proxy control protocol.
+//!
+//! A Unix stream socket that the agent listens on and the proxy dials. Each frame is a 4-byte
+//! big-endian length and a JSON body. File descriptors (a pod's netns from the agent, a pod's
+//! inbound listener from the proxy) ride as `SCM_RIGHTS` on the length bytes of their frame, so
+//! they arrive together with the message that explains them.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+use crate::state::MeshState;
+
+/// The largest frame either side accepts: a bound on what a confused peer can make us allocate.
+pub const MAX_FRAME: usize = 64 << 20;
+/// The most descriptors one frame may carry.
+const MAX_FDS_PER_FRAME: usize = 4;
+
+/// Agent → proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The whole mesh; replaces what the proxy had.
+    State { state: MeshState },
+    /// A captured pod. Carries one descriptor: the pod's network namespace. The proxy opens
+    /// its listeners there and answers with `PodReady` or `PodFailed`. Sent again for a pod the
+    /// proxy already serves (after the agent restarts), which the proxy answers without
+    /// touching its listeners.
+    AddPod { uid: String, netns_cookie: u64 },
+    /// A pod is no longer captured: close its listeners (after draining) and forget it.
+    RemovePod { uid: String },
+    /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
+    Synced { pods: Vec<String> },
+}
+
+/// Proxy → agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProxyMessage {
+    /// First frame on every connection.
+    Hello { pid: u32, version: String },
+    /// The pod's listeners are open. Carries one descriptor: the inbound listener
+    /// (`127.0.0.1:15006` in the pod's netns), which the agent puts in the sk_lookup sockhash.
+    PodReady { uid: String },
+    /// The proxy could not serve the pod; `error` says why.
+    PodFailed { uid: String, error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("control socket I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("control peer closed the connection")]
+    Closed,
+    #[error("control frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("control frame is not valid JSON for this protocol version: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("control frame carried {0} descriptors, more than {MAX_FDS_PER_FRAME}")]
+    TooManyFds(usize),
+}
+
+/// Writes one frame with `fds` attached.
+pub async fn send<T: Serialize>(
+    stream: &mut UnixStream,
+    message: &T,
+    fds: &[RawFd],
+) -> Result<(), Error> {
+    if fds.len() > MAX_FDS_PER_FRAME {
+        return Err(Error::TooManyFds(fds.len()));
+    }
+    let body = serde_json::to_vec(message)?;
+    if body.len() > MAX_FRAME {
+        return Err(Error::TooLarge(body.len()));
+    }
+    let header = u32::try_from(body.len())
+        .map_err(|_| Error::TooLarge(body.len()))?
+        .to_be_bytes();
+    // The descriptors travel with the header; its 4 bytes always fit in one sendmsg unless the
+    // buffer is full, in which case try_io reports WouldBlock and we wait.
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let iov = [IoSlice::new(&header)];
+            let cmsgs = if fds.is_empty() {
+                vec![]
+            } else {
+                vec![ControlMessage::ScmRights(fds)]
+            };
+            sendmsg::<()>(
+                stream.as_fd().as_raw_fd(),
+                &iov,
+                &cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(n) if n == header.len() => break,
+            Ok(n) => {
+                return Err(Error::Io(io::Error::other(format!(
+                    "short write of a control frame header ({n} of 4 bytes)"
+                ))));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    stream.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads one frame and the descriptors that came with it.
+pub async fn recv<T: for<'de> Deserialize<'de>>(
+    stream: &mut UnixStream,
+) -> Result<(T, Vec<OwnedFd>), Error> {
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    let mut fds = Vec::new();
+    while filled < header.len() {
+        stream.readable().await?;
+        let got = stream.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut header[filled..])];
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_FRAME]);
+            let msg = recvmsg::<()>(
+                stream.as_fd().as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut received = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    received.extend(raw);
+                }
+            }
+            Ok((msg.bytes, received))
+        });
+        match got {
+            Ok((0, _)) => return Err(Error::Closed),
+            Ok((n, raw)) => {
+                filled += n;
+                // SAFETY: SCM_RIGHTS just installed these descriptors in this process and
+                // nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(Error::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::Closed
+        } else {
+            Error::Io(e)
+        }
+    })?;
+    Ok((serde_json::from_slice(&body)?, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[tokio::test]
+    async fn frames_round_trip_with_their_descriptors() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let sent = AgentMessage::AddPod {
+            uid: "ns/pod".into(),
+            netns_cookie: 42,
+        };
+        send(&mut a, &sent, &[file.as_raw_fd()]).await.unwrap();
+        send(&mut a, &AgentMessage::Synced { pods: vec![] }, &[])
+            .await
+            .unwrap();
+        let (got, fds): (AgentMessage, _) = recv(&mut b).await.unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(fds.len(), 1);
+        let (got, fds): (AgentMessage, _) = recv(&mut b).await.unwrap();
+        assert_eq!(got, AgentMessage::Synced { pods: vec![] });
+        assert!(fds.is_empty());
+        drop(a);
+        assert!(matches!(
+            recv::<AgentMessage>(&mut b).await,
+            Err(Error::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn large_state_frames_cross_the_socket_buffer() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut state = MeshState::default();
+        for i in 0..5000 {
+            state.services.push(crate::state::Service {
+                namespace: "ns".into(),
+                name: format!("svc-{i}"),
+                cluster_ip: None,
+                ports: vec![],
+                selector: Default::default(),
+            });
+        }
+        let sent = AgentMessage::State { state };
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move { send(&mut a, &sent, &[]).await })
+        };
+        let (got, _): (AgentMessage, _) = recv(&mut b).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(got, sent);
+    }
+}

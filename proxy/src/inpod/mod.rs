@@ -1,0 +1,347 @@
+//! The captured pods the proxy serves. Per pod: a socket worker in its netns, the outbound
+//! (`127.0.0.1:15001`) and inbound (`127.0.0.1:15006`) listeners opened there, and the
+//! [`Drain`] their accept loops and connections run under.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::drain::{Drain, DrainOutcome};
+use crate::netns::socket_netns_cookie;
+use crate::proxy::orig_dst::ClientAddr;
+use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
+use crate::socket::{self, SocketFactory};
+
+/// Pause after an accept error other than an aborted handshake (out of descriptors, memory):
+/// retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sockets(#[from] socket::Error),
+    #[error(
+        "pod {pod}: the netns handed over has cookie {actual}, but the agent announced \
+         {announced}; refusing to serve the pod from the wrong network namespace"
+    )]
+    CookieMismatch {
+        pod: String,
+        announced: u64,
+        actual: u64,
+    },
+    #[error("pod {pod}: cannot read the netns cookie of its listener: {source}")]
+    Cookie { pod: String, source: io::Error },
+    #[error("pod {pod}: cannot read its listener's address: {source}")]
+    LocalAddr { pod: String, source: io::Error },
+}
+
+/// A pod being served.
+struct ServedPod {
+    netns_cookie: u64,
+    context: Arc<PodContext>,
+    /// Shared with the inbound accept loop; also what `PodReady` hands to the agent.
+    inbound: Arc<TcpListener>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+impl ServedPod {
+    /// Stops both accept loops and waits until they have closed their listeners.
+    async fn stop_accepting(self) -> Arc<PodContext> {
+        self.context.drain.stop_accepting();
+        drop(self.inbound);
+        for accept_loop in self.accept_loops {
+            if let Err(error) = accept_loop.await {
+                tracing::error!(pod = %self.context.uid, %error, "accept loop panicked");
+            }
+        }
+        self.context
+    }
+}
+
+/// Listener addresses of a served pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodListeners {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+}
+
+/// Every pod the proxy serves, by uid.
+pub struct PodRegistry {
+    factory: Arc<dyn SocketFactory>,
+    proxy: Arc<ProxyContext>,
+    drain_timeout: Duration,
+    pods: Mutex<HashMap<String, ServedPod>>,
+    /// Drains of removed pods, waited for at shutdown.
+    draining: TaskTracker,
+}
+
+impl PodRegistry {
+    #[must_use]
+    pub fn new(
+        factory: Arc<dyn SocketFactory>,
+        proxy: Arc<ProxyContext>,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            factory,
+            proxy,
+            drain_timeout,
+            pods: Mutex::new(HashMap::new()),
+            draining: TaskTracker::new(),
+        }
+    }
+
+    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServedPod>> {
+        // Held only for map operations, which cannot leave the map half-changed.
+        self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves pod `uid` from `netns`, whose cookie the agent says is `netns_cookie`, and
+    /// returns its inbound listener. A pod already served from the same netns keeps its
+    /// listeners (the agent re-announces pods after it restarts); one whose netns changed (the
+    /// sandbox was recreated) is drained and served afresh.
+    pub async fn add(
+        &self,
+        uid: &str,
+        netns_cookie: u64,
+        netns: OwnedFd,
+    ) -> Result<Arc<TcpListener>, Error> {
+        let stale = {
+            let mut pods = self.pods();
+            match pods.get(uid) {
+                Some(served) if served.netns_cookie == netns_cookie => {
+                    tracing::debug!(pod = uid, "pod already served; keeping its listeners");
+                    return Ok(served.inbound.clone());
+                }
+                Some(_) => pods.remove(uid),
+                None => None,
+            }
+        };
+        if let Some(stale) = stale {
+            tracing::info!(
+                pod = uid,
+                "pod's network namespace changed; serving it from the new one"
+            );
+            self.retire(stale).await;
+        }
+
+        let pod = self.pod_name(uid);
+        let sockets = self.factory.enter(netns, &pod).await?;
+        let outbound = sockets
+            .listen(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                shunt_common::OUTBOUND_PORT,
+            )))
+            .await?;
+        let inbound = sockets
+            .listen(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                shunt_common::INBOUND_PORT,
+            )))
+            .await?;
+        let actual = socket_netns_cookie(inbound.as_fd()).map_err(|source| Error::Cookie {
+            pod: pod.clone(),
+            source,
+        })?;
+        if actual != netns_cookie {
+            return Err(Error::CookieMismatch {
+                pod,
+                announced: netns_cookie,
+                actual,
+            });
+        }
+        let local_addr = |l: &TcpListener| {
+            l.local_addr().map_err(|source| Error::LocalAddr {
+                pod: pod.clone(),
+                source,
+            })
+        };
+        let listeners = PodListeners {
+            outbound: local_addr(&outbound)?,
+            inbound: local_addr(&inbound)?,
+        };
+        let context = Arc::new(PodContext {
+            uid: uid.to_owned(),
+            sockets,
+            outbound_listener: listeners.outbound,
+            inbound_listener: listeners.inbound,
+            drain: Drain::new(),
+        });
+        let inbound = Arc::new(inbound);
+        let accept_loops = vec![
+            self.spawn_accept_loop(Arc::new(outbound), &context, outbound::serve),
+            self.spawn_accept_loop(inbound.clone(), &context, inbound::serve),
+        ];
+        tracing::info!(
+            pod = %pod,
+            netns_cookie,
+            outbound = %listeners.outbound,
+            inbound = %listeners.inbound,
+            "serving pod"
+        );
+        self.pods().insert(
+            uid.to_owned(),
+            ServedPod {
+                netns_cookie,
+                context,
+                inbound: inbound.clone(),
+                accept_loops,
+            },
+        );
+        Ok(inbound)
+    }
+
+    /// Stops serving `uid`: its listeners close now, its connections get the drain timeout.
+    /// Returns whether the pod was served.
+    pub async fn remove(&self, uid: &str) -> bool {
+        let removed = self.pods().remove(uid);
+        match removed {
+            Some(served) => {
+                tracing::info!(pod = uid, "pod removed; draining its connections");
+                self.retire(served).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops serving every pod not in `keep`.
+    pub async fn retain(&self, keep: &[String]) {
+        let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let gone: Vec<String> = self
+            .pods()
+            .keys()
+            .filter(|uid| !keep.contains(uid.as_str()))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.remove(&uid).await;
+        }
+    }
+
+    /// Listener addresses of `uid`, if it is served.
+    #[must_use]
+    pub fn listeners(&self, uid: &str) -> Option<PodListeners> {
+        self.pods().get(uid).map(|served| PodListeners {
+            outbound: served.context.outbound_listener,
+            inbound: served.context.inbound_listener,
+        })
+    }
+
+    /// Uids of the pods served, sorted.
+    #[must_use]
+    pub fn served(&self) -> Vec<String> {
+        let mut uids: Vec<String> = self.pods().keys().cloned().collect();
+        uids.sort();
+        uids
+    }
+
+    /// Stops accepting everywhere, gives in-flight connections the drain timeout, cuts the
+    /// rest, and returns when every connection is closed.
+    pub async fn shutdown(&self) {
+        let served: Vec<ServedPod> = self.pods().drain().map(|(_, served)| served).collect();
+        // Signal every pod before waiting on any, so all listeners close together.
+        for pod in &served {
+            pod.context.drain.stop_accepting();
+        }
+        let mut stopped = Vec::with_capacity(served.len());
+        for pod in served {
+            stopped.push(pod.stop_accepting().await);
+        }
+        let in_flight: usize = stopped.iter().map(|c| c.drain.in_flight()).sum();
+        tracing::info!(
+            pods = stopped.len(),
+            in_flight,
+            drain_timeout = ?self.drain_timeout,
+            "stopped accepting; draining connections"
+        );
+        for context in stopped {
+            self.drain_in_background(context);
+        }
+        self.draining.close();
+        self.draining.wait().await;
+    }
+
+    /// Closes a pod's listeners and drains its connections in the background.
+    async fn retire(&self, served: ServedPod) {
+        let context = served.stop_accepting().await;
+        self.drain_in_background(context);
+    }
+
+    fn drain_in_background(&self, context: Arc<PodContext>) {
+        let deadline = self.drain_timeout;
+        self.draining.spawn(async move {
+            match context.drain.drain(deadline).await {
+                DrainOutcome::Finished => {
+                    tracing::debug!(pod = %context.uid, "pod drained");
+                }
+                DrainOutcome::Cut { remaining } => {
+                    tracing::info!(
+                        pod = %context.uid,
+                        remaining,
+                        ?deadline,
+                        "drain timeout reached; closed the remaining connections"
+                    );
+                }
+            }
+        });
+    }
+
+    fn pod_name(&self, uid: &str) -> String {
+        self.proxy
+            .state
+            .load()
+            .workload_by_uid(uid)
+            .map_or_else(|| uid.to_owned(), |w| format!("{}/{}", w.namespace, w.name))
+    }
+
+    fn spawn_accept_loop<S, F>(
+        &self,
+        listener: Arc<TcpListener>,
+        context: &Arc<PodContext>,
+        serve: S,
+    ) -> JoinHandle<()>
+    where
+        S: Fn(Arc<ProxyContext>, Arc<PodContext>, TcpStream, ClientAddr) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let proxy = self.proxy.clone();
+        let context = context.clone();
+        context.drain.clone().spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    () = context.drain.accepting_stopped() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let task = serve(proxy.clone(), context.clone(), stream, ClientAddr(peer));
+                        context.drain.spawn(task);
+                    }
+                    // The client gave up between SYN and accept: nothing to do.
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(error) => {
+                        tracing::warn!(pod = %context.uid, %error, "accept failed; retrying shortly");
+                        tokio::select! {
+                            () = context.drain.accepting_stopped() => return,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

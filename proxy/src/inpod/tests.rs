@@ -1,0 +1,382 @@
+//! The registry and the connection pipeline together, with sockets in the test's own netns.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::socket::CurrentNetnsSocketFactory;
+use crate::state::fixtures::{pod, service};
+use crate::state::{MeshState, TargetPort};
+use crate::testing::*;
+
+const WEB: &str = "uid-shop-web-1";
+const API_A: &str = "uid-shop-api-a";
+const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
+
+fn ip(octets: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(octets)
+}
+
+/// web-1 (127.0.0.10) calls Service api (10.96.0.10): port 80 → `rr_port` on api-a/api-b
+/// (127.0.0.2/3; api-c at 127.0.0.4 is not ready), port 81 → `echo_port`. Service empty
+/// (10.96.0.11:80) selects nothing.
+fn mesh(rr_port: u16, echo_port: u16) -> MeshState {
+    let mut api_c = pod("shop", "api-c", [127, 0, 0, 4], "api");
+    api_c.ready = false;
+    MeshState {
+        workloads: vec![
+            pod("shop", "web-1", [127, 0, 0, 10], "web"),
+            pod("shop", "api-a", [127, 0, 0, 2], "api"),
+            pod("shop", "api-b", [127, 0, 0, 3], "api"),
+            api_c,
+        ],
+        services: vec![
+            service(
+                "shop",
+                "api",
+                CLUSTER_IP,
+                "api",
+                &[
+                    (80, TargetPort::Number(rr_port)),
+                    (81, TargetPort::Number(echo_port)),
+                ],
+            ),
+            service(
+                "shop",
+                "empty",
+                [10, 96, 0, 11],
+                "nobody",
+                &[(80, TargetPort::Number(80))],
+            ),
+        ],
+    }
+}
+
+async fn serve(
+    test: &TestProxy,
+    uid: &str,
+    drain_timeout: Duration,
+) -> (PodRegistry, PodListeners) {
+    let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), drain_timeout);
+    registry
+        .add(uid, own_netns_cookie(), own_netns())
+        .await
+        .unwrap();
+    let listeners = registry.listeners(uid).unwrap();
+    (registry, listeners)
+}
+
+fn service_addr(port: u16) -> SocketAddr {
+    SocketAddr::from((ip(CLUSTER_IP), port))
+}
+
+#[tokio::test]
+async fn outbound_to_a_pod_echoes_a_mebibyte_with_half_close_and_reports_it() {
+    let test = TestProxy::new(false);
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    test.proxy.state.replace(&mesh(1, echo.port()));
+    let (_registry, listeners) = serve(&test, WEB, Duration::from_secs(5)).await;
+
+    let mut client = connect_as_captured(listeners.outbound, &test.outbound, echo).await;
+    let client_addr = client.local_addr().unwrap();
+    let sent = payload(1 << 20);
+    let (mut rx, mut tx) = client.split();
+    let write = async {
+        tx.write_all(&sent).await.unwrap();
+        // Half-close: the echo only ends once it has seen our EOF through the proxy.
+        tx.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let (_, read) = tokio::join!(write, rx.read_to_end(&mut echoed));
+    read.unwrap();
+    assert!(echoed == sent, "echo differs from what was sent");
+
+    let line = &test.log_lines(1).await[0];
+    for (field, expected) in [
+        ("direction", "outbound"),
+        ("reporter", "source"),
+        ("pod", "shop/web-1"),
+        ("src_workload", "web"),
+        ("src_namespace", "shop"),
+        ("dst_workload", "api"),
+        ("dst_namespace", "shop"),
+        // A pod address is labelled with the Service that targets that port.
+        ("dst_service", "api.shop.svc.cluster.local"),
+        ("close_reason", "eof"),
+    ] {
+        assert_eq!(line[field], expected, "{field} in {line}");
+    }
+    assert_eq!(line["src_addr"], client_addr.to_string());
+    assert_eq!(line["dst_addr"], echo.to_string());
+    assert_eq!(line["upstream_addr"], echo.to_string());
+    assert_eq!(line["bytes_received"], 1 << 20);
+    assert_eq!(line["bytes_sent"], 1 << 20);
+
+    let labels = [
+        ("reporter", "source"),
+        ("source_workload", "web"),
+        ("destination_workload", "api"),
+        ("destination_service_name", "api"),
+    ];
+    for (metric, expected) in [
+        ("istio_tcp_connections_opened_total", 1),
+        ("istio_tcp_connections_closed_total", 1),
+        ("istio_tcp_received_bytes_total", 1 << 20),
+        ("istio_tcp_sent_bytes_total", 1 << 20),
+    ] {
+        assert_eq!(test.metric(metric, &labels), Some(expected), "{metric}");
+    }
+}
+
+#[tokio::test]
+async fn a_service_address_round_robins_over_ready_endpoints() {
+    let test = TestProxy::new(false);
+    let named_a = named_server(SocketAddr::from(([127, 0, 0, 2], 0)), "api-a").await;
+    let port = named_a.port();
+    // Both endpoints listen on the same targetPort, each on its pod's IP.
+    let named_b = named_server(SocketAddr::from(([127, 0, 0, 3], port)), "api-b").await;
+    test.proxy.state.replace(&mesh(port, 1));
+    let (_registry, listeners) = serve(&test, WEB, Duration::from_secs(5)).await;
+
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let mut client =
+            connect_as_captured(listeners.outbound, &test.outbound, service_addr(80)).await;
+        client.shutdown().await.unwrap();
+        answers.push(String::from_utf8(read_all(&mut client).await.unwrap()).unwrap());
+    }
+    assert_eq!(answers, ["api-a", "api-b", "api-a", "api-b"]);
+
+    let lines = test.log_lines(4).await;
+    let upstreams: Vec<&str> = lines
+        .iter()
+        .map(|l| l["upstream_addr"].as_str().unwrap())
+        .collect();
+    let (a, b) = (named_a.to_string(), named_b.to_string());
+    assert_eq!(upstreams, [&a, &b, &a, &b]);
+    for line in &lines {
+        assert_eq!(line["dst_addr"], "10.96.0.10:80");
+        assert_eq!(line["dst_service"], "api.shop.svc.cluster.local");
+        assert_eq!(line["dst_workload"], "api");
+    }
+}
+
+#[tokio::test]
+async fn refusals_reset_the_client_and_log_why() {
+    let test = TestProxy::new(false);
+    let closed_port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    test.proxy.state.replace(&mesh(1, 1));
+    let (_registry, listeners) = serve(&test, WEB, Duration::from_secs(5)).await;
+
+    for (orig_dst, close_reason, error_has, upstream) in [
+        (
+            SocketAddr::from(([10, 96, 0, 11], 80)),
+            "unreachable",
+            "no ready endpoints for Service shop/empty port 80",
+            None,
+        ),
+        (closed_port, "connect_refused", "refused", Some(closed_port)),
+        (listeners.outbound, "error", "loop", None),
+        (
+            SocketAddr::from(([127, 0, 0, 1], 15006)),
+            "error",
+            "loop",
+            None,
+        ),
+    ] {
+        test.log.clear();
+        let mut client = connect_as_captured(listeners.outbound, &test.outbound, orig_dst).await;
+        assert_eq!(
+            read_all(&mut client).await,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{orig_dst}: the client must see RST"
+        );
+        let line = &test.log_lines(1).await[0];
+        assert_eq!(line["close_reason"], close_reason, "{line}");
+        assert!(
+            line["error"].as_str().unwrap().contains(error_has),
+            "{line}"
+        );
+        assert_eq!(line["dst_addr"], orig_dst.to_string(), "{line}");
+        assert_eq!(
+            line["upstream_addr"].as_str(),
+            upstream.map(|u| u.to_string()).as_deref(),
+            "{line}"
+        );
+    }
+
+    // Not redirected at all: no original destination.
+    test.log.clear();
+    let mut direct = TcpStream::connect(listeners.outbound).await.unwrap();
+    assert_eq!(
+        read_all(&mut direct).await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let line = &test.log_lines(1).await[0];
+    assert_eq!(line["close_reason"], "error");
+    assert_eq!(line["dst_addr"], "unknown");
+    assert!(
+        line["error"].as_str().unwrap().contains("SO_ORIGINAL_DST"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn inbound_delivers_to_the_pod_and_reports_as_destination() {
+    let test = TestProxy::new(true);
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    test.proxy.state.replace(&mesh(1, echo.port()));
+    let (_registry, listeners) = serve(&test, API_A, Duration::from_secs(5)).await;
+
+    // The caller is web-1: its IP is the peer address the inbound listener sees.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.10:0".parse().unwrap()).unwrap();
+    test.inbound.insert(socket.local_addr().unwrap(), echo);
+    let mut client = socket.connect(listeners.inbound).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut client).await.unwrap(), b"hello");
+
+    let line = &test.log_lines(1).await[0];
+    for (field, expected) in [
+        ("direction", "inbound"),
+        ("reporter", "destination"),
+        ("pod", "shop/api-a"),
+        ("src_workload", "web"),
+        ("dst_workload", "api"),
+        ("dst_service", "api.shop.svc.cluster.local"),
+        ("close_reason", "eof"),
+    ] {
+        assert_eq!(line[field], expected, "{field} in {line}");
+    }
+    assert_eq!(line["bytes_received"], 5);
+    assert_eq!(
+        test.metric(
+            "istio_tcp_connections_closed_total",
+            &[("reporter", "destination"), ("source_workload", "web")]
+        ),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn a_direct_connection_to_the_inbound_listener_is_refused() {
+    let test = TestProxy::new(false);
+    test.proxy.state.replace(&mesh(1, 1));
+    let (_registry, listeners) = serve(&test, API_A, Duration::from_secs(5)).await;
+    let mut client = TcpStream::connect(listeners.inbound).await.unwrap();
+    assert_eq!(
+        read_all(&mut client).await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let line = &test.log_lines(1).await[0];
+    assert!(line["error"].as_str().unwrap().contains("loop"), "{line}");
+    assert_eq!(line["upstream_addr"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn removing_a_pod_closes_its_listeners_and_lets_connections_finish() {
+    let test = TestProxy::new(false);
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    test.proxy.state.replace(&mesh(1, echo.port()));
+    let (registry, listeners) = serve(&test, WEB, Duration::from_secs(30)).await;
+
+    let mut client = connect_as_captured(listeners.outbound, &test.outbound, echo).await;
+    client.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    client.read_exact(&mut buf).await.unwrap();
+
+    assert!(registry.remove(WEB).await);
+    assert!(!registry.remove(WEB).await, "removed twice");
+    assert_eq!(registry.served(), Vec::<String>::new());
+    for listener in [listeners.outbound, listeners.inbound] {
+        let refused = TcpStream::connect(listener).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{listener}"
+        );
+    }
+    // The established connection is untouched.
+    client.write_all(b"after").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut client).await.unwrap(), b"after");
+    assert_eq!(test.log_lines(1).await[0]["close_reason"], "eof");
+
+    // Shutdown waits for nothing now, and the same pod can be served again.
+    tokio::time::timeout(Duration::from_secs(5), registry.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_cuts_connections_still_open_at_the_drain_deadline() {
+    let test = TestProxy::new(false);
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    test.proxy.state.replace(&mesh(1, echo.port()));
+    let (registry, listeners) = serve(&test, WEB, Duration::from_millis(300)).await;
+
+    let mut client = connect_as_captured(listeners.outbound, &test.outbound, echo).await;
+    client.write_all(b"held").await.unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).await.unwrap();
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), registry.shutdown())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "drained after {took:?}, before the deadline"
+    );
+    assert_eq!(
+        read_all(&mut client).await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let line = &test.log_lines(1).await[0];
+    assert_eq!(line["close_reason"], "drained");
+    assert_eq!(line["bytes_received"], 4);
+    assert_eq!(line["bytes_sent"], 4);
+    assert!(TcpStream::connect(listeners.outbound).await.is_err());
+}
+
+#[tokio::test]
+async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
+    let test = TestProxy::new(false);
+    let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(1));
+    let cookie = own_netns_cookie();
+    let first = registry.add(WEB, cookie, own_netns()).await.unwrap();
+    let again = registry.add(WEB, cookie, own_netns()).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "same netns must keep the listener"
+    );
+
+    // The agent says the pod's netns changed; ours is not that one.
+    let err = registry
+        .add(WEB, cookie + 1, own_netns())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CookieMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(WEB), "{err}");
+    assert_eq!(
+        registry.served(),
+        Vec::<String>::new(),
+        "the old netns was retired"
+    );
+
+    registry.add(WEB, cookie, own_netns()).await.unwrap();
+    registry.add(API_A, cookie, own_netns()).await.unwrap();
+    registry.retain(&[API_A.to_owned()]).await;
+    assert_eq!(registry.served(), [API_A]);
+    registry.shutdown().await;
+    assert_eq!(registry.served(), Vec::<String>::new());
+}

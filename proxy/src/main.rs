@@ -1,0 +1,114 @@
+//! `shunt-proxy`: the node proxy holding listeners inside every captured pod's netns.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use shunt_proxy::app::{self, Config};
+use shunt_proxy::socket::NetnsSocketFactory;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "shunt-proxy", version, about = "shunt's node proxy")]
+struct Cli {
+    /// The agent's control socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/shunt/default/control.sock"
+    )]
+    control_socket: PathBuf,
+    /// Where to serve GET /metrics and /stats/prometheus.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// How long in-flight connections get to finish on SIGTERM or pod removal.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    drain_timeout: Duration,
+    /// How long a dial to an upstream may take.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    connect_timeout: Duration,
+    /// Format of the logs on stderr (the access log on stdout is always JSON).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Seconds, fractions allowed ("0.5").
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only help a terminal; in a log file they are noise.
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = Config {
+        control_socket: cli.control_socket,
+        metrics_addr: cli.metrics_addr,
+        drain_timeout: cli.drain_timeout,
+        connect_timeout: cli.connect_timeout,
+    };
+    match app::run(config, Arc::new(NetnsSocketFactory)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Through the logger, so a JSON log stays JSON; the message carries its cause.
+            tracing::error!(%error, "shunt-proxy failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_cli() {
+        let cli = Cli::try_parse_from(["shunt-proxy"]).unwrap();
+        assert_eq!(
+            cli.control_socket,
+            PathBuf::from("/run/shunt/default/control.sock")
+        );
+        assert_eq!(cli.metrics_addr, "0.0.0.0:15020".parse().unwrap());
+        assert_eq!(cli.drain_timeout, Duration::from_secs(5));
+        assert_eq!(cli.connect_timeout, Duration::from_secs(10));
+        assert!(matches!(cli.log_format, LogFormat::Text));
+    }
+
+    #[test]
+    fn durations_accept_fractions_and_reject_nonsense() {
+        for (text, expected) in [
+            ("0.5", Some(Duration::from_millis(500))),
+            ("3", Some(Duration::from_secs(3))),
+            ("-1", None),
+            ("soon", None),
+        ] {
+            assert_eq!(parse_seconds(text).ok(), expected, "{text}");
+        }
+    }
+}

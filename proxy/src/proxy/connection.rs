@@ -1,0 +1,318 @@
+//! What outbound and inbound connections share once their destination is decided: dial,
+//! forward, drain, and report.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use super::forward::{self, End, Progress, ResetOnClose};
+use super::orig_dst::{ClientAddr, OrigDstAddr};
+use super::{PodContext, ProxyContext};
+use crate::socket;
+use crate::state::{MeshIndex, Service, Workload};
+use crate::telemetry::Reporter;
+use crate::telemetry::access_log::{self, CloseReason, Entry};
+use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
+
+/// The two ends of a connection, as far as the mesh knows them.
+#[derive(Default)]
+pub(super) struct Peers {
+    pub source: Option<Arc<Workload>>,
+    pub destination: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
+}
+
+/// What to do with an accepted connection.
+pub(super) enum Decision {
+    Dial {
+        upstream: std::net::SocketAddr,
+    },
+    /// Close it with RST and log why.
+    Refuse {
+        reason: CloseReason,
+        error: String,
+    },
+}
+
+/// An accepted connection, and what is known of it so far.
+pub(super) struct Accepted {
+    pub direction: access_log::Direction,
+    pub reporter: Reporter,
+    pub client: ClientAddr,
+    /// `namespace/name` of the pod whose listener accepted (its uid if the state lacks it).
+    pub pod: String,
+    pub orig_dst: Option<OrigDstAddr>,
+    pub peers: Peers,
+    pub started_at: SystemTime,
+    pub started: Instant,
+}
+
+/// An accepted connection and what was decided for it.
+pub(super) struct Plan {
+    pub accepted: Accepted,
+    pub decision: Decision,
+}
+
+impl Accepted {
+    pub fn new(
+        direction: access_log::Direction,
+        reporter: Reporter,
+        client: ClientAddr,
+        index: &MeshIndex,
+        pod: &PodContext,
+    ) -> Self {
+        let pod = index.workload_by_uid(&pod.uid).map_or_else(
+            || pod.uid.clone(),
+            |w| format!("{}/{}", w.namespace, w.name),
+        );
+        Self {
+            direction,
+            reporter,
+            client,
+            pod,
+            orig_dst: None,
+            peers: Peers::default(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn dial(self, upstream: std::net::SocketAddr) -> Plan {
+        Plan {
+            accepted: self,
+            decision: Decision::Dial { upstream },
+        }
+    }
+
+    pub fn refuse(self, reason: CloseReason, error: impl Into<String>) -> Plan {
+        Plan {
+            accepted: self,
+            decision: Decision::Refuse {
+                reason,
+                error: error.into(),
+            },
+        }
+    }
+}
+
+/// Counts bytes into the connection's metrics as they are delivered.
+struct Meter {
+    metrics: ConnectionMetrics,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Progress for Meter {
+    fn delivered(&self, direction: forward::Direction, bytes: u64) {
+        match direction {
+            forward::Direction::ClientToServer => {
+                self.metrics.received(bytes);
+                self.received.fetch_add(bytes, Ordering::Relaxed);
+            }
+            forward::Direction::ServerToClient => {
+                self.metrics.sent(bytes);
+                self.sent.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// How the connection ended, for the log.
+struct Ending {
+    upstream: Option<std::net::SocketAddr>,
+    reason: CloseReason,
+    error: Option<String>,
+}
+
+/// Carries out `plan` for `downstream` and reports it.
+pub(super) async fn run(
+    proxy: &ProxyContext,
+    pod: &PodContext,
+    Plan { accepted, decision }: Plan,
+    mut downstream: TcpStream,
+) {
+    if let Err(error) = downstream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+    }
+    let labels = TcpLabels::new(
+        accepted.reporter,
+        accepted.peers.source.as_deref(),
+        accepted.peers.destination.as_deref(),
+        accepted.peers.service.as_deref(),
+    );
+    let meter = Meter {
+        metrics: proxy.metrics.open_connection(&labels),
+        received: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+    };
+
+    let ending = match decision {
+        Decision::Refuse { reason, error } => Ending {
+            upstream: None,
+            reason,
+            error: Some(error),
+        },
+        Decision::Dial { upstream } => {
+            dial_and_forward(proxy, pod, upstream, &mut downstream, &meter).await
+        }
+    };
+    if ending.reason != CloseReason::Eof {
+        // Anything but a clean end must not look like one to the client.
+        downstream.reset_on_close();
+    }
+    drop(downstream);
+
+    let entry = entry(&accepted, &ending, &meter);
+    // Closed once the sockets are: the connection is over for whoever scrapes next.
+    drop(meter);
+    tracing::debug!(
+        pod = %entry.pod,
+        client = %entry.src_addr,
+        dst = %entry.dst_addr,
+        close_reason = ?entry.close_reason,
+        error = entry.error.as_deref().unwrap_or(""),
+        "connection closed"
+    );
+    if let Err(error) = proxy.access_log.record(&entry) {
+        tracing::warn!(%error, "access log entry lost");
+    }
+}
+
+async fn dial_and_forward(
+    proxy: &ProxyContext,
+    pod: &PodContext,
+    upstream_addr: std::net::SocketAddr,
+    downstream: &mut TcpStream,
+    meter: &Meter,
+) -> Ending {
+    let ending = |reason, error: Option<String>| Ending {
+        upstream: Some(upstream_addr),
+        reason,
+        error,
+    };
+    let connected = tokio::select! {
+        biased;
+        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None),
+        connected = pod.sockets.connect(upstream_addr, proxy.connect_timeout) => connected,
+    };
+    let mut upstream = match connected {
+        Ok(upstream) => upstream,
+        Err(error) => return ending(connect_close_reason(&error), Some(error.to_string())),
+    };
+    let forwarded = tokio::select! {
+        biased;
+        () = pod.drain.force_closed() => {
+            upstream.reset_on_close();
+            return ending(CloseReason::Drained, None);
+        }
+        forwarded = forward::forward(downstream, &mut upstream, meter) => forwarded,
+    };
+    match forwarded.end {
+        End::Eof => ending(CloseReason::Eof, None),
+        End::Reset { side, error } => ending(
+            CloseReason::Reset,
+            Some(format!("{side} reset the connection: {error}")),
+        ),
+        End::Failed { side, error } => ending(
+            CloseReason::Error,
+            Some(format!("{side} I/O failed: {error}")),
+        ),
+    }
+}
+
+fn connect_close_reason(error: &socket::Error) -> CloseReason {
+    match error {
+        socket::Error::ConnectTimeout { .. } => CloseReason::ConnectTimeout,
+        socket::Error::ConnectRefused { .. } => CloseReason::ConnectRefused,
+        socket::Error::Unreachable { .. } => CloseReason::Unreachable,
+        _ => CloseReason::Error,
+    }
+}
+
+fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
+    let workload = |w: &Option<Arc<Workload>>| {
+        w.as_ref()
+            .map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
+                (w.workload_name.clone(), w.namespace.clone())
+            })
+    };
+    let (src_workload, src_namespace) = workload(&accepted.peers.source);
+    let (dst_workload, dst_namespace) = workload(&accepted.peers.destination);
+    Entry {
+        start_time: accepted.started_at,
+        duration_ms: u64::try_from(accepted.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        direction: accepted.direction,
+        reporter: accepted.reporter,
+        pod: accepted.pod.clone(),
+        src_addr: accepted.client.to_string(),
+        dst_addr: accepted
+            .orig_dst
+            .map_or_else(|| UNKNOWN.to_owned(), |d| d.to_string()),
+        upstream_addr: ending.upstream.map(|a| a.to_string()),
+        src_workload,
+        src_namespace,
+        dst_workload,
+        dst_namespace,
+        dst_service: accepted
+            .peers
+            .service
+            .as_ref()
+            .map_or_else(|| UNKNOWN.to_owned(), |s| s.hostname()),
+        bytes_received: meter.received.load(Ordering::Relaxed),
+        bytes_sent: meter.sent.load(Ordering::Relaxed),
+        close_reason: ending.reason,
+        error: ending.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::time::Duration;
+
+    #[test]
+    fn connect_failures_map_to_their_close_reasons() {
+        let (pod, addr) = (String::from("t/p"), "10.0.0.1:80".parse().unwrap());
+        let source = || io::Error::from(io::ErrorKind::Other);
+        for (error, expected) in [
+            (
+                socket::Error::ConnectTimeout {
+                    pod: pod.clone(),
+                    addr,
+                    timeout: Duration::from_secs(1),
+                },
+                CloseReason::ConnectTimeout,
+            ),
+            (
+                socket::Error::ConnectRefused {
+                    pod: pod.clone(),
+                    addr,
+                    source: source(),
+                },
+                CloseReason::ConnectRefused,
+            ),
+            (
+                socket::Error::Unreachable {
+                    pod: pod.clone(),
+                    addr,
+                    source: source(),
+                },
+                CloseReason::Unreachable,
+            ),
+            (
+                socket::Error::Mark {
+                    pod: pod.clone(),
+                    mark: 1,
+                    source: source(),
+                },
+                CloseReason::Error,
+            ),
+        ] {
+            assert_eq!(connect_close_reason(&error), expected, "{error}");
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! L4 forwarding: bytes both ways between the accepted (downstream) connection and the dialled
+//! (upstream) one, carrying TCP's half-close and reset across the proxy.
+//!
+//! - EOF read on one side → `shutdown(SHUT_WR)` on the other; the opposite direction keeps
+//!   flowing until it ends too.
+//! - A failure on one side (a reset read or write, or any other I/O error) → both sides are
+//!   closed with RST, so a peer never mistakes a broken stream for a complete one.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Per direction; large enough that a bulk transfer is not syscall-bound.
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Which way bytes flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → server: Istio's "received" bytes.
+    ClientToServer,
+    /// Server → client: Istio's "sent" bytes.
+    ServerToClient,
+}
+
+/// One end of a proxied connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The connection the proxy accepted from the client.
+    Downstream,
+    /// The connection the proxy dialled to the server.
+    Upstream,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+        })
+    }
+}
+
+/// A stream that can be made to end with RST instead of FIN.
+pub trait ResetOnClose {
+    /// Arranges for the stream to send RST when it is dropped.
+    fn reset_on_close(&self);
+}
+
+impl ResetOnClose for TcpStream {
+    fn reset_on_close(&self) {
+        // SO_LINGER 0: close(2) discards unsent data and sends RST. Zero linger never blocks.
+        if let Err(error) = self.set_zero_linger() {
+            tracing::debug!(%error, "could not set SO_LINGER 0; the peer gets FIN instead of RST");
+        }
+    }
+}
+
+/// Told about bytes as they are delivered, so counters move during long-lived connections.
+pub trait Progress: Sync {
+    fn delivered(&self, direction: Direction, bytes: u64);
+}
+
+impl Progress for () {
+    fn delivered(&self, _: Direction, _: u64) {}
+}
+
+/// How a forwarded connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached EOF and each was shut down in turn.
+    Eof,
+    /// `side` was reset by its peer; both sides were then reset.
+    Reset { side: Side, error: io::Error },
+    /// Another I/O failure on `side`; both sides were then reset.
+    Failed { side: Side, error: io::Error },
+}
+
+/// The outcome of [`forward`].
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Client → server bytes written upstream.
+    pub bytes_received: u64,
+    /// Server → client bytes written downstream.
+    pub bytes_sent: u64,
+    pub end: End,
+}
+
+/// Copies bytes both ways until both directions have ended or one side fails.
+pub async fn forward<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    progress: &dyn Progress,
+) -> Forwarded
+where
+    D: AsyncRead + AsyncWrite + ResetOnClose + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + ResetOnClose + Unpin + ?Sized,
+{
+    let mut client_to_server = OneWay::new(Direction::ClientToServer);
+    let mut server_to_client = OneWay::new(Direction::ServerToClient);
+    let result = poll_fn(|cx| {
+        let c2s = client_to_server.poll_copy(
+            cx,
+            Pin::new(&mut *downstream),
+            Pin::new(&mut *upstream),
+            progress,
+        );
+        if let Poll::Ready(Err(failure)) = c2s {
+            return Poll::Ready(Err(failure));
+        }
+        let s2c = server_to_client.poll_copy(
+            cx,
+            Pin::new(&mut *upstream),
+            Pin::new(&mut *downstream),
+            progress,
+        );
+        if let Poll::Ready(Err(failure)) = s2c {
+            return Poll::Ready(Err(failure));
+        }
+        if c2s.is_ready() && s2c.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let end = match result {
+        Ok(()) => End::Eof,
+        Err(Failure { side, error }) => {
+            downstream.reset_on_close();
+            upstream.reset_on_close();
+            if is_reset(&error) {
+                End::Reset { side, error }
+            } else {
+                End::Failed { side, error }
+            }
+        }
+    };
+    Forwarded {
+        bytes_received: client_to_server.delivered,
+        bytes_sent: server_to_client.delivered,
+        end,
+    }
+}
+
+/// Errors that mean the peer reset the connection (ECONNRESET on read, EPIPE/ECONNRESET on a
+/// write after the peer's RST).
+fn is_reset(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+struct Failure {
+    side: Side,
+    error: io::Error,
+}
+
+/// One direction's copy state.
+struct OneWay {
+    direction: Direction,
+    buf: Box<[u8]>,
+    /// `buf[pos..filled]` is read but not yet written.
+    pos: usize,
+    filled: usize,
+    read_eof: bool,
+    needs_flush: bool,
+    done: bool,
+    delivered: u64,
+}
+
+impl OneWay {
+    fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            read_eof: false,
+            needs_flush: false,
+            done: false,
+            delivered: 0,
+        }
+    }
+
+    fn sides(&self) -> (Side, Side) {
+        match self.direction {
+            Direction::ClientToServer => (Side::Downstream, Side::Upstream),
+            Direction::ServerToClient => (Side::Upstream, Side::Downstream),
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        progress: &dyn Progress,
+    ) -> Poll<Result<(), Failure>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let (from, to) = self.sides();
+        let fail = |side| move |error| Failure { side, error };
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.pos == self.filled && !self.read_eof {
+                let mut read_buf = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read_buf) {
+                    Poll::Ready(Ok(())) => {
+                        let n = read_buf.filled().len();
+                        if n == 0 {
+                            self.read_eof = true;
+                        } else {
+                            self.pos = 0;
+                            self.filled = n;
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(fail(from)(error))),
+                    Poll::Pending => {
+                        // Nothing more to read for now: push out what was written so a
+                        // buffering writer does not sit on it while we wait.
+                        if self.needs_flush {
+                            ready!(writer.as_mut().poll_flush(cx)).map_err(fail(to))?;
+                            self.needs_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.filled {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.pos..self.filled])
+                )
+                .map_err(fail(to))?;
+                if n == 0 {
+                    return Poll::Ready(Err(fail(to)(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer accepted no more bytes",
+                    ))));
+                }
+                self.pos += n;
+                self.delivered += n as u64;
+                self.needs_flush = true;
+                progress.delivered(self.direction, n as u64);
+            }
+            if self.read_eof {
+                // Half-close: pass the EOF on and leave the other direction running.
+                ready!(writer.as_mut().poll_shutdown(cx)).map_err(fail(to))?;
+                self.done = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::net::TcpListener;
+
+    /// A duplex end that records whether the forwarder asked for RST on close.
+    struct Observed {
+        io: DuplexStream,
+        reset: Arc<AtomicBool>,
+    }
+
+    impl Observed {
+        fn pair() -> (Self, DuplexStream, Arc<AtomicBool>) {
+            let (ours, theirs) = duplex(64);
+            let reset = Arc::new(AtomicBool::new(false));
+            (
+                Self {
+                    io: ours,
+                    reset: reset.clone(),
+                },
+                theirs,
+                reset,
+            )
+        }
+    }
+
+    impl ResetOnClose for Observed {
+        fn reset_on_close(&self) {
+            self.reset.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl AsyncRead for Observed {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Observed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A peer that sends `data`, then fails every further read with `error`; writes vanish.
+    struct FailsAfter {
+        data: Vec<u8>,
+        error: io::ErrorKind,
+        reset: Arc<AtomicBool>,
+    }
+
+    impl ResetOnClose for FailsAfter {
+        fn reset_on_close(&self) {
+            self.reset.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl AsyncRead for FailsAfter {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.data.is_empty() {
+                return Poll::Ready(Err(self.error.into()));
+            }
+            let n = self.data.len().min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for FailsAfter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Counted {
+        received: AtomicU64,
+        sent: AtomicU64,
+    }
+
+    impl Progress for Counted {
+        fn delivered(&self, direction: Direction, bytes: u64) {
+            match direction {
+                Direction::ClientToServer => self.received.fetch_add(bytes, Ordering::SeqCst),
+                Direction::ServerToClient => self.sent.fetch_add(bytes, Ordering::SeqCst),
+            };
+        }
+    }
+
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// Which peer closes its write side first.
+    #[derive(Clone, Copy, Debug)]
+    enum FirstToClose {
+        Client,
+        Server,
+    }
+
+    #[tokio::test]
+    async fn half_close_in_either_order_keeps_the_other_direction_flowing() {
+        for (first, request_len, response_len) in [
+            (FirstToClose::Client, 5, 100_000),
+            (FirstToClose::Server, 100_000, 5),
+            (FirstToClose::Client, 0, 7),
+            (FirstToClose::Server, 7, 0),
+        ] {
+            let (mut downstream, mut client, down_reset) = Observed::pair();
+            let (mut upstream, mut server, up_reset) = Observed::pair();
+            let request = payload(request_len);
+            let response = payload(response_len);
+            let counted = Counted::default();
+
+            let peers = {
+                let (request, response) = (request.clone(), response.clone());
+                async move {
+                    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
+                    let (mut server_rx, mut server_tx) = tokio::io::split(&mut server);
+                    let mut got_request = Vec::new();
+                    let mut got_response = Vec::new();
+                    match first {
+                        FirstToClose::Client => {
+                            // The client sends and closes; the server answers only after EOF.
+                            client_tx.write_all(&request).await.unwrap();
+                            client_tx.shutdown().await.unwrap();
+                            server_rx.read_to_end(&mut got_request).await.unwrap();
+                            let send = async {
+                                server_tx.write_all(&response).await.unwrap();
+                                server_tx.shutdown().await.unwrap();
+                            };
+                            let (_, read) =
+                                tokio::join!(send, client_rx.read_to_end(&mut got_response));
+                            read.unwrap();
+                        }
+                        FirstToClose::Server => {
+                            // The server speaks first and closes; the client keeps sending.
+                            server_tx.write_all(&response).await.unwrap();
+                            server_tx.shutdown().await.unwrap();
+                            client_rx.read_to_end(&mut got_response).await.unwrap();
+                            let send = async {
+                                client_tx.write_all(&request).await.unwrap();
+                                client_tx.shutdown().await.unwrap();
+                            };
+                            let (_, read) =
+                                tokio::join!(send, server_rx.read_to_end(&mut got_request));
+                            read.unwrap();
+                        }
+                    }
+                    (got_request, got_response)
+                }
+            };
+            let (forwarded, (got_request, got_response)) =
+                tokio::join!(forward(&mut downstream, &mut upstream, &counted), peers);
+
+            let case = format!("{first:?} {request_len}/{response_len}");
+            assert!(
+                matches!(forwarded.end, End::Eof),
+                "{case}: {:?}",
+                forwarded.end
+            );
+            assert_eq!(got_request, request, "{case}");
+            assert_eq!(got_response, response, "{case}");
+            assert_eq!(forwarded.bytes_received, request_len as u64, "{case}");
+            assert_eq!(forwarded.bytes_sent, response_len as u64, "{case}");
+            assert_eq!(
+                counted.received.load(Ordering::SeqCst),
+                request_len as u64,
+                "{case}"
+            );
+            assert_eq!(
+                counted.sent.load(Ordering::SeqCst),
+                response_len as u64,
+                "{case}"
+            );
+            assert!(
+                !down_reset.load(Ordering::SeqCst),
+                "{case}: clean close must not RST"
+            );
+            assert!(
+                !up_reset.load(Ordering::SeqCst),
+                "{case}: clean close must not RST"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_one_side_resets_both() {
+        for (failing, error, reset_expected) in [
+            (Side::Downstream, io::ErrorKind::ConnectionReset, true),
+            (Side::Upstream, io::ErrorKind::ConnectionReset, true),
+            (Side::Upstream, io::ErrorKind::BrokenPipe, true),
+            (Side::Downstream, io::ErrorKind::TimedOut, false),
+        ] {
+            let failing_reset = Arc::new(AtomicBool::new(false));
+            let mut broken = FailsAfter {
+                data: b"hello".to_vec(),
+                error,
+                reset: failing_reset.clone(),
+            };
+            let (mut healthy, mut healthy_peer, healthy_reset) = Observed::pair();
+            let forwarded = match failing {
+                Side::Downstream => forward(&mut broken, &mut healthy, &()).await,
+                Side::Upstream => forward(&mut healthy, &mut broken, &()).await,
+            };
+            let case = format!("{failing} {error:?}");
+            match (&forwarded.end, reset_expected) {
+                (End::Reset { side, .. }, true) | (End::Failed { side, .. }, false) => {
+                    assert_eq!(*side, failing, "{case}");
+                }
+                (end, _) => panic!("{case}: unexpected end {end:?}"),
+            }
+            assert!(
+                healthy_reset.load(Ordering::SeqCst),
+                "{case}: healthy side not reset"
+            );
+            assert!(
+                failing_reset.load(Ordering::SeqCst),
+                "{case}: failing side not reset"
+            );
+            // What the broken side sent before failing was still delivered.
+            let mut seen = [0u8; 5];
+            healthy_peer.read_exact(&mut seen).await.unwrap();
+            assert_eq!(&seen, b"hello", "{case}");
+            let delivered = match failing {
+                Side::Downstream => forwarded.bytes_received,
+                Side::Upstream => forwarded.bytes_sent,
+            };
+            assert_eq!(delivered, 5, "{case}");
+        }
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (connected, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_client_rst_reaches_the_server_as_rst_over_tcp() {
+        let (mut client, mut downstream) = tcp_pair().await;
+        let (mut upstream, mut server) = tcp_pair().await;
+        let proxy = tokio::spawn(async move {
+            let forwarded = forward(&mut downstream, &mut upstream, &()).await;
+            drop((downstream, upstream));
+            forwarded
+        });
+        client.write_all(b"partial").await.unwrap();
+        let mut seen = [0u8; 7];
+        server.read_exact(&mut seen).await.unwrap();
+        client.set_zero_linger().unwrap();
+        drop(client);
+
+        let forwarded = tokio::time::timeout(Duration::from_secs(5), proxy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                forwarded.end,
+                End::Reset {
+                    side: Side::Downstream,
+                    ..
+                }
+            ),
+            "{:?}",
+            forwarded.end
+        );
+        let mut rest = Vec::new();
+        let read = server.read_to_end(&mut rest).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset),
+            "the server must see RST, not EOF"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! The per-connection proxy: original destination, routing, dialling, forwarding, telemetry.
+#![forbid(unsafe_code)]
+
+mod connection;
+pub mod forward;
+pub mod inbound;
+pub mod orig_dst;
+pub mod outbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::drain::Drain;
+use crate::socket::PodSockets;
+use crate::state::StateStore;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+use orig_dst::OrigDstSource;
+
+/// What every connection of every pod shares.
+pub struct ProxyContext {
+    pub state: Arc<StateStore>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub connect_timeout: Duration,
+    /// How the outbound listener learns where a connection was going ([`orig_dst::SoOriginalDst`]).
+    pub outbound_dst: Arc<dyn OrigDstSource>,
+    /// How the inbound listener learns it ([`orig_dst::LocalAddr`]).
+    pub inbound_dst: Arc<dyn OrigDstSource>,
+}
+
+impl ProxyContext {
+    /// The production wiring of the original-destination sources.
+    #[must_use]
+    pub fn new(
+        state: Arc<StateStore>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            state,
+            metrics,
+            access_log,
+            connect_timeout,
+            outbound_dst: Arc::new(orig_dst::SoOriginalDst),
+            inbound_dst: Arc::new(orig_dst::LocalAddr),
+        }
+    }
+}
+
+/// One captured pod, as its connections see it.
+pub struct PodContext {
+    pub uid: String,
+    pub sockets: Arc<dyn PodSockets>,
+    pub outbound_listener: SocketAddr,
+    pub inbound_listener: SocketAddr,
+    pub drain: Drain,
+}
+
+impl PodContext {
+    /// Whether `addr` is one of the proxy's own listeners: a connection there would loop.
+    #[must_use]
+    pub fn is_proxy_listener(&self, addr: SocketAddr) -> bool {
+        let proxy_port = matches!(
+            addr.port(),
+            shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
+        );
+        (addr.ip().is_loopback() && proxy_port)
+            || addr == self.outbound_listener
+            || addr == self.inbound_listener
+    }
+}

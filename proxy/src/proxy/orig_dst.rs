@@ -1,0 +1,144 @@
+//! The original destination of an accepted connection.
+//!
+//! Outbound: `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on the accepted socket. With eBPF capture
+//! the `cgroup/getsockopt` program answers it from what `connect4` recorded; behind iptables
+//! REDIRECT conntrack answers it. Same call either way.
+//!
+//! Inbound: `sk_lookup` hands the connection to the listener without rewriting it, so the
+//! accepted socket's local address *is* the original destination.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use tokio::net::TcpStream;
+
+/// Where the client meant to connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrigDstAddr(pub SocketAddr);
+
+impl fmt::Display for OrigDstAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The client's address, as the accepted socket sees its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no original destination for the connection from {client}: SO_ORIGINAL_DST failed \
+         ({source}); only connections redirected by shunt's capture (or iptables REDIRECT) \
+         have one, a direct connection to the proxy port does not"
+    )]
+    NotRedirected {
+        client: ClientAddr,
+        source: io::Error,
+    },
+    #[error("cannot read the local address of the connection from {client}: {source}")]
+    LocalAddr {
+        client: ClientAddr,
+        source: io::Error,
+    },
+}
+
+/// Recovers the original destination of an accepted connection.
+pub trait OrigDstSource: Send + Sync {
+    fn orig_dst(&self, accepted: &TcpStream, client: ClientAddr) -> Result<OrigDstAddr, Error>;
+}
+
+/// `SO_ORIGINAL_DST`: the outbound listener's source.
+#[derive(Debug, Default)]
+pub struct SoOriginalDst;
+
+impl OrigDstSource for SoOriginalDst {
+    fn orig_dst(&self, accepted: &TcpStream, client: ClientAddr) -> Result<OrigDstAddr, Error> {
+        so_original_dst(accepted)
+            .map(|addr| OrigDstAddr(addr.into()))
+            .map_err(|source| Error::NotRedirected { client, source })
+    }
+}
+
+/// The local address: the inbound listener's source.
+#[derive(Debug, Default)]
+pub struct LocalAddr;
+
+impl OrigDstSource for LocalAddr {
+    fn orig_dst(&self, accepted: &TcpStream, client: ClientAddr) -> Result<OrigDstAddr, Error> {
+        accepted
+            .local_addr()
+            .map(OrigDstAddr)
+            .map_err(|source| Error::LocalAddr { client, source })
+    }
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on `socket`.
+pub fn so_original_dst(socket: &impl AsFd) -> io::Result<SocketAddrV4> {
+    let raw = getsockopt(socket, sockopt::OriginalDst).map_err(io::Error::from)?;
+    Ok(from_sockaddr_in(&raw))
+}
+
+/// `sockaddr_in` keeps address and port in network byte order.
+fn from_sockaddr_in(raw: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)),
+        u16::from_be(raw.sin_port),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_in_is_read_in_network_byte_order() {
+        for (ip, port) in [
+            (Ipv4Addr::new(10, 96, 0, 10), 80_u16),
+            (Ipv4Addr::new(192, 168, 1, 254), 65535),
+            (Ipv4Addr::new(127, 0, 0, 1), 15001),
+        ] {
+            let raw = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            assert_eq!(from_sockaddr_in(&raw), SocketAddrV4::new(ip, port));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_nobody_redirected_has_no_original_destination() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_client, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (accepted, peer) = accepted.unwrap();
+        match SoOriginalDst.orig_dst(&accepted, ClientAddr(peer)) {
+            Err(err) => assert!(err.to_string().contains(&peer.to_string()), "{err}"),
+            // Where conntrack is active it tracked the connection and reports its
+            // un-NATed destination: the listener itself.
+            Ok(found) => assert_eq!(found, OrigDstAddr(listener.local_addr().unwrap())),
+        }
+        // The inbound source needs no redirect: the local address is the answer.
+        assert_eq!(
+            LocalAddr.orig_dst(&accepted, ClientAddr(peer)).unwrap(),
+            OrigDstAddr(listener.local_addr().unwrap())
+        );
+    }
+}

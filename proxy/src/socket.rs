@@ -1,0 +1,510 @@
+//! Sockets inside a pod's network namespace: the seam between the proxy and the pods.
+//!
+//! A socket belongs to the netns it was created in, so only `socket(2)` has to run inside the
+//! pod's netns. [`NetnsSocketFactory`] gives every pod a long-lived worker thread that entered
+//! the pod's netns once and creates sockets on request; binding, connecting and I/O then
+//! happen on the tokio runtime like any other socket. [`CurrentNetnsSocketFactory`] creates
+//! sockets in the proxy's own netns, for tests without pod namespaces.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+
+/// A boxed future, so the traits below stay object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Listen backlog of the pod listeners: apps open connections in bursts.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start a socket worker thread for pod {pod}: {source}")]
+    SpawnWorker { pod: String, source: io::Error },
+    #[error(
+        "cannot enter pod {pod}'s network namespace (was the pod deleted? setns needs \
+         CAP_SYS_ADMIN): {source}"
+    )]
+    EnterNetns { pod: String, source: io::Error },
+    #[error("the socket worker for pod {pod} has stopped; the pod can no longer be served")]
+    WorkerGone { pod: String },
+    #[error("cannot create a TCP socket in pod {pod}'s network namespace: {source}")]
+    Create { pod: String, source: io::Error },
+    #[error(
+        "cannot listen on {addr} in pod {pod}'s network namespace (does something in the pod \
+         already use that port?): {source}"
+    )]
+    Listen {
+        pod: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error(
+        "cannot set SO_MARK {mark:#x} on a socket in pod {pod}'s network namespace (needs \
+         CAP_NET_ADMIN): {source}"
+    )]
+    Mark {
+        pod: String,
+        mark: u32,
+        source: io::Error,
+    },
+    #[error("connecting to {addr} from pod {pod} timed out after {timeout:?}")]
+    ConnectTimeout {
+        pod: String,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("connecting to {addr} from pod {pod} was refused (nothing listens there?)")]
+    ConnectRefused {
+        pod: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("{addr} is unreachable from pod {pod}: {source}")]
+    Unreachable {
+        pod: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connecting to {addr} from pod {pod} failed: {source}")]
+    Connect {
+        pod: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Makes the [`PodSockets`] of a pod from its network namespace.
+pub trait SocketFactory: Send + Sync + 'static {
+    /// Takes ownership of `netns`; `pod` names the pod in errors and logs.
+    fn enter(&self, netns: OwnedFd, pod: &str)
+    -> BoxFuture<'_, Result<Arc<dyn PodSockets>, Error>>;
+}
+
+/// Sockets inside one pod's network namespace.
+pub trait PodSockets: Send + Sync + 'static {
+    /// A listener on `addr` (SO_REUSEADDR), ready for tokio. An implementation may pick
+    /// another port; callers use the listener's `local_addr()`.
+    fn listen(&self, addr: SocketAddr) -> BoxFuture<'_, Result<TcpListener, Error>>;
+
+    /// A connection to `addr`, marked against recapture before `connect`, given up after
+    /// `timeout`.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<TcpStream, Error>>;
+}
+
+/// The production factory: one netns worker thread per pod; every dial carries
+/// [`shunt_common::PROXY_MARK`].
+#[derive(Debug, Default)]
+pub struct NetnsSocketFactory;
+
+impl SocketFactory for NetnsSocketFactory {
+    fn enter(
+        &self,
+        netns: OwnedFd,
+        pod: &str,
+    ) -> BoxFuture<'_, Result<Arc<dyn PodSockets>, Error>> {
+        let pod = pod.to_owned();
+        Box::pin(async move {
+            let worker = NetnsWorker::spawn(netns, &pod).await?;
+            Ok(Arc::new(worker) as Arc<dyn PodSockets>)
+        })
+    }
+}
+
+/// Asks the worker for one socket of a domain.
+struct SocketRequest {
+    domain: Domain,
+    reply: oneshot::Sender<io::Result<Socket>>,
+}
+
+/// A thread inside a pod's netns that creates sockets on request. It ends when the last
+/// handle is dropped (its request channel closes).
+struct NetnsWorker {
+    pod: String,
+    requests: mpsc::Sender<SocketRequest>,
+}
+
+impl NetnsWorker {
+    async fn spawn(netns: OwnedFd, pod: &str) -> Result<Self, Error> {
+        let (requests, incoming) = mpsc::channel::<SocketRequest>();
+        let (entered_tx, entered_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("shunt-netns".into())
+            .spawn(move || {
+                let entered = setns(&netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from);
+                // Only this thread's netns changed; the descriptor is not needed past setns.
+                drop(netns);
+                let ok = entered.is_ok();
+                if entered_tx.send(entered).is_err() || !ok {
+                    return;
+                }
+                while let Ok(request) = incoming.recv() {
+                    // The requester may have given up (its connection was cancelled); the
+                    // socket is then just closed.
+                    let _ = request.reply.send(new_tcp_socket(request.domain));
+                }
+            })
+            .map_err(|source| Error::SpawnWorker {
+                pod: pod.to_owned(),
+                source,
+            })?;
+        match entered_rx.await {
+            Ok(Ok(())) => Ok(Self {
+                pod: pod.to_owned(),
+                requests,
+            }),
+            Ok(Err(source)) => Err(Error::EnterNetns {
+                pod: pod.to_owned(),
+                source,
+            }),
+            Err(_) => Err(Error::WorkerGone {
+                pod: pod.to_owned(),
+            }),
+        }
+    }
+
+    async fn socket(&self, domain: Domain) -> Result<Socket, Error> {
+        let gone = || Error::WorkerGone {
+            pod: self.pod.clone(),
+        };
+        let (reply, socket) = oneshot::channel();
+        self.requests
+            .send(SocketRequest { domain, reply })
+            .map_err(|_| gone())?;
+        socket
+            .await
+            .map_err(|_| gone())?
+            .map_err(|source| Error::Create {
+                pod: self.pod.clone(),
+                source,
+            })
+    }
+}
+
+impl PodSockets for NetnsWorker {
+    fn listen(&self, addr: SocketAddr) -> BoxFuture<'_, Result<TcpListener, Error>> {
+        Box::pin(async move {
+            let socket = self.socket(Domain::for_address(addr)).await?;
+            listen_on(socket, addr, &self.pod)
+        })
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<TcpStream, Error>> {
+        Box::pin(async move {
+            let socket = self.socket(Domain::for_address(addr)).await?;
+            connect_from(
+                socket,
+                Some(shunt_common::PROXY_MARK),
+                addr,
+                timeout,
+                &self.pod,
+            )
+            .await
+        })
+    }
+}
+
+/// Sockets in the proxy's own network namespace, for tests that have no pod netns: listeners
+/// take a free port on the requested IP instead of the requested port (so several "pods" fit
+/// in one netns), and dials are not marked (marking needs CAP_NET_ADMIN).
+#[derive(Debug, Default)]
+pub struct CurrentNetnsSocketFactory;
+
+impl SocketFactory for CurrentNetnsSocketFactory {
+    fn enter(
+        &self,
+        _netns: OwnedFd,
+        pod: &str,
+    ) -> BoxFuture<'_, Result<Arc<dyn PodSockets>, Error>> {
+        let pod = pod.to_owned();
+        Box::pin(async move { Ok(Arc::new(CurrentNetns { pod }) as Arc<dyn PodSockets>) })
+    }
+}
+
+struct CurrentNetns {
+    pod: String,
+}
+
+impl PodSockets for CurrentNetns {
+    fn listen(&self, addr: SocketAddr) -> BoxFuture<'_, Result<TcpListener, Error>> {
+        Box::pin(async move {
+            let socket =
+                new_tcp_socket(Domain::for_address(addr)).map_err(|source| Error::Create {
+                    pod: self.pod.clone(),
+                    source,
+                })?;
+            listen_on(socket, SocketAddr::new(addr.ip(), 0), &self.pod)
+        })
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<TcpStream, Error>> {
+        Box::pin(async move {
+            let socket =
+                new_tcp_socket(Domain::for_address(addr)).map_err(|source| Error::Create {
+                    pod: self.pod.clone(),
+                    source,
+                })?;
+            connect_from(socket, None, addr, timeout, &self.pod).await
+        })
+    }
+}
+
+/// A non-blocking, close-on-exec TCP socket in the calling thread's netns.
+fn new_tcp_socket(domain: Domain) -> io::Result<Socket> {
+    Socket::new(
+        domain,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+}
+
+fn listen_on(socket: Socket, addr: SocketAddr, pod: &str) -> Result<TcpListener, Error> {
+    let listen_error = |source| Error::Listen {
+        pod: pod.to_owned(),
+        addr,
+        source,
+    };
+    // SO_REUSEADDR: a restarted proxy can listen again while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true).map_err(listen_error)?;
+    socket.bind(&addr.into()).map_err(listen_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
+    TcpListener::from_std(socket.into()).map_err(listen_error)
+}
+
+async fn connect_from(
+    socket: Socket,
+    mark: Option<u32>,
+    addr: SocketAddr,
+    timeout: Duration,
+    pod: &str,
+) -> Result<TcpStream, Error> {
+    if let Some(mark) = mark {
+        // Before connect: connect4 decides on the connect call whether to capture the socket.
+        socket.set_mark(mark).map_err(|source| Error::Mark {
+            pod: pod.to_owned(),
+            mark,
+            source,
+        })?;
+    }
+    let socket = TcpSocket::from_std_stream(socket.into());
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(classify_connect_error(pod, addr, timeout, source)),
+        Err(_) => {
+            return Err(Error::ConnectTimeout {
+                pod: pod.to_owned(),
+                addr,
+                timeout,
+            });
+        }
+    };
+    // A proxy adds latency to every small write unless Nagle is off.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, %addr, "could not set TCP_NODELAY on an upstream connection");
+    }
+    Ok(stream)
+}
+
+fn classify_connect_error(
+    pod: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+    source: io::Error,
+) -> Error {
+    let pod = pod.to_owned();
+    match source.kind() {
+        io::ErrorKind::ConnectionRefused => Error::ConnectRefused { pod, addr, source },
+        // The kernel gave up (SYN retries) before our own deadline did.
+        io::ErrorKind::TimedOut => Error::ConnectTimeout { pod, addr, timeout },
+        io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::AddrNotAvailable => Error::Unreachable { pod, addr, source },
+        _ => Error::Connect { pod, addr, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn own_netns() -> OwnedFd {
+        crate::netns::open_netns(std::path::Path::new("/proc/self/ns/net")).unwrap()
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[tokio::test]
+    async fn connect_errors_are_classified() {
+        // A port with no listener: bind one, note its address, close it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let sockets = CurrentNetnsSocketFactory
+            .enter(own_netns(), "t/p")
+            .await
+            .unwrap();
+        let err = sockets
+            .connect(closed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ConnectRefused { .. }), "{err}");
+        assert!(err.to_string().contains(&closed.to_string()), "{err}");
+
+        for (kind, expected) in [
+            (io::ErrorKind::HostUnreachable, "unreachable"),
+            (io::ErrorKind::NetworkUnreachable, "unreachable"),
+            (io::ErrorKind::TimedOut, "timed out"),
+            (io::ErrorKind::PermissionDenied, "failed"),
+        ] {
+            let err = classify_connect_error(
+                "t/p",
+                closed,
+                Duration::from_secs(1),
+                io::Error::from(kind),
+            );
+            assert!(err.to_string().contains(expected), "{kind:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn current_netns_listeners_take_free_ports_on_the_requested_ip() {
+        let sockets = CurrentNetnsSocketFactory
+            .enter(own_netns(), "t/p")
+            .await
+            .unwrap();
+        let a = sockets
+            .listen("127.0.0.1:15001".parse().unwrap())
+            .await
+            .unwrap();
+        let b = sockets
+            .listen("127.0.0.1:15001".parse().unwrap())
+            .await
+            .unwrap();
+        let (a, b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        assert_ne!(a.port(), b.port());
+        assert!(a.ip().is_loopback() && b.ip().is_loopback());
+    }
+
+    #[tokio::test]
+    async fn the_netns_worker_creates_marked_upstream_sockets() {
+        if !is_root() {
+            eprintln!("skipped: setting SO_MARK needs root (CAP_NET_ADMIN)");
+            return;
+        }
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sockets = NetnsSocketFactory.enter(own_netns(), "t/p").await.unwrap();
+        let (upstream, accepted) = tokio::join!(
+            sockets.connect(server.local_addr().unwrap(), Duration::from_secs(5)),
+            server.accept()
+        );
+        let upstream = upstream.unwrap();
+        accepted.unwrap();
+        let mark = socket2::SockRef::from(&upstream).mark().unwrap();
+        assert_eq!(mark, shunt_common::PROXY_MARK);
+        assert!(upstream.nodelay().unwrap());
+
+        let listener = sockets
+            .listen("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(socket2::SockRef::from(&listener).reuse_address().unwrap());
+        assert_eq!(
+            crate::netns::socket_netns_cookie(listener.as_fd()).unwrap(),
+            crate::netns::netns_cookie(own_netns().as_fd()).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn dials_from_a_pod_netns_time_out_or_fail_as_unreachable() {
+        if !is_root() {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let netns = crate::testing::TestNetns::create("socket-dials");
+        // SYNs to 10.99.0.2 leave through v0 to a fixed neighbour, the peer end v1, which
+        // drops them (not its address, no forwarding): a dial that never completes. The
+        // `unreachable` route answers EHOSTUNREACH at once. Nothing leaves the namespace.
+        for args in [
+            &[
+                "link",
+                "add",
+                "v0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "v1",
+                "address",
+                "02:00:00:00:00:02",
+            ][..],
+            &["addr", "add", "10.99.0.1/24", "dev", "v0"],
+            &["link", "set", "v0", "up"],
+            &["link", "set", "v1", "up"],
+            &[
+                "neigh",
+                "add",
+                "10.99.0.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            ],
+            &["route", "add", "unreachable", "10.98.0.0/16"],
+        ] {
+            netns.ip(args);
+        }
+        let sockets = NetnsSocketFactory.enter(netns.open(), "t/p").await.unwrap();
+        for (addr, expected) in [
+            ("10.99.0.2:80", "timed out"),
+            ("10.98.0.1:80", "unreachable"),
+        ] {
+            let started = std::time::Instant::now();
+            let err = sockets
+                .connect(addr.parse().unwrap(), Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(expected), "{addr}: {err}");
+            assert!(err.to_string().contains(addr), "{addr}: {err}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{addr}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_netns_fails_to_enter() {
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let err = NetnsSocketFactory
+            .enter(OwnedFd::from(file), "t/p")
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::EnterNetns { .. }), "{err}");
+        assert!(err.to_string().contains("pod t/p"), "{err}");
+    }
+}

@@ -1,0 +1,81 @@
+//! The mesh as the proxy sees it: workloads (pods) and services. The agent builds it from its
+//! config source and sends it whole on every change (`control::wire::AgentMessage::State`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the proxy needs to route and label connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshState {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+}
+
+/// One pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// `metadata.uid`, or `namespace/name` when the config gives none.
+    pub uid: String,
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The owning workload's name as Istio reports it (`source_workload`): the Deployment for
+    /// a ReplicaSet-owned pod, the owner's name for other controllers, else the pod's name.
+    pub workload_name: String,
+    pub service_account: String,
+    pub ip: Option<Ipv4Addr>,
+    pub labels: BTreeMap<String, String>,
+    /// Whether shunt captures this pod's traffic.
+    pub captured: bool,
+    /// Whether the pod may serve as a Service endpoint.
+    pub ready: bool,
+    /// `spec.containers[].ports`, used to resolve named `targetPort`s.
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+/// One Kubernetes Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`; a Service without one has no endpoints in local mode.
+    pub selector: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// `name.namespace.svc.cluster.local`, Istio's `destination_service`.
+    #[must_use]
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+/// `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}

@@ -1,0 +1,28 @@
+//! What the proxy reports: Prometheus metrics, the metrics endpoint and the access log.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod metrics;
+pub mod server;
+
+use serde::Serialize;
+
+/// Istio's `reporter`: which end of the connection the proxy stands at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reporter {
+    /// The proxy serves the client's pod (outbound).
+    Source,
+    /// The proxy serves the server's pod (inbound).
+    Destination,
+}
+
+impl Reporter {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The metrics endpoint: Prometheus text on `GET /metrics` and `GET /stats/prometheus` (the
+//! path Istio's sidecars serve, so existing scrape configs keep working).
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{self, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot listen for metrics on {addr} (is another shunt-proxy or an Istio sidecar \
+         already using it? pick another with --metrics-addr): {source}"
+    )]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// Binds the metrics listener; done before anything else starts so a taken port fails fast.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves scrapes until `shutdown` fires.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "metrics endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&metrics, &request)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics endpoint: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+    };
+    if !matches!(request.uri().path(), "/metrics" | "/stats/prometheus") {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such endpoint {}; metrics are at /metrics and /stats/prometheus\n",
+                request.uri().path()
+            ),
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "metrics are read with GET\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match metrics.encode() {
+        Ok(body) => {
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Reporter;
+    use crate::telemetry::metrics::TcpLabels;
+    use crate::testing::http_request as get;
+
+    #[tokio::test]
+    async fn both_paths_serve_the_registry_and_others_are_refused() {
+        let metrics = Arc::new(Metrics::new());
+        let _open = metrics.open_connection(&TcpLabels::new(Reporter::Source, None, None, None));
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, metrics, shutdown.clone()));
+
+        for (request, status, body_has) in [
+            (
+                "GET /metrics HTTP/1.1",
+                "200 OK",
+                "istio_tcp_connections_opened_total{",
+            ),
+            ("GET /stats/prometheus HTTP/1.1", "200 OK", "# EOF"),
+            ("GET /other HTTP/1.1", "404 Not Found", "/stats/prometheus"),
+            ("POST /metrics HTTP/1.1", "405 Method Not Allowed", "GET"),
+        ] {
+            let response = get(addr, request).await;
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status}")),
+                "{request}: {response}"
+            );
+            assert!(response.contains(body_has), "{request}: {response}");
+            if status == "200 OK" {
+                assert!(
+                    response.contains(&format!("content-type: {}", metrics::CONTENT_TYPE)),
+                    "{response}"
+                );
+            }
+        }
+        shutdown.cancel();
+        server.await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener still open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_names_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind(taken.local_addr().unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains("--metrics-addr"), "{err}");
+    }
+}

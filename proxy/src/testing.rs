@@ -1,0 +1,266 @@
+//! Test support: a proxy wired to in-memory telemetry, original destinations the test decides,
+//! loopback servers, and throwaway network namespaces.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::inpod::PodRegistry;
+use crate::proxy::ProxyContext;
+use crate::proxy::orig_dst::{self, ClientAddr, OrigDstAddr, OrigDstSource};
+use crate::socket::SocketFactory;
+use crate::state::StateStore;
+use crate::telemetry::access_log::{AccessLog, Captured};
+use crate::telemetry::metrics::Metrics;
+
+/// Original destinations by client address, as the eBPF maps keep them.
+#[derive(Debug, Default)]
+pub struct OrigDstTable(Mutex<HashMap<SocketAddr, SocketAddr>>);
+
+impl OrigDstTable {
+    pub fn insert(&self, client: SocketAddr, orig_dst: SocketAddr) {
+        self.0.lock().unwrap().insert(client, orig_dst);
+    }
+}
+
+impl OrigDstSource for OrigDstTable {
+    fn orig_dst(&self, _: &TcpStream, client: ClientAddr) -> Result<OrigDstAddr, orig_dst::Error> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&client.0)
+            .map(|dst| OrigDstAddr(*dst))
+            .ok_or_else(|| orig_dst::Error::NotRedirected {
+                client,
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })
+    }
+}
+
+/// A proxy context whose outbound (and, when asked, inbound) destinations come from tables.
+pub struct TestProxy {
+    pub proxy: Arc<ProxyContext>,
+    pub outbound: Arc<OrigDstTable>,
+    pub inbound: Arc<OrigDstTable>,
+    pub log: Arc<Captured>,
+}
+
+impl TestProxy {
+    /// `table_inbound`: whether inbound destinations come from [`TestProxy::inbound`] (to
+    /// exercise inbound forwarding without sk_lookup) or from the local address as in production.
+    pub fn new(table_inbound: bool) -> Self {
+        let outbound = Arc::new(OrigDstTable::default());
+        let inbound = Arc::new(OrigDstTable::default());
+        let log = Arc::new(Captured::default());
+        let proxy = Arc::new(ProxyContext {
+            state: Arc::new(StateStore::new()),
+            metrics: Arc::new(Metrics::new()),
+            access_log: AccessLog::new(log.clone()),
+            connect_timeout: Duration::from_secs(2),
+            outbound_dst: outbound.clone(),
+            inbound_dst: if table_inbound {
+                inbound.clone()
+            } else {
+                Arc::new(orig_dst::LocalAddr)
+            },
+        });
+        Self {
+            proxy,
+            outbound,
+            inbound,
+            log,
+        }
+    }
+
+    pub fn registry(
+        &self,
+        factory: Arc<dyn SocketFactory>,
+        drain_timeout: Duration,
+    ) -> PodRegistry {
+        PodRegistry::new(factory, self.proxy.clone(), drain_timeout)
+    }
+
+    /// Waits until the access log holds `count` lines and returns them.
+    pub async fn log_lines(&self, count: usize) -> Vec<serde_json::Value> {
+        for _ in 0..500 {
+            let lines = self.log.lines();
+            if lines.len() >= count {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {count} access log lines, got {:?}",
+            self.log.lines()
+        );
+    }
+
+    /// The value of the sample of `metric` whose labels include every `label="value"` given.
+    pub fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let text = self.proxy.metrics.encode().unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{metric}{{")))
+            .find(|line| {
+                labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse().unwrap())
+    }
+}
+
+/// Connects to `listener` from a fresh client address recorded in `table` as going to `orig_dst`.
+pub async fn connect_as_captured(
+    listener: SocketAddr,
+    table: &OrigDstTable,
+    orig_dst: SocketAddr,
+) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    table.insert(socket.local_addr().unwrap(), orig_dst);
+    socket.connect(listener).await.unwrap()
+}
+
+/// An echo server on `ip`: echoes until EOF, then closes its write side.
+pub async fn echo_server(ip: Ipv4Addr) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut rx, mut tx) = stream.split();
+                tokio::io::copy(&mut rx, &mut tx).await.unwrap();
+                tx.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// A server at `addr` (port 0: any) that reads each connection to EOF, answers `name` and
+/// closes. Returns where it listens.
+pub async fn named_server(addr: SocketAddr, name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                // Closing with unread input would send RST instead of the answer.
+                let mut request = Vec::new();
+                stream.read_to_end(&mut request).await.unwrap();
+                stream.write_all(name.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// Reads everything until EOF, or the error that ended the stream.
+pub async fn read_all(stream: &mut TcpStream) -> Result<Vec<u8>, io::ErrorKind> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("read timed out")
+        .map_err(|e| e.kind())?;
+    Ok(got)
+}
+
+/// Sends `request_line` (e.g. "GET /metrics HTTP/1.1") to `addr`; returns the raw response.
+pub async fn http_request(addr: SocketAddr, request_line: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("{request_line}\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// `len` bytes that are not a repeating short pattern.
+pub fn payload(len: usize) -> Vec<u8> {
+    let mut state: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            // xorshift32
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+pub fn own_netns() -> OwnedFd {
+    crate::netns::open_netns(Path::new("/proc/self/ns/net")).unwrap()
+}
+
+pub fn own_netns_cookie() -> u64 {
+    use std::os::fd::AsFd;
+    crate::netns::netns_cookie(own_netns().as_fd()).unwrap()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A named network namespace with loopback up, deleted on drop.
+pub struct TestNetns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl TestNetns {
+    /// `shunt-proxy-<test>`, so tests running in parallel do not collide.
+    pub fn create(test: &str) -> Self {
+        let name = format!("shunt-proxy-{test}");
+        // A leftover from an interrupted run would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Self {
+            path: PathBuf::from(format!("/run/netns/{name}")),
+            name,
+        };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Runs `ip -n <this netns> ARGS`.
+    pub fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
+    pub fn open(&self) -> OwnedFd {
+        crate::netns::open_netns(&self.path).unwrap()
+    }
+
+    /// Runs blocking `f` on a thread inside this netns.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        use std::os::fd::AsFd;
+        let netns = self.open();
+        crate::netns::run_in_netns(netns.as_fd(), f)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed: {status}");
+}

@@ -1,0 +1,704 @@
+//! A node: a netns with a bridge, pods on veth pairs, a cgroup for the node's processes, a temp
+//! dir, and the real `shunt-agent` and `shunt-proxy` running against them. Everything it makes
+//! is named after the test and removed when it is dropped, panic or not.
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::access_log::{self, AccessLog};
+use crate::admin::{self, Admin, WorkloadView};
+use crate::binaries::{self, Binaries};
+use crate::cgroup::{self, Cgroup};
+use crate::config::{self, ClusterConfig, PodConfig};
+use crate::metrics::{self, Metrics};
+use crate::mounts;
+use crate::names::{self, Names};
+use crate::netns::{self, Netns};
+use crate::process::{self, Output, Placement, Process};
+use crate::wait::{self, Check};
+
+/// The bridge in the node's netns that every pod's veth joins.
+const BRIDGE: &str = "br0";
+/// The config file the harness writes in the agent's config dir.
+pub const CONFIG_FILE: &str = "cluster.yaml";
+/// How long the agent and proxy get to come up, and pods to be captured.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The proxy's drain deadline: short, so tests end quickly.
+const PROXY_DRAIN_SECS: u64 = 1;
+/// How long `shunt-agent --uninstall` may take.
+const UNINSTALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// SIGTERM to SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Names(#[from] names::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error(transparent)]
+    Binaries(#[from] binaries::Error),
+    #[error(transparent)]
+    Process(#[from] process::Error),
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
+    #[error(transparent)]
+    AccessLog(#[from] access_log::Error),
+    #[error(transparent)]
+    Wait(#[from] wait::Error),
+    #[error("could not create {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not find a free port for the proxy's metrics: {0}")]
+    Port(std::io::Error),
+    #[error("the {0} is not running: start it first")]
+    NotStarted(&'static str),
+    #[error("`shunt-agent --uninstall` failed ({status}): {stderr}")]
+    Uninstall { status: String, stderr: String },
+}
+
+/// A pod: its own netns on the node's bridge, `eth0` with a /24 address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    netns: String,
+}
+
+impl Pod {
+    /// The netns name (`shunt-<short>-<pod>`).
+    #[must_use]
+    pub fn netns_name(&self) -> &str {
+        &self.netns
+    }
+
+    /// `/run/netns/<netns>`: what the `shunt.io/netns` annotation names.
+    #[must_use]
+    pub fn netns_path(&self) -> PathBuf {
+        netns::path_of(&self.netns)
+    }
+
+    /// `ip:port` of this pod.
+    #[must_use]
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+}
+
+/// How to start the agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Off passes `--no-sockmap-shortcut`.
+    pub sockmap_shortcut: bool,
+    /// Appended to the command line.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            sockmap_shortcut: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node and everything running on it.
+pub struct Node {
+    names: Names,
+    binaries: Binaries,
+    dir: PathBuf,
+    node_netns: Netns,
+    cgroup: Cgroup,
+    agent_cgroup: Cgroup,
+    pods: Vec<Pod>,
+    metrics_addr: SocketAddr,
+    agent: Option<Process>,
+    proxy: Option<Process>,
+    agent_ever_started: bool,
+    launches: AtomicUsize,
+    torn_down: bool,
+}
+
+impl Node {
+    /// A node named after `test_name`, running the binaries of [`Binaries::from_env`].
+    pub fn new(test_name: &str) -> Result<Self, Error> {
+        Self::with_binaries(test_name, Binaries::from_env())
+    }
+
+    /// A node named after `test_name`. Leftovers of an earlier run with the same name (a
+    /// crashed test) are swept first.
+    pub fn with_binaries(test_name: &str, binaries: Binaries) -> Result<Self, Error> {
+        let names = Names::new(test_name);
+        let swept = sweep_stale(&names, &binaries);
+        if !swept.is_empty() {
+            eprintln!(
+                "shunt harness: swept leftovers of an earlier run of {test_name}: {}",
+                swept.join("; ")
+            );
+        }
+        let dir = names.temp_dir();
+        for sub in ["config", "run", "logs"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| Error::Dir { path, source })?;
+        }
+        // The node exists (and cleans up on drop) from here on, even if a later step fails.
+        let mut node = Self {
+            node_netns: Netns::create(&names.node_netns())?,
+            cgroup: Cgroup::named(&names.node_cgroup())?,
+            agent_cgroup: Cgroup::named(&names.agent_cgroup())?,
+            names,
+            binaries,
+            dir,
+            pods: Vec::new(),
+            metrics_addr: free_local_port()?,
+            agent: None,
+            proxy: None,
+            agent_ever_started: false,
+            launches: AtomicUsize::new(0),
+            torn_down: false,
+        };
+        node.cgroup = Cgroup::create(&node.names.node_cgroup())?;
+        node.agent_cgroup = Cgroup::create(&node.names.agent_cgroup())?;
+        node.node_netns
+            .ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        node.node_netns.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(node)
+    }
+
+    #[must_use]
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    #[must_use]
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// The node's temp dir (config/, run/, logs/).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The agent's `--config-dir`.
+    #[must_use]
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// The agent's `--run-dir` (control.sock, admin.sock).
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// Where every process's stdout and stderr go.
+    #[must_use]
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// The cgroup the pods and the proxy run in, and the agent attaches capture to.
+    #[must_use]
+    pub fn cgroup_path(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    /// The agent's `--instance`.
+    #[must_use]
+    pub fn instance(&self) -> String {
+        self.names.instance()
+    }
+
+    /// The proxy's `--metrics-addr`.
+    #[must_use]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    #[must_use]
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// A client of the agent's admin socket.
+    #[must_use]
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.run_dir().join("admin.sock"))
+    }
+
+    /// Creates a pod: netns `shunt-<short>-<name>`, `eth0` with `ip/24` on the node's bridge.
+    pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
+        let netns_name = self.names.pod_netns(name)?;
+        let netns = Netns::create(&netns_name)?;
+        let pod = Pod {
+            name: name.to_owned(),
+            ip,
+            netns: netns_name.clone(),
+        };
+        self.pods.push(pod.clone());
+        // Interface names are per netns; this one lives in the node's, next to the bridge.
+        let node_side = format!("veth{}", self.pods.len());
+        self.node_netns.ip(&[
+            "link",
+            "add",
+            &node_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns_name,
+        ])?;
+        self.node_netns
+            .ip(&["link", "set", &node_side, "master", BRIDGE, "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(pod)
+    }
+
+    /// The pod as a config object in `namespace`, with its IP and netns annotation filled in.
+    #[must_use]
+    pub fn pod_config(&self, pod: &Pod, namespace: &str) -> PodConfig {
+        PodConfig::new(namespace, &pod.name, pod.ip, &pod.netns_path())
+    }
+
+    /// Writes (or replaces) the agent's config file.
+    pub fn write_config(&self, config: &ClusterConfig) -> Result<PathBuf, Error> {
+        Ok(config.write(&self.config_dir(), CONFIG_FILE)?)
+    }
+
+    fn next_label(&self, what: &str) -> String {
+        let n = self.launches.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{n:03}-{what}")
+    }
+
+    /// Starts `shunt-agent` in local mode and waits until its admin API answers.
+    pub fn start_agent(&mut self, options: &AgentOptions) -> Result<(), Error> {
+        let mut command = Command::new(self.binaries.agent()?);
+        command
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .args(["--instance", &self.names.instance()])
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--cgroup")
+            .arg(self.cgroup.path());
+        if !options.sockmap_shortcut {
+            command.arg("--no-sockmap-shortcut");
+        }
+        command.args(&options.extra_args);
+        let placement = Placement {
+            netns: None,
+            cgroup: Some(self.agent_cgroup.path().to_path_buf()),
+        };
+        let label = self.next_label("agent");
+        self.agent = Some(Process::spawn(
+            &label,
+            command,
+            &placement,
+            &self.log_dir(),
+        )?);
+        self.agent_ever_started = true;
+        let admin = self.admin();
+        self.wait_while_running(
+            "the agent's admin API to answer",
+            START_TIMEOUT,
+            |_| match admin.status() {
+                Ok(_) => Check::Done(()),
+                Err(e) => Check::NotYet(e.to_string()),
+            },
+        )
+    }
+
+    /// SIGKILLs the agent (capture stays pinned; the proxy keeps its state).
+    pub fn kill_agent(&mut self) -> Result<(), Error> {
+        let agent = self.agent.as_mut().ok_or(Error::NotStarted("agent"))?;
+        agent.kill();
+        Ok(())
+    }
+
+    /// SIGTERMs the agent and waits for it to exit (capture stays pinned).
+    pub fn stop_agent(&mut self) -> Result<(), Error> {
+        let agent = self.agent.as_mut().ok_or(Error::NotStarted("agent"))?;
+        agent.stop(STOP_GRACE);
+        Ok(())
+    }
+
+    /// Starts `shunt-proxy` (root netns, node cgroup) and waits until its metrics answer.
+    pub fn start_proxy(&mut self) -> Result<(), Error> {
+        let mut command = Command::new(self.binaries.proxy()?);
+        command
+            .arg("--control-socket")
+            .arg(self.run_dir().join("control.sock"))
+            .arg("--metrics-addr")
+            .arg(self.metrics_addr.to_string())
+            .arg("--drain-timeout")
+            .arg(PROXY_DRAIN_SECS.to_string());
+        // In the node's cgroup, so the getsockopt and sock_ops programs see its sockets.
+        let placement = Placement {
+            netns: None,
+            cgroup: Some(self.cgroup.path().to_path_buf()),
+        };
+        let label = self.next_label("proxy");
+        self.proxy = Some(Process::spawn(
+            &label,
+            command,
+            &placement,
+            &self.log_dir(),
+        )?);
+        let addr = self.metrics_addr;
+        self.wait_while_running(
+            "the proxy's metrics endpoint to answer",
+            START_TIMEOUT,
+            |_| match Metrics::scrape(addr) {
+                Ok(_) => Check::Done(()),
+                Err(e) => Check::NotYet(e.to_string()),
+            },
+        )
+    }
+
+    /// The agent process, if started.
+    pub fn agent_process(&mut self) -> Option<&mut Process> {
+        self.agent.as_mut()
+    }
+
+    /// The proxy process, if started.
+    pub fn proxy_process(&mut self) -> Option<&mut Process> {
+        self.proxy.as_mut()
+    }
+
+    /// Waits until every pod in `pods` is captured with its proxy listeners ready; returns the
+    /// agent's view of them, in the order given.
+    pub fn wait_captured(&mut self, pods: &[&Pod]) -> Result<Vec<WorkloadView>, Error> {
+        let admin = self.admin();
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        self.wait_while_running(
+            &format!("pods {names:?} to be captured with proxy ready"),
+            START_TIMEOUT,
+            |_| {
+                let workloads = match admin.workloads() {
+                    Ok(workloads) => workloads,
+                    Err(e) => return Check::NotYet(e.to_string()),
+                };
+                let found: Vec<Option<&WorkloadView>> = names
+                    .iter()
+                    .map(|name| workloads.iter().find(|w| w.name == *name))
+                    .collect();
+                if found.iter().all(|w| w.is_some_and(WorkloadView::is_ready)) {
+                    Check::Done(found.into_iter().flatten().cloned().collect())
+                } else {
+                    Check::NotYet(format!("{workloads:?}"))
+                }
+            },
+        )
+    }
+
+    /// Waits until `check` (given the node, for its admin API, metrics and logs) is done,
+    /// failing early with their logs when the agent or the proxy (whichever was started) dies.
+    pub fn wait_while_running<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Check<T>,
+    ) -> Result<T, Error> {
+        Ok(wait::until(what, timeout, || {
+            for process in [self.agent.as_mut(), self.proxy.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                match process.exit_status() {
+                    Ok(None) => {}
+                    Ok(Some(status)) => {
+                        return Check::Abort(format!(
+                            "{} exited ({status})\n{}",
+                            process.label(),
+                            process.tail()
+                        ));
+                    }
+                    Err(e) => return Check::Abort(e.to_string()),
+                }
+            }
+            check(self)
+        })?)
+    }
+
+    /// One scrape of the proxy's metrics.
+    pub fn metrics(&self) -> Result<Metrics, Error> {
+        Ok(Metrics::scrape(self.metrics_addr)?)
+    }
+
+    /// Waits until the metrics satisfy `ready`; returns that scrape.
+    pub fn wait_metrics(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Metrics) -> bool,
+    ) -> Result<Metrics, Error> {
+        self.wait_while_running(what, timeout, |node| match node.metrics() {
+            Ok(metrics) if ready(&metrics) => Check::Done(metrics),
+            Ok(metrics) => Check::NotYet(metrics.describe("istio_tcp_connections_opened_total")),
+            Err(e) => Check::NotYet(e.to_string()),
+        })
+    }
+
+    /// The proxy's access log so far.
+    pub fn access_log(&self) -> Result<AccessLog, Error> {
+        let proxy = self.proxy.as_ref().ok_or(Error::NotStarted("proxy"))?;
+        Ok(AccessLog::read(proxy.stdout_path())?)
+    }
+
+    /// Waits until the access log satisfies `ready`; returns that read.
+    pub fn wait_access_log(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&AccessLog) -> bool,
+    ) -> Result<AccessLog, Error> {
+        self.wait_while_running(what, timeout, |node| match node.access_log() {
+            Ok(log) if ready(&log) => Check::Done(log),
+            Ok(log) => Check::NotYet(log.describe()),
+            Err(e) => Check::NotYet(e.to_string()),
+        })
+    }
+
+    /// Starts `command` inside `pod` (its netns) and the node's cgroup (so capture applies).
+    pub fn spawn_in_pod(&self, pod: &Pod, what: &str, command: Command) -> Result<Process, Error> {
+        let placement = Placement {
+            netns: Some(pod.netns_path()),
+            cgroup: Some(self.cgroup.path().to_path_buf()),
+        };
+        let label = self.next_label(&format!("{}-{what}", pod.name));
+        Ok(Process::spawn(
+            &label,
+            command,
+            &placement,
+            &self.log_dir(),
+        )?)
+    }
+
+    /// Starts `shunt-testpod ARGS` inside `pod`.
+    pub fn testpod(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut command = Command::new(self.binaries.testpod()?);
+        command.args(args);
+        self.spawn_in_pod(pod, args.first().copied().unwrap_or("testpod"), command)
+    }
+
+    /// Starts a `shunt-testpod` server inside `pod` and waits until it listens.
+    pub fn start_server(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut server = self.testpod(pod, args)?;
+        server.wait_for_line("ready", START_TIMEOUT)?;
+        Ok(server)
+    }
+
+    /// Runs a `shunt-testpod` client inside `pod` to completion (killed after `timeout`).
+    pub fn run_testpod(
+        &self,
+        pod: &Pod,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, Error> {
+        Ok(self.testpod(pod, args)?.finish(timeout)?)
+    }
+
+    /// Stops everything and removes everything this node made. Returns what could not be
+    /// cleaned (empty when all went). Dropping the node does the same, silently unless a
+    /// step fails.
+    pub fn teardown(mut self) -> Vec<String> {
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> Vec<String> {
+        if self.torn_down {
+            return Vec::new();
+        }
+        self.torn_down = true;
+        let mut problems = Vec::new();
+        if let Some(mut proxy) = self.proxy.take() {
+            proxy.stop(STOP_GRACE + Duration::from_secs(PROXY_DRAIN_SECS));
+        }
+        if let Some(mut agent) = self.agent.take() {
+            agent.stop(STOP_GRACE);
+        }
+        if self.agent_ever_started {
+            if let Err(e) = uninstall(&self.names, &self.binaries, Some(&self.run_dir())) {
+                problems.push(e.to_string());
+            }
+        }
+        problems.extend(remove_pins(&self.names).err());
+        for cgroup in [&self.cgroup, &self.agent_cgroup] {
+            if let Err(e) = cgroup.remove() {
+                problems.push(e.to_string());
+            }
+        }
+        for pod in &self.pods {
+            if let Err(e) = netns::delete(&pod.netns) {
+                problems.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.node_netns.delete() {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            problems.push(format!("could not remove {}: {e}", self.dir.display()));
+        }
+        problems
+    }
+
+    /// Prints the last lines of every log of this node to stderr.
+    pub fn print_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.log_dir()) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read(&path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if text.is_empty() {
+                continue;
+            }
+            eprintln!(
+                "----- {} (last {} lines) -----\n{}",
+                path.display(),
+                process::TAIL_LINES,
+                process::tail_of(&text, process::TAIL_LINES)
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "shunt harness: node {} failed; its logs:",
+                self.names.prefix()
+            );
+            self.print_logs();
+        }
+        let problems = self.cleanup();
+        for problem in problems {
+            eprintln!(
+                "shunt harness: cleanup of {}: {problem}",
+                self.names.prefix()
+            );
+        }
+    }
+}
+
+/// Removes what a previous run of the same test left behind (a crashed or killed test run):
+/// processes in its cgroups, its pins, its netns and its temp dir. Returns what it removed or
+/// failed to remove.
+#[must_use]
+pub fn sweep_stale(names: &Names, binaries: &Binaries) -> Vec<String> {
+    let mut report = Vec::new();
+    for name in [names.agent_cgroup(), names.node_cgroup()] {
+        match Cgroup::named(&name) {
+            Ok(cgroup) if cgroup.exists() => match cgroup.remove() {
+                Ok(()) => report.push(format!("cgroup {}", cgroup.path().display())),
+                Err(e) => report.push(e.to_string()),
+            },
+            Ok(_) => {}
+            Err(e) => report.push(e.to_string()),
+        }
+    }
+    if pin_dir(names).is_some_and(|dir| dir.exists()) {
+        match uninstall(names, binaries, None) {
+            Ok(()) => report.push(format!("pins of instance {}", names.instance())),
+            Err(e) => report.push(e.to_string()),
+        }
+        if let Err(e) = remove_pins(names) {
+            report.push(e);
+        }
+    }
+    match netns::list() {
+        Ok(all) => {
+            for name in all.iter().filter(|n| names.owns_netns(n)) {
+                match netns::delete(name) {
+                    Ok(()) => report.push(format!("netns {name}")),
+                    Err(e) => report.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.push(e.to_string()),
+    }
+    let dir = names.temp_dir();
+    if dir.exists() {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => report.push(format!("dir {}", dir.display())),
+            Err(e) => report.push(format!("could not remove {}: {e}", dir.display())),
+        }
+    }
+    report
+}
+
+/// `<bpffs>/shunt/<instance>`, when bpffs is mounted.
+fn pin_dir(names: &Names) -> Option<PathBuf> {
+    mounts::bpffs()
+        .ok()
+        .flatten()
+        .map(|bpffs| bpffs.join("shunt").join(names.instance()))
+}
+
+/// `shunt-agent --uninstall` for the node's instance.
+fn uninstall(names: &Names, binaries: &Binaries, run_dir: Option<&Path>) -> Result<(), Error> {
+    let mut command = Command::new(binaries.agent()?);
+    command.args(["--uninstall", "--instance", &names.instance()]);
+    if let Some(run_dir) = run_dir {
+        command.arg("--run-dir").arg(run_dir);
+    }
+    let log_dir = std::env::temp_dir();
+    let label = format!("{}-uninstall-{}", names.prefix(), std::process::id());
+    let output =
+        Process::spawn(&label, command, &Placement::default(), &log_dir)?.finish(UNINSTALL_TIMEOUT);
+    for stream in ["stdout", "stderr"] {
+        let _gone = std::fs::remove_file(log_dir.join(format!("{label}.{stream}")));
+    }
+    let output = output?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Uninstall {
+            status: output.status.to_string(),
+            stderr: output.stderr,
+        })
+    }
+}
+
+/// Removes the pin folder if anything is left in it (unpinning detaches what it pinned).
+fn remove_pins(names: &Names) -> Result<(), String> {
+    let Some(dir) = pin_dir(names) else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| format!("pins left in {} could not be removed: {e}", dir.display()))?;
+    Err(format!(
+        "`shunt-agent --uninstall` left pins in {}; removed them",
+        dir.display()
+    ))
+}
+
+fn free_local_port() -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::Port)?;
+    listener.local_addr().map_err(Error::Port)
+}

@@ -1,0 +1,759 @@
+//! End to end: the real agent, proxy and eBPF capture on a node of pods in network namespaces.
+//! Every test runs as root (and skips, saying so, otherwise) on its own node.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{MIB, OrPanic, client, pod_ip, send_ok};
+use serde_json::Value;
+use shunt_tests::config::{EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS};
+use shunt_tests::wait::Check;
+use shunt_tests::{
+    AgentOptions, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig, admin,
+};
+
+/// Upper bound for the proxy to report what clients already finished.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(15);
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
+const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
+const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
+
+/// The injected namespace every captured test pod lives in.
+const MESH: &str = "mesh";
+const ECHO_PORT: u16 = 8080;
+
+/// A node for an end-to-end test, or `None` (after printing why) when not root. Fails when
+/// the agent or the proxy has not been built.
+fn new_node(test: &str) -> Option<Node> {
+    if shunt_tests::skip_unless_root(test) {
+        return None;
+    }
+    let binaries = common::binaries();
+    binaries.require_all().or_panic("binaries under test");
+    Some(Node::with_binaries(test, binaries).or_panic("creating the node"))
+}
+
+/// Writes `config`, starts agent and proxy, and waits until `captured` are captured.
+fn start(node: &mut Node, config: &ClusterConfig, captured: &[&Pod], options: &AgentOptions) {
+    node.write_config(config).or_panic("writing the config");
+    node.start_agent(options).or_panic("starting the agent");
+    node.start_proxy().or_panic("starting the proxy");
+    node.wait_captured(captured).or_panic("waiting for capture");
+}
+
+/// The labels of one connection's series: reporter and both workloads, all in `mesh`.
+fn flow<'a>(reporter: &'a str, source: &'a str, destination: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("reporter", reporter),
+        ("source_workload", source),
+        ("source_workload_namespace", MESH),
+        ("destination_workload", destination),
+        ("destination_workload_namespace", MESH),
+    ]
+}
+
+fn mesh_namespace() -> NamespaceConfig {
+    NamespaceConfig::injected(MESH)
+}
+
+/// A config with the mesh namespace and `pods` in it.
+fn mesh_config(node: &Node, pods: &[&Pod]) -> ClusterConfig {
+    pods.iter().fold(
+        ClusterConfig::new().namespace(&mesh_namespace()),
+        |config, pod| config.pod(&node.pod_config(pod, MESH).port("tcp-echo", ECHO_PORT)),
+    )
+}
+
+/// Pods `a` (10.244.0.10) and `b` (10.244.0.20), both captured, agent and proxy running.
+fn two_captured_pods(test: &str, options: &AgentOptions) -> Option<(Node, Pod, Pod)> {
+    let mut node = new_node(test)?;
+    let a = node.add_pod("a", pod_ip(10)).or_panic("pod a");
+    let b = node.add_pod("b", pod_ip(20)).or_panic("pod b");
+    let config = mesh_config(&node, &[&a, &b]);
+    start(&mut node, &config, &[&a, &b], options);
+    Some((node, a, b))
+}
+
+fn echo_server(node: &Node, pod: &Pod, port: u16, extra: &[&str]) -> shunt_tests::Process {
+    let port = port.to_string();
+    let mut args = vec!["echo-server", "--port", port.as_str()];
+    args.extend_from_slice(extra);
+    node.start_server(pod, &args)
+        .or_panic(&format!("echo server on {}:{port}", pod.name))
+}
+
+fn sum(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let value = metrics.sum(name, labels);
+    assert!(
+        value >= 0.0 && value.fract() == 0.0,
+        "{name} {labels:?} = {value}"
+    );
+    // Counters here stay far below 2^53, so the float holds them exactly.
+    value as u64
+}
+
+fn field_u64(entry: &Value, field: &str) -> Option<u64> {
+    entry.get(field).and_then(Value::as_u64)
+}
+
+#[test]
+fn pod_to_pod_echo_goes_through_the_proxy() {
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::pod_to_pod_echo_goes_through_the_proxy",
+        &AgentOptions::default(),
+    ) else {
+        return;
+    };
+    let _streaming = echo_server(&node, &b, ECHO_PORT, &[]);
+    // Answers only after the client's FIN: the reply must cross a half-closed connection.
+    let _held = echo_server(&node, &b, 8081, &["--hold-until-eof"]);
+
+    send_ok(&node, &a, b.addr(ECHO_PORT), MIB, 1);
+    send_ok(&node, &a, b.addr(8081), MIB, 2);
+
+    let both_closed = |m: &Metrics| {
+        sum(m, CLOSED, &flow("source", "a", "b")) >= 2
+            && sum(m, CLOSED, &flow("destination", "a", "b")) >= 2
+    };
+    let metrics = node
+        .wait_metrics(
+            "both connections closed on both reporters",
+            REPORT_TIMEOUT,
+            both_closed,
+        )
+        .or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        let labels = flow(reporter, "a", "b");
+        let described = metrics.describe(OPENED);
+        assert_eq!(sum(&metrics, OPENED, &labels), 2, "{reporter}: {described}");
+        assert_eq!(sum(&metrics, CLOSED, &labels), 2, "{reporter}: {described}");
+        assert_eq!(
+            sum(&metrics, RECEIVED_BYTES, &labels),
+            2 * MIB,
+            "{reporter}"
+        );
+        assert_eq!(sum(&metrics, SENT_BYTES, &labels), 2 * MIB, "{reporter}");
+        let labelled = [
+            ("source_principal", "unknown"),
+            ("destination_service", "unknown"),
+            ("request_protocol", "tcp"),
+        ];
+        let mut all = labels.to_vec();
+        all.extend_from_slice(&labelled);
+        assert_eq!(sum(&metrics, OPENED, &all), 2, "{reporter}: {described}");
+    }
+
+    let log = node
+        .wait_access_log("4 access log lines", REPORT_TIMEOUT, |log| {
+            log.entries.len() >= 4
+        })
+        .or_panic("access log");
+    assert_eq!(log.entries.len(), 4, "{}", log.describe());
+    for (direction, reporter, pod) in [
+        ("outbound", "source", "mesh/a"),
+        ("inbound", "destination", "mesh/b"),
+    ] {
+        for port in [ECHO_PORT, 8081] {
+            let dst = b.addr(port).to_string();
+            let lines = log.matching(&[
+                ("direction", direction),
+                ("reporter", reporter),
+                ("pod", pod),
+                ("src_workload", "a"),
+                ("src_namespace", MESH),
+                ("dst_workload", "b"),
+                ("dst_namespace", MESH),
+                ("dst_addr", &dst),
+                ("upstream_addr", &dst),
+                ("dst_service", "unknown"),
+                ("close_reason", "eof"),
+            ]);
+            assert_eq!(lines.len(), 1, "{direction} to {dst}:\n{}", log.describe());
+            let line = lines[0];
+            assert_eq!(field_u64(line, "bytes_received"), Some(MIB), "{line}");
+            assert_eq!(field_u64(line, "bytes_sent"), Some(MIB), "{line}");
+            let src_ip = line["src_addr"].as_str().unwrap_or_default();
+            assert!(
+                src_ip.starts_with(&format!("{}:", a.ip)),
+                "src_addr of {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn service_cluster_ip_round_robins_over_both_backends() {
+    let Some(mut node) = new_node("e2e::service_cluster_ip_round_robins_over_both_backends") else {
+        return;
+    };
+    let client_pod = node.add_pod("client", pod_ip(10)).or_panic("client pod");
+    let backends = [
+        node.add_pod("backend-1", pod_ip(21)).or_panic("backend-1"),
+        node.add_pod("backend-2", pod_ip(22)).or_panic("backend-2"),
+    ];
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+    let service = ServiceConfig::new(MESH, "backend", cluster_ip)
+        .select("app", "backend")
+        .named_port("tcp-whoami", 80, "whoami");
+    let mut config = ClusterConfig::new()
+        .namespace(&mesh_namespace())
+        .pod(&node.pod_config(&client_pod, MESH))
+        .service(&service);
+    for backend in &backends {
+        config = config.pod(
+            &node
+                .pod_config(backend, MESH)
+                .label("app", "backend")
+                .port("whoami", ECHO_PORT),
+        );
+    }
+    start(
+        &mut node,
+        &config,
+        &[&client_pod, &backends[0], &backends[1]],
+        &AgentOptions::default(),
+    );
+    let _servers: Vec<_> = backends
+        .iter()
+        .map(|pod| {
+            node.start_server(
+                pod,
+                &["whoami-server", "--port", "8080", "--name", &pod.name],
+            )
+            .or_panic("whoami server")
+        })
+        .collect();
+
+    let to = format!("{cluster_ip}:80");
+    let report = client(&node, &client_pod, &["fetch", "--to", &to, "--count", "10"]);
+    assert_eq!(report["ok"], true, "{report}");
+    let names: Vec<&str> = report["replies"]
+        .as_array()
+        .map(|replies| replies.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 10, "{report}");
+    let mut counts = BTreeMap::new();
+    for name in &names {
+        *counts.entry(*name).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([("backend-1", 5), ("backend-2", 5)]),
+        "replies: {names:?}"
+    );
+    assert!(
+        names.windows(2).all(|pair| pair[0] != pair[1]),
+        "round robin alternates backends: {names:?}"
+    );
+
+    let hostname = service.hostname();
+    let metrics = node
+        .wait_metrics("10 connections closed at the source", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &[("reporter", "source")]) >= 10
+        })
+        .or_panic("metrics");
+    for backend in &backends {
+        let labels = [
+            ("reporter", "source"),
+            ("source_workload", "client"),
+            ("destination_workload", backend.name.as_str()),
+            ("destination_service", hostname.as_str()),
+            ("destination_service_name", "backend"),
+            ("destination_service_namespace", MESH),
+        ];
+        assert_eq!(
+            sum(&metrics, OPENED, &labels),
+            5,
+            "{}",
+            metrics.describe(OPENED)
+        );
+    }
+    let log = node
+        .wait_access_log("10 outbound lines", REPORT_TIMEOUT, |log| {
+            log.matching(&[("reporter", "source")]).len() >= 10
+        })
+        .or_panic("access log");
+    for backend in &backends {
+        let upstream = backend.addr(ECHO_PORT).to_string();
+        let lines = log.matching(&[
+            ("reporter", "source"),
+            ("dst_addr", &to),
+            ("upstream_addr", &upstream),
+            ("dst_service", &hostname),
+        ]);
+        assert_eq!(lines.len(), 5, "to {upstream}:\n{}", log.describe());
+    }
+}
+
+#[test]
+fn uncaptured_client_is_captured_only_inbound() {
+    let Some(mut node) = new_node("e2e::uncaptured_client_is_captured_only_inbound") else {
+        return;
+    };
+    let server = node.add_pod("server", pod_ip(20)).or_panic("server pod");
+    let outsider = node
+        .add_pod("outsider", pod_ip(30))
+        .or_panic("outsider pod");
+    let plain = node
+        .add_pod("plain", pod_ip(40))
+        .or_panic("plain server pod");
+    let config = ClusterConfig::new()
+        .namespace(&mesh_namespace())
+        .namespace(&NamespaceConfig::new("legacy"))
+        .pod(&node.pod_config(&server, MESH).port("tcp-echo", ECHO_PORT))
+        .pod(&node.pod_config(&outsider, "legacy"))
+        .pod(
+            &node
+                .pod_config(&plain, "legacy")
+                .port("tcp-echo", ECHO_PORT),
+        );
+    start(&mut node, &config, &[&server], &AgentOptions::default());
+    let workloads = node.admin().workloads().or_panic("workloads");
+    for name in ["outsider", "plain"] {
+        let view = workloads.iter().find(|w| w.name == name);
+        assert!(
+            view.is_some_and(|w| !w.captured),
+            "{name} must not be captured: {workloads:?}"
+        );
+    }
+    let _captured_echo = echo_server(&node, &server, ECHO_PORT, &[]);
+    let _plain_echo = echo_server(&node, &plain, ECHO_PORT, &[]);
+
+    send_ok(&node, &outsider, server.addr(ECHO_PORT), 64 << 10, 3);
+    send_ok(&node, &outsider, plain.addr(ECHO_PORT), 64 << 10, 4);
+
+    let inbound = [
+        ("reporter", "destination"),
+        ("source_workload", "outsider"),
+        ("source_workload_namespace", "legacy"),
+        ("destination_workload", "server"),
+        ("destination_workload_namespace", MESH),
+    ];
+    let metrics = node
+        .wait_metrics("the inbound connection closed", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &inbound) >= 1
+        })
+        .or_panic("metrics");
+    let described = metrics.describe(OPENED);
+    assert_eq!(sum(&metrics, OPENED, &inbound), 1, "{described}");
+    assert_eq!(
+        sum(&metrics, RECEIVED_BYTES, &inbound),
+        64 << 10,
+        "{described}"
+    );
+    assert_eq!(
+        sum(&metrics, OPENED, &[("reporter", "source")]),
+        0,
+        "{described}"
+    );
+    assert_eq!(
+        sum(&metrics, OPENED, &[("destination_workload", "plain")]),
+        0,
+        "{described}"
+    );
+    assert_eq!(
+        sum(&metrics, OPENED, &[]),
+        1,
+        "only the inbound connection: {described}"
+    );
+
+    let log = node.access_log().or_panic("access log");
+    assert_eq!(log.entries.len(), 1, "{}", log.describe());
+    let dst = server.addr(ECHO_PORT).to_string();
+    let lines = log.matching(&[
+        ("direction", "inbound"),
+        ("reporter", "destination"),
+        ("pod", "mesh/server"),
+        ("src_workload", "outsider"),
+        ("dst_workload", "server"),
+        ("dst_addr", &dst),
+    ]);
+    assert_eq!(lines.len(), 1, "{}", log.describe());
+}
+
+#[test]
+fn thousand_sequential_connections_are_each_counted_once() {
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::thousand_sequential_connections_are_each_counted_once",
+        &AgentOptions::default(),
+    ) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let to = b.addr(ECHO_PORT).to_string();
+    let report = client(
+        &node,
+        &a,
+        &[
+            "churn",
+            "--to",
+            &to,
+            "--count",
+            "1000",
+            "--interval-ms",
+            "0",
+        ],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["succeeded"], 1000, "{report}");
+
+    let metrics = node
+        .wait_metrics(
+            "1000 connections closed on both reporters",
+            REPORT_TIMEOUT,
+            |m| {
+                sum(m, CLOSED, &flow("source", "a", "b")) >= 1000
+                    && sum(m, CLOSED, &flow("destination", "a", "b")) >= 1000
+            },
+        )
+        .or_panic("metrics");
+    let described = metrics.describe(OPENED);
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            sum(&metrics, OPENED, &flow(reporter, "a", "b")),
+            1000,
+            "{described}"
+        );
+    }
+    // A loop (the proxy capturing its own dials) would show up as extra connections.
+    assert_eq!(sum(&metrics, OPENED, &[]), 2000, "{described}");
+
+    for port in ["15001", "15006"] {
+        let target = format!("127.0.0.1:{port}");
+        let direct = client(&node, &a, &["connect", "--to", &target]);
+        assert_eq!(
+            direct["connected"], false,
+            "a direct connect to {target} must be refused: {direct}"
+        );
+    }
+    let after = node.metrics().or_panic("metrics");
+    assert_eq!(sum(&after, OPENED, &[]), 2000, "{}", after.describe(OPENED));
+}
+
+#[test]
+fn excluded_ports_bypass_capture() {
+    let Some(mut node) = new_node("e2e::excluded_ports_bypass_capture") else {
+        return;
+    };
+    let a = node.add_pod("a", pod_ip(10)).or_panic("pod a");
+    let b = node.add_pod("b", pod_ip(20)).or_panic("pod b");
+    // 9090: a skips it outbound; 9091: b skips it inbound; 9092: both.
+    let config = ClusterConfig::new()
+        .namespace(&mesh_namespace())
+        .pod(
+            &node
+                .pod_config(&a, MESH)
+                .annotation(EXCLUDE_OUTBOUND_PORTS, "9090,9092"),
+        )
+        .pod(
+            &node
+                .pod_config(&b, MESH)
+                .annotation(EXCLUDE_INBOUND_PORTS, "9091,9092"),
+        );
+    start(&mut node, &config, &[&a, &b], &AgentOptions::default());
+    let ports = [ECHO_PORT, 9090, 9091, 9092];
+    let _servers: Vec<_> = ports
+        .iter()
+        .map(|&port| echo_server(&node, &b, port, &[]))
+        .collect();
+    for (seed, port) in (10..).zip(ports) {
+        send_ok(&node, &a, b.addr(port), 64 << 10, seed);
+    }
+
+    let expected = |reporter: &str| -> BTreeSet<String> {
+        let ports: &[u16] = if reporter == "source" {
+            &[ECHO_PORT, 9091]
+        } else {
+            &[ECHO_PORT, 9090]
+        };
+        ports.iter().map(|&p| b.addr(p).to_string()).collect()
+    };
+    let log = node
+        .wait_access_log("4 access log lines", REPORT_TIMEOUT, |log| {
+            log.entries.len() >= 4
+        })
+        .or_panic("access log");
+    // Give a wrongly captured connection's line time to show up before judging.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = node.access_log().unwrap_or(log);
+    for reporter in ["source", "destination"] {
+        let seen: BTreeSet<String> = log
+            .matching(&[("reporter", reporter)])
+            .iter()
+            .filter_map(|line| line["dst_addr"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(seen, expected(reporter), "{reporter}:\n{}", log.describe());
+    }
+    assert_eq!(log.entries.len(), 4, "{}", log.describe());
+    let metrics = node.metrics().or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            sum(&metrics, OPENED, &flow(reporter, "a", "b")),
+            2,
+            "{}",
+            metrics.describe(OPENED)
+        );
+    }
+}
+
+/// `<bpffs>/shunt/<instance>/links/sk_lookup-<cookie>`: the pinned inbound link of one pod.
+fn sk_lookup_pin(node: &Node, netns_cookie: u64) -> PathBuf {
+    let bpffs = shunt_tests::mounts::bpffs()
+        .or_panic("/proc/mounts")
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
+    bpffs
+        .join("shunt")
+        .join(node.instance())
+        .join("links")
+        .join(format!("sk_lookup-{netns_cookie}"))
+}
+
+#[test]
+fn pod_removed_from_config_is_released() {
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::pod_removed_from_config_is_released",
+        &AgentOptions::default(),
+    ) else {
+        return;
+    };
+    let views = node.wait_captured(&[&a]).or_panic("a captured");
+    let cookie = views[0]
+        .netns_cookie
+        .unwrap_or_else(|| panic!("captured pod a has no netns cookie: {views:?}"));
+    let admin = node.admin();
+    let meshed = admin.map("MESHED_NETNS").or_panic("MESHED_NETNS");
+    assert!(
+        admin::mentions_u64(&meshed, cookie),
+        "a's cookie {cookie} in {meshed}"
+    );
+    let pin = sk_lookup_pin(&node, cookie);
+    assert!(
+        pin.exists(),
+        "{} should be pinned while a is captured",
+        pin.display()
+    );
+
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 20);
+    node.wait_access_log(
+        "a's first connection, on both reporters",
+        REPORT_TIMEOUT,
+        |log| log.entries.len() >= 2,
+    )
+    .or_panic("access log");
+
+    node.write_config(&mesh_config(&node, &[&b]))
+        .or_panic("config without a");
+    node.wait_while_running(
+        "a to leave /workloads and its map entries to go",
+        REPORT_TIMEOUT,
+        |n| {
+            let admin = n.admin();
+            let workloads = match admin.workloads() {
+                Ok(w) => w,
+                Err(e) => return Check::NotYet(e.to_string()),
+            };
+            if workloads.iter().any(|w| w.name == "a" && w.captured) {
+                return Check::NotYet(format!("{workloads:?}"));
+            }
+            for map in [
+                "MESHED_NETNS",
+                "OUTBOUND_EXCLUDED_PORTS",
+                "ORIG_DST_BY_CLIENT",
+            ] {
+                match admin.map(map) {
+                    Ok(dump) if admin::mentions_u64(&dump, cookie) => {
+                        return Check::NotYet(format!("{map} still has {cookie}: {dump}"));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Check::NotYet(e.to_string()),
+                }
+            }
+            Check::Done(())
+        },
+    )
+    .or_panic("releasing a");
+    assert!(!pin.exists(), "{} should be unpinned", pin.display());
+    let listeners = admin.map("INBOUND_LISTENERS").or_panic("INBOUND_LISTENERS");
+    let listener_ips: Vec<&str> = admin::entries(&listeners)
+        .into_iter()
+        .filter_map(|(key, _)| key["pod_ip"].as_str())
+        .collect();
+    assert_eq!(
+        listener_ips,
+        [b.ip.to_string()],
+        "only b's listener is left: {listeners}"
+    );
+
+    // a's connections now leave uncaptured: only b's inbound side reports them.
+    send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 21);
+    let log = node
+        .wait_access_log(
+            "a's second connection, inbound at b",
+            REPORT_TIMEOUT,
+            |log| log.entries.len() >= 3,
+        )
+        .or_panic("access log");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = node.access_log().unwrap_or(log);
+    assert_eq!(
+        log.matching(&[("reporter", "source")]).len(),
+        1,
+        "{}",
+        log.describe()
+    );
+    assert_eq!(
+        log.matching(&[("reporter", "destination")]).len(),
+        2,
+        "{}",
+        log.describe()
+    );
+    // And the proxy closed its listeners in a's netns.
+    let direct = client(&node, &a, &["connect", "--to", "127.0.0.1:15001"]);
+    assert_eq!(direct["kind"], "ConnectionRefused", "{direct}");
+}
+
+#[test]
+fn agent_sigkill_and_restart_keep_capture_without_failures() {
+    let options = AgentOptions::default();
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::agent_sigkill_and_restart_keep_capture_without_failures",
+        &options,
+    ) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let to = b.addr(ECHO_PORT).to_string();
+    let stop_file = node.dir().join("stop-clients");
+    let stop = stop_file.to_string_lossy().into_owned();
+    let churn = node
+        .testpod(
+            &a,
+            &[
+                "churn",
+                "--to",
+                &to,
+                "--count",
+                "100000",
+                "--interval-ms",
+                "10",
+                "--until-file",
+                &stop,
+            ],
+        )
+        .or_panic("churn");
+    let hold = node
+        .testpod(
+            &a,
+            &[
+                "hold",
+                "--to",
+                &to,
+                "--seconds",
+                "120",
+                "--until-file",
+                &stop,
+            ],
+        )
+        .or_panic("hold");
+    std::thread::sleep(Duration::from_secs(1));
+
+    node.kill_agent().or_panic("SIGKILL agent");
+    // Capture has to carry on with no agent at all.
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_agent(&options).or_panic("restarting the agent");
+    node.wait_captured(&[&a, &b])
+        .or_panic("capture after restart");
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop_file, "").or_panic("stop file");
+
+    let churn = churn
+        .finish(common::CLIENT_TIMEOUT)
+        .or_panic("churn")
+        .json()
+        .or_panic("churn report");
+    let hold = hold
+        .finish(common::CLIENT_TIMEOUT)
+        .or_panic("hold")
+        .json()
+        .or_panic("hold report");
+    assert_eq!(churn["failed"], 0, "{churn}");
+    assert_eq!(churn["ok"], true, "{churn}");
+    assert_eq!(hold["ok"], true, "{hold}");
+    let succeeded = churn["succeeded"].as_u64().unwrap_or_default();
+    assert!(succeeded >= 100, "churn ran across the restart: {churn}");
+
+    // Every connection went through the proxy: capture never lapsed.
+    let expected = succeeded + 1;
+    let metrics = node
+        .wait_metrics(
+            "every churn connection and the held one closed",
+            REPORT_TIMEOUT,
+            |m| sum(m, CLOSED, &flow("source", "a", "b")) >= expected,
+        )
+        .or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            sum(&metrics, OPENED, &flow(reporter, "a", "b")),
+            expected,
+            "{reporter}: churn {succeeded} + 1 held\n{}",
+            metrics.describe(OPENED)
+        );
+    }
+}
+
+#[test]
+fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::sockmap_shortcut_on_and_off_deliver_identical_bytes",
+        &AgentOptions::default(),
+    ) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let admin = node.admin();
+    let redirects = || {
+        let stats = admin.map("STATS").or_panic("STATS");
+        admin::counter(&stats, "shortcut_redirects")
+            .unwrap_or_else(|| panic!("no shortcut_redirects counter in STATS: {stats}"))
+    };
+    let shortcut_setting = || admin.status().or_panic("status")["sockmap_shortcut"].clone();
+
+    assert_eq!(shortcut_setting(), true);
+    let before = redirects();
+    let on = send_ok(&node, &a, b.addr(ECHO_PORT), MIB, 8);
+    let with_shortcut = redirects();
+    assert!(
+        with_shortcut > before,
+        "the shortcut redirected nothing ({before} → {with_shortcut})"
+    );
+
+    node.stop_agent().or_panic("stopping the agent");
+    let off_options = AgentOptions {
+        sockmap_shortcut: false,
+        ..AgentOptions::default()
+    };
+    node.start_agent(&off_options)
+        .or_panic("agent without the shortcut");
+    node.wait_captured(&[&a, &b])
+        .or_panic("capture after restart");
+    assert_eq!(shortcut_setting(), false);
+    let off = send_ok(&node, &a, b.addr(ECHO_PORT), MIB, 8);
+    assert_eq!(
+        redirects(),
+        with_shortcut,
+        "redirects while the shortcut is off"
+    );
+
+    assert_eq!(
+        on["received_hash"], off["received_hash"],
+        "on: {on}\noff: {off}"
+    );
+    assert_eq!(on["sent_hash"], off["sent_hash"]);
+}

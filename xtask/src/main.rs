@@ -1,0 +1,65 @@
+//! `cargo xtask`: setup, build-ebpf, build, test, demo.
+//!
+//! xtask itself builds on whatever toolchain is the machine's default; every step that needs
+//! the pinned toolchains names them (`cargo +1.99.0`, `cargo +nightly-2026-06-20`), after
+//! `setup` has installed them. Steps that need root use sudo only when we are not root.
+#![forbid(unsafe_code)]
+
+mod build;
+mod cmd;
+mod demo;
+mod test;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "shunt's build, setup, test and demo tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: apt packages, the pinned toolchains, bpf-linker.
+    Setup,
+    /// Build the eBPF programs (target/ebpf/bpfel-unknown-none/release/shunt-ebpf).
+    BuildEbpf,
+    /// setup + build-ebpf + build every user-space binary with the eBPF object embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// setup + build + format and lint checks + unit and privileged end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// setup + build, then a node of pods in network namespaces with shunt capturing their
+    /// traffic; prints what the proxy saw and removes everything it made.
+    Demo,
+    /// The privileged half of `demo` (run as root by `demo`).
+    #[command(hide = true)]
+    DemoNode,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => toolchain::setup(),
+        Task::BuildEbpf => build::build_ebpf(),
+        Task::Build { release } => {
+            toolchain::setup()?;
+            build::build_ebpf()?;
+            build::build_user(release)
+        }
+        Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::Demo => demo::run(),
+        Task::DemoNode => demo::run_node(),
+    }
+}

@@ -1,0 +1,162 @@
+//! The pinned toolchains and system packages, and `cargo xtask setup`, which installs what a
+//! fresh machine lacks. Every step checks first, so a second run changes nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{Privilege, run, succeeds};
+
+/// User space needs rustc ≥ 1.98 (aya 0.16).
+pub const USER_TOOLCHAIN: &str = "1.99.0";
+/// The eBPF crate: rustc 1.98-nightly with LLVM 22. Newer nightlies emit LLVM 23 bitcode,
+/// which a bpf-linker built against LLVM 22 cannot read ("Invalid record").
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PACKAGE: &str = "llvm-22-dev";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// Debian packages: LLVM for bpf-linker; iproute2 for the netns harness (`ip netns`, veth,
+/// bridge); util-linux for nsenter (debugging a pod's netns without remounting /sys); python3
+/// for the capture tests' stand-in app and proxy processes.
+const APT_PACKAGES: &[&str] = &[LLVM_PACKAGE, "iproute2", "util-linux", "python3"];
+
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+/// PATH with cargo's bin folder (bpf-linker) and LLVM's tools in front.
+pub fn tool_path() -> std::ffi::OsString {
+    let mut dirs = vec![cargo_home().join("bin"), PathBuf::from(LLVM_BIN)];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+pub fn setup() -> Result<()> {
+    println!("==> setup: checking what this machine lacks");
+    apt_packages()?;
+    toolchain(USER_TOOLCHAIN, &["clippy", "rustfmt"])?;
+    toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
+    bpf_linker()?;
+    println!("==> setup: done");
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "    apt packages: {} already installed",
+            APT_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    println!("    apt packages: installing {}", missing.join(", "));
+    run(
+        Command::new("apt-get").args(["update", "-qq"]),
+        Privilege::Root,
+    )?;
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Privilege::Root,
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+fn toolchain(name: &str, components: &[&str]) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("rustup is not on PATH: install rustup first (https://rustup.rs)")?;
+    let have_toolchain = String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.starts_with(&format!("{name}-")));
+    if have_toolchain {
+        let listed = Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", name])
+            .output()?;
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        let missing: Vec<&str> = components
+            .iter()
+            .copied()
+            .filter(|c| {
+                !listed
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{c}-")) || line == *c)
+            })
+            .collect();
+        if missing.is_empty() {
+            println!(
+                "    toolchain {name}: installed with {}",
+                components.join(", ")
+            );
+            return Ok(());
+        }
+        println!("    toolchain {name}: adding {}", missing.join(", "));
+        return run(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", name])
+                .args(&missing),
+            Privilege::User,
+        );
+    }
+    println!(
+        "    toolchain {name}: installing with {}",
+        components.join(", ")
+    );
+    let mut install = Command::new("rustup");
+    install.args(["toolchain", "install", name, "--profile", "minimal"]);
+    for component in components {
+        install.args(["--component", component]);
+    }
+    run(&mut install, Privilege::User)
+}
+
+fn bpf_linker() -> Result<()> {
+    let linker = cargo_home().join("bin/bpf-linker");
+    if succeeds(Command::new(&linker).arg("--version")) {
+        println!("    bpf-linker: installed at {}", linker.display());
+        return Ok(());
+    }
+    println!(
+        "    bpf-linker: building {BPF_LINKER_VERSION} against Debian's LLVM 22 (about a minute)"
+    );
+    run(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", tool_path()),
+        Privilege::User,
+    )?;
+    if !succeeds(Command::new(&linker).arg("--version")) {
+        bail!(
+            "bpf-linker installed but {} --version fails: check that {LLVM_PACKAGE} is installed",
+            linker.display()
+        );
+    }
+    Ok(())
+}
