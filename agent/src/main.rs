@@ -33,9 +33,11 @@ struct Cli {
     /// The cgroup2 folder whose processes are captured [default: the cgroup2 mount root].
     #[arg(long, value_name = "DIR", conflicts_with = "uninstall")]
     cgroup: Option<PathBuf>,
-    /// Turns off the sockmap/sk_msg shortcut for the app<->proxy hop (for comparison).
+    /// Turns on the sockmap/sk_msg shortcut for the app<->proxy hop. Off by default: while an
+    /// app socket is in the sockhash, the kernel's sockmap receive path can fail a blocking
+    /// read with EAGAIN (see ARCHITECTURE.md, "Same-netns shortcut").
     #[arg(long, conflicts_with = "uninstall")]
-    no_sockmap_shortcut: bool,
+    sockmap_shortcut: bool,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -73,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         instance: cli.instance.clone(),
         bpffs: cli.bpffs.clone(),
         cgroup: cli.cgroup.clone(),
-        sockmap_shortcut: !cli.no_sockmap_shortcut,
+        sockmap_shortcut: cli.sockmap_shortcut,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

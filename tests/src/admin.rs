@@ -93,6 +93,11 @@ impl Admin {
         self.get("/status")
     }
 
+    /// `GET /config`: every object loaded, and under `errors` what the last load rejected.
+    pub fn config(&self) -> Result<Value, Error> {
+        self.get("/config")
+    }
+
     /// `GET /workloads`.
     pub fn workloads(&self) -> Result<Vec<WorkloadView>, Error> {
         let path = "/workloads";

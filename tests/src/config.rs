@@ -263,22 +263,27 @@ impl ClusterConfig {
         out
     }
 
-    /// Writes the file atomically (a temp file beside `dir`, then rename), so the agent's
-    /// watcher never reads half a file.
+    /// Writes `<dir>/<file_name>` atomically (see [`write_atomically`]).
     pub fn write(&self, dir: &Path, file_name: &str) -> Result<PathBuf, Error> {
-        let path = dir.join(file_name);
-        let staging = dir
-            .parent()
-            .unwrap_or(dir)
-            .join(format!(".{file_name}.staging"));
-        let write_error = |source| Error::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::write(&staging, self.render()).map_err(write_error)?;
-        std::fs::rename(&staging, &path).map_err(write_error)?;
-        Ok(path)
+        write_atomically(dir, file_name, &self.render())
     }
+}
+
+/// Writes `<dir>/<file_name>` through a staging file beside `dir` and a rename, so the agent's
+/// watcher never reads half a file.
+pub fn write_atomically(dir: &Path, file_name: &str, contents: &str) -> Result<PathBuf, Error> {
+    let path = dir.join(file_name);
+    let staging = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(format!(".{file_name}.staging"));
+    let write_error = |source| Error::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::write(&staging, contents).map_err(write_error)?;
+    std::fs::rename(&staging, &path).map_err(write_error)?;
+    Ok(path)
 }
 
 fn render_object(object: &Value) -> String {

@@ -100,7 +100,7 @@ impl Pod {
 /// How to start the agent.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// Off passes `--no-sockmap-shortcut`.
+    /// On passes `--sockmap-shortcut` (the agent's default is off).
     pub sockmap_shortcut: bool,
     /// Appended to the command line.
     pub extra_args: Vec<String>,
@@ -109,7 +109,7 @@ pub struct AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         Self {
-            sockmap_shortcut: true,
+            sockmap_shortcut: false,
             extra_args: Vec::new(),
         }
     }
@@ -278,9 +278,19 @@ impl Node {
         PodConfig::new(namespace, &pod.name, pod.ip, &pod.netns_path())
     }
 
-    /// Writes (or replaces) the agent's config file.
+    /// Writes (or replaces) the agent's config file, [`CONFIG_FILE`].
     pub fn write_config(&self, config: &ClusterConfig) -> Result<PathBuf, Error> {
         Ok(config.write(&self.config_dir(), CONFIG_FILE)?)
+    }
+
+    /// Writes (or replaces) `<config dir>/<file_name>` with YAML written elsewhere (e.g. a
+    /// shipped example whose `shunt.io/netns` values were filled in from [`Pod::netns_path`]).
+    pub fn write_config_text(&self, file_name: &str, yaml: &str) -> Result<PathBuf, Error> {
+        Ok(config::write_atomically(
+            &self.config_dir(),
+            file_name,
+            yaml,
+        )?)
     }
 
     fn next_label(&self, what: &str) -> String {
@@ -299,8 +309,8 @@ impl Node {
             .arg(self.run_dir())
             .arg("--cgroup")
             .arg(self.cgroup.path());
-        if !options.sockmap_shortcut {
-            command.arg("--no-sockmap-shortcut");
+        if options.sockmap_shortcut {
+            command.arg("--sockmap-shortcut");
         }
         command.args(&options.extra_args);
         let placement = Placement {

@@ -7,7 +7,7 @@
 //! ```text
 //! shunt-testpod echo-server   --port P [--hold-until-eof]
 //! shunt-testpod whoami-server --port P --name NAME
-//! shunt-testpod send    --to ADDR --bytes N --seed S
+//! shunt-testpod send    --to ADDR --bytes N --seed S [--retry-spurious-eagain]
 //! shunt-testpod churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
 //! shunt-testpod hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
 //! shunt-testpod fetch   --to ADDR [--count N]
@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: shunt-testpod <echo-server|whoami-server|send|churn|hold|fetch|connect> [--flag value]...
   echo-server   --port P [--hold-until-eof]   echo until EOF, then shut down writing
   whoami-server --port P --name NAME          reply {\"name\",\"peer\",\"local\"} and close
-  send    --to ADDR --bytes N --seed S        send N pseudo-random bytes, verify the echo
+  send    --to ADDR --bytes N --seed S [--retry-spurious-eagain]
+                                              send N pseudo-random bytes, verify the echo
   churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
                                               one short connection + 1-byte echo each
   hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
@@ -240,7 +241,8 @@ fn send(flags: &Flags) -> Result<bool, Failure> {
     let to = target(flags)?;
     let bytes: u64 = flags.required("bytes")?;
     let seed: u64 = flags.required("seed")?;
-    let result = send_and_verify(to, bytes, seed);
+    let retry_spurious_eagain = flags.switch("retry-spurious-eagain");
+    let result = send_and_verify(to, bytes, seed, retry_spurious_eagain);
     let ok = result.error.is_none()
         && result.sent == bytes
         && result.received == bytes
@@ -278,7 +280,15 @@ fn during(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn send_and_verify(to: SocketAddr, bytes: u64, seed: u64) -> SendResult {
+/// With `retry_spurious_eagain`, a read that fails with `EAGAIN` before the read timeout has
+/// run out is retried. The sockmap shortcut needs it: the kernel's sockmap receive path
+/// (`tcp_bpf_recvmsg`) returns `EAGAIN` to a blocking reader that is woken without data.
+fn send_and_verify(
+    to: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    retry_spurious_eagain: bool,
+) -> SendResult {
     let mut result = SendResult {
         sent: 0,
         received: 0,
@@ -327,12 +337,21 @@ fn send_and_verify(to: SocketAddr, bytes: u64, seed: u64) -> SendResult {
     let mut hash = Fnv1a::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut want = vec![0u8; 64 << 10];
+    let mut last_progress = Instant::now();
     let read_result = loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => n,
+            Err(e)
+                if retry_spurious_eagain
+                    && e.kind() == io::ErrorKind::WouldBlock
+                    && last_progress.elapsed() < IO_TIMEOUT =>
+            {
+                continue;
+            }
             Err(e) => break Err(during(format!("read after {} bytes", result.received))(e)),
         };
+        last_progress = Instant::now();
         hash.update(&buf[..n]);
         expected.fill(&mut want[..n]);
         if result.first_mismatch.is_none() {
@@ -785,7 +804,7 @@ mod tests {
                 }
                 stream.shutdown(Shutdown::Write).unwrap();
             });
-            let result = send_and_verify(addr, 300_000, 5);
+            let result = send_and_verify(addr, 300_000, 5, false);
             assert_eq!(result.error, None);
             assert_eq!(result.sent, 300_000);
             assert_eq!(result.received, 300_000);

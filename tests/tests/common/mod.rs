@@ -44,20 +44,25 @@ pub fn client(node: &Node, pod: &Pod, args: &[&str]) -> Value {
 
 /// `send` of `bytes` seeded bytes to `to`, asserting the echo came back intact.
 pub fn send_ok(node: &Node, pod: &Pod, to: SocketAddr, bytes: u64, seed: u64) -> Value {
+    send_ok_with(node, pod, to, bytes, seed, &[])
+}
+
+/// [`send_ok`] with extra `shunt-testpod send` flags.
+pub fn send_ok_with(
+    node: &Node,
+    pod: &Pod,
+    to: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    extra: &[&str],
+) -> Value {
     let to = to.to_string();
-    let report = client(
-        node,
-        pod,
-        &[
-            "send",
-            "--to",
-            &to,
-            "--bytes",
-            &bytes.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ],
-    );
+    let (bytes_arg, seed_arg) = (bytes.to_string(), seed.to_string());
+    let mut args = vec![
+        "send", "--to", &to, "--bytes", &bytes_arg, "--seed", &seed_arg,
+    ];
+    args.extend_from_slice(extra);
+    let report = client(node, pod, &args);
     assert_eq!(report["ok"], true, "{} → {to}: {report}", pod.name);
     assert_eq!(report["received"], bytes, "{report}");
     assert_eq!(report["received_hash"], report["sent_hash"], "{report}");
