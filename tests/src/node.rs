@@ -98,21 +98,12 @@ impl Pod {
 }
 
 /// How to start the agent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
     /// On passes `--sockmap-shortcut` (the agent's default is off).
     pub sockmap_shortcut: bool,
     /// Appended to the command line.
     pub extra_args: Vec<String>,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        Self {
-            sockmap_shortcut: false,
-            extra_args: Vec::new(),
-        }
-    }
 }
 
 /// One node and everything running on it.

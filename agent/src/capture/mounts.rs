@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{MsFlags, mount};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, FsType, statfs};
 
@@ -118,6 +119,18 @@ pub fn bpffs(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(target).map_err(|e| Error::MountBpffs {
         detail: format!("creating {}: {e}", target.display()),
     })?;
+    // Agents starting together would each see no bpffs and mount one on top of the other,
+    // hiding the pins made in the lower one. An exclusive lock on the (still unmounted)
+    // directory serialises them; whoever comes second finds the mount and uses it.
+    let dir = std::fs::File::open(target).map_err(|e| Error::MountBpffs {
+        detail: format!("opening {}: {e}", target.display()),
+    })?;
+    let _lock = Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| Error::MountBpffs {
+        detail: format!("locking {}: {e}", target.display()),
+    })?;
+    if has_fs_type(target, BPF_FS_MAGIC) {
+        return Ok(target.to_owned());
+    }
     mount(
         Some("bpf"),
         target,
