@@ -15,12 +15,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, AdminServer};
-use crate::capture::{self, Capture, CaptureOptions};
+use crate::capture::CaptureOptions;
 use crate::config::{self, Snapshot};
 use crate::control::{self, ControlServer};
 use crate::pods::Reconciler;
 use crate::run_dir::{self, RunDir};
-use crate::shared_capture::SharedCapture;
+use crate::shared_capture::{self, CaptureMode, Installed, SharedCapture};
 
 /// How long the tasks get to finish once the agent stops.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,13 +31,29 @@ const PROXY_EVENTS: usize = 64;
 pub struct Options {
     pub config_dir: PathBuf,
     pub run_dir: RunDir,
+    pub capture_mode: CaptureMode,
+    /// eBPF capture's options; iptables capture uses only the instance name.
     pub capture: CaptureOptions,
+}
+
+impl Options {
+    /// What this agent installs, and `--uninstall` removes.
+    #[must_use]
+    pub fn installed(&self) -> Installed {
+        Installed {
+            ebpf: self.capture.clone(),
+            iptables_records: shared_capture::iptables_records(self.run_dir.path()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot start capture: {0}")]
-    Capture(capture::Error),
+    #[error("cannot start {} capture: {source}", mode.name())]
+    Capture {
+        mode: CaptureMode,
+        source: shared_capture::Error,
+    },
     #[error(transparent)]
     Config(#[from] config::Error),
     #[error(transparent)]
@@ -68,13 +84,18 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     options.run_dir.create()?;
     let control = ControlServer::bind(&options.run_dir.control_socket())?;
     let admin = AdminServer::bind(&options.run_dir.admin_socket())?;
-    // A program the verifier rejects fails here, with its log: never run without capture.
-    let capture = match Capture::load(&options.capture) {
-        Ok(capture) => SharedCapture::new(capture),
-        Err(e) => {
+    // A program the verifier rejects (or a missing iptables) fails here, with its log: never
+    // run without capture.
+    let installed = options.installed();
+    let capture = match SharedCapture::load(options.capture_mode, &installed) {
+        Ok(capture) => capture,
+        Err(source) => {
             // Nobody will answer on them.
             let _ = options.run_dir.remove_sockets();
-            return Err(Error::Capture(e));
+            return Err(Error::Capture {
+                mode: options.capture_mode,
+                source,
+            });
         }
     };
 
@@ -86,7 +107,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let reconciler = Reconciler::new(capture.clone());
     let context = Arc::new(AdminContext {
         capture,
-        capture_options: options.capture.clone(),
+        installed,
         config: snapshots.clone(),
         node: reconciler.view(),
         uninstalled: uninstalled.clone(),
@@ -98,6 +119,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     tasks.spawn(admin.run(context, shutdown.clone()));
     tracing::info!(
         instance = %options.capture.instance,
+        capture = options.capture_mode.name(),
         run_dir = %options.run_dir.path().display(),
         "shunt-agent running"
     );
@@ -124,7 +146,9 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
             }
         }
         Stopped::Signal(_) => {
-            tracing::info!("capture stays pinned; the next shunt-agent adopts it");
+            tracing::info!(
+                "capture stays installed (pins or iptables rules); the next shunt-agent adopts it"
+            );
         }
     }
     Ok(stopped)

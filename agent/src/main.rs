@@ -1,5 +1,6 @@
-//! `shunt-agent`: loads and pins the capture programs, reads the local config dir, and hands
-//! captured pods to the proxy. `--uninstall` removes capture.
+//! `shunt-agent`: loads and pins the capture programs (or, with `--capture=iptables`, installs
+//! nat rules in each pod's netns), reads the local config dir, and hands captured pods to the
+//! proxy. `--uninstall` removes capture.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
@@ -11,8 +12,9 @@ use clap::{Parser, ValueEnum};
 use shunt_agent::admin::api;
 use shunt_agent::admin::client::{self, AdminClient};
 use shunt_agent::app::{self, Options};
-use shunt_agent::capture::{Capture, CaptureOptions};
+use shunt_agent::capture::CaptureOptions;
 use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
+use shunt_agent::shared_capture::{self, CaptureMode, Installed};
 
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]
@@ -30,6 +32,11 @@ struct Cli {
     /// The bpffs mount [default: found in /proc/mounts, else mounted at /sys/fs/bpf].
     #[arg(long, value_name = "DIR")]
     bpffs: Option<PathBuf>,
+    /// How pod traffic reaches the proxy: eBPF programs at the socket layer, or Istio-style
+    /// iptables REDIRECT rules in each pod's netns (for kernels without sk_lookup or
+    /// cgroup-bpf; no eBPF is loaded).
+    #[arg(long, value_enum, default_value_t = CaptureMode::Ebpf, conflicts_with = "uninstall")]
+    capture: CaptureMode,
     /// The cgroup2 folder whose processes are captured [default: the cgroup2 mount root].
     #[arg(long, value_name = "DIR", conflicts_with = "uninstall")]
     cgroup: Option<PathBuf>,
@@ -71,6 +78,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(dir) => RunDir::new(dir),
         None => RunDir::for_instance(&cli.instance)?,
     };
+    if cli.capture == CaptureMode::Iptables && cli.sockmap_shortcut {
+        anyhow::bail!("--sockmap-shortcut is part of eBPF capture; it needs --capture=ebpf");
+    }
     let capture = CaptureOptions {
         instance: cli.instance.clone(),
         bpffs: cli.bpffs.clone(),
@@ -82,7 +92,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     if cli.uninstall {
-        return runtime.block_on(uninstall(&capture, &run_dir));
+        let installed = Installed {
+            ebpf: capture,
+            iptables_records: shared_capture::iptables_records(run_dir.path()),
+        };
+        return runtime.block_on(uninstall(&installed, &run_dir));
     }
     let Some(config_dir) = cli.config_dir else {
         anyhow::bail!("--config-dir is required");
@@ -90,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let options = Options {
         config_dir,
         run_dir,
+        capture_mode: cli.capture,
         capture,
     };
     runtime.block_on(app::run(options))?;
@@ -97,20 +112,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Asks a running agent to uninstall (so it cannot re-create what is removed, and exits);
-/// with no agent running, removes the pins directly.
-async fn uninstall(options: &CaptureOptions, run_dir: &RunDir) -> anyhow::Result<()> {
-    let agent = AdminClient::new(&run_dir.admin_socket(), Some(&options.instance));
+/// with no agent running, removes the pins and the recorded pods' iptables rules directly.
+async fn uninstall(installed: &Installed, run_dir: &RunDir) -> anyhow::Result<()> {
+    let instance = &installed.ebpf.instance;
+    let agent = AdminClient::new(&run_dir.admin_socket(), Some(instance));
     let mut removed = match agent.post::<api::Uninstalled>("/uninstall").await {
         Ok(answer) => {
             println!("the running agent uninstalled capture and is stopping");
             answer.removed
         }
-        Err(client::Error::NoAgent { .. }) => Capture::uninstall(options)?,
+        Err(client::Error::NoAgent { .. }) => installed.uninstall()?,
         Err(e) => return Err(e.into()),
     };
     removed.extend(run_dir.remove_sockets()?);
     if removed.is_empty() {
-        println!("nothing to remove for instance {}", options.instance);
+        println!("nothing to remove for instance {instance}");
     }
     for path in removed {
         println!("removed {}", path.display());

@@ -2,13 +2,14 @@
 //!
 //! For a newly captured pod the reconciler opens its netns, reads the netns cookie and hands
 //! the netns to the proxy (`AddPod`). Only when the proxy answers `PodReady` with its inbound
-//! listener does capture turn on for the pod (map entries, sk_lookup link, listener), so an app
-//! is never redirected to a listener that does not exist yet. A pod that goes away, or is no
+//! listener does capture turn on for the pod (map entries, sk_lookup link, listener; or the
+//! pod's iptables rules), so an app is never redirected to a listener that does not exist yet. A pod that goes away, or is no
 //! longer captured, loses all of that again. A pod whose capture-relevant fields did not change
 //! is left alone, so a config change never disturbs established connections.
 //!
 //! After an agent restart, capture of pods that are still wanted is kept as it is (their netns
-//! cookies are in the pinned maps); capture of netns that no pod wants any more is removed.
+//! cookies are in the pinned maps, or in the iptables records); capture of netns that no pod
+//! wants any more is removed.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use shunt_proxy::control::wire::{AgentMessage, ProxyMessage};
+use shunt_proxy::control::wire::{AgentMessage, InboundBind, ProxyMessage};
 use shunt_proxy::state::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,10 @@ pub trait CaptureMaps {
     ) -> Result<(), Self::Error>;
     /// Netns cookies that have capture state, from an earlier run of the agent or this one.
     fn captured_netns(&self) -> Result<Vec<u64>, Self::Error>;
+    /// Where the proxy must open a pod's inbound listener for this capture to reach it.
+    fn inbound_bind(&self) -> InboundBind {
+        InboundBind::Loopback
+    }
 }
 
 impl CaptureMaps for SharedCapture {
@@ -55,6 +60,10 @@ impl CaptureMaps for SharedCapture {
 
     fn add_pod(&mut self, pod: &PodCapture<'_>) -> Result<(), Self::Error> {
         self.with(|capture| capture.add_pod(pod))
+    }
+
+    fn inbound_bind(&self) -> InboundBind {
+        SharedCapture::inbound_bind(self)
     }
 
     fn set_inbound_listener(
@@ -74,7 +83,7 @@ impl CaptureMaps for SharedCapture {
     }
 
     fn captured_netns(&self) -> Result<Vec<u64>, Self::Error> {
-        self.with(|capture| Ok(capture.captured_netns()))
+        self.with(|capture| capture.captured_netns())
     }
 }
 
@@ -358,7 +367,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             cookie: netns.cookie,
         };
         pod.status = PodStatus::Pending;
-        self.send_outgoing(add_pod(uid, &netns));
+        self.send_outgoing(add_pod(uid, &netns, self.capture.inbound_bind()));
         pod.netns = Some(netns);
     }
 
@@ -483,13 +492,14 @@ impl<C: CaptureMaps> Reconciler<C> {
             state: self.mesh.clone(),
         });
         let mut handed = Vec::new();
+        let inbound_bind = self.capture.inbound_bind();
         for (uid, pod) in &mut self.pods {
             let Some(netns) = &pod.netns else {
                 continue;
             };
             pod.status = PodStatus::Pending;
             if let Some(proxy) = &self.proxy {
-                let _ = proxy.outbox.send(add_pod(uid, netns));
+                let _ = proxy.outbox.send(add_pod(uid, netns, inbound_bind));
             }
             handed.push(uid.clone());
         }
@@ -604,20 +614,22 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 }
 
-fn add_pod(uid: &str, netns: &OpenNetnsFile) -> Outgoing {
+fn add_pod(uid: &str, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Outgoing {
     Outgoing {
         message: AgentMessage::AddPod {
             uid: uid.to_owned(),
             netns_cookie: netns.cookie,
+            inbound_bind,
         },
         fd: Some(Arc::clone(&netns.fd)),
     }
 }
 
-fn pod_capture<'a>(spec: &CaptureSpec, netns: &'a OpenNetnsFile) -> PodCapture<'a> {
+fn pod_capture<'a>(spec: &'a CaptureSpec, netns: &'a OpenNetnsFile) -> PodCapture<'a> {
     PodCapture {
         netns_cookie: netns.cookie,
         netns: netns.fd.as_fd(),
+        netns_path: &spec.netns,
         pod_ip: spec.ip,
         excluded_outbound_ports: spec.excluded_outbound_ports.clone(),
         excluded_inbound_ports: spec.excluded_inbound_ports.clone(),

@@ -146,6 +146,7 @@ fn run(program: &str, args: &[&str]) {
 /// instance, all named after the test; removed on drop, even after a failure.
 struct Env {
     netns: OwnedFd,
+    netns_path: PathBuf,
     cgroup: PathBuf,
     options: CaptureOptions,
     children: Vec<Child>,
@@ -200,9 +201,11 @@ impl Env {
             run("ip", &full);
         }
         std::fs::create_dir(cgroup2.join(&name)).expect("create cgroup");
-        let netns = open_netns(&Path::new("/run/netns").join(&name)).expect("open netns");
+        let netns_path = Path::new("/run/netns").join(&name);
+        let netns = open_netns(&netns_path).expect("open netns");
         Self {
             netns,
+            netns_path,
             cgroup: cleanup.cgroup.clone(),
             options,
             children: Vec::new(),
@@ -222,6 +225,7 @@ impl Env {
         PodCapture {
             netns_cookie: self.cookie(),
             netns: self.netns.as_fd(),
+            netns_path: &self.netns_path,
             pod_ip: POD_IP,
             excluded_outbound_ports,
             excluded_inbound_ports,

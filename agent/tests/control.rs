@@ -19,7 +19,7 @@ use shunt_agent::capture::PodCapture;
 use shunt_agent::config::Snapshot;
 use shunt_agent::control::ControlServer;
 use shunt_agent::pods::{CaptureMaps, NodeView, PodNetns, Reconciler};
-use shunt_proxy::control::wire::{self, AgentMessage, ProxyMessage};
+use shunt_proxy::control::wire::{self, AgentMessage, InboundBind, ProxyMessage};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -220,6 +220,7 @@ async fn the_proxy_gets_state_and_pods_and_capture_follows_its_answers() {
         AgentMessage::AddPod {
             uid: "uid-web".into(),
             netns_cookie: agent.cookie(),
+            inbound_bind: InboundBind::Loopback,
         }
     );
     assert_eq!(fds.len(), 1, "AddPod carries the pod's netns");

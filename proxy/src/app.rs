@@ -208,6 +208,7 @@ mod tests {
         let add = AgentMessage::AddPod {
             uid: "uid-shop-web-1".into(),
             netns_cookie: own_netns_cookie(),
+            inbound_bind: wire::InboundBind::Loopback,
         };
         wire::send(&mut agent, &add, &[std::os::fd::AsRawFd::as_raw_fd(&netns)])
             .await

@@ -57,7 +57,7 @@ pub use binaries::Binaries;
 pub use config::{ClusterConfig, NamespaceConfig, PodConfig, ServiceConfig};
 pub use metrics::Metrics;
 pub use names::Names;
-pub use node::{AgentOptions, Node, Pod};
+pub use node::{AgentOptions, CaptureMode, Node, Pod};
 pub use process::{Output, Process};
 
 /// Whether this process has the privileges the harness needs (netns, cgroups, eBPF).

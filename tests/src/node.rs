@@ -67,6 +67,8 @@ pub enum Error {
     NotStarted(&'static str),
     #[error("`shunt-agent --uninstall` failed ({status}): {stderr}")]
     Uninstall { status: String, stderr: String },
+    #[error("`iptables -t nat -S` in pod {pod}'s netns failed: {detail}")]
+    NatTable { pod: String, detail: String },
 }
 
 /// A pod: its own netns on the node's bridge, `eth0` with a /24 address.
@@ -97,9 +99,29 @@ impl Pod {
     }
 }
 
+/// The agent's `--capture`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaptureMode {
+    #[default]
+    Ebpf,
+    Iptables,
+}
+
+impl CaptureMode {
+    /// As `--capture` and `GET /status` spell it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Iptables => "iptables",
+        }
+    }
+}
+
 /// How to start the agent.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
+    pub capture: CaptureMode,
     /// On passes `--sockmap-shortcut` (the agent's default is off).
     pub sockmap_shortcut: bool,
     /// Appended to the command line.
@@ -232,7 +254,10 @@ impl Node {
         Admin::new(self.run_dir().join("admin.sock"))
     }
 
-    /// Creates a pod: netns `shunt-<short>-<name>`, `eth0` with `ip/24` on the node's bridge.
+    /// Creates a pod: netns `shunt-<short>-<name>`, `eth0` with `ip/24` on the node's bridge,
+    /// and a default route out of `eth0`, as a Kubernetes pod has: a Service ClusterIP must be
+    /// routable for `connect()` to get as far as iptables' REDIRECT (eBPF capture rewrites it
+    /// before routing). Nothing answers beyond the bridge, so no traffic leaves the node.
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
         let netns_name = self.names.pod_netns(name)?;
         let netns = Netns::create(&netns_name)?;
@@ -260,6 +285,7 @@ impl Node {
             .ip(&["link", "set", &node_side, "master", BRIDGE, "up"])?;
         netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["route", "add", "default", "dev", "eth0"])?;
         Ok(pod)
     }
 
@@ -298,8 +324,10 @@ impl Node {
             .args(["--instance", &self.names.instance()])
             .arg("--run-dir")
             .arg(self.run_dir())
-            .arg("--cgroup")
-            .arg(self.cgroup.path());
+            .arg(format!("--capture={}", options.capture.name()));
+        if options.capture == CaptureMode::Ebpf {
+            command.arg("--cgroup").arg(self.cgroup.path());
+        }
         if options.sockmap_shortcut {
             command.arg("--sockmap-shortcut");
         }
@@ -325,6 +353,33 @@ impl Node {
                 Err(e) => Check::NotYet(e.to_string()),
             },
         )
+    }
+
+    /// `shunt-agent --uninstall` for this node's instance and run dir (through the agent when
+    /// it runs).
+    pub fn uninstall(&self) -> Result<(), Error> {
+        uninstall(&self.names, &self.binaries, Some(&self.run_dir()))
+    }
+
+    /// `iptables -t nat -S` in `pod`'s netns (entered with nsenter, which keeps /sys).
+    pub fn nat_table(&self, pod: &Pod) -> Result<String, Error> {
+        let failed = |detail: String| Error::NatTable {
+            pod: pod.name.clone(),
+            detail,
+        };
+        let output = Command::new("nsenter")
+            .arg(format!("--net={}", pod.netns_path().display()))
+            .args(["iptables", "-w", "5", "-t", "nat", "-S"])
+            .output()
+            .map_err(|e| failed(e.to_string()))?;
+        if !output.status.success() {
+            return Err(failed(format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// SIGKILLs the agent (capture stays pinned; the proxy keeps its state).

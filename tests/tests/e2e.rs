@@ -1,5 +1,7 @@
-//! End to end: the real agent, proxy and eBPF capture on a node of pods in network namespaces.
-//! Every test runs as root (and skips, saying so, otherwise) on its own node.
+//! End to end: the real agent, proxy and capture on a node of pods in network namespaces.
+//! Every test runs as root (and skips, saying so, otherwise) on its own node. Each case runs
+//! twice, as `<case>::ebpf` and `<case>::iptables` (see [`in_both_capture_modes`]), except the
+//! sockmap shortcut, which only eBPF capture has.
 
 mod common;
 
@@ -13,8 +15,50 @@ use serde_json::Value;
 use shunt_tests::config::{EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS};
 use shunt_tests::wait::Check;
 use shunt_tests::{
-    AgentOptions, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig, admin,
+    AgentOptions, CaptureMode, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig,
+    admin,
 };
+
+/// Turns each `fn case(test: &str, capture: CaptureMode)` into two tests, `case::ebpf` and
+/// `case::iptables`, each on its own node (named after the test).
+macro_rules! in_both_capture_modes {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::CaptureMode;
+
+            #[test]
+            fn ebpf() {
+                super::$case(concat!("e2e::", stringify!($case), "::ebpf"), CaptureMode::Ebpf);
+            }
+
+            #[test]
+            fn iptables() {
+                super::$case(
+                    concat!("e2e::", stringify!($case), "::iptables"),
+                    CaptureMode::Iptables,
+                );
+            }
+        }
+    )*};
+}
+
+in_both_capture_modes!(
+    pod_to_pod_echo_goes_through_the_proxy,
+    service_cluster_ip_round_robins_over_both_backends,
+    uncaptured_client_is_captured_only_inbound,
+    thousand_sequential_connections_are_each_counted_once,
+    excluded_ports_bypass_capture,
+    pod_removed_from_config_is_released,
+    agent_sigkill_and_restart_keep_capture_without_failures,
+);
+
+/// The agent's options for `capture`, everything else default.
+fn options(capture: CaptureMode) -> AgentOptions {
+    AgentOptions {
+        capture,
+        ..AgentOptions::default()
+    }
+}
 
 /// Upper bound for the proxy to report what clients already finished.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,12 +152,8 @@ fn field_u64(entry: &Value, field: &str) -> Option<u64> {
     entry.get(field).and_then(Value::as_u64)
 }
 
-#[test]
-fn pod_to_pod_echo_goes_through_the_proxy() {
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::pod_to_pod_echo_goes_through_the_proxy",
-        &AgentOptions::default(),
-    ) else {
+fn pod_to_pod_echo_goes_through_the_proxy(test: &str, capture: CaptureMode) {
+    let Some((mut node, a, b)) = two_captured_pods(test, &options(capture)) else {
         return;
     };
     let _streaming = echo_server(&node, &b, ECHO_PORT, &[]);
@@ -194,9 +234,8 @@ fn pod_to_pod_echo_goes_through_the_proxy() {
     }
 }
 
-#[test]
-fn service_cluster_ip_round_robins_over_both_backends() {
-    let Some(mut node) = new_node("e2e::service_cluster_ip_round_robins_over_both_backends") else {
+fn service_cluster_ip_round_robins_over_both_backends(test: &str, capture: CaptureMode) {
+    let Some(mut node) = new_node(test) else {
         return;
     };
     let client_pod = node.add_pod("client", pod_ip(10)).or_panic("client pod");
@@ -224,7 +263,7 @@ fn service_cluster_ip_round_robins_over_both_backends() {
         &mut node,
         &config,
         &[&client_pod, &backends[0], &backends[1]],
-        &AgentOptions::default(),
+        &options(capture),
     );
     let _servers: Vec<_> = backends
         .iter()
@@ -298,9 +337,8 @@ fn service_cluster_ip_round_robins_over_both_backends() {
     }
 }
 
-#[test]
-fn uncaptured_client_is_captured_only_inbound() {
-    let Some(mut node) = new_node("e2e::uncaptured_client_is_captured_only_inbound") else {
+fn uncaptured_client_is_captured_only_inbound(test: &str, capture: CaptureMode) {
+    let Some(mut node) = new_node(test) else {
         return;
     };
     let server = node.add_pod("server", pod_ip(20)).or_panic("server pod");
@@ -320,7 +358,7 @@ fn uncaptured_client_is_captured_only_inbound() {
                 .pod_config(&plain, "legacy")
                 .port("tcp-echo", ECHO_PORT),
         );
-    start(&mut node, &config, &[&server], &AgentOptions::default());
+    start(&mut node, &config, &[&server], &options(capture));
     let workloads = node.admin().workloads().or_panic("workloads");
     for name in ["outsider", "plain"] {
         let view = workloads.iter().find(|w| w.name == name);
@@ -384,12 +422,8 @@ fn uncaptured_client_is_captured_only_inbound() {
     assert_eq!(lines.len(), 1, "{}", log.describe());
 }
 
-#[test]
-fn thousand_sequential_connections_are_each_counted_once() {
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::thousand_sequential_connections_are_each_counted_once",
-        &AgentOptions::default(),
-    ) else {
+fn thousand_sequential_connections_are_each_counted_once(test: &str, capture: CaptureMode) {
+    let Some((mut node, a, b)) = two_captured_pods(test, &options(capture)) else {
         return;
     };
     let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
@@ -431,6 +465,25 @@ fn thousand_sequential_connections_are_each_counted_once() {
     // A loop (the proxy capturing its own dials) would show up as extra connections.
     assert_eq!(sum(&metrics, OPENED, &[]), 2000, "{described}");
 
+    match capture {
+        CaptureMode::Ebpf => connect4_refuses_direct_connections_to_the_proxy(&node, &a),
+        CaptureMode::Iptables => proxy_refuses_direct_connections_as_loops(&mut node, &a),
+    }
+    let after = node.metrics().or_panic("metrics");
+    let loop_refusals = match capture {
+        CaptureMode::Ebpf => 0,
+        CaptureMode::Iptables => 2,
+    };
+    assert_eq!(
+        sum(&after, OPENED, &[]),
+        2000 + loop_refusals,
+        "{}",
+        after.describe(OPENED)
+    );
+}
+
+/// eBPF: `connect4` refuses an app's connect to 15001/15006 before any packet is sent.
+fn connect4_refuses_direct_connections_to_the_proxy(node: &Node, pod: &Pod) {
     let admin = node.admin();
     let refusals = || {
         let stats = admin.map("STATS").or_panic("STATS");
@@ -440,7 +493,7 @@ fn thousand_sequential_connections_are_each_counted_once() {
     let refused_before = refusals();
     for port in ["15001", "15006"] {
         let target = format!("127.0.0.1:{port}");
-        let direct = client(&node, &a, &["connect", "--to", &target]);
+        let direct = client(node, pod, &["connect", "--to", &target]);
         assert_eq!(
             direct["connected"], false,
             "a direct connect to {target} must be refused: {direct}"
@@ -451,13 +504,47 @@ fn thousand_sequential_connections_are_each_counted_once() {
         2,
         "both refusals came from connect4"
     );
-    let after = node.metrics().or_panic("metrics");
-    assert_eq!(sum(&after, OPENED, &[]), 2000, "{}", after.describe(OPENED));
 }
 
-#[test]
-fn excluded_ports_bypass_capture() {
-    let Some(mut node) = new_node("e2e::excluded_ports_bypass_capture") else {
+/// iptables: loopback is never redirected, so an app's connect to 15001/15006 reaches the
+/// proxy, which finds its own listener as the original destination and refuses, once each.
+fn proxy_refuses_direct_connections_as_loops(node: &mut Node, pod: &Pod) {
+    for port in ["15001", "15006"] {
+        let target = format!("127.0.0.1:{port}");
+        client(node, pod, &["connect", "--to", &target]);
+    }
+    let loops = |log: &shunt_tests::AccessLog| -> Vec<String> {
+        log.entries
+            .iter()
+            .filter(|line| {
+                line["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("refused to avoid a loop"))
+            })
+            .filter_map(|line| line["dst_addr"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let log = node
+        .wait_access_log("both loop refusals", REPORT_TIMEOUT, |log| {
+            loops(log).len() >= 2
+        })
+        .or_panic("access log");
+    // A loop would keep adding lines: give it time to show.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = node.access_log().unwrap_or(log);
+    let mut refused = loops(&log);
+    refused.sort();
+    assert_eq!(
+        refused,
+        ["127.0.0.1:15001", "127.0.0.1:15006"],
+        "{}",
+        log.describe()
+    );
+    assert_eq!(log.entries.len(), 2002, "{}", log.describe());
+}
+
+fn excluded_ports_bypass_capture(test: &str, capture: CaptureMode) {
+    let Some(mut node) = new_node(test) else {
         return;
     };
     let a = node.add_pod("a", pod_ip(10)).or_panic("pod a");
@@ -475,7 +562,7 @@ fn excluded_ports_bypass_capture() {
                 .pod_config(&b, MESH)
                 .annotation(EXCLUDE_INBOUND_PORTS, "9091,9092"),
         );
-    start(&mut node, &config, &[&a, &b], &AgentOptions::default());
+    start(&mut node, &config, &[&a, &b], &options(capture));
     let ports = [ECHO_PORT, 9090, 9091, 9092];
     let _servers: Vec<_> = ports
         .iter()
@@ -521,24 +608,23 @@ fn excluded_ports_bypass_capture() {
     }
 }
 
-/// `<bpffs>/shunt/<instance>/links/sk_lookup-<cookie>`: the pinned inbound link of one pod.
-fn sk_lookup_pin(node: &Node, netns_cookie: u64) -> PathBuf {
+/// `<bpffs>/shunt/<instance>`: the node's pin folder.
+fn pin_dir(node: &Node) -> PathBuf {
     let bpffs = shunt_tests::mounts::bpffs()
         .or_panic("/proc/mounts")
         .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
-    bpffs
-        .join("shunt")
-        .join(node.instance())
+    bpffs.join("shunt").join(node.instance())
+}
+
+/// `<bpffs>/shunt/<instance>/links/sk_lookup-<cookie>`: the pinned inbound link of one pod.
+fn sk_lookup_pin(node: &Node, netns_cookie: u64) -> PathBuf {
+    pin_dir(node)
         .join("links")
         .join(format!("sk_lookup-{netns_cookie}"))
 }
 
-#[test]
-fn pod_removed_from_config_is_released() {
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::pod_removed_from_config_is_released",
-        &AgentOptions::default(),
-    ) else {
+fn pod_removed_from_config_is_released(test: &str, capture: CaptureMode) {
+    let Some((mut node, a, b)) = two_captured_pods(test, &options(capture)) else {
         return;
     };
     let views = node.wait_captured(&[&a]).or_panic("a captured");
@@ -546,17 +632,36 @@ fn pod_removed_from_config_is_released() {
         .netns_cookie
         .unwrap_or_else(|| panic!("captured pod a has no netns cookie: {views:?}"));
     let admin = node.admin();
-    let meshed = admin.map("MESHED_NETNS").or_panic("MESHED_NETNS");
-    assert!(
-        admin::mentions_u64(&meshed, cookie),
-        "a's cookie {cookie} in {meshed}"
-    );
+    let status = admin.status().or_panic("status");
+    assert_eq!(status["capture_mode"], capture.name(), "{status}");
     let pin = sk_lookup_pin(&node, cookie);
-    assert!(
-        pin.exists(),
-        "{} should be pinned while a is captured",
-        pin.display()
-    );
+    match capture {
+        CaptureMode::Ebpf => {
+            let meshed = admin.map("MESHED_NETNS").or_panic("MESHED_NETNS");
+            assert!(
+                admin::mentions_u64(&meshed, cookie),
+                "a's cookie {cookie} in {meshed}"
+            );
+            assert!(
+                pin.exists(),
+                "{} should be pinned while a is captured",
+                pin.display()
+            );
+        }
+        CaptureMode::Iptables => {
+            for pod in [&a, &b] {
+                let rules = node.nat_table(pod).or_panic("nat table");
+                assert!(
+                    has_shunt_rules(&rules),
+                    "{}'s nat table:\n{rules}",
+                    pod.name
+                );
+            }
+            // No eBPF at all in this mode.
+            assert!(status["pin_dir"].is_null(), "{status}");
+            assert!(admin.map("MESHED_NETNS").is_err(), "no maps under iptables");
+        }
+    }
 
     let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
     send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 20);
@@ -570,45 +675,42 @@ fn pod_removed_from_config_is_released() {
     node.write_config(&mesh_config(&node, &[&b]))
         .or_panic("config without a");
     node.wait_while_running(
-        "a to leave /workloads and its map entries to go",
+        "a to leave /workloads and its capture state to go",
         REPORT_TIMEOUT,
         |n| {
-            let admin = n.admin();
-            let workloads = match admin.workloads() {
+            let workloads = match n.admin().workloads() {
                 Ok(w) => w,
                 Err(e) => return Check::NotYet(e.to_string()),
             };
             if workloads.iter().any(|w| w.name == "a" && w.captured) {
                 return Check::NotYet(format!("{workloads:?}"));
             }
-            for map in [
-                "MESHED_NETNS",
-                "OUTBOUND_EXCLUDED_PORTS",
-                "ORIG_DST_BY_CLIENT",
-            ] {
-                match admin.map(map) {
-                    Ok(dump) if admin::mentions_u64(&dump, cookie) => {
-                        return Check::NotYet(format!("{map} still has {cookie}: {dump}"));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Check::NotYet(e.to_string()),
-                }
+            match capture_state_left(n, capture, &a, cookie) {
+                Some(left) => Check::NotYet(left),
+                None => Check::Done(()),
             }
-            Check::Done(())
         },
     )
     .or_panic("releasing a");
-    assert!(!pin.exists(), "{} should be unpinned", pin.display());
-    let listeners = admin.map("INBOUND_LISTENERS").or_panic("INBOUND_LISTENERS");
-    let listener_ips: Vec<&str> = admin::entries(&listeners)
-        .into_iter()
-        .filter_map(|(key, _)| key["pod_ip"].as_str())
-        .collect();
-    assert_eq!(
-        listener_ips,
-        [b.ip.to_string()],
-        "only b's listener is left: {listeners}"
-    );
+    match capture {
+        CaptureMode::Ebpf => {
+            assert!(!pin.exists(), "{} should be unpinned", pin.display());
+            let listeners = admin.map("INBOUND_LISTENERS").or_panic("INBOUND_LISTENERS");
+            let listener_ips: Vec<&str> = admin::entries(&listeners)
+                .into_iter()
+                .filter_map(|(key, _)| key["pod_ip"].as_str())
+                .collect();
+            assert_eq!(
+                listener_ips,
+                [b.ip.to_string()],
+                "only b's listener is left: {listeners}"
+            );
+        }
+        CaptureMode::Iptables => {
+            let rules = node.nat_table(&b).or_panic("b's nat table");
+            assert!(has_shunt_rules(&rules), "b keeps its rules:\n{rules}");
+        }
+    }
 
     // a's connections now leave uncaptured: only b's inbound side reports them.
     send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 21);
@@ -638,13 +740,45 @@ fn pod_removed_from_config_is_released() {
     assert_eq!(direct["kind"], "ConnectionRefused", "{direct}");
 }
 
-#[test]
-fn agent_sigkill_and_restart_keep_capture_without_failures() {
-    let options = AgentOptions::default();
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::agent_sigkill_and_restart_keep_capture_without_failures",
-        &options,
-    ) else {
+/// Whether a nat table listing holds any of shunt's chains.
+fn has_shunt_rules(nat_table: &str) -> bool {
+    nat_table.lines().any(|line| line.contains("SHUNT_"))
+}
+
+/// What is left of pod `pod`'s capture state (netns `cookie`), or `None` when nothing is.
+fn capture_state_left(node: &Node, capture: CaptureMode, pod: &Pod, cookie: u64) -> Option<String> {
+    match capture {
+        CaptureMode::Ebpf => {
+            let admin = node.admin();
+            for map in [
+                "MESHED_NETNS",
+                "OUTBOUND_EXCLUDED_PORTS",
+                "ORIG_DST_BY_CLIENT",
+            ] {
+                match admin.map(map) {
+                    Ok(dump) if admin::mentions_u64(&dump, cookie) => {
+                        return Some(format!("{map} still has {cookie}: {dump}"));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Some(e.to_string()),
+                }
+            }
+            None
+        }
+        CaptureMode::Iptables => match node.nat_table(pod) {
+            Ok(rules) if has_shunt_rules(&rules) => Some(format!(
+                "{}'s nat table still has shunt's rules:\n{rules}",
+                pod.name
+            )),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        },
+    }
+}
+
+fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: CaptureMode) {
+    let options = options(capture);
+    let Some((mut node, a, b)) = two_captured_pods(test, &options) else {
         return;
     };
     let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
@@ -789,4 +923,65 @@ fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
         "on: {on}\noff: {off}"
     );
     assert_eq!(on["sent_hash"], off["sent_hash"]);
+}
+
+#[test]
+fn iptables_rules_outlive_the_agent_until_uninstall() {
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::iptables_rules_outlive_the_agent_until_uninstall",
+        &options(CaptureMode::Iptables),
+    ) else {
+        return;
+    };
+    let pin_dir = pin_dir(&node);
+    assert!(
+        !pin_dir.exists(),
+        "iptables capture loads no eBPF, yet {} exists",
+        pin_dir.display()
+    );
+    let records = node.run_dir().join("iptables");
+    let installed: BTreeMap<String, String> = [&a, &b]
+        .into_iter()
+        .map(|pod| (pod.name.clone(), node.nat_table(pod).or_panic("nat table")))
+        .collect();
+
+    node.stop_agent().or_panic("stopping the agent");
+    for pod in [&a, &b] {
+        let rules = node.nat_table(pod).or_panic("nat table");
+        assert_eq!(
+            rules, installed[&pod.name],
+            "{}'s rules stay while the agent is away",
+            pod.name
+        );
+    }
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 30);
+
+    // eBPF capture on top would capture the same pods twice: the agent refuses to start.
+    let refused = node
+        .start_agent(&options(CaptureMode::Ebpf))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("would capture its pods twice"),
+        "an eBPF agent must refuse while iptables capture is installed: {refused:?}"
+    );
+    assert!(
+        !pin_dir.exists(),
+        "the refused agent pinned nothing at {}",
+        pin_dir.display()
+    );
+
+    // No agent running: uninstall finds the pods from the records in the run dir.
+    node.uninstall().or_panic("shunt-agent --uninstall");
+    for pod in [&a, &b] {
+        let rules = node.nat_table(pod).or_panic("nat table");
+        assert!(
+            !has_shunt_rules(&rules),
+            "{}'s nat table:\n{rules}",
+            pod.name
+        );
+    }
+    assert!(!records.exists(), "{} was removed", records.display());
 }

@@ -1,10 +1,11 @@
-//! `cargo xtask`: setup, build-ebpf, build, test, demo.
+//! `cargo xtask`: setup, build-ebpf, build, test, demo, bench.
 //!
 //! xtask itself builds on whatever toolchain is the machine's default; every step that needs
 //! the pinned toolchains names them (`cargo +1.99.0`, `cargo +nightly-2026-06-20`), after
 //! `setup` has installed them. Steps that need root use sudo only when we are not root.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -47,6 +48,23 @@ enum Task {
     /// The privileged half of `demo` (run as root by `demo`).
     #[command(hide = true)]
     DemoNode,
+    /// setup + release build, then shunt measured against no proxy, iptables capture and
+    /// HAProxy, interleaved over repetitions; prints a markdown table, saves JSON in results/.
+    Bench {
+        /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The privileged half of `bench` (run as root by `bench` and by `test`'s smoke step).
+    #[command(hide = true)]
+    BenchNode {
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        bin_dir: std::path::PathBuf,
+        #[arg(long)]
+        results_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,5 +79,11 @@ fn main() -> Result<()> {
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
+        Task::Bench { quick } => bench::run(quick),
+        Task::BenchNode {
+            plan,
+            bin_dir,
+            results_dir,
+        } => bench::run_node(&plan, &bin_dir, &results_dir),
     }
 }

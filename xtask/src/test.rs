@@ -24,6 +24,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
     cmd::run(clippy.current_dir(workspace_root()), Privilege::User)?;
 
+    crate::bench::smoke()?;
     if !is_root() {
         println!("    not root: the tests run under sudo, for their privileged parts");
     }

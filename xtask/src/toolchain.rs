@@ -19,8 +19,17 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 /// Debian packages: LLVM for bpf-linker; iproute2 for the netns harness (`ip netns`, veth,
 /// bridge); util-linux for nsenter (debugging a pod's netns without remounting /sys); python3
-/// for the capture tests' stand-in app and proxy processes.
-const APT_PACKAGES: &[&str] = &[LLVM_PACKAGE, "iproute2", "util-linux", "python3"];
+/// for the capture tests' stand-in app and proxy processes; iptables for the agent's
+/// `--capture=iptables` and its end-to-end cases; haproxy as the bench's reference
+/// L4 forwarder (`cargo xtask bench`, scenario S4).
+const APT_PACKAGES: &[&str] = &[
+    LLVM_PACKAGE,
+    "iproute2",
+    "util-linux",
+    "python3",
+    "iptables",
+    "haproxy",
+];
 
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME").map_or_else(

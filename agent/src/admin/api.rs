@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, LoadError};
+use crate::shared_capture::CaptureMode;
 
 /// `GET /status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub instance: String,
-    pub pin_dir: PathBuf,
-    pub cgroup: PathBuf,
+    #[serde(default)]
+    pub capture_mode: CaptureMode,
+    /// eBPF capture's pin folder; `None` under iptables capture.
+    pub pin_dir: Option<PathBuf>,
+    /// The cgroup eBPF capture attaches to; `None` under iptables capture.
+    pub cgroup: Option<PathBuf>,
     pub sockmap_shortcut: bool,
-    /// `capture::CaptureStatus`: programs, attach points, pins, maps, counters, kernel probe.
+    /// `capture::CaptureStatus` (programs, attach points, pins, maps, counters, kernel probe)
+    /// or `iptables::IptablesStatus` (each pod's rules), after `capture_mode`.
     pub capture: serde_json::Value,
     pub proxy: ProxyStatus,
 }

@@ -1,8 +1,8 @@
 //! The admin API: HTTP/1.1 on `<run-dir>/admin.sock`, for `shuntctl` (and `curl
 //! --unix-socket`). Bodies are JSON ([`api`]); errors are non-2xx with `{"error": "..."}`.
 //!
-//! - `GET /status`: capture (programs, attach points, pins, maps, counters, kernel probe) and
-//!   the proxy connection;
+//! - `GET /status`: the capture mode, capture (programs, attach points, pins, maps, counters,
+//!   kernel probe; or each pod's iptables rules) and the proxy connection;
 //! - `GET /workloads`: every pod, captured or not and why, netns cookie, proxy state;
 //! - `GET /config`: every object loaded, and the errors of the last load;
 //! - `GET /maps/<NAME>`: a map's entries;
@@ -26,11 +26,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, CaptureOptions};
+use crate::capture;
 use crate::config::Snapshot;
 use crate::pods::NodeView;
 use crate::run_dir;
-use crate::shared_capture::{self, SharedCapture};
+use crate::shared_capture::{self, Backend, Installed, SharedCapture};
 
 /// How long an answer being written may take once the agent stops (e.g. after uninstall).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -44,7 +44,8 @@ pub enum Error {
 /// What the admin API reads from, and the one thing it can do.
 pub struct AdminContext {
     pub capture: SharedCapture,
-    pub capture_options: CaptureOptions,
+    /// What `POST /uninstall` removes.
+    pub installed: Installed,
     pub config: watch::Receiver<Arc<Snapshot>>,
     pub node: watch::Receiver<NodeView>,
     /// Cancelled by `POST /uninstall` once capture is gone: the agent then stops.
@@ -129,10 +130,11 @@ impl From<shared_capture::Error> for Failure {
     fn from(e: shared_capture::Error) -> Self {
         let status = match &e {
             shared_capture::Error::Uninstalled => StatusCode::SERVICE_UNAVAILABLE,
-            shared_capture::Error::Capture(capture::Error::UnknownMap { .. }) => {
-                StatusCode::NOT_FOUND
-            }
-            shared_capture::Error::Capture(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            shared_capture::Error::Capture(capture::Error::UnknownMap { .. })
+            | shared_capture::Error::NoMaps { .. } => StatusCode::NOT_FOUND,
+            shared_capture::Error::Capture(_)
+            | shared_capture::Error::Iptables(_)
+            | shared_capture::Error::OtherModeInstalled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
     }
@@ -192,7 +194,7 @@ fn route(
         }
         "/uninstall" => {
             expect(Method::POST)?;
-            let removed = context.capture.uninstall(&context.capture_options)?;
+            let removed = context.capture.uninstall(&context.installed)?;
             tracing::info!(
                 removed = removed.len(),
                 "uninstalled through the admin API; stopping"
@@ -225,13 +227,29 @@ fn route(
 }
 
 fn status(context: &AdminContext) -> Result<api::Status, Failure> {
-    let capture = context.capture.with(|capture| Ok(capture.status()))?;
+    let (pin_dir, cgroup, sockmap_shortcut, capture) = context.capture.with(|backend| {
+        Ok(match backend {
+            Backend::Ebpf(capture) => {
+                let status = capture.status();
+                (
+                    Some(status.pin_dir.clone()),
+                    Some(status.cgroup.clone()),
+                    status.sockmap_shortcut,
+                    serde_json::to_value(&status),
+                )
+            }
+            Backend::Iptables(capture) => {
+                (None, None, false, serde_json::to_value(capture.status()))
+            }
+        })
+    })?;
     Ok(api::Status {
-        instance: capture.instance.clone(),
-        pin_dir: capture.pin_dir.clone(),
-        cgroup: capture.cgroup.clone(),
-        sockmap_shortcut: capture.sockmap_shortcut,
-        capture: serde_json::to_value(&capture).map_err(|e| {
+        instance: context.installed.ebpf.instance.clone(),
+        capture_mode: context.capture.mode(),
+        pin_dir,
+        cgroup,
+        sockmap_shortcut,
+        capture: capture.map_err(|e| {
             Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot encode the capture status: {e}"),

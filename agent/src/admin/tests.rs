@@ -2,6 +2,7 @@ use std::path::Path;
 
 use super::client::{self, AdminClient};
 use super::*;
+use crate::capture::CaptureOptions;
 
 const CONFIG: &str = "
 apiVersion: v1
@@ -57,11 +58,14 @@ async fn start() -> Admin {
     });
     let context = Arc::new(AdminContext {
         capture: SharedCapture::uninstalled(),
-        capture_options: CaptureOptions {
-            instance: "test".into(),
-            bpffs: None,
-            cgroup: None,
-            sockmap_shortcut: true,
+        installed: Installed {
+            ebpf: CaptureOptions {
+                instance: "test".into(),
+                bpffs: None,
+                cgroup: None,
+                sockmap_shortcut: true,
+            },
+            iptables_records: dir.path().join("iptables"),
         },
         config,
         node,

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use shunt_agent::admin::api;
 use shunt_agent::admin::client::AdminClient;
 use shunt_agent::config::Sourced;
+use shunt_agent::iptables::IptablesStatus;
 use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
+use shunt_agent::shared_capture::CaptureMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -266,13 +268,58 @@ struct FeatureView {
     error: Option<String>,
 }
 
+/// iptables capture: each pod's rules.
+fn iptables_status(capture: &serde_json::Value) -> String {
+    let status: IptablesStatus = match serde_json::from_value(capture.clone()) {
+        Ok(status) => status,
+        Err(e) => {
+            return format!(
+                "\ncapture status (not understood by this shuntctl: {e}):\n{capture:#}\n"
+            );
+        }
+    };
+    let mut out = format!(
+        "\n{} ({}); rules in {} pod netns\n",
+        status.iptables,
+        status.record_dir.display(),
+        status.pods.len()
+    );
+    let mut pods = Table::new(&["NETNS-COOKIE", "POD IP", "NETNS", "RULES"]);
+    for pod in &status.pods {
+        pods.row(vec![
+            pod.netns_cookie.to_string(),
+            pod.pod_ip.to_string(),
+            pod.netns.display().to_string(),
+            pod.rules.len().to_string(),
+        ]);
+    }
+    out.push_str(&pods.render());
+    for pod in &status.pods {
+        out.push_str(&format!("\n{}:\n", pod.netns.display()));
+        for rule in &pod.rules {
+            out.push_str(&format!("  {rule}\n"));
+        }
+    }
+    for error in &status.errors {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out
+}
+
 fn status(status: api::Status) -> String {
     let mut out = String::new();
     let mut summary = Table::new(&["", ""]);
     summary.rows = vec![
         vec!["instance".into(), status.instance.clone()],
-        vec!["pin dir".into(), status.pin_dir.display().to_string()],
-        vec!["cgroup".into(), status.cgroup.display().to_string()],
+        vec!["capture".into(), status.capture_mode.name().into()],
+        vec![
+            "pin dir".into(),
+            or_dash(status.pin_dir.as_ref().map(|p| p.display().to_string())),
+        ],
+        vec![
+            "cgroup".into(),
+            or_dash(status.cgroup.as_ref().map(|p| p.display().to_string())),
+        ],
         vec![
             "sockmap shortcut".into(),
             if status.sockmap_shortcut { "on" } else { "off" }.into(),
@@ -288,6 +335,10 @@ fn status(status: api::Status) -> String {
     ];
     // The header row of this two-column table is empty: skip it.
     out.extend(summary.render().lines().skip(1).map(|l| format!("{l}\n")));
+    if status.capture_mode == CaptureMode::Iptables {
+        out.push_str(&iptables_status(&status.capture));
+        return out;
+    }
 
     let capture: CaptureView = match serde_json::from_value(status.capture.clone()) {
         Ok(capture) => capture,
@@ -554,6 +605,39 @@ mod tests {
             table.render(),
             "A          LONGER  LAST\nwide cell  x       end\ny\n"
         );
+    }
+
+    #[test]
+    fn iptables_status_shows_the_mode_and_each_pods_rules() {
+        let body = api::Status {
+            instance: "default".into(),
+            capture_mode: CaptureMode::Iptables,
+            pin_dir: None,
+            cgroup: None,
+            sockmap_shortcut: false,
+            capture: serde_json::json!({
+                "iptables": "iptables v1.8.9 (nf_tables)",
+                "record_dir": "/run/shunt/default/iptables",
+                "pods": [{
+                    "netns_cookie": 4097,
+                    "netns": "/run/netns/web",
+                    "pod_ip": "10.0.0.1",
+                    "rules": ["-A SHUNT_REDIRECT -p tcp -j REDIRECT --to-ports 15001"],
+                }],
+                "errors": [],
+            }),
+            proxy: api::ProxyStatus::default(),
+        };
+        let out = status(body);
+        for part in [
+            "capture           iptables",
+            "pin dir           -",
+            "iptables v1.8.9 (nf_tables)",
+            "4097          10.0.0.1  /run/netns/web  1",
+            "  -A SHUNT_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        ] {
+            assert!(out.contains(part), "{part:?} in:\n{out}");
+        }
     }
 
     #[test]

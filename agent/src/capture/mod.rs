@@ -180,6 +180,8 @@ pub struct CaptureOptions {
 pub struct PodCapture<'a> {
     pub netns_cookie: u64,
     pub netns: BorrowedFd<'a>,
+    /// The netns file (`shunt.io/netns`), recorded by iptables capture for later removal.
+    pub netns_path: &'a Path,
     pub pod_ip: Ipv4Addr,
     pub excluded_outbound_ports: Vec<u16>,
     pub excluded_inbound_ports: Vec<u16>,
@@ -659,6 +661,16 @@ impl Capture {
     /// A map's entries as JSON (keys/values decoded by type).
     pub fn dump_map(&self, name: &str) -> Result<serde_json::Value, Error> {
         maps::dump(&self.ebpf, name)
+    }
+
+    /// The instance's pin folder, when there is one: eBPF capture is installed (maybe by an
+    /// agent that has since stopped).
+    pub fn pinned(options: &CaptureOptions) -> Result<Option<PathBuf>, Error> {
+        let Some(bpffs) = mounts::existing_bpffs(options.bpffs.as_deref())? else {
+            return Ok(None);
+        };
+        let root = PinDir::new(&bpffs, &options.instance)?.root().to_owned();
+        Ok(root.exists().then_some(root))
     }
 
     /// Detaches and unpins everything of `options.instance`, without loading the object.

@@ -32,6 +32,7 @@ struct FakeCapture {
     calls: Vec<Call>,
     captured: Vec<u64>,
     fail_add: bool,
+    inbound_bind: InboundBind,
 }
 
 impl CaptureMaps for FakeCapture {
@@ -62,6 +63,10 @@ impl CaptureMaps for FakeCapture {
 
     fn captured_netns(&self) -> Result<Vec<u64>, Injected> {
         Ok(self.captured.clone())
+    }
+
+    fn inbound_bind(&self) -> InboundBind {
+        self.inbound_bind
     }
 }
 
@@ -178,9 +183,16 @@ impl Proxy {
                         .collect::<Vec<_>>()
                         .join(",")
                 ),
-                AgentMessage::AddPod { uid, netns_cookie } => {
-                    format!("AddPod({uid}, {netns_cookie}){fd}")
-                }
+                AgentMessage::AddPod {
+                    uid,
+                    netns_cookie,
+                    inbound_bind: InboundBind::Loopback,
+                } => format!("AddPod({uid}, {netns_cookie}){fd}"),
+                AgentMessage::AddPod {
+                    uid,
+                    netns_cookie,
+                    inbound_bind,
+                } => format!("AddPod({uid}, {netns_cookie}, {inbound_bind:?}){fd}"),
                 AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
                 AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
             });
@@ -296,6 +308,34 @@ fn pods_added_while_the_proxy_is_connected_are_sent_as_deltas() {
     );
     assert_eq!(node.workload("ns/b").proxy, "n/a");
     assert_eq!(node.workload("ns/b").netns_cookie, None);
+}
+
+#[test]
+fn the_proxy_is_told_where_the_capture_needs_the_inbound_listener() {
+    for inbound_bind in [InboundBind::Loopback, InboundBind::AnyAddress] {
+        let mut node = Node::with_capture(FakeCapture {
+            inbound_bind,
+            ..FakeCapture::default()
+        });
+        let (_, cookie) = node.netns("a");
+        let a = node.captured("a", 1, &[]);
+        node.reconciler.apply(&snapshot(&[a]));
+        let mut proxy = node.connect(7);
+        let mut sent = None;
+        while let Ok(outgoing) = proxy.inbox.try_recv() {
+            if let AgentMessage::AddPod { .. } = outgoing.message {
+                sent = Some(outgoing.message);
+            }
+        }
+        assert_eq!(
+            sent,
+            Some(AgentMessage::AddPod {
+                uid: "ns/a".into(),
+                netns_cookie: cookie,
+                inbound_bind
+            })
+        );
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, AgentMessage, ProxyMessage};
+use super::wire::{self, AgentMessage, InboundBind, ProxyMessage};
 use crate::inpod::PodRegistry;
 use crate::state::StateStore;
 
@@ -113,8 +113,12 @@ impl ControlClient {
                         "mesh state updated"
                     );
                 }
-                AgentMessage::AddPod { uid, netns_cookie } => {
-                    let reply = self.add_pod(&uid, netns_cookie, fds).await;
+                AgentMessage::AddPod {
+                    uid,
+                    netns_cookie,
+                    inbound_bind,
+                } => {
+                    let reply = self.add_pod(&uid, netns_cookie, inbound_bind, fds).await;
                     match reply {
                         Ok(listener) => {
                             let ready = ProxyMessage::PodReady { uid };
@@ -146,6 +150,7 @@ impl ControlClient {
         &self,
         uid: &str,
         netns_cookie: u64,
+        inbound_bind: InboundBind,
         mut fds: Vec<OwnedFd>,
     ) -> Result<Arc<tokio::net::TcpListener>, String> {
         if fds.len() != 1 {
@@ -157,7 +162,7 @@ impl ControlClient {
         }
         let netns = fds.remove(0);
         self.pods
-            .add(uid, netns_cookie, netns)
+            .add(uid, netns_cookie, inbound_bind, netns)
             .await
             .map_err(|error| error.to_string())
     }

@@ -30,11 +30,44 @@ pub enum AgentMessage {
     /// its listeners there and answers with `PodReady` or `PodFailed`. Sent again for a pod the
     /// proxy already serves (after the agent restarts), which the proxy answers without
     /// touching its listeners.
-    AddPod { uid: String, netns_cookie: u64 },
+    AddPod {
+        uid: String,
+        netns_cookie: u64,
+        /// Where the pod's inbound listener listens. Absent (an older agent): loopback, what
+        /// eBPF capture needs.
+        #[serde(default)]
+        inbound_bind: InboundBind,
+    },
     /// A pod is no longer captured: close its listeners (after draining) and forget it.
     RemovePod { uid: String },
     /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
     Synced { pods: Vec<String> },
+}
+
+/// Where a pod's inbound listener (port 15006) listens, which depends on how the agent
+/// captures the pod's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundBind {
+    /// `127.0.0.1:15006`: eBPF capture, where `sk_lookup` hands connections to the listener
+    /// whatever its address.
+    #[default]
+    Loopback,
+    /// `0.0.0.0:15006`: iptables capture, where REDIRECT rewrites the destination to the
+    /// address of the interface the connection came in on (the pod's IP).
+    AnyAddress,
+}
+
+impl InboundBind {
+    /// The inbound listener's address.
+    #[must_use]
+    pub fn addr(self) -> std::net::SocketAddr {
+        let ip = match self {
+            Self::Loopback => std::net::Ipv4Addr::LOCALHOST,
+            Self::AnyAddress => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        std::net::SocketAddr::from((ip, shunt_common::INBOUND_PORT))
+    }
 }
 
 /// Proxy → agent.
@@ -184,6 +217,7 @@ mod tests {
         let sent = AgentMessage::AddPod {
             uid: "ns/pod".into(),
             netns_cookie: 42,
+            inbound_bind: InboundBind::AnyAddress,
         };
         send(&mut a, &sent, &[file.as_raw_fd()]).await.unwrap();
         send(&mut a, &AgentMessage::Synced { pods: vec![] }, &[])
@@ -200,6 +234,34 @@ mod tests {
             recv::<AgentMessage>(&mut b).await,
             Err(Error::Closed)
         ));
+    }
+
+    #[test]
+    fn add_pod_from_an_agent_without_inbound_bind_means_loopback() {
+        let cases = [
+            (
+                r#"{"type":"add_pod","uid":"u","netns_cookie":7}"#,
+                InboundBind::Loopback,
+            ),
+            (
+                r#"{"type":"add_pod","uid":"u","netns_cookie":7,"inbound_bind":"any_address"}"#,
+                InboundBind::AnyAddress,
+            ),
+        ];
+        for (json, inbound_bind) in cases {
+            let got: AgentMessage = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                got,
+                AgentMessage::AddPod {
+                    uid: "u".into(),
+                    netns_cookie: 7,
+                    inbound_bind
+                },
+                "{json}"
+            );
+        }
+        assert_eq!(InboundBind::Loopback.addr().to_string(), "127.0.0.1:15006");
+        assert_eq!(InboundBind::AnyAddress.addr().to_string(), "0.0.0.0:15006");
     }
 
     #[tokio::test]

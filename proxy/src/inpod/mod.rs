@@ -1,5 +1,6 @@
 //! The captured pods the proxy serves. Per pod: a socket worker in its netns, the outbound
-//! (`127.0.0.1:15001`) and inbound (`127.0.0.1:15006`) listeners opened there, and the
+//! (`127.0.0.1:15001`) and inbound (`127.0.0.1:15006`, or `0.0.0.0:15006` under iptables
+//! capture: see [`InboundBind`]) listeners opened there, and the
 //! [`Drain`] their accept loops and connections run under.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::control::wire::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
 use crate::netns::socket_netns_cookie;
 use crate::proxy::orig_dst::ClientAddr;
@@ -47,6 +49,7 @@ pub enum Error {
 /// A pod being served.
 struct ServedPod {
     netns_cookie: u64,
+    inbound_bind: InboundBind,
     context: Arc<PodContext>,
     /// Shared with the inbound accept loop; also what `PodReady` hands to the agent.
     inbound: Arc<TcpListener>,
@@ -106,19 +109,24 @@ impl PodRegistry {
     }
 
     /// Serves pod `uid` from `netns`, whose cookie the agent says is `netns_cookie`, and
-    /// returns its inbound listener. A pod already served from the same netns keeps its
-    /// listeners (the agent re-announces pods after it restarts); one whose netns changed (the
-    /// sandbox was recreated) is drained and served afresh.
+    /// returns its inbound listener, which listens where `inbound_bind` says. A pod already
+    /// served from the same netns and the same way keeps its listeners (the agent re-announces
+    /// pods after it restarts); one whose netns changed (the sandbox was recreated) or whose
+    /// capture mode changed is drained and served afresh.
     pub async fn add(
         &self,
         uid: &str,
         netns_cookie: u64,
+        inbound_bind: InboundBind,
         netns: OwnedFd,
     ) -> Result<Arc<TcpListener>, Error> {
         let stale = {
             let mut pods = self.pods();
             match pods.get(uid) {
-                Some(served) if served.netns_cookie == netns_cookie => {
+                Some(served)
+                    if served.netns_cookie == netns_cookie
+                        && served.inbound_bind == inbound_bind =>
+                {
                     tracing::debug!(pod = uid, "pod already served; keeping its listeners");
                     return Ok(served.inbound.clone());
                 }
@@ -129,7 +137,7 @@ impl PodRegistry {
         if let Some(stale) = stale {
             tracing::info!(
                 pod = uid,
-                "pod's network namespace changed; serving it from the new one"
+                "pod's network namespace or capture mode changed; serving it afresh"
             );
             self.retire(stale).await;
         }
@@ -142,12 +150,7 @@ impl PodRegistry {
                 shunt_common::OUTBOUND_PORT,
             )))
             .await?;
-        let inbound = sockets
-            .listen(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                shunt_common::INBOUND_PORT,
-            )))
-            .await?;
+        let inbound = sockets.listen(inbound_bind.addr()).await?;
         let actual = socket_netns_cookie(inbound.as_fd()).map_err(|source| Error::Cookie {
             pod: pod.clone(),
             source,
@@ -192,6 +195,7 @@ impl PodRegistry {
             uid.to_owned(),
             ServedPod {
                 netns_cookie,
+                inbound_bind,
                 context,
                 inbound: inbound.clone(),
                 accept_loops,

@@ -63,7 +63,7 @@ async fn serve(
 ) -> (PodRegistry, PodListeners) {
     let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), drain_timeout);
     registry
-        .add(uid, own_netns_cookie(), own_netns())
+        .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
         .await
         .unwrap();
     let listeners = registry.listeners(uid).unwrap();
@@ -353,16 +353,39 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     let test = TestProxy::new(false);
     let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(1));
     let cookie = own_netns_cookie();
-    let first = registry.add(WEB, cookie, own_netns()).await.unwrap();
-    let again = registry.add(WEB, cookie, own_netns()).await.unwrap();
+    let loopback = InboundBind::Loopback;
+    let first = registry
+        .add(WEB, cookie, loopback, own_netns())
+        .await
+        .unwrap();
+    let again = registry
+        .add(WEB, cookie, loopback, own_netns())
+        .await
+        .unwrap();
     assert!(
         Arc::ptr_eq(&first, &again),
         "same netns must keep the listener"
     );
 
+    // The agent restarted in iptables mode: the inbound listener moves to every address.
+    let any = registry
+        .add(WEB, cookie, InboundBind::AnyAddress, own_netns())
+        .await
+        .unwrap();
+    assert!(!Arc::ptr_eq(&first, &any), "a new capture mode re-opens");
+    assert!(any.local_addr().unwrap().ip().is_unspecified());
+    assert!(
+        registry
+            .listeners(WEB)
+            .unwrap()
+            .inbound
+            .ip()
+            .is_unspecified()
+    );
+
     // The agent says the pod's netns changed; ours is not that one.
     let err = registry
-        .add(WEB, cookie + 1, own_netns())
+        .add(WEB, cookie + 1, loopback, own_netns())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CookieMismatch { .. }), "{err}");
@@ -373,8 +396,14 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
         "the old netns was retired"
     );
 
-    registry.add(WEB, cookie, own_netns()).await.unwrap();
-    registry.add(API_A, cookie, own_netns()).await.unwrap();
+    registry
+        .add(WEB, cookie, loopback, own_netns())
+        .await
+        .unwrap();
+    registry
+        .add(API_A, cookie, loopback, own_netns())
+        .await
+        .unwrap();
     registry.retain(&[API_A.to_owned()]).await;
     assert_eq!(registry.served(), [API_A]);
     registry.shutdown().await;

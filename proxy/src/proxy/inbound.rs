@@ -1,6 +1,7 @@
 //! Inbound: connections to a captured pod's IP, steered by `sk_lookup` to the pod's
-//! `127.0.0.1:15006`. Delivered to the app from inside the same netns; the source is then
-//! the pod's own IP, which `sk_lookup` lets through to the app.
+//! `127.0.0.1:15006` (eBPF capture) or REDIRECTed by iptables to its `0.0.0.0:15006`. Delivered
+//! to the app from inside the same netns; the source is then the pod's own IP, which
+//! `sk_lookup` lets through to the app, and which iptables never sees in PREROUTING.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// How the outbound listener learns where a connection was going ([`orig_dst::SoOriginalDst`]).
     pub outbound_dst: Arc<dyn OrigDstSource>,
-    /// How the inbound listener learns it ([`orig_dst::LocalAddr`]).
+    /// How the inbound listener learns it ([`orig_dst::InboundOrigDst`]).
     pub inbound_dst: Arc<dyn OrigDstSource>,
 }
 
@@ -45,7 +45,7 @@ impl ProxyContext {
             access_log,
             connect_timeout,
             outbound_dst: Arc::new(orig_dst::SoOriginalDst),
-            inbound_dst: Arc::new(orig_dst::LocalAddr),
+            inbound_dst: Arc::new(orig_dst::InboundOrigDst),
         }
     }
 }
@@ -68,7 +68,34 @@ impl PodContext {
             shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
         );
         (addr.ip().is_loopback() && proxy_port)
-            || addr == self.outbound_listener
-            || addr == self.inbound_listener
+            || reaches(self.outbound_listener, addr)
+            || reaches(self.inbound_listener, addr)
+    }
+}
+
+/// Whether a connection to `addr` would land on `listener`. A listener on `0.0.0.0` (the
+/// inbound one under iptables capture) is taken to answer on every address of its port.
+fn reaches(listener: SocketAddr, addr: SocketAddr) -> bool {
+    addr.port() == listener.port() && (listener.ip().is_unspecified() || addr.ip() == listener.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_listener_is_reached_on_any_address_of_its_port() {
+        let cases = [
+            ("127.0.0.1:15006", "127.0.0.1:15006", true),
+            ("127.0.0.1:15006", "10.0.0.7:15006", false),
+            ("0.0.0.0:15006", "10.0.0.7:15006", true),
+            ("0.0.0.0:15006", "127.0.0.1:15006", true),
+            ("0.0.0.0:15006", "10.0.0.7:8080", false),
+            ("127.0.0.1:15001", "127.0.0.1:15006", false),
+        ];
+        for (listener, addr, expected) in cases {
+            let (listener, addr) = (listener.parse().unwrap(), addr.parse().unwrap());
+            assert_eq!(reaches(listener, addr), expected, "{listener} {addr}");
+        }
     }
 }

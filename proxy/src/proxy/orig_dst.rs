@@ -4,8 +4,10 @@
 //! the `cgroup/getsockopt` program answers it from what `connect4` recorded; behind iptables
 //! REDIRECT conntrack answers it. Same call either way.
 //!
-//! Inbound: `sk_lookup` hands the connection to the listener without rewriting it, so the
-//! accepted socket's local address *is* the original destination.
+//! Inbound, one path for both capture modes ([`InboundOrigDst`]): behind iptables REDIRECT,
+//! conntrack answers `SO_ORIGINAL_DST`; with eBPF capture `sk_lookup` hands the connection to
+//! the listener without rewriting it, nothing answers `SO_ORIGINAL_DST`, and the accepted
+//! socket's local address *is* the original destination.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -84,6 +86,22 @@ impl OrigDstSource for LocalAddr {
     }
 }
 
+/// The inbound listener's source: `SO_ORIGINAL_DST` when the kernel answers it (iptables
+/// REDIRECT), else the local address (eBPF `sk_lookup`). Where conntrack tracks a connection
+/// it did not rewrite, the two agree. A direct connection to the listener gets the listener's
+/// own address either way, which the caller refuses as a loop.
+#[derive(Debug, Default)]
+pub struct InboundOrigDst;
+
+impl OrigDstSource for InboundOrigDst {
+    fn orig_dst(&self, accepted: &TcpStream, client: ClientAddr) -> Result<OrigDstAddr, Error> {
+        match SoOriginalDst.orig_dst(accepted, client) {
+            Ok(orig_dst) => Ok(orig_dst),
+            Err(_) => LocalAddr.orig_dst(accepted, client),
+        }
+    }
+}
+
 /// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on `socket`.
 pub fn so_original_dst(socket: &impl AsFd) -> io::Result<SocketAddrV4> {
     let raw = getsockopt(socket, sockopt::OriginalDst).map_err(io::Error::from)?;
@@ -135,10 +153,12 @@ mod tests {
             // un-NATed destination: the listener itself.
             Ok(found) => assert_eq!(found, OrigDstAddr(listener.local_addr().unwrap())),
         }
-        // The inbound source needs no redirect: the local address is the answer.
-        assert_eq!(
-            LocalAddr.orig_dst(&accepted, ClientAddr(peer)).unwrap(),
-            OrigDstAddr(listener.local_addr().unwrap())
-        );
+        // The inbound sources need no redirect: the local address is the answer.
+        for source in [&LocalAddr as &dyn OrigDstSource, &InboundOrigDst] {
+            assert_eq!(
+                source.orig_dst(&accepted, ClientAddr(peer)).unwrap(),
+                OrigDstAddr(listener.local_addr().unwrap())
+            );
+        }
     }
 }

@@ -70,6 +70,7 @@ impl Agent {
         let message = AgentMessage::AddPod {
             uid: uid.into(),
             netns_cookie,
+            inbound_bind: InboundBind::Loopback,
         };
         self.send(message, netns.as_slice()).await;
         recv(&mut self.0).await.unwrap()

@@ -1,0 +1,453 @@
+//! Running one workload in a scenario: the load generator in the client pod (pinned to the
+//! load CPU), and the cost counters read from /proc around it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::plan::Plan;
+use super::scenario::{Deployment, Scenario};
+
+/// The CPU the load generator runs on; everything else (agent, proxy, servers, HAProxy, this
+/// process) runs on [`SERVICE_CPU`].
+pub const LOAD_CPU: usize = 0;
+pub const SERVICE_CPU: usize = 1;
+/// Slack on top of a workload's own duration before its client is killed.
+const CLIENT_SLACK: Duration = Duration::from_secs(60);
+/// Time for an idle client to open its connections before the harness gives up.
+const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Costs are reported per this many requests.
+const COST_UNIT: f64 = 10_000.0;
+
+/// One workload run in one scenario: its metric values, or why it was rejected.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub scenario: Scenario,
+    pub repetition: usize,
+    pub workload: String,
+    pub values: Vec<(String, f64)>,
+    pub rejected: Option<String>,
+    pub raw: Value,
+}
+
+impl Record {
+    fn new(deployment: &Deployment, repetition: usize, workload: &str) -> Self {
+        Self {
+            scenario: deployment.scenario,
+            repetition,
+            workload: workload.to_owned(),
+            values: Vec::new(),
+            rejected: None,
+            raw: Value::Null,
+        }
+    }
+
+    fn value(&mut self, metric: &str, value: f64) {
+        self.values
+            .push((format!("{}.{metric}", self.workload), value));
+    }
+
+    fn reject(&mut self, why: impl Into<String>) {
+        self.values.clear();
+        self.rejected = Some(why.into());
+    }
+
+    pub fn to_json(&self) -> Value {
+        let values: serde_json::Map<String, Value> = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(*v)))
+            .collect();
+        serde_json::json!({
+            "scenario": self.scenario.id(),
+            "repetition": self.repetition,
+            "workload": self.workload,
+            "values": values,
+            "rejected": self.rejected,
+            "loadgen": self.raw,
+        })
+    }
+}
+
+/// Every workload of one repetition in one scenario, in a fixed order.
+pub fn repetition(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Vec<Record> {
+    let mut records = vec![
+        rr(deployment, plan, repetition, 1, "rr_1b"),
+        rr(deployment, plan, repetition, 1024, "rr_1k"),
+        crr(deployment, plan, repetition),
+        bulk(deployment, plan, repetition, 1),
+        bulk(deployment, plan, repetition, 4),
+    ];
+    // S0 has no forwarder whose memory could grow.
+    if deployment.scenario != Scenario::Direct {
+        for &count in plan.idle_connections {
+            records.push(idle(deployment, plan, repetition, count));
+        }
+    }
+    records
+}
+
+/// Runs the load generator in the client pod, pinned to [`LOAD_CPU`]; its JSON report, or why
+/// there is none.
+fn run_client(
+    deployment: &Deployment,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Value, String> {
+    let process = spawn_client(deployment, args).map_err(|e| e.to_string())?;
+    let output = process.finish(timeout).map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "load generator failed ({}): {}",
+            output.status,
+            output.stderr.trim()
+        ));
+    }
+    output.json().map_err(|e| e.to_string())
+}
+
+fn spawn_client(deployment: &Deployment, args: &[String]) -> Result<shunt_tests::Process> {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", &LOAD_CPU.to_string()])
+        .arg(&deployment.loadgen)
+        .args(args);
+    let what = args.first().map_or("loadgen", String::as_str);
+    Ok(deployment
+        .node
+        .spawn_in_pod(&deployment.client, &format!("loadgen-{what}"), command)?)
+}
+
+/// The run's own `errors` list, when it has any.
+fn client_errors(report: &Value) -> Option<String> {
+    let errors = report.get("errors")?.as_array()?;
+    (!errors.is_empty()).then(|| {
+        let listed: Vec<&str> = errors.iter().take(3).filter_map(Value::as_str).collect();
+        format!("{} error(s): {}", errors.len(), listed.join("; "))
+    })
+}
+
+fn number(report: &Value, field: &str) -> Option<f64> {
+    report.get(field).and_then(Value::as_f64)
+}
+
+fn rr(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    size: usize,
+    workload: &str,
+) -> Record {
+    let mut record = Record::new(deployment, repetition, workload);
+    let args: Vec<String> = [
+        "rr",
+        "--to",
+        &deployment.targets.echo.to_string(),
+        "--size",
+        &size.to_string(),
+        "--duration-ms",
+        &plan.rr.as_millis().to_string(),
+        "--warmup-ms",
+        &plan.rr_warmup.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // Costs come from the 1-byte RR run: the per-request overhead, with no payload work.
+    let measure_cost = size == 1;
+    let forwarder = deployment.forwarder_pid();
+    let before = measure_cost.then(|| CpuSnapshot::take(forwarder));
+    let report = match run_client(deployment, &args, plan.rr + plan.rr_warmup + CLIENT_SLACK) {
+        Ok(report) => report,
+        Err(e) => {
+            record.reject(e);
+            return record;
+        }
+    };
+    let after = measure_cost.then(|| CpuSnapshot::take(forwarder));
+    record.raw = report.clone();
+    if let Some(why) = client_errors(&report) {
+        record.reject(why);
+        return record;
+    }
+    let requests = number(&report, "requests").unwrap_or(0.0);
+    if requests < 1.0 {
+        record.reject("no request completed");
+        return record;
+    }
+    for metric in ["p50_us", "p90_us", "p99_us", "p999_us"] {
+        match number(&report, metric) {
+            Some(value) => record.value(metric, value),
+            None => {
+                record.reject(format!("the report has no {metric}"));
+                return record;
+            }
+        }
+    }
+    if let (Some(Ok(before)), Some(Ok(after))) = (before, after) {
+        let carried = requests + number(&report, "warmup_requests").unwrap_or(0.0);
+        let per_unit = COST_UNIT / carried;
+        if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
+            record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
+        }
+        record.value(
+            "machine_cpu_s_per_10k",
+            (after.machine_busy_s - before.machine_busy_s) * per_unit,
+        );
+        record.value(
+            "softirq_s_per_10k",
+            (after.machine_softirq_s - before.machine_softirq_s) * per_unit,
+        );
+    }
+    record
+}
+
+fn crr(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Record {
+    let mut record = Record::new(deployment, repetition, "crr");
+    let args: Vec<String> = [
+        "crr",
+        "--to",
+        &deployment.targets.crr.to_string(),
+        "--duration-ms",
+        &plan.crr.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let report = match run_client(deployment, &args, plan.crr + CLIENT_SLACK) {
+        Ok(report) => report,
+        Err(e) => {
+            record.reject(e);
+            return record;
+        }
+    };
+    record.raw = report.clone();
+    if let Some(why) = client_errors(&report) {
+        record.reject(why);
+        return record;
+    }
+    match (
+        number(&report, "p50_us"),
+        number(&report, "p99_us"),
+        number(&report, "connections_per_s"),
+    ) {
+        (Some(p50), Some(p99), Some(rate)) if rate > 0.0 => {
+            record.value("p50_us", p50);
+            record.value("p99_us", p99);
+            record.value("conn_per_s", rate);
+        }
+        _ => record.reject("no connection completed"),
+    }
+    record
+}
+
+fn bulk(deployment: &mut Deployment, plan: &Plan, repetition: usize, streams: usize) -> Record {
+    let mut record = Record::new(deployment, repetition, &format!("bulk_{streams}"));
+    let timeout = Duration::from_secs(300);
+    let args: Vec<String> = [
+        "bulk",
+        "--to",
+        &deployment.targets.sink.to_string(),
+        "--bytes-per-stream",
+        &plan.bulk_bytes_per_stream.to_string(),
+        "--streams",
+        &streams.to_string(),
+        "--timeout-ms",
+        &timeout.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let report = match run_client(deployment, &args, timeout + CLIENT_SLACK) {
+        Ok(report) => report,
+        Err(e) => {
+            record.reject(e);
+            return record;
+        }
+    };
+    record.raw = report.clone();
+    if let Some(why) = client_errors(&report) {
+        record.reject(why);
+        return record;
+    }
+    let want = plan.bulk_bytes_per_stream as f64 * streams as f64;
+    match (number(&report, "bytes"), number(&report, "gbit_per_s")) {
+        (Some(bytes), Some(rate)) if (bytes - want).abs() < 0.5 => record.value("gbit_per_s", rate),
+        (bytes, _) => record.reject(format!(
+            "moved {} of {want} bytes",
+            bytes.unwrap_or_default()
+        )),
+    }
+    record
+}
+
+fn idle(deployment: &mut Deployment, plan: &Plan, repetition: usize, count: usize) -> Record {
+    let mut record = Record::new(deployment, repetition, &format!("idle_{count}"));
+    if let Err(e) = deployment.restart_forwarder() {
+        record.reject(format!("could not restart the forwarder: {e:#}"));
+        return record;
+    }
+    let Some(pid) = deployment.forwarder_pid() else {
+        record.reject("the forwarder is not running");
+        return record;
+    };
+    match idle_rss_growth(deployment, plan, pid, count) {
+        Ok((report, growth_kib)) => {
+            record.raw = report.clone();
+            if let Some(why) = client_errors(&report) {
+                record.reject(why);
+            } else if number(&report, "connections") != Some(count as f64) {
+                record.reject(format!("held fewer than {count} connections"));
+            } else {
+                record.value(
+                    "rss_mib_per_1k",
+                    growth_kib / 1024.0 * 1000.0 / count as f64,
+                );
+            }
+        }
+        Err(e) => record.reject(e.to_string()),
+    }
+    record
+}
+
+/// The forwarder's RSS growth (KiB) while `count` idle connections are held, against its RSS
+/// just before they opened (freshly restarted, so no freed memory hides the growth); and the
+/// client's report.
+fn idle_rss_growth(
+    deployment: &Deployment,
+    plan: &Plan,
+    pid: u32,
+    count: usize,
+) -> Result<(Value, f64)> {
+    let before = rss_kib(pid)?;
+    let args: Vec<String> = [
+        "idle",
+        "--to",
+        &deployment.targets.echo.to_string(),
+        "--connections",
+        &count.to_string(),
+        "--hold-ms",
+        &plan.idle_hold.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut client = spawn_client(deployment, &args)?;
+    client.wait_for_line("holding", IDLE_OPEN_TIMEOUT)?;
+    // Let the last connections' far ends finish being set up in the proxy.
+    std::thread::sleep(plan.idle_hold / 3);
+    let during = rss_kib(pid)?;
+    let output = client.finish(plan.idle_hold + CLIENT_SLACK)?;
+    if !output.status.success() {
+        bail!(
+            "load generator failed ({}): {}",
+            output.status,
+            output.stderr
+        );
+    }
+    Ok((output.json()?, during - before))
+}
+
+/// CPU counters at one instant, in seconds.
+struct CpuSnapshot {
+    forwarder_s: Option<f64>,
+    machine_busy_s: f64,
+    machine_softirq_s: f64,
+}
+
+impl CpuSnapshot {
+    fn take(forwarder: Option<u32>) -> Result<Self> {
+        let ticks = clock_ticks()?;
+        let forwarder_s = forwarder
+            .map(|pid| process_cpu_ticks(pid).map(|t| t / ticks))
+            .transpose()?;
+        let (busy, softirq) = machine_cpu_ticks()?;
+        Ok(Self {
+            forwarder_s,
+            machine_busy_s: busy / ticks,
+            machine_softirq_s: softirq / ticks,
+        })
+    }
+}
+
+fn clock_ticks() -> Result<f64> {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("could not run getconf CLK_TCK")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK printed no number")
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks (/proc/PID/stat fields 14, 15).
+fn process_cpu_ticks(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    parse_process_ticks(&stat).with_context(|| format!("{path} has no utime/stime: {stat:?}"))
+}
+
+fn parse_process_ticks(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; the fields after its ')' start at field 3.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// (busy, softirq) clock ticks of the whole machine: busy counts user, nice, system, irq,
+/// softirq and steal (everything but idle and iowait).
+fn machine_cpu_ticks() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
+    parse_machine_ticks(&stat).context("/proc/stat has no aggregate `cpu` line")
+}
+
+fn parse_machine_ticks(stat: &str) -> Option<(f64, f64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    let (user, nice, system, irq, softirq, steal) = (at(0), at(1), at(2), at(5), at(6), at(7));
+    Some((user + nice + system + irq + softirq + steal, softirq))
+}
+
+fn rss_kib(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    parse_rss_kib(&status).with_context(|| format!("{path} has no VmRSS line"))
+}
+
+fn parse_rss_kib(status: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_parsed() {
+        let stat = "1234 (shunt proxy) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 \
+                    3 0 100 1000 200 18446744073709551615";
+        assert_eq!(parse_process_ticks(stat), Some(325.0));
+        assert_eq!(parse_process_ticks("1234 (x"), None);
+
+        let machine = "cpu  100 5 50 1000 7 3 20 2 0 0\ncpu0 50 2 25 500 3 1 10 1 0 0\n";
+        assert_eq!(parse_machine_ticks(machine), Some((180.0, 20.0)));
+        assert_eq!(parse_machine_ticks("intr 1 2 3\n"), None);
+
+        let status = "Name:\tshunt-proxy\nVmRSS:\t   10240 kB\nThreads:\t2\n";
+        assert_eq!(parse_rss_kib(status), Some(10240.0));
+        assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+    }
+}
