@@ -165,25 +165,35 @@ struct Failure {
 }
 
 /// One direction's copy state.
+///
+/// No buffer is held while a connection is idle or flowing freely: reads land in a per-thread
+/// scratch buffer and go straight to the writer. Only bytes the writer does not take at once
+/// are copied into `pending`, which is freed as soon as it drains. An idle proxied connection
+/// therefore costs its sockets and task, not 2 × 16 KiB of buffers per hop.
 struct OneWay {
     direction: Direction,
-    buf: Box<[u8]>,
-    /// `buf[pos..filled]` is read but not yet written.
+    /// Read but not yet written (the writer pushed back); empty and unallocated otherwise.
+    pending: Vec<u8>,
+    /// `pending[pos..]` is still to be written.
     pos: usize,
-    filled: usize,
     read_eof: bool,
     needs_flush: bool,
     done: bool,
     delivered: u64,
 }
 
+thread_local! {
+    /// Where every direction on this thread reads into; it never holds bytes across polls.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
+}
+
 impl OneWay {
     fn new(direction: Direction) -> Self {
         Self {
             direction,
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            pending: Vec::new(),
             pos: 0,
-            filled: 0,
             read_eof: false,
             needs_flush: false,
             done: false,
@@ -215,55 +225,110 @@ impl OneWay {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.pos == self.filled && !self.read_eof {
-                let mut read_buf = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read_buf) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read_buf.filled().len();
-                        if n == 0 {
-                            self.read_eof = true;
-                        } else {
-                            self.pos = 0;
-                            self.filled = n;
-                        }
-                    }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(fail(from)(error))),
-                    Poll::Pending => {
-                        // Nothing more to read for now: push out what was written so a
-                        // buffering writer does not sit on it while we wait.
-                        if self.needs_flush {
-                            ready!(writer.as_mut().poll_flush(cx)).map_err(fail(to))?;
-                            self.needs_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            while self.pos < self.filled {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.filled])
-                )
-                .map_err(fail(to))?;
+            // Bytes the writer pushed back on go first, in order.
+            while self.pos < self.pending.len() {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.pending[self.pos..]))
+                    .map_err(fail(to))?;
                 if n == 0 {
-                    return Poll::Ready(Err(fail(to)(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "peer accepted no more bytes",
-                    ))));
+                    return Poll::Ready(Err(fail(to)(write_zero())));
                 }
                 self.pos += n;
-                self.delivered += n as u64;
-                self.needs_flush = true;
-                progress.delivered(self.direction, n as u64);
+                self.record(n, progress);
+            }
+            if !self.pending.is_empty() {
+                // Drained: give the memory back rather than keep it for an idle connection.
+                self.pending = Vec::new();
+                self.pos = 0;
             }
             if self.read_eof {
                 // Half-close: pass the EOF on and leave the other direction running.
                 ready!(writer.as_mut().poll_shutdown(cx)).map_err(fail(to))?;
                 self.done = true;
+                continue;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut read_buf = ReadBuf::new(&mut scratch[..]);
+                match reader.as_mut().poll_read(cx, &mut read_buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(fail(from)(error))),
+                    Poll::Ready(Ok(())) => {
+                        let filled = read_buf.filled().len();
+                        Poll::Ready(self.write_through(
+                            cx,
+                            writer.as_mut(),
+                            &scratch[..filled],
+                            progress,
+                        ))
+                    }
+                }
+            });
+            match read {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    // Nothing more to read for now: push out what was written so a buffering
+                    // writer does not sit on it while we wait.
+                    if self.needs_flush {
+                        ready!(writer.as_mut().poll_flush(cx)).map_err(fail(to))?;
+                        self.needs_flush = false;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
+
+    /// Writes freshly read `bytes` (empty: EOF) as far as the writer takes them now, and keeps
+    /// the rest in `pending`.
+    fn write_through<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+        bytes: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<(), Failure>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        let (_, to) = self.sides();
+        if bytes.is_empty() {
+            self.read_eof = true;
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < bytes.len() {
+            match writer.as_mut().poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(Failure {
+                        side: to,
+                        error: write_zero(),
+                    });
+                }
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.record(n, progress);
+                }
+                Poll::Ready(Err(error)) => return Err(Failure { side: to, error }),
+                Poll::Pending => break,
+            }
+        }
+        if written < bytes.len() {
+            // The writer registered our waker; the loop retries `pending` when it wakes us.
+            self.pending = bytes[written..].to_vec();
+            self.pos = 0;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, n: usize, progress: &dyn Progress) {
+        self.delivered += n as u64;
+        self.needs_flush = true;
+        progress.delivered(self.direction, n as u64);
+    }
+}
+
+fn write_zero() -> io::Error {
+    io::Error::new(io::ErrorKind::WriteZero, "peer accepted no more bytes")
 }
 
 #[cfg(test)]
@@ -577,6 +642,44 @@ mod tests {
             read.map_err(|e| e.kind()),
             Err(io::ErrorKind::ConnectionReset),
             "the server must see RST, not EOF"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffer_is_held_only_while_the_writer_pushes_back() {
+        let (mut app, mut reader) = duplex(256 << 10);
+        // A writer that takes 1 KiB before it pushes back.
+        let (mut writer, mut server) = duplex(1024);
+        let mut one_way = OneWay::new(Direction::ClientToServer);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut poll =
+            |one_way: &mut OneWay, reader: &mut DuplexStream, writer: &mut DuplexStream| {
+                one_way.poll_copy(&mut cx, Pin::new(reader), Pin::new(writer), &())
+            };
+
+        assert!(poll(&mut one_way, &mut reader, &mut writer).is_pending());
+        assert_eq!(one_way.pending.capacity(), 0, "idle: no buffer");
+
+        app.write_all(&[7u8; 8192]).await.unwrap();
+        assert!(poll(&mut one_way, &mut reader, &mut writer).is_pending());
+        assert!(
+            !one_way.pending.is_empty(),
+            "backpressure: the unwritten rest is kept"
+        );
+
+        let mut got = vec![0u8; 8192];
+        let mut have = 0;
+        while have < got.len() {
+            have += server.read(&mut got[have..]).await.unwrap();
+            let _ = poll(&mut one_way, &mut reader, &mut writer);
+        }
+        assert!(got.iter().all(|&b| b == 7));
+        assert_eq!(one_way.delivered, 8192);
+        assert_eq!(
+            one_way.pending.capacity(),
+            0,
+            "drained: the buffer is freed"
         );
     }
 }
