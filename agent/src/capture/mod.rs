@@ -689,6 +689,22 @@ impl Capture {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_verifier_rejection_names_the_program_and_carries_the_verifier_log() {
+        let verifier_log =
+            "0: (79) r2 = *(u64 *)(r1 +40)\ninvalid bpf_context access off=40 size=8";
+        let error = Error::ProgramLoad {
+            program: shunt_common::program_names::CONNECT4,
+            error: Box::new(aya::programs::ProgramError::LoadError {
+                io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: aya_obj::VerifierLog::new(verifier_log.to_owned()),
+            }),
+        };
+        let message = error.to_string();
+        assert!(message.contains("shunt_connect4"), "{message}");
+        assert!(message.contains(verifier_log), "{message}");
+    }
+
     #[cfg(not(shunt_ebpf_embedded))]
     #[test]
     fn loading_without_the_object_says_how_to_build_it() {
