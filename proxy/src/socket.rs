@@ -3,7 +3,8 @@
 //! A socket belongs to the netns it was created in, so only `socket(2)` has to run inside the
 //! pod's netns. [`NetnsSocketFactory`] gives every pod a long-lived worker thread that entered
 //! the pod's netns once and creates sockets on request; binding, connecting and I/O then
-//! happen on the tokio runtime like any other socket. [`CurrentNetnsSocketFactory`] creates
+//! happen on the tokio runtime like any other socket. The worker keeps a few unconnected IPv4
+//! sockets ready, so a dial takes one without waiting for the worker thread. [`CurrentNetnsSocketFactory`] creates
 //! sockets in the proxy's own netns, for tests without pod namespaces.
 #![forbid(unsafe_code)]
 
@@ -12,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
@@ -22,6 +23,10 @@ use tokio::sync::oneshot;
 
 /// A boxed future, so the traits below stay object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Unconnected IPv4 sockets each pod's worker keeps ready for dials. A dial that finds the
+/// pool empty asks the worker directly, so this bounds idle descriptors, not dials.
+const READY_SOCKETS: usize = 8;
 
 /// Listen backlog of the pod listeners: apps open connections in bursts.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -124,23 +129,34 @@ impl SocketFactory for NetnsSocketFactory {
     }
 }
 
-/// Asks the worker for one socket of a domain.
-struct SocketRequest {
-    domain: Domain,
-    reply: oneshot::Sender<io::Result<Socket>>,
+/// What a pod's worker thread is asked to do.
+enum WorkerRequest {
+    /// Create one socket of a domain and send it back.
+    Socket {
+        domain: Domain,
+        reply: oneshot::Sender<io::Result<Socket>>,
+    },
+    /// Top the ready pool up to [`READY_SOCKETS`].
+    Refill,
 }
+
+/// Unconnected IPv4 sockets the worker made ahead of time in the pod's netns.
+type ReadyPool = Arc<Mutex<Vec<Socket>>>;
 
 /// A thread inside a pod's netns that creates sockets on request. It ends when the last
 /// handle is dropped (its request channel closes).
 struct NetnsWorker {
     pod: String,
-    requests: mpsc::Sender<SocketRequest>,
+    requests: mpsc::Sender<WorkerRequest>,
+    ready: ReadyPool,
 }
 
 impl NetnsWorker {
     async fn spawn(netns: OwnedFd, pod: &str) -> Result<Self, Error> {
-        let (requests, incoming) = mpsc::channel::<SocketRequest>();
+        let (requests, incoming) = mpsc::channel::<WorkerRequest>();
         let (entered_tx, entered_rx) = oneshot::channel();
+        let ready = ReadyPool::default();
+        let pool = ready.clone();
         std::thread::Builder::new()
             .name("shunt-netns".into())
             .spawn(move || {
@@ -148,13 +164,22 @@ impl NetnsWorker {
                 // Only this thread's netns changed; the descriptor is not needed past setns.
                 drop(netns);
                 let ok = entered.is_ok();
+                if ok {
+                    // Ready before the pod is announced, so its first dial does not wait.
+                    refill(&pool);
+                }
                 if entered_tx.send(entered).is_err() || !ok {
                     return;
                 }
                 while let Ok(request) = incoming.recv() {
-                    // The requester may have given up (its connection was cancelled); the
-                    // socket is then just closed.
-                    let _ = request.reply.send(new_tcp_socket(request.domain));
+                    match request {
+                        // The requester may have given up (its connection was cancelled); the
+                        // socket is then just closed.
+                        WorkerRequest::Socket { domain, reply } => {
+                            let _ = reply.send(new_tcp_socket(domain));
+                        }
+                        WorkerRequest::Refill => refill(&pool),
+                    }
                 }
             })
             .map_err(|source| Error::SpawnWorker {
@@ -165,6 +190,7 @@ impl NetnsWorker {
             Ok(Ok(())) => Ok(Self {
                 pod: pod.to_owned(),
                 requests,
+                ready,
             }),
             Ok(Err(source)) => Err(Error::EnterNetns {
                 pod: pod.to_owned(),
@@ -180,9 +206,17 @@ impl NetnsWorker {
         let gone = || Error::WorkerGone {
             pod: self.pod.clone(),
         };
+        if domain == Domain::IPV4 {
+            let taken = self.ready.lock().ok().and_then(|mut ready| ready.pop());
+            if let Some(socket) = taken {
+                // Best effort: a worker that is gone shows up on the next empty pool.
+                let _ = self.requests.send(WorkerRequest::Refill);
+                return Ok(socket);
+            }
+        }
         let (reply, socket) = oneshot::channel();
         self.requests
-            .send(SocketRequest { domain, reply })
+            .send(WorkerRequest::Socket { domain, reply })
             .map_err(|_| gone())?;
         socket
             .await
@@ -267,6 +301,24 @@ impl PodSockets for CurrentNetns {
                 })?;
             connect_from(socket, None, addr, timeout, &self.pod).await
         })
+    }
+}
+
+/// Tops `pool` up with IPv4 sockets made in the calling (worker) thread's netns. A failure
+/// (e.g. out of descriptors) just leaves the pool short: dials then ask the worker directly
+/// and report the error themselves.
+fn refill(pool: &ReadyPool) {
+    // Made outside the lock, so a dial popping a socket never waits for socket(2) calls.
+    let missing = pool
+        .lock()
+        .map_or(0, |ready| READY_SOCKETS.saturating_sub(ready.len()));
+    let made: Vec<Socket> = (0..missing)
+        .map_while(|_| new_tcp_socket(Domain::IPV4).ok())
+        .collect();
+    if let Ok(mut ready) = pool.lock() {
+        ready.extend(made);
+        // Two refills can race past each other; keep the bound.
+        ready.truncate(READY_SOCKETS);
     }
 }
 
@@ -496,6 +548,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn dials_take_ready_sockets_and_the_worker_refills_the_pool() {
+        if !is_root() {
+            eprintln!("skipping: entering a netns needs root");
+            return;
+        }
+        let worker = NetnsWorker::spawn(own_netns(), "test/pool").await.unwrap();
+        let ready_len = || worker.ready.lock().unwrap().len();
+        assert_eq!(
+            ready_len(),
+            READY_SOCKETS,
+            "filled once the worker entered the netns"
+        );
+        for _ in 0..3 {
+            worker.socket(Domain::IPV4).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ready_len() < READY_SOCKETS {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool not refilled: {}",
+                ready_len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // IPv6 is not pooled; it still comes from the worker.
+        worker.socket(Domain::IPV6).await.unwrap();
+        assert_eq!(ready_len(), READY_SOCKETS);
+    }
     #[tokio::test]
     async fn a_file_that_is_not_a_netns_fails_to_enter() {
         let file = std::fs::File::open("/proc/self/stat").unwrap();
