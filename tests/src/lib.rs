@@ -41,6 +41,7 @@ pub mod access_log;
 pub mod admin;
 pub mod binaries;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

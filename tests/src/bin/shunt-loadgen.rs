@@ -17,12 +17,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use shunt_tests::cli::Flags;
 
 const USAGE: &str = "usage: shunt-loadgen <serve|wait|rr|crr|bulk|idle> [--flag value]...
   serve --echo-port P --crr-port P --sink-port P [--lifetime-secs 3600]
@@ -97,57 +98,9 @@ enum Failure {
 
 type Outcome = Result<Option<serde_json::Value>, Failure>;
 
-struct Flags(HashMap<String, String>);
-
-impl Flags {
-    fn parse(args: &[String]) -> Result<Self, String> {
-        let mut map = HashMap::new();
-        let mut iter = args.iter();
-        while let Some(flag) = iter.next() {
-            let name = flag
-                .strip_prefix("--")
-                .ok_or_else(|| format!("expected a --flag, got {flag:?}"))?;
-            let value = iter
-                .next()
-                .ok_or_else(|| format!("--{name} needs a value"))?;
-            map.insert(name.to_owned(), value.clone());
-        }
-        Ok(Self(map))
-    }
-
-    fn addr(&self, name: &str) -> Result<SocketAddr, Failure> {
-        let raw = self.required(name)?;
-        raw.parse()
-            .map_err(|e| Failure::Usage(format!("--{name} {raw:?} is not an ip:port: {e}")))
-    }
-
-    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-        &self,
-        name: &str,
-        default: Option<T>,
-        max: T,
-    ) -> Result<T, Failure>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let value = match (self.0.get(name), default) {
-            (Some(raw), _) => raw
-                .parse::<T>()
-                .map_err(|e| Failure::Usage(format!("--{name} {raw:?}: {e}")))?,
-            (None, Some(default)) => default,
-            (None, None) => return Err(Failure::Usage(format!("--{name} is required"))),
-        };
-        if value > max {
-            return Err(Failure::Usage(format!("--{name} {value} is above {max}")));
-        }
-        Ok(value)
-    }
-
-    fn required(&self, name: &str) -> Result<&str, Failure> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| Failure::Usage(format!("--{name} is required")))
+impl From<String> for Failure {
+    fn from(usage: String) -> Self {
+        Self::Usage(usage)
     }
 }
 
@@ -297,7 +250,7 @@ fn connect(to: SocketAddr) -> io::Result<TcpStream> {
 // ---------------------------------------------------------------- clients
 
 fn wait(flags: &Flags) -> Outcome {
-    let to = flags.addr("to")?;
+    let to = flags.required::<SocketAddr>("to")?;
     let timeout =
         Duration::from_millis(flags.number("timeout-ms", Some(10_000), MAX_DURATION_MS)?);
     let started = Instant::now();
@@ -352,7 +305,7 @@ impl Samples {
 }
 
 fn rr(flags: &Flags) -> Outcome {
-    let to = flags.addr("to")?;
+    let to = flags.required::<SocketAddr>("to")?;
     let size = flags.number::<usize>("size", None, MAX_SIZE)?.max(1);
     let duration = Duration::from_millis(flags.number("duration-ms", None, MAX_DURATION_MS)?);
     let warmup = Duration::from_millis(flags.number("warmup-ms", Some(200), MAX_DURATION_MS)?);
@@ -403,7 +356,7 @@ fn rr(flags: &Flags) -> Outcome {
 }
 
 fn crr(flags: &Flags) -> Outcome {
-    let to = flags.addr("to")?;
+    let to = flags.required::<SocketAddr>("to")?;
     let duration = Duration::from_millis(flags.number("duration-ms", None, MAX_DURATION_MS)?);
     let max_connections = flags.number::<usize>("max-connections", Some(200_000), 2_000_000)?;
     let one = || -> io::Result<()> {
@@ -441,7 +394,7 @@ fn crr(flags: &Flags) -> Outcome {
 }
 
 fn bulk(flags: &Flags) -> Outcome {
-    let to = flags.addr("to")?;
+    let to = flags.required::<SocketAddr>("to")?;
     let per_stream = flags.number::<u64>("bytes-per-stream", None, 64 << 30)?;
     let streams = flags.number::<usize>("streams", None, MAX_STREAMS)?.max(1);
     let timeout =
@@ -491,7 +444,7 @@ fn send_stream(to: SocketAddr, bytes: u64, deadline: Instant) -> io::Result<u64>
 }
 
 fn idle(flags: &Flags) -> Outcome {
-    let to = flags.addr("to")?;
+    let to = flags.required::<SocketAddr>("to")?;
     let count = flags.number::<usize>("connections", None, MAX_IDLE_CONNECTIONS)?;
     let hold = Duration::from_millis(flags.number("hold-ms", None, MAX_DURATION_MS)?);
     let mut held = Vec::with_capacity(count);

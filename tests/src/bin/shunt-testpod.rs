@@ -15,7 +15,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use shunt_tests::cli::Flags;
 
 const USAGE: &str = "usage: shunt-testpod <echo-server|whoami-server|send|churn|hold|fetch|connect> [--flag value]...
   echo-server   --port P [--hold-until-eof]   echo until EOF, then shut down writing
@@ -92,47 +93,9 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// `--name value` pairs; a flag followed by another flag (or nothing) is a switch.
-struct Flags(HashMap<String, Option<String>>);
-
-impl Flags {
-    fn parse(args: &[String]) -> Result<Self, String> {
-        let mut flags = HashMap::new();
-        let mut iter = args.iter().peekable();
-        while let Some(arg) = iter.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("expected a --flag, got {arg:?}"))?;
-            let value = iter.next_if(|next| !next.starts_with("--")).cloned();
-            flags.insert(name.to_owned(), value);
-        }
-        Ok(Self(flags))
-    }
-
-    fn switch(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-
-    fn optional<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Failure>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.0.get(name) {
-            None => Ok(None),
-            Some(None) => Err(Failure::Usage(format!("--{name} needs a value"))),
-            Some(Some(raw)) => raw
-                .parse()
-                .map(Some)
-                .map_err(|e| Failure::Usage(format!("--{name} {raw:?}: {e}"))),
-        }
-    }
-
-    fn required<T: std::str::FromStr>(&self, name: &str) -> Result<T, Failure>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.optional(name)?
-            .ok_or_else(|| Failure::Usage(format!("--{name} is required")))
+impl From<String> for Failure {
+    fn from(usage: String) -> Self {
+        Self::Usage(usage)
     }
 }
 
@@ -214,7 +177,7 @@ fn whoami_server(flags: &Flags) -> Result<bool, Failure> {
 // Clients
 
 fn target(flags: &Flags) -> Result<SocketAddr, Failure> {
-    flags.required("to")
+    Ok(flags.required("to")?)
 }
 
 fn dial(to: SocketAddr) -> io::Result<TcpStream> {
@@ -768,23 +731,6 @@ mod tests {
             serde_json::json!({"s": "a\"b\\c\n\u{1}", "n": 3, "b": false, "z": null,
                 "l": ["x"], "r": [{"k": 1}, "plain"]})
         );
-    }
-
-    #[test]
-    fn flags_parse_values_and_switches() {
-        let args: Vec<String> = ["--port", "80", "--hold-until-eof", "--name", "b"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        let flags = Flags::parse(&args).unwrap();
-        assert!(flags.switch("hold-until-eof"));
-        assert_eq!(flags.required::<u16>("port").ok(), Some(80));
-        assert_eq!(flags.required::<String>("name").ok(), Some("b".to_owned()));
-        assert!(matches!(
-            flags.required::<u16>("count"),
-            Err(Failure::Usage(_))
-        ));
-        assert!(Flags::parse(&["positional".to_owned()]).is_err());
     }
 
     #[test]
