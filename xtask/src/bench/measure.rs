@@ -129,6 +129,24 @@ fn client_errors(report: &Value) -> Option<String> {
     })
 }
 
+/// The client's report when the run counts: a failed client or reported errors reject the
+/// record instead. The raw report is kept on the record either way.
+fn accepted(record: &mut Record, run: Result<Value, String>) -> Option<Value> {
+    let report = match run {
+        Ok(report) => report,
+        Err(e) => {
+            record.reject(e);
+            return None;
+        }
+    };
+    record.raw = report.clone();
+    if let Some(why) = client_errors(&report) {
+        record.reject(why);
+        return None;
+    }
+    Some(report)
+}
+
 fn number(report: &Value, field: &str) -> Option<f64> {
     report.get(field).and_then(Value::as_f64)
 }
@@ -158,19 +176,11 @@ fn rr(
     let measure_cost = size == 1;
     let forwarder = deployment.forwarder_pid();
     let before = measure_cost.then(|| CpuSnapshot::take(forwarder));
-    let report = match run_client(deployment, &args, plan.rr + plan.rr_warmup + CLIENT_SLACK) {
-        Ok(report) => report,
-        Err(e) => {
-            record.reject(e);
-            return record;
-        }
-    };
+    let run = run_client(deployment, &args, plan.rr + plan.rr_warmup + CLIENT_SLACK);
     let after = measure_cost.then(|| CpuSnapshot::take(forwarder));
-    record.raw = report.clone();
-    if let Some(why) = client_errors(&report) {
-        record.reject(why);
+    let Some(report) = accepted(&mut record, run) else {
         return record;
-    }
+    };
     let requests = number(&report, "requests").unwrap_or(0.0);
     if requests < 1.0 {
         record.reject("no request completed");
@@ -214,18 +224,10 @@ fn crr(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Record {
     ]
     .map(str::to_owned)
     .to_vec();
-    let report = match run_client(deployment, &args, plan.crr + CLIENT_SLACK) {
-        Ok(report) => report,
-        Err(e) => {
-            record.reject(e);
-            return record;
-        }
-    };
-    record.raw = report.clone();
-    if let Some(why) = client_errors(&report) {
-        record.reject(why);
+    let run = run_client(deployment, &args, plan.crr + CLIENT_SLACK);
+    let Some(report) = accepted(&mut record, run) else {
         return record;
-    }
+    };
     match (
         number(&report, "p50_us"),
         number(&report, "p99_us"),
@@ -257,18 +259,10 @@ fn bulk(deployment: &mut Deployment, plan: &Plan, repetition: usize, streams: us
     ]
     .map(str::to_owned)
     .to_vec();
-    let report = match run_client(deployment, &args, timeout + CLIENT_SLACK) {
-        Ok(report) => report,
-        Err(e) => {
-            record.reject(e);
-            return record;
-        }
-    };
-    record.raw = report.clone();
-    if let Some(why) = client_errors(&report) {
-        record.reject(why);
+    let run = run_client(deployment, &args, timeout + CLIENT_SLACK);
+    let Some(report) = accepted(&mut record, run) else {
         return record;
-    }
+    };
     let want = plan.bulk_bytes_per_stream as f64 * streams as f64;
     match (number(&report, "bytes"), number(&report, "gbit_per_s")) {
         (Some(bytes), Some(rate)) if (bytes - want).abs() < 0.5 => record.value("gbit_per_s", rate),
