@@ -6,6 +6,7 @@ pub mod drain;
 pub mod inpod;
 pub mod netns;
 pub mod proxy;
+pub mod routing;
 pub mod socket;
 pub mod state;
 pub mod telemetry;

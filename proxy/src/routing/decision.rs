@@ -1,0 +1,532 @@
+//! What routing decides, as the data path consumes it: the compiled, validated form of
+//! VirtualService routes, DestinationRule traffic policies, ServiceEntry hosts and
+//! RateLimitPolicies. Nothing here parses YAML or touches a socket; [`super::RouteTable`]
+//! produces these values and `crate::http` / `crate::proxy` act on them.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::state::{Service, Workload};
+
+/// A fully qualified host as Istio names it: `cart.shop.svc.cluster.local` for a Kubernetes
+/// Service, the ServiceEntry host as written otherwise (may be a wildcard `*.example.com`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Host(pub Arc<str>);
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `namespace/name` of a config object, for logs, `route_name` and `shuntctl`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// How a port's traffic is handled, from the Service port's name (`http-*`, `grpc-*`,
+/// `tcp-*`, ...) or `appProtocol`; `Sniff` when neither says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortProtocol {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge if the client opens with the preface.
+    Http,
+    /// HTTP/2 (`http2-*`, `grpc-*`, `grpc-web-*`, appProtocol `http2`/`grpc`/`kubernetes.io/h2c`).
+    Http2,
+    /// Opaque TCP: `tcp-*`, `mongo-*`, `mysql-*`, `redis-*`, ... no sniffing.
+    Tcp,
+    /// `tls-*` / `https-*`: TLS passthrough, routed by SNI.
+    Tls,
+    /// Nothing declared: detect from the first bytes (bounded by the detection timeout).
+    Sniff,
+}
+
+/// What is at an outbound connection's original destination, known before reading a byte.
+#[derive(Clone, Debug)]
+pub enum OutboundTarget {
+    /// A Service ClusterIP:port or a ServiceEntry address:port.
+    Service(Arc<ServiceTarget>),
+    /// No Service or ServiceEntry has this address:port. HTTP on it is still routed by the
+    /// `Host` header over every host with this port (Istio's per-port route config).
+    Unknown {
+        dst: SocketAddrV4,
+        /// The pod with that IP, if any (for labels only).
+        workload: Option<Arc<Workload>>,
+        protocol: PortProtocol,
+    },
+}
+
+/// One port of one registry host (Kubernetes Service or ServiceEntry).
+#[derive(Debug)]
+pub struct ServiceTarget {
+    pub host: Host,
+    pub port: u16,
+    pub protocol: PortProtocol,
+    /// The Kubernetes Service, for telemetry; `None` for a ServiceEntry host.
+    pub service: Option<Arc<Service>>,
+    /// The ServiceEntry that defines the host, if it came from one.
+    pub service_entry: Option<ObjectRef>,
+}
+
+/// Facts about one HTTP request that routes may match on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    /// `:authority` or `Host`, as sent.
+    pub authority: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+    /// The original destination port (what `http[].match[].port` compares).
+    pub port: u16,
+    /// The captured pod that sent it.
+    pub source: Option<&'a Workload>,
+}
+
+/// The outcome of routing one HTTP request.
+#[derive(Clone, Debug)]
+pub enum HttpDecision {
+    Route(Arc<HttpRoute>),
+    /// No VirtualService route matched and there is no default (a VirtualService matched the
+    /// host but none of its routes matched the request): 404 NR, as Envoy answers.
+    NoRouteMatched { virtual_service: ObjectRef },
+    /// The host is unknown and the mesh is REGISTRY_ONLY: 502 NR.
+    BlockedByRegistryOnly { authority: String },
+}
+
+/// One route of a VirtualService (or the implicit default route of a host).
+#[derive(Clone, Debug)]
+pub struct HttpRoute {
+    /// `route_name` in logs: the VirtualService route's `name`, else `<vs name>.<index>`, or
+    /// `default` for a host without a VirtualService.
+    pub name: Arc<str>,
+    pub virtual_service: Option<ObjectRef>,
+    pub action: HttpAction,
+    /// `timeout`: the whole request, retries included. `None`: no timeout (Istio's default).
+    pub timeout: Option<Duration>,
+    pub retries: RetryPolicy,
+    pub fault: Option<Fault>,
+    pub mirrors: Vec<Mirror>,
+    pub cors: Option<CorsPolicy>,
+    /// `headers.request` / `headers.response` at route level; each destination may add its own.
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub rewrite: Option<Rewrite>,
+    /// The RateLimitPolicy bucket that applies to this route, if any.
+    pub rate_limit: Option<Arc<RateLimit>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum HttpAction {
+    /// Pick one destination per request, by weight. Never empty; weights sum to > 0.
+    Forward(Vec<WeightedDestination>),
+    Redirect(Redirect),
+    DirectResponse {
+        status: StatusCode,
+        body: Option<bytes::Bytes>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct WeightedDestination {
+    pub destination: Destination,
+    pub weight: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// `destination` of a route: which host, which subset, which port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination {
+    pub host: Host,
+    pub subset: Option<Arc<str>>,
+    /// `None`: the request's original port (or the host's only port).
+    pub port: Option<u16>,
+}
+
+/// Identifies an upstream cluster; the data path keys its per-cluster state (pools, LB,
+/// outlier detection) on it, so that state survives a config reload.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    pub host: Host,
+    pub subset: Option<Arc<str>>,
+    pub port: u16,
+}
+
+impl fmt::Display for ClusterKey {
+    /// Envoy's cluster name shape: `outbound|8080|v1|cart.shop.svc.cluster.local`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "outbound|{}|{}|{}",
+            self.port,
+            self.subset.as_deref().unwrap_or(""),
+            self.host
+        )
+    }
+}
+
+/// The endpoints and traffic policy of one destination.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub key: ClusterKey,
+    pub protocol: PortProtocol,
+    pub service: Option<Arc<Service>>,
+    /// Ready endpoints matching the subset, sorted by address. May be empty.
+    pub endpoints: Vec<ClusterEndpoint>,
+    pub policy: TrafficPolicy,
+    /// `destination_version` label: the subset's `version` label, else the workloads'.
+    pub version: Option<Arc<str>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterEndpoint {
+    pub addr: SocketAddrV4,
+    /// The pod, for a Kubernetes endpoint or a ServiceEntry endpoint that is a known pod IP.
+    pub workload: Option<Arc<Workload>>,
+    /// ServiceEntry endpoint `weight` (1 when unset); Kubernetes endpoints weigh 1.
+    pub weight: u32,
+}
+
+/// Why a destination cannot be dialled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("host {0} is not a Kubernetes Service or ServiceEntry host")]
+    UnknownHost(Host),
+    #[error("host {host} has no subset {subset:?} (no DestinationRule defines it)")]
+    UnknownSubset { host: Host, subset: Arc<str> },
+    #[error("host {host} has no port {port}")]
+    UnknownPort { host: Host, port: u16 },
+}
+
+/// A DestinationRule's `trafficPolicy` after top-level, subset and port overrides are merged
+/// (Istio: a subset's policy overrides the top level field by field; `portLevelSettings`
+/// overrides within each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficPolicy {
+    pub load_balancer: LoadBalancer,
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// The DestinationRule that supplied it, for `shuntctl explain`.
+    pub source: Option<ObjectRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LoadBalancer {
+    #[default]
+    RoundRobin,
+    /// Also what `LEAST_CONN` means.
+    LeastRequest,
+    Random,
+    /// Dial the original destination address unchanged.
+    Passthrough,
+    ConsistentHash {
+        key: HashKey,
+        algorithm: HashAlgorithm,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HashKey {
+    Header(HeaderName),
+    /// The proxy issues the cookie (`Set-Cookie`) when the request lacks it and `ttl` is set.
+    Cookie {
+        name: Arc<str>,
+        path: Option<Arc<str>>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParameter(Arc<str>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// Istio's default; `minimum_ring_size` defaults to 1024.
+    RingHash { minimum_ring_size: u64 },
+    /// `table_size` defaults to 65537 and must be prime.
+    Maglev { table_size: u64 },
+}
+
+/// `connectionPool`; `None` fields are Envoy's defaults (effectively unlimited).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `outlierDetection`, with Istio's defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `None`: this kind of error never ejects.
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Default 10 s.
+    pub interval: Duration,
+    /// Default 30 s; the n-th ejection of one endpoint lasts n × this.
+    pub base_ejection_time: Duration,
+    /// Default 10.
+    pub max_ejection_percent: u32,
+    /// Default 0: below this share of healthy endpoints, ejection is off (panic mode).
+    pub min_health_percent: u32,
+}
+
+/// `retries`. Istio's default when a route says nothing: 2 attempts on
+/// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try; 0 disables retrying.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: RetryOn,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub refused_stream: bool,
+    pub retriable_4xx: bool,
+    /// Statuses retried under `retriable-status-codes`.
+    pub retriable_status_codes: Vec<u16>,
+    /// gRPC status codes (`cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`) as numbers.
+    pub grpc_codes: Vec<u32>,
+}
+
+/// `fault`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultDelay {
+    pub fixed_delay: Duration,
+    /// 0.0–100.0; absent in the config means 100.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultAbort {
+    pub kind: AbortKind,
+    /// 0.0–100.0; absent in the config means 100.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortKind {
+    Http(StatusCode),
+    /// A gRPC status code: answered as HTTP 200 with `grpc-status` in trailers-only form.
+    Grpc(u32),
+}
+
+/// `mirror`/`mirrors` with their percentage (absent means 100).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub destination: Destination,
+    pub percentage: f64,
+}
+
+/// `corsPolicy`.
+#[derive(Clone, Debug)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<http::Method>,
+    pub allow_headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+}
+
+/// Istio's `StringMatch`, compiled.
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    Exact(Arc<str>),
+    Prefix(Arc<str>),
+    /// Anchored: must match the whole value (Envoy's RE2 `full match`).
+    Regex(regex::Regex),
+}
+
+impl StringMatch {
+    /// Whether `value` matches; `ignore_case` lowers both sides for exact and prefix.
+    #[must_use]
+    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
+        match self {
+            Self::Exact(want) if ignore_case => value.eq_ignore_ascii_case(want),
+            Self::Exact(want) => value == &**want,
+            Self::Prefix(want) if ignore_case => value
+                .get(..want.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(want)),
+            Self::Prefix(want) => value.starts_with(&**want),
+            Self::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+/// Header edits: applied in the order remove, set, add.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `rewrite`.
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    /// Replaces the part of the path the route's `uri` prefix matched (the whole path for an
+    /// exact or regex match), as Envoy's `prefix_rewrite`.
+    pub uri: Option<Arc<str>>,
+    pub authority: Option<HeaderValue>,
+    /// `uriRegexRewrite`: every match of `pattern` in the path becomes `rewrite`
+    /// (`\1`-style groups as in RE2).
+    pub uri_regex: Option<(regex::Regex, Arc<str>)>,
+    /// The `uri` prefix of the match that selected this route, if it was a prefix match:
+    /// what `uri` replaces. Filled per request by the router.
+    pub matched_prefix: Option<Arc<str>>,
+}
+
+/// `redirect`.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    pub uri: Option<Arc<str>>,
+    pub authority: Option<Arc<str>>,
+    pub port: Option<u16>,
+    pub scheme: Option<Arc<str>>,
+    /// Default 301.
+    pub status: StatusCode,
+}
+
+/// One token bucket of a `shunt.io/v1alpha1 RateLimitPolicy`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    pub policy: ObjectRef,
+    /// Requests added to the bucket per second.
+    pub requests_per_second: f64,
+    /// Bucket size: the most requests allowed at once.
+    pub burst: u32,
+}
+
+/// The outcome of routing an opaque TCP or TLS connection (`tcp[]` / `tls[]` routes).
+#[derive(Clone, Debug)]
+pub enum TcpDecision {
+    /// Pick one destination, by weight.
+    Forward {
+        route_name: Arc<str>,
+        virtual_service: Option<ObjectRef>,
+        destinations: Vec<WeightedDestination>,
+    },
+    /// Dial the original destination unchanged (ALLOW_ANY, or an address nothing routes).
+    Passthrough,
+    /// REGISTRY_ONLY and the destination is not in the registry: close the connection.
+    BlockedByRegistryOnly,
+}
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    #[default]
+    AllowAny,
+    RegistryOnly,
+}
+
+/// Mesh-wide settings (MeshConfig, or the agent's flags, which win).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// `protocolDetectionTimeout`: how long to wait for a client's first bytes before taking
+    /// the connection as opaque TCP. `None`: the proxy's `--protocol-detection-timeout`.
+    #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    pub protocol_detection_timeout: Option<Duration>,
+}
+
+mod opt_millis {
+    //! `Option<Duration>` as whole milliseconds on the control wire.
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// Everything the data path asks of the routing table. `crate::state::MeshIndex` implements
+/// it over the current config; tests implement it over fixed answers.
+pub trait Routes: Send + Sync {
+    /// What is at `dst`, before any byte is read.
+    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget;
+    /// The route for one HTTP request to `target`. For a route selected by a `uri` prefix
+    /// match, `Rewrite::matched_prefix` is that prefix.
+    fn http_route(&self, target: &OutboundTarget, request: &RequestFacts<'_>) -> HttpDecision;
+    /// The route for an opaque TCP connection (`sni: None`) or a TLS one (`sni` from its
+    /// ClientHello, matched against `tls[].match[].sniHosts`).
+    fn tcp_route(
+        &self,
+        target: &OutboundTarget,
+        sni: Option<&str>,
+        source: Option<&Workload>,
+    ) -> TcpDecision;
+    /// The endpoints and policy of `destination`; `request_port` fills an absent port.
+    fn cluster(
+        &self,
+        destination: &Destination,
+        request_port: u16,
+    ) -> Result<Arc<Cluster>, ClusterError>;
+    fn mesh(&self) -> &MeshSettings;
+}
+
+/// Where the data path gets the routes in force now: one snapshot per connection or request,
+/// so a reload never changes routes under a request in flight.
+pub trait RouteSource: Send + Sync {
+    fn routes(&self) -> Arc<dyn Routes>;
+}
