@@ -54,6 +54,7 @@ fn mesh(rr_port: u16, echo_port: u16) -> MeshState {
             ),
         ],
     }
+    ..Default::default()
 }
 
 async fn serve(

@@ -28,6 +28,7 @@ fn mesh() -> MeshState {
         ],
         services: vec![],
     }
+    ..Default::default()
 }
 
 fn client(
