@@ -12,14 +12,14 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::Error;
 use super::convert::{self, MISSING, Problems, Subnet, Visibility};
 use super::decision::{
-    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination, Host, HttpAction,
-    HttpRoute, LoadBalancer, MeshSettings, Mirror, ObjectRef, OutboundTrafficPolicy,
-    OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite, ServiceTarget, StringMatch,
-    TrafficPolicy, WeightedDestination,
+    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination, Host, HttpAction, HttpRoute,
+    LoadBalancer, MeshSettings, Mirror, ObjectRef, OutboundTrafficPolicy, OutlierDetection,
+    PortProtocol, RateLimit, Redirect, Rewrite, ServiceTarget, StringMatch, TrafficPolicy,
+    WeightedDestination,
 };
-use super::Error;
 use crate::istio;
 use crate::state::{MeshState, Service, Workload};
 
@@ -174,8 +174,14 @@ pub(super) struct PolicyParts {
 impl PolicyParts {
     fn overridden_by(&self, other: &Self) -> Self {
         Self {
-            load_balancer: other.load_balancer.clone().or_else(|| self.load_balancer.clone()),
-            connection_pool: other.connection_pool.clone().or_else(|| self.connection_pool.clone()),
+            load_balancer: other
+                .load_balancer
+                .clone()
+                .or_else(|| self.load_balancer.clone()),
+            connection_pool: other
+                .connection_pool
+                .clone()
+                .or_else(|| self.connection_pool.clone()),
             outlier_detection: other
                 .outlier_detection
                 .clone()
@@ -186,10 +192,10 @@ impl PolicyParts {
 
 impl PolicyLevel {
     fn at_port(&self, port: u16) -> PolicyParts {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or_else(|| self.parts.clone(), |(_, parts)| self.parts.overridden_by(parts))
+        self.ports.iter().find(|(p, _)| *p == port).map_or_else(
+            || self.parts.clone(),
+            |(_, parts)| self.parts.overridden_by(parts),
+        )
     }
 }
 
@@ -219,22 +225,30 @@ fn object_ref(kind: &'static str, metadata: &istio::Metadata) -> ObjectRef {
 
 /// Every problem of one object, as errors that drop it.
 fn invalid(object: &ObjectRef, problems: Problems) -> impl Iterator<Item = Error> + '_ {
-    problems.list.into_iter().map(|(field, message)| Error::Invalid {
-        object: object.clone(),
-        field,
-        message,
-    })
+    problems
+        .list
+        .into_iter()
+        .map(|(field, message)| Error::Invalid {
+            object: object.clone(),
+            field,
+            message,
+        })
 }
 
 /// Orders objects that share a host: creationTimestamp (absent first), namespace, name.
 fn merge_order<S>(objects: &[istio::Resource<S>]) -> Vec<&istio::Resource<S>> {
     let mut sorted: Vec<_> = objects.iter().collect();
     sorted.sort_by(|a, b| {
-        (&a.metadata.creation_timestamp, &a.metadata.namespace, &a.metadata.name).cmp(&(
-            &b.metadata.creation_timestamp,
-            &b.metadata.namespace,
-            &b.metadata.name,
-        ))
+        (
+            &a.metadata.creation_timestamp,
+            &a.metadata.namespace,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                &b.metadata.creation_timestamp,
+                &b.metadata.namespace,
+                &b.metadata.name,
+            ))
     });
     sorted
 }
@@ -278,7 +292,8 @@ impl RouteTable {
     }
 
     fn add_services(&mut self, state: &MeshState) {
-        let mut services: Vec<Arc<Service>> = state.services.iter().cloned().map(Arc::new).collect();
+        let mut services: Vec<Arc<Service>> =
+            state.services.iter().cloned().map(Arc::new).collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         for service in services {
             let host = Host(service.hostname().into());
@@ -289,7 +304,10 @@ impl RouteTable {
                 .map(|p| RegistryPort {
                     port: p.port,
                     name: p.name.clone(),
-                    protocol: convert::service_port_protocol(p.name.as_deref(), p.app_protocol.as_deref()),
+                    protocol: convert::service_port_protocol(
+                        p.name.as_deref(),
+                        p.app_protocol.as_deref(),
+                    ),
                     service_port: Some(p.clone()),
                     target_port: None,
                 })
@@ -332,7 +350,10 @@ impl RouteTable {
         }
         for (i, host) in spec.hosts.iter().enumerate() {
             if host.is_empty() || host == "*" || host.contains('/') {
-                p.add(format!("spec.hosts[{i}]"), format!("{host:?} is not a host name (a wildcard must be like *.example.com)"));
+                p.add(
+                    format!("spec.hosts[{i}]"),
+                    format!("{host:?} is not a host name (a wildcard must be like *.example.com)"),
+                );
             }
         }
         let subnets: Vec<Subnet> = spec
@@ -352,8 +373,14 @@ impl RouteTable {
                 continue;
             };
             let number = convert::port(&mut p, &format!("{at}.number"), number);
-            let protocol = convert::service_entry_protocol(&mut p, &format!("{at}.protocol"), port.protocol.as_deref());
-            let target_port = port.target_port.and_then(|t| convert::port(&mut p, &format!("{at}.targetPort"), t));
+            let protocol = convert::service_entry_protocol(
+                &mut p,
+                &format!("{at}.protocol"),
+                port.protocol.as_deref(),
+            );
+            let target_port = port
+                .target_port
+                .and_then(|t| convert::port(&mut p, &format!("{at}.targetPort"), t));
             if let (Some(number), Some(protocol)) = (number, protocol) {
                 ports.push(RegistryPort {
                     port: number,
@@ -375,10 +402,16 @@ impl RouteTable {
         };
         match spec.location.as_deref() {
             None | Some("MESH_EXTERNAL" | "MESH_INTERNAL") => {}
-            Some(other) => p.add("spec.location", format!("unknown location {other:?}: expected MESH_EXTERNAL or MESH_INTERNAL")),
+            Some(other) => p.add(
+                "spec.location",
+                format!("unknown location {other:?}: expected MESH_EXTERNAL or MESH_INTERNAL"),
+            ),
         }
         if spec.workload_selector.is_some() {
-            p.add("spec.workloadSelector", "workloadSelector is not supported in local mode; list the endpoints instead");
+            p.add(
+                "spec.workloadSelector",
+                "workloadSelector is not supported in local mode; list the endpoints instead",
+            );
         }
         let mut endpoints = Vec::new();
         for (i, endpoint) in spec.endpoints.iter().enumerate() {
@@ -389,13 +422,19 @@ impl RouteTable {
                     None
                 }
                 (Some(a), _) if a.contains(':') => {
-                    p.add(format!("{at}.address"), format!("{a:?} is IPv6 or a unix socket; shunt dials IPv4 only"));
+                    p.add(
+                        format!("{at}.address"),
+                        format!("{a:?} is IPv6 or a unix socket; shunt dials IPv4 only"),
+                    );
                     None
                 }
                 (Some(a), Some(Resolution::Static)) => match a.parse() {
                     Ok(ip) => Some(ip),
                     Err(_) => {
-                        p.add(format!("{at}.address"), format!("{a:?} is not an IPv4 address, which resolution STATIC needs"));
+                        p.add(
+                            format!("{at}.address"),
+                            format!("{a:?} is not an IPv4 address, which resolution STATIC needs"),
+                        );
                         None
                     }
                 },
@@ -405,11 +444,18 @@ impl RouteTable {
             let ports = endpoint
                 .ports
                 .iter()
-                .filter_map(|(name, port)| Some((name.clone(), convert::port(&mut p, &format!("{at}.ports.{name}"), *port)?)))
+                .filter_map(|(name, port)| {
+                    Some((
+                        name.clone(),
+                        convert::port(&mut p, &format!("{at}.ports.{name}"), *port)?,
+                    ))
+                })
                 .collect();
             let weight = endpoint
                 .weight
-                .and_then(|w| convert::int_in(&mut p, &format!("{at}.weight"), w, 0, i64::from(u32::MAX)))
+                .and_then(|w| {
+                    convert::int_in(&mut p, &format!("{at}.weight"), w, 0, i64::from(u32::MAX))
+                })
                 .unwrap_or(1);
             endpoints.push(EntryEndpoint {
                 address,
@@ -419,9 +465,17 @@ impl RouteTable {
             });
         }
         if resolution == Some(Resolution::Static) && spec.endpoints.is_empty() {
-            p.add("spec.endpoints", "resolution STATIC needs at least one endpoint");
+            p.add(
+                "spec.endpoints",
+                "resolution STATIC needs at least one endpoint",
+            );
         }
-        convert::export_to(&mut p, "spec.exportTo", &spec.export_to, &entry.metadata.namespace);
+        convert::export_to(
+            &mut p,
+            "spec.exportTo",
+            &spec.export_to,
+            &entry.metadata.namespace,
+        );
         if !p.is_empty() {
             errors.extend(invalid(&object, p));
             return;
@@ -505,7 +559,10 @@ impl RouteTable {
             if subset.name.is_empty() {
                 p.add(format!("{at}.name"), MISSING);
             } else if subsets.iter().any(|s| *s.name == *subset.name) {
-                p.add(format!("{at}.name"), format!("subset {:?} is defined twice", subset.name));
+                p.add(
+                    format!("{at}.name"),
+                    format!("subset {:?} is defined twice", subset.name),
+                );
             }
             let policy = subset
                 .traffic_policy
@@ -519,9 +576,17 @@ impl RouteTable {
             });
         }
         if spec.workload_selector.is_some() {
-            p.add("spec.workloadSelector", "workloadSelector is not supported in local mode");
+            p.add(
+                "spec.workloadSelector",
+                "workloadSelector is not supported in local mode",
+            );
         }
-        convert::export_to(&mut p, "spec.exportTo", &spec.export_to, &rule.metadata.namespace);
+        convert::export_to(
+            &mut p,
+            "spec.exportTo",
+            &spec.export_to,
+            &rule.metadata.namespace,
+        );
         if !p.is_empty() {
             errors.extend(invalid(&object, p));
             return;
@@ -604,15 +669,22 @@ impl RouteTable {
                         .map(|r| r.policy(*subset, port.port))
                         .unwrap_or_default();
                     let (endpoints, service) = match &entry.source {
-                        RegistrySource::Service(service) => {
-                            (service_endpoints(service, port, labels, workloads), Some(service.clone()))
-                        }
-                        RegistrySource::Entry { resolution, endpoints, .. } => {
-                            let dialled: Vec<ClusterEndpoint> = entry_endpoints(endpoints, port, labels, &self.workloads_by_ip);
+                        RegistrySource::Service(service) => (
+                            service_endpoints(service, port, labels, workloads),
+                            Some(service.clone()),
+                        ),
+                        RegistrySource::Entry {
+                            resolution,
+                            endpoints,
+                            ..
+                        } => {
+                            let dialled: Vec<ClusterEndpoint> =
+                                entry_endpoints(endpoints, port, labels, &self.workloads_by_ip);
                             // NONE, or DNS names the app resolved itself: dial what it dialled.
                             let passthrough = *resolution == Resolution::None
                                 || (*resolution == Resolution::Dns
-                                    && (endpoints.is_empty() || endpoints.iter().any(|e| e.address.is_none())));
+                                    && (endpoints.is_empty()
+                                        || endpoints.iter().any(|e| e.address.is_none())));
                             if passthrough && rule.is_none() {
                                 policy.load_balancer = LoadBalancer::Passthrough;
                             }
@@ -640,7 +712,11 @@ impl RouteTable {
         self.clusters = clusters;
     }
 
-    fn rate_limits(&mut self, state: &MeshState, errors: &mut Vec<Error>) -> HashMap<(String, String, String), Arc<RateLimit>> {
+    fn rate_limits(
+        &mut self,
+        state: &MeshState,
+        errors: &mut Vec<Error>,
+    ) -> HashMap<(String, String, String), Arc<RateLimit>> {
         let mut by_route = HashMap::new();
         for policy in merge_order(&state.rate_limit_policies) {
             let object = object_ref("RateLimitPolicy", &policy.metadata);
@@ -652,19 +728,28 @@ impl RouteTable {
                     None
                 }
                 Some(r) if !(r.0 > 0.0 && r.0.is_finite()) => {
-                    p.add("spec.requestsPerSecond", format!("expected a number > 0, got {}", r.0));
+                    p.add(
+                        "spec.requestsPerSecond",
+                        format!("expected a number > 0, got {}", r.0),
+                    );
                     None
                 }
                 Some(r) => Some(r.0),
             };
             let burst = match (spec.burst, rps) {
                 (Some(b), _) => convert::int_in(&mut p, "spec.burst", b, 1, i64::from(u32::MAX)),
-                #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a positive rate, capped")]
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a positive rate, capped"
+                )]
                 (None, Some(r)) => Some(r.ceil().min(f64::from(u32::MAX)) as u32),
                 (None, None) => None,
             };
             match (&spec.service, &spec.virtual_service) {
-                (Some(_), Some(_)) | (None, None) => p.add("spec", "set exactly one of service and virtualService"),
+                (Some(_), Some(_)) | (None, None) => {
+                    p.add("spec", "set exactly one of service and virtualService")
+                }
                 (Some(s), None) if s.is_empty() => p.add("spec.service", MISSING),
                 (None, Some(vs)) => {
                     if vs.name.is_empty() {
@@ -680,7 +765,9 @@ impl RouteTable {
                 errors.extend(invalid(&object, p));
                 continue;
             }
-            let (Some(requests_per_second), Some(burst)) = (rps, burst) else { continue };
+            let (Some(requests_per_second), Some(burst)) = (rps, burst) else {
+                continue;
+            };
             let limit = Arc::new(RateLimit {
                 policy: object.clone(),
                 requests_per_second,
@@ -708,7 +795,10 @@ impl RouteTable {
                 let found = state.virtual_services.iter().any(|v| {
                     v.metadata.namespace == policy.metadata.namespace
                         && v.metadata.name == vs.name
-                        && v.spec.http.iter().any(|r| r.name.as_deref() == Some(vs.route.as_str()))
+                        && v.spec
+                            .http
+                            .iter()
+                            .any(|r| r.name.as_deref() == Some(vs.route.as_str()))
                 });
                 if !found {
                     errors.push(Error::Warning {
@@ -721,7 +811,11 @@ impl RouteTable {
                     });
                 }
                 by_route
-                    .entry((policy.metadata.namespace.clone(), vs.name.clone(), vs.route.clone()))
+                    .entry((
+                        policy.metadata.namespace.clone(),
+                        vs.name.clone(),
+                        vs.route.clone(),
+                    ))
                     .or_insert(limit);
             }
         }
@@ -743,19 +837,31 @@ impl RouteTable {
         }
         for (i, host) in spec.hosts.iter().enumerate() {
             if host.is_empty() {
-                p.add(format!("spec.hosts[{i}]"), "expected a host name, got an empty string");
+                p.add(
+                    format!("spec.hosts[{i}]"),
+                    "expected a host name, got an empty string",
+                );
             }
         }
         let visibility = convert::export_to(&mut p, "spec.exportTo", &spec.export_to, namespace);
         let mut http = Vec::new();
         for (i, route) in spec.http.iter().enumerate() {
             let name = format!("{}.{i}", vs.metadata.name);
-            let limit = route
-                .name
-                .as_ref()
-                .and_then(|n| rate_limits.get(&(namespace.to_owned(), vs.metadata.name.clone(), n.clone())));
-            if let Some(compiled) = self.http_route(&mut p, &format!("spec.http[{i}]"), route, &object, name, limit) {
-                http.push(CompiledHttpRoute { index: i, ..compiled });
+            let limit = route.name.as_ref().and_then(|n| {
+                rate_limits.get(&(namespace.to_owned(), vs.metadata.name.clone(), n.clone()))
+            });
+            if let Some(compiled) = self.http_route(
+                &mut p,
+                &format!("spec.http[{i}]"),
+                route,
+                &object,
+                name,
+                limit,
+            ) {
+                http.push(CompiledHttpRoute {
+                    index: i,
+                    ..compiled
+                });
             }
         }
         let tcp = spec
@@ -763,8 +869,29 @@ impl RouteTable {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let matches = r.matches.iter().map(|m| l4_attrs(&[], &m.destination_subnets, m.port, &m.source_labels, &m.gateways, m.source_namespace.as_ref())).collect();
-                self.l4_route(&mut p, &format!("spec.tcp[{i}]"), i, &format!("{}.tcp.{i}", vs.metadata.name), matches, &r.route, namespace)
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| {
+                        l4_attrs(
+                            &[],
+                            &m.destination_subnets,
+                            m.port,
+                            &m.source_labels,
+                            &m.gateways,
+                            m.source_namespace.as_ref(),
+                        )
+                    })
+                    .collect();
+                self.l4_route(
+                    &mut p,
+                    &format!("spec.tcp[{i}]"),
+                    i,
+                    &format!("{}.tcp.{i}", vs.metadata.name),
+                    matches,
+                    &r.route,
+                    namespace,
+                )
             })
             .collect();
         let tls = spec
@@ -773,15 +900,39 @@ impl RouteTable {
             .enumerate()
             .filter_map(|(i, r)| {
                 if r.matches.is_empty() {
-                    p.add(format!("spec.tls[{i}].match"), "a tls route needs at least one match with sniHosts");
+                    p.add(
+                        format!("spec.tls[{i}].match"),
+                        "a tls route needs at least one match with sniHosts",
+                    );
                 }
                 for (j, m) in r.matches.iter().enumerate() {
                     if m.sni_hosts.is_empty() {
                         p.add(format!("spec.tls[{i}].match[{j}].sniHosts"), MISSING);
                     }
                 }
-                let matches = r.matches.iter().map(|m| l4_attrs(&m.sni_hosts, &m.destination_subnets, m.port, &m.source_labels, &m.gateways, m.source_namespace.as_ref())).collect();
-                self.l4_route(&mut p, &format!("spec.tls[{i}]"), i, &format!("{}.tls.{i}", vs.metadata.name), matches, &r.route, namespace)
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| {
+                        l4_attrs(
+                            &m.sni_hosts,
+                            &m.destination_subnets,
+                            m.port,
+                            &m.source_labels,
+                            &m.gateways,
+                            m.source_namespace.as_ref(),
+                        )
+                    })
+                    .collect();
+                self.l4_route(
+                    &mut p,
+                    &format!("spec.tls[{i}]"),
+                    i,
+                    &format!("{}.tls.{i}", vs.metadata.name),
+                    matches,
+                    &r.route,
+                    namespace,
+                )
             })
             .collect::<Vec<_>>();
         if !p.is_empty() {
@@ -793,7 +944,11 @@ impl RouteTable {
             tracing::debug!(virtual_service = %object, gateways = ?spec.gateways, "bound only to gateways; ignored for mesh traffic");
             return;
         }
-        let hosts = spec.hosts.iter().map(|h| self.resolve_host(h, namespace)).collect();
+        let hosts = spec
+            .hosts
+            .iter()
+            .map(|h| self.resolve_host(h, namespace))
+            .collect();
         self.virtual_services.push(Arc::new(CompiledVirtualService {
             object,
             hosts,
@@ -804,7 +959,13 @@ impl RouteTable {
         }));
     }
 
-    fn destination(&self, p: &mut Problems, field: &str, d: &istio::Destination, namespace: &str) -> Option<Destination> {
+    fn destination(
+        &self,
+        p: &mut Problems,
+        field: &str,
+        d: &istio::Destination,
+        namespace: &str,
+    ) -> Option<Destination> {
         if d.host.is_empty() {
             p.add(format!("{field}.host"), MISSING);
             return None;
@@ -825,7 +986,11 @@ impl RouteTable {
         &self,
         p: &mut Problems,
         field: &str,
-        routes: &[(Option<&istio::Destination>, Option<i64>, Option<&istio::Headers>)],
+        routes: &[(
+            Option<&istio::Destination>,
+            Option<i64>,
+            Option<&istio::Headers>,
+        )],
         namespace: &str,
     ) -> Vec<WeightedDestination> {
         let mut out = Vec::new();
@@ -833,11 +998,15 @@ impl RouteTable {
         for (i, (destination, weight, headers)) in routes.iter().enumerate() {
             let at = format!("{field}[{i}]");
             let weight = match weight {
-                Some(w) => convert::int_in::<u32>(p, &format!("{at}.weight"), *w, 0, 100).unwrap_or(0),
+                Some(w) => {
+                    convert::int_in::<u32>(p, &format!("{at}.weight"), *w, 0, 100).unwrap_or(0)
+                }
                 None => 0,
             };
             sum += i64::from(weight);
-            let Some(destination) = destination.and_then(|d| self.destination(p, &format!("{at}.destination"), d, namespace)) else {
+            let Some(destination) = destination
+                .and_then(|d| self.destination(p, &format!("{at}.destination"), d, namespace))
+            else {
                 if destination.is_none() {
                     p.add(format!("{at}.destination"), MISSING);
                 }
@@ -846,12 +1015,23 @@ impl RouteTable {
             out.push(WeightedDestination {
                 destination,
                 weight,
-                request_headers: convert::header_ops(p, &format!("{at}.headers.request"), headers.and_then(|h| h.request.as_ref())),
-                response_headers: convert::header_ops(p, &format!("{at}.headers.response"), headers.and_then(|h| h.response.as_ref())),
+                request_headers: convert::header_ops(
+                    p,
+                    &format!("{at}.headers.request"),
+                    headers.and_then(|h| h.request.as_ref()),
+                ),
+                response_headers: convert::header_ops(
+                    p,
+                    &format!("{at}.headers.response"),
+                    headers.and_then(|h| h.response.as_ref()),
+                ),
             });
         }
         if routes.len() > 1 && sum != 100 {
-            p.add(field, format!("the weights of several destinations must sum to 100, got {sum}"));
+            p.add(
+                field,
+                format!("the weights of several destinations must sum to 100, got {sum}"),
+            );
         }
         if let [only] = out.as_mut_slice() {
             only.weight = 100;
@@ -878,7 +1058,10 @@ impl RouteTable {
             .enumerate()
             .filter_map(|(j, m)| l4_match(p, &format!("{field}.match[{j}]"), &m))
             .collect();
-        let routes: Vec<_> = route.iter().map(|r| (Some(&r.destination), r.weight, None)).collect();
+        let routes: Vec<_> = route
+            .iter()
+            .map(|r| (Some(&r.destination), r.weight, None))
+            .collect();
         let destinations = self.weighted(p, &format!("{field}.route"), &routes, namespace);
         (p.list.len() == before).then(|| CompiledL4Route {
             index,
@@ -888,7 +1071,10 @@ impl RouteTable {
         })
     }
 
-    #[expect(clippy::too_many_lines, reason = "one field after the other, in Istio's order")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one field after the other, in Istio's order"
+    )]
     fn http_route(
         &self,
         p: &mut Problems,
@@ -900,23 +1086,41 @@ impl RouteTable {
     ) -> Option<CompiledHttpRoute> {
         let before = p.list.len();
         let namespace = &*object.namespace;
-        let actions = usize::from(!route.route.is_empty()) + usize::from(route.redirect.is_some()) + usize::from(route.direct_response.is_some());
+        let actions = usize::from(!route.route.is_empty())
+            + usize::from(route.redirect.is_some())
+            + usize::from(route.direct_response.is_some());
         if route.delegate.is_some() {
-            p.add(format!("{field}.delegate"), "delegate is a gateway feature; shunt does not support it");
+            p.add(
+                format!("{field}.delegate"),
+                "delegate is a gateway feature; shunt does not support it",
+            );
         } else if actions != 1 {
-            p.add(field, "set exactly one of route, redirect and directResponse");
+            p.add(
+                field,
+                "set exactly one of route, redirect and directResponse",
+            );
         }
         let action = if !route.route.is_empty() {
-            let routes: Vec<_> = route.route.iter().map(|r| (Some(&r.destination), r.weight, r.headers.as_ref())).collect();
+            let routes: Vec<_> = route
+                .route
+                .iter()
+                .map(|r| (Some(&r.destination), r.weight, r.headers.as_ref()))
+                .collect();
             HttpAction::Forward(self.weighted(p, &format!("{field}.route"), &routes, namespace))
         } else if let Some(redirect) = &route.redirect {
             let at = format!("{field}.redirect");
             let status = match redirect.redirect_code {
                 None => StatusCode::MOVED_PERMANENTLY,
                 Some(code) => match code {
-                    301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(u16::try_from(code).unwrap_or(301)).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                    301 | 302 | 303 | 307 | 308 => {
+                        StatusCode::from_u16(u16::try_from(code).unwrap_or(301))
+                            .unwrap_or(StatusCode::MOVED_PERMANENTLY)
+                    }
                     other => {
-                        p.add(format!("{at}.redirectCode"), format!("expected 301, 302, 303, 307 or 308, got {other}"));
+                        p.add(
+                            format!("{at}.redirectCode"),
+                            format!("expected 301, 302, 303, 307 or 308, got {other}"),
+                        );
                         StatusCode::MOVED_PERMANENTLY
                     }
                 },
@@ -924,7 +1128,9 @@ impl RouteTable {
             HttpAction::Redirect(Redirect {
                 uri: redirect.uri.as_deref().map(Arc::from),
                 authority: redirect.authority.as_deref().map(Arc::from),
-                port: redirect.port.and_then(|n| convert::port(p, &format!("{at}.port"), n)),
+                port: redirect
+                    .port
+                    .and_then(|n| convert::port(p, &format!("{at}.port"), n)),
                 scheme: redirect.scheme.as_deref().map(Arc::from),
                 status,
             })
@@ -939,46 +1145,95 @@ impl RouteTable {
                     .and_then(|s| StatusCode::from_u16(s).ok())
                     .unwrap_or(StatusCode::OK),
             };
-            let body = direct.body.as_ref().and_then(|body| match (&body.string, &body.bytes) {
-                (Some(s), None) => Some(bytes::Bytes::from(s.clone())),
-                (None, Some(b)) => {
-                    use base64::Engine as _;
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .map(bytes::Bytes::from)
-                        .map_err(|e| p.add(format!("{at}.body.bytes"), format!("not base64: {e}")))
-                        .ok()
-                }
-                _ => {
-                    p.add(format!("{at}.body"), "set exactly one of string and bytes");
-                    None
-                }
-            });
+            let body = direct
+                .body
+                .as_ref()
+                .and_then(|body| match (&body.string, &body.bytes) {
+                    (Some(s), None) => Some(bytes::Bytes::from(s.clone())),
+                    (None, Some(b)) => {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .map(bytes::Bytes::from)
+                            .map_err(|e| {
+                                p.add(format!("{at}.body.bytes"), format!("not base64: {e}"))
+                            })
+                            .ok()
+                    }
+                    _ => {
+                        p.add(format!("{at}.body"), "set exactly one of string and bytes");
+                        None
+                    }
+                });
             HttpAction::DirectResponse { status, body }
         } else {
             HttpAction::Forward(Vec::new())
         };
-        let timeout = convert::opt_duration(p, &format!("{field}.timeout"), route.timeout.as_ref()).filter(|d| !d.is_zero());
+        let timeout = convert::opt_duration(p, &format!("{field}.timeout"), route.timeout.as_ref())
+            .filter(|d| !d.is_zero());
         let retries = convert::retries(p, &format!("{field}.retries"), route.retries.as_ref());
-        let fault = route.fault.as_ref().and_then(|f| convert::fault(p, &format!("{field}.fault"), f));
+        let fault = route
+            .fault
+            .as_ref()
+            .and_then(|f| convert::fault(p, &format!("{field}.fault"), f));
         let mut mirrors = Vec::new();
         if let Some(mirror) = &route.mirror {
-            let percentage = convert::percent_or_legacy(p, &format!("{field}.mirrorPercentage"), route.mirror_percentage.as_ref(), &format!("{field}.mirrorPercent"), route.mirror_percent);
-            if let (Some(destination), Some(percentage)) = (self.destination(p, &format!("{field}.mirror"), mirror, namespace), percentage) {
-                mirrors.push(Mirror { destination, percentage });
+            let percentage = convert::percent_or_legacy(
+                p,
+                &format!("{field}.mirrorPercentage"),
+                route.mirror_percentage.as_ref(),
+                &format!("{field}.mirrorPercent"),
+                route.mirror_percent,
+            );
+            if let (Some(destination), Some(percentage)) = (
+                self.destination(p, &format!("{field}.mirror"), mirror, namespace),
+                percentage,
+            ) {
+                mirrors.push(Mirror {
+                    destination,
+                    percentage,
+                });
             }
         }
         for (i, mirror) in route.mirrors.iter().enumerate() {
             let at = format!("{field}.mirrors[{i}]");
-            let percentage = convert::percent_or_legacy(p, &format!("{at}.percentage"), mirror.percentage.as_ref(), "", None);
-            if let (Some(destination), Some(percentage)) = (self.destination(p, &format!("{at}.destination"), &mirror.destination, namespace), percentage) {
-                mirrors.push(Mirror { destination, percentage });
+            let percentage = convert::percent_or_legacy(
+                p,
+                &format!("{at}.percentage"),
+                mirror.percentage.as_ref(),
+                "",
+                None,
+            );
+            if let (Some(destination), Some(percentage)) = (
+                self.destination(
+                    p,
+                    &format!("{at}.destination"),
+                    &mirror.destination,
+                    namespace,
+                ),
+                percentage,
+            ) {
+                mirrors.push(Mirror {
+                    destination,
+                    percentage,
+                });
             }
         }
-        let cors = route.cors_policy.as_ref().map(|c| convert::cors(p, &format!("{field}.corsPolicy"), c));
+        let cors = route
+            .cors_policy
+            .as_ref()
+            .map(|c| convert::cors(p, &format!("{field}.corsPolicy"), c));
         let headers = route.headers.as_ref();
-        let request_headers = convert::header_ops(p, &format!("{field}.headers.request"), headers.and_then(|h| h.request.as_ref()));
-        let response_headers = convert::header_ops(p, &format!("{field}.headers.response"), headers.and_then(|h| h.response.as_ref()));
+        let request_headers = convert::header_ops(
+            p,
+            &format!("{field}.headers.request"),
+            headers.and_then(|h| h.request.as_ref()),
+        );
+        let response_headers = convert::header_ops(
+            p,
+            &format!("{field}.headers.response"),
+            headers.and_then(|h| h.response.as_ref()),
+        );
         let rewrite = route.rewrite.as_ref().and_then(|rw| {
             let at = format!("{field}.rewrite");
             if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
@@ -994,14 +1249,27 @@ impl RouteTable {
                         return None;
                     }
                     let re = regex::Regex::new(pattern)
-                        .map_err(|e| p.add(format!("{at}.uriRegexRewrite.match"), format!("regex {pattern:?} does not compile: {e}")))
+                        .map_err(|e| {
+                            p.add(
+                                format!("{at}.uriRegexRewrite.match"),
+                                format!("regex {pattern:?} does not compile: {e}"),
+                            )
+                        })
                         .ok()?;
-                    Some((re, Arc::from(convert::regex_replacement(rr.rewrite.as_deref().unwrap_or_default()))))
+                    Some((
+                        re,
+                        Arc::from(convert::regex_replacement(
+                            rr.rewrite.as_deref().unwrap_or_default(),
+                        )),
+                    ))
                 }
             };
             Some(Rewrite {
                 uri: rw.uri.as_deref().map(Arc::from),
-                authority: rw.authority.as_deref().and_then(|a| convert::header_value(p, &format!("{at}.authority"), a)),
+                authority: rw
+                    .authority
+                    .as_deref()
+                    .and_then(|a| convert::header_value(p, &format!("{at}.authority"), a)),
                 uri_regex,
                 matched_prefix: None,
             })
@@ -1058,7 +1326,8 @@ impl RouteTable {
                 },
                 self.host_rate_limits.get(host).cloned(),
             );
-            self.default_routes.insert((host.clone(), *port), Arc::new(route));
+            self.default_routes
+                .insert((host.clone(), *port), Arc::new(route));
         }
     }
 
@@ -1094,7 +1363,10 @@ impl RegistryHost {
 
 /// The route of a host without a VirtualService (or of an address nothing names): forward
 /// to it, with Istio's default retries.
-pub(super) fn default_route(destination: Destination, rate_limit: Option<Arc<RateLimit>>) -> HttpRoute {
+pub(super) fn default_route(
+    destination: Destination,
+    rate_limit: Option<Arc<RateLimit>>,
+) -> HttpRoute {
     HttpRoute {
         name: "default".into(),
         virtual_service: None,
@@ -1129,10 +1401,17 @@ pub(super) fn host_matches(pattern: &Host, host: &Host) -> bool {
 }
 
 fn policy_level(p: &mut Problems, field: &str, tp: &istio::TrafficPolicy) -> PolicyLevel {
-    let parts = |p: &mut Problems, at: &str, lb: Option<&istio::LoadBalancerSettings>, pool: Option<&istio::ConnectionPoolSettings>, od: Option<&istio::OutlierDetection>| PolicyParts {
-        load_balancer: lb.and_then(|lb| convert::load_balancer(p, &format!("{at}.loadBalancer"), lb)),
-        connection_pool: pool.map(|c| convert::connection_pool(p, &format!("{at}.connectionPool"), c)),
-        outlier_detection: od.map(|o| convert::outlier_detection(p, &format!("{at}.outlierDetection"), o)),
+    let parts = |p: &mut Problems,
+                 at: &str,
+                 lb: Option<&istio::LoadBalancerSettings>,
+                 pool: Option<&istio::ConnectionPoolSettings>,
+                 od: Option<&istio::OutlierDetection>| PolicyParts {
+        load_balancer: lb
+            .and_then(|lb| convert::load_balancer(p, &format!("{at}.loadBalancer"), lb)),
+        connection_pool: pool
+            .map(|c| convert::connection_pool(p, &format!("{at}.connectionPool"), c)),
+        outlier_detection: od
+            .map(|o| convert::outlier_detection(p, &format!("{at}.outlierDetection"), o)),
     };
     let mut ports = Vec::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
@@ -1141,11 +1420,28 @@ fn policy_level(p: &mut Problems, field: &str, tp: &istio::TrafficPolicy) -> Pol
             p.add(format!("{at}.port.number"), MISSING);
             continue;
         };
-        let Some(port) = convert::port(p, &format!("{at}.port.number"), number) else { continue };
-        ports.push((port, parts(p, &at, pl.load_balancer.as_ref(), pl.connection_pool.as_ref(), pl.outlier_detection.as_ref())));
+        let Some(port) = convert::port(p, &format!("{at}.port.number"), number) else {
+            continue;
+        };
+        ports.push((
+            port,
+            parts(
+                p,
+                &at,
+                pl.load_balancer.as_ref(),
+                pl.connection_pool.as_ref(),
+                pl.outlier_detection.as_ref(),
+            ),
+        ));
     }
     PolicyLevel {
-        parts: parts(p, field, tp.load_balancer.as_ref(), tp.connection_pool.as_ref(), tp.outlier_detection.as_ref()),
+        parts: parts(
+            p,
+            field,
+            tp.load_balancer.as_ref(),
+            tp.connection_pool.as_ref(),
+            tp.outlier_detection.as_ref(),
+        ),
         ports,
     }
 }
@@ -1167,7 +1463,14 @@ fn l4_attrs<'a>(
     gateways: &'a [String],
     source_namespace: Option<&'a String>,
 ) -> L4Attrs<'a> {
-    L4Attrs { sni_hosts, destination_subnets, port, source_labels, gateways, source_namespace }
+    L4Attrs {
+        sni_hosts,
+        destination_subnets,
+        port,
+        source_labels,
+        gateways,
+        source_namespace,
+    }
 }
 
 /// `None` for a bad block, or one bound only to gateways (it never matches mesh traffic).
@@ -1197,9 +1500,14 @@ fn l4_match(p: &mut Problems, field: &str, m: &L4Attrs<'_>) -> Option<L4Match> {
 fn http_match(p: &mut Problems, field: &str, m: &istio::HttpMatchRequest) -> Option<HttpMatch> {
     let before = p.list.len();
     let one = |p: &mut Problems, name: &str, v: Option<&istio::StringMatch>, ignore_case: bool| {
-        v.and_then(|v| convert::string_match(p, &format!("{field}.{name}"), v, false, ignore_case).flatten())
+        v.and_then(|v| {
+            convert::string_match(p, &format!("{field}.{name}"), v, false, ignore_case).flatten()
+        })
     };
-    let map = |p: &mut Problems, name: &str, v: &BTreeMap<String, istio::StringMatch>| -> Vec<(http::HeaderName, Option<StringMatch>)> {
+    let map = |p: &mut Problems,
+               name: &str,
+               v: &BTreeMap<String, istio::StringMatch>|
+     -> Vec<(http::HeaderName, Option<StringMatch>)> {
         v.iter()
             .filter_map(|(key, m)| {
                 let at = format!("{field}.{name}.{key}");
@@ -1219,7 +1527,18 @@ fn http_match(p: &mut Problems, field: &str, m: &istio::HttpMatchRequest) -> Opt
         query_params: m
             .query_params
             .iter()
-            .filter_map(|(key, v)| Some((key.clone(), convert::string_match(p, &format!("{field}.queryParams.{key}"), v, true, false)?)))
+            .filter_map(|(key, v)| {
+                Some((
+                    key.clone(),
+                    convert::string_match(
+                        p,
+                        &format!("{field}.queryParams.{key}"),
+                        v,
+                        true,
+                        false,
+                    )?,
+                ))
+            })
             .collect(),
         port: match m.port {
             Some(n) => convert::port(p, &format!("{field}.port"), n),
@@ -1255,7 +1574,9 @@ fn service_endpoints(
     let mut endpoints: Vec<ClusterEndpoint> = workloads
         .iter()
         .filter(|w| w.ready && crate::state::selects(service, w))
-        .filter(|w| subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))))
+        .filter(|w| {
+            subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        })
         .filter_map(|w| {
             Some(ClusterEndpoint {
                 addr: SocketAddrV4::new(w.ip?, crate::state::target_port(service_port, w)?),
@@ -1276,7 +1597,9 @@ fn entry_endpoints(
 ) -> Vec<ClusterEndpoint> {
     let mut out: Vec<ClusterEndpoint> = endpoints
         .iter()
-        .filter(|e| subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+        .filter(|e| {
+            subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        })
         .filter_map(|e| {
             let ip = e.address?;
             let number = port
@@ -1302,22 +1625,38 @@ fn common_version(endpoints: &[ClusterEndpoint]) -> Option<Arc<str>> {
         .iter()
         .map(|e| e.workload.as_ref().and_then(|w| w.labels.get("version")));
     let first = versions.next()??;
-    versions.all(|v| v == Some(first)).then(|| first.as_str().into())
+    versions
+        .all(|v| v == Some(first))
+        .then(|| first.as_str().into())
 }
 
 /// Istio's MeshConfig as [`MeshSettings`]; `field` prefixes the paths in errors (e.g.
 /// `data.mesh`).
-pub fn mesh_settings(config: &istio::MeshConfig, field: &str) -> Result<MeshSettings, Vec<(String, String)>> {
+pub fn mesh_settings(
+    config: &istio::MeshConfig,
+    field: &str,
+) -> Result<MeshSettings, Vec<(String, String)>> {
     let mut p = Problems::default();
-    let outbound_traffic_policy = match config.outbound_traffic_policy.as_ref().and_then(|o| o.mode.as_deref()) {
+    let outbound_traffic_policy = match config
+        .outbound_traffic_policy
+        .as_ref()
+        .and_then(|o| o.mode.as_deref())
+    {
         None | Some("ALLOW_ANY") => OutboundTrafficPolicy::AllowAny,
         Some("REGISTRY_ONLY") => OutboundTrafficPolicy::RegistryOnly,
         Some(other) => {
-            p.add(format!("{field}.outboundTrafficPolicy.mode"), format!("unknown mode {other:?}: expected ALLOW_ANY or REGISTRY_ONLY"));
+            p.add(
+                format!("{field}.outboundTrafficPolicy.mode"),
+                format!("unknown mode {other:?}: expected ALLOW_ANY or REGISTRY_ONLY"),
+            );
             OutboundTrafficPolicy::AllowAny
         }
     };
-    let protocol_detection_timeout = convert::opt_duration(&mut p, &format!("{field}.protocolDetectionTimeout"), config.protocol_detection_timeout.as_ref());
+    let protocol_detection_timeout = convert::opt_duration(
+        &mut p,
+        &format!("{field}.protocolDetectionTimeout"),
+        config.protocol_detection_timeout.as_ref(),
+    );
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,

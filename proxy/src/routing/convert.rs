@@ -41,7 +41,11 @@ pub(super) fn duration(p: &mut Problems, field: &str, value: &str) -> Option<Dur
         .ok()
 }
 
-pub(super) fn opt_duration(p: &mut Problems, field: &str, value: Option<&String>) -> Option<Duration> {
+pub(super) fn opt_duration(
+    p: &mut Problems,
+    field: &str,
+    value: Option<&String>,
+) -> Option<Duration> {
     value.and_then(|v| duration(p, field, v))
 }
 
@@ -54,7 +58,10 @@ pub(super) fn int_in<T: TryFrom<i64>>(
     max: i64,
 ) -> Option<T> {
     if value < min || value > max {
-        p.add(field, format!("expected an integer {min}-{max}, got {value}"));
+        p.add(
+            field,
+            format!("expected an integer {min}-{max}, got {value}"),
+        );
         return None;
     }
     T::try_from(value).ok()
@@ -232,7 +239,11 @@ pub fn grpc_status_name(code: u32) -> &'static str {
         .map_or("UNKNOWN", |(name, _)| name)
 }
 
-pub(super) fn retries(p: &mut Problems, field: &str, retry: Option<&istio::HttpRetry>) -> RetryPolicy {
+pub(super) fn retries(
+    p: &mut Problems,
+    field: &str,
+    retry: Option<&istio::HttpRetry>,
+) -> RetryPolicy {
     let Some(retry) = retry else {
         return default_retry_policy();
     };
@@ -288,7 +299,9 @@ fn retry_on(p: &mut Problems, field: &str, list: &str) -> RetryOn {
             },
         }
     }
-    if list.split(',').any(|t| t.trim() == "retriable-status-codes")
+    if list
+        .split(',')
+        .any(|t| t.trim() == "retriable-status-codes")
         && on.retriable_status_codes.is_empty()
     {
         on.retriable_status_codes.push(503);
@@ -373,7 +386,9 @@ pub(super) fn cors(p: &mut Problems, field: &str, cors: &istio::CorsPolicy) -> C
         .allow_origins
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| string_match(p, &format!("{field}.allowOrigins[{i}]"), m, false, false)?)
+        .filter_map(|(i, m)| {
+            string_match(p, &format!("{field}.allowOrigins[{i}]"), m, false, false)?
+        })
         .collect();
     allow_origins.extend(cors.allow_origin.iter().map(|origin| {
         if origin == "*" {
@@ -396,7 +411,12 @@ pub(super) fn cors(p: &mut Problems, field: &str, cors: &istio::CorsPolicy) -> C
             .enumerate()
             .filter_map(|(i, m)| {
                 http::Method::from_bytes(m.as_bytes())
-                    .map_err(|_| p.add(format!("{field}.allowMethods[{i}]"), format!("{m:?} is not an HTTP method")))
+                    .map_err(|_| {
+                        p.add(
+                            format!("{field}.allowMethods[{i}]"),
+                            format!("{m:?} is not an HTTP method"),
+                        )
+                    })
                     .ok()
             })
             .collect(),
@@ -450,7 +470,8 @@ pub(super) fn export_to(p: &mut Problems, field: &str, list: &[String], own: &st
 
 fn is_dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -465,7 +486,9 @@ pub struct Subnet {
 impl Subnet {
     #[must_use]
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
 }
@@ -565,9 +588,13 @@ fn consistent_hash(
             let table_size = match maglev.table_size {
                 None => 65537,
                 Some(size) => {
-                    let size: u64 = int_in(p, &format!("{field}.maglev.tableSize"), size, 1, 5_000_011)?;
+                    let size: u64 =
+                        int_in(p, &format!("{field}.maglev.tableSize"), size, 1, 5_000_011)?;
                     if !is_prime(size) {
-                        p.add(format!("{field}.maglev.tableSize"), format!("{size} is not a prime number"));
+                        p.add(
+                            format!("{field}.maglev.tableSize"),
+                            format!("{size} is not a prime number"),
+                        );
                         return None;
                     }
                     size
@@ -607,12 +634,28 @@ pub(super) fn connection_pool(
     let http = pool.http.clone().unwrap_or_default();
     ConnectionPool {
         max_connections: count(p, "tcp.maxConnections", tcp.max_connections),
-        connect_timeout: opt_duration(p, &format!("{field}.tcp.connectTimeout"), tcp.connect_timeout.as_ref()),
-        http1_max_pending_requests: count(p, "http.http1MaxPendingRequests", http.http1_max_pending_requests),
+        connect_timeout: opt_duration(
+            p,
+            &format!("{field}.tcp.connectTimeout"),
+            tcp.connect_timeout.as_ref(),
+        ),
+        http1_max_pending_requests: count(
+            p,
+            "http.http1MaxPendingRequests",
+            http.http1_max_pending_requests,
+        ),
         http2_max_requests: count(p, "http.http2MaxRequests", http.http2_max_requests),
-        max_requests_per_connection: count(p, "http.maxRequestsPerConnection", http.max_requests_per_connection),
+        max_requests_per_connection: count(
+            p,
+            "http.maxRequestsPerConnection",
+            http.max_requests_per_connection,
+        ),
         max_retries: count(p, "http.maxRetries", http.max_retries),
-        idle_timeout: opt_duration(p, &format!("{field}.http.idleTimeout"), http.idle_timeout.as_ref()),
+        idle_timeout: opt_duration(
+            p,
+            &format!("{field}.http.idleTimeout"),
+            http.idle_timeout.as_ref(),
+        ),
     }
 }
 
@@ -624,18 +667,37 @@ pub(super) fn outlier_detection(
     // 0 turns a kind of error off; Istio's default is 5 consecutive 5xx.
     let errors = |p: &mut Problems, at: &str, v: Option<i64>, default: Option<u32>| match v {
         None => default,
-        Some(v) => int_in::<u32>(p, &format!("{field}.{at}"), v, 0, i64::from(u32::MAX)).filter(|v| *v > 0),
+        Some(v) => {
+            int_in::<u32>(p, &format!("{field}.{at}"), v, 0, i64::from(u32::MAX)).filter(|v| *v > 0)
+        }
     };
     let percent = |p: &mut Problems, at: &str, v: Option<i64>, default: u32| {
-        v.map_or(Some(default), |v| int_in(p, &format!("{field}.{at}"), v, 0, 100)).unwrap_or(default)
+        v.map_or(Some(default), |v| {
+            int_in(p, &format!("{field}.{at}"), v, 0, 100)
+        })
+        .unwrap_or(default)
     };
     OutlierDetection {
-        consecutive_5xx_errors: errors(p, "consecutive5xxErrors", od.consecutive_5xx_errors, Some(5)),
-        consecutive_gateway_errors: errors(p, "consecutiveGatewayErrors", od.consecutive_gateway_errors, None),
+        consecutive_5xx_errors: errors(
+            p,
+            "consecutive5xxErrors",
+            od.consecutive_5xx_errors,
+            Some(5),
+        ),
+        consecutive_gateway_errors: errors(
+            p,
+            "consecutiveGatewayErrors",
+            od.consecutive_gateway_errors,
+            None,
+        ),
         interval: opt_duration(p, &format!("{field}.interval"), od.interval.as_ref())
             .unwrap_or(Duration::from_secs(10)),
-        base_ejection_time: opt_duration(p, &format!("{field}.baseEjectionTime"), od.base_ejection_time.as_ref())
-            .unwrap_or(Duration::from_secs(30)),
+        base_ejection_time: opt_duration(
+            p,
+            &format!("{field}.baseEjectionTime"),
+            od.base_ejection_time.as_ref(),
+        )
+        .unwrap_or(Duration::from_secs(30)),
         max_ejection_percent: percent(p, "maxEjectionPercent", od.max_ejection_percent, 10),
         min_health_percent: percent(p, "minHealthPercent", od.min_health_percent, 0),
     }
@@ -666,7 +728,11 @@ pub fn service_port_protocol(name: Option<&str>, app_protocol: Option<&str>) -> 
     .unwrap_or(PortProtocol::Sniff)
 }
 
-pub(super) fn service_entry_protocol(p: &mut Problems, field: &str, protocol: Option<&str>) -> Option<PortProtocol> {
+pub(super) fn service_entry_protocol(
+    p: &mut Problems,
+    field: &str,
+    protocol: Option<&str>,
+) -> Option<PortProtocol> {
     let Some(protocol) = protocol else {
         return Some(PortProtocol::Sniff);
     };

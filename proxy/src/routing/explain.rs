@@ -12,8 +12,8 @@ use super::compile::{CompiledHttpRoute, CompiledL4Route, RouteTable};
 use super::convert::grpc_status_name;
 use super::decision::{
     AbortKind, Cluster, Destination, HashAlgorithm, HashKey, HttpAction, HttpDecision, HttpRoute,
-    LoadBalancer, OutboundTarget, PortProtocol, RequestFacts, TcpDecision,
-    TrafficPolicy, WeightedDestination,
+    LoadBalancer, OutboundTarget, PortProtocol, RequestFacts, TcpDecision, TrafficPolicy,
+    WeightedDestination,
 };
 use super::table::{Trace, describe_http_match, describe_l4_match, describe_string_match};
 use crate::state::Workload;
@@ -96,9 +96,17 @@ pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
                     routes.extend(vs.http.iter().map(|r| http_route_view(r)));
                 }
                 if port.protocol != PortProtocol::Tls {
-                    routes.extend(vs.tcp.iter().map(|r| l4_route_view(r, "tcp", &vs.object.to_string())));
+                    routes.extend(
+                        vs.tcp
+                            .iter()
+                            .map(|r| l4_route_view(r, "tcp", &vs.object.to_string())),
+                    );
                 }
-                routes.extend(vs.tls.iter().map(|r| l4_route_view(r, "tls", &vs.object.to_string())));
+                routes.extend(
+                    vs.tls
+                        .iter()
+                        .map(|r| l4_route_view(r, "tls", &vs.object.to_string())),
+                );
             }
             if routes.is_empty() {
                 if let Some(default) = table.default_routes.get(&(entry.host.clone(), port.port)) {
@@ -115,7 +123,10 @@ pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
                 host: entry.host.to_string(),
                 port: port.port,
                 protocol: protocol_name(port.protocol).into(),
-                virtual_services: virtual_services.iter().map(|vs| vs.object.to_string()).collect(),
+                virtual_services: virtual_services
+                    .iter()
+                    .map(|vs| vs.object.to_string())
+                    .collect(),
                 destination_rule: rule.map(|r| r.object.to_string()),
                 routes,
                 clusters: clusters.into_iter().map(|c| cluster_view(c)).collect(),
@@ -136,7 +147,11 @@ fn protocol_name(protocol: PortProtocol) -> &'static str {
 }
 
 fn http_route_view(route: &CompiledHttpRoute) -> RouteView {
-    route_view(&route.route, "http", route.matches.iter().map(describe_http_match).collect())
+    route_view(
+        &route.route,
+        "http",
+        route.matches.iter().map(describe_http_match).collect(),
+    )
 }
 
 fn l4_route_view(route: &CompiledL4Route, section: &str, vs: &str) -> RouteView {
@@ -162,7 +177,10 @@ fn destination_view(d: &WeightedDestination) -> DestinationView {
 
 fn route_view(route: &HttpRoute, section: &str, matches: Vec<Vec<String>>) -> RouteView {
     let (action, destinations) = match &route.action {
-        HttpAction::Forward(list) => ("forward".to_owned(), list.iter().map(destination_view).collect()),
+        HttpAction::Forward(list) => (
+            "forward".to_owned(),
+            list.iter().map(destination_view).collect(),
+        ),
         HttpAction::Redirect(r) => (
             format!(
                 "redirect {} to {}{}{}",
@@ -174,7 +192,13 @@ fn route_view(route: &HttpRoute, section: &str, matches: Vec<Vec<String>>) -> Ro
             Vec::new(),
         ),
         HttpAction::DirectResponse { status, body } => (
-            format!("direct response {}{}", status.as_u16(), body.as_ref().map(|b| format!(" ({} bytes)", b.len())).unwrap_or_default()),
+            format!(
+                "direct response {}{}",
+                status.as_u16(),
+                body.as_ref()
+                    .map(|b| format!(" ({} bytes)", b.len()))
+                    .unwrap_or_default()
+            ),
             Vec::new(),
         ),
     };
@@ -212,37 +236,65 @@ fn route_policies(route: &HttpRoute) -> Vec<String> {
         .map(|(_, name)| (*name).to_owned())
         .collect();
         if !on.retriable_status_codes.is_empty() {
-            conditions.push(format!("retriable-status-codes {:?}", on.retriable_status_codes));
+            conditions.push(format!(
+                "retriable-status-codes {:?}",
+                on.retriable_status_codes
+            ));
         }
-        conditions.extend(on.grpc_codes.iter().map(|c| format!("grpc {}", grpc_status_name(*c))));
+        conditions.extend(
+            on.grpc_codes
+                .iter()
+                .map(|c| format!("grpc {}", grpc_status_name(*c))),
+        );
         out.push(format!(
             "retry {} attempts on {}{}",
             retries.attempts,
             conditions.join(","),
-            retries.per_try_timeout.map(|t| format!(", per try {t:?}")).unwrap_or_default()
+            retries
+                .per_try_timeout
+                .map(|t| format!(", per try {t:?}"))
+                .unwrap_or_default()
         ));
     }
     if let Some(fault) = &route.fault {
         if let Some(delay) = &fault.delay {
-            out.push(format!("fault delay {:?} for {}% of requests (DI)", delay.fixed_delay, delay.percentage));
+            out.push(format!(
+                "fault delay {:?} for {}% of requests (DI)",
+                delay.fixed_delay, delay.percentage
+            ));
         }
         if let Some(abort) = &fault.abort {
             let what = match abort.kind {
                 AbortKind::Http(status) => format!("HTTP {}", status.as_u16()),
                 AbortKind::Grpc(code) => format!("grpc-status {code} ({})", grpc_status_name(code)),
             };
-            out.push(format!("fault abort {what} for {}% of requests (FI)", abort.percentage));
+            out.push(format!(
+                "fault abort {what} for {}% of requests (FI)",
+                abort.percentage
+            ));
         }
     }
     for mirror in &route.mirrors {
-        out.push(format!("mirror {}% to {}", mirror.percentage, describe_destination(&mirror.destination)));
+        out.push(format!(
+            "mirror {}% to {}",
+            mirror.percentage,
+            describe_destination(&mirror.destination)
+        ));
     }
     if let Some(cors) = &route.cors {
-        let origins: Vec<String> = cors.allow_origins.iter().map(describe_string_match).collect();
+        let origins: Vec<String> = cors
+            .allow_origins
+            .iter()
+            .map(describe_string_match)
+            .collect();
         out.push(format!(
             "CORS origins [{}] methods [{}]",
             origins.join(", "),
-            cors.allow_methods.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+            cors.allow_methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     if let Some(rewrite) = &route.rewrite {
@@ -293,14 +345,19 @@ fn describe_lb(lb: &LoadBalancer) -> String {
                 HashKey::Header(name) => format!("header {name}"),
                 HashKey::Cookie { name, path, ttl } => format!(
                     "cookie {name}{}{}",
-                    path.as_deref().map(|p| format!(" path {p}")).unwrap_or_default(),
-                    ttl.map(|t| format!(" ttl {t:?} (issued when absent)")).unwrap_or_default()
+                    path.as_deref()
+                        .map(|p| format!(" path {p}"))
+                        .unwrap_or_default(),
+                    ttl.map(|t| format!(" ttl {t:?} (issued when absent)"))
+                        .unwrap_or_default()
                 ),
                 HashKey::SourceIp => "source IP".into(),
                 HashKey::QueryParameter(name) => format!("query parameter {name}"),
             };
             let algorithm = match algorithm {
-                HashAlgorithm::RingHash { minimum_ring_size } => format!("ring hash, minimum ring {minimum_ring_size}"),
+                HashAlgorithm::RingHash { minimum_ring_size } => {
+                    format!("ring hash, minimum ring {minimum_ring_size}")
+                }
                 HashAlgorithm::Maglev { table_size } => format!("maglev, table {table_size}"),
             };
             format!("consistent hash on {key} ({algorithm})")
@@ -316,11 +373,26 @@ fn describe_policy(policy: &TrafficPolicy) -> (Option<String>, Option<String>) {
             parts.push(format!("{name} {v}"));
         }
     };
-    push("maxConnections", pool.max_connections.map(|v| v.to_string()));
-    push("connectTimeout", pool.connect_timeout.map(|v| format!("{v:?}")));
-    push("http1MaxPendingRequests", pool.http1_max_pending_requests.map(|v| v.to_string()));
-    push("http2MaxRequests", pool.http2_max_requests.map(|v| v.to_string()));
-    push("maxRequestsPerConnection", pool.max_requests_per_connection.map(|v| v.to_string()));
+    push(
+        "maxConnections",
+        pool.max_connections.map(|v| v.to_string()),
+    );
+    push(
+        "connectTimeout",
+        pool.connect_timeout.map(|v| format!("{v:?}")),
+    );
+    push(
+        "http1MaxPendingRequests",
+        pool.http1_max_pending_requests.map(|v| v.to_string()),
+    );
+    push(
+        "http2MaxRequests",
+        pool.http2_max_requests.map(|v| v.to_string()),
+    );
+    push(
+        "maxRequestsPerConnection",
+        pool.max_requests_per_connection.map(|v| v.to_string()),
+    );
     push("maxRetries", pool.max_retries.map(|v| v.to_string()));
     push("idleTimeout", pool.idle_timeout.map(|v| format!("{v:?}")));
     let pool = (!parts.is_empty()).then(|| format!("{} (overflow: 503 UO)", parts.join(", ")));
@@ -328,8 +400,10 @@ fn describe_policy(policy: &TrafficPolicy) -> (Option<String>, Option<String>) {
         format!(
             "eject after {} consecutive 5xx / {} gateway errors, every {:?}, for {:?} x ejections, \
              at most {}% ejected, off below {}% healthy",
-            o.consecutive_5xx_errors.map_or_else(|| "-".into(), |v| v.to_string()),
-            o.consecutive_gateway_errors.map_or_else(|| "-".into(), |v| v.to_string()),
+            o.consecutive_5xx_errors
+                .map_or_else(|| "-".into(), |v| v.to_string()),
+            o.consecutive_gateway_errors
+                .map_or_else(|| "-".into(), |v| v.to_string()),
             o.interval,
             o.base_ejection_time,
             o.max_ejection_percent,
@@ -402,44 +476,72 @@ pub struct DestinationExplanation {
 }
 
 /// Explains `request` sent by `source`.
-pub fn explain(table: &RouteTable, source: &Workload, request: &ExplainRequest) -> Result<Explanation, Error> {
+pub fn explain(
+    table: &RouteTable,
+    source: &Workload,
+    request: &ExplainRequest,
+) -> Result<Explanation, Error> {
     let url_error = |reason: &str| Error::Url {
         url: request.url.clone(),
         reason: reason.to_owned(),
     };
-    let uri: Uri = request.url.parse().map_err(|e: http::uri::InvalidUri| url_error(&e.to_string()))?;
-    let name = uri.host().ok_or_else(|| url_error("it has no host"))?.to_owned();
+    let uri: Uri = request
+        .url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_error(&e.to_string()))?;
+    let name = uri
+        .host()
+        .ok_or_else(|| url_error("it has no host"))?
+        .to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let method = match &request.method {
         None => Method::GET,
-        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| Error::Method { method: m.clone() })?,
+        Some(m) => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| Error::Method { method: m.clone() })?
+        }
     };
     let mut headers = HeaderMap::new();
     for header in &request.headers {
         let parsed = header.split_once(':').and_then(|(n, v)| {
-            Some((HeaderName::from_bytes(n.trim().as_bytes()).ok()?, HeaderValue::from_str(v.trim()).ok()?))
+            Some((
+                HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(v.trim()).ok()?,
+            ))
         });
-        let (name, value) = parsed.ok_or_else(|| Error::Header { header: header.clone() })?;
+        let (name, value) = parsed.ok_or_else(|| Error::Header {
+            header: header.clone(),
+        })?;
         headers.append(name, value);
     }
     let authority = headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .unwrap_or_else(|| uri.authority().map(|a| a.to_string()).unwrap_or_else(|| name.clone()));
+        .unwrap_or_else(|| {
+            uri.authority()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| name.clone())
+        });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let origin: Uri = path.parse().map_err(|e: http::uri::InvalidUri| url_error(&e.to_string()))?;
+    let origin: Uri = path
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_error(&e.to_string()))?;
 
     // What the client's DNS lookup would give: a Service's ClusterIP, a ServiceEntry address.
     let (dst, destination) = match name.parse::<Ipv4Addr>() {
         Ok(ip) => (SocketAddrV4::new(ip, port), format!("{ip}:{port}")),
         Err(_) => match table.host_by_name(&name, port, Some(source)) {
             Some(target) => match target.service.as_ref().and_then(|s| s.cluster_ip) {
-                Some(ip) => (SocketAddrV4::new(ip, port), format!("{ip}:{port} (ClusterIP of {})", target.host)),
+                Some(ip) => (
+                    SocketAddrV4::new(ip, port),
+                    format!("{ip}:{port} (ClusterIP of {})", target.host),
+                ),
                 None => (
                     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-                    format!("whatever DNS gives for {name} (port {port}); routed by the Host header"),
+                    format!(
+                        "whatever DNS gives for {name} (port {port}); routed by the Host header"
+                    ),
                 ),
             },
             None => (
@@ -471,15 +573,27 @@ pub fn explain(table: &RouteTable, source: &Workload, request: &ExplainRequest) 
         let sni = (protocol == PortProtocol::Tls).then_some(name.as_str());
         let decision = table.route_tcp(&target, sni, Some(source), Some(&mut trace));
         fill_trace(&mut explanation, &trace);
-        explanation.resolved_by = format!("port {port} is {} (routed at L4)", protocol_name(protocol));
+        explanation.resolved_by =
+            format!("port {port} is {} (routed at L4)", protocol_name(protocol));
         match decision {
-            TcpDecision::Forward { route_name, destinations, .. } => {
+            TcpDecision::Forward {
+                route_name,
+                destinations,
+                ..
+            } => {
                 explanation.outcome = format!("forward (route {route_name})");
                 explanation.weighted_pick = destinations.len() > 1;
-                explanation.destinations = destinations.iter().map(|d| explain_destination(table, d, port, None, source)).collect();
+                explanation.destinations = destinations
+                    .iter()
+                    .map(|d| explain_destination(table, d, port, None, source))
+                    .collect();
             }
-            TcpDecision::Passthrough => explanation.outcome = "passthrough to the original destination (ALLOW_ANY)".into(),
-            TcpDecision::BlockedByRegistryOnly => explanation.outcome = "blocked by REGISTRY_ONLY: the connection is closed".into(),
+            TcpDecision::Passthrough => {
+                explanation.outcome = "passthrough to the original destination (ALLOW_ANY)".into()
+            }
+            TcpDecision::BlockedByRegistryOnly => {
+                explanation.outcome = "blocked by REGISTRY_ONLY: the connection is closed".into()
+            }
         }
         return Ok(explanation);
     }
@@ -496,22 +610,41 @@ pub fn explain(table: &RouteTable, source: &Workload, request: &ExplainRequest) 
     match decision {
         HttpDecision::Route(route) => {
             explanation.outcome = format!("route {}", route.name);
-            let matches = trace.matched.as_ref().map(|m| vec![m.fields.clone()]).unwrap_or_default();
-            let section = if route.virtual_service.is_some() { "http" } else { "default" };
+            let matches = trace
+                .matched
+                .as_ref()
+                .map(|m| vec![m.fields.clone()])
+                .unwrap_or_default();
+            let section = if route.virtual_service.is_some() {
+                "http"
+            } else {
+                "default"
+            };
             explanation.route = Some(route_view(&route, section, matches));
             if let HttpAction::Forward(list) = &route.action {
                 explanation.weighted_pick = list.len() > 1;
-                explanation.destinations = list.iter().map(|d| explain_destination(table, d, port, Some(&facts), source)).collect();
+                explanation.destinations = list
+                    .iter()
+                    .map(|d| explain_destination(table, d, port, Some(&facts), source))
+                    .collect();
                 for d in &mut explanation.destinations {
-                    d.rate_limit = route.rate_limit.as_ref().map(|l| format!("{} rps, burst {} ({})", l.requests_per_second, l.burst, l.policy));
+                    d.rate_limit = route.rate_limit.as_ref().map(|l| {
+                        format!(
+                            "{} rps, burst {} ({})",
+                            l.requests_per_second, l.burst, l.policy
+                        )
+                    });
                 }
             }
         }
         HttpDecision::NoRouteMatched { virtual_service } => {
-            explanation.outcome = format!("no route of {virtual_service} (or the VirtualServices merged with it) matched: 404 NR");
+            explanation.outcome = format!(
+                "no route of {virtual_service} (or the VirtualServices merged with it) matched: 404 NR"
+            );
         }
         HttpDecision::BlockedByRegistryOnly { authority } => {
-            explanation.outcome = format!("blocked by REGISTRY_ONLY: {authority} is not in the registry: 502 NR");
+            explanation.outcome =
+                format!("blocked by REGISTRY_ONLY: {authority} is not in the registry: 502 NR");
         }
     }
     Ok(explanation)
@@ -520,17 +653,31 @@ pub fn explain(table: &RouteTable, source: &Workload, request: &ExplainRequest) 
 fn fill_trace(explanation: &mut Explanation, trace: &Trace) {
     explanation.host = trace.host.as_ref().map(ToString::to_string);
     explanation.resolved_by = trace.resolved_by.clone();
-    explanation.virtual_services = trace.virtual_services.iter().map(ToString::to_string).collect();
+    explanation.virtual_services = trace
+        .virtual_services
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     explanation.matched = trace.matched.as_ref().map(|m| {
         let block = match m.match_index {
             None => "it has no match block, so it matches every request".to_owned(),
             Some(i) => format!(
                 "match[{i}]{} matched: {}",
-                m.match_name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
-                if m.fields.is_empty() { "no conditions".to_owned() } else { m.fields.join(" AND ") }
+                m.match_name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                if m.fields.is_empty() {
+                    "no conditions".to_owned()
+                } else {
+                    m.fields.join(" AND ")
+                }
             ),
         };
-        format!("{} spec.{}[{}]: {block}; earlier routes did not match", m.virtual_service, m.section, m.route_index)
+        format!(
+            "{} spec.{}[{}]: {block}; earlier routes did not match",
+            m.virtual_service, m.section, m.route_index
+        )
     });
 }
 
@@ -543,7 +690,10 @@ fn explain_destination(
 ) -> DestinationExplanation {
     let (cluster, error) = match table.find_cluster(&d.destination, port) {
         Ok(cluster) => (Some(cluster), None),
-        Err(e) => (None, Some(format!("{e}: the request would get 503 (NC/UH)"))),
+        Err(e) => (
+            None,
+            Some(format!("{e}: the request would get 503 (NC/UH)")),
+        ),
     };
     let hash_key = cluster.as_ref().and_then(|c| match &c.policy.load_balancer {
         LoadBalancer::ConsistentHash { key, .. } => Some(match key {

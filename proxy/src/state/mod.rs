@@ -458,8 +458,8 @@ mod tests {
                 udp,
                 selectorless,
             ],
+            ..Default::default()
         }
-        ..Default::default()
     }
 
     /// What a route says, in strings, for comparing against a table.
