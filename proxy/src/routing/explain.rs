@@ -93,7 +93,7 @@ pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
             let l4 = matches!(port.protocol, PortProtocol::Tcp | PortProtocol::Tls);
             for vs in &virtual_services {
                 if !l4 {
-                    routes.extend(vs.http.iter().map(|r| http_route_view(r)));
+                    routes.extend(vs.http.iter().map(http_route_view));
                 }
                 if port.protocol != PortProtocol::Tls {
                     routes.extend(
@@ -108,10 +108,10 @@ pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
                         .map(|r| l4_route_view(r, "tls", &vs.object.to_string())),
                 );
             }
-            if routes.is_empty() {
-                if let Some(default) = table.default_routes.get(&(entry.host.clone(), port.port)) {
-                    routes.push(route_view(default, "default", Vec::new()));
-                }
+            if routes.is_empty()
+                && let Some(default) = table.default_routes.get(&(entry.host.clone(), port.port))
+            {
+                routes.push(route_view(default, "default", Vec::new()));
             }
             let mut clusters: Vec<&Arc<Cluster>> = table
                 .clusters
