@@ -101,13 +101,9 @@ pub enum HttpDecision {
     Route(Arc<HttpRoute>),
     /// No VirtualService route matched and there is no default (a VirtualService matched the
     /// host but none of its routes matched the request): 404 NR, as Envoy answers.
-    NoRouteMatched {
-        virtual_service: ObjectRef,
-    },
+    NoRouteMatched { virtual_service: ObjectRef },
     /// The host is unknown and the mesh is REGISTRY_ONLY: 502 NR.
-    BlockedByRegistryOnly {
-        authority: String,
-    },
+    BlockedByRegistryOnly { authority: String },
 }
 
 /// One route of a VirtualService (or the implicit default route of a host).
