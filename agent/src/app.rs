@@ -34,6 +34,8 @@ pub struct Options {
     pub capture_mode: CaptureMode,
     /// eBPF capture's options; iptables capture uses only the instance name.
     pub capture: CaptureOptions,
+    /// Flags that override the config (e.g. `--outbound-traffic-policy`).
+    pub load: config::LoadOptions,
 }
 
 impl Options {
@@ -75,7 +77,7 @@ pub enum Stopped {
 
 pub async fn run(options: Options) -> Result<Stopped, Error> {
     // Read first: a wrong --config-dir fails before anything is installed.
-    let initial = Snapshot::load(&options.config_dir)?;
+    let initial = Snapshot::load_with(&options.config_dir, &options.load)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
 

@@ -13,8 +13,10 @@ use shunt_agent::admin::api;
 use shunt_agent::admin::client::{self, AdminClient};
 use shunt_agent::app::{self, Options};
 use shunt_agent::capture::CaptureOptions;
+use shunt_agent::config::LoadOptions;
 use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_agent::shared_capture::{self, CaptureMode, Installed};
+use shunt_proxy::routing::OutboundTrafficPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]
@@ -45,6 +47,11 @@ struct Cli {
     /// read with EAGAIN (see ARCHITECTURE.md, "Same-netns shortcut").
     #[arg(long, conflicts_with = "uninstall")]
     sockmap_shortcut: bool,
+    /// The mesh's outbound policy for destinations outside the registry (Services and
+    /// ServiceEntries): pass them, or block them (502 for HTTP, a closed connection for TCP).
+    /// Wins over outboundTrafficPolicy.mode in the ConfigMap istio-system/istio.
+    #[arg(long, value_enum, value_name = "MODE", conflicts_with = "uninstall")]
+    outbound_traffic_policy: Option<OutboundPolicy>,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -52,6 +59,12 @@ struct Cli {
     /// one, which then exits), remove its sockets, and print what was removed.
     #[arg(long, conflicts_with = "config_dir")]
     uninstall: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutboundPolicy {
+    AllowAny,
+    RegistryOnly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,6 +119,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         run_dir,
         capture_mode: cli.capture,
         capture,
+        load: LoadOptions {
+            outbound_traffic_policy: cli.outbound_traffic_policy.map(|mode| match mode {
+                OutboundPolicy::AllowAny => OutboundTrafficPolicy::AllowAny,
+                OutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
+            }),
+        },
     };
     runtime.block_on(app::run(options))?;
     Ok(())

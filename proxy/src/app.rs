@@ -200,6 +200,7 @@ mod tests {
                 pod("shop", "api-a", [127, 0, 0, 2], "api"),
             ],
             services: vec![],
+            ..Default::default()
         };
         wire::send(&mut agent, &AgentMessage::State { state }, &[])
             .await

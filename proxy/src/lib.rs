@@ -4,6 +4,7 @@ pub mod app;
 pub mod control;
 pub mod drain;
 pub mod inpod;
+pub mod istio;
 pub mod netns;
 pub mod proxy;
 pub mod routing;

@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use shunt_proxy::routing::explain::{
+    ClusterView, DestinationExplanation, DestinationView, ExplainRequest, Explanation, HostRoutes,
+    RouteView,
+};
+
 use crate::config::{Config, LoadError};
 use crate::shared_capture::CaptureMode;
 
@@ -67,4 +72,21 @@ pub struct Uninstalled {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// `GET /routes/<NAMESPACE>/<POD>`: the effective routes of one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRoutes {
+    /// `namespace/name`.
+    pub pod: String,
+    pub hosts: Vec<HostRoutes>,
+}
+
+/// The body of `POST /explain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainQuery {
+    /// The sending pod, `namespace/name`.
+    pub from: String,
+    #[serde(flatten)]
+    pub request: ExplainRequest,
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -65,7 +65,22 @@ impl AdminClient {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// `POST path` with a JSON body.
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let body = serde_json::to_vec(body)?;
+        let answer = self.send(Method::POST, path, Bytes::from(body)).await?;
+        Ok(serde_json::from_slice(&answer)?)
+    }
+
     async fn request(&self, method: Method, path: &str) -> Result<Bytes, Error> {
+        self.send(method, path, Bytes::new()).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, Error> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -91,7 +106,8 @@ impl AdminClient {
             .method(method)
             .uri(path)
             .header(header::HOST, "shunt-agent")
-            .body(Empty::<Bytes>::new())?;
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
         let body = response

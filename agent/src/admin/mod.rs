@@ -6,6 +6,8 @@
 //! - `GET /workloads`: every pod, captured or not and why, netns cookie, proxy state;
 //! - `GET /config`: every object loaded, and the errors of the last load;
 //! - `GET /maps/<NAME>`: a map's entries;
+//! - `GET /routes/<NAMESPACE>/<POD>`: the effective routes of one pod;
+//! - `POST /explain` (`api::ExplainQuery`): a dry run of one request from one pod;
 //! - `POST /uninstall`: detaches and unpins everything, answers, then the agent exits.
 #![forbid(unsafe_code)]
 
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -25,6 +27,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use shunt_proxy::routing::{RouteTable, explain};
+use shunt_proxy::state::Workload;
 
 use crate::capture;
 use crate::config::Snapshot;
@@ -34,6 +39,8 @@ use crate::shared_capture::{self, Backend, Installed, SharedCapture};
 
 /// How long an answer being written may take once the agent stops (e.g. after uninstall).
 const DRAIN: Duration = Duration::from_secs(2);
+/// The largest request body read (`POST /explain`).
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,7 +101,7 @@ impl AdminServer {
 async fn serve(stream: UnixStream, context: Arc<AdminContext>, shutdown: CancellationToken) {
     let service = hyper::service::service_fn(move |request| {
         let context = Arc::clone(&context);
-        async move { Ok::<_, Infallible>(respond(&context, &request)) }
+        async move { Ok::<_, Infallible>(respond(&context, request).await) }
     });
     let connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -140,8 +147,16 @@ impl From<shared_capture::Error> for Failure {
     }
 }
 
-fn respond(context: &AdminContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match route(context, request.method(), request.uri().path()) {
+async fn respond(context: &AdminContext, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let answer = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(body) => route(context, &parts.method, parts.uri.path(), &body.to_bytes()),
+        Err(e) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
+        )),
+    };
+    let (status, body) = match answer {
         Ok(body) => (StatusCode::OK, body),
         Err(failure) => (
             failure.status,
@@ -163,6 +178,7 @@ fn route(
     context: &AdminContext,
     method: &Method,
     path: &str,
+    body: &[u8],
 ) -> Result<serde_json::Value, Failure> {
     let expect = |wanted: Method| {
         if *method == wanted {
@@ -192,6 +208,21 @@ fn route(
                 errors: snapshot.errors.clone(),
             })
         }
+        "/explain" => {
+            expect(Method::POST)?;
+            let query: api::ExplainQuery = serde_json::from_slice(body).map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not an explain query: {e}"),
+                )
+            })?;
+            let snapshot = Arc::clone(&context.config.borrow());
+            let source = pod(&snapshot, &query.from)?;
+            let (table, _) = RouteTable::build(&snapshot.mesh);
+            let explanation = explain::explain(&table, source, &query.request)
+                .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            serde_json::to_value(&explanation)
+        }
         "/uninstall" => {
             expect(Method::POST)?;
             let removed = context.capture.uninstall(&context.installed)?;
@@ -201,6 +232,17 @@ fn route(
             );
             context.uninstalled.cancel();
             serde_json::to_value(&api::Uninstalled { removed })
+        }
+        _ if path.starts_with("/routes/") => {
+            expect(Method::GET)?;
+            let name = path.trim_start_matches("/routes/");
+            let snapshot = Arc::clone(&context.config.borrow());
+            let source = pod(&snapshot, name)?;
+            let (table, _) = RouteTable::build(&snapshot.mesh);
+            serde_json::to_value(&api::PodRoutes {
+                pod: format!("{}/{}", source.namespace, source.name),
+                hosts: explain::pod_routes(&table, source),
+            })
         }
         _ => match path.strip_prefix("/maps/") {
             Some(name) if !name.is_empty() => {
@@ -212,7 +254,8 @@ fn route(
                     StatusCode::NOT_FOUND,
                     format!(
                         "no such endpoint {method} {path}; there are GET /status, GET \
-                         /workloads, GET /config, GET /maps/<NAME> and POST /uninstall"
+                         /workloads, GET /config, GET /maps/<NAME>, GET \
+                         /routes/<NAMESPACE>/<POD>, POST /explain and POST /uninstall"
                     ),
                 ));
             }
@@ -224,6 +267,27 @@ fn route(
             format!("cannot encode the answer: {e}"),
         )
     })
+}
+
+/// The pod `namespace/name` of the config, as a mesh workload.
+fn pod<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a Workload, Failure> {
+    let Some((namespace, pod)) = name.split_once('/') else {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?}: name the pod as NAMESPACE/NAME"),
+        ));
+    };
+    snapshot
+        .mesh
+        .workloads
+        .iter()
+        .find(|w| w.namespace == namespace && w.name == pod)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no pod {namespace}/{pod} in the config"),
+            )
+        })
 }
 
 fn status(context: &AdminContext) -> Result<api::Status, Failure> {

@@ -43,10 +43,14 @@ struct Admin {
 }
 
 async fn start() -> Admin {
+    start_with(CONFIG).await
+}
+
+async fn start_with(config_text: &str) -> Admin {
     let dir = tempfile::tempdir().unwrap();
     let config_dir = dir.path().join("config");
     std::fs::create_dir(&config_dir).unwrap();
-    std::fs::write(config_dir.join("node.yaml"), CONFIG).unwrap();
+    std::fs::write(config_dir.join("node.yaml"), config_text).unwrap();
     let snapshot = Snapshot::load(&config_dir).unwrap();
     let (_, config) = watch::channel(Arc::new(snapshot));
     let (_, node) = watch::channel(NodeView {
@@ -146,8 +150,21 @@ async fn errors_are_json_with_a_status_that_fits() {
             "/nope",
             404,
             "no such endpoint GET /nope; there are GET /status, GET /workloads, GET /config, \
-             GET /maps/<NAME> and POST /uninstall",
+             GET /maps/<NAME>, GET /routes/<NAMESPACE>/<POD>, POST /explain and POST /uninstall",
         ),
+        (
+            Method::GET,
+            "/routes/shop/nobody",
+            404,
+            "no pod shop/nobody in the config",
+        ),
+        (
+            Method::GET,
+            "/routes/web",
+            400,
+            "\"web\": name the pod as NAMESPACE/NAME",
+        ),
+        (Method::GET, "/explain", 405, "/explain takes POST, not GET"),
     ];
     for (method, path, status, message) in cases {
         let result = if method == Method::GET {
@@ -183,4 +200,143 @@ async fn a_missing_agent_is_named_with_its_instance() {
         err.to_string(),
         "no agent at /nonexistent/shunt/admin.sock: is shunt-agent running with --instance blue?"
     );
+}
+
+const ROUTES: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-v1, namespace: shop, labels: {app: cart, version: v1}}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-v2, namespace: shop, labels: {app: cart, version: v2}}
+status: {podIP: 10.0.0.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: cart}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http:
+    - name: jason
+      match: [{headers: {end-user: {exact: jason}}}]
+      route: [{destination: {host: cart, subset: v2}}]
+      fault: {abort: {httpStatus: 503, percentage: {value: 10}}}
+    - route:
+        - {destination: {host: cart, subset: v1}, weight: 80}
+        - {destination: {host: cart, subset: v2}, weight: 20}
+      timeout: 2s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec:
+  host: cart
+  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 10s}}}}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+#[tokio::test]
+async fn routes_and_explain_answer_from_the_current_config() {
+    let admin = start_with(ROUTES).await;
+    let routes: api::PodRoutes = admin.client.get("/routes/shop/web").await.unwrap();
+    assert_eq!(routes.pod, "shop/web");
+    let cart = &routes.hosts[0];
+    assert_eq!(
+        (cart.host.as_str(), cart.port, cart.protocol.as_str()),
+        ("cart.shop.svc.cluster.local", 80, "HTTP")
+    );
+    assert_eq!(
+        cart.routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["jason", "cart.1"]
+    );
+    assert_eq!(
+        cart.routes[0].matches,
+        vec![vec!["header end-user exact \"jason\"".to_owned()]]
+    );
+    assert!(
+        cart.routes[0]
+            .policies
+            .contains(&"fault abort HTTP 503 for 10% of requests (FI)".to_owned()),
+        "{:?}",
+        cart.routes[0].policies
+    );
+    assert_eq!(
+        cart.routes[1]
+            .destinations
+            .iter()
+            .map(|d| d.weight)
+            .collect::<Vec<_>>(),
+        vec![80, 20]
+    );
+    assert_eq!(
+        cart.destination_rule.as_deref(),
+        Some("DestinationRule shop/cart")
+    );
+
+    let query = api::ExplainQuery {
+        from: "shop/web".into(),
+        request: api::ExplainRequest {
+            url: "http://cart/items".into(),
+            method: None,
+            headers: vec!["Cookie: user=abc".into()],
+        },
+    };
+    let answer: api::Explanation = admin.client.post_json("/explain", &query).await.unwrap();
+    assert_eq!(answer.outcome, "route cart.1");
+    assert_eq!(
+        answer.destination,
+        "10.96.0.20:80 (ClusterIP of cart.shop.svc.cluster.local)"
+    );
+    assert!(answer.weighted_pick);
+    assert_eq!(
+        answer.matched.as_deref(),
+        Some(
+            "VirtualService shop/cart spec.http[1]: it has no match block, so it matches every request; earlier routes did not match"
+        )
+    );
+    let v1 = &answer.destinations[0];
+    assert_eq!(
+        v1.cluster.as_ref().map(|c| c.endpoints.clone()),
+        Some(vec!["10.0.0.6:8080 (shop/cart-v1)".to_owned()])
+    );
+    assert_eq!(v1.hash_key.as_deref(), Some("cookie user=\"abc\""));
+
+    let bad = api::ExplainQuery {
+        from: "shop/web".into(),
+        request: api::ExplainRequest {
+            url: "http://cart/".into(),
+            method: None,
+            headers: vec!["no colon".into()],
+        },
+    };
+    match admin
+        .client
+        .post_json::<_, api::Explanation>("/explain", &bad)
+        .await
+    {
+        Err(client::Error::Refused { status, message }) => assert_eq!(
+            (status.as_u16(), message.as_str()),
+            (
+                400,
+                "-H \"no colon\": expected 'name: value' with a valid header name and value"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    admin.shutdown.cancel();
 }

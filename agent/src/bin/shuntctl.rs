@@ -57,6 +57,29 @@ enum Command {
         #[command(subcommand)]
         command: MapsCommand,
     },
+    /// The effective routes of one pod: for each host and port it reaches that has a
+    /// VirtualService or DestinationRule, the routes in order, their matches, destinations,
+    /// weights and policies, and each subset's endpoints and traffic policy.
+    Routes {
+        /// The pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: String,
+    },
+    /// A dry run of one request: the route matched and why, the destination, subset and
+    /// endpoints, and the policies that would apply.
+    Explain {
+        /// The sending pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/POD")]
+        from: String,
+        /// e.g. http://cart.shop:8080/items?id=1
+        url: String,
+        /// A request header, 'name: value'; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The request method [default: GET].
+        #[arg(short = 'X', long = "request", value_name = "METHOD")]
+        method: Option<String>,
+    },
     /// Detach and unpin everything of this instance; the agent then exits.
     Uninstall,
 }
@@ -102,6 +125,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(&cli.instance),
         ),
     };
+    if let Command::Explain {
+        from,
+        url,
+        headers,
+        method,
+    } = &cli.command
+    {
+        let query = api::ExplainQuery {
+            from: from.clone(),
+            request: api::ExplainRequest {
+                url: url.clone(),
+                method: method.clone(),
+                headers: headers.clone(),
+            },
+        };
+        let body: serde_json::Value = agent.post_json("/explain", &query).await?;
+        if cli.output == Output::Json {
+            println!("{body:#}");
+        } else {
+            let answer = serde_json::from_value(body).context("unexpected answer from /explain")?;
+            print!("{}", explanation(&answer));
+        }
+        return Ok(());
+    }
     let (path, post) = match &cli.command {
         Command::Status => ("/status".to_owned(), false),
         Command::Workloads => ("/workloads".to_owned(), false),
@@ -111,7 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Maps {
             command: MapsCommand::Dump { name },
         } => (format!("/maps/{name}"), false),
+        Command::Routes { pod } => (format!("/routes/{pod}"), false),
         Command::Uninstall => ("/uninstall".to_owned(), true),
+        Command::Explain { .. } => return Ok(()),
     };
     let body: serde_json::Value = if post {
         agent.post(&path).await?
@@ -131,6 +180,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config { .. } => config(&serde_json::from_value(body).with_context(decode)?),
         Command::Maps { .. } => map_entries(&body),
+        Command::Routes { .. } => pod_routes(&serde_json::from_value(body).with_context(decode)?),
+        Command::Explain { .. } => String::new(),
         Command::Uninstall => {
             let answer: api::Uninstalled = serde_json::from_value(body).with_context(decode)?;
             uninstalled(&answer)
@@ -582,6 +633,148 @@ fn flat(value: &serde_json::Value) -> String {
             .join(" "),
         other => other.to_string(),
     }
+}
+
+fn destinations(list: &[api::DestinationView]) -> String {
+    list.iter()
+        .map(|d| {
+            let mut text = d.host.clone();
+            if let Some(port) = d.port {
+                text.push_str(&format!(":{port}"));
+            }
+            if let Some(subset) = &d.subset {
+                text.push_str(&format!(" ({subset})"));
+            }
+            format!("{text} {}%", d.weight)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn route_lines(out: &mut String, route: &api::RouteView, indent: &str) {
+    out.push_str(&format!(
+        "{indent}{} [{}{}]\n",
+        route.name,
+        route.section,
+        route
+            .virtual_service
+            .as_ref()
+            .map(|vs| format!(", {vs}"))
+            .unwrap_or_default()
+    ));
+    if route.matches.is_empty() {
+        out.push_str(&format!("{indent}  match: everything\n"));
+    }
+    for (i, block) in route.matches.iter().enumerate() {
+        let or = if i == 0 { "match:" } else { "   or:" };
+        out.push_str(&format!("{indent}  {or} {}\n", block.join(" AND ")));
+    }
+    if route.destinations.is_empty() {
+        out.push_str(&format!("{indent}  then: {}\n", route.action));
+    } else {
+        out.push_str(&format!(
+            "{indent}  to: {}\n",
+            destinations(&route.destinations)
+        ));
+    }
+    for policy in &route.policies {
+        out.push_str(&format!("{indent}  - {policy}\n"));
+    }
+}
+
+fn cluster_lines(out: &mut String, cluster: &api::ClusterView, indent: &str) {
+    out.push_str(&format!(
+        "{indent}{}: {}\n",
+        cluster.name, cluster.load_balancer
+    ));
+    let endpoints = if cluster.endpoints.is_empty() {
+        "(none)".to_owned()
+    } else {
+        cluster.endpoints.join(", ")
+    };
+    out.push_str(&format!("{indent}  endpoints: {endpoints}\n"));
+    if let Some(pool) = &cluster.connection_pool {
+        out.push_str(&format!("{indent}  connection pool: {pool}\n"));
+    }
+    if let Some(outlier) = &cluster.outlier_detection {
+        out.push_str(&format!("{indent}  outlier detection: {outlier}\n"));
+    }
+}
+
+fn pod_routes(routes: &api::PodRoutes) -> String {
+    if routes.hosts.is_empty() {
+        return format!(
+            "{}: no host it reaches has a VirtualService or DestinationRule (default routes only)\n",
+            routes.pod
+        );
+    }
+    let mut out = String::new();
+    for host in &routes.hosts {
+        out.push_str(&format!(
+            "{}:{} ({})\n",
+            host.host, host.port, host.protocol
+        ));
+        if let Some(rule) = &host.destination_rule {
+            out.push_str(&format!("  policy from {rule}\n"));
+        }
+        out.push_str("  routes, first match wins:\n");
+        for route in &host.routes {
+            route_lines(&mut out, route, "    ");
+        }
+        out.push_str("  clusters:\n");
+        for cluster in &host.clusters {
+            cluster_lines(&mut out, cluster, "    ");
+        }
+    }
+    out
+}
+
+fn explanation(answer: &api::Explanation) -> String {
+    let mut out = format!("{} from {}\n", answer.request, answer.source);
+    out.push_str(&format!("dials: {}\n", answer.destination));
+    if let Some(host) = &answer.host {
+        out.push_str(&format!("host: {host} ({})\n", answer.resolved_by));
+    } else if !answer.resolved_by.is_empty() {
+        out.push_str(&format!("host: none ({})\n", answer.resolved_by));
+    }
+    if !answer.virtual_services.is_empty() {
+        out.push_str(&format!(
+            "virtual services, in merge order: {}\n",
+            answer.virtual_services.join(", ")
+        ));
+    }
+    out.push_str(&format!("outcome: {}\n", answer.outcome));
+    if let Some(matched) = &answer.matched {
+        out.push_str(&format!("why: {matched}\n"));
+    }
+    if let Some(route) = &answer.route {
+        out.push_str("route:\n");
+        route_lines(&mut out, route, "  ");
+    }
+    if answer.weighted_pick {
+        out.push_str("destination: a weighted pick per request among:\n");
+    } else if !answer.destinations.is_empty() {
+        out.push_str("destination:\n");
+    }
+    for d in &answer.destinations {
+        out.push_str(&format!(
+            "  {}\n",
+            destinations(std::slice::from_ref(&d.destination))
+        ));
+        if let Some(cluster) = &d.cluster {
+            cluster_lines(&mut out, cluster, "    ");
+        }
+        if let Some(key) = &d.hash_key {
+            out.push_str(&format!("    hashed: {key}\n"));
+        }
+        if let Some(limit) = &d.rate_limit {
+            out.push_str(&format!("    rate limit: {limit}\n"));
+        }
+        if let Some(error) = &d.error {
+            out.push_str(&format!("    cannot dial: {error}\n"));
+        }
+    }
+    out
 }
 
 fn uninstalled(answer: &api::Uninstalled) -> String {

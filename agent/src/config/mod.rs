@@ -9,6 +9,7 @@ pub mod capture;
 pub mod kinds;
 pub mod mesh;
 mod parse;
+pub mod routing;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use shunt_proxy::state::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
 use kinds::{Namespace, Pod, Service};
+pub use routing::LoadOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,8 +50,14 @@ pub struct Config {
     pub pods: Vec<Sourced<Pod>>,
     pub services: Vec<Sourced<Service>>,
     /// Istio's kinds (`networking.istio.io`, `security.istio.io`, `telemetry.istio.io`), kept
-    /// as written for the L7 and security work.
+    /// as written; the routing ones are also parsed into `Snapshot::mesh`.
     pub istio: Vec<Sourced<serde_json::Value>>,
+    /// shunt's own kinds (`shunt.io/v1alpha1 RateLimitPolicy`), as written.
+    #[serde(default)]
+    pub shunt: Vec<Sourced<serde_json::Value>>,
+    /// `v1` ConfigMaps, as written; `istio-system/istio` carries Istio's MeshConfig.
+    #[serde(default)]
+    pub config_maps: Vec<Sourced<serde_json::Value>>,
 }
 
 /// A problem in the config: which file, which object, which field, and what is wrong.
@@ -86,19 +94,37 @@ pub struct Snapshot {
     /// One per pod, in `config.pods` order.
     pub pods: Vec<PodPlan>,
     pub mesh: MeshState,
+    /// The flags it was read with; a reload reads with the same.
+    pub options: LoadOptions,
 }
 
 impl Snapshot {
     /// Reads `dir`. Fails only when the directory cannot be listed; everything wrong inside it
     /// ends up in `errors`.
     pub fn load(dir: &Path) -> Result<Self, Error> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`Snapshot::load`], with the agent's flags applied over the config.
+    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Self, Error> {
         let (config, errors) = parse::load_dir(dir)?;
-        Ok(Self::from_config(dir, config, errors))
+        Ok(Self::from_config_with(dir, config, errors, options))
     }
 
     /// Plans capture for every pod and builds the mesh from parsed objects.
     #[must_use]
-    pub fn from_config(dir: &Path, config: Config, mut errors: Vec<LoadError>) -> Self {
+    pub fn from_config(dir: &Path, config: Config, errors: Vec<LoadError>) -> Self {
+        Self::from_config_with(dir, config, errors, &LoadOptions::default())
+    }
+
+    /// [`Snapshot::from_config`], with the agent's flags.
+    #[must_use]
+    pub fn from_config_with(
+        dir: &Path,
+        config: Config,
+        mut errors: Vec<LoadError>,
+        options: &LoadOptions,
+    ) -> Self {
         let namespaces: HashMap<&str, &Namespace> = config
             .namespaces
             .iter()
@@ -124,12 +150,14 @@ impl Snapshot {
             .iter()
             .map(|s| mesh::service(&s.object))
             .collect();
+        routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         Self {
             dir: dir.to_owned(),
             config,
             errors,
             pods,
             mesh,
+            options: options.clone(),
         }
     }
 }

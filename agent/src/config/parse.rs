@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::kinds::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
-use super::{Config, Error, LoadError, Sourced};
+use super::{Config, Error, LoadError, Sourced, routing};
+use shunt_proxy::istio::SHUNT_API_VERSION;
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
 const ISTIO_GROUPS: [&str; 3] = [
@@ -120,6 +121,9 @@ enum Kind {
     Pod,
     Service,
     Istio,
+    /// `shunt.io/v1alpha1 RateLimitPolicy`.
+    Shunt,
+    ConfigMap,
 }
 
 impl Kind {
@@ -286,6 +290,14 @@ impl Loader {
                 let raw = to_json(value, "")?;
                 self.config.istio.push(sourced(place, raw));
             }
+            Kind::Shunt => {
+                let raw = to_json(value, "")?;
+                self.config.shunt.push(sourced(place, raw));
+            }
+            Kind::ConfigMap => {
+                let raw = to_json(value, "")?;
+                self.config.config_maps.push(sourced(place, raw));
+            }
         }
         self.defined.insert(key, place.clone());
         Ok(())
@@ -320,16 +332,33 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
     if ISTIO_GROUPS.contains(&api_group(api_version)) {
         return Ok(Kind::Istio);
     }
+    if api_group(api_version) == routing::SHUNT_GROUP {
+        return match kind {
+            "RateLimitPolicy" if routing::is_shunt_version(api_version) => Ok(Kind::Shunt),
+            "RateLimitPolicy" => Err(Problem::at(
+                "apiVersion",
+                format!(
+                    "expected \"{SHUNT_API_VERSION}\" for a RateLimitPolicy, got {api_version:?}"
+                ),
+            )),
+            _ => Err(Problem::at(
+                "kind",
+                format!("unknown kind {kind:?} of {api_version:?}: shunt.io has RateLimitPolicy"),
+            )),
+        };
+    }
     let core = match kind {
         "Namespace" => Kind::Namespace,
         "Pod" => Kind::Pod,
         "Service" => Kind::Service,
+        "ConfigMap" => Kind::ConfigMap,
         _ => {
             return Err(Problem::at(
                 "kind",
                 format!(
                     "unknown kind {kind:?} (apiVersion {api_version:?}): local mode reads \
-                     Namespace, Pod and Service (v1) and the Istio kinds ({})",
+                     Namespace, Pod, Service and ConfigMap (v1), RateLimitPolicy \
+                     ({SHUNT_API_VERSION}) and the Istio kinds ({})",
                     ISTIO_GROUPS.join(", ")
                 ),
             ));

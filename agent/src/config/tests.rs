@@ -256,7 +256,7 @@ fn bad_fields_are_named_by_file_object_and_path() {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}".to_owned(),
             "Deployment web",
             Some("kind"),
-            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod and Service (v1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
+            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod, Service and ConfigMap (v1), RateLimitPolicy (shunt.io/v1alpha1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
         ),
         (
             "- just\n- a list".to_owned(),
@@ -464,4 +464,164 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
         snapshot.mesh.services[0].hostname(),
         "web.shop.svc.cluster.local"
     );
+}
+
+const ROUTING: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: cart}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http:
+    - name: checkout
+      match: [{uri: {prefix: /checkout}}]
+      route: [{destination: {host: cart, subset: v1}}]
+    - route:
+        - {destination: {host: cart, subset: v1}, weight: 50}
+        - {destination: {host: cart, subset: v2}, weight: 40}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: typo, namespace: shop}
+spec:
+  hosts: [cart]
+  http: [{route: [{destination: {host: cart}}], retries: {attempts: many}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec:
+  host: cart
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_CONN}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: shunt.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: cart-limit, namespace: shop}
+spec: {service: cart, requestsPerSecond: 10, burst: 20}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+    protocolDetectionTimeout: 250ms
+"#;
+
+#[test]
+fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
+    let (config, errors) = load(&[("routes.yaml", ROUTING)]);
+    assert_eq!(errors, vec![]);
+    let snapshot = Snapshot::from_config(Path::new("/cfg"), config, errors);
+    let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "routes.yaml: VirtualService shop/typo: spec.http[0].retries.attempts: invalid type: \
+             string \"many\", expected i64",
+            "routes.yaml: VirtualService shop/cart: spec.http[1].route: the weights of several \
+             destinations must sum to 100, got 90",
+        ]
+    );
+    let mesh = &snapshot.mesh;
+    assert!(
+        mesh.virtual_services.is_empty(),
+        "both VirtualServices are invalid"
+    );
+    assert_eq!(mesh.destination_rules.len(), 1);
+    assert_eq!(mesh.service_entries[0].spec.hosts, vec!["api.example.com"]);
+    assert_eq!(mesh.rate_limit_policies[0].spec.burst, Some(20));
+    assert_eq!(
+        mesh.mesh,
+        shunt_proxy::routing::MeshSettings {
+            outbound_traffic_policy: shunt_proxy::routing::OutboundTrafficPolicy::RegistryOnly,
+            protocol_detection_timeout: Some(std::time::Duration::from_millis(250)),
+        }
+    );
+    // What the agent sends compiles without a problem in the proxy.
+    assert_eq!(shunt_proxy::routing::validate(mesh), vec![]);
+}
+
+#[test]
+fn the_outbound_policy_flag_wins_over_the_config_map() {
+    let (config, errors) = load(&[("routes.yaml", ROUTING)]);
+    let options = LoadOptions {
+        outbound_traffic_policy: Some(shunt_proxy::routing::OutboundTrafficPolicy::AllowAny),
+    };
+    let snapshot = Snapshot::from_config_with(Path::new("/cfg"), config, errors, &options);
+    assert_eq!(
+        snapshot.mesh.mesh.outbound_traffic_policy,
+        shunt_proxy::routing::OutboundTrafficPolicy::AllowAny
+    );
+    assert_eq!(snapshot.options, options);
+}
+
+#[test]
+fn bad_mesh_settings_and_shunt_kinds_are_named() {
+    for (document, object, field, message) in [
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+             data: {mesh: 'outboundTrafficPolicy: {mode: DENY}'}",
+            "ConfigMap istio-system/istio",
+            "data.mesh.outboundTrafficPolicy.mode",
+            "unknown mode \"DENY\": expected ALLOW_ANY or REGISTRY_ONLY",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+             data: {mesh: 'protocolDetectionTimeout: soon'}",
+            "ConfigMap istio-system/istio",
+            "data.mesh.protocolDetectionTimeout",
+            "\"soon\" is not a duration: expected a number with a unit h, m, s, ms, us or ns, \
+             e.g. \"1s\", \"0.5s\", \"100ms\"",
+        ),
+        (
+            "apiVersion: shunt.io/v1\nkind: RateLimitPolicy\nmetadata: {name: r}",
+            "RateLimitPolicy r",
+            "apiVersion",
+            "expected \"shunt.io/v1alpha1\" for a RateLimitPolicy, got \"shunt.io/v1\"",
+        ),
+        (
+            "apiVersion: shunt.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: r}\n\
+             spec: {service: cart}",
+            "RateLimitPolicy default/r",
+            "spec.requestsPerSecond",
+            "required field is missing",
+        ),
+        (
+            "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: v}",
+            "VirtualService default/v",
+            "apiVersion",
+            "unsupported apiVersion \"networking.istio.io/v2\" for VirtualService: expected one \
+             of networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+        ),
+    ] {
+        let (config, errors) = load(&[("bad.yaml", document)]);
+        let snapshot = Snapshot::from_config(Path::new("/cfg"), config, errors);
+        assert_eq!(
+            snapshot.errors,
+            vec![LoadError {
+                file: PathBuf::from("bad.yaml"),
+                object: Some(object.to_owned()),
+                field: Some(field.to_owned()),
+                message: message.to_owned(),
+            }],
+            "{document}"
+        );
+    }
 }

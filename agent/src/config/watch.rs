@@ -77,7 +77,10 @@ async fn quiet(changed: &Notify) {
 
 async fn reload(dir: &Path, snapshots: &watch::Sender<Arc<Snapshot>>) {
     let path: PathBuf = dir.to_owned();
-    let loaded = match tokio::task::spawn_blocking(move || Snapshot::load(&path)).await {
+    let options = snapshots.borrow().options.clone();
+    let loaded = match tokio::task::spawn_blocking(move || Snapshot::load_with(&path, &options))
+        .await
+    {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!(error = %e, "reading the config dir failed; keeping the last config");

@@ -237,6 +237,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
         mesh: MeshState {
             workloads,
             services: vec![],
+            ..Default::default()
         },
         ..Snapshot::default()
     }

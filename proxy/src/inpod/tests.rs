@@ -53,6 +53,7 @@ fn mesh(rr_port: u16, echo_port: u16) -> MeshState {
                 &[(80, TargetPort::Number(80))],
             ),
         ],
+        ..Default::default()
     }
 }
 

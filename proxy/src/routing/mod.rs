@@ -1,6 +1,90 @@
 //! Istio traffic management, compiled: which route, which destination, which policy.
+//!
+//! [`RouteTable::build`] compiles a `MeshState`'s VirtualServices, DestinationRules,
+//! ServiceEntries and RateLimitPolicies; [`Routes`] is what the data path asks of it;
+//! [`explain`] is the same lookup with its reasons, for `shuntctl`.
 #![forbid(unsafe_code)]
 
+mod compile;
+mod convert;
 mod decision;
+pub mod explain;
+mod table;
+#[cfg(test)]
+mod tests;
 
+pub use compile::{RouteTable, mesh_settings};
+pub use convert::{Visibility, default_retry_policy, grpc_status_name, service_port_protocol};
 pub use decision::*;
+pub use table::{MatchedRoute, Trace};
+
+/// A problem in the Istio config. [`Error::Invalid`] drops its object whole; the others
+/// leave it applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{object}: {field}: {message}")]
+    Invalid {
+        object: ObjectRef,
+        field: String,
+        message: String,
+    },
+    #[error("{object}: {field}: {message}")]
+    Warning {
+        object: ObjectRef,
+        field: String,
+        message: String,
+    },
+    #[error(
+        "{ignored}: spec.host: host {host} already has {kept} (the first DestinationRule by \
+         namespace/name wins); this one is ignored"
+    )]
+    DuplicateDestinationRule {
+        host: Host,
+        kept: ObjectRef,
+        ignored: ObjectRef,
+    },
+}
+
+impl Error {
+    /// The object the problem is about.
+    #[must_use]
+    pub fn object(&self) -> &ObjectRef {
+        match self {
+            Self::Invalid { object, .. } | Self::Warning { object, .. } => object,
+            Self::DuplicateDestinationRule { ignored, .. } => ignored,
+        }
+    }
+
+    /// The field path, e.g. `spec.http[1].route[0].destination.host`.
+    #[must_use]
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Invalid { field, .. } | Self::Warning { field, .. } => field,
+            Self::DuplicateDestinationRule { .. } => "spec.host",
+        }
+    }
+
+    /// What is wrong, without the object and field.
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid { message, .. } | Self::Warning { message, .. } => message.clone(),
+            Self::DuplicateDestinationRule { host, kept, .. } => format!(
+                "host {host} already has {kept} (the first DestinationRule by namespace/name \
+                 wins); this one is ignored"
+            ),
+        }
+    }
+
+    /// Whether the object was left out of the table.
+    #[must_use]
+    pub fn drops_object(&self) -> bool {
+        matches!(self, Self::Invalid { .. })
+    }
+}
+
+/// Checks `state`'s Istio objects exactly as the proxy compiles them.
+#[must_use]
+pub fn validate(state: &crate::state::MeshState) -> Vec<Error> {
+    RouteTable::build(state).1
+}

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::routing::{self, RouteTable};
+
 /// A problem in a [`MeshState`]; the rest of the state still applies.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -23,6 +25,8 @@ pub enum Error {
         kept: String,
         ignored: String,
     },
+    #[error(transparent)]
+    Routing(#[from] routing::Error),
 }
 
 /// Where a connection to some address should go.
@@ -70,6 +74,8 @@ pub struct MeshIndex {
     /// Sorted by namespace and name, so every lookup that may match several answers the same.
     services: Vec<Arc<Service>>,
     cursors: HashMap<CursorKey, Arc<AtomicUsize>>,
+    /// The compiled Istio routing config of the same state.
+    routes: RouteTable,
 }
 
 impl MeshIndex {
@@ -143,12 +149,15 @@ impl MeshIndex {
             }
         }
 
+        let (routes, routing_errors) = RouteTable::build(state);
+        errors.extend(routing_errors.into_iter().map(Error::Routing));
         let index = Self {
             by_ip,
             by_uid,
             by_cluster_addr,
             services,
             cursors,
+            routes,
         };
         (index, errors)
     }
@@ -212,11 +221,52 @@ impl MeshIndex {
     pub fn service_count(&self) -> usize {
         self.services.len()
     }
+
+    /// The compiled routing config.
+    #[must_use]
+    pub fn route_table(&self) -> &RouteTable {
+        &self.routes
+    }
+}
+
+impl routing::Routes for MeshIndex {
+    fn outbound_target(&self, dst: SocketAddrV4) -> routing::OutboundTarget {
+        self.routes.outbound_target(dst)
+    }
+
+    fn http_route(
+        &self,
+        target: &routing::OutboundTarget,
+        request: &routing::RequestFacts<'_>,
+    ) -> routing::HttpDecision {
+        self.routes.http_route(target, request)
+    }
+
+    fn tcp_route(
+        &self,
+        target: &routing::OutboundTarget,
+        sni: Option<&str>,
+        source: Option<&Workload>,
+    ) -> routing::TcpDecision {
+        self.routes.tcp_route(target, sni, source)
+    }
+
+    fn cluster(
+        &self,
+        destination: &routing::Destination,
+        request_port: u16,
+    ) -> Result<Arc<routing::Cluster>, routing::ClusterError> {
+        self.routes.cluster(destination, request_port)
+    }
+
+    fn mesh(&self) -> &routing::MeshSettings {
+        self.routes.mesh()
+    }
 }
 
 /// Whether `service`'s selector picks `workload`. A Service without a selector has no
 /// endpoints in local mode.
-fn selects(service: &Service, workload: &Workload) -> bool {
+pub(crate) fn selects(service: &Service, workload: &Workload) -> bool {
     !service.selector.is_empty()
         && service.namespace == workload.namespace
         && service
@@ -227,7 +277,7 @@ fn selects(service: &Service, workload: &Workload) -> bool {
 
 /// `port`'s `targetPort` on `workload`: a number as is; a name through the pod's container
 /// ports (a pod without that named port is not an endpoint of it, as in Kubernetes).
-fn target_port(port: &ServicePort, workload: &Workload) -> Option<u16> {
+pub(crate) fn target_port(port: &ServicePort, workload: &Workload) -> Option<u16> {
     match &port.target_port {
         TargetPort::Number(number) => Some(*number),
         TargetPort::Name(name) => workload
@@ -276,6 +326,12 @@ impl StateStore {
         let (index, errors) = MeshIndex::build(state, &previous);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
         errors
+    }
+}
+
+impl routing::RouteSource for StateStore {
+    fn routes(&self) -> Arc<dyn routing::Routes> {
+        self.load()
     }
 }
 
@@ -402,6 +458,7 @@ mod tests {
                 udp,
                 selectorless,
             ],
+            ..Default::default()
         }
     }
 

@@ -6,11 +6,27 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// Everything the proxy needs to route and label connections.
+use crate::istio;
+use crate::routing::MeshSettings;
+
+/// Everything the proxy needs to route and label connections. The Istio objects are the
+/// agent's valid ones; every field after `services` defaults, so an older agent's state
+/// still decodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshState {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
+    #[serde(default)]
+    pub virtual_services: Vec<istio::VirtualService>,
+    #[serde(default)]
+    pub destination_rules: Vec<istio::DestinationRule>,
+    #[serde(default)]
+    pub service_entries: Vec<istio::ServiceEntry>,
+    #[serde(default)]
+    pub rate_limit_policies: Vec<istio::RateLimitPolicy>,
+    /// MeshConfig, with the agent's flags applied.
+    #[serde(default)]
+    pub mesh: MeshSettings,
 }
 
 /// One pod.

@@ -27,6 +27,7 @@ fn mesh() -> MeshState {
             pod("shop", "api-1", [127, 0, 0, 2], "api"),
         ],
         services: vec![],
+        ..Default::default()
     }
 }
 

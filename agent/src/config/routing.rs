@@ -1,0 +1,228 @@
+//! The traffic-management objects of the config: VirtualService, DestinationRule and
+//! ServiceEntry (`networking.istio.io` v1, v1beta1, v1alpha3), `shunt.io/v1alpha1
+//! RateLimitPolicy`, and the mesh settings of the ConfigMap `istio-system/istio`.
+//!
+//! Each is parsed into `shunt_proxy::istio`'s types (a bad field is named by its path), then
+//! checked by the very compiler the proxy runs (`shunt_proxy::routing`), so the agent reports
+//! exactly what the proxy would reject, and sends only the valid objects.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use shunt_proxy::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
+use shunt_proxy::routing::{self, MeshSettings, OutboundTrafficPolicy};
+use shunt_proxy::state::MeshState;
+
+use super::{Config, LoadError, Sourced};
+
+/// What the agent's flags set over the config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `--outbound-traffic-policy`: wins over the Istio ConfigMap.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// Parses and checks the routing objects of `config` into `mesh`; every problem goes to
+/// `errors`, and an invalid object is left out whole.
+pub fn add_to_mesh(
+    config: &Config,
+    options: &LoadOptions,
+    mesh: &mut MeshState,
+    errors: &mut Vec<LoadError>,
+) {
+    // Where each object came from, to name the file of a compile error.
+    let mut files: HashMap<(String, String, String), PathBuf> = HashMap::new();
+    for sourced in &config.istio {
+        let object = &sourced.object;
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !api_version.starts_with("networking.istio.io/") {
+            continue;
+        }
+        let known = matches!(kind, "VirtualService" | "DestinationRule" | "ServiceEntry");
+        if !known {
+            continue; // Gateway, Sidecar, ...: not for local mode's sidecar-less routing.
+        }
+        let (namespace, name) = names(object);
+        if !NETWORKING_VERSIONS.contains(&api_version) {
+            errors.push(LoadError {
+                file: sourced.file.clone(),
+                object: Some(format!("{kind} {namespace}/{name}")),
+                field: Some("apiVersion".into()),
+                message: format!(
+                    "unsupported apiVersion {api_version:?} for {kind}: expected one of {}",
+                    NETWORKING_VERSIONS.join(", ")
+                ),
+            });
+            continue;
+        }
+        files.insert(
+            (kind.to_owned(), namespace.clone(), name.clone()),
+            sourced.file.clone(),
+        );
+        match kind {
+            "VirtualService" => push_typed(sourced, kind, &mut mesh.virtual_services, errors),
+            "DestinationRule" => push_typed(sourced, kind, &mut mesh.destination_rules, errors),
+            _ => push_typed(sourced, kind, &mut mesh.service_entries, errors),
+        }
+    }
+    for sourced in &config.shunt {
+        let (namespace, name) = names(&sourced.object);
+        files.insert(
+            ("RateLimitPolicy".into(), namespace, name),
+            sourced.file.clone(),
+        );
+        push_typed(
+            sourced,
+            "RateLimitPolicy",
+            &mut mesh.rate_limit_policies,
+            errors,
+        );
+    }
+    mesh.mesh = mesh_settings(config, errors);
+    if let Some(policy) = options.outbound_traffic_policy {
+        mesh.mesh.outbound_traffic_policy = policy;
+    }
+
+    let problems = routing::validate(mesh);
+    let mut dropped: HashSet<(&'static str, String, String)> = HashSet::new();
+    for problem in &problems {
+        let object = problem.object();
+        let key = (
+            object.kind.to_owned(),
+            object.namespace.to_string(),
+            object.name.to_string(),
+        );
+        let mut message = problem.message();
+        if problem.drops_object() {
+            dropped.insert((
+                object.kind,
+                object.namespace.to_string(),
+                object.name.to_string(),
+            ));
+        } else if matches!(problem, routing::Error::Warning { .. }) {
+            message.push_str(" (a warning: the object still applies)");
+        }
+        errors.push(LoadError {
+            file: files.get(&key).cloned().unwrap_or_default(),
+            object: Some(object.to_string()),
+            field: Some(problem.field().to_owned()),
+            message,
+        });
+    }
+    let keep = |kind: &'static str, meta: &istio::Metadata| {
+        !dropped.contains(&(kind, meta.namespace.clone(), meta.name.clone()))
+    };
+    mesh.virtual_services
+        .retain(|o| keep("VirtualService", &o.metadata));
+    mesh.destination_rules
+        .retain(|o| keep("DestinationRule", &o.metadata));
+    mesh.service_entries
+        .retain(|o| keep("ServiceEntry", &o.metadata));
+    mesh.rate_limit_policies
+        .retain(|o| keep("RateLimitPolicy", &o.metadata));
+}
+
+fn names(object: &serde_json::Value) -> (String, String) {
+    let meta = &object["metadata"];
+    (
+        meta["namespace"]
+            .as_str()
+            .unwrap_or(istio::DEFAULT_NAMESPACE)
+            .to_owned(),
+        meta["name"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn push_typed<T: DeserializeOwned>(
+    sourced: &Sourced<serde_json::Value>,
+    kind: &str,
+    into: &mut Vec<T>,
+    errors: &mut Vec<LoadError>,
+) {
+    let (namespace, name) = names(&sourced.object);
+    let mut value = sourced.object.clone();
+    drop_nulls(&mut value);
+    match serde_path_to_error::deserialize(value) {
+        Ok(typed) => into.push(typed),
+        Err(e) => errors.push(LoadError {
+            file: sourced.file.clone(),
+            object: Some(format!("{kind} {namespace}/{name}")),
+            field: Some(e.path().to_string()),
+            message: e.inner().to_string(),
+        }),
+    }
+}
+
+/// YAML's empty sections (`http:`) are nulls; Kubernetes reads them as absent.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// `data.mesh` of the ConfigMap `istio-system/istio`, if there is one.
+fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
+    let (namespace, name) = MESH_CONFIG_MAP;
+    let Some(sourced) = config
+        .config_maps
+        .iter()
+        .find(|c| names(&c.object) == (namespace.to_owned(), name.to_owned()))
+    else {
+        return MeshSettings::default();
+    };
+    let error = |field: String, message: String| LoadError {
+        file: sourced.file.clone(),
+        object: Some(format!("ConfigMap {namespace}/{name}")),
+        field: Some(field),
+        message,
+    };
+    let text = match &sourced.object["data"]["mesh"] {
+        serde_json::Value::Null => return MeshSettings::default(),
+        serde_json::Value::String(text) => text,
+        _ => {
+            errors.push(error(
+                "data.mesh".into(),
+                "expected a string holding MeshConfig YAML".into(),
+            ));
+            return MeshSettings::default();
+        }
+    };
+    let parsed: Result<istio::MeshConfig, _> =
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text));
+    match parsed {
+        Ok(mesh) => routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| error(field, message)),
+            );
+            MeshSettings::default()
+        }),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "data.mesh".to_owned()
+            } else {
+                format!("data.mesh.{path}")
+            };
+            errors.push(error(field, e.inner().to_string()));
+            MeshSettings::default()
+        }
+    }
+}
+
+/// `SHUNT_API_VERSION`'s group, for the loader.
+pub const SHUNT_GROUP: &str = "shunt.io";
+
+/// Whether `api_version` is the one `RateLimitPolicy` is read at.
+#[must_use]
+pub fn is_shunt_version(api_version: &str) -> bool {
+    api_version == SHUNT_API_VERSION
+}

@@ -1,0 +1,46 @@
+//! shunt's own kind, `shunt.io/v1alpha1 RateLimitPolicy`, and Istio's mesh settings
+//! (`data.mesh` of the ConfigMap `istio-system/istio`).
+
+use serde::{Deserialize, Serialize};
+
+use super::Decimal;
+
+/// `RateLimitPolicy.spec`: one local token bucket per policy per node proxy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// A host as in a VirtualService (short name, FQDN, ServiceEntry host): every request to
+    /// it. Exactly one of `service` and `virtualService`.
+    pub service: Option<String>,
+    /// One named `http` route of a VirtualService in the policy's namespace.
+    pub virtual_service: Option<VirtualServiceRouteRef>,
+    /// Tokens added per second; > 0, may be fractional.
+    pub requests_per_second: Option<Decimal>,
+    /// The bucket's size, >= 1; default `ceil(requestsPerSecond)`.
+    pub burst: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VirtualServiceRouteRef {
+    pub name: String,
+    pub route: String,
+}
+
+/// The parts of Istio's MeshConfig shunt reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MeshConfig {
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicyConfig>,
+    pub protocol_detection_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OutboundTrafficPolicyConfig {
+    /// `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
+    pub mode: Option<String>,
+}
+
+/// The ConfigMap that holds Istio's MeshConfig.
+pub const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");

@@ -1,0 +1,651 @@
+//! Lookups over a [`RouteTable`]: what the data path asks through [`Routes`], with an optional
+//! trace of why, which `shuntctl explain` shows (one code path, so they cannot disagree).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use super::compile::{
+    CompiledL4Route, CompiledVirtualService, HttpMatch, L4Match, RegistrySource, RouteTable,
+    default_route, host_matches,
+};
+use super::decision::{
+    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, Host, HttpDecision,
+    MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol, RequestFacts,
+    Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy, WeightedDestination,
+};
+use crate::state::Workload;
+
+/// Why a request got its route, for `shuntctl explain`.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    /// The registry host the request was routed as, and how it was found.
+    pub host: Option<Host>,
+    pub resolved_by: String,
+    /// The VirtualServices that applied to the host, in merge order.
+    pub virtual_services: Vec<ObjectRef>,
+    /// The route that matched: its VirtualService, its index in `http`/`tcp`/`tls`, the match
+    /// block's index (`None`: the route has no match block) and the fields it tested.
+    pub matched: Option<MatchedRoute>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MatchedRoute {
+    pub virtual_service: ObjectRef,
+    pub section: &'static str,
+    pub route_index: usize,
+    pub match_index: Option<usize>,
+    pub match_name: Option<String>,
+    pub fields: Vec<String>,
+}
+
+impl RouteTable {
+    pub(super) fn target(&self, dst: SocketAddrV4) -> OutboundTarget {
+        if let Some(target) = self.by_addr.get(&dst) {
+            return OutboundTarget::Service(target.clone());
+        }
+        if let Some((_, _, target)) = self
+            .by_subnet
+            .iter()
+            .find(|(subnet, port, _)| *port == dst.port() && subnet.contains(*dst.ip()))
+        {
+            return OutboundTarget::Service(target.clone());
+        }
+        OutboundTarget::Unknown {
+            dst,
+            workload: self.workloads_by_ip.get(dst.ip()).cloned(),
+            protocol: PortProtocol::Sniff,
+        }
+    }
+
+    /// The registry host a `Host` header (or SNI) names on `port`: any spelling of a
+    /// Service's name (`cart`, `cart.shop`, `cart.shop.svc`, the FQDN, the ClusterIP) or a
+    /// ServiceEntry host (wildcards included).
+    pub(super) fn host_by_name(
+        &self,
+        authority: &str,
+        port: u16,
+        source: Option<&Workload>,
+    ) -> Option<Arc<ServiceTarget>> {
+        let name = strip_port(authority)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if let Ok(ip) = name.parse::<Ipv4Addr>() {
+            return match self.target(SocketAddrV4::new(ip, port)) {
+                OutboundTarget::Service(target) => Some(target),
+                OutboundTarget::Unknown { .. } => None,
+            };
+        }
+        let mut candidates = vec![name.clone()];
+        match name.matches('.').count() {
+            0 => {
+                if let Some(ns) = source.map(|s| s.namespace.as_str()) {
+                    candidates.push(format!("{name}.{ns}.svc.cluster.local"));
+                }
+            }
+            1 => candidates.push(format!("{name}.svc.cluster.local")),
+            2 if name.ends_with(".svc") => candidates.push(format!("{name}.cluster.local")),
+            _ => {}
+        }
+        for candidate in &candidates {
+            if let Some(target) = self.targets.get(&(Host(candidate.as_str().into()), port)) {
+                return Some(target.clone());
+            }
+        }
+        // ServiceEntry wildcards, the most specific first.
+        let host = Host(name.into());
+        self.registry
+            .keys()
+            .filter(|pattern| pattern.0.starts_with('*') && host_matches(pattern, &host))
+            .max_by_key(|pattern| pattern.0.len())
+            .and_then(|pattern| self.targets.get(&(pattern.clone(), port)).cloned())
+    }
+
+    /// The VirtualServices for `host` visible from `namespace`: those naming it exactly, else
+    /// those with the most specific wildcard; in merge order.
+    pub(super) fn virtual_services_for(
+        &self,
+        host: &Host,
+        namespace: Option<&str>,
+    ) -> Vec<&Arc<CompiledVirtualService>> {
+        let visible = || {
+            self.virtual_services
+                .iter()
+                .filter(|vs| vs.visibility.allows(namespace))
+        };
+        let exact: Vec<_> = visible().filter(|vs| vs.hosts.contains(host)).collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        let best = visible()
+            .flat_map(|vs| vs.hosts.iter())
+            .filter(|pattern| host_matches(pattern, host))
+            .map(|pattern| pattern.0.len())
+            .max();
+        let Some(best) = best else { return Vec::new() };
+        visible()
+            .filter(|vs| {
+                vs.hosts
+                    .iter()
+                    .any(|p| p.0.len() == best && host_matches(p, host))
+            })
+            .collect()
+    }
+
+    pub(super) fn route_http(
+        &self,
+        target: &OutboundTarget,
+        request: &RequestFacts<'_>,
+        mut trace: Option<&mut Trace>,
+    ) -> HttpDecision {
+        let source = request.source;
+        let resolved = match target {
+            OutboundTarget::Service(target) => Some((
+                target.clone(),
+                "the destination address is its ClusterIP or ServiceEntry address",
+            )),
+            OutboundTarget::Unknown { dst, .. } => request
+                .authority
+                .and_then(|authority| self.host_by_name(authority, dst.port(), source))
+                .map(|t| {
+                    (
+                        t,
+                        "the Host header names it (the destination address is not in the registry)",
+                    )
+                }),
+        };
+        let Some((target, why)) = resolved else {
+            let OutboundTarget::Unknown { dst, .. } = target else {
+                return HttpDecision::BlockedByRegistryOnly {
+                    authority: String::new(),
+                };
+            };
+            if let Some(trace) = trace {
+                trace.resolved_by =
+                    "neither the destination address nor the Host header is in the registry".into();
+            }
+            return match self.mesh.outbound_traffic_policy {
+                OutboundTrafficPolicy::RegistryOnly => HttpDecision::BlockedByRegistryOnly {
+                    authority: request.authority.unwrap_or_default().to_owned(),
+                },
+                OutboundTrafficPolicy::AllowAny => {
+                    HttpDecision::Route(Arc::new(passthrough_route(*dst)))
+                }
+            };
+        };
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.host = Some(target.host.clone());
+            trace.resolved_by = why.into();
+        }
+        let namespace = source.map(|s| s.namespace.as_str());
+        let virtual_services = self.virtual_services_for(&target.host, namespace);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.virtual_services = virtual_services
+                .iter()
+                .map(|vs| vs.object.clone())
+                .collect();
+        }
+        let rate_limit = self.host_rate_limits.get(&target.host);
+        if virtual_services.is_empty() || virtual_services.iter().all(|vs| vs.http.is_empty()) {
+            return HttpDecision::Route(self.default_http_route(&target));
+        }
+        for vs in &virtual_services {
+            for route in &vs.http {
+                let matched = if route.matches.is_empty() {
+                    Some(None)
+                } else {
+                    route
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .find(|(_, m)| http_match_applies(m, request))
+                        .map(Some)
+                };
+                let Some(block) = matched else { continue };
+                if let Some(trace) = trace.as_deref_mut() {
+                    trace.matched = Some(MatchedRoute {
+                        virtual_service: vs.object.clone(),
+                        section: "http",
+                        route_index: route.index,
+                        match_index: block.map(|(i, _)| i),
+                        match_name: block.and_then(|(_, m)| m.name.clone()),
+                        fields: block
+                            .map(|(_, m)| describe_http_match(m))
+                            .unwrap_or_default(),
+                    });
+                }
+                let chosen = block
+                    .and_then(|(_, m)| m.prefix_route.clone())
+                    .unwrap_or_else(|| route.route.clone());
+                // A per-host RateLimitPolicy covers routes that have no route-level one.
+                return HttpDecision::Route(match (rate_limit, &chosen.rate_limit) {
+                    (Some(limit), None) => {
+                        let mut limited = (*chosen).clone();
+                        limited.rate_limit = Some(limit.clone());
+                        Arc::new(limited)
+                    }
+                    _ => chosen,
+                });
+            }
+        }
+        HttpDecision::NoRouteMatched {
+            virtual_service: virtual_services[0].object.clone(),
+        }
+    }
+
+    fn default_http_route(&self, target: &ServiceTarget) -> Arc<super::HttpRoute> {
+        self.default_routes
+            .get(&(target.host.clone(), target.port))
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(default_route(
+                    Destination {
+                        host: target.host.clone(),
+                        subset: None,
+                        port: Some(target.port),
+                    },
+                    self.host_rate_limits.get(&target.host).cloned(),
+                ))
+            })
+    }
+
+    pub(super) fn route_tcp(
+        &self,
+        target: &OutboundTarget,
+        sni: Option<&str>,
+        source: Option<&Workload>,
+        mut trace: Option<&mut Trace>,
+    ) -> TcpDecision {
+        let (resolved, dst_ip) = match target {
+            OutboundTarget::Service(t) => (
+                Some(t.clone()),
+                t.service.as_ref().and_then(|s| s.cluster_ip),
+            ),
+            OutboundTarget::Unknown { dst, .. } => {
+                let by_sni = sni.and_then(|sni| self.host_by_name(sni, dst.port(), source));
+                (
+                    by_sni.or_else(|| self.port_wide_entry(dst.port())),
+                    Some(*dst.ip()),
+                )
+            }
+        };
+        let Some(target) = resolved else {
+            return match self.mesh.outbound_traffic_policy {
+                OutboundTrafficPolicy::RegistryOnly => TcpDecision::BlockedByRegistryOnly,
+                OutboundTrafficPolicy::AllowAny => TcpDecision::Passthrough,
+            };
+        };
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.host = Some(target.host.clone());
+        }
+        let virtual_services =
+            self.virtual_services_for(&target.host, source.map(|s| s.namespace.as_str()));
+        for vs in &virtual_services {
+            let (section, routes) = if sni.is_some() {
+                ("tls", &vs.tls)
+            } else {
+                ("tcp", &vs.tcp)
+            };
+            for route in routes {
+                let matched = if route.matches.is_empty() {
+                    Some(None)
+                } else {
+                    route
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .find(|(_, m)| l4_match_applies(m, target.port, dst_ip, sni, source))
+                        .map(Some)
+                };
+                let Some(block) = matched else { continue };
+                if let Some(trace) = trace.as_deref_mut() {
+                    trace.matched = Some(MatchedRoute {
+                        virtual_service: vs.object.clone(),
+                        section,
+                        route_index: route.index,
+                        match_index: block.map(|(i, _)| i),
+                        match_name: None,
+                        fields: block.map(|(_, m)| describe_l4_match(m)).unwrap_or_default(),
+                    });
+                }
+                return forward(route, &vs.object);
+            }
+        }
+        TcpDecision::Forward {
+            route_name: "default".into(),
+            virtual_service: None,
+            destinations: vec![WeightedDestination {
+                destination: Destination {
+                    host: target.host.clone(),
+                    subset: None,
+                    port: Some(target.port),
+                },
+                weight: 100,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+            }],
+        }
+    }
+
+    /// A ServiceEntry without addresses claims its ports for every unknown address (Istio's
+    /// wildcard listener for it), the first by namespace/name.
+    fn port_wide_entry(&self, port: u16) -> Option<Arc<ServiceTarget>> {
+        let mut entries: Vec<_> = self
+            .registry
+            .values()
+            .filter(|h| {
+                matches!(
+                    &h.source,
+                    RegistrySource::Entry {
+                        has_addresses: false,
+                        ..
+                    }
+                ) && !h.host.0.starts_with('*')
+            })
+            .filter(|h| {
+                h.port(port).is_some_and(|p| {
+                    matches!(
+                        p.protocol,
+                        PortProtocol::Tcp | PortProtocol::Tls | PortProtocol::Sniff
+                    )
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.namespace, &a.host).cmp(&(&b.namespace, &b.host)));
+        entries
+            .first()
+            .and_then(|h| self.targets.get(&(h.host.clone(), port)).cloned())
+    }
+
+    pub(super) fn find_cluster(
+        &self,
+        destination: &Destination,
+        request_port: u16,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        // An address nothing names (ALLOW_ANY): dialled as it was dialled.
+        if let Ok(ip) = destination.host.0.parse::<Ipv4Addr>() {
+            let port = destination.port.unwrap_or(request_port);
+            let key = ClusterKey {
+                host: destination.host.clone(),
+                subset: None,
+                port,
+            };
+            return Ok(Arc::new(Cluster {
+                key,
+                protocol: PortProtocol::Sniff,
+                service: None,
+                endpoints: vec![ClusterEndpoint {
+                    addr: SocketAddrV4::new(ip, port),
+                    workload: self.workloads_by_ip.get(&ip).cloned(),
+                    weight: 1,
+                }],
+                policy: TrafficPolicy::default(),
+                version: None,
+            }));
+        }
+        let Some(entry) = self.registry.get(&destination.host) else {
+            return Err(ClusterError::UnknownHost(destination.host.clone()));
+        };
+        let port = match destination.port {
+            Some(port) => port,
+            None if entry.port(request_port).is_some() => request_port,
+            None => match entry.ports.as_slice() {
+                [only] => only.port,
+                _ => request_port,
+            },
+        };
+        if entry.port(port).is_none() {
+            return Err(ClusterError::UnknownPort {
+                host: destination.host.clone(),
+                port,
+            });
+        }
+        let key = ClusterKey {
+            host: destination.host.clone(),
+            subset: destination.subset.clone(),
+            port,
+        };
+        self.clusters
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| match &destination.subset {
+                Some(subset) => ClusterError::UnknownSubset {
+                    host: destination.host.clone(),
+                    subset: subset.clone(),
+                },
+                None => ClusterError::UnknownPort {
+                    host: destination.host.clone(),
+                    port,
+                },
+            })
+    }
+}
+
+fn forward(route: &CompiledL4Route, object: &ObjectRef) -> TcpDecision {
+    TcpDecision::Forward {
+        route_name: route.name.clone(),
+        virtual_service: Some(object.clone()),
+        destinations: route.destinations.clone(),
+    }
+}
+
+/// The route of an HTTP request to an address nothing names, under ALLOW_ANY.
+fn passthrough_route(dst: SocketAddrV4) -> super::HttpRoute {
+    let mut route = default_route(
+        Destination {
+            host: Host(dst.ip().to_string().into()),
+            subset: None,
+            port: Some(dst.port()),
+        },
+        None,
+    );
+    route.name = "allow_any".into();
+    route
+}
+
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+fn header_text(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+fn query_param<'a>(uri: &'a http::Uri, key: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn labels_match(
+    want: &std::collections::BTreeMap<String, String>,
+    source: Option<&Workload>,
+) -> bool {
+    want.is_empty() || source.is_some_and(|s| want.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+}
+
+/// All fields of one block hold (fields are ANDed).
+fn http_match_applies(m: &HttpMatch, r: &RequestFacts<'_>) -> bool {
+    let opt = |matcher: &Option<StringMatch>, value: Option<&str>, ignore_case: bool| {
+        matcher
+            .as_ref()
+            .is_none_or(|want| value.is_some_and(|v| want.matches(v, ignore_case)))
+    };
+    opt(&m.uri, Some(r.uri.path()), m.ignore_uri_case)
+        && opt(&m.scheme, Some(r.uri.scheme_str().unwrap_or("http")), false)
+        && opt(&m.method, Some(r.method.as_str()), false)
+        && opt(&m.authority, r.authority, false)
+        && m.port.is_none_or(|p| p == r.port)
+        && m.headers
+            .iter()
+            .all(|(name, want)| match (header_text(r.headers, name), want) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(value), Some(want)) => want.matches(&value, false),
+            })
+        && m.without_headers
+            .iter()
+            .all(|(name, want)| match (header_text(r.headers, name), want) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(value), Some(want)) => !want.matches(&value, false),
+            })
+        && m.query_params
+            .iter()
+            .all(|(key, want)| match (query_param(r.uri, key), want) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(value), Some(want)) => want.matches(value, false),
+            })
+        && labels_match(&m.source_labels, r.source)
+        && m.source_namespace
+            .as_ref()
+            .is_none_or(|ns| r.source.is_some_and(|s| &s.namespace == ns))
+}
+
+fn l4_match_applies(
+    m: &L4Match,
+    port: u16,
+    dst_ip: Option<Ipv4Addr>,
+    sni: Option<&str>,
+    source: Option<&Workload>,
+) -> bool {
+    m.port.is_none_or(|p| p == port)
+        && (m.destination_subnets.is_empty()
+            || dst_ip.is_some_and(|ip| m.destination_subnets.iter().any(|s| s.contains(ip))))
+        && (m.sni_hosts.is_empty()
+            || sni.is_some_and(|sni| {
+                m.sni_hosts.iter().any(|pattern| {
+                    host_matches(
+                        &Host(pattern.as_str().into()),
+                        &Host(sni.to_ascii_lowercase().into()),
+                    )
+                })
+            }))
+        && labels_match(&m.source_labels, source)
+        && m.source_namespace
+            .as_ref()
+            .is_none_or(|ns| source.is_some_and(|s| &s.namespace == ns))
+}
+
+pub(super) fn describe_string_match(m: &StringMatch) -> String {
+    match m {
+        StringMatch::Exact(v) => format!("exact {v:?}"),
+        StringMatch::Prefix(v) => format!("prefix {v:?}"),
+        StringMatch::Regex(re) => format!("regex {:?}", re.as_str()),
+    }
+}
+
+/// The fields a match block tests, one string each (`uri prefix "/api"`).
+pub(super) fn describe_http_match(m: &HttpMatch) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut one = |name: &str, v: &Option<StringMatch>| {
+        if let Some(v) = v {
+            out.push(format!("{name} {}", describe_string_match(v)));
+        }
+    };
+    one("uri", &m.uri);
+    one("scheme", &m.scheme);
+    one("method", &m.method);
+    one("authority", &m.authority);
+    for (name, want) in &m.headers {
+        out.push(want.as_ref().map_or_else(
+            || format!("header {name} present"),
+            |w| format!("header {name} {}", describe_string_match(w)),
+        ));
+    }
+    for (name, want) in &m.without_headers {
+        out.push(want.as_ref().map_or_else(
+            || format!("without header {name}"),
+            |w| format!("without header {name} {}", describe_string_match(w)),
+        ));
+    }
+    for (key, want) in &m.query_params {
+        out.push(want.as_ref().map_or_else(
+            || format!("query {key} present"),
+            |w| format!("query {key} {}", describe_string_match(w)),
+        ));
+    }
+    if let Some(port) = m.port {
+        out.push(format!("port {port}"));
+    }
+    if !m.source_labels.is_empty() {
+        out.push(format!("sourceLabels {:?}", m.source_labels));
+    }
+    if let Some(ns) = &m.source_namespace {
+        out.push(format!("sourceNamespace {ns}"));
+    }
+    if m.ignore_uri_case {
+        out.push("ignoreUriCase".into());
+    }
+    out
+}
+
+pub(super) fn describe_l4_match(m: &L4Match) -> Vec<String> {
+    let mut out = Vec::new();
+    if !m.sni_hosts.is_empty() {
+        out.push(format!("sniHosts {}", m.sni_hosts.join(",")));
+    }
+    if !m.destination_subnets.is_empty() {
+        out.push(format!(
+            "destinationSubnets {}",
+            m.destination_subnets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    if let Some(port) = m.port {
+        out.push(format!("port {port}"));
+    }
+    if !m.source_labels.is_empty() {
+        out.push(format!("sourceLabels {:?}", m.source_labels));
+    }
+    if let Some(ns) = &m.source_namespace {
+        out.push(format!("sourceNamespace {ns}"));
+    }
+    out
+}
+
+impl Routes for RouteTable {
+    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget {
+        self.target(dst)
+    }
+
+    fn http_route(&self, target: &OutboundTarget, request: &RequestFacts<'_>) -> HttpDecision {
+        self.route_http(target, request, None)
+    }
+
+    fn tcp_route(
+        &self,
+        target: &OutboundTarget,
+        sni: Option<&str>,
+        source: Option<&Workload>,
+    ) -> TcpDecision {
+        self.route_tcp(target, sni, source, None)
+    }
+
+    fn cluster(
+        &self,
+        destination: &Destination,
+        request_port: u16,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        self.find_cluster(destination, request_port)
+    }
+
+    fn mesh(&self) -> &MeshSettings {
+        &self.mesh
+    }
+}
