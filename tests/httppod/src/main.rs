@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Request headers the server obeys: `x-fail-pattern: K/N` (the first K of every N requests
-//! carrying that value get 503), `x-status: S`, `x-delay-ms: D`, `x-set-cookie: C` (answered as `set-cookie: C`).
+//! carrying that value and the same `x-fail-key` get 503), `x-status: S`, `x-delay-ms: D`, `x-set-cookie: C` (answered as `set-cookie: C`).
 #![forbid(unsafe_code)]
 
 mod client;

@@ -208,8 +208,9 @@ async fn handle(
         return Ok(upgrade_to_websocket(&server, &mut request));
     }
 
+    let fail_key = header_text(request.headers(), "x-fail-key").unwrap_or_default();
     let fail = header_text(request.headers(), "x-fail-pattern")
-        .is_some_and(|pattern| fails_this_time(&server, &pattern));
+        .is_some_and(|pattern| fails_this_time(&server, &pattern, &fail_key));
     let status = if fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -253,8 +254,9 @@ async fn handle(
     Ok(reply)
 }
 
-/// `x-fail-pattern: K/N`: of every N requests carrying this pattern, the first K fail.
-fn fails_this_time(server: &Server, pattern: &str) -> bool {
+/// `x-fail-pattern: K/N`: of every N requests carrying this pattern (and `x-fail-key`, which
+/// keeps the counts of two cases apart), the first K fail.
+fn fails_this_time(server: &Server, pattern: &str, key: &str) -> bool {
     let Some((fail, every)) = pattern.split_once('/') else {
         return false;
     };
@@ -265,7 +267,7 @@ fn fails_this_time(server: &Server, pattern: &str) -> bool {
         return false;
     }
     let mut seen = server.seen();
-    let counter = seen.fail_patterns.entry(pattern.to_owned()).or_insert(0);
+    let counter = seen.fail_patterns.entry(format!("{key}|{pattern}")).or_insert(0);
     let position = *counter % every;
     *counter += 1;
     position < fail
