@@ -7,7 +7,10 @@
 //! The routing is at the source (the client pod's outbound listener), so the source reporter's
 //! metrics and outbound access log lines carry the L7 labels and flags checked here.
 
-#[expect(dead_code, reason = "the TCP echo helpers of the shared module are for e2e.rs")]
+#[expect(
+    dead_code,
+    reason = "the TCP echo helpers of the shared module are for e2e.rs"
+)]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

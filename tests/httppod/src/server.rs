@@ -267,7 +267,10 @@ fn fails_this_time(server: &Server, pattern: &str, key: &str) -> bool {
         return false;
     }
     let mut seen = server.seen();
-    let counter = seen.fail_patterns.entry(format!("{key}|{pattern}")).or_insert(0);
+    let counter = seen
+        .fail_patterns
+        .entry(format!("{key}|{pattern}"))
+        .or_insert(0);
     let position = *counter % every;
     *counter += 1;
     position < fail
