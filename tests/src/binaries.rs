@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// Overrides the directory holding `shunt-agent`, `shunt-proxy`, `shuntctl`, `shunt-testpod`.
+/// Overrides the directory holding `shunt-agent`, `shunt-proxy`, `shuntctl`, `shunt-testpod`,
+/// `shunt-httppod`.
 pub const BIN_DIR_ENV: &str = "SHUNT_BIN_DIR";
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,7 @@ pub enum Error {
 pub struct Binaries {
     dir: PathBuf,
     testpod: Option<PathBuf>,
+    httppod: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -46,6 +48,7 @@ impl Binaries {
         Self {
             dir: dir.into(),
             testpod: None,
+            httppod: None,
         }
     }
 
@@ -54,6 +57,14 @@ impl Binaries {
     #[must_use]
     pub fn with_testpod(mut self, path: impl Into<PathBuf>) -> Self {
         self.testpod = Some(path.into());
+        self
+    }
+
+    /// Takes `shunt-httppod` from `path` instead. (It is another package's binary, so the
+    /// tests of `shunt-tests` find it in the target dir: `cargo +1.99.0 build --workspace`.)
+    #[must_use]
+    pub fn with_httppod(mut self, path: impl Into<PathBuf>) -> Self {
+        self.httppod = Some(path.into());
         self
     }
 
@@ -76,6 +87,11 @@ impl Binaries {
 
     pub fn testpod(&self) -> Result<PathBuf, Error> {
         self.existing("shunt-testpod", self.testpod.as_deref())
+    }
+
+    /// The L7 test pod: HTTP/1.1, h2, gRPC and WebSocket server and clients.
+    pub fn httppod(&self) -> Result<PathBuf, Error> {
+        self.existing("shunt-httppod", self.httppod.as_deref())
     }
 
     /// Fails unless the agent, the proxy and the testpod are all there: the first check of an
@@ -118,5 +134,8 @@ mod tests {
         let here = std::env::current_exe().unwrap();
         let binaries = Binaries::in_dir("/nonexistent").with_testpod(&here);
         assert_eq!(binaries.testpod().unwrap(), here);
+        let binaries = binaries.with_httppod(&here);
+        assert_eq!(binaries.httppod().unwrap(), here);
+        assert!(Binaries::in_dir("/nonexistent").httppod().is_err());
     }
 }

@@ -44,6 +44,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod istio;
 pub mod metrics;
 pub mod mounts;
 pub mod names;

@@ -25,6 +25,9 @@ use crate::wait::{self, Check};
 const BRIDGE: &str = "br0";
 /// The config file the harness writes in the agent's config dir.
 pub const CONFIG_FILE: &str = "cluster.yaml";
+/// The file [`Node::write_istio`] writes beside it, so a test can replace its Istio objects
+/// (a hot reload) without touching the cluster's.
+pub const ISTIO_FILE: &str = "istio.yaml";
 /// How long the agent and proxy get to come up, and pods to be captured.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The proxy's drain deadline: short, so tests end quickly.
@@ -310,6 +313,15 @@ impl Node {
         )?)
     }
 
+    /// Writes (or replaces) [`ISTIO_FILE`] with `objects` (see [`crate::istio`]); the agent's
+    /// watcher picks it up. An empty list leaves a file with no objects (all removed).
+    pub fn write_istio(&self, objects: &[serde_json::Value]) -> Result<PathBuf, Error> {
+        let config = objects.iter().fold(ClusterConfig::new(), |config, object| {
+            config.raw(object.clone())
+        });
+        self.write_config_text(ISTIO_FILE, &config.render())
+    }
+
     fn next_label(&self, what: &str) -> String {
         let n = self.launches.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{n:03}-{what}")
@@ -560,6 +572,54 @@ impl Node {
         let mut server = self.testpod(pod, args)?;
         server.wait_for_line("ready", START_TIMEOUT)?;
         Ok(server)
+    }
+
+    /// Starts `shunt-httppod ARGS` inside `pod`.
+    pub fn httppod(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut command = Command::new(self.binaries.httppod()?);
+        command.args(args);
+        let what = format!("http-{}", args.first().copied().unwrap_or("pod"));
+        self.spawn_in_pod(pod, &what, command)
+    }
+
+    /// Starts a `shunt-httppod serve` inside `pod` and waits until it listens.
+    pub fn start_httppod_server(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut server = self.httppod(pod, args)?;
+        server.wait_for_line("ready", START_TIMEOUT)?;
+        Ok(server)
+    }
+
+    /// Runs a `shunt-httppod` client inside `pod` to completion (killed after `timeout`).
+    pub fn run_httppod(
+        &self,
+        pod: &Pod,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, Error> {
+        Ok(self.httppod(pod, args)?.finish(timeout)?)
+    }
+
+    /// Runs the `shunt-httppod` client `args` in `pod` again and again until its JSON report
+    /// satisfies `ready` (e.g. the proxy applied a new VirtualService); returns that report.
+    pub fn poll_httppod(
+        &mut self,
+        pod: &Pod,
+        args: &[&str],
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, Error> {
+        self.wait_while_running(what, timeout, |node| {
+            let report = node
+                .run_httppod(pod, args, timeout)
+                .map_err(|e| e.to_string())
+                .and_then(|output| output.json().map_err(|e| e.to_string()));
+            match report {
+                Ok(report) if ready(&report) => Check::Done(report),
+                Ok(report) => Check::NotYet(report.to_string()),
+                Err(e) => Check::NotYet(e),
+            }
+        })
     }
 
     /// Runs a `shunt-testpod` client inside `pod` to completion (killed after `timeout`).

@@ -21,7 +21,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// bridge); util-linux for nsenter (debugging a pod's netns without remounting /sys); python3
 /// for the capture tests' stand-in app and proxy processes; iptables for the agent's
 /// `--capture=iptables` and its end-to-end cases; haproxy as the bench's reference
-/// L4 forwarder (`cargo xtask bench`, scenario S4).
+/// L4 forwarder (`cargo xtask bench`, scenario S4); curl and openssl as real clients (and
+/// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`).
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -29,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "iptables",
     "haproxy",
+    "curl",
+    "openssl",
 ];
 
 pub fn cargo_home() -> PathBuf {
