@@ -163,4 +163,6 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+mod readme_tests;
+#[cfg(test)]
 mod tests;
