@@ -63,6 +63,9 @@ impl TestProxy {
         let log = Arc::new(Captured::default());
         let proxy = Arc::new(ProxyContext {
             state: Arc::new(StateStore::new()),
+            routes: None,
+            rate_limiter: crate::http::ratelimit::RateLimiter::new(),
+            protocol_detection_timeout: Duration::from_millis(100),
             metrics: Arc::new(Metrics::new()),
             access_log: AccessLog::new(log.clone()),
             connect_timeout: Duration::from_secs(2),

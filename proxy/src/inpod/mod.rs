@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::wire::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
+use crate::http::upstream::Upstreams;
 use crate::netns::socket_netns_cookie;
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
@@ -172,9 +173,15 @@ impl PodRegistry {
             outbound: local_addr(&outbound)?,
             inbound: local_addr(&inbound)?,
         };
+        let upstreams = Arc::new(Upstreams::new(
+            sockets.clone(),
+            self.proxy.connect_timeout,
+            self.proxy.metrics.upstream.clone(),
+        ));
         let context = Arc::new(PodContext {
             uid: uid.to_owned(),
             sockets,
+            upstreams,
             outbound_listener: listeners.outbound,
             inbound_listener: listeners.inbound,
             drain: Drain::new(),
