@@ -67,7 +67,8 @@ pub enum UpstreamError {
     #[error("cannot connect to upstream endpoint {addr}: {source}")]
     Connect {
         addr: SocketAddrV4,
-        source: crate::socket::Error,
+        // Boxed: the socket error is large and this error travels in every `Result`.
+        source: Box<crate::socket::Error>,
     },
     #[error(
         "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"

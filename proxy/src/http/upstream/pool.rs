@@ -525,7 +525,10 @@ impl Dialer {
             .sockets
             .connect(SocketAddr::V4(addr), limits.connect_timeout)
             .await
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
+            .map_err(|source| UpstreamError::Connect {
+                addr,
+                source: Box::new(source),
+            })?;
         Ok(TokioIo::new(stream))
     }
 
