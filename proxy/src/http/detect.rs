@@ -33,7 +33,9 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (gRPC included).
     Http2,
-    Tls { sni: Option<String> },
+    Tls {
+        sni: Option<String>,
+    },
     Tcp,
 }
 
@@ -342,7 +344,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn first_bytes_decide_the_protocol_and_are_kept() {
         let hello = client_hello(Some("API.Example.com"));
-        let split_hello = vec![hello[..3].to_vec(), hello[3..40].to_vec(), hello[40..].to_vec()];
+        let split_hello = vec![
+            hello[..3].to_vec(),
+            hello[3..40].to_vec(),
+            hello[40..].to_vec(),
+        ];
         let cases: Vec<(&str, Vec<Vec<u8>>, bool, Protocol)> = vec![
             (
                 "h2 preface",
@@ -449,9 +455,24 @@ pub(crate) mod tests {
     async fn declared_ports_skip_sniffing_except_tls_which_reads_the_sni() {
         let hello = client_hello(Some("db.internal"));
         for (declared, chunks, expected, consumed) in [
-            (PortProtocol::Http, vec![b"GET / HTTP/1.1\r\n".to_vec()], Protocol::Http1, 0),
-            (PortProtocol::Http2, vec![H2_PREFACE.to_vec()], Protocol::Http2, 0),
-            (PortProtocol::Tcp, vec![b"GET / HTTP/1.1\r\n".to_vec()], Protocol::Tcp, 0),
+            (
+                PortProtocol::Http,
+                vec![b"GET / HTTP/1.1\r\n".to_vec()],
+                Protocol::Http1,
+                0,
+            ),
+            (
+                PortProtocol::Http2,
+                vec![H2_PREFACE.to_vec()],
+                Protocol::Http2,
+                0,
+            ),
+            (
+                PortProtocol::Tcp,
+                vec![b"GET / HTTP/1.1\r\n".to_vec()],
+                Protocol::Tcp,
+                0,
+            ),
             (
                 PortProtocol::Tls,
                 vec![hello.clone()],
@@ -495,7 +516,10 @@ pub(crate) mod tests {
         for cut in 0..handshake.len() {
             // Every truncation parses without panicking; none invents a name.
             let sni = client_hello_sni(&handshake[..cut]);
-            assert!(sni.is_none() || sni.as_deref() == Some("a.example"), "{cut}");
+            assert!(
+                sni.is_none() || sni.as_deref() == Some("a.example"),
+                "{cut}"
+            );
         }
         let mut not_hello = handshake.to_vec();
         not_hello[0] = 2;

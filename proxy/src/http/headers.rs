@@ -61,10 +61,7 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
 /// sees plain-text HTTP). Returns the resulting `x-forwarded-for`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: Option<Ipv4Addr>) -> Option<String> {
     if let Some(ip) = client {
-        let appended = match headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
+        let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
             _ => ip.to_string(),
         };
@@ -144,7 +141,11 @@ mod tests {
             ),
             (
                 "headers Connection lists",
-                vec![("connection", "x-secret, close"), ("x-secret", "1"), ("x-kept", "1")],
+                vec![
+                    ("connection", "x-secret, close"),
+                    ("x-secret", "1"),
+                    ("x-kept", "1"),
+                ],
                 false,
                 vec!["x-kept"],
             ),
@@ -156,7 +157,11 @@ mod tests {
             ),
             (
                 "an upgrade keeps Upgrade and Connection: upgrade",
-                vec![("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "1")],
+                vec![
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("keep-alive", "1"),
+                ],
                 true,
                 vec!["connection", "upgrade"],
             ),
@@ -171,10 +176,7 @@ mod tests {
     #[test]
     fn forwarded_headers_append_the_client() {
         let client = Some(Ipv4Addr::new(10, 0, 0, 7));
-        for (existing, expected) in [
-            (None, "10.0.0.7"),
-            (Some("1.2.3.4"), "1.2.3.4, 10.0.0.7"),
-        ] {
+        for (existing, expected) in [(None, "10.0.0.7"), (Some("1.2.3.4"), "1.2.3.4, 10.0.0.7")] {
             let mut map = HeaderMap::new();
             if let Some(existing) = existing {
                 map.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static(existing));

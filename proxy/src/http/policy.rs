@@ -6,9 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use rand::Rng;
 
-use crate::routing::{
-    AbortKind, CorsPolicy, Redirect, RetryOn, Rewrite, WeightedDestination,
-};
+use crate::routing::{AbortKind, CorsPolicy, Redirect, RetryOn, Rewrite, WeightedDestination};
 
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub static APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -56,7 +54,13 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// `grpc-status` of a response's headers (trailers-only) or trailers.
 #[must_use]
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(&GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The response of a fault abort: an HTTP status, or for gRPC an HTTP 200 in trailers-only
@@ -178,7 +182,11 @@ pub fn redirect_location(redirect: &Redirect, uri: &Uri, authority: Option<&str>
         .or_else(|| {
             // The request's explicit port is kept when the redirect names no authority.
             (redirect.authority.is_none())
-                .then(|| authority.and_then(|a| a.rsplit_once(':')).map(|(_, p)| format!(":{p}")))
+                .then(|| {
+                    authority
+                        .and_then(|a| a.rsplit_once(':'))
+                        .map(|(_, p)| format!(":{p}"))
+                })
                 .flatten()
         })
         .unwrap_or_default();
@@ -195,7 +203,11 @@ pub fn redirect_location(redirect: &Redirect, uri: &Uri, authority: Option<&str>
 /// when the origin is allowed; `None` when the request is not a preflight or the origin is not
 /// allowed (Envoy then forwards it).
 #[must_use]
-pub fn cors_preflight(cors: &CorsPolicy, method: &Method, headers: &HeaderMap) -> Option<HeaderMap> {
+pub fn cors_preflight(
+    cors: &CorsPolicy,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<HeaderMap> {
     if method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
         return None;
     }
@@ -212,7 +224,10 @@ pub fn cors_preflight(cors: &CorsPolicy, method: &Method, headers: &HeaderMap) -
         answer.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
     }
     if let Some(max_age) = cors.max_age {
-        answer.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age.as_secs()));
+        answer.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(max_age.as_secs()),
+        );
     }
     Some(answer)
 }
@@ -270,7 +285,11 @@ mod tests {
     #[test]
     fn weighted_picks_follow_the_weights() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let destinations = [destination("v1", 80), destination("v2", 20), destination("v3", 0)];
+        let destinations = [
+            destination("v1", 80),
+            destination("v2", 20),
+            destination("v3", 0),
+        ];
         let mut counts = [0u32; 3];
         for _ in 0..10_000 {
             let picked = pick_weighted(&destinations, &mut rng).unwrap();
@@ -309,38 +328,67 @@ mod tests {
         let cases = [
             (on(|r| r.five_xx = true), status(500, None), true),
             (on(|r| r.five_xx = true), status(404, None), false),
-            (on(|r| r.five_xx = true), AttemptOutcome::ConnectFailure, true),
+            (
+                on(|r| r.five_xx = true),
+                AttemptOutcome::ConnectFailure,
+                true,
+            ),
             (on(|r| r.gateway_error = true), status(500, None), false),
             (on(|r| r.gateway_error = true), status(503, None), true),
             (on(|r| r.retriable_4xx = true), status(409, None), true),
-            (on(|r| r.retriable_status_codes = vec![503]), status(503, None), true),
-            (on(|r| r.retriable_status_codes = vec![503]), status(502, None), false),
+            (
+                on(|r| r.retriable_status_codes = vec![503]),
+                status(503, None),
+                true,
+            ),
+            (
+                on(|r| r.retriable_status_codes = vec![503]),
+                status(502, None),
+                false,
+            ),
             (on(|r| r.grpc_codes = vec![14]), status(200, Some(14)), true),
             (on(|r| r.grpc_codes = vec![14]), status(200, Some(0)), false),
             (on(|r| r.reset = true), AttemptOutcome::Reset, true),
-            (on(|r| r.connect_failure = true), AttemptOutcome::Reset, false),
-            (on(|r| r.refused_stream = true), AttemptOutcome::RefusedStream, true),
+            (
+                on(|r| r.connect_failure = true),
+                AttemptOutcome::Reset,
+                false,
+            ),
+            (
+                on(|r| r.refused_stream = true),
+                AttemptOutcome::RefusedStream,
+                true,
+            ),
             (on(|r| r.five_xx = true), AttemptOutcome::Other, false),
         ];
         for (retry_on, outcome, expected) in cases {
-            assert_eq!(should_retry(&retry_on, outcome), expected, "{retry_on:?} {outcome:?}");
+            assert_eq!(
+                should_retry(&retry_on, outcome),
+                expected,
+                "{retry_on:?} {outcome:?}"
+            );
         }
     }
 
     #[test]
     fn rewrites_replace_the_matched_prefix_or_regex() {
         let uri: Uri = "/api/v1/items?x=1".parse().unwrap();
-        let rewrite = |uri: Option<&str>, prefix: Option<&str>, regex: Option<(&str, &str)>| {
-            Rewrite {
+        let rewrite =
+            |uri: Option<&str>, prefix: Option<&str>, regex: Option<(&str, &str)>| Rewrite {
                 uri: uri.map(Into::into),
                 authority: None,
                 uri_regex: regex.map(|(p, r)| (regex::Regex::new(p).unwrap(), r.into())),
                 matched_prefix: prefix.map(Into::into),
-            }
-        };
+            };
         let cases = [
-            (rewrite(Some("/v2/"), Some("/api/v1/"), None), Some("/v2/items?x=1")),
-            (rewrite(Some("/"), Some("/api/v1/"), None), Some("/items?x=1")),
+            (
+                rewrite(Some("/v2/"), Some("/api/v1/"), None),
+                Some("/v2/items?x=1"),
+            ),
+            (
+                rewrite(Some("/"), Some("/api/v1/"), None),
+                Some("/items?x=1"),
+            ),
             (rewrite(Some("/other"), None, None), Some("/other?x=1")),
             (
                 rewrite(None, None, Some(("^/api/(v[0-9])/(.*)$", "/\\2/\\1"))),
@@ -349,25 +397,36 @@ mod tests {
             (rewrite(None, None, None), None),
         ];
         for (rewrite, expected) in cases {
-            assert_eq!(rewrite_path(&rewrite, &uri).as_deref(), expected, "{rewrite:?}");
+            assert_eq!(
+                rewrite_path(&rewrite, &uri).as_deref(),
+                expected,
+                "{rewrite:?}"
+            );
         }
     }
 
     #[test]
     fn redirects_replace_only_what_they_name() {
         let uri: Uri = "/old?q=1".parse().unwrap();
-        let redirect = |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| {
-            Redirect {
+        let redirect =
+            |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| Redirect {
                 uri: uri.map(Into::into),
                 authority: authority.map(Into::into),
                 port,
                 scheme: scheme.map(Into::into),
                 status: StatusCode::MOVED_PERMANENTLY,
-            }
-        };
+            };
         let cases = [
-            (redirect(Some("/new"), None, None, None), Some("web:8080"), "http://web:8080/new"),
-            (redirect(None, Some("other"), None, None), Some("web:8080"), "http://other/old?q=1"),
+            (
+                redirect(Some("/new"), None, None, None),
+                Some("web:8080"),
+                "http://web:8080/new",
+            ),
+            (
+                redirect(None, Some("other"), None, None),
+                Some("web:8080"),
+                "http://other/old?q=1",
+            ),
             (
                 redirect(None, None, Some(9090), Some("https")),
                 Some("web"),
@@ -392,16 +451,25 @@ mod tests {
         let request = |origin: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
-            h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));
+            h.insert(
+                header::ACCESS_CONTROL_REQUEST_METHOD,
+                HeaderValue::from_static("POST"),
+            );
             h
         };
-        let answer = cors_preflight(&cors, &Method::OPTIONS, &request("https://shop.example")).unwrap();
-        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example");
+        let answer =
+            cors_preflight(&cors, &Method::OPTIONS, &request("https://shop.example")).unwrap();
+        assert_eq!(
+            answer[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://shop.example"
+        );
         assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_METHODS], "GET,POST");
         assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-token");
         assert_eq!(answer[header::ACCESS_CONTROL_MAX_AGE], "600");
         assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
-        assert!(cors_preflight(&cors, &Method::OPTIONS, &request("https://evil.example")).is_none());
+        assert!(
+            cors_preflight(&cors, &Method::OPTIONS, &request("https://evil.example")).is_none()
+        );
         assert!(cors_preflight(&cors, &Method::GET, &request("https://shop.example")).is_none());
         let actual = cors_response_headers(&cors, &request("https://shop.example")).unwrap();
         assert_eq!(actual[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-trace");

@@ -184,7 +184,10 @@ impl HttpConnection {
                 exchange.flag("NR");
                 self.proxy.metrics.registry_only_blocked("http");
                 tracing::debug!(%authority, "REGISTRY_ONLY: host is not in the registry");
-                local_reply(StatusCode::BAD_GATEWAY, "destination not in the service registry")
+                local_reply(
+                    StatusCode::BAD_GATEWAY,
+                    "destination not in the service registry",
+                )
             }
             HttpDecision::Route(route) => {
                 exchange.route_name = Some(route.name.to_string());
@@ -313,7 +316,10 @@ impl HttpConnection {
             Err(error) => {
                 tracing::debug!(%error, "no cluster for the route's destination");
                 exchange.flag("NC");
-                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster for destination");
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no cluster for destination",
+                );
             }
         };
         exchange.cluster = Some(cluster.clone());
@@ -346,16 +352,18 @@ impl HttpConnection {
         headers::remove_hop_by_hop(&mut parts.headers, upgrading);
         route.request_headers.apply(&mut parts.headers);
         destination.request_headers.apply(&mut parts.headers);
-        let client_ip = self.source.as_ref().and_then(|w| w.ip).or(match self.client.0 {
-            std::net::SocketAddr::V4(addr) => Some(*addr.ip()),
-            std::net::SocketAddr::V6(_) => None,
-        });
+        let client_ip = self
+            .source
+            .as_ref()
+            .and_then(|w| w.ip)
+            .or(match self.client.0 {
+                std::net::SocketAddr::V4(addr) => Some(*addr.ip()),
+                std::net::SocketAddr::V6(_) => None,
+            });
         exchange.x_forwarded_for = headers::add_forwarded(&mut parts.headers, client_ip);
 
         let (hash, set_cookie) = match &cluster.policy.load_balancer {
-            LoadBalancer::ConsistentHash { key, .. } => {
-                upstream::hash_key(key, &parts, client_ip)
-            }
+            LoadBalancer::ConsistentHash { key, .. } => upstream::hash_key(key, &parts, client_ip),
             _ => (None, None),
         };
         let may_resend = route.retries.attempts > 0 || !route.mirrors.is_empty();
@@ -400,7 +408,10 @@ impl HttpConnection {
                 .await
                 .unwrap_or_else(|_| {
                     exchange.flag("UT");
-                    Err(local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"))
+                    Err(local_reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    ))
                 }),
             None => attempts.run(exchange).await,
         };
@@ -430,7 +441,13 @@ impl HttpConnection {
     }
 
     /// Sends a copy of the request to each mirror whose percentage rolls, and forgets it.
-    fn mirror(&self, routes: &dyn Routes, route: &HttpRoute, template: &RequestTemplate, body: &Bytes) {
+    fn mirror(
+        &self,
+        routes: &dyn Routes,
+        route: &HttpRoute,
+        template: &RequestTemplate,
+        body: &Bytes,
+    ) {
         for mirror in &route.mirrors {
             if !policy::roll(mirror.percentage, &mut rand::rng()) {
                 continue;
@@ -481,7 +498,12 @@ impl HttpConnection {
         Response::from_parts(head, tracked.boxed())
     }
 
-    fn http_labels(&self, exchange: &Exchange, status: u16, grpc_status: Option<u32>) -> HttpLabels {
+    fn http_labels(
+        &self,
+        exchange: &Exchange,
+        status: u16,
+        grpc_status: Option<u32>,
+    ) -> HttpLabels {
         let (source_workload, source_workload_namespace) = workload_names(self.source.as_deref());
         let destination = exchange.upstream.as_ref().and_then(|p| p.workload.clone());
         let (destination_workload, destination_workload_namespace) =
@@ -495,7 +517,11 @@ impl HttpConnection {
             match (&service, &exchange.cluster) {
                 (Some(s), _) => (s.hostname(), s.name.clone(), s.namespace.clone()),
                 // A ServiceEntry host: Istio names it in all three... but the namespace.
-                (None, Some(c)) => (c.key.host.to_string(), c.key.host.to_string(), UNKNOWN.into()),
+                (None, Some(c)) => (
+                    c.key.host.to_string(),
+                    c.key.host.to_string(),
+                    UNKNOWN.into(),
+                ),
                 (None, None) => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
             };
         let cluster = exchange.cluster.as_deref();
@@ -710,13 +736,19 @@ impl Attempts<'_> {
                 Ok(picked) => picked,
                 Err(error) => {
                     exchange.flag(error.response_flag());
-                    return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
+                    return Err(local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy upstream",
+                    ));
                 }
             };
             let Some(body) = self.body_for_attempt() else {
                 // A streamed body was already sent once; nothing more can be tried.
                 exchange.flag("URX");
-                return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "retry limit exceeded"));
+                return Err(local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "retry limit exceeded",
+                ));
             };
             let request = self.template.build(body);
             exchange.upstream = Some(picked.clone());
@@ -861,7 +893,11 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 
 /// Whether the request body is small enough (and of known size) to buffer for resending.
 fn body_fits_buffer(body: &Counted) -> bool {
-    body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= MAX_BUFFERED_BODY)
+    body.is_end_stream()
+        || body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_BUFFERED_BODY)
 }
 
 /// `:authority`, else `Host`.
@@ -1060,3 +1096,6 @@ impl Drop for Tracked {
         self.finish(complete);
     }
 }
+
+#[cfg(test)]
+mod tests;

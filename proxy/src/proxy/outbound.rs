@@ -34,7 +34,13 @@ pub async fn serve(
         tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
     }
     let index = proxy.state.load();
-    let mut accepted = Accepted::new(Direction::Outbound, Reporter::Source, client, &index, pod.as_ref());
+    let mut accepted = Accepted::new(
+        Direction::Outbound,
+        Reporter::Source,
+        client,
+        &index,
+        pod.as_ref(),
+    );
     accepted.peers.source = index.workload_by_uid(&pod.uid).cloned();
     let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, client) {
         Ok(orig_dst) => orig_dst,
@@ -100,7 +106,16 @@ pub async fn serve(
         Protocol::Tls { sni } => sni,
         Protocol::Tcp => None,
     };
-    let plan = plan_tcp(&proxy, &pod, &index, &*routes, &target, sni.as_deref(), accepted, dst);
+    let plan = plan_tcp(
+        &proxy,
+        &pod,
+        &index,
+        &*routes,
+        &target,
+        sni.as_deref(),
+        accepted,
+        dst,
+    );
     connection::run(&proxy, &pod, plan, stream).await;
 }
 
