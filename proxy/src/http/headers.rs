@@ -123,7 +123,9 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_end_to_end_ones_kept() {
-        let cases: Vec<(&str, Vec<(&str, &str)>, bool, Vec<&str>)> = vec![
+        // (case, request headers, upgrading, header names left)
+        type Case = (&'static str, Vec<(&'static str, &'static str)>, bool, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
             (
                 "fixed hop-by-hop set",
                 vec![

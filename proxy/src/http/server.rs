@@ -211,7 +211,7 @@ impl HttpConnection {
         route: &HttpRoute,
         request: Inbound<'_>,
         exchange: &mut Exchange,
-    ) -> (Response<Body>, Option<u32>) {
+    ) -> Reply {
         if let Some(cors) = &route.cors
             && let Some(answer) =
                 policy::cors_preflight(cors, &request.parts.method, &request.parts.headers)
@@ -310,7 +310,7 @@ impl HttpConnection {
             target,
         }: Inbound<'_>,
         exchange: &mut Exchange,
-    ) -> (Response<Body>, Option<u32>) {
+    ) -> Reply {
         let cluster = match routes.cluster(&destination.destination, self.orig_dst.port()) {
             Ok(cluster) => cluster,
             Err(error) => {
@@ -408,16 +408,16 @@ impl HttpConnection {
                 .await
                 .unwrap_or_else(|_| {
                     exchange.flag("UT");
-                    Err(local_reply(
+                    Err(Box::new(local_reply(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream request timeout",
-                    ))
+                    )))
                 }),
             None => attempts.run(exchange).await,
         };
         let mut response = match outcome {
             Ok(response) => response,
-            Err(reply) => return reply,
+            Err(reply) => return *reply,
         };
         let grpc = policy::grpc_status(response.headers());
         let switched = upgrading
@@ -725,7 +725,7 @@ impl Attempts<'_> {
     async fn run(
         mut self,
         exchange: &mut Exchange,
-    ) -> Result<Response<upstream::UpstreamBody>, (Response<Body>, Option<u32>)> {
+    ) -> Result<Response<upstream::UpstreamBody>, Box<Reply>> {
         let retries = &self.route.retries;
         let mut tried: Vec<SocketAddrV4> = Vec::new();
         let mut retried = 0u32;
@@ -736,19 +736,19 @@ impl Attempts<'_> {
                 Ok(picked) => picked,
                 Err(error) => {
                     exchange.flag(error.response_flag());
-                    return Err(local_reply(
+                    return Err(Box::new(local_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no healthy upstream",
-                    ));
+                    )));
                 }
             };
             let Some(body) = self.body_for_attempt() else {
                 // A streamed body was already sent once; nothing more can be tried.
                 exchange.flag("URX");
-                return Err(local_reply(
+                return Err(Box::new(local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "retry limit exceeded",
-                ));
+                )));
             };
             let request = self.template.build(body);
             exchange.upstream = Some(picked.clone());
@@ -775,7 +775,7 @@ impl Attempts<'_> {
             }
             let retryable = policy::should_retry(&retries.retry_on, outcome);
             if !retryable {
-                return result.map_err(|error| self.failure(error, exchange));
+                return result.map_err(|error| Box::new(self.failure(error, exchange)));
             }
             let can_resend = matches!(self.body, Resend::Buffered(_));
             let permit = (retried < retries.attempts && can_resend)
@@ -785,7 +785,7 @@ impl Attempts<'_> {
                 if retries.attempts > 0 {
                     exchange.flag("URX");
                 }
-                return result.map_err(|error| self.failure(error, exchange));
+                return result.map_err(|error| Box::new(self.failure(error, exchange)));
             };
             retry_permits.push(permit);
             if let Ok(response) = result {
@@ -823,7 +823,7 @@ impl Attempts<'_> {
         &self,
         error: Option<UpstreamError>,
         exchange: &mut Exchange,
-    ) -> (Response<Body>, Option<u32>) {
+    ) -> Reply {
         match error {
             None => {
                 exchange.flag("UT");
@@ -947,8 +947,11 @@ fn empty_response(status: StatusCode) -> Response<Body> {
     response
 }
 
+/// A response and its gRPC status (from headers; trailers are read as the body streams).
+type Reply = (Response<Body>, Option<u32>);
+
 /// A reply the proxy makes itself, with a short plain-text reason as Envoy sends.
-fn local_reply(status: StatusCode, reason: &str) -> (Response<Body>, Option<u32>) {
+fn local_reply(status: StatusCode, reason: &str) -> Reply {
     let mut response = Response::new(full(Bytes::from(reason.to_owned())));
     *response.status_mut() = status;
     response

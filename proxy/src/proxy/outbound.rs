@@ -221,3 +221,6 @@ fn plan_l4(index: &MeshIndex, mut accepted: Accepted, orig_dst: SocketAddr) -> P
         Route::Passthrough { .. } => plan_passthrough(index, accepted, orig_dst),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -402,14 +402,16 @@ async fn local_answers_carry_their_status_and_flags() {
         }));
         HttpDecision::Route(Arc::new(route))
     };
-    let cases: Vec<(
-        &str,
+    // (case, decision, requests sent, last status, last flags, a header of the last answer)
+    type Case = (
+        &'static str,
         HttpDecision,
         usize,
         StatusCode,
-        &str,
-        Option<(&str, &str)>,
-    )> = vec![
+        &'static str,
+        Option<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "no route matched",
             HttpDecision::NoRouteMatched {
