@@ -74,6 +74,7 @@ impl RouteSource for Fixed {
 /// What a backend saw of one request.
 #[derive(Clone, Debug)]
 struct Seen {
+    version: Version,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -105,6 +106,7 @@ async fn backend(name: &'static str, fail_first: usize) -> Backend {
                     let body = body.collect().await.unwrap().to_bytes();
                     let path = parts.uri.path().to_owned();
                     recorded.lock().unwrap().push(Seen {
+                        version: parts.version,
                         path: parts
                             .uri
                             .path_and_query()
@@ -637,4 +639,132 @@ fn shadow_authorities_keep_the_port() {
     for (authority, shadow) in [("web.shop:80", "web.shop-shadow:80"), ("web", "web-shadow")] {
         assert_eq!(shadow_authority(authority), shadow);
     }
+}
+
+/// A backend that accepts upgrades (`Upgrade: echo` → 101) and CONNECT (→ 200), then echoes
+/// the tunnelled bytes.
+async fn upgrade_backend() -> SocketAddrV4 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
+                let on_upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let mut upgraded = TokioIo::new(on_upgrade.await.unwrap());
+                    let (mut rx, mut tx) = tokio::io::split(&mut upgraded);
+                    tokio::io::copy(&mut rx, &mut tx).await.unwrap();
+                });
+                let mut response = Response::new(Empty::<Bytes>::new());
+                if request.method() == Method::CONNECT {
+                    *response.status_mut() = StatusCode::OK;
+                } else {
+                    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    let headers = response.headers_mut();
+                    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    headers.insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                }
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upgrades_and_connect_tunnel_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = upgrade_backend().await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[backend])],
+    )
+    .await;
+    let upgrade = Request::builder()
+        .uri("/ws")
+        .header(header::HOST, "web.shop")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "echo")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let connect = Request::builder()
+        .method(Method::CONNECT)
+        .uri("web.shop:443")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    for (name, request, status) in [
+        ("upgrade", upgrade, StatusCode::SWITCHING_PROTOCOLS),
+        ("connect", connect, StatusCode::OK),
+    ] {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(harness.connection.clone(), server));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), status, "{name}");
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echoed, b"ping", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_h2_client_is_served_over_h2_end_to_end() {
+    let web = backend("web", 0).await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[web.addr])],
+    )
+    .await;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/one", "/two"] {
+        let request = Request::builder()
+            .uri(format!("http://web.shop{path}"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "web");
+    }
+    let seen = web.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.version == Version::HTTP_2), "{seen:?}");
+    assert_eq!(seen[0].headers[header::TE], "trailers");
+    assert_eq!(seen[1].path, "/two");
+    let lines = harness.test.log_lines(2).await;
+    assert_eq!(lines[0]["protocol"], "HTTP/2");
+    assert_eq!(lines[0]["authority"], "web.shop");
+    assert_eq!(
+        harness
+            .test
+            .metric("istio_requests_total", &[("request_protocol", "grpc")]),
+        Some(2)
+    );
 }
