@@ -96,15 +96,16 @@ impl App {
                 source,
             })?;
         let shutdown = CancellationToken::new();
-        let metrics_server = tokio::spawn(server::serve(
-            metrics_listener,
-            proxy.metrics.clone(),
-            shutdown.clone(),
-        ));
         let pods = Arc::new(PodRegistry::new(
             factory,
             proxy.clone(),
             config.drain_timeout,
+        ));
+        let metrics_server = tokio::spawn(server::serve(
+            metrics_listener,
+            proxy.metrics.clone(),
+            pods.clone(),
+            shutdown.clone(),
         ));
         let client = ControlClient::new(
             config.control_socket.clone(),

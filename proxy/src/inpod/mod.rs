@@ -248,6 +248,20 @@ impl PodRegistry {
         })
     }
 
+    /// The upstream clusters of every served pod, by `namespace/name`.
+    #[must_use]
+    pub fn clusters(&self) -> std::collections::BTreeMap<String, crate::http::upstream::ClustersDump> {
+        let served: Vec<(String, Arc<Upstreams>)> = self
+            .pods()
+            .iter()
+            .map(|(uid, served)| (uid.clone(), served.context.upstreams.clone()))
+            .collect();
+        served
+            .into_iter()
+            .map(|(uid, upstreams)| (self.pod_name(&uid), upstreams.dump()))
+            .collect()
+    }
+
     /// Uids of the pods served, sorted.
     #[must_use]
     pub fn served(&self) -> Vec<String> {
@@ -356,3 +370,11 @@ impl PodRegistry {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::telemetry::server::ClustersSource for PodRegistry {
+    fn clusters(&self) -> serde_json::Value {
+        serde_json::to_value(PodRegistry::clusters(self)).unwrap_or_else(|error| {
+            serde_json::json!({ "error": format!("cannot encode the clusters: {error}") })
+        })
+    }
+}

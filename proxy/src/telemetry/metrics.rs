@@ -434,4 +434,70 @@ mod tests {
         drop(connection);
         assert_eq!(closed(&metrics).as_deref(), Some("1"));
     }
+
+    #[test]
+    fn requests_render_with_istio_labels_and_buckets() {
+        let metrics = Metrics::new();
+        let labels = HttpLabels {
+            reporter: Reporter::Source,
+            source_workload: "web".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: UNKNOWN.into(),
+            destination_workload: "api".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_service: "api.shop.svc.cluster.local".into(),
+            destination_service_name: "api".into(),
+            destination_service_namespace: "shop".into(),
+            destination_version: "v2".into(),
+            destination_subset: "v2".into(),
+            request_protocol: "grpc",
+            response_code: 200,
+            grpc_response_status: "14".into(),
+            response_flags: "URX".into(),
+        };
+        for duration_ms in [3.0, 40.0] {
+            metrics.record_request(
+                &labels,
+                &RequestSample {
+                    duration_ms,
+                    request_bytes: 120,
+                    response_bytes: 9,
+                },
+            );
+        }
+        metrics.registry_only_blocked("http");
+        let text = metrics.encode().unwrap();
+        let requests = samples(&text, "istio_requests_total");
+        assert_eq!(requests.len(), 1, "{text}");
+        for label in [
+            "response_code=\"200\"",
+            "grpc_response_status=\"14\"",
+            "request_protocol=\"grpc\"",
+            "response_flags=\"URX\"",
+            "destination_version=\"v2\"",
+            "destination_subset=\"v2\"",
+        ] {
+            assert!(requests[0].0.contains(label), "{label} in {}", requests[0].0);
+        }
+        assert_eq!(requests[0].1, "2");
+        let bucket = |metric: &str, le: &str| {
+            samples(&text, metric)
+                .into_iter()
+                .find(|(series, _)| series.contains(&format!("le=\"{le}\"")))
+                .map(|(_, v)| v)
+        };
+        // Istio's bounds: 3 ms and 40 ms fall into le=5 and le=50.
+        let duration = "istio_request_duration_milliseconds_bucket";
+        assert_eq!(bucket(duration, "1.0").as_deref(), Some("0"));
+        assert_eq!(bucket(duration, "5.0").as_deref(), Some("1"));
+        assert_eq!(bucket(duration, "50.0").as_deref(), Some("2"));
+        assert_eq!(bucket(duration, "3600000.0").as_deref(), Some("2"));
+        assert_eq!(bucket("istio_request_bytes_bucket", "100.0").as_deref(), Some("0"));
+        assert_eq!(bucket("istio_request_bytes_bucket", "250.0").as_deref(), Some("2"));
+        assert_eq!(bucket("istio_response_bytes_bucket", "10.0").as_deref(), Some("2"));
+        assert_eq!(
+            samples(&text, "shunt_registry_only_blocked_total"),
+            [("shunt_registry_only_blocked_total{protocol=\"http\"}".to_owned(), "1".to_owned())]
+        );
+    }
 }
