@@ -189,9 +189,9 @@ pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let service = hyper::service::service_fn(move |_request| async move {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                    http_body_util::Full::new(bytes::Bytes::from(name)),
-                ))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(name),
+                )))
             });
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

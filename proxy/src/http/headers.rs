@@ -124,7 +124,12 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_and_end_to_end_ones_kept() {
         // (case, request headers, upgrading, header names left)
-        type Case = (&'static str, Vec<(&'static str, &'static str)>, bool, Vec<&'static str>);
+        type Case = (
+            &'static str,
+            Vec<(&'static str, &'static str)>,
+            bool,
+            Vec<&'static str>,
+        );
         let cases: Vec<Case> = vec![
             (
                 "fixed hop-by-hop set",

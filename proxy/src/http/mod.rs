@@ -6,6 +6,7 @@ pub mod detect;
 pub mod headers;
 pub mod policy;
 pub mod ratelimit;
+pub mod replay;
 pub mod rewind;
 pub mod server;
 pub mod upstream;

@@ -12,8 +12,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddrV4;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::headers;
 use super::policy::{self, AttemptOutcome};
 use super::ratelimit::RateLimitOutcome;
+use super::replay::Replay;
 use super::upstream::{self, Body, BoxError, ClusterState, HttpVersion, Picked, UpstreamError};
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
@@ -41,9 +42,9 @@ use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{Direction, HttpEntry};
 use crate::telemetry::metrics::{HttpLabels, RequestSample, UNKNOWN};
 
-/// Request bodies up to this size are buffered when a retry or a mirror may resend them;
-/// larger ones (or of unknown size) stream and are neither retried nor mirrored.
-pub const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+/// Request bodies up to this size are kept as they stream by when a retry or a mirror may
+/// resend them; beyond it, a body is neither retried nor mirrored.
+pub const MAX_BUFFERED_BODY: usize = 1024 * 1024;
 
 /// Envoy's default base interval between retries (doubling, with jitter, capped at 10×).
 const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -367,33 +368,21 @@ impl HttpConnection {
             _ => (None, None),
         };
         let may_resend = route.retries.attempts > 0 || !route.mirrors.is_empty();
-        let replayable = may_resend && !upgrading && body_fits_buffer(&body);
-        let body = if replayable {
-            match body.collect().await {
-                Ok(collected) => Resend::Buffered(collected.to_bytes()),
-                Err(error) => {
-                    tracing::debug!(%error, "client went away while sending the request body");
-                    exchange.flag("DC");
-                    return local_reply(StatusCode::BAD_REQUEST, "downstream request body failed");
-                }
-            }
+        let body = if may_resend && !upgrading {
+            Resend::Replay(Replay::new(body, MAX_BUFFERED_BODY))
         } else {
-            Resend::Streaming(Some(body.map_err(Into::into).boxed()))
+            Resend::Once(Mutex::new(Some(body.map_err(Into::into).boxed())))
         };
         let template = RequestTemplate {
             parts,
             authority: upstream_authority,
             version,
         };
-        if let Resend::Buffered(bytes) = &body {
-            self.mirror(routes, route, &template, bytes);
-        }
-
         let attempts = Attempts {
             state: &state,
             route,
             template: &template,
-            body,
+            body: &body,
             hash,
             passthrough: (cluster.policy.load_balancer == LoadBalancer::Passthrough)
                 .then_some(self.orig_dst),
@@ -415,6 +404,14 @@ impl HttpConnection {
                 }),
             None => attempts.run(exchange).await,
         };
+        let mirror_body = match &body {
+            Resend::Replay(replay) if !route.mirrors.is_empty() => replay.complete(),
+            _ => None,
+        };
+        // Mirrors go once the primary has its answer, with the body if it came whole.
+        if let Some(bytes) = mirror_body {
+            self.mirror(routes, route, &template, &bytes);
+        }
         let mut response = match outcome {
             Ok(response) => response,
             Err(reply) => return *reply,
@@ -603,10 +600,10 @@ struct Inbound<'a> {
     target: &'a OutboundTarget,
 }
 
-/// The request body for the attempts: bytes to resend, or a stream that can be sent once.
+/// The request body for the attempts: replayable, or a stream that can be sent once.
 enum Resend {
-    Buffered(Bytes),
-    Streaming(Option<Body>),
+    Replay(Replay<Counted>),
+    Once(Mutex<Option<Body>>),
 }
 
 /// What every attempt's request is built from.
@@ -712,7 +709,7 @@ struct Attempts<'a> {
     state: &'a ClusterState,
     route: &'a HttpRoute,
     template: &'a RequestTemplate,
-    body: Resend,
+    body: &'a Resend,
     hash: Option<u64>,
     /// `Some(original destination)` under `PASSTHROUGH` load balancing.
     passthrough: Option<SocketAddrV4>,
@@ -723,7 +720,7 @@ struct Attempts<'a> {
 impl Attempts<'_> {
     /// Tries until a response is final or the retries run out. `Err` is a local reply.
     async fn run(
-        mut self,
+        self,
         exchange: &mut Exchange,
     ) -> Result<Response<upstream::UpstreamBody>, Box<Reply>> {
         let retries = &self.route.retries;
@@ -777,7 +774,7 @@ impl Attempts<'_> {
             if !retryable {
                 return result.map_err(|error| Box::new(self.failure(error, exchange)));
             }
-            let can_resend = matches!(self.body, Resend::Buffered(_));
+            let can_resend = matches!(self.body, Resend::Replay(replay) if replay.can_replay());
             let permit = (retried < retries.attempts && can_resend)
                 .then(|| self.state.try_retry())
                 .flatten();
@@ -811,19 +808,15 @@ impl Attempts<'_> {
             .or_else(|_| self.state.pick(self.hash, &[]))
     }
 
-    fn body_for_attempt(&mut self) -> Option<Body> {
-        match &mut self.body {
-            Resend::Buffered(bytes) => Some(full(bytes.clone())),
-            Resend::Streaming(body) => body.take(),
+    fn body_for_attempt(&self) -> Option<Body> {
+        match self.body {
+            Resend::Replay(replay) => replay.attempt(),
+            Resend::Once(body) => body.lock().unwrap_or_else(PoisonError::into_inner).take(),
         }
     }
 
     /// The local reply for a failed final attempt (`None`: the per-try timeout).
-    fn failure(
-        &self,
-        error: Option<UpstreamError>,
-        exchange: &mut Exchange,
-    ) -> Reply {
+    fn failure(&self, error: Option<UpstreamError>, exchange: &mut Exchange) -> Reply {
         match error {
             None => {
                 exchange.flag("UT");
@@ -889,15 +882,6 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }
-}
-
-/// Whether the request body is small enough (and of known size) to buffer for resending.
-fn body_fits_buffer(body: &Counted) -> bool {
-    body.is_end_stream()
-        || body
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= MAX_BUFFERED_BODY)
 }
 
 /// `:authority`, else `Host`.

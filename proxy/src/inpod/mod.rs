@@ -250,7 +250,9 @@ impl PodRegistry {
 
     /// The upstream clusters of every served pod, by `namespace/name`.
     #[must_use]
-    pub fn clusters(&self) -> std::collections::BTreeMap<String, crate::http::upstream::ClustersDump> {
+    pub fn clusters(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::http::upstream::ClustersDump> {
         let served: Vec<(String, Arc<Upstreams>)> = self
             .pods()
             .iter()
@@ -373,8 +375,8 @@ mod tests;
 
 impl crate::telemetry::server::ClustersSource for PodRegistry {
     fn clusters(&self) -> serde_json::Value {
-        serde_json::to_value(PodRegistry::clusters(self)).unwrap_or_else(|error| {
-            serde_json::json!({ "error": format!("cannot encode the clusters: {error}") })
-        })
+        serde_json::to_value(PodRegistry::clusters(self)).unwrap_or_else(
+            |error| serde_json::json!({ "error": format!("cannot encode the clusters: {error}") }),
+        )
     }
 }

@@ -477,7 +477,11 @@ mod tests {
             "destination_version=\"v2\"",
             "destination_subset=\"v2\"",
         ] {
-            assert!(requests[0].0.contains(label), "{label} in {}", requests[0].0);
+            assert!(
+                requests[0].0.contains(label),
+                "{label} in {}",
+                requests[0].0
+            );
         }
         assert_eq!(requests[0].1, "2");
         let bucket = |metric: &str, le: &str| {
@@ -492,12 +496,24 @@ mod tests {
         assert_eq!(bucket(duration, "5.0").as_deref(), Some("1"));
         assert_eq!(bucket(duration, "50.0").as_deref(), Some("2"));
         assert_eq!(bucket(duration, "3600000.0").as_deref(), Some("2"));
-        assert_eq!(bucket("istio_request_bytes_bucket", "100.0").as_deref(), Some("0"));
-        assert_eq!(bucket("istio_request_bytes_bucket", "250.0").as_deref(), Some("2"));
-        assert_eq!(bucket("istio_response_bytes_bucket", "10.0").as_deref(), Some("2"));
+        assert_eq!(
+            bucket("istio_request_bytes_bucket", "100.0").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            bucket("istio_request_bytes_bucket", "250.0").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            bucket("istio_response_bytes_bucket", "10.0").as_deref(),
+            Some("2")
+        );
         assert_eq!(
             samples(&text, "shunt_registry_only_blocked_total"),
-            [("shunt_registry_only_blocked_total{protocol=\"http\"}".to_owned(), "1".to_owned())]
+            [(
+                "shunt_registry_only_blocked_total{protocol=\"http\"}".to_owned(),
+                "1".to_owned()
+            )]
         );
     }
 }

@@ -152,12 +152,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            metrics,
-            Arc::new(NoPods),
-            shutdown.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, metrics, Arc::new(NoPods), shutdown.clone()));
 
         for (request, status, body_has) in [
             (
@@ -168,7 +163,11 @@ mod tests {
             ("GET /stats/prometheus HTTP/1.1", "200 OK", "# EOF"),
             ("GET /other HTTP/1.1", "404 Not Found", "/stats/prometheus"),
             ("POST /metrics HTTP/1.1", "405 Method Not Allowed", "GET"),
-            ("GET /debug/clusters HTTP/1.1", "200 OK", "{\"shop/web-1\":{}}"),
+            (
+                "GET /debug/clusters HTTP/1.1",
+                "200 OK",
+                "{\"shop/web-1\":{}}",
+            ),
         ] {
             let response = get(addr, request).await;
             assert!(

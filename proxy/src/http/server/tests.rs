@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::routing::{
-    AbortKind, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host, MeshSettings, Mirror, ObjectRef,
-    RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget, TcpDecision, TrafficPolicy,
+    AbortKind, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host, MeshSettings, Mirror,
+    ObjectRef, RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget, TcpDecision, TrafficPolicy,
 };
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use crate::state::fixtures;
@@ -123,11 +123,18 @@ async fn backend(name: &'static str, fail_first: usize) -> Backend {
                         .strip_prefix("/status/")
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(200);
-                    if n < fail_first {
+                    let failing = n < fail_first;
+                    if failing && !path.starts_with("/grpc") {
                         status = 503;
                     }
                     let mut response = Response::new(Full::new(Bytes::from(name)));
                     *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                    if failing && path.starts_with("/grpc") {
+                        // Trailers-only gRPC failure: UNAVAILABLE.
+                        response
+                            .headers_mut()
+                            .insert("grpc-status", HeaderValue::from_static("14"));
+                    }
                     response
                         .headers_mut()
                         .insert("x-backend", HeaderValue::from_static(name));
@@ -243,7 +250,12 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
         pod_name: "shop/client-1".into(),
         client: ClientAddr("10.1.0.5:40000".parse().unwrap()),
         orig_dst: "10.96.0.10:80".parse().unwrap(),
-        source: Some(Arc::new(fixtures::pod("shop", "client-1", [10, 1, 0, 5], "client"))),
+        source: Some(Arc::new(fixtures::pod(
+            "shop",
+            "client-1",
+            [10, 1, 0, 5],
+            "client",
+        ))),
     });
     Harness { test, connection }
 }
@@ -751,11 +763,17 @@ async fn an_h2_client_is_served_over_h2_end_to_end() {
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "web");
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "web"
+        );
     }
     let seen = web.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.version == Version::HTTP_2), "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.version == Version::HTTP_2),
+        "{seen:?}"
+    );
     assert_eq!(seen[0].headers[header::TE], "trailers");
     assert_eq!(seen[1].path, "/two");
     let lines = harness.test.log_lines(2).await;
@@ -767,4 +785,66 @@ async fn an_h2_client_is_served_over_h2_end_to_end() {
             .metric("istio_requests_total", &[("request_protocol", "grpc")]),
         Some(2)
     );
+}
+
+/// A request body of unknown length (sent chunked), all of it ready at once.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_has_arrived_is_resent_on_a_grpc_status_retry() {
+    let flaky = backend("grpc", 2).await;
+    let mut route = forward_to(HOST);
+    route.retries = RetryPolicy {
+        attempts: 3,
+        per_try_timeout: Some(Duration::from_secs(2)),
+        retry_on: RetryOn {
+            grpc_codes: vec![14],
+            ..RetryOn::default()
+        },
+    };
+    let harness = harness(
+        HttpDecision::Route(Arc::new(route)),
+        vec![cluster(HOST, &[flaky.addr])],
+    )
+    .await;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = Chunks(
+        [Bytes::from_static(b"call-"), Bytes::from_static(b"1")]
+            .into_iter()
+            .collect(),
+    );
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/grpc.Svc/Call")
+        .header(header::HOST, "web.shop")
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("grpc-status"));
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.body == "call-1"), "{seen:?}");
+    drop(response);
+    let line = &harness.test.log_lines(1).await[0];
+    assert_eq!(line["bytes_received"], 6);
+    assert_eq!(line["response_flags"], "-");
 }

@@ -270,7 +270,8 @@ async fn a_server_first_protocol_is_tcp_after_the_detection_timeout() {
 #[tokio::test]
 async fn http_goes_to_the_http_proxy_and_unknown_tcp_is_blocked_and_counted() {
     let setup = setup().await;
-    let mut client = connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 80)).await;
+    let mut client =
+        connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 80)).await;
     client
         .write_all(b"GET /x HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
         .await
@@ -280,7 +281,12 @@ async fn http_goes_to_the_http_proxy_and_unknown_tcp_is_blocked_and_counted() {
     assert!(response.ends_with("web"), "{response}");
     let line = setup.test.log_lines(1).await[0].clone();
     assert_eq!(line["method"], "GET");
-    assert_eq!(line["upstream_cluster"].as_str().map(|c| c.ends_with("|web")), Some(true));
+    assert_eq!(
+        line["upstream_cluster"]
+            .as_str()
+            .map(|c| c.ends_with("|web")),
+        Some(true)
+    );
 
     let mut blocked =
         connect_as_captured(setup.outbound, &setup.test.outbound, dst(BLOCKED_DST, 7000)).await;
