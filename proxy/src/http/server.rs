@@ -89,8 +89,11 @@ where
     }
 }
 
-/// Everything known about one request by the time it is logged.
+/// Everything known about one request by the time it is logged. Dropped unrecorded (the
+/// client went away before the response started), it records itself with flag DC.
 struct Exchange {
+    /// Where to record it; taken when recorded.
+    recorder: Option<Arc<HttpConnection>>,
     started: Instant,
     start_time: SystemTime,
     method: Method,
@@ -128,6 +131,50 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// Counts and logs the exchange once (later calls do nothing).
+    fn record(
+        &mut self,
+        status: u16,
+        grpc_status: Option<u32>,
+        response_header_bytes: u64,
+        response_body_bytes: u64,
+    ) {
+        let Some(connection) = self.recorder.take() else {
+            return;
+        };
+        let labels = connection.http_labels(self, status, grpc_status);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a duration in milliseconds fits an f64 exactly for any real request"
+        )]
+        let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
+        connection.proxy.metrics.record_request(
+            &labels,
+            &RequestSample {
+                duration_ms,
+                request_bytes: self.request_header_bytes
+                    + self.request_body_bytes.load(Ordering::Relaxed),
+                response_bytes: response_header_bytes + response_body_bytes,
+            },
+        );
+        let entry = connection.log_entry(self, status, response_body_bytes);
+        if let Err(error) = connection.proxy.access_log.record(&entry) {
+            tracing::warn!(%error, "access log entry lost");
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.recorder.is_some() {
+            // The request's future was dropped: the client closed before any response.
+            self.flag("DC");
+            self.record(0, None, 0, 0);
+        }
+    }
+}
+
 impl HttpConnection {
     async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Body> {
         let upgrade = (headers::wants_upgrade(request.headers())
@@ -136,6 +183,7 @@ impl HttpConnection {
         let (mut parts, incoming) = request.into_parts();
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let mut exchange = Exchange {
+            recorder: Some(self.clone()),
             started: Instant::now(),
             start_time: SystemTime::now(),
             method: parts.method.clone(),
@@ -473,7 +521,7 @@ impl HttpConnection {
 
     /// Wraps `response` so the exchange is logged and measured when its body ends.
     fn track(
-        self: Arc<Self>,
+        &self,
         response: Response<Body>,
         grpc_status: Option<u32>,
         exchange: Exchange,
@@ -485,7 +533,6 @@ impl HttpConnection {
             inner: body,
             bytes: 0,
             finish: Some(Finish {
-                connection: self,
                 exchange,
                 status,
                 grpc_status,
@@ -547,8 +594,7 @@ impl HttpConnection {
         }
     }
 
-    fn log_entry(&self, finish: &Finish, response_body_bytes: u64) -> HttpEntry {
-        let exchange = &finish.exchange;
+    fn log_entry(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) -> HttpEntry {
         let (src_workload, src_namespace) = workload_names(self.source.as_deref());
         let destination = exchange.upstream.as_ref().and_then(|p| p.workload.clone());
         let (dst_workload, dst_namespace) = workload_names(destination.as_deref());
@@ -558,7 +604,7 @@ impl HttpConnection {
             method: exchange.method.to_string(),
             path: exchange.path.clone(),
             protocol: exchange.protocol.to_owned(),
-            response_code: finish.status,
+            response_code: status,
             response_flags: exchange.flags(),
             bytes_sent: response_body_bytes,
             bytes_received: exchange.request_body_bytes.load(Ordering::Relaxed),
@@ -984,7 +1030,6 @@ impl hyper::body::Body for Counted {
 
 /// What to record once the response is over.
 struct Finish {
-    connection: Arc<HttpConnection>,
     exchange: Exchange,
     status: u16,
     grpc_status: Option<u32>,
@@ -1007,27 +1052,12 @@ impl Tracked {
         if !complete {
             finish.exchange.flag("DC");
         }
-        let connection = finish.connection.clone();
-        let labels = connection.http_labels(&finish.exchange, finish.status, finish.grpc_status);
-        let exchange = &finish.exchange;
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "a duration in milliseconds fits an f64 exactly for any real request"
-        )]
-        let duration_ms = exchange.started.elapsed().as_micros() as f64 / 1000.0;
-        connection.proxy.metrics.record_request(
-            &labels,
-            &RequestSample {
-                duration_ms,
-                request_bytes: exchange.request_header_bytes
-                    + exchange.request_body_bytes.load(Ordering::Relaxed),
-                response_bytes: finish.response_header_bytes + self.bytes,
-            },
+        finish.exchange.record(
+            finish.status,
+            finish.grpc_status,
+            finish.response_header_bytes,
+            self.bytes,
         );
-        let entry = connection.log_entry(&finish, self.bytes);
-        if let Err(error) = connection.proxy.access_log.record(&entry) {
-            tracing::warn!(%error, "access log entry lost");
-        }
     }
 }
 

@@ -848,3 +848,64 @@ async fn a_chunked_body_that_has_arrived_is_resent_on_a_grpc_status_retry() {
     assert_eq!(line["bytes_received"], 6);
     assert_eq!(line["response_flags"], "-");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_is_logged_with_dc() {
+    let web = backend("web", 0).await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[web.addr])],
+    )
+    .await;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let pending = tokio::spawn(async move { sender.send_request(get("/slow")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client goes away while the backend is still thinking.
+    pending.abort();
+    conn.abort();
+    let line = &harness.test.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["response_code"], 0, "{line}");
+    assert_eq!(line["upstream_host"], web.addr.to_string(), "{line}");
+}
+
+#[tokio::test]
+async fn a_hash_cookie_is_issued_once_and_then_keeps_requests_on_one_endpoint() {
+    let (a, b) = (backend("a", 0).await, backend("b", 0).await);
+    let mut sticky = (*cluster(HOST, &[a.addr, b.addr])).clone();
+    sticky.policy.load_balancer = LoadBalancer::ConsistentHash {
+        key: crate::routing::HashKey::Cookie {
+            name: "sticky".into(),
+            path: Some("/".into()),
+            ttl: Some(Duration::from_secs(60)),
+        },
+        algorithm: crate::routing::HashAlgorithm::RingHash {
+            minimum_ring_size: 1024,
+        },
+    };
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![Arc::new(sticky)],
+    )
+    .await;
+    let (_, headers, first) = harness.send(get("/")).await;
+    let set_cookie = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("sticky="), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..20 {
+        let mut request = get("/");
+        request
+            .headers_mut()
+            .insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        let (_, headers, body) = harness.send(request).await;
+        assert_eq!(body, first, "the cookie's endpoint answers every time");
+        assert!(!headers.contains_key(header::SET_COOKIE));
+    }
+    let counts = (a.seen.lock().unwrap().len(), b.seen.lock().unwrap().len());
+    assert!(counts == (21, 0) || counts == (0, 21), "{counts:?}");
+}
