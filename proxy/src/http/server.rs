@@ -78,14 +78,28 @@ where
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::select! {
+    tokio::pin!(served);
+    let ended = tokio::select! {
         biased;
-        () = drain.force_closed() => {}
-        served = served => {
-            if let Err(error) = served {
-                tracing::debug!(%error, "HTTP connection ended with an error");
+        () = drain.force_closed() => return,
+        () = drain.accepting_stopped() => None,
+        ended = served.as_mut() => Some(ended),
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            // Draining: requests in flight finish, then the connection closes (GOAWAY on h2,
+            // `Connection: close` on HTTP/1) so the client reconnects elsewhere.
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                () = drain.force_closed() => return,
+                ended = served => ended,
             }
         }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 
@@ -470,7 +484,15 @@ impl HttpConnection {
                 || (template.parts.method == Method::CONNECT && response.status().is_success()));
         if switched && let Some(downstream) = upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(downstream, upstream_upgrade));
+            let drain = self.pod.drain.clone();
+            // Tracked by the pod's drain, and cut with it, like any forwarded connection.
+            self.pod.drain.spawn(async move {
+                tokio::select! {
+                    biased;
+                    () = drain.force_closed() => {}
+                    () = tunnel(downstream, upstream_upgrade) => {}
+                }
+            });
         }
         let (mut head, upstream_body) = response.into_parts();
         headers::remove_hop_by_hop(&mut head.headers, switched);

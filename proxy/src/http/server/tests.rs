@@ -909,3 +909,36 @@ async fn a_hash_cookie_is_issued_once_and_then_keeps_requests_on_one_endpoint() 
     let counts = (a.seen.lock().unwrap().len(), b.seen.lock().unwrap().len());
     assert!(counts == (21, 0) || counts == (0, 21), "{counts:?}");
 }
+
+#[tokio::test]
+async fn draining_lets_the_request_in_flight_finish_then_closes_the_connection() {
+    let web = backend("web", 0).await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[web.addr])],
+    )
+    .await;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let in_flight = tokio::spawn(async move {
+        let response = sender.send_request(get("/slow")).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    harness.connection.pod.drain.stop_accepting();
+    let body = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, "web");
+    // The proxy closed the keep-alive connection once the request was done.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
