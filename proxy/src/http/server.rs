@@ -264,6 +264,11 @@ impl HttpConnection {
                     .await
             }
         };
+        let (response, grpc_status) = if exchange.grpc {
+            grpc_local_reply((response, grpc_status))
+        } else {
+            (response, grpc_status)
+        };
         self.track(response, grpc_status, exchange)
     }
 
@@ -1002,6 +1007,14 @@ fn empty_response(status: StatusCode) -> Response<Body> {
 /// A response and its gRPC status (from headers; trailers are read as the body streams).
 type Reply = (Response<Body>, Option<u32>);
 
+/// Marks a response the proxy made itself (see [`grpc_local_reply`]).
+#[derive(Clone, Copy, Debug)]
+struct LocalReply;
+
+/// Why the proxy answered itself (`grpc-message` of a gRPC local reply).
+#[derive(Clone, Debug)]
+struct LocalReplyReason(String);
+
 /// A reply the proxy makes itself, with a short plain-text reason as Envoy sends.
 fn local_reply(status: StatusCode, reason: &str) -> Reply {
     let mut response = Response::new(full(Bytes::from(reason.to_owned())));
@@ -1009,7 +1022,45 @@ fn local_reply(status: StatusCode, reason: &str) -> Reply {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.extensions_mut().insert(LocalReply);
+    response
+        .extensions_mut()
+        .insert(LocalReplyReason(reason.to_owned()));
     (response, None)
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: HTTP 200, trailers-only, with the
+/// gRPC status for the HTTP one (Envoy's `Grpc::Utility::httpToGrpcStatus`) and the reason in
+/// `grpc-message`. Other responses pass unchanged.
+fn grpc_local_reply((response, grpc_status): Reply) -> Reply {
+    if grpc_status.is_some() || response.extensions().get::<LocalReply>().is_none() {
+        return (response, grpc_status);
+    }
+    let code: u32 = match response.status().as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    };
+    let (mut head, body) = response.into_parts();
+    let reason = head
+        .extensions
+        .get::<LocalReplyReason>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    drop(body);
+    head.status = StatusCode::OK;
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers
+        .insert(header::CONTENT_TYPE, policy::APPLICATION_GRPC.clone());
+    head.headers
+        .insert(policy::GRPC_STATUS.clone(), HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&reason) {
+        head.headers.insert("grpc-message", message);
+    }
+    (Response::from_parts(head, full(Bytes::new())), Some(code))
 }
 
 /// The downstream request body, counting the bytes it yields.

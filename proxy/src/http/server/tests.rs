@@ -942,3 +942,33 @@ async fn draining_lets_the_request_in_flight_finish_then_closes_the_connection()
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn local_replies_to_grpc_requests_are_grpc_statuses() {
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        // The destination has no endpoint: 503 UH, which a gRPC client gets as UNAVAILABLE.
+        vec![cluster(HOST, &[])],
+    )
+    .await;
+    let mut request = get("/pkg.Svc/Call");
+    request.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    let (status, headers, body) = harness.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "14");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+    assert_eq!(headers["grpc-message"], "no healthy upstream");
+    assert!(body.is_empty());
+    let line = &harness.test.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UH");
+    assert_eq!(
+        harness.test.metric(
+            "istio_requests_total",
+            &[("grpc_response_status", "14"), ("request_protocol", "grpc")]
+        ),
+        Some(1)
+    );
+}
