@@ -488,6 +488,11 @@ async fn local_answers_carry_their_status_and_flags() {
         }
         let lines = harness.test.log_lines(requests).await;
         assert_eq!(lines[requests - 1]["response_flags"], flags, "{name}");
+        let blocked = harness
+            .test
+            .metric("shunt_registry_only_blocked_total", &[("protocol", "http")]);
+        let expected = (name == "registry only").then_some(1);
+        assert_eq!(blocked, expected, "{name}");
     }
     assert!(web.seen.lock().unwrap().iter().all(|s| s.path == "/"));
     // Only the rate-limited case's first request reached the backend.
