@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::client::ControlClient;
 use crate::inpod::PodRegistry;
-use crate::proxy::ProxyContext;
+use crate::proxy::{ProxyContext, Timeouts};
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;
@@ -40,6 +40,9 @@ pub struct Config {
     /// How long in-flight connections get to finish once draining starts.
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long protocol detection waits for a client's first bytes (unless the mesh config
+    /// sets `protocolDetectionTimeout`).
+    pub protocol_detection_timeout: Duration,
 }
 
 /// A started proxy.
@@ -63,11 +66,17 @@ impl App {
     ) -> Result<Self, Error> {
         let state = Arc::new(StateStore::new());
         let metrics = Arc::new(Metrics::new());
+        // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
+        let routes: Option<Arc<dyn crate::routing::RouteSource>> = Some(state.clone());
         let proxy = Arc::new(ProxyContext::new(
             state.clone(),
+            routes,
             metrics.clone(),
             access_log,
-            config.connect_timeout,
+            Timeouts {
+                connect: config.connect_timeout,
+                protocol_detection: config.protocol_detection_timeout,
+            },
         ));
         Self::start_with(config, factory, proxy).await
     }
@@ -86,15 +95,16 @@ impl App {
                 source,
             })?;
         let shutdown = CancellationToken::new();
-        let metrics_server = tokio::spawn(server::serve(
-            metrics_listener,
-            proxy.metrics.clone(),
-            shutdown.clone(),
-        ));
         let pods = Arc::new(PodRegistry::new(
             factory,
             proxy.clone(),
             config.drain_timeout,
+        ));
+        let metrics_server = tokio::spawn(server::serve(
+            metrics_listener,
+            proxy.metrics.clone(),
+            pods.clone(),
+            shutdown.clone(),
         ));
         let client = ControlClient::new(
             config.control_socket.clone(),
@@ -179,6 +189,7 @@ mod tests {
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(2),
+            protocol_detection_timeout: Duration::from_millis(100),
         };
         let app = App::start_with(
             &config,

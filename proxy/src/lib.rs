@@ -3,6 +3,7 @@
 pub mod app;
 pub mod control;
 pub mod drain;
+pub mod http;
 pub mod inpod;
 pub mod istio;
 pub mod netns;

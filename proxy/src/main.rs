@@ -31,6 +31,11 @@ struct Cli {
     /// How long a dial to an upstream may take.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     connect_timeout: Duration,
+    /// How long to wait for a client's first bytes to tell HTTP, TLS and opaque TCP apart
+    /// on ports that declare no protocol; then the connection is opaque TCP (server-first
+    /// protocols). The mesh config's `protocolDetectionTimeout` wins when set.
+    #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = parse_seconds)]
+    protocol_detection_timeout: Duration,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +77,7 @@ async fn main() -> ExitCode {
         metrics_addr: cli.metrics_addr,
         drain_timeout: cli.drain_timeout,
         connect_timeout: cli.connect_timeout,
+        protocol_detection_timeout: cli.protocol_detection_timeout,
     };
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +103,7 @@ mod tests {
         assert_eq!(cli.metrics_addr, "0.0.0.0:15020".parse().unwrap());
         assert_eq!(cli.drain_timeout, Duration::from_secs(5));
         assert_eq!(cli.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cli.protocol_detection_timeout, Duration::from_millis(100));
         assert!(matches!(cli.log_format, LogFormat::Text));
     }
 

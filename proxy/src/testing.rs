@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::inpod::PodRegistry;
 use crate::proxy::ProxyContext;
 use crate::proxy::orig_dst::{self, ClientAddr, OrigDstAddr, OrigDstSource};
+use crate::routing::RouteSource;
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::{AccessLog, Captured};
@@ -58,11 +59,23 @@ impl TestProxy {
     /// `table_inbound`: whether inbound destinations come from [`TestProxy::inbound`] (to
     /// exercise inbound forwarding without sk_lookup) or from the local address as in production.
     pub fn new(table_inbound: bool) -> Self {
+        Self::build(table_inbound, None)
+    }
+
+    /// Outbound connections routed by `routes` (the L7 path), destinations from the table.
+    pub fn with_routes(routes: Arc<dyn RouteSource>) -> Self {
+        Self::build(false, Some(routes))
+    }
+
+    fn build(table_inbound: bool, routes: Option<Arc<dyn RouteSource>>) -> Self {
         let outbound = Arc::new(OrigDstTable::default());
         let inbound = Arc::new(OrigDstTable::default());
         let log = Arc::new(Captured::default());
         let proxy = Arc::new(ProxyContext {
             state: Arc::new(StateStore::new()),
+            routes,
+            rate_limiter: crate::http::ratelimit::RateLimiter::new(),
+            protocol_detection_timeout: Duration::from_millis(100),
             metrics: Arc::new(Metrics::new()),
             access_log: AccessLog::new(log.clone()),
             connect_timeout: Duration::from_secs(2),
@@ -161,6 +174,29 @@ pub async fn named_server(addr: SocketAddr, name: &'static str) -> SocketAddr {
                 stream.read_to_end(&mut request).await.unwrap();
                 stream.write_all(name.as_bytes()).await.unwrap();
                 stream.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// A hyper HTTP/1.1 + h2 server on `ip` answering every request with 200 and `name`.
+pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |_request| async move {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(name),
+                )))
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::wire::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
+use crate::http::upstream::Upstreams;
 use crate::netns::socket_netns_cookie;
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
@@ -172,9 +173,15 @@ impl PodRegistry {
             outbound: local_addr(&outbound)?,
             inbound: local_addr(&inbound)?,
         };
+        let upstreams = Arc::new(Upstreams::new(
+            sockets.clone(),
+            self.proxy.connect_timeout,
+            self.proxy.metrics.upstream.clone(),
+        ));
         let context = Arc::new(PodContext {
             uid: uid.to_owned(),
             sockets,
+            upstreams,
             outbound_listener: listeners.outbound,
             inbound_listener: listeners.inbound,
             drain: Drain::new(),
@@ -239,6 +246,22 @@ impl PodRegistry {
             outbound: served.context.outbound_listener,
             inbound: served.context.inbound_listener,
         })
+    }
+
+    /// The upstream clusters of every served pod, by `namespace/name`.
+    #[must_use]
+    pub fn clusters(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::http::upstream::ClustersDump> {
+        let served: Vec<(String, Arc<Upstreams>)> = self
+            .pods()
+            .iter()
+            .map(|(uid, served)| (uid.clone(), served.context.upstreams.clone()))
+            .collect();
+        served
+            .into_iter()
+            .map(|(uid, upstreams)| (self.pod_name(&uid), upstreams.dump()))
+            .collect()
     }
 
     /// Uids of the pods served, sorted.
@@ -349,3 +372,11 @@ impl PodRegistry {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::telemetry::server::ClustersSource for PodRegistry {
+    fn clusters(&self) -> serde_json::Value {
+        serde_json::to_value(PodRegistry::clusters(self)).unwrap_or_else(
+            |error| serde_json::json!({ "error": format!("cannot encode the clusters: {error}") }),
+        )
+    }
+}

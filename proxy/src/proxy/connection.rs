@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
@@ -127,16 +127,16 @@ struct Ending {
     error: Option<String>,
 }
 
-/// Carries out `plan` for `downstream` and reports it.
-pub(super) async fn run(
+/// Carries out `plan` for `downstream` (the accepted connection, possibly behind the bytes
+/// protocol detection read) and reports it.
+pub(super) async fn run<S>(
     proxy: &ProxyContext,
     pod: &PodContext,
     Plan { accepted, decision }: Plan,
-    mut downstream: TcpStream,
-) {
-    if let Err(error) = downstream.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-    }
+    mut downstream: S,
+) where
+    S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
+{
     let labels = TcpLabels::new(
         accepted.reporter,
         accepted.peers.source.as_deref(),
@@ -181,13 +181,16 @@ pub(super) async fn run(
     }
 }
 
-async fn dial_and_forward(
+async fn dial_and_forward<S>(
     proxy: &ProxyContext,
     pod: &PodContext,
     upstream_addr: std::net::SocketAddr,
-    downstream: &mut TcpStream,
+    downstream: &mut S,
     meter: &Meter,
-) -> Ending {
+) -> Ending
+where
+    S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
+{
     let ending = |reason, error: Option<String>| Ending {
         upstream: Some(upstream_addr),
         reason,

@@ -21,6 +21,9 @@ pub async fn serve(
     downstream: TcpStream,
     client: ClientAddr,
 ) {
+    if let Err(error) = downstream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+    }
     let plan = plan(&proxy, &pod, &downstream, client);
     connection::run(&proxy, &pod, plan, downstream).await;
 }

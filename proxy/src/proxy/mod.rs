@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::drain::Drain;
+use crate::http::ratelimit::RateLimiter;
+use crate::http::upstream::Upstreams;
+use crate::routing::RouteSource;
 use crate::socket::PodSockets;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;
@@ -21,6 +24,16 @@ use orig_dst::OrigDstSource;
 /// What every connection of every pod shares.
 pub struct ProxyContext {
     pub state: Arc<StateStore>,
+    /// The routing table in force (VirtualServices, DestinationRules, ServiceEntries); one
+    /// snapshot per connection or request. `None` until the config compiler's
+    /// `StateStore: RouteSource` is wired: outbound connections are then routed at L4 by the
+    /// Service table alone, as before L7.
+    pub routes: Option<Arc<dyn RouteSource>>,
+    /// Local rate limits: one token bucket per RateLimitPolicy for the whole node proxy.
+    pub rate_limiter: RateLimiter,
+    /// How long protocol detection waits for a client's first bytes unless the mesh config
+    /// sets `protocolDetectionTimeout`.
+    pub protocol_detection_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub connect_timeout: Duration,
@@ -35,25 +48,39 @@ impl ProxyContext {
     #[must_use]
     pub fn new(
         state: Arc<StateStore>,
+        routes: Option<Arc<dyn RouteSource>>,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
-        connect_timeout: Duration,
+        timeouts: Timeouts,
     ) -> Self {
         Self {
             state,
+            routes,
+            rate_limiter: RateLimiter::new(),
+            protocol_detection_timeout: timeouts.protocol_detection,
             metrics,
             access_log,
-            connect_timeout,
+            connect_timeout: timeouts.connect,
             outbound_dst: Arc::new(orig_dst::SoOriginalDst),
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
         }
     }
 }
 
+/// The proxy's own timeouts, from its command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub protocol_detection: Duration,
+}
+
 /// One captured pod, as its connections see it.
 pub struct PodContext {
     pub uid: String,
     pub sockets: Arc<dyn PodSockets>,
+    /// The upstream clusters this pod's HTTP requests go to (pools are per pod: they dial
+    /// from its netns).
+    pub upstreams: Arc<Upstreams>,
     pub outbound_listener: SocketAddr,
     pub inbound_listener: SocketAddr,
     pub drain: Drain,

@@ -1,7 +1,12 @@
 //! Outbound: connections an app in a captured pod opened, redirected to the pod's
 //! `127.0.0.1:15001`. Dialled from the same pod's netns, so the server sees the pod's IP.
+//!
+//! With a routing table ([`ProxyContext::routes`]), the connection's protocol is detected
+//! first: HTTP goes to the HTTP proxy ([`crate::http::server`]), which routes every request;
+//! TLS is routed by its SNI and opaque TCP by `tcp[]` routes, then forwarded at L4.
 #![forbid(unsafe_code)]
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -9,7 +14,12 @@ use tokio::net::TcpStream;
 use super::connection::{self, Accepted, Plan};
 use super::orig_dst::ClientAddr;
 use super::{PodContext, ProxyContext};
-use crate::state::Route;
+use crate::http::detect::{self, Protocol};
+use crate::http::rewind::Rewind;
+use crate::http::server::{self, HttpConnection};
+use crate::http::{policy, upstream};
+use crate::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
+use crate::state::{MeshIndex, Route};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 
@@ -20,33 +30,179 @@ pub async fn serve(
     downstream: TcpStream,
     client: ClientAddr,
 ) {
-    let plan = plan(&proxy, &pod, &downstream, client);
-    connection::run(&proxy, &pod, plan, downstream).await;
-}
-
-fn plan(
-    proxy: &ProxyContext,
-    pod: &PodContext,
-    downstream: &TcpStream,
-    client: ClientAddr,
-) -> Plan {
+    if let Err(error) = downstream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+    }
     let index = proxy.state.load();
-    let mut accepted = Accepted::new(Direction::Outbound, Reporter::Source, client, &index, pod);
+    let mut accepted = Accepted::new(
+        Direction::Outbound,
+        Reporter::Source,
+        client,
+        &index,
+        pod.as_ref(),
+    );
     accepted.peers.source = index.workload_by_uid(&pod.uid).cloned();
-    let orig_dst = match proxy.outbound_dst.orig_dst(downstream, client) {
+    let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, client) {
         Ok(orig_dst) => orig_dst,
-        Err(error) => return accepted.refuse(CloseReason::Error, error.to_string()),
+        Err(error) => {
+            let plan = accepted.refuse(CloseReason::Error, error.to_string());
+            return connection::run(&proxy, &pod, plan, downstream).await;
+        }
     };
     accepted.orig_dst = Some(orig_dst);
     if pod.is_proxy_listener(orig_dst.0) {
         // connect4 refuses apps that dial the proxy ports; this catches anything that slips
         // past it (a REDIRECT rule without the mark exemption, a bug) before it loops.
-        return accepted.refuse(
+        let plan = accepted.refuse(
             CloseReason::Error,
             format!("original destination {orig_dst} is the proxy's own listener; refused to avoid a loop"),
         );
+        return connection::run(&proxy, &pod, plan, downstream).await;
     }
-    match index.route(orig_dst.0) {
+    let (Some(source), SocketAddr::V4(dst)) = (&proxy.routes, orig_dst.0) else {
+        let plan = plan_l4(&index, accepted, orig_dst.0);
+        return connection::run(&proxy, &pod, plan, downstream).await;
+    };
+    let routes = source.routes();
+    let target = routes.outbound_target(dst);
+    let declared = match &target {
+        OutboundTarget::Service(service) => service.protocol,
+        OutboundTarget::Unknown { protocol, .. } => *protocol,
+    };
+    let timeout = routes
+        .mesh()
+        .protocol_detection_timeout
+        .unwrap_or(proxy.protocol_detection_timeout);
+    let mut downstream = downstream;
+    let detection = tokio::select! {
+        biased;
+        () = pod.drain.force_closed() => return,
+        detection = detect::detect(&mut downstream, declared, timeout) => detection,
+    };
+    let detection = match detection {
+        Ok(detection) => detection,
+        Err(error) => {
+            let plan = accepted.refuse(
+                CloseReason::Error,
+                format!("reading the first bytes to detect the protocol failed: {error}"),
+            );
+            return connection::run(&proxy, &pod, plan, downstream).await;
+        }
+    };
+    let stream = Rewind::new(detection.consumed, downstream);
+    let sni = match detection.protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            let connection = Arc::new(HttpConnection {
+                proxy: proxy.clone(),
+                routes: source.clone(),
+                pod: pod.clone(),
+                pod_name: accepted.pod.clone(),
+                client,
+                orig_dst: dst,
+                source: accepted.peers.source.clone(),
+            });
+            return server::serve(connection, stream).await;
+        }
+        Protocol::Tls { sni } => sni,
+        Protocol::Tcp => None,
+    };
+    let plan = plan_tcp(
+        &proxy,
+        &pod,
+        &index,
+        &*routes,
+        &target,
+        sni.as_deref(),
+        accepted,
+        dst,
+    );
+    connection::run(&proxy, &pod, plan, stream).await;
+}
+
+/// Routes an opaque TCP or TLS connection by the `tcp[]` / `tls[]` routes of its destination.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the same values"
+)]
+fn plan_tcp(
+    proxy: &ProxyContext,
+    pod: &PodContext,
+    index: &MeshIndex,
+    routes: &dyn Routes,
+    target: &OutboundTarget,
+    sni: Option<&str>,
+    mut accepted: Accepted,
+    dst: SocketAddrV4,
+) -> Plan {
+    let source = accepted.peers.source.clone();
+    match routes.tcp_route(target, sni, source.as_deref()) {
+        TcpDecision::Passthrough => plan_passthrough(index, accepted, dst.into()),
+        TcpDecision::BlockedByRegistryOnly => {
+            proxy.metrics.registry_only_blocked("tcp");
+            accepted.refuse(
+                CloseReason::Unreachable,
+                format!(
+                    "{dst} is not in the service registry and outboundTrafficPolicy is \
+                     REGISTRY_ONLY (add a ServiceEntry for it)"
+                ),
+            )
+        }
+        TcpDecision::Forward {
+            route_name,
+            destinations,
+            ..
+        } => {
+            let Some(destination) = policy::pick_weighted(&destinations, &mut rand::rng()) else {
+                return accepted.refuse(
+                    CloseReason::Unreachable,
+                    format!("route {route_name} has no destination"),
+                );
+            };
+            let cluster = match routes.cluster(&destination.destination, dst.port()) {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    return accepted.refuse(
+                        CloseReason::Unreachable,
+                        format!("route {route_name}: {error}"),
+                    );
+                }
+            };
+            accepted.peers.service = cluster.service.clone();
+            let hash = match &cluster.policy.load_balancer {
+                LoadBalancer::Passthrough => {
+                    return plan_passthrough(index, accepted, dst.into());
+                }
+                // The only hash key an opaque connection has is its source.
+                LoadBalancer::ConsistentHash { .. } => source
+                    .as_ref()
+                    .and_then(|w| w.ip)
+                    .map(|ip| upstream::hash_bytes(ip.to_string().as_bytes())),
+                _ => None,
+            };
+            match pod.upstreams.cluster(&cluster).pick(hash, &[]) {
+                Ok(picked) => {
+                    accepted.peers.destination = picked.workload.clone();
+                    accepted.dial(picked.addr.into())
+                }
+                Err(error) => accepted.refuse(CloseReason::Unreachable, error.to_string()),
+            }
+        }
+    }
+}
+
+/// Dials the original destination unchanged.
+fn plan_passthrough(index: &MeshIndex, mut accepted: Accepted, dst: SocketAddr) -> Plan {
+    let workload = index.workload_by_ip(dst.ip());
+    accepted.peers.destination = workload.cloned();
+    accepted.peers.service = workload
+        .and_then(|w| index.destination_service(w, dst.port()))
+        .cloned();
+    accepted.dial(dst)
+}
+
+/// Routing by the Service table alone: no routing table is wired, or the destination is IPv6.
+fn plan_l4(index: &MeshIndex, mut accepted: Accepted, orig_dst: SocketAddr) -> Plan {
+    match index.route(orig_dst) {
         Route::Service { service, endpoint } => {
             accepted.peers.destination = Some(endpoint.workload.clone());
             accepted.peers.service = Some(service.clone());
@@ -58,16 +214,13 @@ fn plan(
                 "no ready endpoints for Service {}/{} port {}",
                 service.namespace,
                 service.name,
-                orig_dst.0.port()
+                orig_dst.port()
             );
             accepted.refuse(CloseReason::Unreachable, error)
         }
-        Route::Passthrough { workload } => {
-            accepted.peers.destination = workload.cloned();
-            accepted.peers.service = workload
-                .and_then(|w| index.destination_service(w, orig_dst.0.port()))
-                .cloned();
-            accepted.dial(orig_dst.0)
-        }
+        Route::Passthrough { .. } => plan_passthrough(index, accepted, orig_dst),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! The access log: one JSON object per proxied connection, one per line, on stdout.
+//! The access log: one JSON object per proxied TCP connection ([`Entry`]) or HTTP request
+//! ([`HttpEntry`]), one per line, on stdout.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
@@ -75,6 +76,53 @@ pub struct Entry {
     pub error: Option<String>,
 }
 
+/// One line of the access log for one HTTP request, with Envoy's field names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpEntry {
+    /// RFC 3339, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub start_time: SystemTime,
+    pub method: String,
+    /// The path as the client sent it (before any rewrite).
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: String,
+    /// 0 when no response was sent (the client went away first).
+    pub response_code: u16,
+    /// Envoy's flags (`UF`, `URX`, ...), comma-joined; `-` for none.
+    pub response_flags: String,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Request body bytes received from the client.
+    pub bytes_received: u64,
+    /// Milliseconds from the request's arrival to the end of its response.
+    pub duration: u64,
+    /// Milliseconds from sending upstream to the upstream's response headers; null when
+    /// nothing was sent upstream.
+    pub upstream_service_time: Option<u64>,
+    /// The endpoint of the last attempt.
+    pub upstream_host: Option<String>,
+    /// Envoy's cluster name, `outbound|port|subset|host`.
+    pub upstream_cluster: Option<String>,
+    pub x_forwarded_for: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: String,
+    pub authority: Option<String>,
+    pub route_name: Option<String>,
+    pub direction: Direction,
+    pub reporter: Reporter,
+    /// `namespace/name` of the pod whose listener accepted the connection.
+    pub pod: String,
+    pub src_addr: String,
+    /// The original destination of the connection.
+    pub dst_addr: String,
+    pub src_workload: String,
+    pub src_namespace: String,
+    pub dst_workload: String,
+    pub dst_namespace: String,
+    pub dst_service: String,
+}
+
 fn rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     let text = OffsetDateTime::from(*at)
         .format(&Rfc3339)
@@ -121,7 +169,8 @@ impl AccessLog {
         Self::new(Arc::new(Stdout))
     }
 
-    pub fn record(&self, entry: &Entry) -> Result<(), Error> {
+    /// Writes an [`Entry`] or an [`HttpEntry`] as one line.
+    pub fn record<E: Serialize>(&self, entry: &E) -> Result<(), Error> {
         let line = serde_json::to_string(entry)?;
         self.sink.write_line(&line)?;
         Ok(())

@@ -1,9 +1,11 @@
-//! Istio's L4 metrics (`istio_tcp_*`) with Istio's standard labels.
+//! Istio's metrics with Istio's standard labels: L4 (`istio_tcp_*`), L7 (`istio_requests_total`
+//! and the request duration/size histograms), and shunt's own counters.
 #![forbid(unsafe_code)]
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::Reporter;
@@ -82,6 +84,68 @@ impl TcpLabels {
     }
 }
 
+/// Bucket bounds of Istio's L7 histograms. Istio leaves `istio_request_duration_milliseconds`,
+/// `istio_request_bytes` and `istio_response_bytes` on Envoy's default histogram buckets
+/// (Envoy `envoy/stats/histogram.h` `supportedBuckets`); scrapes in istio/istio#22007 show
+/// `istio_request_bytes_bucket{..., le="600000"}`, i.e. the same bounds for bytes as for
+/// milliseconds.
+pub const ISTIO_BUCKETS: [f64; 19] = [
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+    30000.0,
+    60000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+    3_600_000.0,
+];
+
+/// Istio's standard labels of the L7 metrics (`reporter="source"` on the outbound side).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_version: String,
+    pub destination_subset: String,
+    /// `http` or `grpc`.
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    /// The gRPC status of a gRPC response; empty otherwise (as Istio reports it).
+    pub grpc_response_status: String,
+    /// Envoy's response flags (`UF`, `URX`, ...), comma-joined; `-` for none.
+    pub response_flags: String,
+}
+
+/// `protocol` of `shunt_registry_only_blocked_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabels {
+    pub protocol: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn istio_histogram() -> Histogram {
+    Histogram::new(ISTIO_BUCKETS)
+}
+
 /// The proxy's metrics registry.
 pub struct Metrics {
     registry: Registry,
@@ -89,6 +153,13 @@ pub struct Metrics {
     closed: Family<TcpLabels, Counter>,
     sent_bytes: Family<TcpLabels, Counter>,
     received_bytes: Family<TcpLabels, Counter>,
+    requests: Family<HttpLabels, Counter>,
+    request_duration: HistogramFamily<HttpLabels>,
+    request_bytes: HistogramFamily<HttpLabels>,
+    response_bytes: HistogramFamily<HttpLabels>,
+    registry_only_blocked: Family<BlockedLabels, Counter>,
+    /// Pools, load balancing, outlier detection, overflows of the upstream clusters.
+    pub upstream: std::sync::Arc<crate::http::upstream::UpstreamMetrics>,
 }
 
 impl Default for Metrics {
@@ -126,13 +197,79 @@ impl Metrics {
             "Bytes received from the client (client to server)",
             received_bytes.clone(),
         );
+        let requests = Family::<HttpLabels, Counter>::default();
+        let request_duration: HistogramFamily<HttpLabels> =
+            Family::new_with_constructor(istio_histogram);
+        let request_bytes: HistogramFamily<HttpLabels> =
+            Family::new_with_constructor(istio_histogram);
+        let response_bytes: HistogramFamily<HttpLabels> =
+            Family::new_with_constructor(istio_histogram);
+        let registry_only_blocked = Family::<BlockedLabels, Counter>::default();
+        registry.register("istio_requests", "HTTP requests", requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "HTTP request duration in milliseconds",
+            request_duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "HTTP request sizes (headers and body) in bytes",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "HTTP response sizes (headers and body) in bytes",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "shunt_registry_only_blocked",
+            "Connections (tcp) and requests (http) to destinations outside the registry refused \
+             under outboundTrafficPolicy REGISTRY_ONLY",
+            registry_only_blocked.clone(),
+        );
+        let upstream = std::sync::Arc::new(crate::http::upstream::UpstreamMetrics::register(
+            &mut registry,
+        ));
         Self {
             registry,
             opened,
             closed,
             sent_bytes,
             received_bytes,
+            requests,
+            request_duration,
+            request_bytes,
+            response_bytes,
+            registry_only_blocked,
+            upstream,
         }
+    }
+
+    /// Counts one finished HTTP request.
+    pub fn record_request(&self, labels: &HttpLabels, request: &RequestSample) {
+        self.requests.get_or_create(labels).inc();
+        self.request_duration
+            .get_or_create(labels)
+            .observe(request.duration_ms);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "byte counts above 2^53 lose precision in a histogram, harmlessly"
+        )]
+        {
+            self.request_bytes
+                .get_or_create(labels)
+                .observe(request.request_bytes as f64);
+            self.response_bytes
+                .get_or_create(labels)
+                .observe(request.response_bytes as f64);
+        }
+    }
+
+    /// Counts one connection (`tcp`) or request (`http`) refused under REGISTRY_ONLY.
+    pub fn registry_only_blocked(&self, protocol: &'static str) {
+        self.registry_only_blocked
+            .get_or_create(&BlockedLabels { protocol })
+            .inc();
     }
 
     /// Counts a connection as opened and returns its handles; dropping them counts it closed.
@@ -153,6 +290,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+/// What one finished HTTP request measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RequestSample {
+    pub duration_ms: f64,
+    /// Headers and body, as Istio counts them.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
 }
 
 /// One connection's counters; the connection counts as closed when this is dropped.
@@ -287,5 +433,87 @@ mod tests {
         assert_eq!(closed(&metrics).as_deref(), Some("0"));
         drop(connection);
         assert_eq!(closed(&metrics).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn requests_render_with_istio_labels_and_buckets() {
+        let metrics = Metrics::new();
+        let labels = HttpLabels {
+            reporter: Reporter::Source,
+            source_workload: "web".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: UNKNOWN.into(),
+            destination_workload: "api".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_service: "api.shop.svc.cluster.local".into(),
+            destination_service_name: "api".into(),
+            destination_service_namespace: "shop".into(),
+            destination_version: "v2".into(),
+            destination_subset: "v2".into(),
+            request_protocol: "grpc",
+            response_code: 200,
+            grpc_response_status: "14".into(),
+            response_flags: "URX".into(),
+        };
+        for duration_ms in [3.0, 40.0] {
+            metrics.record_request(
+                &labels,
+                &RequestSample {
+                    duration_ms,
+                    request_bytes: 120,
+                    response_bytes: 9,
+                },
+            );
+        }
+        metrics.registry_only_blocked("http");
+        let text = metrics.encode().unwrap();
+        let requests = samples(&text, "istio_requests_total");
+        assert_eq!(requests.len(), 1, "{text}");
+        for label in [
+            "response_code=\"200\"",
+            "grpc_response_status=\"14\"",
+            "request_protocol=\"grpc\"",
+            "response_flags=\"URX\"",
+            "destination_version=\"v2\"",
+            "destination_subset=\"v2\"",
+        ] {
+            assert!(
+                requests[0].0.contains(label),
+                "{label} in {}",
+                requests[0].0
+            );
+        }
+        assert_eq!(requests[0].1, "2");
+        let bucket = |metric: &str, le: &str| {
+            samples(&text, metric)
+                .into_iter()
+                .find(|(series, _)| series.contains(&format!("le=\"{le}\"")))
+                .map(|(_, v)| v)
+        };
+        // Istio's bounds: 3 ms and 40 ms fall into le=5 and le=50.
+        let duration = "istio_request_duration_milliseconds_bucket";
+        assert_eq!(bucket(duration, "1.0").as_deref(), Some("0"));
+        assert_eq!(bucket(duration, "5.0").as_deref(), Some("1"));
+        assert_eq!(bucket(duration, "50.0").as_deref(), Some("2"));
+        assert_eq!(bucket(duration, "3600000.0").as_deref(), Some("2"));
+        assert_eq!(
+            bucket("istio_request_bytes_bucket", "100.0").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            bucket("istio_request_bytes_bucket", "250.0").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            bucket("istio_response_bytes_bucket", "10.0").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            samples(&text, "shunt_registry_only_blocked_total"),
+            [(
+                "shunt_registry_only_blocked_total{protocol=\"http\"}".to_owned(),
+                "1".to_owned()
+            )]
+        );
     }
 }

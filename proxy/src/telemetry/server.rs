@@ -1,5 +1,6 @@
 //! The metrics endpoint: Prometheus text on `GET /metrics` and `GET /stats/prometheus` (the
-//! path Istio's sidecars serve, so existing scrape configs keep working).
+//! path Istio's sidecars serve, so existing scrape configs keep working), and the upstream
+//! clusters' runtime state as JSON on `GET /debug/clusters` (pools, ejections; for `shuntctl`).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -35,8 +36,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// What `GET /debug/clusters` shows: per pod, its upstream clusters.
+pub trait ClustersSource: Send + Sync {
+    fn clusters(&self) -> serde_json::Value;
+}
+
 /// Serves scrapes until `shutdown` fires.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    clusters: Arc<dyn ClustersSource>,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -52,10 +63,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             }
         };
         let metrics = metrics.clone();
+        let clusters = clusters.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&metrics, &request)) }
+                let (metrics, clusters) = (metrics.clone(), clusters.clone());
+                async move { Ok::<_, Infallible>(respond(&metrics, &*clusters, &request)) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -67,29 +79,42 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
     }
 }
 
-fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    metrics: &Metrics,
+    clusters: &dyn ClustersSource,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         response
     };
-    if !matches!(request.uri().path(), "/metrics" | "/stats/prometheus") {
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/stats/prometheus" | "/debug/clusters") {
         return text(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint {}; metrics are at /metrics and /stats/prometheus\n",
-                request.uri().path()
+                "no such endpoint {path}; metrics are at /metrics and /stats/prometheus, \
+                 upstream clusters at /debug/clusters\n"
             ),
         );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "metrics are read with GET\n".into(),
+            "metrics and clusters are read with GET\n".into(),
         );
         response
             .headers_mut()
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    if path == "/debug/clusters" {
+        let mut response = text(StatusCode::OK, clusters.clusters().to_string());
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
         return response;
     }
     match metrics.encode() {
@@ -112,6 +137,14 @@ mod tests {
     use crate::telemetry::metrics::TcpLabels;
     use crate::testing::http_request as get;
 
+    struct NoPods;
+
+    impl ClustersSource for NoPods {
+        fn clusters(&self) -> serde_json::Value {
+            serde_json::json!({"shop/web-1": {}})
+        }
+    }
+
     #[tokio::test]
     async fn both_paths_serve_the_registry_and_others_are_refused() {
         let metrics = Arc::new(Metrics::new());
@@ -119,7 +152,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, metrics, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, metrics, Arc::new(NoPods), shutdown.clone()));
 
         for (request, status, body_has) in [
             (
@@ -130,6 +163,11 @@ mod tests {
             ("GET /stats/prometheus HTTP/1.1", "200 OK", "# EOF"),
             ("GET /other HTTP/1.1", "404 Not Found", "/stats/prometheus"),
             ("POST /metrics HTTP/1.1", "405 Method Not Allowed", "GET"),
+            (
+                "GET /debug/clusters HTTP/1.1",
+                "200 OK",
+                "{\"shop/web-1\":{}}",
+            ),
         ] {
             let response = get(addr, request).await;
             assert!(
@@ -137,7 +175,7 @@ mod tests {
                 "{request}: {response}"
             );
             assert!(response.contains(body_has), "{request}: {response}");
-            if status == "200 OK" {
+            if status == "200 OK" && !request.contains("/debug/") {
                 assert!(
                     response.contains(&format!("content-type: {}", metrics::CONTENT_TYPE)),
                     "{response}"

@@ -1,0 +1,774 @@
+//! Upstream clusters of one captured pod: endpoint choice (load balancing, consistent hash),
+//! outlier detection, retry budget and connection pools, all per [`ClusterKey`] so that
+//! the state survives config reloads.
+//!
+//! Every upstream connection is dialled with the pod's [`PodSockets::connect`]: from inside
+//! the pod's netns, marked so the proxy does not capture itself.
+#![forbid(unsafe_code)]
+
+mod hash;
+mod lb;
+mod metrics;
+mod outlier;
+mod pool;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use self::hash::hash_key;
+use self::lb::HashTable;
+pub use self::lb::hash as hash_bytes;
+use self::metrics::EndpointLabels;
+pub use self::metrics::UpstreamMetrics;
+pub use self::outlier::Outcome;
+use self::outlier::OutlierState;
+pub use self::pool::UpstreamBody;
+use self::pool::{Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
+use crate::routing::{Cluster, ClusterKey, LoadBalancer, TrafficPolicy};
+use crate::socket::PodSockets;
+use crate::state::Workload;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body as the upstream pools send it.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
+/// The protocol spoken to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(
+        "cluster {cluster} has no healthy endpoint (no ready pod matches the destination and \
+         subset, or outlier detection ejected them all)"
+    )]
+    NoHealthyUpstream { cluster: ClusterKey },
+    #[error(
+        "cluster {cluster} load-balances PASSTHROUGH: the original destination is dialled, no \
+         endpoint is picked"
+    )]
+    Passthrough { cluster: ClusterKey },
+    #[error(
+        "cluster {cluster} is at its connectionPool limit {limit} (raise it in the \
+         DestinationRule if this load is expected)"
+    )]
+    Overflow {
+        cluster: String,
+        limit: &'static str,
+    },
+    #[error("cannot connect to upstream endpoint {addr}: {source}")]
+    Connect {
+        addr: SocketAddrV4,
+        // Boxed: the socket error is large and this error travels in every `Result`.
+        source: Box<crate::socket::Error>,
+    },
+    #[error(
+        "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"
+    )]
+    Handshake {
+        addr: SocketAddrV4,
+        source: hyper::Error,
+    },
+    #[error("HTTP/2 handshake with upstream endpoint {addr} timed out after {timeout:?}")]
+    HandshakeTimeout {
+        addr: SocketAddrV4,
+        timeout: Duration,
+    },
+    #[error("upstream endpoint {addr} closed or reset the connection before answering: {source}")]
+    Reset {
+        addr: SocketAddrV4,
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's response flag for this failure.
+    #[must_use]
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            Self::NoHealthyUpstream { .. } => "UH",
+            Self::Passthrough { .. } => "-",
+            Self::Overflow { .. } => "UO",
+            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => "UF",
+            Self::Reset { .. } => "UC",
+        }
+    }
+
+    /// `retryOn: connect-failure`.
+    #[must_use]
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. }
+        )
+    }
+
+    /// `retryOn: reset`.
+    #[must_use]
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Self::Reset { .. })
+    }
+
+    /// `retryOn: refused-stream`: the h2 peer refused the stream (REFUSED_STREAM), so the
+    /// request was not processed.
+    #[must_use]
+    pub fn is_refused_stream(&self) -> bool {
+        let Self::Reset { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(error) = cause {
+            if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            }
+            cause = error.source();
+        }
+        false
+    }
+
+    /// Whether outlier detection counts it against the endpoint (a local-origin failure).
+    #[must_use]
+    pub fn is_gateway_error(&self) -> bool {
+        self.is_connect_failure() || self.is_reset()
+    }
+}
+
+/// The endpoint chosen for one try of a request.
+#[derive(Clone)]
+pub struct Picked {
+    pub addr: SocketAddrV4,
+    pub workload: Option<Arc<Workload>>,
+    endpoint: Arc<EndpointState>,
+}
+
+impl std::fmt::Debug for Picked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Picked").field("addr", &self.addr).finish()
+    }
+}
+
+/// One retry of the cluster's `maxRetries` budget; released on drop.
+#[derive(Debug)]
+pub struct RetryPermit(#[expect(dead_code, reason = "held for its drop")] Counted);
+
+/// The upstream clusters one pod sends to.
+pub struct Upstreams {
+    sockets: Arc<dyn PodSockets>,
+    default_connect_timeout: Duration,
+    metrics: Arc<UpstreamMetrics>,
+    clusters: Mutex<HashMap<ClusterKey, Arc<ClusterState>>>,
+}
+
+impl Upstreams {
+    #[must_use]
+    pub fn new(
+        sockets: Arc<dyn PodSockets>,
+        default_connect_timeout: Duration,
+        metrics: Arc<UpstreamMetrics>,
+    ) -> Self {
+        Self {
+            sockets,
+            default_connect_timeout,
+            metrics,
+            clusters: Mutex::default(),
+        }
+    }
+
+    /// The runtime state of `cluster`, created on first use. When the routing table changed
+    /// (another `Arc<Cluster>`), endpoints and policy are refreshed; the pools, counters and
+    /// ejections of endpoints that remain are kept.
+    pub fn cluster(&self, cluster: &Arc<Cluster>) -> Arc<ClusterState> {
+        let (state, created) = {
+            let mut clusters = match self.clusters.lock() {
+                Ok(clusters) => clusters,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match clusters.get(&cluster.key) {
+                Some(state) => (state.clone(), false),
+                None => {
+                    let state = Arc::new(ClusterState::new(
+                        cluster,
+                        self.sockets.clone(),
+                        self.default_connect_timeout,
+                        self.metrics.clone(),
+                    ));
+                    clusters.insert(cluster.key.clone(), state.clone());
+                    (state, true)
+                }
+            }
+        };
+        if created {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(maintain(Arc::downgrade(&state)));
+            }
+        } else {
+            state.refresh(cluster);
+        }
+        state
+    }
+
+    /// Forgets the clusters `keep` rejects (gone from the config): their idle connections
+    /// close, in-flight requests finish.
+    pub fn retain(&self, keep: impl Fn(&ClusterKey) -> bool) {
+        if let Ok(mut clusters) = self.clusters.lock() {
+            clusters.retain(|key, _| keep(key));
+        }
+    }
+
+    /// A snapshot of every cluster's endpoints, for `/debug/clusters` and `shuntctl`.
+    pub fn dump(&self) -> ClustersDump {
+        let clusters: Vec<Arc<ClusterState>> = self
+            .clusters
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        ClustersDump {
+            clusters: clusters
+                .iter()
+                .map(|c| (c.key.to_string(), c.dump()))
+                .collect(),
+        }
+    }
+}
+
+/// `/debug/clusters`: per cluster (Envoy's name), its endpoints' state.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClustersDump {
+    pub clusters: BTreeMap<String, ClusterDump>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterDump {
+    pub load_balancer: String,
+    /// Open connections (all endpoints).
+    pub connections: u32,
+    /// Requests waiting for a connection.
+    pub pending_requests: u32,
+    /// Requests in flight (until their response body ends).
+    pub active_requests: u32,
+    pub active_retries: u32,
+    pub endpoints: Vec<EndpointDump>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointDump {
+    pub addr: String,
+    pub weight: u32,
+    pub active_requests: u32,
+    pub ejected: bool,
+    /// Seconds until the ejection ends, when ejected.
+    pub ejected_until: Option<f64>,
+    pub times_ejected: u32,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    pub idle_connections: usize,
+    pub h2_connections: usize,
+}
+
+/// Per-endpoint state that outlives config reloads.
+struct EndpointState {
+    active: Arc<std::sync::atomic::AtomicU32>,
+    outlier: Mutex<OutlierState>,
+    pool: Arc<EndpointPool>,
+}
+
+impl EndpointState {
+    fn new(addr: SocketAddrV4) -> Self {
+        Self {
+            active: Arc::default(),
+            outlier: Mutex::default(),
+            pool: Arc::new(EndpointPool::new(addr)),
+        }
+    }
+}
+
+struct Endpoint {
+    addr: SocketAddrV4,
+    workload: Option<Arc<Workload>>,
+    weight: u32,
+    state: Arc<EndpointState>,
+}
+
+/// The cluster as configured now, plus the balancer's state.
+struct Config {
+    source: Arc<Cluster>,
+    endpoints: Vec<Endpoint>,
+    table: Option<HashTable>,
+    cursor: u64,
+}
+
+impl Config {
+    fn new(cluster: &Arc<Cluster>, previous: &[Endpoint]) -> Self {
+        let endpoints = cluster
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                addr: e.addr,
+                workload: e.workload.clone(),
+                weight: e.weight,
+                state: previous
+                    .iter()
+                    .find(|p| p.addr == e.addr)
+                    .map_or_else(|| Arc::new(EndpointState::new(e.addr)), |p| p.state.clone()),
+            })
+            .collect();
+        let mut config = Self {
+            source: cluster.clone(),
+            endpoints,
+            table: None,
+            cursor: 0,
+        };
+        config.rebuild_table();
+        config
+    }
+
+    fn rebuild_table(&mut self) {
+        self.table = match &self.source.policy.load_balancer {
+            LoadBalancer::ConsistentHash { algorithm, .. } => {
+                let endpoints: Vec<(SocketAddrV4, u32)> =
+                    self.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+                Some(HashTable::build(*algorithm, &endpoints))
+            }
+            _ => None,
+        };
+    }
+
+    fn policy(&self) -> &TrafficPolicy {
+        &self.source.policy
+    }
+}
+
+/// The runtime state of one cluster.
+pub struct ClusterState {
+    key: ClusterKey,
+    name: String,
+    config: Mutex<Config>,
+    /// Pools to original destinations of a PASSTHROUGH cluster, by address; dropped when
+    /// unused ([`Self::maintain_once`]).
+    passthrough: Mutex<HashMap<SocketAddrV4, Arc<EndpointState>>>,
+    dialer: Dialer,
+    default_connect_timeout: Duration,
+}
+
+impl ClusterState {
+    fn new(
+        cluster: &Arc<Cluster>,
+        sockets: Arc<dyn PodSockets>,
+        default_connect_timeout: Duration,
+        metrics: Arc<UpstreamMetrics>,
+    ) -> Self {
+        let name = cluster.key.to_string();
+        Self {
+            key: cluster.key.clone(),
+            config: Mutex::new(Config::new(cluster, &[])),
+            passthrough: Mutex::default(),
+            dialer: Dialer {
+                sockets,
+                shared: Arc::new(Shared::new(name.clone(), metrics)),
+            },
+            name,
+            default_connect_timeout,
+        }
+    }
+
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, Config> {
+        match self.config.lock() {
+            Ok(config) => config,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        &self.dialer.shared.metrics
+    }
+
+    fn labels(&self, addr: SocketAddrV4) -> EndpointLabels {
+        EndpointLabels {
+            cluster: self.name.clone(),
+            endpoint: addr.to_string(),
+        }
+    }
+
+    fn refresh(&self, cluster: &Arc<Cluster>) {
+        let mut config = self.config();
+        if Arc::ptr_eq(&config.source, cluster) {
+            return;
+        }
+        let same_endpoints = config.endpoints.len() == cluster.endpoints.len()
+            && config
+                .endpoints
+                .iter()
+                .zip(&cluster.endpoints)
+                .all(|(a, b)| a.addr == b.addr && a.weight == b.weight);
+        if same_endpoints {
+            let same_balancer = config.source.policy.load_balancer == cluster.policy.load_balancer;
+            for (endpoint, new) in config.endpoints.iter_mut().zip(&cluster.endpoints) {
+                endpoint.workload.clone_from(&new.workload);
+            }
+            config.source = cluster.clone();
+            if !same_balancer {
+                config.rebuild_table();
+            }
+            return;
+        }
+        for gone in config
+            .endpoints
+            .iter()
+            .filter(|e| !cluster.endpoints.iter().any(|n| n.addr == e.addr))
+        {
+            self.metrics().ejected.remove(&self.labels(gone.addr));
+        }
+        let cursor = config.cursor;
+        *config = Config::new(cluster, &config.endpoints);
+        config.cursor = cursor;
+    }
+
+    /// Ends the ejections whose time is up (the gauge goes back to 0).
+    fn return_due(&self, config: &Config, now: Instant) {
+        for endpoint in &config.endpoints {
+            let returned = endpoint
+                .state
+                .outlier
+                .lock()
+                .is_ok_and(|mut o| o.return_if_due(now));
+            if returned {
+                tracing::info!(cluster = %self.name, endpoint = %endpoint.addr, "outlier detection returned an endpoint");
+                self.metrics()
+                    .ejected
+                    .get_or_create(&self.labels(endpoint.addr))
+                    .set(0);
+            }
+        }
+    }
+
+    /// A load-balancing pick over the healthy (not ejected) endpoints not in `exclude` (the
+    /// endpoints this request already tried; ignored if it would leave none). `hash` is the
+    /// request's consistent hash ([`hash_key`]), used only by consistent-hash policies; without
+    /// one they pick at random. Below `minHealthPercent` healthy, ejections are ignored
+    /// (Envoy's panic mode).
+    pub fn pick(
+        &self,
+        hash: Option<u64>,
+        exclude: &[SocketAddrV4],
+    ) -> Result<Picked, UpstreamError> {
+        let now = Instant::now();
+        let mut config = self.config();
+        if config.policy().load_balancer == LoadBalancer::Passthrough {
+            return Err(UpstreamError::Passthrough {
+                cluster: self.key.clone(),
+            });
+        }
+        self.return_due(&config, now);
+        let healthy: Vec<bool> = config
+            .endpoints
+            .iter()
+            .map(|e| !e.state.outlier.lock().is_ok_and(|o| o.is_ejected(now)))
+            .collect();
+        let healthy_count = healthy.iter().filter(|&&h| h).count();
+        let min_health = config
+            .policy()
+            .outlier_detection
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent);
+        let panic = outlier::panicking(healthy_count, healthy.len(), min_health);
+        let usable = |i: usize| panic || healthy.get(i).copied().unwrap_or(false);
+        let mut candidates: Vec<usize> = (0..config.endpoints.len())
+            .filter(|&i| usable(i) && !exclude.contains(&config.endpoints[i].addr))
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..config.endpoints.len()).filter(|&i| usable(i)).collect();
+        }
+        let no_endpoint = || UpstreamError::NoHealthyUpstream {
+            cluster: self.key.clone(),
+        };
+        if candidates.is_empty() {
+            return Err(no_endpoint());
+        }
+        let config = &mut *config;
+        let endpoints = &config.endpoints;
+        let weight = |i: usize| endpoints.get(i).map_or(1, |e| e.weight);
+        let chosen = match (&config.source.policy.load_balancer, &config.table, hash) {
+            (LoadBalancer::LeastRequest, _, _) => {
+                lb::least_request(&mut config.cursor, &candidates, weight, |i| {
+                    endpoints
+                        .get(i)
+                        .map_or(0, |e| e.state.active.load(Ordering::Acquire))
+                })
+            }
+            (LoadBalancer::Random | LoadBalancer::ConsistentHash { .. }, _, _)
+                if hash.is_none() =>
+            {
+                lb::random(&candidates, weight)
+            }
+            (LoadBalancer::ConsistentHash { .. }, Some(table), Some(hash)) => {
+                table.lookup(hash, |i| candidates.contains(&i))
+            }
+            _ => lb::round_robin(&mut config.cursor, &candidates, weight),
+        };
+        let endpoint = chosen
+            .and_then(|i| endpoints.get(i))
+            .ok_or_else(no_endpoint)?;
+        Ok(Picked {
+            addr: endpoint.addr,
+            workload: endpoint.workload.clone(),
+            endpoint: endpoint.state.clone(),
+        })
+    }
+
+    /// The original destination `addr` of a PASSTHROUGH cluster as a [`Picked`], so that
+    /// [`Self::send`] pools its connections like any endpoint's (outlier detection does not
+    /// apply to it).
+    pub fn passthrough(&self, addr: SocketAddrV4, workload: Option<Arc<Workload>>) -> Picked {
+        let mut passthrough = match self.passthrough.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let endpoint = passthrough
+            .entry(addr)
+            .or_insert_with(|| Arc::new(EndpointState::new(addr)))
+            .clone();
+        Picked {
+            addr,
+            workload,
+            endpoint,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let config = self.config();
+        let pool = &config.policy().connection_pool;
+        Limits {
+            max_connections: pool.max_connections.unwrap_or(u32::MAX),
+            max_pending: pool.http1_max_pending_requests.unwrap_or(u32::MAX),
+            max_requests: pool.http2_max_requests.unwrap_or(u32::MAX),
+            max_per_connection: pool.max_requests_per_connection.filter(|&n| n > 0),
+            idle_timeout: pool.idle_timeout.filter(|t| !t.is_zero()),
+            connect_timeout: pool.connect_timeout.unwrap_or(self.default_connect_timeout),
+        }
+    }
+
+    /// Sends `request` to the picked endpoint on a pooled connection (HTTP/1.1 or h2 per
+    /// `version`), within the cluster's `connectionPool` limits. The response body holds the
+    /// connection (HTTP/1) and the request's counts until it ends.
+    pub async fn send(
+        &self,
+        picked: &Picked,
+        request: http::Request<Body>,
+        version: HttpVersion,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let limits = self.limits();
+        let shared = &self.dialer.shared;
+        let request_count = Counted::try_acquire(&shared.requests, limits.max_requests)
+            .ok_or_else(|| shared.overflow("max_requests"))?;
+        let counts = RequestCounts {
+            request: request_count,
+            active: Counted::acquire(&picked.endpoint.active),
+        };
+        let this = picked.addr;
+        let evict = move || {
+            let evicted = self
+                .config()
+                .endpoints
+                .iter()
+                .filter(|e| e.addr != this)
+                .any(|e| e.state.pool.evict_one_idle());
+            evicted
+                || self.passthrough.lock().is_ok_and(|p| {
+                    p.iter()
+                        .filter(|(addr, _)| **addr != this)
+                        .any(|(_, e)| e.pool.evict_one_idle())
+                })
+        };
+        self.dialer
+            .send(
+                &picked.endpoint.pool,
+                &limits,
+                request,
+                version,
+                &evict,
+                counts,
+            )
+            .await
+    }
+
+    /// Feeds outlier detection with the result of one try to `picked`.
+    pub fn record(&self, picked: &Picked, outcome: Outcome) {
+        let config = self.config();
+        let Some(detection) = config.policy().outlier_detection.as_ref() else {
+            return;
+        };
+        let Some(endpoint) = config
+            .endpoints
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.state, &picked.endpoint))
+        else {
+            // Removed by a reload since the pick.
+            return;
+        };
+        let now = Instant::now();
+        let reached = endpoint
+            .state
+            .outlier
+            .lock()
+            .is_ok_and(|mut o| !o.is_ejected(now) && o.count(outcome, detection));
+        if !reached {
+            return;
+        }
+        let ejected = config
+            .endpoints
+            .iter()
+            .filter(|e| e.state.outlier.lock().is_ok_and(|o| o.is_ejected(now)))
+            .count();
+        let may_eject = outlier::may_eject(
+            ejected,
+            config.endpoints.len(),
+            detection.max_ejection_percent,
+        );
+        let Ok(mut state) = endpoint.state.outlier.lock() else {
+            return;
+        };
+        state.reset_counters();
+        if may_eject {
+            state.eject(now, detection);
+            tracing::info!(
+                cluster = %self.name,
+                endpoint = %endpoint.addr,
+                times = state.times_ejected,
+                "outlier detection ejected an endpoint"
+            );
+            let labels = self.labels(endpoint.addr);
+            self.metrics().ejections.get_or_create(&labels).inc();
+            self.metrics().ejected.get_or_create(&labels).set(1);
+        } else {
+            tracing::info!(
+                cluster = %self.name,
+                endpoint = %endpoint.addr,
+                max_ejection_percent = detection.max_ejection_percent,
+                "outlier detection would eject an endpoint but maxEjectionPercent is reached"
+            );
+        }
+    }
+
+    /// One retry from the cluster's `maxRetries` budget (concurrent retries, as Envoy's
+    /// retry circuit breaker; unlimited when unset). `None`: exhausted (counted as an
+    /// overflow with `limit="max_retries"`).
+    pub fn try_retry(&self) -> Option<RetryPermit> {
+        let max = self
+            .config()
+            .policy()
+            .connection_pool
+            .max_retries
+            .unwrap_or(u32::MAX);
+        let shared = &self.dialer.shared;
+        let permit = Counted::try_acquire(&shared.retries, max).map(RetryPermit);
+        if permit.is_none() {
+            shared.metrics.overflow(&self.name, "max_retries");
+        }
+        permit
+    }
+
+    fn dump(&self) -> ClusterDump {
+        let now = Instant::now();
+        let config = self.config();
+        self.return_due(&config, now);
+        let shared = &self.dialer.shared;
+        ClusterDump {
+            load_balancer: format!("{:?}", config.policy().load_balancer),
+            connections: shared.connections.load(Ordering::Acquire),
+            pending_requests: shared.pending.load(Ordering::Acquire),
+            active_requests: shared.requests.load(Ordering::Acquire),
+            active_retries: shared.retries.load(Ordering::Acquire),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let (idle_connections, h2_connections) = e.state.pool.counts();
+                    let outlier = e.state.outlier.lock();
+                    let outlier = outlier.as_deref();
+                    let until = outlier
+                        .ok()
+                        .and_then(|o| o.ejected_until)
+                        .filter(|&until| until > now);
+                    EndpointDump {
+                        addr: e.addr.to_string(),
+                        weight: e.weight,
+                        active_requests: e.state.active.load(Ordering::Acquire),
+                        ejected: until.is_some(),
+                        ejected_until: until.map(|until| (until - now).as_secs_f64()),
+                        times_ejected: outlier.map_or(0, |o| o.times_ejected),
+                        consecutive_5xx: outlier.map_or(0, |o| o.consecutive_5xx),
+                        consecutive_gateway_errors: outlier.map_or(0, |o| o.consecutive_gateway),
+                        idle_connections,
+                        h2_connections,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// How often [`maintain`] looks: often enough for the shortest timer in the policy.
+    fn maintenance_period(&self) -> Duration {
+        let config = self.config();
+        let policy = config.policy();
+        let mut period = Duration::from_secs(1);
+        if let Some(idle) = policy.connection_pool.idle_timeout.filter(|t| !t.is_zero()) {
+            period = period.min(idle / 2);
+        }
+        if let Some(detection) = &policy.outlier_detection {
+            period = period
+                .min(detection.interval)
+                .min(detection.base_ejection_time / 4);
+        }
+        period.max(Duration::from_millis(10))
+    }
+
+    fn maintain_once(&self) {
+        let config = self.config();
+        self.return_due(&config, Instant::now());
+        let idle_timeout = config
+            .policy()
+            .connection_pool
+            .idle_timeout
+            .filter(|t| !t.is_zero());
+        for endpoint in &config.endpoints {
+            endpoint.state.pool.prune(idle_timeout);
+        }
+        if let Ok(mut passthrough) = self.passthrough.lock() {
+            passthrough.retain(|_, endpoint| {
+                endpoint.pool.prune(idle_timeout);
+                // Held by a request in flight, or still has connections: keep.
+                Arc::strong_count(endpoint) > 1 || endpoint.pool.counts() != (0, 0)
+            });
+        }
+    }
+}
+
+/// Returns ejected endpoints on time and closes idle connections even without traffic;
+/// ends with the cluster.
+async fn maintain(cluster: Weak<ClusterState>) {
+    loop {
+        let Some(period) = cluster.upgrade().map(|c| c.maintenance_period()) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        cluster.maintain_once();
+    }
+}
+
+#[cfg(test)]
+mod tests;
