@@ -1476,3 +1476,96 @@ fn metrics_and_access_log_carry_l7_labels_and_flags() {
         4,
     );
 }
+
+/// Runs the node's `shuntctl -o json ARGS` against its agent and parses the answer.
+fn shuntctl_json(l7: &L7, args: &[&str]) -> Value {
+    let shuntctl = l7.node.binaries().shuntctl().or_panic("shuntctl");
+    let socket = l7.node.run_dir().join("admin.sock");
+    let output = Command::new(shuntctl)
+        .arg("--admin-socket")
+        .arg(&socket)
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .or_panic("running shuntctl");
+    assert!(
+        output.status.success(),
+        "shuntctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).or_panic("shuntctl's JSON")
+}
+
+#[test]
+fn shuntctl_explain_and_routes_agree_with_the_proxy() {
+    let istio = [
+        subsets_by_version(MESH, "web", &["v1", "v2"], Value::Null),
+        virtual_service(
+            MESH,
+            "web",
+            json!({"hosts": ["web"], "http": [
+                {"name": "beta", "match": [{"headers": {"x-beta": {"exact": "1"}}}],
+                 "retries": {"attempts": 4, "retryOn": "5xx"}, "route": to_subset("web", "v2")},
+                {"name": "stable", "route": to_subset("web", "v1")},
+            ]}),
+        ),
+    ];
+    let Some(mut l7) = L7::start(
+        "l7::shuntctl_explain_and_routes",
+        &[WEB],
+        &[WEB_V1, WEB_V2],
+        &istio,
+    ) else {
+        return;
+    };
+    l7.serve_all(&["web-v1", "web-v2"]);
+    let from = format!("{MESH}/client");
+    let web = url(&WEB, "/items");
+
+    for (header, route, subset, served_by) in [
+        (Some("x-beta: 1"), "beta", "v2", "web-v2"),
+        (None, "stable", "v1", "web-v1"),
+    ] {
+        let mut args = vec!["explain", "--from", from.as_str(), web.as_str()];
+        let mut client_args = vec!["-n", "5"];
+        if let Some(header) = header {
+            args.extend(["-H", header]);
+            client_args.extend(["-H", header]);
+        }
+        let explained = shuntctl_json(&l7, &args);
+        assert_eq!(explained["route"]["name"], route, "{explained:#}");
+        assert_eq!(
+            explained["destinations"][0]["destination"]["subset"], subset,
+            "{explained:#}"
+        );
+        let cluster = &explained["destinations"][0]["cluster"];
+        let endpoint = format!(
+            "{}:{HTTP_PORT} ({MESH}/{served_by})",
+            l7.pod(served_by).addr(HTTP_PORT).ip()
+        );
+        assert_eq!(cluster["endpoints"], json!([endpoint]), "{explained:#}");
+        // What the dry run said is what the proxy does.
+        let sent = l7.http(&web, &client_args);
+        assert_eq!(sent["served_by"], json!({served_by: 5}), "{sent}");
+    }
+
+    let routes = shuntctl_json(&l7, &["routes", "--pod", &from]);
+    let web_routes = routes["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("routes.hosts is a list: {routes:#}"))
+        .iter()
+        .find(|host| host["host"] == "web.mesh.svc.cluster.local")
+        .unwrap_or_else(|| panic!("routes lists web: {routes:#}"));
+    let names: Vec<&Value> = web_routes["routes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("routes of web: {web_routes:#}"))
+        .iter()
+        .map(|route| &route["name"])
+        .collect();
+    assert_eq!(names, [&json!("beta"), &json!("stable")], "{web_routes:#}");
+    let beta_policies = web_routes["routes"][0]["policies"].to_string();
+    assert!(
+        beta_policies.contains('4'),
+        "beta's retries listed: {web_routes:#}"
+    );
+}
