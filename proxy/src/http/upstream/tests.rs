@@ -648,9 +648,10 @@ fn cluster_names(upstreams: &Upstreams) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn an_idle_cluster_is_forgotten_and_its_task_ends() {
     let fixture = Fixture::new().await;
-    let unused = fixture
-        .upstreams
-        .cluster(&passthrough_address([10, 0, 0, 1], TrafficPolicy::default()));
+    let unused = fixture.upstreams.cluster(&passthrough_address(
+        [10, 0, 0, 1],
+        TrafficPolicy::default(),
+    ));
     let kept = passthrough_address([10, 0, 0, 2], TrafficPolicy::default());
     fixture.upstreams.cluster(&kept);
     let task_alive = Arc::downgrade(&unused);
@@ -743,8 +744,7 @@ async fn a_cluster_with_a_request_in_flight_is_kept_and_forgotten_once_idle() {
     tokio::time::sleep(Duration::from_secs(59)).await;
     let dump = fixture.upstreams.dump();
     assert_eq!(
-        dump.clusters["outbound|8080||cart.shop.svc.cluster.local"].endpoints[0]
-            .idle_connections,
+        dump.clusters["outbound|8080||cart.shop.svc.cluster.local"].endpoints[0].idle_connections,
         1,
         "{dump:?}"
     );
