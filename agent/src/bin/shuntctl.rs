@@ -140,8 +140,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{:#}", serde_json::Value::Object(pods));
         } else {
             let pods: BTreeMap<String, ClustersDump> =
-                serde_json::from_value(serde_json::Value::Object(pods))
-                    .context("unexpected answer from the proxy's /debug/clusters")?;
+                serde_json::from_value(serde_json::Value::Object(pods)).map_err(|error| {
+                    anyhow::anyhow!(
+                        "unexpected answer from the proxy's /debug/clusters (a shunt-proxy of \
+                         another version?): {error}"
+                    )
+                })?;
             print!("{}", clusters(&pods));
         }
         return Ok(());
@@ -820,19 +824,25 @@ async fn fetch_clusters(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
         })?
 }
 
+/// `GET path` as JSON. Errors carry their cause in the message: `main` prints only that.
 async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
 
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .with_context(|| {
-            format!("no proxy at {addr}: is shunt-proxy running with --metrics-addr {addr}?")
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "no proxy at {addr} ({error}): is shunt-proxy running with --metrics-addr {addr}?"
+            )
         })?;
+    let failed = |what: &str, error: hyper::Error| {
+        anyhow::anyhow!("{what} with the proxy at {addr} failed: {error}")
+    };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .with_context(|| format!("HTTP handshake with the proxy at {addr} failed"))?;
+            .map_err(|error| failed("the HTTP handshake", error))?;
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
@@ -840,13 +850,13 @@ async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Va
     let response = sender
         .send_request(request)
         .await
-        .with_context(|| format!("GET {path} from the proxy at {addr} failed"))?;
+        .map_err(|error| failed(&format!("GET {path}"), error))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .with_context(|| format!("reading {path} from the proxy at {addr} failed"))?
+        .map_err(|error| failed(&format!("reading {path}"), error))?
         .to_bytes();
     drop(sender);
     let _ = driver.await;
@@ -857,7 +867,8 @@ async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Va
             String::from_utf8_lossy(&body).trim()
         );
     }
-    serde_json::from_slice(&body).with_context(|| format!("{path} from {addr} is not JSON"))
+    serde_json::from_slice(&body)
+        .map_err(|error| anyhow::anyhow!("{path} from the proxy at {addr} is not JSON: {error}"))
 }
 
 /// The pods of the answer, or only `pod` (an error naming the pods served if it is not).
@@ -1147,7 +1158,10 @@ mod tests {
         let error = fetch_clusters(addr).await.unwrap_err();
         assert_eq!(
             error.to_string(),
-            format!("no proxy at {addr}: is shunt-proxy running with --metrics-addr {addr}?")
+            format!(
+                "no proxy at {addr} (Connection refused (os error 111)): is shunt-proxy \
+                 running with --metrics-addr {addr}?"
+            )
         );
     }
 
