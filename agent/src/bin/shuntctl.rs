@@ -1,9 +1,12 @@
-//! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket.
+//! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket (and, for
+//! `clusters`, of the proxy's metrics endpoint).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,6 +17,7 @@ use shunt_agent::config::Sourced;
 use shunt_agent::iptables::IptablesStatus;
 use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_agent::shared_capture::CaptureMode;
+use shunt_proxy::http::upstream::{ClusterDump, ClustersDump};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +84,17 @@ enum Command {
         #[arg(short = 'X', long = "request", value_name = "METHOD")]
         method: Option<String>,
     },
+    /// The proxy's upstream clusters per pod, live: load balancer, connections, requests
+    /// pending and in flight, and each endpoint's requests and outlier detection state.
+    /// Read from the proxy's metrics endpoint (GET /debug/clusters), not from the agent.
+    Clusters {
+        /// The proxy's --metrics-addr.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
+        proxy_addr: SocketAddr,
+        /// Only this pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: Option<String>,
+    },
     /// Detach and unpin everything of this instance; the agent then exits.
     Uninstall,
 }
@@ -118,6 +133,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Clusters { proxy_addr, pod } = &cli.command {
+        let body = fetch_clusters(*proxy_addr).await?;
+        let pods = select_pod(body, pod.as_deref(), *proxy_addr)?;
+        if cli.output == Output::Json {
+            println!("{:#}", serde_json::Value::Object(pods));
+        } else {
+            let pods: BTreeMap<String, ClustersDump> =
+                serde_json::from_value(serde_json::Value::Object(pods)).map_err(|error| {
+                    anyhow::anyhow!(
+                        "unexpected answer from the proxy's /debug/clusters (a shunt-proxy of \
+                         another version?): {error}"
+                    )
+                })?;
+            print!("{}", clusters(&pods));
+        }
+        return Ok(());
+    }
     let agent = match &cli.admin_socket {
         Some(socket) => AdminClient::new(socket, None),
         None => AdminClient::new(
@@ -160,7 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => (format!("/maps/{name}"), false),
         Command::Routes { pod } => (format!("/routes/{pod}"), false),
         Command::Uninstall => ("/uninstall".to_owned(), true),
-        Command::Explain { .. } => return Ok(()),
+        Command::Explain { .. } | Command::Clusters { .. } => return Ok(()),
     };
     let body: serde_json::Value = if post {
         agent.post(&path).await?
@@ -181,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { .. } => config(&serde_json::from_value(body).with_context(decode)?),
         Command::Maps { .. } => map_entries(&body),
         Command::Routes { .. } => pod_routes(&serde_json::from_value(body).with_context(decode)?),
-        Command::Explain { .. } => String::new(),
+        Command::Explain { .. } | Command::Clusters { .. } => String::new(),
         Command::Uninstall => {
             let answer: api::Uninstalled = serde_json::from_value(body).with_context(decode)?;
             uninstalled(&answer)
@@ -777,6 +809,168 @@ fn explanation(answer: &api::Explanation) -> String {
     out
 }
 
+/// How long `clusters` waits for the proxy, connect to last byte.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /debug/clusters` from the proxy's metrics endpoint: per pod, its clusters.
+async fn fetch_clusters(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    tokio::time::timeout(PROXY_TIMEOUT, get_json(addr, "/debug/clusters"))
+        .await
+        .with_context(|| {
+            format!(
+                "the proxy at {addr} did not answer within {PROXY_TIMEOUT:?} (is {addr} \
+                 shunt-proxy's --metrics-addr?)"
+            )
+        })?
+}
+
+/// `GET path` as JSON. Errors carry their cause in the message: `main` prints only that.
+async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "no proxy at {addr} ({error}): is shunt-proxy running with --metrics-addr {addr}?"
+            )
+        })?;
+    let failed = |what: &str, error: hyper::Error| {
+        anyhow::anyhow!("{what} with the proxy at {addr} failed: {error}")
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|error| failed("the HTTP handshake", error))?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| failed(&format!("GET {path}"), error))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| failed(&format!("reading {path}"), error))?
+        .to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    if !status.is_success() {
+        anyhow::bail!(
+            "the proxy at {addr} answered {status} to GET {path} (a shunt-proxy older than \
+             this shuntctl?): {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    serde_json::from_slice(&body)
+        .map_err(|error| anyhow::anyhow!("{path} from the proxy at {addr} is not JSON: {error}"))
+}
+
+/// The pods of the answer, or only `pod` (an error naming the pods served if it is not).
+fn select_pod(
+    body: serde_json::Value,
+    pod: Option<&str>,
+    addr: SocketAddr,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let serde_json::Value::Object(mut pods) = body else {
+        anyhow::bail!("unexpected answer from the proxy's /debug/clusters: {body}");
+    };
+    let Some(pod) = pod else {
+        return Ok(pods);
+    };
+    match pods.remove(pod) {
+        Some(clusters) => Ok(serde_json::Map::from_iter([(pod.to_owned(), clusters)])),
+        None => {
+            let served: Vec<&str> = pods.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "the proxy at {addr} does not serve pod {pod} (serves: {})",
+                if served.is_empty() {
+                    "none".to_owned()
+                } else {
+                    served.join(", ")
+                }
+            )
+        }
+    }
+}
+
+fn clusters(pods: &BTreeMap<String, ClustersDump>) -> String {
+    if pods.is_empty() {
+        return "the proxy serves no pod\n".to_owned();
+    }
+    let mut out = String::new();
+    for (pod, dump) in pods {
+        if dump.clusters.is_empty() {
+            out.push_str(&format!("{pod}: no upstream cluster in use\n"));
+            continue;
+        }
+        out.push_str(&format!(
+            "{pod}: {}\n",
+            count(dump.clusters.len(), "upstream cluster", "upstream clusters")
+        ));
+        for (name, cluster) in &dump.clusters {
+            cluster_state(&mut out, name, cluster);
+        }
+    }
+    out
+}
+
+fn cluster_state(out: &mut String, name: &str, cluster: &ClusterDump) {
+    out.push_str(&format!("  {name}\n"));
+    out.push_str(&format!(
+        "    load balancer {}; {}; requests: {} pending, {} active, {} retrying\n",
+        cluster.load_balancer,
+        count(
+            usize::try_from(cluster.connections).unwrap_or(usize::MAX),
+            "connection",
+            "connections"
+        ),
+        cluster.pending_requests,
+        cluster.active_requests,
+        cluster.active_retries,
+    ));
+    if cluster.endpoints.is_empty() {
+        out.push_str("    no endpoint\n");
+        return;
+    }
+    let mut table = Table::new(&[
+        "ENDPOINT",
+        "WEIGHT",
+        "ACTIVE",
+        "EJECTED",
+        "TIMES EJECTED",
+        "5XX IN A ROW",
+        "GATEWAY ERRORS IN A ROW",
+        "IDLE CONNS",
+        "H2 CONNS",
+    ]);
+    for endpoint in &cluster.endpoints {
+        table.row(vec![
+            endpoint.addr.clone(),
+            endpoint.weight.to_string(),
+            endpoint.active_requests.to_string(),
+            match (endpoint.ejected, endpoint.ejected_until) {
+                (true, Some(left)) => format!("yes, {left:.1}s left"),
+                (true, None) => "yes".to_owned(),
+                (false, _) => "no".to_owned(),
+            },
+            endpoint.times_ejected.to_string(),
+            endpoint.consecutive_5xx.to_string(),
+            endpoint.consecutive_gateway_errors.to_string(),
+            endpoint.idle_connections.to_string(),
+            endpoint.h2_connections.to_string(),
+        ]);
+    }
+    for line in table.render().lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+}
+
 fn uninstalled(answer: &api::Uninstalled) -> String {
     let mut out = String::from("capture uninstalled; the agent is stopping\n");
     for path in &answer.removed {
@@ -845,6 +1039,129 @@ mod tests {
              netns_cookie=4097  capture_inbound=true pod_ip=10.0.0.1\n\
              0                  listener socket\n\
              2 entries\n"
+        );
+    }
+
+    fn sample_clusters() -> serde_json::Value {
+        serde_json::json!({
+            "shop/web-1": {"clusters": {
+                "outbound|8080||cart.shop.svc.cluster.local": {
+                    "load_balancer": "RoundRobin",
+                    "connections": 2,
+                    "pending_requests": 1,
+                    "active_requests": 3,
+                    "active_retries": 0,
+                    "endpoints": [
+                        {"addr": "10.0.0.5:8080", "weight": 1, "active_requests": 3,
+                         "ejected": false, "ejected_until": null, "times_ejected": 1,
+                         "consecutive_5xx": 2, "consecutive_gateway_errors": 0,
+                         "idle_connections": 1, "h2_connections": 0},
+                        {"addr": "10.0.0.6:8080", "weight": 1, "active_requests": 0,
+                         "ejected": true, "ejected_until": 12.34, "times_ejected": 2,
+                         "consecutive_5xx": 0, "consecutive_gateway_errors": 0,
+                         "idle_connections": 0, "h2_connections": 0},
+                    ],
+                },
+                "outbound|80||10.1.2.3": {
+                    "load_balancer": "RoundRobin",
+                    "connections": 1,
+                    "pending_requests": 0,
+                    "active_requests": 0,
+                    "active_retries": 0,
+                    "endpoints": [],
+                },
+            }},
+            "shop/idle": {"clusters": {}},
+        })
+    }
+
+    #[test]
+    fn clusters_render_per_pod_cluster_and_endpoint() {
+        let pods: BTreeMap<String, ClustersDump> =
+            serde_json::from_value(sample_clusters()).unwrap();
+        assert_eq!(
+            clusters(&pods),
+            "shop/idle: no upstream cluster in use\n\
+             shop/web-1: 2 upstream clusters\n\
+             \x20 outbound|8080||cart.shop.svc.cluster.local\n\
+             \x20   load balancer RoundRobin; 2 connections; requests: 1 pending, 3 active, 0 retrying\n\
+             \x20   ENDPOINT       WEIGHT  ACTIVE  EJECTED          TIMES EJECTED  5XX IN A ROW  GATEWAY ERRORS IN A ROW  IDLE CONNS  H2 CONNS\n\
+             \x20   10.0.0.5:8080  1       3       no               1              2             0                        1           0\n\
+             \x20   10.0.0.6:8080  1       0       yes, 12.3s left  2              0             0                        0           0\n\
+             \x20 outbound|80||10.1.2.3\n\
+             \x20   load balancer RoundRobin; 1 connection; requests: 0 pending, 0 active, 0 retrying\n\
+             \x20   no endpoint\n"
+        );
+        assert_eq!(clusters(&BTreeMap::new()), "the proxy serves no pod\n");
+    }
+
+    #[test]
+    fn a_pod_filter_keeps_that_pod_or_names_the_pods_served() {
+        let addr: SocketAddr = "127.0.0.1:15020".parse().unwrap();
+        for (pod, expected) in [
+            (None, Ok(vec!["shop/idle", "shop/web-1"])),
+            (Some("shop/web-1"), Ok(vec!["shop/web-1"])),
+            (
+                Some("shop/web-2"),
+                Err(
+                    "the proxy at 127.0.0.1:15020 does not serve pod shop/web-2 \
+                     (serves: shop/idle, shop/web-1)",
+                ),
+            ),
+        ] {
+            let selected = select_pod(sample_clusters(), pod, addr)
+                .map(|pods| pods.keys().cloned().collect::<Vec<_>>())
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                selected,
+                expected
+                    .map(|pods| pods.into_iter().map(str::to_owned).collect())
+                    .map_err(str::to_owned),
+                "{pod:?}"
+            );
+        }
+        let error = select_pod(serde_json::json!({}), Some("shop/web-1"), addr).unwrap_err();
+        assert!(error.to_string().ends_with("(serves: none)"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn clusters_are_fetched_over_http_and_a_missing_proxy_names_the_flag() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request cut short");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"shop/idle":{"clusters":{}}}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let body = fetch_clusters(addr).await.unwrap();
+        assert_eq!(body, serde_json::json!({"shop/idle": {"clusters": {}}}));
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("GET /debug/clusters HTTP/1.1\r\n"),
+            "{request}"
+        );
+
+        // Nothing listens there any more.
+        let error = fetch_clusters(addr).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "no proxy at {addr} (Connection refused (os error 111)): is shunt-proxy \
+                 running with --metrics-addr {addr}?"
+            )
         );
     }
 

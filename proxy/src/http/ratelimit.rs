@@ -1,5 +1,9 @@
 //! Local rate limiting: one token bucket per `RateLimitPolicy`, shared by every pod of this
 //! node proxy.
+//!
+//! A bucket that has refilled to its burst is the same as a new one, so full buckets are
+//! dropped now and then ([`SWEEP_INTERVAL`]): the buckets of policies gone from the config
+//! go without the limiter being told, and the table holds only policies limiting now.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -19,10 +23,32 @@ pub enum RateLimitOutcome {
     Limited { limit: u32, reset: Duration },
 }
 
+/// How often the full buckets are dropped.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The token buckets, keyed by policy. Time is `tokio::time::Instant`, so tests pause it.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<ObjectRef, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_policy: HashMap<ObjectRef, Bucket>,
+    /// `None`: never swept; the first check starts the interval.
+    swept_at: Option<Instant>,
+}
+
+impl Buckets {
+    /// Drops the buckets that are full by now, at most once per [`SWEEP_INTERVAL`].
+    fn sweep(&mut self, now: Instant) {
+        let swept_at = *self.swept_at.get_or_insert(now);
+        if now.duration_since(swept_at) < SWEEP_INTERVAL {
+            return;
+        }
+        self.swept_at = Some(now);
+        self.by_policy.retain(|_, bucket| !bucket.full_at(now));
+    }
 }
 
 #[derive(Debug)]
@@ -46,6 +72,20 @@ impl Bucket {
     fn matches(&self, limit: &RateLimit) -> bool {
         self.burst == limit.burst && self.requests_per_second == limit.requests_per_second
     }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = self.tokens_at(now);
+        self.refilled_at = now;
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        (self.tokens + elapsed * self.requests_per_second).min(f64::from(self.burst))
+    }
+
+    fn full_at(&self, now: Instant) -> bool {
+        self.tokens_at(now) >= f64::from(self.burst)
+    }
 }
 
 impl RateLimiter {
@@ -65,16 +105,15 @@ impl RateLimiter {
                 remaining: 0,
             };
         };
+        buckets.sweep(now);
         let bucket = buckets
+            .by_policy
             .entry(limit.policy.clone())
             .or_insert_with(|| Bucket::full(limit, now));
         if !bucket.matches(limit) {
             *bucket = Bucket::full(limit, now);
         }
-        let elapsed = now.duration_since(bucket.refilled_at).as_secs_f64();
-        bucket.tokens =
-            (bucket.tokens + elapsed * bucket.requests_per_second).min(f64::from(bucket.burst));
-        bucket.refilled_at = now;
+        bucket.refill(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             RateLimitOutcome::Allowed {
@@ -96,11 +135,15 @@ impl RateLimiter {
         }
     }
 
-    /// Forgets the buckets of policies that are gone from the config.
-    pub fn retain(&self, keep: impl Fn(&ObjectRef) -> bool) {
-        if let Ok(mut buckets) = self.buckets.lock() {
-            buckets.retain(|policy, _| keep(policy));
-        }
+    #[cfg(test)]
+    fn policies(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .buckets
+            .lock()
+            .map(|b| b.by_policy.keys().map(|p| p.name.to_string()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 }
 
@@ -197,12 +240,41 @@ mod tests {
                 remaining: 4
             }
         );
-        limiter.retain(|p| p.name.as_ref() == "shop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_buckets_are_dropped_and_partly_used_ones_kept() {
+        let limiter = RateLimiter::new();
+        // Gone from the config after one request: full again after 1 s.
+        let removed = policy("removed", 1.0, 5);
+        // Still limiting: emptied, 200 s to refill.
+        let busy = policy("busy", 0.5, 100);
+        assert!(matches!(
+            limiter.check(&removed),
+            RateLimitOutcome::Allowed { .. }
+        ));
+        for _ in 0..100 {
+            limiter.check(&busy);
+        }
+        tokio::time::advance(SWEEP_INTERVAL - Duration::from_secs(1)).await;
+        limiter.check(&busy);
+        assert_eq!(limiter.policies(), ["busy", "removed"]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The sweep must not change what a request gets: 30 refilled in 60 s, 2 used since.
         assert_eq!(
-            limiter.check(&cart),
+            limiter.check(&busy),
             RateLimitOutcome::Allowed {
-                limit: 1,
-                remaining: 0
+                limit: 100,
+                remaining: 28
+            }
+        );
+        assert_eq!(limiter.policies(), ["busy"]);
+        // A dropped policy that comes back starts full, as it would have been.
+        assert_eq!(
+            limiter.check(&removed),
+            RateLimitOutcome::Allowed {
+                limit: 5,
+                remaining: 4
             }
         );
     }

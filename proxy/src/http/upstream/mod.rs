@@ -4,6 +4,11 @@
 //!
 //! Every upstream connection is dialled with the pod's [`PodSockets::connect`]: from inside
 //! the pod's netns, marked so the proxy does not capture itself.
+//!
+//! A cluster unused for [`CLUSTER_IDLE_TIMEOUT`] (or its `idleTimeout`, if longer) is
+//! forgotten: under ALLOW_ANY every address a pod dials is a cluster of its own, and a
+//! cluster that left the config is never asked for again, so the state stays bounded by what
+//! the pod uses now.
 #![forbid(unsafe_code)]
 
 mod hash;
@@ -23,8 +28,8 @@ use tokio::time::Instant;
 pub use self::hash::hash_key;
 use self::lb::HashTable;
 pub use self::lb::hash as hash_bytes;
-use self::metrics::EndpointLabels;
 pub use self::metrics::UpstreamMetrics;
+use self::metrics::{ClusterLabels, EndpointLabels};
 pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
@@ -159,12 +164,20 @@ impl std::fmt::Debug for Picked {
 #[derive(Debug)]
 pub struct RetryPermit(#[expect(dead_code, reason = "held for its drop")] Counted);
 
+/// How long a cluster with nothing in flight, no open connection and no ejected endpoint is
+/// kept before it is forgotten (the cluster's `idleTimeout` instead, when longer). Long
+/// enough that a pod's steady traffic keeps its pools and outlier state.
+pub const CLUSTER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type ClusterMap = Mutex<HashMap<ClusterKey, Arc<ClusterState>>>;
+
 /// The upstream clusters one pod sends to.
 pub struct Upstreams {
     sockets: Arc<dyn PodSockets>,
     default_connect_timeout: Duration,
     metrics: Arc<UpstreamMetrics>,
-    clusters: Mutex<HashMap<ClusterKey, Arc<ClusterState>>>,
+    /// Shared with each cluster's [`maintain`] task, which removes its cluster once idle.
+    clusters: Arc<ClusterMap>,
 }
 
 impl Upstreams {
@@ -178,7 +191,7 @@ impl Upstreams {
             sockets,
             default_connect_timeout,
             metrics,
-            clusters: Mutex::default(),
+            clusters: Arc::default(),
         }
     }
 
@@ -192,7 +205,12 @@ impl Upstreams {
                 Err(poisoned) => poisoned.into_inner(),
             };
             match clusters.get(&cluster.key) {
-                Some(state) => (state.clone(), false),
+                Some(state) => {
+                    // Under the map's lock, so that eviction (which checks it under the same
+                    // lock) never removes a cluster just handed out.
+                    state.touch(Instant::now());
+                    (state.clone(), false)
+                }
                 None => {
                     let state = Arc::new(ClusterState::new(
                         cluster,
@@ -207,20 +225,15 @@ impl Upstreams {
         };
         if created {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(maintain(Arc::downgrade(&state)));
+                runtime.spawn(maintain(
+                    Arc::downgrade(&state),
+                    Arc::downgrade(&self.clusters),
+                ));
             }
         } else {
             state.refresh(cluster);
         }
         state
-    }
-
-    /// Forgets the clusters `keep` rejects (gone from the config): their idle connections
-    /// close, in-flight requests finish.
-    pub fn retain(&self, keep: impl Fn(&ClusterKey) -> bool) {
-        if let Ok(mut clusters) = self.clusters.lock() {
-            clusters.retain(|key, _| keep(key));
-        }
     }
 
     /// A snapshot of every cluster's endpoints, for `/debug/clusters` and `shuntctl`.
@@ -351,6 +364,8 @@ pub struct ClusterState {
     key: ClusterKey,
     name: String,
     config: Mutex<Config>,
+    /// When it was last asked for or last busy; its idle time counts from there.
+    last_used: Mutex<Instant>,
     /// Pools to original destinations of a PASSTHROUGH cluster, by address; dropped when
     /// unused ([`Self::maintain_once`]).
     passthrough: Mutex<HashMap<SocketAddrV4, Arc<EndpointState>>>,
@@ -369,6 +384,7 @@ impl ClusterState {
         Self {
             key: cluster.key.clone(),
             config: Mutex::new(Config::new(cluster, &[])),
+            last_used: Mutex::new(Instant::now()),
             passthrough: Mutex::default(),
             dialer: Dialer {
                 sockets,
@@ -381,6 +397,20 @@ impl ClusterState {
 
     pub fn key(&self) -> &ClusterKey {
         &self.key
+    }
+
+    fn touch(&self, now: Instant) {
+        match self.last_used.lock() {
+            Ok(mut last_used) => *last_used = now,
+            Err(poisoned) => *poisoned.into_inner() = now,
+        }
+    }
+
+    fn idle_since(&self) -> Instant {
+        match self.last_used.lock() {
+            Ok(last_used) => *last_used,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 
     fn config(&self) -> std::sync::MutexGuard<'_, Config> {
@@ -735,8 +765,23 @@ impl ClusterState {
     }
 
     fn maintain_once(&self) {
+        let now = Instant::now();
         let config = self.config();
-        self.return_due(&config, Instant::now());
+        self.return_due(&config, now);
+        if self.busy(&config, now) {
+            self.touch(now);
+        } else if now.duration_since(self.idle_since()) >= self.eviction_timeout(&config) {
+            // Idle long enough to be forgotten: close its pooled connections now, so that
+            // the open-connection count reaches 0 and [`Self::evictable`] holds.
+            for endpoint in &config.endpoints {
+                endpoint.state.pool.prune(Some(Duration::ZERO));
+            }
+            if let Ok(passthrough) = self.passthrough.lock() {
+                for endpoint in passthrough.values() {
+                    endpoint.pool.prune(Some(Duration::ZERO));
+                }
+            }
+        }
         let idle_timeout = config
             .policy()
             .connection_pool
@@ -753,21 +798,89 @@ impl ClusterState {
             });
         }
     }
+
+    /// Requests in flight, waiting or retrying, or an endpoint ejected now: the cluster's
+    /// state matters.
+    fn busy(&self, config: &Config, now: Instant) -> bool {
+        let shared = &self.dialer.shared;
+        let counting = [&shared.requests, &shared.pending, &shared.retries]
+            .iter()
+            .any(|count| count.load(Ordering::Acquire) > 0);
+        counting
+            || config
+                .endpoints
+                .iter()
+                .any(|e| e.state.outlier.lock().is_ok_and(|o| o.is_ejected(now)))
+    }
+
+    /// [`CLUSTER_IDLE_TIMEOUT`], or the cluster's `idleTimeout` when longer, so that its
+    /// pooled connections live out their configured time.
+    fn eviction_timeout(&self, config: &Config) -> Duration {
+        config
+            .policy()
+            .connection_pool
+            .idle_timeout
+            .map_or(CLUSTER_IDLE_TIMEOUT, |t| t.max(CLUSTER_IDLE_TIMEOUT))
+    }
+
+    /// Not busy, no connection open, and unused for its eviction timeout.
+    fn evictable(&self, now: Instant) -> bool {
+        let config = self.config();
+        !self.busy(&config, now)
+            && self.dialer.shared.connections.load(Ordering::Acquire) == 0
+            && now.duration_since(self.idle_since()) >= self.eviction_timeout(&config)
+    }
+
+    /// Drops its gauges from the registry: a forgotten cluster has no connection and no
+    /// ejection to report, and ALLOW_ANY would otherwise grow the series without bound.
+    fn forget_metrics(&self) {
+        let metrics = self.metrics();
+        metrics.connections.remove(&ClusterLabels {
+            cluster: self.name.clone(),
+        });
+        for endpoint in &self.config().endpoints {
+            metrics.ejected.remove(&self.labels(endpoint.addr));
+        }
+    }
 }
 
 /// Returns ejected endpoints on time and closes idle connections even without traffic;
-/// ends with the cluster.
-async fn maintain(cluster: Weak<ClusterState>) {
+/// removes the cluster from `clusters` once it stayed idle ([`ClusterState::evictable`]) and
+/// ends with it.
+async fn maintain(cluster: Weak<ClusterState>, clusters: Weak<ClusterMap>) {
     loop {
         let Some(period) = cluster.upgrade().map(|c| c.maintenance_period()) else {
             return;
         };
         tokio::time::sleep(period).await;
-        let Some(cluster) = cluster.upgrade() else {
+        let (Some(cluster), Some(clusters)) = (cluster.upgrade(), clusters.upgrade()) else {
             return;
         };
         cluster.maintain_once();
+        if cluster.evictable(Instant::now()) && evict(&clusters, &cluster) {
+            return;
+        }
     }
+}
+
+/// Removes `cluster` from `clusters` if it is still the one there and still idle (checked
+/// under the map's lock, which [`Upstreams::cluster`] takes to hand a cluster out).
+fn evict(clusters: &ClusterMap, cluster: &Arc<ClusterState>) -> bool {
+    let mut clusters = match clusters.lock() {
+        Ok(clusters) => clusters,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let current = clusters
+        .get(&cluster.key)
+        .is_some_and(|c| Arc::ptr_eq(c, cluster));
+    if !current || !cluster.evictable(Instant::now()) {
+        return false;
+    }
+    clusters.remove(&cluster.key);
+    drop(clusters);
+    cluster.forget_metrics();
+    tracing::debug!(cluster = %cluster.name, "forgot an idle upstream cluster");
+    true
 }
 
 #[cfg(test)]

@@ -627,3 +627,134 @@ async fn wait_for(condition: impl Fn() -> bool) {
     }
     panic!("condition not reached in 5 s");
 }
+
+/// An ALLOW_ANY cluster: the address itself, default policy.
+fn passthrough_address(ip: [u8; 4], policy: TrafficPolicy) -> Arc<Cluster> {
+    let addr = SocketAddrV4::new(Ipv4Addr::from(ip), 80);
+    Arc::new(Cluster {
+        key: ClusterKey {
+            host: Host(Arc::from(addr.ip().to_string())),
+            subset: None,
+            port: 80,
+        },
+        ..Arc::unwrap_or_clone(cluster(&[addr], policy))
+    })
+}
+
+fn cluster_names(upstreams: &Upstreams) -> Vec<String> {
+    upstreams.dump().clusters.into_keys().collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cluster_is_forgotten_and_its_task_ends() {
+    let fixture = Fixture::new().await;
+    let unused = fixture.upstreams.cluster(&passthrough_address(
+        [10, 0, 0, 1],
+        TrafficPolicy::default(),
+    ));
+    let kept = passthrough_address([10, 0, 0, 2], TrafficPolicy::default());
+    fixture.upstreams.cluster(&kept);
+    let task_alive = Arc::downgrade(&unused);
+    drop(unused);
+    // Asked for again (a request) 30 s in: its idle time starts over.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    fixture.upstreams.cluster(&kept);
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        cluster_names(&fixture.upstreams),
+        ["outbound|80||10.0.0.1", "outbound|80||10.0.0.2"]
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster_names(&fixture.upstreams), ["outbound|80||10.0.0.2"]);
+    assert!(task_alive.upgrade().is_none(), "the cluster is still held");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(cluster_names(&fixture.upstreams).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_longer_idle_timeout_keeps_the_cluster_as_long() {
+    let fixture = Fixture::new().await;
+    fixture.upstreams.cluster(&passthrough_address(
+        [10, 0, 0, 1],
+        pool_policy(ConnectionPool {
+            idle_timeout: Some(Duration::from_secs(300)),
+            ..ConnectionPool::default()
+        }),
+    ));
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    assert_eq!(cluster_names(&fixture.upstreams).len(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(cluster_names(&fixture.upstreams).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cluster_with_an_ejected_endpoint_is_kept_until_the_ejection_ends() {
+    let fixture = Fixture::new().await;
+    let mut policy = outlier_policy(1, 100, 0);
+    if let Some(detection) = policy.outlier_detection.as_mut() {
+        detection.base_ejection_time = Duration::from_secs(300);
+    }
+    let state = fixture
+        .upstreams
+        .cluster(&passthrough_address([10, 0, 0, 1], policy));
+    let picked = state.pick(None, &[]).unwrap();
+    state.record(&picked, Outcome::Status(StatusCode::SERVICE_UNAVAILABLE));
+    drop((picked, state));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let dump = fixture.upstreams.dump();
+    assert!(
+        dump.clusters["outbound|80||10.0.0.1"].endpoints[0].ejected,
+        "{dump:?}"
+    );
+    // Returned at 300 s; idle from then on.
+    tokio::time::sleep(Duration::from_secs(159)).await;
+    assert_eq!(cluster_names(&fixture.upstreams).len(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(cluster_names(&fixture.upstreams).is_empty());
+    assert!(
+        !fixture.metrics().contains("shunt_outlier_ejected{"),
+        "{}",
+        fixture.metrics()
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_with_a_request_in_flight_is_kept_and_forgotten_once_idle() {
+    let server = server(false, 200, Duration::ZERO).await;
+    let fixture = Fixture::new().await;
+    let state = fixture
+        .upstreams
+        .cluster(&cluster(&[server.addr], TrafficPolicy::default()));
+    let picked = state.pick(None, &[]).unwrap();
+    let in_flight = state
+        .send(&picked, request(HttpVersion::Http1), HttpVersion::Http1)
+        .await
+        .unwrap();
+    drop((picked, state));
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let dump = fixture.upstreams.dump();
+    let busy = &dump.clusters["outbound|8080||cart.shop.svc.cluster.local"];
+    assert_eq!((busy.active_requests, busy.connections), (1, 1), "{dump:?}");
+
+    tokio::time::resume();
+    in_flight.into_body().collect().await.unwrap();
+    tokio::time::pause();
+    // The request ended within the last maintenance period: idle for at least 59 s more.
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    let dump = fixture.upstreams.dump();
+    assert_eq!(
+        dump.clusters["outbound|8080||cart.shop.svc.cluster.local"].endpoints[0].idle_connections,
+        1,
+        "{dump:?}"
+    );
+    // Then its pooled connection closes and the cluster goes, with its gauge.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::resume();
+    wait_for(|| cluster_names(&fixture.upstreams).is_empty()).await;
+    assert!(
+        !fixture.metrics().contains("shunt_upstream_connections{"),
+        "{}",
+        fixture.metrics()
+    );
+}
