@@ -22,7 +22,8 @@ struct Cli {
         default_value = "/run/shunt/default/control.sock"
     )]
     control_socket: PathBuf,
-    /// Where to serve GET /metrics and /stats/prometheus.
+    /// Where to serve GET /metrics and /stats/prometheus (Prometheus), and /debug/clusters
+    /// (every pod's upstream clusters as JSON, what `shuntctl clusters` shows).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
     /// How long in-flight connections get to finish on SIGTERM or pod removal.
