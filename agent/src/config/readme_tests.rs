@@ -96,7 +96,11 @@ fn every_traffic_management_example_in_the_readme_loads_cleanly() {
     }
     let snapshot = Snapshot::from_config(Path::new("."), loader.config, loader.errors);
     let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
-    assert!(errors.is_empty(), "README examples do not load:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "README examples do not load:\n{}",
+        errors.join("\n")
+    );
 
     let mesh = &snapshot.mesh;
     assert_eq!(

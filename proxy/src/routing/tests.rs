@@ -64,6 +64,20 @@ fn base() -> MeshState {
     }
 }
 
+/// `base()` with a DestinationRule defining cart's subsets v1 and v2.
+fn with_versions() -> MeshState {
+    let mut state = base();
+    state.destination_rules.push(dr(
+        "shop",
+        "cart-versions",
+        json!({"host": "cart", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}
+        ]}),
+    ));
+    state
+}
+
 fn table(state: &MeshState) -> RouteTable {
     let (table, errors) = RouteTable::build(state);
     assert_eq!(errors, vec![], "unexpected config errors");
@@ -107,7 +121,7 @@ fn route(table: &RouteTable, dst: &str, req: &Req<'_>) -> String {
         .values()
         .find(|w| w.name == req.source)
         .cloned();
-    let target = table.outbound_target(addr(dst));
+    let target = table.outbound_target(addr(dst), source.as_deref());
     let facts = RequestFacts {
         method: &method,
         uri: &uri,
@@ -142,7 +156,7 @@ fn route(table: &RouteTable, dst: &str, req: &Req<'_>) -> String {
 }
 
 fn matching_state() -> MeshState {
-    let mut state = base();
+    let mut state = with_versions();
     let to = |subset: &str| json!([{"destination": {"host": "cart", "subset": subset}}]);
     state.virtual_services.push(vs("shop", "cart", json!({
         "hosts": ["cart"],
@@ -309,7 +323,7 @@ fn http_matching() {
 
 #[test]
 fn first_match_wins_and_merged_virtual_services_keep_their_order() {
-    let mut state = base();
+    let mut state = with_versions();
     let route_to = |subset: &str| json!([{"destination": {"host": "cart.shop.svc.cluster.local", "subset": subset}}]);
     // "b" sorts after "a": its catch-all comes after a's specific route.
     state.virtual_services.push(vs(
@@ -476,7 +490,7 @@ fn registry_only_blocks_unknown_destinations() {
         ),
         "default -> api.example.com/-:100"
     );
-    let unknown = table.outbound_target(addr("192.0.2.9:443"));
+    let unknown = table.outbound_target(addr("192.0.2.9:443"), None);
     assert!(
         matches!(
             table.tcp_route(&unknown, None, None),
@@ -485,7 +499,11 @@ fn registry_only_blocks_unknown_destinations() {
         "a ServiceEntry without addresses claims its port"
     );
     assert!(matches!(
-        table.tcp_route(&table.outbound_target(addr("192.0.2.9:5432")), None, None),
+        table.tcp_route(
+            &table.outbound_target(addr("192.0.2.9:5432"), None),
+            None,
+            None
+        ),
         TcpDecision::BlockedByRegistryOnly
     ));
     assert!(matches!(
@@ -501,6 +519,7 @@ fn registry_only_blocks_unknown_destinations() {
                 port: None,
             },
             443,
+            None,
         )
         .unwrap();
     assert_eq!(cluster.policy.load_balancer, LoadBalancer::Passthrough);
@@ -509,7 +528,11 @@ fn registry_only_blocks_unknown_destinations() {
     allow.mesh.outbound_traffic_policy = OutboundTrafficPolicy::AllowAny;
     let table = super::RouteTable::build(&allow).0;
     assert!(matches!(
-        table.tcp_route(&table.outbound_target(addr("192.0.2.9:5432")), None, None),
+        table.tcp_route(
+            &table.outbound_target(addr("192.0.2.9:5432"), None),
+            None,
+            None
+        ),
         TcpDecision::Passthrough
     ));
 }
@@ -573,7 +596,7 @@ fn tcp_and_tls_routes() {
         // A CIDR address names its entry before any byte is read.
         ("10.98.7.7:3306", None, "default: -=100"),
     ] {
-        let target = table.outbound_target(addr(dst));
+        let target = table.outbound_target(addr(dst), None);
         assert_eq!(
             describe(table.tcp_route(&target, sni, None)),
             expected,
@@ -581,7 +604,7 @@ fn tcp_and_tls_routes() {
         );
     }
     assert!(
-        matches!(table.outbound_target(addr("10.98.7.7:3306")), OutboundTarget::Service(t) if &*t.host.0 == "mysql.internal")
+        matches!(table.outbound_target(addr("10.98.7.7:3306"), None), OutboundTarget::Service(t) if &*t.host.0 == "mysql.internal")
     );
     let cluster = table
         .cluster(
@@ -591,6 +614,7 @@ fn tcp_and_tls_routes() {
                 port: None,
             },
             5432,
+            None,
         )
         .unwrap();
     assert_eq!(
@@ -642,6 +666,7 @@ fn weights_and_subsets() {
                     port: None,
                 },
                 80,
+                None,
             )
             .map(|c| {
                 c.endpoints
@@ -664,11 +689,12 @@ fn weights_and_subsets() {
                     subset: Some("v3".into()),
                     port: None
                 },
-                80
+                80,
+                None,
             )
             .unwrap_err()
             .to_string(),
-        "host cart.shop.svc.cluster.local has no subset \"v3\" (no DestinationRule defines it)"
+        "host cart.shop.svc.cluster.local has no subset \"v3\" (no DestinationRule in force for the source's namespace defines it)"
     );
     assert_eq!(
         table
@@ -678,7 +704,8 @@ fn weights_and_subsets() {
                     subset: None,
                     port: Some(81)
                 },
-                80
+                80,
+                None,
             )
             .unwrap_err()
             .to_string(),
@@ -712,6 +739,7 @@ fn destination_rule_policies_merge_top_subset_and_port() {
                     port: None,
                 },
                 80,
+                None,
             )
             .unwrap()
             .policy
@@ -823,6 +851,7 @@ fn consistent_hash_settings() {
                     port: None,
                 },
                 80,
+                None,
             )
             .unwrap();
         assert_eq!(cluster.policy.load_balancer, expected, "{hash}");
@@ -844,7 +873,7 @@ fn rate_limit_policies_attach_to_a_host_or_a_named_route() {
     state.rate_limit_policies.push(rl("shop", "route", json!({"virtualService": {"name": "cart", "route": "checkout"}, "requestsPerSecond": 0.5, "burst": 2})));
     let table = table(&state);
     let limit = |uri: &str| {
-        let target = table.outbound_target(addr("10.96.0.20:80"));
+        let target = table.outbound_target(addr("10.96.0.20:80"), None);
         let (method, uri, headers) = (
             http::Method::GET,
             uri.parse().unwrap(),
@@ -878,7 +907,7 @@ fn rate_limit_policies_attach_to_a_host_or_a_named_route() {
 
 #[test]
 fn route_policies_compile() {
-    let mut state = base();
+    let mut state = with_versions();
     state.virtual_services.push(vs("shop", "cart", json!({"hosts": ["cart"], "http": [{
         "match": [{"uri": {"prefix": "/old"}}],
         "rewrite": {"uri": "/new", "authority": "cart.internal"},
@@ -891,7 +920,7 @@ fn route_policies_compile() {
         "headers": {"response": {"remove": ["server"]}}
     }]})));
     let table = table(&state);
-    let target = table.outbound_target(addr("10.96.0.20:80"));
+    let target = table.outbound_target(addr("10.96.0.20:80"), None);
     let (method, uri, headers) = (
         http::Method::GET,
         "/old/x".parse().unwrap(),
@@ -1063,7 +1092,7 @@ fn an_invalid_object_is_dropped_whole_and_the_rest_applies() {
     assert_eq!(
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec![
-            "DestinationRule shop/b: spec.host: host cart.shop.svc.cluster.local already has DestinationRule shop/a (the first DestinationRule by namespace/name wins); this one is ignored",
+            "DestinationRule shop/b: spec.host: host cart.shop.svc.cluster.local already has DestinationRule shop/a (in its namespace the first DestinationRule by creationTimestamp, then name, wins); this one is ignored",
             "VirtualService shop/bad: spec.http[1].timeout: \"x\" is not a duration: expected a number with a unit h, m, s, ms, us or ns, e.g. \"1s\", \"0.5s\", \"100ms\"",
         ]
     );
@@ -1094,6 +1123,7 @@ fn export_to_and_gateways_limit_where_a_virtual_service_applies() {
 #[test]
 fn explain_says_why() {
     let mut state = matching_state();
+    state.destination_rules.clear();
     state.destination_rules.push(dr("shop", "cart", json!({"host": "cart", "subsets": [
         {"name": "v1", "labels": {"version": "v1"}},
         {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}}
