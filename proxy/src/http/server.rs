@@ -222,7 +222,7 @@ impl HttpConnection {
         };
         let body = Counted::new(incoming, exchange.request_body_bytes.clone());
         let routes = self.routes.routes();
-        let target = routes.outbound_target(self.orig_dst);
+        let target = routes.outbound_target(self.orig_dst, self.source.as_deref());
         if let OutboundTarget::Service(service) = &target {
             exchange.target_service.clone_from(&service.service);
         }
@@ -379,7 +379,11 @@ impl HttpConnection {
         }: Inbound<'_>,
         exchange: &mut Exchange,
     ) -> Reply {
-        let cluster = match routes.cluster(&destination.destination, self.orig_dst.port()) {
+        let cluster = match routes.cluster(
+            &destination.destination,
+            self.orig_dst.port(),
+            self.source.as_deref(),
+        ) {
             Ok(cluster) => cluster,
             Err(error) => {
                 tracing::debug!(%error, "no cluster for the route's destination");
@@ -524,7 +528,11 @@ impl HttpConnection {
             if !policy::roll(mirror.percentage, &mut rand::rng()) {
                 continue;
             }
-            let cluster = match routes.cluster(&mirror.destination, self.orig_dst.port()) {
+            let cluster = match routes.cluster(
+                &mirror.destination,
+                self.orig_dst.port(),
+                self.source.as_deref(),
+            ) {
                 Ok(cluster) => cluster,
                 Err(error) => {
                     tracing::debug!(%error, "mirror destination has no cluster; not mirrored");

@@ -64,7 +64,7 @@ pub async fn serve(
         return connection::run(&proxy, &pod, plan, downstream).await;
     };
     let routes = source.routes();
-    let target = routes.outbound_target(dst);
+    let target = routes.outbound_target(dst, accepted.peers.source.as_deref());
     let declared = match &target {
         OutboundTarget::Service(service) => service.protocol,
         OutboundTarget::Unknown { protocol, .. } => *protocol,
@@ -158,15 +158,16 @@ fn plan_tcp(
                     format!("route {route_name} has no destination"),
                 );
             };
-            let cluster = match routes.cluster(&destination.destination, dst.port()) {
-                Ok(cluster) => cluster,
-                Err(error) => {
-                    return accepted.refuse(
-                        CloseReason::Unreachable,
-                        format!("route {route_name}: {error}"),
-                    );
-                }
-            };
+            let cluster =
+                match routes.cluster(&destination.destination, dst.port(), source.as_deref()) {
+                    Ok(cluster) => cluster,
+                    Err(error) => {
+                        return accepted.refuse(
+                            CloseReason::Unreachable,
+                            format!("route {route_name}: {error}"),
+                        );
+                    }
+                };
             accepted.peers.service = cluster.service.clone();
             let hash = match &cluster.policy.load_balancer {
                 LoadBalancer::Passthrough => {

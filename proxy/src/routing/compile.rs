@@ -3,8 +3,15 @@
 //!
 //! Several VirtualServices for one host are merged: ordered by creationTimestamp (absent
 //! first), then namespace/name, their `http`, `tls` and `tcp` routes are concatenated in that
-//! order, and the first route that matches wins. Several DestinationRules for one host: the
-//! first by namespace/name wins; the others are reported.
+//! order, and the first route that matches wins.
+//!
+//! DestinationRules are looked up per client namespace, as Istio does: among the rules
+//! visible to the client (`exportTo`; a rule always applies in its own namespace), one in the
+//! client's namespace, else one in the host's namespace (the Service's or ServiceEntry's),
+//! else one in the root namespace `istio-system`, else the others by namespace/name; within
+//! each step an exact host beats the longest wildcard. Several rules for one host in one
+//! namespace: the first in merge order (creationTimestamp, then name) wins; the others are
+//! reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -23,6 +30,10 @@ use super::decision::{
 use crate::istio;
 use crate::state::{MeshState, Service, Workload};
 
+/// Istio's default `rootNamespace`: its DestinationRules apply to hosts of every namespace
+/// that has none of its own.
+pub(super) const ROOT_NAMESPACE: &str = "istio-system";
+
 /// The compiled routing config of one [`MeshState`]; answers the data path's questions
 /// through [`super::Routes`].
 #[derive(Debug, Default)]
@@ -31,15 +42,20 @@ pub struct RouteTable {
     pub(super) workloads_by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
     /// Kubernetes Services and ServiceEntry hosts.
     pub(super) registry: BTreeMap<Host, RegistryHost>,
-    pub(super) by_addr: HashMap<SocketAddrV4, Arc<ServiceTarget>>,
+    /// Every target at an address, in registry order (Services by namespace/name, then
+    /// ServiceEntries in merge order): the first one visible to the client names it.
+    pub(super) by_addr: HashMap<SocketAddrV4, Vec<Arc<ServiceTarget>>>,
     /// ServiceEntry `addresses` given as CIDRs, with their ports.
     pub(super) by_subnet: Vec<(Subnet, u16, Arc<ServiceTarget>)>,
     pub(super) targets: HashMap<(Host, u16), Arc<ServiceTarget>>,
     /// Valid VirtualServices bound to the mesh, in merge order.
     pub(super) virtual_services: Vec<Arc<CompiledVirtualService>>,
-    /// The DestinationRule in force per host pattern.
-    pub(super) destination_rules: BTreeMap<Host, Arc<CompiledDestinationRule>>,
-    pub(super) clusters: HashMap<ClusterKey, Arc<Cluster>>,
+    /// The valid DestinationRules, at most one per (namespace, host pattern), sorted by
+    /// namespace/name; [`Self::destination_rule`] picks the one in force for a client.
+    pub(super) destination_rules: Vec<Arc<CompiledDestinationRule>>,
+    /// Every cluster under each rule that may be in force for its host (index into
+    /// `destination_rules`; `None`: no rule).
+    pub(super) clusters: HashMap<(ClusterKey, Option<usize>), Arc<Cluster>>,
     /// The implicit route of each registry host and port.
     pub(super) default_routes: HashMap<(Host, u16), Arc<HttpRoute>>,
     /// `RateLimitPolicy` with `service`: per host.
@@ -50,6 +66,8 @@ pub struct RouteTable {
 pub(super) struct RegistryHost {
     pub(super) host: Host,
     pub(super) namespace: String,
+    /// A ServiceEntry's `exportTo`; Kubernetes Services are visible everywhere.
+    pub(super) visibility: Visibility,
     pub(super) source: RegistrySource,
     pub(super) ports: Vec<RegistryPort>,
 }
@@ -146,6 +164,9 @@ pub(super) struct L4Match {
 #[derive(Debug)]
 pub(super) struct CompiledDestinationRule {
     pub(super) object: ObjectRef,
+    /// `spec.host`, made fully qualified (may be a wildcard).
+    pub(super) host: Host,
+    pub(super) visibility: Visibility,
     pub(super) top: PolicyLevel,
     pub(super) subsets: Vec<CompiledSubset>,
 }
@@ -282,6 +303,10 @@ impl RouteTable {
         for rule in merge_order(&state.destination_rules) {
             table.add_destination_rule(rule, &mut errors);
         }
+        // Lookups fall back to "the others by namespace/name".
+        table.destination_rules.sort_by(|a, b| {
+            (&a.object.namespace, &a.object.name).cmp(&(&b.object.namespace, &b.object.name))
+        });
         table.build_clusters(&workloads);
         let rate_limits = table.rate_limits(state, &mut errors);
         for vs in merge_order(&state.virtual_services) {
@@ -316,6 +341,10 @@ impl RouteTable {
                 let target = Arc::new(ServiceTarget {
                     host: host.clone(),
                     port: port.port,
+                    dst: SocketAddrV4::new(
+                        service.cluster_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        port.port,
+                    ),
                     protocol: port.protocol,
                     service: Some(service.clone()),
                     service_entry: None,
@@ -325,7 +354,8 @@ impl RouteTable {
                     // (by namespace/name) keeps it there and here alike.
                     self.by_addr
                         .entry(SocketAddrV4::new(ip, port.port))
-                        .or_insert_with(|| target.clone());
+                        .or_default()
+                        .push(target.clone());
                 }
                 self.targets.insert((host.clone(), port.port), target);
             }
@@ -334,6 +364,7 @@ impl RouteTable {
                 RegistryHost {
                     host,
                     namespace: service.namespace.clone(),
+                    visibility: Visibility::All,
                     source: RegistrySource::Service(service),
                     ports,
                 },
@@ -470,7 +501,7 @@ impl RouteTable {
                 "resolution STATIC needs at least one endpoint",
             );
         }
-        convert::export_to(
+        let visibility = convert::export_to(
             &mut p,
             "spec.exportTo",
             &spec.export_to,
@@ -506,6 +537,10 @@ impl RouteTable {
                 let target = Arc::new(ServiceTarget {
                     host: host.clone(),
                     port: port.port,
+                    dst: SocketAddrV4::new(
+                        subnets.first().map_or(Ipv4Addr::UNSPECIFIED, |s| s.addr),
+                        port.port,
+                    ),
                     protocol: port.protocol,
                     service: None,
                     service_entry: Some(object.clone()),
@@ -516,7 +551,8 @@ impl RouteTable {
                         if subnet.prefix == 32 {
                             self.by_addr
                                 .entry(SocketAddrV4::new(subnet.addr, port.port))
-                                .or_insert_with(|| target.clone());
+                                .or_default()
+                                .push(target.clone());
                         } else {
                             self.by_subnet.push((*subnet, port.port, target.clone()));
                         }
@@ -529,6 +565,7 @@ impl RouteTable {
                 RegistryHost {
                     host,
                     namespace: entry.metadata.namespace.clone(),
+                    visibility: visibility.clone(),
                     source: RegistrySource::Entry {
                         object: object.clone(),
                         resolution,
@@ -581,7 +618,7 @@ impl RouteTable {
                 "workloadSelector is not supported in local mode",
             );
         }
-        convert::export_to(
+        let visibility = convert::export_to(
             &mut p,
             "spec.exportTo",
             &spec.export_to,
@@ -592,7 +629,11 @@ impl RouteTable {
             return;
         }
         let host = self.resolve_host(&spec.host, &rule.metadata.namespace);
-        if let Some(kept) = self.destination_rules.get(&host) {
+        if let Some(kept) = self
+            .destination_rules
+            .iter()
+            .find(|r| r.host == host && r.object.namespace == object.namespace)
+        {
             errors.push(Error::DuplicateDestinationRule {
                 host,
                 kept: kept.object.clone(),
@@ -600,14 +641,14 @@ impl RouteTable {
             });
             return;
         }
-        self.destination_rules.insert(
-            host.clone(),
-            Arc::new(CompiledDestinationRule {
+        self.destination_rules
+            .push(Arc::new(CompiledDestinationRule {
                 object,
+                host,
+                visibility,
                 top,
                 subsets,
-            }),
-        );
+            }));
     }
 
     /// A host as written in an object of `namespace`, made fully qualified: `cart` is
@@ -638,21 +679,76 @@ impl RouteTable {
         }
     }
 
-    /// The DestinationRule for `host`: an exact host first, else the longest wildcard.
-    pub(super) fn destination_rule(&self, host: &Host) -> Option<&Arc<CompiledDestinationRule>> {
-        self.destination_rules.get(host).or_else(|| {
+    /// The DestinationRule in force for `entry`'s host when a pod of `client` (its namespace)
+    /// calls it, with its index in `destination_rules`; see the module docs for the order.
+    pub(super) fn destination_rule(
+        &self,
+        entry: &RegistryHost,
+        client: Option<&str>,
+    ) -> Option<(usize, &Arc<CompiledDestinationRule>)> {
+        let applies = |rule: &CompiledDestinationRule| {
+            host_matches(&rule.host, &entry.host)
+                && (client == Some(&*rule.object.namespace) || rule.visibility.allows(client))
+        };
+        // In `namespace` (`None`: any): an exact host, else the longest wildcard;
+        // `destination_rules` is in namespace/name order, so ties go to the first namespace.
+        let most_specific = |namespace: Option<&str>| {
             self.destination_rules
                 .iter()
-                .filter(|(pattern, _)| host_matches(pattern, host))
-                .max_by_key(|(pattern, _)| pattern.0.len())
-                .map(|(_, rule)| rule)
-        })
+                .enumerate()
+                .filter(|(_, rule)| {
+                    applies(rule) && namespace.is_none_or(|ns| *rule.object.namespace == *ns)
+                })
+                .min_by_key(|(_, rule)| {
+                    (
+                        rule.host != entry.host,
+                        std::cmp::Reverse(rule.host.0.len()),
+                    )
+                })
+        };
+        client
+            .and_then(|client| most_specific(Some(client)))
+            .or_else(|| most_specific(Some(&entry.namespace)))
+            .or_else(|| most_specific(Some(ROOT_NAMESPACE)))
+            .or_else(|| most_specific(None))
+    }
+
+    /// Whether a DestinationRule anywhere defines `subset` for `host` (the load-time check;
+    /// which rule is in force depends on the client).
+    fn subset_defined(&self, host: &Host, subset: &str) -> bool {
+        self.destination_rules
+            .iter()
+            .any(|r| host_matches(&r.host, host) && r.subsets.iter().any(|s| &*s.name == subset))
     }
 
     fn build_clusters(&mut self, workloads: &[Arc<Workload>]) {
         let mut clusters = HashMap::new();
         for entry in self.registry.values() {
-            let rule = self.destination_rule(&entry.host).cloned();
+            // Every rule that may be in force for this host, for some client.
+            let rules = std::iter::once(None).chain(
+                self.destination_rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| host_matches(&r.host, &entry.host))
+                    .map(|(i, r)| Some((i, r.clone()))),
+            );
+            for rule in rules {
+                let (rule_index, rule) = rule.unzip();
+                self.add_clusters(&mut clusters, entry, rule_index, rule.as_ref(), workloads);
+            }
+        }
+        self.clusters = clusters;
+    }
+
+    fn add_clusters(
+        &self,
+        clusters: &mut HashMap<(ClusterKey, Option<usize>), Arc<Cluster>>,
+        entry: &RegistryHost,
+        rule_index: Option<usize>,
+        rule: Option<&Arc<CompiledDestinationRule>>,
+        workloads: &[Arc<Workload>],
+    ) {
+        {
             let subsets: Vec<Option<&CompiledSubset>> = std::iter::once(None)
                 .chain(rule.iter().flat_map(|r| r.subsets.iter().map(Some)))
                 .collect();
@@ -696,7 +792,7 @@ impl RouteTable {
                         .map(|v| Arc::from(v.as_str()))
                         .or_else(|| common_version(&endpoints));
                     clusters.insert(
-                        key.clone(),
+                        (key.clone(), rule_index),
                         Arc::new(Cluster {
                             key,
                             protocol: port.protocol,
@@ -709,7 +805,6 @@ impl RouteTable {
                 }
             }
         }
-        self.clusters = clusters;
     }
 
     fn rate_limits(
@@ -942,6 +1037,7 @@ impl RouteTable {
             tracing::debug!(virtual_service = %object, gateways = ?spec.gateways, "bound only to gateways; ignored for mesh traffic");
             return;
         }
+        self.check_subsets(vs, &object, errors);
         let hosts = spec
             .hosts
             .iter()
@@ -955,6 +1051,67 @@ impl RouteTable {
             tcp,
             tls,
         }));
+    }
+
+    /// Warns about every destination whose subset no DestinationRule defines (Istio's
+    /// analyzer: IST0101 ReferencedResourceNotFound). The VirtualService still applies; a
+    /// request routed there gets 503 NC.
+    fn check_subsets(
+        &self,
+        vs: &istio::VirtualService,
+        object: &ObjectRef,
+        errors: &mut Vec<Error>,
+    ) {
+        let spec = &vs.spec;
+        let mut referenced: Vec<(String, &istio::Destination)> = Vec::new();
+        for (i, route) in spec.http.iter().enumerate() {
+            for (j, r) in route.route.iter().enumerate() {
+                referenced.push((
+                    format!("spec.http[{i}].route[{j}].destination"),
+                    &r.destination,
+                ));
+            }
+            if let Some(mirror) = &route.mirror {
+                referenced.push((format!("spec.http[{i}].mirror"), mirror));
+            }
+            for (k, m) in route.mirrors.iter().enumerate() {
+                referenced.push((
+                    format!("spec.http[{i}].mirrors[{k}].destination"),
+                    &m.destination,
+                ));
+            }
+        }
+        let l4 = spec
+            .tcp
+            .iter()
+            .map(|r| ("tcp", &r.route))
+            .enumerate()
+            .chain(spec.tls.iter().map(|r| ("tls", &r.route)).enumerate());
+        for (i, (section, routes)) in l4 {
+            for (j, r) in routes.iter().enumerate() {
+                referenced.push((
+                    format!("spec.{section}[{i}].route[{j}].destination"),
+                    &r.destination,
+                ));
+            }
+        }
+        for (field, destination) in referenced {
+            let Some(subset) = destination.subset.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let host = self.resolve_host(&destination.host, &vs.metadata.namespace);
+            if !self.subset_defined(&host, subset) {
+                errors.push(Error::Warning {
+                    object: object.clone(),
+                    field: format!("{field}.subset"),
+                    message: format!(
+                        "referenced host+subset in destinationrule not found: \"{host}+{subset}\" \
+                         (IST0101: no DestinationRule for {host} defines subset {subset:?}); \
+                         requests routed there get 503 NC until one does"
+                    ),
+                });
+            }
+        }
     }
 
     fn destination(

@@ -70,10 +70,14 @@ pub enum OutboundTarget {
 }
 
 /// One port of one registry host (Kubernetes Service or ServiceEntry).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServiceTarget {
     pub host: Host,
     pub port: u16,
+    /// The connection's original destination, which found this target (a ClusterIP, a
+    /// ServiceEntry address inside one of its CIDRs, or, for a host named by `Host`/SNI, the
+    /// address the client dialled): what `tcp[]`/`tls[]` `destinationSubnets` compare.
+    pub dst: SocketAddrV4,
     pub protocol: PortProtocol,
     /// The Kubernetes Service, for telemetry; `None` for a ServiceEntry host.
     pub service: Option<Arc<Service>>,
@@ -207,9 +211,15 @@ pub struct ClusterEndpoint {
 /// Why a destination cannot be dialled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
-    #[error("host {0} is not a Kubernetes Service or ServiceEntry host")]
+    #[error(
+        "host {0} is not a Kubernetes Service or ServiceEntry host (or its ServiceEntry's \
+         exportTo leaves out the source's namespace)"
+    )]
     UnknownHost(Host),
-    #[error("host {host} has no subset {subset:?} (no DestinationRule defines it)")]
+    #[error(
+        "host {host} has no subset {subset:?} (no DestinationRule in force for the source's \
+         namespace defines it)"
+    )]
     UnknownSubset { host: Host, subset: Arc<str> },
     #[error("host {host} has no port {port}")]
     UnknownPort { host: Host, port: u16 },
@@ -506,9 +516,15 @@ mod opt_millis {
 
 /// Everything the data path asks of the routing table. `crate::state::MeshIndex` implements
 /// it over the current config; tests implement it over fixed answers.
+///
+/// `source` is the captured pod that opened the connection (`None` when it is not known):
+/// what a pod sees depends on its namespace, through `exportTo` (a ServiceEntry not exported
+/// to it is not in its registry; a DestinationRule not exported to it does not apply) and
+/// through the DestinationRule lookup order (the client's namespace, then the host's, then
+/// the root namespace, then the others by namespace/name).
 pub trait Routes: Send + Sync {
-    /// What is at `dst`, before any byte is read.
-    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget;
+    /// What is at `dst` for `source`, before any byte is read.
+    fn outbound_target(&self, dst: SocketAddrV4, source: Option<&Workload>) -> OutboundTarget;
     /// The route for one HTTP request to `target`. For a route selected by a `uri` prefix
     /// match, `Rewrite::matched_prefix` is that prefix.
     fn http_route(&self, target: &OutboundTarget, request: &RequestFacts<'_>) -> HttpDecision;
@@ -520,11 +536,13 @@ pub trait Routes: Send + Sync {
         sni: Option<&str>,
         source: Option<&Workload>,
     ) -> TcpDecision;
-    /// The endpoints and policy of `destination`; `request_port` fills an absent port.
+    /// The endpoints and policy of `destination` as `source` sees it (the DestinationRule in
+    /// force for its namespace); `request_port` fills an absent port.
     fn cluster(
         &self,
         destination: &Destination,
         request_port: u16,
+        source: Option<&Workload>,
     ) -> Result<Arc<Cluster>, ClusterError>;
     fn mesh(&self) -> &MeshSettings;
 }

@@ -77,14 +77,19 @@ pub struct ClusterView {
     pub version: Option<String>,
 }
 
-/// The routes `source` sees: every registry host and port with a VirtualService or a
-/// DestinationRule, sorted by host then port.
+/// The routes `source` sees: every registry host and port in its registry (ServiceEntry
+/// `exportTo`) with a VirtualService or a DestinationRule in force for it, sorted by host
+/// then port.
 #[must_use]
 pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
     let mut out = Vec::new();
+    let namespace = Some(source.namespace.as_str());
     for entry in table.registry.values() {
-        let virtual_services = table.virtual_services_for(&entry.host, Some(&source.namespace));
-        let rule = table.destination_rule(&entry.host);
+        if !entry.visibility.allows(namespace) {
+            continue;
+        }
+        let virtual_services = table.virtual_services_for(&entry.host, namespace);
+        let (rule_index, rule) = table.destination_rule(entry, namespace).unzip();
         if virtual_services.is_empty() && rule.is_none() {
             continue;
         }
@@ -115,8 +120,11 @@ pub fn pod_routes(table: &RouteTable, source: &Workload) -> Vec<HostRoutes> {
             }
             let mut clusters: Vec<&Arc<Cluster>> = table
                 .clusters
-                .values()
-                .filter(|c| c.key.host == entry.host && c.key.port == port.port)
+                .iter()
+                .filter(|((key, rule), _)| {
+                    key.host == entry.host && key.port == port.port && *rule == rule_index
+                })
+                .map(|(_, cluster)| cluster)
                 .collect();
             clusters.sort_by(|a, b| a.key.cmp(&b.key));
             out.push(HostRoutes {
@@ -531,7 +539,11 @@ pub fn explain(
     // What the client's DNS lookup would give: a Service's ClusterIP, a ServiceEntry address.
     let (dst, destination) = match name.parse::<Ipv4Addr>() {
         Ok(ip) => (SocketAddrV4::new(ip, port), format!("{ip}:{port}")),
-        Err(_) => match table.host_by_name(&name, port, Some(source)) {
+        Err(_) => match table.host_by_name(
+            &name,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            Some(source),
+        ) {
             Some(target) => match target.service.as_ref().and_then(|s| s.cluster_ip) {
                 Some(ip) => (
                     SocketAddrV4::new(ip, port),
@@ -550,7 +562,7 @@ pub fn explain(
             ),
         },
     };
-    let target = table.target(dst);
+    let target = table.target(dst, Some(source));
     let protocol = match &target {
         OutboundTarget::Service(t) => t.protocol,
         OutboundTarget::Unknown { protocol, .. } => *protocol,
@@ -688,7 +700,7 @@ fn explain_destination(
     request: Option<&RequestFacts<'_>>,
     source: &Workload,
 ) -> DestinationExplanation {
-    let (cluster, error) = match table.find_cluster(&d.destination, port) {
+    let (cluster, error) = match table.find_cluster(&d.destination, port, Some(source)) {
         Ok(cluster) => (Some(cluster), None),
         Err(e) => (
             None,

@@ -35,8 +35,8 @@ pub enum Error {
         message: String,
     },
     #[error(
-        "{ignored}: spec.host: host {host} already has {kept} (the first DestinationRule by \
-         namespace/name wins); this one is ignored"
+        "{ignored}: spec.host: host {host} already has {kept} (in its namespace the \
+         first DestinationRule by creationTimestamp, then name, wins); this one is ignored"
     )]
     DuplicateDestinationRule {
         host: Host,
@@ -70,8 +70,8 @@ impl Error {
         match self {
             Self::Invalid { message, .. } | Self::Warning { message, .. } => message.clone(),
             Self::DuplicateDestinationRule { host, kept, .. } => format!(
-                "host {host} already has {kept} (the first DestinationRule by namespace/name \
-                 wins); this one is ignored"
+                "host {host} already has {kept} (in its namespace the first DestinationRule by \
+                 creationTimestamp, then name, wins); this one is ignored"
             ),
         }
     }

@@ -39,16 +39,25 @@ pub struct MatchedRoute {
 }
 
 impl RouteTable {
-    pub(super) fn target(&self, dst: SocketAddrV4) -> OutboundTarget {
-        if let Some(target) = self.by_addr.get(&dst) {
-            return OutboundTarget::Service(target.clone());
-        }
-        if let Some((_, _, target)) = self
-            .by_subnet
-            .iter()
-            .find(|(subnet, port, _)| *port == dst.port() && subnet.contains(*dst.ip()))
-        {
-            return OutboundTarget::Service(target.clone());
+    /// What is at `dst` for a pod of `source`: a ServiceEntry whose `exportTo` leaves out its
+    /// namespace is not in its registry.
+    pub(super) fn target(&self, dst: SocketAddrV4, source: Option<&Workload>) -> OutboundTarget {
+        let namespace = source.map(|s| s.namespace.as_str());
+        let at_addr = self
+            .by_addr
+            .get(&dst)
+            .into_iter()
+            .flatten()
+            .find(|t| self.visible(&t.host, namespace));
+        let in_subnet = || {
+            self.by_subnet
+                .iter()
+                .filter(|(subnet, port, _)| *port == dst.port() && subnet.contains(*dst.ip()))
+                .map(|(_, _, target)| target)
+                .find(|t| self.visible(&t.host, namespace))
+        };
+        if let Some(target) = at_addr.or_else(in_subnet) {
+            return OutboundTarget::Service(with_dst(target, dst));
         }
         OutboundTarget::Unknown {
             dst,
@@ -57,20 +66,29 @@ impl RouteTable {
         }
     }
 
-    /// The registry host a `Host` header (or SNI) names on `port`: any spelling of a
-    /// Service's name (`cart`, `cart.shop`, `cart.shop.svc`, the FQDN, the ClusterIP) or a
-    /// ServiceEntry host (wildcards included).
+    /// Whether `host` is in the registry of a pod in `namespace` (ServiceEntry `exportTo`).
+    pub(super) fn visible(&self, host: &Host, namespace: Option<&str>) -> bool {
+        self.registry
+            .get(host)
+            .is_some_and(|entry| entry.visibility.allows(namespace))
+    }
+
+    /// The registry host a `Host` header (or SNI) names on `dst`'s port, as `source` sees
+    /// the registry: any spelling of a Service's name (`cart`, `cart.shop`, `cart.shop.svc`,
+    /// the FQDN, the ClusterIP) or a ServiceEntry host (wildcards included).
     pub(super) fn host_by_name(
         &self,
         authority: &str,
-        port: u16,
+        dst: SocketAddrV4,
         source: Option<&Workload>,
     ) -> Option<Arc<ServiceTarget>> {
+        let port = dst.port();
+        let namespace = source.map(|s| s.namespace.as_str());
         let name = strip_port(authority)
             .trim_end_matches('.')
             .to_ascii_lowercase();
         if let Ok(ip) = name.parse::<Ipv4Addr>() {
-            return match self.target(SocketAddrV4::new(ip, port)) {
+            return match self.target(SocketAddrV4::new(ip, port), source) {
                 OutboundTarget::Service(target) => Some(target),
                 OutboundTarget::Unknown { .. } => None,
             };
@@ -86,18 +104,24 @@ impl RouteTable {
             2 if name.ends_with(".svc") => candidates.push(format!("{name}.cluster.local")),
             _ => {}
         }
-        for candidate in &candidates {
-            if let Some(target) = self.targets.get(&(Host(candidate.as_str().into()), port)) {
-                return Some(target.clone());
+        for candidate in candidates {
+            let host = Host(candidate.into());
+            if let Some(target) = self.targets.get(&(host, port))
+                && self.visible(&target.host, namespace)
+            {
+                return Some(with_dst(target, dst));
             }
         }
         // ServiceEntry wildcards, the most specific first.
         let host = Host(name.into());
         self.registry
-            .keys()
+            .values()
+            .filter(|entry| entry.visibility.allows(namespace))
+            .map(|entry| &entry.host)
             .filter(|pattern| pattern.0.starts_with('*') && host_matches(pattern, &host))
             .max_by_key(|pattern| pattern.0.len())
-            .and_then(|pattern| self.targets.get(&(pattern.clone(), port)).cloned())
+            .and_then(|pattern| self.targets.get(&(pattern.clone(), port)))
+            .map(|target| with_dst(target, dst))
     }
 
     /// The VirtualServices for `host` visible from `namespace`: those naming it exactly, else
@@ -145,7 +169,7 @@ impl RouteTable {
             )),
             OutboundTarget::Unknown { dst, .. } => request
                 .authority
-                .and_then(|authority| self.host_by_name(authority, dst.port(), source))
+                .and_then(|authority| self.host_by_name(authority, *dst, source))
                 .map(|t| {
                     (
                         t,
@@ -255,16 +279,15 @@ impl RouteTable {
         source: Option<&Workload>,
         mut trace: Option<&mut Trace>,
     ) -> TcpDecision {
+        let namespace = source.map(|s| s.namespace.as_str());
+        // `destinationSubnets` compare the address the client dialled, whatever names it.
         let (resolved, dst_ip) = match target {
-            OutboundTarget::Service(t) => (
-                Some(t.clone()),
-                t.service.as_ref().and_then(|s| s.cluster_ip),
-            ),
+            OutboundTarget::Service(t) => (Some(t.clone()), *t.dst.ip()),
             OutboundTarget::Unknown { dst, .. } => {
-                let by_sni = sni.and_then(|sni| self.host_by_name(sni, dst.port(), source));
+                let by_sni = sni.and_then(|sni| self.host_by_name(sni, *dst, source));
                 (
-                    by_sni.or_else(|| self.port_wide_entry(dst.port())),
-                    Some(*dst.ip()),
+                    by_sni.or_else(|| self.port_wide_entry(*dst, namespace)),
+                    *dst.ip(),
                 )
             }
         };
@@ -277,8 +300,7 @@ impl RouteTable {
         if let Some(trace) = trace.as_deref_mut() {
             trace.host = Some(target.host.clone());
         }
-        let virtual_services =
-            self.virtual_services_for(&target.host, source.map(|s| s.namespace.as_str()));
+        let virtual_services = self.virtual_services_for(&target.host, namespace);
         for vs in &virtual_services {
             let (section, routes) = if sni.is_some() {
                 ("tls", &vs.tls)
@@ -327,11 +349,17 @@ impl RouteTable {
     }
 
     /// A ServiceEntry without addresses claims its ports for every unknown address (Istio's
-    /// wildcard listener for it), the first by namespace/name.
-    fn port_wide_entry(&self, port: u16) -> Option<Arc<ServiceTarget>> {
+    /// wildcard listener for it), the first by namespace/name of those `namespace` sees.
+    fn port_wide_entry(
+        &self,
+        dst: SocketAddrV4,
+        namespace: Option<&str>,
+    ) -> Option<Arc<ServiceTarget>> {
+        let port = dst.port();
         let mut entries: Vec<_> = self
             .registry
             .values()
+            .filter(|h| h.visibility.allows(namespace))
             .filter(|h| {
                 matches!(
                     &h.source,
@@ -353,14 +381,18 @@ impl RouteTable {
         entries.sort_by(|a, b| (&a.namespace, &a.host).cmp(&(&b.namespace, &b.host)));
         entries
             .first()
-            .and_then(|h| self.targets.get(&(h.host.clone(), port)).cloned())
+            .and_then(|h| self.targets.get(&(h.host.clone(), port)))
+            .map(|target| with_dst(target, dst))
     }
 
+    /// The cluster of `destination` under the DestinationRule in force for `source`.
     pub(super) fn find_cluster(
         &self,
         destination: &Destination,
         request_port: u16,
+        source: Option<&Workload>,
     ) -> Result<Arc<Cluster>, ClusterError> {
+        let namespace = source.map(|s| s.namespace.as_str());
         // An address nothing names (ALLOW_ANY): dialled as it was dialled.
         if let Ok(ip) = destination.host.0.parse::<Ipv4Addr>() {
             let port = destination.port.unwrap_or(request_port);
@@ -382,7 +414,11 @@ impl RouteTable {
                 version: None,
             }));
         }
-        let Some(entry) = self.registry.get(&destination.host) else {
+        let Some(entry) = self
+            .registry
+            .get(&destination.host)
+            .filter(|entry| entry.visibility.allows(namespace))
+        else {
             return Err(ClusterError::UnknownHost(destination.host.clone()));
         };
         let port = match destination.port {
@@ -404,8 +440,9 @@ impl RouteTable {
             subset: destination.subset.clone(),
             port,
         };
+        let rule = self.destination_rule(entry, namespace).map(|(i, _)| i);
         self.clusters
-            .get(&key)
+            .get(&(key, rule))
             .cloned()
             .ok_or_else(|| match &destination.subset {
                 Some(subset) => ClusterError::UnknownSubset {
@@ -418,6 +455,17 @@ impl RouteTable {
                 },
             })
     }
+}
+
+/// `target` as found through `dst` (targets are stored once per host and port).
+fn with_dst(target: &Arc<ServiceTarget>, dst: SocketAddrV4) -> Arc<ServiceTarget> {
+    if target.dst == dst {
+        return target.clone();
+    }
+    Arc::new(ServiceTarget {
+        dst,
+        ..(**target).clone()
+    })
 }
 
 fn forward(route: &CompiledL4Route, object: &ObjectRef) -> TcpDecision {
@@ -517,13 +565,13 @@ fn http_match_applies(m: &HttpMatch, r: &RequestFacts<'_>) -> bool {
 fn l4_match_applies(
     m: &L4Match,
     port: u16,
-    dst_ip: Option<Ipv4Addr>,
+    dst_ip: Ipv4Addr,
     sni: Option<&str>,
     source: Option<&Workload>,
 ) -> bool {
     m.port.is_none_or(|p| p == port)
         && (m.destination_subnets.is_empty()
-            || dst_ip.is_some_and(|ip| m.destination_subnets.iter().any(|s| s.contains(ip))))
+            || m.destination_subnets.iter().any(|s| s.contains(dst_ip)))
         && (m.sni_hosts.is_empty()
             || sni.is_some_and(|sni| {
                 m.sni_hosts.iter().any(|pattern| {
@@ -620,8 +668,8 @@ pub(super) fn describe_l4_match(m: &L4Match) -> Vec<String> {
 }
 
 impl Routes for RouteTable {
-    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget {
-        self.target(dst)
+    fn outbound_target(&self, dst: SocketAddrV4, source: Option<&Workload>) -> OutboundTarget {
+        self.target(dst, source)
     }
 
     fn http_route(&self, target: &OutboundTarget, request: &RequestFacts<'_>) -> HttpDecision {
@@ -641,8 +689,9 @@ impl Routes for RouteTable {
         &self,
         destination: &Destination,
         request_port: u16,
+        source: Option<&Workload>,
     ) -> Result<Arc<Cluster>, ClusterError> {
-        self.find_cluster(destination, request_port)
+        self.find_cluster(destination, request_port, source)
     }
 
     fn mesh(&self) -> &MeshSettings {

@@ -1,4 +1,5 @@
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -64,6 +65,20 @@ fn base() -> MeshState {
     }
 }
 
+/// `base()` with a DestinationRule defining cart's subsets v1 and v2.
+fn with_versions() -> MeshState {
+    let mut state = base();
+    state.destination_rules.push(dr(
+        "shop",
+        "cart-versions",
+        json!({"host": "cart", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}
+        ]}),
+    ));
+    state
+}
+
 fn table(state: &MeshState) -> RouteTable {
     let (table, errors) = RouteTable::build(state);
     assert_eq!(errors, vec![], "unexpected config errors");
@@ -107,7 +122,7 @@ fn route(table: &RouteTable, dst: &str, req: &Req<'_>) -> String {
         .values()
         .find(|w| w.name == req.source)
         .cloned();
-    let target = table.outbound_target(addr(dst));
+    let target = table.outbound_target(addr(dst), source.as_deref());
     let facts = RequestFacts {
         method: &method,
         uri: &uri,
@@ -142,7 +157,7 @@ fn route(table: &RouteTable, dst: &str, req: &Req<'_>) -> String {
 }
 
 fn matching_state() -> MeshState {
-    let mut state = base();
+    let mut state = with_versions();
     let to = |subset: &str| json!([{"destination": {"host": "cart", "subset": subset}}]);
     state.virtual_services.push(vs("shop", "cart", json!({
         "hosts": ["cart"],
@@ -309,7 +324,7 @@ fn http_matching() {
 
 #[test]
 fn first_match_wins_and_merged_virtual_services_keep_their_order() {
-    let mut state = base();
+    let mut state = with_versions();
     let route_to = |subset: &str| json!([{"destination": {"host": "cart.shop.svc.cluster.local", "subset": subset}}]);
     // "b" sorts after "a": its catch-all comes after a's specific route.
     state.virtual_services.push(vs(
@@ -476,7 +491,7 @@ fn registry_only_blocks_unknown_destinations() {
         ),
         "default -> api.example.com/-:100"
     );
-    let unknown = table.outbound_target(addr("192.0.2.9:443"));
+    let unknown = table.outbound_target(addr("192.0.2.9:443"), None);
     assert!(
         matches!(
             table.tcp_route(&unknown, None, None),
@@ -485,7 +500,11 @@ fn registry_only_blocks_unknown_destinations() {
         "a ServiceEntry without addresses claims its port"
     );
     assert!(matches!(
-        table.tcp_route(&table.outbound_target(addr("192.0.2.9:5432")), None, None),
+        table.tcp_route(
+            &table.outbound_target(addr("192.0.2.9:5432"), None),
+            None,
+            None
+        ),
         TcpDecision::BlockedByRegistryOnly
     ));
     assert!(matches!(
@@ -501,6 +520,7 @@ fn registry_only_blocks_unknown_destinations() {
                 port: None,
             },
             443,
+            None,
         )
         .unwrap();
     assert_eq!(cluster.policy.load_balancer, LoadBalancer::Passthrough);
@@ -509,7 +529,11 @@ fn registry_only_blocks_unknown_destinations() {
     allow.mesh.outbound_traffic_policy = OutboundTrafficPolicy::AllowAny;
     let table = super::RouteTable::build(&allow).0;
     assert!(matches!(
-        table.tcp_route(&table.outbound_target(addr("192.0.2.9:5432")), None, None),
+        table.tcp_route(
+            &table.outbound_target(addr("192.0.2.9:5432"), None),
+            None,
+            None
+        ),
         TcpDecision::Passthrough
     ));
 }
@@ -573,7 +597,7 @@ fn tcp_and_tls_routes() {
         // A CIDR address names its entry before any byte is read.
         ("10.98.7.7:3306", None, "default: -=100"),
     ] {
-        let target = table.outbound_target(addr(dst));
+        let target = table.outbound_target(addr(dst), None);
         assert_eq!(
             describe(table.tcp_route(&target, sni, None)),
             expected,
@@ -581,7 +605,7 @@ fn tcp_and_tls_routes() {
         );
     }
     assert!(
-        matches!(table.outbound_target(addr("10.98.7.7:3306")), OutboundTarget::Service(t) if &*t.host.0 == "mysql.internal")
+        matches!(table.outbound_target(addr("10.98.7.7:3306"), None), OutboundTarget::Service(t) if &*t.host.0 == "mysql.internal")
     );
     let cluster = table
         .cluster(
@@ -591,6 +615,7 @@ fn tcp_and_tls_routes() {
                 port: None,
             },
             5432,
+            None,
         )
         .unwrap();
     assert_eq!(
@@ -642,6 +667,7 @@ fn weights_and_subsets() {
                     port: None,
                 },
                 80,
+                None,
             )
             .map(|c| {
                 c.endpoints
@@ -664,11 +690,12 @@ fn weights_and_subsets() {
                     subset: Some("v3".into()),
                     port: None
                 },
-                80
+                80,
+                None,
             )
             .unwrap_err()
             .to_string(),
-        "host cart.shop.svc.cluster.local has no subset \"v3\" (no DestinationRule defines it)"
+        "host cart.shop.svc.cluster.local has no subset \"v3\" (no DestinationRule in force for the source's namespace defines it)"
     );
     assert_eq!(
         table
@@ -678,7 +705,8 @@ fn weights_and_subsets() {
                     subset: None,
                     port: Some(81)
                 },
-                80
+                80,
+                None,
             )
             .unwrap_err()
             .to_string(),
@@ -712,6 +740,7 @@ fn destination_rule_policies_merge_top_subset_and_port() {
                     port: None,
                 },
                 80,
+                None,
             )
             .unwrap()
             .policy
@@ -823,6 +852,7 @@ fn consistent_hash_settings() {
                     port: None,
                 },
                 80,
+                None,
             )
             .unwrap();
         assert_eq!(cluster.policy.load_balancer, expected, "{hash}");
@@ -844,7 +874,7 @@ fn rate_limit_policies_attach_to_a_host_or_a_named_route() {
     state.rate_limit_policies.push(rl("shop", "route", json!({"virtualService": {"name": "cart", "route": "checkout"}, "requestsPerSecond": 0.5, "burst": 2})));
     let table = table(&state);
     let limit = |uri: &str| {
-        let target = table.outbound_target(addr("10.96.0.20:80"));
+        let target = table.outbound_target(addr("10.96.0.20:80"), None);
         let (method, uri, headers) = (
             http::Method::GET,
             uri.parse().unwrap(),
@@ -878,7 +908,7 @@ fn rate_limit_policies_attach_to_a_host_or_a_named_route() {
 
 #[test]
 fn route_policies_compile() {
-    let mut state = base();
+    let mut state = with_versions();
     state.virtual_services.push(vs("shop", "cart", json!({"hosts": ["cart"], "http": [{
         "match": [{"uri": {"prefix": "/old"}}],
         "rewrite": {"uri": "/new", "authority": "cart.internal"},
@@ -891,7 +921,7 @@ fn route_policies_compile() {
         "headers": {"response": {"remove": ["server"]}}
     }]})));
     let table = table(&state);
-    let target = table.outbound_target(addr("10.96.0.20:80"));
+    let target = table.outbound_target(addr("10.96.0.20:80"), None);
     let (method, uri, headers) = (
         http::Method::GET,
         "/old/x".parse().unwrap(),
@@ -1063,7 +1093,7 @@ fn an_invalid_object_is_dropped_whole_and_the_rest_applies() {
     assert_eq!(
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec![
-            "DestinationRule shop/b: spec.host: host cart.shop.svc.cluster.local already has DestinationRule shop/a (the first DestinationRule by namespace/name wins); this one is ignored",
+            "DestinationRule shop/b: spec.host: host cart.shop.svc.cluster.local already has DestinationRule shop/a (in its namespace the first DestinationRule by creationTimestamp, then name, wins); this one is ignored",
             "VirtualService shop/bad: spec.http[1].timeout: \"x\" is not a duration: expected a number with a unit h, m, s, ms, us or ns, e.g. \"1s\", \"0.5s\", \"100ms\"",
         ]
     );
@@ -1094,6 +1124,7 @@ fn export_to_and_gateways_limit_where_a_virtual_service_applies() {
 #[test]
 fn explain_says_why() {
     let mut state = matching_state();
+    state.destination_rules.clear();
     state.destination_rules.push(dr("shop", "cart", json!({"host": "cart", "subsets": [
         {"name": "v1", "labels": {"version": "v1"}},
         {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}}
@@ -1157,4 +1188,468 @@ fn explain_says_why() {
         ]
     );
     let _ = labels(&[]);
+}
+
+/// A workload of `base()` by name.
+fn workload(table: &RouteTable, name: &str) -> Arc<Workload> {
+    table
+        .workloads_by_ip
+        .values()
+        .find(|w| w.name == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn service_entry_export_to_limits_whose_registry_has_it() {
+    use OutboundTrafficPolicy::{AllowAny, RegistryOnly};
+    // web is in shop (the entry's namespace), client in other.
+    for (export_to, mode, source, expected) in [
+        (
+            json!(null),
+            RegistryOnly,
+            "client",
+            "default -> api.example.com/-:100",
+        ),
+        (
+            json!(["*"]),
+            RegistryOnly,
+            "client",
+            "default -> api.example.com/-:100",
+        ),
+        (
+            json!(["."]),
+            RegistryOnly,
+            "web",
+            "default -> api.example.com/-:100",
+        ),
+        (json!(["."]), RegistryOnly, "client", "502 api.example.com"),
+        (json!(["."]), AllowAny, "client", "allow_any -> {dst}/-:100"),
+        (
+            json!(["other"]),
+            RegistryOnly,
+            "client",
+            "default -> api.example.com/-:100",
+        ),
+        (json!(["other"]), RegistryOnly, "web", "502 api.example.com"),
+        (json!(["~"]), RegistryOnly, "web", "502 api.example.com"),
+    ] {
+        let mut state = base();
+        state.mesh.outbound_traffic_policy = mode;
+        let mut spec = json!({
+            "hosts": ["api.example.com"], "addresses": ["240.0.0.1"],
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC", "endpoints": [{"address": "10.0.0.2"}]
+        });
+        if !export_to.is_null() {
+            spec["exportTo"] = export_to.clone();
+        }
+        state.service_entries.push(se("shop", "api", spec));
+        let table = table(&state);
+        let req = Req {
+            authority: "api.example.com",
+            source,
+            ..GET
+        };
+        // By its address, and by the Host header on an address nothing names.
+        for dst in ["240.0.0.1:80", "192.0.2.1:80"] {
+            let want = expected.replace("{dst}", dst.trim_end_matches(":80"));
+            assert_eq!(route(&table, dst, &req), want, "{export_to} {source} {dst}");
+        }
+        let visible = !expected.starts_with('5') && !expected.starts_with("allow_any");
+        let source = workload(&table, source);
+        assert_eq!(
+            matches!(
+                table.outbound_target(addr("240.0.0.1:80"), Some(&source)),
+                OutboundTarget::Service(_)
+            ),
+            visible,
+            "{export_to} {}",
+            source.name
+        );
+        let cluster = table.cluster(
+            &Destination {
+                host: Host("api.example.com".into()),
+                subset: None,
+                port: None,
+            },
+            80,
+            Some(&source),
+        );
+        assert_eq!(
+            cluster.err(),
+            (!visible).then(|| ClusterError::UnknownHost(Host("api.example.com".into()))),
+            "{export_to} {}",
+            source.name
+        );
+    }
+}
+
+#[test]
+fn service_entry_export_to_hides_tcp_and_tls_hosts() {
+    use OutboundTrafficPolicy::{AllowAny, RegistryOnly};
+    for (export_to, mode, source, expected) in [
+        (json!(["."]), RegistryOnly, "web", "forward"),
+        (json!(["."]), RegistryOnly, "client", "blocked"),
+        (json!(["."]), AllowAny, "client", "passthrough"),
+        (json!(["other"]), RegistryOnly, "client", "forward"),
+    ] {
+        let mut state = base();
+        state.mesh.outbound_traffic_policy = mode;
+        // No addresses: the entry claims its port on every unknown address, and its SNI.
+        state.service_entries.push(se(
+            "shop",
+            "tls",
+            json!({
+                "hosts": ["api.secure.example"], "ports": [{"number": 443, "protocol": "TLS"}],
+                "exportTo": export_to
+            }),
+        ));
+        let table = table(&state);
+        let source = workload(&table, source);
+        for sni in [Some("api.secure.example"), None] {
+            let target = table.outbound_target(addr("192.0.2.1:443"), Some(&source));
+            let got = match table.tcp_route(&target, sni, Some(&source)) {
+                TcpDecision::Forward { .. } => "forward",
+                TcpDecision::Passthrough => "passthrough",
+                TcpDecision::BlockedByRegistryOnly => "blocked",
+            };
+            assert_eq!(got, expected, "{export_to} {} {sni:?}", source.name);
+        }
+    }
+}
+
+#[test]
+fn destination_rule_lookup_follows_namespaces_and_export_to() {
+    // (namespace, name, host, exportTo) of each rule; the pod asking; the rule in force.
+    type Rule = (&'static str, &'static str, &'static str, serde_json::Value);
+    let cases: Vec<(Vec<Rule>, &str, Option<&str>)> = vec![
+        // The host's namespace serves every client.
+        (
+            vec![("shop", "a", "cart", json!(null))],
+            "web",
+            Some("shop/a"),
+        ),
+        (
+            vec![("shop", "a", "cart", json!(null))],
+            "client",
+            Some("shop/a"),
+        ),
+        // The client's own namespace first, even over an exact host elsewhere and even with a
+        // wildcard.
+        (
+            vec![
+                ("shop", "a", "cart", json!(null)),
+                ("other", "o", "cart.shop.svc.cluster.local", json!(null)),
+            ],
+            "client",
+            Some("other/o"),
+        ),
+        (
+            vec![
+                ("shop", "a", "cart", json!(null)),
+                ("other", "o", "cart.shop.svc.cluster.local", json!(null)),
+            ],
+            "web",
+            Some("shop/a"),
+        ),
+        (
+            vec![
+                ("shop", "a", "cart", json!(null)),
+                ("other", "w", "*.shop.svc.cluster.local", json!(null)),
+            ],
+            "client",
+            Some("other/w"),
+        ),
+        // Within one namespace, the exact host beats a wildcard.
+        (
+            vec![
+                ("shop", "w", "*.svc.cluster.local", json!(null)),
+                ("shop", "z", "cart", json!(null)),
+            ],
+            "web",
+            Some("shop/z"),
+        ),
+        // Not exported to the client: not in force for it.
+        (vec![("shop", "a", "cart", json!(["."]))], "client", None),
+        (
+            vec![("shop", "a", "cart", json!(["."]))],
+            "web",
+            Some("shop/a"),
+        ),
+        (
+            vec![("shop", "a", "cart", json!(["third"]))],
+            "client",
+            None,
+        ),
+        (
+            vec![("shop", "a", "cart", json!(["third"]))],
+            "t",
+            Some("shop/a"),
+        ),
+        // A rule always applies in its own namespace.
+        (
+            vec![("other", "o", "cart.shop.svc.cluster.local", json!(["shop"]))],
+            "client",
+            Some("other/o"),
+        ),
+        (
+            vec![("other", "o", "cart.shop.svc.cluster.local", json!(["shop"]))],
+            "web",
+            Some("other/o"),
+        ),
+        // Then the root namespace, then the others by namespace/name.
+        (
+            vec![
+                ("aaa", "x", "cart.shop.svc.cluster.local", json!(null)),
+                (
+                    "istio-system",
+                    "root",
+                    "cart.shop.svc.cluster.local",
+                    json!(null),
+                ),
+            ],
+            "client",
+            Some("istio-system/root"),
+        ),
+        (
+            vec![
+                ("bbb", "y", "cart.shop.svc.cluster.local", json!(null)),
+                ("aaa", "x", "cart.shop.svc.cluster.local", json!(null)),
+            ],
+            "client",
+            Some("aaa/x"),
+        ),
+        (
+            vec![
+                ("aaa", "x", "cart.shop.svc.cluster.local", json!(["."])),
+                ("bbb", "y", "cart.shop.svc.cluster.local", json!(null)),
+            ],
+            "client",
+            Some("bbb/y"),
+        ),
+    ];
+    for (rules, source, expected) in cases {
+        let mut state = base();
+        state.workloads.push(pod("third", "t", [10, 0, 2, 1], "t"));
+        for (namespace, name, host, export_to) in &rules {
+            let mut spec =
+                json!({"host": host, "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}});
+            if !export_to.is_null() {
+                spec["exportTo"] = export_to.clone();
+            }
+            state.destination_rules.push(dr(namespace, name, spec));
+        }
+        let table = table(&state);
+        let source = workload(&table, source);
+        let cluster = table
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: None,
+                    port: None,
+                },
+                80,
+                Some(&source),
+            )
+            .unwrap();
+        let rule = cluster
+            .policy
+            .source
+            .as_ref()
+            .map(|r| format!("{}/{}", r.namespace, r.name));
+        assert_eq!(rule.as_deref(), expected, "{rules:?} from {}", source.name);
+        let expected_lb = if expected.is_some() {
+            LoadBalancer::Random
+        } else {
+            LoadBalancer::RoundRobin
+        };
+        assert_eq!(cluster.policy.load_balancer, expected_lb);
+        // `shuntctl` shows the same rule.
+        let shown = explain::pod_routes(&table, &source)
+            .into_iter()
+            .find(|h| h.host == "cart.shop.svc.cluster.local")
+            .and_then(|h| h.destination_rule);
+        assert_eq!(
+            shown,
+            expected.map(|e| format!("DestinationRule {e}")),
+            "{rules:?} from {}",
+            source.name
+        );
+    }
+}
+
+#[test]
+fn a_subset_is_only_there_for_clients_that_see_its_rule() {
+    let mut state = base();
+    state.destination_rules.push(dr(
+        "shop",
+        "cart",
+        json!({"host": "cart", "exportTo": ["."], "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+    ));
+    // Defined somewhere: no load-time warning.
+    state.virtual_services.push(vs(
+        "shop",
+        "cart",
+        json!({"hosts": ["cart"], "http": [{"route": [{"destination": {"host": "cart", "subset": "v1"}}]}]}),
+    ));
+    let table = table(&state);
+    for (source, expected) in [
+        ("web", Ok(vec!["10.0.0.2:8080".to_owned()])),
+        (
+            "client",
+            Err(ClusterError::UnknownSubset {
+                host: Host("cart.shop.svc.cluster.local".into()),
+                subset: "v1".into(),
+            }),
+        ),
+    ] {
+        let source = workload(&table, source);
+        let got = table
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: Some("v1".into()),
+                    port: None,
+                },
+                80,
+                Some(&source),
+            )
+            .map(|c| {
+                c.endpoints
+                    .iter()
+                    .map(|e| e.addr.to_string())
+                    .collect::<Vec<_>>()
+            });
+        assert_eq!(got, expected, "from {}", source.name);
+    }
+}
+
+#[test]
+fn destination_subnets_match_the_dialled_address() {
+    let mut state = base();
+    let mut redis = service(
+        "shop",
+        "redis",
+        [10, 96, 0, 30],
+        "redis",
+        &[(6379, TargetPort::Number(6379))],
+    );
+    redis.ports[0].name = Some("tcp-redis".into());
+    state.services.push(redis);
+    // Reached through a CIDR address, and through a single address.
+    state.service_entries.push(se(
+        "shop",
+        "db",
+        json!({
+            "hosts": ["db.internal"], "addresses": ["10.98.0.0/16", "10.97.0.1"],
+            "ports": [{"number": 5432, "protocol": "TCP"}],
+            "resolution": "STATIC", "endpoints": [{"address": "10.0.0.7"}]
+        }),
+    ));
+    state.virtual_services.push(vs("shop", "db", json!({"hosts": ["db.internal"], "tcp": [
+        {"match": [{"destinationSubnets": ["10.98.1.0/24"]}], "route": [{"destination": {"host": "db.internal"}}]},
+        {"match": [{"destinationSubnets": ["10.97.0.1"]}], "route": [{"destination": {"host": "db.internal"}}]},
+        {"route": [{"destination": {"host": "db.internal"}}]}
+    ]})));
+    state.virtual_services.push(vs("shop", "redis", json!({"hosts": ["redis"], "tcp": [
+        {"match": [{"destinationSubnets": ["10.96.0.0/24"]}], "route": [{"destination": {"host": "redis"}}]},
+        {"route": [{"destination": {"host": "redis"}}]}
+    ]})));
+    let table = table(&state);
+    let web = workload(&table, "web");
+    for (dst, expected) in [
+        ("10.98.1.7:5432", "db.tcp.0"),
+        ("10.98.2.7:5432", "db.tcp.2"),
+        ("10.97.0.1:5432", "db.tcp.1"),
+        ("10.96.0.30:6379", "redis.tcp.0"),
+    ] {
+        let target = table.outbound_target(addr(dst), Some(&web));
+        let OutboundTarget::Service(service) = &target else {
+            panic!("{dst} is not a registry address");
+        };
+        assert_eq!(service.dst, addr(dst));
+        let got = match table.tcp_route(&target, None, Some(&web)) {
+            TcpDecision::Forward { route_name, .. } => route_name.to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(got, expected, "{dst}");
+    }
+}
+
+#[test]
+fn a_route_to_an_undefined_subset_is_a_warning() {
+    let mut state = base();
+    state.destination_rules.push(dr(
+        "shop",
+        "cart",
+        json!({"host": "cart", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+    ));
+    state.virtual_services.push(vs(
+        "shop",
+        "cart",
+        json!({"hosts": ["cart"],
+            "http": [{
+                "route": [
+                    {"destination": {"host": "cart", "subset": "v1"}, "weight": 50},
+                    {"destination": {"host": "cart", "subset": "v3"}, "weight": 50}
+                ],
+                "mirror": {"host": "cart.shop.svc.cluster.local", "subset": "v1"},
+                "mirrors": [{"destination": {"host": "cart", "subset": "v4"}}]
+            }],
+            "tcp": [{"route": [{"destination": {"host": "cart", "subset": "v5"}}]}]
+        }),
+    ));
+    let (table, errors) = RouteTable::build(&state);
+    let got: Vec<(String, String, bool)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e.object().to_string(),
+                e.field().to_owned(),
+                e.drops_object(),
+            )
+        })
+        .collect();
+    let warning = |field: &str| {
+        (
+            "VirtualService shop/cart".to_owned(),
+            field.to_owned(),
+            false,
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            warning("spec.http[0].route[1].destination.subset"),
+            warning("spec.http[0].mirrors[0].destination.subset"),
+            warning("spec.tcp[0].route[0].destination.subset"),
+        ]
+    );
+    assert!(matches!(&errors[0], Error::Warning { .. }));
+    assert_eq!(
+        errors[0].to_string(),
+        "VirtualService shop/cart: spec.http[0].route[1].destination.subset: referenced \
+         host+subset in destinationrule not found: \"cart.shop.svc.cluster.local+v3\" (IST0101: \
+         no DestinationRule for cart.shop.svc.cluster.local defines subset \"v3\"); requests \
+         routed there get 503 NC until one does"
+    );
+    // The object still applies; the undefined subset has no cluster (503 NC at request time).
+    assert_eq!(
+        route(&table, "10.96.0.20:80", &GET),
+        "cart.0 -> cart.shop.svc.cluster.local/v1:50,cart.shop.svc.cluster.local/v3:50"
+    );
+    let web = workload(&table, "web");
+    assert!(matches!(
+        table.cluster(
+            &Destination {
+                host: Host("cart.shop.svc.cluster.local".into()),
+                subset: Some("v3".into()),
+                port: None,
+            },
+            80,
+            Some(&web),
+        ),
+        Err(ClusterError::UnknownSubset { .. })
+    ));
 }

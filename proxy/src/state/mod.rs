@@ -230,8 +230,12 @@ impl MeshIndex {
 }
 
 impl routing::Routes for MeshIndex {
-    fn outbound_target(&self, dst: SocketAddrV4) -> routing::OutboundTarget {
-        self.routes.outbound_target(dst)
+    fn outbound_target(
+        &self,
+        dst: SocketAddrV4,
+        source: Option<&Workload>,
+    ) -> routing::OutboundTarget {
+        self.routes.outbound_target(dst, source)
     }
 
     fn http_route(
@@ -255,8 +259,9 @@ impl routing::Routes for MeshIndex {
         &self,
         destination: &routing::Destination,
         request_port: u16,
+        source: Option<&Workload>,
     ) -> Result<Arc<routing::Cluster>, routing::ClusterError> {
-        self.routes.cluster(destination, request_port)
+        self.routes.cluster(destination, request_port, source)
     }
 
     fn mesh(&self) -> &routing::MeshSettings {

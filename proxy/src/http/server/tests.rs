@@ -28,10 +28,11 @@ struct TestRoutes {
 }
 
 impl Routes for TestRoutes {
-    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget {
+    fn outbound_target(&self, dst: SocketAddrV4, _: Option<&Workload>) -> OutboundTarget {
         OutboundTarget::Service(Arc::new(ServiceTarget {
             host: Host(HOST.into()),
             port: dst.port(),
+            dst,
             protocol: PortProtocol::Http,
             service: None,
             service_entry: None,
@@ -50,6 +51,7 @@ impl Routes for TestRoutes {
         &self,
         destination: &Destination,
         _: u16,
+        _: Option<&Workload>,
     ) -> Result<Arc<Cluster>, crate::routing::ClusterError> {
         self.clusters
             .get(&*destination.host.0)

@@ -49,7 +49,7 @@ fn to(host: &'static str) -> Vec<WeightedDestination> {
 }
 
 impl Routes for TestRoutes {
-    fn outbound_target(&self, dst: SocketAddrV4) -> OutboundTarget {
+    fn outbound_target(&self, dst: SocketAddrV4, _: Option<&Workload>) -> OutboundTarget {
         OutboundTarget::Unknown {
             dst,
             workload: None,
@@ -108,7 +108,12 @@ impl Routes for TestRoutes {
         }
     }
 
-    fn cluster(&self, destination: &Destination, _: u16) -> Result<Arc<Cluster>, ClusterError> {
+    fn cluster(
+        &self,
+        destination: &Destination,
+        _: u16,
+        _: Option<&Workload>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         self.clusters
             .get(&*destination.host.0)
             .cloned()
