@@ -1410,12 +1410,9 @@ impl RouteTable {
                             )
                         })
                         .ok()?;
-                    Some((
-                        re,
-                        Arc::from(convert::regex_replacement(
-                            rr.rewrite.as_deref().unwrap_or_default(),
-                        )),
-                    ))
+                    // Kept in RE2's `\1` form, as `Rewrite::uri_regex` says; the data path
+                    // expands it.
+                    Some((re, Arc::from(rr.rewrite.as_deref().unwrap_or_default())))
                 }
             };
             Some(Rewrite {

@@ -756,24 +756,3 @@ pub(super) fn service_entry_protocol(
         }
     })
 }
-
-/// RE2 rewrites write groups as `\1`; the regex crate as `${1}`.
-pub(super) fn regex_replacement(rewrite: &str) -> String {
-    let mut out = String::with_capacity(rewrite.len());
-    let mut chars = rewrite.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
-                out.push_str("${");
-                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
-                    out.push(d);
-                    chars.next();
-                }
-                out.push('}');
-            }
-            '$' => out.push_str("$$"),
-            other => out.push(other),
-        }
-    }
-    out
-}

@@ -2,8 +2,9 @@
 //!
 //! The node (a netns with a bridge) has four pods, each in its own netns: `frontend`, two
 //! `cart` replicas behind the `cart` Service (ClusterIP 10.96.0.20), all in the injected `shop`
-//! namespace, and `batch` in the uncaptured `legacy` namespace. The config is
-//! `config.yaml` beside this file, embedded in xtask.
+//! namespace, and `batch` in the uncaptured `legacy` namespace. The cart pods also serve HTTP
+//! behind `cart-api` (10.96.0.21), routed by a VirtualService: a weighted split, a header
+//! route and a fault. The config is `config.yaml` beside this file, embedded in xtask.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use shunt_tests::{AgentOptions, Binaries, Node};
+use shunt_tests::{AgentOptions, Binaries, Node, Pod};
 
 use crate::build::{self, bin_dir};
 use crate::cmd::{Privilege, elevate, is_root};
@@ -19,6 +20,8 @@ use crate::toolchain;
 
 const CONFIG: &str = include_str!("config.yaml");
 const CART_SERVICE: &str = "10.96.0.20:80";
+const CART_API_SERVICE: &str = "10.96.0.21";
+const FRONTEND: &str = "shop/frontend-7d4b9c-x2x8q";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds as the invoking user, then runs the node part as root (sudo only when needed).
@@ -139,6 +142,8 @@ fn exercise(node: &mut Node) -> Result<()> {
     };
     println!("    frontend → 127.0.0.1:15001 directly (must be refused): {direct}");
 
+    l7_act(node, &frontend, &cart1, &cart2)?;
+
     println!("\n==> demo: what the proxy saw");
     let log = node.wait_access_log(
         "access log lines for the demo traffic",
@@ -185,6 +190,83 @@ fn exercise(node: &mut Node) -> Result<()> {
 
     println!();
     shuntctl(node, &["status"])?;
+    Ok(())
+}
+
+/// HTTP through the proxy's L7 path: the `cart-api` VirtualService's weighted split, header
+/// route and fault, the request metrics, and `shuntctl explain` for one request.
+fn l7_act(node: &Node, frontend: &Pod, cart1: &Pod, cart2: &Pod) -> Result<()> {
+    println!("\n==> demo: L7 traffic management (VirtualService shop/cart-api)");
+    let _cart1_http =
+        node.start_httppod_server(cart1, &["serve", "--port", "8081", "--name", "cart-v1"])?;
+    let _cart2_http =
+        node.start_httppod_server(cart2, &["serve", "--port", "8081", "--name", "cart-v2"])?;
+    let url = format!("http://{CART_API_SERVICE}/items");
+    for (what, args) in [
+        (
+            "100 requests, route split (80/20 by weight)",
+            vec!["-n", "100"],
+        ),
+        (
+            "10 requests with x-beta: 1, route beta (v2)",
+            vec!["-n", "10", "-H", "x-beta: 1"],
+        ),
+        (
+            "5 requests to /teapot, route teapot (fault abort 418)",
+            vec!["-n", "5"],
+        ),
+    ] {
+        let target = if what.contains("teapot") {
+            format!("http://{CART_API_SERVICE}/teapot")
+        } else {
+            url.clone()
+        };
+        let mut all = vec!["http", "--url", target.as_str()];
+        all.extend(args);
+        let report = node.run_httppod(frontend, &all, CLIENT_TIMEOUT)?.json()?;
+        println!(
+            "    frontend → cart-api, {what}: status {} served by {}",
+            report["status"], report["served_by"]
+        );
+    }
+    shuntctl(
+        node,
+        &[
+            "explain",
+            "--from",
+            FRONTEND,
+            "http://cart-api.shop/items",
+            "-H",
+            "x-beta: 1",
+        ],
+    )?;
+
+    let metrics = node.metrics()?;
+    println!(
+        "\n    istio_requests_total (reporter=source), by destination version, code and flags:"
+    );
+    let mut rows: BTreeMap<(String, String, String, String), f64> = BTreeMap::new();
+    for sample in metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "istio_requests_total")
+    {
+        let label = |k: &str| sample.labels.get(k).cloned().unwrap_or_default();
+        let key = (
+            label("destination_workload"),
+            label("destination_version"),
+            label("response_code"),
+            label("response_flags"),
+        );
+        *rows.entry(key).or_default() += sample.value;
+    }
+    println!(
+        "      {:<16} {:<8} {:<5} {:<6} {:>8}",
+        "DESTINATION", "VERSION", "CODE", "FLAGS", "REQUESTS"
+    );
+    for ((workload, version, code, flags), requests) in &rows {
+        println!("      {workload:<16} {version:<8} {code:<5} {flags:<6} {requests:>8}");
+    }
     Ok(())
 }
 
@@ -259,6 +341,11 @@ fn one_line(value: &Value) -> String {
 }
 
 fn print_access_log_summary(entries: &[Value]) {
+    // Per-request lines (the L7 act) carry a method; this table is about connections.
+    let entries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e.get("method").is_none())
+        .collect();
     let text = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
     let num = |e: &Value, k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
     println!("    access log ({} connections):", entries.len());
