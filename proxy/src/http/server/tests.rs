@@ -170,6 +170,8 @@ fn cluster(host: &str, endpoints: &[SocketAddrV4]) -> Arc<Cluster> {
                 weight: 1,
             })
             .collect(),
+        dns: Vec::new(),
+        service_entry: None,
         policy: TrafficPolicy::default(),
         version: Some("v1".into()),
     })
@@ -229,6 +231,7 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
         sockets.clone(),
         Duration::from_secs(2),
         test.proxy.metrics.upstream.clone(),
+        Arc::default(),
     ));
     let pod = Arc::new(PodContext {
         uid: "uid-client-1".into(),

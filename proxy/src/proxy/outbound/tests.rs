@@ -150,6 +150,8 @@ fn cluster(host: &'static str, endpoint: SocketAddr) -> (&'static str, Arc<Clust
             workload: None,
             weight: 1,
         }],
+        dns: Vec::new(),
+        service_entry: None,
         policy: TrafficPolicy::default(),
         version: None,
     };
