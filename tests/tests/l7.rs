@@ -1569,3 +1569,71 @@ fn shuntctl_explain_and_routes_agree_with_the_proxy() {
         "beta's retries listed: {web_routes:#}"
     );
 }
+
+#[test]
+fn dns_service_entry_dials_the_resolved_name_not_the_original_destination() {
+    // `localhost` resolves (the proxy's /etc/hosts) to 127.0.0.1, which the proxy dials from
+    // the client pod's netns: the client pod itself. Nothing leaves the test's pods.
+    const DB_ADDRESS: &str = "10.250.0.5";
+    let db_port = HTTP_PORT;
+    let istio = [
+        istio::service_entry(
+            MESH,
+            "db",
+            json!({
+                "hosts": ["db.example.internal"],
+                "addresses": [DB_ADDRESS],
+                "ports": [{"number": db_port, "name": "http", "protocol": "HTTP"}],
+                "resolution": "DNS",
+                "endpoints": [{"address": "localhost"}],
+            }),
+        ),
+        // Requests for Service web go to the DNS entry instead.
+        virtual_service(
+            MESH,
+            "web-to-db",
+            json!({"hosts": ["web"], "http": [{"name": "to-db", "route": [
+                {"destination": {"host": "db.example.internal", "port": {"number": db_port}}}
+            ]}]}),
+        ),
+    ];
+    let Some(mut l7) = L7::start("l7::dns_entry", &[WEB], &[WEB_V1], &istio) else {
+        return;
+    };
+    l7.serve("web-v1", &[]);
+    let port = HTTP_PORT.to_string();
+    let local = l7
+        .node
+        .start_httppod_server(
+            &l7.client,
+            &["serve", "--port", &port, "--name", "client-local"],
+        )
+        .or_panic("httppod server in the client pod");
+    l7.servers.push(local);
+
+    let direct = l7.http(&format!("http://{DB_ADDRESS}:{db_port}/db"), &["-n", "3"]);
+    assert_eq!(direct["status"], json!({"200": 3}), "{direct}");
+    assert_eq!(
+        direct["served_by"],
+        json!({"client-local": 3}),
+        "the entry's address is served by what localhost resolves to: {direct}"
+    );
+    let via_web = l7.http(&url(&WEB, "/via-web"), &["-n", "3"]);
+    assert_eq!(via_web["status"], json!({"200": 3}), "{via_web}");
+    assert_eq!(
+        via_web["served_by"],
+        json!({"client-local": 3}),
+        "the route's DNS destination is dialled, not web's ClusterIP: {via_web}"
+    );
+    assert_eq!(l7.seen_total("web-v1"), 0, "nothing reached web's pods");
+    let log = l7.expect_log_lines(
+        &[
+            ("upstream_cluster", "outbound|8080||db.example.internal"),
+            ("response_code", "200"),
+        ],
+        6,
+    );
+    for line in log.matching(&[("upstream_cluster", "outbound|8080||db.example.internal")]) {
+        assert_eq!(line["upstream_host"], "127.0.0.1:8080", "{line}");
+    }
+}

@@ -766,7 +766,7 @@ async fn send_mirror(
     body: Bytes,
     destination: Destination,
 ) {
-    let picked = match state.pick(None, &[]) {
+    let picked = match state.resolve().await.and_then(|()| state.pick(None, &[])) {
         Ok(picked) => picked,
         Err(error) => {
             tracing::debug!(host = %destination.host, %error, "mirror not sent");
@@ -809,6 +809,16 @@ impl Attempts<'_> {
         let mut retried = 0u32;
         // Held until the request is over: `maxRetries` bounds concurrent retries.
         let mut retry_permits: Vec<upstream::RetryPermit> = Vec::new();
+        if self.passthrough.is_none()
+            && let Err(error) = self.state.resolve().await
+        {
+            tracing::debug!(%error, "no endpoint: the cluster's DNS names do not resolve");
+            exchange.flag(error.response_flag());
+            return Err(Box::new(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+            )));
+        }
         loop {
             let picked = match self.pick(&tried) {
                 Ok(picked) => picked,

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::wire::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
-use crate::http::upstream::Upstreams;
+use crate::http::upstream::{Resolver, Upstreams};
 use crate::netns::socket_netns_cookie;
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
@@ -83,6 +83,8 @@ pub struct PodRegistry {
     factory: Arc<dyn SocketFactory>,
     proxy: Arc<ProxyContext>,
     drain_timeout: Duration,
+    /// DNS cache of ServiceEntry hostnames, shared by every pod's upstreams.
+    resolver: Arc<Resolver>,
     pods: Mutex<HashMap<String, ServedPod>>,
     /// Drains of removed pods, waited for at shutdown.
     draining: TaskTracker,
@@ -99,6 +101,7 @@ impl PodRegistry {
             factory,
             proxy,
             drain_timeout,
+            resolver: Arc::default(),
             pods: Mutex::new(HashMap::new()),
             draining: TaskTracker::new(),
         }
@@ -177,6 +180,7 @@ impl PodRegistry {
             sockets.clone(),
             self.proxy.connect_timeout,
             self.proxy.metrics.upstream.clone(),
+            self.resolver.clone(),
         ));
         let context = Arc::new(PodContext {
             uid: uid.to_owned(),

@@ -115,7 +115,8 @@ pub async fn serve(
         sni.as_deref(),
         accepted,
         dst,
-    );
+    )
+    .await;
     connection::run(&proxy, &pod, plan, stream).await;
 }
 
@@ -124,7 +125,7 @@ pub async fn serve(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename the same values"
 )]
-fn plan_tcp(
+async fn plan_tcp(
     proxy: &ProxyContext,
     pod: &PodContext,
     index: &MeshIndex,
@@ -180,7 +181,9 @@ fn plan_tcp(
                     .map(|ip| upstream::hash_bytes(ip.to_string().as_bytes())),
                 _ => None,
             };
-            match pod.upstreams.cluster(&cluster).pick(hash, &[]) {
+            let state = pod.upstreams.cluster(&cluster);
+            // A DNS ServiceEntry's names, resolved before the pick.
+            match state.resolve().await.and_then(|()| state.pick(hash, &[])) {
                 Ok(picked) => {
                     accepted.peers.destination = picked.workload.clone();
                     accepted.dial(picked.addr.into())

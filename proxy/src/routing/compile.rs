@@ -22,10 +22,10 @@ use http::StatusCode;
 use super::Error;
 use super::convert::{self, MISSING, Problems, Subnet, Visibility};
 use super::decision::{
-    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination, Host, HttpAction, HttpRoute,
-    LoadBalancer, MeshSettings, Mirror, ObjectRef, OutboundTrafficPolicy, OutlierDetection,
-    PortProtocol, RateLimit, Redirect, Rewrite, ServiceTarget, StringMatch, TrafficPolicy,
-    WeightedDestination,
+    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination, DnsEndpoint, Host,
+    HttpAction, HttpRoute, LoadBalancer, MeshSettings, Mirror, ObjectRef, OutboundTrafficPolicy,
+    OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite, ServiceTarget, StringMatch,
+    TrafficPolicy, WeightedDestination,
 };
 use crate::istio;
 use crate::state::{MeshState, Service, Workload};
@@ -93,6 +93,8 @@ pub(super) enum Resolution {
 #[derive(Debug)]
 pub(super) struct EntryEndpoint {
     pub(super) address: Option<Ipv4Addr>,
+    /// A hostname `address` (resolution DNS), resolved by the proxy.
+    pub(super) hostname: Option<Arc<str>>,
     pub(super) ports: BTreeMap<String, u16>,
     pub(super) labels: BTreeMap<String, String>,
     pub(super) weight: u32,
@@ -447,6 +449,7 @@ impl RouteTable {
         let mut endpoints = Vec::new();
         for (i, endpoint) in spec.endpoints.iter().enumerate() {
             let at = format!("spec.endpoints[{i}]");
+            let mut hostname = None;
             let address = match (&endpoint.address, resolution) {
                 (None, _) => {
                     p.add(format!("{at}.address"), MISSING);
@@ -469,7 +472,24 @@ impl RouteTable {
                         None
                     }
                 },
-                // DNS: a name the app resolves itself (dialled as the app dialled it), or an IP.
+                (Some(a), Some(Resolution::Dns)) => match a.parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) if is_dns_name(a) => {
+                        hostname = Some(Arc::from(a.to_ascii_lowercase()));
+                        None
+                    }
+                    Err(_) => {
+                        p.add(
+                            format!("{at}.address"),
+                            format!(
+                                "{a:?} is neither an IPv4 address nor a DNS name, which \
+                                 resolution DNS needs"
+                            ),
+                        );
+                        None
+                    }
+                },
+                // NONE: the endpoint is not dialled (the app's own destination is).
                 (Some(a), _) => a.parse().ok(),
             };
             let ports = endpoint
@@ -490,6 +510,7 @@ impl RouteTable {
                 .unwrap_or(1);
             endpoints.push(EntryEndpoint {
                 address,
+                hostname,
                 ports,
                 labels: endpoint.labels.clone(),
                 weight,
@@ -500,6 +521,22 @@ impl RouteTable {
                 "spec.endpoints",
                 "resolution STATIC needs at least one endpoint",
             );
+        }
+        // Without endpoints the proxy resolves the hosts themselves, which a wildcard cannot
+        // be (Istio's validation rejects it too).
+        if resolution == Some(Resolution::Dns) && spec.endpoints.is_empty() {
+            for (i, host) in spec.hosts.iter().enumerate() {
+                if host.starts_with('*') {
+                    p.add(
+                        format!("spec.hosts[{i}]"),
+                        format!(
+                            "{host:?} is a wildcard, which resolution DNS cannot resolve: hosts \
+                             must be FQDNs when no endpoints are given (list endpoints, or use \
+                             resolution NONE)"
+                        ),
+                    );
+                }
+            }
         }
         let visibility = convert::export_to(
             &mut p,
@@ -764,26 +801,30 @@ impl RouteTable {
                         .as_ref()
                         .map(|r| r.policy(*subset, port.port))
                         .unwrap_or_default();
+                    let mut dns = Vec::new();
+                    let mut service_entry = None;
                     let (endpoints, service) = match &entry.source {
                         RegistrySource::Service(service) => (
                             service_endpoints(service, port, labels, workloads),
                             Some(service.clone()),
                         ),
                         RegistrySource::Entry {
+                            object,
                             resolution,
                             endpoints,
                             ..
                         } => {
-                            let dialled: Vec<ClusterEndpoint> =
-                                entry_endpoints(endpoints, port, labels, &self.workloads_by_ip);
-                            // NONE, or DNS names the app resolved itself: dial what it dialled.
-                            let passthrough = *resolution == Resolution::None
-                                || (*resolution == Resolution::Dns
-                                    && (endpoints.is_empty()
-                                        || endpoints.iter().any(|e| e.address.is_none())));
+                            service_entry = Some(object.clone());
+                            // NONE: dial what the app dialled.
+                            let passthrough = *resolution == Resolution::None;
                             if passthrough && rule.is_none() {
                                 policy.load_balancer = LoadBalancer::Passthrough;
                             }
+                            if *resolution == Resolution::Dns {
+                                dns = dns_endpoints(&entry.host, endpoints, port, labels);
+                            }
+                            let dialled =
+                                entry_endpoints(endpoints, port, labels, &self.workloads_by_ip);
                             (if passthrough { Vec::new() } else { dialled }, None)
                         }
                     };
@@ -798,6 +839,8 @@ impl RouteTable {
                             protocol: port.protocol,
                             service,
                             endpoints,
+                            dns,
+                            service_entry,
                             policy,
                             version,
                         }),
@@ -1492,6 +1535,7 @@ impl EntryEndpoint {
     fn clone_parts(&self) -> Self {
         Self {
             address: self.address,
+            hostname: self.hostname.clone(),
             ports: self.ports.clone(),
             labels: self.labels.clone(),
             weight: self.weight,
@@ -1768,6 +1812,59 @@ fn entry_endpoints(
         .collect();
     out.sort_by_key(|e| e.addr);
     out
+}
+
+/// The names a DNS entry's cluster resolves: its endpoints' hostnames (matching the subset),
+/// or, without endpoints, the host itself (validation keeps wildcards out).
+fn dns_endpoints(
+    host: &Host,
+    endpoints: &[EntryEndpoint],
+    port: &RegistryPort,
+    subset: Option<&BTreeMap<String, String>>,
+) -> Vec<DnsEndpoint> {
+    let default_port = port.target_port.unwrap_or(port.port);
+    if endpoints.is_empty() {
+        return vec![DnsEndpoint {
+            name: host.0.clone(),
+            port: default_port,
+            weight: 1,
+        }];
+    }
+    let mut out: Vec<DnsEndpoint> = endpoints
+        .iter()
+        .filter(|e| {
+            subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        })
+        .filter_map(|e| {
+            Some(DnsEndpoint {
+                name: e.hostname.clone()?,
+                port: port
+                    .name
+                    .as_ref()
+                    .and_then(|name| e.ports.get(name).copied())
+                    .unwrap_or(default_port),
+                weight: e.weight,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether `name` is a hostname the resolver can be asked for: dot-separated labels of
+/// letters, digits, `-` and `_`, no wildcard.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The `version` label all endpoints share, if they do.

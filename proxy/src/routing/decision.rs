@@ -194,9 +194,24 @@ pub struct Cluster {
     pub service: Option<Arc<Service>>,
     /// Ready endpoints matching the subset, sorted by address. May be empty.
     pub endpoints: Vec<ClusterEndpoint>,
+    /// Hostnames a `resolution: DNS` ServiceEntry's cluster resolves at run time (Envoy's
+    /// STRICT_DNS): their addresses join `endpoints`. Sorted by name.
+    pub dns: Vec<DnsEndpoint>,
+    /// The ServiceEntry behind the cluster, for errors about it.
+    pub service_entry: Option<ObjectRef>,
     pub policy: TrafficPolicy,
     /// `destination_version` label: the subset's `version` label, else the workloads'.
     pub version: Option<Arc<str>>,
+}
+
+/// A hostname to resolve (an endpoint's `address`, or the entry's host when it has no
+/// endpoints) and the port its addresses are dialled on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsEndpoint {
+    pub name: Arc<str>,
+    pub port: u16,
+    /// The endpoint's `weight` (1 when unset), given to each address it resolves to.
+    pub weight: u32,
 }
 
 #[derive(Clone, Debug)]

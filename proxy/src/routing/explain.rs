@@ -432,6 +432,18 @@ fn cluster_view(cluster: &Cluster) -> ClusterView {
                 Some(w) => format!("{} ({}/{})", e.addr, w.namespace, w.name),
                 None => e.addr.to_string(),
             })
+            .chain(cluster.dns.iter().map(|d| {
+                format!(
+                    "{}:{} (resolved by the proxy's DNS, IPv4 answers, every 30s{})",
+                    d.name,
+                    d.port,
+                    if d.weight == 1 {
+                        String::new()
+                    } else {
+                        format!(", weight {}", d.weight)
+                    }
+                )
+            }))
             .collect(),
         load_balancer: describe_lb(&cluster.policy.load_balancer),
         connection_pool,

@@ -410,6 +410,8 @@ impl RouteTable {
                     workload: self.workloads_by_ip.get(&ip).cloned(),
                     weight: 1,
                 }],
+                dns: Vec::new(),
+                service_entry: None,
                 policy: TrafficPolicy::default(),
                 version: None,
             }));

@@ -1686,3 +1686,183 @@ fn a_route_to_an_undefined_subset_is_a_warning() {
         Err(ClusterError::UnknownSubset { .. })
     ));
 }
+
+#[test]
+fn dns_service_entries_resolve_their_endpoints_or_their_hosts() {
+    let mut state = base();
+    state.service_entries.push(se(
+        "shop",
+        "db",
+        json!({
+            "hosts": ["db.example.internal"], "addresses": ["10.250.0.5"],
+            "ports": [{"number": 8080, "name": "http", "protocol": "HTTP"}],
+            "resolution": "DNS", "endpoints": [{"address": "localhost"}]
+        }),
+    ));
+    state.service_entries.push(se(
+        "shop",
+        "api",
+        json!({
+            "hosts": ["api.example.com", "api2.example.com"],
+            "ports": [{"number": 443, "name": "https", "protocol": "TLS", "targetPort": 8443}],
+            "resolution": "DNS_ROUND_ROBIN"
+        }),
+    ));
+    state.service_entries.push(se("shop", "mixed", json!({
+        "hosts": ["mixed.example"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS", "endpoints": [
+            {"address": "B.example.net", "ports": {"http": 9090}, "weight": 3, "labels": {"version": "v2"}},
+            {"address": "10.0.0.9"},
+            {"address": "a.example.net", "labels": {"version": "v1"}}
+        ]
+    })));
+    // With endpoints, a wildcard host is fine: the endpoints are resolved, not the host.
+    state.service_entries.push(se("shop", "wild", json!({
+        "hosts": ["*.wild.example"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS", "endpoints": [{"address": "proxy.wild.example"}]
+    })));
+    state.destination_rules.push(dr(
+        "shop",
+        "mixed",
+        json!({"host": "mixed.example", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}}
+        ]}),
+    ));
+    let table = table(&state);
+    for (host, subset, port, endpoints, names) in [
+        (
+            "db.example.internal",
+            None,
+            8080,
+            vec![],
+            vec!["localhost:8080/1"],
+        ),
+        (
+            "api.example.com",
+            None,
+            443,
+            vec![],
+            vec!["api.example.com:8443/1"],
+        ),
+        (
+            "api2.example.com",
+            None,
+            443,
+            vec![],
+            vec!["api2.example.com:8443/1"],
+        ),
+        (
+            "mixed.example",
+            None,
+            80,
+            vec!["10.0.0.9:80"],
+            vec!["a.example.net:80/1", "b.example.net:9090/3"],
+        ),
+        (
+            "mixed.example",
+            Some("v1"),
+            80,
+            vec![],
+            vec!["a.example.net:80/1"],
+        ),
+        (
+            "*.wild.example",
+            None,
+            80,
+            vec![],
+            vec!["proxy.wild.example:80/1"],
+        ),
+    ] {
+        let cluster = table
+            .cluster(
+                &Destination {
+                    host: Host(host.into()),
+                    subset: subset.map(Into::into),
+                    port: Some(port),
+                },
+                port,
+                None,
+            )
+            .unwrap();
+        let got_endpoints: Vec<String> = cluster
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        let got_names: Vec<String> = cluster
+            .dns
+            .iter()
+            .map(|d| format!("{}:{}/{}", d.name, d.port, d.weight))
+            .collect();
+        assert_eq!(
+            (got_endpoints, got_names),
+            (
+                endpoints.iter().map(ToString::to_string).collect(),
+                names.iter().map(ToString::to_string).collect()
+            ),
+            "{host} {subset:?}"
+        );
+        // The resolved names are dialled, never the original destination.
+        assert_ne!(
+            cluster.policy.load_balancer,
+            LoadBalancer::Passthrough,
+            "{host}"
+        );
+        assert_eq!(
+            cluster.service_entry.as_ref().map(|o| o.kind),
+            Some("ServiceEntry"),
+            "{host}"
+        );
+    }
+    // `shuntctl explain` names what the proxy resolves.
+    let client = workload(&table, "web");
+    let explanation = explain::explain(
+        &table,
+        &client,
+        &explain::ExplainRequest {
+            method: None,
+            url: "http://db.example.internal:8080/".into(),
+            headers: Vec::new(),
+        },
+    )
+    .unwrap();
+    let cluster = explanation.destinations[0].cluster.as_ref().unwrap();
+    assert_eq!(
+        cluster.endpoints,
+        vec!["localhost:8080 (resolved by the proxy's DNS, IPv4 answers, every 30s)"]
+    );
+}
+
+#[test]
+fn dns_service_entry_validation() {
+    for (spec, expected) in [
+        (
+            json!({"hosts": ["ok.example", "*.wild.example"], "ports": [{"number": 80, "protocol": "HTTP"}], "resolution": "DNS"}),
+            "ServiceEntry shop/ext: spec.hosts[1]: \"*.wild.example\" is a wildcard, which resolution DNS cannot resolve",
+        ),
+        (
+            json!({"hosts": ["ok.example"], "ports": [{"number": 80, "protocol": "HTTP"}], "resolution": "DNS", "endpoints": [{"address": "not a name!"}]}),
+            "ServiceEntry shop/ext: spec.endpoints[0].address: \"not a name!\" is neither an IPv4 address nor a DNS name",
+        ),
+    ] {
+        let state = MeshState {
+            service_entries: vec![se("shop", "ext", spec)],
+            ..base()
+        };
+        let (table, errors) = RouteTable::build(&state);
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(expected),
+            "got {:?}, want {expected:?}",
+            errors[0]
+        );
+        // Rejected whole, as Istio does.
+        let ok = Destination {
+            host: Host("ok.example".into()),
+            subset: None,
+            port: Some(80),
+        };
+        assert!(table.cluster(&ok, 80, None).is_err());
+    }
+}

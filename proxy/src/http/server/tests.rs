@@ -170,6 +170,8 @@ fn cluster(host: &str, endpoints: &[SocketAddrV4]) -> Arc<Cluster> {
                 weight: 1,
             })
             .collect(),
+        dns: Vec::new(),
+        service_entry: None,
         policy: TrafficPolicy::default(),
         version: Some("v1".into()),
     })
@@ -229,6 +231,7 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
         sockets.clone(),
         Duration::from_secs(2),
         test.proxy.metrics.upstream.clone(),
+        Arc::default(),
     ));
     let pod = Arc::new(PodContext {
         uid: "uid-client-1".into(),
@@ -651,6 +654,43 @@ async fn an_unreachable_endpoint_is_503_uf() {
     let (status, _, _) = harness.send(get("/")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(harness.test.log_lines(1).await[0]["response_flags"], "UF");
+}
+
+#[tokio::test]
+async fn a_dns_name_that_does_not_resolve_is_503_uh_and_one_that_does_is_dialled() {
+    let named = |name: &str, port: u16| {
+        Arc::new(Cluster {
+            endpoints: Vec::new(),
+            dns: vec![crate::routing::DnsEndpoint {
+                name: name.into(),
+                port,
+                weight: 1,
+            }],
+            ..Arc::unwrap_or_clone(cluster(HOST, &[]))
+        })
+    };
+    let broken = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![named("does-not-exist.invalid", 80)],
+    )
+    .await;
+    let (status, _, _) = broken.send(get("/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(broken.test.log_lines(1).await[0]["response_flags"], "UH");
+
+    // `localhost` (the proxy's /etc/hosts) is the loopback backend.
+    let web = backend("web", 0).await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![named("localhost", web.addr.port())],
+    )
+    .await;
+    let (status, _, body) = harness.send(get("/")).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(
+        harness.test.log_lines(1).await[0]["upstream_host"],
+        web.addr.to_string()
+    );
 }
 
 #[test]

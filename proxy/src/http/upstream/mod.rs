@@ -5,19 +5,23 @@
 //! Every upstream connection is dialled with the pod's [`PodSockets::connect`]: from inside
 //! the pod's netns, marked so the proxy does not capture itself.
 //!
+//! A `resolution: DNS` ServiceEntry's cluster also dials the addresses its hostnames resolve
+//! to ([`dns`]), resolved by [`ClusterState::resolve`] before each pick.
+//!
 //! A cluster unused for [`CLUSTER_IDLE_TIMEOUT`] (or its `idleTimeout`, if longer) is
 //! forgotten: under ALLOW_ANY every address a pod dials is a cluster of its own, and a
 //! cluster that left the config is never asked for again, so the state stays bounded by what
 //! the pod uses now.
 #![forbid(unsafe_code)]
 
+pub mod dns;
 mod hash;
 mod lb;
 mod metrics;
 mod outlier;
 mod pool;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -25,6 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use self::dns::Resolver;
 pub use self::hash::hash_key;
 use self::lb::HashTable;
 pub use self::lb::hash as hash_bytes;
@@ -34,7 +39,7 @@ pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
 use self::pool::{Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
-use crate::routing::{Cluster, ClusterKey, LoadBalancer, TrafficPolicy};
+use crate::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 use crate::socket::PodSockets;
 use crate::state::Workload;
 
@@ -61,6 +66,12 @@ pub enum UpstreamError {
          endpoint is picked"
     )]
     Passthrough { cluster: ClusterKey },
+    #[error("cluster {cluster} of {service_entry} (resolution DNS): {source}")]
+    Dns {
+        cluster: ClusterKey,
+        service_entry: String,
+        source: dns::Error,
+    },
     #[error(
         "cluster {cluster} is at its connectionPool limit {limit} (raise it in the \
          DestinationRule if this load is expected)"
@@ -99,7 +110,7 @@ impl UpstreamError {
     #[must_use]
     pub fn response_flag(&self) -> &'static str {
         match self {
-            Self::NoHealthyUpstream { .. } => "UH",
+            Self::NoHealthyUpstream { .. } | Self::Dns { .. } => "UH",
             Self::Passthrough { .. } => "-",
             Self::Overflow { .. } => "UO",
             Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => "UF",
@@ -176,6 +187,8 @@ pub struct Upstreams {
     sockets: Arc<dyn PodSockets>,
     default_connect_timeout: Duration,
     metrics: Arc<UpstreamMetrics>,
+    /// Shared by every pod's clusters.
+    resolver: Arc<Resolver>,
     /// Shared with each cluster's [`maintain`] task, which removes its cluster once idle.
     clusters: Arc<ClusterMap>,
 }
@@ -186,11 +199,13 @@ impl Upstreams {
         sockets: Arc<dyn PodSockets>,
         default_connect_timeout: Duration,
         metrics: Arc<UpstreamMetrics>,
+        resolver: Arc<Resolver>,
     ) -> Self {
         Self {
             sockets,
             default_connect_timeout,
             metrics,
+            resolver,
             clusters: Arc::default(),
         }
     }
@@ -217,6 +232,7 @@ impl Upstreams {
                         self.sockets.clone(),
                         self.default_connect_timeout,
                         self.metrics.clone(),
+                        self.resolver.clone(),
                     ));
                     clusters.insert(cluster.key.clone(), state.clone());
                     (state, true)
@@ -313,16 +329,18 @@ struct Endpoint {
 /// The cluster as configured now, plus the balancer's state.
 struct Config {
     source: Arc<Cluster>,
+    /// The addresses `source.dns` resolved to when last asked.
+    resolved: Vec<ClusterEndpoint>,
+    /// `source.endpoints` and `resolved`, by address.
     endpoints: Vec<Endpoint>,
     table: Option<HashTable>,
     cursor: u64,
 }
 
 impl Config {
-    fn new(cluster: &Arc<Cluster>, previous: &[Endpoint]) -> Self {
-        let endpoints = cluster
-            .endpoints
-            .iter()
+    fn new(cluster: &Arc<Cluster>, resolved: Vec<ClusterEndpoint>, previous: &[Endpoint]) -> Self {
+        let endpoints = all_endpoints(cluster, &resolved)
+            .into_iter()
             .map(|e| Endpoint {
                 addr: e.addr,
                 workload: e.workload.clone(),
@@ -335,6 +353,7 @@ impl Config {
             .collect();
         let mut config = Self {
             source: cluster.clone(),
+            resolved,
             endpoints,
             table: None,
             cursor: 0,
@@ -359,6 +378,26 @@ impl Config {
     }
 }
 
+/// A cluster's configured endpoints and the addresses its DNS names resolved to, by address
+/// (an address both lists or several names give is dialled once, with the first weight).
+fn all_endpoints(cluster: &Cluster, resolved: &[ClusterEndpoint]) -> Vec<ClusterEndpoint> {
+    if resolved.is_empty() {
+        return cluster.endpoints.clone();
+    }
+    let mut all: Vec<ClusterEndpoint> = cluster.endpoints.iter().chain(resolved).cloned().collect();
+    all.sort_by_key(|e| e.addr);
+    all.dedup_by_key(|e| e.addr);
+    all
+}
+
+/// The ServiceEntry behind `cluster`, for errors.
+fn describe_entry(cluster: &Cluster) -> String {
+    cluster
+        .service_entry
+        .as_ref()
+        .map_or_else(|| format!("host {}", cluster.key.host), ToString::to_string)
+}
+
 /// The runtime state of one cluster.
 pub struct ClusterState {
     key: ClusterKey,
@@ -371,6 +410,9 @@ pub struct ClusterState {
     passthrough: Mutex<HashMap<SocketAddrV4, Arc<EndpointState>>>,
     dialer: Dialer,
     default_connect_timeout: Duration,
+    resolver: Arc<Resolver>,
+    /// DNS names failing now, so that each failure is logged once.
+    dns_failing: Mutex<HashSet<Arc<str>>>,
 }
 
 impl ClusterState {
@@ -379,11 +421,12 @@ impl ClusterState {
         sockets: Arc<dyn PodSockets>,
         default_connect_timeout: Duration,
         metrics: Arc<UpstreamMetrics>,
+        resolver: Arc<Resolver>,
     ) -> Self {
         let name = cluster.key.to_string();
         Self {
             key: cluster.key.clone(),
-            config: Mutex::new(Config::new(cluster, &[])),
+            config: Mutex::new(Config::new(cluster, Vec::new(), &[])),
             last_used: Mutex::new(Instant::now()),
             passthrough: Mutex::default(),
             dialer: Dialer {
@@ -392,6 +435,8 @@ impl ClusterState {
             },
             name,
             default_connect_timeout,
+            resolver,
+            dns_failing: Mutex::default(),
         }
     }
 
@@ -436,18 +481,37 @@ impl ClusterState {
         if Arc::ptr_eq(&config.source, cluster) {
             return;
         }
-        let same_endpoints = config.endpoints.len() == cluster.endpoints.len()
+        // Until the next [`Self::resolve`], the names resolve to what they did.
+        let resolved = if cluster.dns.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut config.resolved)
+        };
+        self.reconfigure(&mut config, cluster, resolved);
+    }
+
+    /// Makes `cluster` with `resolved` the configuration, keeping the state of endpoints that
+    /// remain.
+    fn reconfigure(
+        &self,
+        config: &mut Config,
+        cluster: &Arc<Cluster>,
+        resolved: Vec<ClusterEndpoint>,
+    ) {
+        let new = all_endpoints(cluster, &resolved);
+        let same_endpoints = config.endpoints.len() == new.len()
             && config
                 .endpoints
                 .iter()
-                .zip(&cluster.endpoints)
+                .zip(&new)
                 .all(|(a, b)| a.addr == b.addr && a.weight == b.weight);
         if same_endpoints {
             let same_balancer = config.source.policy.load_balancer == cluster.policy.load_balancer;
-            for (endpoint, new) in config.endpoints.iter_mut().zip(&cluster.endpoints) {
+            for (endpoint, new) in config.endpoints.iter_mut().zip(&new) {
                 endpoint.workload.clone_from(&new.workload);
             }
             config.source = cluster.clone();
+            config.resolved = resolved;
             if !same_balancer {
                 config.rebuild_table();
             }
@@ -456,13 +520,84 @@ impl ClusterState {
         for gone in config
             .endpoints
             .iter()
-            .filter(|e| !cluster.endpoints.iter().any(|n| n.addr == e.addr))
+            .filter(|e| !new.iter().any(|n| n.addr == e.addr))
         {
             self.metrics().ejected.remove(&self.labels(gone.addr));
         }
         let cursor = config.cursor;
-        *config = Config::new(cluster, &config.endpoints);
+        *config = Config::new(cluster, resolved, &config.endpoints);
         config.cursor = cursor;
+    }
+
+    /// Resolves the cluster's DNS names (cached by the [`Resolver`]; a first lookup is bounded
+    /// by the connect timeout) and makes their addresses endpoints. A name that does not
+    /// resolve is left out (logged once); `Err` when no endpoint is left because of it.
+    pub async fn resolve(&self) -> Result<(), UpstreamError> {
+        let (source, timeout) = {
+            let config = self.config();
+            if config.source.dns.is_empty() && config.resolved.is_empty() {
+                return Ok(());
+            }
+            let timeout = config
+                .policy()
+                .connection_pool
+                .connect_timeout
+                .unwrap_or(self.default_connect_timeout);
+            (config.source.clone(), timeout)
+        };
+        let mut resolved = Vec::new();
+        let mut failure = None;
+        for endpoint in &source.dns {
+            match self.resolver.resolve(&endpoint.name, timeout).await {
+                Ok(addrs) => {
+                    if self.dns_failing().remove(&endpoint.name) {
+                        tracing::info!(cluster = %self.name, name = %endpoint.name, "DNS name of the cluster resolves again");
+                    }
+                    resolved.extend(addrs.iter().map(|&ip| ClusterEndpoint {
+                        addr: SocketAddrV4::new(ip, endpoint.port),
+                        workload: None,
+                        weight: endpoint.weight,
+                    }));
+                }
+                Err(error) => {
+                    if self.dns_failing().insert(endpoint.name.clone()) {
+                        tracing::warn!(
+                            cluster = %self.name,
+                            service_entry = %describe_entry(&source),
+                            name = %endpoint.name,
+                            %error,
+                            "a DNS name of the cluster does not resolve; its endpoints are left out"
+                        );
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        resolved.sort_by_key(|e| e.addr);
+        let empty = resolved.is_empty() && source.endpoints.is_empty();
+        {
+            let mut config = self.config();
+            // A reload since the lookups started: that configuration's names are resolved by
+            // its own requests.
+            if Arc::ptr_eq(&config.source, &source) {
+                self.reconfigure(&mut config, &source, resolved);
+            }
+        }
+        match failure {
+            Some(source_error) if empty => Err(UpstreamError::Dns {
+                cluster: self.key.clone(),
+                service_entry: describe_entry(&source),
+                source: source_error,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn dns_failing(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        match self.dns_failing.lock() {
+            Ok(failing) => failing,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Ends the ejections whose time is up (the gauge goes back to 0).

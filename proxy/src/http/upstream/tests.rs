@@ -81,6 +81,8 @@ fn cluster(endpoints: &[SocketAddrV4], policy: TrafficPolicy) -> Arc<Cluster> {
                 weight: 1,
             })
             .collect(),
+        dns: Vec::new(),
+        service_entry: None,
         policy,
         version: None,
     })
@@ -125,7 +127,7 @@ impl Fixture {
         let mut registry = Registry::default();
         let metrics = Arc::new(UpstreamMetrics::register(&mut registry));
         Self {
-            upstreams: Upstreams::new(sockets, Duration::from_secs(2), metrics),
+            upstreams: Upstreams::new(sockets, Duration::from_secs(2), metrics, Arc::default()),
             registry,
         }
     }
@@ -757,4 +759,69 @@ async fn a_cluster_with_a_request_in_flight_is_kept_and_forgotten_once_idle() {
         "{}",
         fixture.metrics()
     );
+}
+
+/// A cluster of a DNS ServiceEntry: `names` to resolve, no configured endpoint.
+fn dns_cluster(names: &[(&str, u16)]) -> Arc<Cluster> {
+    Arc::new(Cluster {
+        dns: names
+            .iter()
+            .map(|&(name, port)| crate::routing::DnsEndpoint {
+                name: name.into(),
+                port,
+                weight: 1,
+            })
+            .collect(),
+        service_entry: Some(crate::routing::ObjectRef {
+            kind: "ServiceEntry",
+            namespace: "shop".into(),
+            name: "db".into(),
+        }),
+        ..Arc::unwrap_or_clone(cluster(&[], TrafficPolicy::default()))
+    })
+}
+
+#[tokio::test]
+async fn a_dns_cluster_dials_what_its_names_resolve_to() {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !hosts
+        .lines()
+        .any(|l| l.split_whitespace().eq(["127.0.0.1", "localhost"]))
+    {
+        eprintln!("skipped: /etc/hosts has no line `127.0.0.1 localhost`");
+        return;
+    }
+    let server = server(false, 200, Duration::ZERO).await;
+    let fixture = Fixture::new().await;
+    let state = fixture
+        .upstreams
+        .cluster(&dns_cluster(&[("localhost", server.addr.port())]));
+    // Nothing to pick before the names are resolved.
+    assert!(matches!(
+        state.pick(None, &[]),
+        Err(UpstreamError::NoHealthyUpstream { .. })
+    ));
+    state.resolve().await.unwrap();
+    let (status, _) = exchange(&state, HttpVersion::Http1).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        fixture.upstreams.dump().clusters["outbound|8080||cart.shop.svc.cluster.local"].endpoints
+            [0]
+        .addr,
+        server.addr.to_string()
+    );
+}
+
+#[tokio::test]
+async fn a_dns_cluster_whose_names_do_not_resolve_has_no_healthy_upstream() {
+    let fixture = Fixture::new().await;
+    let state = fixture
+        .upstreams
+        .cluster(&dns_cluster(&[("does-not-exist.invalid", 80)]));
+    let error = state.resolve().await.unwrap_err();
+    assert_eq!(error.response_flag(), "UH");
+    let message = error.to_string();
+    for part in ["ServiceEntry shop/db", "does-not-exist.invalid"] {
+        assert!(message.contains(part), "{message}");
+    }
 }

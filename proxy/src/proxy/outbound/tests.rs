@@ -13,9 +13,9 @@ use crate::control::wire::InboundBind;
 use crate::http::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
 use crate::routing::{
-    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, HeaderOps, HttpAction,
-    HttpDecision, HttpRoute, MeshSettings, ObjectRef, PortProtocol, RequestFacts, RetryOn,
-    RetryPolicy, RouteSource, TrafficPolicy, WeightedDestination,
+    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, DnsEndpoint, HeaderOps,
+    HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, PortProtocol, RequestFacts,
+    RetryOn, RetryPolicy, RouteSource, TrafficPolicy, WeightedDestination,
 };
 use crate::socket::CurrentNetnsSocketFactory;
 use crate::state::Workload;
@@ -26,6 +26,10 @@ const POD: &str = "uid-shop-web-1";
 const TCP_DST: [u8; 4] = [10, 96, 0, 10];
 /// Unknown under REGISTRY_ONLY.
 const BLOCKED_DST: [u8; 4] = [10, 96, 0, 99];
+/// Routed at L4 to `dns-echo`, whose name `localhost` resolves to the loopback echo server.
+const DNS_DST: [u8; 4] = [10, 96, 0, 11];
+/// Routed at L4 to `dns-broken`, whose name never resolves.
+const BROKEN_DNS_DST: [u8; 4] = [10, 96, 0, 12];
 /// A `tcp-*` port: never sniffed.
 const DECLARED_TCP_PORT: u16 = 5432;
 
@@ -104,6 +108,8 @@ impl Routes for TestRoutes {
             (Some("api.example"), _) => forward("tls"),
             (_, BLOCKED_DST) => TcpDecision::BlockedByRegistryOnly,
             (_, TCP_DST) => forward("echo"),
+            (_, DNS_DST) => forward("dns-echo"),
+            (_, BROKEN_DNS_DST) => forward("dns-broken"),
             _ => TcpDecision::Passthrough,
         }
     }
@@ -150,8 +156,30 @@ fn cluster(host: &'static str, endpoint: SocketAddr) -> (&'static str, Arc<Clust
             workload: None,
             weight: 1,
         }],
+        dns: Vec::new(),
+        service_entry: None,
         policy: TrafficPolicy::default(),
         version: None,
+    };
+    (host, Arc::new(cluster))
+}
+
+/// A DNS ServiceEntry's cluster: `name` to resolve, no configured endpoint.
+fn dns_cluster(host: &'static str, name: &str, port: u16) -> (&'static str, Arc<Cluster>) {
+    let (host, cluster) = cluster(host, SocketAddr::from(([127, 0, 0, 1], port)));
+    let cluster = Cluster {
+        endpoints: Vec::new(),
+        dns: vec![DnsEndpoint {
+            name: name.into(),
+            port,
+            weight: 1,
+        }],
+        service_entry: Some(ObjectRef {
+            kind: "ServiceEntry",
+            namespace: "shop".into(),
+            name: host.into(),
+        }),
+        ..Arc::unwrap_or_clone(cluster)
     };
     (host, Arc::new(cluster))
 }
@@ -186,11 +214,14 @@ async fn setup() -> Setup {
     let echo = echo_server(Ipv4Addr::new(127, 0, 0, 2)).await;
     let tls_echo = echo_server(Ipv4Addr::new(127, 0, 0, 3)).await;
     let web = http_server(Ipv4Addr::new(127, 0, 0, 4), "web").await;
+    let dns_echo = echo_server(Ipv4Addr::LOCALHOST).await;
     let routes = TestRoutes {
         clusters: [
             cluster("echo", echo),
             cluster("tls", tls_echo),
             cluster("web", web),
+            dns_cluster("dns-echo", "localhost", dns_echo.port()),
+            dns_cluster("dns-broken", "does-not-exist.invalid", 7000),
         ]
         .into_iter()
         .collect(),
@@ -306,4 +337,34 @@ async fn http_goes_to_the_http_proxy_and_unknown_tcp_is_blocked_and_counted() {
             .metric("shunt_registry_only_blocked_total", &[("protocol", "tcp")]),
         Some(1)
     );
+}
+
+#[tokio::test]
+async fn tcp_to_a_dns_cluster_dials_what_its_name_resolves_to() {
+    let setup = setup().await;
+    let mut client =
+        connect_as_captured(setup.outbound, &setup.test.outbound, dst(DNS_DST, 7000)).await;
+    client.write_all(b"\x00\x01via dns").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut client).await.unwrap(), b"\x00\x01via dns");
+    let line = setup.test.log_lines(1).await[0].clone();
+    let upstream = line["upstream_addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(upstream.starts_with("127.0.0.1:"), "{line}");
+
+    let mut broken = connect_as_captured(
+        setup.outbound,
+        &setup.test.outbound,
+        dst(BROKEN_DNS_DST, 7000),
+    )
+    .await;
+    broken.write_all(b"\x00data").await.unwrap();
+    assert!(read_all(&mut broken).await.is_err());
+    let line = setup.test.log_lines(2).await[1].clone();
+    let error = line["error"].as_str().unwrap_or_default();
+    for part in ["ServiceEntry shop/dns-broken", "does-not-exist.invalid"] {
+        assert!(error.contains(part), "{line}");
+    }
 }
