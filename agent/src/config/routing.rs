@@ -144,14 +144,55 @@ fn push_typed<T: DeserializeOwned>(
     let (namespace, name) = names(&sourced.object);
     let mut value = sourced.object.clone();
     drop_nulls(&mut value);
-    match serde_path_to_error::deserialize(value) {
+    let mut ignored = Vec::new();
+    let parsed = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        value,
+        &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
+    ));
+    let object = format!("{kind} {namespace}/{name}");
+    match parsed {
         Ok(typed) => into.push(typed),
-        Err(e) => errors.push(LoadError {
+        Err(e) => {
+            errors.push(LoadError {
+                file: sourced.file.clone(),
+                object: Some(object),
+                field: Some(e.path().to_string()),
+                message: e.inner().to_string(),
+            });
+            return;
+        }
+    }
+    // What `kubectl apply` warns about for a CRD: a field the schema does not know. Only the
+    // spec is checked; metadata carries much that is not shunt's business.
+    for field in ignored.into_iter().filter(|f| f.starts_with("spec.")) {
+        errors.push(LoadError {
             file: sourced.file.clone(),
-            object: Some(format!("{kind} {namespace}/{name}")),
-            field: Some(e.path().to_string()),
-            message: e.inner().to_string(),
-        }),
+            object: Some(object.clone()),
+            field: Some(field),
+            message: "not a field shunt reads (a typo, or an Istio field shunt does not \
+                      implement yet): ignored (a warning: the object still applies)"
+                .into(),
+        });
+    }
+}
+
+/// `spec.http[0].timout`, from serde_ignored's path.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 

@@ -625,3 +625,49 @@ fn bad_mesh_settings_and_shunt_kinds_are_named() {
         );
     }
 }
+
+#[test]
+fn fields_shunt_does_not_read_are_warned_about_and_the_object_still_applies() {
+    let text = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: cart, namespace: shop, labels: {team: a}, resourceVersion: "7"}
+spec:
+  hosts: [cart]
+  http:
+  - timout: 2s
+    match: [{uri: {prefix: /a}, ignoreUriCse: true}]
+    route: [{destination: {host: cart}}]
+"#;
+    let (config, errors) = load(&[("routes.yaml", text)]);
+    assert_eq!(errors, vec![]);
+    let snapshot = Snapshot::from_config(Path::new("/cfg"), config, errors);
+    let errors: Vec<(Option<&str>, Option<&str>)> = snapshot
+        .errors
+        .iter()
+        .map(|e| (e.object.as_deref(), e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (
+                Some("VirtualService shop/cart"),
+                Some("spec.http[0].match[0].ignoreUriCse")
+            ),
+            (
+                Some("VirtualService shop/cart"),
+                Some("spec.http[0].timout")
+            ),
+        ],
+        "metadata fields are not warned about: {:#?}",
+        snapshot.errors
+    );
+    assert!(
+        snapshot.errors[1]
+            .message
+            .contains("a warning: the object still applies"),
+        "{}",
+        snapshot.errors[1]
+    );
+    assert_eq!(snapshot.mesh.virtual_services.len(), 1);
+}
