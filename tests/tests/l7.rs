@@ -1637,3 +1637,121 @@ fn dns_service_entry_dials_the_resolved_name_not_the_original_destination() {
         assert_eq!(line["upstream_host"], "127.0.0.1:8080", "{line}");
     }
 }
+
+#[test]
+fn tcp_max_connections_closes_the_overflowing_connection() {
+    let istio = [destination_rule(
+        MESH,
+        "echo",
+        json!({"host": "echo", "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}}}}),
+    )];
+    let Some(mut l7) = L7::start("l7::tcp_max_connections", &[ECHO], &ECHO_PODS[..1], &istio)
+    else {
+        return;
+    };
+    let server = l7
+        .node
+        .start_server(l7.pod("echo-v1"), &["echo-server", "--port", "9000"])
+        .or_panic("echo server");
+    l7.servers.push(server);
+    let to = format!("{}:9000", ECHO.ip);
+    let stop_file = l7.node.dir().join("stop-hold");
+    let stop = stop_file.to_string_lossy().into_owned();
+    let hold = l7
+        .node
+        .testpod(
+            &l7.client,
+            &[
+                "hold",
+                "--to",
+                &to,
+                "--seconds",
+                "60",
+                "--until-file",
+                &stop,
+            ],
+        )
+        .or_panic("hold");
+    const OPENED: &str = "istio_tcp_connections_opened_total";
+    let reached = |m: &Metrics| sum(m, OPENED, &[("reporter", "destination")]);
+    l7.node
+        .wait_metrics(
+            "the held connection reached the backend",
+            REPORT_TIMEOUT,
+            |m| reached(m) >= 1,
+        )
+        .or_panic("metrics");
+
+    let send = ["send", "--to", &to, "--bytes", "1000", "--seed", "1"];
+    let overflow = common::client(&l7.node, &l7.client, &send);
+    assert_eq!(
+        overflow["ok"], false,
+        "a second connection is closed while one is open: {overflow}"
+    );
+    const OVERFLOWS: &str = "shunt_upstream_overflow_total";
+    let metrics = l7
+        .node
+        .wait_metrics("the overflow counted", REPORT_TIMEOUT, |m| {
+            sum(m, OVERFLOWS, &[("limit", "max_connections")]) >= 1
+        })
+        .or_panic("metrics");
+    assert_eq!(
+        sum(&metrics, OVERFLOWS, &[("limit", "max_connections")]),
+        1,
+        "{}",
+        metrics.describe(OVERFLOWS)
+    );
+    assert_eq!(
+        reached(&metrics),
+        1,
+        "the closed connection never reached the backend: {}",
+        metrics.describe(OPENED)
+    );
+    let log = l7
+        .node
+        .wait_access_log("the overflow logged", REPORT_TIMEOUT, |log| {
+            log.entries.iter().any(|e| {
+                e["error"]
+                    .as_str()
+                    .is_some_and(|error| error.starts_with("UO: "))
+            })
+        })
+        .or_panic("access log");
+    let overflowed: Vec<&Value> = log
+        .entries
+        .iter()
+        .filter(|e| e["error"].as_str().is_some_and(|e| e.starts_with("UO: ")))
+        .collect();
+    assert_eq!(overflowed.len(), 1, "{}", log.describe());
+    assert_eq!(overflowed[0]["direction"], "outbound", "{}", log.describe());
+
+    std::fs::write(&stop_file, "").or_panic("stop file");
+    let hold = hold
+        .finish(CLIENT_TIMEOUT)
+        .or_panic("hold")
+        .json()
+        .or_panic("hold report");
+    assert_eq!(
+        hold["ok"], true,
+        "the held connection was not disturbed: {hold}"
+    );
+    // The slot is free once the proxy saw the held connection close.
+    l7.node
+        .wait_metrics("the held connection closed", REPORT_TIMEOUT, |m| {
+            sum(
+                m,
+                "istio_tcp_connections_closed_total",
+                &[("reporter", "source")],
+            ) >= 2
+        })
+        .or_panic("metrics");
+    common::send_ok(
+        &l7.node,
+        &l7.client,
+        std::net::SocketAddr::from((ECHO.ip, 9000)),
+        1000,
+        2,
+    );
+    let metrics = l7.node.metrics().or_panic("metrics");
+    assert_eq!(reached(&metrics), 2, "{}", metrics.describe(OPENED));
+}

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
 use super::{PodContext, ProxyContext};
+use crate::http::upstream::{ClusterState, Picked, TcpConnection, UpstreamError};
 use crate::socket;
 use crate::state::{MeshIndex, Service, Workload};
 use crate::telemetry::Reporter;
@@ -29,6 +30,12 @@ pub(super) struct Peers {
 pub(super) enum Decision {
     Dial {
         upstream: std::net::SocketAddr,
+    },
+    /// Dial an endpoint picked from a cluster, within the cluster's DestinationRule
+    /// (`connectionPool`, outlier detection, least-request counts).
+    DialEndpoint {
+        cluster: Arc<ClusterState>,
+        picked: Picked,
     },
     /// Close it with RST and log why.
     Refuse {
@@ -84,6 +91,13 @@ impl Accepted {
         Plan {
             accepted: self,
             decision: Decision::Dial { upstream },
+        }
+    }
+
+    pub fn dial_endpoint(self, cluster: Arc<ClusterState>, picked: Picked) -> Plan {
+        Plan {
+            accepted: self,
+            decision: Decision::DialEndpoint { cluster, picked },
         }
     }
 
@@ -156,7 +170,12 @@ pub(super) async fn run<S>(
             error: Some(error),
         },
         Decision::Dial { upstream } => {
-            dial_and_forward(proxy, pod, upstream, &mut downstream, &meter).await
+            let target = Target::Addr(upstream);
+            dial_and_forward(proxy, pod, target, &mut downstream, &meter).await
+        }
+        Decision::DialEndpoint { cluster, picked } => {
+            let target = Target::Endpoint(&cluster, &picked);
+            dial_and_forward(proxy, pod, target, &mut downstream, &meter).await
         }
     };
     if ending.reason != CloseReason::Eof {
@@ -181,16 +200,65 @@ pub(super) async fn run<S>(
     }
 }
 
+/// What a connection dials.
+enum Target<'a> {
+    /// An address as it is, with the proxy's connect timeout.
+    Addr(std::net::SocketAddr),
+    /// An endpoint of a cluster, through the cluster ([`ClusterState::connect_tcp`]).
+    Endpoint(&'a ClusterState, &'a Picked),
+}
+
+impl Target<'_> {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Addr(addr) => *addr,
+            Self::Endpoint(_, picked) => picked.addr.into(),
+        }
+    }
+
+    /// The upstream connection, and what it holds of its cluster while open.
+    async fn connect(
+        &self,
+        proxy: &ProxyContext,
+        pod: &PodContext,
+    ) -> Result<(tokio::net::TcpStream, Option<TcpConnection>), (CloseReason, String)> {
+        match self {
+            Self::Addr(addr) => pod
+                .sockets
+                .connect(*addr, proxy.connect_timeout)
+                .await
+                .map(|stream| (stream, None))
+                .map_err(|error| (connect_close_reason(&error), error.to_string())),
+            Self::Endpoint(cluster, picked) => cluster
+                .connect_tcp(picked)
+                .await
+                .map(|(stream, held)| (stream, Some(held)))
+                .map_err(|error| upstream_close(&error)),
+        }
+    }
+}
+
+/// The close reason and logged error of a cluster connect that failed; the error starts with
+/// Envoy's response flag (`UO` for an overflow, `UF` for a connect failure).
+fn upstream_close(error: &UpstreamError) -> (CloseReason, String) {
+    let reason = match error {
+        UpstreamError::Connect { source, .. } => connect_close_reason(source),
+        _ => CloseReason::Error,
+    };
+    (reason, format!("{}: {error}", error.response_flag()))
+}
+
 async fn dial_and_forward<S>(
     proxy: &ProxyContext,
     pod: &PodContext,
-    upstream_addr: std::net::SocketAddr,
+    target: Target<'_>,
     downstream: &mut S,
     meter: &Meter,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
+    let upstream_addr = target.addr();
     let ending = |reason, error: Option<String>| Ending {
         upstream: Some(upstream_addr),
         reason,
@@ -199,11 +267,12 @@ where
     let connected = tokio::select! {
         biased;
         () = pod.drain.force_closed() => return ending(CloseReason::Drained, None),
-        connected = pod.sockets.connect(upstream_addr, proxy.connect_timeout) => connected,
+        connected = target.connect(proxy, pod) => connected,
     };
-    let mut upstream = match connected {
-        Ok(upstream) => upstream,
-        Err(error) => return ending(connect_close_reason(&error), Some(error.to_string())),
+    // `_held` releases the cluster's counts when the forwarding ends.
+    let (mut upstream, _held) = match connected {
+        Ok(connected) => connected,
+        Err((reason, error)) => return ending(reason, Some(error)),
     };
     let forwarded = tokio::select! {
         biased;

@@ -3,7 +3,9 @@
 //!
 //! With a routing table ([`ProxyContext::routes`]), the connection's protocol is detected
 //! first: HTTP goes to the HTTP proxy ([`crate::http::server`]), which routes every request;
-//! TLS is routed by its SNI and opaque TCP by `tcp[]` routes, then forwarded at L4.
+//! TLS is routed by its SNI and opaque TCP by `tcp[]` routes, then forwarded at L4 to an
+//! endpoint of the chosen cluster, within its DestinationRule as Envoy's tcp_proxy
+//! (`maxConnections`, `connectTimeout`, least-request counts, outlier detection).
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -186,7 +188,7 @@ async fn plan_tcp(
             match state.resolve().await.and_then(|()| state.pick(hash, &[])) {
                 Ok(picked) => {
                     accepted.peers.destination = picked.workload.clone();
-                    accepted.dial(picked.addr.into())
+                    accepted.dial_endpoint(state, picked)
                 }
                 Err(error) => accepted.refuse(CloseReason::Unreachable, error.to_string()),
             }

@@ -38,7 +38,7 @@ use self::metrics::{ClusterLabels, EndpointLabels};
 pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
-use self::pool::{Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
+use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
 use crate::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 use crate::socket::PodSockets;
 use crate::state::Workload;
@@ -168,6 +168,21 @@ pub struct Picked {
 impl std::fmt::Debug for Picked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Picked").field("addr", &self.addr).finish()
+    }
+}
+
+/// An opaque TCP connection's hold on its cluster: one of `maxConnections`, an active
+/// request of its endpoint (for LEAST_REQUEST), and the cluster kept in use. Released on drop,
+/// when the proxied connection ends.
+pub struct TcpConnection {
+    _slot: ConnectionSlot,
+    _active: Counted,
+    _open: Counted,
+}
+
+impl std::fmt::Debug for TcpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpConnection").finish_non_exhaustive()
     }
 }
 
@@ -768,6 +783,48 @@ impl ClusterState {
             .await
     }
 
+    /// Opens an opaque TCP (or TLS) connection to `picked`, as Envoy's tcp_proxy does: it
+    /// takes one of the cluster's `maxConnections` (none left: `Overflow` at once, since
+    /// tcp_proxy closes the downstream rather than queue it), dials within the cluster's
+    /// `connectTimeout`, and reports the connect result to outlier detection. One attempt:
+    /// tcp_proxy's `max_connect_attempts` defaults to 1 and Istio does not set it. The
+    /// returned [`TcpConnection`] holds the counts for as long as the connection is proxied.
+    pub async fn connect_tcp(
+        &self,
+        picked: &Picked,
+    ) -> Result<(tokio::net::TcpStream, TcpConnection), UpstreamError> {
+        let limits = self.limits();
+        let shared = &self.dialer.shared;
+        let slot = ConnectionSlot::try_reserve(shared, limits.max_connections)
+            .ok_or_else(|| shared.overflow("max_connections"))?;
+        let held = TcpConnection {
+            _slot: slot,
+            _active: Counted::acquire(&picked.endpoint.active),
+            _open: Counted::acquire(&shared.tcp),
+        };
+        let connected = self
+            .dialer
+            .sockets
+            .connect(
+                std::net::SocketAddr::V4(picked.addr),
+                limits.connect_timeout,
+            )
+            .await;
+        match connected {
+            Ok(stream) => {
+                self.record(picked, Outcome::ConnectSuccess);
+                Ok((stream, held))
+            }
+            Err(source) => {
+                self.record(picked, Outcome::GatewayError);
+                Err(UpstreamError::Connect {
+                    addr: picked.addr,
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
     /// Feeds outlier detection with the result of one try to `picked`.
     pub fn record(&self, picked: &Picked, outcome: Outcome) {
         let config = self.config();
@@ -934,13 +991,18 @@ impl ClusterState {
         }
     }
 
-    /// Requests in flight, waiting or retrying, or an endpoint ejected now: the cluster's
-    /// state matters.
+    /// Requests in flight, waiting or retrying, opaque TCP connections open, or an endpoint
+    /// ejected now: the cluster's state matters.
     fn busy(&self, config: &Config, now: Instant) -> bool {
         let shared = &self.dialer.shared;
-        let counting = [&shared.requests, &shared.pending, &shared.retries]
-            .iter()
-            .any(|count| count.load(Ordering::Acquire) > 0);
+        let counting = [
+            &shared.requests,
+            &shared.pending,
+            &shared.retries,
+            &shared.tcp,
+        ]
+        .iter()
+        .any(|count| count.load(Ordering::Acquire) > 0);
         counting
             || config
                 .endpoints

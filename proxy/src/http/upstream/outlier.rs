@@ -2,11 +2,12 @@
 //!
 //! As Envoy: a 5xx counts toward `consecutive5xxErrors`; 502/503/504 and local-origin
 //! failures (connect failure, reset, timeout, which Envoy maps to 503) also count toward
-//! `consecutiveGatewayErrors`; any other response resets both. Reaching a threshold ejects at
-//! once for `baseEjectionTime × times ejected` (capped at max(300 s, base) as Envoy's
-//! `max_ejection_time`), unless the ejection would take the share of ejected endpoints above
-//! `maxEjectionPercent` (Envoy's `(ejected + 1) / endpoints ≤ max%`, so 10 % of 2 endpoints
-//! ejects none). Either way the counters start over.
+//! `consecutiveGatewayErrors`; any other response (or an established opaque TCP connection)
+//! resets both. Reaching a threshold ejects at once for `baseEjectionTime × times ejected`
+//! (capped at max(300 s, base) as Envoy's `max_ejection_time`), unless the ejection would
+//! take the share of ejected endpoints above `maxEjectionPercent` (Envoy's
+//! `(ejected + 1) / endpoints ≤ max%`, so 10 % of 2 endpoints ejects none). Either way the
+//! counters start over.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub enum Outcome {
     Status(StatusCode),
     /// No answer: connect failure, reset, or timeout.
     GatewayError,
+    /// An opaque TCP connection was established. Envoy's tcp_proxy reports it as
+    /// `LocalOriginConnectSuccessFinal`, which counts as a 200: both counters start over.
+    ConnectSuccess,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +49,7 @@ impl OutlierState {
     pub(super) fn count(&mut self, outcome: Outcome, detection: &OutlierDetection) -> bool {
         let (five_xx, gateway) = match outcome {
             Outcome::GatewayError => (true, true),
+            Outcome::ConnectSuccess => (false, false),
             Outcome::Status(status) => (
                 status.is_server_error(),
                 matches!(status.as_u16(), 502..=504),
@@ -125,6 +130,7 @@ mod tests {
         let e500 = Outcome::Status(StatusCode::INTERNAL_SERVER_ERROR);
         let e503 = Outcome::Status(StatusCode::SERVICE_UNAVAILABLE);
         let gw = Outcome::GatewayError;
+        let connected = Outcome::ConnectSuccess;
         let table: &[(OutlierDetection, &[Outcome], bool)] = &[
             (detection(Some(3), None), &[e500, e500, e500], true),
             (detection(Some(3), None), &[e500, ok, e500, e500], false),
@@ -133,6 +139,9 @@ mod tests {
             (detection(None, Some(2)), &[e503, gw], true),
             (detection(None, Some(2)), &[e503, e500, gw], false),
             (detection(None, None), &[gw, gw, gw, gw], false),
+            (detection(None, Some(2)), &[gw, connected, gw], false),
+            (detection(Some(2), None), &[gw, connected, gw], false),
+            (detection(None, Some(2)), &[connected, gw, gw], true),
         ];
         for (detection, outcomes, expected) in table {
             let mut state = OutlierState::default();

@@ -87,6 +87,8 @@ pub(super) struct Shared {
     pub(super) pending: Arc<AtomicU32>,
     pub(super) requests: Arc<AtomicU32>,
     pub(super) retries: Arc<AtomicU32>,
+    /// Opaque TCP connections open now (each also holds a [`ConnectionSlot`]).
+    pub(super) tcp: Arc<AtomicU32>,
     /// Notified when a connection closes or goes back to the pool.
     released: Notify,
     connections_gauge: Gauge,
@@ -107,6 +109,7 @@ impl Shared {
             pending: Arc::default(),
             requests: Arc::default(),
             retries: Arc::default(),
+            tcp: Arc::default(),
             released: Notify::new(),
             connections_gauge,
             metrics,
@@ -122,11 +125,12 @@ impl Shared {
     }
 }
 
-/// One open connection's share of `maxConnections`, held by the task that drives it.
-struct ConnectionSlot(Arc<Shared>);
+/// One open connection's share of `maxConnections`, held by the task that drives it (or,
+/// for opaque TCP, by the proxied connection).
+pub(super) struct ConnectionSlot(Arc<Shared>);
 
 impl ConnectionSlot {
-    fn try_reserve(shared: &Arc<Shared>, max: u32) -> Option<Self> {
+    pub(super) fn try_reserve(shared: &Arc<Shared>, max: u32) -> Option<Self> {
         let counted = Counted::try_acquire(&shared.connections, max)?;
         // The slot's own drop does the decrement.
         std::mem::forget(counted);

@@ -13,9 +13,10 @@ use crate::control::wire::InboundBind;
 use crate::http::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
 use crate::routing::{
-    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, DnsEndpoint, HeaderOps,
-    HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, PortProtocol, RequestFacts,
-    RetryOn, RetryPolicy, RouteSource, TrafficPolicy, WeightedDestination,
+    Cluster, ClusterEndpoint, ClusterError, ClusterKey, ConnectionPool, Destination, DnsEndpoint,
+    HeaderOps, HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, OutlierDetection,
+    PortProtocol, RequestFacts, RetryOn, RetryPolicy, RouteSource, TrafficPolicy,
+    WeightedDestination,
 };
 use crate::socket::CurrentNetnsSocketFactory;
 use crate::state::Workload;
@@ -204,13 +205,18 @@ async fn banner_server(ip: Ipv4Addr) -> SocketAddr {
 
 struct Setup {
     test: TestProxy,
-    _registry: PodRegistry,
+    registry: PodRegistry,
     outbound: SocketAddr,
     echo: SocketAddr,
     tls_echo: SocketAddr,
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+/// [`setup`], with `echo` (where [`TCP_DST`] goes) replaced by `echo_cluster` when given.
+async fn setup_with(echo_cluster: Option<Arc<Cluster>>) -> Setup {
     let echo = echo_server(Ipv4Addr::new(127, 0, 0, 2)).await;
     let tls_echo = echo_server(Ipv4Addr::new(127, 0, 0, 3)).await;
     let web = http_server(Ipv4Addr::new(127, 0, 0, 4), "web").await;
@@ -224,6 +230,7 @@ async fn setup() -> Setup {
             dns_cluster("dns-broken", "does-not-exist.invalid", 7000),
         ]
         .into_iter()
+        .chain(echo_cluster.map(|c| ("echo", c)))
         .collect(),
         mesh: MeshSettings {
             protocol_detection_timeout: Some(Duration::from_millis(50)),
@@ -239,7 +246,7 @@ async fn setup() -> Setup {
     let outbound = registry.listeners(POD).unwrap().outbound;
     Setup {
         test,
-        _registry: registry,
+        registry,
         outbound,
         echo,
         tls_echo,
@@ -367,4 +374,283 @@ async fn tcp_to_a_dns_cluster_dials_what_its_name_resolves_to() {
     for part in ["ServiceEntry shop/dns-broken", "does-not-exist.invalid"] {
         assert!(error.contains(part), "{line}");
     }
+}
+
+/// The `echo` cluster over `endpoints` with `policy`.
+fn echo_cluster(endpoints: &[SocketAddr], policy: TrafficPolicy) -> Arc<Cluster> {
+    let (_, first) = cluster("echo", endpoints[0]);
+    let endpoints = endpoints
+        .iter()
+        .map(|endpoint| ClusterEndpoint {
+            addr: match endpoint {
+                SocketAddr::V4(addr) => *addr,
+                SocketAddr::V6(_) => unreachable!("test servers listen on IPv4"),
+            },
+            workload: None,
+            weight: 1,
+        })
+        .collect();
+    Arc::new(Cluster {
+        endpoints,
+        policy,
+        ..Arc::unwrap_or_clone(first)
+    })
+}
+
+fn pool_policy(pool: ConnectionPool) -> TrafficPolicy {
+    TrafficPolicy {
+        connection_pool: pool,
+        ..TrafficPolicy::default()
+    }
+}
+
+/// An echo server on `ip` that first writes `tag`, so a client learns which endpoint it
+/// reached.
+async fn tagged_echo_server(ip: Ipv4Addr, tag: u8) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                stream.write_all(&[tag]).await.unwrap();
+                let (mut rx, mut tx) = stream.split();
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                let _ = tx.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback address where connects are refused: a port just released.
+async fn refusing_endpoint(ip: Ipv4Addr) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A loopback endpoint that never answers a SYN: its accept queue is full (the kernel drops
+/// SYNs then). The returned connections fill it and must be kept.
+async fn unanswering_endpoint(
+    ip: Ipv4Addr,
+) -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((ip, 0).into()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(error)) => panic!("filling the accept queue of {addr}: {error}"),
+            Err(_) => return (addr, listener, fillers),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// A connection through the outbound listener to [`TCP_DST`] that exchanged `\x00` with the
+/// upstream (so it is connected); returns it and the tag the upstream sent first, if any.
+async fn open_tcp(setup: &Setup, tagged: bool) -> (TcpStream, Option<u8>) {
+    let mut client =
+        connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 7000)).await;
+    client.write_all(b"\x00").await.unwrap();
+    let mut first = [0u8; 2];
+    let wanted = if tagged { 2 } else { 1 };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.read_exact(&mut first[..wanted]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (client, tagged.then_some(first[0]))
+}
+
+/// Closes `client` cleanly and waits for its access log line (the `count`-th).
+async fn close_tcp(setup: &Setup, mut client: TcpStream, count: usize) -> serde_json::Value {
+    client.shutdown().await.unwrap();
+    let _ = read_all(&mut client).await;
+    setup.test.log_lines(count).await[count - 1].clone()
+}
+
+/// The `/debug/clusters` view of the `echo` cluster of the test pod.
+fn echo_dump(setup: &Setup) -> crate::http::upstream::ClusterDump {
+    let clusters = setup.registry.clusters();
+    let pod = clusters.values().next().unwrap();
+    pod.clusters
+        .iter()
+        .find(|(name, _)| name.ends_with("|echo"))
+        .map(|(_, dump)| dump.clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tcp_beyond_max_connections_is_closed_and_counted_as_an_overflow() {
+    let echo = echo_server(Ipv4Addr::new(127, 0, 0, 20)).await;
+    let policy = pool_policy(ConnectionPool {
+        max_connections: Some(1),
+        ..ConnectionPool::default()
+    });
+    let setup = setup_with(Some(echo_cluster(&[echo], policy))).await;
+
+    let (first, _) = open_tcp(&setup, false).await;
+    assert_eq!(echo_dump(&setup).connections, 1);
+
+    let mut second =
+        connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 7000)).await;
+    second.write_all(b"\x00second").await.unwrap();
+    assert_eq!(
+        read_all(&mut second).await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let line = setup.test.log_lines(1).await[0].clone();
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("UO: ") && error.contains("max_connections"),
+        "{line}"
+    );
+    assert_eq!(line["upstream_addr"], echo.to_string(), "{line}");
+    assert_eq!(
+        setup.test.metric(
+            "shunt_upstream_overflow_total",
+            &[("limit", "max_connections")]
+        ),
+        Some(1)
+    );
+
+    let line = close_tcp(&setup, first, 2).await;
+    assert_eq!(line["close_reason"], "eof", "{line}");
+    assert_eq!(echo_dump(&setup).connections, 0);
+    let (third, _) = open_tcp(&setup, false).await;
+    assert_eq!(close_tcp(&setup, third, 3).await["close_reason"], "eof");
+}
+
+#[tokio::test]
+async fn tcp_dials_within_the_cluster_connect_timeout_else_the_proxy_default() {
+    let (unanswering, _listener, _fillers) =
+        unanswering_endpoint(Ipv4Addr::new(127, 0, 0, 21)).await;
+    // (cluster connectTimeout, shortest and longest time to the close); the test proxy's own
+    // connect timeout is 2 s.
+    let cases = [
+        (
+            Some(Duration::from_millis(200)),
+            Duration::from_millis(200),
+            Duration::from_millis(1500),
+        ),
+        (None, Duration::from_secs(2), Duration::from_secs(4)),
+    ];
+    for (connect_timeout, shortest, longest) in cases {
+        let policy = pool_policy(ConnectionPool {
+            connect_timeout,
+            ..ConnectionPool::default()
+        });
+        let setup = setup_with(Some(echo_cluster(&[unanswering], policy))).await;
+        let mut client =
+            connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 7000)).await;
+        client.write_all(b"\x00data").await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(read_all(&mut client).await.is_err(), "{connect_timeout:?}");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= shortest.saturating_sub(Duration::from_millis(60)) && elapsed < longest,
+            "{connect_timeout:?}: closed after {elapsed:?}"
+        );
+        let line = setup.test.log_lines(1).await[0].clone();
+        assert_eq!(line["close_reason"], "connect_timeout", "{line}");
+        assert!(
+            line["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("UF: "),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refusing_endpoint_is_ejected_after_consecutive_gateway_errors() {
+    let echo = echo_server(Ipv4Addr::new(127, 0, 0, 22)).await;
+    let refusing = refusing_endpoint(Ipv4Addr::new(127, 0, 0, 23)).await;
+    let policy = TrafficPolicy {
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx_errors: None,
+            consecutive_gateway_errors: Some(2),
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }),
+        ..TrafficPolicy::default()
+    };
+    let setup = setup_with(Some(echo_cluster(&[echo, refusing], policy))).await;
+    // Round robin: the first four alternate, two of them refused; the second refusal ejects
+    // the endpoint, so the next four all reach the echo server.
+    let mut refused = Vec::new();
+    for attempt in 0..8 {
+        let mut client =
+            connect_as_captured(setup.outbound, &setup.test.outbound, dst(TCP_DST, 7000)).await;
+        client.write_all(b"\x00x").await.unwrap();
+        client.shutdown().await.unwrap();
+        if read_all(&mut client).await.is_err() {
+            refused.push(attempt);
+        }
+    }
+    assert_eq!(refused.len(), 2, "refused attempts {refused:?}");
+    assert!(
+        refused.iter().all(|&a| a < 4),
+        "refused attempts {refused:?}"
+    );
+    let lines = setup.test.log_lines(8).await;
+    let refusals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["close_reason"] == "connect_refused")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{lines:?}");
+    for line in refusals {
+        assert_eq!(line["upstream_addr"], refusing.to_string(), "{line}");
+    }
+    let dump = echo_dump(&setup);
+    let endpoint = |addr: SocketAddr| {
+        dump.endpoints
+            .iter()
+            .find(|e| e.addr == addr.to_string())
+            .unwrap()
+    };
+    assert!(endpoint(refusing).ejected, "{dump:?}");
+    assert_eq!(endpoint(refusing).times_ejected, 1, "{dump:?}");
+    assert!(!endpoint(echo).ejected, "{dump:?}");
+}
+
+#[tokio::test]
+async fn least_request_prefers_the_endpoint_with_fewer_open_tcp_connections() {
+    let a = tagged_echo_server(Ipv4Addr::new(127, 0, 0, 24), b'a').await;
+    let b = tagged_echo_server(Ipv4Addr::new(127, 0, 0, 25), b'b').await;
+    let policy = TrafficPolicy {
+        load_balancer: LoadBalancer::LeastRequest,
+        ..TrafficPolicy::default()
+    };
+    let setup = setup_with(Some(echo_cluster(&[a, b], policy))).await;
+    let (first, first_tag) = open_tcp(&setup, true).await;
+    let (second, second_tag) = open_tcp(&setup, true).await;
+    assert_ne!(first_tag, second_tag, "one each while both are idle");
+    let dump = echo_dump(&setup);
+    assert!(
+        dump.endpoints.iter().all(|e| e.active_requests == 1),
+        "{dump:?}"
+    );
+    assert_eq!(dump.connections, 2);
+    // The second endpoint is free again while the first still holds a connection: the next
+    // connection goes to the second (round robin would go back to the first).
+    close_tcp(&setup, second, 1).await;
+    let (third, third_tag) = open_tcp(&setup, true).await;
+    assert_eq!(third_tag, second_tag);
+    close_tcp(&setup, first, 2).await;
+    close_tcp(&setup, third, 3).await;
+    let dump = echo_dump(&setup);
+    assert!(
+        dump.endpoints.iter().all(|e| e.active_requests == 0),
+        "{dump:?}"
+    );
+    assert_eq!(dump.connections, 0);
 }
