@@ -20,6 +20,13 @@ const CLIENT_SLACK: Duration = Duration::from_secs(60);
 const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Costs are reported per this many requests.
 const COST_UNIT: f64 = 10_000.0;
+/// Keep-alive connections of the L7 max-rps run (the 64) and of the fixed-rate runs.
+pub const L7_MAX_CONNECTIONS: usize = 64;
+pub const L7_RATE_CONNECTIONS: usize = 16;
+/// How long after its last due request a fixed-rate run may still complete what it owes.
+const L7_RATE_GRACE: Duration = Duration::from_millis(500);
+/// How a fixed-rate run that fell behind its schedule is rejected (the smoke test knows it).
+pub const MISSED_RATE: &str = "missed the target rate";
 
 /// One workload run in one scenario: its metric values, or why it was rejected.
 #[derive(Clone, Debug)]
@@ -71,14 +78,29 @@ impl Record {
     }
 }
 
-/// Every workload of one repetition in one scenario, in a fixed order.
-pub fn repetition(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Vec<Record> {
+/// Every workload of one repetition in one scenario but the L7 max rps ([`l7_max`], which
+/// runs first in every scenario of the round), in a fixed order. `half_rate` is the round's
+/// second L7 rate: half the lowest max rps of the round, or why there is none.
+pub fn repetition(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    half_rate: Result<f64, &str>,
+) -> Vec<Record> {
     let mut records = vec![
         rr(deployment, plan, repetition, 1, "rr_1b"),
         rr(deployment, plan, repetition, 1024, "rr_1k"),
         crr(deployment, plan, repetition),
         bulk(deployment, plan, repetition, 1),
         bulk(deployment, plan, repetition, 4),
+        l7_rate(
+            deployment,
+            plan,
+            repetition,
+            "l7_fixed",
+            Ok(f64::from(plan.l7_fixed_rps)),
+        ),
+        l7_rate(deployment, plan, repetition, "l7_half", half_rate),
     ];
     // S0 has no forwarder whose memory could grow.
     if deployment.scenario != Scenario::Direct {
@@ -195,21 +217,141 @@ fn rr(
             }
         }
     }
-    if let (Some(Ok(before)), Some(Ok(after))) = (before, after) {
+    if let (Some(before), Some(after)) = (before, after) {
         let carried = requests + number(&report, "warmup_requests").unwrap_or(0.0);
-        let per_unit = COST_UNIT / carried;
-        if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
-            record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
-        }
-        record.value(
-            "machine_cpu_s_per_10k",
-            (after.machine_busy_s - before.machine_busy_s) * per_unit,
-        );
-        record.value(
-            "softirq_s_per_10k",
-            (after.machine_softirq_s - before.machine_softirq_s) * per_unit,
-        );
+        record_costs(&mut record, &before, &after, carried);
     }
+    record
+}
+
+/// CPU-seconds per [`COST_UNIT`] requests between two snapshots: the forwarder's (when there
+/// is one), the whole machine's, and its softirq part.
+fn record_costs(
+    record: &mut Record,
+    before: &Result<CpuSnapshot>,
+    after: &Result<CpuSnapshot>,
+    carried: f64,
+) {
+    let (Ok(before), Ok(after)) = (before, after) else {
+        return;
+    };
+    let per_unit = COST_UNIT / carried;
+    if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
+        record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
+    }
+    record.value(
+        "machine_cpu_s_per_10k",
+        (after.machine_busy_s - before.machine_busy_s) * per_unit,
+    );
+    record.value(
+        "softirq_s_per_10k",
+        (after.machine_softirq_s - before.machine_softirq_s) * per_unit,
+    );
+}
+
+/// L7 max rps: [`L7_MAX_CONNECTIONS`] keep-alive connections in a closed loop; the costs
+/// (forwarder and machine CPU per 10k requests) come from this run, at full load.
+pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Record {
+    let mut record = Record::new(deployment, repetition, "l7_max");
+    let http = deployment.targets.http.to_string();
+    let args: Vec<String> = [
+        "http-max",
+        "--to",
+        &http,
+        "--host",
+        &http,
+        "--connections",
+        &L7_MAX_CONNECTIONS.to_string(),
+        "--duration-ms",
+        &plan.l7.as_millis().to_string(),
+        "--warmup-ms",
+        &plan.l7_warmup.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let forwarder = deployment.forwarder_pid();
+    let before = CpuSnapshot::take(forwarder);
+    let run = run_client(deployment, &args, plan.l7 + plan.l7_warmup + CLIENT_SLACK);
+    let after = CpuSnapshot::take(forwarder);
+    let Some(report) = accepted(&mut record, run) else {
+        return record;
+    };
+    let requests = number(&report, "requests").unwrap_or(0.0);
+    let Some(rps) = number(&report, "rps").filter(|_| requests >= 1.0) else {
+        record.reject("no request completed");
+        return record;
+    };
+    record.value("rps", rps);
+    let carried = requests + number(&report, "unmeasured_requests").unwrap_or(0.0);
+    record_costs(&mut record, &before, &after, carried);
+    record
+}
+
+/// L7 latency at a fixed rate, open loop over [`L7_RATE_CONNECTIONS`] keep-alive
+/// connections, corrected for coordinated omission by the load generator. A run that could
+/// not keep the rate is rejected.
+fn l7_rate(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    workload: &str,
+    rate: Result<f64, &str>,
+) -> Record {
+    let mut record = Record::new(deployment, repetition, workload);
+    let rps = match rate {
+        Ok(rps) => rps,
+        Err(why) => {
+            record.reject(why);
+            return record;
+        }
+    };
+    let http = deployment.targets.http.to_string();
+    let args: Vec<String> = [
+        "http-rate",
+        "--to",
+        &http,
+        "--host",
+        &http,
+        "--rps",
+        &format!("{rps:.1}"),
+        "--connections",
+        &L7_RATE_CONNECTIONS.to_string(),
+        "--duration-ms",
+        &plan.l7.as_millis().to_string(),
+        "--warmup-ms",
+        &plan.l7_warmup.as_millis().to_string(),
+        "--grace-ms",
+        &L7_RATE_GRACE.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let run = run_client(
+        deployment,
+        &args,
+        plan.l7 + plan.l7_warmup + L7_RATE_GRACE + CLIENT_SLACK,
+    );
+    let Some(report) = accepted(&mut record, run) else {
+        return record;
+    };
+    if report.get("rate_achieved").and_then(Value::as_bool) != Some(true) {
+        record.reject(format!(
+            "{MISSED_RATE}: {} of {} due requests completed ({:.0} of {rps:.0} rps)",
+            number(&report, "completed").unwrap_or(0.0),
+            number(&report, "scheduled").unwrap_or(0.0),
+            number(&report, "achieved_rps").unwrap_or(0.0),
+        ));
+        return record;
+    }
+    for metric in ["p50_us", "p90_us", "p99_us"] {
+        match number(&report, metric) {
+            Some(value) => record.value(metric, value),
+            None => {
+                record.reject(format!("the report has no {metric}"));
+                return record;
+            }
+        }
+    }
+    record.value("target_rps", rps);
     record
 }
 
