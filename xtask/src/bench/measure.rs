@@ -270,6 +270,10 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     .map(str::to_owned)
     .to_vec();
     let forwarder = deployment.forwarder_pid();
+    let shunt_l7_before = deployment
+        .scenario
+        .runs_shunt()
+        .then(|| shunt_l7_requests(deployment));
     let before = CpuSnapshot::take(forwarder);
     let run = run_client(deployment, &args, plan.l7 + plan.l7_warmup + CLIENT_SLACK);
     let after = CpuSnapshot::take(forwarder);
@@ -281,10 +285,43 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
         record.reject("no request completed");
         return record;
     };
-    record.value("rps", rps);
     let carried = requests + number(&report, "unmeasured_requests").unwrap_or(0.0);
+    if let Some(before) = shunt_l7_before {
+        if let Err(why) = check_l7_path(before, shunt_l7_requests(deployment), carried) {
+            record.reject(why);
+            return record;
+        }
+    }
+    record.value("rps", rps);
     record_costs(&mut record, &before, &after, carried);
     record
+}
+
+/// HTTP requests shunt has routed at L7 on this node so far (`istio_requests_total`).
+fn shunt_l7_requests(deployment: &Deployment) -> Result<f64> {
+    Ok(deployment
+        .node
+        .metrics()
+        .context("could not scrape the proxy's metrics")?
+        .sum("istio_requests_total", &[]))
+}
+
+/// A shunt scenario's L7 run must have gone through shunt's HTTP path, not been forwarded as
+/// opaque TCP: the proxy's request counter grew by every request the client completed (less
+/// at most one in flight per connection when the counter was read).
+fn check_l7_path(before: Result<f64>, after: Result<f64>, carried: f64) -> Result<(), String> {
+    let (before, after) = match (before, after) {
+        (Ok(before), Ok(after)) => (before, after),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("{e:#}")),
+    };
+    let routed = after - before;
+    if routed + (L7_MAX_CONNECTIONS as f64) < carried {
+        return Err(format!(
+            "shunt routed {routed} requests at L7 (istio_requests_total) for {carried} the \
+             client completed: the L7 run did not take shunt's L7 path"
+        ));
+    }
+    Ok(())
 }
 
 /// L7 latency at a fixed rate, open loop over [`L7_RATE_CONNECTIONS`] keep-alive
@@ -570,6 +607,22 @@ fn parse_rss_kib(status: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_l7_run_must_be_counted_by_shunts_http_path() {
+        let cases = [
+            (Ok(100.0), Ok(1100.0), 1000.0, true),
+            // One request in flight per connection when the counter was read.
+            (Ok(0.0), Ok(940.0), 1000.0, true),
+            (Ok(0.0), Ok(900.0), 1000.0, false),
+            (Ok(0.0), Ok(0.0), 1000.0, false),
+            (Err(anyhow::anyhow!("no metrics")), Ok(5.0), 1.0, false),
+        ];
+        for (before, after, carried, ok) in cases {
+            let what = format!("{before:?} {after:?} {carried}");
+            assert_eq!(check_l7_path(before, after, carried).is_ok(), ok, "{what}");
+        }
+    }
 
     #[test]
     fn proc_files_are_parsed() {
