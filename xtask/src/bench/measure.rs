@@ -20,6 +20,13 @@ const CLIENT_SLACK: Duration = Duration::from_secs(60);
 const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Costs are reported per this many requests.
 const COST_UNIT: f64 = 10_000.0;
+/// Keep-alive connections of the L7 max-rps run (the issue's 64) and of the fixed-rate runs.
+pub const L7_MAX_CONNECTIONS: usize = 64;
+pub const L7_RATE_CONNECTIONS: usize = 16;
+/// How long after its last due request a fixed-rate run may still complete what it owes.
+const L7_RATE_GRACE: Duration = Duration::from_millis(500);
+/// How a fixed-rate run that fell behind its schedule is rejected (the smoke test knows it).
+pub const MISSED_RATE: &str = "missed the target rate";
 
 /// One workload run in one scenario: its metric values, or why it was rejected.
 #[derive(Clone, Debug)]
@@ -71,14 +78,29 @@ impl Record {
     }
 }
 
-/// Every workload of one repetition in one scenario, in a fixed order.
-pub fn repetition(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Vec<Record> {
+/// Every workload of one repetition in one scenario but the L7 max rps ([`l7_max`], which
+/// runs first in every scenario of the round), in a fixed order. `half_rate` is the round's
+/// second L7 rate: half the lowest max rps of the round, or why there is none.
+pub fn repetition(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    half_rate: Result<f64, &str>,
+) -> Vec<Record> {
     let mut records = vec![
         rr(deployment, plan, repetition, 1, "rr_1b"),
         rr(deployment, plan, repetition, 1024, "rr_1k"),
         crr(deployment, plan, repetition),
         bulk(deployment, plan, repetition, 1),
         bulk(deployment, plan, repetition, 4),
+        l7_rate(
+            deployment,
+            plan,
+            repetition,
+            "l7_fixed",
+            Ok(f64::from(plan.l7_fixed_rps)),
+        ),
+        l7_rate(deployment, plan, repetition, "l7_half", half_rate),
     ];
     // S0 has no forwarder whose memory could grow.
     if deployment.scenario != Scenario::Direct {
@@ -195,21 +217,178 @@ fn rr(
             }
         }
     }
-    if let (Some(Ok(before)), Some(Ok(after))) = (before, after) {
+    if let (Some(before), Some(after)) = (before, after) {
         let carried = requests + number(&report, "warmup_requests").unwrap_or(0.0);
-        let per_unit = COST_UNIT / carried;
-        if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
-            record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
-        }
-        record.value(
-            "machine_cpu_s_per_10k",
-            (after.machine_busy_s - before.machine_busy_s) * per_unit,
-        );
-        record.value(
-            "softirq_s_per_10k",
-            (after.machine_softirq_s - before.machine_softirq_s) * per_unit,
-        );
+        record_costs(&mut record, &before, &after, carried);
     }
+    record
+}
+
+/// CPU-seconds per [`COST_UNIT`] requests between two snapshots: the forwarder's (when there
+/// is one), the whole machine's, and its softirq part.
+fn record_costs(
+    record: &mut Record,
+    before: &Result<CpuSnapshot>,
+    after: &Result<CpuSnapshot>,
+    carried: f64,
+) {
+    let (Ok(before), Ok(after)) = (before, after) else {
+        return;
+    };
+    let per_unit = COST_UNIT / carried;
+    if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
+        record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
+    }
+    record.value(
+        "machine_cpu_s_per_10k",
+        (after.machine_busy_s - before.machine_busy_s) * per_unit,
+    );
+    record.value(
+        "softirq_s_per_10k",
+        (after.machine_softirq_s - before.machine_softirq_s) * per_unit,
+    );
+}
+
+/// L7 max rps: [`L7_MAX_CONNECTIONS`] keep-alive connections in a closed loop; the costs
+/// (forwarder and machine CPU per 10k requests) come from this run, at full load.
+pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Record {
+    let mut record = Record::new(deployment, repetition, "l7_max");
+    let http = deployment.targets.http.to_string();
+    let args: Vec<String> = [
+        "http-max",
+        "--to",
+        &http,
+        "--host",
+        &http,
+        "--connections",
+        &L7_MAX_CONNECTIONS.to_string(),
+        "--duration-ms",
+        &plan.l7.as_millis().to_string(),
+        "--warmup-ms",
+        &plan.l7_warmup.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let forwarder = deployment.forwarder_pid();
+    let shunt_l7_before = deployment
+        .scenario
+        .runs_shunt()
+        .then(|| shunt_l7_requests(deployment));
+    let before = CpuSnapshot::take(forwarder);
+    let run = run_client(deployment, &args, plan.l7 + plan.l7_warmup + CLIENT_SLACK);
+    let after = CpuSnapshot::take(forwarder);
+    let Some(report) = accepted(&mut record, run) else {
+        return record;
+    };
+    let requests = number(&report, "requests").unwrap_or(0.0);
+    let Some(rps) = number(&report, "rps").filter(|_| requests >= 1.0) else {
+        record.reject("no request completed");
+        return record;
+    };
+    let carried = requests + number(&report, "unmeasured_requests").unwrap_or(0.0);
+    if let Some(before) = shunt_l7_before {
+        if let Err(why) = check_l7_path(before, shunt_l7_requests(deployment), carried) {
+            record.reject(why);
+            return record;
+        }
+    }
+    record.value("rps", rps);
+    record_costs(&mut record, &before, &after, carried);
+    record
+}
+
+/// HTTP requests shunt has routed at L7 on this node so far (`istio_requests_total`).
+fn shunt_l7_requests(deployment: &Deployment) -> Result<f64> {
+    Ok(deployment
+        .node
+        .metrics()
+        .context("could not scrape the proxy's metrics")?
+        .sum("istio_requests_total", &[]))
+}
+
+/// A shunt scenario's L7 run must have gone through shunt's HTTP path, not been forwarded as
+/// opaque TCP: the proxy's request counter grew by every request the client completed (less
+/// at most one in flight per connection when the counter was read).
+fn check_l7_path(before: Result<f64>, after: Result<f64>, carried: f64) -> Result<(), String> {
+    let (before, after) = match (before, after) {
+        (Ok(before), Ok(after)) => (before, after),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("{e:#}")),
+    };
+    let routed = after - before;
+    if routed + (L7_MAX_CONNECTIONS as f64) < carried {
+        return Err(format!(
+            "shunt routed {routed} requests at L7 (istio_requests_total) for {carried} the \
+             client completed: the L7 run did not take shunt's L7 path"
+        ));
+    }
+    Ok(())
+}
+
+/// L7 latency at a fixed rate, open loop over [`L7_RATE_CONNECTIONS`] keep-alive
+/// connections, corrected for coordinated omission by the load generator. A run that could
+/// not keep the rate is rejected.
+fn l7_rate(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    workload: &str,
+    rate: Result<f64, &str>,
+) -> Record {
+    let mut record = Record::new(deployment, repetition, workload);
+    let rps = match rate {
+        Ok(rps) => rps,
+        Err(why) => {
+            record.reject(why);
+            return record;
+        }
+    };
+    let http = deployment.targets.http.to_string();
+    let args: Vec<String> = [
+        "http-rate",
+        "--to",
+        &http,
+        "--host",
+        &http,
+        "--rps",
+        &format!("{rps:.1}"),
+        "--connections",
+        &L7_RATE_CONNECTIONS.to_string(),
+        "--duration-ms",
+        &plan.l7.as_millis().to_string(),
+        "--warmup-ms",
+        &plan.l7_warmup.as_millis().to_string(),
+        "--grace-ms",
+        &L7_RATE_GRACE.as_millis().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let run = run_client(
+        deployment,
+        &args,
+        plan.l7 + plan.l7_warmup + L7_RATE_GRACE + CLIENT_SLACK,
+    );
+    let Some(report) = accepted(&mut record, run) else {
+        return record;
+    };
+    if report.get("rate_achieved").and_then(Value::as_bool) != Some(true) {
+        record.reject(format!(
+            "{MISSED_RATE}: {} of {} due requests completed ({:.0} of {rps:.0} rps)",
+            number(&report, "completed").unwrap_or(0.0),
+            number(&report, "scheduled").unwrap_or(0.0),
+            number(&report, "achieved_rps").unwrap_or(0.0),
+        ));
+        return record;
+    }
+    for metric in ["p50_us", "p90_us", "p99_us"] {
+        match number(&report, metric) {
+            Some(value) => record.value(metric, value),
+            None => {
+                record.reject(format!("the report has no {metric}"));
+                return record;
+            }
+        }
+    }
+    record.value("target_rps", rps);
     record
 }
 
@@ -428,6 +607,22 @@ fn parse_rss_kib(status: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_l7_run_must_be_counted_by_shunts_http_path() {
+        let cases = [
+            (Ok(100.0), Ok(1100.0), 1000.0, true),
+            // One request in flight per connection when the counter was read.
+            (Ok(0.0), Ok(940.0), 1000.0, true),
+            (Ok(0.0), Ok(900.0), 1000.0, false),
+            (Ok(0.0), Ok(0.0), 1000.0, false),
+            (Err(anyhow::anyhow!("no metrics")), Ok(5.0), 1.0, false),
+        ];
+        for (before, after, carried, ok) in cases {
+            let what = format!("{before:?} {after:?} {carried}");
+            assert_eq!(check_l7_path(before, after, carried).is_ok(), ok, "{what}");
+        }
+    }
 
     #[test]
     fn proc_files_are_parsed() {

@@ -182,27 +182,27 @@ pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
     for repetition in 0..plan.repetitions {
         // Rotating the order keeps a scenario from always following the same neighbour.
         let count = deployments.len();
-        for i in 0..count {
-            let deployment = &mut deployments[(i + repetition) % count];
-            for record in measure::repetition(deployment, &plan, repetition) {
-                println!(
-                    "    repetition {}/{} {} {}: {}",
-                    repetition + 1,
-                    plan.repetitions,
-                    record.scenario.id(),
-                    record.workload,
-                    record.rejected.as_deref().map_or_else(
-                        || {
-                            record
-                                .values
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v:.3}"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        },
-                        |why| format!("REJECTED: {why}"),
-                    )
-                );
+        let order: Vec<usize> = (0..count).map(|i| (i + repetition) % count).collect();
+        // L7 max rps first, in every scenario: the round's second L7 rate is half the lowest.
+        let round_start = records.len();
+        for &i in &order {
+            let record = measure::l7_max(&mut deployments[i], &plan, repetition);
+            print_record(&plan, repetition, &record);
+            records.push(record);
+        }
+        let lowest_max = records[round_start..]
+            .iter()
+            .filter(|r| r.rejected.is_none())
+            .flat_map(|r| r.values.iter())
+            .filter(|(key, _)| key == "l7_max.rps")
+            .map(|(_, rps)| *rps)
+            .min_by(f64::total_cmp);
+        let half_rate = lowest_max
+            .map(|rps| rps / 2.0)
+            .ok_or("no L7 max rps was measured in this repetition");
+        for &i in &order {
+            for record in measure::repetition(&mut deployments[i], &plan, repetition, half_rate) {
+                print_record(&plan, repetition, &record);
                 records.push(record);
             }
         }
@@ -230,6 +230,27 @@ pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
         bail!("the bench left things behind: {}", leftovers.join("; "));
     }
     Ok(())
+}
+
+fn print_record(plan: &Plan, repetition: usize, record: &measure::Record) {
+    println!(
+        "    repetition {}/{} {} {}: {}",
+        repetition + 1,
+        plan.repetitions,
+        record.scenario.id(),
+        record.workload,
+        record.rejected.as_deref().map_or_else(
+            || {
+                record
+                    .values
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+            |why| format!("REJECTED: {why}"),
+        )
+    );
 }
 
 fn save(report: &Report, markdown: &str, results: &Path) -> Result<(PathBuf, PathBuf)> {

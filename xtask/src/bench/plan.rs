@@ -18,6 +18,11 @@ pub struct Plan {
     /// Idle proxied connections held while the proxy's RSS is sampled.
     pub idle_connections: &'static [usize],
     pub idle_hold: Duration,
+    /// Measured time of each L7 run (max rps and both fixed rates), after `l7_warmup`.
+    pub l7: Duration,
+    pub l7_warmup: Duration,
+    /// The first fixed L7 rate, requests/s (the second is half the lowest max rps).
+    pub l7_fixed_rps: u32,
 }
 
 pub const GIB: u64 = 1 << 30;
@@ -32,9 +37,13 @@ pub const FULL: Plan = Plan {
     bulk_bytes_per_stream: GIB,
     idle_connections: &[1000, 4000],
     idle_hold: Duration::from_millis(1500),
+    l7: Duration::from_secs(3),
+    l7_warmup: Duration::from_millis(500),
+    l7_fixed_rps: 1000,
 };
 
-/// Under 5 minutes: fewer, shorter repetitions, 128 MiB streams, 1k idle connections only.
+/// Under 5 minutes: fewer, shorter repetitions, 128 MiB streams, 1k idle connections only,
+/// 1 s L7 runs.
 pub const QUICK: Plan = Plan {
     name: "quick",
     repetitions: 3,
@@ -44,6 +53,9 @@ pub const QUICK: Plan = Plan {
     bulk_bytes_per_stream: 128 * MIB,
     idle_connections: &[1000],
     idle_hold: Duration::from_millis(800),
+    l7: Duration::from_secs(1),
+    l7_warmup: Duration::from_millis(300),
+    l7_fixed_rps: 1000,
 };
 
 /// What `cargo xtask test` runs: every scenario and workload once, tiny, for the structure.
@@ -56,6 +68,10 @@ pub const SMOKE: Plan = Plan {
     bulk_bytes_per_stream: 4 * MIB,
     idle_connections: &[50],
     idle_hold: Duration::from_millis(300),
+    l7: Duration::from_millis(300),
+    l7_warmup: Duration::from_millis(100),
+    // Debug binaries on a busy machine: a rate they keep, since only the structure is judged.
+    l7_fixed_rps: 200,
 };
 
 pub const ALL: [Plan; 3] = [FULL, QUICK, SMOKE];

@@ -11,15 +11,25 @@ use anyhow::{Context as _, Result, bail};
 use shunt_tests::wait::Check;
 use shunt_tests::{
     AgentOptions, Binaries, CaptureMode, ClusterConfig, NamespaceConfig, Node, Pod, Process,
+    ServiceConfig,
 };
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
 const HAPROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 30);
-/// The server's ports: echo (RR, idle), reply-and-close (CRR), sink (bulk).
+/// The server's ports: echo (RR, idle), reply-and-close (CRR), sink (bulk), HTTP (L7).
 const ECHO_PORT: u16 = 9000;
 const CRR_PORT: u16 = 9001;
 const SINK_PORT: u16 = 9002;
+const HTTP_PORT: u16 = 8080;
+/// S1–S3 address the HTTP server through this Service: port 80 named `http`, so the proxy
+/// takes the connection as HTTP without sniffing and routes every request at L7, as Istio
+/// would. The L4 workloads keep dialling the server pod's IP (no Service, so the proxy sniffs
+/// them: the first RR byte, 'Z', looks like the start of an HTTP method, so a connection's
+/// first request waits out the detection timeout; it falls in the warm-up, never measured).
+const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const SERVICE_HTTP_PORT: u16 = 80;
+const SERVER_APP: &str = "bench-server";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL when a forwarder is restarted (the harness's proxy drains for 1 s).
 const FORWARDER_STOP: Duration = Duration::from_secs(5);
@@ -77,8 +87,8 @@ impl Scenario {
             }
             Self::EbpfSockmap => "S2 with `--sockmap-shortcut`",
             Self::Haproxy => {
-                "no capture; the client dials HAProxy (`mode tcp`, one hop) in a third pod, \
-                 which forwards to the server"
+                "no capture; the client dials HAProxy (one hop: `mode tcp` for L4, `mode http` \
+                 for L7) in a third pod, which forwards to the server"
             }
         }
     }
@@ -123,6 +133,8 @@ pub struct Targets {
     pub echo: SocketAddr,
     pub crr: SocketAddr,
     pub sink: SocketAddr,
+    /// The HTTP server, as the scenario addresses it (also the requests' `Host`).
+    pub http: SocketAddr,
 }
 
 impl Targets {
@@ -132,6 +144,7 @@ impl Targets {
             echo: addr(ECHO_PORT),
             crr: addr(CRR_PORT),
             sink: addr(SINK_PORT),
+            http: addr(HTTP_PORT),
         }
     }
 }
@@ -171,7 +184,16 @@ impl Deployment {
                     &ClusterConfig::new()
                         .namespace(&NamespaceConfig::injected(MESH_NAMESPACE))
                         .pod(&node.pod_config(&client, MESH_NAMESPACE))
-                        .pod(&node.pod_config(&server, MESH_NAMESPACE)),
+                        .pod(
+                            &node
+                                .pod_config(&server, MESH_NAMESPACE)
+                                .label("app", SERVER_APP),
+                        )
+                        .service(
+                            &ServiceConfig::new(MESH_NAMESPACE, SERVER_APP, SERVICE_IP)
+                                .select("app", SERVER_APP)
+                                .port("http", SERVICE_HTTP_PORT, HTTP_PORT),
+                        ),
                 )?;
                 let options = AgentOptions {
                     capture: if scenario == Scenario::Iptables {
@@ -185,6 +207,7 @@ impl Deployment {
                 node.start_agent(&options)?;
                 node.start_proxy()?;
                 node.wait_captured(&[&client, &server])?;
+                targets.http = SocketAddr::V4(SocketAddrV4::new(SERVICE_IP, SERVICE_HTTP_PORT));
             }
             Scenario::Haproxy => {
                 let lb = node.add_pod("haproxy", HAPROXY_IP)?;
@@ -205,6 +228,8 @@ impl Deployment {
             &CRR_PORT.to_string(),
             "--sink-port",
             &SINK_PORT.to_string(),
+            "--http-port",
+            &HTTP_PORT.to_string(),
         ]);
         let mut server_process = node.spawn_in_pod(&server, "loadgen-serve", serve)?;
         server_process.wait_for_line("ready", READY_TIMEOUT)?;
@@ -223,11 +248,21 @@ impl Deployment {
         Ok(deployment)
     }
 
-    /// Waits until the client can connect to every target.
+    /// Waits until the client can connect to every target, and the HTTP server answers a
+    /// request through the scenario's path.
     fn wait_reachable(&self) -> Result<()> {
-        for to in [self.targets.echo, self.targets.crr, self.targets.sink] {
+        let t = self.targets;
+        for (to, http) in [
+            (t.echo, false),
+            (t.crr, false),
+            (t.sink, false),
+            (t.http, true),
+        ] {
             let mut wait = Command::new(&self.loadgen);
             wait.args(["wait", "--to", &to.to_string()]);
+            if http {
+                wait.args(["--http-host", &to.to_string()]);
+            }
             let output = self
                 .node
                 .spawn_in_pod(&self.client, "loadgen-wait", wait)?
@@ -307,9 +342,11 @@ fn spawn_haproxy(node: &Node, pod: &Pod, config: &Path) -> Result<Process> {
     Ok(node.spawn_in_pod(pod, "haproxy", command)?)
 }
 
-/// HAProxy as an explicit L4 forwarder: one frontend per server port, `mode tcp`. Timeouts
+/// HAProxy as an explicit forwarder: one frontend per L4 server port in `mode tcp`, and one
+/// in `mode http` for the HTTP server (keep-alive on both sides, HAProxy's default). Timeouts
 /// are long enough for the idle-connection hold; `maxconn` is above the largest idle count,
-/// and HAProxy needs 2 descriptors per connection within the harness's RLIMIT_NOFILE.
+/// and HAProxy needs 2 descriptors per connection within the harness's RLIMIT_NOFILE. No
+/// `log` line: like shunt's default, no per-request log.
 fn haproxy_config(listen: Ipv4Addr, server: Ipv4Addr) -> String {
     let mut config = String::from(
         "global\n    maxconn 8000\n\n\
@@ -321,6 +358,10 @@ fn haproxy_config(listen: Ipv4Addr, server: Ipv4Addr) -> String {
             "listen {name}\n    bind {listen}:{port}\n    server {name} {server}:{port}\n\n"
         ));
     }
+    config.push_str(&format!(
+        "listen http\n    mode http\n    bind {listen}:{HTTP_PORT}\n    \
+         server http {server}:{HTTP_PORT}\n"
+    ));
     config
 }
 
@@ -329,10 +370,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn haproxy_forwards_every_server_port_in_tcp_mode() {
+    fn haproxy_forwards_l4_ports_in_tcp_mode_and_http_in_http_mode() {
         let config = haproxy_config(HAPROXY_IP, SERVER_IP);
-        assert!(config.contains("mode tcp"), "{config}");
-        for port in [ECHO_PORT, CRR_PORT, SINK_PORT] {
+        assert!(config.contains("defaults\n    mode tcp"), "{config}");
+        assert!(
+            config.contains("listen http\n    mode http\n    bind 10.244.0.30:8080\n"),
+            "{config}"
+        );
+        for port in [ECHO_PORT, CRR_PORT, SINK_PORT, HTTP_PORT] {
             assert!(
                 config.contains(&format!("bind 10.244.0.30:{port}")),
                 "{config}"
