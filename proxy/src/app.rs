@@ -25,12 +25,17 @@ use crate::telemetry::server;
 pub enum Error {
     #[error(transparent)]
     Metrics(#[from] server::Error),
+    #[error("cannot start the access log writer thread: {0}")]
+    AccessLog(io::Error),
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
         source: io::Error,
     },
 }
+
+/// How long shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything the command line sets.
 #[derive(Clone, Debug)]
@@ -52,6 +57,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Where the metrics endpoint actually listens (the config may ask for port 0).
     pub metrics_addr: SocketAddr,
+    access_log: AccessLog,
     shutdown: CancellationToken,
     control: JoinHandle<()>,
     metrics_server: JoinHandle<()>,
@@ -125,6 +131,7 @@ impl App {
             state: proxy.state.clone(),
             metrics: proxy.metrics.clone(),
             metrics_addr,
+            access_log: proxy.access_log.clone(),
             shutdown,
             control,
             metrics_server,
@@ -139,6 +146,14 @@ impl App {
             tracing::error!(%error, "control client task failed");
         }
         self.pods.shutdown().await;
+        // The drained connections' lines are queued; the process exits right after this.
+        let access_log = self.access_log.clone();
+        if tokio::task::spawn_blocking(move || access_log.flush(ACCESS_LOG_FLUSH_TIMEOUT))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last access log lines may be lost");
+        }
         if let Err(error) = self.metrics_server.await {
             tracing::error!(%error, "metrics endpoint task failed");
         }
@@ -156,7 +171,8 @@ pub async fn run(config: Config, factory: Arc<dyn SocketFactory>) -> Result<(), 
         signal: "SIGINT",
         source,
     })?;
-    let app = App::start(&config, factory, AccessLog::stdout()).await?;
+    let access_log = AccessLog::stdout().map_err(Error::AccessLog)?;
+    let app = App::start(&config, factory, access_log).await?;
     let received = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -134,21 +134,87 @@ fn rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok
 pub trait LineSink: Send + Sync {
     /// Writes `line` (no trailing newline) as one line.
     fn write_line(&self, line: &str) -> io::Result<()>;
+
+    /// Returns once every line written so far is out (or `timeout` passed).
+    fn flush(&self, timeout: Duration) {
+        let _ = timeout;
+    }
 }
 
-/// The process's stdout.
-#[derive(Debug, Default)]
-pub struct Stdout;
+/// The most lines waiting for the writer thread; past it, writers wait as a blocking write
+/// would.
+const QUEUED_LINES: usize = 65_536;
+/// The most bytes the writer gathers into one `write`.
+const BATCH_BYTES: usize = 256 << 10;
+
+enum Queued {
+    Line(String),
+    Flushed(mpsc::SyncSender<()>),
+}
+
+/// The process's stdout, written by a thread of its own: a connection or request never waits
+/// for a `write` syscall, and lines that arrive together leave in one `write` (Envoy's file
+/// access log batches the same way). Lines keep their order and never mix.
+#[derive(Debug)]
+pub struct Stdout {
+    queue: mpsc::SyncSender<Queued>,
+}
+
+impl Stdout {
+    /// Starts the writer thread.
+    pub fn start() -> io::Result<Self> {
+        let (queue, lines) = mpsc::sync_channel(QUEUED_LINES);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_batches(&lines, &mut io::stdout()))?;
+        Ok(Self { queue })
+    }
+}
+
+/// Writes what `lines` brings to `out`, a batch per `write`, until every sender is gone.
+fn write_batches(lines: &mpsc::Receiver<Queued>, out: &mut impl Write) {
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut flushed = Vec::new();
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Queued::Line(line) => {
+                    batch.extend_from_slice(line.as_bytes());
+                    batch.push(b'\n');
+                }
+                Queued::Flushed(done) => flushed.push(done),
+            }
+            if batch.len() < BATCH_BYTES {
+                next = lines.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
+                tracing::warn!(%error, lines = batch.iter().filter(|b| **b == b'\n').count(), "access log lines lost");
+            }
+            batch.clear();
+            // A burst can leave a large buffer behind; an idle proxy should not keep it.
+            batch.shrink_to(BATCH_BYTES);
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
 
 impl LineSink for Stdout {
     fn write_line(&self, line: &str) -> io::Result<()> {
-        // One write per line under the lock, so lines from concurrent connections never mix.
-        let mut out = io::stdout().lock();
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        out.write_all(&buf)?;
-        out.flush()
+        self.queue
+            .send(Queued::Line(line.to_owned()))
+            .map_err(|_| io::Error::other("the access log writer thread is gone"))
+    }
+
+    fn flush(&self, timeout: Duration) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.queue.send(Queued::Flushed(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
     }
 }
 
@@ -164,9 +230,14 @@ impl AccessLog {
         Self { sink }
     }
 
-    #[must_use]
-    pub fn stdout() -> Self {
-        Self::new(Arc::new(Stdout))
+    /// Lines to the process's stdout, written by a thread of their own.
+    pub fn stdout() -> io::Result<Self> {
+        Ok(Self::new(Arc::new(Stdout::start()?)))
+    }
+
+    /// Waits (at most `timeout`) until every line recorded so far is written.
+    pub fn flush(&self, timeout: Duration) {
+        self.sink.flush(timeout);
     }
 
     /// Writes an [`Entry`] or an [`HttpEntry`] as one line.
@@ -289,5 +360,26 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), name);
         }
+    }
+
+    #[test]
+    fn the_writer_thread_keeps_order_batches_and_acknowledges_flushes() {
+        let (queue, lines) = mpsc::sync_channel(16);
+        for i in 0..5 {
+            queue.send(Queued::Line(format!("line {i}"))).unwrap();
+        }
+        let (done, flushed) = mpsc::sync_channel(1);
+        queue.send(Queued::Flushed(done)).unwrap();
+        queue.send(Queued::Line("after the flush".into())).unwrap();
+        drop(queue);
+        let mut out = Vec::new();
+        write_batches(&lines, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "line 0\nline 1\nline 2\nline 3\nline 4\nafter the flush\n"
+        );
+        flushed
+            .try_recv()
+            .expect("the flush is acknowledged once its lines are out");
     }
 }
