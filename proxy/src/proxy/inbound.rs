@@ -38,7 +38,7 @@ pub async fn serve(
     let index = proxy.state.load();
     let (accepted, orig_dst) = match accept(&proxy, &pod, &index, &downstream, client) {
         Ok(accepted) => accepted,
-        Err(plan) => return connection::run(&proxy, &pod, plan, downstream).await,
+        Err(plan) => return connection::run(&proxy, &pod, *plan, downstream).await,
     };
     let SocketAddr::V4(app_addr) = orig_dst else {
         // The HTTP side dials IPv4 endpoints only; IPv6 stays at L4.
@@ -104,7 +104,7 @@ fn accept(
     index: &MeshIndex,
     downstream: &TcpStream,
     client: ClientAddr,
-) -> Result<(Accepted, SocketAddr), Plan> {
+) -> Result<(Accepted, SocketAddr), Box<Plan>> {
     let mut accepted = Accepted::new(
         Direction::Inbound,
         Reporter::Destination,
@@ -116,17 +116,21 @@ fn accept(
     accepted.peers.source = index.workload_by_ip(client.0.ip()).cloned();
     let orig_dst = match proxy.inbound_dst.orig_dst(downstream, client) {
         Ok(orig_dst) => orig_dst,
-        Err(error) => return Err(accepted.refuse(CloseReason::Error, error.to_string())),
+        Err(error) => {
+            return Err(Box::new(
+                accepted.refuse(CloseReason::Error, error.to_string()),
+            ));
+        }
     };
     accepted.orig_dst = Some(orig_dst);
     if pod.is_proxy_listener(orig_dst.0) {
         // Someone connected to 127.0.0.1:15006 itself: dialling it would reach us again.
-        return Err(accepted.refuse(
+        return Err(Box::new(accepted.refuse(
             CloseReason::Error,
             format!(
                 "{orig_dst} is the proxy's own listener, not an app port; refused to avoid a loop"
             ),
-        ));
+        )));
     }
     accepted.peers.service = accepted
         .peers
