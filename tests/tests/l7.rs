@@ -1755,3 +1755,137 @@ fn tcp_max_connections_closes_the_overflowing_connection() {
     let metrics = l7.node.metrics().or_panic("metrics");
     assert_eq!(reached(&metrics), 2, "{}", metrics.describe(OPENED));
 }
+
+/// A namespace without injection: its pods are not captured.
+const PLAIN: &str = "plain";
+
+#[test]
+fn inbound_http_is_reported_by_the_destination() {
+    let outsider = Backend {
+        name: "outsider",
+        app: "outsider",
+        version: "v1",
+        namespace: PLAIN,
+    };
+    let Some(mut l7) = L7::start(
+        "l7::inbound_http_reported_by_destination",
+        &[WEB],
+        &[WEB_V1, outsider],
+        &[],
+    ) else {
+        return;
+    };
+    l7.serve("web-v1", &[]);
+    // Captured client → Service: reported by both ends.
+    let h1 = l7.http(&url(&WEB, "/in"), &["-n", "4"]);
+    let h2 = l7.http(&url(&WEB, "/in"), &["-n", "2", "--http2"]);
+    assert_eq!(h1["status"], json!({"200": 4}), "{h1}");
+    assert_eq!(h2["status"], json!({"200": 2}), "{h2}");
+    // Uncaptured client → the pod IP: only the destination's proxy sees it.
+    let direct = format!("http://{}/direct", l7.pod("web-v1").addr(HTTP_PORT));
+    let outsider_pod = l7.pod("outsider").clone();
+    let ok = httppod_json(
+        &l7.node,
+        &outsider_pod,
+        &["http", "--url", &direct, "-n", "3"],
+    );
+    let not_found = httppod_json(
+        &l7.node,
+        &outsider_pod,
+        &["http", "--url", &direct, "-n", "2", "-H", "x-status: 404"],
+    );
+    assert_eq!(ok["status"], json!({"200": 3}), "{ok}");
+    assert_eq!(not_found["status"], json!({"404": 2}), "{not_found}");
+
+    let destination = |source: &'static str, code: &'static str| {
+        [
+            ("reporter", "destination"),
+            ("source_workload", source),
+            ("destination_workload", "web-v1"),
+            ("destination_workload_namespace", MESH),
+            ("destination_service", "web.mesh.svc.cluster.local"),
+            ("destination_version", "v1"),
+            ("request_protocol", "http"),
+            ("response_code", code),
+            ("response_flags", "-"),
+        ]
+    };
+    let expected = [
+        (destination("client", "200"), 6),
+        (destination("outsider", "200"), 3),
+        (destination("outsider", "404"), 2),
+    ];
+    let metrics = l7
+        .node
+        .wait_metrics(
+            "reporter=destination requests of both clients",
+            REPORT_TIMEOUT,
+            |m| {
+                expected
+                    .iter()
+                    .all(|(labels, want)| sum(m, REQUESTS, labels) >= *want)
+            },
+        )
+        .or_panic("metrics");
+    for (labels, want) in &expected {
+        assert_eq!(
+            sum(&metrics, REQUESTS, labels),
+            *want,
+            "{labels:?}\n{}",
+            metrics.describe(REQUESTS)
+        );
+        assert_eq!(
+            sum(
+                &metrics,
+                "istio_request_duration_milliseconds_count",
+                labels
+            ),
+            *want,
+            "{labels:?}"
+        );
+    }
+    // The captured client's own proxy still reports its side, and only its requests.
+    l7.expect_requests(
+        &[
+            ("source_workload", "client"),
+            ("destination_workload", "web-v1"),
+            ("response_code", "200"),
+        ],
+        6,
+    );
+    assert_eq!(
+        sum(
+            &metrics,
+            REQUESTS,
+            &[("source_workload", "outsider"), ("reporter", "source")]
+        ),
+        0
+    );
+
+    let log = l7.expect_log_lines(
+        &[
+            ("direction", "inbound"),
+            ("reporter", "destination"),
+            ("pod", "mesh/web-v1"),
+        ],
+        11,
+    );
+    // Each request's id is the same in the client's and the server's proxy logs.
+    let ids = |fields: &[(&str, &str)]| -> BTreeSet<String> {
+        log.matching(fields)
+            .iter()
+            .filter_map(|line| line["request_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let outbound = ids(&[("direction", "outbound"), ("path", "/in")]);
+    let inbound = ids(&[("direction", "inbound"), ("path", "/in")]);
+    assert_eq!(outbound.len(), 6, "{}", log.describe());
+    assert_eq!(outbound, inbound, "{}", log.describe());
+    assert_eq!(
+        log.matching(&[("direction", "inbound"), ("src_workload", "outsider")])
+            .len(),
+        5,
+        "{}",
+        log.describe()
+    );
+}

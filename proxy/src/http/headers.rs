@@ -76,6 +76,20 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: Option<Ipv4Addr>) -> Optio
         .map(str::to_owned)
 }
 
+/// What an inbound hop does to the forwarded headers: `x-forwarded-for` stays as received
+/// (Envoy appends only where it uses the remote address, which Istio's sidecars do not
+/// inbound) and `x-forwarded-proto: http` is set only when absent. Returns the
+/// `x-forwarded-for` received.
+pub fn keep_forwarded(headers: &mut HeaderMap) -> Option<String> {
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The request's `x-request-id`, generated (UUID v4) and set when absent.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {

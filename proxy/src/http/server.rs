@@ -1,11 +1,18 @@
-//! The HTTP proxy of one outbound connection: hyper serves the client (HTTP/1.1 with
-//! keep-alive, HTTP/2 when the client opens with the preface) and every request is routed,
-//! has its route's policies applied in Envoy's order, and is forwarded to an upstream cluster.
+//! The HTTP proxy of one connection: hyper serves the client (HTTP/1.1 with keep-alive,
+//! HTTP/2 when the client opens with the preface), and each request goes on by the side that
+//! accepted the connection ([`Side`]).
 //!
-//! Per request: route → CORS preflight → rate limit → fault delay → fault abort → redirect /
-//! direct response → rewrite, header edits, forwarded headers → weighted destination →
-//! cluster → attempts (retries, per-try timeout) under the route timeout → mirrors (fire and
-//! forget) → response header edits. One access log line and the `istio_request*` metrics are
+//! Outbound, every request is routed, has its route's policies applied in Envoy's order, and
+//! is forwarded to an upstream cluster: route → CORS preflight → rate limit → fault delay →
+//! fault abort → redirect / direct response → rewrite, header edits, forwarded headers →
+//! weighted destination → cluster → attempts (retries, per-try timeout) under the route
+//! timeout → mirrors (fire and forget) → response header edits.
+//!
+//! Inbound, as Envoy's sidecar inbound listener: every request goes to the app at the
+//! connection's original destination as it came (no routing, no retries; `x-forwarded-for`
+//! untouched, `x-request-id` kept or generated), over the pod's `inbound|port||` cluster.
+//!
+//! Either way, one access log line and the `istio_request*` metrics (`reporter` per side) are
 //! recorded when the response body ends, or when the client goes away first (flag DC).
 #![forbid(unsafe_code)]
 
@@ -35,7 +42,7 @@ use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
 use crate::routing::{
     Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
-    PortProtocol, RequestFacts, RouteSource, Routes, WeightedDestination,
+    PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
 };
 use crate::state::{Service, Workload};
 use crate::telemetry::Reporter;
@@ -52,18 +59,68 @@ const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
 /// Envoy appends this to the authority of mirrored requests.
 const SHADOW_SUFFIX: &str = "-shadow";
 
-/// The HTTP side of one accepted outbound connection.
+/// The HTTP side of one accepted connection.
 pub struct HttpConnection {
     pub proxy: Arc<ProxyContext>,
-    /// Where each request takes its routing snapshot.
-    pub routes: Arc<dyn RouteSource>,
+    pub side: Side,
     pub pod: Arc<PodContext>,
     /// `namespace/name` of the pod (its uid if the state lacks it).
     pub pod_name: String,
     pub client: ClientAddr,
+    /// Outbound, where the app was going; inbound, the app's own address and port.
     pub orig_dst: SocketAddrV4,
-    /// The captured pod that opened the connection.
+    /// The client's workload: outbound, the captured pod itself; inbound, the pod at the
+    /// client's address when the mesh knows it.
     pub source: Option<Arc<Workload>>,
+}
+
+/// Which of the pod's listeners accepted the connection, and what that means for a request.
+pub enum Side {
+    /// The pod is the client: each request is routed, from a routing snapshot it takes here.
+    Outbound { routes: Arc<dyn RouteSource> },
+    /// The pod is the server: each request is handed to its app.
+    Inbound(InboundApp),
+}
+
+/// The app behind an inbound connection.
+pub struct InboundApp {
+    /// The pod itself (`destination_workload`).
+    pub workload: Option<Arc<Workload>>,
+    /// `inbound|port||`: passthrough to the original destination, named for the logs and
+    /// `/debug/clusters`, with the Service that reaches the port (`destination_service`),
+    /// the port's declared protocol and the pod's `version` label.
+    pub cluster: Arc<Cluster>,
+}
+
+impl InboundApp {
+    /// The app at `port` of `workload`, reached through `service` (when one selects it) whose
+    /// port declares `protocol`.
+    #[must_use]
+    pub fn new(
+        workload: Option<Arc<Workload>>,
+        service: Option<Arc<Service>>,
+        port: u16,
+        protocol: PortProtocol,
+    ) -> Self {
+        let version = workload
+            .as_ref()
+            .and_then(|w| w.labels.get("version"))
+            .map(|v| Arc::from(v.as_str()));
+        let cluster = Arc::new(Cluster {
+            key: upstream::inbound_cluster_key(port),
+            protocol,
+            service,
+            endpoints: Vec::new(),
+            dns: Vec::new(),
+            service_entry: None,
+            policy: TrafficPolicy {
+                load_balancer: LoadBalancer::Passthrough,
+                ..TrafficPolicy::default()
+            },
+            version,
+        });
+        Self { workload, cluster }
+    }
 }
 
 /// Serves HTTP on `io` until the client closes or the pod's drain forces it closed.
@@ -221,7 +278,30 @@ impl HttpConnection {
             upstream_service_time: None,
         };
         let body = Counted::new(incoming, exchange.request_body_bytes.clone());
-        let routes = self.routes.routes();
+        let (response, grpc_status) = match &self.side {
+            Side::Outbound { routes } => {
+                self.route(&*routes.routes(), parts, body, upgrade, &mut exchange)
+                    .await
+            }
+            Side::Inbound(app) => self.deliver(app, parts, body, upgrade, &mut exchange).await,
+        };
+        let (response, grpc_status) = if exchange.grpc {
+            grpc_local_reply((response, grpc_status))
+        } else {
+            (response, grpc_status)
+        };
+        self.track(response, grpc_status, exchange)
+    }
+
+    /// Routes an outbound request by the routing snapshot `routes`.
+    async fn route(
+        &self,
+        routes: &dyn Routes,
+        parts: http::request::Parts,
+        body: Counted,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        exchange: &mut Exchange,
+    ) -> Reply {
         let target = routes.outbound_target(self.orig_dst, self.source.as_deref());
         if let OutboundTarget::Service(service) = &target {
             exchange.target_service.clone_from(&service.service);
@@ -237,7 +317,7 @@ impl HttpConnection {
                 source: self.source.as_deref(),
             },
         );
-        let (response, grpc_status) = match decision {
+        match decision {
             HttpDecision::NoRouteMatched { virtual_service } => {
                 exchange.flag("NR");
                 exchange.route_name = Some(virtual_service.to_string());
@@ -254,22 +334,92 @@ impl HttpConnection {
             }
             HttpDecision::Route(route) => {
                 exchange.route_name = Some(route.name.to_string());
-                let request = Inbound {
+                let request = Downstream {
                     parts,
                     body,
                     upgrade,
                     target: &target,
                 };
-                self.apply_route(&*routes, &route, request, &mut exchange)
-                    .await
+                self.apply_route(routes, &route, request, exchange).await
+            }
+        }
+    }
+
+    /// Hands an inbound request to the app as Envoy's inbound listener does: one attempt, no
+    /// timeout, headers as received but for hop-by-hop ones; `x-forwarded-for` is left alone
+    /// (Istio's inbound does not use the remote address, so the client's own proxy's entry is
+    /// the only one) and `x-forwarded-proto` set only when absent.
+    async fn deliver(
+        &self,
+        app: &InboundApp,
+        mut parts: http::request::Parts,
+        body: Counted,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        exchange: &mut Exchange,
+    ) -> Reply {
+        exchange.cluster = Some(app.cluster.clone());
+        exchange.target_service.clone_from(&app.cluster.service);
+        let state = self.pod.upstreams.cluster(&app.cluster);
+        let upgrading = upgrade.is_some();
+        let version = upstream_version(upgrading, app.cluster.protocol, parts.version);
+        headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+        exchange.x_forwarded_for = headers::keep_forwarded(&mut parts.headers);
+        let template = RequestTemplate {
+            parts,
+            authority: exchange.authority.clone(),
+            version,
+        };
+        let picked = state.passthrough(self.orig_dst, app.workload.clone());
+        exchange.upstream = Some(picked.clone());
+        let sent_at = Instant::now();
+        let request = template.build(body.map_err(Into::into).boxed());
+        let response = match state.send(&picked, request, version).await {
+            Ok(response) => response,
+            Err(error) => {
+                exchange.flag(error.response_flag());
+                tracing::debug!(%error, "inbound request to the app failed");
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("upstream connect error or disconnect/reset before headers: {error}"),
+                );
             }
         };
-        let (response, grpc_status) = if exchange.grpc {
-            grpc_local_reply((response, grpc_status))
-        } else {
-            (response, grpc_status)
-        };
-        self.track(response, grpc_status, exchange)
+        exchange.upstream_service_time = Some(sent_at.elapsed());
+        let (head, body, grpc) = self.relay(response, upgrade, &template.parts.method);
+        (
+            Response::from_parts(head, body.map_err(Into::into).boxed()),
+            grpc,
+        )
+    }
+
+    /// The upstream's response as the client gets it: without hop-by-hop headers, and, when
+    /// it accepted the client's upgrade (101, or 2xx to CONNECT), with the two upgraded
+    /// connections joined.
+    fn relay(
+        &self,
+        mut response: Response<upstream::UpstreamBody>,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        method: &Method,
+    ) -> (http::response::Parts, upstream::UpstreamBody, Option<u32>) {
+        let grpc = policy::grpc_status(response.headers());
+        let switched = upgrade.is_some()
+            && (response.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (method == Method::CONNECT && response.status().is_success()));
+        if switched && let Some(downstream) = upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let drain = self.pod.drain.clone();
+            // Tracked by the pod's drain, and cut with it, like any forwarded connection.
+            self.pod.drain.spawn(async move {
+                tokio::select! {
+                    biased;
+                    () = drain.force_closed() => {}
+                    () = tunnel(downstream, upstream_upgrade) => {}
+                }
+            });
+        }
+        let (mut head, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut head.headers, switched);
+        (head, body, grpc)
     }
 
     /// Applies `route` to the request, in Envoy's filter order.
@@ -277,7 +427,7 @@ impl HttpConnection {
         &self,
         routes: &dyn Routes,
         route: &HttpRoute,
-        request: Inbound<'_>,
+        request: Downstream<'_>,
         exchange: &mut Exchange,
     ) -> Reply {
         if let Some(cors) = &route.cors
@@ -371,12 +521,12 @@ impl HttpConnection {
         routes: &dyn Routes,
         route: &HttpRoute,
         destination: &WeightedDestination,
-        Inbound {
+        Downstream {
             mut parts,
             body,
             upgrade,
             target,
-        }: Inbound<'_>,
+        }: Downstream<'_>,
         exchange: &mut Exchange,
     ) -> Reply {
         let cluster = match routes.cluster(
@@ -397,13 +547,7 @@ impl HttpConnection {
         exchange.cluster = Some(cluster.clone());
         let state = self.pod.upstreams.cluster(&cluster);
         let upgrading = upgrade.is_some();
-        let version = if upgrading {
-            HttpVersion::Http1
-        } else if cluster.protocol == PortProtocol::Http2 || parts.version == Version::HTTP_2 {
-            HttpVersion::Http2
-        } else {
-            HttpVersion::Http1
-        };
+        let version = upstream_version(upgrading, cluster.protocol, parts.version);
 
         // The request as the upstream sees it.
         let mut upstream_authority = exchange.authority.clone();
@@ -483,28 +627,11 @@ impl HttpConnection {
         if let Some(bytes) = mirror_body {
             self.mirror(routes, route, &template, &bytes);
         }
-        let mut response = match outcome {
+        let response = match outcome {
             Ok(response) => response,
             Err(reply) => return *reply,
         };
-        let grpc = policy::grpc_status(response.headers());
-        let switched = upgrading
-            && (response.status() == StatusCode::SWITCHING_PROTOCOLS
-                || (template.parts.method == Method::CONNECT && response.status().is_success()));
-        if switched && let Some(downstream) = upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let drain = self.pod.drain.clone();
-            // Tracked by the pod's drain, and cut with it, like any forwarded connection.
-            self.pod.drain.spawn(async move {
-                tokio::select! {
-                    biased;
-                    () = drain.force_closed() => {}
-                    () = tunnel(downstream, upstream_upgrade) => {}
-                }
-            });
-        }
-        let (mut head, upstream_body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut head.headers, switched);
+        let (mut head, upstream_body, grpc) = self.relay(response, upgrade, &template.parts.method);
         route.response_headers.apply(&mut head.headers);
         destination.response_headers.apply(&mut head.headers);
         if let Some(cookie) = set_cookie {
@@ -577,6 +704,21 @@ impl HttpConnection {
         Response::from_parts(head, tracked.boxed())
     }
 
+    fn reporter(&self) -> Reporter {
+        match self.side {
+            Side::Outbound { .. } => Reporter::Source,
+            Side::Inbound(_) => Reporter::Destination,
+        }
+    }
+
+    /// The pod that served the request: inbound, this one; outbound, the endpoint picked.
+    fn destination_workload(&self, exchange: &Exchange) -> Option<Arc<Workload>> {
+        match &self.side {
+            Side::Inbound(app) => app.workload.clone(),
+            Side::Outbound { .. } => exchange.upstream.as_ref().and_then(|p| p.workload.clone()),
+        }
+    }
+
     fn http_labels(
         &self,
         exchange: &Exchange,
@@ -584,7 +726,7 @@ impl HttpConnection {
         grpc_status: Option<u32>,
     ) -> HttpLabels {
         let (source_workload, source_workload_namespace) = workload_names(self.source.as_deref());
-        let destination = exchange.upstream.as_ref().and_then(|p| p.workload.clone());
+        let destination = self.destination_workload(exchange);
         let (destination_workload, destination_workload_namespace) =
             workload_names(destination.as_deref());
         let service = exchange
@@ -596,16 +738,16 @@ impl HttpConnection {
             match (&service, &exchange.cluster) {
                 (Some(s), _) => (s.hostname(), s.name.clone(), s.namespace.clone()),
                 // A ServiceEntry host: Istio names it in all three... but the namespace.
-                (None, Some(c)) => (
+                (None, Some(c)) if !c.key.host.0.is_empty() => (
                     c.key.host.to_string(),
                     c.key.host.to_string(),
                     UNKNOWN.into(),
                 ),
-                (None, None) => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
+                (None, _) => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
             };
         let cluster = exchange.cluster.as_deref();
         HttpLabels {
-            reporter: Reporter::Source,
+            reporter: self.reporter(),
             source_workload,
             source_workload_namespace,
             source_principal: UNKNOWN.into(),
@@ -631,7 +773,7 @@ impl HttpConnection {
 
     fn log_entry(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) -> HttpEntry {
         let (src_workload, src_namespace) = workload_names(self.source.as_deref());
-        let destination = exchange.upstream.as_ref().and_then(|p| p.workload.clone());
+        let destination = self.destination_workload(exchange);
         let (dst_workload, dst_namespace) = workload_names(destination.as_deref());
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         HttpEntry {
@@ -646,14 +788,20 @@ impl HttpConnection {
             duration: millis(exchange.started.elapsed()),
             upstream_service_time: exchange.upstream_service_time.map(millis),
             upstream_host: exchange.upstream.as_ref().map(|p| p.addr.to_string()),
-            upstream_cluster: exchange.cluster.as_ref().map(|c| c.key.to_string()),
+            upstream_cluster: exchange
+                .cluster
+                .as_ref()
+                .map(|c| upstream::cluster_name(&c.key)),
             x_forwarded_for: exchange.x_forwarded_for.clone(),
             user_agent: exchange.user_agent.clone(),
             request_id: exchange.request_id.clone(),
             authority: exchange.authority.clone(),
             route_name: exchange.route_name.clone(),
-            direction: Direction::Outbound,
-            reporter: Reporter::Source,
+            direction: match self.side {
+                Side::Outbound { .. } => Direction::Outbound,
+                Side::Inbound(_) => Direction::Inbound,
+            },
+            reporter: self.reporter(),
             pod: self.pod_name.clone(),
             src_addr: self.client.to_string(),
             dst_addr: self.orig_dst.to_string(),
@@ -665,7 +813,13 @@ impl HttpConnection {
                 .cluster
                 .as_ref()
                 .and_then(|c| c.service.as_ref().map(|s| s.hostname()))
-                .or_else(|| exchange.cluster.as_ref().map(|c| c.key.host.to_string()))
+                .or_else(|| {
+                    exchange
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.key.host.to_string())
+                        .filter(|host| !host.is_empty())
+                })
                 .or_else(|| exchange.target_service.as_ref().map(|s| s.hostname()))
                 .unwrap_or_else(|| UNKNOWN.to_owned()),
         }
@@ -673,7 +827,7 @@ impl HttpConnection {
 }
 
 /// The downstream request, as routing hands it to the route's policies.
-struct Inbound<'a> {
+struct Downstream<'a> {
     parts: http::request::Parts,
     body: Counted,
     /// The client's side of an upgrade (WebSocket, CONNECT), when it asked for one.
@@ -957,6 +1111,18 @@ fn backoff(retry: u32) -> Duration {
         .min(RETRY_BASE_INTERVAL * 10);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(250);
     Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// The protocol to the upstream: h2 when the cluster's port is declared `http2`/`grpc` or the
+/// client spoke h2, HTTP/1.1 otherwise and for every upgrade (101 and CONNECT are HTTP/1).
+fn upstream_version(upgrading: bool, cluster: PortProtocol, downstream: Version) -> HttpVersion {
+    if upgrading {
+        HttpVersion::Http1
+    } else if cluster == PortProtocol::Http2 || downstream == Version::HTTP_2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    }
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.

@@ -2,8 +2,14 @@
 //! `127.0.0.1:15006` (eBPF capture) or REDIRECTed by iptables to its `0.0.0.0:15006`. Delivered
 //! to the app from inside the same netns; the source is then the pod's own IP, which
 //! `sk_lookup` lets through to the app, and which iptables never sees in PREROUTING.
+//!
+//! As in Istio's sidecar, the protocol is detected first: the declared protocol of the Service
+//! port whose `targetPort` is the connection's port, else the client's first bytes within the
+//! detection timeout. HTTP is served request by request ([`crate::http::server`], `reporter`
+//! destination); TLS and opaque TCP are forwarded at L4.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -11,6 +17,11 @@ use tokio::net::TcpStream;
 use super::connection::{self, Accepted, Plan};
 use super::orig_dst::ClientAddr;
 use super::{PodContext, ProxyContext};
+use crate::http::detect::{self, Protocol};
+use crate::http::rewind::Rewind;
+use crate::http::server::{self, HttpConnection, InboundApp, Side};
+use crate::routing::{PortProtocol, service_port_protocol};
+use crate::state::{MeshIndex, Service, Workload, target_port};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 
@@ -18,45 +29,108 @@ use crate::telemetry::access_log::{CloseReason, Direction};
 pub async fn serve(
     proxy: Arc<ProxyContext>,
     pod: Arc<PodContext>,
-    downstream: TcpStream,
+    mut downstream: TcpStream,
     client: ClientAddr,
 ) {
     if let Err(error) = downstream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
     }
-    let plan = plan(&proxy, &pod, &downstream, client);
-    connection::run(&proxy, &pod, plan, downstream).await;
+    let index = proxy.state.load();
+    let (accepted, orig_dst) = match accept(&proxy, &pod, &index, &downstream, client) {
+        Ok(accepted) => accepted,
+        Err(plan) => return connection::run(&proxy, &pod, *plan, downstream).await,
+    };
+    let SocketAddr::V4(app_addr) = orig_dst else {
+        // The HTTP side dials IPv4 endpoints only; IPv6 stays at L4.
+        return connection::run(&proxy, &pod, accepted.dial(orig_dst), downstream).await;
+    };
+    let declared = declared_protocol(
+        accepted.peers.service.as_deref(),
+        accepted.peers.destination.as_deref(),
+        app_addr.port(),
+    );
+    let timeout = proxy
+        .routes
+        .as_ref()
+        .and_then(|source| source.routes().mesh().protocol_detection_timeout)
+        .unwrap_or(proxy.protocol_detection_timeout);
+    let detection = tokio::select! {
+        biased;
+        () = pod.drain.force_closed() => return,
+        detection = detect::detect(&mut downstream, declared, timeout) => detection,
+    };
+    let detection = match detection {
+        Ok(detection) => detection,
+        Err(error) => {
+            let plan = accepted.refuse(
+                CloseReason::Error,
+                format!("reading the first bytes to detect the protocol failed: {error}"),
+            );
+            return connection::run(&proxy, &pod, plan, downstream).await;
+        }
+    };
+    let stream = Rewind::new(detection.consumed, downstream);
+    match detection.protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            let app = InboundApp::new(
+                accepted.peers.destination.clone(),
+                accepted.peers.service.clone(),
+                app_addr.port(),
+                declared,
+            );
+            let connection = Arc::new(HttpConnection {
+                proxy: proxy.clone(),
+                side: Side::Inbound(app),
+                pod: pod.clone(),
+                pod_name: accepted.pod.clone(),
+                client,
+                orig_dst: app_addr,
+                source: accepted.peers.source.clone(),
+            });
+            server::serve(connection, stream).await;
+        }
+        Protocol::Tls { .. } | Protocol::Tcp => {
+            connection::run(&proxy, &pod, accepted.dial(orig_dst), stream).await;
+        }
+    }
 }
 
-fn plan(
+/// What is known of the connection before its first byte: its ends, where it was going, and
+/// the Service that reaches that port (and the original destination). `Err`: the plan that
+/// refuses it.
+fn accept(
     proxy: &ProxyContext,
     pod: &PodContext,
+    index: &MeshIndex,
     downstream: &TcpStream,
     client: ClientAddr,
-) -> Plan {
-    let index = proxy.state.load();
+) -> Result<(Accepted, SocketAddr), Box<Plan>> {
     let mut accepted = Accepted::new(
         Direction::Inbound,
         Reporter::Destination,
         client,
-        &index,
+        index,
         pod,
     );
     accepted.peers.destination = index.workload_by_uid(&pod.uid).cloned();
     accepted.peers.source = index.workload_by_ip(client.0.ip()).cloned();
     let orig_dst = match proxy.inbound_dst.orig_dst(downstream, client) {
         Ok(orig_dst) => orig_dst,
-        Err(error) => return accepted.refuse(CloseReason::Error, error.to_string()),
+        Err(error) => {
+            return Err(Box::new(
+                accepted.refuse(CloseReason::Error, error.to_string()),
+            ));
+        }
     };
     accepted.orig_dst = Some(orig_dst);
     if pod.is_proxy_listener(orig_dst.0) {
         // Someone connected to 127.0.0.1:15006 itself: dialling it would reach us again.
-        return accepted.refuse(
+        return Err(Box::new(accepted.refuse(
             CloseReason::Error,
             format!(
                 "{orig_dst} is the proxy's own listener, not an app port; refused to avoid a loop"
             ),
-        );
+        )));
     }
     accepted.peers.service = accepted
         .peers
@@ -64,5 +138,27 @@ fn plan(
         .as_ref()
         .and_then(|w| index.destination_service(w, orig_dst.0.port()))
         .cloned();
-    accepted.dial(orig_dst.0)
+    Ok((accepted, orig_dst.0))
 }
+
+/// The protocol `service` declares (port name or `appProtocol`) for its port whose
+/// `targetPort` is `port` on `workload`; `Sniff` when nothing declares it.
+fn declared_protocol(
+    service: Option<&Service>,
+    workload: Option<&Workload>,
+    port: u16,
+) -> PortProtocol {
+    let (Some(service), Some(workload)) = (service, workload) else {
+        return PortProtocol::Sniff;
+    };
+    service
+        .ports
+        .iter()
+        .find(|p| p.protocol.eq_ignore_ascii_case("TCP") && target_port(p, workload) == Some(port))
+        .map_or(PortProtocol::Sniff, |p| {
+            service_port_protocol(p.name.as_deref(), p.app_protocol.as_deref())
+        })
+}
+
+#[cfg(test)]
+mod tests;

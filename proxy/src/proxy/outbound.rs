@@ -18,7 +18,7 @@ use super::orig_dst::ClientAddr;
 use super::{PodContext, ProxyContext};
 use crate::http::detect::{self, Protocol};
 use crate::http::rewind::Rewind;
-use crate::http::server::{self, HttpConnection};
+use crate::http::server::{self, HttpConnection, Side};
 use crate::http::{policy, upstream};
 use crate::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
 use crate::state::{MeshIndex, Route};
@@ -96,7 +96,9 @@ pub async fn serve(
         Protocol::Http1 | Protocol::Http2 => {
             let connection = Arc::new(HttpConnection {
                 proxy: proxy.clone(),
-                routes: source.clone(),
+                side: Side::Outbound {
+                    routes: source.clone(),
+                },
                 pod: pod.clone(),
                 pod_name: accepted.pod.clone(),
                 client,

@@ -250,7 +250,9 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
     };
     let connection = Arc::new(HttpConnection {
         proxy: test.proxy.clone(),
-        routes: Arc::new(Fixed(Arc::new(routes))),
+        side: Side::Outbound {
+            routes: Arc::new(Fixed(Arc::new(routes))),
+        },
         pod,
         pod_name: "shop/client-1".into(),
         client: ClientAddr("10.1.0.5:40000".parse().unwrap()),

@@ -277,7 +277,7 @@ impl Upstreams {
         ClustersDump {
             clusters: clusters
                 .iter()
-                .map(|c| (c.key.to_string(), c.dump()))
+                .map(|c| (c.name.clone(), c.dump()))
                 .collect(),
         }
     }
@@ -413,6 +413,28 @@ fn describe_entry(cluster: &Cluster) -> String {
         .map_or_else(|| format!("host {}", cluster.key.host), ToString::to_string)
 }
 
+/// The key of the cluster that hands a pod's inbound requests to its app on `port`. Its host
+/// is empty, as in Envoy's name for it (`inbound|8080||`); no outbound cluster's host is.
+#[must_use]
+pub fn inbound_cluster_key(port: u16) -> ClusterKey {
+    ClusterKey {
+        host: crate::routing::Host(Arc::from("")),
+        subset: None,
+        port,
+    }
+}
+
+/// Envoy's name for the cluster keyed `key`: `outbound|8080|v1|cart.shop.svc.cluster.local`,
+/// or `inbound|8080||` for an [`inbound_cluster_key`].
+#[must_use]
+pub fn cluster_name(key: &ClusterKey) -> String {
+    if key.host.0.is_empty() {
+        format!("inbound|{}||", key.port)
+    } else {
+        key.to_string()
+    }
+}
+
 /// The runtime state of one cluster.
 pub struct ClusterState {
     key: ClusterKey,
@@ -438,7 +460,7 @@ impl ClusterState {
         metrics: Arc<UpstreamMetrics>,
         resolver: Arc<Resolver>,
     ) -> Self {
-        let name = cluster.key.to_string();
+        let name = cluster_name(&cluster.key);
         Self {
             key: cluster.key.clone(),
             config: Mutex::new(Config::new(cluster, Vec::new(), &[])),
