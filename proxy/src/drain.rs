@@ -49,6 +49,12 @@ impl Drain {
         self.stop_accepting.cancelled().await;
     }
 
+    /// Whether the accept loops were told to stop (the pod is going away).
+    #[must_use]
+    pub fn is_accepting_stopped(&self) -> bool {
+        self.stop_accepting.is_cancelled()
+    }
+
     /// Resolves when in-flight connections must close now.
     pub async fn force_closed(&self) {
         self.force_close.cancelled().await;

@@ -85,6 +85,7 @@ impl TestProxy {
             } else {
                 Arc::new(orig_dst::LocalAddr)
             },
+            local_pods: Arc::new(crate::proxy::local::LocalPods::new(true)),
         });
         Self {
             proxy,

@@ -344,6 +344,7 @@ mod tests {
             captured: true,
             ready: true,
             ports: vec![],
+            excluded_inbound_ports: vec![],
         }
     }
 

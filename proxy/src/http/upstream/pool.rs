@@ -6,6 +6,10 @@
 //! `maxRequestsPerConnection`, the response said `Connection: close`, or it was upgraded.
 //! h2: one shared connection per endpoint; another opens when every open one carries
 //! [`H2_STREAMS_PER_CONNECTION`] streams (or is dead or retired).
+//!
+//! A connection delivered straight to a pod served on this node ([`Delivery`]) is reused only
+//! while that pod is served, and is cut when the pod's drain is: a removed pod's connections
+//! never linger in another pod's pools.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -25,9 +29,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::dial::{Delivery, Dial, Dialed};
 use super::metrics::{ClusterLabels, UpstreamMetrics};
 use super::{Body, HttpVersion, UpstreamError};
-use crate::socket::PodSockets;
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.
@@ -150,6 +154,14 @@ impl Drop for ConnectionSlot {
 struct H1Connection {
     sender: http1::SendRequest<Body>,
     served: u32,
+    delivered: Option<Delivery>,
+}
+
+impl H1Connection {
+    /// Open, and (for a same-node delivery) its pod still served.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.delivered.as_ref().is_none_or(Delivery::reusable)
+    }
 }
 
 struct IdleConnection {
@@ -163,11 +175,14 @@ struct H2Connection {
     served: AtomicU32,
     retired: AtomicBool,
     idle_since: Mutex<Instant>,
+    delivered: Option<Delivery>,
 }
 
 impl H2Connection {
     fn usable(&self) -> bool {
-        !self.retired.load(Ordering::Acquire) && !self.sender.is_closed()
+        !self.retired.load(Ordering::Acquire)
+            && !self.sender.is_closed()
+            && self.delivered.as_ref().is_none_or(Delivery::reusable)
     }
 
     fn claim(self: &Arc<Self>, limits: &Limits) -> H2Stream {
@@ -228,7 +243,7 @@ impl EndpointPool {
                 idle.clear();
                 return None;
             }
-            if !candidate.connection.sender.is_closed() {
+            if candidate.connection.usable() {
                 return Some(candidate.connection);
             }
         }
@@ -259,7 +274,7 @@ impl EndpointPool {
     pub(super) fn prune(&self, idle_timeout: Option<Duration>) {
         let expired = |since: Instant| idle_timeout.is_some_and(|t| since.elapsed() >= t);
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| !expired(c.since) && !c.connection.sender.is_closed());
+            idle.retain(|c| !expired(c.since) && c.connection.usable());
         }
         if let Ok(mut h2) = self.h2.lock() {
             h2.retain(|c| {
@@ -372,7 +387,7 @@ impl http_body::Body for UpstreamBody {
 
 /// Dials and reuses connections for one cluster.
 pub(super) struct Dialer {
-    pub(super) sockets: Arc<dyn PodSockets>,
+    pub(super) dial: Arc<dyn Dial>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -402,11 +417,14 @@ impl Dialer {
                 let mut connection = self.checkout_h1(pool, limits, evict).await?;
                 connection.served += 1;
                 let connect = request.method() == Method::CONNECT;
-                let response = connection
+                let mut response = connection
                     .sender
                     .send_request(request)
                     .await
                     .map_err(reset)?;
+                if let Some(delivered) = &connection.delivered {
+                    response.extensions_mut().insert(delivered.clone());
+                }
                 let status = response.status();
                 let reusable = limits
                     .max_per_connection
@@ -426,7 +444,10 @@ impl Dialer {
             HttpVersion::Http2 => {
                 let stream = self.checkout_h2(pool, limits, evict).await?;
                 let mut sender = stream.connection.sender.clone();
-                let response = sender.send_request(request).await.map_err(reset)?;
+                let mut response = sender.send_request(request).await.map_err(reset)?;
+                if let Some(delivered) = &stream.connection.delivered {
+                    response.extensions_mut().insert(delivered.clone());
+                }
                 let release = Release {
                     h1: None,
                     shared: self.shared.clone(),
@@ -524,16 +545,16 @@ impl Dialer {
         &self,
         addr: SocketAddrV4,
         limits: &Limits,
-    ) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
-        let stream = self
-            .sockets
-            .connect(SocketAddr::V4(addr), limits.connect_timeout)
+    ) -> Result<(TokioIo<tokio::net::TcpStream>, Option<Delivery>), UpstreamError> {
+        let Dialed { stream, delivered } = self
+            .dial
+            .dial(SocketAddr::V4(addr), limits.connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr,
                 source: Box::new(source),
             })?;
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), delivered))
     }
 
     async fn connect_h1(
@@ -542,18 +563,28 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
-        let io = self.dial(addr, limits).await?;
+        let (io, delivered) = self.dial(addr, limits).await?;
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        let cut = delivered.as_ref().map(|d| d.drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
             // Upgrades: the connection hands its socket to `hyper::upgrade::on(response)`.
-            if let Err(error) = connection.with_upgrades().await {
+            let ended = tokio::select! {
+                biased;
+                () = cut_by(cut) => None,
+                ended = connection.with_upgrades() => Some(ended),
+            };
+            if let Some(Err(error)) = ended {
                 tracing::debug!(%error, %addr, "upstream HTTP/1 connection ended with an error");
             }
         });
-        Ok(H1Connection { sender, served: 0 })
+        Ok(H1Connection {
+            sender,
+            served: 0,
+            delivered,
+        })
     }
 
     async fn connect_h2(
@@ -562,7 +593,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<Arc<H2Connection>, UpstreamError> {
-        let io = self.dial(addr, limits).await?;
+        let (io, delivered) = self.dial(addr, limits).await?;
         let handshake = http2::handshake(TokioExecutor::new(), io);
         let (sender, connection) = tokio::time::timeout(limits.connect_timeout, handshake)
             .await
@@ -571,9 +602,15 @@ impl Dialer {
                 timeout: limits.connect_timeout,
             })?
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        let cut = delivered.as_ref().map(|d| d.drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = connection.await {
+            let ended = tokio::select! {
+                biased;
+                () = cut_by(cut) => None,
+                ended = connection => Some(ended),
+            };
+            if let Some(Err(error)) = ended {
                 tracing::debug!(%error, %addr, "upstream h2 connection ended with an error");
             }
         });
@@ -583,7 +620,17 @@ impl Dialer {
             served: AtomicU32::new(0),
             retired: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
+            delivered,
         }))
+    }
+}
+
+/// Resolves when the drain of the pod a connection was delivered to cuts that pod's last
+/// connections; never for a connection from the pod's own netns.
+async fn cut_by(drain: Option<crate::drain::Drain>) {
+    match drain {
+        Some(drain) => drain.force_closed().await,
+        None => std::future::pending().await,
     }
 }
 
