@@ -59,21 +59,36 @@ impl TestProxy {
     /// `table_inbound`: whether inbound destinations come from [`TestProxy::inbound`] (to
     /// exercise inbound forwarding without sk_lookup) or from the local address as in production.
     pub fn new(table_inbound: bool) -> Self {
-        Self::build(table_inbound, None)
+        Self::build(table_inbound, |_| None, true)
     }
 
     /// Outbound connections routed by `routes` (the L7 path), destinations from the table.
     pub fn with_routes(routes: Arc<dyn RouteSource>) -> Self {
-        Self::build(false, Some(routes))
+        Self::build(false, |_| Some(routes), true)
     }
 
-    fn build(table_inbound: bool, routes: Option<Arc<dyn RouteSource>>) -> Self {
+    /// Outbound connections routed by the proxy's own state (as in production), with or
+    /// without same-node delivery.
+    pub fn routed_by_state(same_node_shortcut: bool) -> Self {
+        Self::build(
+            false,
+            |state| Some(state.clone() as Arc<dyn RouteSource>),
+            same_node_shortcut,
+        )
+    }
+
+    fn build(
+        table_inbound: bool,
+        routes: impl FnOnce(&Arc<StateStore>) -> Option<Arc<dyn RouteSource>>,
+        same_node_shortcut: bool,
+    ) -> Self {
         let outbound = Arc::new(OrigDstTable::default());
         let inbound = Arc::new(OrigDstTable::default());
         let log = Arc::new(Captured::default());
+        let state = Arc::new(StateStore::new());
         let proxy = Arc::new(ProxyContext {
-            state: Arc::new(StateStore::new()),
-            routes,
+            routes: routes(&state),
+            state,
             rate_limiter: crate::http::ratelimit::RateLimiter::new(),
             protocol_detection_timeout: Duration::from_millis(100),
             metrics: Arc::new(Metrics::new()),
@@ -85,7 +100,7 @@ impl TestProxy {
             } else {
                 Arc::new(orig_dst::LocalAddr)
             },
-            local_pods: Arc::new(crate::proxy::local::LocalPods::new(true)),
+            local_pods: Arc::new(crate::proxy::local::LocalPods::new(same_node_shortcut)),
         });
         Self {
             proxy,

@@ -410,3 +410,80 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     registry.shutdown().await;
     assert_eq!(registry.served(), Vec::<String>::new());
 }
+
+/// web-1 → api-a (127.0.0.2), both served by this proxy: delivered in one pass from api-a's
+/// side when the shortcut is on, so the dialler reports both sides; with it off, only the
+/// source side (api-a's inbound listener, which this harness does not steer to, would report
+/// the rest). The privileged e2e suite checks the inbound listener is skipped for real.
+#[tokio::test]
+async fn same_node_delivery_reports_both_sides_in_one_pass() {
+    for (shortcut, lines) in [(true, 2), (false, 1)] {
+        let test = TestProxy::routed_by_state(shortcut);
+        let http = http_server(ip([127, 0, 0, 2]), "api-a").await;
+        let echo = echo_server(ip([127, 0, 0, 2])).await;
+        let mut mesh = mesh(http.port(), echo.port());
+        // api-a's Service port 80 speaks HTTP.
+        mesh.services[0].ports[0].name = Some("http".into());
+        test.proxy.state.replace(&mesh);
+        let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
+        for uid in [WEB, API_A] {
+            registry
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .await
+                .unwrap();
+        }
+        let web = registry.listeners(WEB).unwrap();
+
+        // HTTP to the pod address; opaque TCP to the echo port.
+        let mut client = connect_as_captured(web.outbound, &test.outbound, http).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let response = String::from_utf8(read_all(&mut client).await.unwrap()).unwrap();
+        assert!(response.ends_with("api-a"), "{response}");
+        let mut client = connect_as_captured(web.outbound, &test.outbound, echo).await;
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await.unwrap(), b"hello");
+
+        let log = test.log_lines(2 * lines).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            test.log.lines().len(),
+            2 * lines,
+            "shortcut {shortcut}: {log:?}"
+        );
+        let destination: Vec<_> = log
+            .iter()
+            .filter(|l| l["reporter"] == "destination")
+            .collect();
+        assert_eq!(destination.len(), 2 * lines - 2, "shortcut {shortcut}");
+        for line in destination {
+            for (field, expected) in [
+                ("direction", "inbound"),
+                ("pod", "shop/api-a"),
+                ("src_workload", "web"),
+                ("dst_workload", "api"),
+                ("dst_service", "api.shop.svc.cluster.local"),
+            ] {
+                assert_eq!(line[field], expected, "{field} in {line}");
+            }
+        }
+        let both = |reporter| [("reporter", reporter), ("source_workload", "web")];
+        for reporter in ["source", "destination"] {
+            let expected = (reporter == "source" || shortcut).then_some(1);
+            assert_eq!(
+                test.metric("istio_requests_total", &both(reporter)),
+                expected,
+                "requests, {reporter}, shortcut {shortcut}"
+            );
+            assert_eq!(
+                test.metric("istio_tcp_connections_closed_total", &both(reporter)),
+                expected,
+                "tcp, {reporter}, shortcut {shortcut}"
+            );
+        }
+        registry.shutdown().await;
+    }
+}
