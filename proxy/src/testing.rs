@@ -137,7 +137,9 @@ impl TestProxy {
     pub fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
         let text = self.proxy.metrics.encode().unwrap();
         text.lines()
-            .filter(|line| line.starts_with(&format!("{metric}{{")))
+            .filter(|line| {
+                line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+            })
             .find(|line| {
                 labels
                     .iter()

@@ -183,6 +183,7 @@ impl PodRegistry {
             sockets: sockets.clone(),
             state: self.proxy.state.clone(),
             local: self.proxy.local_pods.clone(),
+            metrics: self.proxy.metrics.clone(),
         });
         let upstreams = Arc::new(Upstreams::with_dial(
             dial,

@@ -470,6 +470,11 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
                 assert_eq!(line[field], expected, "{field} in {line}");
             }
         }
+        assert_eq!(
+            test.metric("shunt_same_node_connections_total", &[]),
+            Some(if shortcut { 2 } else { 0 }),
+            "shortcut {shortcut}"
+        );
         let both = |reporter| [("reporter", reporter), ("source_workload", "web")];
         for reporter in ["source", "destination"] {
             let expected = (reporter == "source" || shortcut).then_some(1);

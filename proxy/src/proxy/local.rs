@@ -15,6 +15,7 @@ use super::PodContext;
 use crate::http::upstream::{Delivery, Dial, Dialed};
 use crate::socket::{self, BoxFuture, PodSockets};
 use crate::state::{MeshIndex, StateStore};
+use crate::telemetry::metrics::Metrics;
 
 /// The pods served on this node, by uid, for same-node delivery.
 #[derive(Default)]
@@ -60,7 +61,12 @@ impl LocalPods {
         }
         let workload = index.workload_by_ip(addr.ip())?;
         // A pod dialling itself reaches its app without the inbound listener already.
+        let proxy_port = matches!(
+            addr.port(),
+            shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
+        );
         if !workload.captured
+            || proxy_port
             || workload.uid == from
             || workload.excluded_inbound_ports.contains(&addr.port())
         {
@@ -82,6 +88,7 @@ pub struct PodDial {
     pub sockets: Arc<dyn PodSockets>,
     pub state: Arc<StateStore>,
     pub local: Arc<LocalPods>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dial for PodDial {
@@ -100,6 +107,7 @@ impl Dial for PodDial {
                 });
             };
             let stream = pod.sockets.connect(addr, timeout).await?;
+            self.metrics.same_node_connection();
             Ok(Dialed {
                 stream,
                 delivered: Some(Delivery {
