@@ -492,3 +492,51 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
         registry.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
+    for shortcut in [true, false] {
+        let test = TestProxy::routed_by_state(shortcut);
+        let mut mesh = mesh(8080, 8081);
+        mesh.workloads[1].excluded_inbound_ports = vec![9090];
+        // Served, but the state says it is not captured (being released).
+        mesh.workloads[2].captured = false;
+        test.proxy.state.replace(&mesh);
+        let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
+        for uid in [WEB, API_A, "uid-shop-api-b"] {
+            registry
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .await
+                .unwrap();
+        }
+        let target = |addr: &str| {
+            let index = test.proxy.state.load();
+            test.proxy
+                .local_pods
+                .target(WEB, &index, addr.parse().unwrap())
+                .map(|pod| pod.uid.clone())
+        };
+        let api_a = shortcut.then(|| API_A.to_owned());
+        for (addr, expected) in [
+            ("127.0.0.2:8080", api_a.clone()),
+            // excludeInboundPorts: its capture leaves the port to the app.
+            ("127.0.0.2:9090", None),
+            ("127.0.0.2:15006", None),
+            // Not captured (api-b), not served (api-c), or the caller itself.
+            ("127.0.0.3:8080", None),
+            ("127.0.0.4:8080", None),
+            ("127.0.0.10:8080", None),
+            // Not a pod.
+            ("10.96.0.10:80", None),
+        ] {
+            assert_eq!(target(addr), expected, "{addr}, shortcut {shortcut}");
+        }
+        registry.remove(API_A).await;
+        assert_eq!(
+            target("127.0.0.2:8080"),
+            None,
+            "removed, shortcut {shortcut}"
+        );
+        registry.shutdown().await;
+    }
+}
