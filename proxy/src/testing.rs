@@ -200,12 +200,23 @@ pub async fn named_server(addr: SocketAddr, name: &'static str) -> SocketAddr {
 
 /// A hyper HTTP/1.1 + h2 server on `ip` answering every request with 200 and `name`.
 pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
+    counting_http_server(ip, name).await.0
+}
+
+/// [`http_server`], and how many connections it accepted.
+pub async fn counting_http_server(
+    ip: Ipv4Addr,
+    name: &'static str,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let service = hyper::service::service_fn(move |_request| async move {
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                     bytes::Bytes::from(name),
@@ -218,7 +229,7 @@ pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// Reads everything until EOF, or the error that ended the stream.

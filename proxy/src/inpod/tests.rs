@@ -540,3 +540,67 @@ async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
         registry.shutdown().await;
     }
 }
+
+/// When the destination pod is removed, what web-1 holds into it does not outlive its drain:
+/// an open TCP connection is cut at the deadline, and a pooled HTTP connection is not reused
+/// (the next request opens a fresh one, from web-1's own netns).
+#[tokio::test]
+async fn removing_the_destination_pod_ends_its_same_node_connections() {
+    let test = TestProxy::routed_by_state(true);
+    let (http, accepted) = counting_http_server(ip([127, 0, 0, 2]), "api-a").await;
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    let mut mesh = mesh(http.port(), echo.port());
+    mesh.services[0].ports[0].name = Some("http".into());
+    test.proxy.state.replace(&mesh);
+    let registry = test.registry(
+        Arc::new(CurrentNetnsSocketFactory),
+        Duration::from_millis(200),
+    );
+    for uid in [WEB, API_A] {
+        registry
+            .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+            .await
+            .unwrap();
+    }
+    let web = registry.listeners(WEB).unwrap();
+    let get = || async {
+        let mut client = connect_as_captured(web.outbound, &test.outbound, http).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8(read_all(&mut client).await.unwrap()).unwrap()
+    };
+    assert!(get().await.ends_with("api-a"));
+    let mut held = connect_as_captured(web.outbound, &test.outbound, echo).await;
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    assert_eq!(
+        test.metric("shunt_same_node_connections_total", &[]),
+        Some(2)
+    );
+
+    registry.remove(API_A).await;
+    // Cut at api-a's drain deadline, although web-1 never closed it.
+    let ended = tokio::time::timeout(Duration::from_secs(3), read_all(&mut held)).await;
+    assert!(ended.is_ok(), "the held connection outlived api-a's drain");
+    assert!(get().await.ends_with("api-a"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        test.metric("shunt_same_node_connections_total", &[]),
+        Some(2)
+    );
+    // Two lines per delivered request or connection, one for the request sent directly.
+    let lines = test.log_lines(5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(test.log.lines().len(), 5, "{lines:?}");
+    let mut drained: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["close_reason"] == "drained")
+        .filter_map(|l| l["reporter"].as_str())
+        .collect();
+    drained.sort_unstable();
+    assert_eq!(drained, ["destination", "source"], "{lines:?}");
+    registry.shutdown().await;
+}

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
 use super::{PodContext, ProxyContext};
+use crate::drain;
 use crate::http::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
 use crate::socket;
 use crate::state::{MeshIndex, Service, Workload};
@@ -293,28 +294,25 @@ where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
     let upstream_addr = target.addr();
-    let delivered_to = std::sync::Mutex::new(None);
-    let ending = |reason, error: Option<String>| Ending {
+    let ending = |reason, error: Option<String>, delivered| Ending {
         upstream: Some(upstream_addr),
         reason,
         error,
-        delivered: delivered_to
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(),
+        delivered,
     };
     let connected = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None),
+        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
         connected = target.connect(proxy, pod) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
     let (mut upstream, _held, delivered) = match connected {
         Ok(connected) => connected,
-        Err((reason, error)) => return ending(reason, Some(error)),
+        Err((reason, error)) => return ending(reason, Some(error), None),
     };
-    if let Some(delivered) = delivered.and_then(|d| d.live_pod()) {
-        let accepted = destination_side(proxy, accepted, &delivered, upstream_addr);
+    let delivered_pod = delivered.and_then(|d| d.live_pod());
+    let delivered = delivered_pod.as_ref().map(|to| {
+        let accepted = destination_side(proxy, accepted, to, upstream_addr);
         let labels = TcpLabels::new(
             accepted.reporter,
             accepted.peers.source.as_deref(),
@@ -322,27 +320,33 @@ where
             accepted.peers.service.as_deref(),
         );
         let _ = meter.delivered.set(proxy.metrics.open_connection(&labels));
-        *delivered_to
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(accepted);
-    }
+        accepted
+    });
+    // Delivered to another pod: it counts among that pod's connections, whose drain waits for
+    // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
+    let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
+    let destination_drain = delivered_pod.map(|to| to.drain.clone());
     let forwarded = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => {
-            upstream.reset_on_close();
-            return ending(CloseReason::Drained, None);
-        }
-        forwarded = forward::forward(downstream, &mut upstream, meter) => forwarded,
+        () = pod.drain.force_closed() => None,
+        () = drain::force_closed(destination_drain.as_ref()) => None,
+        forwarded = forward::forward(downstream, &mut upstream, meter) => Some(forwarded),
+    };
+    let Some(forwarded) = forwarded else {
+        upstream.reset_on_close();
+        return ending(CloseReason::Drained, None, delivered);
     };
     match forwarded.end {
-        End::Eof => ending(CloseReason::Eof, None),
+        End::Eof => ending(CloseReason::Eof, None, delivered),
         End::Reset { side, error } => ending(
             CloseReason::Reset,
             Some(format!("{side} reset the connection: {error}")),
+            delivered,
         ),
         End::Failed { side, error } => ending(
             CloseReason::Error,
             Some(format!("{side} I/O failed: {error}")),
+            delivered,
         ),
     }
 }

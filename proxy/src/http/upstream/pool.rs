@@ -8,8 +8,9 @@
 //! [`H2_STREAMS_PER_CONNECTION`] streams (or is dead or retired).
 //!
 //! A connection delivered straight to a pod served on this node ([`Delivery`]) is reused only
-//! while that pod is served, and is cut when the pod's drain is: a removed pod's connections
-//! never linger in another pod's pools.
+//! while that pod is served; its requests in flight count among that pod's connections, so a
+//! removed pod's drain waits for them and then cuts the connection: a removed pod's
+//! connections never linger in another pod's pools.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -28,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::dial::{Delivery, Dial, Dialed};
 use super::metrics::{ClusterLabels, UpstreamMetrics};
@@ -314,6 +316,9 @@ pub(super) struct Release {
     _request: Counted,
     _active: Counted,
     _stream: Option<H2Stream>,
+    /// A request delivered to a pod served on this node counts among that pod's connections
+    /// until its response ends, so the pod's drain waits for it (and cuts it at the deadline).
+    _destination: Option<TaskTrackerToken>,
 }
 
 /// The body of an upstream response. Ending it (reading to the end) returns the HTTP/1
@@ -415,6 +420,7 @@ impl Dialer {
         match version {
             HttpVersion::Http1 => {
                 let mut connection = self.checkout_h1(pool, limits, evict).await?;
+                let destination = connection.delivered.as_ref().map(|d| d.drain.hold());
                 connection.served += 1;
                 let connect = request.method() == Method::CONNECT;
                 let mut response = connection
@@ -438,11 +444,13 @@ impl Dialer {
                     _request: counts.request,
                     _active: counts.active,
                     _stream: None,
+                    _destination: destination,
                 };
                 Ok(response.map(|body| UpstreamBody::new(body, release)))
             }
             HttpVersion::Http2 => {
                 let stream = self.checkout_h2(pool, limits, evict).await?;
+                let destination = stream.connection.delivered.as_ref().map(|d| d.drain.hold());
                 let mut sender = stream.connection.sender.clone();
                 let mut response = sender.send_request(request).await.map_err(reset)?;
                 if let Some(delivered) = &stream.connection.delivered {
@@ -454,6 +462,7 @@ impl Dialer {
                     _request: counts.request,
                     _active: counts.active,
                     _stream: Some(stream),
+                    _destination: destination,
                 };
                 Ok(response.map(|body| UpstreamBody::new(body, release)))
             }
@@ -573,7 +582,7 @@ impl Dialer {
             // Upgrades: the connection hands its socket to `hyper::upgrade::on(response)`.
             let ended = tokio::select! {
                 biased;
-                () = cut_by(cut) => None,
+                () = crate::drain::force_closed(cut.as_ref()) => None,
                 ended = connection.with_upgrades() => Some(ended),
             };
             if let Some(Err(error)) = ended {
@@ -607,7 +616,7 @@ impl Dialer {
             let _slot = slot;
             let ended = tokio::select! {
                 biased;
-                () = cut_by(cut) => None,
+                () = crate::drain::force_closed(cut.as_ref()) => None,
                 ended = connection => Some(ended),
             };
             if let Some(Err(error)) = ended {
@@ -622,15 +631,6 @@ impl Dialer {
             idle_since: Mutex::new(Instant::now()),
             delivered,
         }))
-    }
-}
-
-/// Resolves when the drain of the pod a connection was delivered to cuts that pod's last
-/// connections; never for a connection from the pod's own netns.
-async fn cut_by(drain: Option<crate::drain::Drain>) {
-    match drain {
-        Some(drain) => drain.force_closed().await,
-        None => std::future::pending().await,
     }
 }
 
