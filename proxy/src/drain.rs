@@ -63,7 +63,6 @@ impl Drain {
 
     /// Counts as one of this drain's connections until dropped: work done on the pod's
     /// behalf outside its own tasks (a same-node delivery) gets the same drain deadline.
-    #[must_use]
     pub fn hold(&self) -> TaskTrackerToken {
         self.tasks.token()
     }
