@@ -660,7 +660,7 @@ impl HttpConnection {
         exchange.delivered = response
             .extensions()
             .get::<Delivery>()
-            .and_then(Delivery::live_pod)
+            .and_then(Delivery::pod)
             .zip(exchange.upstream.as_ref())
             .map(|(pod, picked)| self.destination_side(pod, picked.addr));
         let (mut head, upstream_body, grpc) = self.relay(response, upgrade, &template.parts.method);

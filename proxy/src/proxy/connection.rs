@@ -310,7 +310,7 @@ where
         Ok(connected) => connected,
         Err((reason, error)) => return ending(reason, Some(error), None),
     };
-    let delivered_pod = delivered.and_then(|d| d.live_pod());
+    let delivered_pod = delivered.and_then(|d| d.pod());
     let delivered = delivered_pod.as_ref().map(|to| {
         let accepted = destination_side(proxy, accepted, to, upstream_addr);
         let labels = TcpLabels::new(

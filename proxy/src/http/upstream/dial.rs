@@ -41,12 +41,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The destination pod, while it is still served.
+    /// The destination pod, for its side of the telemetry: also while it drains, since what
+    /// was delivered before reached its app all the same.
     #[must_use]
-    pub fn live_pod(&self) -> Option<Arc<PodContext>> {
-        if self.drain.is_accepting_stopped() {
-            return None;
-        }
+    pub fn pod(&self) -> Option<Arc<PodContext>> {
         self.pod.upgrade()
     }
 
