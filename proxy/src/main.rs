@@ -39,7 +39,8 @@ struct Cli {
     protocol_detection_timeout: Duration,
     /// Send same-node traffic through the destination pod's inbound listener (two proxy
     /// passes) instead of delivering it from the destination pod's netns in one. For
-    /// comparison and benchmarks; telemetry is the same either way.
+    /// comparison and benchmarks; the istio_* metrics and access log report both sides either
+    /// way.
     #[arg(long)]
     no_same_node_shortcut: bool,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
