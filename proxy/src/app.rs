@@ -48,6 +48,9 @@ pub struct Config {
     /// How long protocol detection waits for a client's first bytes (unless the mesh config
     /// sets `protocolDetectionTimeout`).
     pub protocol_detection_timeout: Duration,
+    /// Whether a connection to a pod this proxy serves is delivered from that pod's netns
+    /// (one proxy pass) rather than through its inbound listener.
+    pub same_node_shortcut: bool,
 }
 
 /// A started proxy.
@@ -82,6 +85,7 @@ impl App {
             Timeouts {
                 connect: config.connect_timeout,
                 protocol_detection: config.protocol_detection_timeout,
+                same_node_shortcut: config.same_node_shortcut,
             },
         ));
         Self::start_with(config, factory, proxy).await
@@ -206,6 +210,7 @@ mod tests {
             drain_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(2),
             protocol_detection_timeout: Duration::from_millis(100),
+            same_node_shortcut: true,
         };
         let app = App::start_with(
             &config,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// The accept loops and connections of one pod, and the two signals that end them.
 #[derive(Clone, Debug, Default)]
@@ -49,9 +50,21 @@ impl Drain {
         self.stop_accepting.cancelled().await;
     }
 
+    /// Whether the accept loops were told to stop (the pod is going away).
+    #[must_use]
+    pub fn is_accepting_stopped(&self) -> bool {
+        self.stop_accepting.is_cancelled()
+    }
+
     /// Resolves when in-flight connections must close now.
     pub async fn force_closed(&self) {
         self.force_close.cancelled().await;
+    }
+
+    /// Counts as one of this drain's connections until dropped: work done on the pod's
+    /// behalf outside its own tasks (a same-node delivery) gets the same drain deadline.
+    pub fn hold(&self) -> TaskTrackerToken {
+        self.tasks.token()
     }
 
     /// Tasks still running.
@@ -75,6 +88,14 @@ impl Drain {
         self.force_close.cancel();
         self.tasks.wait().await;
         DrainOutcome::Cut { remaining }
+    }
+}
+
+/// Resolves when `drain` cuts its last connections; never without one.
+pub async fn force_closed(drain: Option<&Drain>) {
+    match drain {
+        Some(drain) => drain.force_closed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,6 +37,12 @@ struct Cli {
     /// protocols). The mesh config's `protocolDetectionTimeout` wins when set.
     #[arg(long, value_name = "SECS", default_value = "0.1", value_parser = parse_seconds)]
     protocol_detection_timeout: Duration,
+    /// Send same-node traffic through the destination pod's inbound listener (two proxy
+    /// passes) instead of delivering it from the destination pod's netns in one. For
+    /// comparison and benchmarks; the istio_* metrics and access log report both sides either
+    /// way.
+    #[arg(long)]
+    no_same_node_shortcut: bool,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -79,6 +85,7 @@ async fn main() -> ExitCode {
         drain_timeout: cli.drain_timeout,
         connect_timeout: cli.connect_timeout,
         protocol_detection_timeout: cli.protocol_detection_timeout,
+        same_node_shortcut: !cli.no_same_node_shortcut,
     };
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +113,7 @@ mod tests {
         assert_eq!(cli.connect_timeout, Duration::from_secs(10));
         assert_eq!(cli.protocol_detection_timeout, Duration::from_millis(100));
         assert!(matches!(cli.log_format, LogFormat::Text));
+        assert!(!cli.no_same_node_shortcut);
     }
 
     #[test]

@@ -59,21 +59,36 @@ impl TestProxy {
     /// `table_inbound`: whether inbound destinations come from [`TestProxy::inbound`] (to
     /// exercise inbound forwarding without sk_lookup) or from the local address as in production.
     pub fn new(table_inbound: bool) -> Self {
-        Self::build(table_inbound, None)
+        Self::build(table_inbound, |_| None, true)
     }
 
     /// Outbound connections routed by `routes` (the L7 path), destinations from the table.
     pub fn with_routes(routes: Arc<dyn RouteSource>) -> Self {
-        Self::build(false, Some(routes))
+        Self::build(false, |_| Some(routes), true)
     }
 
-    fn build(table_inbound: bool, routes: Option<Arc<dyn RouteSource>>) -> Self {
+    /// Outbound connections routed by the proxy's own state (as in production), with or
+    /// without same-node delivery.
+    pub fn routed_by_state(same_node_shortcut: bool) -> Self {
+        Self::build(
+            false,
+            |state| Some(state.clone() as Arc<dyn RouteSource>),
+            same_node_shortcut,
+        )
+    }
+
+    fn build(
+        table_inbound: bool,
+        routes: impl FnOnce(&Arc<StateStore>) -> Option<Arc<dyn RouteSource>>,
+        same_node_shortcut: bool,
+    ) -> Self {
         let outbound = Arc::new(OrigDstTable::default());
         let inbound = Arc::new(OrigDstTable::default());
         let log = Arc::new(Captured::default());
+        let state = Arc::new(StateStore::new());
         let proxy = Arc::new(ProxyContext {
-            state: Arc::new(StateStore::new()),
-            routes,
+            routes: routes(&state),
+            state,
             rate_limiter: crate::http::ratelimit::RateLimiter::new(),
             protocol_detection_timeout: Duration::from_millis(100),
             metrics: Arc::new(Metrics::new()),
@@ -85,6 +100,7 @@ impl TestProxy {
             } else {
                 Arc::new(orig_dst::LocalAddr)
             },
+            local_pods: Arc::new(crate::proxy::local::LocalPods::new(same_node_shortcut)),
         });
         Self {
             proxy,
@@ -121,7 +137,9 @@ impl TestProxy {
     pub fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
         let text = self.proxy.metrics.encode().unwrap();
         text.lines()
-            .filter(|line| line.starts_with(&format!("{metric}{{")))
+            .filter(|line| {
+                line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+            })
             .find(|line| {
                 labels
                     .iter()
@@ -182,12 +200,23 @@ pub async fn named_server(addr: SocketAddr, name: &'static str) -> SocketAddr {
 
 /// A hyper HTTP/1.1 + h2 server on `ip` answering every request with 200 and `name`.
 pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
+    counting_http_server(ip, name).await.0
+}
+
+/// [`http_server`], and how many connections it accepted.
+pub async fn counting_http_server(
+    ip: Ipv4Addr,
+    name: &'static str,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let service = hyper::service::service_fn(move |_request| async move {
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                     bytes::Bytes::from(name),
@@ -200,7 +229,7 @@ pub async fn http_server(ip: Ipv4Addr, name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// Reads everything until EOF, or the error that ended the stream.

@@ -985,3 +985,53 @@ fn iptables_rules_outlive_the_agent_until_uninstall() {
     }
     assert!(!records.exists(), "{} was removed", records.display());
 }
+
+in_both_capture_modes!(same_node_tcp_takes_one_proxy_pass);
+
+/// a → b on the same node: the proxy dials b's app from b's netns (b's inbound listener is
+/// skipped), and still reports each connection once per reporter.
+fn same_node_tcp_takes_one_proxy_pass(test: &str, capture: CaptureMode) {
+    let Some((mut node, a, b)) = two_captured_pods(test, &options(capture)) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    for seed in 0..3 {
+        send_ok(&node, &a, b.addr(ECHO_PORT), 4096, 40 + seed);
+    }
+    let metrics = node
+        .wait_metrics("3 connections on both reporters", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &flow("source", "a", "b")) >= 3
+                && sum(m, CLOSED, &flow("destination", "a", "b")) >= 3
+        })
+        .or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            sum(&metrics, OPENED, &flow(reporter, "a", "b")),
+            3,
+            "{}",
+            metrics.describe(OPENED)
+        );
+    }
+    assert_eq!(
+        sum(&metrics, "shunt_same_node_connections_total", &[]),
+        3,
+        "{}",
+        metrics.describe("shunt_same_node_connections_total")
+    );
+    let log = node
+        .wait_access_log("6 access log lines", REPORT_TIMEOUT, |log| {
+            log.entries.len() >= 6
+        })
+        .or_panic("access log");
+    assert_eq!(log.entries.len(), 6, "{}", log.describe());
+    let inbound = log.matching(&[
+        ("direction", "inbound"),
+        ("reporter", "destination"),
+        ("pod", "mesh/b"),
+        ("src_workload", "a"),
+        ("bytes_received", "4096"),
+        ("bytes_sent", "4096"),
+        ("close_reason", "eof"),
+    ]);
+    assert_eq!(inbound.len(), 3, "{}", log.describe());
+}

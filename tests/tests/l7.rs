@@ -1889,3 +1889,82 @@ fn inbound_http_is_reported_by_the_destination() {
         log.describe()
     );
 }
+
+/// A captured client and its server on the same node: the node proxy delivers each request
+/// from the server pod's netns in one pass (the server's inbound listener never sees it), and
+/// still reports both sides, each once.
+#[test]
+fn same_node_requests_take_one_proxy_pass_and_report_both_sides() {
+    let Some(mut l7) = L7::start("l7::same_node_one_pass", &[WEB], &[WEB_V1], &[]) else {
+        return;
+    };
+    l7.serve("web-v1", &[]);
+    let h1 = l7.http(&url(&WEB, "/one"), &["-n", "5"]);
+    let h2 = l7.http(&url(&WEB, "/one"), &["-n", "3", "--http2"]);
+    assert_eq!(h1["status"], json!({"200": 5}), "{h1}");
+    assert_eq!(h2["status"], json!({"200": 3}), "{h2}");
+
+    let labels = |reporter| {
+        [
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("destination_workload", "web-v1"),
+            ("destination_service", "web.mesh.svc.cluster.local"),
+            ("destination_version", "v1"),
+            ("response_code", "200"),
+            ("response_flags", "-"),
+        ]
+    };
+    let metrics = l7
+        .node
+        .wait_metrics("both reporters", REPORT_TIMEOUT, |m| {
+            sum(m, REQUESTS, &labels("source")) >= 8
+                && sum(m, REQUESTS, &labels("destination")) >= 8
+        })
+        .or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            sum(&metrics, REQUESTS, &labels(reporter)),
+            8,
+            "{reporter}: {}",
+            metrics.describe(REQUESTS)
+        );
+    }
+    assert!(
+        sum(&metrics, "shunt_same_node_connections_total", &[]) >= 1,
+        "{}",
+        metrics.describe("shunt_same_node_connections_total")
+    );
+    let log = l7.expect_log_lines(
+        &[
+            ("direction", "inbound"),
+            ("reporter", "destination"),
+            ("path", "/one"),
+        ],
+        8,
+    );
+    assert!(
+        log.matching(&[("direction", "inbound"), ("path", "/one")])
+            .iter()
+            .all(|line| line["pod"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("mesh/web-v1"))),
+        "{}",
+        log.describe()
+    );
+
+    // Had web-v1's inbound listener handled a request, its proxy side would hold the
+    // `inbound|port||` cluster it delivers through.
+    let clusters = shunt_tests::http::get_tcp(l7.node.metrics_addr(), "/debug/clusters")
+        .or_panic("/debug/clusters");
+    let clusters: Value = serde_json::from_slice(&clusters.body).or_panic("clusters JSON");
+    let inbound: Vec<&String> = clusters
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, pod)| pod["clusters"].as_object().into_iter().flatten())
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("inbound|"))
+        .collect();
+    assert!(inbound.is_empty(), "inbound clusters in use: {clusters}");
+}

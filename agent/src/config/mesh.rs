@@ -2,7 +2,7 @@
 
 use shunt_proxy::state as mesh;
 
-use super::capture::{is_ready, workload_name};
+use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
 use super::kinds::{self, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
 
 /// One pod as a mesh workload. `captured` comes from the pod's capture plan.
@@ -33,6 +33,13 @@ pub fn workload(pod: &Pod, captured: bool) -> mesh::Workload {
                 protocol: port.protocol.as_str().to_owned(),
             })
             .collect(),
+        // A bad annotation leaves the pod uncaptured (the capture plan reports it), so no
+        // port needs excluding then.
+        excluded_inbound_ports: excluded_ports(
+            &pod.metadata.annotations,
+            EXCLUDE_INBOUND_PORTS_ANNOTATION,
+        )
+        .unwrap_or_default(),
     }
 }
 
@@ -79,6 +86,7 @@ metadata:
   namespace: shop
   uid: u-1234
   labels: {app: cart}
+  annotations: {traffic.sidecar.istio.io/excludeInboundPorts: '9090'}
   ownerReferences: [{kind: ReplicaSet, name: cart-v1-5f6d7, controller: true}]
 spec:
   serviceAccountName: cart
@@ -113,6 +121,7 @@ status: {phase: Running, podIP: 10.244.0.21}
                     port(None, 53, "UDP"),
                     port(None, 9090, "TCP"),
                 ],
+                excluded_inbound_ports: vec![9090],
             }
         );
     }

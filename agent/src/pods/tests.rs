@@ -230,6 +230,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
             captured: plan.captured(),
             ready: true,
             ports: vec![],
+            excluded_inbound_ports: vec![],
         })
         .collect();
     Snapshot {

@@ -13,7 +13,10 @@
 //! untouched, `x-request-id` kept or generated), over the pod's `inbound|port||` cluster.
 //!
 //! Either way, one access log line and the `istio_request*` metrics (`reporter` per side) are
-//! recorded when the response body ends, or when the client goes away first (flag DC).
+//! recorded when the response body ends, or when the client goes away first (flag DC). A
+//! request delivered straight to a pod this proxy serves ([`crate::proxy::local`]) never
+//! reaches that pod's inbound listener, so its outbound handler also records the line and
+//! metrics the inbound side would have (`reporter="destination"`).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -37,7 +40,9 @@ use super::headers;
 use super::policy::{self, AttemptOutcome};
 use super::ratelimit::RateLimitOutcome;
 use super::replay::Replay;
-use super::upstream::{self, Body, BoxError, ClusterState, HttpVersion, Picked, UpstreamError};
+use super::upstream::{
+    self, Body, BoxError, ClusterState, Delivery, HttpVersion, Picked, UpstreamError,
+};
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
 use crate::routing::{
@@ -165,6 +170,9 @@ where
 struct Exchange {
     /// Where to record it; taken when recorded.
     recorder: Option<Arc<HttpConnection>>,
+    /// The destination pod's inbound side, when the response came straight from a pod served
+    /// here: recorded there too, after the source side.
+    delivered: Option<Arc<HttpConnection>>,
     started: Instant,
     start_time: SystemTime,
     method: Method,
@@ -233,6 +241,23 @@ impl Exchange {
         if let Err(error) = connection.proxy.access_log.record(&entry) {
             tracing::warn!(%error, "access log entry lost");
         }
+        if let Some(delivered) = self.delivered.take()
+            && let Side::Inbound(app) = &delivered.side
+        {
+            // As the inbound listener would have seen it: its own cluster, no route, and only
+            // the flags of its own leg.
+            self.cluster = Some(app.cluster.clone());
+            self.target_service.clone_from(&app.cluster.service);
+            self.route_name = None;
+            self.flags.retain(|flag| matches!(*flag, "DC" | "UC"));
+            self.recorder = Some(delivered);
+            self.record(
+                status,
+                grpc_status,
+                response_header_bytes,
+                response_body_bytes,
+            );
+        }
     }
 }
 
@@ -255,6 +280,7 @@ impl HttpConnection {
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let mut exchange = Exchange {
             recorder: Some(self.clone()),
+            delivered: None,
             started: Instant::now(),
             start_time: SystemTime::now(),
             method: parts.method.clone(),
@@ -631,6 +657,12 @@ impl HttpConnection {
             Ok(response) => response,
             Err(reply) => return *reply,
         };
+        exchange.delivered = response
+            .extensions()
+            .get::<Delivery>()
+            .and_then(Delivery::pod)
+            .zip(exchange.upstream.as_ref())
+            .map(|(pod, picked)| self.destination_side(pod, picked.addr));
         let (mut head, upstream_body, grpc) = self.relay(response, upgrade, &template.parts.method);
         route.response_headers.apply(&mut head.headers);
         destination.response_headers.apply(&mut head.headers);
@@ -702,6 +734,41 @@ impl HttpConnection {
             }),
         };
         Response::from_parts(head, tracked.boxed())
+    }
+
+    /// The inbound side of `pod`, a pod served here that a request was delivered to at
+    /// `addr`, as its inbound listener ([`crate::proxy::inbound`]) would have built it.
+    fn destination_side(&self, pod: Arc<PodContext>, addr: SocketAddrV4) -> Arc<Self> {
+        let index = self.proxy.state.load();
+        let workload = index.workload_by_uid(&pod.uid).cloned();
+        let service = workload
+            .as_ref()
+            .and_then(|w| index.destination_service(w, addr.port()))
+            .cloned();
+        let declared = crate::proxy::inbound::declared_protocol(
+            service.as_deref(),
+            workload.as_deref(),
+            addr.port(),
+        );
+        let pod_name = workload.as_ref().map_or_else(
+            || pod.uid.clone(),
+            |w| format!("{}/{}", w.namespace, w.name),
+        );
+        // The inbound side sees the source pod's address (its port is the proxy's own).
+        let client = self
+            .source
+            .as_ref()
+            .and_then(|w| w.ip)
+            .map_or(self.client, |ip| ClientAddr((ip, 0).into()));
+        Arc::new(Self {
+            proxy: self.proxy.clone(),
+            side: Side::Inbound(InboundApp::new(workload, service, addr.port(), declared)),
+            pod,
+            pod_name,
+            client,
+            orig_dst: addr,
+            source: self.source.clone(),
+        })
     }
 
     fn reporter(&self) -> Reporter {

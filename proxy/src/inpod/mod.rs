@@ -20,6 +20,7 @@ use crate::control::wire::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
 use crate::http::upstream::{Resolver, Upstreams};
 use crate::netns::socket_netns_cookie;
+use crate::proxy::local::{LocalPods, PodDial};
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
 use crate::socket::{self, SocketFactory};
@@ -59,7 +60,8 @@ struct ServedPod {
 
 impl ServedPod {
     /// Stops both accept loops and waits until they have closed their listeners.
-    async fn stop_accepting(self) -> Arc<PodContext> {
+    async fn stop_accepting(self, local: &LocalPods) -> Arc<PodContext> {
+        local.remove(&self.context);
         self.context.drain.stop_accepting();
         drop(self.inbound);
         for accept_loop in self.accept_loops {
@@ -176,8 +178,15 @@ impl PodRegistry {
             outbound: local_addr(&outbound)?,
             inbound: local_addr(&inbound)?,
         };
-        let upstreams = Arc::new(Upstreams::new(
-            sockets.clone(),
+        let dial = Arc::new(PodDial {
+            uid: uid.to_owned(),
+            sockets: sockets.clone(),
+            state: self.proxy.state.clone(),
+            local: self.proxy.local_pods.clone(),
+            metrics: self.proxy.metrics.clone(),
+        });
+        let upstreams = Arc::new(Upstreams::with_dial(
+            dial,
             self.proxy.connect_timeout,
             self.proxy.metrics.upstream.clone(),
             self.resolver.clone(),
@@ -202,6 +211,7 @@ impl PodRegistry {
             inbound = %listeners.inbound,
             "serving pod"
         );
+        self.proxy.local_pods.insert(context.clone());
         self.pods().insert(
             uid.to_owned(),
             ServedPod {
@@ -282,11 +292,12 @@ impl PodRegistry {
         let served: Vec<ServedPod> = self.pods().drain().map(|(_, served)| served).collect();
         // Signal every pod before waiting on any, so all listeners close together.
         for pod in &served {
+            self.proxy.local_pods.remove(&pod.context);
             pod.context.drain.stop_accepting();
         }
         let mut stopped = Vec::with_capacity(served.len());
         for pod in served {
-            stopped.push(pod.stop_accepting().await);
+            stopped.push(pod.stop_accepting(&self.proxy.local_pods).await);
         }
         let in_flight: usize = stopped.iter().map(|c| c.drain.in_flight()).sum();
         tracing::info!(
@@ -304,7 +315,7 @@ impl PodRegistry {
 
     /// Closes a pod's listeners and drains its connections in the background.
     async fn retire(&self, served: ServedPod) {
-        let context = served.stop_accepting().await;
+        let context = served.stop_accepting(&self.proxy.local_pods).await;
         self.drain_in_background(context);
     }
 

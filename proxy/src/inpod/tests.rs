@@ -410,3 +410,197 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     registry.shutdown().await;
     assert_eq!(registry.served(), Vec::<String>::new());
 }
+
+/// web-1 → api-a (127.0.0.2), both served by this proxy: delivered in one pass from api-a's
+/// side when the shortcut is on, so the dialler reports both sides; with it off, only the
+/// source side (api-a's inbound listener, which this harness does not steer to, would report
+/// the rest). The privileged e2e suite checks the inbound listener is skipped for real.
+#[tokio::test]
+async fn same_node_delivery_reports_both_sides_in_one_pass() {
+    for (shortcut, lines) in [(true, 2), (false, 1)] {
+        let test = TestProxy::routed_by_state(shortcut);
+        let http = http_server(ip([127, 0, 0, 2]), "api-a").await;
+        let echo = echo_server(ip([127, 0, 0, 2])).await;
+        let mut mesh = mesh(http.port(), echo.port());
+        // api-a's Service port 80 speaks HTTP.
+        mesh.services[0].ports[0].name = Some("http".into());
+        test.proxy.state.replace(&mesh);
+        let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
+        for uid in [WEB, API_A] {
+            registry
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .await
+                .unwrap();
+        }
+        let web = registry.listeners(WEB).unwrap();
+
+        // HTTP to the pod address; opaque TCP to the echo port.
+        let mut client = connect_as_captured(web.outbound, &test.outbound, http).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let response = String::from_utf8(read_all(&mut client).await.unwrap()).unwrap();
+        assert!(response.ends_with("api-a"), "{response}");
+        let mut client = connect_as_captured(web.outbound, &test.outbound, echo).await;
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut client).await.unwrap(), b"hello");
+
+        let log = test.log_lines(2 * lines).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            test.log.lines().len(),
+            2 * lines,
+            "shortcut {shortcut}: {log:?}"
+        );
+        let destination: Vec<_> = log
+            .iter()
+            .filter(|l| l["reporter"] == "destination")
+            .collect();
+        assert_eq!(destination.len(), 2 * lines - 2, "shortcut {shortcut}");
+        for line in destination {
+            for (field, expected) in [
+                ("direction", "inbound"),
+                ("pod", "shop/api-a"),
+                ("src_workload", "web"),
+                ("dst_workload", "api"),
+                ("dst_service", "api.shop.svc.cluster.local"),
+            ] {
+                assert_eq!(line[field], expected, "{field} in {line}");
+            }
+        }
+        assert_eq!(
+            test.metric("shunt_same_node_connections_total", &[]),
+            Some(if shortcut { 2 } else { 0 }),
+            "shortcut {shortcut}"
+        );
+        let both = |reporter| [("reporter", reporter), ("source_workload", "web")];
+        for reporter in ["source", "destination"] {
+            let expected = (reporter == "source" || shortcut).then_some(1);
+            assert_eq!(
+                test.metric("istio_requests_total", &both(reporter)),
+                expected,
+                "requests, {reporter}, shortcut {shortcut}"
+            );
+            assert_eq!(
+                test.metric("istio_tcp_connections_closed_total", &both(reporter)),
+                expected,
+                "tcp, {reporter}, shortcut {shortcut}"
+            );
+        }
+        registry.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
+    for shortcut in [true, false] {
+        let test = TestProxy::routed_by_state(shortcut);
+        let mut mesh = mesh(8080, 8081);
+        mesh.workloads[1].excluded_inbound_ports = vec![9090];
+        // Served, but the state says it is not captured (being released).
+        mesh.workloads[2].captured = false;
+        test.proxy.state.replace(&mesh);
+        let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
+        for uid in [WEB, API_A, "uid-shop-api-b"] {
+            registry
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .await
+                .unwrap();
+        }
+        let target = |addr: &str| {
+            let index = test.proxy.state.load();
+            test.proxy
+                .local_pods
+                .target(WEB, &index, addr.parse().unwrap())
+                .map(|pod| pod.uid.clone())
+        };
+        let api_a = shortcut.then(|| API_A.to_owned());
+        for (addr, expected) in [
+            ("127.0.0.2:8080", api_a.clone()),
+            // excludeInboundPorts: its capture leaves the port to the app.
+            ("127.0.0.2:9090", None),
+            ("127.0.0.2:15006", None),
+            // Not captured (api-b), not served (api-c), or the caller itself.
+            ("127.0.0.3:8080", None),
+            ("127.0.0.4:8080", None),
+            ("127.0.0.10:8080", None),
+            // Not a pod.
+            ("10.96.0.10:80", None),
+        ] {
+            assert_eq!(target(addr), expected, "{addr}, shortcut {shortcut}");
+        }
+        registry.remove(API_A).await;
+        assert_eq!(
+            target("127.0.0.2:8080"),
+            None,
+            "removed, shortcut {shortcut}"
+        );
+        registry.shutdown().await;
+    }
+}
+
+/// When the destination pod is removed, what web-1 holds into it does not outlive its drain:
+/// an open TCP connection is cut at the deadline, and a pooled HTTP connection is not reused
+/// (the next request opens a fresh one, from web-1's own netns).
+#[tokio::test]
+async fn removing_the_destination_pod_ends_its_same_node_connections() {
+    let test = TestProxy::routed_by_state(true);
+    let (http, accepted) = counting_http_server(ip([127, 0, 0, 2]), "api-a").await;
+    let echo = echo_server(ip([127, 0, 0, 2])).await;
+    let mut mesh = mesh(http.port(), echo.port());
+    mesh.services[0].ports[0].name = Some("http".into());
+    test.proxy.state.replace(&mesh);
+    let registry = test.registry(
+        Arc::new(CurrentNetnsSocketFactory),
+        Duration::from_millis(200),
+    );
+    for uid in [WEB, API_A] {
+        registry
+            .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+            .await
+            .unwrap();
+    }
+    let web = registry.listeners(WEB).unwrap();
+    let get = || async {
+        let mut client = connect_as_captured(web.outbound, &test.outbound, http).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8(read_all(&mut client).await.unwrap()).unwrap()
+    };
+    assert!(get().await.ends_with("api-a"));
+    let mut held = connect_as_captured(web.outbound, &test.outbound, echo).await;
+    held.write_all(b"ping").await.unwrap();
+    let mut pong = [0; 4];
+    held.read_exact(&mut pong).await.unwrap();
+    assert_eq!(
+        test.metric("shunt_same_node_connections_total", &[]),
+        Some(2)
+    );
+
+    registry.remove(API_A).await;
+    // Cut at api-a's drain deadline, although web-1 never closed it.
+    let ended = tokio::time::timeout(Duration::from_secs(3), read_all(&mut held)).await;
+    assert!(ended.is_ok(), "the held connection outlived api-a's drain");
+    assert!(get().await.ends_with("api-a"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        test.metric("shunt_same_node_connections_total", &[]),
+        Some(2)
+    );
+    // Two lines per delivered request or connection, one for the request sent directly.
+    let lines = test.log_lines(5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(test.log.lines().len(), 5, "{lines:?}");
+    let mut drained: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["close_reason"] == "drained")
+        .filter_map(|l| l["reporter"].as_str())
+        .collect();
+    drained.sort_unstable();
+    assert_eq!(drained, ["destination", "source"], "{lines:?}");
+    registry.shutdown().await;
+}

@@ -2,8 +2,8 @@
 //! forward, drain, and report.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
 use super::{PodContext, ProxyContext};
-use crate::http::upstream::{ClusterState, Picked, TcpConnection, UpstreamError};
+use crate::drain;
+use crate::http::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
 use crate::socket;
 use crate::state::{MeshIndex, Service, Workload};
 use crate::telemetry::Reporter;
@@ -115,6 +116,9 @@ impl Accepted {
 /// Counts bytes into the connection's metrics as they are delivered.
 struct Meter {
     metrics: ConnectionMetrics,
+    /// The destination reporter's metrics, when the connection was delivered straight to a
+    /// pod served on this node (its inbound listener, which would count them, was skipped).
+    delivered: OnceLock<ConnectionMetrics>,
     received: AtomicU64,
     sent: AtomicU64,
 }
@@ -124,10 +128,16 @@ impl Progress for Meter {
         match direction {
             forward::Direction::ClientToServer => {
                 self.metrics.received(bytes);
+                if let Some(delivered) = self.delivered.get() {
+                    delivered.received(bytes);
+                }
                 self.received.fetch_add(bytes, Ordering::Relaxed);
             }
             forward::Direction::ServerToClient => {
                 self.metrics.sent(bytes);
+                if let Some(delivered) = self.delivered.get() {
+                    delivered.sent(bytes);
+                }
                 self.sent.fetch_add(bytes, Ordering::Relaxed);
             }
         }
@@ -139,6 +149,9 @@ struct Ending {
     upstream: Option<std::net::SocketAddr>,
     reason: CloseReason,
     error: Option<String>,
+    /// The connection as the destination pod's inbound listener would have seen it, when it
+    /// was delivered straight to that pod.
+    delivered: Option<Accepted>,
 }
 
 /// Carries out `plan` for `downstream` (the accepted connection, possibly behind the bytes
@@ -159,6 +172,7 @@ pub(super) async fn run<S>(
     );
     let meter = Meter {
         metrics: proxy.metrics.open_connection(&labels),
+        delivered: OnceLock::new(),
         received: AtomicU64::new(0),
         sent: AtomicU64::new(0),
     };
@@ -168,14 +182,15 @@ pub(super) async fn run<S>(
             upstream: None,
             reason,
             error: Some(error),
+            delivered: None,
         },
         Decision::Dial { upstream } => {
             let target = Target::Addr(upstream);
-            dial_and_forward(proxy, pod, target, &mut downstream, &meter).await
+            dial_and_forward(proxy, pod, &accepted, target, &mut downstream, &meter).await
         }
         Decision::DialEndpoint { cluster, picked } => {
             let target = Target::Endpoint(&cluster, &picked);
-            dial_and_forward(proxy, pod, target, &mut downstream, &meter).await
+            dial_and_forward(proxy, pod, &accepted, target, &mut downstream, &meter).await
         }
     };
     if ending.reason != CloseReason::Eof {
@@ -185,8 +200,17 @@ pub(super) async fn run<S>(
     drop(downstream);
 
     let entry = entry(&accepted, &ending, &meter);
+    let delivered_entry = ending
+        .delivered
+        .as_ref()
+        .map(|delivered| self::entry(delivered, &ending, &meter));
     // Closed once the sockets are: the connection is over for whoever scrapes next.
     drop(meter);
+    if let Some(delivered_entry) = delivered_entry
+        && let Err(error) = proxy.access_log.record(&delivered_entry)
+    {
+        tracing::warn!(%error, "access log entry lost");
+    }
     tracing::debug!(
         pod = %entry.pod,
         client = %entry.src_addr,
@@ -221,18 +245,28 @@ impl Target<'_> {
         &self,
         proxy: &ProxyContext,
         pod: &PodContext,
-    ) -> Result<(tokio::net::TcpStream, Option<TcpConnection>), (CloseReason, String)> {
+    ) -> Result<
+        (
+            tokio::net::TcpStream,
+            Option<TcpConnection>,
+            Option<Delivery>,
+        ),
+        (CloseReason, String),
+    > {
         match self {
             Self::Addr(addr) => pod
-                .sockets
-                .connect(*addr, proxy.connect_timeout)
+                .upstreams
+                .dial(*addr, proxy.connect_timeout)
                 .await
-                .map(|stream| (stream, None))
+                .map(|Dialed { stream, delivered }| (stream, None, delivered))
                 .map_err(|error| (connect_close_reason(&error), error.to_string())),
             Self::Endpoint(cluster, picked) => cluster
                 .connect_tcp(picked)
                 .await
-                .map(|(stream, held)| (stream, Some(held)))
+                .map(|(stream, mut held)| {
+                    let delivered = held.delivered.take();
+                    (stream, Some(held), delivered)
+                })
                 .map_err(|error| upstream_close(&error)),
         }
     }
@@ -251,6 +285,7 @@ fn upstream_close(error: &UpstreamError) -> (CloseReason, String) {
 async fn dial_and_forward<S>(
     proxy: &ProxyContext,
     pod: &PodContext,
+    accepted: &Accepted,
     target: Target<'_>,
     downstream: &mut S,
     meter: &Meter,
@@ -259,40 +294,96 @@ where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
     let upstream_addr = target.addr();
-    let ending = |reason, error: Option<String>| Ending {
+    let ending = |reason, error: Option<String>, delivered| Ending {
         upstream: Some(upstream_addr),
         reason,
         error,
+        delivered,
     };
     let connected = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None),
+        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
         connected = target.connect(proxy, pod) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
-    let (mut upstream, _held) = match connected {
+    let (mut upstream, _held, delivered) = match connected {
         Ok(connected) => connected,
-        Err((reason, error)) => return ending(reason, Some(error)),
+        Err((reason, error)) => return ending(reason, Some(error), None),
     };
+    let delivered_pod = delivered.and_then(|d| d.pod());
+    let delivered = delivered_pod.as_ref().map(|to| {
+        let accepted = destination_side(proxy, accepted, to, upstream_addr);
+        let labels = TcpLabels::new(
+            accepted.reporter,
+            accepted.peers.source.as_deref(),
+            accepted.peers.destination.as_deref(),
+            accepted.peers.service.as_deref(),
+        );
+        let _ = meter.delivered.set(proxy.metrics.open_connection(&labels));
+        accepted
+    });
+    // Delivered to another pod: it counts among that pod's connections, whose drain waits for
+    // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
+    let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
+    let destination_drain = delivered_pod.map(|to| to.drain.clone());
     let forwarded = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => {
-            upstream.reset_on_close();
-            return ending(CloseReason::Drained, None);
-        }
-        forwarded = forward::forward(downstream, &mut upstream, meter) => forwarded,
+        () = pod.drain.force_closed() => None,
+        () = drain::force_closed(destination_drain.as_ref()) => None,
+        forwarded = forward::forward(downstream, &mut upstream, meter) => Some(forwarded),
+    };
+    let Some(forwarded) = forwarded else {
+        upstream.reset_on_close();
+        return ending(CloseReason::Drained, None, delivered);
     };
     match forwarded.end {
-        End::Eof => ending(CloseReason::Eof, None),
+        End::Eof => ending(CloseReason::Eof, None, delivered),
         End::Reset { side, error } => ending(
             CloseReason::Reset,
             Some(format!("{side} reset the connection: {error}")),
+            delivered,
         ),
         End::Failed { side, error } => ending(
             CloseReason::Error,
             Some(format!("{side} I/O failed: {error}")),
+            delivered,
         ),
     }
+}
+
+/// `accepted` as the inbound listener of `pod`, the served pod it was delivered to, would
+/// have accepted it ([`super::inbound`]): same labels, `reporter="destination"`.
+fn destination_side(
+    proxy: &ProxyContext,
+    accepted: &Accepted,
+    pod: &PodContext,
+    upstream: std::net::SocketAddr,
+) -> Accepted {
+    let index = proxy.state.load();
+    let source = accepted.peers.source.clone();
+    let client = source
+        .as_ref()
+        .and_then(|w| w.ip)
+        .map_or(accepted.client, |ip| ClientAddr((ip, 0).into()));
+    let mut inbound = Accepted::new(
+        access_log::Direction::Inbound,
+        Reporter::Destination,
+        client,
+        &index,
+        pod,
+    );
+    inbound.started_at = accepted.started_at;
+    inbound.started = accepted.started;
+    inbound.orig_dst = Some(OrigDstAddr(upstream));
+    inbound.peers.destination = index.workload_by_uid(&pod.uid).cloned();
+    inbound.peers.source = source;
+    inbound.peers.service = inbound
+        .peers
+        .destination
+        .as_ref()
+        .and_then(|w| index.destination_service(w, upstream.port()))
+        .cloned();
+    inbound
 }
 
 fn connect_close_reason(error: &socket::Error) -> CloseReason {

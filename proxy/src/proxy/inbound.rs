@@ -143,7 +143,7 @@ fn accept(
 
 /// The protocol `service` declares (port name or `appProtocol`) for its port whose
 /// `targetPort` is `port` on `workload`; `Sniff` when nothing declares it.
-fn declared_protocol(
+pub(crate) fn declared_protocol(
     service: Option<&Service>,
     workload: Option<&Workload>,
     port: u16,

@@ -4,6 +4,7 @@
 mod connection;
 pub mod forward;
 pub mod inbound;
+pub mod local;
 pub mod orig_dst;
 pub mod outbound;
 
@@ -41,6 +42,8 @@ pub struct ProxyContext {
     pub outbound_dst: Arc<dyn OrigDstSource>,
     /// How the inbound listener learns it ([`orig_dst::InboundOrigDst`]).
     pub inbound_dst: Arc<dyn OrigDstSource>,
+    /// The pods served here, for same-node delivery ([`local`]).
+    pub local_pods: Arc<local::LocalPods>,
 }
 
 impl ProxyContext {
@@ -63,6 +66,7 @@ impl ProxyContext {
             connect_timeout: timeouts.connect,
             outbound_dst: Arc::new(orig_dst::SoOriginalDst),
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
+            local_pods: Arc::new(local::LocalPods::new(timeouts.same_node_shortcut)),
         }
     }
 }
@@ -72,6 +76,8 @@ impl ProxyContext {
 pub struct Timeouts {
     pub connect: Duration,
     pub protocol_detection: Duration,
+    /// Whether a connection to a pod served on this node skips its inbound listener.
+    pub same_node_shortcut: bool,
 }
 
 /// One captured pod, as its connections see it.

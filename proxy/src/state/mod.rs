@@ -369,6 +369,7 @@ pub(crate) mod fixtures {
                 container_port: 8080,
                 protocol: "TCP".into(),
             }],
+            excluded_inbound_ports: vec![],
         }
     }
 

@@ -49,6 +49,10 @@ pub struct Workload {
     pub ready: bool,
     /// `spec.containers[].ports`, used to resolve named `targetPort`s.
     pub ports: Vec<ContainerPort>,
+    /// `traffic.sidecar.istio.io/excludeInboundPorts`: ports its inbound capture leaves to
+    /// the app, so the proxy never delivers to them on the pod's behalf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_inbound_ports: Vec<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

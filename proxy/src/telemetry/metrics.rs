@@ -158,6 +158,7 @@ pub struct Metrics {
     request_bytes: HistogramFamily<HttpLabels>,
     response_bytes: HistogramFamily<HttpLabels>,
     registry_only_blocked: Family<BlockedLabels, Counter>,
+    same_node_connections: Counter,
     /// Pools, load balancing, outlier detection, overflows of the upstream clusters.
     pub upstream: std::sync::Arc<crate::http::upstream::UpstreamMetrics>,
 }
@@ -227,6 +228,13 @@ impl Metrics {
              under outboundTrafficPolicy REGISTRY_ONLY",
             registry_only_blocked.clone(),
         );
+        let same_node_connections = Counter::default();
+        registry.register(
+            "shunt_same_node_connections",
+            "Upstream connections (TCP, and HTTP pool connections) opened straight into the \
+             netns of a destination pod this proxy serves, skipping its inbound listener",
+            same_node_connections.clone(),
+        );
         let upstream = std::sync::Arc::new(crate::http::upstream::UpstreamMetrics::register(
             &mut registry,
         ));
@@ -241,6 +249,7 @@ impl Metrics {
             request_bytes,
             response_bytes,
             registry_only_blocked,
+            same_node_connections,
             upstream,
         }
     }
@@ -266,6 +275,11 @@ impl Metrics {
     }
 
     /// Counts one connection (`tcp`) or request (`http`) refused under REGISTRY_ONLY.
+    /// One more connection delivered to a pod served on this node.
+    pub fn same_node_connection(&self) {
+        self.same_node_connections.inc();
+    }
+
     pub fn registry_only_blocked(&self, protocol: &'static str) {
         self.registry_only_blocked
             .get_or_create(&BlockedLabels { protocol })
@@ -344,6 +358,7 @@ mod tests {
             captured: true,
             ready: true,
             ports: vec![],
+            excluded_inbound_ports: vec![],
         }
     }
 

@@ -2,8 +2,9 @@
 //! outlier detection, retry budget and connection pools, all per [`ClusterKey`] so that
 //! the state survives config reloads.
 //!
-//! Every upstream connection is dialled with the pod's [`PodSockets::connect`]: from inside
-//! the pod's netns, marked so the proxy does not capture itself.
+//! Every upstream connection is dialled through the pod's [`Dial`]: from inside the pod's
+//! netns, marked so the proxy does not capture itself, or, for a pod the proxy serves on the
+//! same node, from that pod's netns ([`crate::proxy::local`]).
 //!
 //! A `resolution: DNS` ServiceEntry's cluster also dials the addresses its hostnames resolve
 //! to ([`dns`]), resolved by [`ClusterState::resolve`] before each pick.
@@ -14,6 +15,7 @@
 //! the pod uses now.
 #![forbid(unsafe_code)]
 
+pub mod dial;
 pub mod dns;
 mod hash;
 mod lb;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use self::dial::{Delivery, Dial, Dialed, Direct};
 pub use self::dns::Resolver;
 pub use self::hash::hash_key;
 use self::lb::HashTable;
@@ -178,6 +181,8 @@ pub struct TcpConnection {
     _slot: ConnectionSlot,
     _active: Counted,
     _open: Counted,
+    /// Set when the connection reaches a pod served on this node from that pod's netns.
+    pub delivered: Option<Delivery>,
 }
 
 impl std::fmt::Debug for TcpConnection {
@@ -199,7 +204,7 @@ type ClusterMap = Mutex<HashMap<ClusterKey, Arc<ClusterState>>>;
 
 /// The upstream clusters one pod sends to.
 pub struct Upstreams {
-    sockets: Arc<dyn PodSockets>,
+    dial: Arc<dyn Dial>,
     default_connect_timeout: Duration,
     metrics: Arc<UpstreamMetrics>,
     /// Shared by every pod's clusters.
@@ -216,8 +221,24 @@ impl Upstreams {
         metrics: Arc<UpstreamMetrics>,
         resolver: Arc<Resolver>,
     ) -> Self {
+        Self::with_dial(
+            Arc::new(Direct(sockets)),
+            default_connect_timeout,
+            metrics,
+            resolver,
+        )
+    }
+
+    /// Upstreams whose connections open through `dial`.
+    #[must_use]
+    pub fn with_dial(
+        dial: Arc<dyn Dial>,
+        default_connect_timeout: Duration,
+        metrics: Arc<UpstreamMetrics>,
+        resolver: Arc<Resolver>,
+    ) -> Self {
         Self {
-            sockets,
+            dial,
             default_connect_timeout,
             metrics,
             resolver,
@@ -244,7 +265,7 @@ impl Upstreams {
                 None => {
                     let state = Arc::new(ClusterState::new(
                         cluster,
-                        self.sockets.clone(),
+                        self.dial.clone(),
                         self.default_connect_timeout,
                         self.metrics.clone(),
                         self.resolver.clone(),
@@ -265,6 +286,16 @@ impl Upstreams {
             state.refresh(cluster);
         }
         state
+    }
+
+    /// A connection to `addr` outside any cluster (an L4 passthrough), through the pod's
+    /// [`Dial`].
+    pub async fn dial(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<Dialed, crate::socket::Error> {
+        self.dial.dial(addr, timeout).await
     }
 
     /// A snapshot of every cluster's endpoints, for `/debug/clusters` and `shuntctl`.
@@ -455,7 +486,7 @@ pub struct ClusterState {
 impl ClusterState {
     fn new(
         cluster: &Arc<Cluster>,
-        sockets: Arc<dyn PodSockets>,
+        dial: Arc<dyn Dial>,
         default_connect_timeout: Duration,
         metrics: Arc<UpstreamMetrics>,
         resolver: Arc<Resolver>,
@@ -467,7 +498,7 @@ impl ClusterState {
             last_used: Mutex::new(Instant::now()),
             passthrough: Mutex::default(),
             dialer: Dialer {
-                sockets,
+                dial,
                 shared: Arc::new(Shared::new(name.clone(), metrics)),
             },
             name,
@@ -819,22 +850,24 @@ impl ClusterState {
         let shared = &self.dialer.shared;
         let slot = ConnectionSlot::try_reserve(shared, limits.max_connections)
             .ok_or_else(|| shared.overflow("max_connections"))?;
-        let held = TcpConnection {
+        let mut held = TcpConnection {
             _slot: slot,
             _active: Counted::acquire(&picked.endpoint.active),
             _open: Counted::acquire(&shared.tcp),
+            delivered: None,
         };
         let connected = self
             .dialer
-            .sockets
-            .connect(
+            .dial
+            .dial(
                 std::net::SocketAddr::V4(picked.addr),
                 limits.connect_timeout,
             )
             .await;
         match connected {
-            Ok(stream) => {
+            Ok(Dialed { stream, delivered }) => {
                 self.record(picked, Outcome::ConnectSuccess);
+                held.delivered = delivered;
                 Ok((stream, held))
             }
             Err(source) => {

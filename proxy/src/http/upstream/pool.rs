@@ -6,6 +6,11 @@
 //! `maxRequestsPerConnection`, the response said `Connection: close`, or it was upgraded.
 //! h2: one shared connection per endpoint; another opens when every open one carries
 //! [`H2_STREAMS_PER_CONNECTION`] streams (or is dead or retired).
+//!
+//! A connection delivered straight to a pod served on this node ([`Delivery`]) is reused only
+//! while that pod is served; its requests in flight count among that pod's connections, so a
+//! removed pod's drain waits for them and then cuts the connection: a removed pod's
+//! connections never linger in another pod's pools.
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -24,10 +29,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::dial::{Delivery, Dial, Dialed};
 use super::metrics::{ClusterLabels, UpstreamMetrics};
 use super::{Body, HttpVersion, UpstreamError};
-use crate::socket::PodSockets;
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.
@@ -150,6 +156,14 @@ impl Drop for ConnectionSlot {
 struct H1Connection {
     sender: http1::SendRequest<Body>,
     served: u32,
+    delivered: Option<Delivery>,
+}
+
+impl H1Connection {
+    /// Open, and (for a same-node delivery) its pod still served.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.delivered.as_ref().is_none_or(Delivery::reusable)
+    }
 }
 
 struct IdleConnection {
@@ -163,11 +177,14 @@ struct H2Connection {
     served: AtomicU32,
     retired: AtomicBool,
     idle_since: Mutex<Instant>,
+    delivered: Option<Delivery>,
 }
 
 impl H2Connection {
     fn usable(&self) -> bool {
-        !self.retired.load(Ordering::Acquire) && !self.sender.is_closed()
+        !self.retired.load(Ordering::Acquire)
+            && !self.sender.is_closed()
+            && self.delivered.as_ref().is_none_or(Delivery::reusable)
     }
 
     fn claim(self: &Arc<Self>, limits: &Limits) -> H2Stream {
@@ -228,7 +245,7 @@ impl EndpointPool {
                 idle.clear();
                 return None;
             }
-            if !candidate.connection.sender.is_closed() {
+            if candidate.connection.usable() {
                 return Some(candidate.connection);
             }
         }
@@ -259,7 +276,7 @@ impl EndpointPool {
     pub(super) fn prune(&self, idle_timeout: Option<Duration>) {
         let expired = |since: Instant| idle_timeout.is_some_and(|t| since.elapsed() >= t);
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| !expired(c.since) && !c.connection.sender.is_closed());
+            idle.retain(|c| !expired(c.since) && c.connection.usable());
         }
         if let Ok(mut h2) = self.h2.lock() {
             h2.retain(|c| {
@@ -299,6 +316,9 @@ pub(super) struct Release {
     _request: Counted,
     _active: Counted,
     _stream: Option<H2Stream>,
+    /// A request delivered to a pod served on this node counts among that pod's connections
+    /// until its response ends, so the pod's drain waits for it (and cuts it at the deadline).
+    _destination: Option<TaskTrackerToken>,
 }
 
 /// The body of an upstream response. Ending it (reading to the end) returns the HTTP/1
@@ -372,7 +392,7 @@ impl http_body::Body for UpstreamBody {
 
 /// Dials and reuses connections for one cluster.
 pub(super) struct Dialer {
-    pub(super) sockets: Arc<dyn PodSockets>,
+    pub(super) dial: Arc<dyn Dial>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -400,13 +420,17 @@ impl Dialer {
         match version {
             HttpVersion::Http1 => {
                 let mut connection = self.checkout_h1(pool, limits, evict).await?;
+                let destination = connection.delivered.as_ref().map(|d| d.drain.hold());
                 connection.served += 1;
                 let connect = request.method() == Method::CONNECT;
-                let response = connection
+                let mut response = connection
                     .sender
                     .send_request(request)
                     .await
                     .map_err(reset)?;
+                if let Some(delivered) = &connection.delivered {
+                    response.extensions_mut().insert(delivered.clone());
+                }
                 let status = response.status();
                 let reusable = limits
                     .max_per_connection
@@ -420,19 +444,25 @@ impl Dialer {
                     _request: counts.request,
                     _active: counts.active,
                     _stream: None,
+                    _destination: destination,
                 };
                 Ok(response.map(|body| UpstreamBody::new(body, release)))
             }
             HttpVersion::Http2 => {
                 let stream = self.checkout_h2(pool, limits, evict).await?;
+                let destination = stream.connection.delivered.as_ref().map(|d| d.drain.hold());
                 let mut sender = stream.connection.sender.clone();
-                let response = sender.send_request(request).await.map_err(reset)?;
+                let mut response = sender.send_request(request).await.map_err(reset)?;
+                if let Some(delivered) = &stream.connection.delivered {
+                    response.extensions_mut().insert(delivered.clone());
+                }
                 let release = Release {
                     h1: None,
                     shared: self.shared.clone(),
                     _request: counts.request,
                     _active: counts.active,
                     _stream: Some(stream),
+                    _destination: destination,
                 };
                 Ok(response.map(|body| UpstreamBody::new(body, release)))
             }
@@ -524,16 +554,16 @@ impl Dialer {
         &self,
         addr: SocketAddrV4,
         limits: &Limits,
-    ) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
-        let stream = self
-            .sockets
-            .connect(SocketAddr::V4(addr), limits.connect_timeout)
+    ) -> Result<(TokioIo<tokio::net::TcpStream>, Option<Delivery>), UpstreamError> {
+        let Dialed { stream, delivered } = self
+            .dial
+            .dial(SocketAddr::V4(addr), limits.connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr,
                 source: Box::new(source),
             })?;
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), delivered))
     }
 
     async fn connect_h1(
@@ -542,18 +572,28 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
-        let io = self.dial(addr, limits).await?;
+        let (io, delivered) = self.dial(addr, limits).await?;
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        let cut = delivered.as_ref().map(|d| d.drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
             // Upgrades: the connection hands its socket to `hyper::upgrade::on(response)`.
-            if let Err(error) = connection.with_upgrades().await {
+            let ended = tokio::select! {
+                biased;
+                () = crate::drain::force_closed(cut.as_ref()) => None,
+                ended = connection.with_upgrades() => Some(ended),
+            };
+            if let Some(Err(error)) = ended {
                 tracing::debug!(%error, %addr, "upstream HTTP/1 connection ended with an error");
             }
         });
-        Ok(H1Connection { sender, served: 0 })
+        Ok(H1Connection {
+            sender,
+            served: 0,
+            delivered,
+        })
     }
 
     async fn connect_h2(
@@ -562,7 +602,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<Arc<H2Connection>, UpstreamError> {
-        let io = self.dial(addr, limits).await?;
+        let (io, delivered) = self.dial(addr, limits).await?;
         let handshake = http2::handshake(TokioExecutor::new(), io);
         let (sender, connection) = tokio::time::timeout(limits.connect_timeout, handshake)
             .await
@@ -571,9 +611,15 @@ impl Dialer {
                 timeout: limits.connect_timeout,
             })?
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        let cut = delivered.as_ref().map(|d| d.drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = connection.await {
+            let ended = tokio::select! {
+                biased;
+                () = crate::drain::force_closed(cut.as_ref()) => None,
+                ended = connection => Some(ended),
+            };
+            if let Some(Err(error)) = ended {
                 tracing::debug!(%error, %addr, "upstream h2 connection ended with an error");
             }
         });
@@ -583,6 +629,7 @@ impl Dialer {
             served: AtomicU32::new(0),
             retired: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
+            delivered,
         }))
     }
 }

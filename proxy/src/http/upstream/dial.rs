@@ -1,0 +1,75 @@
+//! How a pod's upstream connections are opened: from its own netns, or, for a pod this proxy
+//! serves on the same node, straight from that pod's netns (see [`crate::proxy::local`]).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::drain::Drain;
+use crate::proxy::PodContext;
+use crate::socket::{self, BoxFuture, PodSockets};
+
+/// Opens the upstream connections of one pod.
+pub trait Dial: Send + Sync + 'static {
+    /// A connection to `addr`, marked against recapture, given up after `timeout`.
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Dialed, socket::Error>>;
+}
+
+/// An open upstream connection, and whom it reaches.
+pub struct Dialed {
+    pub stream: TcpStream,
+    /// Set when the connection was made from the destination pod's own netns: it reaches the
+    /// app directly, skipping that pod's inbound listener.
+    pub delivered: Option<Delivery>,
+}
+
+/// The served pod a same-node connection was delivered to.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Weak: pools of one pod must not keep another pod's context alive.
+    pub pod: Weak<PodContext>,
+    /// The destination pod's drain: once it stops accepting, the connection is not reused;
+    /// once it is cut, so is the connection.
+    pub drain: Drain,
+}
+
+impl Delivery {
+    /// The destination pod, for its side of the telemetry: also while it drains, since what
+    /// was delivered before reached its app all the same.
+    #[must_use]
+    pub fn pod(&self) -> Option<Arc<PodContext>> {
+        self.pod.upgrade()
+    }
+
+    /// Whether a connection made for it may take another request.
+    #[must_use]
+    pub fn reusable(&self) -> bool {
+        !self.drain.is_accepting_stopped()
+    }
+}
+
+/// Every dial from the pod's own netns (no same-node delivery).
+pub struct Direct(pub Arc<dyn PodSockets>);
+
+impl Dial for Direct {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Dialed, socket::Error>> {
+        Box::pin(async move {
+            let stream = self.0.connect(addr, timeout).await?;
+            Ok(Dialed {
+                stream,
+                delivered: None,
+            })
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! Same-node delivery: the proxy serves every captured pod on the node, so a connection from
+//! pod A to pod B on the same node need not cross B's inbound listener. When an upstream
+//! dial's address is a pod this proxy serves (captured, its listeners open, the port not in
+//! its `excludeInboundPorts`), the dial is made from that pod's netns, exactly as the inbound
+//! listener delivers (marked, source = B's IP): one proxy pass instead of two. The dialler
+//! then reports the `reporter="destination"` side itself.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use super::PodContext;
+use crate::http::upstream::{Delivery, Dial, Dialed};
+use crate::socket::{self, BoxFuture, PodSockets};
+use crate::state::{MeshIndex, StateStore};
+use crate::telemetry::metrics::Metrics;
+
+/// The pods served on this node, by uid, for same-node delivery.
+#[derive(Default)]
+pub struct LocalPods {
+    enabled: bool,
+    pods: RwLock<HashMap<String, Arc<PodContext>>>,
+}
+
+impl LocalPods {
+    /// `enabled`: false keeps every request on the two-hop path (`--no-same-node-shortcut`).
+    #[must_use]
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            pods: RwLock::default(),
+        }
+    }
+
+    /// `pod`'s listeners are open: it may be delivered to.
+    pub fn insert(&self, pod: Arc<PodContext>) {
+        let mut pods = self.pods.write().unwrap_or_else(PoisonError::into_inner);
+        pods.insert(pod.uid.clone(), pod);
+    }
+
+    /// `pod` is going away; nothing new is delivered to it.
+    pub fn remove(&self, pod: &Arc<PodContext>) {
+        let mut pods = self.pods.write().unwrap_or_else(PoisonError::into_inner);
+        if pods.get(&pod.uid).is_some_and(|p| Arc::ptr_eq(p, pod)) {
+            pods.remove(&pod.uid);
+        }
+    }
+
+    /// The served pod that a dial from pod `from` to `addr` can be delivered to directly.
+    #[must_use]
+    pub fn target(
+        &self,
+        from: &str,
+        index: &MeshIndex,
+        addr: SocketAddr,
+    ) -> Option<Arc<PodContext>> {
+        if !self.enabled {
+            return None;
+        }
+        let workload = index.workload_by_ip(addr.ip())?;
+        // A pod dialling itself reaches its app without the inbound listener already.
+        let proxy_port = matches!(
+            addr.port(),
+            shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
+        );
+        if !workload.captured
+            || proxy_port
+            || workload.uid == from
+            || workload.excluded_inbound_ports.contains(&addr.port())
+        {
+            return None;
+        }
+        let pod = self
+            .pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&workload.uid)
+            .cloned()?;
+        (!pod.drain.is_accepting_stopped() && !pod.is_proxy_listener(addr)).then_some(pod)
+    }
+}
+
+/// A pod's dialler: from its own netns, or from the destination's when [`LocalPods`] says so.
+pub struct PodDial {
+    pub uid: String,
+    pub sockets: Arc<dyn PodSockets>,
+    pub state: Arc<StateStore>,
+    pub local: Arc<LocalPods>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Dial for PodDial {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Dialed, socket::Error>> {
+        Box::pin(async move {
+            let target = self.local.target(&self.uid, &self.state.load(), addr);
+            let Some(pod) = target else {
+                let stream = self.sockets.connect(addr, timeout).await?;
+                return Ok(Dialed {
+                    stream,
+                    delivered: None,
+                });
+            };
+            let stream = pod.sockets.connect(addr, timeout).await?;
+            self.metrics.same_node_connection();
+            Ok(Dialed {
+                stream,
+                delivered: Some(Delivery {
+                    pod: Arc::downgrade(&pod),
+                    drain: pod.drain.clone(),
+                }),
+            })
+        })
+    }
+}
