@@ -79,11 +79,11 @@ impl Scenario {
             Self::Direct => "no capture, no proxy: the client dials the server pod directly",
             Self::Iptables => {
                 "both pods captured with `shunt-agent --capture=iptables` (REDIRECT to \
-                 15001/15006), shunt-proxy on both hops"
+                 15001/15006), one shunt-proxy pass (same-node delivery)"
             }
             Self::Ebpf => {
-                "both pods captured with eBPF (connect4 + sk_lookup), shunt-proxy on both \
-                 hops, sockmap shortcut off (the default)"
+                "both pods captured with eBPF (connect4 + sk_lookup), one shunt-proxy pass \
+                 (same-node delivery), sockmap shortcut off (the default)"
             }
             Self::EbpfSockmap => "S2 with `--sockmap-shortcut`",
             Self::Haproxy => {
