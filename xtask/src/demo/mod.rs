@@ -242,10 +242,8 @@ fn l7_act(node: &Node, frontend: &Pod, cart1: &Pod, cart2: &Pod) -> Result<()> {
     )?;
 
     let metrics = node.metrics()?;
-    println!(
-        "\n    istio_requests_total (reporter=source), by destination version, code and flags:"
-    );
-    let mut rows: BTreeMap<(String, String, String, String), f64> = BTreeMap::new();
+    println!("\n    istio_requests_total, by reporter, destination version, code and flags:");
+    let mut rows: BTreeMap<(String, String, String, String, String), f64> = BTreeMap::new();
     for sample in metrics
         .samples
         .iter()
@@ -253,6 +251,7 @@ fn l7_act(node: &Node, frontend: &Pod, cart1: &Pod, cart2: &Pod) -> Result<()> {
     {
         let label = |k: &str| sample.labels.get(k).cloned().unwrap_or_default();
         let key = (
+            label("reporter"),
             label("destination_workload"),
             label("destination_version"),
             label("response_code"),
@@ -261,11 +260,13 @@ fn l7_act(node: &Node, frontend: &Pod, cart1: &Pod, cart2: &Pod) -> Result<()> {
         *rows.entry(key).or_default() += sample.value;
     }
     println!(
-        "      {:<16} {:<8} {:<5} {:<6} {:>8}",
-        "DESTINATION", "VERSION", "CODE", "FLAGS", "REQUESTS"
+        "      {:<12} {:<16} {:<8} {:<5} {:<6} {:>8}",
+        "REPORTER", "DESTINATION", "VERSION", "CODE", "FLAGS", "REQUESTS"
     );
-    for ((workload, version, code, flags), requests) in &rows {
-        println!("      {workload:<16} {version:<8} {code:<5} {flags:<6} {requests:>8}");
+    for ((reporter, workload, version, code, flags), requests) in &rows {
+        println!(
+            "      {reporter:<12} {workload:<16} {version:<8} {code:<5} {flags:<6} {requests:>8}"
+        );
     }
     Ok(())
 }
