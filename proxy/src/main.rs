@@ -12,6 +12,11 @@ use shunt_proxy::app::{self, Config};
 use shunt_proxy::socket::NetnsSocketFactory;
 use tracing_subscriber::EnvFilter;
 
+// Every request allocates (hyper's messages, headers, labels); glibc's malloc was ~8% of the
+// proxy's CPU under L7 load, and mimalloc's per-thread free lists cut that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "shunt-proxy", version, about = "shunt's node proxy")]
 struct Cli {
@@ -43,6 +48,11 @@ struct Cli {
     /// way.
     #[arg(long)]
     no_same_node_shortcut: bool,
+    /// Worker threads that carry traffic (Envoy's `--concurrency`). Default: one per CPU this
+    /// process may run on. With one, the proxy runs a single-threaded scheduler, which skips
+    /// the cross-thread bookkeeping of work stealing.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,10 +85,32 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    let workers = cli.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "shunt-proxy cannot start its async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(workers, "worker threads");
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let config = Config {
         control_socket: cli.control_socket,
         metrics_addr: cli.metrics_addr,
@@ -114,6 +146,8 @@ mod tests {
         assert_eq!(cli.protocol_detection_timeout, Duration::from_millis(100));
         assert!(matches!(cli.log_format, LogFormat::Text));
         assert!(!cli.no_same_node_shortcut);
+        assert_eq!(cli.worker_threads, None);
+        assert!(Cli::try_parse_from(["shunt-proxy", "--worker-threads", "0"]).is_err());
     }
 
     #[test]

@@ -54,6 +54,13 @@ enum Task {
         /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes.
         #[arg(long)]
         quick: bool,
+        /// Only these scenarios (e.g. `S2,S4`); the table marks the others as not selected.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Only these workloads: rr, crr, bulk, l7, idle (e.g. `l7`). For profiling and
+        /// quick comparisons; a published table comes from a run of everything.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
     },
     /// The privileged half of `bench` (run as root by `bench` and by `test`'s smoke step).
     #[command(hide = true)]
@@ -64,6 +71,10 @@ enum Task {
         bin_dir: std::path::PathBuf,
         #[arg(long)]
         results_dir: std::path::PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
     },
 }
 
@@ -79,11 +90,22 @@ fn main() -> Result<()> {
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench {
+            quick,
+            scenarios,
+            workloads,
+        } => bench::run(quick, &bench::Selection::parse(&scenarios, &workloads)?),
         Task::BenchNode {
             plan,
             bin_dir,
             results_dir,
-        } => bench::run_node(&plan, &bin_dir, &results_dir),
+            scenarios,
+            workloads,
+        } => bench::run_node(
+            &plan,
+            &bin_dir,
+            &results_dir,
+            &bench::Selection::parse(&scenarios, &workloads)?,
+        ),
     }
 }

@@ -19,6 +19,7 @@
 //! metrics the inbound side would have (`reporter="destination"`).
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddrV4;
 use std::pin::Pin;
@@ -49,10 +50,10 @@ use crate::routing::{
     Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
     PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
 };
-use crate::state::{Service, Workload};
+use crate::state::{MeshIndex, Service, Workload};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{Direction, HttpEntry};
-use crate::telemetry::metrics::{HttpLabels, RequestSample, UNKNOWN};
+use crate::telemetry::metrics::{HttpLabels, RequestMetrics, RequestSample, UNKNOWN};
 
 /// Request bodies up to this size are kept as they stream by when a retry or a mirror may
 /// resend them; beyond it, a body is neither retried nor mirrored.
@@ -77,6 +78,65 @@ pub struct HttpConnection {
     /// The client's workload: outbound, the captured pod itself; inbound, the pod at the
     /// client's address when the mesh knows it.
     pub source: Option<Arc<Workload>>,
+    /// What repeats request after request on this connection.
+    pub memo: ConnectionMemo,
+}
+
+/// What a keep-alive connection's requests share, kept so each request need not work it out
+/// again.
+#[derive(Default)]
+pub struct ConnectionMemo {
+    /// The destination side of the last same-node delivery.
+    destination_side: Mutex<Option<DestinationSide>>,
+    /// The metric series recorded into last.
+    request_series: Mutex<Vec<(SeriesKey, RequestMetrics)>>,
+    /// `src_addr` and `dst_addr` of the access log, formatted once.
+    addresses: std::sync::OnceLock<(String, String)>,
+}
+
+/// Label sets a connection keeps metric handles for: a few response codes and flags.
+const CACHED_SERIES: usize = 4;
+
+/// What, besides the connection itself, decides a request's `istio_request*` labels
+/// ([`HttpConnection::http_labels`]). Comparing it is cheaper than building the labels and
+/// hashing them into four metric families on every request.
+struct SeriesKey {
+    destination: Option<Arc<Workload>>,
+    cluster: Option<Arc<Cluster>>,
+    target_service: Option<Arc<Service>>,
+    grpc: bool,
+    status: u16,
+    grpc_status: Option<u32>,
+    flags: Vec<&'static str>,
+}
+
+impl SeriesKey {
+    /// The same objects (kept alive by the key, so an address is never reused) and values.
+    fn matches(&self, other: &Self) -> bool {
+        fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        same(self.destination.as_ref(), other.destination.as_ref())
+            && same(self.cluster.as_ref(), other.cluster.as_ref())
+            && same(self.target_service.as_ref(), other.target_service.as_ref())
+            && self.grpc == other.grpc
+            && self.status == other.status
+            && self.grpc_status == other.grpc_status
+            && self.flags == other.flags
+    }
+}
+
+/// [`HttpConnection::destination_side`] for one pod and address, valid while the mesh state
+/// it was built from is the current one.
+struct DestinationSide {
+    index: Arc<MeshIndex>,
+    pod: Arc<PodContext>,
+    addr: SocketAddrV4,
+    side: Arc<HttpConnection>,
 }
 
 /// Which of the pod's listeners accepted the connection, and what that means for a request.
@@ -222,14 +282,15 @@ impl Exchange {
         let Some(connection) = self.recorder.take() else {
             return;
         };
-        let labels = connection.http_labels(self, status, grpc_status);
         #[expect(
             clippy::cast_precision_loss,
             reason = "a duration in milliseconds fits an f64 exactly for any real request"
         )]
         let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
-        connection.proxy.metrics.record_request(
-            &labels,
+        connection.record_request(
+            self,
+            status,
+            grpc_status,
             &RequestSample {
                 duration_ms,
                 request_bytes: self.request_header_bytes
@@ -237,10 +298,7 @@ impl Exchange {
                 response_bytes: response_header_bytes + response_body_bytes,
             },
         );
-        let entry = connection.log_entry(self, status, response_body_bytes);
-        if let Err(error) = connection.proxy.access_log.record(&entry) {
-            tracing::warn!(%error, "access log entry lost");
-        }
+        connection.log_request(self, status, response_body_bytes);
         if let Some(delivered) = self.delivered.take()
             && let Side::Inbound(app) = &delivered.side
         {
@@ -740,6 +798,34 @@ impl HttpConnection {
     /// `addr`, as its inbound listener ([`crate::proxy::inbound`]) would have built it.
     fn destination_side(&self, pod: Arc<PodContext>, addr: SocketAddrV4) -> Arc<Self> {
         let index = self.proxy.state.load();
+        let mut memo = self
+            .memo
+            .destination_side
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = memo.as_ref()
+            && Arc::ptr_eq(&known.index, &index)
+            && Arc::ptr_eq(&known.pod, &pod)
+            && known.addr == addr
+        {
+            return known.side.clone();
+        }
+        let side = self.new_destination_side(&index, pod.clone(), addr);
+        *memo = Some(DestinationSide {
+            index,
+            pod,
+            addr,
+            side: side.clone(),
+        });
+        side
+    }
+
+    fn new_destination_side(
+        &self,
+        index: &MeshIndex,
+        pod: Arc<PodContext>,
+        addr: SocketAddrV4,
+    ) -> Arc<Self> {
         let workload = index.workload_by_uid(&pod.uid).cloned();
         let service = workload
             .as_ref()
@@ -768,6 +854,7 @@ impl HttpConnection {
             client,
             orig_dst: addr,
             source: self.source.clone(),
+            memo: ConnectionMemo::default(),
         })
     }
 
@@ -784,6 +871,43 @@ impl HttpConnection {
             Side::Inbound(app) => app.workload.clone(),
             Side::Outbound { .. } => exchange.upstream.as_ref().and_then(|p| p.workload.clone()),
         }
+    }
+
+    /// Counts a finished request in its `istio_request*` series.
+    fn record_request(
+        &self,
+        exchange: &Exchange,
+        status: u16,
+        grpc_status: Option<u32>,
+        sample: &RequestSample,
+    ) {
+        let key = SeriesKey {
+            destination: self.destination_workload(exchange),
+            cluster: exchange.cluster.clone(),
+            target_service: exchange.target_service.clone(),
+            grpc: exchange.grpc,
+            status,
+            grpc_status,
+            flags: exchange.flags.clone(),
+        };
+        let mut cached = self
+            .memo
+            .request_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, series)) = cached.iter().find(|(known, _)| known.matches(&key)) {
+            series.record(sample);
+            return;
+        }
+        let series = self
+            .proxy
+            .metrics
+            .request_metrics(&self.http_labels(exchange, status, grpc_status));
+        series.record(sample);
+        if cached.len() == CACHED_SERIES {
+            cached.remove(0);
+        }
+        cached.push((key, series));
     }
 
     fn http_labels(
@@ -838,57 +962,65 @@ impl HttpConnection {
         }
     }
 
-    fn log_entry(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) -> HttpEntry {
-        let (src_workload, src_namespace) = workload_names(self.source.as_deref());
+    /// Writes the request's access log line.
+    fn log_request(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) {
         let destination = self.destination_workload(exchange);
-        let (dst_workload, dst_namespace) = workload_names(destination.as_deref());
+        let (src_workload, src_namespace) = borrowed_workload_names(self.source.as_deref());
+        let (dst_workload, dst_namespace) = borrowed_workload_names(destination.as_deref());
+        let (src_addr, dst_addr) = self
+            .memo
+            .addresses
+            .get_or_init(|| (self.client.to_string(), self.orig_dst.to_string()));
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        HttpEntry {
+        let cluster = exchange.cluster.as_deref();
+        let dst_service = cluster
+            .and_then(|c| c.service.as_ref().map(|s| Cow::Owned(s.hostname())))
+            .or_else(|| {
+                cluster
+                    .map(|c| &*c.key.host.0)
+                    .filter(|host| !host.is_empty())
+                    .map(Cow::Borrowed)
+            })
+            .or_else(|| exchange.target_service.as_ref().map(|s| Cow::Owned(s.hostname())))
+            .unwrap_or(Cow::Borrowed(UNKNOWN));
+        let entry = HttpEntry {
             start_time: exchange.start_time,
-            method: exchange.method.to_string(),
-            path: exchange.path.clone(),
-            protocol: exchange.protocol.to_owned(),
+            method: exchange.method.as_str(),
+            path: &exchange.path,
+            protocol: exchange.protocol,
             response_code: status,
-            response_flags: exchange.flags(),
+            response_flags: if exchange.flags.is_empty() {
+                Cow::Borrowed("-")
+            } else {
+                Cow::Owned(exchange.flags.join(","))
+            },
             bytes_sent: response_body_bytes,
             bytes_received: exchange.request_body_bytes.load(Ordering::Relaxed),
             duration: millis(exchange.started.elapsed()),
             upstream_service_time: exchange.upstream_service_time.map(millis),
             upstream_host: exchange.upstream.as_ref().map(|p| p.addr.to_string()),
-            upstream_cluster: exchange
-                .cluster
-                .as_ref()
-                .map(|c| upstream::cluster_name(&c.key)),
-            x_forwarded_for: exchange.x_forwarded_for.clone(),
-            user_agent: exchange.user_agent.clone(),
-            request_id: exchange.request_id.clone(),
-            authority: exchange.authority.clone(),
-            route_name: exchange.route_name.clone(),
+            upstream_cluster: cluster.map(|c| upstream::cluster_name(&c.key)),
+            x_forwarded_for: exchange.x_forwarded_for.as_deref(),
+            user_agent: exchange.user_agent.as_deref(),
+            request_id: &exchange.request_id,
+            authority: exchange.authority.as_deref(),
+            route_name: exchange.route_name.as_deref(),
             direction: match self.side {
                 Side::Outbound { .. } => Direction::Outbound,
                 Side::Inbound(_) => Direction::Inbound,
             },
             reporter: self.reporter(),
-            pod: self.pod_name.clone(),
-            src_addr: self.client.to_string(),
-            dst_addr: self.orig_dst.to_string(),
+            pod: &self.pod_name,
+            src_addr,
+            dst_addr,
             src_workload,
             src_namespace,
             dst_workload,
             dst_namespace,
-            dst_service: exchange
-                .cluster
-                .as_ref()
-                .and_then(|c| c.service.as_ref().map(|s| s.hostname()))
-                .or_else(|| {
-                    exchange
-                        .cluster
-                        .as_ref()
-                        .map(|c| c.key.host.to_string())
-                        .filter(|host| !host.is_empty())
-                })
-                .or_else(|| exchange.target_service.as_ref().map(|s| s.hostname()))
-                .unwrap_or_else(|| UNKNOWN.to_owned()),
+            dst_service,
+        };
+        if let Err(error) = self.proxy.access_log.record(&entry) {
+            tracing::warn!(%error, "access log entry lost");
         }
     }
 }
@@ -1243,6 +1375,10 @@ fn workload_names(workload: Option<&Workload>) -> (String, String) {
     workload.map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
         (w.workload_name.clone(), w.namespace.clone())
     })
+}
+
+fn borrowed_workload_names(workload: Option<&Workload>) -> (&str, &str) {
+    workload.map_or((UNKNOWN, UNKNOWN), |w| (&w.workload_name, &w.namespace))
 }
 
 fn full(bytes: Bytes) -> Body {

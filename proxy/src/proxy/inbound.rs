@@ -86,6 +86,7 @@ pub async fn serve(
                 client,
                 orig_dst: app_addr,
                 source: accepted.peers.source.clone(),
+                memo: Default::default(),
             });
             server::serve(connection, stream).await;
         }

@@ -104,6 +104,7 @@ pub async fn serve(
                 client,
                 orig_dst: dst,
                 source: accepted.peers.source.clone(),
+                memo: Default::default(),
             });
             return server::serve(connection, stream).await;
         }

@@ -2,8 +2,9 @@
 //! ([`HttpEntry`]), one per line, on stdout.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::io::{self, Write};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -76,21 +77,22 @@ pub struct Entry {
     pub error: Option<String>,
 }
 
-/// One line of the access log for one HTTP request, with Envoy's field names.
+/// One line of the access log for one HTTP request, with Envoy's field names. It borrows
+/// what the request and its connection already hold: it lives only to be written.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HttpEntry {
+pub struct HttpEntry<'a> {
     /// RFC 3339, UTC.
     #[serde(serialize_with = "rfc3339")]
     pub start_time: SystemTime,
-    pub method: String,
+    pub method: &'a str,
     /// The path as the client sent it (before any rewrite).
-    pub path: String,
+    pub path: &'a str,
     /// `HTTP/1.1`, `HTTP/2`, ...
-    pub protocol: String,
+    pub protocol: &'a str,
     /// 0 when no response was sent (the client went away first).
     pub response_code: u16,
     /// Envoy's flags (`UF`, `URX`, ...), comma-joined; `-` for none.
-    pub response_flags: String,
+    pub response_flags: Cow<'a, str>,
     /// Response body bytes sent to the client.
     pub bytes_sent: u64,
     /// Request body bytes received from the client.
@@ -104,23 +106,23 @@ pub struct HttpEntry {
     pub upstream_host: Option<String>,
     /// Envoy's cluster name, `outbound|port|subset|host`.
     pub upstream_cluster: Option<String>,
-    pub x_forwarded_for: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: String,
-    pub authority: Option<String>,
-    pub route_name: Option<String>,
+    pub x_forwarded_for: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: &'a str,
+    pub authority: Option<&'a str>,
+    pub route_name: Option<&'a str>,
     pub direction: Direction,
     pub reporter: Reporter,
     /// `namespace/name` of the pod whose listener accepted the connection.
-    pub pod: String,
-    pub src_addr: String,
+    pub pod: &'a str,
+    pub src_addr: &'a str,
     /// The original destination of the connection.
-    pub dst_addr: String,
-    pub src_workload: String,
-    pub src_namespace: String,
-    pub dst_workload: String,
-    pub dst_namespace: String,
-    pub dst_service: String,
+    pub dst_addr: &'a str,
+    pub src_workload: &'a str,
+    pub src_namespace: &'a str,
+    pub dst_workload: &'a str,
+    pub dst_namespace: &'a str,
+    pub dst_service: Cow<'a, str>,
 }
 
 fn rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
@@ -141,79 +143,167 @@ pub trait LineSink: Send + Sync {
     }
 }
 
-/// The most lines waiting for the writer thread; past it, writers wait as a blocking write
-/// would.
-const QUEUED_LINES: usize = 65_536;
-/// The most bytes the writer gathers into one `write`.
-const BATCH_BYTES: usize = 256 << 10;
+/// Bytes of lines held for the writer thread; past it, writers wait as a blocking write would.
+const MAX_BUFFERED_BYTES: usize = 8 << 20;
+/// Buffered bytes that wake the writer before its interval is up.
+const WAKE_AT_BYTES: usize = 256 << 10;
+/// How long a line may wait in memory. Like Envoy's file access log (which flushes on an
+/// interval or a full buffer), the writer wakes on a timer rather than per line: under load
+/// a wake per line is a context switch per request on a proxy that has one core.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// What an idle proxy keeps of a burst's buffer.
+const IDLE_BUFFER_BYTES: usize = 64 << 10;
 
-enum Queued {
-    Line(String),
-    Flushed(mpsc::SyncSender<()>),
+/// Lines waiting for the writer thread.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Lines appended since the start, and lines written out: a flush waits for the second to
+    /// reach the first as it was when the flush began.
+    appended: u64,
+    written: u64,
+    /// A flush is waiting: the writer goes now, not at its next interval.
+    flush_requested: bool,
+    /// The [`Stdout`] is gone: the writer writes what is left and ends.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: std::sync::Mutex<Pending>,
+    /// Wakes the writer (a full buffer, a flush, the end).
+    writer: std::sync::Condvar,
+    /// Wakes writers held back by a full buffer, and flushes.
+    progress: std::sync::Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A writer that panicked mid-append leaves at worst a partial line; keep logging.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The process's stdout, written by a thread of its own: a connection or request never waits
-/// for a `write` syscall, and lines that arrive together leave in one `write` (Envoy's file
-/// access log batches the same way). Lines keep their order and never mix.
+/// for a `write` syscall (only for a memcpy under a lock), and lines leave in large batches,
+/// at least every [`FLUSH_INTERVAL`]. Lines keep their order and never mix.
 #[derive(Debug)]
 pub struct Stdout {
-    queue: mpsc::SyncSender<Queued>,
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Stdout {
     /// Starts the writer thread.
     pub fn start() -> io::Result<Self> {
-        let (queue, lines) = mpsc::sync_channel(QUEUED_LINES);
-        std::thread::Builder::new()
+        Self::start_with(io::stdout(), FLUSH_INTERVAL)
+    }
+
+    fn start_with(mut out: impl Write + Send + 'static, interval: Duration) -> io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let for_writer = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_batches(&lines, &mut io::stdout()))?;
-        Ok(Self { queue })
+            .spawn(move || write_batches(&for_writer, &mut out, interval))?;
+        Ok(Self {
+            shared,
+            writer: Some(writer),
+        })
     }
 }
 
-/// Writes what `lines` brings to `out`, a batch per `write`, until every sender is gone.
-fn write_batches(lines: &mpsc::Receiver<Queued>, out: &mut impl Write) {
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
-    let mut flushed = Vec::new();
-    while let Ok(first) = lines.recv() {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Queued::Line(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    batch.push(b'\n');
-                }
-                Queued::Flushed(done) => flushed.push(done),
-            }
-            if batch.len() < BATCH_BYTES {
-                next = lines.try_recv().ok();
-            }
+impl Drop for Stdout {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.writer.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
+    }
+}
+
+/// Writes what [`Shared`] collects to `out`, one `write` per wake, until the [`Stdout`] is
+/// dropped.
+fn write_batches(shared: &Shared, out: &mut impl Write, interval: Duration) {
+    let mut batch = Vec::new();
+    loop {
+        let (lines, closed) = {
+            let mut pending = shared.lock();
+            if !pending.closed && !pending.flush_requested && pending.bytes.len() < WAKE_AT_BYTES
+            {
+                pending = shared
+                    .writer
+                    .wait_timeout(pending, interval)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            pending.flush_requested = false;
+            std::mem::swap(&mut batch, &mut pending.bytes);
+            (pending.appended, pending.closed)
+        };
+        // Writers held back by a full buffer can go on.
+        shared.progress.notify_all();
         if !batch.is_empty() {
             if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
-                tracing::warn!(%error, lines = batch.iter().filter(|b| **b == b'\n').count(), "access log lines lost");
+                let lost = batch.iter().filter(|b| **b == b'\n').count();
+                tracing::warn!(%error, lines = lost, "access log lines lost");
             }
             batch.clear();
             // A burst can leave a large buffer behind; an idle proxy should not keep it.
-            batch.shrink_to(BATCH_BYTES);
+            batch.shrink_to(IDLE_BUFFER_BYTES);
         }
-        for done in flushed.drain(..) {
-            let _ = done.send(());
+        shared.lock().written = lines;
+        shared.progress.notify_all();
+        if closed {
+            return;
         }
     }
 }
 
 impl LineSink for Stdout {
     fn write_line(&self, line: &str) -> io::Result<()> {
-        self.queue
-            .send(Queued::Line(line.to_owned()))
-            .map_err(|_| io::Error::other("the access log writer thread is gone"))
+        let mut pending = self.shared.lock();
+        while pending.bytes.len() >= MAX_BUFFERED_BYTES && !pending.closed {
+            self.shared.writer.notify_one();
+            pending = self
+                .shared
+                .progress
+                .wait(pending)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if pending.closed {
+            return Err(io::Error::other("the access log writer thread is gone"));
+        }
+        pending.bytes.reserve(line.len() + 1);
+        pending.bytes.extend_from_slice(line.as_bytes());
+        pending.bytes.push(b'\n');
+        pending.appended += 1;
+        let wake = pending.bytes.len() >= WAKE_AT_BYTES;
+        drop(pending);
+        if wake {
+            self.shared.writer.notify_one();
+        }
+        Ok(())
     }
 
     fn flush(&self, timeout: Duration) {
-        let (done, wait) = mpsc::sync_channel(1);
-        if self.queue.send(Queued::Flushed(done)).is_ok() {
-            let _ = wait.recv_timeout(timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pending = self.shared.lock();
+        let target = pending.appended;
+        pending.flush_requested = true;
+        self.shared.writer.notify_one();
+        while pending.written < target {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return;
+            };
+            pending = self
+                .shared
+                .progress
+                .wait_timeout(pending, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 }
@@ -242,9 +332,19 @@ impl AccessLog {
 
     /// Writes an [`Entry`] or an [`HttpEntry`] as one line.
     pub fn record<E: Serialize>(&self, entry: &E) -> Result<(), Error> {
-        let line = serde_json::to_string(entry)?;
-        self.sink.write_line(&line)?;
-        Ok(())
+        thread_local! {
+            // Reused per thread: encoding a line allocates nothing once warm.
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            serde_json::to_writer(&mut *line, entry)?;
+            // serde_json writes UTF-8 only.
+            let text = std::str::from_utf8(line).map_err(io::Error::other)?;
+            self.sink.write_line(text)?;
+            line.shrink_to(IDLE_BUFFER_BYTES);
+            Ok(())
+        })
     }
 }
 
@@ -362,24 +462,73 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_writer_thread_keeps_order_batches_and_acknowledges_flushes() {
-        let (queue, lines) = mpsc::sync_channel(16);
-        for i in 0..5 {
-            queue.send(Queued::Line(format!("line {i}"))).unwrap();
+    /// A `Write` the test can read back, counting `write` calls.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<std::sync::Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Recorded {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut recorded = self.0.lock().unwrap();
+            recorded.0.extend_from_slice(buf);
+            recorded.1 += 1;
+            Ok(buf.len())
         }
-        let (done, flushed) = mpsc::sync_channel(1);
-        queue.send(Queued::Flushed(done)).unwrap();
-        queue.send(Queued::Line("after the flush".into())).unwrap();
-        drop(queue);
-        let mut out = Vec::new();
-        write_batches(&lines, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "line 0\nline 1\nline 2\nline 3\nline 4\nafter the flush\n"
-        );
-        flushed
-            .try_recv()
-            .expect("the flush is acknowledged once its lines are out");
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Recorded {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().0.clone()).unwrap()
+        }
+        fn writes(&self) -> usize {
+            self.0.lock().unwrap().1
+        }
+    }
+
+    #[test]
+    fn the_writer_thread_keeps_order_batches_and_flushes_on_request() {
+        let out = Recorded::default();
+        // An interval no test waits for: only a flush or the drop writes.
+        let stdout = Stdout::start_with(out.clone(), Duration::from_secs(3600)).unwrap();
+        for i in 0..500 {
+            stdout.write_line(&format!("line {i}")).unwrap();
+        }
+        assert_eq!(out.text(), "", "lines wait for the interval, a flush or a full buffer");
+        stdout.flush(Duration::from_secs(10));
+        let expected: String = (0..500).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(out.text(), expected);
+        assert_eq!(out.writes(), 1, "500 lines leave in one write");
+        stdout.write_line("after the flush").unwrap();
+        drop(stdout);
+        assert!(out.text().ends_with("line 499\nafter the flush\n"), "the drop writes the rest");
+    }
+
+    #[test]
+    fn the_writer_thread_writes_on_its_interval() {
+        let out = Recorded::default();
+        let stdout = Stdout::start_with(out.clone(), Duration::from_millis(20)).unwrap();
+        stdout.write_line("one").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while out.text().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(out.text(), "one\n");
+    }
+
+    #[test]
+    fn a_full_buffer_wakes_the_writer_before_its_interval() {
+        let out = Recorded::default();
+        let stdout = Stdout::start_with(out.clone(), Duration::from_secs(3600)).unwrap();
+        let line = "x".repeat(1023);
+        for _ in 0..(WAKE_AT_BYTES / 1024 + 1) {
+            stdout.write_line(&line).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while out.text().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(out.text().len() >= WAKE_AT_BYTES, "written without a flush or the interval");
     }
 }

@@ -140,6 +140,30 @@ pub struct BlockedLabels {
     pub protocol: &'static str,
 }
 
+/// Handles on the `istio_request*` series of one label set (they share the registry's state).
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn record(&self, request: &RequestSample) {
+        self.requests.inc();
+        self.duration.observe(request.duration_ms);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "byte counts above 2^53 lose precision in a histogram, harmlessly"
+        )]
+        {
+            self.request_bytes.observe(request.request_bytes as f64);
+            self.response_bytes.observe(request.response_bytes as f64);
+        }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn istio_histogram() -> Histogram {
@@ -256,21 +280,18 @@ impl Metrics {
 
     /// Counts one finished HTTP request.
     pub fn record_request(&self, labels: &HttpLabels, request: &RequestSample) {
-        self.requests.get_or_create(labels).inc();
-        self.request_duration
-            .get_or_create(labels)
-            .observe(request.duration_ms);
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "byte counts above 2^53 lose precision in a histogram, harmlessly"
-        )]
-        {
-            self.request_bytes
-                .get_or_create(labels)
-                .observe(request.request_bytes as f64);
-            self.response_bytes
-                .get_or_create(labels)
-                .observe(request.response_bytes as f64);
+        self.request_metrics(labels).record(request);
+    }
+
+    /// The four `istio_request*` series of one label set, to record into without looking
+    /// them up again.
+    #[must_use]
+    pub fn request_metrics(&self, labels: &HttpLabels) -> RequestMetrics {
+        RequestMetrics {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.request_duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
         }
     }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::plan::Plan;
 use super::scenario::{Deployment, Scenario};
+use super::selection::{Selection, Workload};
 
 /// The CPU the load generator runs on; everything else (agent, proxy, servers, HAProxy, this
 /// process) runs on [`SERVICE_CPU`].
@@ -84,26 +85,29 @@ impl Record {
 pub fn repetition(
     deployment: &mut Deployment,
     plan: &Plan,
+    selection: &Selection,
     repetition: usize,
     half_rate: Result<f64, &str>,
 ) -> Vec<Record> {
-    let mut records = vec![
-        rr(deployment, plan, repetition, 1, "rr_1b"),
-        rr(deployment, plan, repetition, 1024, "rr_1k"),
-        crr(deployment, plan, repetition),
-        bulk(deployment, plan, repetition, 1),
-        bulk(deployment, plan, repetition, 4),
-        l7_rate(
-            deployment,
-            plan,
-            repetition,
-            "l7_fixed",
-            Ok(f64::from(plan.l7_fixed_rps)),
-        ),
-        l7_rate(deployment, plan, repetition, "l7_half", half_rate),
-    ];
+    let mut records = Vec::new();
+    if selection.has(Workload::Rr) {
+        records.push(rr(deployment, plan, repetition, 1, "rr_1b"));
+        records.push(rr(deployment, plan, repetition, 1024, "rr_1k"));
+    }
+    if selection.has(Workload::Crr) {
+        records.push(crr(deployment, plan, repetition));
+    }
+    if selection.has(Workload::Bulk) {
+        records.push(bulk(deployment, plan, repetition, 1));
+        records.push(bulk(deployment, plan, repetition, 4));
+    }
+    if selection.has(Workload::L7) {
+        let fixed = Ok(f64::from(plan.l7_fixed_rps));
+        records.push(l7_rate(deployment, plan, repetition, "l7_fixed", fixed));
+        records.push(l7_rate(deployment, plan, repetition, "l7_half", half_rate));
+    }
     // S0 has no forwarder whose memory could grow.
-    if deployment.scenario != Scenario::Direct {
+    if selection.has(Workload::Idle) && deployment.scenario != Scenario::Direct {
         for &count in plan.idle_connections {
             records.push(idle(deployment, plan, repetition, count));
         }

@@ -10,6 +10,7 @@ mod measure;
 mod plan;
 mod report;
 mod scenario;
+mod selection;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,16 +25,23 @@ use measure::{LOAD_CPU, SERVICE_CPU};
 use plan::Plan;
 use report::{Header, Report};
 use scenario::{Deployment, Scenario};
+pub use selection::Selection;
+use selection::Workload;
 
 const LOADGEN: &str = "shunt-loadgen";
 
 /// Builds release binaries, then runs the bench (as root: under sudo when needed).
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, selection: &Selection) -> Result<()> {
     toolchain::setup()?;
     build::build_ebpf()?;
     build::build_user(true)?;
     let plan = if quick { plan::QUICK } else { plan::FULL };
-    run_child(&plan, &bin_dir(true), &workspace_root().join("results"))
+    run_child(
+        &plan,
+        &bin_dir(true),
+        &workspace_root().join("results"),
+        selection,
+    )
 }
 
 /// The step `cargo xtask test` runs: every scenario and workload once, tiny, on the debug
@@ -41,7 +49,7 @@ pub fn run(quick: bool) -> Result<()> {
 pub fn smoke() -> Result<()> {
     println!("==> test: bench smoke run (every scenario, tiny workloads; no timing judged)");
     let results = std::env::temp_dir().join(format!("shunt-bench-smoke-{}", std::process::id()));
-    let outcome = run_child(&plan::SMOKE, &bin_dir(false), &results)
+    let outcome = run_child(&plan::SMOKE, &bin_dir(false), &results, &Selection::default())
         .and_then(|()| check_smoke_results(&results));
     let _gone = std::fs::remove_dir_all(&results);
     outcome
@@ -78,13 +86,14 @@ fn check_smoke_results(results: &Path) -> Result<()> {
 
 /// Runs `xtask bench-node` as its own (root) process: it pins itself to a CPU, which must
 /// not stick to the caller (`cargo xtask test` runs the test suite afterwards).
-fn run_child(plan: &Plan, bin_dir: &Path, results: &Path) -> Result<()> {
+fn run_child(plan: &Plan, bin_dir: &Path, results: &Path, selection: &Selection) -> Result<()> {
     let mut node_part = Command::new(xtask_exe()?);
     node_part
         .args(["bench-node", "--plan", plan.name, "--bin-dir"])
         .arg(bin_dir)
         .arg("--results-dir")
-        .arg(results);
+        .arg(results)
+        .args(selection.to_args());
     if !is_root() {
         println!("==> bench: the node part needs root; running it under sudo");
     }
@@ -117,7 +126,12 @@ fn xtask_exe() -> Result<PathBuf> {
 }
 
 /// The privileged part: start every scenario, run the repetitions, report, tear down.
-pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
+pub fn run_node(
+    plan_name: &str,
+    bin_dir: &Path,
+    results: &Path,
+    selection: &Selection,
+) -> Result<()> {
     let plan = Plan::named(plan_name).with_context(|| format!("no bench plan {plan_name:?}"))?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if cpus <= SERVICE_CPU {
@@ -163,7 +177,14 @@ pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
 
     let mut unavailable = Vec::new();
     let mut deployments = Vec::new();
+    if !selection.is_everything() {
+        println!("    a partial run: {}", selection.to_args().join(" "));
+    }
     for scenario in Scenario::ALL {
+        if !selection.has_scenario(scenario) {
+            unavailable.push((scenario, "not selected (--scenarios)".to_owned()));
+            continue;
+        }
         if let Some(why) = scenario::unavailable_reason(scenario, &binaries) {
             println!("    {} {}: {why}", scenario.id(), scenario.title());
             unavailable.push((scenario, why));
@@ -185,7 +206,7 @@ pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
         let order: Vec<usize> = (0..count).map(|i| (i + repetition) % count).collect();
         // L7 max rps first, in every scenario: the round's second L7 rate is half the lowest.
         let round_start = records.len();
-        for &i in &order {
+        for &i in order.iter().filter(|_| selection.has(Workload::L7)) {
             let record = measure::l7_max(&mut deployments[i], &plan, repetition);
             print_record(&plan, repetition, &record);
             records.push(record);
@@ -201,7 +222,8 @@ pub fn run_node(plan_name: &str, bin_dir: &Path, results: &Path) -> Result<()> {
             .map(|rps| rps / 2.0)
             .ok_or("no L7 max rps was measured in this repetition");
         for &i in &order {
-            for record in measure::repetition(&mut deployments[i], &plan, repetition, half_rate) {
+            let deployment = &mut deployments[i];
+            for record in measure::repetition(deployment, &plan, selection, repetition, half_rate) {
                 print_record(&plan, repetition, &record);
                 records.push(record);
             }

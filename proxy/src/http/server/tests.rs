@@ -263,6 +263,7 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
             [10, 1, 0, 5],
             "client",
         ))),
+        memo: Default::default(),
     });
     Harness { test, connection }
 }
@@ -391,6 +392,35 @@ async fn a_forwarded_request_gets_rewrites_header_edits_and_forwarded_headers() 
         ),
         Some(1)
     );
+}
+
+/// A connection keeps handles on the series it recorded into; each outcome still gets its own.
+#[tokio::test]
+async fn one_connections_requests_count_in_the_series_of_their_outcome() {
+    let web = backend("web", 0).await;
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[web.addr])],
+    )
+    .await;
+    // Interleaved, so the per-connection handles are found again, not just the latest.
+    let paths = ["/", "/status/404", "/", "/status/503", "/", "/status/404", "/status/201"];
+    for path in paths {
+        harness.send(get(path)).await;
+    }
+    harness.test.log_lines(paths.len()).await;
+    let cases = [("200", 3), ("404", 2), ("503", 1), ("201", 1)];
+    for (code, count) in cases {
+        for name in [
+            "istio_requests_total",
+            "istio_request_duration_milliseconds_count",
+            "istio_request_bytes_count",
+            "istio_response_bytes_count",
+        ] {
+            let labels = [("reporter", "source"), ("response_code", code)];
+            assert_eq!(harness.test.metric(name, &labels), Some(count), "{name} {code}");
+        }
+    }
 }
 
 #[tokio::test]

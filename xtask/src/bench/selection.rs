@@ -1,0 +1,138 @@
+//! `--scenarios` and `--workloads`: run part of the bench, for profiling one path or a quick
+//! comparison. The default is everything; a published table comes from a run of everything.
+
+use anyhow::{Result, bail};
+
+use super::scenario::Scenario;
+
+/// The workload groups of one repetition, as `--workloads` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Rr,
+    Crr,
+    Bulk,
+    L7,
+    Idle,
+}
+
+impl Workload {
+    pub const ALL: [Self; 5] = [Self::Rr, Self::Crr, Self::Bulk, Self::L7, Self::Idle];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rr => "rr",
+            Self::Crr => "crr",
+            Self::Bulk => "bulk",
+            Self::L7 => "l7",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// Which scenarios and workloads this run covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    scenarios: Vec<Scenario>,
+    workloads: Vec<Workload>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            scenarios: Scenario::ALL.to_vec(),
+            workloads: Workload::ALL.to_vec(),
+        }
+    }
+}
+
+impl Selection {
+    /// Scenario ids (`S0`…`S4`) and workload names; empty lists mean all.
+    pub fn parse(scenarios: &[String], workloads: &[String]) -> Result<Self> {
+        let mut selection = Self::default();
+        if !scenarios.is_empty() {
+            selection.scenarios = scenarios
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(|id| {
+                    Scenario::ALL
+                        .into_iter()
+                        .find(|s| s.id().eq_ignore_ascii_case(id.trim()))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--scenarios: no scenario {id:?}; they are S0 to S4")
+                        })
+                })
+                .collect::<Result<_>>()?;
+        }
+        if !workloads.is_empty() {
+            selection.workloads = workloads
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(|name| {
+                    Workload::ALL
+                        .into_iter()
+                        .find(|w| w.name().eq_ignore_ascii_case(name.trim()))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--workloads: no workload {name:?}; they are rr, crr, bulk, l7, idle"
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?;
+        }
+        if selection.scenarios.is_empty() || selection.workloads.is_empty() {
+            bail!("the bench selection is empty");
+        }
+        Ok(selection)
+    }
+
+    pub fn has_scenario(&self, scenario: Scenario) -> bool {
+        self.scenarios.contains(&scenario)
+    }
+
+    pub fn has(&self, workload: Workload) -> bool {
+        self.workloads.contains(&workload)
+    }
+
+    pub fn is_everything(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The arguments that hand this selection to `xtask bench-node`.
+    pub fn to_args(&self) -> Vec<String> {
+        let scenarios: Vec<&str> = self.scenarios.iter().map(|s| s.id()).collect();
+        let workloads: Vec<&str> = self.workloads.iter().map(|w| w.name()).collect();
+        vec![
+            "--scenarios".into(),
+            scenarios.join(","),
+            "--workloads".into(),
+            workloads.join(","),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn selections_parse_round_trip_and_reject_unknown_names() {
+        let everything = Selection::parse(&[], &[]).expect("empty means all");
+        assert!(everything.is_everything());
+        let part = Selection::parse(&strings(&["s2", "S4"]), &strings(&["l7"])).expect("valid");
+        assert!(part.has_scenario(Scenario::Ebpf) && part.has_scenario(Scenario::Haproxy));
+        assert!(!part.has_scenario(Scenario::Direct));
+        assert!(part.has(Workload::L7) && !part.has(Workload::Rr));
+        let args = part.to_args();
+        let again = Selection::parse(&strings(&[&args[1]]), &strings(&[&args[3]])).expect("ok");
+        assert_eq!(again, part);
+        let cases = [(strings(&["S9"]), vec![]), (vec![], strings(&["http"]))];
+        for (scenarios, workloads) in cases {
+            let error = Selection::parse(&scenarios, &workloads).expect_err("unknown name");
+            assert!(error.to_string().contains("no "), "{error}");
+        }
+    }
+}
