@@ -899,10 +899,10 @@ impl HttpConnection {
             series.record(sample);
             return;
         }
-        let series = self
-            .proxy
-            .metrics
-            .request_metrics(&self.http_labels(exchange, status, grpc_status));
+        let series =
+            self.proxy
+                .metrics
+                .request_metrics(&self.http_labels(exchange, status, grpc_status));
         series.record(sample);
         if cached.len() == CACHED_SERIES {
             cached.remove(0);
@@ -981,7 +981,12 @@ impl HttpConnection {
                     .filter(|host| !host.is_empty())
                     .map(Cow::Borrowed)
             })
-            .or_else(|| exchange.target_service.as_ref().map(|s| Cow::Owned(s.hostname())))
+            .or_else(|| {
+                exchange
+                    .target_service
+                    .as_ref()
+                    .map(|s| Cow::Owned(s.hostname()))
+            })
             .unwrap_or(Cow::Borrowed(UNKNOWN));
         let entry = HttpEntry {
             start_time: exchange.start_time,

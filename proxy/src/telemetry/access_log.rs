@@ -231,8 +231,7 @@ fn write_batches(shared: &Shared, out: &mut impl Write, interval: Duration) {
     loop {
         let (lines, closed) = {
             let mut pending = shared.lock();
-            if !pending.closed && !pending.flush_requested && pending.bytes.len() < WAKE_AT_BYTES
-            {
+            if !pending.closed && !pending.flush_requested && pending.bytes.len() < WAKE_AT_BYTES {
                 pending = shared
                     .writer
                     .wait_timeout(pending, interval)
@@ -495,14 +494,21 @@ mod tests {
         for i in 0..500 {
             stdout.write_line(&format!("line {i}")).unwrap();
         }
-        assert_eq!(out.text(), "", "lines wait for the interval, a flush or a full buffer");
+        assert_eq!(
+            out.text(),
+            "",
+            "lines wait for the interval, a flush or a full buffer"
+        );
         stdout.flush(Duration::from_secs(10));
         let expected: String = (0..500).map(|i| format!("line {i}\n")).collect();
         assert_eq!(out.text(), expected);
         assert_eq!(out.writes(), 1, "500 lines leave in one write");
         stdout.write_line("after the flush").unwrap();
         drop(stdout);
-        assert!(out.text().ends_with("line 499\nafter the flush\n"), "the drop writes the rest");
+        assert!(
+            out.text().ends_with("line 499\nafter the flush\n"),
+            "the drop writes the rest"
+        );
     }
 
     #[test]
@@ -529,6 +535,9 @@ mod tests {
         while out.text().is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(out.text().len() >= WAKE_AT_BYTES, "written without a flush or the interval");
+        assert!(
+            out.text().len() >= WAKE_AT_BYTES,
+            "written without a flush or the interval"
+        );
     }
 }

@@ -49,8 +49,13 @@ pub fn run(quick: bool, selection: &Selection) -> Result<()> {
 pub fn smoke() -> Result<()> {
     println!("==> test: bench smoke run (every scenario, tiny workloads; no timing judged)");
     let results = std::env::temp_dir().join(format!("shunt-bench-smoke-{}", std::process::id()));
-    let outcome = run_child(&plan::SMOKE, &bin_dir(false), &results, &Selection::default())
-        .and_then(|()| check_smoke_results(&results));
+    let outcome = run_child(
+        &plan::SMOKE,
+        &bin_dir(false),
+        &results,
+        &Selection::default(),
+    )
+    .and_then(|()| check_smoke_results(&results));
     let _gone = std::fs::remove_dir_all(&results);
     outcome
 }

@@ -404,7 +404,15 @@ async fn one_connections_requests_count_in_the_series_of_their_outcome() {
     )
     .await;
     // Interleaved, so the per-connection handles are found again, not just the latest.
-    let paths = ["/", "/status/404", "/", "/status/503", "/", "/status/404", "/status/201"];
+    let paths = [
+        "/",
+        "/status/404",
+        "/",
+        "/status/503",
+        "/",
+        "/status/404",
+        "/status/201",
+    ];
     for path in paths {
         harness.send(get(path)).await;
     }
@@ -418,7 +426,11 @@ async fn one_connections_requests_count_in_the_series_of_their_outcome() {
             "istio_response_bytes_count",
         ] {
             let labels = [("reporter", "source"), ("response_code", code)];
-            assert_eq!(harness.test.metric(name, &labels), Some(count), "{name} {code}");
+            assert_eq!(
+                harness.test.metric(name, &labels),
+                Some(count),
+                "{name} {code}"
+            );
         }
     }
 }
