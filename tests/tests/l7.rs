@@ -1010,6 +1010,32 @@ const OUTSIDE: Backend = Backend {
     namespace: "outside",
 };
 
+/// `accessLogFile: ""` in Istio's mesh config turns the access log off, TCP and HTTP; the
+/// request metrics are still recorded.
+#[test]
+fn access_log_file_empty_turns_the_access_log_off() {
+    let istio = [
+        istio::istio_system_namespace(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {"mesh": "accessLogFile: \"\"\n"},
+        }),
+    ];
+    let Some(mut l7) = L7::start("l7::access_log_off", &[WEB], &[WEB_V1], &istio) else {
+        return;
+    };
+    l7.serve_all(&["web-v1"]);
+    let answered = l7.http(&url(&WEB, "/quiet"), &["-n", "10"]);
+    assert_eq!(answered["status"], json!({"200": 10}), "{answered}");
+    l7.expect_requests(&[("response_code", "200")], 10);
+    // Past the writer's 100 ms batching interval, with room to spare.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = l7.node.access_log().or_panic("access log");
+    assert_eq!(log.entries.len(), 0, "{}", log.describe());
+}
+
 #[test]
 fn registry_only_blocks_unknown_destinations_and_passes_service_entries() {
     // The only backend, so its IP is the first backend IP.

@@ -522,6 +522,7 @@ data:
     outboundTrafficPolicy:
       mode: REGISTRY_ONLY
     protocolDetectionTimeout: 250ms
+    accessLogFile: ""
 "#;
 
 #[test]
@@ -552,6 +553,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
         shunt_proxy::routing::MeshSettings {
             outbound_traffic_policy: shunt_proxy::routing::OutboundTrafficPolicy::RegistryOnly,
             protocol_detection_timeout: Some(std::time::Duration::from_millis(250)),
+            access_log: shunt_proxy::routing::AccessLogOutput::Off,
         }
     );
     // What the agent sends compiles without a problem in the proxy.
@@ -589,6 +591,14 @@ fn bad_mesh_settings_and_shunt_kinds_are_named() {
             "data.mesh.protocolDetectionTimeout",
             "\"soon\" is not a duration: expected a number with a unit h, m, s, ms, us or ns, \
              e.g. \"1s\", \"0.5s\", \"100ms\"",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+             data: {mesh: 'accessLogFile: /var/log/access.log'}",
+            "ConfigMap istio-system/istio",
+            "data.mesh.accessLogFile",
+            "\"/var/log/access.log\": shunt writes its access log to the node proxy's stdout \
+             only: use \"/dev/stdout\", or \"\" to turn it off",
         ),
         (
             "apiVersion: shunt.io/v1\nkind: RateLimitPolicy\nmetadata: {name: r}",

@@ -47,8 +47,9 @@ use super::upstream::{
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
 use crate::routing::{
-    Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
-    PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
+    AccessLogOutput, Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer,
+    OutboundTarget, PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy,
+    WeightedDestination,
 };
 use crate::state::{MeshIndex, Service, Workload};
 use crate::telemetry::Reporter;
@@ -252,6 +253,8 @@ struct Exchange {
     cluster: Option<Arc<Cluster>>,
     upstream: Option<Picked>,
     upstream_service_time: Option<Duration>,
+    /// Whether the mesh config has the access log on (`accessLogFile`), as of the request.
+    access_log: bool,
 }
 
 impl Exchange {
@@ -360,14 +363,20 @@ impl HttpConnection {
             cluster: None,
             upstream: None,
             upstream_service_time: None,
+            access_log: true,
         };
         let body = Counted::new(incoming, exchange.request_body_bytes.clone());
         let (response, grpc_status) = match &self.side {
             Side::Outbound { routes } => {
-                self.route(&*routes.routes(), parts, body, upgrade, &mut exchange)
+                let routes = routes.routes();
+                exchange.access_log = routes.mesh().access_log == AccessLogOutput::Stdout;
+                self.route(&*routes, parts, body, upgrade, &mut exchange)
                     .await
             }
-            Side::Inbound(app) => self.deliver(app, parts, body, upgrade, &mut exchange).await,
+            Side::Inbound(app) => {
+                exchange.access_log = self.proxy.access_log_on();
+                self.deliver(app, parts, body, upgrade, &mut exchange).await
+            }
         };
         let (response, grpc_status) = if exchange.grpc {
             grpc_local_reply((response, grpc_status))
@@ -964,6 +973,9 @@ impl HttpConnection {
 
     /// Writes the request's access log line.
     fn log_request(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) {
+        if !exchange.access_log {
+            return;
+        }
         let destination = self.destination_workload(exchange);
         let (src_workload, src_namespace) = borrowed_workload_names(self.source.as_deref());
         let (dst_workload, dst_namespace) = borrowed_workload_names(destination.as_deref());

@@ -33,6 +33,8 @@ pub struct VirtualServiceRouteRef {
 pub struct MeshConfig {
     pub outbound_traffic_policy: Option<OutboundTrafficPolicyConfig>,
     pub protocol_detection_timeout: Option<String>,
+    /// `""` turns the access log off; `/dev/stdout` (or unset) writes it to the proxy's stdout.
+    pub access_log_file: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

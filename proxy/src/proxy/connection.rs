@@ -206,7 +206,9 @@ pub(super) async fn run<S>(
         .map(|delivered| self::entry(delivered, &ending, &meter));
     // Closed once the sockets are: the connection is over for whoever scrapes next.
     drop(meter);
-    if let Some(delivered_entry) = delivered_entry
+    let access_log = proxy.access_log_on();
+    if access_log
+        && let Some(delivered_entry) = delivered_entry
         && let Err(error) = proxy.access_log.record(&delivered_entry)
     {
         tracing::warn!(%error, "access log entry lost");
@@ -219,7 +221,7 @@ pub(super) async fn run<S>(
         error = entry.error.as_deref().unwrap_or(""),
         "connection closed"
     );
-    if let Err(error) = proxy.access_log.record(&entry) {
+    if access_log && let Err(error) = proxy.access_log.record(&entry) {
         tracing::warn!(%error, "access log entry lost");
     }
 }

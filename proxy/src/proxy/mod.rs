@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::drain::Drain;
 use crate::http::ratelimit::RateLimiter;
 use crate::http::upstream::Upstreams;
-use crate::routing::RouteSource;
+use crate::routing::{AccessLogOutput, RouteSource};
 use crate::socket::PodSockets;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;
@@ -68,6 +68,14 @@ impl ProxyContext {
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
             local_pods: Arc::new(local::LocalPods::new(timeouts.same_node_shortcut)),
         }
+    }
+
+    /// Whether the mesh config leaves the access log on (`accessLogFile`), as of now.
+    #[must_use]
+    pub fn access_log_on(&self) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|source| source.routes().mesh().access_log == AccessLogOutput::Stdout)
     }
 }
 

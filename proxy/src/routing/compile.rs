@@ -22,10 +22,10 @@ use http::StatusCode;
 use super::Error;
 use super::convert::{self, MISSING, Problems, Subnet, Visibility};
 use super::decision::{
-    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination, DnsEndpoint, Host,
-    HttpAction, HttpRoute, LoadBalancer, MeshSettings, Mirror, ObjectRef, OutboundTrafficPolicy,
-    OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite, ServiceTarget, StringMatch,
-    TrafficPolicy, WeightedDestination,
+    AccessLogOutput, Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination,
+    DnsEndpoint, Host, HttpAction, HttpRoute, LoadBalancer, MeshSettings, Mirror, ObjectRef,
+    OutboundTrafficPolicy, OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite,
+    ServiceTarget, StringMatch, TrafficPolicy, WeightedDestination,
 };
 use crate::istio;
 use crate::state::{MeshState, Service, Workload};
@@ -1905,10 +1905,25 @@ pub fn mesh_settings(
         &format!("{field}.protocolDetectionTimeout"),
         config.protocol_detection_timeout.as_ref(),
     );
+    let access_log = match config.access_log_file.as_deref() {
+        None | Some("/dev/stdout") => AccessLogOutput::Stdout,
+        Some("") => AccessLogOutput::Off,
+        Some(other) => {
+            p.add(
+                format!("{field}.accessLogFile"),
+                format!(
+                    "{other:?}: shunt writes its access log to the node proxy's stdout only: \
+                     use \"/dev/stdout\", or \"\" to turn it off"
+                ),
+            );
+            AccessLogOutput::Stdout
+        }
+    };
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,
             protocol_detection_timeout,
+            access_log,
         })
     } else {
         Err(p.list)

@@ -509,6 +509,20 @@ pub struct MeshSettings {
     /// the connection as opaque TCP. `None`: the proxy's `--protocol-detection-timeout`.
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
     pub protocol_detection_timeout: Option<Duration>,
+    /// `accessLogFile`: whether the proxy writes its access log.
+    #[serde(default)]
+    pub access_log: AccessLogOutput,
+}
+
+/// Where access-log lines go (`accessLogFile`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogOutput {
+    /// The proxy's stdout: `/dev/stdout`, and shunt's default when `accessLogFile` is unset.
+    #[default]
+    Stdout,
+    /// `accessLogFile: ""`: no access log (metrics are unaffected).
+    Off,
 }
 
 mod opt_millis {

@@ -1866,3 +1866,30 @@ fn dns_service_entry_validation() {
         assert!(table.cluster(&ok, 80, None).is_err());
     }
 }
+
+#[test]
+fn access_log_file_turns_the_access_log_on_and_off() {
+    use crate::istio::MeshConfig;
+    let cases = [
+        (None, Ok(AccessLogOutput::Stdout)),
+        (Some("/dev/stdout"), Ok(AccessLogOutput::Stdout)),
+        (Some(""), Ok(AccessLogOutput::Off)),
+        (Some("/dev/stderr"), Err("data.mesh.accessLogFile")),
+    ];
+    for (file, expected) in cases {
+        let config = MeshConfig {
+            access_log_file: file.map(str::to_owned),
+            ..MeshConfig::default()
+        };
+        let settings = crate::routing::mesh_settings(&config, "data.mesh");
+        match expected {
+            Ok(output) => assert_eq!(settings.unwrap().access_log, output, "{file:?}"),
+            Err(field) => {
+                let problems = settings.unwrap_err();
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert_eq!(problems[0].0, field);
+                assert!(problems[0].1.contains("/dev/stdout"), "{problems:?}");
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@ const HOST: &str = "web.shop.svc.cluster.local";
 struct TestRoutes {
     decision: HttpDecision,
     clusters: HashMap<String, Arc<Cluster>>,
+    mesh: MeshSettings,
 }
 
 impl Routes for TestRoutes {
@@ -60,8 +61,7 @@ impl Routes for TestRoutes {
     }
 
     fn mesh(&self) -> &MeshSettings {
-        static MESH: std::sync::OnceLock<MeshSettings> = std::sync::OnceLock::new();
-        MESH.get_or_init(MeshSettings::default)
+        &self.mesh
     }
 }
 
@@ -222,6 +222,14 @@ struct Harness {
 }
 
 async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness {
+    harness_with_mesh(decision, clusters, MeshSettings::default()).await
+}
+
+async fn harness_with_mesh(
+    decision: HttpDecision,
+    clusters: Vec<Arc<Cluster>>,
+    mesh: MeshSettings,
+) -> Harness {
     let test = TestProxy::new(false);
     let sockets = CurrentNetnsSocketFactory
         .enter(own_netns(), "shop/client-1")
@@ -247,6 +255,7 @@ async fn harness(decision: HttpDecision, clusters: Vec<Arc<Cluster>>) -> Harness
             .into_iter()
             .map(|c| (c.key.host.0.to_string(), c))
             .collect(),
+        mesh,
     };
     let connection = Arc::new(HttpConnection {
         proxy: test.proxy.clone(),
@@ -392,6 +401,40 @@ async fn a_forwarded_request_gets_rewrites_header_edits_and_forwarded_headers() 
         ),
         Some(1)
     );
+}
+
+/// `accessLogFile: ""` turns the access log off; the request metrics are recorded all the same.
+#[tokio::test]
+async fn access_log_file_off_writes_no_line_but_counts_the_request() {
+    let web = backend("web", 0).await;
+    let off = MeshSettings {
+        access_log: AccessLogOutput::Off,
+        ..MeshSettings::default()
+    };
+    let harness = harness_with_mesh(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![cluster(HOST, &[web.addr])],
+        off,
+    )
+    .await;
+    let (status, _, _) = harness.send(get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Recorded as the response body ends, which can be just after the client has it.
+    let labels = [("reporter", "source"), ("response_code", "200")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness
+        .test
+        .metric("istio_requests_total", &labels)
+        .is_none()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        harness.test.metric("istio_requests_total", &labels),
+        Some(1)
+    );
+    assert_eq!(harness.test.log.lines(), Vec::<serde_json::Value>::new());
 }
 
 /// A connection keeps handles on the series it recorded into; each outcome still gets its own.
