@@ -50,34 +50,23 @@ impl Selection {
     pub fn parse(scenarios: &[String], workloads: &[String]) -> Result<Self> {
         let mut selection = Self::default();
         if !scenarios.is_empty() {
-            selection.scenarios = scenarios
-                .iter()
-                .flat_map(|list| list.split(','))
-                .map(|id| {
-                    Scenario::ALL
-                        .into_iter()
-                        .find(|s| s.id().eq_ignore_ascii_case(id.trim()))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("--scenarios: no scenario {id:?}; they are S0 to S4")
-                        })
-                })
-                .collect::<Result<_>>()?;
+            selection.scenarios = pick(
+                scenarios,
+                &Scenario::ALL,
+                Scenario::id,
+                "--scenarios",
+                "S0 to S4",
+            )?;
         }
         if !workloads.is_empty() {
-            selection.workloads = workloads
-                .iter()
-                .flat_map(|list| list.split(','))
-                .map(|name| {
-                    Workload::ALL
-                        .into_iter()
-                        .find(|w| w.name().eq_ignore_ascii_case(name.trim()))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "--workloads: no workload {name:?}; they are rr, crr, bulk, l7, idle"
-                            )
-                        })
-                })
-                .collect::<Result<_>>()?;
+            let known = "rr, crr, bulk, l7, idle";
+            selection.workloads = pick(
+                workloads,
+                &Workload::ALL,
+                Workload::name,
+                "--workloads",
+                known,
+            )?;
         }
         if selection.scenarios.is_empty() || selection.workloads.is_empty() {
             bail!("the bench selection is empty");
@@ -108,6 +97,26 @@ impl Selection {
             workloads.join(","),
         ]
     }
+}
+
+/// The items of `all` that `lists` (comma-separated, any case) name, in the order named.
+fn pick<T: Copy>(
+    lists: &[String],
+    all: &[T],
+    name: fn(T) -> &'static str,
+    option: &str,
+    known: &str,
+) -> Result<Vec<T>> {
+    lists
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(|wanted| {
+            all.iter()
+                .copied()
+                .find(|item| name(*item).eq_ignore_ascii_case(wanted.trim()))
+                .ok_or_else(|| anyhow::anyhow!("{option}: no {wanted:?}; they are {known}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
