@@ -199,7 +199,9 @@ where
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(connection.handle(request).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // As for upstream connections (`upstream/pool.rs`): flat writes, `send(2)`.
+    builder.http1().writev(false);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
     let ended = tokio::select! {

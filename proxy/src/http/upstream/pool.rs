@@ -573,7 +573,11 @@ impl Dialer {
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
         let (io, delivered) = self.dial(addr, limits).await?;
-        let (sender, connection) = http1::handshake(io)
+        // One flat buffer per write: `send(2)` rather than `writev(2)`, whose trip through
+        // the VFS layers cost more than copying a small body (HAProxy writes the same way).
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
         let cut = delivered.as_ref().map(|d| d.drain.clone());
