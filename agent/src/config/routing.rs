@@ -235,8 +235,23 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
             return MeshSettings::default();
         }
     };
+    let mut ignored = Vec::new();
     let parsed: Result<istio::MeshConfig, _> =
-        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text));
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+            serde_yaml::Deserializer::from_str(text),
+            &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
+        ));
+    // A real Istio mesh config sets much shunt does not act on; say so, field by field,
+    // rather than let a setting look as if it took effect.
+    for field in ignored {
+        errors.push(error(
+            format!("data.mesh.{field}"),
+            "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
+             protocolDetectionTimeout and accessLogFile): ignored (a warning: the rest of the \
+             mesh config applies)"
+                .into(),
+        ));
+    }
     match parsed {
         Ok(mesh) => routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
             errors.extend(

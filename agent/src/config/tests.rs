@@ -561,6 +561,45 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
 }
 
 #[test]
+fn mesh_config_fields_shunt_does_not_read_are_warned_about_and_the_rest_applies() {
+    let document = "apiVersion: v1\nkind: ConfigMap\n\
+                    metadata: {name: istio, namespace: istio-system}\n\
+                    data:\n  mesh: |\n    outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n    \
+                    accessLogEncoding: TEXT\n    enableTracing: true\n";
+    let (config, errors) = load(&[("mesh.yaml", document)]);
+    let snapshot = Snapshot::from_config(Path::new("/cfg"), config, errors);
+    let warned: Vec<_> = snapshot
+        .errors
+        .iter()
+        .map(|e| (e.object.as_deref(), e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        warned,
+        vec![
+            (
+                Some("ConfigMap istio-system/istio"),
+                Some("data.mesh.accessLogEncoding")
+            ),
+            (
+                Some("ConfigMap istio-system/istio"),
+                Some("data.mesh.enableTracing")
+            ),
+        ]
+    );
+    assert!(
+        snapshot.errors[0]
+            .message
+            .contains("a warning: the rest of the mesh config applies"),
+        "{:?}",
+        snapshot.errors[0]
+    );
+    assert_eq!(
+        snapshot.mesh.mesh.outbound_traffic_policy,
+        shunt_proxy::routing::OutboundTrafficPolicy::RegistryOnly
+    );
+}
+
+#[test]
 fn the_outbound_policy_flag_wins_over_the_config_map() {
     let (config, errors) = load(&[("routes.yaml", ROUTING)]);
     let options = LoadOptions {
