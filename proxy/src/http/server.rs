@@ -47,9 +47,8 @@ use super::upstream::{
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
 use crate::routing::{
-    AccessLogOutput, Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer,
-    OutboundTarget, PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy,
-    WeightedDestination,
+    Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
+    PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
 };
 use crate::state::{MeshIndex, Service, Workload};
 use crate::telemetry::Reporter;
@@ -371,7 +370,7 @@ impl HttpConnection {
         let (response, grpc_status) = match &self.side {
             Side::Outbound { routes } => {
                 let routes = routes.routes();
-                exchange.access_log = routes.mesh().access_log == AccessLogOutput::Stdout;
+                exchange.access_log = routes.mesh().access_log_on();
                 self.route(&*routes, parts, body, upgrade, &mut exchange)
                     .await
             }

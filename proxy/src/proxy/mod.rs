@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::drain::Drain;
 use crate::http::ratelimit::RateLimiter;
 use crate::http::upstream::Upstreams;
-use crate::routing::{AccessLogOutput, RouteSource};
+use crate::routing::RouteSource;
 use crate::socket::PodSockets;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;
@@ -75,7 +75,7 @@ impl ProxyContext {
     pub fn access_log_on(&self) -> bool {
         self.routes
             .as_ref()
-            .is_none_or(|source| source.routes().mesh().access_log == AccessLogOutput::Stdout)
+            .is_none_or(|source| source.routes().mesh().access_log_on())
     }
 }
 

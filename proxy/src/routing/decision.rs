@@ -514,6 +514,14 @@ pub struct MeshSettings {
     pub access_log: AccessLogOutput,
 }
 
+impl MeshSettings {
+    /// Whether access-log lines are written at all.
+    #[must_use]
+    pub fn access_log_on(&self) -> bool {
+        self.access_log != AccessLogOutput::Off
+    }
+}
+
 /// Where access-log lines go (`accessLogFile`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::routing::{
-    AbortKind, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host, MeshSettings, Mirror,
-    ObjectRef, RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget, TcpDecision, TrafficPolicy,
+    AbortKind, AccessLogOutput, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host,
+    MeshSettings, Mirror, ObjectRef, RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget,
+    TcpDecision, TrafficPolicy,
 };
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use crate::state::fixtures;
