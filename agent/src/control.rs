@@ -27,11 +27,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Numbers proxy connections, so that late events of a replaced connection are recognised.
 pub type ConnectionId = u64;
 
-/// A message for the proxy, with the descriptor it carries (a pod's netns for `AddPod`).
+/// A message for the proxy, with the descriptors it carries (a pod's netns for `AddPod`, the
+/// splice maps for `SpliceMaps`).
 #[derive(Debug)]
 pub struct Outgoing {
     pub message: AgentMessage,
-    pub fd: Option<Arc<OwnedFd>>,
+    pub fds: Vec<Arc<OwnedFd>>,
 }
 
 /// What the control server tells the reconciler.
@@ -197,8 +198,8 @@ async fn write_messages(
     writer: &mut UnixStream,
     outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
 ) -> Result<&'static str, Error> {
-    while let Some(Outgoing { message, fd }) = outgoing.recv().await {
-        let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    while let Some(Outgoing { message, fds }) = outgoing.recv().await {
+        let fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         wire::send(writer, &message, &fds).await?;
     }
     Ok("a newer proxy connection replaced it")

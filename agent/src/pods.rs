@@ -53,6 +53,11 @@ pub trait CaptureMaps {
     fn inbound_bind(&self) -> InboundBind {
         InboundBind::Loopback
     }
+    /// The maps the proxy splices opaque TCP connections with (`SHORTCUT_BYTES`,
+    /// `SPLICE_ROUTES`, in that order), when this capture has them.
+    fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
+        None
+    }
 }
 
 impl CaptureMaps for SharedCapture {
@@ -84,6 +89,17 @@ impl CaptureMaps for SharedCapture {
 
     fn captured_netns(&self) -> Result<Vec<u64>, Self::Error> {
         self.with(|capture| capture.captured_netns())
+    }
+
+    fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
+        match self.with(|capture| capture.splice_maps()) {
+            Ok(maps) => maps,
+            Err(e) => {
+                // The proxy still forwards every connection itself; only the splice is lost.
+                tracing::warn!("cannot hand the splice maps to the proxy: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -491,6 +507,12 @@ impl<C: CaptureMaps> Reconciler<C> {
         self.send(AgentMessage::State {
             state: self.mesh.clone(),
         });
+        if let Some(maps) = self.capture.splice_maps() {
+            self.send_outgoing(Outgoing {
+                message: AgentMessage::SpliceMaps,
+                fds: maps.into_iter().map(Arc::new).collect(),
+            });
+        }
         let mut handed = Vec::new();
         let inbound_bind = self.capture.inbound_bind();
         for (uid, pod) in &mut self.pods {
@@ -568,7 +590,10 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     fn send(&self, message: AgentMessage) {
-        self.send_outgoing(Outgoing { message, fd: None });
+        self.send_outgoing(Outgoing {
+            message,
+            fds: Vec::new(),
+        });
     }
 
     fn send_outgoing(&self, outgoing: Outgoing) {
@@ -621,7 +646,7 @@ fn add_pod(uid: &str, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Outgo
             netns_cookie: netns.cookie,
             inbound_bind,
         },
-        fd: Some(Arc::clone(&netns.fd)),
+        fds: vec![Arc::clone(&netns.fd)],
     }
 }
 

@@ -105,6 +105,14 @@ impl Backend {
         }
     }
 
+    /// The splice maps for the proxy: eBPF capture with the shortcut on has them.
+    pub fn splice_maps(&self) -> Result<Option<Vec<std::os::fd::OwnedFd>>, Error> {
+        match self {
+            Self::Ebpf(capture) => Ok(capture.splice_maps()?),
+            Self::Iptables(_) => Ok(None),
+        }
+    }
+
     /// A map's entries as JSON.
     pub fn dump_map(&self, name: &str) -> Result<serde_json::Value, Error> {
         match self {

@@ -308,6 +308,7 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
             AgentMessage::AddPod { .. } => "add_pod",
             AgentMessage::Synced { .. } => "synced",
             AgentMessage::RemovePod { .. } => "remove_pod",
+            AgentMessage::SpliceMaps => "splice_maps",
         });
     }
     assert_eq!(kinds, vec!["state", "add_pod", "synced"]);

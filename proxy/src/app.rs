@@ -120,6 +120,7 @@ impl App {
             config.control_socket.clone(),
             proxy.state.clone(),
             pods.clone(),
+            proxy.splice.clone(),
         );
         let control = {
             let shutdown = shutdown.clone();

@@ -101,6 +101,7 @@ impl TestProxy {
                 Arc::new(orig_dst::LocalAddr)
             },
             local_pods: Arc::new(crate::proxy::local::LocalPods::new(same_node_shortcut)),
+            splice: Arc::default(),
         });
         Self {
             proxy,

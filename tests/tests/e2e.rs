@@ -925,6 +925,95 @@ fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
     assert_eq!(on["sent_hash"], off["sent_hash"]);
 }
 
+/// With the shortcut on, an opaque TCP connection between two pods of the node is spliced
+/// once the proxy has forwarded each direction twice: the apps' messages then go straight into
+/// each other's receive queues. The bytes arrive whole and in order, each reporter still counts
+/// every byte, and the connection leaves no splice route behind.
+#[test]
+fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
+    const CHUNK: u64 = 64;
+    const ROUNDS: u64 = 1024;
+    let options = AgentOptions {
+        sockmap_shortcut: true,
+        ..AgentOptions::default()
+    };
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte",
+        &options,
+    ) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let admin = node.admin();
+    let counter = |name: &str| {
+        let stats = admin.map("STATS").or_panic("STATS");
+        admin::counter(&stats, name).unwrap_or_else(|| panic!("no {name} counter: {stats}"))
+    };
+    let before = counter("splice_redirects");
+    // One chunk out, its echo back, ROUNDS times: after the second round both directions
+    // are spliced, so nearly every later message skips the proxy.
+    let (lockstep, chunk) = (ROUNDS * CHUNK, CHUNK.to_string());
+    send_ok_with(
+        &node,
+        &a,
+        b.addr(ECHO_PORT),
+        lockstep,
+        11,
+        &["--retry-spurious-eagain", "--lockstep", &chunk],
+    );
+    let spliced = counter("splice_redirects") - before;
+    assert!(
+        spliced >= ROUNDS,
+        "only {spliced} of {} messages were spliced",
+        2 * ROUNDS
+    );
+    // Both ways at once, 64 KiB writes: the splice starts while bytes are in flight.
+    send_ok_with(
+        &node,
+        &a,
+        b.addr(ECHO_PORT),
+        8 * MIB,
+        12,
+        &["--retry-spurious-eagain"],
+    );
+
+    let log = node
+        .wait_access_log("4 access log lines", REPORT_TIMEOUT, |log| {
+            log.entries.len() >= 4
+        })
+        .or_panic("access log");
+    for (reporter, pod) in [("source", "mesh/a"), ("destination", "mesh/b")] {
+        for bytes in [lockstep, 8 * MIB] {
+            let bytes = bytes.to_string();
+            let lines = log.matching(&[
+                ("reporter", reporter),
+                ("pod", pod),
+                ("bytes_received", &bytes),
+                ("bytes_sent", &bytes),
+                ("close_reason", "eof"),
+            ]);
+            assert_eq!(lines.len(), 1, "{reporter}, {bytes} B:\n{}", log.describe());
+        }
+    }
+    let metrics = node
+        .wait_metrics("both connections closed", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &flow("destination", "a", "b")) >= 2
+        })
+        .or_panic("metrics");
+    for reporter in ["source", "destination"] {
+        let labels = flow(reporter, "a", "b");
+        assert_eq!(
+            sum(&metrics, RECEIVED_BYTES, &labels),
+            lockstep + 8 * MIB,
+            "{reporter}: {}",
+            metrics.describe(RECEIVED_BYTES)
+        );
+        assert_eq!(sum(&metrics, SENT_BYTES, &labels), lockstep + 8 * MIB);
+    }
+    let routes = admin.map("SPLICE_ROUTES").or_panic("SPLICE_ROUTES");
+    assert_eq!(routes, serde_json::json!([]), "routes left behind");
+}
+
 #[test]
 fn iptables_rules_outlive_the_agent_until_uninstall() {
     let Some((mut node, a, b)) = two_captured_pods(

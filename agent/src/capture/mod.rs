@@ -552,6 +552,15 @@ impl Capture {
         Ok(())
     }
 
+    /// Descriptors of `SHORTCUT_BYTES` and `SPLICE_ROUTES`, for the proxy to splice opaque TCP
+    /// connections with; none while the shortcut is off, since only shortcut sockets splice.
+    pub fn splice_maps(&self) -> Result<Option<Vec<std::os::fd::OwnedFd>>, Error> {
+        if !self.sockmap_shortcut {
+            return Ok(None);
+        }
+        maps::splice_map_fds(&self.ebpf).map(Some)
+    }
+
     /// Netns cookies that have state (MESHED_NETNS entry or pinned sk_lookup link), so the
     /// agent can remove pods that went away while it was down.
     pub fn captured_netns(&self) -> Vec<u64> {

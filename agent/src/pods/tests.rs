@@ -33,6 +33,8 @@ struct FakeCapture {
     captured: Vec<u64>,
     fail_add: bool,
     inbound_bind: InboundBind,
+    /// Plays eBPF capture with the shortcut on: two map descriptors for the proxy.
+    splice_maps: bool,
 }
 
 impl CaptureMaps for FakeCapture {
@@ -67,6 +69,11 @@ impl CaptureMaps for FakeCapture {
 
     fn inbound_bind(&self) -> InboundBind {
         self.inbound_bind
+    }
+
+    fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
+        let fd = || OwnedFd::from(File::open("/dev/null").unwrap());
+        self.splice_maps.then(|| vec![fd(), fd()])
     }
 }
 
@@ -171,8 +178,8 @@ struct Proxy {
 impl Proxy {
     fn received(&mut self) -> Vec<String> {
         let mut got = Vec::new();
-        while let Ok(Outgoing { message, fd }) = self.inbox.try_recv() {
-            let fd = if fd.is_some() { " +fd" } else { "" };
+        while let Ok(Outgoing { message, fds }) = self.inbox.try_recv() {
+            let fd = if fds.is_empty() { "" } else { " +fd" };
             got.push(match message {
                 AgentMessage::State { state } => format!(
                     "State({})",
@@ -195,6 +202,7 @@ impl Proxy {
                 } => format!("AddPod({uid}, {netns_cookie}, {inbound_bind:?}){fd}"),
                 AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
                 AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
+                AgentMessage::SpliceMaps => format!("SpliceMaps({} fds)", fds.len()),
             });
         }
         got
@@ -288,6 +296,25 @@ fn capture_turns_on_only_when_the_proxy_is_ready() {
     );
     assert_eq!(view.workloads[0].proxy, "ready");
     assert!(view.workloads[0].captured);
+}
+
+#[test]
+fn every_proxy_session_gets_the_splice_maps_right_after_the_state_when_capture_has_them() {
+    for (splice_maps, expected) in [
+        (true, vec!["State(b)", "SpliceMaps(2 fds)", "Synced()"]),
+        (false, vec!["State(b)", "Synced()"]),
+    ] {
+        let mut node = Node::with_capture(FakeCapture {
+            splice_maps,
+            ..FakeCapture::default()
+        });
+        node.reconciler
+            .apply(&snapshot(std::slice::from_ref(&uncaptured("b", 2))));
+        for pid in [7, 8] {
+            let mut proxy = node.connect(pid);
+            assert_eq!(proxy.received(), expected, "proxy {pid}");
+        }
+    }
 }
 
 #[test]

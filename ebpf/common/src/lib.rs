@@ -34,11 +34,13 @@ pub mod map_names {
     pub const ORIG_DST_BY_CLIENT: &str = "ORIG_DST_BY_CLIENT";
     pub const SHORTCUT_SOCKETS: &str = "SHORTCUT_SOCKETS";
     pub const SHORTCUT_BYPASS: &str = "SHORTCUT_BYPASS";
+    pub const SHORTCUT_BYTES: &str = "SHORTCUT_BYTES";
+    pub const SPLICE_ROUTES: &str = "SPLICE_ROUTES";
     pub const SETTINGS: &str = "SETTINGS";
     pub const STATS: &str = "STATS";
 
     /// Every map, in the order `shuntctl status` lists them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         MESHED_NETNS,
         OUTBOUND_EXCLUDED_PORTS,
         INBOUND_EXCLUDED_PORTS,
@@ -47,6 +49,8 @@ pub mod map_names {
         ORIG_DST_BY_CLIENT,
         SHORTCUT_SOCKETS,
         SHORTCUT_BYPASS,
+        SHORTCUT_BYTES,
+        SPLICE_ROUTES,
         SETTINGS,
         STATS,
     ];
@@ -145,6 +149,22 @@ pub struct SockKey {
 const _: () = assert!(core::mem::size_of::<SockKey>() == 24);
 
 impl SockKey {
+    /// The key of a socket in the netns `netns_cookie`, from its local and remote addresses.
+    #[must_use]
+    pub fn from_addrs(
+        netns_cookie: u64,
+        local: core::net::SocketAddrV4,
+        remote: core::net::SocketAddrV4,
+    ) -> Self {
+        Self {
+            netns_cookie,
+            local_ip4_be: u32::from_ne_bytes(local.ip().octets()),
+            remote_ip4_be: u32::from_ne_bytes(remote.ip().octets()),
+            local_port: u32::from(local.port()),
+            remote_port: u32::from(remote.port()),
+        }
+    }
+
     /// The key of the socket at the other end of this connection.
     #[must_use]
     pub const fn peer(&self) -> Self {
@@ -157,6 +177,34 @@ impl SockKey {
         }
     }
 }
+
+/// Value of `SHORTCUT_BYTES`, keyed by a shortcut socket's `SockKey`: what its `sk_msg` program
+/// did with the bytes the socket sent. Written only by the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShortcutBytes {
+    /// Redirected to the other end of the socket's own connection (the proxy, or the app the
+    /// proxy delivered to).
+    pub to_peer: u64,
+    /// Redirected straight to the app at the far side of the proxy, by a `SPLICE_ROUTES` entry.
+    pub spliced: u64,
+}
+const _: () = assert!(core::mem::size_of::<ShortcutBytes>() == 16);
+
+/// Value of `SPLICE_ROUTES`, keyed by an app socket's `SockKey`: once the proxy has written
+/// onward every byte this socket sent it, the socket's messages go straight to `to`.
+/// Written only by the proxy (whole values), read by the `sk_msg` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceRoute {
+    /// The app socket at the other side of the proxy.
+    pub to: SockKey,
+    /// Bytes of this socket's stream the proxy has written to `to`'s connection. While it
+    /// trails `ShortcutBytes::to_peer`, bytes are still inside the proxy, and messages keep
+    /// going through it so that none overtakes them.
+    pub forwarded: u64,
+}
+const _: () = assert!(core::mem::size_of::<SpliceRoute>() == 32);
 
 /// The single element of the `SETTINGS` array.
 #[repr(C)]
@@ -184,7 +232,11 @@ pub mod stats {
     pub const SHORTCUT_REDIRECTS: u32 = 8;
     /// A shortcut socket's first message found no peer; it stays on the TCP stack.
     pub const SHORTCUT_FALLBACKS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A message went straight to the app at the far side of the proxy (`SPLICE_ROUTES`).
+    pub const SPLICE_REDIRECTS: u32 = 10;
+    /// A splice route's far app socket was gone; the message went through the proxy.
+    pub const SPLICE_MISSES: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -198,6 +250,8 @@ pub mod stats {
         "shortcut_sockets_added",
         "shortcut_redirects",
         "shortcut_fallbacks",
+        "splice_redirects",
+        "splice_misses",
     ];
 }
 
@@ -212,6 +266,8 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ShortcutBytes {}
+    unsafe impl aya::Pod for super::SpliceRoute {}
     unsafe impl aya::Pod for super::Settings {}
 }
 
@@ -232,6 +288,20 @@ mod tests {
         assert_eq!(peer.local_port, u32::from(OUTBOUND_PORT));
         assert_eq!(peer.remote_ip4_be, 1);
         assert_eq!(peer.peer(), key);
+    }
+
+    #[test]
+    fn sock_key_from_addrs_stores_addresses_as_the_kernel_does() {
+        let app = core::net::SocketAddrV4::new(core::net::Ipv4Addr::new(10, 1, 2, 3), 40000);
+        let proxy = core::net::SocketAddrV4::new(core::net::Ipv4Addr::LOCALHOST, OUTBOUND_PORT);
+        let key = SockKey::from_addrs(9, app, proxy);
+        // The kernel hands programs network-order bytes in a u32, so the first octet is the
+        // lowest-addressed byte; ports are host order.
+        assert_eq!(key.local_ip4_be.to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(key.remote_ip4_be.to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!((key.local_port, key.remote_port), (40000, 15001));
+        assert_eq!(key.netns_cookie, 9);
+        assert_eq!(key.peer(), SockKey::from_addrs(9, proxy, app));
     }
 
     #[test]

@@ -41,13 +41,13 @@ use aya_ebpf::{
 use shunt_common::{
     AF_INET, AF_INET6, ClientKey, INBOUND_PORT, MESHED_CAPTURE_OUTBOUND, MeshedNetns, NetnsPortKey,
     OUTBOUND_PORT, OrigDst, PROXY_MARK, PodPortKey, SETTING_SOCKMAP_SHORTCUT, SO_ORIGINAL_DST,
-    SOL_IP, SockKey, stats,
+    SOL_IP, ShortcutBytes, SockKey, stats,
 };
 
 use crate::maps::{
     INBOUND_EXCLUDED_PORTS, INBOUND_LISTENERS, MESHED_NETNS, ORIG_DST_BY_CLIENT,
-    ORIG_DST_BY_COOKIE, OUTBOUND_EXCLUDED_PORTS, SETTINGS, SHORTCUT_BYPASS, SHORTCUT_SOCKETS,
-    STATS,
+    ORIG_DST_BY_COOKIE, OUTBOUND_EXCLUDED_PORTS, SETTINGS, SHORTCUT_BYPASS, SHORTCUT_BYTES,
+    SHORTCUT_SOCKETS, SPLICE_ROUTES, STATS,
 };
 
 /// `cgroup/connect*` and `cgroup/getsockopt` verdicts.
@@ -320,8 +320,11 @@ fn on_passive_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
 }
 
 fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), HelperError> {
-    // A new connection may reuse the 4-tuple of one that fell back to the TCP stack.
+    // A new connection may reuse the 4-tuple of one that fell back to the TCP stack, or whose
+    // proxy never cleared its byte counts and splice route (it died).
     let _ = SHORTCUT_BYPASS.remove(&key);
+    let _ = SHORTCUT_BYTES.remove(&key);
+    let _ = SPLICE_ROUTES.remove(&key);
     // SAFETY: `ops` is the program's context, as `bpf_sock_hash_update` requires.
     let ops = unsafe { &mut *ctx.ops };
     SHORTCUT_SOCKETS
@@ -358,6 +361,11 @@ fn sock_ops_mark(ctx: &SockOpsContext) -> u32 {
 
 // ---------------------------------------------------------------------------------------------
 // Same-netns shortcut: sk_msg on SHORTCUT_SOCKETS
+//
+// Every message of a shortcut socket goes into the receive queue of the other end of its own
+// connection (app → proxy, proxy → app), skipping the TCP stack. Once the proxy has spliced an
+// opaque TCP connection (SPLICE_ROUTES), an app's messages go into the far app's receive queue
+// instead, skipping the proxy as well.
 
 #[sk_msg]
 pub fn shunt_sk_msg(ctx: SkMsgContext) -> u32 {
@@ -404,10 +412,49 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, HelperError> {
     if SHORTCUT_BYPASS.get_ptr(&key).is_some() {
         return Ok(SK_PASS);
     }
+    let size = u64::from(ctx.size());
+    let bytes = SHORTCUT_BYTES.get_ptr_mut(&key);
+    // SAFETY: copied out at once; SPLICE_ROUTES is not preallocated, so an element a program
+    // reads is never reused while it reads it (see maps.rs).
+    if let Some(route) = unsafe { SPLICE_ROUTES.get(&key) }.copied() {
+        // SAFETY: `bytes` points into a live map element; this socket's sends are serialised
+        // by its socket lock, the only writer of its entry.
+        let to_peer = bytes.map_or(0, |bytes| unsafe { (*bytes).to_peer });
+        // Only once the proxy has forwarded everything this socket sent it may a message skip
+        // the proxy; otherwise it would overtake bytes still inside the proxy.
+        if to_peer == route.forwarded {
+            let mut to = route.to;
+            if SHORTCUT_SOCKETS.redirect_msg(ctx, &mut to, u64::from(BPF_F_INGRESS))
+                == i64::from(SK_PASS)
+            {
+                if let Some(bytes) = bytes {
+                    // SAFETY: as above.
+                    unsafe { (*bytes).spliced = (*bytes).spliced.wrapping_add(size) };
+                }
+                count(stats::SPLICE_REDIRECTS);
+                return Ok(SK_PASS);
+            }
+            // The far app closed its socket: the proxy's path carries on, and says so.
+            count(stats::SPLICE_MISSES);
+        }
+    }
     let mut peer = key.peer();
     let verdict = SHORTCUT_SOCKETS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS));
     if verdict == i64::from(SK_PASS) {
         count(stats::SHORTCUT_REDIRECTS);
+        match bytes {
+            // SAFETY: as above.
+            Some(bytes) => unsafe { (*bytes).to_peer = (*bytes).to_peer.wrapping_add(size) },
+            None => {
+                let first = ShortcutBytes {
+                    to_peer: size,
+                    spliced: 0,
+                };
+                // A failed insert (a full LRU cannot fail; ENOMEM could) loses the count,
+                // which only means the proxy never splices this socket.
+                let _ = SHORTCUT_BYTES.insert(&key, &first, u64::from(BPF_ANY));
+            }
+        }
     } else {
         // No peer yet: this message takes the TCP stack, and so must every later one, or the
         // peer could read later redirected bytes before these.

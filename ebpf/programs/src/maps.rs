@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use shunt_common::{
-    ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, SockKey, stats,
+    ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, ShortcutBytes, SockKey,
+    SpliceRoute, stats,
 };
 
 /// Captured pods per node: a few thousand is far beyond any node's pod limit.
@@ -15,6 +16,8 @@ const PODS: u32 = 4096;
 const EXCLUDED_PORTS: u32 = 4096;
 /// Connections in flight at once (original destinations, shortcut sockets).
 const CONNECTIONS: u32 = 65536;
+/// `BPF_F_NO_PREALLOC`, as map flags take it.
+const BPF_F_NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
 /// Netns cookie → the captured pod living in that netns.
 #[map]
@@ -54,6 +57,21 @@ pub static SHORTCUT_SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(CONN
 /// stack for their whole life, because mixing the two paths could reorder bytes at the peer.
 #[map]
 pub static SHORTCUT_BYPASS: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// What each shortcut socket's messages did, in bytes; the proxy compares it with what it
+/// forwarded before it splices. LRU: entries of closed sockets are left for eviction (and a new
+/// socket with the same key clears its predecessor's at establishment).
+#[map]
+pub static SHORTCUT_BYTES: LruHashMap<SockKey, ShortcutBytes> =
+    LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// App socket → the app socket at the other side of the proxy, written by the proxy once it
+/// has forwarded everything the socket sent. Not preallocated: the proxy replaces values while
+/// programs read them, and only a freshly allocated element per update (freed after an RCU
+/// grace period) guarantees a program never reads a half-written one.
+#[map]
+pub static SPLICE_ROUTES: HashMap<SockKey, SpliceRoute> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
 
 /// Index 0: the agent's `Settings`.
 #[map]

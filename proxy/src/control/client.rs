@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, AgentMessage, InboundBind, ProxyMessage};
 use crate::inpod::PodRegistry;
+use crate::proxy::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
 
 /// How often the proxy redials a control socket that is away.
@@ -33,15 +34,22 @@ pub struct ControlClient {
     socket_path: PathBuf,
     state: Arc<StateStore>,
     pods: Arc<PodRegistry>,
+    splice: Arc<Splicer>,
 }
 
 impl ControlClient {
     #[must_use]
-    pub fn new(socket_path: PathBuf, state: Arc<StateStore>, pods: Arc<PodRegistry>) -> Self {
+    pub fn new(
+        socket_path: PathBuf,
+        state: Arc<StateStore>,
+        pods: Arc<PodRegistry>,
+        splice: Arc<Splicer>,
+    ) -> Self {
         Self {
             socket_path,
             state,
             pods,
+            splice,
         }
     }
 
@@ -97,6 +105,8 @@ impl ControlClient {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         wire::send(&mut stream, &hello, &[]).await?;
+        // Each agent session says anew whether there is anything to splice with.
+        self.splice.set(None);
         loop {
             let (message, fds) = wire::recv::<AgentMessage>(&mut stream).await?;
             match message {
@@ -137,6 +147,15 @@ impl ControlClient {
                         tracing::debug!(pod = %uid, "RemovePod for a pod that was not served");
                     }
                 }
+                AgentMessage::SpliceMaps => match AgentMaps::from_fds(fds) {
+                    Ok(maps) => {
+                        self.splice.set(Some(Arc::new(maps)));
+                        tracing::info!(
+                            "splicing opaque TCP between pods of this node (sockmap shortcut on)"
+                        );
+                    }
+                    Err(error) => tracing::warn!(%error, "splicing stays off"),
+                },
                 AgentMessage::Synced { pods } => {
                     self.pods.retain(&pods).await;
                     tracing::info!(pods = self.pods.served().len(), "in sync with the agent");

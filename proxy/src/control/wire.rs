@@ -42,6 +42,10 @@ pub enum AgentMessage {
     RemovePod { uid: String },
     /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
     Synced { pods: Vec<String> },
+    /// The sockmap shortcut is on. Carries two descriptors, the `SHORTCUT_BYTES` and
+    /// `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP connections between two
+    /// pods of this node (see `proxy::splice`).
+    SpliceMaps,
 }
 
 /// Where a pod's inbound listener (port 15006) listens, which depends on how the agent

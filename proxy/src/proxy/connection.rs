@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
+use shunt_common::SockKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
+use super::splice::Splicing;
 use super::{PodContext, ProxyContext};
 use crate::drain;
 use crate::http::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
@@ -56,6 +58,9 @@ pub(super) struct Accepted {
     pub peers: Peers,
     pub started_at: SystemTime,
     pub started: Instant,
+    /// The client app's socket, as the eBPF programs key it, when the connection may be
+    /// spliced once delivered on this node ([`super::splice`]).
+    pub client_app: Option<SockKey>,
 }
 
 /// An accepted connection and what was decided for it.
@@ -85,6 +90,7 @@ impl Accepted {
             peers: Peers::default(),
             started_at: SystemTime::now(),
             started: Instant::now(),
+            client_app: None,
         }
     }
 
@@ -328,12 +334,26 @@ where
     // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
     let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
     let destination_drain = delivered_pod.map(|to| to.drain.clone());
+    let splice = accepted
+        .client_app
+        .filter(|_| destination_drain.is_some())
+        .and_then(|client_app| proxy.splice.pair(client_app, &upstream));
+    let progress = Splicing {
+        inner: meter,
+        pair: splice.as_ref(),
+    };
     let forwarded = tokio::select! {
         biased;
         () = pod.drain.force_closed() => None,
         () = drain::force_closed(destination_drain.as_ref()) => None,
-        forwarded = forward::forward(downstream, &mut upstream, meter) => Some(forwarded),
+        forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
     };
+    if let Some(splice) = &splice {
+        // Bytes that skipped the proxy count as the connection's, as if it had carried them.
+        let spliced = splice.finish();
+        meter.delivered(forward::Direction::ClientToServer, spliced.client_to_server);
+        meter.delivered(forward::Direction::ServerToClient, spliced.server_to_client);
+    }
     let Some(forwarded) = forwarded else {
         upstream.reset_on_close();
         return ending(CloseReason::Drained, None, delivered);

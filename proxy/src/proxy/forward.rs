@@ -64,6 +64,10 @@ impl ResetOnClose for TcpStream {
 /// Told about bytes as they are delivered, so counters move during long-lived connections.
 pub trait Progress: Sync {
     fn delivered(&self, direction: Direction, bytes: u64);
+
+    /// `direction` has caught up: its reader has nothing more for now, and all `delivered`
+    /// bytes read so far have been written. Called once per new total.
+    fn caught_up(&self, _direction: Direction, _delivered: u64) {}
 }
 
 impl Progress for () {
@@ -180,6 +184,8 @@ struct OneWay {
     needs_flush: bool,
     done: bool,
     delivered: u64,
+    /// `delivered` when `Progress::caught_up` was last told.
+    caught_up_at: u64,
 }
 
 thread_local! {
@@ -198,6 +204,7 @@ impl OneWay {
             needs_flush: false,
             done: false,
             delivered: 0,
+            caught_up_at: 0,
         }
     }
 
@@ -271,6 +278,10 @@ impl OneWay {
                     if self.needs_flush {
                         ready!(writer.as_mut().poll_flush(cx)).map_err(fail(to))?;
                         self.needs_flush = false;
+                    }
+                    if self.pending.is_empty() && self.delivered != self.caught_up_at {
+                        self.caught_up_at = self.delivered;
+                        progress.caught_up(self.direction, self.delivered);
                     }
                     return Poll::Pending;
                 }
@@ -392,6 +403,48 @@ mod tests {
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.io).poll_shutdown(cx)
         }
+    }
+
+    /// Records the catch-ups `forward` reports, in order.
+    #[derive(Default)]
+    struct CatchUps(std::sync::Mutex<Vec<(Direction, u64)>>);
+
+    impl Progress for CatchUps {
+        fn delivered(&self, _: Direction, _: u64) {}
+        fn caught_up(&self, direction: Direction, delivered: u64) {
+            self.0.lock().unwrap().push((direction, delivered));
+        }
+    }
+
+    #[tokio::test]
+    async fn each_exchange_ends_in_one_catch_up_per_direction_with_the_new_total() {
+        let (mut downstream, mut client, _) = Observed::pair();
+        let (mut upstream, mut server, _) = Observed::pair();
+        let catch_ups = Arc::new(CatchUps::default());
+        let progress = catch_ups.clone();
+        let forwarding = tokio::spawn(async move {
+            forward(&mut downstream, &mut upstream, &*progress).await;
+        });
+        let mut buf = [0u8; 4];
+        for round in 0..2u8 {
+            client.write_all(&[round; 4]).await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            server.write_all(&[round; 2]).await.unwrap();
+            client.read_exact(&mut buf[..2]).await.unwrap();
+            // Let the forwarder see both readers empty before the next round.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop((client, server));
+        forwarding.await.unwrap();
+        assert_eq!(
+            *catch_ups.0.lock().unwrap(),
+            vec![
+                (Direction::ClientToServer, 4),
+                (Direction::ServerToClient, 2),
+                (Direction::ClientToServer, 8),
+                (Direction::ServerToClient, 4),
+            ]
+        );
     }
 
     /// A peer that sends `data`, then fails every further read with `error`; writes vanish.

@@ -7,6 +7,7 @@ pub mod inbound;
 pub mod local;
 pub mod orig_dst;
 pub mod outbound;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct ProxyContext {
     pub inbound_dst: Arc<dyn OrigDstSource>,
     /// The pods served here, for same-node delivery ([`local`]).
     pub local_pods: Arc<local::LocalPods>,
+    /// Splicing of opaque TCP between pods of this node; on once the agent sends its maps.
+    pub splice: Arc<splice::Splicer>,
 }
 
 impl ProxyContext {
@@ -67,6 +70,7 @@ impl ProxyContext {
             outbound_dst: Arc::new(orig_dst::SoOriginalDst),
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
             local_pods: Arc::new(local::LocalPods::new(timeouts.same_node_shortcut)),
+            splice: Arc::default(),
         }
     }
 

@@ -44,6 +44,7 @@ pub async fn serve(
         pod.as_ref(),
     );
     accepted.peers.source = index.workload_by_uid(&pod.uid).cloned();
+    accepted.client_app = proxy.splice.client_app(&downstream);
     let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, client) {
         Ok(orig_dst) => orig_dst,
         Err(error) => {

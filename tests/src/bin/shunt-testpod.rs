@@ -7,7 +7,7 @@
 //! ```text
 //! shunt-testpod echo-server   --port P [--hold-until-eof]
 //! shunt-testpod whoami-server --port P --name NAME
-//! shunt-testpod send    --to ADDR --bytes N --seed S [--retry-spurious-eagain]
+//! shunt-testpod send    --to ADDR --bytes N --seed S [--retry-spurious-eagain] [--lockstep CHUNK]
 //! shunt-testpod churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
 //! shunt-testpod hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
 //! shunt-testpod fetch   --to ADDR [--count N]
@@ -28,8 +28,10 @@ use shunt_tests::cli::Flags;
 const USAGE: &str = "usage: shunt-testpod <echo-server|whoami-server|send|churn|hold|fetch|connect> [--flag value]...
   echo-server   --port P [--hold-until-eof]   echo until EOF, then shut down writing
   whoami-server --port P --name NAME          reply {\"name\",\"peer\",\"local\"} and close
-  send    --to ADDR --bytes N --seed S [--retry-spurious-eagain]
+  send    --to ADDR --bytes N --seed S [--retry-spurious-eagain] [--lockstep CHUNK]
                                               send N pseudo-random bytes, verify the echo
+                                              (--lockstep: CHUNK bytes at a time, each
+                                              only once the previous one came back)
   churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
                                               one short connection + 1-byte echo each
   hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
@@ -205,7 +207,13 @@ fn send(flags: &Flags) -> Result<bool, Failure> {
     let bytes: u64 = flags.required("bytes")?;
     let seed: u64 = flags.required("seed")?;
     let retry_spurious_eagain = flags.switch("retry-spurious-eagain");
-    let result = send_and_verify(to, bytes, seed, retry_spurious_eagain);
+    let lockstep: Option<u64> = flags.optional("lockstep")?;
+    if lockstep == Some(0) {
+        return Err(Failure::Usage(
+            "--lockstep must be at least 1 byte".to_owned(),
+        ));
+    }
+    let result = send_and_verify(to, bytes, seed, retry_spurious_eagain, lockstep);
     let ok = result.error.is_none()
         && result.sent == bytes
         && result.received == bytes
@@ -251,6 +259,7 @@ fn send_and_verify(
     bytes: u64,
     seed: u64,
     retry_spurious_eagain: bool,
+    lockstep: Option<u64>,
 ) -> SendResult {
     let mut result = SendResult {
         sent: 0,
@@ -271,11 +280,15 @@ fn send_and_verify(
         }
     };
     // Writing and reading at once: an echo of more than the socket buffers would otherwise
-    // deadlock with both sides blocked on a full buffer.
+    // deadlock with both sides blocked on a full buffer. In lockstep the reader tells the
+    // writer each time a whole chunk has come back.
+    let chunk_len = lockstep.unwrap_or(64 << 10);
+    let chunks = bytes.div_ceil(chunk_len);
+    let (echoed, echoes) = std::sync::mpsc::channel::<()>();
     let sender = thread::spawn(move || -> (u64, String, io::Result<()>) {
         let mut payload = Payload::new(seed);
         let mut hash = Fnv1a::new();
-        let mut chunk = vec![0u8; 64 << 10];
+        let mut chunk = vec![0u8; usize::try_from(chunk_len).unwrap_or(64 << 10)];
         let mut sent = 0u64;
         while sent < bytes {
             let n = usize::try_from((bytes - sent).min(chunk.len() as u64)).unwrap_or(chunk.len());
@@ -289,6 +302,13 @@ fn send_and_verify(
             }
             hash.update(&chunk[..n]);
             sent += n as u64;
+            if lockstep.is_some() && echoes.recv_timeout(IO_TIMEOUT).is_err() {
+                let error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no echo of the chunk ending at byte {sent}"),
+                );
+                return (sent, hash.hex(), Err(error));
+            }
         }
         let shutdown = writer
             .shutdown(Shutdown::Write)
@@ -301,6 +321,7 @@ fn send_and_verify(
     let mut buf = vec![0u8; 64 << 10];
     let mut want = vec![0u8; 64 << 10];
     let mut last_progress = Instant::now();
+    let mut chunks_echoed = 0u64;
     let read_result = loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break Ok(()),
@@ -325,6 +346,14 @@ fn send_and_verify(
                 .map(|at| result.received + at as u64);
         }
         result.received += n as u64;
+        while lockstep.is_some()
+            && chunks_echoed < chunks
+            && result.received >= ((chunks_echoed + 1) * chunk_len).min(bytes)
+        {
+            chunks_echoed += 1;
+            // The writer may have failed and gone; its own error is reported.
+            let _ = echoed.send(());
+        }
     };
     result.received_hash = hash.hex();
     let write_result = match sender.join() {
@@ -738,7 +767,8 @@ mod tests {
 
     #[test]
     fn echo_and_send_round_trip_over_loopback() {
-        for hold_until_eof in [false, true] {
+        // (server echoes only after EOF, lockstep chunk); lockstep needs a streaming echo.
+        for (hold_until_eof, lockstep) in [(false, None), (true, None), (false, Some(1000))] {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             thread::spawn(move || {
@@ -753,8 +783,8 @@ mod tests {
                 }
                 stream.shutdown(Shutdown::Write).unwrap();
             });
-            let result = send_and_verify(addr, 300_000, 5, false);
-            assert_eq!(result.error, None);
+            let result = send_and_verify(addr, 300_000, 5, false, lockstep);
+            assert_eq!(result.error, None, "lockstep {lockstep:?}");
             assert_eq!(result.sent, 300_000);
             assert_eq!(result.received, 300_000);
             assert_eq!(result.sent_hash, result.received_hash);

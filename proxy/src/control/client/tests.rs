@@ -37,7 +37,12 @@ fn client(
     path: &Path,
 ) -> (ControlClient, Arc<PodRegistry>) {
     let registry = Arc::new(test.registry(factory, Duration::from_secs(1)));
-    let client = ControlClient::new(path.to_owned(), test.proxy.state.clone(), registry.clone());
+    let client = ControlClient::new(
+        path.to_owned(),
+        test.proxy.state.clone(),
+        registry.clone(),
+        test.proxy.splice.clone(),
+    );
     (client, registry)
 }
 

@@ -1,0 +1,368 @@
+//! Splicing: an opaque TCP connection between two pods of this node stops passing through
+//! the proxy once the proxy has nothing of it left in flight.
+//!
+//! With the sockmap shortcut on, each app socket's messages already skip the TCP stack: the
+//! `sk_msg` program puts them in the receive queue of the proxy's socket at the other end of
+//! the app's own connection, and counts them (`SHORTCUT_BYTES.to_peer`). For a connection the
+//! proxy forwards at L4 and delivers on this node (the client's socket C, the proxy's accepted
+//! socket C', the proxy's delivery socket S', the server's socket S), the proxy can hand the
+//! stream over to the kernel one direction at a time: it writes a `SPLICE_ROUTES` entry
+//! "C → S, `forwarded` bytes", and from then on each message of C whose count of bytes sent to
+//! the proxy equals `forwarded` goes straight into S's receive queue. The same for S → C.
+//!
+//! Why that cannot reorder bytes:
+//! - A message skips the proxy only when every byte C sent before it has been written onward
+//!   by the proxy (`to_peer == forwarded`); the proxy raises `forwarded` only after its write
+//!   returned, and its writes to S' land in S's receive queue before `write` returns, because...
+//! - ...a direction is routed only when every byte the proxy wrote to S' went through the
+//!   shortcut into S's receive queue (S' counted exactly what the proxy wrote), never through
+//!   the TCP stack, where a spliced message could overtake them.
+//! - FIN and RST still travel C → C' → proxy → S' → S, after every byte C sent before them.
+//!
+//! The proxy publishes when a direction has caught up (its reader has nothing more and
+//! everything read was written: [`forward::Progress::caught_up`]), from the second time on, so
+//! that a connection that exchanges one request and closes (CRR) costs no map updates. Bytes
+//! that skipped the proxy are added to the connection's telemetry when it ends.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use shunt_common::{ShortcutBytes, SockKey, SpliceRoute, map_names};
+use tokio::net::TcpStream;
+
+use super::forward::{self, Direction};
+use crate::netns;
+
+/// A direction is routed at its second catch-up, not its first: one-exchange connections
+/// never pay for the map updates.
+const ROUTE_AT_CATCH_UP: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the agent's SpliceMaps message carried {0} descriptors; expected 2 (SHORTCUT_BYTES, \
+         SPLICE_ROUTES): are the agent and the proxy from the same release?"
+    )]
+    Descriptors(usize),
+    #[error(
+        "cannot use the agent's {map} map: {source}; opaque TCP between pods of this node keeps \
+         going through the proxy"
+    )]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The two maps a connection is spliced with. A seam: tests use an in-memory table.
+pub trait SpliceTable: Send + Sync {
+    /// What the `sk_msg` program counted for a socket's messages, if it counted any.
+    fn bytes(&self, socket: &SockKey) -> io::Result<Option<ShortcutBytes>>;
+    /// Routes `app`'s messages as `route` says.
+    fn set_route(&self, app: &SockKey, route: &SpliceRoute) -> io::Result<()>;
+    /// Forgets a socket: its route and its counts. Already gone is fine.
+    fn forget(&self, socket: &SockKey);
+}
+
+/// The agent's pinned `SHORTCUT_BYTES` and `SPLICE_ROUTES`, through descriptors it sent.
+/// aya's map handles take `&mut self` to write; one lock covers both, and is never contended
+/// for long (one syscall).
+pub struct AgentMaps {
+    maps: Mutex<Maps>,
+}
+
+struct Maps {
+    bytes: HashMap<MapData, SockKey, ShortcutBytes>,
+    routes: HashMap<MapData, SockKey, SpliceRoute>,
+}
+
+impl AgentMaps {
+    /// From the `SpliceMaps` message's descriptors, in its order.
+    pub fn from_fds(fds: Vec<OwnedFd>) -> Result<Self, Error> {
+        let count = fds.len();
+        let [bytes, routes]: [OwnedFd; 2] =
+            fds.try_into().map_err(|_| Error::Descriptors(count))?;
+        Ok(Self {
+            maps: Mutex::new(Maps {
+                bytes: open(map_names::SHORTCUT_BYTES, bytes)?,
+                routes: open(map_names::SPLICE_ROUTES, routes)?,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn open<V: aya::Pod>(
+    map: &'static str,
+    fd: OwnedFd,
+) -> Result<HashMap<MapData, SockKey, V>, Error> {
+    let error = |source| Error::Map { map, source };
+    let data = MapData::from_fd(fd).map_err(error)?;
+    let map_any = Map::from_map_data(data).map_err(error)?;
+    HashMap::try_from(map_any).map_err(error)
+}
+
+fn is_not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn io_error(error: MapError) -> io::Error {
+    match error {
+        MapError::SyscallError(e) => e.io_error,
+        other => io::Error::other(other),
+    }
+}
+
+impl SpliceTable for AgentMaps {
+    fn bytes(&self, socket: &SockKey) -> io::Result<Option<ShortcutBytes>> {
+        match self.lock().bytes.get(socket, 0) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    fn set_route(&self, app: &SockKey, route: &SpliceRoute) -> io::Result<()> {
+        self.lock().routes.insert(app, route, 0).map_err(io_error)
+    }
+
+    fn forget(&self, socket: &SockKey) {
+        let mut maps = self.lock();
+        for (map, removed) in [
+            (map_names::SPLICE_ROUTES, maps.routes.remove(socket)),
+            (map_names::SHORTCUT_BYTES, maps.bytes.remove(socket)),
+        ] {
+            if let Err(e) = removed
+                && !is_not_found(&e)
+            {
+                tracing::debug!(error = %e, map, "removing a closed connection's entry failed");
+            }
+        }
+    }
+}
+
+/// The proxy's handle on splicing, shared by every connection; empty until the agent sends
+/// the maps (eBPF capture with the shortcut on), and emptied when a session without them
+/// begins.
+#[derive(Default)]
+pub struct Splicer {
+    table: RwLock<Option<Arc<dyn SpliceTable>>>,
+}
+
+impl Splicer {
+    pub fn set(&self, table: Option<Arc<dyn SpliceTable>>) {
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+    }
+
+    #[must_use]
+    pub fn is_on(&self) -> bool {
+        self.table().is_some()
+    }
+
+    fn table(&self) -> Option<Arc<dyn SpliceTable>> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The key of the client app's socket, as the programs see it, from the proxy's accepted
+    /// socket; `None` while splicing is off or for anything but IPv4.
+    #[must_use]
+    pub fn client_app(&self, accepted: &TcpStream) -> Option<SockKey> {
+        if !self.is_on() {
+            return None;
+        }
+        app_key(accepted)
+            .inspect_err(|error| tracing::debug!(%error, "no splice key for a connection"))
+            .ok()
+            .flatten()
+    }
+
+    /// The splice of one connection: `client_app` dialled, the proxy delivered it to the app
+    /// behind `delivery` (the proxy's socket in the server pod's netns).
+    #[must_use]
+    pub fn pair(&self, client_app: SockKey, delivery: &TcpStream) -> Option<SplicePair> {
+        let table = self.table()?;
+        let server_app = app_key(delivery)
+            .inspect_err(|error| tracing::debug!(%error, "no splice key for a delivery"))
+            .ok()
+            .flatten()?;
+        Some(SplicePair::new(table, client_app, server_app))
+    }
+}
+
+/// The key of the app socket at the other end of the proxy's `socket`.
+fn app_key(socket: &TcpStream) -> io::Result<Option<SockKey>> {
+    let (SocketAddr::V4(local), SocketAddr::V4(peer)) = (socket.local_addr()?, socket.peer_addr()?)
+    else {
+        return Ok(None);
+    };
+    let cookie = netns::socket_netns_cookie(socket.as_fd())?;
+    Ok(Some(SockKey::from_addrs(cookie, peer, local)))
+}
+
+/// One direction's splice state.
+#[derive(Debug, Default)]
+struct Way {
+    catch_ups: u32,
+    /// `forwarded` of the route last written (0: none yet).
+    published: u64,
+    /// Never to be routed: a write went around the shortcut, or the maps failed.
+    off: bool,
+}
+
+/// What skipped the proxy, by direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spliced {
+    pub client_to_server: u64,
+    pub server_to_client: u64,
+}
+
+/// The splice of one connection: the four sockets' keys, and each direction's state.
+pub struct SplicePair {
+    table: Arc<dyn SpliceTable>,
+    client_app: SockKey,
+    server_app: SockKey,
+    ways: Mutex<[Way; 2]>,
+}
+
+impl SplicePair {
+    #[must_use]
+    pub fn new(table: Arc<dyn SpliceTable>, client_app: SockKey, server_app: SockKey) -> Self {
+        Self {
+            table,
+            client_app,
+            server_app,
+            ways: Mutex::new([Way::default(), Way::default()]),
+        }
+    }
+
+    /// (the app whose messages this direction carries, the proxy socket the proxy writes them
+    /// to, the app they are for).
+    fn ends(&self, direction: Direction) -> (SockKey, SockKey, SockKey) {
+        match direction {
+            Direction::ClientToServer => (self.client_app, self.server_app.peer(), self.server_app),
+            Direction::ServerToClient => (self.server_app, self.client_app.peer(), self.client_app),
+        }
+    }
+
+    /// `direction` has caught up: the proxy wrote `forwarded` bytes of it in all, and holds
+    /// none. Routes it, or moves its route on.
+    pub fn caught_up(&self, direction: Direction, forwarded: u64) {
+        let mut ways = self.ways.lock().unwrap_or_else(PoisonError::into_inner);
+        let way = &mut ways[index(direction)];
+        if way.off || forwarded == way.published {
+            return;
+        }
+        way.catch_ups += 1;
+        if way.catch_ups < ROUTE_AT_CATCH_UP {
+            return;
+        }
+        let (source, writer, target) = self.ends(direction);
+        if way.published == 0 {
+            // Every byte the proxy wrote must already be in the target's receive queue, or a
+            // spliced message could overtake bytes still in the TCP stack.
+            match self.table.bytes(&writer) {
+                Ok(Some(counted)) if counted.to_peer == forwarded => {}
+                Ok(counted) => {
+                    tracing::debug!(
+                        ?direction,
+                        forwarded,
+                        counted = counted.map(|c| c.to_peer),
+                        "not splicing: the proxy's writes did not all take the shortcut"
+                    );
+                    way.off = true;
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "not splicing: reading SHORTCUT_BYTES failed");
+                    way.off = true;
+                    return;
+                }
+            }
+        }
+        let route = SpliceRoute {
+            to: target,
+            forwarded,
+        };
+        match self.table.set_route(&source, &route) {
+            Ok(()) => way.published = forwarded,
+            Err(error) => {
+                tracing::debug!(%error, "not splicing: writing SPLICE_ROUTES failed");
+                way.off = true;
+            }
+        }
+    }
+
+    /// The connection is over: what skipped the proxy, and the map entries gone.
+    pub fn finish(&self) -> Spliced {
+        let ways = self.ways.lock().unwrap_or_else(PoisonError::into_inner);
+        if ways.iter().all(|way| way.published == 0) {
+            // Never routed: the programs' counts are left to the LRU, and to the next socket
+            // with the same key, which clears them when it is established.
+            return Spliced::default();
+        }
+        drop(ways);
+        let spliced = |app: &SockKey| {
+            self.table
+                .bytes(app)
+                .ok()
+                .flatten()
+                .map_or(0, |bytes| bytes.spliced)
+        };
+        let result = Spliced {
+            client_to_server: spliced(&self.client_app),
+            server_to_client: spliced(&self.server_app),
+        };
+        for socket in [
+            self.client_app,
+            self.client_app.peer(),
+            self.server_app.peer(),
+            self.server_app,
+        ] {
+            self.table.forget(&socket);
+        }
+        result
+    }
+}
+
+fn index(direction: Direction) -> usize {
+    match direction {
+        Direction::ClientToServer => 0,
+        Direction::ServerToClient => 1,
+    }
+}
+
+/// Progress that also splices: telemetry as `inner`, catch-ups to `pair`.
+pub struct Splicing<'a> {
+    pub inner: &'a dyn forward::Progress,
+    pub pair: Option<&'a SplicePair>,
+}
+
+impl forward::Progress for Splicing<'_> {
+    fn delivered(&self, direction: Direction, bytes: u64) {
+        self.inner.delivered(direction, bytes);
+    }
+
+    fn caught_up(&self, direction: Direction, forwarded: u64) {
+        if let Some(pair) = self.pair {
+            pair.caught_up(direction, forwarded);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
