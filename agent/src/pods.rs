@@ -54,7 +54,7 @@ pub trait CaptureMaps {
         InboundBind::Loopback
     }
     /// The maps the proxy splices opaque TCP connections with (`SHORTCUT_BYTES`,
-    /// `SPLICE_ROUTES`, in that order), when this capture has them.
+    /// `SPLICED_BYTES`, `SPLICE_ROUTES`, in that order), when this capture has them.
     fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
         None
     }

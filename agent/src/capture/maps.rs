@@ -9,8 +9,8 @@ use aya::{Ebpf, Pod};
 use serde_json::{Value, json};
 use shunt_common::{
     AF_INET, AF_INET6, ClientKey, MESHED_CAPTURE_INBOUND, MESHED_CAPTURE_OUTBOUND, MeshedNetns,
-    NetnsPortKey, OrigDst, PodPortKey, SETTING_SOCKMAP_SHORTCUT, Settings, ShortcutBytes, SockKey,
-    SpliceRoute, map_names, stats,
+    NetnsPortKey, OrigDst, PodPortKey, SETTING_SOCKMAP_SHORTCUT, Settings, SockKey, SpliceRoute,
+    map_names, stats,
 };
 
 use super::Error;
@@ -338,7 +338,8 @@ pub fn counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, Error> {
         .collect()
 }
 
-/// Duplicates of the descriptors of `SHORTCUT_BYTES` and `SPLICE_ROUTES`, in that order.
+/// Duplicates of the descriptors of `SHORTCUT_BYTES`, `SPLICED_BYTES` and `SPLICE_ROUTES`, in
+/// that order.
 pub fn splice_map_fds(ebpf: &Ebpf) -> Result<Vec<OwnedFd>, Error> {
     let duplicate = |name: &'static str, data: &MapData| {
         data.fd()
@@ -346,10 +347,12 @@ pub fn splice_map_fds(ebpf: &Ebpf) -> Result<Vec<OwnedFd>, Error> {
             .try_clone_to_owned()
             .map_err(|e| map_error(name, "duplicating the descriptor of")(MapError::from(e)))
     };
-    let bytes = hash::<SockKey, ShortcutBytes>(ebpf, map_names::SHORTCUT_BYTES)?;
+    let to_peer = hash::<SockKey, u64>(ebpf, map_names::SHORTCUT_BYTES)?;
+    let spliced = hash::<SockKey, u64>(ebpf, map_names::SPLICED_BYTES)?;
     let routes = hash::<SockKey, SpliceRoute>(ebpf, map_names::SPLICE_ROUTES)?;
     Ok(vec![
-        duplicate(map_names::SHORTCUT_BYTES, bytes.map())?,
+        duplicate(map_names::SHORTCUT_BYTES, to_peer.map())?,
+        duplicate(map_names::SPLICED_BYTES, spliced.map())?,
         duplicate(map_names::SPLICE_ROUTES, routes.map())?,
     ])
 }
@@ -369,7 +372,9 @@ pub fn size(ebpf: &Ebpf, name: &'static str) -> Result<(usize, u32), Error> {
         map_names::ORIG_DST_BY_CLIENT => hash_keys::<ClientKey, OrigDst>(ebpf, name)?.len(),
         map_names::SHORTCUT_SOCKETS => sockhash_keys::<SockKey>(ebpf, name)?.len(),
         map_names::SHORTCUT_BYPASS => hash_keys::<SockKey, u8>(ebpf, name)?.len(),
-        map_names::SHORTCUT_BYTES => hash_keys::<SockKey, ShortcutBytes>(ebpf, name)?.len(),
+        map_names::SHORTCUT_BYTES | map_names::SPLICED_BYTES => {
+            hash_keys::<SockKey, u64>(ebpf, name)?.len()
+        }
         map_names::SPLICE_ROUTES => hash_keys::<SockKey, SpliceRoute>(ebpf, name)?.len(),
         _ => usize::try_from(max).unwrap_or(usize::MAX),
     };
@@ -473,17 +478,14 @@ pub fn dump(ebpf: &Ebpf, name: &str) -> Result<Value, Error> {
                 .map(|(k, v)| entry(sock_key(k), json!(v)))
                 .collect()
         }
-        map_names::SHORTCUT_BYTES => {
-            hash_entries::<SockKey, ShortcutBytes>(ebpf, map_names::SHORTCUT_BYTES)?
-                .iter()
-                .map(|(k, v)| {
-                    entry(
-                        sock_key(k),
-                        json!({ "to_peer": v.to_peer, "spliced": v.spliced }),
-                    )
-                })
-                .collect()
-        }
+        map_names::SHORTCUT_BYTES => hash_entries::<SockKey, u64>(ebpf, map_names::SHORTCUT_BYTES)?
+            .iter()
+            .map(|(k, v)| entry(sock_key(k), json!({ "to_peer": v })))
+            .collect(),
+        map_names::SPLICED_BYTES => hash_entries::<SockKey, u64>(ebpf, map_names::SPLICED_BYTES)?
+            .iter()
+            .map(|(k, v)| entry(sock_key(k), json!({ "spliced": v })))
+            .collect(),
         map_names::SPLICE_ROUTES => {
             hash_entries::<SockKey, SpliceRoute>(ebpf, map_names::SPLICE_ROUTES)?
                 .iter()

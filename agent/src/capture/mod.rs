@@ -552,8 +552,9 @@ impl Capture {
         Ok(())
     }
 
-    /// Descriptors of `SHORTCUT_BYTES` and `SPLICE_ROUTES`, for the proxy to splice opaque TCP
-    /// connections with; none while the shortcut is off, since only shortcut sockets splice.
+    /// Descriptors of `SHORTCUT_BYTES`, `SPLICED_BYTES` and `SPLICE_ROUTES`, for the proxy to
+    /// splice opaque TCP connections with; none while the shortcut is off, since only shortcut
+    /// sockets splice.
     pub fn splice_maps(&self) -> Result<Option<Vec<std::os::fd::OwnedFd>>, Error> {
         if !self.sockmap_shortcut {
             return Ok(None);

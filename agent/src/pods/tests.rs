@@ -33,7 +33,7 @@ struct FakeCapture {
     captured: Vec<u64>,
     fail_add: bool,
     inbound_bind: InboundBind,
-    /// Plays eBPF capture with the shortcut on: two map descriptors for the proxy.
+    /// Plays eBPF capture with the shortcut on: three map descriptors for the proxy.
     splice_maps: bool,
 }
 
@@ -73,7 +73,7 @@ impl CaptureMaps for FakeCapture {
 
     fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
         let fd = || OwnedFd::from(File::open("/dev/null").unwrap());
-        self.splice_maps.then(|| vec![fd(), fd()])
+        self.splice_maps.then(|| vec![fd(), fd(), fd()])
     }
 }
 
@@ -301,7 +301,7 @@ fn capture_turns_on_only_when_the_proxy_is_ready() {
 #[test]
 fn every_proxy_session_gets_the_splice_maps_right_after_the_state_when_capture_has_them() {
     for (splice_maps, expected) in [
-        (true, vec!["State(b)", "SpliceMaps(2 fds)", "Synced()"]),
+        (true, vec!["State(b)", "SpliceMaps(3 fds)", "Synced()"]),
         (false, vec!["State(b)", "Synced()"]),
     ] {
         let mut node = Node::with_capture(FakeCapture {

@@ -35,12 +35,13 @@ pub mod map_names {
     pub const SHORTCUT_SOCKETS: &str = "SHORTCUT_SOCKETS";
     pub const SHORTCUT_BYPASS: &str = "SHORTCUT_BYPASS";
     pub const SHORTCUT_BYTES: &str = "SHORTCUT_BYTES";
+    pub const SPLICED_BYTES: &str = "SPLICED_BYTES";
     pub const SPLICE_ROUTES: &str = "SPLICE_ROUTES";
     pub const SETTINGS: &str = "SETTINGS";
     pub const STATS: &str = "STATS";
 
     /// Every map, in the order `shuntctl status` lists them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         MESHED_NETNS,
         OUTBOUND_EXCLUDED_PORTS,
         INBOUND_EXCLUDED_PORTS,
@@ -50,6 +51,7 @@ pub mod map_names {
         SHORTCUT_SOCKETS,
         SHORTCUT_BYPASS,
         SHORTCUT_BYTES,
+        SPLICED_BYTES,
         SPLICE_ROUTES,
         SETTINGS,
         STATS,
@@ -178,19 +180,6 @@ impl SockKey {
     }
 }
 
-/// Value of `SHORTCUT_BYTES`, keyed by a shortcut socket's `SockKey`: what its `sk_msg` program
-/// did with the bytes the socket sent. Written only by the program.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShortcutBytes {
-    /// Redirected to the other end of the socket's own connection (the proxy, or the app the
-    /// proxy delivered to).
-    pub to_peer: u64,
-    /// Redirected straight to the app at the far side of the proxy, by a `SPLICE_ROUTES` entry.
-    pub spliced: u64,
-}
-const _: () = assert!(core::mem::size_of::<ShortcutBytes>() == 16);
-
 /// Value of `SPLICE_ROUTES`, keyed by an app socket's `SockKey`: once the proxy has written
 /// onward every byte this socket sent it, the socket's messages go straight to `to`.
 /// Written only by the proxy (whole values), read by the `sk_msg` program.
@@ -200,8 +189,8 @@ pub struct SpliceRoute {
     /// The app socket at the other side of the proxy.
     pub to: SockKey,
     /// Bytes of this socket's stream the proxy has written to `to`'s connection. While it
-    /// trails `ShortcutBytes::to_peer`, bytes are still inside the proxy, and messages keep
-    /// going through it so that none overtakes them.
+    /// trails the socket's `SHORTCUT_BYTES`, bytes are still inside the proxy, and messages
+    /// keep going through it so that none overtakes them.
     pub forwarded: u64,
 }
 const _: () = assert!(core::mem::size_of::<SpliceRoute>() == 32);
@@ -266,7 +255,6 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::SockKey {}
-    unsafe impl aya::Pod for super::ShortcutBytes {}
     unsafe impl aya::Pod for super::SpliceRoute {}
     unsafe impl aya::Pod for super::Settings {}
 }

@@ -28,7 +28,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock,
         sk_action::{SK_DROP, SK_PASS},
     },
     helpers::{
@@ -36,18 +37,19 @@ use aya_ebpf::{
         bpf_sk_release,
     },
     macros::{cgroup_sock_addr, cgroup_sockopt, sk_lookup, sk_msg, sock_ops},
+    maps::LruHashMap,
     programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 use shunt_common::{
     AF_INET, AF_INET6, ClientKey, INBOUND_PORT, MESHED_CAPTURE_OUTBOUND, MeshedNetns, NetnsPortKey,
     OUTBOUND_PORT, OrigDst, PROXY_MARK, PodPortKey, SETTING_SOCKMAP_SHORTCUT, SO_ORIGINAL_DST,
-    SOL_IP, ShortcutBytes, SockKey, stats,
+    SOL_IP, SockKey, stats,
 };
 
 use crate::maps::{
     INBOUND_EXCLUDED_PORTS, INBOUND_LISTENERS, MESHED_NETNS, ORIG_DST_BY_CLIENT,
     ORIG_DST_BY_COOKIE, OUTBOUND_EXCLUDED_PORTS, SETTINGS, SHORTCUT_BYPASS, SHORTCUT_BYTES,
-    SHORTCUT_SOCKETS, SPLICE_ROUTES, STATS,
+    SHORTCUT_SOCKETS, SPLICE_ROUTES, SPLICED_BYTES, STATS,
 };
 
 /// `cgroup/connect*` and `cgroup/getsockopt` verdicts.
@@ -258,6 +260,10 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), HelperError> {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            on_state_change(ctx);
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -322,16 +328,33 @@ fn on_passive_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
 fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), HelperError> {
     // A new connection may reuse the 4-tuple of one that fell back to the TCP stack, or whose
     // proxy never cleared its byte counts and splice route (it died).
-    let _ = SHORTCUT_BYPASS.remove(&key);
-    let _ = SHORTCUT_BYTES.remove(&key);
-    let _ = SPLICE_ROUTES.remove(&key);
+    forget_shortcut_socket(&key);
+    let _ = SPLICED_BYTES.remove(&key);
     // SAFETY: `ops` is the program's context, as `bpf_sock_hash_update` requires.
     let ops = unsafe { &mut *ctx.ops };
     SHORTCUT_SOCKETS
         .update(&mut key, ops, u64::from(BPF_ANY))
         .map_err(|_| HelperError)?;
     count(stats::SHORTCUT_SOCKETS_ADDED);
+    // Told when the socket closes, to drop its entries (see `on_state_change`). Without it the
+    // entries would only go on LRU eviction or key reuse; the socket still works either way.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     Ok(())
+}
+
+/// A shortcut socket closed: its entries go, except `SPLICED_BYTES`, which the proxy reads
+/// for the connection's telemetry when the connection ends, and removes then.
+fn on_state_change(ctx: &SockOpsContext) {
+    if ctx.arg(1) == BPF_TCP_CLOSE {
+        forget_shortcut_socket(&sock_ops_key(ctx, netns_cookie(ctx)));
+    }
+}
+
+fn forget_shortcut_socket(key: &SockKey) {
+    // Each is usually absent already; a failed removal has nothing to undo.
+    let _ = SHORTCUT_BYPASS.remove(key);
+    let _ = SHORTCUT_BYTES.remove(key);
+    let _ = SPLICE_ROUTES.remove(key);
 }
 
 /// The pod owning this netns, when the shortcut is switched on and the netns is captured.
@@ -413,24 +436,21 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, HelperError> {
         return Ok(SK_PASS);
     }
     let size = u64::from(ctx.size());
-    let bytes = SHORTCUT_BYTES.get_ptr_mut(&key);
+    let to_peer = SHORTCUT_BYTES.get_ptr_mut(&key);
     // SAFETY: copied out at once; SPLICE_ROUTES is not preallocated, so an element a program
     // reads is never reused while it reads it (see maps.rs).
     if let Some(route) = unsafe { SPLICE_ROUTES.get(&key) }.copied() {
-        // SAFETY: `bytes` points into a live map element; this socket's sends are serialised
-        // by its socket lock, the only writer of its entry.
-        let to_peer = bytes.map_or(0, |bytes| unsafe { (*bytes).to_peer });
+        // SAFETY: `to_peer` points into a live map element; this socket's sends are
+        // serialised by its socket lock, and only they write its entry.
+        let sent_to_peer = to_peer.map_or(0, |to_peer| unsafe { *to_peer });
         // Only once the proxy has forwarded everything this socket sent it may a message skip
         // the proxy; otherwise it would overtake bytes still inside the proxy.
-        if to_peer == route.forwarded {
+        if sent_to_peer == route.forwarded {
             let mut to = route.to;
             if SHORTCUT_SOCKETS.redirect_msg(ctx, &mut to, u64::from(BPF_F_INGRESS))
                 == i64::from(SK_PASS)
             {
-                if let Some(bytes) = bytes {
-                    // SAFETY: as above.
-                    unsafe { (*bytes).spliced = (*bytes).spliced.wrapping_add(size) };
-                }
+                add_bytes(&SPLICED_BYTES, &key, size);
                 count(stats::SPLICE_REDIRECTS);
                 return Ok(SK_PASS);
             }
@@ -442,17 +462,13 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, HelperError> {
     let verdict = SHORTCUT_SOCKETS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS));
     if verdict == i64::from(SK_PASS) {
         count(stats::SHORTCUT_REDIRECTS);
-        match bytes {
+        match to_peer {
             // SAFETY: as above.
-            Some(bytes) => unsafe { (*bytes).to_peer = (*bytes).to_peer.wrapping_add(size) },
+            Some(to_peer) => unsafe { *to_peer = (*to_peer).wrapping_add(size) },
+            // A failed insert (ENOMEM) loses the count, which only means the proxy never
+            // splices this socket.
             None => {
-                let first = ShortcutBytes {
-                    to_peer: size,
-                    spliced: 0,
-                };
-                // A failed insert (a full LRU cannot fail; ENOMEM could) loses the count,
-                // which only means the proxy never splices this socket.
-                let _ = SHORTCUT_BYTES.insert(&key, &first, u64::from(BPF_ANY));
+                let _ = SHORTCUT_BYTES.insert(&key, &size, u64::from(BPF_ANY));
             }
         }
     } else {
@@ -668,6 +684,19 @@ fn local_port(port: u32) -> u16 {
     #[expect(clippy::cast_possible_truncation, reason = "a TCP port fits 16 bits")]
     let port = port as u16;
     port
+}
+
+/// Adds `bytes` to `key`'s counter in `map`, creating it. Callers hold the socket's lock, so
+/// no other program writes the same entry meanwhile.
+fn add_bytes(map: &LruHashMap<SockKey, u64>, key: &SockKey, bytes: u64) {
+    match map.get_ptr_mut(key) {
+        // SAFETY: a live map element; see above for why the increment is not torn.
+        Some(total) => unsafe { *total = (*total).wrapping_add(bytes) },
+        None => {
+            // A failed insert (ENOMEM) loses these bytes from the connection's telemetry.
+            let _ = map.insert(key, &bytes, u64::from(BPF_ANY));
+        }
+    }
 }
 
 fn count(counter: u32) {

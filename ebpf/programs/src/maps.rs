@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use shunt_common::{
-    ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, ShortcutBytes, SockKey,
-    SpliceRoute, stats,
+    ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, SockKey, SpliceRoute,
+    stats,
 };
 
 /// Captured pods per node: a few thousand is far beyond any node's pod limit.
@@ -58,12 +58,17 @@ pub static SHORTCUT_SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(CONN
 #[map]
 pub static SHORTCUT_BYPASS: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(CONNECTIONS, 0);
 
-/// What each shortcut socket's messages did, in bytes; the proxy compares it with what it
-/// forwarded before it splices. LRU: entries of closed sockets are left for eviction (and a new
-/// socket with the same key clears its predecessor's at establishment).
+/// Shortcut socket → bytes its messages took to the other end of its own connection; the
+/// proxy compares them with what it forwarded before it splices. Removed when the socket
+/// closes (`sock_ops` state callback). LRU, so that an entry lost for any reason only costs
+/// the splice, never a failed insert.
 #[map]
-pub static SHORTCUT_BYTES: LruHashMap<SockKey, ShortcutBytes> =
-    LruHashMap::with_max_entries(CONNECTIONS, 0);
+pub static SHORTCUT_BYTES: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// App socket → bytes its messages took straight to the far app (`SPLICE_ROUTES`). Kept past
+/// the socket's close: the proxy reads it for the connection's telemetry, then removes it.
+#[map]
+pub static SPLICED_BYTES: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
 
 /// App socket → the app socket at the other side of the proxy, written by the proxy once it
 /// has forwarded everything the socket sent. Not preallocated: the proxy replaces values while

@@ -42,9 +42,9 @@ pub enum AgentMessage {
     RemovePod { uid: String },
     /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
     Synced { pods: Vec<String> },
-    /// The sockmap shortcut is on. Carries two descriptors, the `SHORTCUT_BYTES` and
-    /// `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP connections between two
-    /// pods of this node (see `proxy::splice`).
+    /// The sockmap shortcut is on. Carries three descriptors, the `SHORTCUT_BYTES`,
+    /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
+    /// connections between two pods of this node (see `proxy::splice`).
     SpliceMaps,
 }
 

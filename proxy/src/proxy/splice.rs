@@ -3,7 +3,7 @@
 //!
 //! With the sockmap shortcut on, each app socket's messages already skip the TCP stack: the
 //! `sk_msg` program puts them in the receive queue of the proxy's socket at the other end of
-//! the app's own connection, and counts them (`SHORTCUT_BYTES.to_peer`). For a connection the
+//! the app's own connection, and counts their bytes (`SHORTCUT_BYTES`). For a connection the
 //! proxy forwards at L4 and delivers on this node (the client's socket C, the proxy's accepted
 //! socket C', the proxy's delivery socket S', the server's socket S), the proxy can hand the
 //! stream over to the kernel one direction at a time: it writes a `SPLICE_ROUTES` entry
@@ -12,7 +12,7 @@
 //!
 //! Why that cannot reorder bytes:
 //! - A message skips the proxy only when every byte C sent before it has been written onward
-//!   by the proxy (`to_peer == forwarded`); the proxy raises `forwarded` only after its write
+//!   by the proxy (`SHORTCUT_BYTES == forwarded`); the proxy raises `forwarded` only after its write
 //!   returned, and its writes to S' land in S's receive queue before `write` returns, because...
 //! - ...a direction is routed only when every byte the proxy wrote to S' went through the
 //!   shortcut into S's receive queue (S' counted exactly what the proxy wrote), never through
@@ -22,7 +22,8 @@
 //! The proxy publishes when a direction has caught up (its reader has nothing more and
 //! everything read was written: [`forward::Progress::caught_up`]), from the second time on, so
 //! that a connection that exchanges one request and closes (CRR) costs no map updates. Bytes
-//! that skipped the proxy are added to the connection's telemetry when it ends.
+//! that skipped the proxy (`SPLICED_BYTES`) are added to the connection's telemetry when it
+//! ends.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -31,7 +32,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use shunt_common::{ShortcutBytes, SockKey, SpliceRoute, map_names};
+use shunt_common::{SockKey, SpliceRoute, map_names};
 use tokio::net::TcpStream;
 
 use super::forward::{self, Direction};
@@ -44,8 +45,8 @@ const ROUTE_AT_CATCH_UP: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the agent's SpliceMaps message carried {0} descriptors; expected 2 (SHORTCUT_BYTES, \
-         SPLICE_ROUTES): are the agent and the proxy from the same release?"
+        "the agent's SpliceMaps message carried {0} descriptors; expected 3 (SHORTCUT_BYTES, \
+         SPLICED_BYTES, SPLICE_ROUTES): are the agent and the proxy from the same release?"
     )]
     Descriptors(usize),
     #[error(
@@ -59,25 +60,28 @@ pub enum Error {
     },
 }
 
-/// The two maps a connection is spliced with. A seam: tests use an in-memory table.
+/// The maps a connection is spliced with. A seam: tests use an in-memory table.
 pub trait SpliceTable: Send + Sync {
-    /// What the `sk_msg` program counted for a socket's messages, if it counted any.
-    fn bytes(&self, socket: &SockKey) -> io::Result<Option<ShortcutBytes>>;
+    /// The bytes a shortcut socket's messages took to its own peer, if any were counted.
+    fn to_peer(&self, socket: &SockKey) -> io::Result<Option<u64>>;
+    /// The bytes an app socket's messages took straight to the far app.
+    fn spliced(&self, app: &SockKey) -> io::Result<Option<u64>>;
     /// Routes `app`'s messages as `route` says.
     fn set_route(&self, app: &SockKey, route: &SpliceRoute) -> io::Result<()>;
     /// Forgets a socket: its route and its counts. Already gone is fine.
     fn forget(&self, socket: &SockKey);
 }
 
-/// The agent's pinned `SHORTCUT_BYTES` and `SPLICE_ROUTES`, through descriptors it sent.
-/// aya's map handles take `&mut self` to write; one lock covers both, and is never contended
-/// for long (one syscall).
+/// The agent's pinned `SHORTCUT_BYTES`, `SPLICED_BYTES` and `SPLICE_ROUTES`, through
+/// descriptors it sent. aya's map handles take `&mut self` to write; one lock covers them all,
+/// and is never held for longer than a syscall.
 pub struct AgentMaps {
     maps: Mutex<Maps>,
 }
 
 struct Maps {
-    bytes: HashMap<MapData, SockKey, ShortcutBytes>,
+    to_peer: HashMap<MapData, SockKey, u64>,
+    spliced: HashMap<MapData, SockKey, u64>,
     routes: HashMap<MapData, SockKey, SpliceRoute>,
 }
 
@@ -85,11 +89,12 @@ impl AgentMaps {
     /// From the `SpliceMaps` message's descriptors, in its order.
     pub fn from_fds(fds: Vec<OwnedFd>) -> Result<Self, Error> {
         let count = fds.len();
-        let [bytes, routes]: [OwnedFd; 2] =
+        let [to_peer, spliced, routes]: [OwnedFd; 3] =
             fds.try_into().map_err(|_| Error::Descriptors(count))?;
         Ok(Self {
             maps: Mutex::new(Maps {
-                bytes: open(map_names::SHORTCUT_BYTES, bytes)?,
+                to_peer: open(map_names::SHORTCUT_BYTES, to_peer)?,
+                spliced: open(map_names::SPLICED_BYTES, spliced)?,
                 routes: open(map_names::SPLICE_ROUTES, routes)?,
             }),
         })
@@ -125,13 +130,21 @@ fn io_error(error: MapError) -> io::Error {
     }
 }
 
+fn get(map: &HashMap<MapData, SockKey, u64>, key: &SockKey) -> io::Result<Option<u64>> {
+    match map.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
 impl SpliceTable for AgentMaps {
-    fn bytes(&self, socket: &SockKey) -> io::Result<Option<ShortcutBytes>> {
-        match self.lock().bytes.get(socket, 0) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(io_error(e)),
-        }
+    fn to_peer(&self, socket: &SockKey) -> io::Result<Option<u64>> {
+        get(&self.lock().to_peer, socket)
+    }
+
+    fn spliced(&self, app: &SockKey) -> io::Result<Option<u64>> {
+        get(&self.lock().spliced, app)
     }
 
     fn set_route(&self, app: &SockKey, route: &SpliceRoute) -> io::Result<()> {
@@ -142,7 +155,8 @@ impl SpliceTable for AgentMaps {
         let mut maps = self.lock();
         for (map, removed) in [
             (map_names::SPLICE_ROUTES, maps.routes.remove(socket)),
-            (map_names::SHORTCUT_BYTES, maps.bytes.remove(socket)),
+            (map_names::SPLICED_BYTES, maps.spliced.remove(socket)),
+            (map_names::SHORTCUT_BYTES, maps.to_peer.remove(socket)),
         ] {
             if let Err(e) = removed
                 && !is_not_found(&e)
@@ -275,13 +289,13 @@ impl SplicePair {
         if way.published == 0 {
             // Every byte the proxy wrote must already be in the target's receive queue, or a
             // spliced message could overtake bytes still in the TCP stack.
-            match self.table.bytes(&writer) {
-                Ok(Some(counted)) if counted.to_peer == forwarded => {}
+            match self.table.to_peer(&writer) {
+                Ok(Some(counted)) if counted == forwarded => {}
                 Ok(counted) => {
                     tracing::debug!(
                         ?direction,
                         forwarded,
-                        counted = counted.map(|c| c.to_peer),
+                        ?counted,
                         "not splicing: the proxy's writes did not all take the shortcut"
                     );
                     way.off = true;
@@ -311,18 +325,12 @@ impl SplicePair {
     pub fn finish(&self) -> Spliced {
         let ways = self.ways.lock().unwrap_or_else(PoisonError::into_inner);
         if ways.iter().all(|way| way.published == 0) {
-            // Never routed: the programs' counts are left to the LRU, and to the next socket
-            // with the same key, which clears them when it is established.
+            // Never routed: nothing was spliced, and the programs drop the sockets' counts
+            // when they close.
             return Spliced::default();
         }
         drop(ways);
-        let spliced = |app: &SockKey| {
-            self.table
-                .bytes(app)
-                .ok()
-                .flatten()
-                .map_or(0, |bytes| bytes.spliced)
-        };
+        let spliced = |app: &SockKey| self.table.spliced(app).ok().flatten().unwrap_or(0);
         let result = Spliced {
             client_to_server: spliced(&self.client_app),
             server_to_client: spliced(&self.server_app),

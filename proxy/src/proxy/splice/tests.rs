@@ -5,20 +5,22 @@ use shunt_common::OUTBOUND_PORT;
 
 use super::*;
 
-/// The two maps in memory, with the programs' side played by the test.
+/// The maps in memory, with the programs' side played by the test.
 #[derive(Default)]
 struct FakeTable {
-    bytes: Mutex<HashMap<SockKey, ShortcutBytes>>,
+    to_peer: Mutex<HashMap<SockKey, u64>>,
+    spliced: Mutex<HashMap<SockKey, u64>>,
     routes: Mutex<HashMap<SockKey, SpliceRoute>>,
     route_writes: Mutex<u32>,
 }
 
 impl FakeTable {
-    fn count(&self, socket: SockKey, to_peer: u64, spliced: u64) {
-        self.bytes
-            .lock()
-            .unwrap()
-            .insert(socket, ShortcutBytes { to_peer, spliced });
+    fn count(&self, socket: SockKey, to_peer: u64) {
+        self.to_peer.lock().unwrap().insert(socket, to_peer);
+    }
+
+    fn splice(&self, app: SockKey, bytes: u64) {
+        self.spliced.lock().unwrap().insert(app, bytes);
     }
 
     fn route(&self, app: &SockKey) -> Option<SpliceRoute> {
@@ -27,8 +29,12 @@ impl FakeTable {
 }
 
 impl SpliceTable for FakeTable {
-    fn bytes(&self, socket: &SockKey) -> io::Result<Option<ShortcutBytes>> {
-        Ok(self.bytes.lock().unwrap().get(socket).copied())
+    fn to_peer(&self, socket: &SockKey) -> io::Result<Option<u64>> {
+        Ok(self.to_peer.lock().unwrap().get(socket).copied())
+    }
+
+    fn spliced(&self, app: &SockKey) -> io::Result<Option<u64>> {
+        Ok(self.spliced.lock().unwrap().get(app).copied())
     }
 
     fn set_route(&self, app: &SockKey, route: &SpliceRoute) -> io::Result<()> {
@@ -39,7 +45,8 @@ impl SpliceTable for FakeTable {
 
     fn forget(&self, socket: &SockKey) {
         self.routes.lock().unwrap().remove(socket);
-        self.bytes.lock().unwrap().remove(socket);
+        self.to_peer.lock().unwrap().remove(socket);
+        self.spliced.lock().unwrap().remove(socket);
     }
 }
 
@@ -70,14 +77,14 @@ fn pair() -> (Arc<FakeTable>, SplicePair, SockKey, SockKey) {
 fn a_direction_is_routed_at_its_second_catch_up_when_every_write_took_the_shortcut() {
     let (table, pair, client_app, server_app) = pair();
     let delivery = server_app.peer();
-    table.count(delivery, 10, 0);
+    table.count(delivery, 10);
     pair.caught_up(Direction::ClientToServer, 10);
     assert_eq!(
         table.route(&client_app),
         None,
         "first catch-up routes nothing"
     );
-    table.count(delivery, 25, 0);
+    table.count(delivery, 25);
     pair.caught_up(Direction::ClientToServer, 25);
     assert_eq!(
         table.route(&client_app),
@@ -113,11 +120,11 @@ fn a_direction_whose_writes_went_around_the_shortcut_is_never_routed() {
     for (counted, forwarded, why) in cases {
         let (table, pair, client_app, server_app) = pair();
         if let Some(counted) = counted {
-            table.count(client_app.peer(), counted, 0);
+            table.count(client_app.peer(), counted);
         }
         pair.caught_up(Direction::ServerToClient, 10);
         pair.caught_up(Direction::ServerToClient, forwarded);
-        table.count(client_app.peer(), forwarded + 10, 0);
+        table.count(client_app.peer(), forwarded + 10);
         pair.caught_up(Direction::ServerToClient, forwarded + 10);
         assert_eq!(table.route(&server_app), None, "{why}");
     }
@@ -130,13 +137,13 @@ fn finish_reports_spliced_bytes_and_forgets_all_four_sockets() {
         (Direction::ClientToServer, server_app.peer()),
         (Direction::ServerToClient, client_app.peer()),
     ] {
-        table.count(writer, 5, 0);
+        table.count(writer, 5);
         pair.caught_up(direction, 3);
         pair.caught_up(direction, 5);
     }
     assert!(table.route(&client_app).is_some() && table.route(&server_app).is_some());
-    table.count(client_app, 5, 1000);
-    table.count(server_app, 5, 2000);
+    table.splice(client_app, 1000);
+    table.splice(server_app, 2000);
     assert_eq!(
         pair.finish(),
         Spliced {
@@ -145,14 +152,19 @@ fn finish_reports_spliced_bytes_and_forgets_all_four_sockets() {
         }
     );
     assert!(table.routes.lock().unwrap().is_empty());
-    assert!(table.bytes.lock().unwrap().is_empty());
+    assert!(table.to_peer.lock().unwrap().is_empty());
+    assert!(table.spliced.lock().unwrap().is_empty());
 }
 
 #[test]
 fn finish_of_a_never_routed_connection_touches_nothing() {
     let (table, pair, client_app, _) = pair();
-    table.count(client_app, 1, 0);
+    table.count(client_app, 1);
     pair.caught_up(Direction::ClientToServer, 1);
     assert_eq!(pair.finish(), Spliced::default());
-    assert_eq!(table.bytes.lock().unwrap().len(), 1, "left to the LRU");
+    assert_eq!(
+        table.to_peer.lock().unwrap().len(),
+        1,
+        "left for the program to drop"
+    );
 }
