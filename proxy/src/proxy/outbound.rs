@@ -44,7 +44,6 @@ pub async fn serve(
         pod.as_ref(),
     );
     accepted.peers.source = index.workload_by_uid(&pod.uid).cloned();
-    accepted.client_app = proxy.splice.client_app(&downstream);
     let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, client) {
         Ok(orig_dst) => orig_dst,
         Err(error) => {
@@ -63,6 +62,7 @@ pub async fn serve(
         return connection::run(&proxy, &pod, plan, downstream).await;
     }
     let (Some(source), SocketAddr::V4(dst)) = (&proxy.routes, orig_dst.0) else {
+        accepted.client_app = proxy.splice.client_app(&downstream);
         let plan = plan_l4(&index, accepted, orig_dst.0);
         return connection::run(&proxy, &pod, plan, downstream).await;
     };
@@ -112,6 +112,8 @@ pub async fn serve(
         Protocol::Tls { sni } => sni,
         Protocol::Tcp => None,
     };
+    // Only forwarded bytes can be spliced, so HTTP never pays for the socket lookups.
+    accepted.client_app = proxy.splice.client_app(stream.inner());
     let plan = plan_tcp(
         &proxy,
         &pod,
