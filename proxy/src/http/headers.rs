@@ -18,6 +18,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `trailers`, which gRPC needs end to end) and `Upgrade`. When `upgrading`, `Upgrade` and a
 /// `Connection: upgrade` stay so the next hop sees the upgrade request or its 101.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of them: one pass over the names instead of a lookup each.
+    if !upgrading && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,6 +51,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Whether `name` is one of the headers [`remove_hop_by_hop`] removes whatever `Connection`
+/// lists.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::TE,
+        &header::UPGRADE,
+    ]
+    .contains(&name)
 }
 
 fn is_te_trailers(headers: &HeaderMap) -> bool {
@@ -185,6 +203,18 @@ mod tests {
                 ],
                 true,
                 vec!["connection", "upgrade"],
+            ),
+            (
+                "none of them: nothing changes",
+                vec![("content-type", "text/plain"), ("x-request-id", "abc")],
+                false,
+                vec!["content-type", "x-request-id"],
+            ),
+            (
+                "an upgrade without hop-by-hop headers still gets Connection: upgrade",
+                vec![("x-kept", "1")],
+                true,
+                vec!["connection", "x-kept"],
             ),
         ];
         for (name, pairs, upgrading, expected) in cases {

@@ -349,7 +349,7 @@ impl HttpConnection {
             path: parts
                 .uri
                 .path_and_query()
-                .map_or_else(|| parts.uri.to_string(), ToString::to_string),
+                .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
             protocol: protocol_name(parts.version),
             grpc: policy::is_grpc(&parts.headers),
             authority: authority(&parts).map(str::to_owned),
@@ -1016,8 +1016,8 @@ impl HttpConnection {
             bytes_received: exchange.request_body_bytes.load(Ordering::Relaxed),
             duration: millis(exchange.started.elapsed()),
             upstream_service_time: exchange.upstream_service_time.map(millis),
-            upstream_host: exchange.upstream.as_ref().map(|p| p.addr.to_string()),
-            upstream_cluster: cluster.map(|c| upstream::cluster_name(&c.key)),
+            upstream_host: exchange.upstream.as_ref().map(|p| p.addr),
+            upstream_cluster: cluster.map(|c| upstream::ClusterName(&c.key)),
             x_forwarded_for: exchange.x_forwarded_for.as_deref(),
             user_agent: exchange.user_agent.as_deref(),
             request_id: &exchange.request_id,

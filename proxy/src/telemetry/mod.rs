@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod json_line;
 pub mod metrics;
 pub mod server;
 

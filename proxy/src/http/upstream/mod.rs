@@ -459,10 +459,20 @@ pub fn inbound_cluster_key(port: u16) -> ClusterKey {
 /// or `inbound|8080||` for an [`inbound_cluster_key`].
 #[must_use]
 pub fn cluster_name(key: &ClusterKey) -> String {
-    if key.host.0.is_empty() {
-        format!("inbound|{}||", key.port)
-    } else {
-        key.to_string()
+    ClusterName(key).to_string()
+}
+
+/// [`cluster_name`], written where it goes (an access-log line) rather than allocated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterName<'a>(pub &'a ClusterKey);
+
+impl std::fmt::Display for ClusterName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.host.0.is_empty() {
+            write!(f, "inbound|{}||", self.0.port)
+        } else {
+            self.0.fmt(f)
+        }
     }
 }
 

@@ -475,16 +475,18 @@ impl Dialer {
         limits: &Limits,
         evict: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<H1Connection, UpstreamError> {
+        // The common case, an idle connection, needs no place among the waiters.
+        if let Some(connection) = Self::ready_idle(pool, limits).await {
+            return Ok(connection);
+        }
         let mut pending = None;
         loop {
             // Registered before looking, so a release between the look and the wait counts.
             let released = self.shared.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            while let Some(mut connection) = pool.take_idle(limits.idle_timeout) {
-                if connection.sender.ready().await.is_ok() {
-                    return Ok(connection);
-                }
+            if let Some(connection) = Self::ready_idle(pool, limits).await {
+                return Ok(connection);
             }
             if let Some(slot) = ConnectionSlot::try_reserve(&self.shared, limits.max_connections) {
                 return self.connect_h1(pool.addr, limits, slot).await;
@@ -492,6 +494,16 @@ impl Dialer {
             self.wait_turn(&mut pending, limits, evict)?;
             released.await;
         }
+    }
+
+    /// The most recently idled HTTP/1 connection that is still ready for a request.
+    async fn ready_idle(pool: &EndpointPool, limits: &Limits) -> Option<H1Connection> {
+        while let Some(mut connection) = pool.take_idle(limits.idle_timeout) {
+            if connection.sender.ready().await.is_ok() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     async fn checkout_h2(
