@@ -78,20 +78,20 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
 /// Appends `client` to `x-forwarded-for` and sets `x-forwarded-proto: http` (the proxy only
 /// sees plain-text HTTP). Returns the resulting `x-forwarded-for`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: Option<Ipv4Addr>) -> Option<String> {
-    if let Some(ip) = client {
-        let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-            _ => ip.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&appended) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    let existing = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let Some(ip) = client else {
+        return existing.map(str::to_owned);
+    };
+    let mut appended = Vec::with_capacity(existing.map_or(0, str::len) + 17);
+    if let Some(existing) = existing.filter(|existing| !existing.trim().is_empty()) {
+        appended.extend_from_slice(existing.as_bytes());
+        appended.extend_from_slice(b", ");
+    }
+    crate::telemetry::json_line::push_ipv4(&mut appended, ip);
+    let value = HeaderValue::from_bytes(&appended).ok()?;
+    headers.insert(X_FORWARDED_FOR.clone(), value);
+    String::from_utf8(appended).ok()
 }
 
 /// What an inbound hop does to the forwarded headers: `x-forwarded-for` stays as received

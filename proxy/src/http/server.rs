@@ -726,8 +726,8 @@ impl HttpConnection {
             Err(reply) => return *reply,
         };
         exchange.delivered = response
-            .extensions()
-            .get::<Delivery>()
+            .body()
+            .delivered()
             .and_then(Delivery::pod)
             .zip(exchange.upstream.as_ref())
             .map(|(pod, picked)| self.destination_side(pod, picked.addr));

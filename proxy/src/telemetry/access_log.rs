@@ -195,7 +195,7 @@ impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
         json.u64("bytes_received", self.bytes_received);
         json.u64("duration", self.duration);
         json.opt_u64("upstream_service_time", self.upstream_service_time);
-        json.opt_display("upstream_host", self.upstream_host.as_ref());
+        json.opt_socket_addr("upstream_host", self.upstream_host);
         json.opt_display("upstream_cluster", self.upstream_cluster.as_ref());
         json.opt_str("x_forwarded_for", self.x_forwarded_for);
         json.opt_str("user_agent", self.user_agent);

@@ -327,6 +327,9 @@ pub(super) struct Release {
 pub struct UpstreamBody {
     inner: Incoming,
     release: Option<Release>,
+    /// The pod served here the request went to, when it was delivered on this node (in the
+    /// body rather than the response's extensions: no map to allocate per response).
+    delivered: Option<Delivery>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -339,16 +342,23 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, release: Release) -> Self {
+    fn new(inner: Incoming, release: Release, delivered: Option<Delivery>) -> Self {
         let mut body = Self {
             inner,
             release: Some(release),
+            delivered,
         };
         // A body that is empty from the start (HEAD, 204, 304, 101) may never be polled.
         if body.inner.is_end_stream() {
             body.finish(true);
         }
         body
+    }
+
+    /// Where the request was delivered on this node, if it was.
+    #[must_use]
+    pub fn delivered(&self) -> Option<&Delivery> {
+        self.delivered.as_ref()
     }
 
     fn finish(&mut self, complete: bool) {
@@ -423,14 +433,12 @@ impl Dialer {
                 let destination = connection.delivered.as_ref().map(|d| d.drain.hold());
                 connection.served += 1;
                 let connect = request.method() == Method::CONNECT;
-                let mut response = connection
+                let response = connection
                     .sender
                     .send_request(request)
                     .await
                     .map_err(reset)?;
-                if let Some(delivered) = &connection.delivered {
-                    response.extensions_mut().insert(delivered.clone());
-                }
+                let delivered = connection.delivered.clone();
                 let status = response.status();
                 let reusable = limits
                     .max_per_connection
@@ -446,16 +454,14 @@ impl Dialer {
                     _stream: None,
                     _destination: destination,
                 };
-                Ok(response.map(|body| UpstreamBody::new(body, release)))
+                Ok(response.map(|body| UpstreamBody::new(body, release, delivered)))
             }
             HttpVersion::Http2 => {
                 let stream = self.checkout_h2(pool, limits, evict).await?;
                 let destination = stream.connection.delivered.as_ref().map(|d| d.drain.hold());
                 let mut sender = stream.connection.sender.clone();
-                let mut response = sender.send_request(request).await.map_err(reset)?;
-                if let Some(delivered) = &stream.connection.delivered {
-                    response.extensions_mut().insert(delivered.clone());
-                }
+                let response = sender.send_request(request).await.map_err(reset)?;
+                let delivered = stream.connection.delivered.clone();
                 let release = Release {
                     h1: None,
                     shared: self.shared.clone(),
@@ -464,7 +470,7 @@ impl Dialer {
                     _stream: Some(stream),
                     _destination: destination,
                 };
-                Ok(response.map(|body| UpstreamBody::new(body, release)))
+                Ok(response.map(|body| UpstreamBody::new(body, release, delivered)))
             }
         }
     }

@@ -825,3 +825,29 @@ async fn a_dns_cluster_whose_names_do_not_resolve_has_no_healthy_upstream() {
         assert!(message.contains(part), "{message}");
     }
 }
+
+#[test]
+fn cluster_names_are_envoys() {
+    let key = |host: &str, subset: Option<&str>, port| ClusterKey {
+        host: crate::routing::Host(Arc::from(host)),
+        subset: subset.map(Arc::from),
+        port,
+    };
+    let cases = [
+        (
+            key("cart.shop.svc.cluster.local", Some("v1"), 8080),
+            "outbound|8080|v1|cart.shop.svc.cluster.local",
+        ),
+        (
+            key("cart.shop.svc.cluster.local", None, 80),
+            "outbound|80||cart.shop.svc.cluster.local",
+        ),
+        (inbound_cluster_key(9080), "inbound|9080||"),
+    ];
+    for (key, expected) in cases {
+        assert_eq!(cluster_name(&key), expected);
+        if !key.host.0.is_empty() {
+            assert_eq!(key.to_string(), expected, "ClusterKey's own Display agrees");
+        }
+    }
+}
