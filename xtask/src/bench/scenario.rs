@@ -346,7 +346,8 @@ fn spawn_haproxy(node: &Node, pod: &Pod, config: &Path) -> Result<Process> {
 /// in `mode http` for the HTTP server (keep-alive on both sides, HAProxy's default). Timeouts
 /// are long enough for the idle-connection hold; `maxconn` is above the largest idle count,
 /// and HAProxy needs 2 descriptors per connection within the harness's RLIMIT_NOFILE. No
-/// `log` line: like shunt's default, no per-request log.
+/// `log` line, so HAProxy writes no per-request log, while shunt keeps its default (a JSON
+/// access-log line per request and reporter); the README's Performance section says so.
 fn haproxy_config(listen: Ipv4Addr, server: Ipv4Addr) -> String {
     let mut config = String::from(
         "global\n    maxconn 8000\n\n\
