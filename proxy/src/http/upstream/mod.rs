@@ -467,19 +467,16 @@ pub fn cluster_name(key: &ClusterKey) -> String {
 pub struct ClusterName<'a>(pub &'a ClusterKey);
 
 impl std::fmt::Display for ClusterName<'_> {
-    /// Piece by piece: this runs once per request and reporter, and `write!`'s argument
-    /// handling cost more than the text.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = self.0;
-        let mut digits = itoa::Buffer::new();
-        let port = digits.format(key.port);
-        let pieces = if key.host.0.is_empty() {
-            ["inbound|", port, "||", "", "", ""]
+        if key.host.0.is_empty() {
+            let mut digits = itoa::Buffer::new();
+            ["inbound|", digits.format(key.port), "||"]
+                .into_iter()
+                .try_for_each(|piece| f.write_str(piece))
         } else {
-            let subset = key.subset.as_deref().unwrap_or("");
-            ["outbound|", port, "|", subset, "|", &*key.host.0]
-        };
-        pieces.into_iter().try_for_each(|piece| f.write_str(piece))
+            key.fmt(f)
+        }
     }
 }
 
