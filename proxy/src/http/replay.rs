@@ -166,6 +166,17 @@ where
         }
     }
 
+    /// Ended once the downstream body ended and this attempt sent all of it. Without this an
+    /// empty body looks like one of zero length still to come, and hyper's HTTP/1 client then
+    /// adds `content-length: 0` to a GET that had none.
+    fn is_end_stream(&self) -> bool {
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.generation == self.generation
+            && shared.ended
+            && self.offset >= shared.recorded.len()
+            && (self.trailers_sent || shared.trailers.is_none())
+    }
+
     fn size_hint(&self) -> SizeHint {
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         let mut hint = shared.rest.size_hint();
@@ -251,6 +262,33 @@ mod tests {
     async fn an_empty_body_is_complete_at_once() {
         let replay = Replay::new(http_body_util::Empty::<Bytes>::new(), 16);
         assert_eq!(replay.complete().as_deref(), Some(&b""[..]));
-        assert_eq!(read(replay.attempt().unwrap()).await.unwrap(), "");
+        let attempt = replay.attempt().unwrap();
+        assert!(
+            attempt.is_end_stream(),
+            "an empty body has ended from the start"
+        );
+        assert_eq!(read(attempt).await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_ends_once_it_has_sent_the_whole_body() {
+        let replay = Replay::new(slow(&["ab"]), 1024);
+        let mut first = replay.attempt().unwrap();
+        assert!(!first.is_end_stream(), "nothing read yet");
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        assert!(first.frame().await.is_none());
+        assert!(first.is_end_stream());
+        // A retry has the recorded bytes still to send, and the superseded attempt never ends.
+        let mut second = replay.attempt().unwrap();
+        assert!(!second.is_end_stream());
+        assert!(!first.is_end_stream());
+        assert_eq!(
+            second.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        assert!(second.is_end_stream());
     }
 }

@@ -404,6 +404,84 @@ async fn a_forwarded_request_gets_rewrites_header_edits_and_forwarded_headers() 
     );
 }
 
+/// A request goes upstream framed as it came: a GET without a body gains no
+/// `content-length: 0`, whether the route may retry (a replayable body) or not (streamed once).
+#[tokio::test]
+async fn the_upstream_request_keeps_the_framing_of_the_downstream_one() {
+    struct Case {
+        name: &'static str,
+        retries: u32,
+        method: Method,
+        body: &'static str,
+        content_length: Option<&'static str>,
+    }
+    let cases = [
+        Case {
+            name: "GET, no retries",
+            retries: 0,
+            method: Method::GET,
+            body: "",
+            content_length: None,
+        },
+        Case {
+            name: "GET, retries",
+            retries: 2,
+            method: Method::GET,
+            body: "",
+            content_length: None,
+        },
+        Case {
+            name: "POST, no retries",
+            retries: 0,
+            method: Method::POST,
+            body: "payload",
+            content_length: Some("7"),
+        },
+        Case {
+            name: "POST, retries",
+            retries: 2,
+            method: Method::POST,
+            body: "payload",
+            content_length: Some("7"),
+        },
+    ];
+    for case in cases {
+        let web = backend("web", 0).await;
+        let mut route = forward_to(HOST);
+        route.retries.attempts = case.retries;
+        let harness = harness(
+            HttpDecision::Route(Arc::new(route)),
+            vec![cluster(HOST, &[web.addr])],
+        )
+        .await;
+        let request = Request::builder()
+            .method(case.method.clone())
+            .uri("/items")
+            .header(header::HOST, "web.shop:80")
+            .body(Full::new(Bytes::from_static(case.body.as_bytes())))
+            .unwrap();
+        let (status, _, _) = harness.send(request).await;
+        assert_eq!(status, StatusCode::OK, "{}", case.name);
+        let seen = web.seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            seen.headers
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap()),
+            case.content_length,
+            "{}: {:?}",
+            case.name,
+            seen.headers
+        );
+        assert!(
+            !seen.headers.contains_key(header::TRANSFER_ENCODING),
+            "{}: {:?}",
+            case.name,
+            seen.headers
+        );
+        assert_eq!(seen.body, case.body, "{}", case.name);
+    }
+}
+
 /// `accessLogFile: ""` turns the access log off; the request metrics are recorded all the same.
 #[tokio::test]
 async fn access_log_file_off_writes_no_line_but_counts_the_request() {
