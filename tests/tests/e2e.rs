@@ -1040,6 +1040,87 @@ fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
     }
 }
 
+/// A spliced connection's bytes reach its counters while it lasts, as a proxied one's do:
+/// every 5 s (Istio's TCP reporting interval), not only when it closes.
+#[test]
+fn sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts() {
+    /// Pings of 8 bytes every 20 ms for 9 s: about 3.6 KB each way, nearly all spliced.
+    const HOLD_SECONDS: &str = "9";
+    /// Well above what the proxy forwards itself before the splice (two pings each way).
+    const COUNTED_BEFORE_CLOSE: u64 = 1024;
+    let options = AgentOptions {
+        sockmap_shortcut: true,
+        ..AgentOptions::default()
+    };
+    let Some((mut node, a, b)) = two_captured_pods(
+        "e2e::sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts",
+        &options,
+    ) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let admin = node.admin();
+    let redirects = || {
+        let stats = admin.map("STATS").or_panic("STATS");
+        admin::counter(&stats, "splice_redirects").unwrap_or_else(|| panic!("no counter: {stats}"))
+    };
+    let before = redirects();
+    let to = b.addr(ECHO_PORT).to_string();
+    let mut hold = node
+        .testpod(
+            &a,
+            &[
+                "hold",
+                "--to",
+                &to,
+                "--seconds",
+                HOLD_SECONDS,
+                "--interval-ms",
+                "20",
+                "--retry-spurious-eagain",
+            ],
+        )
+        .or_panic("hold");
+    let labels = flow("source", "a", "b");
+    let metrics = node
+        .wait_metrics("spliced bytes counted", REPORT_TIMEOUT, |m| {
+            sum(m, RECEIVED_BYTES, &labels) >= COUNTED_BEFORE_CLOSE
+                && sum(m, SENT_BYTES, &labels) >= COUNTED_BEFORE_CLOSE
+        })
+        .or_panic("metrics");
+    assert_eq!(
+        hold.exit_status().or_panic("hold status"),
+        None,
+        "the connection closed before its spliced bytes were counted: {}",
+        metrics.describe(RECEIVED_BYTES)
+    );
+    assert_eq!(
+        sum(&metrics, CLOSED, &labels),
+        0,
+        "{}",
+        metrics.describe(CLOSED)
+    );
+    let hold = hold
+        .finish(common::CLIENT_TIMEOUT)
+        .or_panic("hold")
+        .json()
+        .or_panic("hold report");
+    assert_eq!(hold["ok"], true, "{hold}");
+    assert!(
+        redirects() - before >= 100,
+        "the pings were not spliced: {hold}"
+    );
+    // At close the rest is added, and every byte is counted once.
+    let pinged = hold["pings"].as_u64().unwrap_or_default() * 8;
+    let metrics = node
+        .wait_metrics("the connection closed", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &labels) >= 1
+        })
+        .or_panic("metrics");
+    assert_eq!(sum(&metrics, RECEIVED_BYTES, &labels), pinged);
+    assert_eq!(sum(&metrics, SENT_BYTES, &labels), pinged);
+}
+
 #[test]
 fn iptables_rules_outlive_the_agent_until_uninstall() {
     let Some((mut node, a, b)) = two_captured_pods(

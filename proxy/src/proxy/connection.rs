@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, Progress, ResetOnClose};
 use super::orig_dst::{ClientAddr, OrigDstAddr};
-use super::splice::Splicing;
+use super::splice::{self, Splicing};
 use super::{PodContext, ProxyContext};
 use crate::drain;
 use crate::http::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
@@ -342,17 +342,41 @@ where
         inner: meter,
         pair: splice.as_ref(),
     };
-    let forwarded = tokio::select! {
-        biased;
-        () = pod.drain.force_closed() => None,
-        () = drain::force_closed(destination_drain.as_ref()) => None,
-        forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
+    // Bytes that skipped the proxy count as the connection's, as if it had carried them.
+    let count_spliced = |spliced: splice::Spliced| {
+        for (direction, bytes) in [
+            (forward::Direction::ClientToServer, spliced.client_to_server),
+            (forward::Direction::ServerToClient, spliced.server_to_client),
+        ] {
+            if bytes > 0 {
+                meter.delivered(direction, bytes);
+            }
+        }
+    };
+    // In a block: the pinned future borrows `upstream` until it is dropped.
+    let forwarded = {
+        let forwarding = forward::forward(downstream, &mut upstream, &progress);
+        tokio::pin!(forwarding);
+        // Polled (and so registered with the timer) only for a spliced connection.
+        let report = tokio::time::sleep(splice::REPORT_INTERVAL);
+        tokio::pin!(report);
+        loop {
+            tokio::select! {
+                biased;
+                () = pod.drain.force_closed() => break None,
+                () = drain::force_closed(destination_drain.as_ref()) => break None,
+                forwarded = &mut forwarding => break Some(forwarded),
+                () = &mut report, if splice.is_some() => {
+                    if let Some(splice) = &splice {
+                        count_spliced(splice.report());
+                    }
+                    report.as_mut().reset(tokio::time::Instant::now() + splice::REPORT_INTERVAL);
+                }
+            }
+        }
     };
     if let Some(splice) = &splice {
-        // Bytes that skipped the proxy count as the connection's, as if it had carried them.
-        let spliced = splice.finish();
-        meter.delivered(forward::Direction::ClientToServer, spliced.client_to_server);
-        meter.delivered(forward::Direction::ServerToClient, spliced.server_to_client);
+        count_spliced(splice.finish());
     }
     let Some(forwarded) = forwarded else {
         upstream.reset_on_close();

@@ -22,8 +22,8 @@
 //! The proxy publishes when a direction has caught up (its reader has nothing more and
 //! everything read was written: [`forward::Progress::caught_up`]), from the second time on, so
 //! that a connection that exchanges one request and closes (CRR) costs no map updates. Bytes
-//! that skipped the proxy (`SPLICED_BYTES`) are added to the connection's telemetry when it
-//! ends.
+//! that skipped the proxy (`SPLICED_BYTES`) are added to the connection's telemetry every
+//! [`REPORT_INTERVAL`] while it lasts, and when it ends.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -41,6 +41,10 @@ use crate::netns;
 /// A direction is routed at its second catch-up, not its first: one-exchange connections
 /// never pay for the map updates.
 const ROUTE_AT_CATCH_UP: u32 = 2;
+
+/// How often a spliced connection's bytes reach its counters while it lasts: Istio's default
+/// TCP reporting interval (`tcp_reporting_duration`, 5 s).
+pub const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -236,6 +240,8 @@ struct Way {
     published: u64,
     /// Never to be routed: a write went around the shortcut, or the maps failed.
     off: bool,
+    /// Spliced bytes already handed to telemetry by [`SplicePair::report`].
+    reported: u64,
 }
 
 /// What skipped the proxy, by direction.
@@ -321,20 +327,48 @@ impl SplicePair {
         }
     }
 
-    /// The connection is over: what skipped the proxy, and the map entries gone.
+    /// What skipped the proxy since the last report, so a long-lived spliced connection's
+    /// byte counters move while it lasts, as the proxied bytes' do.
+    pub fn report(&self) -> Spliced {
+        let mut ways = self.ways.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut news = [0; 2];
+        for (direction, source) in [
+            (Direction::ClientToServer, self.client_app),
+            (Direction::ServerToClient, self.server_app),
+        ] {
+            let way = &mut ways[index(direction)];
+            if way.published == 0 {
+                // Never routed: nothing of it skipped the proxy.
+                continue;
+            }
+            match self.table.spliced(&source) {
+                Ok(Some(total)) => {
+                    news[index(direction)] = total.saturating_sub(way.reported);
+                    way.reported = way.reported.max(total);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "reading SPLICED_BYTES failed"),
+            }
+        }
+        Spliced {
+            client_to_server: news[0],
+            server_to_client: news[1],
+        }
+    }
+
+    /// The connection is over: what skipped the proxy since the last [`report`], and the map
+    /// entries gone.
+    ///
+    /// [`report`]: Self::report
     pub fn finish(&self) -> Spliced {
+        let result = self.report();
         let ways = self.ways.lock().unwrap_or_else(PoisonError::into_inner);
         if ways.iter().all(|way| way.published == 0) {
             // Never routed: nothing was spliced, and the programs drop the sockets' counts
             // when they close.
-            return Spliced::default();
+            return result;
         }
         drop(ways);
-        let spliced = |app: &SockKey| self.table.spliced(app).ok().flatten().unwrap_or(0);
-        let result = Spliced {
-            client_to_server: spliced(&self.client_app),
-            server_to_client: spliced(&self.server_app),
-        };
         for socket in [
             self.client_app,
             self.client_app.peer(),

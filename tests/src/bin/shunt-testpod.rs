@@ -10,6 +10,7 @@
 //! shunt-testpod send    --to ADDR --bytes N --seed S [--retry-spurious-eagain] [--lockstep CHUNK]
 //! shunt-testpod churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
 //! shunt-testpod hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
+//!                         [--retry-spurious-eagain]
 //! shunt-testpod fetch   --to ADDR [--count N]
 //! shunt-testpod connect --to ADDR
 //! ```
@@ -35,7 +36,7 @@ const USAGE: &str = "usage: shunt-testpod <echo-server|whoami-server|send|churn|
   churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
                                               one short connection + 1-byte echo each
   hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
-                                              one long connection, pinging
+          [--retry-spurious-eagain]           one long connection, pinging
   fetch   --to ADDR [--count N]               read each connection's reply until EOF
   connect --to ADDR                           one connect, report the outcome";
 
@@ -459,6 +460,7 @@ fn hold(flags: &Flags) -> Result<bool, Failure> {
         deadline: Some(Instant::now() + Duration::from_secs(seconds)),
     };
     let interval = Duration::from_millis(flags.optional("interval-ms")?.unwrap_or(100));
+    let retry_spurious_eagain = flags.switch("retry-spurious-eagain");
     let started = Instant::now();
     let mut pings = 0u64;
     let outcome = (|| -> io::Result<()> {
@@ -469,8 +471,7 @@ fn hold(flags: &Flags) -> Result<bool, Failure> {
                 .write_all(&ping)
                 .map_err(during(format_args!("write ping {pings}")))?;
             let mut pong = [0u8; 8];
-            stream
-                .read_exact(&mut pong)
+            read_exact(&mut stream, &mut pong, retry_spurious_eagain)
                 .map_err(during(format_args!("read pong {pings}")))?;
             if pong != ping {
                 return Err(io::Error::new(
@@ -496,6 +497,33 @@ fn hold(flags: &Flags) -> Result<bool, Failure> {
     report.bool("ok", ok);
     println!("{}", report.finish());
     Ok(ok)
+}
+
+/// `read_exact`, which with `retry_spurious_eagain` retries an `EAGAIN` that comes before
+/// the read timeout (see [`send_and_verify`]).
+fn read_exact(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    retry_spurious_eagain: bool,
+) -> io::Result<()> {
+    let mut filled = 0;
+    let mut last_progress = Instant::now();
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                filled += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if retry_spurious_eagain
+                    && e.kind() == io::ErrorKind::WouldBlock
+                    && last_progress.elapsed() < IO_TIMEOUT => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn fetch(flags: &Flags) -> Result<bool, Failure> {

@@ -157,6 +157,43 @@ fn finish_reports_spliced_bytes_and_forgets_all_four_sockets() {
 }
 
 #[test]
+fn reports_hand_over_each_spliced_byte_once_and_finish_the_rest() {
+    let (table, pair, client_app, server_app) = pair();
+    assert_eq!(pair.report(), Spliced::default(), "nothing routed yet");
+    // Only the client's direction is routed; the server's counts are not read.
+    table.count(server_app.peer(), 5);
+    pair.caught_up(Direction::ClientToServer, 3);
+    pair.caught_up(Direction::ClientToServer, 5);
+    table.splice(server_app, 70);
+    // (SPLICED_BYTES of the client's app socket now, what `report` says)
+    let readings = [
+        (100, 100, "the first report: everything so far"),
+        (100, 0, "nothing new"),
+        (250, 150, "only what came since"),
+    ];
+    for (total, expected, why) in readings {
+        table.splice(client_app, total);
+        assert_eq!(
+            pair.report(),
+            Spliced {
+                client_to_server: expected,
+                server_to_client: 0
+            },
+            "{why}"
+        );
+    }
+    table.splice(client_app, 300);
+    assert_eq!(
+        pair.finish(),
+        Spliced {
+            client_to_server: 50,
+            server_to_client: 0
+        },
+        "finish adds what the reports did not"
+    );
+}
+
+#[test]
 fn finish_of_a_never_routed_connection_touches_nothing() {
     let (table, pair, client_app, _) = pair();
     table.count(client_app, 1);
