@@ -150,6 +150,25 @@ impl Progress for Meter {
     }
 }
 
+/// Hands `pair`'s spliced bytes to `count` every [`splice::REPORT_INTERVAL`]; never returns,
+/// and never wakes without a pair. Every connection's task carries this future, so the timer
+/// exists only for a spliced one.
+async fn report_spliced(
+    pair: Option<&splice::SplicePair>,
+    count: &impl Fn(splice::Spliced),
+) -> std::convert::Infallible {
+    let Some(pair) = pair else {
+        return std::future::pending().await;
+    };
+    let first = tokio::time::Instant::now() + splice::REPORT_INTERVAL;
+    let mut interval = tokio::time::interval_at(first, splice::REPORT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        count(pair.report());
+    }
+}
+
 /// How the connection ended, for the log.
 struct Ending {
     upstream: Option<std::net::SocketAddr>,
@@ -334,13 +353,16 @@ where
     // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
     let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
     let destination_drain = delivered_pod.map(|to| to.drain.clone());
+    // Boxed: every connection's task holds this across its life, and idle connections are
+    // counted in bytes (the idle target); only spliced ones pay for the box.
     let splice = accepted
         .client_app
         .filter(|_| destination_drain.is_some())
-        .and_then(|client_app| proxy.splice.pair(client_app, &upstream));
+        .and_then(|client_app| proxy.splice.pair(client_app, &upstream))
+        .map(Box::new);
     let progress = Splicing {
         inner: meter,
-        pair: splice.as_ref(),
+        pair: splice.as_deref(),
     };
     // Bytes that skipped the proxy count as the connection's, as if it had carried them.
     let count_spliced = |spliced: splice::Spliced| {
@@ -353,27 +375,12 @@ where
             }
         }
     };
-    // In a block: the pinned future borrows `upstream` until it is dropped.
-    let forwarded = {
-        let forwarding = forward::forward(downstream, &mut upstream, &progress);
-        tokio::pin!(forwarding);
-        // Polled (and so registered with the timer) only for a spliced connection.
-        let report = tokio::time::sleep(splice::REPORT_INTERVAL);
-        tokio::pin!(report);
-        loop {
-            tokio::select! {
-                biased;
-                () = pod.drain.force_closed() => break None,
-                () = drain::force_closed(destination_drain.as_ref()) => break None,
-                forwarded = &mut forwarding => break Some(forwarded),
-                () = &mut report, if splice.is_some() => {
-                    if let Some(splice) = &splice {
-                        count_spliced(splice.report());
-                    }
-                    report.as_mut().reset(tokio::time::Instant::now() + splice::REPORT_INTERVAL);
-                }
-            }
-        }
+    let forwarded = tokio::select! {
+        biased;
+        () = pod.drain.force_closed() => None,
+        () = drain::force_closed(destination_drain.as_ref()) => None,
+        forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
+        never = report_spliced(splice.as_deref(), &count_spliced) => match never {},
     };
     if let Some(splice) = &splice {
         count_spliced(splice.finish());
