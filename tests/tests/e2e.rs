@@ -130,6 +130,23 @@ fn two_captured_pods(test: &str, options: &AgentOptions) -> Option<(Node, Pod, P
     Some((node, a, b))
 }
 
+/// Two captured pods with the sockmap shortcut on, and an echo server on `b`'s `ECHO_PORT`.
+fn shortcut_pods(test: &str) -> Option<(Node, Pod, Pod, shunt_tests::Process)> {
+    let options = AgentOptions {
+        sockmap_shortcut: true,
+        ..AgentOptions::default()
+    };
+    let (node, a, b) = two_captured_pods(test, &options)?;
+    let echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    Some((node, a, b, echo))
+}
+
+/// The programs' `STATS` counter `name`.
+fn stat(admin: &shunt_tests::admin::Admin, name: &str) -> u64 {
+    let stats = admin.map("STATS").or_panic("STATS");
+    admin::counter(&stats, name).unwrap_or_else(|| panic!("no {name} counter in STATS: {stats}"))
+}
+
 fn echo_server(node: &Node, pod: &Pod, port: u16, extra: &[&str]) -> shunt_tests::Process {
     let port = port.to_string();
     let mut args = vec!["echo-server", "--port", port.as_str()];
@@ -863,23 +880,13 @@ fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: 
 
 #[test]
 fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
-    let on_options = AgentOptions {
-        sockmap_shortcut: true,
-        ..AgentOptions::default()
-    };
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::sockmap_shortcut_on_and_off_deliver_identical_bytes",
-        &on_options,
-    ) else {
+    let Some((mut node, a, b, _echo)) =
+        shortcut_pods("e2e::sockmap_shortcut_on_and_off_deliver_identical_bytes")
+    else {
         return;
     };
-    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
     let admin = node.admin();
-    let redirects = || {
-        let stats = admin.map("STATS").or_panic("STATS");
-        admin::counter(&stats, "shortcut_redirects")
-            .unwrap_or_else(|| panic!("no shortcut_redirects counter in STATS: {stats}"))
-    };
+    let redirects = || stat(&admin, "shortcut_redirects");
     let shortcut_setting = || admin.status().or_panic("status")["sockmap_shortcut"].clone();
 
     assert_eq!(shortcut_setting(), true);
@@ -933,22 +940,13 @@ fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
 fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
     const CHUNK: u64 = 64;
     const ROUNDS: u64 = 1024;
-    let options = AgentOptions {
-        sockmap_shortcut: true,
-        ..AgentOptions::default()
-    };
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte",
-        &options,
-    ) else {
+    let Some((mut node, a, b, _echo)) =
+        shortcut_pods("e2e::sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte")
+    else {
         return;
     };
-    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
     let admin = node.admin();
-    let counter = |name: &str| {
-        let stats = admin.map("STATS").or_panic("STATS");
-        admin::counter(&stats, name).unwrap_or_else(|| panic!("no {name} counter: {stats}"))
-    };
+    let counter = |name: &str| stat(&admin, name);
     let before = counter("splice_redirects");
     // One chunk out, its echo back, ROUNDS times: after the second round both directions
     // are spliced, so nearly every later message skips the proxy.
@@ -1048,22 +1046,13 @@ fn sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts() {
     const HOLD_SECONDS: &str = "9";
     /// Well above what the proxy forwards itself before the splice (two pings each way).
     const COUNTED_BEFORE_CLOSE: u64 = 1024;
-    let options = AgentOptions {
-        sockmap_shortcut: true,
-        ..AgentOptions::default()
-    };
-    let Some((mut node, a, b)) = two_captured_pods(
-        "e2e::sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts",
-        &options,
-    ) else {
+    let Some((mut node, a, b, _echo)) =
+        shortcut_pods("e2e::sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts")
+    else {
         return;
     };
-    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
     let admin = node.admin();
-    let redirects = || {
-        let stats = admin.map("STATS").or_panic("STATS");
-        admin::counter(&stats, "splice_redirects").unwrap_or_else(|| panic!("no counter: {stats}"))
-    };
+    let redirects = || stat(&admin, "splice_redirects");
     let before = redirects();
     let to = b.addr(ECHO_PORT).to_string();
     let mut hold = node
