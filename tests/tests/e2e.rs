@@ -241,13 +241,28 @@ fn pod_to_pod_echo_goes_through_the_proxy(test: &str, capture: CaptureMode) {
             let line = lines[0];
             assert_eq!(field_u64(line, "bytes_received"), Some(MIB), "{line}");
             assert_eq!(field_u64(line, "bytes_sent"), Some(MIB), "{line}");
-            // The inbound side sees the proxy's dial from inside a, which carries a's pod IP.
-            // (The outbound side sees the app's end of the rewritten loopback hop.)
-            if direction == "inbound" {
-                let src = line["src_addr"].as_str().unwrap_or_default();
-                assert!(src.starts_with(&format!("{}:", a.ip)), "src_addr of {line}");
-            }
+            // Both sides name the app in a by its pod IP and its own port (not the loopback
+            // source eBPF capture gives the app's socket, nor port 0).
+            let src = line["src_addr"].as_str().unwrap_or_default();
+            let port = src.strip_prefix(&format!("{}:", a.ip));
+            assert!(
+                port.is_some_and(|port| port.parse::<u16>().is_ok_and(|port| port != 0)),
+                "src_addr of {line}"
+            );
         }
+    }
+    // One connection's two lines share their client, so they can be matched up.
+    for port in [ECHO_PORT, 8081] {
+        let dst = b.addr(port).to_string();
+        let srcs: Vec<&str> = log
+            .matching(&[("dst_addr", &dst)])
+            .iter()
+            .map(|line| line["src_addr"].as_str().unwrap_or_default())
+            .collect();
+        assert!(
+            srcs.len() == 2 && srcs[0] == srcs[1],
+            "src_addr of the two lines to {dst}: {srcs:?}"
+        );
     }
 }
 

@@ -1978,6 +1978,28 @@ fn same_node_requests_take_one_proxy_pass_and_report_both_sides() {
         "{}",
         log.describe()
     );
+    // Both lines of a request name the client by its pod IP and its own port, the same on
+    // each side (no second connection exists to have a port of its own).
+    let client_by_side = |direction| -> BTreeSet<(String, String)> {
+        log.matching(&[("direction", direction), ("path", "/one")])
+            .iter()
+            .map(|line| {
+                let field = |name: &str| line[name].as_str().unwrap_or_default().to_owned();
+                (field("request_id"), field("src_addr"))
+            })
+            .collect()
+    };
+    let outbound = client_by_side("outbound");
+    assert_eq!(outbound, client_by_side("inbound"), "{}", log.describe());
+    let client_ip = format!("{}:", l7.client.ip);
+    for (_, src) in &outbound {
+        let port = src.strip_prefix(&client_ip).map(str::parse::<u16>);
+        assert!(
+            matches!(port, Some(Ok(port)) if port != 0),
+            "src_addr {src}, expected {client_ip}<port>\n{}",
+            log.describe()
+        );
+    }
 
     // Had web-v1's inbound listener handled a request, its proxy side would hold the
     // `inbound|port||` cluster it delivers through.

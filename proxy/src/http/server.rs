@@ -850,18 +850,14 @@ impl HttpConnection {
             || pod.uid.clone(),
             |w| format!("{}/{}", w.namespace, w.name),
         );
-        // The inbound side sees the source pod's address (its port is the proxy's own).
-        let client = self
-            .source
-            .as_ref()
-            .and_then(|w| w.ip)
-            .map_or(self.client, |ip| ClientAddr((ip, 0).into()));
         Arc::new(Self {
             proxy: self.proxy.clone(),
             side: Side::Inbound(InboundApp::new(workload, service, addr.port(), declared)),
             pod,
             pod_name,
-            client,
+            // As the TCP delivery does (`proxy/connection.rs`): the app's own address, so both
+            // access log lines of a request name the same client.
+            client: self.client,
             orig_dst: addr,
             source: self.source.clone(),
             memo: ConnectionMemo::default(),

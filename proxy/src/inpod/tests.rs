@@ -111,7 +111,11 @@ async fn outbound_to_a_pod_echoes_a_mebibyte_with_half_close_and_reports_it() {
     ] {
         assert_eq!(line[field], expected, "{field} in {line}");
     }
-    assert_eq!(line["src_addr"], client_addr.to_string());
+    // The app by its pod IP (web-1 is 127.0.0.10 here) and its own port.
+    assert_eq!(
+        line["src_addr"],
+        format!("127.0.0.10:{}", client_addr.port())
+    );
     assert_eq!(line["dst_addr"], echo.to_string());
     assert_eq!(line["upstream_addr"], echo.to_string());
     assert_eq!(line["bytes_received"], 1 << 20);

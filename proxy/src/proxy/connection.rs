@@ -414,14 +414,12 @@ fn destination_side(
 ) -> Accepted {
     let index = proxy.state.load();
     let source = accepted.peers.source.clone();
-    let client = source
-        .as_ref()
-        .and_then(|w| w.ip)
-        .map_or(accepted.client, |ip| ClientAddr((ip, 0).into()));
+    // No second connection exists to have its own client port: both sides name the app's,
+    // so the two access log lines of one connection share their `src_addr`.
     let mut inbound = Accepted::new(
         access_log::Direction::Inbound,
         Reporter::Destination,
-        client,
+        accepted.client,
         &index,
         pod,
     );

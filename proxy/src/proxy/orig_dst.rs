@@ -32,6 +32,21 @@ impl fmt::Display for OrigDstAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
 
+impl ClientAddr {
+    /// The address of an app in the pod at `pod_ip`, as the mesh names it. eBPF capture
+    /// rewrites the app's connect to the pod's own `127.0.0.1:15001`, so the kernel gives the
+    /// app's socket a loopback source; the app is still the pod at its pod IP, on the port it
+    /// holds (what Envoy logs under iptables capture, which keeps the pod IP). Anything else
+    /// is kept as accepted.
+    #[must_use]
+    pub fn in_pod(self, pod_ip: Option<std::net::Ipv4Addr>) -> Self {
+        match pod_ip {
+            Some(ip) if self.0.ip().is_loopback() => Self((ip, self.0.port()).into()),
+            _ => self,
+        }
+    }
+}
+
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -119,6 +134,28 @@ fn from_sockaddr_in(raw: &libc::sockaddr_in) -> SocketAddrV4 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_captured_app_is_named_by_its_pod_ip_and_its_own_port() {
+        let pod_ip = Some(Ipv4Addr::new(10, 244, 0, 10));
+        for (peer, pod_ip, expected) in [
+            // eBPF capture: the app's socket got a loopback source.
+            ("127.0.0.1:40312", pod_ip, "10.244.0.10:40312"),
+            // iptables capture keeps the pod IP.
+            ("10.244.0.10:40312", pod_ip, "10.244.0.10:40312"),
+            // An app bound to another address of its pod is named as it bound.
+            ("10.244.0.99:40312", pod_ip, "10.244.0.99:40312"),
+            // A pod the mesh has no IP for.
+            ("127.0.0.1:40312", None, "127.0.0.1:40312"),
+        ] {
+            let peer = ClientAddr(peer.parse().unwrap());
+            assert_eq!(
+                peer.in_pod(pod_ip).to_string(),
+                expected,
+                "{peer} in {pod_ip:?}"
+            );
+        }
+    }
 
     #[test]
     fn sockaddr_in_is_read_in_network_byte_order() {

@@ -36,6 +36,9 @@ pub async fn serve(
         tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
     }
     let index = proxy.state.load();
+    let source = index.workload_by_uid(&pod.uid).cloned();
+    let peer = client;
+    let client = peer.in_pod(source.as_ref().and_then(|w| w.ip));
     let mut accepted = Accepted::new(
         Direction::Outbound,
         Reporter::Source,
@@ -43,8 +46,8 @@ pub async fn serve(
         &index,
         pod.as_ref(),
     );
-    accepted.peers.source = index.workload_by_uid(&pod.uid).cloned();
-    let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, client) {
+    accepted.peers.source = source;
+    let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, peer) {
         Ok(orig_dst) => orig_dst,
         Err(error) => {
             let plan = accepted.refuse(CloseReason::Error, error.to_string());

@@ -89,6 +89,8 @@ pub struct Entry {
     pub reporter: Reporter,
     /// `namespace/name` of the pod whose listener accepted the connection.
     pub pod: String,
+    /// The client; an app in a captured pod by its pod IP and its own port, on both sides of a
+    /// same-node delivery.
     pub src_addr: String,
     /// The original destination.
     pub dst_addr: String,
@@ -173,6 +175,8 @@ pub struct HttpEntry<'a, Cluster: Display> {
     pub reporter: Reporter,
     /// `namespace/name` of the pod whose listener accepted the connection.
     pub pod: &'a str,
+    /// The client; an app in a captured pod by its pod IP and its own port, on both sides of a
+    /// same-node delivery.
     pub src_addr: &'a str,
     /// The original destination of the connection.
     pub dst_addr: &'a str,
