@@ -28,6 +28,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// pool empty asks the worker directly, so this bounds idle descriptors, not dials.
 const READY_SOCKETS: usize = 8;
 
+/// A dial that leaves this few ready sockets (or finds none) asks the worker to top the pool
+/// up. Waking the worker is a context switch on the proxy's CPU, so it happens once per few
+/// dials, not on every one.
+const REFILL_BELOW: usize = READY_SOCKETS / 2;
+
 /// Listen backlog of the pod listeners: apps open connections in bursts.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -207,10 +212,16 @@ impl NetnsWorker {
             pod: self.pod.clone(),
         };
         if domain == Domain::IPV4 {
-            let taken = self.ready.lock().ok().and_then(|mut ready| ready.pop());
-            if let Some(socket) = taken {
-                // Best effort: a worker that is gone shows up on the next empty pool.
-                let _ = self.requests.send(WorkerRequest::Refill);
+            let taken = self
+                .ready
+                .lock()
+                .ok()
+                .and_then(|mut ready| ready.pop().map(|socket| (socket, ready.len())));
+            if let Some((socket, left)) = taken {
+                if left <= REFILL_BELOW {
+                    // Best effort: a worker that is gone shows up on the next empty pool.
+                    let _ = self.requests.send(WorkerRequest::Refill);
+                }
                 return Ok(socket);
             }
         }
@@ -218,6 +229,11 @@ impl NetnsWorker {
         self.requests
             .send(WorkerRequest::Socket { domain, reply })
             .map_err(|_| gone())?;
+        if domain == Domain::IPV4 {
+            // The pool ran dry (dials outpaced the worker, or a refill ran out of descriptors):
+            // the worker is awake for this socket anyway.
+            let _ = self.requests.send(WorkerRequest::Refill);
+        }
         socket
             .await
             .map_err(|_| gone())?
@@ -561,9 +577,26 @@ mod tests {
             READY_SOCKETS,
             "filled once the worker entered the netns"
         );
-        for _ in 0..3 {
+        // Dials that leave more than REFILL_BELOW ready do not wake the worker.
+        for _ in 0..READY_SOCKETS - REFILL_BELOW - 1 {
             worker.socket(Domain::IPV4).await.unwrap();
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ready_len(), REFILL_BELOW + 1, "refilled before it ran low");
+        // The dial that leaves REFILL_BELOW does; then a dry pool, served by the worker
+        // directly, is refilled as well.
+        worker.socket(Domain::IPV4).await.unwrap();
+        wait_for_full(&ready_len).await;
+        // Dry (as after a refill that ran out of descriptors), with no refill pending.
+        worker.ready.lock().unwrap().clear();
+        worker.socket(Domain::IPV4).await.unwrap();
+        wait_for_full(&ready_len).await;
+        // IPv6 is not pooled; it still comes from the worker.
+        worker.socket(Domain::IPV6).await.unwrap();
+        assert_eq!(ready_len(), READY_SOCKETS);
+    }
+
+    async fn wait_for_full(ready_len: &impl Fn() -> usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while ready_len() < READY_SOCKETS {
             assert!(
@@ -573,10 +606,8 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // IPv6 is not pooled; it still comes from the worker.
-        worker.socket(Domain::IPV6).await.unwrap();
-        assert_eq!(ready_len(), READY_SOCKETS);
     }
+
     #[tokio::test]
     async fn a_file_that_is_not_a_netns_fails_to_enter() {
         let file = std::fs::File::open("/proc/self/stat").unwrap();
