@@ -134,19 +134,37 @@ impl SocketFactory for NetnsSocketFactory {
     }
 }
 
+/// What a socket is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// An upstream connection: Nagle off, and, when a mark is given, marked against
+    /// recapture (connect4 decides on the connect call, so the mark must come first). Both
+    /// are set when the socket is made, which for pooled sockets is on the worker thread,
+    /// off the dial's path.
+    Dial { mark: Option<u32> },
+    /// A listener: neither.
+    Listen,
+}
+
 /// What a pod's worker thread is asked to do.
 enum WorkerRequest {
     /// Create one socket of a domain and send it back.
     Socket {
         domain: Domain,
-        reply: oneshot::Sender<io::Result<Socket>>,
+        purpose: Purpose,
+        reply: oneshot::Sender<Result<Socket, Error>>,
     },
     /// Top the ready pool up to [`READY_SOCKETS`].
     Refill,
 }
 
-/// Unconnected IPv4 sockets the worker made ahead of time in the pod's netns.
+/// Unconnected IPv4 dial sockets the worker made ahead of time in the pod's netns.
 type ReadyPool = Arc<Mutex<Vec<Socket>>>;
+
+/// What the dials of a pod's worker carry.
+const POD_DIAL: Purpose = Purpose::Dial {
+    mark: Some(shunt_common::PROXY_MARK),
+};
 
 /// A thread inside a pod's netns that creates sockets on request. It ends when the last
 /// handle is dropped (its request channel closes).
@@ -162,6 +180,7 @@ impl NetnsWorker {
         let (entered_tx, entered_rx) = oneshot::channel();
         let ready = ReadyPool::default();
         let pool = ready.clone();
+        let worker_pod = pod.to_owned();
         std::thread::Builder::new()
             .name("shunt-netns".into())
             .spawn(move || {
@@ -171,7 +190,7 @@ impl NetnsWorker {
                 let ok = entered.is_ok();
                 if ok {
                     // Ready before the pod is announced, so its first dial does not wait.
-                    refill(&pool);
+                    refill(&pool, &worker_pod);
                 }
                 if entered_tx.send(entered).is_err() || !ok {
                     return;
@@ -180,10 +199,14 @@ impl NetnsWorker {
                     match request {
                         // The requester may have given up (its connection was cancelled); the
                         // socket is then just closed.
-                        WorkerRequest::Socket { domain, reply } => {
-                            let _ = reply.send(new_tcp_socket(domain));
+                        WorkerRequest::Socket {
+                            domain,
+                            purpose,
+                            reply,
+                        } => {
+                            let _ = reply.send(new_socket(domain, purpose, &worker_pod));
                         }
-                        WorkerRequest::Refill => refill(&pool),
+                        WorkerRequest::Refill => refill(&pool, &worker_pod),
                     }
                 }
             })
@@ -207,11 +230,12 @@ impl NetnsWorker {
         }
     }
 
-    async fn socket(&self, domain: Domain) -> Result<Socket, Error> {
+    async fn socket(&self, domain: Domain, purpose: Purpose) -> Result<Socket, Error> {
         let gone = || Error::WorkerGone {
             pod: self.pod.clone(),
         };
-        if domain == Domain::IPV4 {
+        let pooled = domain == Domain::IPV4 && purpose == POD_DIAL;
+        if pooled {
             let taken = self
                 .ready
                 .lock()
@@ -227,27 +251,27 @@ impl NetnsWorker {
         }
         let (reply, socket) = oneshot::channel();
         self.requests
-            .send(WorkerRequest::Socket { domain, reply })
+            .send(WorkerRequest::Socket {
+                domain,
+                purpose,
+                reply,
+            })
             .map_err(|_| gone())?;
-        if domain == Domain::IPV4 {
+        if pooled {
             // The pool ran dry (dials outpaced the worker, or a refill ran out of descriptors):
             // the worker is awake for this socket anyway.
             let _ = self.requests.send(WorkerRequest::Refill);
         }
-        socket
-            .await
-            .map_err(|_| gone())?
-            .map_err(|source| Error::Create {
-                pod: self.pod.clone(),
-                source,
-            })
+        socket.await.map_err(|_| gone())?
     }
 }
 
 impl PodSockets for NetnsWorker {
     fn listen(&self, addr: SocketAddr) -> BoxFuture<'_, Result<TcpListener, Error>> {
         Box::pin(async move {
-            let socket = self.socket(Domain::for_address(addr)).await?;
+            let socket = self
+                .socket(Domain::for_address(addr), Purpose::Listen)
+                .await?;
             listen_on(socket, addr, &self.pod)
         })
     }
@@ -258,15 +282,8 @@ impl PodSockets for NetnsWorker {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<TcpStream, Error>> {
         Box::pin(async move {
-            let socket = self.socket(Domain::for_address(addr)).await?;
-            connect_from(
-                socket,
-                Some(shunt_common::PROXY_MARK),
-                addr,
-                timeout,
-                &self.pod,
-            )
-            .await
+            let socket = self.socket(Domain::for_address(addr), POD_DIAL).await?;
+            connect_from(socket, addr, timeout, &self.pod).await
         })
     }
 }
@@ -295,11 +312,7 @@ struct CurrentNetns {
 impl PodSockets for CurrentNetns {
     fn listen(&self, addr: SocketAddr) -> BoxFuture<'_, Result<TcpListener, Error>> {
         Box::pin(async move {
-            let socket =
-                new_tcp_socket(Domain::for_address(addr)).map_err(|source| Error::Create {
-                    pod: self.pod.clone(),
-                    source,
-                })?;
+            let socket = new_socket(Domain::for_address(addr), Purpose::Listen, &self.pod)?;
             listen_on(socket, SocketAddr::new(addr.ip(), 0), &self.pod)
         })
     }
@@ -310,12 +323,12 @@ impl PodSockets for CurrentNetns {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<TcpStream, Error>> {
         Box::pin(async move {
-            let socket =
-                new_tcp_socket(Domain::for_address(addr)).map_err(|source| Error::Create {
-                    pod: self.pod.clone(),
-                    source,
-                })?;
-            connect_from(socket, None, addr, timeout, &self.pod).await
+            let socket = new_socket(
+                Domain::for_address(addr),
+                Purpose::Dial { mark: None },
+                &self.pod,
+            )?;
+            connect_from(socket, addr, timeout, &self.pod).await
         })
     }
 }
@@ -323,13 +336,13 @@ impl PodSockets for CurrentNetns {
 /// Tops `pool` up with IPv4 sockets made in the calling (worker) thread's netns. A failure
 /// (e.g. out of descriptors) just leaves the pool short: dials then ask the worker directly
 /// and report the error themselves.
-fn refill(pool: &ReadyPool) {
+fn refill(pool: &ReadyPool, pod: &str) {
     // Made outside the lock, so a dial popping a socket never waits for socket(2) calls.
     let missing = pool
         .lock()
         .map_or(0, |ready| READY_SOCKETS.saturating_sub(ready.len()));
     let made: Vec<Socket> = (0..missing)
-        .map_while(|_| new_tcp_socket(Domain::IPV4).ok())
+        .map_while(|_| new_socket(Domain::IPV4, POD_DIAL, pod).ok())
         .collect();
     if let Ok(mut ready) = pool.lock() {
         ready.extend(made);
@@ -338,13 +351,31 @@ fn refill(pool: &ReadyPool) {
     }
 }
 
-/// A non-blocking, close-on-exec TCP socket in the calling thread's netns.
-fn new_tcp_socket(domain: Domain) -> io::Result<Socket> {
-    Socket::new(
+/// A non-blocking, close-on-exec TCP socket for `purpose` in the calling thread's netns.
+fn new_socket(domain: Domain, purpose: Purpose, pod: &str) -> Result<Socket, Error> {
+    let socket = Socket::new(
         domain,
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )
+    .map_err(|source| Error::Create {
+        pod: pod.to_owned(),
+        source,
+    })?;
+    if let Purpose::Dial { mark } = purpose {
+        if let Some(mark) = mark {
+            socket.set_mark(mark).map_err(|source| Error::Mark {
+                pod: pod.to_owned(),
+                mark,
+                source,
+            })?;
+        }
+        // A proxy adds latency to every small write unless Nagle is off.
+        if let Err(error) = socket.set_tcp_nodelay(true) {
+            tracing::debug!(%error, %pod, "could not set TCP_NODELAY on an upstream socket");
+        }
+    }
+    Ok(socket)
 }
 
 fn listen_on(socket: Socket, addr: SocketAddr, pod: &str) -> Result<TcpListener, Error> {
@@ -360,21 +391,13 @@ fn listen_on(socket: Socket, addr: SocketAddr, pod: &str) -> Result<TcpListener,
     TcpListener::from_std(socket.into()).map_err(listen_error)
 }
 
+/// Connects `socket`, made by [`new_socket`] for a dial.
 async fn connect_from(
     socket: Socket,
-    mark: Option<u32>,
     addr: SocketAddr,
     timeout: Duration,
     pod: &str,
 ) -> Result<TcpStream, Error> {
-    if let Some(mark) = mark {
-        // Before connect: connect4 decides on the connect call whether to capture the socket.
-        socket.set_mark(mark).map_err(|source| Error::Mark {
-            pod: pod.to_owned(),
-            mark,
-            source,
-        })?;
-    }
     let socket = TcpSocket::from_std_stream(socket.into());
     let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(stream)) => stream,
@@ -387,10 +410,6 @@ async fn connect_from(
             });
         }
     };
-    // A proxy adds latency to every small write unless Nagle is off.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, %addr, "could not set TCP_NODELAY on an upstream connection");
-    }
     Ok(stream)
 }
 
@@ -500,7 +519,10 @@ mod tests {
             .listen("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        assert!(socket2::SockRef::from(&listener).reuse_address().unwrap());
+        let listener_ref = socket2::SockRef::from(&listener);
+        assert!(listener_ref.reuse_address().unwrap());
+        // Only dials are marked: the pool of marked sockets is not where listeners come from.
+        assert_eq!(listener_ref.mark().unwrap(), 0);
         assert_eq!(
             crate::netns::socket_netns_cookie(listener.as_fd()).unwrap(),
             crate::netns::netns_cookie(own_netns().as_fd()).unwrap()
@@ -579,20 +601,20 @@ mod tests {
         );
         // Dials that leave more than REFILL_BELOW ready do not wake the worker.
         for _ in 0..READY_SOCKETS - REFILL_BELOW - 1 {
-            worker.socket(Domain::IPV4).await.unwrap();
+            worker.socket(Domain::IPV4, POD_DIAL).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(ready_len(), REFILL_BELOW + 1, "refilled before it ran low");
         // The dial that leaves REFILL_BELOW does; then a dry pool, served by the worker
         // directly, is refilled as well.
-        worker.socket(Domain::IPV4).await.unwrap();
+        worker.socket(Domain::IPV4, POD_DIAL).await.unwrap();
         wait_for_full(&ready_len).await;
         // Dry (as after a refill that ran out of descriptors), with no refill pending.
         worker.ready.lock().unwrap().clear();
-        worker.socket(Domain::IPV4).await.unwrap();
+        worker.socket(Domain::IPV4, POD_DIAL).await.unwrap();
         wait_for_full(&ready_len).await;
         // IPv6 is not pooled; it still comes from the worker.
-        worker.socket(Domain::IPV6).await.unwrap();
+        worker.socket(Domain::IPV6, POD_DIAL).await.unwrap();
         assert_eq!(ready_len(), READY_SOCKETS);
     }
 
