@@ -16,7 +16,7 @@ use shunt_agent::capture::CaptureOptions;
 use shunt_agent::config::LoadOptions;
 use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_agent::shared_capture::{self, CaptureMode, Installed};
-use shunt_proxy::routing::OutboundTrafficPolicy;
+use shunt_mesh::routing::OutboundTrafficPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shunt_proxy::control::wire::{AgentMessage, InboundBind, ProxyMessage};
-use shunt_proxy::state::MeshState;
+use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

@@ -76,7 +76,7 @@ impl App {
         let state = Arc::new(StateStore::new());
         let metrics = Arc::new(Metrics::new());
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
-        let routes: Option<Arc<dyn crate::routing::RouteSource>> = Some(state.clone());
+        let routes: Option<Arc<dyn shunt_mesh::routing::RouteSource>> = Some(state.clone());
         let proxy = Arc::new(ProxyContext::new(
             state.clone(),
             routes,
@@ -192,8 +192,8 @@ mod tests {
     use super::*;
     use crate::control::wire::{self, AgentMessage, ProxyMessage};
     use crate::socket::CurrentNetnsSocketFactory;
-    use crate::state::MeshState;
-    use crate::state::fixtures::pod;
+    use shunt_mesh::model::MeshState;
+    use shunt_mesh::testing::pod;
     use crate::testing::*;
     use std::net::Ipv4Addr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::inpod::PodRegistry;
 use crate::proxy::ProxyContext;
 use crate::proxy::orig_dst::{self, ClientAddr, OrigDstAddr, OrigDstSource};
-use crate::routing::RouteSource;
+use shunt_mesh::routing::RouteSource;
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::{AccessLog, Captured};

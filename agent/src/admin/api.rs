@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use shunt_proxy::routing::explain::{
+pub use shunt_mesh::routing::explain::{
     ClusterView, DestinationExplanation, DestinationView, ExplainRequest, Explanation, HostRoutes,
     RouteView,
 };

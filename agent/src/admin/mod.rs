@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use shunt_proxy::routing::{RouteTable, explain};
-use shunt_proxy::state::Workload;
+use shunt_mesh::routing::{RouteTable, explain};
+use shunt_mesh::model::Workload;
 
 use crate::capture;
 use crate::config::Snapshot;

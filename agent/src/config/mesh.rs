@@ -1,6 +1,6 @@
-//! The config as the proxy sees it: `shunt_proxy::state::MeshState`.
+//! The config as the proxy sees it: `shunt_mesh::model::MeshState`.
 
-use shunt_proxy::state as mesh;
+use shunt_mesh::model as mesh;
 
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
 use super::kinds::{self, DEFAULT_SERVICE_ACCOUNT, Pod, Service};

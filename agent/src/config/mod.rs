@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shunt_proxy::state::MeshState;
+use shunt_mesh::model::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
 use kinds::{Namespace, Pod, Service};

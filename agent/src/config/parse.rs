@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::kinds::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
 use super::{Config, Error, LoadError, Sourced, routing};
-use shunt_proxy::istio::SHUNT_API_VERSION;
+use shunt_mesh::istio::SHUNT_API_VERSION;
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
 const ISTIO_GROUPS: [&str; 3] = [

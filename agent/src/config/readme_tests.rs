@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use shunt_proxy::routing::OutboundTrafficPolicy;
+use shunt_mesh::routing::OutboundTrafficPolicy;
 
 use super::Snapshot;
 use super::parse::Loader;

@@ -2,17 +2,17 @@
 //! ServiceEntry (`networking.istio.io` v1, v1beta1, v1alpha3), `shunt.io/v1alpha1
 //! RateLimitPolicy`, and the mesh settings of the ConfigMap `istio-system/istio`.
 //!
-//! Each is parsed into `shunt_proxy::istio`'s types (a bad field is named by its path), then
-//! checked by the very compiler the proxy runs (`shunt_proxy::routing`), so the agent reports
+//! Each is parsed into `shunt_mesh::istio`'s types (a bad field is named by its path), then
+//! checked by the very compiler the proxy runs (`shunt_mesh::routing`), so the agent reports
 //! exactly what the proxy would reject, and sends only the valid objects.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
-use shunt_proxy::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
-use shunt_proxy::routing::{self, MeshSettings, OutboundTrafficPolicy};
-use shunt_proxy::state::MeshState;
+use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
+use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
+use shunt_mesh::model::MeshState;
 
 use super::{Config, LoadError, Sourced};
 

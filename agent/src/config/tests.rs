@@ -550,14 +550,14 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
     assert_eq!(mesh.rate_limit_policies[0].spec.burst, Some(20));
     assert_eq!(
         mesh.mesh,
-        shunt_proxy::routing::MeshSettings {
-            outbound_traffic_policy: shunt_proxy::routing::OutboundTrafficPolicy::RegistryOnly,
+        shunt_mesh::routing::MeshSettings {
+            outbound_traffic_policy: shunt_mesh::routing::OutboundTrafficPolicy::RegistryOnly,
             protocol_detection_timeout: Some(std::time::Duration::from_millis(250)),
-            access_log: shunt_proxy::routing::AccessLogOutput::Off,
+            access_log: shunt_mesh::routing::AccessLogOutput::Off,
         }
     );
     // What the agent sends compiles without a problem in the proxy.
-    assert_eq!(shunt_proxy::routing::validate(mesh), vec![]);
+    assert_eq!(shunt_mesh::routing::validate(mesh), vec![]);
 }
 
 #[test]
@@ -595,7 +595,7 @@ fn mesh_config_fields_shunt_does_not_read_are_warned_about_and_the_rest_applies(
     );
     assert_eq!(
         snapshot.mesh.mesh.outbound_traffic_policy,
-        shunt_proxy::routing::OutboundTrafficPolicy::RegistryOnly
+        shunt_mesh::routing::OutboundTrafficPolicy::RegistryOnly
     );
 }
 
@@ -603,12 +603,12 @@ fn mesh_config_fields_shunt_does_not_read_are_warned_about_and_the_rest_applies(
 fn the_outbound_policy_flag_wins_over_the_config_map() {
     let (config, errors) = load(&[("routes.yaml", ROUTING)]);
     let options = LoadOptions {
-        outbound_traffic_policy: Some(shunt_proxy::routing::OutboundTrafficPolicy::AllowAny),
+        outbound_traffic_policy: Some(shunt_mesh::routing::OutboundTrafficPolicy::AllowAny),
     };
     let snapshot = Snapshot::from_config_with(Path::new("/cfg"), config, errors, &options);
     assert_eq!(
         snapshot.mesh.mesh.outbound_traffic_policy,
-        shunt_proxy::routing::OutboundTrafficPolicy::AllowAny
+        shunt_mesh::routing::OutboundTrafficPolicy::AllowAny
     );
     assert_eq!(snapshot.options, options);
 }

@@ -1,7 +1,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use shunt_proxy::state::Workload;
+use shunt_mesh::model::Workload;
 
 use super::*;
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use crate::state::MeshState;
+use shunt_mesh::model::MeshState;
 
 /// The largest frame either side accepts: a bound on what a confused peer can make us allocate.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -273,7 +273,7 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         let mut state = MeshState::default();
         for i in 0..5000 {
-            state.services.push(crate::state::Service {
+            state.services.push(shunt_mesh::model::Service {
                 namespace: "ns".into(),
                 name: format!("svc-{i}"),
                 cluster_ip: None,

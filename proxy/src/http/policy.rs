@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use rand::Rng;
 
-use crate::routing::{AbortKind, CorsPolicy, Redirect, RetryOn, Rewrite, WeightedDestination};
+use shunt_mesh::routing::{AbortKind, CorsPolicy, Redirect, RetryOn, Rewrite, WeightedDestination};
 
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub static APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -265,7 +265,7 @@ fn cors_allowed_origin(cors: &CorsPolicy, headers: &HeaderMap) -> Option<HeaderM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::{Destination, HeaderOps, Host, StringMatch};
+    use shunt_mesh::routing::{Destination, HeaderOps, Host, StringMatch};
     use rand::SeedableRng;
     use std::time::Duration;
 
@@ -473,5 +473,52 @@ mod tests {
         assert!(cors_preflight(&cors, &Method::GET, &request("https://shop.example")).is_none());
         let actual = cors_response_headers(&cors, &request("https://shop.example")).unwrap();
         assert_eq!(actual[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-trace");
+    }
+
+    #[test]
+    fn a_compiled_uri_regex_rewrite_rewrites_as_envoy_does() {
+        use shunt_mesh::model::{MeshState, TargetPort};
+        use shunt_mesh::routing::{HttpDecision, RequestFacts, RouteTable, Routes as _};
+        use shunt_mesh::testing::{pod, service};
+
+        let virtual_service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"hosts": ["cart"], "http": [{
+                "match": [{"uri": {"regex": "/items/[0-9]+"}}],
+                "rewrite": {"uriRegexRewrite": {"match": "/items/([0-9]+)", "rewrite": "/item?id=\\1&price=$5"}},
+                "route": [{"destination": {"host": "cart"}}]
+            }]}
+        }))
+        .unwrap();
+        let state = MeshState {
+            workloads: vec![pod("shop", "cart-v1", [10, 0, 0, 2], "cart")],
+            services: vec![service("shop", "cart", [10, 96, 0, 20], "cart", &[(80, TargetPort::Number(8080))])],
+            virtual_services: vec![virtual_service],
+            ..MeshState::default()
+        };
+        let (table, errors) = RouteTable::build(&state);
+        assert_eq!(errors, vec![]);
+        let target = table.outbound_target("10.96.0.20:80".parse().unwrap(), None);
+        let (method, uri, headers) = (
+            http::Method::GET,
+            "/items/42".parse::<http::Uri>().unwrap(),
+            http::HeaderMap::new(),
+        );
+        let facts = RequestFacts {
+            method: &method,
+            uri: &uri,
+            authority: None,
+            headers: &headers,
+            port: 80,
+            source: None,
+        };
+        let HttpDecision::Route(r) = table.http_route(&target, &facts) else {
+            panic!("no route")
+        };
+        let rewrite = r.rewrite.as_ref().unwrap();
+        assert_eq!(
+            rewrite_path(rewrite, &uri).as_deref(),
+            Some("/item?id=42&price=$5")
+        );
     }
 }

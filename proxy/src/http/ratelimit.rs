@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::routing::{ObjectRef, RateLimit};
+use shunt_mesh::routing::{ObjectRef, RateLimit};
 
 /// What one request gets from its policy's bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -46,11 +46,12 @@ use super::upstream::{
 };
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext};
-use crate::routing::{
+use shunt_mesh::routing::{
     Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
     PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
 };
-use crate::state::{MeshIndex, Service, Workload};
+use shunt_mesh::index::MeshIndex;
+use shunt_mesh::model::{Service, Workload};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{Direction, HttpEntry};
 use crate::telemetry::metrics::{HttpLabels, RequestMetrics, RequestSample, UNKNOWN};

@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 
 use super::*;
 use crate::socket::CurrentNetnsSocketFactory;
-use crate::state::fixtures::{pod, service};
-use crate::state::{MeshState, TargetPort};
+use shunt_mesh::testing::{pod, service};
+use shunt_mesh::model::{MeshState, TargetPort};
 use crate::testing::*;
 
 const WEB: &str = "uid-shop-web-1";

@@ -20,8 +20,9 @@ use super::{PodContext, ProxyContext};
 use crate::http::detect::{self, Protocol};
 use crate::http::rewind::Rewind;
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
-use crate::routing::{PortProtocol, service_port_protocol};
-use crate::state::{MeshIndex, Service, Workload, target_port};
+use shunt_mesh::routing::{PortProtocol, service_port_protocol};
+use shunt_mesh::index::MeshIndex;
+use shunt_mesh::model::{Service, Workload, target_port};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 use super::PodContext;
 use crate::http::upstream::{Delivery, Dial, Dialed};
 use crate::socket::{self, BoxFuture, PodSockets};
-use crate::state::{MeshIndex, StateStore};
+use crate::state::StateStore;
+use shunt_mesh::index::MeshIndex;
 use crate::telemetry::metrics::Metrics;
 
 /// The pods served on this node, by uid, for same-node delivery.

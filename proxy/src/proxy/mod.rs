@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::drain::Drain;
 use crate::http::ratelimit::RateLimiter;
 use crate::http::upstream::Upstreams;
-use crate::routing::RouteSource;
+use shunt_mesh::routing::RouteSource;
 use crate::socket::PodSockets;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;

@@ -20,8 +20,8 @@ use crate::http::detect::{self, Protocol};
 use crate::http::rewind::Rewind;
 use crate::http::server::{self, HttpConnection, Side};
 use crate::http::{policy, upstream};
-use crate::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
-use crate::state::{MeshIndex, Route};
+use shunt_mesh::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
+use shunt_mesh::index::{MeshIndex, Route};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 

@@ -9,7 +9,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::Reporter;
-use crate::state::{Service, Workload};
+use shunt_mesh::model::{Service, Workload};
 
 /// What `GET /metrics` answers with: the OpenMetrics text format that `prometheus-client`
 /// writes, which Prometheus asks for first in its `Accept` header.

@@ -13,8 +13,8 @@ use super::*;
 use crate::control::wire::{recv, send};
 use crate::inpod::PodRegistry;
 use crate::socket::{CurrentNetnsSocketFactory, NetnsSocketFactory, SocketFactory};
-use crate::state::MeshState;
-use crate::state::fixtures::pod;
+use shunt_mesh::model::MeshState;
+use shunt_mesh::testing::pod;
 use crate::testing::*;
 
 const WEB: &str = "uid-shop-web-1";

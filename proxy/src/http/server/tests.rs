@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::routing::{
+use shunt_mesh::routing::{
     AbortKind, AccessLogOutput, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host,
     MeshSettings, Mirror, ObjectRef, RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget,
     TcpDecision, TrafficPolicy,
 };
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
-use crate::state::fixtures;
+use shunt_mesh::testing as fixtures;
 use crate::testing::{TestProxy, own_netns};
 
 const HOST: &str = "web.shop.svc.cluster.local";
@@ -54,11 +54,11 @@ impl Routes for TestRoutes {
         destination: &Destination,
         _: u16,
         _: Option<&Workload>,
-    ) -> Result<Arc<Cluster>, crate::routing::ClusterError> {
+    ) -> Result<Arc<Cluster>, shunt_mesh::routing::ClusterError> {
         self.clusters
             .get(&*destination.host.0)
             .cloned()
-            .ok_or_else(|| crate::routing::ClusterError::UnknownHost(destination.host.clone()))
+            .ok_or_else(|| shunt_mesh::routing::ClusterError::UnknownHost(destination.host.clone()))
     }
 
     fn mesh(&self) -> &MeshSettings {
@@ -156,7 +156,7 @@ async fn backend(name: &'static str, fail_first: usize) -> Backend {
 
 fn cluster(host: &str, endpoints: &[SocketAddrV4]) -> Arc<Cluster> {
     Arc::new(Cluster {
-        key: crate::routing::ClusterKey {
+        key: shunt_mesh::routing::ClusterKey {
             host: Host(host.into()),
             subset: Some("v1".into()),
             port: 80,
@@ -165,7 +165,7 @@ fn cluster(host: &str, endpoints: &[SocketAddrV4]) -> Arc<Cluster> {
         service: None,
         endpoints: endpoints
             .iter()
-            .map(|addr| crate::routing::ClusterEndpoint {
+            .map(|addr| shunt_mesh::routing::ClusterEndpoint {
                 addr: *addr,
                 workload: None,
                 weight: 1,
@@ -769,7 +769,7 @@ async fn a_mirror_gets_a_shadow_copy_and_the_client_only_the_primary() {
 async fn redirects_and_direct_responses_never_reach_a_backend() {
     let cases = [
         (
-            HttpAction::Redirect(crate::routing::Redirect {
+            HttpAction::Redirect(shunt_mesh::routing::Redirect {
                 uri: Some("/new".into()),
                 authority: None,
                 port: None,
@@ -827,7 +827,7 @@ async fn a_dns_name_that_does_not_resolve_is_503_uh_and_one_that_does_is_dialled
     let named = |name: &str, port: u16| {
         Arc::new(Cluster {
             endpoints: Vec::new(),
-            dns: vec![crate::routing::DnsEndpoint {
+            dns: vec![shunt_mesh::routing::DnsEndpoint {
                 name: name.into(),
                 port,
                 weight: 1,
@@ -1092,12 +1092,12 @@ async fn a_hash_cookie_is_issued_once_and_then_keeps_requests_on_one_endpoint() 
     let (a, b) = (backend("a", 0).await, backend("b", 0).await);
     let mut sticky = (*cluster(HOST, &[a.addr, b.addr])).clone();
     sticky.policy.load_balancer = LoadBalancer::ConsistentHash {
-        key: crate::routing::HashKey::Cookie {
+        key: shunt_mesh::routing::HashKey::Cookie {
             name: "sticky".into(),
             path: Some("/".into()),
             ttl: Some(Duration::from_secs(60)),
         },
-        algorithm: crate::routing::HashAlgorithm::RingHash {
+        algorithm: shunt_mesh::routing::HashAlgorithm::RingHash {
             minimum_ring_size: 1024,
         },
     };

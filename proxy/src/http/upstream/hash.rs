@@ -8,7 +8,7 @@ use http::header::COOKIE;
 use rand::Rng;
 
 use super::lb::hash;
-use crate::routing::HashKey;
+use shunt_mesh::routing::HashKey;
 
 /// The request's hash for `key`, and, for a cookie key with a `ttl` when the request has no
 /// such cookie, the `Set-Cookie` value to send back so that the client's next requests hash

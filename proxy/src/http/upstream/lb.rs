@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use rand::Rng;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::routing::HashAlgorithm;
+use shunt_mesh::routing::HashAlgorithm;
 
 /// Envoy's cap on the ring size (`maximum_ring_size`' default).
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;

@@ -42,9 +42,9 @@ pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
 use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
-use crate::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
+use shunt_mesh::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 use crate::socket::PodSockets;
-use crate::state::Workload;
+use shunt_mesh::model::Workload;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as the upstream pools send it.
@@ -449,7 +449,7 @@ fn describe_entry(cluster: &Cluster) -> String {
 #[must_use]
 pub fn inbound_cluster_key(port: u16) -> ClusterKey {
     ClusterKey {
-        host: crate::routing::Host(Arc::from("")),
+        host: shunt_mesh::routing::Host(Arc::from("")),
         subset: None,
         port,
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::routing::OutlierDetection;
+use shunt_mesh::routing::OutlierDetection;
 
 /// Envoy's default `max_ejection_time`.
 const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);

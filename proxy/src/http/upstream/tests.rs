@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::routing::{
+use shunt_mesh::routing::{
     ClusterEndpoint, ConnectionPool, HashAlgorithm, HashKey, Host, OutlierDetection, PortProtocol,
 };
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
@@ -766,13 +766,13 @@ fn dns_cluster(names: &[(&str, u16)]) -> Arc<Cluster> {
     Arc::new(Cluster {
         dns: names
             .iter()
-            .map(|&(name, port)| crate::routing::DnsEndpoint {
+            .map(|&(name, port)| shunt_mesh::routing::DnsEndpoint {
                 name: name.into(),
                 port,
                 weight: 1,
             })
             .collect(),
-        service_entry: Some(crate::routing::ObjectRef {
+        service_entry: Some(shunt_mesh::routing::ObjectRef {
             kind: "ServiceEntry",
             namespace: "shop".into(),
             name: "db".into(),
@@ -829,7 +829,7 @@ async fn a_dns_cluster_whose_names_do_not_resolve_has_no_healthy_upstream() {
 #[test]
 fn cluster_names_are_envoys() {
     let key = |host: &str, subset: Option<&str>, port| ClusterKey {
-        host: crate::routing::Host(Arc::from(host)),
+        host: shunt_mesh::routing::Host(Arc::from(host)),
         subset: subset.map(Arc::from),
         port,
     };

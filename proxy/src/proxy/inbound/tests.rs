@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::*;
 use crate::http::upstream::Upstreams;
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
-use crate::state::fixtures::{pod, service};
-use crate::state::{MeshState, TargetPort};
+use shunt_mesh::testing::{pod, service};
+use shunt_mesh::model::{MeshState, TargetPort};
 use crate::testing::{TestProxy, echo_server, own_netns};
 
 const API_A: &str = "uid-shop-api-a";

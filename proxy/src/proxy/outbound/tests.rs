@@ -12,14 +12,14 @@ use super::*;
 use crate::control::wire::InboundBind;
 use crate::http::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
-use crate::routing::{
+use shunt_mesh::routing::{
     Cluster, ClusterEndpoint, ClusterError, ClusterKey, ConnectionPool, Destination, DnsEndpoint,
     HeaderOps, HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, OutlierDetection,
     PortProtocol, RequestFacts, RetryOn, RetryPolicy, RouteSource, TrafficPolicy,
     WeightedDestination,
 };
 use crate::socket::CurrentNetnsSocketFactory;
-use crate::state::Workload;
+use shunt_mesh::model::Workload;
 use crate::testing::*;
 
 const POD: &str = "uid-shop-web-1";
@@ -43,7 +43,7 @@ struct TestRoutes {
 fn to(host: &'static str) -> Vec<WeightedDestination> {
     vec![WeightedDestination {
         destination: Destination {
-            host: crate::routing::Host(host.into()),
+            host: shunt_mesh::routing::Host(host.into()),
             subset: None,
             port: None,
         },
@@ -146,7 +146,7 @@ fn cluster(host: &'static str, endpoint: SocketAddr) -> (&'static str, Arc<Clust
     };
     let cluster = Cluster {
         key: ClusterKey {
-            host: crate::routing::Host(host.into()),
+            host: shunt_mesh::routing::Host(host.into()),
             subset: None,
             port: addr.port(),
         },

@@ -22,13 +22,14 @@ use http::StatusCode;
 use super::Error;
 use super::convert::{self, MISSING, Problems, Subnet, Visibility};
 use super::decision::{
-    AccessLogOutput, Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination,
-    DnsEndpoint, Host, HttpAction, HttpRoute, LoadBalancer, MeshSettings, Mirror, ObjectRef,
-    OutboundTrafficPolicy, OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite,
+    Cluster, ClusterEndpoint, ClusterKey, ConnectionPool, Destination,
+    DnsEndpoint, Host, HttpAction, HttpRoute, LoadBalancer, Mirror, ObjectRef,
+    OutlierDetection, PortProtocol, RateLimit, Redirect, Rewrite,
     ServiceTarget, StringMatch, TrafficPolicy, WeightedDestination,
 };
 use crate::istio;
-use crate::state::{MeshState, Service, Workload};
+use crate::settings::{AccessLogOutput, MeshSettings, OutboundTrafficPolicy};
+use crate::model::{MeshState, Service, Workload};
 
 /// Istio's default `rootNamespace`: its DestinationRules apply to hosts of every namespace
 /// that has none of its own.
@@ -105,7 +106,7 @@ pub(super) struct RegistryPort {
     pub(super) port: u16,
     pub(super) name: Option<String>,
     pub(super) protocol: PortProtocol,
-    pub(super) service_port: Option<crate::state::ServicePort>,
+    pub(super) service_port: Option<crate::model::ServicePort>,
     pub(super) target_port: Option<u16>,
 }
 
@@ -1768,13 +1769,13 @@ fn service_endpoints(
     };
     let mut endpoints: Vec<ClusterEndpoint> = workloads
         .iter()
-        .filter(|w| w.ready && crate::state::selects(service, w))
+        .filter(|w| w.ready && crate::model::selects(service, w))
         .filter(|w| {
             subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
         })
         .filter_map(|w| {
             Some(ClusterEndpoint {
-                addr: SocketAddrV4::new(w.ip?, crate::state::target_port(service_port, w)?),
+                addr: SocketAddrV4::new(w.ip?, crate::model::target_port(service_port, w)?),
                 workload: Some(w.clone()),
                 weight: 1,
             })

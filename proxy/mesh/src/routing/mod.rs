@@ -85,6 +85,6 @@ impl Error {
 
 /// Checks `state`'s Istio objects exactly as the proxy compiles them.
 #[must_use]
-pub fn validate(state: &crate::state::MeshState) -> Vec<Error> {
+pub fn validate(state: &crate::model::MeshState) -> Vec<Error> {
     RouteTable::build(state).1
 }

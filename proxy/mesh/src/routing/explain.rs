@@ -16,7 +16,7 @@ use super::decision::{
     WeightedDestination,
 };
 use super::table::{Trace, describe_http_match, describe_l4_match, describe_string_match};
-use crate::state::Workload;
+use crate::model::Workload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

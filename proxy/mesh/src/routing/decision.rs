@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use crate::state::{Service, Workload};
+use crate::model::{Service, Workload};
+pub use crate::settings::{AccessLogOutput, MeshSettings, OutboundTrafficPolicy};
 
 /// A fully qualified host as Istio names it: `cart.shop.svc.cluster.local` for a Kubernetes
 /// Service, the ServiceEntry host as written otherwise (may be a wildcard `*.example.com`).
@@ -497,68 +498,7 @@ pub enum TcpDecision {
     BlockedByRegistryOnly,
 }
 
-/// `outboundTrafficPolicy.mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OutboundTrafficPolicy {
-    #[default]
-    AllowAny,
-    RegistryOnly,
-}
-
-/// Mesh-wide settings (MeshConfig, or the agent's flags, which win).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshSettings {
-    #[serde(default)]
-    pub outbound_traffic_policy: OutboundTrafficPolicy,
-    /// `protocolDetectionTimeout`: how long to wait for a client's first bytes before taking
-    /// the connection as opaque TCP. `None`: the proxy's `--protocol-detection-timeout`.
-    #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
-    pub protocol_detection_timeout: Option<Duration>,
-    /// `accessLogFile`: whether the proxy writes its access log.
-    #[serde(default)]
-    pub access_log: AccessLogOutput,
-}
-
-impl MeshSettings {
-    /// Whether access-log lines are written at all.
-    #[must_use]
-    pub fn access_log_on(&self) -> bool {
-        self.access_log != AccessLogOutput::Off
-    }
-}
-
-/// Where access-log lines go (`accessLogFile`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AccessLogOutput {
-    /// The proxy's stdout: `/dev/stdout`, and shunt's default when `accessLogFile` is unset.
-    #[default]
-    Stdout,
-    /// `accessLogFile: ""`: no access log (metrics are unaffected).
-    Off,
-}
-
-mod opt_millis {
-    //! `Option<Duration>` as whole milliseconds on the control wire.
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
-    }
-}
-
-/// Everything the data path asks of the routing table. `crate::state::MeshIndex` implements
+/// Everything the data path asks of the routing table. `crate::index::MeshIndex` implements
 /// it over the current config; tests implement it over fixed answers.
 ///
 /// `source` is the captured pod that opened the connection (`None` when it is not known):

@@ -1,5 +1,5 @@
 //! The mesh as the proxy sees it: workloads (pods) and services. The agent builds it from its
-//! config source and sends it whole on every change (`control::wire::AgentMessage::State`).
+//! config source and sends it whole on every change (`shunt_api::control::AgentMessage::State`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::istio;
-use crate::routing::MeshSettings;
+use crate::settings::MeshSettings;
 
 /// Everything the proxy needs to route and label connections. The Istio objects are the
 /// agent's valid ones; every field after `services` defaults, so an older agent's state
@@ -98,4 +98,30 @@ pub struct ServicePort {
 pub enum TargetPort {
     Number(u16),
     Name(String),
+}
+
+/// Whether `service`'s selector picks `workload`. A Service without a selector has no
+/// endpoints in local mode.
+pub fn selects(service: &Service, workload: &Workload) -> bool {
+    !service.selector.is_empty()
+        && service.namespace == workload.namespace
+        && service
+            .selector
+            .iter()
+            .all(|(key, value)| workload.labels.get(key) == Some(value))
+}
+
+/// `port`'s `targetPort` on `workload`: a number as is; a name through the pod's container
+/// ports (a pod without that named port is not an endpoint of it, as in Kubernetes).
+pub fn target_port(port: &ServicePort, workload: &Workload) -> Option<u16> {
+    match &port.target_port {
+        TargetPort::Number(number) => Some(*number),
+        TargetPort::Name(name) => workload
+            .ports
+            .iter()
+            .find(|c| {
+                c.name.as_deref() == Some(name) && c.protocol.eq_ignore_ascii_case(&port.protocol)
+            })
+            .map(|c| c.container_port),
+    }
 }

@@ -13,7 +13,7 @@ use super::decision::{
     MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol, RequestFacts,
     Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy, WeightedDestination,
 };
-use crate::state::Workload;
+use crate::model::Workload;
 
 /// Why a request got its route, for `shuntctl explain`.
 #[derive(Clone, Debug, Default)]

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::*;
 use crate::istio;
-use crate::state::fixtures::{labels, pod, service};
-use crate::state::{MeshState, TargetPort, Workload};
+use crate::testing::{labels, pod, service};
+use crate::model::{MeshState, TargetPort, Workload};
 
 fn vs(namespace: &str, name: &str, spec: serde_json::Value) -> istio::VirtualService {
     serde_json::from_value(
@@ -999,39 +999,6 @@ fn route_policies_compile() {
     assert_eq!(list[0].request_headers.set.len(), 1);
     // No VirtualService: Istio's default retries.
     assert_eq!(default_retry_policy().attempts, 2);
-}
-
-#[test]
-fn a_compiled_uri_regex_rewrite_rewrites_as_envoy_does() {
-    let mut state = with_versions();
-    state.virtual_services.push(vs("shop", "cart", json!({"hosts": ["cart"], "http": [{
-        "match": [{"uri": {"regex": "/items/[0-9]+"}}],
-        "rewrite": {"uriRegexRewrite": {"match": "/items/([0-9]+)", "rewrite": "/item?id=\\1&price=$5"}},
-        "route": [{"destination": {"host": "cart"}}]
-    }]})));
-    let table = table(&state);
-    let target = table.outbound_target(addr("10.96.0.20:80"), None);
-    let (method, uri, headers) = (
-        http::Method::GET,
-        "/items/42".parse::<http::Uri>().unwrap(),
-        http::HeaderMap::new(),
-    );
-    let facts = RequestFacts {
-        method: &method,
-        uri: &uri,
-        authority: None,
-        headers: &headers,
-        port: 80,
-        source: None,
-    };
-    let HttpDecision::Route(r) = table.http_route(&target, &facts) else {
-        panic!("no route")
-    };
-    let rewrite = r.rewrite.as_ref().unwrap();
-    assert_eq!(
-        crate::http::policy::rewrite_path(rewrite, &uri).as_deref(),
-        Some("/item?id=42&price=$5")
-    );
 }
 
 #[test]

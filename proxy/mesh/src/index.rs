@@ -1,16 +1,12 @@
-//! What the proxy knows of the mesh: the model the agent sends ([`MeshState`]) and the index
-//! built from it to route and label connections.
-#![forbid(unsafe_code)]
-
-mod model;
-
-pub use model::*;
+//! The index built from a [`MeshState`] to route and label connections: workloads by IP
+//! and uid, Service ports with their ready endpoints, and the compiled route table.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
+use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
 
 /// A problem in a [`MeshState`]; the rest of the state still applies.
@@ -269,32 +265,6 @@ impl routing::Routes for MeshIndex {
     }
 }
 
-/// Whether `service`'s selector picks `workload`. A Service without a selector has no
-/// endpoints in local mode.
-pub(crate) fn selects(service: &Service, workload: &Workload) -> bool {
-    !service.selector.is_empty()
-        && service.namespace == workload.namespace
-        && service
-            .selector
-            .iter()
-            .all(|(key, value)| workload.labels.get(key) == Some(value))
-}
-
-/// `port`'s `targetPort` on `workload`: a number as is; a name through the pod's container
-/// ports (a pod without that named port is not an endpoint of it, as in Kubernetes).
-pub(crate) fn target_port(port: &ServicePort, workload: &Workload) -> Option<u16> {
-    match &port.target_port {
-        TargetPort::Number(number) => Some(*number),
-        TargetPort::Name(name) => workload
-            .ports
-            .iter()
-            .find(|c| {
-                c.name.as_deref() == Some(name) && c.protocol.eq_ignore_ascii_case(&port.protocol)
-            })
-            .map(|c| c.container_port),
-    }
-}
-
 fn is_tcp(protocol: &str) -> bool {
     protocol.eq_ignore_ascii_case("TCP")
 }
@@ -303,105 +273,10 @@ fn qualified(service: &Service) -> String {
     format!("{}/{}", service.namespace, service.name)
 }
 
-/// The current [`MeshIndex`], swapped whole when the agent sends a new state.
-#[derive(Debug, Default)]
-pub struct StateStore {
-    current: RwLock<Arc<MeshIndex>>,
-}
-
-impl StateStore {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The index connections should use now.
-    #[must_use]
-    pub fn load(&self) -> Arc<MeshIndex> {
-        // The lock only guards an Arc swap, which cannot leave it half-written.
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the state; returns the problems found in it.
-    pub fn replace(&self, state: &MeshState) -> Vec<Error> {
-        let previous = self.load();
-        let (index, errors) = MeshIndex::build(state, &previous);
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
-        errors
-    }
-}
-
-impl routing::RouteSource for StateStore {
-    fn routes(&self) -> Arc<dyn routing::Routes> {
-        self.load()
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod fixtures {
-    //! Small meshes for tests across the crate.
-    use super::*;
-    use std::collections::BTreeMap;
-
-    pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    pub fn pod(namespace: &str, name: &str, ip: [u8; 4], app: &str) -> Workload {
-        Workload {
-            uid: format!("uid-{namespace}-{name}"),
-            namespace: namespace.into(),
-            name: name.into(),
-            workload_name: app.into(),
-            service_account: "default".into(),
-            ip: Some(Ipv4Addr::from(ip)),
-            labels: labels(&[("app", app)]),
-            captured: true,
-            ready: true,
-            ports: vec![ContainerPort {
-                name: Some("http".into()),
-                container_port: 8080,
-                protocol: "TCP".into(),
-            }],
-            excluded_inbound_ports: vec![],
-        }
-    }
-
-    pub fn service(
-        namespace: &str,
-        name: &str,
-        cluster_ip: [u8; 4],
-        app: &str,
-        ports: &[(u16, TargetPort)],
-    ) -> Service {
-        Service {
-            namespace: namespace.into(),
-            name: name.into(),
-            cluster_ip: Some(Ipv4Addr::from(cluster_ip)),
-            ports: ports
-                .iter()
-                .map(|(port, target_port)| ServicePort {
-                    name: None,
-                    port: *port,
-                    target_port: target_port.clone(),
-                    protocol: "TCP".into(),
-                    app_protocol: None,
-                })
-                .collect(),
-            selector: labels(&[("app", app)]),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::*;
+    use crate::testing::*;
+    use crate::model::*;
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
@@ -524,6 +399,24 @@ mod tests {
                 .map(|_| describe(&index.route(addr(dst))))
                 .collect();
             assert_eq!(got, expected, "{dst}");
+        }
+    }
+
+    /// What the proxy's `StateStore` does: each index is built over the one before.
+    #[derive(Default)]
+    struct StateStore(std::cell::RefCell<Arc<MeshIndex>>);
+
+    impl StateStore {
+        fn new() -> Self {
+            Self::default()
+        }
+        fn load(&self) -> Arc<MeshIndex> {
+            self.0.borrow().clone()
+        }
+        fn replace(&self, state: &MeshState) -> Vec<Error> {
+            let (index, errors) = MeshIndex::build(state, &self.load());
+            *self.0.borrow_mut() = Arc::new(index);
+            errors
         }
     }
 

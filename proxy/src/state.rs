@@ -1,0 +1,44 @@
+//! The mesh index in force now, swapped whole when the agent sends a new state.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use shunt_mesh::index::{Error, MeshIndex};
+use shunt_mesh::model::MeshState;
+use shunt_mesh::routing;
+
+/// The current [`MeshIndex`], swapped whole when the agent sends a new state.
+#[derive(Debug, Default)]
+pub struct StateStore {
+    current: RwLock<Arc<MeshIndex>>,
+}
+
+impl StateStore {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index connections should use now.
+    #[must_use]
+    pub fn load(&self) -> Arc<MeshIndex> {
+        // The lock only guards an Arc swap, which cannot leave it half-written.
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the state; returns the problems found in it.
+    pub fn replace(&self, state: &MeshState) -> Vec<Error> {
+        let previous = self.load();
+        let (index, errors) = MeshIndex::build(state, &previous);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
+        errors
+    }
+}
+
+impl routing::RouteSource for StateStore {
+    fn routes(&self) -> Arc<dyn routing::Routes> {
+        self.load()
+    }
+}
