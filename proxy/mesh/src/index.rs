@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
@@ -12,15 +12,20 @@ use crate::routing::{self, RouteTable};
 /// A problem in a [`MeshState`]; the rest of the state still applies.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// Two Services claim one ClusterIP:port; the first by namespace/name keeps it.
     #[error(
         "Service {ignored}: spec.clusterIP:port {addr} is already Service {kept}'s; \
          connections to it go to {kept}"
     )]
     DuplicateServiceAddress {
+        /// The ClusterIP:port both claim.
         addr: SocketAddrV4,
+        /// `namespace/name` of the Service that keeps the address.
         kept: String,
+        /// `namespace/name` of the Service whose port is left out.
         ignored: String,
     },
+    /// A problem in the Istio config, from [`RouteTable::build`].
     #[error(transparent)]
     Routing(#[from] routing::Error),
 }
@@ -30,14 +35,22 @@ pub enum Error {
 pub enum Route<'a> {
     /// A Service address: `endpoint` was picked round robin among the ready endpoints.
     Service {
+        /// The Service that owns the address.
         service: &'a Arc<Service>,
+        /// The endpoint this connection goes to.
         endpoint: &'a Endpoint,
     },
     /// A Service address with no ready endpoint behind it.
-    NoReadyEndpoints { service: &'a Arc<Service> },
+    NoReadyEndpoints {
+        /// The Service that owns the address.
+        service: &'a Arc<Service>,
+    },
     /// Not a Service address: dial it unchanged (Istio's ALLOW_ANY). `workload` is the pod with
     /// that IP, when there is one.
-    Passthrough { workload: Option<&'a Arc<Workload>> },
+    Passthrough {
+        /// The pod with the destination IP, if any (for labels only).
+        workload: Option<&'a Arc<Workload>>,
+    },
 }
 
 /// A ready pod behind a Service port.
@@ -45,6 +58,7 @@ pub enum Route<'a> {
 pub struct Endpoint {
     /// Pod IP and resolved `targetPort`.
     pub addr: SocketAddrV4,
+    /// The pod.
     pub workload: Arc<Workload>,
 }
 
@@ -181,6 +195,7 @@ impl MeshIndex {
         }
     }
 
+    /// The pod with IP `ip` (a ready one when several share it); `None` for IPv6.
     #[must_use]
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         match ip {
@@ -189,6 +204,7 @@ impl MeshIndex {
         }
     }
 
+    /// The pod with `metadata.uid` (or `namespace/name`) `uid`.
     #[must_use]
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
         self.by_uid.get(uid)
@@ -208,11 +224,13 @@ impl MeshIndex {
         })
     }
 
+    /// How many pods the state has (by uid), for the proxy's log.
     #[must_use]
     pub fn workload_count(&self) -> usize {
         self.by_uid.len()
     }
 
+    /// How many Services the state has, for the proxy's log.
     #[must_use]
     pub fn service_count(&self) -> usize {
         self.services.len()
@@ -275,9 +293,9 @@ fn qualified(service: &Service) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::*;
-    use crate::model::*;
     use super::*;
+    use crate::model::*;
+    use crate::testing::*;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -14,14 +14,20 @@ use crate::settings::MeshSettings;
 /// still decodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshState {
+    /// Every pod in the agent's config, captured or not (any may be an endpoint or a peer).
     pub workloads: Vec<Workload>,
+    /// Every Service in the agent's config.
     pub services: Vec<Service>,
+    /// VirtualServices from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub virtual_services: Vec<istio::VirtualService>,
+    /// DestinationRules from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub destination_rules: Vec<istio::DestinationRule>,
+    /// ServiceEntries from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub service_entries: Vec<istio::ServiceEntry>,
+    /// `RateLimitPolicy` objects from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub rate_limit_policies: Vec<istio::RateLimitPolicy>,
     /// MeshConfig, with the agent's flags applied.
@@ -34,14 +40,18 @@ pub struct MeshState {
 pub struct Workload {
     /// `metadata.uid`, or `namespace/name` when the config gives none.
     pub uid: String,
+    /// `metadata.namespace`.
     pub namespace: String,
     /// The pod's name.
     pub name: String,
     /// The owning workload's name as Istio reports it (`source_workload`): the Deployment for
     /// a ReplicaSet-owned pod, the owner's name for other controllers, else the pod's name.
     pub workload_name: String,
+    /// `spec.serviceAccountName`; `default` when unset.
     pub service_account: String,
+    /// `status.podIP`; `None` until the pod has one (such a pod is never an endpoint).
     pub ip: Option<Ipv4Addr>,
+    /// `metadata.labels`: matched by Service selectors, subsets and `sourceLabels`.
     pub labels: BTreeMap<String, String>,
     /// Whether shunt captures this pod's traffic.
     pub captured: bool,
@@ -55,9 +65,12 @@ pub struct Workload {
     pub excluded_inbound_ports: Vec<u16>,
 }
 
+/// One entry of a container's `ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerPort {
+    /// `name`: what a Service's named `targetPort` refers to.
     pub name: Option<String>,
+    /// `containerPort`.
     pub container_port: u16,
     /// `TCP`, `UDP` or `SCTP`.
     pub protocol: String,
@@ -66,9 +79,13 @@ pub struct ContainerPort {
 /// One Kubernetes Service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `spec.clusterIP`; `None` for a headless Service (`None` or `""`).
     pub cluster_ip: Option<Ipv4Addr>,
+    /// `spec.ports`.
     pub ports: Vec<ServicePort>,
     /// `spec.selector`; a Service without one has no endpoints in local mode.
     pub selector: BTreeMap<String, String>,
@@ -82,13 +99,18 @@ impl Service {
     }
 }
 
+/// One entry of a Service's `spec.ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
+    /// `name`; its prefix (`http-`, `grpc-`, ...) gives the protocol when `appProtocol` does not.
     pub name: Option<String>,
+    /// `port`: the port clients dial on the cluster IP.
     pub port: u16,
+    /// `targetPort`; Kubernetes' default (the same number as `port`) is filled in by the agent.
     pub target_port: TargetPort,
     /// `TCP`, `UDP` or `SCTP`.
     pub protocol: String,
+    /// `appProtocol`; wins over the name's prefix in choosing the port's protocol.
     pub app_protocol: Option<String>,
 }
 
@@ -96,7 +118,9 @@ pub struct ServicePort {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPort {
+    /// A port number on the pod.
     Number(u16),
+    /// The `name` of a container port; resolved per pod by [`target_port`].
     Name(String),
 }
 

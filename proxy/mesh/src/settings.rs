@@ -6,8 +6,10 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (the default): a destination outside the registry is dialled unchanged.
     #[default]
     AllowAny,
+    /// `REGISTRY_ONLY`: a destination outside the registry is refused (HTTP 502 NR, TCP closed).
     RegistryOnly,
 }
 
@@ -15,6 +17,7 @@ pub enum OutboundTrafficPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSettings {
+    /// `outboundTrafficPolicy.mode`, or the agent's `--outbound-traffic-policy`, which wins.
     #[serde(default)]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
     /// `protocolDetectionTimeout`: how long to wait for a client's first bytes before taking
@@ -62,4 +65,3 @@ mod opt_millis {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
-

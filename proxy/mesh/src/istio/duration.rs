@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+/// A string [`parse_duration`] rejects.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{value:?} is not a duration: expected a number with a unit h, m, s, ms, us or ns, \
      e.g. \"1s\", \"0.5s\", \"100ms\""
 )]
 pub struct DurationError {
+    /// The string as given.
     pub value: String,
 }
 

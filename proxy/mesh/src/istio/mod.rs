@@ -27,7 +27,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace`; [`DEFAULT_NAMESPACE`] when absent.
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// RFC 3339; orders VirtualServices that share a host (absent sorts first, then by
@@ -44,7 +46,9 @@ fn default_namespace() -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "S: Deserialize<'de> + Default"))]
 pub struct Resource<S> {
+    /// The object's `metadata`.
     pub metadata: Metadata,
+    /// The object's `spec`; absent or null reads as `S::default()`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub spec: S,
 }
@@ -57,9 +61,13 @@ impl<S> Resource<S> {
     }
 }
 
+/// `networking.istio.io` `VirtualService`.
 pub type VirtualService = Resource<VirtualServiceSpec>;
+/// `networking.istio.io` `DestinationRule`.
 pub type DestinationRule = Resource<DestinationRuleSpec>;
+/// `networking.istio.io` `ServiceEntry`.
 pub type ServiceEntry = Resource<ServiceEntrySpec>;
+/// `shunt.io/v1alpha1` `RateLimitPolicy`.
 pub type RateLimitPolicy = Resource<RateLimitPolicySpec>;
 
 /// The API versions of `networking.istio.io` shunt reads; all three share one schema.

@@ -20,10 +20,13 @@ pub struct RateLimitPolicySpec {
     pub burst: Option<i64>,
 }
 
+/// `RateLimitPolicy.spec.virtualService`: one named `http` route of a VirtualService.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct VirtualServiceRouteRef {
+    /// `name`: the VirtualService's name, in the policy's namespace.
     pub name: String,
+    /// `route`: the `spec.http[].name` of the route to limit.
     pub route: String,
 }
 
@@ -31,12 +34,15 @@ pub struct VirtualServiceRouteRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MeshConfig {
+    /// `outboundTrafficPolicy`; see [`crate::settings::OutboundTrafficPolicy`].
     pub outbound_traffic_policy: Option<OutboundTrafficPolicyConfig>,
+    /// `protocolDetectionTimeout`, a duration string (`"100ms"`); see [`parse_duration`].
     pub protocol_detection_timeout: Option<String>,
     /// `""` turns the access log off; `/dev/stdout` (or unset) writes it to the proxy's stdout.
     pub access_log_file: Option<String>,
 }
 
+/// `outboundTrafficPolicy` of MeshConfig.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct OutboundTrafficPolicyConfig {

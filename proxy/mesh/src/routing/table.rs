@@ -20,6 +20,7 @@ use crate::model::Workload;
 pub struct Trace {
     /// The registry host the request was routed as, and how it was found.
     pub host: Option<Host>,
+    /// How the host was found, in words (destination address or `Host` header); HTTP only.
     pub resolved_by: String,
     /// The VirtualServices that applied to the host, in merge order.
     pub virtual_services: Vec<ObjectRef>,
@@ -28,13 +29,20 @@ pub struct Trace {
     pub matched: Option<MatchedRoute>,
 }
 
+/// The route a traced lookup picked, for `shuntctl explain`.
 #[derive(Clone, Debug)]
 pub struct MatchedRoute {
+    /// The VirtualService the route is in.
     pub virtual_service: ObjectRef,
+    /// Which route list it is in: `"http"`, `"tcp"` or `"tls"`.
     pub section: &'static str,
+    /// The route's index in that list of its VirtualService (`i` of `spec.http[i]`).
     pub route_index: usize,
+    /// The index of the match block that held; `None`: the route has no `match`.
     pub match_index: Option<usize>,
+    /// `match[].name` of that block (HTTP only).
     pub match_name: Option<String>,
+    /// What the block tested, one field per string (`uri prefix "/api"`, `port 8080`).
     pub fields: Vec<String>,
 }
 

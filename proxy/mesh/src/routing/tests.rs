@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::*;
 use crate::istio;
-use crate::testing::{labels, pod, service};
 use crate::model::{MeshState, TargetPort, Workload};
+use crate::testing::{labels, pod, service};
 
 fn vs(namespace: &str, name: &str, spec: serde_json::Value) -> istio::VirtualService {
     serde_json::from_value(
