@@ -19,8 +19,9 @@ use crate::capture::CaptureOptions;
 use crate::config::{self, Snapshot};
 use crate::control::{self, ControlServer};
 use crate::pods::Reconciler;
-use crate::run_dir::{self, RunDir};
-use crate::shared_capture::{self, CaptureMode, Installed, SharedCapture};
+use shunt_api::run_dir::{self, RunDir};
+use crate::shared_capture::{self, Installed, SharedCapture};
+use shunt_api::capture::CaptureMode;
 
 /// How long the tasks get to finish once the agent stops.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);

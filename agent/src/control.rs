@@ -1,5 +1,5 @@
 //! The control socket the proxy dials (`<run-dir>/control.sock`,
-//! `shunt_proxy::control::wire`).
+//! `shunt_api::control`).
 //!
 //! One proxy at a time: a new connection replaces the old one. Each connection starts with the
 //! proxy's `Hello`; the server then hands the connection to the reconciler
@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shunt_proxy::control::wire::{self, AgentMessage, ProxyMessage};
+use shunt_api::control::{self as wire, AgentMessage, ProxyMessage};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::run_dir;
+use shunt_api::run_dir;
 
 /// A proxy that connects must say hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);

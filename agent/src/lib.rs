@@ -8,5 +8,4 @@ pub mod config;
 pub mod control;
 pub mod iptables;
 pub mod pods;
-pub mod run_dir;
 pub mod shared_capture;

@@ -19,12 +19,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use shunt_proxy::control::wire::{AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{AgentMessage, InboundBind, ProxyMessage};
 use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::api;
+use shunt_api::admin as api;
 use crate::capture::PodCapture;
 use crate::config::{CaptureSpec, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
@@ -145,8 +145,8 @@ pub type OpenNetns = fn(&Path) -> io::Result<PodNetns>;
 
 /// Opens a netns file and reads its cookie (`setns` on a short-lived thread: needs root).
 pub fn open_pod_netns(path: &Path) -> io::Result<PodNetns> {
-    let fd = shunt_proxy::netns::open_netns(path)?;
-    let cookie = shunt_proxy::netns::netns_cookie(fd.as_fd())?;
+    let fd = shunt_api::netns::open_netns(path)?;
+    let cookie = shunt_api::netns::netns_cookie(fd.as_fd())?;
     Ok(PodNetns { fd, cookie })
 }
 

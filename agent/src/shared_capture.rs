@@ -8,31 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use shunt_proxy::control::wire::InboundBind;
+use shunt_api::control::InboundBind;
 
 use crate::capture::{self, Capture, CaptureOptions, PodCapture};
 use crate::iptables::{self, IptablesCapture};
+use shunt_api::capture::CaptureMode;
 
-/// How the agent redirects captured pods' traffic to the proxy (`--capture`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureMode {
-    /// eBPF programs at the socket layer (connect4, sk_lookup, ...).
-    #[default]
-    Ebpf,
-    /// Istio-style nat rules in each pod's netns; no eBPF at all.
-    Iptables,
-}
-
-impl CaptureMode {
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::Iptables => "iptables",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

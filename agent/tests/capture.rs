@@ -33,7 +33,7 @@ use nix::sys::stat::Mode;
 use serde_json::Value;
 use shunt_agent::capture::{Attachment, Capture, CaptureOptions, PodCapture};
 use shunt_common::{PROXY_MARK, map_names};
-use shunt_proxy::netns::{netns_cookie, open_netns, run_in_netns};
+use shunt_api::netns::{netns_cookie, open_netns, run_in_netns};
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// Another address inside the pod's netns: an "elsewhere" to connect to, or to come from.

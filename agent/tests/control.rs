@@ -19,7 +19,7 @@ use shunt_agent::capture::PodCapture;
 use shunt_agent::config::Snapshot;
 use shunt_agent::control::ControlServer;
 use shunt_agent::pods::{CaptureMaps, NodeView, PodNetns, Reconciler};
-use shunt_proxy::control::wire::{self, AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{self, AgentMessage, InboundBind, ProxyMessage};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;

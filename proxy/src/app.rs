@@ -190,7 +190,7 @@ pub async fn run(config: Config, factory: Arc<dyn SocketFactory>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::wire::{self, AgentMessage, ProxyMessage};
+    use shunt_api::control::{self as wire, AgentMessage, ProxyMessage};
     use crate::socket::CurrentNetnsSocketFactory;
     use shunt_mesh::model::MeshState;
     use shunt_mesh::testing::pod;

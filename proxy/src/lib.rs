@@ -5,7 +5,6 @@ pub mod control;
 pub mod drain;
 pub mod http;
 pub mod inpod;
-pub mod netns;
 pub mod proxy;
 pub mod socket;
 pub mod state;

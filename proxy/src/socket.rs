@@ -437,7 +437,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn own_netns() -> OwnedFd {
-        crate::netns::open_netns(std::path::Path::new("/proc/self/ns/net")).unwrap()
+        shunt_api::netns::open_netns(std::path::Path::new("/proc/self/ns/net")).unwrap()
     }
 
     fn is_root() -> bool {
@@ -524,8 +524,8 @@ mod tests {
         // Only dials are marked: the pool of marked sockets is not where listeners come from.
         assert_eq!(listener_ref.mark().unwrap(), 0);
         assert_eq!(
-            crate::netns::socket_netns_cookie(listener.as_fd()).unwrap(),
-            crate::netns::netns_cookie(own_netns().as_fd()).unwrap()
+            shunt_api::netns::socket_netns_cookie(listener.as_fd()).unwrap(),
+            shunt_api::netns::netns_cookie(own_netns().as_fd()).unwrap()
         );
     }
 

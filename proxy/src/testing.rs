@@ -268,12 +268,12 @@ pub fn payload(len: usize) -> Vec<u8> {
 }
 
 pub fn own_netns() -> OwnedFd {
-    crate::netns::open_netns(Path::new("/proc/self/ns/net")).unwrap()
+    shunt_api::netns::open_netns(Path::new("/proc/self/ns/net")).unwrap()
 }
 
 pub fn own_netns_cookie() -> u64 {
     use std::os::fd::AsFd;
-    crate::netns::netns_cookie(own_netns().as_fd()).unwrap()
+    shunt_api::netns::netns_cookie(own_netns().as_fd()).unwrap()
 }
 
 pub fn is_root() -> bool {
@@ -307,14 +307,14 @@ impl TestNetns {
     }
 
     pub fn open(&self) -> OwnedFd {
-        crate::netns::open_netns(&self.path).unwrap()
+        shunt_api::netns::open_netns(&self.path).unwrap()
     }
 
     /// Runs blocking `f` on a thread inside this netns.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
         use std::os::fd::AsFd;
         let netns = self.open();
-        crate::netns::run_in_netns(netns.as_fd(), f)
+        shunt_api::netns::run_in_netns(netns.as_fd(), f)
     }
 }
 

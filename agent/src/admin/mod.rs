@@ -11,8 +11,6 @@
 //! - `POST /uninstall`: detaches and unpins everything, answers, then the agent exits.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod client;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -34,7 +32,8 @@ use shunt_mesh::model::Workload;
 use crate::capture;
 use crate::config::Snapshot;
 use crate::pods::NodeView;
-use crate::run_dir;
+use shunt_api::admin as api;
+use shunt_api::run_dir;
 use crate::shared_capture::{self, Backend, Installed, SharedCapture};
 
 /// How long an answer being written may take once the agent stops (e.g. after uninstall).
@@ -299,12 +298,15 @@ fn status(context: &AdminContext) -> Result<api::Status, Failure> {
                     Some(status.pin_dir.clone()),
                     Some(status.cgroup.clone()),
                     status.sockmap_shortcut,
-                    serde_json::to_value(&status),
+                    api::CaptureReport::Ebpf(Box::new(status)),
                 )
             }
-            Backend::Iptables(capture) => {
-                (None, None, false, serde_json::to_value(capture.status()))
-            }
+            Backend::Iptables(capture) => (
+                None,
+                None,
+                false,
+                api::CaptureReport::Iptables(capture.status()),
+            ),
         })
     })?;
     Ok(api::Status {
@@ -313,12 +315,7 @@ fn status(context: &AdminContext) -> Result<api::Status, Failure> {
         pin_dir,
         cgroup,
         sockmap_shortcut,
-        capture: capture.map_err(|e| {
-            Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the capture status: {e}"),
-            )
-        })?,
+        capture,
         proxy: context.node.borrow().proxy.clone(),
     })
 }

@@ -3,6 +3,7 @@
 //! A link is pinned right after it is created and its descriptor is closed at once: the pin is
 //! what keeps it attached, so capture survives the agent, and unpinning detaches it.
 
+use shunt_api::capture::{Attachment, LinkIds};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -18,19 +19,6 @@ use shunt_common::{SockKey, map_names};
 
 use super::{Error, sys};
 
-/// How a program's link came to be there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Attachment {
-    /// This agent attached it and pinned the link.
-    Attached,
-    /// The link was already pinned (an earlier agent attached it) and was kept as it is.
-    Adopted,
-    /// Loaded only: the program is not needed with these options.
-    NotAttached,
-    /// Attached to each captured pod's network namespace (see the pods in the status).
-    PerPod,
-}
 
 /// A link just created, not pinned yet.
 pub enum NewLink {
@@ -70,12 +58,6 @@ pub fn attach_or_adopt(
     Ok(Attachment::Attached)
 }
 
-/// The ids of a pinned link and of the program it runs.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct LinkIds {
-    pub link_id: u32,
-    pub program_id: u32,
-}
 
 pub fn pinned_link_ids(pin: &Path) -> Result<LinkIds, Error> {
     let link = FdLink::from(PinnedLink::from_pin(pin).map_err(|source| Error::Adopt {

@@ -13,6 +13,10 @@ mod pins;
 mod probe;
 mod sys;
 
+use shunt_api::capture::{
+    Attachment, CaptureStatus, Feature, KernelProbe, LinkIds, MapStatus, PodAttachment,
+    ProgramStatus,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
@@ -22,9 +26,7 @@ use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 use shunt_common::{map_names, program_names};
 
-pub use links::{Attachment, LinkIds};
 pub use mounts::{find_bpffs, find_cgroup2};
-pub use probe::{Feature, KernelProbe};
 
 use pins::PinDir;
 
@@ -187,56 +189,9 @@ pub struct PodCapture<'a> {
     pub excluded_inbound_ports: Vec<u16>,
 }
 
-/// What `shuntctl status` shows of capture.
-#[derive(Clone, Debug, Serialize)]
-pub struct CaptureStatus {
-    pub instance: String,
-    pub pin_dir: PathBuf,
-    pub bpffs: PathBuf,
-    pub cgroup: PathBuf,
-    pub sockmap_shortcut: bool,
-    pub programs: Vec<ProgramStatus>,
-    /// The per-pod attach points: one sk_lookup link per captured pod's netns.
-    pub pods: Vec<PodAttachment>,
-    pub maps: Vec<MapStatus>,
-    /// `STATS`, summed over CPUs, by counter name.
-    pub counters: BTreeMap<String, u64>,
-    pub kernel: KernelProbe,
-    /// Parts of the status that could not be read.
-    pub errors: Vec<String>,
-}
 
-#[derive(Clone, Debug, Serialize)]
-pub struct ProgramStatus {
-    pub name: &'static str,
-    /// ELF section, e.g. `cgroup/connect4`.
-    pub program_type: &'static str,
-    /// A cgroup folder, a map, or the pods' network namespaces.
-    pub attach_point: String,
-    pub attachment: Attachment,
-    pub link_pin: Option<PathBuf>,
-    /// Of the pinned link, read at status time.
-    pub link: Option<LinkIds>,
-    /// Set when an adopted link runs a different build of the program than this agent loaded.
-    pub note: Option<String>,
-}
 
-#[derive(Clone, Debug, Serialize)]
-pub struct PodAttachment {
-    pub netns_cookie: u64,
-    pub link_pin: PathBuf,
-    pub link: Option<LinkIds>,
-    /// From `MESHED_NETNS`; `None` when the netns has a link but no entry.
-    pub pod_ip: Option<Ipv4Addr>,
-}
 
-#[derive(Clone, Debug, Serialize)]
-pub struct MapStatus {
-    pub name: &'static str,
-    pub pin: PathBuf,
-    pub entries: usize,
-    pub max_entries: u32,
-}
 
 /// The programs with a link of their own, in the order they are attached on a fresh install:
 /// the connect programs last, because they divert traffic, and by then the programs that
@@ -328,7 +283,7 @@ impl Capture {
         let pins = PinDir::new(&bpffs, &options.instance)?;
         let cgroup = mounts::cgroup(options.cgroup.as_deref())?;
         let probe = probe::probe();
-        if let Some(feature) = probe.first_missing(options.sockmap_shortcut) {
+        if let Some(feature) = probe::first_missing(&probe, options.sockmap_shortcut) {
             return Err(Error::Unsupported {
                 feature: Box::new(feature.clone()),
             });
@@ -434,8 +389,8 @@ impl Capture {
         }
         tracing::info!(program = name, ?attachment, "capture program ready");
         self.programs.push(ProgramStatus {
-            name,
-            program_type,
+            name: name.into(),
+            program_type: program_type.into(),
             attach_point,
             attachment,
             link_pin,
@@ -629,7 +584,7 @@ impl Capture {
             .iter()
             .filter_map(|&name| match maps::size(&self.ebpf, name) {
                 Ok((entries, max_entries)) => Some(MapStatus {
-                    name,
+                    name: name.into(),
                     pin: self.pins.map(name),
                     entries,
                     max_entries,
@@ -735,10 +690,10 @@ mod tests {
     fn a_missing_kernel_feature_says_what_it_disables_and_since_when() {
         let error = Error::Unsupported {
             feature: Box::new(Feature {
-                name: "sk_lookup programs",
+                name: "sk_lookup programs".into(),
                 supported: Some(false),
-                since: "5.9",
-                missing_disables: "inbound capture",
+                since: "5.9".into(),
+                missing_disables: "inbound capture".into(),
                 error: None,
             }),
         };

@@ -1,5 +1,6 @@
 //! What the running kernel offers shunt, and what each missing piece disables.
 
+use shunt_api::capture::{Feature, KernelProbe};
 use std::path::{Path, PathBuf};
 
 use aya::programs::ProgramType;
@@ -11,36 +12,7 @@ use super::mounts;
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// The kernel feature probe shown by `shuntctl status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct KernelProbe {
-    /// `uname -r`.
-    pub kernel_release: String,
-    /// Kernel BTF at /sys/kernel/btf/vmlinux.
-    pub btf_vmlinux: bool,
-    pub cgroup2_mount: Option<PathBuf>,
-    pub bpffs_mount: Option<PathBuf>,
-    pub features: Vec<Feature>,
-}
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Feature {
-    pub name: &'static str,
-    /// `None` when probing failed (see `error`).
-    pub supported: Option<bool>,
-    /// The first Linux release that has it.
-    pub since: &'static str,
-    /// What shunt cannot do without it.
-    pub missing_disables: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Feature {
-    pub fn is_missing(&self) -> bool {
-        self.supported == Some(false)
-    }
-}
 
 /// Which check answers whether a feature is there.
 enum Check {
@@ -149,25 +121,24 @@ fn check(requirement: &Requirement) -> Feature {
         Err(error) => (None, Some(error)),
     };
     Feature {
-        name: requirement.name,
+        name: requirement.name.into(),
         supported,
-        since: requirement.since,
-        missing_disables: requirement.missing_disables,
+        since: requirement.since.into(),
+        missing_disables: requirement.missing_disables.into(),
         error,
     }
 }
 
-impl KernelProbe {
-    /// The first missing feature that capture needs with these options.
-    pub fn first_missing(&self, sockmap_shortcut: bool) -> Option<&Feature> {
-        self.features
+/// The first missing feature of `probe` that capture needs with these options.
+pub fn first_missing(probe: &KernelProbe, sockmap_shortcut: bool) -> Option<&Feature> {
+    probe
+        .features
             .iter()
             .zip(REQUIREMENTS)
             .find_map(|(feature, requirement)| {
                 let needed = sockmap_shortcut || !requirement.shortcut_only;
                 (needed && feature.is_missing()).then_some(feature)
             })
-    }
 }
 
 #[cfg(test)]
@@ -183,10 +154,10 @@ mod tests {
             features: REQUIREMENTS
                 .iter()
                 .map(|r| Feature {
-                    name: r.name,
+                    name: r.name.into(),
                     supported: Some(r.name != missing),
-                    since: r.since,
-                    missing_disables: r.missing_disables,
+                    since: r.since.into(),
+                    missing_disables: r.missing_disables.into(),
                     error: None,
                 })
                 .collect(),
@@ -209,7 +180,7 @@ mod tests {
         for (missing, shortcut, expected) in cases {
             let probe = probe_with(missing);
             assert_eq!(
-                probe.first_missing(shortcut).map(|f| f.name),
+                first_missing(&probe, shortcut).map(|f| &*f.name),
                 expected,
                 "{missing} missing, shortcut {shortcut}"
             );
@@ -222,6 +193,6 @@ mod tests {
         for feature in &mut probe.features {
             feature.supported = None;
         }
-        assert!(probe.first_missing(true).is_none());
+        assert!(first_missing(&probe, true).is_none());
     }
 }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::kinds::{Namespace, Pod, PodPhase};
+use shunt_api::k8s::{Namespace, Pod, PodPhase};
 
 /// The annotation naming a captured pod's network namespace file.
 pub const NETNS_ANNOTATION: &str = "shunt.io/netns";

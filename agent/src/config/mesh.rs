@@ -3,7 +3,7 @@
 use shunt_mesh::model as mesh;
 
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
-use super::kinds::{self, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
+use shunt_api::k8s::{self as kinds, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
 
 /// One pod as a mesh workload. `captured` comes from the pod's capture plan.
 #[must_use]

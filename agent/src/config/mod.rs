@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
-pub mod kinds;
 pub mod mesh;
 mod parse;
 pub mod routing;
@@ -20,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use shunt_mesh::model::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
-use kinds::{Namespace, Pod, Service};
+use shunt_api::config::{Config, LoadError};
+use shunt_api::k8s::{Namespace, Pod, Service};
 pub use routing::LoadOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,55 +34,6 @@ pub enum Error {
     Watch { dir: PathBuf, source: notify::Error },
 }
 
-/// An object and where it was read.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sourced<T> {
-    pub file: PathBuf,
-    /// 1-based index of the YAML document in the file.
-    pub document: usize,
-    pub object: T,
-}
-
-/// Every object of the config dir, in file order then document order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Config {
-    pub namespaces: Vec<Sourced<Namespace>>,
-    pub pods: Vec<Sourced<Pod>>,
-    pub services: Vec<Sourced<Service>>,
-    /// Istio's kinds (`networking.istio.io`, `security.istio.io`, `telemetry.istio.io`), kept
-    /// as written; the routing ones are also parsed into `Snapshot::mesh`.
-    pub istio: Vec<Sourced<serde_json::Value>>,
-    /// shunt's own kinds (`shunt.io/v1alpha1 RateLimitPolicy`), as written.
-    #[serde(default)]
-    pub shunt: Vec<Sourced<serde_json::Value>>,
-    /// `v1` ConfigMaps, as written; `istio-system/istio` carries Istio's MeshConfig.
-    #[serde(default)]
-    pub config_maps: Vec<Sourced<serde_json::Value>>,
-}
-
-/// A problem in the config: which file, which object, which field, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoadError {
-    pub file: PathBuf,
-    /// `Pod shop/cart`, `Namespace shop`, or `document 3` when the object has no name yet.
-    pub object: Option<String>,
-    /// The field's path, e.g. `spec.ports[1].port`.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(object) = &self.object {
-            write!(f, ": {object}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// One reading of the config dir and everything derived from it.
 #[derive(Clone, Debug, Default, PartialEq)]

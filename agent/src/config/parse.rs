@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::kinds::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
-use super::{Config, Error, LoadError, Sourced, routing};
+use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
+use shunt_api::config::{Config, LoadError, Sourced};
+
+use super::{Error, routing};
 use shunt_mesh::istio::SHUNT_API_VERSION;
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.

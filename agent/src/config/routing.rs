@@ -14,7 +14,7 @@ use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VE
 use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
 use shunt_mesh::model::MeshState;
 
-use super::{Config, LoadError, Sourced};
+use shunt_api::config::{Config, LoadError, Sourced};
 
 /// What the agent's flags set over the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

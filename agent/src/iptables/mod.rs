@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use shunt_api::capture::{IptablesStatus, PodRulesStatus};
+
 use crate::capture::PodCapture;
 use crate::pods::open_pod_netns;
 use rules::{NatTable, PodRules};
@@ -72,25 +74,7 @@ pub struct PodRecord {
     pub pod_ip: Ipv4Addr,
 }
 
-/// What `shuntctl status` shows of iptables capture.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct IptablesStatus {
-    /// `iptables --version`, e.g. `iptables v1.8.9 (nf_tables)`.
-    pub iptables: String,
-    pub record_dir: PathBuf,
-    pub pods: Vec<PodRulesStatus>,
-    /// Parts of the status that could not be read.
-    pub errors: Vec<String>,
-}
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodRulesStatus {
-    pub netns_cookie: u64,
-    pub netns: PathBuf,
-    pub pod_ip: Ipv4Addr,
-    /// shunt's rules found in the pod's nat table, as `iptables -S` prints them.
-    pub rules: Vec<String>,
-}
 
 /// iptables capture of this agent's pods.
 #[derive(Debug)]
@@ -289,7 +273,7 @@ fn run_in(
         Some(script) => format!("{program} {} with input:\n{script}", args.join(" ")),
         None => format!("{program} {}", args.join(" ")),
     };
-    let output = shunt_proxy::netns::run_in_netns(netns, || {
+    let output = shunt_api::netns::run_in_netns(netns, || {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
@@ -427,7 +411,7 @@ mod tests {
     fn a_failed_command_names_itself_its_netns_and_its_stderr() {
         use std::os::fd::AsFd as _;
         let path = Path::new("/proc/self/ns/net");
-        let own = shunt_proxy::netns::open_netns(path).unwrap();
+        let own = shunt_api::netns::open_netns(path).unwrap();
         let script = "echo 'line 2 failed' >&2; exit 3";
         let error = run_in(own.as_fd(), path, "sh", &["-c", script], None).unwrap_err();
         let Error::Command {

@@ -5,7 +5,7 @@
 //! Both the agent (to validate and explain) and the proxy (to route) link it; it never links
 //! tokio, hyper or aya (`cargo xtask layers` checks that).
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod index;
 pub mod istio;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
 use crate::inpod::PodRegistry;
 use crate::proxy::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;

@@ -1,3 +1,2 @@
 //! The proxy's side of the control connection to the agent.
 pub mod client;
-pub mod wire;

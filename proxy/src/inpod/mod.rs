@@ -16,10 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::control::wire::InboundBind;
+use shunt_api::control::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
 use crate::http::upstream::{Resolver, Upstreams};
-use crate::netns::socket_netns_cookie;
+use shunt_api::netns::socket_netns_cookie;
 use crate::proxy::local::{LocalPods, PodDial};
 use crate::proxy::orig_dst::ClientAddr;
 use crate::proxy::{PodContext, ProxyContext, inbound, outbound};

@@ -36,7 +36,7 @@ use shunt_common::{SockKey, SpliceRoute, map_names};
 use tokio::net::TcpStream;
 
 use super::forward::{self, Direction};
-use crate::netns;
+use shunt_api::netns;
 
 /// A direction is routed at its second catch-up, not its first: one-exchange connections
 /// never pay for the map updates.

@@ -36,7 +36,7 @@ pub struct VirtualServiceRouteRef {
 pub struct MeshConfig {
     /// `outboundTrafficPolicy`; see [`crate::settings::OutboundTrafficPolicy`].
     pub outbound_traffic_policy: Option<OutboundTrafficPolicyConfig>,
-    /// `protocolDetectionTimeout`, a duration string (`"100ms"`); see [`parse_duration`].
+    /// `protocolDetectionTimeout`, a duration string (`"100ms"`); see [`super::parse_duration`].
     pub protocol_detection_timeout: Option<String>,
     /// `""` turns the access log off; `/dev/stdout` (or unset) writes it to the proxy's stdout.
     pub access_log_file: Option<String>,

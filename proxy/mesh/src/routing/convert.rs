@@ -430,11 +430,14 @@ pub(super) fn cors(p: &mut Problems, field: &str, cors: &istio::CorsPolicy) -> C
 /// `exportTo`: who sees an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Visibility {
+    /// No `exportTo`, or `*`: every namespace.
     All,
+    /// Only these namespaces (`.` is the object's own namespace; `~` adds none).
     Namespaces(BTreeSet<String>),
 }
 
 impl Visibility {
+    /// Whether a pod in `namespace` sees the object; an unknown namespace sees only `All`.
     #[must_use]
     pub fn allows(&self, namespace: Option<&str>) -> bool {
         match self {

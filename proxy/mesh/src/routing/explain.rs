@@ -18,23 +18,43 @@ use super::decision::{
 use super::table::{Trace, describe_http_match, describe_l4_match, describe_string_match};
 use crate::model::Workload;
 
+/// Why [`explain`] cannot run a request: what was asked is malformed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The URL does not parse or has no host.
     #[error("{url:?} is not a URL like http://cart.shop:8080/path: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `-H` header is not `name: value` with a valid name and value.
     #[error("-H {header:?}: expected 'name: value' with a valid header name and value")]
-    Header { header: String },
+    Header {
+        /// The header as given.
+        header: String,
+    },
+    /// The `-X` method is not a valid HTTP method token.
     #[error("-X {method:?} is not an HTTP method")]
-    Method { method: String },
+    Method {
+        /// The method as given.
+        method: String,
+    },
 }
 
 /// The routes of one host and port, as one pod sees them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRoutes {
+    /// The registry host: a Service's FQDN or a ServiceEntry host.
     pub host: String,
+    /// The host's port number.
     pub port: u16,
+    /// `HTTP`, `HTTP2`, `TCP`, `TLS` or `auto-detect` (nothing declares it).
     pub protocol: String,
+    /// The VirtualServices for the host, in merge order (`VirtualService namespace/name`).
     pub virtual_services: Vec<String>,
+    /// The DestinationRule in force for the pod, if any.
     pub destination_rule: Option<String>,
     /// In the order they are tried; the first that matches wins.
     pub routes: Vec<RouteView>,
@@ -42,9 +62,13 @@ pub struct HostRoutes {
     pub clusters: Vec<ClusterView>,
 }
 
+/// One route as `shuntctl` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteView {
+    /// `route_name`: the route's `name`, else `<vs name>.<index>` (`.tcp.<i>`, `.tls.<i>` at
+    /// L4), or `default`.
     pub name: String,
+    /// The route's VirtualService (`VirtualService namespace/name`); `None` for a default route.
     pub virtual_service: Option<String>,
     /// `http`, `tcp`, `tls` or `default`.
     pub section: String,
@@ -52,28 +76,42 @@ pub struct RouteView {
     pub matches: Vec<Vec<String>>,
     /// `forward`, `redirect ...` or `direct response ...`.
     pub action: String,
+    /// Where a `forward` route sends traffic; empty for a redirect or direct response.
     pub destinations: Vec<DestinationView>,
     /// Retry, timeout, fault, mirror, CORS, rewrite, headers, rate limit.
     pub policies: Vec<String>,
 }
 
+/// One destination of a route, as `shuntctl` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationView {
+    /// `destination.host`, fully qualified.
     pub host: String,
+    /// `destination.subset`.
     pub subset: Option<String>,
+    /// `destination.port.number`; `None`: the request's port.
     pub port: Option<u16>,
+    /// `route[].weight` (100 for a lone destination).
     pub weight: u32,
 }
 
+/// One upstream cluster: its endpoints and traffic policy, described.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
     /// `outbound|80|v1|cart.shop.svc.cluster.local`.
     pub name: String,
+    /// `address:port (namespace/pod)` per endpoint, then each DNS name the proxy resolves.
     pub endpoints: Vec<String>,
+    /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`, `PASSTHROUGH ...` or the consistent hash's key and
+    /// algorithm.
     pub load_balancer: String,
+    /// The `connectionPool` limits that are set; `None`: none is.
     pub connection_pool: Option<String>,
+    /// The `outlierDetection` in force; `None`: endpoints are never ejected.
     pub outlier_detection: Option<String>,
+    /// The DestinationRule the policy comes from (`DestinationRule namespace/name`), if any.
     pub policy_source: Option<String>,
+    /// The `destination_version` label: the subset's `version`, else the endpoints' common one.
     pub version: Option<String>,
 }
 
@@ -456,7 +494,10 @@ fn cluster_view(cluster: &Cluster) -> ClusterView {
 /// One request to explain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainRequest {
+    /// The request's URL, e.g. `http://cart.shop:8080/path`; the host is looked up as the client's
+    /// DNS would (a Service's ClusterIP, or routed by `Host`).
     pub url: String,
+    /// `-X`; `None`: GET.
     #[serde(default)]
     pub method: Option<String>,
     /// `name: value`, as given to `-H`.
@@ -467,31 +508,42 @@ pub struct ExplainRequest {
 /// What the data path would do with one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
+    /// `namespace/name` of the pod sending the request.
     pub source: String,
+    /// `METHOD url`, as asked.
     pub request: String,
     /// The address the client would dial, and what it is.
     pub destination: String,
+    /// The registry host the request is routed as; `None` when none matches.
     pub host: Option<String>,
+    /// How the host was found (at L4: that the port is TCP or TLS).
     pub resolved_by: String,
+    /// The VirtualServices that applied to the host, in merge order.
     pub virtual_services: Vec<String>,
     /// `route`, `no route matched: 404 NR`, `blocked by REGISTRY_ONLY: 502 NR`, ...
     pub outcome: String,
     /// The route matched and why: which VirtualService, which route, which match block.
     pub matched: Option<String>,
+    /// The route taken (HTTP only).
     pub route: Option<RouteView>,
     /// Several destinations: one is picked per request, by weight.
     pub weighted_pick: bool,
+    /// Each destination of the route, with the cluster it reaches.
     pub destinations: Vec<DestinationExplanation>,
 }
 
+/// One destination of the explained route, and what dialling it would meet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationExplanation {
+    /// The destination as the route names it.
     pub destination: DestinationView,
+    /// The cluster it reaches; `None` when it cannot be dialled (see `error`).
     pub cluster: Option<ClusterView>,
     /// For a consistent hash: the value that would be hashed for this request.
     pub hash_key: Option<String>,
     /// Why the destination cannot be dialled (503 UH/NC at request time).
     pub error: Option<String>,
+    /// The route's RateLimitPolicy bucket (`rps, burst, policy`), if any.
     pub rate_limit: Option<String>,
 }
 

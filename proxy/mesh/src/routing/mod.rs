@@ -22,25 +22,38 @@ pub use table::{MatchedRoute, Trace};
 /// leave it applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A value Istio rejects, or a feature shunt does not support: the object is left out whole.
     #[error("{object}: {field}: {message}")]
     Invalid {
+        /// The object the problem is in.
         object: ObjectRef,
+        /// The field path, e.g. `spec.http[1].route[0].destination.host`.
         field: String,
+        /// What is wrong.
         message: String,
     },
+    /// The object is valid but part of it does nothing yet (a missing subset, host or route, a
+    /// duplicate host); the object still applies.
     #[error("{object}: {field}: {message}")]
     Warning {
+        /// The object the problem is in.
         object: ObjectRef,
+        /// The field path, e.g. `spec.http[1].route[0].destination.subset`.
         field: String,
+        /// What is wrong, and what happens meanwhile.
         message: String,
     },
+    /// Two DestinationRules in one namespace for one host; only `kept` applies.
     #[error(
         "{ignored}: spec.host: host {host} already has {kept} (in its namespace the \
          first DestinationRule by creationTimestamp, then name, wins); this one is ignored"
     )]
     DuplicateDestinationRule {
+        /// The host both rules name.
         host: Host,
+        /// The rule in force: the earliest by `creationTimestamp`, then name.
         kept: ObjectRef,
+        /// The rule left out.
         ignored: ObjectRef,
     },
 }

@@ -10,7 +10,7 @@ use tokio::net::{TcpSocket, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::control::wire::{recv, send};
+use shunt_api::control::{recv, send};
 use crate::inpod::PodRegistry;
 use crate::socket::{CurrentNetnsSocketFactory, NetnsSocketFactory, SocketFactory};
 use shunt_mesh::model::MeshState;
@@ -263,7 +263,7 @@ async fn a_pod_netns_gets_listeners_inside_it_and_traffic_flows_through_them() {
         return;
     }
     let netns = TestNetns::create("client-listeners");
-    let cookie = crate::netns::netns_cookie(netns.open().as_fd()).unwrap();
+    let cookie = shunt_api::netns::netns_cookie(netns.open().as_fd()).unwrap();
     let test = TestProxy::new(false);
     test.proxy.state.replace(&mesh());
     let (client, registry) = client(&test, Arc::new(NetnsSocketFactory), Path::new("/unused"));
@@ -274,7 +274,7 @@ async fn a_pod_netns_gets_listeners_inside_it_and_traffic_flows_through_them() {
 
     let inbound = agent.add_ready_pod(WEB, cookie, netns.open().as_fd()).await;
     assert_eq!(
-        crate::netns::socket_netns_cookie(inbound.as_fd()).unwrap(),
+        shunt_api::netns::socket_netns_cookie(inbound.as_fd()).unwrap(),
         cookie
     );
     assert_eq!(

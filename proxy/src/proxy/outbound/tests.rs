@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::control::wire::InboundBind;
+use shunt_api::control::InboundBind;
 use crate::http::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
 use shunt_mesh::routing::{

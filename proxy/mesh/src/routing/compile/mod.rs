@@ -75,6 +75,7 @@ impl RouteTable {
         (table, errors)
     }
 
+    /// The mesh-wide settings the table was built from (MeshConfig, with the agent's flags).
     #[must_use]
     pub fn mesh_settings(&self) -> &MeshSettings {
         &self.mesh

@@ -1,6 +1,8 @@
 //! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket (and, for
 //! `clusters`, of the proxy's metrics endpoint).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod client;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,13 +13,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use shunt_agent::admin::api;
-use shunt_agent::admin::client::AdminClient;
-use shunt_agent::config::Sourced;
-use shunt_agent::iptables::IptablesStatus;
-use shunt_agent::run_dir::{DEFAULT_INSTANCE, RunDir};
-use shunt_agent::shared_capture::CaptureMode;
-use shunt_proxy::http::upstream::{ClusterDump, ClustersDump};
+use shunt_api::admin as api;
+use shunt_api::capture::IptablesStatus;
+use shunt_api::config::Sourced;
+
+use crate::client::AdminClient;
+use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
+use shunt_api::capture::CaptureMode;
+use shunt_api::clusters::{ClusterDump, ClustersDump};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,6 +1,5 @@
 //! The agent's run directory, `/run/shunt/<instance>` by default: the control socket the proxy
 //! dials and the admin socket `shuntctl` talks to.
-#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

@@ -11,10 +11,10 @@ pub use shunt_mesh::routing::explain::{
 };
 
 use crate::config::{Config, LoadError};
-use crate::shared_capture::CaptureMode;
+use crate::capture::{CaptureMode, CaptureStatus, IptablesStatus};
 
 /// `GET /status`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub instance: String,
     #[serde(default)]
@@ -24,10 +24,20 @@ pub struct Status {
     /// The cgroup eBPF capture attaches to; `None` under iptables capture.
     pub cgroup: Option<PathBuf>,
     pub sockmap_shortcut: bool,
-    /// `capture::CaptureStatus` (programs, attach points, pins, maps, counters, kernel probe)
-    /// or `iptables::IptablesStatus` (each pod's rules), after `capture_mode`.
-    pub capture: serde_json::Value,
+    /// What the capture mode reports.
+    pub capture: CaptureReport,
     pub proxy: ProxyStatus,
+}
+
+/// `Status::capture`, by capture mode (the JSON is the report itself, untagged, as
+/// `capture_mode` already says which).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CaptureReport {
+    /// eBPF capture: programs, attach points, pins, maps, counters, kernel probe.
+    Ebpf(Box<CaptureStatus>),
+    /// iptables capture: each pod's rules.
+    Iptables(IptablesStatus),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::api;
+use shunt_api::admin as api;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -153,6 +153,10 @@ pub async fn send<T: Serialize>(
 }
 
 /// Reads one frame and the descriptors that came with it.
+#[expect(
+    unsafe_code,
+    reason = "SCM_RIGHTS descriptors arrive as raw fds that only this frame owns"
+)]
 pub async fn recv<T: for<'de> Deserialize<'de>>(
     stream: &mut UnixStream,
 ) -> Result<(T, Vec<OwnedFd>), Error> {
