@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build-ebpf, build, test, demo, bench.
+//! `cargo xtask`: setup, build-ebpf, build, test, layers, demo, bench.
 //!
 //! xtask itself builds on whatever toolchain is the machine's default; every step that needs
 //! the pinned toolchains names them (`cargo +1.99.0`, `cargo +nightly-2026-06-20`), after
@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod layers;
 mod test;
 mod toolchain;
 
@@ -42,6 +43,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Fail on a module import cycle inside a crate, or a crate dependency that points up
+    /// (the table is in xtask/src/layers.rs).
+    Layers,
     /// setup + build, then a node of pods in network namespaces with shunt capturing their
     /// traffic; prints what the proxy saw and removes everything it made.
     Demo,
@@ -88,6 +92,7 @@ fn main() -> Result<()> {
             build::build_user(release)
         }
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::Layers => layers::run(),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
         Task::Bench {

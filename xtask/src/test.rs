@@ -24,6 +24,9 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
     cmd::run(clippy.current_dir(workspace_root()), Privilege::User)?;
 
+    println!("==> test: layering (module cycles, crate direction)");
+    crate::layers::run()?;
+
     crate::bench::smoke()?;
     if !is_root() {
         println!("    not root: the tests run under sudo, for their privileged parts");
