@@ -7,5 +7,6 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod iptables;
+pub mod netns;
 pub mod pods;
 pub mod shared_capture;

@@ -28,6 +28,7 @@ use shunt_api::admin as api;
 use crate::capture::PodCapture;
 use crate::config::{CaptureSpec, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
+use crate::netns::{OpenNetns, PodNetns, open_pod_netns};
 use crate::shared_capture::{self, SharedCapture};
 
 /// The per-pod capture operations the reconciler needs: a seam, so that it can be tested
@@ -131,23 +132,6 @@ pub enum Error {
     NoListener { pod: String },
     #[error("the proxy cannot serve pod {pod}: {error}")]
     Proxy { pod: String, error: String },
-}
-
-/// An open pod netns and its cookie.
-#[derive(Debug)]
-pub struct PodNetns {
-    pub fd: OwnedFd,
-    pub cookie: u64,
-}
-
-/// Opens a pod's netns file; a seam for tests, see [`Reconciler::with_netns_opener`].
-pub type OpenNetns = fn(&Path) -> io::Result<PodNetns>;
-
-/// Opens a netns file and reads its cookie (`setns` on a short-lived thread: needs root).
-pub fn open_pod_netns(path: &Path) -> io::Result<PodNetns> {
-    let fd = shunt_api::netns::open_netns(path)?;
-    let cookie = shunt_api::netns::netns_cookie(fd.as_fd())?;
-    Ok(PodNetns { fd, cookie })
 }
 
 /// What `shuntctl workloads` and `status` show: published after every change.

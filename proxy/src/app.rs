@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::client::ControlClient;
 use crate::inpod::PodRegistry;
-use crate::proxy::{ProxyContext, Timeouts};
+use crate::context::{ProxyContext, Timeouts};
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;

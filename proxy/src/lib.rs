@@ -1,13 +1,26 @@
 //! shunt's node proxy: listeners inside every captured pod's network namespace, original
 //! destination recovery, Service load balancing, L4 forwarding, drain, metrics, access log.
+//!
+//! Modules depend downwards only (`cargo xtask layers` checks it):
+//! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
+//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `socket`, `drain`, `state`.
+#![deny(unsafe_code)]
+
+pub mod addrs;
 pub mod app;
+pub mod conn;
+pub mod context;
 pub mod control;
 pub mod drain;
 pub mod http;
 pub mod inpod;
-pub mod proxy;
+pub mod orig_dst;
+pub mod pod;
+pub mod ratelimit;
 pub mod socket;
+pub mod splice;
 pub mod state;
 pub mod telemetry;
-#[cfg(test)]
-mod testing;
+pub mod upstream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -15,8 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::inpod::PodRegistry;
-use crate::proxy::ProxyContext;
-use crate::proxy::orig_dst::{self, ClientAddr, OrigDstAddr, OrigDstSource};
+use crate::context::ProxyContext;
+use crate::addrs::{ClientAddr, OrigDstAddr};
+use crate::orig_dst::{self, OrigDstSource};
 use shunt_mesh::routing::RouteSource;
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
@@ -89,7 +90,7 @@ impl TestProxy {
         let proxy = Arc::new(ProxyContext {
             routes: routes(&state),
             state,
-            rate_limiter: crate::http::ratelimit::RateLimiter::new(),
+            rate_limiter: crate::ratelimit::RateLimiter::new(),
             protocol_detection_timeout: Duration::from_millis(100),
             metrics: Arc::new(Metrics::new()),
             access_log: AccessLog::new(log.clone()),
@@ -100,7 +101,7 @@ impl TestProxy {
             } else {
                 Arc::new(orig_dst::LocalAddr)
             },
-            local_pods: Arc::new(crate::proxy::local::LocalPods::new(same_node_shortcut)),
+            local_pods: Arc::new(crate::upstream::local::LocalPods::new(same_node_shortcut)),
             splice: Arc::default(),
         });
         Self {
@@ -329,4 +330,15 @@ impl Drop for TestNetns {
 fn run(command: &mut Command) {
     let status = command.status().unwrap();
     assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// A served pod with the usual loopback listeners, dialling through `sockets`.
+pub fn served_pod(uid: &str, sockets: Arc<dyn crate::socket::PodSockets>) -> Arc<crate::pod::Pod> {
+    Arc::new(crate::pod::Pod {
+        uid: uid.into(),
+        sockets,
+        outbound_listener: "127.0.0.1:15001".parse().unwrap(),
+        inbound_listener: "127.0.0.1:15006".parse().unwrap(),
+        drain: crate::drain::Drain::new(),
+    })
 }

@@ -1,5 +1,4 @@
-//! A client of the admin API over its Unix socket, for `shuntctl` and `shunt-agent
-//! --uninstall`.
+//! A client of the admin API over its Unix socket.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use tokio::net::UnixStream;
 
 use shunt_api::admin as api;
 
+/// Each variant's cause is its `source`, not in its message: `main` prints the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no agent at {}: is shunt-agent running{}?", socket.display(), hint(instance.as_deref()))]
@@ -20,18 +20,18 @@ pub enum Error {
         socket: PathBuf,
         instance: Option<String>,
     },
-    #[error("cannot connect to {}: {source}", socket.display())]
+    #[error("cannot connect to {}", socket.display())]
     Connect { socket: PathBuf, source: io::Error },
-    #[error("talking to the agent at {} failed: {source}", socket.display())]
+    #[error("talking to the agent at {} failed", socket.display())]
     Http {
         socket: PathBuf,
         source: hyper::Error,
     },
-    #[error("building the request failed: {0}")]
+    #[error("building the request failed")]
     Request(#[from] hyper::http::Error),
     #[error("the agent answered {status}: {message}")]
     Refused { status: StatusCode, message: String },
-    #[error("the agent's answer is not what this shuntctl expects: {0}")]
+    #[error("the agent's answer is not what this shuntctl expects")]
     Decode(#[from] serde_json::Error),
 }
 

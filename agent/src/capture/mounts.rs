@@ -6,7 +6,37 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{MsFlags, mount};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, FsType, statfs};
 
-use super::Error;
+/// What can go wrong finding or mounting bpffs and cgroup2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not read {}: {error}", path.display())]
+    Mounts {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "bpffs is not mounted and mounting it at {} failed: {detail} — mount it with \
+         `mount -t bpf bpf {}`",
+        DEFAULT_BPFFS,
+        DEFAULT_BPFFS
+    )]
+    MountBpffs { detail: String },
+    #[error(
+        "--bpffs {} is not a bpffs mount — mount one with `mount -t bpf bpf {}`, or leave \
+         --bpffs out to use the mounted one",
+        path.display(),
+        path.display()
+    )]
+    NotBpffs { path: PathBuf },
+    #[error(
+        "no cgroup2 filesystem in /proc/mounts: shunt needs cgroup v2 — mount it (e.g. \
+         `mount -t cgroup2 none /sys/fs/cgroup`) or pass --cgroup"
+    )]
+    NoCgroup2,
+    #[error("--cgroup {} is not a folder of a cgroup2 filesystem", path.display())]
+    NotCgroup2 { path: PathBuf },
+}
+
 
 const PROC_MOUNTS: &str = "/proc/mounts";
 /// Where bpffs is conventionally mounted, and where shunt mounts it when it is missing.

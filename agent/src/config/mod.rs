@@ -23,17 +23,8 @@ use shunt_api::config::{Config, LoadError};
 use shunt_api::k8s::{Namespace, Pod, Service};
 pub use routing::LoadOptions;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read the config directory {}: {source}; check --config-dir", dir.display())]
-    ReadDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot watch the config directory {}: {source}", dir.display())]
-    Watch { dir: PathBuf, source: notify::Error },
-}
-
+mod error;
+pub use error::Error;
 
 /// One reading of the config dir and everything derived from it.
 #[derive(Clone, Debug, Default, PartialEq)]

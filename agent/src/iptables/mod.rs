@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use shunt_api::capture::{IptablesStatus, PodRulesStatus};
 
 use crate::capture::PodCapture;
-use crate::pods::open_pod_netns;
+use crate::netns::open_pod_netns;
 use rules::{NatTable, PodRules};
 
 /// The folder of pod records, under the agent's run dir.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
 use crate::inpod::PodRegistry;
-use crate::proxy::splice::{AgentMaps, Splicer};
+use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
 
 /// How often the proxy redials a control socket that is away.

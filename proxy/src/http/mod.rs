@@ -1,12 +1,8 @@
-//! The L7 data path of outbound connections: protocol detection, the HTTP proxy (routing,
-//! policies, forwarding) and the upstream clusters it sends to.
+//! The HTTP proxy of a connection that detection found to be HTTP, inbound or outbound:
+//! request phases, routing, forwarding with retries and mirrors, telemetry per request.
 #![forbid(unsafe_code)]
 
-pub mod detect;
 pub mod headers;
-pub mod policy;
-pub mod ratelimit;
 pub mod replay;
-pub mod rewind;
+pub mod route_policy;
 pub mod server;
-pub mod upstream;

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::upstream::{Body, BoxError};
+use crate::upstream::{Body, BoxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -14,7 +14,7 @@
 //!
 //! Either way, one access log line and the `istio_request*` metrics (`reporter` per side) are
 //! recorded when the response body ends, or when the client goes away first (flag DC). A
-//! request delivered straight to a pod this proxy serves ([`crate::proxy::local`]) never
+//! request delivered straight to a pod this proxy serves ([`crate::upstream::local`]) never
 //! reaches that pod's inbound listener, so its outbound handler also records the line and
 //! metrics the inbound side would have (`reporter="destination"`).
 #![forbid(unsafe_code)]
@@ -38,14 +38,15 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::headers;
-use super::policy::{self, AttemptOutcome};
-use super::ratelimit::RateLimitOutcome;
+use super::route_policy::{self as policy, AttemptOutcome};
+use crate::ratelimit::RateLimitOutcome;
 use super::replay::Replay;
-use super::upstream::{
-    self, Body, BoxError, ClusterState, Delivery, HttpVersion, Picked, UpstreamError,
+use crate::upstream::{
+    self, Body, Upstreams, BoxError, ClusterState, Delivery, HttpVersion, Picked, UpstreamError,
 };
-use crate::proxy::orig_dst::ClientAddr;
-use crate::proxy::{PodContext, ProxyContext};
+use crate::addrs::ClientAddr;
+use crate::context::ProxyContext;
+use crate::pod::Pod;
 use shunt_mesh::routing::{
     Cluster, Destination, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget,
     PortProtocol, RequestFacts, RouteSource, Routes, TrafficPolicy, WeightedDestination,
@@ -70,7 +71,9 @@ const SHADOW_SUFFIX: &str = "-shadow";
 pub struct HttpConnection {
     pub proxy: Arc<ProxyContext>,
     pub side: Side,
-    pub pod: Arc<PodContext>,
+    pub pod: Arc<Pod>,
+    /// The upstream clusters of the pod whose netns requests are dialled from.
+    pub upstreams: Arc<Upstreams>,
     /// `namespace/name` of the pod (its uid if the state lacks it).
     pub pod_name: String,
     pub client: ClientAddr,
@@ -135,7 +138,7 @@ impl SeriesKey {
 /// it was built from is the current one.
 struct DestinationSide {
     index: Arc<MeshIndex>,
-    pod: Arc<PodContext>,
+    pod: Arc<Pod>,
     addr: SocketAddrV4,
     side: Arc<HttpConnection>,
 }
@@ -454,7 +457,7 @@ impl HttpConnection {
     ) -> Reply {
         exchange.cluster = Some(app.cluster.clone());
         exchange.target_service.clone_from(&app.cluster.service);
-        let state = self.pod.upstreams.cluster(&app.cluster);
+        let state = self.upstreams.cluster(&app.cluster);
         let upgrading = upgrade.is_some();
         let version = upstream_version(upgrading, app.cluster.protocol, parts.version);
         headers::remove_hop_by_hop(&mut parts.headers, upgrading);
@@ -640,7 +643,7 @@ impl HttpConnection {
             }
         };
         exchange.cluster = Some(cluster.clone());
-        let state = self.pod.upstreams.cluster(&cluster);
+        let state = self.upstreams.cluster(&cluster);
         let upgrading = upgrade.is_some();
         let version = upstream_version(upgrading, cluster.protocol, parts.version);
 
@@ -767,7 +770,7 @@ impl HttpConnection {
                     continue;
                 }
             };
-            let state = self.pod.upstreams.cluster(&cluster);
+            let state = self.upstreams.cluster(&cluster);
             let mut copy = template.clone_for_mirror();
             copy.version = if cluster.protocol == PortProtocol::Http2 {
                 HttpVersion::Http2
@@ -806,8 +809,8 @@ impl HttpConnection {
     }
 
     /// The inbound side of `pod`, a pod served here that a request was delivered to at
-    /// `addr`, as its inbound listener ([`crate::proxy::inbound`]) would have built it.
-    fn destination_side(&self, pod: Arc<PodContext>, addr: SocketAddrV4) -> Arc<Self> {
+    /// `addr`, as its inbound listener ([`crate::conn::inbound`]) would have built it.
+    fn destination_side(&self, pod: Arc<Pod>, addr: SocketAddrV4) -> Arc<Self> {
         let index = self.proxy.state.load();
         let mut memo = self
             .memo
@@ -834,7 +837,7 @@ impl HttpConnection {
     fn new_destination_side(
         &self,
         index: &MeshIndex,
-        pod: Arc<PodContext>,
+        pod: Arc<Pod>,
         addr: SocketAddrV4,
     ) -> Arc<Self> {
         let workload = index.workload_by_uid(&pod.uid).cloned();
@@ -842,7 +845,7 @@ impl HttpConnection {
             .as_ref()
             .and_then(|w| index.destination_service(w, addr.port()))
             .cloned();
-        let declared = crate::proxy::inbound::declared_protocol(
+        let declared = crate::conn::inbound::declared_protocol(
             service.as_deref(),
             workload.as_deref(),
             addr.port(),
@@ -855,6 +858,8 @@ impl HttpConnection {
             proxy: self.proxy.clone(),
             side: Side::Inbound(InboundApp::new(workload, service, addr.port(), declared)),
             pod,
+            // A delivered request's destination side only reports: it dials nothing.
+            upstreams: self.upstreams.clone(),
             pod_name,
             // As the TCP delivery does (`proxy/connection.rs`): the app's own address, so both
             // access log lines of a request name the same client.

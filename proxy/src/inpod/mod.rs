@@ -18,11 +18,13 @@ use tokio_util::task::TaskTracker;
 
 use shunt_api::control::InboundBind;
 use crate::drain::{Drain, DrainOutcome};
-use crate::http::upstream::{Resolver, Upstreams};
+use crate::upstream::{Resolver, Upstreams};
 use shunt_api::netns::socket_netns_cookie;
-use crate::proxy::local::{LocalPods, PodDial};
-use crate::proxy::orig_dst::ClientAddr;
-use crate::proxy::{PodContext, ProxyContext, inbound, outbound};
+use crate::upstream::local::{LocalPods, PodDial};
+use crate::addrs::ClientAddr;
+use crate::conn::{inbound, outbound};
+use crate::context::{PodContext, ProxyContext};
+use crate::pod::Pod;
 use crate::socket::{self, SocketFactory};
 
 /// Pause after an accept error other than an aborted handshake (out of descriptors, memory):
@@ -61,12 +63,12 @@ struct ServedPod {
 impl ServedPod {
     /// Stops both accept loops and waits until they have closed their listeners.
     async fn stop_accepting(self, local: &LocalPods) -> Arc<PodContext> {
-        local.remove(&self.context);
-        self.context.drain.stop_accepting();
+        local.remove(&self.context.pod);
+        self.context.pod.drain.stop_accepting();
         drop(self.inbound);
         for accept_loop in self.accept_loops {
             if let Err(error) = accept_loop.await {
-                tracing::error!(pod = %self.context.uid, %error, "accept loop panicked");
+                tracing::error!(pod = %self.context.pod.uid, %error, "accept loop panicked");
             }
         }
         self.context
@@ -183,7 +185,7 @@ impl PodRegistry {
             sockets: sockets.clone(),
             state: self.proxy.state.clone(),
             local: self.proxy.local_pods.clone(),
-            metrics: self.proxy.metrics.clone(),
+            metrics: self.proxy.metrics.upstream.clone(),
         });
         let upstreams = Arc::new(Upstreams::with_dial(
             dial,
@@ -192,12 +194,14 @@ impl PodRegistry {
             self.resolver.clone(),
         ));
         let context = Arc::new(PodContext {
-            uid: uid.to_owned(),
-            sockets,
+            pod: Arc::new(Pod {
+                uid: uid.to_owned(),
+                sockets,
+                outbound_listener: listeners.outbound,
+                inbound_listener: listeners.inbound,
+                drain: Drain::new(),
+            }),
             upstreams,
-            outbound_listener: listeners.outbound,
-            inbound_listener: listeners.inbound,
-            drain: Drain::new(),
         });
         let inbound = Arc::new(inbound);
         let accept_loops = vec![
@@ -211,7 +215,7 @@ impl PodRegistry {
             inbound = %listeners.inbound,
             "serving pod"
         );
-        self.proxy.local_pods.insert(context.clone());
+        self.proxy.local_pods.insert(context.pod.clone());
         self.pods().insert(
             uid.to_owned(),
             ServedPod {
@@ -257,8 +261,8 @@ impl PodRegistry {
     #[must_use]
     pub fn listeners(&self, uid: &str) -> Option<PodListeners> {
         self.pods().get(uid).map(|served| PodListeners {
-            outbound: served.context.outbound_listener,
-            inbound: served.context.inbound_listener,
+            outbound: served.context.pod.outbound_listener,
+            inbound: served.context.pod.inbound_listener,
         })
     }
 
@@ -266,7 +270,7 @@ impl PodRegistry {
     #[must_use]
     pub fn clusters(
         &self,
-    ) -> std::collections::BTreeMap<String, crate::http::upstream::ClustersDump> {
+    ) -> std::collections::BTreeMap<String, crate::upstream::ClustersDump> {
         let served: Vec<(String, Arc<Upstreams>)> = self
             .pods()
             .iter()
@@ -292,14 +296,14 @@ impl PodRegistry {
         let served: Vec<ServedPod> = self.pods().drain().map(|(_, served)| served).collect();
         // Signal every pod before waiting on any, so all listeners close together.
         for pod in &served {
-            self.proxy.local_pods.remove(&pod.context);
-            pod.context.drain.stop_accepting();
+            self.proxy.local_pods.remove(&pod.context.pod);
+            pod.context.pod.drain.stop_accepting();
         }
         let mut stopped = Vec::with_capacity(served.len());
         for pod in served {
             stopped.push(pod.stop_accepting(&self.proxy.local_pods).await);
         }
-        let in_flight: usize = stopped.iter().map(|c| c.drain.in_flight()).sum();
+        let in_flight: usize = stopped.iter().map(|c| c.pod.drain.in_flight()).sum();
         tracing::info!(
             pods = stopped.len(),
             in_flight,
@@ -322,13 +326,13 @@ impl PodRegistry {
     fn drain_in_background(&self, context: Arc<PodContext>) {
         let deadline = self.drain_timeout;
         self.draining.spawn(async move {
-            match context.drain.drain(deadline).await {
+            match context.pod.drain.drain(deadline).await {
                 DrainOutcome::Finished => {
-                    tracing::debug!(pod = %context.uid, "pod drained");
+                    tracing::debug!(pod = %context.pod.uid, "pod drained");
                 }
                 DrainOutcome::Cut { remaining } => {
                     tracing::info!(
-                        pod = %context.uid,
+                        pod = %context.pod.uid,
                         remaining,
                         ?deadline,
                         "drain timeout reached; closed the remaining connections"
@@ -358,24 +362,24 @@ impl PodRegistry {
     {
         let proxy = self.proxy.clone();
         let context = context.clone();
-        context.drain.clone().spawn(async move {
+        context.pod.drain.clone().spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     biased;
-                    () = context.drain.accepting_stopped() => return,
+                    () = context.pod.drain.accepting_stopped() => return,
                     accepted = listener.accept() => accepted,
                 };
                 match accepted {
                     Ok((stream, peer)) => {
                         let task = serve(proxy.clone(), context.clone(), stream, ClientAddr(peer));
-                        context.drain.spawn(task);
+                        context.pod.drain.spawn(task);
                     }
                     // The client gave up between SYN and accept: nothing to do.
                     Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(error) => {
-                        tracing::warn!(pod = %context.uid, %error, "accept failed; retrying shortly");
+                        tracing::warn!(pod = %context.pod.uid, %error, "accept failed; retrying shortly");
                         tokio::select! {
-                            () = context.drain.accepting_stopped() => return,
+                            () = context.pod.drain.accepting_stopped() => return,
                             () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                         }
                     }

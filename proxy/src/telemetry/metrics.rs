@@ -182,9 +182,8 @@ pub struct Metrics {
     request_bytes: HistogramFamily<HttpLabels>,
     response_bytes: HistogramFamily<HttpLabels>,
     registry_only_blocked: Family<BlockedLabels, Counter>,
-    same_node_connections: Counter,
     /// Pools, load balancing, outlier detection, overflows of the upstream clusters.
-    pub upstream: std::sync::Arc<crate::http::upstream::UpstreamMetrics>,
+    pub upstream: std::sync::Arc<crate::upstream::UpstreamMetrics>,
 }
 
 impl Default for Metrics {
@@ -252,14 +251,7 @@ impl Metrics {
              under outboundTrafficPolicy REGISTRY_ONLY",
             registry_only_blocked.clone(),
         );
-        let same_node_connections = Counter::default();
-        registry.register(
-            "shunt_same_node_connections",
-            "Upstream connections (TCP, and HTTP pool connections) opened straight into the \
-             netns of a destination pod this proxy serves, skipping its inbound listener",
-            same_node_connections.clone(),
-        );
-        let upstream = std::sync::Arc::new(crate::http::upstream::UpstreamMetrics::register(
+        let upstream = std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(
             &mut registry,
         ));
         Self {
@@ -273,7 +265,6 @@ impl Metrics {
             request_bytes,
             response_bytes,
             registry_only_blocked,
-            same_node_connections,
             upstream,
         }
     }
@@ -293,12 +284,6 @@ impl Metrics {
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
         }
-    }
-
-    /// Counts one connection (`tcp`) or request (`http`) refused under REGISTRY_ONLY.
-    /// One more connection delivered to a pod served on this node.
-    pub fn same_node_connection(&self) {
-        self.same_node_connections.inc();
     }
 
     pub fn registry_only_blocked(&self, protocol: &'static str) {

@@ -8,10 +8,12 @@
 //! Unknown fields are ignored: real manifests carry fields shunt does not act on.
 #![forbid(unsafe_code)]
 
+mod decimal;
 mod duration;
 mod networking;
 mod shunt;
 
+pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
 pub use networking::*;
 pub use shunt::*;
@@ -79,26 +81,6 @@ pub const NETWORKING_VERSIONS: [&str; 3] = [
 
 /// `shunt.io/v1alpha1`, the API version of [`RateLimitPolicy`].
 pub const SHUNT_API_VERSION: &str = "shunt.io/v1alpha1";
-
-/// A JSON number that may be fractional (percentages, rates). Compared bit for bit, so that
-/// the mesh state stays `Eq` (a NaN never gets this far: JSON has none).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Decimal(pub f64);
-
-impl PartialEq for Decimal {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.to_bits() == other.0.to_bits()
-    }
-}
-
-impl Eq for Decimal {}
-
-impl fmt::Display for Decimal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// YAML writes an empty section (`http:`) as null; Istio reads it as empty.
 pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>

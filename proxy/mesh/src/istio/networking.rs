@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Decimal;
+use super::decimal::Decimal;
 
 /// Derives shared by every spec type: absent fields take their default, as in Istio.
 macro_rules! istio_struct {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Decimal;
+use super::decimal::Decimal;
 
 /// `RateLimitPolicy.spec`: one local token bucket per policy per node proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,8 @@ use shunt_mesh::routing::{
 };
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use shunt_mesh::testing as fixtures;
-use crate::testing::{TestProxy, own_netns};
+use crate::context::PodContext;
+use crate::testing::{TestProxy, own_netns, served_pod};
 
 const HOST: &str = "web.shop.svc.cluster.local";
 
@@ -243,12 +244,8 @@ async fn harness_with_mesh(
         Arc::default(),
     ));
     let pod = Arc::new(PodContext {
-        uid: "uid-client-1".into(),
-        sockets,
+        pod: served_pod("uid-client-1".into(), sockets),
         upstreams,
-        outbound_listener: "127.0.0.1:15001".parse().unwrap(),
-        inbound_listener: "127.0.0.1:15006".parse().unwrap(),
-        drain: crate::drain::Drain::new(),
     });
     let routes = TestRoutes {
         decision,
@@ -263,7 +260,8 @@ async fn harness_with_mesh(
         side: Side::Outbound {
             routes: Arc::new(Fixed(Arc::new(routes))),
         },
-        pod,
+        pod: pod.pod.clone(),
+        upstreams: pod.upstreams.clone(),
         pod_name: "shop/client-1".into(),
         client: ClientAddr("10.1.0.5:40000".parse().unwrap()),
         orig_dst: "10.96.0.10:80".parse().unwrap(),

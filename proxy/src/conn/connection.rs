@@ -10,11 +10,12 @@ use shunt_common::SockKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, Progress, ResetOnClose};
-use super::orig_dst::{ClientAddr, OrigDstAddr};
-use super::splice::{self, Splicing};
-use super::{PodContext, ProxyContext};
+use crate::addrs::{ClientAddr, OrigDstAddr};
+use crate::splice::{self, Splicing};
+use crate::context::{PodContext, ProxyContext};
+use crate::pod::Pod;
 use crate::drain;
-use crate::http::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
+use crate::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
 use crate::socket;
 use shunt_mesh::index::MeshIndex;
 use shunt_mesh::model::{Service, Workload};
@@ -76,7 +77,7 @@ impl Accepted {
         reporter: Reporter,
         client: ClientAddr,
         index: &MeshIndex,
-        pod: &PodContext,
+        pod: &Pod,
     ) -> Self {
         let pod = index.workload_by_uid(&pod.uid).map_or_else(
             || pod.uid.clone(),
@@ -330,7 +331,7 @@ where
     };
     let connected = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
+        () = pod.pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
         connected = target.connect(proxy, pod) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
@@ -378,7 +379,7 @@ where
     };
     let forwarded = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => None,
+        () = pod.pod.drain.force_closed() => None,
         () = drain::force_closed(destination_drain.as_ref()) => None,
         forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
         never = report_spliced(splice.as_deref(), &count_spliced) => match never {},
@@ -410,7 +411,7 @@ where
 fn destination_side(
     proxy: &ProxyContext,
     accepted: &Accepted,
-    pod: &PodContext,
+    pod: &Pod,
     upstream: std::net::SocketAddr,
 ) -> Accepted {
     let index = proxy.state.load();

@@ -14,12 +14,13 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::connection::{self, Accepted, Plan};
-use super::orig_dst::ClientAddr;
-use super::{PodContext, ProxyContext};
-use crate::http::detect::{self, Protocol};
-use crate::http::rewind::Rewind;
+use crate::addrs::ClientAddr;
+use crate::context::{PodContext, ProxyContext};
+use crate::conn::detect::{self, Protocol};
+use crate::conn::rewind::Rewind;
 use crate::http::server::{self, HttpConnection, Side};
-use crate::http::{policy, upstream};
+use crate::http::route_policy as policy;
+use crate::upstream;
 use shunt_mesh::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
 use shunt_mesh::index::{MeshIndex, Route};
 use crate::telemetry::Reporter;
@@ -36,7 +37,7 @@ pub async fn serve(
         tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
     }
     let index = proxy.state.load();
-    let source = index.workload_by_uid(&pod.uid).cloned();
+    let source = index.workload_by_uid(&pod.pod.uid).cloned();
     let peer = client;
     let client = peer.in_pod(source.as_ref().and_then(|w| w.ip));
     let mut accepted = Accepted::new(
@@ -44,7 +45,7 @@ pub async fn serve(
         Reporter::Source,
         client,
         &index,
-        pod.as_ref(),
+        &pod.pod,
     );
     accepted.peers.source = source;
     let orig_dst = match proxy.outbound_dst.orig_dst(&downstream, peer) {
@@ -55,7 +56,7 @@ pub async fn serve(
         }
     };
     accepted.orig_dst = Some(orig_dst);
-    if pod.is_proxy_listener(orig_dst.0) {
+    if pod.pod.is_proxy_listener(orig_dst.0) {
         // connect4 refuses apps that dial the proxy ports; this catches anything that slips
         // past it (a REDIRECT rule without the mark exemption, a bug) before it loops.
         let plan = accepted.refuse(
@@ -82,7 +83,7 @@ pub async fn serve(
     let mut downstream = downstream;
     let detection = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => return,
+        () = pod.pod.drain.force_closed() => return,
         detection = detect::detect(&mut downstream, declared, timeout) => detection,
     };
     let detection = match detection {
@@ -103,7 +104,8 @@ pub async fn serve(
                 side: Side::Outbound {
                     routes: source.clone(),
                 },
-                pod: pod.clone(),
+                pod: pod.pod.clone(),
+                upstreams: pod.upstreams.clone(),
                 pod_name: accepted.pod.clone(),
                 client,
                 orig_dst: dst,

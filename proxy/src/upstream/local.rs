@@ -11,18 +11,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use super::PodContext;
-use crate::http::upstream::{Delivery, Dial, Dialed};
+use crate::upstream::{Delivery, Dial, Dialed};
+use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
 use crate::state::StateStore;
 use shunt_mesh::index::MeshIndex;
-use crate::telemetry::metrics::Metrics;
+use super::metrics::UpstreamMetrics;
 
 /// The pods served on this node, by uid, for same-node delivery.
 #[derive(Default)]
 pub struct LocalPods {
     enabled: bool,
-    pods: RwLock<HashMap<String, Arc<PodContext>>>,
+    pods: RwLock<HashMap<String, Arc<Pod>>>,
 }
 
 impl LocalPods {
@@ -36,13 +36,13 @@ impl LocalPods {
     }
 
     /// `pod`'s listeners are open: it may be delivered to.
-    pub fn insert(&self, pod: Arc<PodContext>) {
+    pub fn insert(&self, pod: Arc<Pod>) {
         let mut pods = self.pods.write().unwrap_or_else(PoisonError::into_inner);
         pods.insert(pod.uid.clone(), pod);
     }
 
     /// `pod` is going away; nothing new is delivered to it.
-    pub fn remove(&self, pod: &Arc<PodContext>) {
+    pub fn remove(&self, pod: &Arc<Pod>) {
         let mut pods = self.pods.write().unwrap_or_else(PoisonError::into_inner);
         if pods.get(&pod.uid).is_some_and(|p| Arc::ptr_eq(p, pod)) {
             pods.remove(&pod.uid);
@@ -56,7 +56,7 @@ impl LocalPods {
         from: &str,
         index: &MeshIndex,
         addr: SocketAddr,
-    ) -> Option<Arc<PodContext>> {
+    ) -> Option<Arc<Pod>> {
         if !self.enabled {
             return None;
         }
@@ -89,7 +89,7 @@ pub struct PodDial {
     pub sockets: Arc<dyn PodSockets>,
     pub state: Arc<StateStore>,
     pub local: Arc<LocalPods>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<UpstreamMetrics>,
 }
 
 impl Dial for PodDial {

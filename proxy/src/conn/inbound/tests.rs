@@ -14,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::*;
-use crate::http::upstream::Upstreams;
+use crate::upstream::Upstreams;
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use shunt_mesh::testing::{pod, service};
 use shunt_mesh::model::{MeshState, TargetPort};
+use crate::testing::served_pod;
 use crate::testing::{TestProxy, echo_server, own_netns};
 
 const API_A: &str = "uid-shop-api-a";
@@ -66,12 +67,8 @@ impl Inbound {
             Arc::default(),
         ));
         let pod = Arc::new(PodContext {
-            uid: API_A.into(),
-            sockets,
+            pod: served_pod(API_A.into(), sockets),
             upstreams,
-            outbound_listener: "127.0.0.1:15001".parse().unwrap(),
-            inbound_listener: "127.0.0.1:15006".parse().unwrap(),
-            drain: crate::drain::Drain::new(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self {

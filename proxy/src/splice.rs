@@ -35,7 +35,7 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use shunt_common::{SockKey, SpliceRoute, map_names};
 use tokio::net::TcpStream;
 
-use super::forward::{self, Direction};
+use crate::conn::forward::{self, Direction};
 use shunt_api::netns;
 
 /// A direction is routed at its second catch-up, not its first: one-exchange connections

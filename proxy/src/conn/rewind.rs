@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::proxy::forward::ResetOnClose;
+use crate::conn::forward::ResetOnClose;
 
 /// `inner`, with `prefix` read before anything else.
 #[derive(Debug)]

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::connection::{self, Accepted, Plan};
-use super::orig_dst::ClientAddr;
-use super::{PodContext, ProxyContext};
-use crate::http::detect::{self, Protocol};
-use crate::http::rewind::Rewind;
+use crate::addrs::ClientAddr;
+use crate::context::{PodContext, ProxyContext};
+use crate::conn::detect::{self, Protocol};
+use crate::conn::rewind::Rewind;
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
 use shunt_mesh::routing::{PortProtocol, service_port_protocol};
 use shunt_mesh::index::MeshIndex;
@@ -57,7 +57,7 @@ pub async fn serve(
         .unwrap_or(proxy.protocol_detection_timeout);
     let detection = tokio::select! {
         biased;
-        () = pod.drain.force_closed() => return,
+        () = pod.pod.drain.force_closed() => return,
         detection = detect::detect(&mut downstream, declared, timeout) => detection,
     };
     let detection = match detection {
@@ -82,7 +82,8 @@ pub async fn serve(
             let connection = Arc::new(HttpConnection {
                 proxy: proxy.clone(),
                 side: Side::Inbound(app),
-                pod: pod.clone(),
+                pod: pod.pod.clone(),
+                upstreams: pod.upstreams.clone(),
                 pod_name: accepted.pod.clone(),
                 client,
                 orig_dst: app_addr,
@@ -112,9 +113,9 @@ fn accept(
         Reporter::Destination,
         client,
         index,
-        pod,
+        &pod.pod,
     );
-    accepted.peers.destination = index.workload_by_uid(&pod.uid).cloned();
+    accepted.peers.destination = index.workload_by_uid(&pod.pod.uid).cloned();
     accepted.peers.source = index.workload_by_ip(client.0.ip()).cloned();
     let orig_dst = match proxy.inbound_dst.orig_dst(downstream, client) {
         Ok(orig_dst) => orig_dst,
@@ -125,7 +126,7 @@ fn accept(
         }
     };
     accepted.orig_dst = Some(orig_dst);
-    if pod.is_proxy_listener(orig_dst.0) {
+    if pod.pod.is_proxy_listener(orig_dst.0) {
         // Someone connected to 127.0.0.1:15006 itself: dialling it would reach us again.
         return Err(Box::new(accepted.refuse(
             CloseReason::Error,

@@ -1,5 +1,5 @@
 //! How a pod's upstream connections are opened: from its own netns, or, for a pod this proxy
-//! serves on the same node, straight from that pod's netns (see [`crate::proxy::local`]).
+//! serves on the same node, straight from that pod's netns (see [`crate::upstream::local`]).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::drain::Drain;
-use crate::proxy::PodContext;
+use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
 
 /// Opens the upstream connections of one pod.
@@ -34,7 +34,7 @@ pub struct Dialed {
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// Weak: pools of one pod must not keep another pod's context alive.
-    pub pod: Weak<PodContext>,
+    pub pod: Weak<Pod>,
     /// The destination pod's drain: once it stops accepting, the connection is not reused;
     /// once it is cut, so is the connection.
     pub drain: Drain,
@@ -44,7 +44,7 @@ impl Delivery {
     /// The destination pod, for its side of the telemetry: also while it drains, since what
     /// was delivered before reached its app all the same.
     #[must_use]
-    pub fn pod(&self) -> Option<Arc<PodContext>> {
+    pub fn pod(&self) -> Option<Arc<Pod>> {
         self.pod.upgrade()
     }
 

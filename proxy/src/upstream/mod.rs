@@ -4,7 +4,7 @@
 //!
 //! Every upstream connection is dialled through the pod's [`Dial`]: from inside the pod's
 //! netns, marked so the proxy does not capture itself, or, for a pod the proxy serves on the
-//! same node, from that pod's netns ([`crate::proxy::local`]).
+//! same node, from that pod's netns ([`crate::upstream::local`]).
 //!
 //! A `resolution: DNS` ServiceEntry's cluster also dials the addresses its hostnames resolve
 //! to ([`dns`]), resolved by [`ClusterState::resolve`] before each pick.
@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dial;
+pub mod local;
 pub mod dns;
 mod hash;
 mod lb;

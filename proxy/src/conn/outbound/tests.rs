@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use shunt_api::control::InboundBind;
-use crate::http::detect::tests::client_hello;
+use crate::conn::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
 use shunt_mesh::routing::{
     Cluster, ClusterEndpoint, ClusterError, ClusterKey, ConnectionPool, Destination, DnsEndpoint,
@@ -475,7 +475,7 @@ async fn close_tcp(setup: &Setup, mut client: TcpStream, count: usize) -> serde_
 }
 
 /// The `/debug/clusters` view of the `echo` cluster of the test pod.
-fn echo_dump(setup: &Setup) -> crate::http::upstream::ClusterDump {
+fn echo_dump(setup: &Setup) -> crate::upstream::ClusterDump {
     let clusters = setup.registry.clusters();
     let pod = clusters.values().next().unwrap();
     pod.clusters

@@ -34,12 +34,14 @@ pub struct UpstreamMetrics {
     pub(super) ejected: Family<EndpointLabels, Gauge>,
     pub(super) overflows: Family<OverflowLabels, Counter>,
     pub(super) connections: Family<ClusterLabels, Gauge>,
+    same_node_connections: Counter,
 }
 
 impl UpstreamMetrics {
     /// The metrics, registered in `registry` (counters get `_total` from the encoder):
     /// `shunt_outlier_ejections_total{cluster,endpoint}`, `shunt_outlier_ejected{cluster,endpoint}`,
-    /// `shunt_upstream_overflow_total{cluster,limit}`, `shunt_upstream_connections{cluster}`.
+    /// `shunt_upstream_overflow_total{cluster,limit}`, `shunt_upstream_connections{cluster}`,
+    /// `shunt_same_node_connections_total`.
     #[must_use]
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
@@ -63,7 +65,18 @@ impl UpstreamMetrics {
             "Open upstream connections per cluster",
             metrics.connections.clone(),
         );
+        registry.register(
+            "shunt_same_node_connections",
+            "Upstream connections (TCP, and HTTP pool connections) opened straight into the \
+             netns of a destination pod this proxy serves, skipping its inbound listener",
+            metrics.same_node_connections.clone(),
+        );
         metrics
+    }
+
+    /// A connection was delivered into a served pod's netns (same-node delivery).
+    pub fn same_node_connection(&self) {
+        self.same_node_connections.inc();
     }
 
     pub(super) fn overflow(&self, cluster: &str, limit: &'static str) {

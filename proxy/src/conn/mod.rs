@@ -1,0 +1,10 @@
+//! One accepted connection, inbound or outbound: original destination, protocol detection,
+//! L4 forwarding and same-node delivery; HTTP is handed to [`crate::http`].
+#![forbid(unsafe_code)]
+
+mod connection;
+pub mod detect;
+pub mod forward;
+pub mod inbound;
+pub mod outbound;
+pub mod rewind;
