@@ -2,7 +2,7 @@
 //! never mixed up on the way through the proxy.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 /// Where the client meant to connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod inpod;
 pub mod orig_dst;
 pub mod pod;
+pub mod progress;
 pub mod ratelimit;
 pub mod socket;
 pub mod splice;

@@ -10,9 +10,8 @@
 //! socket's local address *is* the original destination.
 #![forbid(unsafe_code)]
 
-use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
 
 use nix::sys::socket::{getsockopt, sockopt};

@@ -20,7 +20,7 @@
 //! - FIN and RST still travel C → C' → proxy → S' → S, after every byte C sent before them.
 //!
 //! The proxy publishes when a direction has caught up (its reader has nothing more and
-//! everything read was written: [`forward::Progress::caught_up`]), from the second time on, so
+//! everything read was written: [`progress::Progress::caught_up`]), from the second time on, so
 //! that a connection that exchanges one request and closes (CRR) costs no map updates. Bytes
 //! that skipped the proxy (`SPLICED_BYTES`) are added to the connection's telemetry every
 //! [`REPORT_INTERVAL`] while it lasts, and when it ends.
@@ -35,7 +35,7 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use shunt_common::{SockKey, SpliceRoute, map_names};
 use tokio::net::TcpStream;
 
-use crate::conn::forward::{self, Direction};
+use crate::progress::{self, Direction};
 use shunt_api::netns;
 
 /// A direction is routed at its second catch-up, not its first: one-exchange connections
@@ -390,11 +390,11 @@ fn index(direction: Direction) -> usize {
 
 /// Progress that also splices: telemetry as `inner`, catch-ups to `pair`.
 pub struct Splicing<'a> {
-    pub inner: &'a dyn forward::Progress,
+    pub inner: &'a dyn progress::Progress,
     pub pair: Option<&'a SplicePair>,
 }
 
-impl forward::Progress for Splicing<'_> {
+impl progress::Progress for Splicing<'_> {
     fn delivered(&self, direction: Direction, bytes: u64) {
         self.inner.delivered(direction, bytes);
     }

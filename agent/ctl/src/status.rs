@@ -26,28 +26,21 @@ fn decode(body: serde_json::Value) -> anyhow::Result<Status> {
         Ok(status) => return Ok(status),
         Err(error) => error,
     };
-    let mode = body
-        .get("capture_mode")
-        .map_or(Ok(CaptureMode::default()), |mode| {
-            CaptureMode::deserialize(mode)
-        });
-    let capture = body.get("capture");
-    let detail = match (mode, capture) {
-        (Ok(CaptureMode::Ebpf), Some(capture)) => CaptureStatus::deserialize(capture)
-            .err()
-            .map(|e| (CaptureMode::Ebpf, e)),
-        (Ok(CaptureMode::Iptables), Some(capture)) => IptablesStatus::deserialize(capture)
-            .err()
-            .map(|e| (CaptureMode::Iptables, e)),
-        _ => None,
-    };
-    let error = match detail {
-        Some((mode, detail)) => anyhow::Error::new(detail).context(format!(
-            "its capture report is not {} capture's",
+    let detail = body.get("capture").and_then(|capture| {
+        let mode = body
+            .get("capture_mode")
+            .map_or(Ok(CaptureMode::default()), CaptureMode::deserialize)
+            .ok()?;
+        let error = match mode {
+            CaptureMode::Ebpf => CaptureStatus::deserialize(capture).err(),
+            CaptureMode::Iptables => IptablesStatus::deserialize(capture).err(),
+        }?;
+        Some(anyhow::Error::new(error).context(format!(
+            "its capture report does not read as {} capture's",
             mode.name()
-        )),
-        None => anyhow::Error::new(error),
-    };
+        )))
+    });
+    let error = detail.unwrap_or_else(|| anyhow::Error::new(error));
     Err(error).with_context(|| format!("unexpected answer from {PATH}"))
 }
 
@@ -490,13 +483,13 @@ mod tests {
         for (body, expected) in [
             (
                 ebpf,
-                "unexpected answer from /status: its capture report is not ebpf capture's: \
-                 missing field `kernel`",
+                "unexpected answer from /status: its capture report does not read as ebpf \
+                 capture's: missing field `kernel`",
             ),
             (
                 iptables,
-                "unexpected answer from /status: its capture report is not iptables \
-                 capture's: missing field `record_dir`",
+                "unexpected answer from /status: its capture report does not read as \
+                 iptables capture's: missing field `record_dir`",
             ),
             (
                 no_capture,

@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime};
 use shunt_common::SockKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::forward::{self, End, Progress, ResetOnClose};
+use super::forward::{self, End, ResetOnClose};
+use crate::progress::{self, Progress};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::splice::{self, Splicing};
 use crate::context::{PodContext, ProxyContext};
@@ -132,16 +133,16 @@ struct Meter {
 }
 
 impl Progress for Meter {
-    fn delivered(&self, direction: forward::Direction, bytes: u64) {
+    fn delivered(&self, direction: progress::Direction, bytes: u64) {
         match direction {
-            forward::Direction::ClientToServer => {
+            progress::Direction::ClientToServer => {
                 self.metrics.received(bytes);
                 if let Some(delivered) = self.delivered.get() {
                     delivered.received(bytes);
                 }
                 self.received.fetch_add(bytes, Ordering::Relaxed);
             }
-            forward::Direction::ServerToClient => {
+            progress::Direction::ServerToClient => {
                 self.metrics.sent(bytes);
                 if let Some(delivered) = self.delivered.get() {
                     delivered.sent(bytes);
@@ -369,8 +370,8 @@ where
     // Bytes that skipped the proxy count as the connection's, as if it had carried them.
     let count_spliced = |spliced: splice::Spliced| {
         for (direction, bytes) in [
-            (forward::Direction::ClientToServer, spliced.client_to_server),
-            (forward::Direction::ServerToClient, spliced.server_to_client),
+            (progress::Direction::ClientToServer, spliced.client_to_server),
+            (progress::Direction::ServerToClient, spliced.server_to_client),
         ] {
             if bytes > 0 {
                 meter.delivered(direction, bytes);

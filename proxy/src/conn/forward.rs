@@ -7,6 +7,7 @@
 //!   closed with RST, so a peer never mistakes a broken stream for a complete one.
 #![forbid(unsafe_code)]
 
+use crate::progress::{Direction, Progress};
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -18,15 +19,6 @@ use tokio::net::TcpStream;
 
 /// Per direction; large enough that a bulk transfer is not syscall-bound.
 const BUFFER_SIZE: usize = 16 * 1024;
-
-/// Which way bytes flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Client → server: Istio's "received" bytes.
-    ClientToServer,
-    /// Server → client: Istio's "sent" bytes.
-    ServerToClient,
-}
 
 /// One end of a proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,19 +51,6 @@ impl ResetOnClose for TcpStream {
             tracing::debug!(%error, "could not set SO_LINGER 0; the peer gets FIN instead of RST");
         }
     }
-}
-
-/// Told about bytes as they are delivered, so counters move during long-lived connections.
-pub trait Progress: Sync {
-    fn delivered(&self, direction: Direction, bytes: u64);
-
-    /// `direction` has caught up: its reader has nothing more for now, and all `delivered`
-    /// bytes read so far have been written. Called once per new total.
-    fn caught_up(&self, _direction: Direction, _delivered: u64) {}
-}
-
-impl Progress for () {
-    fn delivered(&self, _: Direction, _: u64) {}
 }
 
 /// How a forwarded connection ended.

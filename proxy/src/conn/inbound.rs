@@ -20,9 +20,7 @@ use crate::context::{PodContext, ProxyContext};
 use crate::conn::detect::{self, Protocol};
 use crate::conn::rewind::Rewind;
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
-use shunt_mesh::routing::{PortProtocol, service_port_protocol};
 use shunt_mesh::index::MeshIndex;
-use shunt_mesh::model::{Service, Workload, target_port};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 
@@ -45,7 +43,7 @@ pub async fn serve(
         // The HTTP side dials IPv4 endpoints only; IPv6 stays at L4.
         return connection::run(&proxy, &pod, accepted.dial(orig_dst), downstream).await;
     };
-    let declared = declared_protocol(
+    let declared = shunt_mesh::routing::declared_protocol(
         accepted.peers.service.as_deref(),
         accepted.peers.destination.as_deref(),
         app_addr.port(),
@@ -142,25 +140,6 @@ fn accept(
         .and_then(|w| index.destination_service(w, orig_dst.0.port()))
         .cloned();
     Ok((accepted, orig_dst.0))
-}
-
-/// The protocol `service` declares (port name or `appProtocol`) for its port whose
-/// `targetPort` is `port` on `workload`; `Sniff` when nothing declares it.
-pub(crate) fn declared_protocol(
-    service: Option<&Service>,
-    workload: Option<&Workload>,
-    port: u16,
-) -> PortProtocol {
-    let (Some(service), Some(workload)) = (service, workload) else {
-        return PortProtocol::Sniff;
-    };
-    service
-        .ports
-        .iter()
-        .find(|p| p.protocol.eq_ignore_ascii_case("TCP") && target_port(p, workload) == Some(port))
-        .map_or(PortProtocol::Sniff, |p| {
-            service_port_protocol(p.name.as_deref(), p.app_protocol.as_deref())
-        })
 }
 
 #[cfg(test)]

@@ -845,7 +845,7 @@ impl HttpConnection {
             .as_ref()
             .and_then(|w| index.destination_service(w, addr.port()))
             .cloned();
-        let declared = crate::conn::inbound::declared_protocol(
+        let declared = shunt_mesh::routing::declared_protocol(
             service.as_deref(),
             workload.as_deref(),
             addr.port(),

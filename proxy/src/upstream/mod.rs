@@ -15,7 +15,9 @@
 //! the pod uses now.
 #![forbid(unsafe_code)]
 
+mod body;
 pub mod dial;
+mod error;
 pub mod local;
 pub mod dns;
 mod hash;
@@ -24,7 +26,7 @@ mod metrics;
 mod outlier;
 mod pool;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -32,7 +34,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use self::body::{Body, BoxError, HttpVersion};
 pub use self::dial::{Delivery, Dial, Dialed, Direct};
+pub use self::error::UpstreamError;
 pub use shunt_api::clusters::{ClusterDump, ClustersDump, EndpointDump};
 pub use self::dns::Resolver;
 pub use self::hash::hash_key;
@@ -47,120 +51,6 @@ use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestC
 use shunt_mesh::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 use crate::socket::PodSockets;
 use shunt_mesh::model::Workload;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A request body as the upstream pools send it.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
-
-/// The protocol spoken to the upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HttpVersion {
-    Http1,
-    Http2,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error(
-        "cluster {cluster} has no healthy endpoint (no ready pod matches the destination and \
-         subset, or outlier detection ejected them all)"
-    )]
-    NoHealthyUpstream { cluster: ClusterKey },
-    #[error(
-        "cluster {cluster} load-balances PASSTHROUGH: the original destination is dialled, no \
-         endpoint is picked"
-    )]
-    Passthrough { cluster: ClusterKey },
-    #[error("cluster {cluster} of {service_entry} (resolution DNS): {source}")]
-    Dns {
-        cluster: ClusterKey,
-        service_entry: String,
-        source: dns::Error,
-    },
-    #[error(
-        "cluster {cluster} is at its connectionPool limit {limit} (raise it in the \
-         DestinationRule if this load is expected)"
-    )]
-    Overflow {
-        cluster: String,
-        limit: &'static str,
-    },
-    #[error("cannot connect to upstream endpoint {addr}: {source}")]
-    Connect {
-        addr: SocketAddrV4,
-        // Boxed: the socket error is large and this error travels in every `Result`.
-        source: Box<crate::socket::Error>,
-    },
-    #[error(
-        "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"
-    )]
-    Handshake {
-        addr: SocketAddrV4,
-        source: hyper::Error,
-    },
-    #[error("HTTP/2 handshake with upstream endpoint {addr} timed out after {timeout:?}")]
-    HandshakeTimeout {
-        addr: SocketAddrV4,
-        timeout: Duration,
-    },
-    #[error("upstream endpoint {addr} closed or reset the connection before answering: {source}")]
-    Reset {
-        addr: SocketAddrV4,
-        source: hyper::Error,
-    },
-}
-
-impl UpstreamError {
-    /// Envoy's response flag for this failure.
-    #[must_use]
-    pub fn response_flag(&self) -> &'static str {
-        match self {
-            Self::NoHealthyUpstream { .. } | Self::Dns { .. } => "UH",
-            Self::Passthrough { .. } => "-",
-            Self::Overflow { .. } => "UO",
-            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => "UF",
-            Self::Reset { .. } => "UC",
-        }
-    }
-
-    /// `retryOn: connect-failure`.
-    #[must_use]
-    pub fn is_connect_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. }
-        )
-    }
-
-    /// `retryOn: reset`.
-    #[must_use]
-    pub fn is_reset(&self) -> bool {
-        matches!(self, Self::Reset { .. })
-    }
-
-    /// `retryOn: refused-stream`: the h2 peer refused the stream (REFUSED_STREAM), so the
-    /// request was not processed.
-    #[must_use]
-    pub fn is_refused_stream(&self) -> bool {
-        let Self::Reset { source, .. } = self else {
-            return false;
-        };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(error) = cause {
-            if let Some(h2) = error.downcast_ref::<h2::Error>() {
-                return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            }
-            cause = error.source();
-        }
-        false
-    }
-
-    /// Whether outlier detection counts it against the endpoint (a local-origin failure).
-    #[must_use]
-    pub fn is_gateway_error(&self) -> bool {
-        self.is_connect_failure() || self.is_reset()
-    }
-}
 
 /// The endpoint chosen for one try of a request.
 #[derive(Clone)]

@@ -33,7 +33,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::dial::{Delivery, Dial, Dialed};
 use super::metrics::{ClusterLabels, UpstreamMetrics};
-use super::{Body, HttpVersion, UpstreamError};
+use super::body::{Body, HttpVersion};
+use super::error::UpstreamError;
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// A JSON number that may be fractional (percentages, rates). Compared bit for bit, so that
 /// the mesh state stays `Eq` (a NaN never gets this far: JSON has none).

@@ -13,6 +13,7 @@ use super::decision::{
     HeaderOps, LoadBalancer, OutlierDetection, PortProtocol, RetryOn, RetryPolicy, StringMatch,
 };
 use crate::istio;
+use crate::model::{Service, Workload, target_port};
 
 /// The problems of one object: `(field path, what is wrong)`.
 #[derive(Debug, Default)]
@@ -758,4 +759,23 @@ pub(super) fn service_entry_protocol(
             return None;
         }
     })
+}
+
+/// The protocol `service` declares (port name or `appProtocol`) for its port whose
+/// `targetPort` is `port` on `workload`; `Sniff` when nothing declares it.
+pub fn declared_protocol(
+    service: Option<&Service>,
+    workload: Option<&Workload>,
+    port: u16,
+) -> PortProtocol {
+    let (Some(service), Some(workload)) = (service, workload) else {
+        return PortProtocol::Sniff;
+    };
+    service
+        .ports
+        .iter()
+        .find(|p| p.protocol.eq_ignore_ascii_case("TCP") && target_port(p, workload) == Some(port))
+        .map_or(PortProtocol::Sniff, |p| {
+            service_port_protocol(p.name.as_deref(), p.app_protocol.as_deref())
+        })
 }

@@ -15,7 +15,9 @@ mod table;
 mod tests;
 
 pub use compile::{RouteTable, mesh_settings};
-pub use convert::{Visibility, default_retry_policy, grpc_status_name, service_port_protocol};
+pub use convert::{
+    Visibility, declared_protocol, default_retry_policy, grpc_status_name, service_port_protocol,
+};
 pub use decision::*;
 pub use error::Error;
 pub use table::{MatchedRoute, Trace};

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::*;
+use shunt_mesh::routing::{PortProtocol, declared_protocol};
 use crate::upstream::Upstreams;
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use shunt_mesh::testing::{pod, service};
