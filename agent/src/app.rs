@@ -107,6 +107,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     config::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
     let watcher = config::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
+    let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
     let context = Arc::new(AdminContext {
         capture,

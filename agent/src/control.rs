@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use shunt_api::run_dir;
 
+use crate::proxy_cgroup::{self, CgroupRequirement};
+
 /// A proxy that connects must say hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,13 @@ pub enum ProxyEvent {
         message: ProxyMessage,
         fds: Vec<OwnedFd>,
     },
+    /// A proxy said hello and was refused (see [`crate::proxy_cgroup`]); nothing was sent
+    /// to it but the refusal.
+    Refused {
+        connection: ConnectionId,
+        pid: u32,
+        reason: String,
+    },
     /// The connection ended.
     Disconnected {
         connection: ConnectionId,
@@ -71,11 +80,15 @@ pub enum Error {
     Duplicate(std::io::Error),
     #[error(transparent)]
     Wire(#[from] wire::Error),
+    #[error("refused the proxy: {0}")]
+    Refused(#[from] proxy_cgroup::Error),
 }
 
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// Under eBPF capture: the cgroup a proxy must run in to be served.
+    cgroup: Option<CgroupRequirement>,
 }
 
 impl ControlServer {
@@ -84,7 +97,16 @@ impl ControlServer {
         Ok(Self {
             listener: run_dir::bind_socket(path)?,
             path: path.to_owned(),
+            cgroup: None,
         })
+    }
+
+    /// Serves only proxies that run inside `requirement`'s cgroup; the others are refused,
+    /// told why, and shown in `shuntctl status`.
+    #[must_use]
+    pub fn require_cgroup(mut self, requirement: Option<CgroupRequirement>) -> Self {
+        self.cgroup = requirement;
+        self
     }
 
     #[must_use]
@@ -114,8 +136,9 @@ impl ControlServer {
             let connection = next_id;
             let events = events.clone();
             let shutdown = shutdown.clone();
+            let cgroup = self.cgroup.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve(connection, stream, events, shutdown).await {
+                if let Err(e) = serve(connection, stream, cgroup, events, shutdown).await {
                     tracing::warn!(connection, "proxy connection ended: {e}");
                 }
             });
@@ -126,6 +149,7 @@ impl ControlServer {
 async fn serve(
     connection: ConnectionId,
     mut reader: UnixStream,
+    cgroup: Option<CgroupRequirement>,
     events: mpsc::Sender<ProxyEvent>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -136,6 +160,30 @@ async fn serve(
         return Err(Error::NotHello(format!("{hello:?}")));
     };
     tracing::info!(connection, pid, %version, "proxy connected");
+    if let Some(requirement) = &cgroup {
+        // The kernel's word for who is at the other end, in the agent's pid namespace; the
+        // hello's pid is the proxy's own view, which differs inside a container.
+        let peer = reader
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or(pid);
+        if let Err(refused) = requirement.check(peer) {
+            let reason = refused.to_string();
+            tracing::error!(connection, pid = peer, "{reason}");
+            // Best effort: the proxy logs the reason; the agent shows it either way.
+            let _ = wire::send(&mut reader, &AgentMessage::Refused { reason: reason.clone() }, &[]).await;
+            let _ = events
+                .send(ProxyEvent::Refused {
+                    connection,
+                    pid: peer,
+                    reason,
+                })
+                .await;
+            return Err(refused.into());
+        }
+    }
     // wire::recv and wire::send each need the stream to themselves, and a read cut short
     // would lose its place in the stream; so reading and writing go through two descriptors
     // of the same socket, each used by one side only.

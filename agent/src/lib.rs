@@ -9,4 +9,5 @@ pub mod control;
 pub mod iptables;
 pub mod netns;
 pub mod pods;
+pub mod proxy_cgroup;
 pub mod shared_capture;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use shunt_api::control::{AgentMessage, InboundBind, ProxyMessage};
@@ -198,6 +198,8 @@ pub struct Reconciler<C> {
     plans: Vec<PodPlan>,
     mesh: MeshState,
     proxy: Option<ProxyLink>,
+    /// The last proxy refused (pid, why), until one is served.
+    refused: Option<(u32, String)>,
     /// Netns cookies that had capture state when the agent started and that no pod has
     /// claimed yet; what is left after the first config is removed.
     inherited: Option<BTreeSet<u64>>,
@@ -223,6 +225,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             plans: Vec::new(),
             mesh: MeshState::default(),
             proxy: None,
+            refused: None,
             inherited: Some(inherited.into_iter().collect()),
             view: watch::Sender::new(NodeView::default()),
         }
@@ -462,6 +465,13 @@ impl<C: CaptureMaps> Reconciler<C> {
                 ProxyMessage::PodFailed { uid, error } => self.pod_failed(&uid, error),
                 ProxyMessage::Hello { .. } => {}
             },
+            ProxyEvent::Refused {
+                connection: _,
+                pid,
+                reason,
+            } => {
+                self.refused = Some((pid, reason));
+            }
             ProxyEvent::Disconnected { connection, reason } if self.is_current(connection) => {
                 tracing::warn!(
                     "proxy disconnected ({reason}); capture stays as it is until it is back"
@@ -482,6 +492,7 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     /// A (new) proxy: it gets the whole state, then every pod, then the list of pods.
     fn connected(&mut self, link: ProxyLink) {
+        self.refused = None;
         if let Some(old) = self.proxy.replace(link) {
             tracing::info!(
                 old_pid = old.pid,
@@ -607,9 +618,18 @@ impl<C: CaptureMaps> Reconciler<C> {
             })
             .collect();
         let view = NodeView {
-            proxy: api::ProxyStatus {
-                connected: self.proxy.is_some(),
-                pid: self.proxy.as_ref().map(|proxy| proxy.pid),
+            proxy: match (&self.proxy, &self.refused) {
+                (Some(proxy), _) => api::ProxyStatus {
+                    connected: true,
+                    pid: Some(proxy.pid),
+                    refused: None,
+                },
+                (None, Some((pid, reason))) => api::ProxyStatus {
+                    connected: false,
+                    pid: Some(*pid),
+                    refused: Some(reason.clone()),
+                },
+                (None, None) => api::ProxyStatus::default(),
             },
             workloads,
         };

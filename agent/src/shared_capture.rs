@@ -7,12 +7,13 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde::{Deserialize, Serialize};
 use shunt_api::control::InboundBind;
 
 use crate::capture::{self, Capture, CaptureOptions, PodCapture};
 use crate::iptables::{self, IptablesCapture};
 use shunt_api::capture::CaptureMode;
+
+use crate::proxy_cgroup::CgroupRequirement;
 
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +174,15 @@ impl SharedCapture {
     #[must_use]
     pub fn mode(&self) -> CaptureMode {
         self.mode
+    }
+
+    /// Where a proxy must run to be served: eBPF capture's cgroup; none under iptables.
+    #[must_use]
+    pub fn proxy_cgroup(&self) -> Option<CgroupRequirement> {
+        match self.lock().as_ref()? {
+            Backend::Ebpf(capture) => capture.proxy_cgroup(),
+            Backend::Iptables(_) => None,
+        }
     }
 
     /// Where the proxy must open a pod's inbound listener for this mode to reach it.

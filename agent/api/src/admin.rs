@@ -44,6 +44,9 @@ pub enum CaptureReport {
 pub struct ProxyStatus {
     pub connected: bool,
     pub pid: Option<u32>,
+    /// Why the agent refused the last proxy that connected (it is then not connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One entry of `GET /workloads`: a pod of the config, captured or not.

@@ -46,6 +46,9 @@ pub enum AgentMessage {
     /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
     /// connections between two pods of this node (see `proxy::splice`).
     SpliceMaps,
+    /// The agent will not serve this proxy, and says why (e.g. it runs outside the capture
+    /// cgroup, where capture cannot answer its `SO_ORIGINAL_DST`). The connection then ends.
+    Refused { reason: String },
 }
 
 /// Where a pod's inbound listener (port 15006) listens, which depends on how the agent

@@ -14,7 +14,6 @@ use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, CgroupSockopt, Program, ProgramError, SkLookup, SkMsg,
     SockOps, loaded_programs,
 };
-use serde::Serialize;
 use shunt_common::{SockKey, map_names};
 
 use super::{Error, sys};

@@ -14,7 +14,7 @@ mod probe;
 mod sys;
 
 use shunt_api::capture::{
-    Attachment, CaptureStatus, Feature, KernelProbe, LinkIds, MapStatus, PodAttachment,
+    Attachment, CaptureStatus, KernelProbe, MapStatus, PodAttachment,
     ProgramStatus,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,12 +23,13 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
-use serde::Serialize;
 use shunt_common::{map_names, program_names};
 
 pub use mounts::{find_bpffs, find_cgroup2};
 
 use pins::PinDir;
+
+use crate::proxy_cgroup::CgroupRequirement;
 
 mod error;
 pub use error::Error;
@@ -395,6 +396,15 @@ impl Capture {
             Err(e) => tracing::warn!("listing sk_lookup links: {e}"),
         }
         cookies.into_iter().collect()
+    }
+
+    /// Where the proxy must run for these programs to answer it (`cgroup/getsockopt`).
+    #[must_use]
+    pub fn proxy_cgroup(&self) -> Option<CgroupRequirement> {
+        Some(CgroupRequirement {
+            cgroup: self.cgroup.clone(),
+            cgroup2_mount: self.probe.cgroup2_mount.clone()?,
+        })
     }
 
     pub fn status(&self) -> CaptureStatus {

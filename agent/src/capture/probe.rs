@@ -1,12 +1,11 @@
 //! What the running kernel offers shunt, and what each missing piece disables.
 
 use shunt_api::capture::{Feature, KernelProbe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::programs::ProgramType;
 use aya::sys::{BpfHelper, is_helper_supported, is_program_supported};
 use aya::util::KernelVersion;
-use serde::Serialize;
 
 use super::mounts;
 

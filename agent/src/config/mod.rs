@@ -12,15 +12,13 @@ pub mod routing;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use shunt_mesh::model::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
 use shunt_api::config::{Config, LoadError};
-use shunt_api::k8s::{Namespace, Pod, Service};
+use shunt_api::k8s::Namespace;
 pub use routing::LoadOptions;
 
 mod error;

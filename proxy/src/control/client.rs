@@ -27,6 +27,8 @@ pub enum Error {
     Connect { path: PathBuf, source: io::Error },
     #[error("control connection to the agent failed: {0}")]
     Wire(#[from] wire::Error),
+    #[error("the agent refused this proxy: {0}")]
+    Refused(String),
 }
 
 /// Keeps the proxy in step with the agent.
@@ -66,6 +68,16 @@ impl ControlClient {
             match outcome {
                 Err(error @ Error::Connect { .. }) if outage_reported => {
                     tracing::debug!(%error, "agent still unreachable");
+                }
+                // Each redial is checked again: once the operator has fixed what the agent
+                // names (say, moved this process into the capture cgroup), the next one is
+                // served.
+                Err(error @ Error::Refused(_)) if outage_reported => {
+                    tracing::debug!(%error, "still refused by the agent");
+                }
+                Err(error @ Error::Refused(_)) => {
+                    tracing::error!(%error, redial_every = ?REDIAL_INTERVAL, "not serving any pod");
+                    outage_reported = true;
                 }
                 Err(error @ Error::Connect { .. }) => {
                     tracing::warn!(
@@ -156,6 +168,7 @@ impl ControlClient {
                     }
                     Err(error) => tracing::warn!(%error, "splicing stays off"),
                 },
+                AgentMessage::Refused { reason } => return Err(Error::Refused(reason)),
                 AgentMessage::Synced { pods } => {
                     self.pods.retain(&pods).await;
                     tracing::info!(pods = self.pods.served().len(), "in sync with the agent");
