@@ -104,15 +104,21 @@ fn on_active_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
 }
 
 /// The proxy accepted an app's captured connection (local 127.0.0.1:15001), or the app accepted
-/// the proxy's delivery (pod IP to pod IP): register the passive end for the shortcut.
+/// the proxy's delivery (pod IP to pod IP). The proxy's end of a captured connection is watched
+/// until it closes, to drop the connection's `ORIG_DST_BY_CLIENT` entry then. With the shortcut
+/// on, either passive end is registered for it.
 fn on_passive_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
     let netns_cookie = netns_cookie(ctx);
+    let key = sock_ops_key(ctx, netns_cookie);
+    let outbound_listener_side = is_outbound_listener_side(&key);
+    if outbound_listener_side && ORIG_DST_BY_CLIENT.get_ptr(&peer_client(&key)).is_some() {
+        // See `on_state_change`. Without it the entry would only go on LRU eviction, key reuse
+        // or the pod's removal; the connection works either way.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
     let Some(pod) = shortcut_pod(netns_cookie) else {
         return Ok(());
     };
-    let key = sock_ops_key(ctx, netns_cookie);
-    let outbound_listener_side =
-        is_loopback(key.local_ip4_be) && key.local_port == u32::from(OUTBOUND_PORT);
     let delivery_side = key.local_ip4_be == pod.pod_ip4_be && key.remote_ip4_be == pod.pod_ip4_be;
     if outbound_listener_side || delivery_side {
         add_shortcut_socket(ctx, key)?;
@@ -138,11 +144,51 @@ fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), Hel
     Ok(())
 }
 
-/// A shortcut socket closed: its entries go, except `SPLICED_BYTES`, which the proxy reads
-/// for the connection's telemetry when the connection ends, and removes then.
+/// A watched socket closed (`TCP_CLOSE`). A shortcut socket's entries go, except
+/// `SPLICED_BYTES`, which the proxy reads for the connection's telemetry when the connection
+/// ends, and removes then.
+///
+/// The proxy's end of a captured connection (local 127.0.0.1:15001) takes the connection's
+/// `ORIG_DST_BY_CLIENT` entry with it, whether or not the proxy ever asked for it. It is the
+/// proxy's socket, not the app's, whose close ends the entry's use: the proxy asks
+/// `SO_ORIGINAL_DST` on the socket it accepted, which may be well after the app's socket has
+/// closed (an app that connects, writes and closes reaches `TCP_CLOSE` as soon as its FIN is
+/// acknowledged, while its connection may still wait in the proxy's accept queue). Once the
+/// proxy's socket is closed, nothing can ask for the entry any more: the proxy closed it, or
+/// the app reset the connection, which leaves nothing to forward. No newer connection's entry
+/// is lost: the program runs before the kernel unhashes the socket, so a new connection with
+/// the same addresses, which would overwrite the key, cannot be established before this
+/// removal; when the proxy's end goes to `TIME_WAIT` instead, this runs in that same step,
+/// before the app's socket can have released its port.
+///
+/// Left to the LRU: an app connection the kernel established but the proxy's listener never
+/// turned into a socket (its accept queue was full when the handshake's last ACK came). The
+/// agent also drops a pod's entries when the pod goes.
 fn on_state_change(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
-        forget_shortcut_socket(&sock_ops_key(ctx, netns_cookie(ctx)));
+        let key = sock_ops_key(ctx, netns_cookie(ctx));
+        forget_shortcut_socket(&key);
+        if is_outbound_listener_side(&key) {
+            // Usually the entry is there; a failed removal has nothing to undo.
+            let _ = ORIG_DST_BY_CLIENT.remove(&peer_client(&key));
+        }
+    }
+}
+
+/// A socket of the proxy's outbound listener: 127.0.0.1:15001, or any loopback address.
+fn is_outbound_listener_side(key: &SockKey) -> bool {
+    is_loopback(key.local_ip4_be) && key.local_port == u32::from(OUTBOUND_PORT)
+}
+
+/// The `ORIG_DST_BY_CLIENT` key of a connection the proxy accepted: its peer, the app's socket,
+/// as `on_active_established` wrote it and `cgroup/getsockopt` reads it.
+fn peer_client(key: &SockKey) -> ClientKey {
+    ClientKey {
+        netns_cookie: key.netns_cookie,
+        addr: [key.remote_ip4_be, 0, 0, 0],
+        port: local_port(key.remote_port),
+        family: AF_INET,
+        _pad: [0; 4],
     }
 }
 
