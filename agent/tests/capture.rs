@@ -756,8 +756,12 @@ fn orig_dst_entries_go_when_the_proxys_socket_closes() {
         after["orig_dst_answered"], before["orig_dst_answered"],
         "the stand-in proxy never asked"
     );
-    let left =
-        wait_for_orig_dst_entries(&capture, env.cookie(), AT_MOST_LEFT, Duration::from_secs(10));
+    let left = wait_for_orig_dst_entries(
+        &capture,
+        env.cookie(),
+        AT_MOST_LEFT,
+        Duration::from_secs(10),
+    );
     assert!(
         left.len() <= AT_MOST_LEFT,
         "{} ORIG_DST_BY_CLIENT entries left after {CONNECTIONS} closed connections ({report}); \

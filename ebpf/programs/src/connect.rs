@@ -3,8 +3,8 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    EbpfContext as _, bindings::BPF_ANY, helpers::bpf_get_socket_cookie,
-    macros::cgroup_sock_addr, programs::SockAddrContext,
+    EbpfContext as _, bindings::BPF_ANY, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
 };
 use shunt_common::{
     AF_INET, INBOUND_PORT, MESHED_CAPTURE_OUTBOUND, NetnsPortKey, OUTBOUND_PORT, OrigDst,

@@ -54,7 +54,10 @@ pub(crate) fn is_loopback(ip4_be: u32) -> bool {
     u32::from_be(ip4_be) >> 24 == 127
 }
 
-#[expect(unsafe_code, reason = "increments a per-CPU counter through a map pointer")]
+#[expect(
+    unsafe_code,
+    reason = "increments a per-CPU counter through a map pointer"
+)]
 pub(crate) fn count(counter: u32) {
     if let Some(slot) = STATS.get_ptr_mut(counter) {
         // SAFETY: `slot` points at this CPU's counter in a live map. The bpf target has no

@@ -18,8 +18,7 @@ use shunt_common::{
 };
 
 use crate::helpers::{
-    HelperError, LOCALHOST_BE, count, is_ipv4, is_loopback, meshed_netns, netns_cookie,
-    socket_mark,
+    HelperError, LOCALHOST_BE, count, is_ipv4, is_loopback, meshed_netns, netns_cookie, socket_mark,
 };
 use crate::maps::{
     ORIG_DST_BY_CLIENT, ORIG_DST_BY_COOKIE, SETTINGS, SHORTCUT_BYPASS, SHORTCUT_BYTES,
@@ -64,7 +63,10 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), HelperError> {
 
 /// The app's captured socket is connected to the proxy: re-key its original destination by
 /// the address the proxy will see as the peer. Then maybe register it for the shortcut.
-#[expect(unsafe_code, reason = "calls a BPF helper and reads a map value in place")]
+#[expect(
+    unsafe_code,
+    reason = "calls a BPF helper and reads a map value in place"
+)]
 fn on_active_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
     let netns_cookie = netns_cookie(ctx);
     // SAFETY: a helper valid for sock_ops, called with the program's context.
@@ -126,7 +128,10 @@ fn on_passive_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
     Ok(())
 }
 
-#[expect(unsafe_code, reason = "hands the context to the sockhash update helper")]
+#[expect(
+    unsafe_code,
+    reason = "hands the context to the sockhash update helper"
+)]
 fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), HelperError> {
     // A new connection may reuse the 4-tuple of one that fell back to the TCP stack, or whose
     // proxy never cleared its byte counts and splice route (it died).
