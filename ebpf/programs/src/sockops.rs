@@ -160,7 +160,8 @@ fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), Hel
 /// closed (an app that connects, writes and closes reaches `TCP_CLOSE` as soon as its FIN is
 /// acknowledged, while its connection may still wait in the proxy's accept queue). Once the
 /// proxy's socket is closed, nothing can ask for the entry any more: the proxy closed it, or
-/// the app reset the connection, which leaves nothing to forward. No newer connection's entry
+/// the app reset the connection, so there is no connection left to proxy (iptables would still
+/// answer for it, but the proxy could not reply on it). No newer connection's entry
 /// is lost: the program runs before the kernel unhashes the socket, so a new connection with
 /// the same addresses, which would overwrite the key, cannot be established before this
 /// removal; when the proxy's end goes to `TIME_WAIT` instead, this runs in that same step,
