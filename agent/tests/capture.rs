@@ -42,7 +42,7 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The app (`connect`) and the stand-in proxy and servers (`serve`).
 const HELPER: &str = r#"
-import hashlib, json, os, selectors, socket, sys
+import hashlib, json, os, selectors, socket, struct, sys, time
 
 def text(address):
     host = address[0].removeprefix("::ffff:")
@@ -105,8 +105,76 @@ def connect(target, mark, size):
                       "sent_sha256": hashlib.sha256(payload).hexdigest(),
                       "received_sha256": hashlib.sha256(received).hexdigest()}), flush=True)
 
+def proxy_listener(address):
+    host, port = address.rsplit(":", 1)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, int(port)))
+    listener.listen(4096)
+    print(json.dumps({"ready": True}), flush=True)
+    return listener
+
+def late_proxy(address, delay):
+    # Reads the original destination only after the app has sent everything and closed.
+    listener = proxy_listener(address)
+    while True:
+        conn, peer = listener.accept()
+        with conn:
+            data = bytearray()
+            while chunk := conn.recv(65536):
+                data += chunk
+            time.sleep(delay)
+            print(json.dumps({"peer": text(peer), "bytes": len(data),
+                              "orig_dst": original_destination(conn)}), flush=True)
+
+def dropping_proxy(address):
+    # A proxy whose every connection fails before it asks for the original destination.
+    listener = proxy_listener(address)
+    while True:
+        conn, _ = listener.accept()
+        conn.close()
+
+def send_and_close(target, size):
+    host, port = target.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(10)
+    s.connect((host, int(port)))
+    local = text(s.getsockname())
+    s.sendall(os.urandom(size))
+    s.close()
+    print(json.dumps({"local": local}), flush=True)
+
+def churn(target, count, seconds):
+    # `count` connections, one at a time: each waits for the proxy to close first, then resets
+    # (SO_LINGER 0), so that no TIME_WAIT holds the app's ports.
+    host, port = target.rsplit(":", 1)
+    start = time.monotonic()
+    done, errors, last_errno = 0, 0, None
+    while done + errors < count and time.monotonic() - start < seconds:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.settimeout(10)
+        try:
+            s.connect((host, int(port)))
+            s.recv(1)
+            done += 1
+        except OSError as e:
+            errors, last_errno = errors + 1, e.errno
+        finally:
+            s.close()
+    print(json.dumps({"done": done, "errors": errors, "last_errno": last_errno,
+                      "seconds": round(time.monotonic() - start, 1)}), flush=True)
+
 if sys.argv[1] == "serve":
     serve(sys.argv[2:])
+elif sys.argv[1] == "late_proxy":
+    late_proxy(sys.argv[2], float(sys.argv[3]))
+elif sys.argv[1] == "dropping_proxy":
+    dropping_proxy(sys.argv[2])
+elif sys.argv[1] == "send_and_close":
+    send_and_close(sys.argv[2], int(sys.argv[3]))
+elif sys.argv[1] == "churn":
+    churn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
 else:
     connect(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 "#;
@@ -266,6 +334,21 @@ impl Env {
             }
         });
         receiver
+    }
+
+    /// Kills every helper started so far (and waits for it), e.g. to free a listener's port.
+    fn stop_helpers(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a helper that listens (`args[0]` names the mode) and waits until it does.
+    fn listening_helper(&mut self, args: &[&str]) -> Receiver<Value> {
+        let lines = self.helper(args);
+        assert_eq!(next(&lines)["ready"], true, "{args:?} did not start");
+        lines
     }
 
     /// Starts `serve` on these addresses and waits until it listens.
@@ -537,17 +620,9 @@ fn outbound_capture_survives_restart_until_uninstalled() {
         .dump_map(map_names::OUTBOUND_EXCLUDED_PORTS)
         .expect("dump");
     assert_eq!(excluded[0]["key"]["port"], 7001, "{excluded}");
-    let by_client = capture
-        .dump_map(map_names::ORIG_DST_BY_CLIENT)
-        .expect("dump");
-    assert!(
-        by_client
-            .as_array()
-            .expect("a list")
-            .iter()
-            .any(|e| e["value"]["orig_dst"] == "10.77.0.3:7000"),
-        "{by_client}"
-    );
+    // Every captured connection has closed, and its entry with it.
+    let left = wait_for_orig_dst_entries(&capture, env.cookie(), 0, Duration::from_secs(5));
+    assert!(left.is_empty(), "left in ORIG_DST_BY_CLIENT: {left:?}");
 
     // Agent gone: the pinned links keep capturing.
     drop(capture);
@@ -605,6 +680,124 @@ fn outbound_capture_survives_restart_until_uninstalled() {
     };
     check(&mut env, &proxy, &servers, &uncaptured, 4096);
     drop(capture);
+}
+
+/// `ORIG_DST_BY_CLIENT`'s entries of the netns `netns_cookie`.
+fn orig_dst_entries(capture: &Capture, netns_cookie: u64) -> Vec<Value> {
+    let dump = capture
+        .dump_map(map_names::ORIG_DST_BY_CLIENT)
+        .expect("dump");
+    dump.as_array()
+        .expect("a list")
+        .iter()
+        .filter(|e| e["key"]["netns_cookie"] == netns_cookie)
+        .cloned()
+        .collect()
+}
+
+/// Waits until the netns has at most `at_most` entries in `ORIG_DST_BY_CLIENT`, or `timeout`
+/// passes; returns what is left.
+fn wait_for_orig_dst_entries(
+    capture: &Capture,
+    netns_cookie: u64,
+    at_most: usize,
+    timeout: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = orig_dst_entries(capture, netns_cookie);
+        if left.len() <= at_most || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// More captured connections than `ORIG_DST_BY_CLIENT` has room for (65536), all failed by a
+/// proxy that never asks for their original destination: each entry goes when the proxy's
+/// socket closes. And a connection whose app has closed before the proxy asks still has its
+/// answer.
+#[test]
+fn orig_dst_entries_go_when_the_proxys_socket_closes() {
+    const CONNECTIONS: u64 = 70_000;
+    const CHURN_LIMIT_SECONDS: u64 = 120;
+    /// Entries allowed to be left behind.
+    const AT_MOST_LEFT: usize = 256;
+    skip_unless_privileged!("orig_dst_entries_go_when_the_proxys_socket_closes");
+    let mut env = Env::new("orig-dst-leak", false);
+    let mut capture = Capture::load(&env.options).expect("load capture");
+    capture.add_pod(&env.pod(vec![], vec![])).expect("add pod");
+    // Nothing listens on the destination: only a captured connect succeeds.
+    let target = "10.77.0.3:7000";
+
+    // Every connection fails before the proxy asks.
+    let _proxy = env.listening_helper(&["dropping_proxy", "127.0.0.1:15001"]);
+    let before = counters(&capture);
+    let churn = env.helper(&[
+        "churn",
+        target,
+        &CONNECTIONS.to_string(),
+        &CHURN_LIMIT_SECONDS.to_string(),
+    ]);
+    let report = match churn.recv_timeout(Duration::from_secs(CHURN_LIMIT_SECONDS + 30)) {
+        Ok(report) => report,
+        Err(e) => panic!("the app made no report within {CHURN_LIMIT_SECONDS} s: {e}"),
+    };
+    assert_eq!(
+        report["done"], CONNECTIONS,
+        "{CONNECTIONS} connections within {CHURN_LIMIT_SECONDS} s, none failing: {report}"
+    );
+    let after = counters(&capture);
+    assert!(
+        after["outbound_captured"] >= before["outbound_captured"] + CONNECTIONS,
+        "every connection was captured: {before:?} {after:?}"
+    );
+    assert_eq!(
+        after["orig_dst_answered"], before["orig_dst_answered"],
+        "the stand-in proxy never asked"
+    );
+    let left = wait_for_orig_dst_entries(
+        &capture,
+        env.cookie(),
+        AT_MOST_LEFT,
+        Duration::from_secs(10),
+    );
+    assert!(
+        left.len() <= AT_MOST_LEFT,
+        "{} ORIG_DST_BY_CLIENT entries left after {CONNECTIONS} closed connections ({report}); \
+         the first: {:?}",
+        left.len(),
+        left.first()
+    );
+    let by_cookie = capture
+        .dump_map(map_names::ORIG_DST_BY_COOKIE)
+        .expect("dump");
+    assert!(
+        by_cookie.as_array().expect("a list").len() <= AT_MOST_LEFT,
+        "ORIG_DST_BY_COOKIE holds {} entries",
+        by_cookie.as_array().expect("a list").len()
+    );
+    env.stop_helpers();
+
+    // The app connects, writes and closes before the proxy asks (after 300 ms): the app's
+    // close must not take the entry away.
+    let proxy = env.listening_helper(&["late_proxy", "127.0.0.1:15001", "0.3"]);
+    for _ in 0..3 {
+        let app = env.helper(&["send_and_close", target, "4096"]);
+        let app = next(&app);
+        let seen = next(&proxy);
+        assert_eq!(seen["peer"], app["local"], "{seen} {app}");
+        assert_eq!(seen["bytes"], 4096, "{seen}");
+        assert_eq!(
+            seen["orig_dst"]["addr"], target,
+            "asked after the app closed: {seen}"
+        );
+    }
+    let left = wait_for_orig_dst_entries(&capture, env.cookie(), 0, Duration::from_secs(5));
+    assert!(
+        left.is_empty(),
+        "the proxy closed its sockets, their entries stayed: {left:?}"
+    );
 }
 
 /// A TCP socket made inside the netns, bound to `from`, connected to `to`.

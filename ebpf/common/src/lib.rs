@@ -245,17 +245,24 @@ pub mod stats {
 }
 
 #[cfg(feature = "user")]
-#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 mod user {
     // SAFETY (for every impl below): `#[repr(C)]`, only integer fields, no implicit padding
     // (the size assertions above prove it), so every bit pattern is a valid value.
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::MeshedNetns {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::NetnsPortKey {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::PodPortKey {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::OrigDst {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::ClientKey {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::SockKey {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::SpliceRoute {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::Settings {}
 }
 

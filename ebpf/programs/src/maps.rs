@@ -43,8 +43,10 @@ pub static INBOUND_LISTENERS: SockHash<u32> = SockHash::with_max_entries(PODS, 0
 pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
     LruHashMap::with_max_entries(CONNECTIONS, 0);
 
-/// (netns cookie, app's local address) → original destination; answers `SO_ORIGINAL_DST`.
-/// LRU: entries are never deleted per connection, so the proxy may ask more than once.
+/// (netns cookie, app's local address) → original destination; answers `SO_ORIGINAL_DST`, as
+/// often as the proxy asks. Removed when the proxy's accepted socket closes (`sock_ops` state
+/// callback, see `sockops::on_state_change`), whether or not the proxy asked; LRU only as a
+/// backstop for connections that never reached the proxy as a socket.
 #[map]
 pub static ORIG_DST_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
     LruHashMap::with_max_entries(CONNECTIONS, 0);
