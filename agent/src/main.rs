@@ -80,8 +80,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Every error message already carries its causes (e.g. the verifier log).
-            eprintln!("shunt-agent: {e}");
+            eprintln!("shunt-agent: {}", shunt_api::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

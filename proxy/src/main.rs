@@ -102,6 +102,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
+            let error = shunt_api::report::chain(&error);
             tracing::error!(%error, "shunt-proxy cannot start its async runtime");
             return ExitCode::FAILURE;
         }
@@ -122,7 +123,8 @@ async fn run(cli: Cli) -> ExitCode {
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // Through the logger, so a JSON log stays JSON; the message carries its cause.
+            // Through the logger, so a JSON log stays JSON.
+            let error = shunt_api::report::chain(&error);
             tracing::error!(%error, "shunt-proxy failed");
             ExitCode::FAILURE
         }

@@ -13,4 +13,5 @@ pub mod config;
 pub mod control;
 pub mod k8s;
 pub mod netns;
+pub mod report;
 pub mod run_dir;
