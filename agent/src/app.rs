@@ -15,13 +15,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, AdminServer};
-use crate::capture::CaptureOptions;
+use crate::capture::ebpf::CaptureOptions;
+use crate::capture::{self, Capture, Installed};
 use crate::config::{self, Snapshot};
 use crate::control::{self, ControlServer};
 use crate::pods::Reconciler;
-use shunt_api::run_dir::{self, RunDir};
-use crate::shared_capture::{self, Installed, SharedCapture};
 use shunt_api::capture::CaptureMode;
+use shunt_api::run_dir::{self, RunDir};
 
 /// How long the tasks get to finish once the agent stops.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,7 +45,7 @@ impl Options {
     pub fn installed(&self) -> Installed {
         Installed {
             ebpf: self.capture.clone(),
-            iptables_records: shared_capture::iptables_records(self.run_dir.path()),
+            iptables_records: capture::iptables_records(self.run_dir.path()),
         }
     }
 }
@@ -55,7 +55,7 @@ pub enum Error {
     #[error("cannot start {} capture: {source}", mode.name())]
     Capture {
         mode: CaptureMode,
-        source: shared_capture::Error,
+        source: capture::Error,
     },
     #[error(transparent)]
     Config(#[from] config::Error),
@@ -90,7 +90,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     // A program the verifier rejects (or a missing iptables) fails here, with its log: never
     // run without capture.
     let installed = options.installed();
-    let capture = match SharedCapture::load(options.capture_mode, &installed) {
+    let capture = match Capture::load(options.capture_mode, &installed) {
         Ok(capture) => capture,
         Err(source) => {
             // Nobody will answer on them.

@@ -173,7 +173,14 @@ async fn serve(
             let reason = refused.to_string();
             tracing::error!(connection, pid = peer, "{reason}");
             // Best effort: the proxy logs the reason; the agent shows it either way.
-            let _ = wire::send(&mut reader, &AgentMessage::Refused { reason: reason.clone() }, &[]).await;
+            let _ = wire::send(
+                &mut reader,
+                &AgentMessage::Refused {
+                    reason: reason.clone(),
+                },
+                &[],
+            )
+            .await;
             let _ = events
                 .send(ProxyEvent::Refused {
                     connection,

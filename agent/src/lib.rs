@@ -1,13 +1,12 @@
 //! shunt's node agent: loads and pins the eBPF capture programs (or installs iptables rules),
 //! reads the config, decides which pods are captured, hands them to the proxy, and serves the
 //! admin API.
+#![deny(unsafe_code)]
 pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod config;
 pub mod control;
-pub mod iptables;
 pub mod netns;
 pub mod pods;
 pub mod proxy_cgroup;
-pub mod shared_capture;

@@ -24,12 +24,12 @@ use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use shunt_api::admin as api;
-use crate::capture::PodCapture;
+use crate::capture::ebpf::PodCapture;
+use crate::capture::{self, Capture};
 use crate::config::{CaptureSpec, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
 use crate::netns::{OpenNetns, PodNetns, open_pod_netns};
-use crate::shared_capture::{self, SharedCapture};
+use shunt_api::admin as api;
 
 /// The per-pod capture operations the reconciler needs: a seam, so that it can be tested
 /// without eBPF.
@@ -61,15 +61,15 @@ pub trait CaptureMaps {
     }
 }
 
-impl CaptureMaps for SharedCapture {
-    type Error = shared_capture::Error;
+impl CaptureMaps for Capture {
+    type Error = capture::Error;
 
     fn add_pod(&mut self, pod: &PodCapture<'_>) -> Result<(), Self::Error> {
         self.with(|capture| capture.add_pod(pod))
     }
 
     fn inbound_bind(&self) -> InboundBind {
-        SharedCapture::inbound_bind(self)
+        Capture::inbound_bind(self)
     }
 
     fn set_inbound_listener(

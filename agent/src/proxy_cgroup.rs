@@ -128,7 +128,12 @@ mod tests {
             assert_eq!(checked.is_ok(), allowed, "{proxy}: {checked:?}");
             if let Err(e) = checked {
                 let message = e.to_string();
-                for needle in ["pid 7", proxy, "/cg/pods (--cgroup)", "/cg/pods/cgroup.procs"] {
+                for needle in [
+                    "pid 7",
+                    proxy,
+                    "/cg/pods (--cgroup)",
+                    "/cg/pods/cgroup.procs",
+                ] {
                     assert!(message.contains(needle), "{needle} missing: {message}");
                 }
             }

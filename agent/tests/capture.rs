@@ -31,9 +31,10 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
 use nix::sys::stat::Mode;
 use serde_json::Value;
-use shunt_agent::capture::{Attachment, Capture, CaptureOptions, PodCapture};
-use shunt_common::{PROXY_MARK, map_names};
+use shunt_agent::capture::ebpf::{CaptureOptions, EbpfCapture, PodCapture};
+use shunt_api::capture::Attachment;
 use shunt_api::netns::{netns_cookie, open_netns, run_in_netns};
+use shunt_common::{PROXY_MARK, map_names};
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// Another address inside the pod's netns: an "elsewhere" to connect to, or to come from.
@@ -183,7 +184,7 @@ fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (eBPF, network namespaces, cgroups)".into());
     }
-    if !Capture::OBJECT_EMBEDDED {
+    if !EbpfCapture::OBJECT_EMBEDDED {
         return Some("the eBPF object is not embedded: run `cargo xtask build-ebpf` first".into());
     }
     if Command::new("python3").arg("--version").output().is_err() {
@@ -238,7 +239,7 @@ impl Drop for Cleanup {
 impl Env {
     fn new(test: &str, sockmap_shortcut: bool) -> Self {
         let name = format!("shunt-cap-{test}");
-        let cgroup2 = shunt_agent::capture::find_cgroup2()
+        let cgroup2 = shunt_agent::capture::ebpf::find_cgroup2()
             .expect("read /proc/mounts")
             .expect("a cgroup2 mount");
         let options = CaptureOptions {
@@ -382,7 +383,7 @@ impl Drop for Env {
 
 /// Removes what a test of this name may have left, this run or a crashed earlier one.
 fn sweep(netns: &str, cgroup: &Path, options: &CaptureOptions) {
-    let _ = Capture::uninstall(options);
+    let _ = EbpfCapture::uninstall(options);
     if cgroup.exists() {
         // Killed children leave the cgroup only once reaped; rmdir fails until then.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -409,11 +410,11 @@ fn assert_quiet(lines: &Receiver<Value>, who: &str) {
     }
 }
 
-fn counters(capture: &Capture) -> HashMap<String, u64> {
+fn counters(capture: &EbpfCapture) -> HashMap<String, u64> {
     capture.status().counters.into_iter().collect()
 }
 
-fn attachments(capture: &Capture) -> HashMap<&'static str, Attachment> {
+fn attachments(capture: &EbpfCapture) -> HashMap<&'static str, Attachment> {
     capture
         .status()
         .programs
@@ -491,7 +492,7 @@ fn check(
 fn outbound_capture_survives_restart_until_uninstalled() {
     skip_unless_privileged!("outbound_capture_survives_restart_until_uninstalled");
     let mut env = Env::new("outbound", true);
-    let mut capture = Capture::load(&env.options).expect("load capture");
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
     let fresh = attachments(&capture);
     for program in [
         "shunt_connect4",
@@ -629,7 +630,7 @@ fn outbound_capture_survives_restart_until_uninstalled() {
     check(&mut env, &proxy, &servers, &captured, 10_000);
 
     // Agent back: everything is adopted, nothing attached twice, the pod's entries kept.
-    let mut capture = Capture::load(&env.options).expect("reload capture");
+    let mut capture = EbpfCapture::load(&env.options).expect("reload capture");
     let adopted = attachments(&capture);
     for program in [
         "shunt_connect4",
@@ -655,7 +656,7 @@ fn outbound_capture_survives_restart_until_uninstalled() {
     );
 
     // Uninstall from inside the running agent, as `POST /uninstall` does.
-    let removed = Capture::uninstall(&env.options).expect("uninstall");
+    let removed = EbpfCapture::uninstall(&env.options).expect("uninstall");
     let pin_dir = status.pin_dir;
     for pin in [
         "links/connect4",
@@ -683,7 +684,7 @@ fn outbound_capture_survives_restart_until_uninstalled() {
 }
 
 /// `ORIG_DST_BY_CLIENT`'s entries of the netns `netns_cookie`.
-fn orig_dst_entries(capture: &Capture, netns_cookie: u64) -> Vec<Value> {
+fn orig_dst_entries(capture: &EbpfCapture, netns_cookie: u64) -> Vec<Value> {
     let dump = capture
         .dump_map(map_names::ORIG_DST_BY_CLIENT)
         .expect("dump");
@@ -698,7 +699,7 @@ fn orig_dst_entries(capture: &Capture, netns_cookie: u64) -> Vec<Value> {
 /// Waits until the netns has at most `at_most` entries in `ORIG_DST_BY_CLIENT`, or `timeout`
 /// passes; returns what is left.
 fn wait_for_orig_dst_entries(
-    capture: &Capture,
+    capture: &EbpfCapture,
     netns_cookie: u64,
     at_most: usize,
     timeout: Duration,
@@ -725,7 +726,7 @@ fn orig_dst_entries_go_when_the_proxys_socket_closes() {
     const AT_MOST_LEFT: usize = 256;
     skip_unless_privileged!("orig_dst_entries_go_when_the_proxys_socket_closes");
     let mut env = Env::new("orig-dst-leak", false);
-    let mut capture = Capture::load(&env.options).expect("load capture");
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
     capture.add_pod(&env.pod(vec![], vec![])).expect("add pod");
     // Nothing listens on the destination: only a captured connect succeeds.
     let target = "10.77.0.3:7000";
@@ -840,7 +841,7 @@ fn accepted_by<'a>(listeners: &'a [(&'a str, TcpListener)]) -> Option<(&'a str, 
 fn inbound_steering_follows_the_pod_until_it_is_removed() {
     skip_unless_privileged!("inbound_steering_follows_the_pod_until_it_is_removed");
     let env = Env::new("inbound", false);
-    let mut capture = Capture::load(&env.options).expect("load capture");
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
     assert_eq!(
         attachments(&capture)["shunt_sk_msg"],
         Attachment::NotAttached
@@ -972,7 +973,7 @@ fn uninstalling_what_was_never_installed_removes_nothing() {
         sockmap_shortcut: true,
     };
     assert_eq!(
-        Capture::uninstall(&options).expect("uninstall"),
+        EbpfCapture::uninstall(&options).expect("uninstall"),
         Vec::<PathBuf>::new()
     );
 }
@@ -981,7 +982,7 @@ fn uninstalling_what_was_never_installed_removes_nothing() {
 fn unknown_maps_are_named_in_the_error() {
     skip_unless_privileged!("unknown_maps_are_named_in_the_error");
     let env = Env::new("unknown-map", false);
-    let capture = Capture::load(&env.options).expect("load capture");
+    let capture = EbpfCapture::load(&env.options).expect("load capture");
     let error = capture.dump_map("NO_SUCH_MAP").expect_err("unknown map");
     let message = error.to_string();
     assert!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shunt_agent::capture::PodCapture;
+use shunt_agent::capture::ebpf::PodCapture;
 use shunt_agent::config::Snapshot;
 use shunt_agent::control::ControlServer;
 use shunt_agent::netns::PodNetns;

@@ -11,7 +11,6 @@
 //! - `POST /uninstall`: detaches and unpins everything, answers, then the agent exits.
 #![forbid(unsafe_code)]
 
-
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,15 +25,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use shunt_mesh::routing::{RouteTable, explain};
 use shunt_mesh::model::Workload;
+use shunt_mesh::routing::{RouteTable, explain};
 
-use crate::capture;
+use crate::capture::ebpf;
+use crate::capture::{self, Backend, Capture, Installed};
 use crate::config::Snapshot;
 use crate::pods::NodeView;
 use shunt_api::admin as api;
 use shunt_api::run_dir;
-use crate::shared_capture::{self, Backend, Installed, SharedCapture};
 
 /// How long an answer being written may take once the agent stops (e.g. after uninstall).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -49,7 +48,7 @@ pub enum Error {
 
 /// What the admin API reads from, and the one thing it can do.
 pub struct AdminContext {
-    pub capture: SharedCapture,
+    pub capture: Capture,
     /// What `POST /uninstall` removes.
     pub installed: Installed,
     pub config: watch::Receiver<Arc<Snapshot>>,
@@ -132,15 +131,15 @@ impl Failure {
     }
 }
 
-impl From<shared_capture::Error> for Failure {
-    fn from(e: shared_capture::Error) -> Self {
+impl From<capture::Error> for Failure {
+    fn from(e: capture::Error) -> Self {
         let status = match &e {
-            shared_capture::Error::Uninstalled => StatusCode::SERVICE_UNAVAILABLE,
-            shared_capture::Error::Capture(capture::Error::UnknownMap { .. })
-            | shared_capture::Error::NoMaps { .. } => StatusCode::NOT_FOUND,
-            shared_capture::Error::Capture(_)
-            | shared_capture::Error::Iptables(_)
-            | shared_capture::Error::OtherModeInstalled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            capture::Error::Uninstalled => StatusCode::SERVICE_UNAVAILABLE,
+            capture::Error::Ebpf(ebpf::Error::UnknownMap { .. })
+            | capture::Error::NoMaps { .. } => StatusCode::NOT_FOUND,
+            capture::Error::Ebpf(_)
+            | capture::Error::Iptables(_)
+            | capture::Error::OtherModeInstalled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
     }

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use super::client::{self, AdminClient};
 use super::*;
-use crate::capture::CaptureOptions;
+use crate::capture::ebpf::CaptureOptions;
 
 const CONFIG: &str = "
 apiVersion: v1
@@ -61,7 +61,7 @@ async fn start_with(config_text: &str) -> Admin {
         workloads: vec![workload()],
     });
     let context = Arc::new(AdminContext {
-        capture: SharedCapture::uninstalled(),
+        capture: Capture::uninstalled(),
         installed: Installed {
             ebpf: CaptureOptions {
                 instance: "test".into(),

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use shunt_mesh::model::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
+pub use routing::LoadOptions;
 use shunt_api::config::{Config, LoadError};
 use shunt_api::k8s::Namespace;
-pub use routing::LoadOptions;
 
 mod error;
 pub use error::Error;

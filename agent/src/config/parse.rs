@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
 use shunt_api::config::{Config, LoadError, Sourced};
+use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
 
 use super::{Error, routing};
 use shunt_mesh::istio::SHUNT_API_VERSION;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
-use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
 use shunt_mesh::model::MeshState;
+use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
 
 use shunt_api::config::{Config, LoadError, Sourced};
 

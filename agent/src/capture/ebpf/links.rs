@@ -18,7 +18,6 @@ use shunt_common::{SockKey, map_names};
 
 use super::{Error, sys};
 
-
 /// A link just created, not pinned yet.
 pub enum NewLink {
     Aya(FdLink),
@@ -56,7 +55,6 @@ pub fn attach_or_adopt(
     attach()?.pin(pin)?;
     Ok(Attachment::Attached)
 }
-
 
 pub fn pinned_link_ids(pin: &Path) -> Result<LinkIds, Error> {
     let link = FdLink::from(PinnedLink::from_pin(pin).map_err(|source| Error::Adopt {

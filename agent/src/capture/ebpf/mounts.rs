@@ -37,7 +37,6 @@ pub enum Error {
     NotCgroup2 { path: PathBuf },
 }
 
-
 const PROC_MOUNTS: &str = "/proc/mounts";
 /// Where bpffs is conventionally mounted, and where shunt mounts it when it is missing.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

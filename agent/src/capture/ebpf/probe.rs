@@ -11,8 +11,6 @@ use super::mounts;
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-
-
 /// Which check answers whether a feature is there.
 enum Check {
     Program(ProgramType),
@@ -132,12 +130,12 @@ fn check(requirement: &Requirement) -> Feature {
 pub fn first_missing(probe: &KernelProbe, sockmap_shortcut: bool) -> Option<&Feature> {
     probe
         .features
-            .iter()
-            .zip(REQUIREMENTS)
-            .find_map(|(feature, requirement)| {
-                let needed = sockmap_shortcut || !requirement.shortcut_only;
-                (needed && feature.is_missing()).then_some(feature)
-            })
+        .iter()
+        .zip(REQUIREMENTS)
+        .find_map(|(feature, requirement)| {
+            let needed = sockmap_shortcut || !requirement.shortcut_only;
+            (needed && feature.is_missing()).then_some(feature)
+        })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use shunt_api::capture::{IptablesStatus, PodRulesStatus};
 
-use crate::capture::PodCapture;
+use crate::capture::ebpf::PodCapture;
 use crate::netns::open_pod_netns;
 use rules::{NatTable, PodRules};
 
@@ -73,8 +73,6 @@ pub struct PodRecord {
     pub netns: PathBuf,
     pub pod_ip: Ipv4Addr,
 }
-
-
 
 /// iptables capture of this agent's pods.
 #[derive(Debug)]

@@ -41,6 +41,10 @@ fn fd_number(fd: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 /// `BPF_LINK_CREATE`: attaches `program` to `target` and returns the link's descriptor.
+#[expect(
+    unsafe_code,
+    reason = "the raw bpf(BPF_LINK_CREATE) syscall and its new descriptor"
+)]
 pub fn link_create(
     program: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
@@ -71,6 +75,7 @@ pub fn link_create(
 }
 
 /// `BPF_OBJ_PIN`: pins the bpf object behind `fd` at `path` on a bpffs.
+#[expect(unsafe_code, reason = "the raw bpf(BPF_OBJ_PIN) syscall")]
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let pathname = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
