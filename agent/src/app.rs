@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminContext, AdminServer};
 use crate::capture::ebpf::CaptureOptions;
 use crate::capture::{self, Capture, Installed};
-use crate::config::{self, Snapshot};
+use crate::config;
+use crate::source;
 use crate::control::{self, ControlServer};
 use crate::pods::Reconciler;
 use shunt_api::capture::CaptureMode;
@@ -58,7 +59,7 @@ pub enum Error {
         source: capture::Error,
     },
     #[error(transparent)]
-    Config(#[from] config::Error),
+    Config(#[from] source::local_dir::Error),
     #[error(transparent)]
     RunDir(#[from] run_dir::Error),
     #[error(transparent)]
@@ -78,7 +79,7 @@ pub enum Stopped {
 
 pub async fn run(options: Options) -> Result<Stopped, Error> {
     // Read first: a wrong --config-dir fails before anything is installed.
-    let initial = Snapshot::load_with(&options.config_dir, &options.load)?;
+    let initial = source::local_dir::load(&options.config_dir, &options.load)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
 
@@ -104,9 +105,9 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
 
     let shutdown = CancellationToken::new();
     let uninstalled = CancellationToken::new();
-    config::watch::log_changes(None, &initial);
+    source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let watcher = config::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
+    let watcher = source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
     let context = Arc::new(AdminContext {

@@ -10,3 +10,4 @@ pub mod control;
 pub mod netns;
 pub mod pods;
 pub mod proxy_cgroup;
+pub mod source;

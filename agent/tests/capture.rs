@@ -414,12 +414,12 @@ fn counters(capture: &EbpfCapture) -> HashMap<String, u64> {
     capture.status().counters.into_iter().collect()
 }
 
-fn attachments(capture: &EbpfCapture) -> HashMap<&'static str, Attachment> {
+fn attachments(capture: &EbpfCapture) -> HashMap<String, Attachment> {
     capture
         .status()
         .programs
         .iter()
-        .map(|p| (p.name, p.attachment))
+        .map(|p| (p.name.to_string(), p.attachment))
         .collect()
 }
 

@@ -51,12 +51,13 @@ async fn start_with(config_text: &str) -> Admin {
     let config_dir = dir.path().join("config");
     std::fs::create_dir(&config_dir).unwrap();
     std::fs::write(config_dir.join("node.yaml"), config_text).unwrap();
-    let snapshot = Snapshot::load(&config_dir).unwrap();
+    let snapshot = crate::source::local_dir::load(&config_dir, &Default::default()).unwrap();
     let (_, config) = watch::channel(Arc::new(snapshot));
     let (_, node) = watch::channel(NodeView {
         proxy: api::ProxyStatus {
             connected: true,
             pid: Some(9),
+            refused: None,
         },
         workloads: vec![workload()],
     });

@@ -1,15 +1,12 @@
-//! Local mode's config: Kubernetes-style YAML in a directory, watched.
-//!
-//! [`Snapshot::load`] reads the directory into a [`Snapshot`]: the objects, the errors met
-//! (each naming file, object and field; the bad object is skipped and everything else
-//! applies), each pod's capture plan and the `MeshState` the proxy gets.
+//! The config as a source publishes it ([`Snapshot`]): the objects, the errors met (each
+//! naming file, object and field; the bad object is skipped and everything else applies),
+//! each pod's capture plan and the `MeshState` the proxy gets. Sources live in
+//! [`crate::source`].
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod mesh;
-mod parse;
 pub mod routing;
-pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,9 +17,6 @@ pub use capture::{CaptureSpec, PodPlan};
 pub use routing::LoadOptions;
 use shunt_api::config::{Config, LoadError};
 use shunt_api::k8s::Namespace;
-
-mod error;
-pub use error::Error;
 
 /// One reading of the config dir and everything derived from it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,18 +33,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads `dir`. Fails only when the directory cannot be listed; everything wrong inside it
-    /// ends up in `errors`.
-    pub fn load(dir: &Path) -> Result<Self, Error> {
-        Self::load_with(dir, &LoadOptions::default())
-    }
-
-    /// [`Snapshot::load`], with the agent's flags applied over the config.
-    pub fn load_with(dir: &Path, options: &LoadOptions) -> Result<Self, Error> {
-        let (config, errors) = parse::load_dir(dir)?;
-        Ok(Self::from_config_with(dir, config, errors, options))
-    }
-
     /// Plans capture for every pod and builds the mesh from parsed objects.
     #[must_use]
     pub fn from_config(dir: &Path, config: Config, errors: Vec<LoadError>) -> Self {

@@ -6,7 +6,7 @@ use std::path::Path;
 use shunt_mesh::routing::OutboundTrafficPolicy;
 
 use super::Snapshot;
-use super::parse::Loader;
+use crate::source::local_dir::Loader;
 
 const README: &str = include_str!("../../../README.md");
 

@@ -1,7 +1,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::parse::Loader;
+use crate::source::local_dir::Loader;
 use super::*;
 
 fn load(files: &[(&str, &str)]) -> (Config, Vec<LoadError>) {
@@ -374,7 +374,7 @@ fn load_dir_reads_yaml_files_in_name_order() {
     write("notes.txt", &pod("ignored-txt"));
     write(".hidden.yaml", &pod("ignored-hidden"));
     std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
-    let snapshot = Snapshot::load(dir.path()).unwrap();
+    let snapshot = crate::source::local_dir::load(dir.path(), &Default::default()).unwrap();
     let names: Vec<_> = snapshot
         .config
         .pods
@@ -385,7 +385,7 @@ fn load_dir_reads_yaml_files_in_name_order() {
     assert_eq!(snapshot.config.pods[0].file, dir.path().join("10-a.yaml"));
 
     let missing = dir.path().join("nope");
-    let err = Snapshot::load(&missing).unwrap_err();
+    let err = crate::source::local_dir::load(&missing, &Default::default()).unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
             "cannot read the config directory {}: ",

@@ -3,6 +3,8 @@ use std::os::unix::fs::MetadataExt;
 
 use shunt_mesh::model::Workload;
 
+use std::path::Path;
+
 use super::*;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +205,7 @@ impl Proxy {
                 AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
                 AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
                 AgentMessage::SpliceMaps => format!("SpliceMaps({} fds)", fds.len()),
+                AgentMessage::Refused { reason } => format!("Refused({reason})"),
             });
         }
         got
@@ -291,7 +294,8 @@ fn capture_turns_on_only_when_the_proxy_is_ready() {
         view.proxy,
         api::ProxyStatus {
             connected: true,
-            pid: Some(7)
+            pid: Some(7),
+            refused: None,
         }
     );
     assert_eq!(view.workloads[0].proxy, "ready");
@@ -698,7 +702,8 @@ fn a_new_proxy_connection_replaces_the_old_one() {
         node.reconciler.view.borrow().proxy,
         api::ProxyStatus {
             connected: false,
-            pid: None
+            pid: None,
+            refused: None,
         }
     );
     assert_eq!(

@@ -527,6 +527,7 @@ impl EbpfCapture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shunt_api::capture::Feature;
 
     #[test]
     fn a_verifier_rejection_names_the_program_and_carries_the_verifier_log() {

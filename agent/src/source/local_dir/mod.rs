@@ -1,5 +1,5 @@
-//! Reading the config dir: every `*.yaml`/`*.yml` file, in name order, each possibly holding
-//! several documents.
+//! Local mode's source: Kubernetes-style YAML in a directory, watched ([`watch`]). Every
+//! `*.yaml`/`*.yml` file is read in name order, each possibly holding several documents.
 //!
 //! Each document is checked on its own: a bad one becomes a [`LoadError`] naming the file, the
 //! object and the field, and is skipped; everything else still loads.
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
 
-use super::{Error, routing};
+use crate::config::{LoadOptions, Snapshot, routing};
 use shunt_mesh::istio::SHUNT_API_VERSION;
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
@@ -24,6 +24,18 @@ const ISTIO_GROUPS: [&str; 3] = [
     "telemetry.istio.io",
 ];
 
+mod error;
+pub mod watch;
+
+pub use error::Error;
+
+/// Reads `dir` into a [`Snapshot`], with the agent's flags applied over the config. Fails
+/// only when the directory cannot be listed; everything wrong inside it ends up in the
+/// snapshot's `errors`.
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<Snapshot, Error> {
+    let (config, errors) = load_dir(dir)?;
+    Ok(Snapshot::from_config_with(dir, config, errors, options))
+}
 /// Reads every YAML file of `dir`. Fails only when the directory itself cannot be listed.
 pub fn load_dir(dir: &Path) -> Result<(Config, Vec<LoadError>), Error> {
     let mut loader = Loader::default();
@@ -65,9 +77,9 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Accumulates the objects of several files, and the errors met on the way.
 #[derive(Default)]
-pub(super) struct Loader {
-    pub(super) config: Config,
-    pub(super) errors: Vec<LoadError>,
+pub(crate) struct Loader {
+    pub(crate) config: Config,
+    pub(crate) errors: Vec<LoadError>,
     /// Where each object was first defined, to name both places of a duplicate.
     defined: HashMap<ObjectKey, Place>,
     /// Which pod holds each uid: the agent and the proxy key pods by it.
@@ -152,7 +164,7 @@ impl Problem {
 const MISSING: &str = "required field is missing";
 
 impl Loader {
-    pub(super) fn load_file(&mut self, file: &Path, text: &str) {
+    pub(crate) fn load_file(&mut self, file: &Path, text: &str) {
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let place = Place {
                 file: file.to_owned(),

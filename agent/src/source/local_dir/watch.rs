@@ -12,7 +12,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, Snapshot};
+use super::Error;
+use crate::config::Snapshot;
 
 /// How long the dir must stay quiet before it is re-read: editors and `kubectl`-style tools
 /// write a file in several steps.
@@ -78,7 +79,7 @@ async fn quiet(changed: &Notify) {
 async fn reload(dir: &Path, snapshots: &watch::Sender<Arc<Snapshot>>) {
     let path: PathBuf = dir.to_owned();
     let options = snapshots.borrow().options.clone();
-    let loaded = match tokio::task::spawn_blocking(move || Snapshot::load_with(&path, &options))
+    let loaded = match tokio::task::spawn_blocking(move || super::load(&path, &options))
         .await
     {
         Ok(loaded) => loaded,
@@ -127,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_in_the_dir_is_published() {
         let dir = tempfile::tempdir().unwrap();
-        let initial = Snapshot::load(dir.path()).unwrap();
+        let initial = crate::source::local_dir::load(dir.path(), &Default::default()).unwrap();
         let (tx, mut rx) = watch::channel(Arc::new(initial));
         let shutdown = CancellationToken::new();
         let task = spawn(dir.path(), tx, shutdown.clone()).unwrap();
