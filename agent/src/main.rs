@@ -107,7 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.uninstall {
         let installed = Installed {
             ebpf: capture,
-            iptables_records: shared_capture::iptables_records(run_dir.path()),
+            iptables_records: capture::iptables_records(run_dir.path()),
         };
         return runtime.block_on(uninstall(&installed, &run_dir));
     }
