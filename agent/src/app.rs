@@ -18,9 +18,9 @@ use crate::admin::{self, AdminContext, AdminServer};
 use crate::capture::ebpf::CaptureOptions;
 use crate::capture::{self, Capture, Installed};
 use crate::config;
-use crate::source;
 use crate::control::{self, ControlServer};
 use crate::pods::Reconciler;
+use crate::source;
 use shunt_api::capture::CaptureMode;
 use shunt_api::run_dir::{self, RunDir};
 
@@ -107,7 +107,8 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let uninstalled = CancellationToken::new();
     source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let watcher = source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
+    let watcher =
+        source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
     let context = Arc::new(AdminContext {

@@ -9,12 +9,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use shunt_agent::admin::client::{self, AdminClient};
 use shunt_agent::app::{self, Options};
 use shunt_agent::capture::ebpf::CaptureOptions;
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
+use shunt_api::admin_client::{self as client, AdminClient};
 use shunt_api::capture::CaptureMode;
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_mesh::routing::OutboundTrafficPolicy;

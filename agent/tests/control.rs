@@ -20,7 +20,9 @@ use shunt_agent::config::Snapshot;
 use shunt_agent::control::ControlServer;
 use shunt_agent::netns::PodNetns;
 use shunt_agent::pods::{CaptureMaps, NodeView, Reconciler};
-use shunt_api::control::{self, AgentMessage, InboundBind, ProxyMessage};
+use shunt_agent::proxy_cgroup::CgroupRequirement;
+use shunt_agent::source::local_dir;
+use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -103,6 +105,11 @@ struct Agent {
 
 impl Agent {
     async fn start() -> Self {
+        Self::start_requiring(None).await
+    }
+
+    /// An agent that serves only proxies inside `cgroup` (eBPF capture's rule).
+    async fn start_requiring(cgroup: Option<CgroupRequirement>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_dir = dir.path().join("config");
         std::fs::create_dir(&config_dir).unwrap();
@@ -114,7 +121,7 @@ impl Agent {
         let capture = FakeCapture::default();
         let reconciler = Reconciler::new(capture.clone()).with_netns_opener(open_file);
         let view = reconciler.view();
-        let server = ControlServer::bind(&socket).unwrap();
+        let server = ControlServer::bind(&socket).unwrap().require_cgroup(cgroup);
         let (events_tx, events) = mpsc::channel(16);
         let (snapshots, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
         let shutdown = CancellationToken::new();
@@ -146,7 +153,7 @@ impl Agent {
             ));
         }
         std::fs::write(self.config_dir.join("node.yaml"), yaml).unwrap();
-        let snapshot = Snapshot::load(&self.config_dir).unwrap();
+        let snapshot = local_dir::load(&self.config_dir, &Default::default()).unwrap();
         assert_eq!(snapshot.errors, vec![]);
         self.snapshots.send_replace(Arc::new(snapshot));
     }
@@ -310,6 +317,7 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
             AgentMessage::Synced { .. } => "synced",
             AgentMessage::RemovePod { .. } => "remove_pod",
             AgentMessage::SpliceMaps => "splice_maps",
+            AgentMessage::Refused { .. } => "refused",
         });
     }
     assert_eq!(kinds, vec!["state", "add_pod", "synced"]);
@@ -343,5 +351,61 @@ async fn a_peer_that_does_not_say_hello_is_dropped() {
         .expect("the agent hangs up promptly");
     assert!(matches!(answer, Err(wire::Error::Closed)), "{answer:?}");
     assert!(!agent.view.borrow().proxy.connected);
+    agent.shutdown.cancel();
+}
+
+/// This test process is the proxy here: the agent reads its cgroup from `/proc` by the pid
+/// the kernel gives for the socket, so a made-up mount decides inside or outside.
+fn requirement(cgroup: &str) -> CgroupRequirement {
+    CgroupRequirement {
+        cgroup: PathBuf::from(cgroup),
+        cgroup2_mount: PathBuf::from("/cg"),
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_outside_the_capture_cgroup_is_refused_and_shown_why() {
+    let mut agent = Agent::start_requiring(Some(requirement("/cg/shunt-no-such-cgroup"))).await;
+    agent.configure(&[("web", "10.244.0.10")]);
+    let mut proxy = FakeProxy::connect(&agent.socket, 41).await;
+    let (answer, _) = proxy.recv().await;
+    let AgentMessage::Refused { reason } = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    let own = std::process::id();
+    for needle in [
+        format!("pid {own}"),
+        "outside the capture cgroup /cg/shunt-no-such-cgroup (--cgroup)".to_owned(),
+        "/cg/shunt-no-such-cgroup/cgroup.procs".to_owned(),
+    ] {
+        assert!(reason.contains(&needle), "{needle:?} missing: {reason}");
+    }
+    // Nothing else is sent: no state, no pod, and capture is not touched.
+    let closed = tokio::time::timeout(TIMEOUT, wire::recv::<AgentMessage>(&mut proxy.stream))
+        .await
+        .expect("the agent hangs up promptly");
+    assert!(matches!(closed, Err(wire::Error::Closed)), "{closed:?}");
+    agent
+        .wait_for("the refusal in the view", |view| {
+            view.proxy.refused.is_some()
+        })
+        .await;
+    let status = agent.view.borrow().proxy.clone();
+    assert!(!status.connected);
+    assert_eq!(status.pid, Some(own));
+    assert_eq!(status.refused.as_deref(), Some(reason.as_str()));
+    assert_eq!(agent.capture.take(), vec![]);
+
+    // Inside: served as usual, and the refusal is gone from the view.
+    agent.shutdown.cancel();
+    let mut agent = Agent::start_requiring(Some(requirement("/cg"))).await;
+    agent.configure(&[("web", "10.244.0.10")]);
+    let mut proxy = FakeProxy::connect(&agent.socket, 42).await;
+    let (answer, _) = proxy.recv().await;
+    assert!(matches!(answer, AgentMessage::State { .. }), "{answer:?}");
+    agent
+        .wait_for("the proxy to be served", |view| view.proxy.connected)
+        .await;
+    assert_eq!(agent.view.borrow().proxy.refused, None);
     agent.shutdown.cancel();
 }

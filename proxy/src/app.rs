@@ -12,9 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{ProxyContext, Timeouts};
 use crate::control::client::ControlClient;
 use crate::inpod::PodRegistry;
-use crate::context::{ProxyContext, Timeouts};
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::AccessLog;
@@ -76,7 +76,7 @@ impl App {
         let state = Arc::new(StateStore::new());
         let metrics = Arc::new(Metrics::new());
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
-        let routes: Option<Arc<dyn shunt_mesh::routing::RouteSource>> = Some(state.clone());
+        let routes: Arc<dyn shunt_mesh::routing::RouteSource> = state.clone();
         let proxy = Arc::new(ProxyContext::new(
             state.clone(),
             routes,
@@ -190,11 +190,11 @@ pub async fn run(config: Config, factory: Arc<dyn SocketFactory>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shunt_api::control::{self as wire, AgentMessage, ProxyMessage};
     use crate::socket::CurrentNetnsSocketFactory;
+    use crate::testing::*;
+    use shunt_api::control::{self as wire, AgentMessage, ProxyMessage};
     use shunt_mesh::model::MeshState;
     use shunt_mesh::testing::pod;
-    use crate::testing::*;
     use std::net::Ipv4Addr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;

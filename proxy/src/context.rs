@@ -19,11 +19,10 @@ use crate::upstream::local::LocalPods;
 /// What every connection of every pod shares.
 pub struct ProxyContext {
     pub state: Arc<StateStore>,
-    /// The routing table in force (VirtualServices, DestinationRules, ServiceEntries); one
-    /// snapshot per connection or request. `None` until the config compiler's
-    /// `StateStore: RouteSource` is wired: outbound connections are then routed at L4 by the
-    /// Service table alone, as before L7.
-    pub routes: Option<Arc<dyn RouteSource>>,
+    /// The routing table in force (Services, VirtualServices, DestinationRules,
+    /// ServiceEntries); one snapshot per connection or request. In production the state
+    /// store itself; tests may route by fixed answers.
+    pub routes: Arc<dyn RouteSource>,
     /// Local rate limits: one token bucket per RateLimitPolicy for the whole node proxy.
     pub rate_limiter: RateLimiter,
     /// How long protocol detection waits for a client's first bytes unless the mesh config
@@ -47,7 +46,7 @@ impl ProxyContext {
     #[must_use]
     pub fn new(
         state: Arc<StateStore>,
-        routes: Option<Arc<dyn RouteSource>>,
+        routes: Arc<dyn RouteSource>,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
         timeouts: Timeouts,
@@ -70,9 +69,7 @@ impl ProxyContext {
     /// Whether the mesh config leaves the access log on (`accessLogFile`), as of now.
     #[must_use]
     pub fn access_log_on(&self) -> bool {
-        self.routes
-            .as_ref()
-            .is_none_or(|source| source.routes().mesh().access_log_on())
+        self.routes.routes().mesh().access_log_on()
     }
 }
 
@@ -84,7 +81,6 @@ pub struct Timeouts {
     /// Whether a connection to a pod served on this node skips its inbound listener.
     pub same_node_shortcut: bool,
 }
-
 
 /// One captured pod, as its connections see it: the pod and its upstream clusters (pools
 /// are per pod: they dial from its netns).

@@ -18,10 +18,11 @@ pub mod orig_dst;
 pub mod pod;
 pub mod progress;
 pub mod ratelimit;
+pub mod response_flag;
 pub mod socket;
 pub mod splice;
 pub mod state;
 pub mod telemetry;
-pub mod upstream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod upstream;

@@ -30,8 +30,7 @@ impl StateStore {
 
     /// Replaces the state; returns the problems found in it.
     pub fn replace(&self, state: &MeshState) -> Vec<Error> {
-        let previous = self.load();
-        let (index, errors) = MeshIndex::build(state, &previous);
+        let (index, errors) = MeshIndex::build(state);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
         errors
     }

@@ -1,6 +1,10 @@
 //! Test support: a proxy wired to in-memory telemetry, original destinations the test decides,
 //! loopback servers, and throwaway network namespaces.
-#![forbid(unsafe_code)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers (the `testing` feature): a broken test set-up panics where it broke"
+)]
 
 use std::collections::HashMap;
 use std::io;
@@ -14,15 +18,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::inpod::PodRegistry;
-use crate::context::ProxyContext;
 use crate::addrs::{ClientAddr, OrigDstAddr};
+use crate::context::ProxyContext;
+use crate::inpod::PodRegistry;
 use crate::orig_dst::{self, OrigDstSource};
-use shunt_mesh::routing::RouteSource;
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
 use crate::telemetry::access_log::{AccessLog, Captured};
 use crate::telemetry::metrics::Metrics;
+use shunt_mesh::routing::RouteSource;
 
 /// Original destinations by client address, as the eBPF maps keep them.
 #[derive(Debug, Default)]
@@ -57,30 +61,27 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// `table_inbound`: whether inbound destinations come from [`TestProxy::inbound`] (to
-    /// exercise inbound forwarding without sk_lookup) or from the local address as in production.
+    /// Routed by the proxy's own state, as in production. `table_inbound`: whether inbound
+    /// destinations come from [`TestProxy::inbound`] (to exercise inbound forwarding without
+    /// sk_lookup) or from the local address as in production.
     pub fn new(table_inbound: bool) -> Self {
-        Self::build(table_inbound, |_| None, true)
+        Self::build(table_inbound, |state| state.clone(), true)
     }
 
-    /// Outbound connections routed by `routes` (the L7 path), destinations from the table.
+    /// Outbound connections routed by `routes` (fixed answers), destinations from the table.
     pub fn with_routes(routes: Arc<dyn RouteSource>) -> Self {
-        Self::build(false, |_| Some(routes), true)
+        Self::build(false, |_| routes, true)
     }
 
     /// Outbound connections routed by the proxy's own state (as in production), with or
     /// without same-node delivery.
     pub fn routed_by_state(same_node_shortcut: bool) -> Self {
-        Self::build(
-            false,
-            |state| Some(state.clone() as Arc<dyn RouteSource>),
-            same_node_shortcut,
-        )
+        Self::build(false, |state| state.clone(), same_node_shortcut)
     }
 
     fn build(
         table_inbound: bool,
-        routes: impl FnOnce(&Arc<StateStore>) -> Option<Arc<dyn RouteSource>>,
+        routes: impl FnOnce(&Arc<StateStore>) -> Arc<dyn RouteSource>,
         same_node_shortcut: bool,
     ) -> Self {
         let outbound = Arc::new(OrigDstTable::default());

@@ -10,8 +10,8 @@ pub use shunt_mesh::routing::explain::{
     RouteView,
 };
 
-use crate::config::{Config, LoadError};
 use crate::capture::{CaptureMode, CaptureStatus, IptablesStatus};
+use crate::config::{Config, LoadError};
 
 /// `GET /status`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -36,4 +36,3 @@ pub struct EndpointDump {
     pub idle_connections: usize,
     pub h2_connections: usize,
 }
-

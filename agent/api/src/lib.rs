@@ -1,12 +1,15 @@
 //! The agent's interfaces, shared by the agent, the proxy and `shuntctl`:
 //! - [`control`]: the agent ↔ proxy control protocol (frames, `SCM_RIGHTS` descriptors);
 //! - [`netns`]: entering a pod's network namespace from a thread, which both sides do;
-//! - [`admin`], [`capture`], [`config`], [`clusters`]: the admin API's JSON types;
+//! - [`admin`], [`capture`], [`config`], [`clusters`]: the admin API's JSON types, and its
+//!   client (`admin_client`, feature `client`);
 //! - [`k8s`]: the Kubernetes objects a config source reads;
 //! - [`run_dir`]: where an instance's sockets live (`/run/shunt/<instance>/`).
 #![deny(unsafe_code)]
 
 pub mod admin;
+#[cfg(feature = "client")]
+pub mod admin_client;
 pub mod capture;
 pub mod clusters;
 pub mod config;

@@ -42,7 +42,10 @@ pub fn netns_cookie(netns: BorrowedFd<'_>) -> io::Result<u64> {
 }
 
 /// The netns cookie of the netns `socket` lives in.
-#[expect(unsafe_code, reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper in nix")]
+#[expect(
+    unsafe_code,
+    reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper in nix"
+)]
 pub fn socket_netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;

@@ -36,7 +36,10 @@ mod tests {
     fn every_cause_shows_once() {
         let io = || std::io::Error::other("no such file");
         let cases: [(Outer, &str); 2] = [
-            (Outer::Says { source: io() }, "cannot read the config: no such file"),
+            (
+                Outer::Says { source: io() },
+                "cannot read the config: no such file",
+            ),
             (Outer::Hides(io()), "cannot start: no such file"),
         ];
         for (error, expected) in cases {

@@ -5,9 +5,9 @@ use std::path::Path;
 use shunt_api::admin::ConfigDump;
 use shunt_api::config::Sourced;
 
-use crate::client::AdminClient;
 use crate::output::Output;
 use crate::table::{Table, count, or_dash};
+use shunt_api::admin_client::AdminClient;
 
 pub async fn dump(agent: &AdminClient, output: Output) -> anyhow::Result<String> {
     let body = agent.get("/config").await?;

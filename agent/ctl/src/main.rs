@@ -2,7 +2,6 @@
 //! `clusters`, of the proxy's metrics endpoint).
 #![deny(unsafe_code)]
 
-mod client;
 mod clusters;
 mod config;
 mod maps;
@@ -22,8 +21,8 @@ use clap::{Parser, Subcommand};
 use shunt_api::admin::ExplainRequest;
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 
-use crate::client::AdminClient;
 use crate::output::Output;
+use shunt_api::admin_client::AdminClient;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -129,8 +128,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            // `:#` appends each cause: the messages above leave them out.
-            eprintln!("shuntctl: {e:#}");
+            // The whole chain, as the messages mostly leave their causes to `source`.
+            eprintln!("shuntctl: {}", shunt_api::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

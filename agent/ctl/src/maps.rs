@@ -1,8 +1,8 @@
 //! `shuntctl maps dump NAME`: one eBPF map's entries.
 
-use crate::client::AdminClient;
 use crate::output::Output;
 use crate::table::{Table, count};
+use shunt_api::admin_client::AdminClient;
 
 pub async fn dump(agent: &AdminClient, name: &str, output: Output) -> anyhow::Result<String> {
     let path = format!("/maps/{name}");

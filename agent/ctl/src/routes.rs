@@ -5,8 +5,8 @@ use shunt_api::admin::{
     ClusterView, DestinationView, ExplainQuery, ExplainRequest, Explanation, PodRoutes, RouteView,
 };
 
-use crate::client::AdminClient;
 use crate::output::Output;
+use shunt_api::admin_client::AdminClient;
 
 pub async fn routes(agent: &AdminClient, pod: &str, output: Output) -> anyhow::Result<String> {
     let path = format!("/routes/{pod}");

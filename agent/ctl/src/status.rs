@@ -5,9 +5,9 @@ use serde::Deserialize as _;
 use shunt_api::admin::{CaptureReport, Status};
 use shunt_api::capture::{Attachment, CaptureMode, CaptureStatus, IptablesStatus};
 
-use crate::client::AdminClient;
 use crate::output::{self, Output};
 use crate::table::{Table, or_dash, yes_no};
+use shunt_api::admin_client::AdminClient;
 
 const PATH: &str = "/status";
 
@@ -67,6 +67,9 @@ fn status(status: &Status) -> String {
             match (status.proxy.connected, status.proxy.pid) {
                 (true, Some(pid)) => format!("connected (pid {pid})"),
                 (true, None) => "connected".into(),
+                (false, Some(pid)) if status.proxy.refused.is_some() => {
+                    format!("refused (pid {pid})")
+                }
                 (false, _) => "not connected".into(),
             },
         ],
@@ -75,6 +78,10 @@ fn status(status: &Status) -> String {
     }
     // The header row of this two-column table is empty: skip it.
     out.extend(summary.render().lines().skip(1).map(|l| format!("{l}\n")));
+    // Said in full, apart from the table: it tells the operator what to change.
+    if let Some(reason) = &status.proxy.refused {
+        out.push_str(&format!("\nproxy refused: {reason}\n"));
+    }
     match (status.capture_mode, &status.capture) {
         (CaptureMode::Ebpf, CaptureReport::Ebpf(capture)) => ebpf(&mut out, capture),
         (CaptureMode::Iptables, CaptureReport::Iptables(capture)) => iptables(&mut out, capture),
@@ -412,6 +419,32 @@ mod tests {
             ),
         ] {
             assert_eq!(status(&decode(body).unwrap()), expected);
+        }
+    }
+
+    #[test]
+    fn a_refused_proxy_is_shown_with_the_reason() {
+        let mut refused = iptables_status();
+        refused.proxy = ProxyStatus {
+            connected: false,
+            pid: Some(77),
+            refused: Some("the proxy (pid 77) runs in cgroup /cg/x, outside ...".into()),
+        };
+        let cases = [
+            (
+                refused,
+                vec![
+                    "proxy             refused (pid 77)",
+                    "\nproxy refused: the proxy (pid 77) runs in cgroup /cg/x",
+                ],
+            ),
+            (iptables_status(), vec!["proxy             not connected"]),
+        ];
+        for (status_body, parts) in cases {
+            let out = status(&status_body);
+            for part in parts {
+                assert!(out.contains(part), "{part:?} in:\n{out}");
+            }
         }
     }
 

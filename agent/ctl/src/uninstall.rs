@@ -2,8 +2,8 @@
 
 use shunt_api::admin::Uninstalled;
 
-use crate::client::AdminClient;
 use crate::output::Output;
+use shunt_api::admin_client::AdminClient;
 
 pub async fn run(agent: &AdminClient, output: Output) -> anyhow::Result<String> {
     let body = agent.post("/uninstall").await?;

@@ -2,9 +2,9 @@
 
 use shunt_api::admin::Workload;
 
-use crate::client::AdminClient;
 use crate::output::Output;
 use crate::table::{Table, or_dash, yes_no};
+use shunt_api::admin_client::AdminClient;
 
 pub async fn run(agent: &AdminClient, output: Output) -> anyhow::Result<String> {
     let body = agent.get("/workloads").await?;

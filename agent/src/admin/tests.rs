@@ -1,8 +1,8 @@
 use std::path::Path;
 
-use super::client::{self, AdminClient};
 use super::*;
 use crate::capture::ebpf::CaptureOptions;
+use shunt_api::admin_client::{self as client, AdminClient};
 
 const CONFIG: &str = "
 apiVersion: v1

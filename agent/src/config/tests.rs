@@ -1,8 +1,8 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::source::local_dir::Loader;
 use super::*;
+use crate::source::local_dir::Loader;
 
 fn load(files: &[(&str, &str)]) -> (Config, Vec<LoadError>) {
     let mut loader = Loader::default();

@@ -1,10 +1,9 @@
 //! The index built from a [`MeshState`] to route and label connections: workloads by IP
-//! and uid, Service ports with their ready endpoints, and the compiled route table.
+//! and uid, Services, and the compiled route table.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
@@ -30,69 +29,22 @@ pub enum Error {
     Routing(#[from] routing::Error),
 }
 
-/// Where a connection to some address should go.
-#[derive(Debug)]
-pub enum Route<'a> {
-    /// A Service address: `endpoint` was picked round robin among the ready endpoints.
-    Service {
-        /// The Service that owns the address.
-        service: &'a Arc<Service>,
-        /// The endpoint this connection goes to.
-        endpoint: &'a Endpoint,
-    },
-    /// A Service address with no ready endpoint behind it.
-    NoReadyEndpoints {
-        /// The Service that owns the address.
-        service: &'a Arc<Service>,
-    },
-    /// Not a Service address: dial it unchanged (Istio's ALLOW_ANY). `workload` is the pod with
-    /// that IP, when there is one.
-    Passthrough {
-        /// The pod with the destination IP, if any (for labels only).
-        workload: Option<&'a Arc<Workload>>,
-    },
-}
-
-/// A ready pod behind a Service port.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    /// Pod IP and resolved `targetPort`.
-    pub addr: SocketAddrV4,
-    /// The pod.
-    pub workload: Arc<Workload>,
-}
-
-/// One port of a Service with a ClusterIP.
-#[derive(Debug)]
-struct ServicePortEntry {
-    service: Arc<Service>,
-    endpoints: Vec<Endpoint>,
-    /// Shared with the next index built for the same Service port, so a State update does
-    /// not send every Service's next connection back to its first endpoint.
-    cursor: Arc<AtomicUsize>,
-}
-
-/// Identifies a Service port across State updates.
-type CursorKey = (String, String, u16);
-
 /// Lookups over one [`MeshState`].
 #[derive(Debug, Default)]
 pub struct MeshIndex {
     by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
     by_uid: HashMap<String, Arc<Workload>>,
-    by_cluster_addr: HashMap<SocketAddrV4, ServicePortEntry>,
     /// Sorted by namespace and name, so every lookup that may match several answers the same.
     services: Vec<Arc<Service>>,
-    cursors: HashMap<CursorKey, Arc<AtomicUsize>>,
     /// The compiled Istio routing config of the same state.
     routes: RouteTable,
 }
 
 impl MeshIndex {
-    /// Indexes `state`, keeping `previous`'s round-robin positions. Returns the problems found;
-    /// each loses only what it names.
+    /// Indexes `state`. Returns the problems found; each loses only what it names. Connections
+    /// are balanced by the route table's clusters, whose state lives in the proxy.
     #[must_use]
-    pub fn build(state: &MeshState, previous: &Self) -> (Self, Vec<Error>) {
+    pub fn build(state: &MeshState) -> (Self, Vec<Error>) {
         let mut errors = Vec::new();
         let workloads: Vec<Arc<Workload>> = state.workloads.iter().cloned().map(Arc::new).collect();
 
@@ -116,46 +68,24 @@ impl MeshIndex {
             state.services.iter().cloned().map(Arc::new).collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-        let mut by_cluster_addr: HashMap<SocketAddrV4, ServicePortEntry> = HashMap::new();
-        let mut cursors = HashMap::new();
+        // The route table keeps the first Service by namespace/name for an address, too.
+        let mut by_cluster_addr: HashMap<SocketAddrV4, &Arc<Service>> = HashMap::new();
         for service in &services {
             let Some(cluster_ip) = service.cluster_ip else {
                 continue;
             };
             for port in service.ports.iter().filter(|p| is_tcp(&p.protocol)) {
                 let addr = SocketAddrV4::new(cluster_ip, port.port);
-                if let Some(kept) = by_cluster_addr.get(&addr) {
-                    errors.push(Error::DuplicateServiceAddress {
+                match by_cluster_addr.get(&addr) {
+                    Some(kept) => errors.push(Error::DuplicateServiceAddress {
                         addr,
-                        kept: qualified(&kept.service),
+                        kept: qualified(kept),
                         ignored: qualified(service),
-                    });
-                    continue;
+                    }),
+                    None => {
+                        by_cluster_addr.insert(addr, service);
+                    }
                 }
-                let mut endpoints: Vec<Endpoint> = workloads
-                    .iter()
-                    .filter(|w| w.ready && selects(service, w))
-                    .filter_map(|w| {
-                        let ip = w.ip?;
-                        let target = target_port(port, w)?;
-                        Some(Endpoint {
-                            addr: SocketAddrV4::new(ip, target),
-                            workload: w.clone(),
-                        })
-                    })
-                    .collect();
-                endpoints.sort_by(|a, b| (a.addr, &a.workload.uid).cmp(&(b.addr, &b.workload.uid)));
-                let key = (service.namespace.clone(), service.name.clone(), port.port);
-                let cursor = previous.cursors.get(&key).cloned().unwrap_or_default();
-                cursors.insert(key, cursor.clone());
-                by_cluster_addr.insert(
-                    addr,
-                    ServicePortEntry {
-                        service: service.clone(),
-                        endpoints,
-                        cursor,
-                    },
-                );
             }
         }
 
@@ -164,35 +94,10 @@ impl MeshIndex {
         let index = Self {
             by_ip,
             by_uid,
-            by_cluster_addr,
             services,
-            cursors,
             routes,
         };
         (index, errors)
-    }
-
-    /// Where a connection to `dst` goes; advances the Service's round robin.
-    #[must_use]
-    pub fn route(&self, dst: SocketAddr) -> Route<'_> {
-        let SocketAddr::V4(dst) = dst else {
-            return Route::Passthrough { workload: None };
-        };
-        match self.by_cluster_addr.get(&dst) {
-            Some(entry) if entry.endpoints.is_empty() => Route::NoReadyEndpoints {
-                service: &entry.service,
-            },
-            Some(entry) => {
-                let turn = entry.cursor.fetch_add(1, Ordering::Relaxed);
-                Route::Service {
-                    service: &entry.service,
-                    endpoint: &entry.endpoints[turn % entry.endpoints.len()],
-                }
-            }
-            None => Route::Passthrough {
-                workload: self.by_ip.get(dst.ip()),
-            },
-        }
     }
 
     /// The pod with IP `ip` (a ready one when several share it); `None` for IPv6.
@@ -297,10 +202,6 @@ mod tests {
     use crate::model::*;
     use crate::testing::*;
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
     /// shop: web (10.0.0.1), api-a/api-b (10.0.0.2/3, ready), api-c (10.0.0.4, not ready),
     /// db (10.0.0.5, no "http" port). other: api-x (10.0.1.2) with shop's labels.
     fn mesh() -> MeshState {
@@ -361,132 +262,9 @@ mod tests {
         }
     }
 
-    /// What a route says, in strings, for comparing against a table.
-    fn describe(route: &Route<'_>) -> String {
-        match route {
-            Route::Service { service, endpoint } => {
-                format!(
-                    "{} -> {} ({})",
-                    service.name, endpoint.addr, endpoint.workload.name
-                )
-            }
-            Route::NoReadyEndpoints { service } => {
-                format!("{} -> no ready endpoints", service.name)
-            }
-            Route::Passthrough { workload: Some(w) } => format!("passthrough ({})", w.name),
-            Route::Passthrough { workload: None } => "passthrough".into(),
-        }
-    }
-
-    #[test]
-    fn routes() {
-        let (index, errors) = MeshIndex::build(&mesh(), &MeshIndex::default());
-        assert_eq!(errors, vec![]);
-        for (dst, expected) in [
-            // Named targetPort → the pods' "http" port; ready pods only, in address order.
-            (
-                "10.96.0.10:80",
-                vec![
-                    "api -> 10.0.0.2:8080 (api-a)",
-                    "api -> 10.0.0.3:8080 (api-b)",
-                    "api -> 10.0.0.2:8080 (api-a)",
-                ],
-            ),
-            // Numeric targetPort, its own cursor.
-            (
-                "10.96.0.10:9090",
-                vec![
-                    "api -> 10.0.0.2:9091 (api-a)",
-                    "api -> 10.0.0.3:9091 (api-b)",
-                ],
-            ),
-            // The only selected pod lacks the named port.
-            ("10.96.0.11:5432", vec!["db -> no ready endpoints"]),
-            // A port the Service does not expose is not the Service.
-            ("10.96.0.10:81", vec!["passthrough"]),
-            // UDP ports are not TCP routes; a selector-less Service has no endpoints.
-            ("10.96.0.53:53", vec!["passthrough"]),
-            ("10.96.0.9:80", vec!["external -> no ready endpoints"]),
-            // Pod IPs pass through, naming the pod; unknown addresses pass through.
-            ("10.0.0.3:8080", vec!["passthrough (api-b)"]),
-            ("10.0.0.4:8080", vec!["passthrough (api-c)"]),
-            ("192.0.2.1:443", vec!["passthrough"]),
-            ("[2001:db8::1]:443", vec!["passthrough"]),
-        ] {
-            let got: Vec<String> = (0..expected.len())
-                .map(|_| describe(&index.route(addr(dst))))
-                .collect();
-            assert_eq!(got, expected, "{dst}");
-        }
-    }
-
-    /// What the proxy's `StateStore` does: each index is built over the one before.
-    #[derive(Default)]
-    struct StateStore(std::cell::RefCell<Arc<MeshIndex>>);
-
-    impl StateStore {
-        fn new() -> Self {
-            Self::default()
-        }
-        fn load(&self) -> Arc<MeshIndex> {
-            self.0.borrow().clone()
-        }
-        fn replace(&self, state: &MeshState) -> Vec<Error> {
-            let (index, errors) = MeshIndex::build(state, &self.load());
-            *self.0.borrow_mut() = Arc::new(index);
-            errors
-        }
-    }
-
-    #[test]
-    fn the_round_robin_position_survives_a_state_update() {
-        let store = StateStore::new();
-        assert_eq!(store.replace(&mesh()), vec![]);
-        let first = describe(&store.load().route(addr("10.96.0.10:80")));
-        assert!(first.contains("api-a"), "{first}");
-        // A new state (here: one more ready endpoint) continues where the old one stopped.
-        let mut updated = mesh();
-        updated
-            .workloads
-            .push(pod("shop", "api-d", [10, 0, 0, 9], "api"));
-        assert_eq!(store.replace(&updated), vec![]);
-        let next: Vec<String> = (0..3)
-            .map(|_| describe(&store.load().route(addr("10.96.0.10:80"))))
-            .collect();
-        assert_eq!(
-            next,
-            vec![
-                "api -> 10.0.0.3:8080 (api-b)",
-                "api -> 10.0.0.9:8080 (api-d)",
-                "api -> 10.0.0.2:8080 (api-a)",
-            ]
-        );
-    }
-
-    #[test]
-    fn readiness_changes_take_pods_in_and_out_of_rotation() {
-        let store = StateStore::new();
-        let mut state = mesh();
-        for w in &mut state.workloads {
-            if w.name == "api-a" || w.name == "api-b" {
-                w.ready = false;
-            }
-        }
-        store.replace(&state);
-        assert_eq!(
-            describe(&store.load().route(addr("10.96.0.10:80"))),
-            "api -> no ready endpoints"
-        );
-        store.replace(&mesh());
-        assert!(matches!(
-            store.load().route(addr("10.96.0.10:80")),
-            Route::Service { .. }
-        ));
-    }
-
     #[test]
     fn destination_service_for_a_pod_port() {
-        let (index, _) = MeshIndex::build(&mesh(), &MeshIndex::default());
+        let (index, _) = MeshIndex::build(&mesh());
         for (pod_ip, port, expected) in [
             ("10.0.0.2", 8080, Some("api.shop.svc.cluster.local")),
             ("10.0.0.2", 9091, Some("api.shop.svc.cluster.local")),
@@ -516,7 +294,7 @@ mod tests {
         let mut host = pod("kube-system", "node-agent", [10, 0, 0, 1], "node-agent");
         host.ready = false;
         state.workloads.push(host);
-        let (index, _) = MeshIndex::build(&state, &MeshIndex::default());
+        let (index, _) = MeshIndex::build(&state);
         for (ip, expected) in [
             ("10.0.0.1", Some("web-1")),
             ("10.0.1.2", Some("api-x")),
@@ -550,7 +328,7 @@ mod tests {
             "web",
             &[(80, TargetPort::Number(80))],
         ));
-        let (index, errors) = MeshIndex::build(&state, &MeshIndex::default());
+        let (index, errors) = MeshIndex::build(&state);
         assert_eq!(
             errors,
             vec![Error::DuplicateServiceAddress {
@@ -559,12 +337,15 @@ mod tests {
                 ignored: "shop/api".into(),
             }]
         );
-        assert_eq!(
-            describe(&index.route(addr("10.96.0.10:80"))),
-            "aaa -> 10.0.0.1:80 (web-1)"
-        );
+        use crate::routing::{OutboundTarget, Routes as _};
+        let host = |dst: &str| match index.outbound_target(dst.parse().unwrap(), None) {
+            OutboundTarget::Service(target) => target.host.0.to_string(),
+            OutboundTarget::Unknown { .. } => "unknown".into(),
+        };
+        // The table routes the address as the error says.
+        assert_eq!(host("10.96.0.10:80"), "aaa.shop.svc.cluster.local");
         // The rest of the losing Service still applies.
-        assert!(describe(&index.route(addr("10.96.0.10:9090"))).starts_with("api ->"));
+        assert_eq!(host("10.96.0.10:9090"), "api.shop.svc.cluster.local");
         assert!(errors[0].to_string().contains("spec.clusterIP"));
     }
 }

@@ -10,19 +10,19 @@ use shunt_common::SockKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, ResetOnClose};
-use crate::progress::{self, Progress};
 use crate::addrs::{ClientAddr, OrigDstAddr};
-use crate::splice::{self, Splicing};
 use crate::context::{PodContext, ProxyContext};
-use crate::pod::Pod;
 use crate::drain;
-use crate::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
+use crate::pod::Pod;
+use crate::progress::{self, Progress};
 use crate::socket;
-use shunt_mesh::index::MeshIndex;
-use shunt_mesh::model::{Service, Workload};
+use crate::splice::{self, Splicing};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
+use crate::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
+use shunt_mesh::index::MeshIndex;
+use shunt_mesh::model::{Service, Workload};
 
 /// The two ends of a connection, as far as the mesh knows them.
 #[derive(Default)]
@@ -370,8 +370,14 @@ where
     // Bytes that skipped the proxy count as the connection's, as if it had carried them.
     let count_spliced = |spliced: splice::Spliced| {
         for (direction, bytes) in [
-            (progress::Direction::ClientToServer, spliced.client_to_server),
-            (progress::Direction::ServerToClient, spliced.server_to_client),
+            (
+                progress::Direction::ClientToServer,
+                spliced.client_to_server,
+            ),
+            (
+                progress::Direction::ServerToClient,
+                spliced.server_to_client,
+            ),
         ] {
             if bytes > 0 {
                 meter.delivered(direction, bytes);

@@ -16,13 +16,13 @@ use tokio::net::TcpStream;
 
 use super::connection::{self, Accepted, Plan};
 use crate::addrs::ClientAddr;
-use crate::context::{PodContext, ProxyContext};
 use crate::conn::detect::{self, Protocol};
 use crate::conn::rewind::Rewind;
+use crate::context::{PodContext, ProxyContext};
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
-use shunt_mesh::index::MeshIndex;
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
+use shunt_mesh::index::MeshIndex;
 
 /// Serves one connection accepted on `pod`'s inbound listener.
 pub async fn serve(
@@ -50,8 +50,9 @@ pub async fn serve(
     );
     let timeout = proxy
         .routes
-        .as_ref()
-        .and_then(|source| source.routes().mesh().protocol_detection_timeout)
+        .routes()
+        .mesh()
+        .protocol_detection_timeout
         .unwrap_or(proxy.protocol_detection_timeout);
     let detection = tokio::select! {
         biased;

@@ -1,8 +1,7 @@
 //! Outbound: connections an app in a captured pod opened, redirected to the pod's
 //! `127.0.0.1:15001`. Dialled from the same pod's netns, so the server sees the pod's IP.
 //!
-//! With a routing table ([`ProxyContext::routes`]), the connection's protocol is detected
-//! first: HTTP goes to the HTTP proxy ([`crate::http::server`]), which routes every request;
+//! The connection's protocol is detected first (routes from [`ProxyContext::routes`]): HTTP goes to the HTTP proxy ([`crate::http::server`]), which routes every request;
 //! TLS is routed by its SNI and opaque TCP by `tcp[]` routes, then forwarded at L4 to an
 //! endpoint of the chosen cluster, within its DestinationRule as Envoy's tcp_proxy
 //! (`maxConnections`, `connectTimeout`, least-request counts, outlier detection).
@@ -15,16 +14,16 @@ use tokio::net::TcpStream;
 
 use super::connection::{self, Accepted, Plan};
 use crate::addrs::ClientAddr;
-use crate::context::{PodContext, ProxyContext};
 use crate::conn::detect::{self, Protocol};
 use crate::conn::rewind::Rewind;
-use crate::http::server::{self, HttpConnection, Side};
+use crate::context::{PodContext, ProxyContext};
 use crate::http::route_policy as policy;
-use crate::upstream;
-use shunt_mesh::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
-use shunt_mesh::index::{MeshIndex, Route};
+use crate::http::server::{self, HttpConnection, Side};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
+use crate::upstream;
+use shunt_mesh::index::MeshIndex;
+use shunt_mesh::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
 
 /// Serves one connection accepted on `pod`'s outbound listener.
 pub async fn serve(
@@ -65,11 +64,13 @@ pub async fn serve(
         );
         return connection::run(&proxy, &pod, plan, downstream).await;
     }
-    let (Some(source), SocketAddr::V4(dst)) = (&proxy.routes, orig_dst.0) else {
+    let SocketAddr::V4(dst) = orig_dst.0 else {
+        // The registry is IPv4 only: an IPv6 destination is nobody's Service (ALLOW_ANY).
         accepted.client_app = proxy.splice.client_app(&downstream);
-        let plan = plan_l4(&index, accepted, orig_dst.0);
+        let plan = plan_passthrough(&index, accepted, orig_dst.0);
         return connection::run(&proxy, &pod, plan, downstream).await;
     };
+    let source = &proxy.routes;
     let routes = source.routes();
     let target = routes.outbound_target(dst, accepted.peers.source.as_deref());
     let declared = match &target {
@@ -215,28 +216,6 @@ fn plan_passthrough(index: &MeshIndex, mut accepted: Accepted, dst: SocketAddr) 
         .and_then(|w| index.destination_service(w, dst.port()))
         .cloned();
     accepted.dial(dst)
-}
-
-/// Routing by the Service table alone: no routing table is wired, or the destination is IPv6.
-fn plan_l4(index: &MeshIndex, mut accepted: Accepted, orig_dst: SocketAddr) -> Plan {
-    match index.route(orig_dst) {
-        Route::Service { service, endpoint } => {
-            accepted.peers.destination = Some(endpoint.workload.clone());
-            accepted.peers.service = Some(service.clone());
-            accepted.dial(endpoint.addr.into())
-        }
-        Route::NoReadyEndpoints { service } => {
-            accepted.peers.service = Some(service.clone());
-            let error = format!(
-                "no ready endpoints for Service {}/{} port {}",
-                service.namespace,
-                service.name,
-                orig_dst.port()
-            );
-            accepted.refuse(CloseReason::Unreachable, error)
-        }
-        Route::Passthrough { .. } => plan_passthrough(index, accepted, orig_dst),
-    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
 use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
+use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
 
 /// How often the proxy redials a control socket that is away.
 pub const REDIAL_INTERVAL: Duration = Duration::from_millis(500);

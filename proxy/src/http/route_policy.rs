@@ -265,8 +265,8 @@ fn cors_allowed_origin(cors: &CorsPolicy, headers: &HeaderMap) -> Option<HeaderM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shunt_mesh::routing::{Destination, HeaderOps, Host, StringMatch};
     use rand::SeedableRng;
+    use shunt_mesh::routing::{Destination, HeaderOps, Host, StringMatch};
     use std::time::Duration;
 
     fn destination(name: &str, weight: u32) -> WeightedDestination {
@@ -492,7 +492,13 @@ mod tests {
         .unwrap();
         let state = MeshState {
             workloads: vec![pod("shop", "cart-v1", [10, 0, 0, 2], "cart")],
-            services: vec![service("shop", "cart", [10, 96, 0, 20], "cart", &[(80, TargetPort::Number(8080))])],
+            services: vec![service(
+                "shop",
+                "cart",
+                [10, 96, 0, 20],
+                "cart",
+                &[(80, TargetPort::Number(8080))],
+            )],
             virtual_services: vec![virtual_service],
             ..MeshState::default()
         };

@@ -16,16 +16,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use shunt_api::control::InboundBind;
-use crate::drain::{Drain, DrainOutcome};
-use crate::upstream::{Resolver, Upstreams};
-use shunt_api::netns::socket_netns_cookie;
-use crate::upstream::local::{LocalPods, PodDial};
 use crate::addrs::ClientAddr;
 use crate::conn::{inbound, outbound};
 use crate::context::{PodContext, ProxyContext};
+use crate::drain::{Drain, DrainOutcome};
 use crate::pod::Pod;
 use crate::socket::{self, SocketFactory};
+use crate::upstream::local::{LocalPods, PodDial};
+use crate::upstream::{Resolver, Upstreams};
+use shunt_api::control::InboundBind;
+use shunt_api::netns::socket_netns_cookie;
 
 /// Pause after an accept error other than an aborted handshake (out of descriptors, memory):
 /// retrying at once would spin.
@@ -268,9 +268,7 @@ impl PodRegistry {
 
     /// The upstream clusters of every served pod, by `namespace/name`.
     #[must_use]
-    pub fn clusters(
-        &self,
-    ) -> std::collections::BTreeMap<String, crate::upstream::ClustersDump> {
+    pub fn clusters(&self) -> std::collections::BTreeMap<String, crate::upstream::ClustersDump> {
         let served: Vec<(String, Arc<Upstreams>)> = self
             .pods()
             .iter()

@@ -9,9 +9,9 @@ use tokio::net::TcpStream;
 
 use super::*;
 use crate::socket::CurrentNetnsSocketFactory;
-use shunt_mesh::testing::{pod, service};
-use shunt_mesh::model::{MeshState, TargetPort};
 use crate::testing::*;
+use shunt_mesh::model::{MeshState, TargetPort};
+use shunt_mesh::testing::{pod, service};
 
 const WEB: &str = "uid-shop-web-1";
 const API_A: &str = "uid-shop-api-a";
@@ -184,7 +184,7 @@ async fn refusals_reset_the_client_and_log_why() {
         (
             SocketAddr::from(([10, 96, 0, 11], 80)),
             "unreachable",
-            "no ready endpoints for Service shop/empty port 80",
+            "cluster outbound|80||empty.shop.svc.cluster.local has no healthy endpoint",
             None,
         ),
         (closed_port, "connect_refused", "refused", Some(closed_port)),

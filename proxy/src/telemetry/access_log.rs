@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::Reporter;
 use super::json_line::JsonLine;
+use crate::response_flag::ResponseFlags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -150,8 +151,9 @@ pub struct HttpEntry<'a, Cluster: Display> {
     pub protocol: &'a str,
     /// 0 when no response was sent (the client went away first).
     pub response_code: u16,
-    /// Envoy's flags (`UF`, `URX`, ...), comma-joined; `-` for none.
-    pub response_flags: Cow<'a, str>,
+    /// Envoy's flags (`UF`, `URX`, ...), written comma-joined; `-` for none.
+    #[cfg_attr(test, serde(serialize_with = "tests::shown"))]
+    pub response_flags: ResponseFlags,
     /// Response body bytes sent to the client.
     pub bytes_sent: u64,
     /// Request body bytes received from the client.
@@ -194,7 +196,7 @@ impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
         json.str("path", self.path);
         json.str("protocol", self.protocol);
         json.u64("response_code", u64::from(self.response_code));
-        json.str("response_flags", &self.response_flags);
+        json.display("response_flags", &self.response_flags);
         json.u64("bytes_sent", self.bytes_sent);
         json.u64("bytes_received", self.bytes_received);
         json.u64("duration", self.duration);
@@ -471,6 +473,7 @@ impl LineSink for Captured {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::response_flag::ResponseFlag;
     use std::time::Duration;
     use time::OffsetDateTime;
     use time::format_description::well_known::Rfc3339;
@@ -483,6 +486,13 @@ mod tests {
             .format(&Rfc3339)
             .map_err(serde::ser::Error::custom)?;
         serializer.serialize_str(&text)
+    }
+
+    pub(super) fn shown<S: serde::Serializer, T: Display>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
     }
 
     pub(super) fn display<S: serde::Serializer, T: Display>(
@@ -510,7 +520,7 @@ mod tests {
             path: "/items?id=7",
             protocol: "HTTP/1.1",
             response_code: 200,
-            response_flags: Cow::Borrowed("-"),
+            response_flags: ResponseFlags::NONE,
             bytes_sent: 1024,
             bytes_received: 0,
             duration: 3,
@@ -554,7 +564,12 @@ mod tests {
 
         let mut unanswered = http_entry();
         unanswered.response_code = 0;
-        unanswered.response_flags = Cow::Owned("DC,UF".into());
+        unanswered.response_flags = [
+            ResponseFlag::DownstreamConnectionTermination,
+            ResponseFlag::UpstreamConnectionFailure,
+        ]
+        .into_iter()
+        .collect();
         unanswered.upstream_service_time = None;
         unanswered.upstream_host = None;
         unanswered.upstream_cluster = None;

@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::Reporter;
+use crate::response_flag::ResponseFlags;
 use shunt_mesh::model::{Service, Workload};
 
 /// What `GET /metrics` answers with: the OpenMetrics text format that `prometheus-client`
@@ -27,6 +28,14 @@ pub enum Error {
 impl EncodeLabelValue for Reporter {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl EncodeLabelValue for ResponseFlags {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        // The codes are plain ASCII letters and commas: nothing to escape.
+        write!(encoder, "{self}")
     }
 }
 
@@ -130,8 +139,8 @@ pub struct HttpLabels {
     pub response_code: u16,
     /// The gRPC status of a gRPC response; empty otherwise (as Istio reports it).
     pub grpc_response_status: String,
-    /// Envoy's response flags (`UF`, `URX`, ...), comma-joined; `-` for none.
-    pub response_flags: String,
+    /// Envoy's response flags (`UF`, `URX`, ...), encoded comma-joined; `-` for none.
+    pub response_flags: ResponseFlags,
 }
 
 /// `protocol` of `shunt_registry_only_blocked_total`.
@@ -251,9 +260,8 @@ impl Metrics {
              under outboundTrafficPolicy REGISTRY_ONLY",
             registry_only_blocked.clone(),
         );
-        let upstream = std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(
-            &mut registry,
-        ));
+        let upstream =
+            std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(&mut registry));
         Self {
             registry,
             opened,
@@ -350,6 +358,7 @@ impl Drop for ConnectionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::response_flag::ResponseFlag;
     use std::collections::BTreeMap;
 
     fn workload(namespace: &str, name: &str) -> Workload {
@@ -474,7 +483,7 @@ mod tests {
             request_protocol: "grpc",
             response_code: 200,
             grpc_response_status: "14".into(),
-            response_flags: "URX".into(),
+            response_flags: ResponseFlag::UpstreamRetryLimitExceeded.into(),
         };
         for duration_ms in [3.0, 40.0] {
             metrics.record_request(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use shunt_mesh::routing::ClusterKey;
 
 use super::dns;
+use crate::response_flag::{ResponseFlag, ResponseFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -59,15 +60,21 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Envoy's response flag for this failure.
+    /// Envoy's response flag for this failure: one flag, or none for
+    /// [`UpstreamError::Passthrough`] (not a failure of the request: the caller dials the
+    /// original destination). A set so that "none" renders as Envoy's `-`.
     #[must_use]
-    pub fn response_flag(&self) -> &'static str {
+    pub fn response_flag(&self) -> ResponseFlags {
         match self {
-            Self::NoHealthyUpstream { .. } | Self::Dns { .. } => "UH",
-            Self::Passthrough { .. } => "-",
-            Self::Overflow { .. } => "UO",
-            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => "UF",
-            Self::Reset { .. } => "UC",
+            Self::NoHealthyUpstream { .. } | Self::Dns { .. } => {
+                ResponseFlag::NoHealthyUpstream.into()
+            }
+            Self::Passthrough { .. } => ResponseFlags::NONE,
+            Self::Overflow { .. } => ResponseFlag::UpstreamOverflow.into(),
+            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => {
+                ResponseFlag::UpstreamConnectionFailure.into()
+            }
+            Self::Reset { .. } => ResponseFlag::UpstreamConnectionTermination.into(),
         }
     }
 

@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::upstream::{Delivery, Dial, Dialed};
+use super::metrics::UpstreamMetrics;
 use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
 use crate::state::StateStore;
+use crate::upstream::{Delivery, Dial, Dialed};
 use shunt_mesh::index::MeshIndex;
-use super::metrics::UpstreamMetrics;
 
 /// The pods served on this node, by uid, for same-node delivery.
 #[derive(Default)]
@@ -51,12 +51,7 @@ impl LocalPods {
 
     /// The served pod that a dial from pod `from` to `addr` can be delivered to directly.
     #[must_use]
-    pub fn target(
-        &self,
-        from: &str,
-        index: &MeshIndex,
-        addr: SocketAddr,
-    ) -> Option<Arc<Pod>> {
+    pub fn target(&self, from: &str, index: &MeshIndex, addr: SocketAddr) -> Option<Arc<Pod>> {
         if !self.enabled {
             return None;
         }

@@ -17,11 +17,11 @@
 
 mod body;
 pub mod dial;
-mod error;
-pub mod local;
 pub mod dns;
+mod error;
 mod hash;
 mod lb;
+pub mod local;
 mod metrics;
 mod outlier;
 mod pool;
@@ -36,9 +36,8 @@ use tokio::time::Instant;
 
 pub use self::body::{Body, BoxError, HttpVersion};
 pub use self::dial::{Delivery, Dial, Dialed, Direct};
-pub use self::error::UpstreamError;
-pub use shunt_api::clusters::{ClusterDump, ClustersDump, EndpointDump};
 pub use self::dns::Resolver;
+pub use self::error::UpstreamError;
 pub use self::hash::hash_key;
 use self::lb::HashTable;
 pub use self::lb::hash as hash_bytes;
@@ -48,9 +47,10 @@ pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
 use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
-use shunt_mesh::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 use crate::socket::PodSockets;
+pub use shunt_api::clusters::{ClusterDump, ClustersDump, EndpointDump};
 use shunt_mesh::model::Workload;
+use shunt_mesh::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, TrafficPolicy};
 
 /// The endpoint chosen for one try of a request.
 #[derive(Clone)]

@@ -31,10 +31,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::dial::{Delivery, Dial, Dialed};
-use super::metrics::{ClusterLabels, UpstreamMetrics};
 use super::body::{Body, HttpVersion};
+use super::dial::{Delivery, Dial, Dialed};
 use super::error::UpstreamError;
+use super::metrics::{ClusterLabels, UpstreamMetrics};
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.

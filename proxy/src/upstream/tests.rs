@@ -14,10 +14,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 use shunt_mesh::routing::{
     ClusterEndpoint, ConnectionPool, HashAlgorithm, HashKey, Host, OutlierDetection, PortProtocol,
 };
-use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
 
 /// A loopback HTTP server that answers `status` after `delay` with the body
 /// `<port> conn <n>` (n: which accepted connection served it).

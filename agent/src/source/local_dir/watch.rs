@@ -79,9 +79,7 @@ async fn quiet(changed: &Notify) {
 async fn reload(dir: &Path, snapshots: &watch::Sender<Arc<Snapshot>>) {
     let path: PathBuf = dir.to_owned();
     let options = snapshots.borrow().options.clone();
-    let loaded = match tokio::task::spawn_blocking(move || super::load(&path, &options))
-        .await
-    {
+    let loaded = match tokio::task::spawn_blocking(move || super::load(&path, &options)).await {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!(error = %e, "reading the config dir failed; keeping the last config");

@@ -18,7 +18,6 @@ pub use duration::{DurationError, parse_duration};
 pub use networking::*;
 pub use shunt::*;
 
-
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The namespace of an object that names none.

@@ -14,13 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::*;
-use shunt_mesh::routing::{PortProtocol, declared_protocol};
-use crate::upstream::Upstreams;
 use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
-use shunt_mesh::testing::{pod, service};
-use shunt_mesh::model::{MeshState, TargetPort};
 use crate::testing::served_pod;
 use crate::testing::{TestProxy, echo_server, own_netns};
+use crate::upstream::Upstreams;
+use shunt_mesh::model::{MeshState, TargetPort};
+use shunt_mesh::routing::{PortProtocol, declared_protocol};
+use shunt_mesh::testing::{pod, service};
 
 const API_A: &str = "uid-shop-api-a";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 10);
@@ -68,7 +68,7 @@ impl Inbound {
             Arc::default(),
         ));
         let pod = Arc::new(PodContext {
-            pod: served_pod(API_A.into(), sockets),
+            pod: served_pod(API_A, sockets),
             upstreams,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

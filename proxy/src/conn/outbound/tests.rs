@@ -9,18 +9,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use shunt_api::control::InboundBind;
 use crate::conn::detect::tests::client_hello;
 use crate::inpod::PodRegistry;
+use crate::socket::CurrentNetnsSocketFactory;
+use crate::testing::*;
+use shunt_api::control::InboundBind;
+use shunt_mesh::model::Workload;
 use shunt_mesh::routing::{
     Cluster, ClusterEndpoint, ClusterError, ClusterKey, ConnectionPool, Destination, DnsEndpoint,
     HeaderOps, HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, OutlierDetection,
     PortProtocol, RequestFacts, RetryOn, RetryPolicy, RouteSource, TrafficPolicy,
     WeightedDestination,
 };
-use crate::socket::CurrentNetnsSocketFactory;
-use shunt_mesh::model::Workload;
-use crate::testing::*;
 
 const POD: &str = "uid-shop-web-1";
 /// Routed at L4 to the `echo` cluster.

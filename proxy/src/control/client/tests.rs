@@ -10,12 +10,12 @@ use tokio::net::{TcpSocket, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use shunt_api::control::{recv, send};
 use crate::inpod::PodRegistry;
 use crate::socket::{CurrentNetnsSocketFactory, NetnsSocketFactory, SocketFactory};
+use crate::testing::*;
+use shunt_api::control::{recv, send};
 use shunt_mesh::model::MeshState;
 use shunt_mesh::testing::pod;
-use crate::testing::*;
 
 const WEB: &str = "uid-shop-web-1";
 const API: &str = "uid-shop-api-1";

@@ -1,7 +1,7 @@
 //! The HTTP proxy end to end in one process: a hyper client over `tokio::io::duplex`, the
 //! proxy's `serve`, fixed routes, and hyper backends on loopback.
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
@@ -11,15 +11,34 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use super::*;
+use std::net::SocketAddrV4;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{StatusCode, Version};
+use http_body_util::{Empty, Full};
+use hyper::body::Frame;
+
+use crate::addrs::ClientAddr;
+use crate::context::PodContext;
+use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
+use crate::testing::{TestProxy, own_netns, served_pod};
+use crate::upstream;
+use shunt_mesh::model::Workload;
 use shunt_mesh::routing::{
     AbortKind, AccessLogOutput, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host,
     MeshSettings, Mirror, ObjectRef, RateLimit, RetryOn, RetryPolicy, Rewrite, ServiceTarget,
     TcpDecision, TrafficPolicy,
 };
-use crate::socket::{CurrentNetnsSocketFactory, SocketFactory};
+use shunt_mesh::routing::{
+    Cluster, HttpAction, HttpDecision, HttpRoute, LoadBalancer, OutboundTarget, PortProtocol,
+    RequestFacts, RouteSource, Routes, WeightedDestination,
+};
 use shunt_mesh::testing as fixtures;
-use crate::context::PodContext;
-use crate::testing::{TestProxy, own_netns, served_pod};
 
 const HOST: &str = "web.shop.svc.cluster.local";
 
@@ -244,7 +263,7 @@ async fn harness_with_mesh(
         Arc::default(),
     ));
     let pod = Arc::new(PodContext {
-        pod: served_pod("uid-client-1".into(), sockets),
+        pod: served_pod("uid-client-1", sockets),
         upstreams,
     });
     let routes = TestRoutes {
@@ -855,13 +874,6 @@ async fn a_dns_name_that_does_not_resolve_is_503_uh_and_one_that_does_is_dialled
         harness.test.log_lines(1).await[0]["upstream_host"],
         web.addr.to_string()
     );
-}
-
-#[test]
-fn shadow_authorities_keep_the_port() {
-    for (authority, shadow) in [("web.shop:80", "web.shop-shadow:80"), ("web", "web-shadow")] {
-        assert_eq!(shadow_authority(authority), shadow);
-    }
 }
 
 /// A backend that accepts upgrades (`Upgrade: echo` → 101) and CONNECT (→ 200), then echoes

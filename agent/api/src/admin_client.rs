@@ -1,4 +1,6 @@
-//! A client of the admin API over its Unix socket.
+//! A client of the admin API over its Unix socket: `shuntctl`, `shunt-agent --uninstall`
+//! (which asks a running agent first) and the admin API's tests use it. Behind the `client`
+//! feature, so the proxy does not link it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,9 +12,10 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use shunt_api::admin as api;
+use crate::admin as api;
 
-/// Each variant's cause is its `source`, not in its message: `main` prints the whole chain.
+/// Each variant's cause is its `source`, not in its message: binaries print the whole chain
+/// (`crate::report::chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no agent at {}: is shunt-agent running{}?", socket.display(), hint(instance.as_deref()))]

@@ -1,0 +1,537 @@
+//! One request's facts ([`Exchange`]), its `istio_request*` labels and its access log line,
+//! recorded once when the response body ends, or when the client goes away first (flag
+//! `DC`).
+//!
+//! The body wrappers live here because they feed the exchange: [`Counted`] counts the
+//! request body's bytes as they stream upstream, [`Tracked`] carries the exchange with the
+//! response body and records it when that body ends or is dropped ([`track`]). A request
+//! delivered straight to a pod this proxy serves also records the line and metrics its
+//! inbound listener would have (`reporter="destination"`), through the destination side
+//! [`super::forward`] sets in [`Exchange::delivered`].
+#![forbid(unsafe_code)]
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+
+use super::connection::{HttpConnection, SeriesKey, Side};
+use super::local_reply::{LocalReply, Reply};
+use super::route_policy as policy;
+use crate::response_flag::{ResponseFlag, ResponseFlags};
+use crate::telemetry::access_log::{Direction, HttpEntry};
+use crate::telemetry::metrics::{HttpLabels, RequestSample, UNKNOWN};
+use crate::upstream::{self, Body, BoxError, Picked};
+use shunt_mesh::model::{Service, Workload};
+use shunt_mesh::routing::Cluster;
+
+/// Label sets a connection keeps metric handles for: a few response codes and flags.
+const CACHED_SERIES: usize = 4;
+
+/// Everything known about one request by the time it is logged. Dropped unrecorded (the
+/// client went away before the response started), it records itself with flag DC.
+pub(super) struct Exchange {
+    /// Where to record it; taken when recorded.
+    recorder: Option<Arc<HttpConnection>>,
+    /// The destination pod's inbound side, when the response came straight from a pod served
+    /// here: recorded there too, after the source side.
+    pub(super) delivered: Option<Arc<HttpConnection>>,
+    started: Instant,
+    start_time: SystemTime,
+    method: Method,
+    path: String,
+    protocol: &'static str,
+    pub(super) grpc: bool,
+    pub(super) authority: Option<String>,
+    user_agent: Option<String>,
+    request_id: String,
+    pub(super) x_forwarded_for: Option<String>,
+    request_header_bytes: u64,
+    request_body_bytes: Arc<AtomicU64>,
+    pub(super) flags: ResponseFlags,
+    pub(super) route_name: Option<String>,
+    /// The registry host the request was for, when known before a cluster was chosen.
+    pub(super) target_service: Option<Arc<Service>>,
+    pub(super) cluster: Option<Arc<Cluster>>,
+    pub(super) upstream: Option<Picked>,
+    pub(super) upstream_service_time: Option<Duration>,
+    /// Whether the mesh config has the access log on (`accessLogFile`), as of the request.
+    pub(super) access_log: bool,
+}
+
+impl Exchange {
+    /// The exchange of the request with head `parts` (its `x-request-id` already ensured),
+    /// recorded by `connection`, and its body, counted into it.
+    pub(super) fn new(
+        connection: Arc<HttpConnection>,
+        parts: &http::request::Parts,
+        request_id: String,
+        body: Incoming,
+    ) -> (Self, Counted) {
+        let request_body_bytes = Arc::new(AtomicU64::new(0));
+        let exchange = Self {
+            recorder: Some(connection),
+            delivered: None,
+            started: Instant::now(),
+            start_time: SystemTime::now(),
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
+            protocol: protocol_name(parts.version),
+            grpc: policy::is_grpc(&parts.headers),
+            authority: authority(parts).map(str::to_owned),
+            user_agent: header_text(&parts.headers, &header::USER_AGENT),
+            request_id,
+            x_forwarded_for: None,
+            request_header_bytes: header_bytes(&parts.headers),
+            request_body_bytes: request_body_bytes.clone(),
+            flags: ResponseFlags::NONE,
+            route_name: None,
+            target_service: None,
+            cluster: None,
+            upstream: None,
+            upstream_service_time: None,
+            access_log: true,
+        };
+        (exchange, Counted::new(body, request_body_bytes))
+    }
+
+    pub(super) fn flag(&mut self, flag: ResponseFlag) {
+        self.flags.insert(flag);
+    }
+
+    /// Sets the local reply's flags and hands the reply on.
+    pub(super) fn reply(&mut self, reply: LocalReply) -> Reply {
+        self.flags.extend(&reply.flags);
+        reply.into_reply()
+    }
+
+    /// Counts and logs the exchange once (later calls do nothing).
+    fn record(
+        &mut self,
+        status: u16,
+        grpc_status: Option<u32>,
+        response_header_bytes: u64,
+        response_body_bytes: u64,
+    ) {
+        let Some(connection) = self.recorder.take() else {
+            return;
+        };
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a duration in milliseconds fits an f64 exactly for any real request"
+        )]
+        let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
+        connection.record_request(
+            self,
+            status,
+            grpc_status,
+            &RequestSample {
+                duration_ms,
+                request_bytes: self.request_header_bytes
+                    + self.request_body_bytes.load(Ordering::Relaxed),
+                response_bytes: response_header_bytes + response_body_bytes,
+            },
+        );
+        connection.log_request(self, status, response_body_bytes);
+        if let Some(delivered) = self.delivered.take()
+            && let Side::Inbound(app) = &delivered.side
+        {
+            // As the inbound listener would have seen it: its own cluster, no route, and only
+            // the flags of its own leg.
+            self.cluster = Some(app.cluster.clone());
+            self.target_service.clone_from(&app.cluster.service);
+            self.route_name = None;
+            self.flags.retain(|flag| {
+                matches!(
+                    flag,
+                    ResponseFlag::DownstreamConnectionTermination
+                        | ResponseFlag::UpstreamConnectionTermination
+                )
+            });
+            self.recorder = Some(delivered);
+            self.record(
+                status,
+                grpc_status,
+                response_header_bytes,
+                response_body_bytes,
+            );
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.recorder.is_some() {
+            // The request's future was dropped: the client closed before any response.
+            self.flag(ResponseFlag::DownstreamConnectionTermination);
+            self.record(0, None, 0, 0);
+        }
+    }
+}
+
+impl HttpConnection {
+    /// The pod that served the request: inbound, this one; outbound, the endpoint picked.
+    fn destination_workload(&self, exchange: &Exchange) -> Option<Arc<Workload>> {
+        match &self.side {
+            Side::Inbound(app) => app.workload.clone(),
+            Side::Outbound { .. } => exchange.upstream.as_ref().and_then(|p| p.workload.clone()),
+        }
+    }
+
+    /// Counts a finished request in its `istio_request*` series.
+    fn record_request(
+        &self,
+        exchange: &Exchange,
+        status: u16,
+        grpc_status: Option<u32>,
+        sample: &RequestSample,
+    ) {
+        let key = SeriesKey {
+            destination: self.destination_workload(exchange),
+            cluster: exchange.cluster.clone(),
+            target_service: exchange.target_service.clone(),
+            grpc: exchange.grpc,
+            status,
+            grpc_status,
+            flags: exchange.flags,
+        };
+        let mut cached = self
+            .memo
+            .request_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, series)) = cached.iter().find(|(known, _)| known.matches(&key)) {
+            series.record(sample);
+            return;
+        }
+        let series =
+            self.proxy
+                .metrics
+                .request_metrics(&self.http_labels(exchange, status, grpc_status));
+        series.record(sample);
+        if cached.len() == CACHED_SERIES {
+            cached.remove(0);
+        }
+        cached.push((key, series));
+    }
+
+    fn http_labels(
+        &self,
+        exchange: &Exchange,
+        status: u16,
+        grpc_status: Option<u32>,
+    ) -> HttpLabels {
+        let (source_workload, source_workload_namespace) = workload_names(self.source.as_deref());
+        let destination = self.destination_workload(exchange);
+        let (destination_workload, destination_workload_namespace) =
+            workload_names(destination.as_deref());
+        let service = exchange
+            .cluster
+            .as_ref()
+            .and_then(|c| c.service.clone())
+            .or_else(|| exchange.target_service.clone());
+        let (destination_service, destination_service_name, destination_service_namespace) =
+            match (&service, &exchange.cluster) {
+                (Some(s), _) => (s.hostname(), s.name.clone(), s.namespace.clone()),
+                // A ServiceEntry host: Istio names it in all three... but the namespace.
+                (None, Some(c)) if !c.key.host.0.is_empty() => (
+                    c.key.host.to_string(),
+                    c.key.host.to_string(),
+                    UNKNOWN.into(),
+                ),
+                (None, _) => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
+            };
+        let cluster = exchange.cluster.as_deref();
+        HttpLabels {
+            reporter: self.reporter(),
+            source_workload,
+            source_workload_namespace,
+            source_principal: UNKNOWN.into(),
+            destination_workload,
+            destination_workload_namespace,
+            destination_service,
+            destination_service_name,
+            destination_service_namespace,
+            destination_version: cluster
+                .and_then(|c| c.version.as_deref())
+                .unwrap_or(UNKNOWN)
+                .to_owned(),
+            destination_subset: cluster
+                .and_then(|c| c.key.subset.as_deref())
+                .unwrap_or(UNKNOWN)
+                .to_owned(),
+            request_protocol: if exchange.grpc { "grpc" } else { "http" },
+            response_code: status,
+            grpc_response_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+            response_flags: exchange.flags,
+        }
+    }
+
+    /// Writes the request's access log line.
+    fn log_request(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) {
+        if !exchange.access_log {
+            return;
+        }
+        let destination = self.destination_workload(exchange);
+        let (src_workload, src_namespace) = borrowed_workload_names(self.source.as_deref());
+        let (dst_workload, dst_namespace) = borrowed_workload_names(destination.as_deref());
+        let (src_addr, dst_addr) = self
+            .memo
+            .addresses
+            .get_or_init(|| (self.client.to_string(), self.orig_dst.to_string()));
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let cluster = exchange.cluster.as_deref();
+        let dst_service = cluster
+            .and_then(|c| c.service.as_ref().map(|s| Cow::Owned(s.hostname())))
+            .or_else(|| {
+                cluster
+                    .map(|c| &*c.key.host.0)
+                    .filter(|host| !host.is_empty())
+                    .map(Cow::Borrowed)
+            })
+            .or_else(|| {
+                exchange
+                    .target_service
+                    .as_ref()
+                    .map(|s| Cow::Owned(s.hostname()))
+            })
+            .unwrap_or(Cow::Borrowed(UNKNOWN));
+        let entry = HttpEntry {
+            start_time: exchange.start_time,
+            method: exchange.method.as_str(),
+            path: &exchange.path,
+            protocol: exchange.protocol,
+            response_code: status,
+            response_flags: exchange.flags,
+            bytes_sent: response_body_bytes,
+            bytes_received: exchange.request_body_bytes.load(Ordering::Relaxed),
+            duration: millis(exchange.started.elapsed()),
+            upstream_service_time: exchange.upstream_service_time.map(millis),
+            upstream_host: exchange.upstream.as_ref().map(|p| p.addr),
+            upstream_cluster: cluster.map(|c| upstream::ClusterName(&c.key)),
+            x_forwarded_for: exchange.x_forwarded_for.as_deref(),
+            user_agent: exchange.user_agent.as_deref(),
+            request_id: &exchange.request_id,
+            authority: exchange.authority.as_deref(),
+            route_name: exchange.route_name.as_deref(),
+            direction: match self.side {
+                Side::Outbound { .. } => Direction::Outbound,
+                Side::Inbound(_) => Direction::Inbound,
+            },
+            reporter: self.reporter(),
+            pod: &self.pod_name,
+            src_addr,
+            dst_addr,
+            src_workload,
+            src_namespace,
+            dst_workload,
+            dst_namespace,
+            dst_service,
+        };
+        if let Err(error) = self.proxy.access_log.record(&entry) {
+            tracing::warn!(%error, "access log entry lost");
+        }
+    }
+}
+
+/// Wraps `response` so `exchange` is logged and measured when its body ends.
+pub(super) fn track(
+    response: Response<Body>,
+    grpc_status: Option<u32>,
+    exchange: Exchange,
+) -> Response<Body> {
+    let (head, body) = response.into_parts();
+    let status = head.status.as_u16();
+    let response_header_bytes = header_bytes(&head.headers);
+    let tracked = Tracked {
+        inner: body,
+        bytes: 0,
+        finish: Some(Finish {
+            exchange,
+            status,
+            grpc_status,
+            response_header_bytes,
+        }),
+    };
+    Response::from_parts(head, tracked.boxed())
+}
+
+/// `:authority`, else `Host`.
+fn authority(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+}
+
+fn header_text(headers: &HeaderMap, name: &header::HeaderName) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+/// Roughly what the headers weigh on the wire (`name: value\r\n`), for Istio's byte metrics.
+fn header_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+        .sum()
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn workload_names(workload: Option<&Workload>) -> (String, String) {
+    workload.map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
+        (w.workload_name.clone(), w.namespace.clone())
+    })
+}
+
+fn borrowed_workload_names(workload: Option<&Workload>) -> (&str, &str) {
+    workload.map_or((UNKNOWN, UNKNOWN), |w| (&w.workload_name, &w.namespace))
+}
+
+/// The downstream request body, counting the bytes it yields.
+pub(super) struct Counted {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What to record once the response is over.
+struct Finish {
+    exchange: Exchange,
+    status: u16,
+    grpc_status: Option<u32>,
+    response_header_bytes: u64,
+}
+
+/// The response body on its way to the client; records the exchange when it ends or is
+/// dropped unfinished (the client went away: DC).
+struct Tracked {
+    inner: Body,
+    bytes: u64,
+    finish: Option<Finish>,
+}
+
+impl Tracked {
+    fn finish(&mut self, complete: bool) {
+        let Some(mut finish) = self.finish.take() else {
+            return;
+        };
+        if !complete {
+            finish
+                .exchange
+                .flag(ResponseFlag::DownstreamConnectionTermination);
+        }
+        finish.exchange.record(
+            finish.status,
+            finish.grpc_status,
+            finish.response_header_bytes,
+            self.bytes,
+        );
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(grpc) = policy::grpc_status(trailers)
+                    && let Some(finish) = &mut self.finish
+                {
+                    finish.grpc_status = Some(grpc);
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(finish) = &mut self.finish {
+                    finish
+                        .exchange
+                        .flag(ResponseFlag::UpstreamConnectionTermination);
+                }
+                self.finish(true);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Ended without being read to the end: the client went away (or, for an empty body
+        // hyper never polled, the response was complete with its headers).
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
