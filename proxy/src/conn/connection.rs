@@ -20,7 +20,10 @@ use crate::splice::{self, Splicing};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
-use crate::upstream::{ClusterState, Delivery, Dialed, Picked, TcpConnection, UpstreamError};
+use crate::telemetry::peer::Peer;
+use crate::upstream::{
+    ClusterState, Delivery, Dialed, Picked, TcpConnection, Transport, UpstreamError,
+};
 use shunt_mesh::index::MeshIndex;
 use shunt_mesh::model::{Service, Workload};
 
@@ -275,14 +278,7 @@ impl Target<'_> {
         &self,
         proxy: &ProxyContext,
         pod: &PodContext,
-    ) -> Result<
-        (
-            tokio::net::TcpStream,
-            Option<TcpConnection>,
-            Option<Delivery>,
-        ),
-        (CloseReason, String),
-    > {
+    ) -> Result<(Transport, Option<TcpConnection>, Option<Delivery>), (CloseReason, String)> {
         match self {
             Self::Addr(addr) => pod
                 .upstreams
@@ -361,7 +357,8 @@ where
     let splice = accepted
         .client_app
         .filter(|_| destination_drain.is_some())
-        .and_then(|client_app| proxy.splice.pair(client_app, &upstream))
+        .zip(upstream.plain_tcp())
+        .and_then(|(client_app, upstream)| proxy.splice.pair(client_app, upstream))
         .map(Box::new);
     let progress = Splicing {
         inner: meter,
@@ -456,14 +453,8 @@ fn connect_close_reason(error: &socket::Error) -> CloseReason {
 }
 
 fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
-    let workload = |w: &Option<Arc<Workload>>| {
-        w.as_ref()
-            .map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
-                (w.workload_name.clone(), w.namespace.clone())
-            })
-    };
-    let (src_workload, src_namespace) = workload(&accepted.peers.source);
-    let (dst_workload, dst_namespace) = workload(&accepted.peers.destination);
+    let source = Peer::new(accepted.peers.source.as_deref());
+    let destination = Peer::new(accepted.peers.destination.as_deref());
     Entry {
         start_time: accepted.started_at,
         duration_ms: u64::try_from(accepted.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -475,10 +466,10 @@ fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
             .orig_dst
             .map_or_else(|| UNKNOWN.to_owned(), |d| d.to_string()),
         upstream_addr: ending.upstream.map(|a| a.to_string()),
-        src_workload,
-        src_namespace,
-        dst_workload,
-        dst_namespace,
+        src_workload: source.workload().to_owned(),
+        src_namespace: source.namespace().to_owned(),
+        dst_workload: destination.workload().to_owned(),
+        dst_namespace: destination.namespace().to_owned(),
         dst_service: accepted
             .peers
             .service

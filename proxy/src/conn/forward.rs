@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use crate::progress::{Direction, Progress};
+pub use crate::upstream::ResetOnClose;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -15,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Per direction; large enough that a bulk transfer is not syscall-bound.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -35,21 +35,6 @@ impl fmt::Display for Side {
             Self::Downstream => "downstream",
             Self::Upstream => "upstream",
         })
-    }
-}
-
-/// A stream that can be made to end with RST instead of FIN.
-pub trait ResetOnClose {
-    /// Arranges for the stream to send RST when it is dropped.
-    fn reset_on_close(&self);
-}
-
-impl ResetOnClose for TcpStream {
-    fn reset_on_close(&self) {
-        // SO_LINGER 0: close(2) discards unsent data and sends RST. Zero linger never blocks.
-        if let Err(error) = self.set_zero_linger() {
-            tracing::debug!(%error, "could not set SO_LINGER 0; the peer gets FIN instead of RST");
-        }
     }
 }
 
@@ -327,6 +312,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
+    use tokio::net::TcpStream;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
     use tokio::net::TcpListener;

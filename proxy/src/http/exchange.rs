@@ -29,6 +29,7 @@ use super::route_policy as policy;
 use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::telemetry::access_log::{Direction, HttpEntry};
 use crate::telemetry::metrics::{HttpLabels, RequestSample, UNKNOWN};
+use crate::telemetry::peer::Peer;
 use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
@@ -232,10 +233,9 @@ impl HttpConnection {
         status: u16,
         grpc_status: Option<u32>,
     ) -> HttpLabels {
-        let (source_workload, source_workload_namespace) = workload_names(self.source.as_deref());
-        let destination = self.destination_workload(exchange);
-        let (destination_workload, destination_workload_namespace) =
-            workload_names(destination.as_deref());
+        let source = Peer::new(self.source.as_deref());
+        let destination_workload = self.destination_workload(exchange);
+        let destination = Peer::new(destination_workload.as_deref());
         let service = exchange
             .cluster
             .as_ref()
@@ -255,11 +255,11 @@ impl HttpConnection {
         let cluster = exchange.cluster.as_deref();
         HttpLabels {
             reporter: self.reporter(),
-            source_workload,
-            source_workload_namespace,
-            source_principal: UNKNOWN.into(),
-            destination_workload,
-            destination_workload_namespace,
+            source_workload: source.workload().to_owned(),
+            source_workload_namespace: source.namespace().to_owned(),
+            source_principal: source.principal().to_owned(),
+            destination_workload: destination.workload().to_owned(),
+            destination_workload_namespace: destination.namespace().to_owned(),
             destination_service,
             destination_service_name,
             destination_service_namespace,
@@ -284,8 +284,13 @@ impl HttpConnection {
             return;
         }
         let destination = self.destination_workload(exchange);
-        let (src_workload, src_namespace) = borrowed_workload_names(self.source.as_deref());
-        let (dst_workload, dst_namespace) = borrowed_workload_names(destination.as_deref());
+        let (source, destination_peer) = (
+            Peer::new(self.source.as_deref()),
+            Peer::new(destination.as_deref()),
+        );
+        let (src_workload, src_namespace) = (source.workload(), source.namespace());
+        let (dst_workload, dst_namespace) =
+            (destination_peer.workload(), destination_peer.namespace());
         let (src_addr, dst_addr) = self
             .memo
             .addresses
@@ -396,16 +401,6 @@ fn protocol_name(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-fn workload_names(workload: Option<&Workload>) -> (String, String) {
-    workload.map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
-        (w.workload_name.clone(), w.namespace.clone())
-    })
-}
-
-fn borrowed_workload_names(workload: Option<&Workload>) -> (&str, &str) {
-    workload.map_or((UNKNOWN, UNKNOWN), |w| (&w.workload_name, &w.namespace))
 }
 
 /// The downstream request body, counting the bytes it yields.

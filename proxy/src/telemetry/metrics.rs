@@ -16,8 +16,8 @@ use shunt_mesh::model::{Service, Workload};
 /// writes, which Prometheus asks for first in its `Accept` header.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Istio's value for anything the proxy cannot name.
-pub const UNKNOWN: &str = "unknown";
+use super::peer::Peer;
+pub use super::peer::UNKNOWN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,13 +66,7 @@ impl TcpLabels {
         destination: Option<&Workload>,
         service: Option<&Service>,
     ) -> Self {
-        let workload = |w: Option<&Workload>| {
-            w.map_or((UNKNOWN.to_owned(), UNKNOWN.to_owned()), |w| {
-                (w.workload_name.clone(), w.namespace.clone())
-            })
-        };
-        let (source_workload, source_workload_namespace) = workload(source);
-        let (destination_workload, destination_workload_namespace) = workload(destination);
+        let (source, destination) = (Peer::new(source), Peer::new(destination));
         let (destination_service, destination_service_name, destination_service_namespace) =
             service.map_or_else(
                 || (UNKNOWN.to_owned(), UNKNOWN.to_owned(), UNKNOWN.to_owned()),
@@ -80,11 +74,11 @@ impl TcpLabels {
             );
         Self {
             reporter,
-            source_workload,
-            source_workload_namespace,
-            source_principal: UNKNOWN.to_owned(),
-            destination_workload,
-            destination_workload_namespace,
+            source_workload: source.workload().to_owned(),
+            source_workload_namespace: source.namespace().to_owned(),
+            source_principal: source.principal().to_owned(),
+            destination_workload: destination.workload().to_owned(),
+            destination_workload_namespace: destination.namespace().to_owned(),
             destination_service,
             destination_service_name,
             destination_service_namespace,

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod json_line;
 pub mod metrics;
+pub mod peer;
 pub mod server;
 
 use serde::Serialize;

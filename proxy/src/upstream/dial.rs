@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
+use super::transport::Transport;
 use crate::drain::Drain;
 use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
@@ -24,7 +23,7 @@ pub trait Dial: Send + Sync + 'static {
 
 /// An open upstream connection, and whom it reaches.
 pub struct Dialed {
-    pub stream: TcpStream,
+    pub stream: Transport,
     /// Set when the connection was made from the destination pod's own netns: it reaches the
     /// app directly, skipping that pod's inbound listener.
     pub delivered: Option<Delivery>,
@@ -67,7 +66,7 @@ impl Dial for Direct {
         Box::pin(async move {
             let stream = self.0.connect(addr, timeout).await?;
             Ok(Dialed {
-                stream,
+                stream: stream.into(),
                 delivered: None,
             })
         })

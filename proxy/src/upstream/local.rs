@@ -98,14 +98,14 @@ impl Dial for PodDial {
             let Some(pod) = target else {
                 let stream = self.sockets.connect(addr, timeout).await?;
                 return Ok(Dialed {
-                    stream,
+                    stream: stream.into(),
                     delivered: None,
                 });
             };
             let stream = pod.sockets.connect(addr, timeout).await?;
             self.metrics.same_node_connection();
             Ok(Dialed {
-                stream,
+                stream: stream.into(),
                 delivered: Some(Delivery {
                     pod: Arc::downgrade(&pod),
                     drain: pod.drain.clone(),

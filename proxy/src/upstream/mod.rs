@@ -25,6 +25,7 @@ pub mod local;
 mod metrics;
 mod outlier;
 mod pool;
+pub mod transport;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
@@ -47,6 +48,7 @@ pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
 use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
+pub use self::transport::{ResetOnClose, Transport};
 use crate::socket::PodSockets;
 pub use shunt_api::clusters::{ClusterDump, ClustersDump, EndpointDump};
 use shunt_mesh::model::Workload;
@@ -717,7 +719,7 @@ impl ClusterState {
     pub async fn connect_tcp(
         &self,
         picked: &Picked,
-    ) -> Result<(tokio::net::TcpStream, TcpConnection), UpstreamError> {
+    ) -> Result<(Transport, TcpConnection), UpstreamError> {
         let limits = self.limits();
         let shared = &self.dialer.shared;
         let slot = ConnectionSlot::try_reserve(shared, limits.max_connections)

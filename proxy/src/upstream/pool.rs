@@ -35,6 +35,7 @@ use super::body::{Body, HttpVersion};
 use super::dial::{Delivery, Dial, Dialed};
 use super::error::UpstreamError;
 use super::metrics::{ClusterLabels, UpstreamMetrics};
+use super::transport::Transport;
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.
@@ -573,7 +574,7 @@ impl Dialer {
         &self,
         addr: SocketAddrV4,
         limits: &Limits,
-    ) -> Result<(TokioIo<tokio::net::TcpStream>, Option<Delivery>), UpstreamError> {
+    ) -> Result<(TokioIo<Transport>, Option<Delivery>), UpstreamError> {
         let Dialed { stream, delivered } = self
             .dial
             .dial(SocketAddr::V4(addr), limits.connect_timeout)
