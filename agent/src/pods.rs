@@ -28,6 +28,8 @@ use crate::capture::ebpf::PodCapture;
 use crate::capture::{self, Capture};
 use crate::config::{CaptureSpec, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
+use shunt_mesh::ids::PodUid;
+
 use crate::netns::{OpenNetns, PodNetns, open_pod_netns};
 use shunt_api::admin as api;
 
@@ -193,7 +195,7 @@ pub struct Reconciler<C> {
     capture: C,
     open_netns: OpenNetns,
     /// By pod uid.
-    pods: BTreeMap<String, CapturedPod>,
+    pods: BTreeMap<PodUid, CapturedPod>,
     /// The last config's plans, for the view.
     plans: Vec<PodPlan>,
     mesh: MeshState,
@@ -278,20 +280,20 @@ impl<C: CaptureMaps> Reconciler<C> {
                 state: self.mesh.clone(),
             });
         }
-        let wanted: BTreeMap<&str, (&PodPlan, &CaptureSpec)> = snapshot
+        let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec)> = snapshot
             .pods
             .iter()
-            .filter_map(|plan| Some((plan.uid.as_str(), (plan, plan.capture.as_ref()?))))
+            .filter_map(|plan| Some((&plan.uid, (plan, plan.capture.as_ref()?))))
             .collect();
 
         // A pod that moved to another netns or IP is another pod as far as capture and the
         // proxy are concerned: remove it, then add it again below.
-        let gone: Vec<String> = self
+        let gone: Vec<PodUid> = self
             .pods
             .iter()
             .filter(|(uid, pod)| {
                 wanted
-                    .get(uid.as_str())
+                    .get(uid)
                     .is_none_or(|(_, spec)| spec.netns != pod.spec.netns || spec.ip != pod.spec.ip)
             })
             .map(|(uid, _)| uid.clone())
@@ -336,7 +338,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// Opens the pod's netns and hands it to the proxy.
-    fn open(&mut self, uid: &str, pod: &mut CapturedPod) {
+    fn open(&mut self, uid: &PodUid, pod: &mut CapturedPod) {
         let opened = (self.open_netns)(&pod.spec.netns).map_err(|source| Error::Netns {
             pod: pod.name.clone(),
             path: pod.spec.netns.clone(),
@@ -393,7 +395,7 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     /// Same pod, same netns and IP: only the excluded ports can have changed. A netns that
     /// could not be opened is tried again.
-    fn update(&mut self, uid: &str, spec: &CaptureSpec) {
+    fn update(&mut self, uid: &PodUid, spec: &CaptureSpec) {
         let Some(mut pod) = self.pods.remove(uid) else {
             return;
         };
@@ -418,7 +420,7 @@ impl<C: CaptureMaps> Reconciler<C> {
         self.pods.insert(uid.to_owned(), pod);
     }
 
-    fn remove(&mut self, uid: &str) {
+    fn remove(&mut self, uid: &PodUid) {
         let Some(pod) = self.pods.remove(uid) else {
             return;
         };
@@ -429,9 +431,7 @@ impl<C: CaptureMaps> Reconciler<C> {
         if pod.capture_on {
             self.capture_off(&pod);
         }
-        self.send(AgentMessage::RemovePod {
-            uid: uid.to_owned(),
-        });
+        self.send(AgentMessage::RemovePod { uid: uid.clone() });
     }
 
     fn capture_off(&mut self, pod: &CapturedPod) {
@@ -524,7 +524,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// The proxy listens in the pod's netns: capture turns on.
-    fn pod_ready(&mut self, uid: &str, listener: Option<OwnedFd>) {
+    fn pod_ready(&mut self, uid: &PodUid, listener: Option<OwnedFd>) {
         let Some(pod) = self.pods.get_mut(uid) else {
             // Removed while the proxy was opening it; RemovePod is on its way.
             return;
@@ -567,7 +567,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// The proxy cannot serve the pod: capture must not send the pod's traffic there.
-    fn pod_failed(&mut self, uid: &str, error: String) {
+    fn pod_failed(&mut self, uid: &PodUid, error: String) {
         let Some(mut pod) = self.pods.remove(uid) else {
             return;
         };
@@ -643,10 +643,10 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 }
 
-fn add_pod(uid: &str, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Outgoing {
+fn add_pod(uid: &PodUid, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Outgoing {
     Outgoing {
         message: AgentMessage::AddPod {
-            uid: uid.to_owned(),
+            uid: uid.clone(),
             netns_cookie: netns.cookie,
             inbound_bind,
         },

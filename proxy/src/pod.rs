@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use shunt_mesh::ids::PodUid;
+
 use crate::drain::Drain;
 use crate::socket::PodSockets;
 
@@ -15,7 +17,7 @@ fn reaches(listener: SocketAddr, addr: SocketAddr) -> bool {
 
 /// One captured pod whose listeners this proxy holds.
 pub struct Pod {
-    pub uid: String,
+    pub uid: PodUid,
     pub sockets: Arc<dyn PodSockets>,
     pub outbound_listener: SocketAddr,
     pub inbound_listener: SocketAddr,

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shunt_mesh::ids::PodUid;
 
 pub use shunt_mesh::routing::explain::{
     ClusterView, DestinationExplanation, DestinationView, ExplainRequest, Explanation, HostRoutes,
@@ -54,7 +55,7 @@ pub struct ProxyStatus {
 pub struct Workload {
     pub namespace: String,
     pub name: String,
-    pub uid: String,
+    pub uid: PodUid,
     pub ip: Option<Ipv4Addr>,
     pub captured: bool,
     /// Why the pod is captured or not.

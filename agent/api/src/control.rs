@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
+use shunt_mesh::ids::PodUid;
 use shunt_mesh::model::MeshState;
 
 /// The largest frame either side accepts: a bound on what a confused peer can make us allocate.
@@ -31,7 +32,7 @@ pub enum AgentMessage {
     /// proxy already serves (after the agent restarts), which the proxy answers without
     /// touching its listeners.
     AddPod {
-        uid: String,
+        uid: PodUid,
         netns_cookie: u64,
         /// Where the pod's inbound listener listens. Absent (an older agent): loopback, what
         /// eBPF capture needs.
@@ -39,9 +40,9 @@ pub enum AgentMessage {
         inbound_bind: InboundBind,
     },
     /// A pod is no longer captured: close its listeners (after draining) and forget it.
-    RemovePod { uid: String },
+    RemovePod { uid: PodUid },
     /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
-    Synced { pods: Vec<String> },
+    Synced { pods: Vec<PodUid> },
     /// The sockmap shortcut is on. Carries three descriptors, the `SHORTCUT_BYTES`,
     /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
     /// connections between two pods of this node (see `proxy::splice`).
@@ -85,9 +86,9 @@ pub enum ProxyMessage {
     Hello { pid: u32, version: String },
     /// The pod's listeners are open. Carries one descriptor: the inbound listener
     /// (`127.0.0.1:15006` in the pod's netns), which the agent puts in the sk_lookup sockhash.
-    PodReady { uid: String },
+    PodReady { uid: PodUid },
     /// The proxy could not serve the pod; `error` says why.
-    PodFailed { uid: String, error: String },
+    PodFailed { uid: PodUid, error: String },
 }
 
 #[derive(Debug, thiserror::Error)]

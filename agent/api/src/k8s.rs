@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use shunt_mesh::ids::PodUid;
 
 /// The namespace of a namespaced object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -80,11 +81,13 @@ impl Pod {
     /// `metadata.uid`, or `namespace/name` when the config gives none: how the agent and the
     /// proxy name the pod.
     #[must_use]
-    pub fn uid(&self) -> String {
-        self.metadata
-            .uid
-            .clone()
-            .unwrap_or_else(|| format!("{}/{}", self.metadata.namespace(), self.metadata.name))
+    pub fn uid(&self) -> PodUid {
+        PodUid::new(
+            self.metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", self.metadata.namespace(), self.metadata.name)),
+        )
     }
 }
 

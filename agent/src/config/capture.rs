@@ -3,6 +3,7 @@
 //! Opt-out wins over opt-in. Every decision carries its reason, which `shuntctl workloads`
 //! shows, so an operator can tell exactly which label or annotation decided.
 
+use shunt_mesh::ids::PodUid;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -127,7 +128,7 @@ pub struct CaptureSpec {
 /// One pod as the agent plans to treat it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodPlan {
-    pub uid: String,
+    pub uid: PodUid,
     pub namespace: String,
     pub name: String,
     pub ip: Option<Ipv4Addr>,

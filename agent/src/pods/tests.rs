@@ -218,7 +218,7 @@ fn pod_ip(last: u8) -> Ipv4Addr {
 
 fn uncaptured(name: &str, ip: u8) -> PodPlan {
     PodPlan {
-        uid: format!("ns/{name}"),
+        uid: format!("ns/{name}").into(),
         namespace: "ns".into(),
         name: name.into(),
         ip: Some(pod_ip(ip)),

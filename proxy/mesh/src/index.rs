@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
+use crate::ids::PodUid;
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
 
@@ -33,7 +34,7 @@ pub enum Error {
 #[derive(Debug, Default)]
 pub struct MeshIndex {
     by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
-    by_uid: HashMap<String, Arc<Workload>>,
+    by_uid: HashMap<PodUid, Arc<Workload>>,
     /// Sorted by namespace and name, so every lookup that may match several answers the same.
     services: Vec<Arc<Service>>,
     /// The compiled Istio routing config of the same state.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ids;
 pub mod index;
 pub mod istio;
 pub mod model;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::PodUid;
 use crate::istio;
 use crate::settings::MeshSettings;
 
@@ -39,7 +40,7 @@ pub struct MeshState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     /// `metadata.uid`, or `namespace/name` when the config gives none.
-    pub uid: String,
+    pub uid: PodUid,
     /// `metadata.namespace`.
     pub namespace: String,
     /// The pod's name.

@@ -16,7 +16,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// A ready, captured pod labelled `app: <app>` with container port `http`: 8080.
 pub fn pod(namespace: &str, name: &str, ip: [u8; 4], app: &str) -> Workload {
     Workload {
-        uid: format!("uid-{namespace}-{name}"),
+        uid: format!("uid-{namespace}-{name}").into(),
         namespace: namespace.into(),
         name: name.into(),
         workload_name: app.into(),

@@ -83,8 +83,8 @@ impl Accepted {
         index: &MeshIndex,
         pod: &Pod,
     ) -> Self {
-        let pod = index.workload_by_uid(&pod.uid).map_or_else(
-            || pod.uid.clone(),
+        let pod = index.workload_by_uid(pod.uid.as_str()).map_or_else(
+            || pod.uid.to_string(),
             |w| format!("{}/{}", w.namespace, w.name),
         );
         Self {
@@ -432,7 +432,7 @@ fn destination_side(
     inbound.started_at = accepted.started_at;
     inbound.started = accepted.started;
     inbound.orig_dst = Some(OrigDstAddr(upstream));
-    inbound.peers.destination = index.workload_by_uid(&pod.uid).cloned();
+    inbound.peers.destination = index.workload_by_uid(pod.uid.as_str()).cloned();
     inbound.peers.source = source;
     inbound.peers.service = inbound
         .peers

@@ -114,7 +114,7 @@ fn accept(
         index,
         &pod.pod,
     );
-    accepted.peers.destination = index.workload_by_uid(&pod.pod.uid).cloned();
+    accepted.peers.destination = index.workload_by_uid(pod.pod.uid.as_str()).cloned();
     accepted.peers.source = index.workload_by_ip(client.0.ip()).cloned();
     let orig_dst = match proxy.inbound_dst.orig_dst(downstream, client) {
         Ok(orig_dst) => orig_dst,

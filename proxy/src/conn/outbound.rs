@@ -36,7 +36,7 @@ pub async fn serve(
         tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
     }
     let index = proxy.state.load();
-    let source = index.workload_by_uid(&pod.pod.uid).cloned();
+    let source = index.workload_by_uid(pod.pod.uid.as_str()).cloned();
     let peer = client;
     let client = peer.in_pod(source.as_ref().and_then(|w| w.ip));
     let mut accepted = Accepted::new(

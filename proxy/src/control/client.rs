@@ -15,6 +15,7 @@ use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
 use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
+use shunt_mesh::ids::PodUid;
 
 /// How often the proxy redials a control socket that is away.
 pub const REDIAL_INTERVAL: Duration = Duration::from_millis(500);
@@ -155,7 +156,7 @@ impl ControlClient {
                     }
                 }
                 AgentMessage::RemovePod { uid } => {
-                    if !self.pods.remove(&uid).await {
+                    if !self.pods.remove(uid.as_str()).await {
                         tracing::debug!(pod = %uid, "RemovePod for a pod that was not served");
                     }
                 }
@@ -180,7 +181,7 @@ impl ControlClient {
     /// Serves a pod; the error is what `PodFailed` tells the agent.
     async fn add_pod(
         &self,
-        uid: &str,
+        uid: &PodUid,
         netns_cookie: u64,
         inbound_bind: InboundBind,
         mut fds: Vec<OwnedFd>,
@@ -194,7 +195,7 @@ impl ControlClient {
         }
         let netns = fds.remove(0);
         self.pods
-            .add(uid, netns_cookie, inbound_bind, netns)
+            .add(uid.clone(), netns_cookie, inbound_bind, netns)
             .await
             .map_err(|error| error.to_string())
     }

@@ -297,7 +297,7 @@ impl HttpConnection {
         pod: Arc<Pod>,
         addr: SocketAddrV4,
     ) -> Arc<Self> {
-        let workload = index.workload_by_uid(&pod.uid).cloned();
+        let workload = index.workload_by_uid(pod.uid.as_str()).cloned();
         let service = workload
             .as_ref()
             .and_then(|w| index.destination_service(w, addr.port()))
@@ -308,7 +308,7 @@ impl HttpConnection {
             addr.port(),
         );
         let pod_name = workload.as_ref().map_or_else(
-            || pod.uid.clone(),
+            || pod.uid.to_string(),
             |w| format!("{}/{}", w.namespace, w.name),
         );
         Arc::new(Self {

@@ -26,6 +26,7 @@ use crate::upstream::local::{LocalPods, PodDial};
 use crate::upstream::{Resolver, Upstreams};
 use shunt_api::control::InboundBind;
 use shunt_api::netns::socket_netns_cookie;
+use shunt_mesh::ids::PodUid;
 
 /// Pause after an accept error other than an aborted handshake (out of descriptors, memory):
 /// retrying at once would spin.
@@ -89,7 +90,7 @@ pub struct PodRegistry {
     drain_timeout: Duration,
     /// DNS cache of ServiceEntry hostnames, shared by every pod's upstreams.
     resolver: Arc<Resolver>,
-    pods: Mutex<HashMap<String, ServedPod>>,
+    pods: Mutex<HashMap<PodUid, ServedPod>>,
     /// Drains of removed pods, waited for at shutdown.
     draining: TaskTracker,
 }
@@ -111,7 +112,7 @@ impl PodRegistry {
         }
     }
 
-    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServedPod>> {
+    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<PodUid, ServedPod>> {
         // Held only for map operations, which cannot leave the map half-changed.
         self.pods.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -123,11 +124,12 @@ impl PodRegistry {
     /// capture mode changed is drained and served afresh.
     pub async fn add(
         &self,
-        uid: &str,
+        uid: impl Into<PodUid>,
         netns_cookie: u64,
         inbound_bind: InboundBind,
         netns: OwnedFd,
     ) -> Result<Arc<TcpListener>, Error> {
+        let uid = &uid.into();
         let stale = {
             let mut pods = self.pods();
             match pods.get(uid) {
@@ -135,7 +137,7 @@ impl PodRegistry {
                     if served.netns_cookie == netns_cookie
                         && served.inbound_bind == inbound_bind =>
                 {
-                    tracing::debug!(pod = uid, "pod already served; keeping its listeners");
+                    tracing::debug!(pod = %uid, "pod already served; keeping its listeners");
                     return Ok(served.inbound.clone());
                 }
                 Some(_) => pods.remove(uid),
@@ -144,13 +146,13 @@ impl PodRegistry {
         };
         if let Some(stale) = stale {
             tracing::info!(
-                pod = uid,
+                pod = %uid,
                 "pod's network namespace or capture mode changed; serving it afresh"
             );
             self.retire(stale).await;
         }
 
-        let pod = self.pod_name(uid);
+        let pod = self.pod_name(uid.as_str());
         let sockets = self.factory.enter(netns, &pod).await?;
         let outbound = sockets
             .listen(SocketAddr::from((
@@ -181,7 +183,7 @@ impl PodRegistry {
             inbound: local_addr(&inbound)?,
         };
         let dial = Arc::new(PodDial {
-            uid: uid.to_owned(),
+            uid: uid.clone(),
             sockets: sockets.clone(),
             state: self.proxy.state.clone(),
             local: self.proxy.local_pods.clone(),
@@ -195,7 +197,7 @@ impl PodRegistry {
         ));
         let context = Arc::new(PodContext {
             pod: Arc::new(Pod {
-                uid: uid.to_owned(),
+                uid: uid.clone(),
                 sockets,
                 outbound_listener: listeners.outbound,
                 inbound_listener: listeners.inbound,
@@ -217,7 +219,7 @@ impl PodRegistry {
         );
         self.proxy.local_pods.insert(context.pod.clone());
         self.pods().insert(
-            uid.to_owned(),
+            uid.clone(),
             ServedPod {
                 netns_cookie,
                 inbound_bind,
@@ -244,16 +246,16 @@ impl PodRegistry {
     }
 
     /// Stops serving every pod not in `keep`.
-    pub async fn retain(&self, keep: &[String]) {
-        let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
-        let gone: Vec<String> = self
+    pub async fn retain(&self, keep: &[PodUid]) {
+        let keep: HashSet<&PodUid> = keep.iter().collect();
+        let gone: Vec<PodUid> = self
             .pods()
             .keys()
-            .filter(|uid| !keep.contains(uid.as_str()))
+            .filter(|uid| !keep.contains(*uid))
             .cloned()
             .collect();
         for uid in gone {
-            self.remove(&uid).await;
+            self.remove(uid.as_str()).await;
         }
     }
 
@@ -269,21 +271,21 @@ impl PodRegistry {
     /// The upstream clusters of every served pod, by `namespace/name`.
     #[must_use]
     pub fn clusters(&self) -> std::collections::BTreeMap<String, crate::upstream::ClustersDump> {
-        let served: Vec<(String, Arc<Upstreams>)> = self
+        let served: Vec<(PodUid, Arc<Upstreams>)> = self
             .pods()
             .iter()
             .map(|(uid, served)| (uid.clone(), served.context.upstreams.clone()))
             .collect();
         served
             .into_iter()
-            .map(|(uid, upstreams)| (self.pod_name(&uid), upstreams.dump()))
+            .map(|(uid, upstreams)| (self.pod_name(uid.as_str()), upstreams.dump()))
             .collect()
     }
 
     /// Uids of the pods served, sorted.
     #[must_use]
-    pub fn served(&self) -> Vec<String> {
-        let mut uids: Vec<String> = self.pods().keys().cloned().collect();
+    pub fn served(&self) -> Vec<PodUid> {
+        let mut uids: Vec<PodUid> = self.pods().keys().cloned().collect();
         uids.sort();
         uids
     }

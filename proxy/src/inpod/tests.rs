@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use super::*;
 use crate::socket::CurrentNetnsSocketFactory;
 use crate::testing::*;
+use shunt_mesh::ids::PodUid;
 use shunt_mesh::model::{MeshState, TargetPort};
 use shunt_mesh::testing::{pod, service};
 
@@ -300,7 +301,7 @@ async fn removing_a_pod_closes_its_listeners_and_lets_connections_finish() {
 
     assert!(registry.remove(WEB).await);
     assert!(!registry.remove(WEB).await, "removed twice");
-    assert_eq!(registry.served(), Vec::<String>::new());
+    assert_eq!(registry.served(), Vec::<PodUid>::new());
     for listener in [listeners.outbound, listeners.inbound] {
         let refused = TcpStream::connect(listener).await.unwrap_err();
         assert_eq!(
@@ -397,7 +398,7 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     assert!(err.to_string().contains(WEB), "{err}");
     assert_eq!(
         registry.served(),
-        Vec::<String>::new(),
+        Vec::<PodUid>::new(),
         "the old netns was retired"
     );
 
@@ -409,10 +410,10 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
         .add(API_A, cookie, loopback, own_netns())
         .await
         .unwrap();
-    registry.retain(&[API_A.to_owned()]).await;
+    registry.retain(&[API_A.into()]).await;
     assert_eq!(registry.served(), [API_A]);
     registry.shutdown().await;
-    assert_eq!(registry.served(), Vec::<String>::new());
+    assert_eq!(registry.served(), Vec::<PodUid>::new());
 }
 
 /// web-1 → api-a (127.0.0.2), both served by this proxy: delivered in one pass from api-a's
@@ -517,8 +518,8 @@ async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
             let index = test.proxy.state.load();
             test.proxy
                 .local_pods
-                .target(WEB, &index, addr.parse().unwrap())
-                .map(|pod| pod.uid.clone())
+                .target(&WEB.into(), &index, addr.parse().unwrap())
+                .map(|pod| pod.uid.to_string())
         };
         let api_a = shortcut.then(|| API_A.to_owned());
         for (addr, expected) in [

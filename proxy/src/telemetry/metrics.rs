@@ -357,7 +357,7 @@ mod tests {
 
     fn workload(namespace: &str, name: &str) -> Workload {
         Workload {
-            uid: format!("{namespace}/{name}-0"),
+            uid: format!("{namespace}/{name}-0").into(),
             namespace: namespace.into(),
             name: format!("{name}-0"),
             workload_name: name.into(),

@@ -16,13 +16,14 @@ use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
 use crate::state::StateStore;
 use crate::upstream::{Delivery, Dial, Dialed};
+use shunt_mesh::ids::PodUid;
 use shunt_mesh::index::MeshIndex;
 
 /// The pods served on this node, by uid, for same-node delivery.
 #[derive(Default)]
 pub struct LocalPods {
     enabled: bool,
-    pods: RwLock<HashMap<String, Arc<Pod>>>,
+    pods: RwLock<HashMap<PodUid, Arc<Pod>>>,
 }
 
 impl LocalPods {
@@ -51,7 +52,7 @@ impl LocalPods {
 
     /// The served pod that a dial from pod `from` to `addr` can be delivered to directly.
     #[must_use]
-    pub fn target(&self, from: &str, index: &MeshIndex, addr: SocketAddr) -> Option<Arc<Pod>> {
+    pub fn target(&self, from: &PodUid, index: &MeshIndex, addr: SocketAddr) -> Option<Arc<Pod>> {
         if !self.enabled {
             return None;
         }
@@ -63,7 +64,7 @@ impl LocalPods {
         );
         if !workload.captured
             || proxy_port
-            || workload.uid == from
+            || workload.uid == *from
             || workload.excluded_inbound_ports.contains(&addr.port())
         {
             return None;
@@ -80,7 +81,7 @@ impl LocalPods {
 
 /// A pod's dialler: from its own netns, or from the destination's when [`LocalPods`] says so.
 pub struct PodDial {
-    pub uid: String,
+    pub uid: PodUid,
     pub sockets: Arc<dyn PodSockets>,
     pub state: Arc<StateStore>,
     pub local: Arc<LocalPods>,

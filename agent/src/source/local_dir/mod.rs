@@ -83,7 +83,7 @@ pub(crate) struct Loader {
     /// Where each object was first defined, to name both places of a duplicate.
     defined: HashMap<ObjectKey, Place>,
     /// Which pod holds each uid: the agent and the proxy key pods by it.
-    pod_uids: HashMap<String, (ObjectRef, Place)>,
+    pod_uids: HashMap<shunt_mesh::ids::PodUid, (ObjectRef, Place)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -289,7 +289,8 @@ impl Loader {
                     return Err(Problem::at(
                         "metadata.uid",
                         format!(
-                            "uid {uid:?} is already used by {holder} in {at}; this pod is ignored"
+                            "uid {:?} is already used by {holder} in {at}; this pod is ignored",
+                            uid.as_str()
                         ),
                     ));
                 }
