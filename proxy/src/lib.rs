@@ -3,7 +3,8 @@
 //!
 //! Modules depend downwards only (`cargo xtask layers` checks it):
 //! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
-//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `socket`, `drain`, `state`.
+//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `progress`, `response_flag`, `socket`,
+//! `drain`, `state`; shunt-mesh and shunt-api below all of them.
 #![deny(unsafe_code)]
 
 pub mod addrs;

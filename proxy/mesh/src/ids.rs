@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,5 +60,62 @@ impl PartialEq<str> for PodUid {
 impl PartialEq<&str> for PodUid {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
+    }
+}
+
+/// An endpoint a cluster balances over: a pod's IP and resolved `targetPort`, or a
+/// ServiceEntry endpoint's address and port. What the proxy dials for a picked endpoint,
+/// kept apart from the original destination (which may be a ClusterIP) and the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EndpointAddr(SocketAddrV4);
+
+impl EndpointAddr {
+    /// The endpoint at `ip:port`. IPv4 only, like the registry.
+    #[must_use]
+    pub fn new(ip: Ipv4Addr, port: u16) -> Self {
+        Self(SocketAddrV4::new(ip, port))
+    }
+
+    /// The endpoint's IP.
+    #[must_use]
+    pub fn ip(self) -> Ipv4Addr {
+        *self.0.ip()
+    }
+
+    /// The endpoint's port.
+    #[must_use]
+    pub fn port(self) -> u16 {
+        self.0.port()
+    }
+
+    /// The socket address to dial.
+    #[must_use]
+    pub fn socket_addr(self) -> SocketAddr {
+        SocketAddr::V4(self.0)
+    }
+}
+
+impl From<EndpointAddr> for SocketAddr {
+    fn from(addr: EndpointAddr) -> Self {
+        addr.socket_addr()
+    }
+}
+
+impl From<EndpointAddr> for SocketAddrV4 {
+    fn from(addr: EndpointAddr) -> Self {
+        addr.0
+    }
+}
+
+impl From<SocketAddrV4> for EndpointAddr {
+    fn from(addr: SocketAddrV4) -> Self {
+        Self(addr)
+    }
+}
+
+impl fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }

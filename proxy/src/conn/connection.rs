@@ -269,7 +269,7 @@ impl Target<'_> {
     fn addr(&self) -> std::net::SocketAddr {
         match self {
             Self::Addr(addr) => *addr,
-            Self::Endpoint(_, picked) => picked.addr.into(),
+            Self::Endpoint(_, picked) => picked.addr.socket_addr(),
         }
     }
 

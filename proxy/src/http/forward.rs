@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+use shunt_mesh::ids::EndpointAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -144,7 +146,7 @@ impl HttpConnection {
             .delivered()
             .and_then(Delivery::pod)
             .zip(exchange.upstream.as_ref())
-            .map(|(pod, picked)| self.destination_side(pod, picked.addr));
+            .map(|(pod, picked)| self.destination_side(pod, picked.addr.into()));
         let (head, body, grpc_status) = self.relay(response, upgrade, &template.parts.method);
         Forwarded::Upstream {
             head,
@@ -178,7 +180,7 @@ impl HttpConnection {
             authority: exchange.authority.clone(),
             version,
         };
-        let picked = state.passthrough(self.orig_dst, app.workload.clone());
+        let picked = state.passthrough(self.orig_dst.into(), app.workload.clone());
         exchange.upstream = Some(picked.clone());
         let sent_at = Instant::now();
         let request = template.build(body.map_err(Into::into).boxed());
@@ -450,7 +452,7 @@ impl Attempts<'_> {
     /// flags are on the exchange already.
     async fn run(self, exchange: &mut Exchange) -> Result<Response<UpstreamBody>, Box<Reply>> {
         let retries = &self.route.retries;
-        let mut tried: Vec<SocketAddrV4> = Vec::new();
+        let mut tried: Vec<EndpointAddr> = Vec::new();
         let mut retried = 0u32;
         // Held until the request is over: `maxRetries` bounds concurrent retries.
         let mut retry_permits: Vec<upstream::RetryPermit> = Vec::new();
@@ -523,11 +525,11 @@ impl Attempts<'_> {
         }
     }
 
-    fn pick(&self, tried: &[SocketAddrV4]) -> Result<Picked, UpstreamError> {
+    fn pick(&self, tried: &[EndpointAddr]) -> Result<Picked, UpstreamError> {
         if let Some(addr) = self.passthrough {
             return Ok(self
                 .state
-                .passthrough(addr, self.destination_workload.clone()));
+                .passthrough(addr.into(), self.destination_workload.clone()));
         }
         // Istio's retries prefer another host (`previous_hosts`); when every host was tried,
         // any will do.

@@ -2,10 +2,10 @@
 //! ([`HttpEntry`]), one per line, on stdout.
 #![forbid(unsafe_code)]
 
+use shunt_mesh::ids::EndpointAddr;
 use std::borrow::Cow;
 use std::fmt::Display;
 use std::io::{self, Write};
-use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -164,7 +164,7 @@ pub struct HttpEntry<'a, Cluster: Display> {
     /// nothing was sent upstream.
     pub upstream_service_time: Option<u64>,
     /// The endpoint of the last attempt.
-    pub upstream_host: Option<SocketAddrV4>,
+    pub upstream_host: Option<EndpointAddr>,
     /// Envoy's cluster name, `outbound|port|subset|host`.
     #[cfg_attr(test, serde(serialize_with = "tests::display"))]
     pub upstream_cluster: Option<Cluster>,
@@ -201,7 +201,7 @@ impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
         json.u64("bytes_received", self.bytes_received);
         json.u64("duration", self.duration);
         json.opt_u64("upstream_service_time", self.upstream_service_time);
-        json.opt_socket_addr("upstream_host", self.upstream_host);
+        json.opt_socket_addr("upstream_host", self.upstream_host.map(Into::into));
         json.opt_display("upstream_cluster", self.upstream_cluster.as_ref());
         json.opt_str("x_forwarded_for", self.x_forwarded_for);
         json.opt_str("user_agent", self.user_agent);
@@ -525,7 +525,7 @@ mod tests {
             bytes_received: 0,
             duration: 3,
             upstream_service_time: Some(2),
-            upstream_host: Some(SocketAddrV4::new([10, 0, 0, 3].into(), 8080)),
+            upstream_host: Some(EndpointAddr::new([10, 0, 0, 3].into(), 8080)),
             upstream_cluster: Some("outbound|80|v1|api.shop.svc.cluster.local"),
             x_forwarded_for: Some("10.0.0.2"),
             user_agent: Some("curl/8.0"),

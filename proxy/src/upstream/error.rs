@@ -1,6 +1,6 @@
 //! What can go wrong sending to an upstream cluster, and which failures Envoy would retry.
 
-use std::net::SocketAddrV4;
+use shunt_mesh::ids::EndpointAddr;
 use std::time::Duration;
 
 use shunt_mesh::routing::ClusterKey;
@@ -36,7 +36,7 @@ pub enum UpstreamError {
     },
     #[error("cannot connect to upstream endpoint {addr}: {source}")]
     Connect {
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         // Boxed: the socket error is large and this error travels in every `Result`.
         source: Box<crate::socket::Error>,
     },
@@ -44,17 +44,17 @@ pub enum UpstreamError {
         "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"
     )]
     Handshake {
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         source: hyper::Error,
     },
     #[error("HTTP/2 handshake with upstream endpoint {addr} timed out after {timeout:?}")]
     HandshakeTimeout {
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         timeout: Duration,
     },
     #[error("upstream endpoint {addr} closed or reset the connection before answering: {source}")]
     Reset {
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         source: hyper::Error,
     },
 }

@@ -2,7 +2,7 @@
 //! random, and Envoy's two consistent-hash tables (ring hash and Maglev).
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddrV4;
+use shunt_mesh::ids::EndpointAddr;
 
 use rand::Rng;
 use xxhash_rust::xxh64::xxh64;
@@ -104,7 +104,7 @@ pub(super) enum HashTable {
 impl HashTable {
     /// Builds the table for `endpoints` (address and weight), as Envoy's
     /// `RingHashLoadBalancer` and `MaglevLoadBalancer` do.
-    pub(super) fn build(algorithm: HashAlgorithm, endpoints: &[(SocketAddrV4, u32)]) -> Self {
+    pub(super) fn build(algorithm: HashAlgorithm, endpoints: &[(EndpointAddr, u32)]) -> Self {
         match algorithm {
             HashAlgorithm::RingHash { minimum_ring_size } => {
                 Self::Ring(ring(minimum_ring_size, endpoints))
@@ -142,7 +142,7 @@ impl HashTable {
 
 /// Envoy's ring: each host gets points in proportion to its weight so that the ring holds
 /// at least `minimum_ring_size` points; point `i` of host `a` is `xxh64("<a>_<i>")`.
-fn ring(minimum_ring_size: u64, endpoints: &[(SocketAddrV4, u32)]) -> Vec<(u64, usize)> {
+fn ring(minimum_ring_size: u64, endpoints: &[(EndpointAddr, u32)]) -> Vec<(u64, usize)> {
     let total_weight: f64 = endpoints.iter().map(|&(_, w)| f64::from(w.max(1))).sum();
     if endpoints.is_empty() || total_weight <= 0.0 {
         return Vec::new();
@@ -175,7 +175,7 @@ fn ring(minimum_ring_size: u64, endpoints: &[(SocketAddrV4, u32)]) -> Vec<(u64, 
 /// Envoy's Maglev table (Eisenbud et al., with Envoy's weighting): each host walks its own
 /// permutation of the slots, `offset + skip × n (mod size)`, taking the next free slot in
 /// turn, hosts of lower weight skipping turns.
-fn maglev(table_size: u64, endpoints: &[(SocketAddrV4, u32)]) -> Vec<usize> {
+fn maglev(table_size: u64, endpoints: &[(EndpointAddr, u32)]) -> Vec<usize> {
     struct Entry {
         offset: u64,
         skip: u64,
@@ -244,9 +244,9 @@ mod tests {
 
     use super::*;
 
-    fn endpoints(n: u8) -> Vec<(SocketAddrV4, u32)> {
+    fn endpoints(n: u8) -> Vec<(EndpointAddr, u32)> {
         (1..=n)
-            .map(|i| (SocketAddrV4::new([10, 0, 0, i].into(), 8080), 1))
+            .map(|i| (EndpointAddr::new([10, 0, 0, i].into(), 8080), 1))
             .collect()
     }
 
@@ -348,8 +348,8 @@ mod tests {
                 minimum_ring_size: 1000,
             },
             &[
-                (SocketAddrV4::new([10, 0, 0, 1].into(), 80), 1),
-                (SocketAddrV4::new([10, 0, 0, 2].into(), 80), 3),
+                (EndpointAddr::new([10, 0, 0, 1].into(), 80), 1),
+                (EndpointAddr::new([10, 0, 0, 2].into(), 80), 3),
             ],
         ) else {
             panic!("ring");
@@ -399,8 +399,8 @@ mod tests {
         let HashTable::Maglev(table) = HashTable::build(
             HashAlgorithm::Maglev { table_size: 65537 },
             &[
-                (SocketAddrV4::new([10, 0, 0, 1].into(), 80), 1),
-                (SocketAddrV4::new([10, 0, 0, 2].into(), 80), 2),
+                (EndpointAddr::new([10, 0, 0, 1].into(), 80), 1),
+                (EndpointAddr::new([10, 0, 0, 2].into(), 80), 2),
             ],
         ) else {
             panic!("maglev");

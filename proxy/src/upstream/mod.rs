@@ -27,8 +27,8 @@ mod outlier;
 mod pool;
 pub mod transport;
 
+use shunt_mesh::ids::EndpointAddr;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -57,7 +57,7 @@ use shunt_mesh::routing::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer, Tr
 /// The endpoint chosen for one try of a request.
 #[derive(Clone)]
 pub struct Picked {
-    pub addr: SocketAddrV4,
+    pub addr: EndpointAddr,
     pub workload: Option<Arc<Workload>>,
     endpoint: Arc<EndpointState>,
 }
@@ -216,7 +216,7 @@ struct EndpointState {
 }
 
 impl EndpointState {
-    fn new(addr: SocketAddrV4) -> Self {
+    fn new(addr: EndpointAddr) -> Self {
         Self {
             active: Arc::default(),
             outlier: Mutex::default(),
@@ -226,7 +226,7 @@ impl EndpointState {
 }
 
 struct Endpoint {
-    addr: SocketAddrV4,
+    addr: EndpointAddr,
     workload: Option<Arc<Workload>>,
     weight: u32,
     state: Arc<EndpointState>,
@@ -271,7 +271,7 @@ impl Config {
     fn rebuild_table(&mut self) {
         self.table = match &self.source.policy.load_balancer {
             LoadBalancer::ConsistentHash { algorithm, .. } => {
-                let endpoints: Vec<(SocketAddrV4, u32)> =
+                let endpoints: Vec<(EndpointAddr, u32)> =
                     self.endpoints.iter().map(|e| (e.addr, e.weight)).collect();
                 Some(HashTable::build(*algorithm, &endpoints))
             }
@@ -349,7 +349,7 @@ pub struct ClusterState {
     last_used: Mutex<Instant>,
     /// Pools to original destinations of a PASSTHROUGH cluster, by address; dropped when
     /// unused ([`Self::maintain_once`]).
-    passthrough: Mutex<HashMap<SocketAddrV4, Arc<EndpointState>>>,
+    passthrough: Mutex<HashMap<EndpointAddr, Arc<EndpointState>>>,
     dialer: Dialer,
     default_connect_timeout: Duration,
     resolver: Arc<Resolver>,
@@ -411,7 +411,7 @@ impl ClusterState {
         &self.dialer.shared.metrics
     }
 
-    fn labels(&self, addr: SocketAddrV4) -> EndpointLabels {
+    fn labels(&self, addr: EndpointAddr) -> EndpointLabels {
         EndpointLabels {
             cluster: self.name.clone(),
             endpoint: addr.to_string(),
@@ -496,7 +496,7 @@ impl ClusterState {
                         tracing::info!(cluster = %self.name, name = %endpoint.name, "DNS name of the cluster resolves again");
                     }
                     resolved.extend(addrs.iter().map(|&ip| ClusterEndpoint {
-                        addr: SocketAddrV4::new(ip, endpoint.port),
+                        addr: EndpointAddr::new(ip, endpoint.port),
                         workload: None,
                         weight: endpoint.weight,
                     }));
@@ -568,7 +568,7 @@ impl ClusterState {
     pub fn pick(
         &self,
         hash: Option<u64>,
-        exclude: &[SocketAddrV4],
+        exclude: &[EndpointAddr],
     ) -> Result<Picked, UpstreamError> {
         let now = Instant::now();
         let mut config = self.config();
@@ -637,7 +637,7 @@ impl ClusterState {
     /// The original destination `addr` of a PASSTHROUGH cluster as a [`Picked`], so that
     /// [`Self::send`] pools its connections like any endpoint's (outlier detection does not
     /// apply to it).
-    pub fn passthrough(&self, addr: SocketAddrV4, workload: Option<Arc<Workload>>) -> Picked {
+    pub fn passthrough(&self, addr: EndpointAddr, workload: Option<Arc<Workload>>) -> Picked {
         let mut passthrough = match self.passthrough.lock() {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
@@ -733,10 +733,7 @@ impl ClusterState {
         let connected = self
             .dialer
             .dial
-            .dial(
-                std::net::SocketAddr::V4(picked.addr),
-                limits.connect_timeout,
-            )
+            .dial(picked.addr.socket_addr(), limits.connect_timeout)
             .await;
         match connected {
             Ok(Dialed { stream, delivered }) => {

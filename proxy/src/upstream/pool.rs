@@ -13,7 +13,7 @@
 //! connections never linger in another pod's pools.
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, SocketAddrV4};
+use shunt_mesh::ids::EndpointAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -221,7 +221,7 @@ impl Drop for H2Stream {
 
 /// The connections to one endpoint.
 pub(super) struct EndpointPool {
-    addr: SocketAddrV4,
+    addr: EndpointAddr,
     idle: Mutex<Vec<IdleConnection>>,
     h2: Mutex<Vec<Arc<H2Connection>>>,
     /// One h2 dial at a time, so a burst of requests shares the connection it opens.
@@ -229,7 +229,7 @@ pub(super) struct EndpointPool {
 }
 
 impl EndpointPool {
-    pub(super) fn new(addr: SocketAddrV4) -> Self {
+    pub(super) fn new(addr: EndpointAddr) -> Self {
         Self {
             addr,
             idle: Mutex::default(),
@@ -572,12 +572,12 @@ impl Dialer {
 
     async fn dial(
         &self,
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         limits: &Limits,
     ) -> Result<(TokioIo<Transport>, Option<Delivery>), UpstreamError> {
         let Dialed { stream, delivered } = self
             .dial
-            .dial(SocketAddr::V4(addr), limits.connect_timeout)
+            .dial(addr.socket_addr(), limits.connect_timeout)
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr,
@@ -588,7 +588,7 @@ impl Dialer {
 
     async fn connect_h1(
         &self,
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
@@ -622,7 +622,7 @@ impl Dialer {
 
     async fn connect_h2(
         &self,
-        addr: SocketAddrV4,
+        addr: EndpointAddr,
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<Arc<H2Connection>, UpstreamError> {

@@ -22,7 +22,7 @@ use shunt_mesh::routing::{
 /// A loopback HTTP server that answers `status` after `delay` with the body
 /// `<port> conn <n>` (n: which accepted connection served it).
 struct TestServer {
-    addr: SocketAddrV4,
+    addr: EndpointAddr,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -61,10 +61,13 @@ async fn server(h2: bool, status: u16, delay: Duration) -> TestServer {
             });
         }
     });
-    TestServer { addr, accepted }
+    TestServer {
+        addr: addr.into(),
+        accepted,
+    }
 }
 
-fn cluster(endpoints: &[SocketAddrV4], policy: TrafficPolicy) -> Arc<Cluster> {
+fn cluster(endpoints: &[EndpointAddr], policy: TrafficPolicy) -> Arc<Cluster> {
     Arc::new(Cluster {
         key: ClusterKey {
             host: Host(Arc::from("cart.shop.svc.cluster.local")),
@@ -348,7 +351,7 @@ async fn a_refused_connection_is_an_upstream_connect_failure() {
     let fixture = Fixture::new().await;
     let state = fixture
         .upstreams
-        .cluster(&cluster(&[addr], TrafficPolicy::default()));
+        .cluster(&cluster(&[addr.into()], TrafficPolicy::default()));
     for version in [HttpVersion::Http1, HttpVersion::Http2] {
         let err = exchange(&state, version).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
@@ -419,7 +422,7 @@ async fn outlier_detection_ejects_after_consecutive_5xx_and_returns_after_base_e
             .metrics()
             .contains(&format!("shunt_outlier_ejected{labels} 0"))
     );
-    let picks: Vec<SocketAddrV4> = (0..4)
+    let picks: Vec<EndpointAddr> = (0..4)
         .map(|_| state.pick(None, &[]).unwrap().addr)
         .collect();
     assert!(picks.contains(&failing.addr), "{picks:?}");
@@ -452,7 +455,7 @@ async fn max_ejection_percent_limits_ejections_and_min_health_percent_panics() {
     // minHealthPercent 60 with 1 of 2 healthy: panic, both endpoints are picked.
     let panicking = cluster(&[a.addr, b.addr], outlier_policy(2, 50, 60));
     let state = fixture.upstreams.cluster(&panicking);
-    let picks: Vec<SocketAddrV4> = (0..4)
+    let picks: Vec<EndpointAddr> = (0..4)
         .map(|_| state.pick(None, &[]).unwrap().addr)
         .collect();
     assert!(
@@ -516,7 +519,7 @@ async fn least_request_prefers_the_endpoint_without_requests_in_flight() {
         assert_eq!(state.pick(None, &[]).unwrap().addr, other);
     }
     in_flight.into_body().collect().await.unwrap();
-    let picks: Vec<SocketAddrV4> = (0..4)
+    let picks: Vec<EndpointAddr> = (0..4)
         .map(|_| state.pick(None, &[]).unwrap().addr)
         .collect();
     assert!(
@@ -527,8 +530,8 @@ async fn least_request_prefers_the_endpoint_without_requests_in_flight() {
 
 #[tokio::test]
 async fn hash_picks_are_sticky_and_retries_move_to_another_endpoint() {
-    let endpoints: Vec<SocketAddrV4> = (1..=4)
-        .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 8080))
+    let endpoints: Vec<EndpointAddr> = (1..=4)
+        .map(|i| EndpointAddr::new(Ipv4Addr::new(10, 0, 0, i), 8080))
         .collect();
     let fixture = Fixture::new().await;
     let state = fixture.upstreams.cluster(&cluster(
@@ -555,7 +558,7 @@ async fn hash_picks_are_sticky_and_retries_move_to_another_endpoint() {
 #[tokio::test]
 async fn passthrough_clusters_have_no_pick_and_retries_have_a_budget() {
     let fixture = Fixture::new().await;
-    let addr = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+    let addr = EndpointAddr::new(Ipv4Addr::new(10, 0, 0, 1), 80);
     let passthrough = fixture.upstreams.cluster(&cluster(
         &[addr],
         TrafficPolicy {
@@ -632,7 +635,7 @@ async fn wait_for(condition: impl Fn() -> bool) {
 
 /// An ALLOW_ANY cluster: the address itself, default policy.
 fn passthrough_address(ip: [u8; 4], policy: TrafficPolicy) -> Arc<Cluster> {
-    let addr = SocketAddrV4::new(Ipv4Addr::from(ip), 80);
+    let addr = EndpointAddr::new(Ipv4Addr::from(ip), 80);
     Arc::new(Cluster {
         key: ClusterKey {
             host: Host(Arc::from(addr.ip().to_string())),

@@ -4,7 +4,7 @@
 //! load, pinned maps are reused with their entries and pinned links are adopted as they are, so
 //! capture is never detached across an agent restart; only [`EbpfCapture::uninstall`] removes it.
 //!
-//! Used by `pods.rs` (per-pod entries), `admin.rs` (status, dumps, uninstall) and `app.rs`.
+//! Used by `pods.rs` (per-pod entries), `admin/` (through `capture::Capture`) (status, dumps, uninstall) and `app.rs`.
 
 mod links;
 mod maps;

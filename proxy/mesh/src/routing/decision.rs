@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::ids::EndpointAddr;
 use crate::model::{Service, Workload};
 pub use crate::settings::{AccessLogOutput, MeshSettings, OutboundTrafficPolicy};
 
@@ -274,7 +275,7 @@ pub struct DnsEndpoint {
 #[derive(Clone, Debug)]
 pub struct ClusterEndpoint {
     /// Pod IP and resolved `targetPort`, or a ServiceEntry endpoint's address and port.
-    pub addr: SocketAddrV4,
+    pub addr: EndpointAddr,
     /// The pod, for a Kubernetes endpoint or a ServiceEntry endpoint that is a known pod IP.
     pub workload: Option<Arc<Workload>>,
     /// ServiceEntry endpoint `weight` (1 when unset); Kubernetes endpoints weigh 1.

@@ -13,6 +13,7 @@ use super::decision::{
     MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol, RequestFacts,
     Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy, WeightedDestination,
 };
+use crate::ids::EndpointAddr;
 use crate::model::Workload;
 
 /// Why a request got its route, for `shuntctl explain`.
@@ -414,7 +415,7 @@ impl RouteTable {
                 protocol: PortProtocol::Sniff,
                 service: None,
                 endpoints: vec![ClusterEndpoint {
-                    addr: SocketAddrV4::new(ip, port),
+                    addr: EndpointAddr::new(ip, port),
                     workload: self.workloads_by_ip.get(&ip).cloned(),
                     weight: 1,
                 }],

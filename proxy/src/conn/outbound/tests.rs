@@ -153,7 +153,7 @@ fn cluster(host: &'static str, endpoint: SocketAddr) -> (&'static str, Arc<Clust
         protocol: PortProtocol::Sniff,
         service: None,
         endpoints: vec![ClusterEndpoint {
-            addr,
+            addr: addr.into(),
             workload: None,
             weight: 1,
         }],
@@ -383,7 +383,7 @@ fn echo_cluster(endpoints: &[SocketAddr], policy: TrafficPolicy) -> Arc<Cluster>
         .iter()
         .map(|endpoint| ClusterEndpoint {
             addr: match endpoint {
-                SocketAddr::V4(addr) => *addr,
+                SocketAddr::V4(addr) => (*addr).into(),
                 SocketAddr::V6(_) => unreachable!("test servers listen on IPv4"),
             },
             workload: None,

@@ -186,7 +186,7 @@ fn cluster(host: &str, endpoints: &[SocketAddrV4]) -> Arc<Cluster> {
         endpoints: endpoints
             .iter()
             .map(|addr| shunt_mesh::routing::ClusterEndpoint {
-                addr: *addr,
+                addr: (*addr).into(),
                 workload: None,
                 weight: 1,
             })

@@ -1,11 +1,11 @@
 //! Clusters: each (host, subset, port) with its endpoints and the policy in force.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use super::compiled::*;
 use super::service_entry::{dns_endpoints, entry_endpoints};
+use crate::ids::EndpointAddr;
 use crate::model::{Service, Workload};
 use crate::routing::decision::{Cluster, ClusterEndpoint, ClusterKey, LoadBalancer};
 
@@ -120,7 +120,7 @@ pub(super) fn service_endpoints(
         })
         .filter_map(|w| {
             Some(ClusterEndpoint {
-                addr: SocketAddrV4::new(w.ip?, crate::model::target_port(service_port, w)?),
+                addr: EndpointAddr::new(w.ip?, crate::model::target_port(service_port, w)?),
                 workload: Some(w.clone()),
                 weight: 1,
             })

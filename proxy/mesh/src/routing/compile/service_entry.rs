@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use super::compiled::*;
+use crate::ids::EndpointAddr;
 use crate::istio;
 use crate::model::{MeshState, Service, Workload};
 use crate::routing::Error;
@@ -390,7 +391,7 @@ pub(super) fn entry_endpoints(
                 .or(port.target_port)
                 .unwrap_or(port.port);
             Some(ClusterEndpoint {
-                addr: SocketAddrV4::new(ip, number),
+                addr: EndpointAddr::new(ip, number),
                 workload: workloads.get(&ip).cloned(),
                 weight: e.weight,
             })
