@@ -1,4 +1,5 @@
 //! `shunt-proxy`: the node proxy holding listeners inside every captured pod's netns.
+#![deny(unsafe_code)]
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;

@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::connection::{self, Accepted, Plan};
+use super::l4::{self, Accepted, Plan};
+use super::preamble::{self, Preamble};
 use crate::addrs::ClientAddr;
-use crate::conn::detect::{self, Protocol};
-use crate::conn::rewind::Rewind;
+use crate::conn::detect::Protocol;
 use crate::context::{PodContext, ProxyContext};
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
 use crate::telemetry::Reporter;
@@ -28,49 +28,34 @@ use shunt_mesh::index::MeshIndex;
 pub async fn serve(
     proxy: Arc<ProxyContext>,
     pod: Arc<PodContext>,
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     client: ClientAddr,
 ) {
-    if let Err(error) = downstream.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-    }
+    preamble::nodelay(&downstream);
     let index = proxy.state.load();
     let (accepted, orig_dst) = match accept(&proxy, &pod, &index, &downstream, client) {
         Ok(accepted) => accepted,
-        Err(plan) => return connection::run(&proxy, &pod, *plan, downstream).await,
+        Err(plan) => return l4::run(&proxy, &pod, *plan, downstream).await,
     };
     let SocketAddr::V4(app_addr) = orig_dst else {
         // The HTTP side dials IPv4 endpoints only; IPv6 stays at L4.
-        return connection::run(&proxy, &pod, accepted.dial(orig_dst), downstream).await;
+        return l4::run(&proxy, &pod, accepted.dial(orig_dst), downstream).await;
     };
     let declared = shunt_mesh::routing::declared_protocol(
         accepted.peers.service.as_deref(),
         accepted.peers.destination.as_deref(),
         app_addr.port(),
     );
-    let timeout = proxy
-        .routes
-        .routes()
-        .mesh()
-        .protocol_detection_timeout
-        .unwrap_or(proxy.protocol_detection_timeout);
-    let detection = tokio::select! {
-        biased;
-        () = pod.pod.drain.force_closed() => return,
-        detection = detect::detect(&mut downstream, declared, timeout) => detection,
-    };
-    let detection = match detection {
-        Ok(detection) => detection,
-        Err(error) => {
-            let plan = accepted.refuse(
-                CloseReason::Error,
-                format!("reading the first bytes to detect the protocol failed: {error}"),
-            );
-            return connection::run(&proxy, &pod, plan, downstream).await;
-        }
-    };
-    let stream = Rewind::new(detection.consumed, downstream);
-    match detection.protocol {
+    let timeout = preamble::detection_timeout(&proxy, &*proxy.routes.routes());
+    let (accepted, protocol, stream) =
+        match preamble::detect(&pod, downstream, accepted, declared, timeout).await {
+            Preamble::Cut => return,
+            Preamble::Refused(plan, downstream) => {
+                return l4::run(&proxy, &pod, *plan, downstream).await;
+            }
+            Preamble::Detected(accepted, protocol, stream) => (*accepted, protocol, stream),
+        };
+    match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let app = InboundApp::new(
                 accepted.peers.destination.clone(),
@@ -92,7 +77,7 @@ pub async fn serve(
             server::serve(connection, stream).await;
         }
         Protocol::Tls { .. } | Protocol::Tcp => {
-            connection::run(&proxy, &pod, accepted.dial(orig_dst), stream).await;
+            l4::run(&proxy, &pod, accepted.dial(orig_dst), stream).await;
         }
     }
 }

@@ -2,9 +2,10 @@
 //! L4 forwarding and same-node delivery; HTTP is handed to [`crate::http`].
 #![forbid(unsafe_code)]
 
-mod connection;
 pub mod detect;
 pub mod forward;
 pub mod inbound;
+mod l4;
 pub mod outbound;
+mod preamble;
 pub mod rewind;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::connection::{self, Accepted, Plan};
+use super::l4::{self, Accepted, Plan};
+use super::preamble::{self, Preamble};
 use crate::addrs::ClientAddr;
-use crate::conn::detect::{self, Protocol};
-use crate::conn::rewind::Rewind;
+use crate::conn::detect::Protocol;
 use crate::context::{PodContext, ProxyContext};
 use crate::http::route_policy as policy;
 use crate::http::server::{self, HttpConnection, Side};
@@ -32,9 +32,7 @@ pub async fn serve(
     downstream: TcpStream,
     client: ClientAddr,
 ) {
-    if let Err(error) = downstream.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-    }
+    preamble::nodelay(&downstream);
     let index = proxy.state.load();
     let source = index.workload_by_uid(pod.pod.uid.as_str()).cloned();
     let peer = client;
@@ -51,7 +49,7 @@ pub async fn serve(
         Ok(orig_dst) => orig_dst,
         Err(error) => {
             let plan = accepted.refuse(CloseReason::Error, error.to_string());
-            return connection::run(&proxy, &pod, plan, downstream).await;
+            return l4::run(&proxy, &pod, plan, downstream).await;
         }
     };
     accepted.orig_dst = Some(orig_dst);
@@ -62,13 +60,13 @@ pub async fn serve(
             CloseReason::Error,
             format!("original destination {orig_dst} is the proxy's own listener; refused to avoid a loop"),
         );
-        return connection::run(&proxy, &pod, plan, downstream).await;
+        return l4::run(&proxy, &pod, plan, downstream).await;
     }
     let SocketAddr::V4(dst) = orig_dst.0 else {
         // The registry is IPv4 only: an IPv6 destination is nobody's Service (ALLOW_ANY).
         accepted.client_app = proxy.splice.client_app(&downstream);
         let plan = plan_passthrough(&index, accepted, orig_dst.0);
-        return connection::run(&proxy, &pod, plan, downstream).await;
+        return l4::run(&proxy, &pod, plan, downstream).await;
     };
     let source = &proxy.routes;
     let routes = source.routes();
@@ -77,28 +75,16 @@ pub async fn serve(
         OutboundTarget::Service(service) => service.protocol,
         OutboundTarget::Unknown { protocol, .. } => *protocol,
     };
-    let timeout = routes
-        .mesh()
-        .protocol_detection_timeout
-        .unwrap_or(proxy.protocol_detection_timeout);
-    let mut downstream = downstream;
-    let detection = tokio::select! {
-        biased;
-        () = pod.pod.drain.force_closed() => return,
-        detection = detect::detect(&mut downstream, declared, timeout) => detection,
-    };
-    let detection = match detection {
-        Ok(detection) => detection,
-        Err(error) => {
-            let plan = accepted.refuse(
-                CloseReason::Error,
-                format!("reading the first bytes to detect the protocol failed: {error}"),
-            );
-            return connection::run(&proxy, &pod, plan, downstream).await;
-        }
-    };
-    let stream = Rewind::new(detection.consumed, downstream);
-    let sni = match detection.protocol {
+    let timeout = preamble::detection_timeout(&proxy, &*routes);
+    let (mut accepted, protocol, stream) =
+        match preamble::detect(&pod, downstream, accepted, declared, timeout).await {
+            Preamble::Cut => return,
+            Preamble::Refused(plan, downstream) => {
+                return l4::run(&proxy, &pod, *plan, downstream).await;
+            }
+            Preamble::Detected(accepted, protocol, stream) => (*accepted, protocol, stream),
+        };
+    let sni = match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let connection = Arc::new(HttpConnection {
                 proxy: proxy.clone(),
@@ -131,7 +117,7 @@ pub async fn serve(
         dst,
     )
     .await;
-    connection::run(&proxy, &pod, plan, stream).await;
+    l4::run(&proxy, &pod, plan, stream).await;
 }
 
 /// Routes an opaque TCP or TLS connection by the `tcp[]` / `tls[]` routes of its destination.

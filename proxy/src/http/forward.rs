@@ -320,7 +320,7 @@ impl HttpConnection {
             // A delivered request's destination side only reports: it dials nothing.
             upstreams: self.upstreams.clone(),
             pod_name,
-            // As the TCP delivery does (`proxy/connection.rs`): the app's own address, so both
+            // As the TCP delivery does (`conn/l4.rs`): the app's own address, so both
             // access log lines of a request name the same client.
             client: self.client,
             orig_dst: addr,
