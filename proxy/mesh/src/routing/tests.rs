@@ -1860,3 +1860,39 @@ fn access_log_file_turns_the_access_log_on_and_off() {
         }
     }
 }
+
+/// What the legacy round-robin router's readiness test checked, on the route table the data
+/// path uses: a pod that is not ready is no endpoint of its Service's clusters, and a
+/// readiness change takes it in or out with the next state.
+#[test]
+fn readiness_takes_pods_in_and_out_of_a_services_clusters() {
+    let endpoints = |state: &MeshState| -> Vec<String> {
+        table(state)
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: None,
+                    port: None,
+                },
+                80,
+                None,
+            )
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    };
+    let mut state = base();
+    assert_eq!(endpoints(&state), vec!["10.0.0.2:8080", "10.0.0.3:8080"]);
+    for (not_ready, expected) in [
+        (vec!["cart-v1"], vec!["10.0.0.3:8080"]),
+        (vec!["cart-v1", "cart-v2"], vec![]),
+        (vec![], vec!["10.0.0.2:8080", "10.0.0.3:8080"]),
+    ] {
+        for workload in &mut state.workloads {
+            workload.ready = !not_ready.contains(&workload.name.as_str());
+        }
+        assert_eq!(endpoints(&state), expected, "not ready: {not_ready:?}");
+    }
+}
