@@ -59,3 +59,27 @@ pub fn service(
         selector: labels(&[("app", app)]),
     }
 }
+
+/// A route named `web.0` that does `action` and nothing else: no timeout, no retries, no
+/// fault, no header edits, as a test then changes what it exercises.
+pub fn http_route(action: crate::routing::HttpAction) -> crate::routing::HttpRoute {
+    use crate::routing::{HeaderOps, RetryOn, RetryPolicy};
+    crate::routing::HttpRoute {
+        name: "web.0".into(),
+        virtual_service: None,
+        action,
+        timeout: None,
+        retries: RetryPolicy {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: RetryOn::default(),
+        },
+        fault: None,
+        mirrors: vec![],
+        cors: None,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+        rewrite: None,
+        rate_limit: None,
+    }
+}

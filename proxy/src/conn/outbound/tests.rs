@@ -17,9 +17,8 @@ use shunt_api::control::InboundBind;
 use shunt_mesh::model::Workload;
 use shunt_mesh::routing::{
     Cluster, ClusterEndpoint, ClusterError, ClusterKey, ConnectionPool, Destination, DnsEndpoint,
-    HeaderOps, HttpAction, HttpDecision, HttpRoute, MeshSettings, ObjectRef, OutlierDetection,
-    PortProtocol, RequestFacts, RetryOn, RetryPolicy, RouteSource, TrafficPolicy,
-    WeightedDestination,
+    HeaderOps, HttpAction, HttpDecision, MeshSettings, ObjectRef, OutlierDetection, PortProtocol,
+    RequestFacts, RouteSource, TrafficPolicy, WeightedDestination,
 };
 
 const POD: &str = "uid-shop-web-1";
@@ -67,24 +66,9 @@ impl Routes for TestRoutes {
     }
 
     fn http_route(&self, _: &OutboundTarget, _: &RequestFacts<'_>) -> HttpDecision {
-        HttpDecision::Route(Arc::new(HttpRoute {
-            name: "web.0".into(),
-            virtual_service: None,
-            action: HttpAction::Forward(to("web")),
-            timeout: None,
-            retries: RetryPolicy {
-                attempts: 0,
-                per_try_timeout: None,
-                retry_on: RetryOn::default(),
-            },
-            fault: None,
-            mirrors: vec![],
-            cors: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-            rewrite: None,
-            rate_limit: None,
-        }))
+        HttpDecision::Route(Arc::new(shunt_mesh::testing::http_route(
+            HttpAction::Forward(to("web")),
+        )))
     }
 
     fn tcp_route(

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use super::*;
 use shunt_mesh::routing::{
     AbortKind, CorsPolicy, Destination, Fault, FaultAbort, FaultDelay, HeaderOps, Host, ObjectRef,
-    RateLimit, Redirect, RetryOn, RetryPolicy, StringMatch,
+    RateLimit, Redirect, StringMatch,
 };
 
 fn destination(weight: u32) -> WeightedDestination {
@@ -26,24 +26,7 @@ fn destination(weight: u32) -> WeightedDestination {
 }
 
 fn route(action: HttpAction) -> HttpRoute {
-    HttpRoute {
-        name: "web.0".into(),
-        virtual_service: None,
-        action,
-        timeout: None,
-        retries: RetryPolicy {
-            attempts: 0,
-            per_try_timeout: None,
-            retry_on: RetryOn::default(),
-        },
-        fault: None,
-        mirrors: vec![],
-        cors: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-        rewrite: None,
-        rate_limit: None,
-    }
+    shunt_mesh::testing::http_route(action)
 }
 
 fn forwarding() -> HttpRoute {

@@ -212,24 +212,7 @@ fn destination(host: &str) -> WeightedDestination {
 }
 
 fn route(action: HttpAction) -> HttpRoute {
-    HttpRoute {
-        name: "web.0".into(),
-        virtual_service: None,
-        action,
-        timeout: None,
-        retries: RetryPolicy {
-            attempts: 0,
-            per_try_timeout: None,
-            retry_on: RetryOn::default(),
-        },
-        fault: None,
-        mirrors: vec![],
-        cors: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-        rewrite: None,
-        rate_limit: None,
-    }
+    shunt_mesh::testing::http_route(action)
 }
 
 fn forward_to(host: &str) -> HttpRoute {
