@@ -191,15 +191,29 @@ fn dial(to: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Shuts down writing and waits for the peer's FIN, so the connection closes cleanly.
-fn close_gracefully(mut stream: TcpStream) -> io::Result<()> {
+/// Half-closes and waits for the peer's EOF. With `retry_spurious_eagain`, an `EAGAIN` before
+/// the read timeout is retried, as in [`read_exact`]: the half-close is exactly when the
+/// sockmap receive path wakes a blocking reader without data (the ACK of our own FIN).
+fn close_gracefully(mut stream: TcpStream, retry_spurious_eagain: bool) -> io::Result<()> {
     stream.shutdown(Shutdown::Write)?;
     let mut rest = [0u8; 64];
-    match stream.read(&mut rest)? {
-        0 => Ok(()),
-        n => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{n} unexpected bytes after the exchange"),
-        )),
+    let closed_at = Instant::now();
+    loop {
+        match stream.read(&mut rest) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{n} unexpected bytes after the exchange"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if retry_spurious_eagain
+                    && e.kind() == io::ErrorKind::WouldBlock
+                    && closed_at.elapsed() < IO_TIMEOUT => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -448,7 +462,7 @@ fn one_byte_exchange(to: SocketAddr, marker: u8) -> io::Result<()> {
             format!("echo {} instead of {marker}", echo[0]),
         ));
     }
-    close_gracefully(stream).map_err(during("close"))
+    close_gracefully(stream, false).map_err(during("close"))
 }
 
 fn hold(flags: &Flags) -> Result<bool, Failure> {
@@ -482,7 +496,7 @@ fn hold(flags: &Flags) -> Result<bool, Failure> {
             pings += 1;
             thread::sleep(interval);
         }
-        close_gracefully(stream).map_err(during("close"))
+        close_gracefully(stream, retry_spurious_eagain).map_err(during("close"))
     })();
     let mut report = Json::new();
     report
