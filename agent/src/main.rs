@@ -16,16 +16,27 @@ use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
 use shunt_api::admin_client::{self as client, AdminClient};
 use shunt_api::capture::CaptureMode;
+use shunt_api::k8s::{DEFAULT_NODE_NAME, NodeName};
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_mesh::routing::OutboundTrafficPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]
 struct Cli {
-    /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Istio kinds) in DIR,
-    /// watched for changes.
+    /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Secrets, Istio kinds) in
+    /// DIR, watched for changes.
     #[arg(long, value_name = "DIR", required_unless_present = "uninstall")]
     config_dir: Option<PathBuf>,
+    /// The node this agent runs on. One config dir may describe a whole mesh: the agent
+    /// captures only the pods whose spec.nodeName is NAME, and a pod without spec.nodeName
+    /// belongs to the agent's node, so a single-node config needs no node names.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "NODE_NAME",
+        default_value = DEFAULT_NODE_NAME
+    )]
+    node_name: NodeName,
     /// Names this agent: its pins live in <bpffs>/shunt/NAME, its sockets in /run/shunt/NAME.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     instance: String,
@@ -124,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 OutboundPolicy::AllowAny => OutboundTrafficPolicy::AllowAny,
                 OutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
             }),
+            node_name: cli.node_name,
         },
     };
     runtime.block_on(app::run(options))?;

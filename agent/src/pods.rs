@@ -1,4 +1,6 @@
 //! Reconciles captured pods: what the config wants against what capture and the proxy have.
+//! Only the pods of the agent's own node (`PodPlan::captured_here`) are captured and handed
+//! to its proxy; the proxy still gets every pod, of every node, in the `MeshState`.
 //!
 //! For a newly captured pod the reconciler opens its netns, reads the netns cookie and hands
 //! the netns to the proxy (`AddPod`). Only when the proxy answers `PodReady` with its inbound
@@ -280,10 +282,11 @@ impl<C: CaptureMaps> Reconciler<C> {
                 state: self.mesh.clone(),
             });
         }
+        // Only this node's pods: another node's are its agent's to capture.
         let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec)> = snapshot
             .pods
             .iter()
-            .filter_map(|plan| Some((&plan.uid, (plan, plan.capture.as_ref()?))))
+            .filter_map(|plan| Some((&plan.uid, (plan, plan.captured_here()?))))
             .collect();
 
         // A pod that moved to another netns or IP is another pod as far as capture and the
@@ -609,6 +612,7 @@ impl<C: CaptureMaps> Reconciler<C> {
                     name: plan.name.clone(),
                     uid: plan.uid.clone(),
                     ip: plan.ip,
+                    node: Some(plan.node.clone()),
                     captured: plan.captured(),
                     reason: plan.reason.clone(),
                     netns: plan.capture.as_ref().map(|spec| spec.netns.clone()),

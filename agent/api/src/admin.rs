@@ -57,12 +57,20 @@ pub struct Workload {
     pub name: String,
     pub uid: PodUid,
     pub ip: Option<Ipv4Addr>,
+    /// The pod's node (`spec.nodeName`, else the agent's); `None` from an agent older than
+    /// node names.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Whether the shunt of the pod's node captures it (this agent captures only its own
+    /// node's pods).
     pub captured: bool,
     /// Why the pod is captured or not.
     pub reason: String,
     pub netns: Option<PathBuf>,
+    /// Set once this agent holds the pod's netns: only for its own node's captured pods.
     pub netns_cookie: Option<u64>,
-    /// `ready`, `pending`, `failed: <error>`, or `n/a` for a pod that is not captured.
+    /// `ready`, `pending`, `failed: <error>`, or `n/a` for a pod this agent does not hand to
+    /// its proxy (not captured, or on another node).
     pub proxy: String,
 }
 

@@ -17,6 +17,13 @@ use shunt_mesh::ids::PodUid;
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The service account of a pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// The agent's `--node-name` when none is given. A pod without `spec.nodeName` belongs to the
+/// agent's node, so a single-node config needs no node names at all.
+pub const DEFAULT_NODE_NAME: &str = "local";
+/// `type` of a Secret that names none.
+pub const SECRET_TYPE_OPAQUE: &str = "Opaque";
+/// `type` of a TLS Secret: `tls.crt` and `tls.key` are required.
+pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,8 +105,84 @@ pub struct PodSpec {
     pub service_account_name: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub host_network: bool,
+    /// `spec.nodeName`: the node the pod runs on; `None` (or `""`) means the reading agent's.
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_name: Option<NodeName>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub containers: Vec<Container>,
+}
+
+/// A node's name, as Kubernetes requires it: a DNS subdomain (at most 253 characters; dot
+/// separated labels of lowercase letters, digits and dashes, each starting and ending with a
+/// letter or digit).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NodeName(String);
+
+impl NodeName {
+    const EXPECTED: &str = "a node name (a DNS subdomain: at most 253 lowercase letters, \
+         digits, '-' and '.', each dot-separated part starting and ending with a letter or digit)";
+
+    /// Checks `name`; the error says what a node name must be.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if Self::is_valid(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!("expected {}, got {name:?}", Self::EXPECTED))
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_valid(name: &str) -> bool {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        name.len() <= 253 && name.split('.').all(label_ok)
+    }
+}
+
+/// [`DEFAULT_NODE_NAME`]: the agent's node when `--node-name` is not given.
+impl Default for NodeName {
+    fn default() -> Self {
+        Self(DEFAULT_NODE_NAME.to_owned())
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for NodeName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::new(name)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.as_str() {
+            Some(name) if Self::is_valid(name) => Ok(Self(name.to_owned())),
+            _ => Err(expected(Self::EXPECTED, &value)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +263,150 @@ pub struct ServicePort {
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
+}
+
+/// `v1/Secret`. Its values are key material: they are never serialized (so neither
+/// `GET /config` nor a log carries them) and `Debug` shows only the keys.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SecretFields")]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    /// `type`; [`SECRET_TYPE_OPAQUE`] when absent.
+    pub kind: String,
+    /// `data`, decoded from base64, with `stringData` merged over it as the API server does
+    /// when the Secret is written (a key in both takes the `stringData` value).
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl Secret {
+    /// The value of `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.data.get(key).map(Vec::as_slice)
+    }
+
+    /// The keys a Secret of type `kind` must have (Kubernetes refuses one without them): a
+    /// [`SECRET_TYPE_TLS`] Secret needs `tls.crt` and `tls.key`.
+    #[must_use]
+    pub fn required_keys(kind: &str) -> &'static [&'static str] {
+        match kind {
+            SECRET_TYPE_TLS => &["tls.crt", "tls.key"],
+            _ => &[],
+        }
+    }
+
+    /// The keys its type requires ([`Secret::required_keys`]) that it lacks.
+    #[must_use]
+    pub fn missing_keys(&self) -> Vec<&'static str> {
+        Self::required_keys(&self.kind)
+            .iter()
+            .copied()
+            .filter(|key| !self.data.contains_key(*key))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: BTreeMap<&str, String> = self
+            .data
+            .iter()
+            .map(|(key, value)| (key.as_str(), format!("<{} bytes>", value.len())))
+            .collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("kind", &self.kind)
+            .field("data", &keys)
+            .finish()
+    }
+}
+
+/// A Secret as written; [`Secret`] is what it means.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretFields {
+    metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    data: BTreeMap<SecretKey, SecretBytes>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    string_data: BTreeMap<SecretKey, String>,
+}
+
+impl From<SecretFields> for Secret {
+    fn from(fields: SecretFields) -> Self {
+        let mut data: BTreeMap<String, Vec<u8>> = fields
+            .data
+            .into_iter()
+            .map(|(key, value)| (key.0, value.0))
+            .collect();
+        data.extend(
+            fields
+                .string_data
+                .into_iter()
+                .map(|(key, value)| (key.0, value.into_bytes())),
+        );
+        Self {
+            metadata: fields.metadata,
+            kind: fields
+                .kind
+                .filter(|kind| !kind.is_empty())
+                .unwrap_or_else(|| SECRET_TYPE_OPAQUE.to_owned()),
+            data,
+        }
+    }
+}
+
+/// A key of a Secret's `data` or `stringData`: at most 253 letters, digits, `-`, `_` and `.`,
+/// and not `.` or `..`, as Kubernetes requires.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct SecretKey(String);
+
+impl<'de> Deserialize<'de> for SecretKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        let valid = (1..=253).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && key != "."
+            && key != "..";
+        if valid {
+            Ok(Self(key))
+        } else {
+            Err(de::Error::custom(format_args!(
+                "expected a Secret key (at most 253 letters, digits, '-', '_' and '.'), got \
+                 {key:?}"
+            )))
+        }
+    }
+}
+
+/// A `data` value: base64 as Kubernetes writes it (the standard alphabet, padded; line breaks
+/// are ignored, as the API server ignores them).
+struct SecretBytes(Vec<u8>);
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let Some(text) = value.as_str() else {
+            // A value that is not a string is not key material: it may be shown.
+            return Err(expected("a base64 string", &value));
+        };
+        let text: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+        // The value is not echoed: it may be key material that merely lacks its encoding.
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Self)
+            .map_err(|e| {
+                de::Error::custom(format_args!(
+                    "expected base64 (the standard alphabet, padded; stringData takes plain \
+                     text): {e}"
+                ))
+            })
+    }
 }
 
 /// A port number, 1-65535.
@@ -372,6 +599,20 @@ impl fmt::Display for Shown<'_> {
             serde_json::Value::Null => f.write_str("nothing"),
             other => write!(f, "{other}"),
         }
+    }
+}
+
+/// `""` and null read as absent, as Kubernetes reads an empty optional string.
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) if s.is_empty() => Ok(None),
+        other => T::deserialize(other).map(Some).map_err(de::Error::custom),
     }
 }
 

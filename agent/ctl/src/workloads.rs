@@ -16,6 +16,7 @@ fn workloads(workloads: &[Workload]) -> String {
         "NAMESPACE",
         "NAME",
         "IP",
+        "NODE",
         "CAPTURED",
         "NETNS-COOKIE",
         "PROXY",
@@ -26,6 +27,7 @@ fn workloads(workloads: &[Workload]) -> String {
             w.namespace.clone(),
             w.name.clone(),
             or_dash(w.ip),
+            or_dash(w.node.as_deref()),
             yes_no(w.captured),
             or_dash(w.netns_cookie),
             w.proxy.clone(),
@@ -40,22 +42,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workloads_show_dashes_for_what_is_unknown() {
-        let table = workloads(&[Workload {
-            namespace: "shop".into(),
-            name: "cart".into(),
-            uid: "shop/cart".into(),
-            ip: None,
-            captured: false,
-            reason: "not opted in".into(),
-            netns: None,
-            netns_cookie: None,
-            proxy: "n/a".into(),
-        }]);
+    fn workloads_show_their_node_and_dashes_for_what_is_unknown() {
+        let table = workloads(&[
+            Workload {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                uid: "shop/cart".into(),
+                ip: None,
+                node: None,
+                captured: false,
+                reason: "not opted in".into(),
+                netns: None,
+                netns_cookie: None,
+                proxy: "n/a".into(),
+            },
+            Workload {
+                namespace: "shop".into(),
+                name: "web".into(),
+                uid: "shop/web".into(),
+                ip: Some("10.244.1.5".parse().unwrap()),
+                node: Some("node-1".into()),
+                captured: true,
+                reason: "opted in".into(),
+                netns: None,
+                netns_cookie: None,
+                proxy: "n/a".into(),
+            },
+        ]);
         assert_eq!(
             table,
-            "NAMESPACE  NAME  IP  CAPTURED  NETNS-COOKIE  PROXY  REASON\n\
-             shop       cart  -   no        -             n/a    not opted in\n"
+            "NAMESPACE  NAME  IP          NODE    CAPTURED  NETNS-COOKIE  PROXY  REASON\n\
+             shop       cart  -           -       no        -             n/a    not opted in\n\
+             shop       web   10.244.1.5  node-1  yes       -             n/a    opted in\n"
         );
     }
 }

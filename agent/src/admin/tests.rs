@@ -27,6 +27,7 @@ fn workload() -> api::Workload {
         name: "web".into(),
         uid: "shop/web".into(),
         ip: Some("10.0.0.5".parse().unwrap()),
+        node: Some("local".into()),
         captured: false,
         reason: "not opted in".into(),
         netns: None,

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use shunt_api::k8s::{Namespace, Pod, PodPhase};
+use shunt_api::k8s::{Namespace, NodeName, Pod, PodPhase};
 
 /// The annotation naming a captured pod's network namespace file.
 pub const NETNS_ANNOTATION: &str = "shunt.io/netns";
@@ -132,16 +132,29 @@ pub struct PodPlan {
     pub namespace: String,
     pub name: String,
     pub ip: Option<Ipv4Addr>,
+    /// The node the pod runs on: `spec.nodeName`, else the agent's.
+    pub node: String,
+    /// Whether that is this agent's node. The agent captures only its own node's pods; the
+    /// others' capture is decided the same way, for the mesh, and left to their node.
+    pub on_this_node: bool,
     /// Why the pod is captured or not.
     pub reason: String,
-    /// `Some` exactly when the pod is captured.
+    /// `Some` exactly when the pod is captured (by the shunt of its node).
     pub capture: Option<CaptureSpec>,
 }
 
 impl PodPlan {
+    /// Captured by the shunt of the pod's node.
     #[must_use]
     pub const fn captured(&self) -> bool {
         self.capture.is_some()
+    }
+
+    /// What this agent captures of the pod: its spec when the pod is captured and on this
+    /// agent's node.
+    #[must_use]
+    pub fn captured_here(&self) -> Option<&CaptureSpec> {
+        self.capture.as_ref().filter(|_| self.on_this_node)
     }
 }
 
@@ -158,10 +171,17 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// Decides capture for `pod` and checks what capture needs. A captured pod that lacks its IP
-/// or netns, or has a bad excluded-ports annotation, is not captured; the errors say why.
+/// Decides capture for `pod` and checks what capture needs, for an agent on node
+/// `agent_node`. A captured pod that lacks its IP or netns, or has a bad excluded-ports
+/// annotation, is not captured; the errors say why. A pod on another node is planned exactly
+/// as one on this node (its `captured` is what its own node's agent decides), and marked as
+/// not this node's.
 #[must_use]
-pub fn plan(pod: &Pod, namespace: Option<&Namespace>) -> (PodPlan, Vec<FieldError>) {
+pub fn plan(
+    pod: &Pod,
+    namespace: Option<&Namespace>,
+    agent_node: &NodeName,
+) -> (PodPlan, Vec<FieldError>) {
     let decision = decide(pod, namespace);
     let annotations = &pod.metadata.annotations;
     let mut errors = Vec::new();
@@ -198,11 +218,18 @@ pub fn plan(pod: &Pod, namespace: Option<&Namespace>) -> (PodPlan, Vec<FieldErro
             }
         }
     }
+    let node = pod.spec.node_name.as_ref().unwrap_or(agent_node);
+    let on_this_node = node == agent_node;
+    if capture.is_some() && !on_this_node {
+        reason = format!("{reason}; on node {node}, whose agent captures it");
+    }
     let plan = PodPlan {
         uid: pod.uid(),
         namespace: pod.metadata.namespace().to_owned(),
         name: pod.metadata.name.clone(),
         ip,
+        node: node.to_string(),
+        on_this_node,
         reason,
         capture,
     };
@@ -554,7 +581,7 @@ mod tests {
             let pod = pod(&format!(
                 "metadata: {{name: p, {captured}, {meta}}}\nstatus: {status}"
             ));
-            let (plan, errors) = plan(&pod, None);
+            let (plan, errors) = plan(&pod, None, &NodeName::default());
             assert_eq!(plan.uid, "shop/p");
             match want {
                 Ok(spec) => {
@@ -582,11 +609,127 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_captures_only_its_own_nodes_pods() {
+        const CAPTURED: &str = "labels: {shunt.io/capture: enabled}, \
+            annotations: {shunt.io/netns: /run/netns/p}";
+        const NOT_OPTED_IN: &str = "labels: {}";
+        /// The pod's node, whether it is this agent's, whether this agent captures it.
+        type Placed = (&'static str, bool, bool);
+        // (pod metadata, spec.nodeName, agent's --node-name, captured (by its node's shunt),
+        // placed)
+        let cases: &[(&str, Option<&str>, &str, bool, Placed)] = &[
+            // Today's single-node configs: no node names anywhere.
+            (CAPTURED, None, "local", true, ("local", true, true)),
+            // A pod without nodeName is the agent's, whatever the agent is called.
+            (CAPTURED, None, "node-1", true, ("node-1", true, true)),
+            (
+                CAPTURED,
+                Some("\"\""),
+                "node-1",
+                true,
+                ("node-1", true, true),
+            ),
+            (
+                CAPTURED,
+                Some("node-0"),
+                "node-0",
+                true,
+                ("node-0", true, true),
+            ),
+            // Another node's pod is captured by that node's agent, not by this one.
+            (
+                CAPTURED,
+                Some("node-1"),
+                "node-0",
+                true,
+                ("node-1", false, false),
+            ),
+            (
+                CAPTURED,
+                Some("node-1"),
+                "local",
+                true,
+                ("node-1", false, false),
+            ),
+            (
+                NOT_OPTED_IN,
+                Some("node-1"),
+                "node-0",
+                false,
+                ("node-1", false, false),
+            ),
+            (
+                NOT_OPTED_IN,
+                Some("node-0"),
+                "node-0",
+                false,
+                ("node-0", true, false),
+            ),
+        ];
+        for (meta, node_name, agent, captured, (pod_node, on_this_node, here)) in cases {
+            let spec = node_name.map_or_else(String::new, |n| format!("nodeName: {n}"));
+            let pod = pod(&format!(
+                "metadata: {{name: p, {meta}}}\nspec: {{{spec}}}\nstatus: {{podIP: 10.0.0.5}}"
+            ));
+            let (plan, errors) = plan(&pod, None, &NodeName::new(agent).unwrap());
+            let case = format!("{meta} / nodeName {node_name:?} / agent {agent}");
+            assert_eq!(errors, vec![], "{case}");
+            assert_eq!(
+                (
+                    plan.captured(),
+                    plan.node.as_str(),
+                    plan.on_this_node,
+                    plan.captured_here().is_some()
+                ),
+                (*captured, *pod_node, *on_this_node, *here),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_nodes_captured_pod_says_whose_agent_captures_it() {
+        let pod = pod("metadata: {name: p, labels: {shunt.io/capture: enabled}, \
+             annotations: {shunt.io/netns: /run/netns/p}}\n\
+             spec: {nodeName: node-1}\nstatus: {podIP: 10.0.0.5}");
+        let (plan, _) = plan(&pod, None, &NodeName::new("node-0").unwrap());
+        assert_eq!(
+            plan.reason,
+            "opted in by pod label shunt.io/capture=enabled; on node node-1, whose agent \
+             captures it"
+        );
+    }
+
+    #[test]
+    fn node_names_are_checked() {
+        for (name, ok) in [
+            ("node-0", true),
+            ("ip-10-0-0-1.ec2.internal", true),
+            ("local", true),
+            ("Node-0", false),
+            ("-node", false),
+            ("node-", false),
+            ("a..b", false),
+            ("node_0", false),
+        ] {
+            assert_eq!(NodeName::new(name).is_ok(), ok, "{name:?}");
+            let yaml = format!("metadata: {{name: p}}\nspec: {{nodeName: {name:?}}}");
+            let parsed: Result<Pod, _> = serde_yaml::from_str(&yaml);
+            assert_eq!(parsed.is_ok(), ok, "{yaml}");
+        }
+        assert_eq!(
+            NodeName::default().as_str(),
+            shunt_api::k8s::DEFAULT_NODE_NAME
+        );
+        assert!(NodeName::new(shunt_api::k8s::DEFAULT_NODE_NAME).is_ok());
+    }
+
+    #[test]
     fn an_uncaptured_pod_needs_no_netns_but_its_annotations_are_still_checked() {
         let pod = pod(
             "metadata: {name: p, annotations: {traffic.sidecar.istio.io/excludeInboundPorts: \"x\"}}",
         );
-        let (plan, errors) = plan(&pod, None);
+        let (plan, errors) = plan(&pod, None, &NodeName::default());
         assert!(!plan.captured());
         assert!(plan.reason.starts_with("not opted in"));
         assert_eq!(errors.len(), 1);

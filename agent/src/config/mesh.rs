@@ -5,9 +5,9 @@ use shunt_mesh::model as mesh;
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
 use shunt_api::k8s::{self as kinds, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
 
-/// One pod as a mesh workload. `captured` comes from the pod's capture plan.
+/// One pod as a mesh workload. `captured` and `node` come from the pod's capture plan.
 #[must_use]
-pub fn workload(pod: &Pod, captured: bool) -> mesh::Workload {
+pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
     mesh::Workload {
         uid: pod.uid(),
         namespace: pod.metadata.namespace().to_owned(),
@@ -40,6 +40,7 @@ pub fn workload(pod: &Pod, captured: bool) -> mesh::Workload {
             EXCLUDE_INBOUND_PORTS_ANNOTATION,
         )
         .unwrap_or_default(),
+        node: Some(node.to_owned()),
     }
 }
 
@@ -105,7 +106,7 @@ status: {phase: Running, podIP: 10.244.0.21}
             protocol: protocol.to_owned(),
         };
         assert_eq!(
-            workload(&pod, true),
+            workload(&pod, true, "node-1"),
             mesh::Workload {
                 uid: "u-1234".into(),
                 namespace: "shop".into(),
@@ -122,6 +123,7 @@ status: {phase: Running, podIP: 10.244.0.21}
                     port(None, 9090, "TCP"),
                 ],
                 excluded_inbound_ports: vec![9090],
+                node: Some("node-1".into()),
             }
         );
     }
@@ -129,7 +131,7 @@ status: {phase: Running, podIP: 10.244.0.21}
     #[test]
     fn a_bare_pod_gets_kubernetes_defaults() {
         let pod: Pod = serde_yaml::from_str("metadata: {name: solo}").unwrap();
-        let got = workload(&pod, false);
+        let got = workload(&pod, false, "local");
         assert_eq!(
             (
                 got.uid.as_str(),

@@ -15,8 +15,8 @@ use shunt_mesh::model::MeshState;
 
 pub use capture::{CaptureSpec, PodPlan};
 pub use routing::LoadOptions;
-use shunt_api::config::{Config, LoadError};
-use shunt_api::k8s::Namespace;
+use shunt_api::config::{Config, LoadError, Sourced};
+use shunt_api::k8s::{Namespace, Secret};
 
 /// One reading of the config dir and everything derived from it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub mesh: MeshState,
     /// The flags it was read with; a reload reads with the same.
     pub options: LoadOptions,
+    /// The config's Secrets (`v1`), for the agent alone: key material is neither sent to the
+    /// proxy in the `MeshState` nor shown by `GET /config`.
+    pub secrets: Vec<Sourced<Secret>>,
 }
 
 impl Snapshot {
@@ -57,14 +60,15 @@ impl Snapshot {
         for sourced in &config.pods {
             let pod = &sourced.object;
             let namespace = namespaces.get(pod.metadata.namespace()).copied();
-            let (plan, problems) = capture::plan(pod, namespace);
+            let (plan, problems) = capture::plan(pod, namespace, &options.node_name);
             errors.extend(problems.into_iter().map(|problem| LoadError {
                 file: sourced.file.clone(),
                 object: Some(format!("Pod {}/{}", plan.namespace, plan.name)),
                 field: Some(problem.field),
                 message: problem.message,
             }));
-            mesh.workloads.push(mesh::workload(pod, plan.captured()));
+            mesh.workloads
+                .push(mesh::workload(pod, plan.captured(), &plan.node));
             pods.push(plan);
         }
         mesh.services = config
@@ -73,6 +77,7 @@ impl Snapshot {
             .map(|s| mesh::service(&s.object))
             .collect();
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
+        mesh.node_name = Some(options.node_name.to_string());
         Self {
             dir: dir.to_owned(),
             config,
@@ -80,7 +85,17 @@ impl Snapshot {
             pods,
             mesh,
             options: options.clone(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// The Secret `namespace/name`, if the config has it (and it is valid).
+    #[must_use]
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets
+            .iter()
+            .map(|sourced| &sourced.object)
+            .find(|secret| secret.metadata.namespace() == namespace && secret.metadata.name == name)
     }
 }
 

@@ -15,12 +15,17 @@ use shunt_mesh::model::MeshState;
 use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
 
 use shunt_api::config::{Config, LoadError, Sourced};
+use shunt_api::k8s::NodeName;
 
 /// What the agent's flags set over the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// `--outbound-traffic-policy`: wins over the Istio ConfigMap.
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// `--node-name`: the node this agent runs on. It captures only the pods of this node
+    /// (`spec.nodeName`, where a pod without one is this node's); by default
+    /// [`shunt_api::k8s::DEFAULT_NODE_NAME`].
+    pub node_name: NodeName,
 }
 
 /// Parses and checks the routing objects of `config` into `mesh`; every problem goes to

@@ -5,11 +5,16 @@ use super::*;
 use crate::source::local_dir::Loader;
 
 fn load(files: &[(&str, &str)]) -> (Config, Vec<LoadError>) {
+    let loader = loader(files);
+    (loader.config, loader.errors)
+}
+
+fn loader(files: &[(&str, &str)]) -> Loader {
     let mut loader = Loader::default();
     for (name, text) in files {
         loader.load_file(Path::new(name), text);
     }
-    (loader.config, loader.errors)
+    loader
 }
 
 const GOOD: &str = r#"
@@ -198,6 +203,12 @@ fn bad_fields_are_named_by_file_object_and_path() {
             r#"expected a port name (at most 15 lowercase letters, digits and dashes, with a letter), got "HTTP""#,
         ),
         (
+            pod_with("spec: {nodeName: Node_1}"),
+            "Pod default/web",
+            Some("spec.nodeName"),
+            r#"expected a node name (a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit), got "Node_1""#,
+        ),
+        (
             pod_with("spec: {hostNetwork: \"yes\"}"),
             "Pod default/web",
             Some("spec.hostNetwork"),
@@ -256,7 +267,7 @@ fn bad_fields_are_named_by_file_object_and_path() {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}".to_owned(),
             "Deployment web",
             Some("kind"),
-            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod, Service and ConfigMap (v1), RateLimitPolicy (shunt.io/v1alpha1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
+            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod, Service, ConfigMap and Secret (v1), RateLimitPolicy (shunt.io/v1alpha1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
         ),
         (
             "- just\n- a list".to_owned(),
@@ -604,6 +615,7 @@ fn the_outbound_policy_flag_wins_over_the_config_map() {
     let (config, errors) = load(&[("routes.yaml", ROUTING)]);
     let options = LoadOptions {
         outbound_traffic_policy: Some(shunt_mesh::routing::OutboundTrafficPolicy::AllowAny),
+        ..LoadOptions::default()
     };
     let snapshot = Snapshot::from_config_with(Path::new("/cfg"), config, errors, &options);
     assert_eq!(
@@ -719,4 +731,236 @@ spec:
         snapshot.errors[1]
     );
     assert_eq!(snapshot.mesh.virtual_services.len(), 1);
+}
+
+const SECRETS: &str = "
+apiVersion: v1
+kind: Secret
+metadata: {name: cacerts, namespace: istio-system}
+data:
+  ca-cert.pem: Y2VydA==
+  ca-key.pem: |
+    a2V5LWJ5dGVz
+    LW1vcmU=
+  root-cert.pem: cm9vdA==
+stringData:
+  root-cert.pem: plain root
+  cert-chain.pem: chain
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-tls, namespace: shop}
+type: kubernetes.io/tls
+data: {tls.crt: Y3J0, tls.key: a2V5}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: empty}
+data:
+stringData:
+";
+
+#[test]
+fn secrets_decode_merge_string_data_and_stay_out_of_the_config() {
+    let loader = loader(&[("secrets.yaml", SECRETS)]);
+    assert_eq!(loader.errors, vec![]);
+    assert_eq!(
+        loader.config,
+        Config::default(),
+        "GET /config never shows a Secret"
+    );
+    let snapshot = Snapshot {
+        secrets: loader.secrets,
+        ..Snapshot::default()
+    };
+    let cacerts = snapshot.secret("istio-system", "cacerts").unwrap();
+    assert_eq!(cacerts.kind, "Opaque");
+    // (key, value): base64 decoded, line breaks ignored, stringData over data.
+    let cases: &[(&str, &[u8])] = &[
+        ("ca-cert.pem", b"cert"),
+        ("ca-key.pem", b"key-bytes-more"),
+        ("root-cert.pem", b"plain root"),
+        ("cert-chain.pem", b"chain"),
+    ];
+    for (key, value) in cases {
+        assert_eq!(cacerts.get(key), Some(*value), "{key}");
+    }
+    assert_eq!(cacerts.data.len(), cases.len());
+    let tls = snapshot.secret("shop", "web-tls").unwrap();
+    assert_eq!(
+        (tls.kind.as_str(), tls.get("tls.crt"), tls.get("tls.key")),
+        ("kubernetes.io/tls", Some(&b"crt"[..]), Some(&b"key"[..]))
+    );
+    let empty = snapshot.secret("default", "empty").unwrap();
+    assert!(empty.data.is_empty());
+    assert!(snapshot.secret("shop", "cacerts").is_none());
+    let shown = format!("{cacerts:?}");
+    assert!(
+        shown.contains("\"ca-key.pem\": \"<14 bytes>\"") && !shown.contains("key-bytes"),
+        "Debug must not show a value: {shown}"
+    );
+}
+
+#[test]
+fn bad_secrets_are_named_by_file_object_and_field() {
+    let secret = |rest: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: ns}}\n{rest}\n")
+    };
+    // (document, object, field, message)
+    let cases: Vec<(String, &str, Option<&str>, &str)> = vec![
+        (
+            secret("data: {key: not*base64}"),
+            "Secret ns/s",
+            Some("data.key"),
+            "expected base64 (the standard alphabet, padded; stringData takes plain text): \
+             Invalid symbol 42, offset 3.",
+        ),
+        (
+            secret("data: {key: 42}"),
+            "Secret ns/s",
+            Some("data.key"),
+            "expected a base64 string, got 42",
+        ),
+        (
+            secret("data: {bad/key: YQ==}"),
+            "Secret ns/s",
+            Some("data.bad/key"),
+            r#"expected a Secret key (at most 253 letters, digits, '-', '_' and '.'), got "bad/key""#,
+        ),
+        (
+            secret("stringData: {\"a b\": x}"),
+            "Secret ns/s",
+            Some("stringData.a b"),
+            r#"expected a Secret key (at most 253 letters, digits, '-', '_' and '.'), got "a b""#,
+        ),
+        (
+            secret("stringData: {key: [x]}"),
+            "Secret ns/s",
+            Some("stringData.key"),
+            "invalid type: sequence, expected a string",
+        ),
+        (
+            secret("type: [Opaque]"),
+            "Secret ns/s",
+            Some("type"),
+            "invalid type: sequence, expected a string",
+        ),
+        (
+            secret("type: kubernetes.io/tls\ndata: {tls.crt: YQ==}"),
+            "Secret ns/s",
+            Some("data"),
+            r#"a Secret of type "kubernetes.io/tls" needs the keys tls.crt, tls.key (in data or stringData); missing: tls.key"#,
+        ),
+        (
+            "apiVersion: v2\nkind: Secret\nmetadata: {name: s}".to_owned(),
+            "Secret s",
+            Some("apiVersion"),
+            r#"expected "v1" for a Secret, got "v2""#,
+        ),
+    ];
+    for (document, object, field, message) in cases {
+        let loader = loader(&[("bad.yaml", &document)]);
+        let want = LoadError {
+            file: PathBuf::from("bad.yaml"),
+            object: Some(object.to_owned()),
+            field: field.map(str::to_owned),
+            message: message.to_owned(),
+        };
+        assert_eq!(loader.errors, vec![want], "document:\n{document}");
+        assert!(
+            loader.secrets.is_empty(),
+            "the bad Secret is skipped:\n{document}"
+        );
+    }
+    let twice = format!("{}---\n{}", secret(""), secret(""));
+    let loader = loader(&[("dup.yaml", &twice)]);
+    assert_eq!(loader.secrets.len(), 1);
+    assert_eq!(
+        loader.errors[0].message,
+        "Secret ns/s is already defined in dup.yaml (document 1); this one is ignored"
+    );
+}
+
+#[test]
+fn every_workload_carries_its_node_and_the_mesh_names_the_agents() {
+    let text = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: here, namespace: shop, annotations: {shunt.io/netns: /run/netns/here}}
+spec: {nodeName: node-0}
+status: {podIP: 10.244.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: there, namespace: shop, annotations: {shunt.io/netns: /run/netns/there}}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unnamed, namespace: shop, annotations: {shunt.io/netns: /run/netns/u}}
+status: {podIP: 10.244.0.11}
+";
+    let (config, errors) = load(&[("mesh.yaml", text)]);
+    /// Each pod's name, node, captured (by its node's shunt), captured by this agent.
+    type Pods = [(&'static str, &'static str, bool, bool); 3];
+    // (agent's --node-name, pods)
+    let cases: &[(Option<&str>, Pods)] = &[
+        (
+            Some("node-0"),
+            [
+                ("here", "node-0", true, true),
+                ("there", "node-1", true, false),
+                ("unnamed", "node-0", true, true),
+            ],
+        ),
+        (
+            Some("node-1"),
+            [
+                ("here", "node-0", true, false),
+                ("there", "node-1", true, true),
+                ("unnamed", "node-1", true, true),
+            ],
+        ),
+        (
+            None,
+            [
+                ("here", "node-0", true, false),
+                ("there", "node-1", true, false),
+                ("unnamed", "local", true, true),
+            ],
+        ),
+    ];
+    for (agent, want) in cases {
+        let options = LoadOptions {
+            node_name: agent.map_or_else(Default::default, |n| n.parse().unwrap()),
+            ..LoadOptions::default()
+        };
+        let snapshot =
+            Snapshot::from_config_with(Path::new("."), config.clone(), errors.clone(), &options);
+        assert_eq!(snapshot.errors, vec![], "{agent:?}");
+        assert_eq!(
+            snapshot.mesh.node_name.as_deref(),
+            Some(agent.unwrap_or("local"))
+        );
+        let got: Vec<_> = snapshot
+            .mesh
+            .workloads
+            .iter()
+            .zip(&snapshot.pods)
+            .map(|(w, plan)| {
+                (
+                    w.name.as_str(),
+                    w.node.as_deref().unwrap_or("?"),
+                    w.captured,
+                    plan.captured_here().is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want.to_vec(), "agent {agent:?}");
+    }
 }

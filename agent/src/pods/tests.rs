@@ -222,6 +222,8 @@ fn uncaptured(name: &str, ip: u8) -> PodPlan {
         namespace: "ns".into(),
         name: name.into(),
         ip: Some(pod_ip(ip)),
+        node: "local".into(),
+        on_this_node: true,
         reason: "test".into(),
         capture: None,
     }
@@ -242,6 +244,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
             ready: true,
             ports: vec![],
             excluded_inbound_ports: vec![],
+            node: Some(plan.node.clone()),
         })
         .collect();
     Snapshot {
@@ -300,6 +303,61 @@ fn capture_turns_on_only_when_the_proxy_is_ready() {
     );
     assert_eq!(view.workloads[0].proxy, "ready");
     assert!(view.workloads[0].captured);
+}
+
+#[test]
+fn only_this_nodes_captured_pods_are_captured_and_handed_to_the_proxy() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("a");
+    let a = node.captured("a", 1, &[]);
+    // Captured by its own node's agent: in the state, not in this agent's capture.
+    let b = PodPlan {
+        node: "node-1".into(),
+        on_this_node: false,
+        ..node.captured("b", 2, &[])
+    };
+    node.reconciler.apply(&snapshot(&[a, b]));
+    let mut proxy = node.connect(7);
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(a,b)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd"),
+            "Synced(ns/a)".to_owned(),
+        ]
+    );
+    node.ready(&proxy, "ns/a");
+    assert_eq!(
+        node.calls(),
+        vec![
+            Call::Add {
+                cookie,
+                ip: pod_ip(1),
+                outbound: vec![],
+                inbound: vec![],
+            },
+            Call::Listener { ip: pod_ip(1) },
+        ]
+    );
+    let (a, b) = (node.workload("ns/a"), node.workload("ns/b"));
+    assert_eq!(
+        (
+            a.node.as_deref(),
+            a.captured,
+            a.netns_cookie,
+            a.proxy.as_str()
+        ),
+        (Some("local"), true, Some(cookie), "ready")
+    );
+    assert_eq!(
+        (
+            b.node.as_deref(),
+            b.captured,
+            b.netns_cookie,
+            b.proxy.as_str()
+        ),
+        (Some("node-1"), true, None, "n/a")
+    );
 }
 
 #[test]

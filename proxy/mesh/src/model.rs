@@ -34,6 +34,10 @@ pub struct MeshState {
     /// MeshConfig, with the agent's flags applied.
     #[serde(default)]
     pub mesh: MeshSettings,
+    /// The node the receiving proxy runs on (its agent's `--node-name`): the workloads whose
+    /// [`Workload::node`] it is are the ones this proxy serves; the others are another node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// One pod.
@@ -54,7 +58,8 @@ pub struct Workload {
     pub ip: Option<Ipv4Addr>,
     /// `metadata.labels`: matched by Service selectors, subsets and `sourceLabels`.
     pub labels: BTreeMap<String, String>,
-    /// Whether shunt captures this pod's traffic.
+    /// Whether the shunt of the pod's node captures its traffic (decided from the config in
+    /// the same way for every pod, whichever node it is on).
     pub captured: bool,
     /// Whether the pod may serve as a Service endpoint.
     pub ready: bool,
@@ -64,6 +69,10 @@ pub struct Workload {
     /// the app, so the proxy never delivers to them on the pod's behalf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_inbound_ports: Vec<u16>,
+    /// The node the pod runs on (`spec.nodeName`, or the agent's node for a pod that names
+    /// none); `None` from an agent older than node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One entry of a container's `ports`.

@@ -31,6 +31,7 @@ pub fn pod(namespace: &str, name: &str, ip: [u8; 4], app: &str) -> Workload {
             protocol: "TCP".into(),
         }],
         excluded_inbound_ports: vec![],
+        node: None,
     }
 }
 

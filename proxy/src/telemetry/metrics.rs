@@ -368,6 +368,7 @@ mod tests {
             ready: true,
             ports: vec![],
             excluded_inbound_ports: vec![],
+            node: None,
         }
     }
 

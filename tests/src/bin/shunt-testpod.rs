@@ -8,6 +8,7 @@
 //! shunt-testpod echo-server   --port P [--hold-until-eof]
 //! shunt-testpod whoami-server --port P --name NAME
 //! shunt-testpod send    --to ADDR --bytes N --seed S [--retry-spurious-eagain] [--lockstep CHUNK]
+//!                         [--marker TEXT]
 //! shunt-testpod churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
 //! shunt-testpod hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
 //!                         [--retry-spurious-eagain]
@@ -30,9 +31,11 @@ const USAGE: &str = "usage: shunt-testpod <echo-server|whoami-server|send|churn|
   echo-server   --port P [--hold-until-eof]   echo until EOF, then shut down writing
   whoami-server --port P --name NAME          reply {\"name\",\"peer\",\"local\"} and close
   send    --to ADDR --bytes N --seed S [--retry-spurious-eagain] [--lockstep CHUNK]
-                                              send N pseudo-random bytes, verify the echo
+          [--marker TEXT]                     send N pseudo-random bytes, verify the echo
                                               (--lockstep: CHUNK bytes at a time, each
-                                              only once the previous one came back)
+                                              only once the previous one came back;
+                                              --marker: the stream starts with TEXT, for a
+                                              packet capture to look for)
   churn   --to ADDR --count N [--interval-ms 10] [--until-file PATH]
                                               one short connection + 1-byte echo each
   hold    --to ADDR --seconds S [--interval-ms 100] [--until-file PATH]
@@ -228,7 +231,18 @@ fn send(flags: &Flags) -> Result<bool, Failure> {
             "--lockstep must be at least 1 byte".to_owned(),
         ));
     }
-    let result = send_and_verify(to, bytes, seed, retry_spurious_eagain, lockstep);
+    let marker: Vec<u8> = flags
+        .optional::<String>("marker")?
+        .unwrap_or_default()
+        .into_bytes();
+    if marker.len() as u64 > bytes {
+        return Err(Failure::Usage(format!(
+            "--marker is {} bytes, longer than --bytes {bytes}",
+            marker.len()
+        )));
+    }
+    let payload = Payload::new(seed).with_prefix(marker);
+    let result = send_and_verify(to, bytes, &payload, retry_spurious_eagain, lockstep);
     let ok = result.error.is_none()
         && result.sent == bytes
         && result.received == bytes
@@ -272,7 +286,7 @@ fn during(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
 fn send_and_verify(
     to: SocketAddr,
     bytes: u64,
-    seed: u64,
+    payload: &Payload,
     retry_spurious_eagain: bool,
     lockstep: Option<u64>,
 ) -> SendResult {
@@ -300,8 +314,9 @@ fn send_and_verify(
     let chunk_len = lockstep.unwrap_or(64 << 10);
     let chunks = bytes.div_ceil(chunk_len);
     let (echoed, echoes) = std::sync::mpsc::channel::<()>();
+    let mut sent_payload = payload.clone();
     let sender = thread::spawn(move || -> (u64, String, io::Result<()>) {
-        let mut payload = Payload::new(seed);
+        let payload = &mut sent_payload;
         let mut hash = Fnv1a::new();
         let mut chunk = vec![0u8; usize::try_from(chunk_len).unwrap_or(64 << 10)];
         let mut sent = 0u64;
@@ -331,7 +346,7 @@ fn send_and_verify(
         (sent, hash.hex(), shutdown)
     });
 
-    let mut expected = Payload::new(seed);
+    let mut expected = payload.clone();
     let mut hash = Fnv1a::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut want = vec![0u8; 64 << 10];
@@ -602,12 +617,15 @@ fn elapsed_ms(since: Instant) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Payload, hash and JSON output
 
-/// A deterministic byte stream (xorshift64*): the same seed always gives the same bytes, so
-/// sender and verifier need not share a buffer.
+/// A deterministic byte stream (xorshift64*), after an optional fixed prefix (a marker): the
+/// same seed always gives the same bytes, so sender and verifier need not share a buffer.
+#[derive(Clone)]
 struct Payload {
     state: u64,
     pending: [u8; 8],
     used: usize,
+    prefix: Vec<u8>,
+    prefix_used: usize,
 }
 
 impl Payload {
@@ -617,10 +635,22 @@ impl Payload {
             state: seed ^ 0x9e37_79b9_7f4a_7c15,
             pending: [0; 8],
             used: 8,
+            prefix: Vec::new(),
+            prefix_used: 0,
         }
     }
 
+    /// The stream starts with `prefix`, then goes on as [`Payload::new`]'s.
+    fn with_prefix(mut self, prefix: Vec<u8>) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
     fn fill(&mut self, out: &mut [u8]) {
+        let from_prefix = (self.prefix.len() - self.prefix_used).min(out.len());
+        let (head, out) = out.split_at_mut(from_prefix);
+        head.copy_from_slice(&self.prefix[self.prefix_used..self.prefix_used + from_prefix]);
+        self.prefix_used += from_prefix;
         for byte in out {
             if self.used == self.pending.len() {
                 self.state ^= self.state >> 12;
@@ -774,6 +804,21 @@ mod tests {
         let mut other = vec![0u8; 100];
         Payload::new(8).fill(&mut other);
         assert_ne!(whole, other);
+    }
+
+    #[test]
+    fn a_marker_starts_the_stream_whatever_the_chunking() {
+        let mut plain = vec![0u8; 96];
+        Payload::new(7).fill(&mut plain);
+        let want: Vec<u8> = b"MARK".iter().chain(&plain).copied().collect();
+        for chunk_len in [1, 3, 4, 100] {
+            let mut got = vec![0u8; 100];
+            let mut payload = Payload::new(7).with_prefix(b"MARK".to_vec());
+            for chunk in got.chunks_mut(chunk_len) {
+                payload.fill(chunk);
+            }
+            assert_eq!(got, want, "chunks of {chunk_len}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use shunt_api::config::{Config, LoadError, Sourced};
-use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Service};
+use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Secret, Service};
 
 use crate::config::{LoadOptions, Snapshot, routing};
 use shunt_mesh::istio::SHUNT_API_VERSION;
@@ -33,11 +33,23 @@ pub use error::Error;
 /// only when the directory cannot be listed; everything wrong inside it ends up in the
 /// snapshot's `errors`.
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<Snapshot, Error> {
-    let (config, errors) = load_dir(dir)?;
-    Ok(Snapshot::from_config_with(dir, config, errors, options))
+    let loaded = load_dir(dir)?;
+    let mut snapshot = Snapshot::from_config_with(dir, loaded.config, loaded.errors, options);
+    snapshot.secrets = loaded.secrets;
+    Ok(snapshot)
 }
+
+/// What [`load_dir`] read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub config: Config,
+    /// Kept apart from `config`, which `GET /config` shows.
+    pub secrets: Vec<Sourced<Secret>>,
+    pub errors: Vec<LoadError>,
+}
+
 /// Reads every YAML file of `dir`. Fails only when the directory itself cannot be listed.
-pub fn load_dir(dir: &Path) -> Result<(Config, Vec<LoadError>), Error> {
+pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
     let mut loader = Loader::default();
     for file in yaml_files(dir)? {
         match std::fs::read_to_string(&file) {
@@ -50,7 +62,11 @@ pub fn load_dir(dir: &Path) -> Result<(Config, Vec<LoadError>), Error> {
             }),
         }
     }
-    Ok((loader.config, loader.errors))
+    Ok(Loaded {
+        config: loader.config,
+        secrets: loader.secrets,
+        errors: loader.errors,
+    })
 }
 
 /// `*.yaml` and `*.yml` regular files (or links to them), sorted; dot files are skipped, which
@@ -79,6 +95,7 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 #[derive(Default)]
 pub(crate) struct Loader {
     pub(crate) config: Config,
+    pub(crate) secrets: Vec<Sourced<Secret>>,
     pub(crate) errors: Vec<LoadError>,
     /// Where each object was first defined, to name both places of a duplicate.
     defined: HashMap<ObjectKey, Place>,
@@ -134,6 +151,7 @@ enum Kind {
     Namespace,
     Pod,
     Service,
+    Secret,
     Istio,
     /// `shunt.io/v1alpha1 RateLimitPolicy`.
     Shunt,
@@ -301,6 +319,23 @@ impl Loader {
                 let service: Service = typed(value)?;
                 self.config.services.push(sourced(place, service));
             }
+            Kind::Secret => {
+                let secret: Secret = typed(value)?;
+                let missing = secret.missing_keys();
+                if !missing.is_empty() {
+                    return Err(Problem::at(
+                        "data",
+                        format!(
+                            "a Secret of type {:?} needs the keys {} (in data or stringData); \
+                             missing: {}",
+                            secret.kind,
+                            Secret::required_keys(&secret.kind).join(", "),
+                            missing.join(", ")
+                        ),
+                    ));
+                }
+                self.secrets.push(sourced(place, secret));
+            }
             Kind::Istio => {
                 let raw = to_json(value, "")?;
                 self.config.istio.push(sourced(place, raw));
@@ -366,13 +401,14 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
         "Namespace" => Kind::Namespace,
         "Pod" => Kind::Pod,
         "Service" => Kind::Service,
+        "Secret" => Kind::Secret,
         "ConfigMap" => Kind::ConfigMap,
         _ => {
             return Err(Problem::at(
                 "kind",
                 format!(
                     "unknown kind {kind:?} (apiVersion {api_version:?}): local mode reads \
-                     Namespace, Pod, Service and ConfigMap (v1), RateLimitPolicy \
+                     Namespace, Pod, Service, ConfigMap and Secret (v1), RateLimitPolicy \
                      ({SHUNT_API_VERSION}) and the Istio kinds ({})",
                     ISTIO_GROUPS.join(", ")
                 ),

@@ -98,7 +98,9 @@ async fn reload(dir: &Path, snapshots: &watch::Sender<Arc<Snapshot>>) {
 
 /// Logs what a reading changed: new errors (each once), and a summary when the objects changed.
 pub fn log_changes(previous: Option<&Snapshot>, snapshot: &Snapshot) {
-    if previous.is_some_and(|p| p.config == snapshot.config && p.errors == snapshot.errors) {
+    if previous.is_some_and(|p| {
+        p.config == snapshot.config && p.secrets == snapshot.secrets && p.errors == snapshot.errors
+    }) {
         return;
     }
     for error in &snapshot.errors {
@@ -114,6 +116,7 @@ pub fn log_changes(previous: Option<&Snapshot>, snapshot: &Snapshot) {
         captured = snapshot.pods.iter().filter(|p| p.captured()).count(),
         services = config.services.len(),
         istio_objects = config.istio.len(),
+        secrets = snapshot.secrets.len(),
         errors = snapshot.errors.len(),
         "config loaded"
     );
