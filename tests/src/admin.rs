@@ -31,6 +31,9 @@ pub struct WorkloadView {
     pub namespace: String,
     pub name: String,
     pub ip: Option<String>,
+    /// The pod's node, as the agent places it (`spec.nodeName`, else the agent's own).
+    pub node: Option<String>,
+    /// Captured by the shunt of the pod's node (this agent's only when `node` is its own).
     pub captured: bool,
     pub reason: String,
     pub netns_cookie: Option<u64>,
@@ -45,6 +48,7 @@ impl WorkloadView {
             namespace: text("namespace")?,
             name: text("name")?,
             ip: text("ip"),
+            node: text("node"),
             captured: value.get("captured")?.as_bool()?,
             reason: text("reason").unwrap_or_default(),
             netns_cookie: value.get("netns_cookie").and_then(Value::as_u64),
@@ -194,10 +198,11 @@ mod tests {
     #[test]
     fn parses_workloads() {
         let entry = json!({"namespace": "mesh", "name": "a", "uid": "u", "ip": "10.244.0.10",
-            "captured": true, "reason": "namespace label", "netns": "/run/netns/x",
-            "netns_cookie": 12, "proxy": "ready"});
+            "node": "node-1", "captured": true, "reason": "namespace label",
+            "netns": "/run/netns/x", "netns_cookie": 12, "proxy": "ready"});
         let view = WorkloadView::from_json(&entry).unwrap();
         assert!(view.is_ready());
+        assert_eq!(view.node.as_deref(), Some("node-1"));
         assert_eq!(view.netns_cookie, Some(12));
         assert!(WorkloadView::from_json(&json!({"name": "a"})).is_none());
     }

@@ -74,6 +74,8 @@ pub struct PodConfig {
     pub service_account: String,
     /// `(name, containerPort)`.
     pub ports: Vec<(String, u16)>,
+    /// `spec.nodeName`; `None` leaves it out (the pod is then the reading agent's).
+    pub node_name: Option<String>,
 }
 
 impl PodConfig {
@@ -88,7 +90,15 @@ impl PodConfig {
             annotations: BTreeMap::new(),
             service_account: "default".to_owned(),
             ports: Vec::new(),
+            node_name: None,
         }
+    }
+
+    /// `spec.nodeName`.
+    #[must_use]
+    pub fn on_node(mut self, node_name: &str) -> Self {
+        self.node_name = Some(node_name.to_owned());
+        self
     }
 
     #[must_use]
@@ -120,6 +130,13 @@ impl PodConfig {
             .iter()
             .map(|(name, port)| json!({"name": name, "containerPort": port, "protocol": "TCP"}))
             .collect();
+        let mut spec = json!({
+            "serviceAccountName": self.service_account,
+            "containers": [{"name": "app", "ports": ports}],
+        });
+        if let (Some(node_name), Some(spec)) = (&self.node_name, spec.as_object_mut()) {
+            spec.insert("nodeName".to_owned(), json!(node_name));
+        }
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -130,10 +147,7 @@ impl PodConfig {
                 "labels": self.labels,
                 "annotations": annotations,
             },
-            "spec": {
-                "serviceAccountName": self.service_account,
-                "containers": [{"name": "app", "ports": ports}],
-            },
+            "spec": spec,
             "status": {
                 "phase": "Running",
                 "podIP": self.ip.to_string(),
@@ -319,8 +333,15 @@ mod tests {
                 )
                 .label("app", "b")
                 .annotation(EXCLUDE_INBOUND_PORTS, "9091")
-                .port("tcp-echo", 8080),
+                .port("tcp-echo", 8080)
+                .on_node("node-1"),
             )
+            .pod(&PodConfig::new(
+                "mesh",
+                "c",
+                Ipv4Addr::new(10, 244, 0, 30),
+                Path::new("/run/netns/y"),
+            ))
             .service(
                 &ServiceConfig::new("mesh", "b", Ipv4Addr::new(10, 96, 0, 10))
                     .select("app", "b")
@@ -333,8 +354,14 @@ mod tests {
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&sample().render())
             .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
             .collect();
-        assert_eq!(docs.len(), 3);
+        assert_eq!(docs.len(), 4);
         let pod = &docs[1];
+        assert_eq!(pod["spec"]["nodeName"].as_str(), Some("node-1"));
+        assert!(
+            docs[2]["spec"].get("nodeName").is_none(),
+            "a pod without a node names none: {:?}",
+            docs[2]
+        );
         let cases = [
             (&pod["kind"], "Pod"),
             (
@@ -347,8 +374,8 @@ mod tests {
             ),
             (&pod["status"]["podIP"], "10.244.0.20"),
             (&docs[0]["metadata"]["labels"][INJECTION_LABEL], "enabled"),
-            (&docs[2]["spec"]["clusterIP"], "10.96.0.10"),
-            (&docs[2]["spec"]["ports"][0]["targetPort"], "tcp-echo"),
+            (&docs[3]["spec"]["clusterIP"], "10.96.0.10"),
+            (&docs[3]["spec"]["ports"][0]["targetPort"], "tcp-echo"),
         ];
         for (got, want) in cases {
             assert_eq!(got.as_str(), Some(want), "{got:?}");

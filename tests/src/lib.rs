@@ -35,6 +35,9 @@
 //!
 //! Everything is removed when the [`Node`] is dropped, and swept at the start when a crashed
 //! earlier run left it behind.
+//!
+//! Several nodes joined by an underlay network, each with its own agent and proxy and all
+//! reading one config dir, make a [`Cluster`] (`cluster.rs`).
 #![deny(unsafe_code)]
 
 pub mod access_log;
@@ -42,6 +45,7 @@ pub mod admin;
 pub mod binaries;
 pub mod cgroup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod istio;
@@ -56,10 +60,11 @@ pub mod wait;
 pub use access_log::AccessLog;
 pub use admin::{Admin, WorkloadView};
 pub use binaries::Binaries;
+pub use cluster::{Cluster, UnderlayCapture};
 pub use config::{ClusterConfig, NamespaceConfig, PodConfig, ServiceConfig};
 pub use metrics::Metrics;
 pub use names::Names;
-pub use node::{AgentOptions, CaptureMode, Node, Pod};
+pub use node::{AgentOptions, CaptureMode, Node, NodeLayout, Pod};
 pub use process::{Output, Process};
 
 /// Whether this process has the privileges the harness needs (netns, cgroups, eBPF).

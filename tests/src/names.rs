@@ -103,6 +103,29 @@ impl Names {
     pub fn temp_dir(&self) -> PathBuf {
         std::env::temp_dir().join(self.prefix())
     }
+
+    /// The names of node `index` of a cluster named like this: every one of them starts with
+    /// `shunt-<short>-n<index>`, so the cluster's own [`Names::owns_netns`] covers its nodes'
+    /// netns too.
+    #[must_use]
+    pub fn cluster_node(&self, index: usize) -> Self {
+        Self {
+            short: format!("{}-n{index}", self.short),
+        }
+    }
+
+    /// A cluster's underlay: the netns with the bridge that joins its nodes.
+    #[must_use]
+    pub fn underlay_netns(&self) -> String {
+        format!("{}-underlay", self.prefix())
+    }
+
+    /// A cluster's own processes (the underlay capture), so a sweep can kill what a crashed
+    /// run left running.
+    #[must_use]
+    pub fn cluster_cgroup(&self) -> String {
+        format!("{}-cluster", self.prefix())
+    }
 }
 
 fn validate_pod_name(pod: &str) -> Result<(), Error> {
@@ -151,6 +174,32 @@ mod tests {
         ] {
             assert_eq!(names.owns_netns(&netns), owned, "{netns}");
         }
+    }
+
+    #[test]
+    fn a_clusters_names_cover_its_nodes_and_no_other_clusters() {
+        let cluster = Names::new("multinode::t");
+        let node = cluster.cluster_node(1);
+        assert_eq!(node.prefix(), format!("{}-n1", cluster.prefix()));
+        let other = Names::new("multinode::u");
+        for (netns, owned) in [
+            (cluster.underlay_netns(), true),
+            (node.node_netns(), true),
+            (node.pod_netns("a").unwrap(), true),
+            (other.underlay_netns(), false),
+            (other.cluster_node(1).node_netns(), false),
+        ] {
+            assert_eq!(cluster.owns_netns(&netns), owned, "{netns}");
+        }
+        let cgroups = [
+            cluster.cluster_cgroup(),
+            node.node_cgroup(),
+            node.agent_cgroup(),
+            cluster.cluster_node(0).node_cgroup(),
+            cluster.cluster_node(0).agent_cgroup(),
+        ];
+        let unique: std::collections::BTreeSet<_> = cgroups.iter().collect();
+        assert_eq!(unique.len(), cgroups.len(), "{cgroups:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! configure inside a namespace: unlike `ip netns exec` it does not remount /sys.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -31,6 +31,18 @@ pub enum Error {
     },
     #[error("could not list {NETNS_DIR}: {0}")]
     List(std::io::Error),
+    #[error("could not enter netns {}: {source}", path.display())]
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not set {key} = {value} in netns {netns}: {source}")]
+    Sysctl {
+        netns: String,
+        key: String,
+        value: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs `ip ARGS`, failing with its stderr.
@@ -99,6 +111,41 @@ impl Netns {
     pub fn delete(&self) -> Result<(), Error> {
         delete(&self.name)
     }
+
+    /// Sets the sysctl `key` (`net.ipv4.ip_forward`) inside the namespace: `/proc/sys/net` is
+    /// the netns of the thread that opens it, so a thread of ours enters it for the write.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), Error> {
+        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let value_line = format!("{value}\n");
+        in_netns(&self.path(), move || std::fs::write(&file, value_line))?.map_err(|source| {
+            Error::Sysctl {
+                netns: self.name.clone(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+                source,
+            }
+        })
+    }
+}
+
+/// Runs `f` on a thread of its own inside the netns at `path` (the caller's threads stay
+/// where they are), and returns what it returned.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    let enter_error = |source| Error::Enter {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(enter_error)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|errno| enter_error(errno.into()))?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// `/run/netns/<name>`.

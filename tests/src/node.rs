@@ -72,6 +72,16 @@ pub enum Error {
     Uninstall { status: String, stderr: String },
     #[error("`iptables -t nat -S` in pod {pod}'s netns failed: {detail}")]
     NatTable { pod: String, detail: String },
+    #[error(
+        "pod {pod}: {ip} is not a pod address of node {node}'s subnet {subnet}/24 (use hosts \
+         2-254 of it: .0 is the network, .1 the node's bridge, .255 the broadcast)"
+    )]
+    PodIp {
+        pod: String,
+        ip: Ipv4Addr,
+        node: String,
+        subnet: Ipv4Addr,
+    },
 }
 
 /// A pod: its own netns on the node's bridge, `eth0` with a /24 address.
@@ -80,9 +90,17 @@ pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
     netns: String,
+    node_name: Option<String>,
 }
 
 impl Pod {
+    /// The node it runs on, when its node has a name ([`NodeLayout::node_name`]): what its
+    /// config's `spec.nodeName` says.
+    #[must_use]
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
     /// The netns name (`shunt-<short>-<pod>`).
     #[must_use]
     pub fn netns_name(&self) -> &str {
@@ -131,10 +149,42 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
 }
 
+/// How a node is laid out. The default is a node on its own, as [`Node::new`] builds it: no
+/// node name, its own config dir, and a bridge with no address, so nothing leaves the node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLayout {
+    /// The agent's `--node-name`, and the `spec.nodeName` of [`Node::pod_config`]; `None`
+    /// passes neither (the agent's default, which every pod without a node name gets).
+    pub node_name: Option<String>,
+    /// A config dir the node shares with others (a cluster's); `None`: its own
+    /// `<dir>/config`.
+    pub config_dir: Option<PathBuf>,
+    /// A routed pod subnet, as the network address of a /24 (`10.244.1.0`): the bridge gets
+    /// `.1`, pods route through it, the node netns forwards, and [`Node::add_pod`] takes only
+    /// addresses of it. `None`: pods route out of `eth0` onto the bridge and no further.
+    pub pod_subnet: Option<Ipv4Addr>,
+}
+
+impl NodeLayout {
+    /// The bridge's address in a routed subnet: the pods' gateway.
+    #[must_use]
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.pod_subnet.map(|subnet| host_in(subnet, 1))
+    }
+}
+
+/// Address `host` of the /24 whose network address is `subnet`.
+#[must_use]
+pub fn host_in(subnet: Ipv4Addr, host: u8) -> Ipv4Addr {
+    let [a, b, c, _] = subnet.octets();
+    Ipv4Addr::new(a, b, c, host)
+}
+
 /// One node and everything running on it.
 pub struct Node {
     names: Names,
     binaries: Binaries,
+    layout: NodeLayout,
     dir: PathBuf,
     node_netns: Netns,
     cgroup: Cgroup,
@@ -157,16 +207,28 @@ impl Node {
     /// A node named after `test_name`. Leftovers of an earlier run with the same name (a
     /// crashed test) are swept first.
     pub fn with_binaries(test_name: &str, binaries: Binaries) -> Result<Self, Error> {
-        let names = Names::new(test_name);
+        Self::with_layout(Names::new(test_name), binaries, NodeLayout::default())
+    }
+
+    /// A node with these names, laid out as `layout` says (a cluster's node: see
+    /// [`crate::cluster::Cluster`]). Leftovers of an earlier run with the same names are swept
+    /// first.
+    pub fn with_layout(
+        names: Names,
+        binaries: Binaries,
+        layout: NodeLayout,
+    ) -> Result<Self, Error> {
         let swept = sweep_stale(&names, &binaries);
         if !swept.is_empty() {
             eprintln!(
-                "shunt harness: swept leftovers of an earlier run of {test_name}: {}",
+                "shunt harness: swept leftovers of an earlier run of {}: {}",
+                names.prefix(),
                 swept.join("; ")
             );
         }
         let dir = names.temp_dir();
-        for sub in ["config", "run", "logs"] {
+        let own_config = layout.config_dir.is_none().then_some("config");
+        for sub in own_config.into_iter().chain(["run", "logs"]) {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| Error::Dir { path, source })?;
         }
@@ -177,6 +239,7 @@ impl Node {
             agent_cgroup: Cgroup::named(&names.agent_cgroup())?,
             names,
             binaries,
+            layout,
             dir,
             pods: Vec::new(),
             metrics_addr: free_local_port()?,
@@ -190,8 +253,31 @@ impl Node {
         node.agent_cgroup = Cgroup::create(&node.names.agent_cgroup())?;
         node.node_netns
             .ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        if let Some(gateway) = node.layout.gateway() {
+            node.node_netns
+                .ip(&["addr", "add", &format!("{gateway}/24"), "dev", BRIDGE])?;
+            node.node_netns.sysctl("net.ipv4.ip_forward", "1")?;
+        }
         node.node_netns.ip(&["link", "set", BRIDGE, "up"])?;
         Ok(node)
+    }
+
+    /// How the node is laid out.
+    #[must_use]
+    pub fn layout(&self) -> &NodeLayout {
+        &self.layout
+    }
+
+    /// The agent's `--node-name` ([`NodeLayout::node_name`]).
+    #[must_use]
+    pub fn node_name(&self) -> Option<&str> {
+        self.layout.node_name.as_deref()
+    }
+
+    /// The node's netns, holding the pods' bridge (`br0`).
+    #[must_use]
+    pub fn node_netns(&self) -> &Netns {
+        &self.node_netns
     }
 
     #[must_use]
@@ -204,16 +290,19 @@ impl Node {
         &self.binaries
     }
 
-    /// The node's temp dir (config/, run/, logs/).
+    /// The node's temp dir (config/ unless shared, run/, logs/).
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The agent's `--config-dir`.
+    /// The agent's `--config-dir`: [`NodeLayout::config_dir`], else `<dir>/config`.
     #[must_use]
     pub fn config_dir(&self) -> PathBuf {
-        self.dir.join("config")
+        self.layout
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("config"))
     }
 
     /// The agent's `--run-dir` (control.sock, admin.sock).
@@ -260,14 +349,28 @@ impl Node {
     /// Creates a pod: netns `shunt-<short>-<name>`, `eth0` with `ip/24` on the node's bridge,
     /// and a default route out of `eth0`, as a Kubernetes pod has: a Service ClusterIP must be
     /// routable for `connect()` to get as far as iptables' REDIRECT (eBPF capture rewrites it
-    /// before routing). Nothing answers beyond the bridge, so no traffic leaves the node.
+    /// before routing). Nothing answers beyond the bridge, so no traffic leaves the node. With
+    /// a routed [`NodeLayout::pod_subnet`], `ip` must be one of it, and the default route goes
+    /// through the bridge's address, which the node netns routes on (to other nodes' pods).
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
+        if let Some(subnet) = self.layout.pod_subnet {
+            let host = ip.octets()[3];
+            if host_in(subnet, 0) != host_in(ip, 0) || matches!(host, 0 | 1 | 255) {
+                return Err(Error::PodIp {
+                    pod: name.to_owned(),
+                    ip,
+                    node: self.node_name().unwrap_or("(unnamed)").to_owned(),
+                    subnet,
+                });
+            }
+        }
         let netns_name = self.names.pod_netns(name)?;
         let netns = Netns::create(&netns_name)?;
         let pod = Pod {
             name: name.to_owned(),
             ip,
             netns: netns_name.clone(),
+            node_name: self.layout.node_name.clone(),
         };
         self.pods.push(pod.clone());
         // Interface names are per netns; this one lives in the node's, next to the bridge.
@@ -288,14 +391,24 @@ impl Node {
             .ip(&["link", "set", &node_side, "master", BRIDGE, "up"])?;
         netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["route", "add", "default", "dev", "eth0"])?;
+        match self.layout.gateway() {
+            Some(gateway) => {
+                netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            }
+            None => netns.ip(&["route", "add", "default", "dev", "eth0"])?,
+        }
         Ok(pod)
     }
 
-    /// The pod as a config object in `namespace`, with its IP and netns annotation filled in.
+    /// The pod as a config object in `namespace`, with its IP and netns annotation filled in,
+    /// and `spec.nodeName` when the node has a name.
     #[must_use]
     pub fn pod_config(&self, pod: &Pod, namespace: &str) -> PodConfig {
-        PodConfig::new(namespace, &pod.name, pod.ip, &pod.netns_path())
+        let config = PodConfig::new(namespace, &pod.name, pod.ip, &pod.netns_path());
+        match pod.node_name() {
+            Some(node_name) => config.on_node(node_name),
+            None => config,
+        }
     }
 
     /// Writes (or replaces) the agent's config file, [`CONFIG_FILE`].
@@ -337,6 +450,9 @@ impl Node {
             .arg("--run-dir")
             .arg(self.run_dir())
             .arg(format!("--capture={}", options.capture.name()));
+        if let Some(node_name) = &self.layout.node_name {
+            command.args(["--node-name", node_name]);
+        }
         if options.capture == CaptureMode::Ebpf {
             command.arg("--cgroup").arg(self.cgroup.path());
         }

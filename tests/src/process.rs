@@ -224,10 +224,28 @@ impl Process {
 
     /// Waits until stdout has a line equal to `line` (a server's `ready`).
     pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> Result<(), Error> {
-        let what = format!("{line:?} on stdout");
+        self.wait_for_output(&format!("{line:?} on stdout"), timeout, |process| {
+            process.stdout().lines().any(|l| l.trim() == line)
+        })
+    }
+
+    /// Waits until stderr has a line containing `text` (tcpdump's `listening on`).
+    pub fn wait_for_stderr(&mut self, text: &str, timeout: Duration) -> Result<(), Error> {
+        self.wait_for_output(&format!("{text:?} on stderr"), timeout, |process| {
+            process.stderr().lines().any(|l| l.contains(text))
+        })
+    }
+
+    fn wait_for_output(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        printed: impl Fn(&Self) -> bool,
+    ) -> Result<(), Error> {
+        let what = what.to_owned();
         let mut exited = None;
         let waited = wait::until(&what, timeout, || {
-            if self.stdout().lines().any(|l| l.trim() == line) {
+            if printed(self) {
                 return Check::Done(());
             }
             match self.exit_status() {

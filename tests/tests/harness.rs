@@ -4,8 +4,10 @@ mod common;
 
 use std::os::unix::fs::MetadataExt as _;
 
-use common::{MIB, OrPanic, binaries, client, pod_ip, send_ok};
-use shunt_tests::{Names, Node, netns};
+use std::collections::BTreeSet;
+
+use common::{MIB, OrPanic, binaries, client, pod_ip, send_ok, send_ok_with};
+use shunt_tests::{Cluster, Names, Node, netns};
 
 /// Everything named after `test` that a node could leave behind.
 fn leftovers(names: &Names) -> Vec<String> {
@@ -137,4 +139,125 @@ fn a_crashed_runs_leftovers_are_swept() {
             .is_some(),
         "the crashed run's server is still running"
     );
+}
+
+/// Everything named after `test` that a cluster of `count` nodes could leave behind.
+fn cluster_leftovers(names: &Names, count: usize) -> BTreeSet<String> {
+    let mut found: BTreeSet<String> = leftovers(names).into_iter().collect();
+    for index in 0..count {
+        found.extend(leftovers(&names.cluster_node(index)));
+    }
+    let cgroup = shunt_tests::cgroup::Cgroup::named(&names.cluster_cgroup()).or_panic("cgroup2");
+    if cgroup.exists() {
+        found.insert(format!("cgroup {}", cgroup.path().display()));
+    }
+    found
+}
+
+#[test]
+fn cluster_pods_talk_across_the_underlay_and_teardown_leaves_nothing() {
+    const TEST: &str = "harness::cluster_pods_talk_across_the_underlay_and_teardown_leaves_nothing";
+    const MARKER: &str = "shunt-harness-underlay-marker";
+    if shunt_tests::skip_unless_root(TEST) {
+        return;
+    }
+    let mut cluster = Cluster::with_binaries(TEST, 2, binaries()).or_panic("creating the cluster");
+    let a = cluster.add_pod(0, "a", 10).or_panic("pod a");
+    let b = cluster.add_pod(1, "b", 20).or_panic("pod b");
+    assert_eq!(
+        (a.ip, b.ip, a.node_name(), b.node_name()),
+        (
+            pod_ip(10),
+            Cluster::pod_ip(1, 20),
+            Some("node-0"),
+            Some("node-1")
+        )
+    );
+    let bad = cluster.add_pod(1, "a", 30).err().map(|e| e.to_string());
+    assert_eq!(
+        bad.as_deref(),
+        Some("pod a already exists in the cluster: pod names are unique across its nodes")
+    );
+    let names = cluster.names().clone();
+    let config = cluster.pod_config(&b, "mesh").or_panic("pod config");
+    assert_eq!(config.node_name.as_deref(), Some("node-1"));
+
+    let mut capture = cluster.start_capture("direct").or_panic("underlay capture");
+    let b_node = cluster.node_of(&b).or_panic("b's node");
+    let a_node = cluster.node_of(&a).or_panic("a's node");
+    let echoes = [(b_node, &b), (a_node, &a)].map(|(node, pod)| {
+        node.start_server(pod, &["echo-server", "--port", "8080"])
+            .or_panic("echo server")
+    });
+    // No agent, no proxy: the pods reach each other, both ways, through their nodes' routes.
+    send_ok_with(a_node, &a, b.addr(8080), MIB, 1, &["--marker", MARKER]);
+    send_ok(b_node, &b, a.addr(8080), 1000, 2);
+    assert!(
+        capture
+            .contains(MARKER.as_bytes())
+            .or_panic("reading the capture")
+    );
+    assert!(
+        !capture
+            .contains(b"a marker nobody sent")
+            .or_panic("reading the capture"),
+        "the search finds only what crossed the underlay"
+    );
+    assert!(capture.is_running());
+
+    drop((echoes, capture));
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+    assert_eq!(cluster_leftovers(&names, 2), BTreeSet::new());
+}
+
+#[test]
+fn a_crashed_clusters_leftovers_are_swept() {
+    const TEST: &str = "harness::a_crashed_clusters_leftovers_are_swept";
+    if shunt_tests::skip_unless_root(TEST) {
+        return;
+    }
+    let mut cluster = Cluster::with_binaries(TEST, 2, binaries()).or_panic("creating the cluster");
+    let b = cluster.add_pod(1, "b", 20).or_panic("pod b");
+    let server = cluster
+        .node_of(&b)
+        .or_panic("b's node")
+        .start_server(&b, &["echo-server", "--port", "8080"])
+        .or_panic("echo server");
+    let mut capture = cluster.start_capture("crash").or_panic("underlay capture");
+    let names = cluster.names().clone();
+    // A crash: nothing of the cluster's cleanup runs; its server and tcpdump keep running.
+    // (They stay in scope only so that this test process reaps them once the sweep killed
+    // them.)
+    std::mem::forget(cluster);
+    // netns: the underlay, 2 nodes, pod b; cgroups: the cluster's, 2 nodes' and their
+    // agents'; temp dirs: the cluster's and 2 nodes'.
+    assert_eq!(
+        cluster_leftovers(&names, 2).len(),
+        4 + 5 + 3,
+        "{:?}",
+        cluster_leftovers(&names, 2)
+    );
+
+    let cluster = Cluster::with_binaries(TEST, 2, binaries()).or_panic("recreating the cluster");
+    assert!(
+        !capture.is_running(),
+        "the crashed run's tcpdump survived the sweep"
+    );
+    let mut server = server;
+    assert!(
+        server
+            .exit_status()
+            .or_panic("reaping the server")
+            .is_some(),
+        "the crashed run's server survived the sweep"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+    let swept = shunt_tests::cluster::sweep_stale(&names, &binaries());
+    assert!(
+        swept.is_empty(),
+        "nothing should be left to sweep: {swept:?}"
+    );
+    assert_eq!(cluster_leftovers(&names, 2), BTreeSet::new());
 }

@@ -22,7 +22,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// for the capture tests' stand-in app and proxy processes; iptables for the agent's
 /// `--capture=iptables` and its end-to-end cases; haproxy as the bench's reference
 /// L4 forwarder (`cargo xtask bench`, scenario S4); curl and openssl as real clients (and
-/// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`).
+/// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`); tcpdump for the
+/// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`).
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -32,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "curl",
     "openssl",
+    "tcpdump",
 ];
 
 pub fn cargo_home() -> PathBuf {

@@ -870,7 +870,7 @@ mod tests {
                 }
                 stream.shutdown(Shutdown::Write).unwrap();
             });
-            let result = send_and_verify(addr, 300_000, 5, false, lockstep);
+            let result = send_and_verify(addr, 300_000, &Payload::new(5), false, lockstep);
             assert_eq!(result.error, None, "lockstep {lockstep:?}");
             assert_eq!(result.sent, 300_000);
             assert_eq!(result.received, 300_000);

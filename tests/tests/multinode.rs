@@ -1,0 +1,202 @@
+//! End to end across nodes: a cluster of two nodes joined by an underlay, each running its own
+//! agent and proxy over one shared config dir. Runs as root (and skips, saying so, otherwise).
+
+#[expect(
+    dead_code,
+    reason = "the single-node helpers of the shared module are for e2e.rs"
+)]
+mod common;
+
+use common::{MIB, OrPanic, send_ok_with};
+use shunt_tests::admin::{self, WorkloadView};
+use shunt_tests::{AgentOptions, Cluster, ClusterConfig, Metrics, NamespaceConfig, Pod};
+
+/// The injected namespace every test pod lives in.
+const MESH: &str = "mesh";
+const ECHO_PORT: u16 = 8080;
+/// What the client's stream starts with, for the underlay capture to look for.
+const MARKER: &str = "shunt-multinode-marker-7f3a9c";
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
+const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
+const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
+/// Upper bound for a proxy to report what a client already finished.
+const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A cluster of `count` nodes for `test`, or `None` (after printing why) when not root.
+fn new_cluster(test: &str, count: usize) -> Option<Cluster> {
+    if shunt_tests::skip_unless_root(test) {
+        return None;
+    }
+    let binaries = common::binaries();
+    binaries.require_all().or_panic("binaries under test");
+    Some(Cluster::with_binaries(test, count, binaries).or_panic("creating the cluster"))
+}
+
+/// The labels of one connection's series: reporter and both workloads, all in `mesh`.
+fn flow<'a>(reporter: &'a str, source: &'a str, destination: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("reporter", reporter),
+        ("source_workload", source),
+        ("source_workload_namespace", MESH),
+        ("destination_workload", destination),
+        ("destination_workload_namespace", MESH),
+    ]
+}
+
+fn sum(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let value = metrics.sum(name, labels);
+    assert!(
+        value >= 0.0 && value.fract() == 0.0,
+        "{name} {labels:?} = {value}"
+    );
+    // Counters here stay far below 2^53, so the float holds them exactly.
+    value as u64
+}
+
+fn view<'a>(workloads: &'a [WorkloadView], pod: &Pod) -> &'a WorkloadView {
+    workloads
+        .iter()
+        .find(|w| w.name == pod.name)
+        .unwrap_or_else(|| panic!("no workload {} in {workloads:?}", pod.name))
+}
+
+/// Pod `a` (10.244.0.10) on node-0, pod `b` (10.244.1.20) on node-1, both captured by their
+/// own node's agent; the config written once, to the shared dir.
+fn two_nodes_one_pod_each(test: &str) -> Option<(Cluster, Pod, Pod)> {
+    let mut cluster = new_cluster(test, 2)?;
+    let a = cluster.add_pod(0, "a", 10).or_panic("pod a");
+    let b = cluster.add_pod(1, "b", 20).or_panic("pod b");
+    let config = [&a, &b].iter().fold(
+        ClusterConfig::new().namespace(&NamespaceConfig::injected(MESH)),
+        |config, pod| {
+            let pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+            config.pod(&pod_config.port("tcp-echo", ECHO_PORT))
+        },
+    );
+    cluster.write_config(&config).or_panic("writing the config");
+    cluster
+        .start(&AgentOptions::default())
+        .or_panic("starting the agents and proxies");
+    for node in cluster.nodes() {
+        let loaded = node.admin().config().or_panic("GET /config");
+        assert_eq!(
+            loaded["errors"],
+            serde_json::json!([]),
+            "{}'s agent rejected part of the config",
+            node.names().prefix()
+        );
+    }
+    cluster
+        .wait_captured(&[&a, &b])
+        .or_panic("waiting for capture");
+    Some((cluster, a, b))
+}
+
+#[test]
+fn each_agent_captures_only_its_own_nodes_pods() {
+    const TEST: &str = "multinode::each_agent_captures_only_its_own_nodes_pods";
+    let Some((cluster, a, b)) = two_nodes_one_pod_each(TEST) else {
+        return;
+    };
+    for (index, own, other) in [(0, &a, &b), (1, &b, &a)] {
+        let node = cluster.node(index).or_panic("node");
+        let admin = node.admin();
+        let workloads = admin.workloads().or_panic("GET /workloads");
+        let (own_view, other_view) = (view(&workloads, own), view(&workloads, other));
+        let own_node = Cluster::node_name(index);
+        let other_node = Cluster::node_name(1 - index);
+        assert!(own_view.is_ready(), "{own_node}: {own_view:?}");
+        assert_eq!(own_view.node.as_deref(), Some(own_node.as_str()));
+        assert!(own_view.netns_cookie.is_some(), "{own_view:?}");
+        // Captured by its own node's shunt, but not by this agent: no netns, nothing handed
+        // to this node's proxy.
+        assert!(other_view.captured, "{own_node}: {other_view:?}");
+        assert_eq!(other_view.node.as_deref(), Some(other_node.as_str()));
+        assert_eq!(
+            (other_view.netns_cookie, other_view.proxy.as_str()),
+            (None, "n/a"),
+            "{own_node}: {other_view:?}"
+        );
+        let meshed = admin.map("MESHED_NETNS").or_panic("MESHED_NETNS");
+        let pod_ips: Vec<&str> = admin::entries(&meshed)
+            .into_iter()
+            .filter_map(|(_, value)| value.get("pod_ip")?.as_str())
+            .collect();
+        assert_eq!(
+            pod_ips,
+            vec![own.ip.to_string()],
+            "{own_node} captures exactly its own pod: {meshed}"
+        );
+    }
+}
+
+#[test]
+fn pod_to_pod_across_nodes_goes_through_both_node_proxies() {
+    const TEST: &str = "multinode::pod_to_pod_across_nodes_goes_through_both_node_proxies";
+    let Some((mut cluster, a, b)) = two_nodes_one_pod_each(TEST) else {
+        return;
+    };
+    let mut capture = cluster.start_capture("a-to-b").or_panic("underlay capture");
+    let _echo = cluster
+        .node_of(&b)
+        .or_panic("b's node")
+        .start_server(&b, &["echo-server", "--port", &ECHO_PORT.to_string()])
+        .or_panic("echo server on b");
+
+    let client_node = cluster.node_of(&a).or_panic("a's node");
+    send_ok_with(
+        client_node,
+        &a,
+        b.addr(ECHO_PORT),
+        MIB,
+        1,
+        &["--marker", MARKER],
+    );
+
+    // The source side is reported by a's node proxy only, the destination side by b's.
+    let reported = [(0, "source", "destination"), (1, "destination", "source")];
+    for (index, reporter, not_reporter) in reported {
+        let node = cluster.node_mut(index).or_panic("node");
+        let metrics = node
+            .wait_metrics(
+                &format!("the {reporter} report of a → b"),
+                REPORT_TIMEOUT,
+                |m| sum(m, CLOSED, &flow(reporter, "a", "b")) >= 1,
+            )
+            .or_panic("metrics");
+        let labels = flow(reporter, "a", "b");
+        let described = metrics.describe(OPENED);
+        for (name, want) in [
+            (OPENED, 1),
+            (CLOSED, 1),
+            (SENT_BYTES, MIB),
+            (RECEIVED_BYTES, MIB),
+        ] {
+            assert_eq!(
+                sum(&metrics, name, &labels),
+                want,
+                "node-{index} {reporter} {name}: {described}"
+            );
+        }
+        assert_eq!(
+            sum(&metrics, OPENED, &flow(not_reporter, "a", "b")),
+            0,
+            "node-{index} must not report the {not_reporter} side: {described}"
+        );
+    }
+
+    // Plaintext between the nodes today: the capture sees the stream. (HBONE will turn this
+    // into the opposite assertion.)
+    assert!(
+        capture
+            .contains(MARKER.as_bytes())
+            .or_panic("reading the capture"),
+        "the marker did not cross the underlay in the clear ({})",
+        capture.pcap_path().display()
+    );
+    drop(capture);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
