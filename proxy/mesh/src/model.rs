@@ -34,6 +34,14 @@ pub struct MeshState {
     /// MeshConfig, with the agent's flags applied.
     #[serde(default)]
     pub mesh: MeshSettings,
+    /// PeerAuthentications (`security.istio.io` v1, v1beta1) from all namespaces that
+    /// [`crate::security::validate`] keeps.
+    #[serde(default)]
+    pub peer_authentications: Vec<istio::PeerAuthentication>,
+    /// What the agent's rejected PeerAuthentications and DestinationRules asked to secure:
+    /// locked down until they are fixed (see [`istio::FailClosed`]).
+    #[serde(default, skip_serializing_if = "istio::FailClosed::is_empty")]
+    pub fail_closed: istio::FailClosed,
 }
 
 /// One pod.

@@ -1,6 +1,7 @@
 //! Istio's networking API (`networking.istio.io` v1, v1beta1 and v1alpha3, which share one
-//! shape), shunt's `shunt.io/v1alpha1 RateLimitPolicy` and the mesh settings of Istio's
-//! ConfigMap, as serde types with Istio's JSON field names.
+//! shape), its `PeerAuthentication` (`security.istio.io` v1 and v1beta1), shunt's
+//! `shunt.io/v1alpha1 RateLimitPolicy` and the mesh settings of Istio's ConfigMap, as serde
+//! types with Istio's JSON field names.
 //!
 //! These types check only the JSON shape (a string where a string belongs, ...); the values
 //! (hosts, regexes, durations, weights, enums) are checked when `crate::routing` compiles
@@ -11,11 +12,13 @@
 mod decimal;
 mod duration;
 mod networking;
+mod security;
 mod shunt;
 
 pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
 pub use networking::*;
+pub use security::*;
 pub use shunt::*;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -33,7 +36,8 @@ pub struct Metadata {
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// RFC 3339; orders VirtualServices that share a host (absent sorts first, then by
-    /// namespace/name).
+    /// namespace/name), and PeerAuthentications of one scope (the oldest wins). Compared as
+    /// written, which orders Kubernetes' own form (`2024-05-01T10:00:00Z`) correctly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
 }
