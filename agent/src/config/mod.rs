@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod mesh;
 pub mod routing;
+pub mod security;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,7 @@ impl Snapshot {
             .map(|s| mesh::service(&s.object))
             .collect();
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
+        security::add_to_mesh(&config, &mut mesh, &mut errors);
         Self {
             dir: dir.to_owned(),
             config,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Metadata;
+use super::object::{DEFAULT_NAMESPACE, Metadata};
 
 /// The API versions of `security.istio.io` shunt reads; both share one schema.
 pub const SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -41,9 +41,6 @@ pub struct PeerMutualTls {
     /// `UNSET` (or absent: inherit), `DISABLE`, `PERMISSIVE` or `STRICT`; checked when compiled.
     pub mode: Option<String>,
 }
-
-/// `security.istio.io` `PeerAuthentication`.
-pub type PeerAuthentication = super::Resource<PeerAuthenticationSpec>;
 
 /// What the config's rejected security settings asked to secure (shunt's own, not an Istio
 /// kind). The agent rejects a broken object whole, as for every kind; for the security
@@ -179,12 +176,12 @@ impl std::fmt::Display for FailClosedEffect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::StrictMtls => {
-                "it asked for STRICT, so until it is fixed the workloads it covers require mTLS \
-                 on every port (failing closed)"
+                "left out, but it asks for STRICT: until it is fixed, the workloads it covers \
+                 require mTLS on every port (failing closed)"
             }
             Self::RefuseConnections => {
-                "it asked for TLS, so until it is fixed connections to its host that it would \
-                 govern are refused rather than sent in plaintext (failing closed)"
+                "left out, but it asks for TLS: until it is fixed, connections to its host that \
+                 it would govern are refused rather than sent in plaintext (failing closed)"
             }
         })
     }
@@ -198,7 +195,7 @@ fn raw_metadata(raw: &serde_json::Value) -> Option<Metadata> {
         namespace: meta["namespace"]
             .as_str()
             .filter(|ns| !ns.is_empty())
-            .unwrap_or(super::DEFAULT_NAMESPACE)
+            .unwrap_or(DEFAULT_NAMESPACE)
             .to_owned(),
         creation_timestamp: meta["creationTimestamp"].as_str().map(str::to_owned),
     })
