@@ -24,6 +24,11 @@ const MAX_FDS_PER_FRAME: usize = 4;
 /// Agent → proxy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a message is built, sent and dropped one at a time; boxing the state would only \
+              add an allocation per State"
+)]
 pub enum AgentMessage {
     /// The whole mesh; replaces what the proxy had.
     State { state: MeshState },

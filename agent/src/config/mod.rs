@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod mesh;
 pub mod routing;
+pub mod security;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,7 @@ impl Snapshot {
             .collect();
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         mesh.node_name = Some(options.node_name.to_string());
+        security::add_to_mesh(&config, &mut mesh, &mut errors);
         Self {
             dir: dir.to_owned(),
             config,

@@ -1,5 +1,5 @@
-//! The README's "Traffic management" examples load without a single error: each `yaml` block
-//! of that section, on top of a small mesh with the Services they name.
+//! The README's "Traffic management" and "Security" examples load without a single error:
+//! each `yaml` block of those sections, on top of a small mesh with the Services they name.
 
 use std::path::Path;
 
@@ -64,11 +64,11 @@ spec:
   ports: [{name: http, port: 80, targetPort: 9080}]
 ";
 
-/// The `yaml` fenced blocks between `## Traffic management` and the next `## ` heading.
-fn traffic_management_examples() -> Vec<&'static str> {
+/// The `yaml` fenced blocks between `## <heading>` and the next `## ` heading.
+fn examples(heading: &str) -> Vec<&'static str> {
     let start = README
-        .find("\n## Traffic management\n")
-        .unwrap_or_else(|| panic!("README.md has no \"## Traffic management\" section"));
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no \"## {heading}\" section"));
     let section = &README[start + 1..];
     let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
     let section = &section[..end];
@@ -87,20 +87,7 @@ fn traffic_management_examples() -> Vec<&'static str> {
 
 #[test]
 fn every_traffic_management_example_in_the_readme_loads_cleanly() {
-    let examples = traffic_management_examples();
-    assert!(examples.len() >= 7, "found {} yaml blocks", examples.len());
-    let mut loader = Loader::default();
-    loader.load_file(Path::new("mesh.yaml"), MESH);
-    for (i, example) in examples.iter().enumerate() {
-        loader.load_file(Path::new(&format!("readme-example-{i}.yaml")), example);
-    }
-    let snapshot = Snapshot::from_config(Path::new("."), loader.config, loader.errors);
-    let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
-    assert!(
-        errors.is_empty(),
-        "README examples do not load:\n{}",
-        errors.join("\n")
-    );
+    let snapshot = load_cleanly("Traffic management", 7);
 
     let mesh = &snapshot.mesh;
     assert_eq!(
@@ -118,4 +105,80 @@ fn every_traffic_management_example_in_the_readme_loads_cleanly() {
         OutboundTrafficPolicy::RegistryOnly,
         "the mesh ConfigMap example applies"
     );
+}
+
+#[test]
+fn every_security_example_in_the_readme_loads_cleanly() {
+    use shunt_mesh::routing::{Destination, Host, Routes, TrustRoots, UpstreamTls};
+    use shunt_mesh::security::{MtlsMode, PeerAuthnTable};
+
+    let snapshot = load_cleanly("Security", 2);
+    let mesh = &snapshot.mesh;
+    assert_eq!(
+        (
+            mesh.peer_authentications.len(),
+            mesh.destination_rules.len()
+        ),
+        (1, 1),
+        "every example object reaches the proxy"
+    );
+    let cart = mesh.workloads.iter().find(|w| w.name == "cart-v1");
+    let (peer_authn, _) = PeerAuthnTable::build(mesh);
+    assert_eq!(
+        cart.map(|w| peer_authn.mode(w, 8080)),
+        Some(MtlsMode::Strict),
+        "the namespace is STRICT"
+    );
+    let (routes, _) = shunt_mesh::routing::RouteTable::build(mesh);
+    let cluster = routes
+        .cluster(
+            &Destination {
+                host: Host("api.example.com".into()),
+                subset: None,
+                port: Some(80),
+            },
+            80,
+            cart,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(UpstreamTls::Originate(origination)) = &cluster.policy.tls else {
+        panic!("port 80 originates TLS: {:?}", cluster.policy.tls);
+    };
+    assert!(origination.client_certificate.is_none(), "SIMPLE");
+    assert_eq!(origination.sni.as_deref(), Some("api.example.com"));
+    assert!(
+        matches!(
+            &origination.verify,
+            shunt_mesh::routing::ServerVerification::Verify {
+                roots: TrustRoots::CaFile(file),
+                ..
+            } if &**file == "/etc/shunt/certs/api-ca.pem"
+        ),
+        "{:?}",
+        origination.verify
+    );
+}
+
+/// Loads every `yaml` block of the README's `heading` section (at least `at_least` of them)
+/// over [`MESH`], and checks that nothing is reported.
+fn load_cleanly(heading: &str, at_least: usize) -> Snapshot {
+    let examples = examples(heading);
+    assert!(
+        examples.len() >= at_least,
+        "found {} yaml blocks under {heading}",
+        examples.len()
+    );
+    let mut loader = Loader::default();
+    loader.load_file(Path::new("mesh.yaml"), MESH);
+    for (i, example) in examples.iter().enumerate() {
+        loader.load_file(Path::new(&format!("readme-example-{i}.yaml")), example);
+    }
+    let snapshot = Snapshot::from_config(Path::new("."), loader.config, loader.errors);
+    let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors.is_empty(),
+        "README {heading} examples do not load:\n{}",
+        errors.join("\n")
+    );
+    snapshot
 }

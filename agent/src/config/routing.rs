@@ -4,10 +4,12 @@
 //!
 //! Each is parsed into `shunt_mesh::istio`'s types (a bad field is named by its path), then
 //! checked by the very compiler the proxy runs (`shunt_mesh::routing`), so the agent reports
-//! exactly what the proxy would reject, and sends only the valid objects.
+//! exactly what the proxy would reject, and sends only the valid objects. A rejected
+//! DestinationRule that asked for TLS fails closed (`MeshState::fail_closed`): its clusters
+//! refuse connections rather than send the app's bytes in plaintext.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
@@ -38,6 +40,10 @@ pub fn add_to_mesh(
 ) {
     // Where each object came from, to name the file of a compile error.
     let mut files: HashMap<(String, String, String), PathBuf> = HashMap::new();
+    // DestinationRules left out, as written: each may have to fail closed.
+    let mut rejected_rules: Vec<&Sourced<serde_json::Value>> = Vec::new();
+    let mut rules_as_written: HashMap<(String, String), &Sourced<serde_json::Value>> =
+        HashMap::new();
     for sourced in &config.istio {
         let object = &sourced.object;
         let api_version = object["apiVersion"].as_str().unwrap_or_default();
@@ -50,6 +56,9 @@ pub fn add_to_mesh(
             continue; // Gateway, Sidecar, ...: not for local mode's sidecar-less routing.
         }
         let (namespace, name) = names(object);
+        if kind == "DestinationRule" {
+            rules_as_written.insert((namespace.clone(), name.clone()), sourced);
+        }
         if !NETWORKING_VERSIONS.contains(&api_version) {
             errors.push(LoadError {
                 file: sourced.file.clone(),
@@ -60,16 +69,47 @@ pub fn add_to_mesh(
                     NETWORKING_VERSIONS.join(", ")
                 ),
             });
+            if kind == "DestinationRule" {
+                rejected_rules.push(sourced);
+            }
             continue;
         }
         files.insert(
             (kind.to_owned(), namespace.clone(), name.clone()),
             sourced.file.clone(),
         );
+        let no_strict_fields = |_: &str| None;
         match kind {
-            "VirtualService" => push_typed(sourced, kind, &mut mesh.virtual_services, errors),
-            "DestinationRule" => push_typed(sourced, kind, &mut mesh.destination_rules, errors),
-            _ => push_typed(sourced, kind, &mut mesh.service_entries, errors),
+            "VirtualService" => {
+                push_typed(
+                    sourced,
+                    kind,
+                    &mut mesh.virtual_services,
+                    errors,
+                    &no_strict_fields,
+                );
+            }
+            "DestinationRule" => {
+                let parsed = push_typed(
+                    sourced,
+                    kind,
+                    &mut mesh.destination_rules,
+                    errors,
+                    &unknown_tls_field,
+                );
+                if !parsed {
+                    rejected_rules.push(sourced);
+                }
+            }
+            _ => {
+                push_typed(
+                    sourced,
+                    kind,
+                    &mut mesh.service_entries,
+                    errors,
+                    &no_strict_fields,
+                );
+            }
         }
     }
     for sourced in &config.shunt {
@@ -83,6 +123,7 @@ pub fn add_to_mesh(
             "RateLimitPolicy",
             &mut mesh.rate_limit_policies,
             errors,
+            &|_| None,
         );
     }
     mesh.mesh = mesh_settings(config, errors);
@@ -127,9 +168,85 @@ pub fn add_to_mesh(
         .retain(|o| keep("ServiceEntry", &o.metadata));
     mesh.rate_limit_policies
         .retain(|o| keep("RateLimitPolicy", &o.metadata));
+
+    rejected_rules.extend(
+        dropped
+            .iter()
+            .filter(|(kind, _, _)| *kind == "DestinationRule")
+            .filter_map(|(_, namespace, name)| {
+                rules_as_written.get(&(namespace.clone(), name.clone()))
+            }),
+    );
+    let before = mesh.fail_closed.destination_rules.len();
+    add_fail_closed(&mut mesh.fail_closed, &rejected_rules, errors);
+    if mesh.fail_closed.destination_rules.len() > before {
+        // A rejected rule stands where it would have: a valid rule it shadows in its
+        // namespace is ignored, which the first check could not see.
+        let stand_ins: HashSet<(String, String)> = mesh.fail_closed.destination_rules[before..]
+            .iter()
+            .map(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()))
+            .collect();
+        for problem in routing::validate(mesh) {
+            if let routing::Error::DuplicateDestinationRule { kept, ignored, .. } = &problem
+                && stand_ins.contains(&(kept.namespace.to_string(), kept.name.to_string()))
+            {
+                errors.push(LoadError {
+                    file: files
+                        .get(&(
+                            "DestinationRule".to_owned(),
+                            ignored.namespace.to_string(),
+                            ignored.name.to_string(),
+                        ))
+                        .cloned()
+                        .unwrap_or_default(),
+                    object: Some(ignored.to_string()),
+                    field: Some(problem.field().to_owned()),
+                    message: problem.message(),
+                });
+            }
+        }
+    }
 }
 
-fn names(object: &serde_json::Value) -> (String, String) {
+/// Locks down what each rejected object (as written) asked to secure, and says so, one line
+/// per object; an object rejected twice (bad apiVersion and fields) counts once.
+pub(super) fn add_fail_closed(
+    fail_closed: &mut istio::FailClosed,
+    rejected: &[&Sourced<serde_json::Value>],
+    errors: &mut Vec<LoadError>,
+) {
+    let mut seen: HashSet<(&Path, usize)> = HashSet::new();
+    for sourced in rejected {
+        if !seen.insert((&sourced.file, sourced.document)) {
+            continue;
+        }
+        if let Some(effect) = fail_closed.add_rejected(&sourced.object) {
+            let (namespace, name) = names(&sourced.object);
+            let kind = sourced.object["kind"].as_str().unwrap_or_default();
+            errors.push(LoadError {
+                file: sourced.file.clone(),
+                object: Some(format!("{kind} {namespace}/{name}")),
+                field: None,
+                message: effect.to_string(),
+            });
+        }
+    }
+}
+
+/// An unknown field inside a DestinationRule's `tls` rejects the rule: ignored, a misspelt
+/// `mode` would read as `DISABLE` and send plaintext.
+fn unknown_tls_field(field: &str) -> Option<&'static str> {
+    field
+        .split(['.', '['])
+        .any(|segment| segment.eq_ignore_ascii_case("tls"))
+        .then_some(
+            "not a field of the TLS settings shunt reads (a typo?): a TLS setting shunt \
+             cannot read is refused rather than ignored, since a misspelt one could send \
+             plaintext",
+        )
+}
+
+pub(super) fn names(object: &serde_json::Value) -> (String, String) {
     let meta = &object["metadata"];
     (
         meta["namespace"]
@@ -140,12 +257,15 @@ fn names(object: &serde_json::Value) -> (String, String) {
     )
 }
 
-fn push_typed<T: DeserializeOwned>(
+/// Parses `sourced` into `into`; returns whether it is there. An unknown spec field is a
+/// warning, unless `rejects(field)` gives a reason to refuse the object for it.
+pub(super) fn push_typed<T: DeserializeOwned>(
     sourced: &Sourced<serde_json::Value>,
     kind: &str,
     into: &mut Vec<T>,
     errors: &mut Vec<LoadError>,
-) {
+    rejects: &dyn Fn(&str) -> Option<&'static str>,
+) -> bool {
     let (namespace, name) = names(&sourced.object);
     let mut value = sourced.object.clone();
     drop_nulls(&mut value);
@@ -155,8 +275,8 @@ fn push_typed<T: DeserializeOwned>(
         &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
     ));
     let object = format!("{kind} {namespace}/{name}");
-    match parsed {
-        Ok(typed) => into.push(typed),
+    let typed = match parsed {
+        Ok(typed) => typed,
         Err(e) => {
             errors.push(LoadError {
                 file: sourced.file.clone(),
@@ -164,21 +284,33 @@ fn push_typed<T: DeserializeOwned>(
                 field: Some(e.path().to_string()),
                 message: e.inner().to_string(),
             });
-            return;
+            return false;
         }
-    }
+    };
     // What `kubectl apply` warns about for a CRD: a field the schema does not know. Only the
     // spec is checked; metadata carries much that is not shunt's business.
+    let mut refused = false;
     for field in ignored.into_iter().filter(|f| f.starts_with("spec.")) {
+        let message = match rejects(&field) {
+            Some(reason) => {
+                refused = true;
+                reason.to_owned()
+            }
+            None => "not a field shunt reads (a typo, or an Istio field shunt does not \
+                     implement yet): ignored (a warning: the object still applies)"
+                .to_owned(),
+        };
         errors.push(LoadError {
             file: sourced.file.clone(),
             object: Some(object.clone()),
             field: Some(field),
-            message: "not a field shunt reads (a typo, or an Istio field shunt does not \
-                      implement yet): ignored (a warning: the object still applies)"
-                .into(),
+            message,
         });
     }
+    if !refused {
+        into.push(typed);
+    }
+    !refused
 }
 
 /// `spec.http[0].timout`, from serde_ignored's path.
@@ -252,8 +384,8 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
         errors.push(error(
             format!("data.mesh.{field}"),
             "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
-             protocolDetectionTimeout and accessLogFile): ignored (a warning: the rest of the \
-             mesh config applies)"
+             protocolDetectionTimeout, accessLogFile, trustDomain and rootNamespace): ignored \
+             (a warning: the rest of the mesh config applies)"
                 .into(),
         ));
     }

@@ -534,6 +534,8 @@ data:
       mode: REGISTRY_ONLY
     protocolDetectionTimeout: 250ms
     accessLogFile: ""
+    trustDomain: example.org
+    rootNamespace: mesh-root
 "#;
 
 #[test]
@@ -565,6 +567,8 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             outbound_traffic_policy: shunt_mesh::routing::OutboundTrafficPolicy::RegistryOnly,
             protocol_detection_timeout: Some(std::time::Duration::from_millis(250)),
             access_log: shunt_mesh::routing::AccessLogOutput::Off,
+            trust_domain: "example.org".into(),
+            root_namespace: "mesh-root".into(),
         }
     );
     // What the agent sends compiles without a problem in the proxy.
@@ -962,5 +966,367 @@ status: {podIP: 10.244.0.11}
             })
             .collect();
         assert_eq!(got, want.to_vec(), "agent {agent:?}");
+    }
+}
+
+const SECURITY_MESH: &str = r"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cart
+  namespace: shop
+  labels: {app: cart}
+  annotations: {shunt.io/netns: /run/netns/cart}
+status: {podIP: 10.244.0.21}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+  annotations: {shunt.io/netns: /run/netns/web}
+status: {podIP: 10.244.0.22}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+";
+
+fn snapshot_of(files: &[(&str, &str)]) -> Snapshot {
+    let (config, errors) = load(files);
+    Snapshot::from_config(Path::new("/cfg"), config, errors)
+}
+
+/// `(pod, port)` → the mode, as the proxy's table says, from the snapshot's mesh.
+fn mtls_mode(snapshot: &Snapshot, pod: &str, port: u16) -> String {
+    let (table, errors) = shunt_mesh::security::PeerAuthnTable::build(&snapshot.mesh);
+    assert!(
+        !errors.iter().any(shunt_mesh::security::Error::drops_object),
+        "the agent sends only valid policies: {errors:?}"
+    );
+    let workload = snapshot
+        .mesh
+        .workloads
+        .iter()
+        .find(|w| w.name == pod)
+        .unwrap();
+    table.explain(workload, port).to_string()
+}
+
+#[test]
+fn peer_authentications_reach_the_mesh_and_merge() {
+    let policies = r"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: cart, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: cart}
+  mtls: {mode: UNSET}
+  portLevelMtls:
+    9090: {mode: DISABLE}
+";
+    let snapshot = snapshot_of(&[("mesh.yaml", SECURITY_MESH), ("pa.yaml", policies)]);
+    assert_eq!(snapshot.errors, vec![]);
+    assert_eq!(snapshot.mesh.peer_authentications.len(), 2);
+    assert!(snapshot.mesh.fail_closed.is_empty());
+    let cases = [
+        ("web", 8080, "STRICT by shop/default (namespace-wide)"),
+        ("cart", 8080, "STRICT by shop/default (namespace-wide)"),
+        ("cart", 9090, "DISABLE by shop/cart (its portLevelMtls)"),
+    ];
+    for (pod, port, want) in cases {
+        assert_eq!(mtls_mode(&snapshot, pod, port), want, "{pod}:{port}");
+    }
+}
+
+/// Each case: the document; the (object, field) of every error, in order (field `None`:
+/// the line saying how it fails closed); the pod and port, and the mode they end with.
+#[test]
+fn bad_peer_authentications_are_named_and_strict_ones_fail_closed() {
+    let head = |api: &str, name: &str| {
+        format!(
+            "apiVersion: {api}\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: shop}}\n"
+        )
+    };
+    let v1 =
+        |name: &str, spec: &str| format!("{}spec: {spec}\n", head("security.istio.io/v1", name));
+    type Case = (
+        String,
+        Vec<(&'static str, Option<&'static str>)>,
+        (&'static str, u16, &'static str),
+    );
+    let cases: Vec<Case> = vec![
+        (
+            v1("p", "{mtls: {mode: STRICTER}}"),
+            vec![
+                ("PeerAuthentication shop/p", Some("spec.mtls.mode")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "web",
+                8080,
+                "STRICT by shop/p (namespace-wide; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        // A misspelt matchLabels is refused, not read as namespace-wide; the pods it may have
+        // meant are all locked down.
+        (
+            v1(
+                "p",
+                "{selector: {matchLabel: {app: cart}}, mtls: {mode: STRICT}}",
+            ),
+            vec![
+                (
+                    "PeerAuthentication shop/p",
+                    Some("spec.selector.matchLabel"),
+                ),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "web",
+                8080,
+                "STRICT by shop/p (workload selector; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        // STRICT with a bad port: every port STRICT, the relaxed one too.
+        (
+            v1(
+                "p",
+                "{selector: {matchLabels: {app: cart}}, mtls: {mode: STRICT}, portLevelMtls: {http: {mode: DISABLE}}}",
+            ),
+            vec![
+                ("PeerAuthentication shop/p", Some("spec.portLevelMtls.http")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "cart",
+                9090,
+                "STRICT by shop/p (workload selector; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        (
+            v1(
+                "p",
+                "{mtls: {mode: DISABLE}, portLevelMtls: {8080: {mode: STRICT}}}",
+            ),
+            vec![
+                ("PeerAuthentication shop/p", Some("spec.portLevelMtls")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "web",
+                80,
+                "STRICT by shop/p (namespace-wide; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        (
+            format!(
+                "{}spec: {{mtls: {{mode: STRICT}}}}\n",
+                head("security.istio.io/v1alpha1", "p")
+            ),
+            vec![
+                ("PeerAuthentication shop/p", Some("apiVersion")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "cart",
+                80,
+                "STRICT by shop/p (namespace-wide; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        // Does not parse at all.
+        (
+            v1("p", "{mtls: {mode: [STRICT]}}"),
+            vec![
+                ("PeerAuthentication shop/p", Some("spec.mtls.mode")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "cart",
+                80,
+                "STRICT by shop/p (namespace-wide; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        // A mode that cannot be read may mean STRICT: locked down too.
+        (
+            v1("p", "{mtls: {mode: PERMISIVE}}"),
+            vec![
+                ("PeerAuthentication shop/p", Some("spec.mtls.mode")),
+                ("PeerAuthentication shop/p", None),
+            ],
+            (
+                "web",
+                80,
+                "STRICT by shop/p (namespace-wide; the policy is rejected and fails closed until it is fixed)",
+            ),
+        ),
+        // Nothing STRICT asked for: left out, nothing to lock down.
+        (
+            v1(
+                "p",
+                "{mtls: {mode: PERMISSIVE}, portLevelMtls: {80: {mode: DISABLE}}}",
+            ),
+            vec![("PeerAuthentication shop/p", Some("spec.portLevelMtls"))],
+            ("web", 80, "PERMISSIVE by default (no policy)"),
+        ),
+        // Valid, but a selector in the root namespace does nothing.
+        (
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {name: r, namespace: istio-system}\n\
+             spec: {selector: {matchLabels: {app: cart}}, mtls: {mode: STRICT}}\n"
+                .to_owned(),
+            vec![("PeerAuthentication istio-system/r", Some("spec.selector"))],
+            ("cart", 80, "PERMISSIVE by default (no policy)"),
+        ),
+    ];
+    for (document, expected, (pod, port, mode)) in cases {
+        let snapshot = snapshot_of(&[("mesh.yaml", SECURITY_MESH), ("pa.yaml", &document)]);
+        let got: Vec<_> = snapshot
+            .errors
+            .iter()
+            .map(|e| (e.object.as_deref().unwrap_or_default(), e.field.as_deref()))
+            .collect();
+        assert_eq!(got, expected, "{document}\n{:#?}", snapshot.errors);
+        assert!(
+            snapshot
+                .errors
+                .iter()
+                .all(|e| e.file == Path::new("pa.yaml")),
+            "{:?}",
+            snapshot.errors
+        );
+        if let Some(line) = snapshot.errors.iter().find(|e| e.field.is_none()) {
+            assert!(line.message.contains("failing closed"), "{line}");
+        }
+        assert_eq!(mtls_mode(&snapshot, pod, port), mode, "{document}");
+    }
+}
+
+/// A DestinationRule whose TLS cannot be applied is rejected and its host's connections are
+/// refused, never sent in plaintext.
+#[test]
+fn a_destination_rule_whose_tls_cannot_apply_fails_closed() {
+    let rule = |name: &str, created: &str, tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: {name}, namespace: shop, creationTimestamp: '{created}'}}\n\
+             spec: {{host: cart, trafficPolicy: {{tls: {tls}}}}}\n"
+        )
+    };
+    type Case = (String, Vec<(&'static str, Option<&'static str>)>, bool);
+    let cases: Vec<Case> = vec![
+        (
+            rule(
+                "d",
+                "2024-01-01T00:00:00Z",
+                "{mode: MUTUAL, caCertificates: /etc/ca.pem}",
+            ),
+            vec![
+                (
+                    "DestinationRule shop/d",
+                    Some("spec.trafficPolicy.tls.clientCertificate"),
+                ),
+                (
+                    "DestinationRule shop/d",
+                    Some("spec.trafficPolicy.tls.privateKey"),
+                ),
+                ("DestinationRule shop/d", None),
+            ],
+            true,
+        ),
+        // A misspelt field inside tls rejects the rule (a misspelt mode would read DISABLE).
+        (
+            rule("d", "2024-01-01T00:00:00Z", "{mdoe: SIMPLE}"),
+            vec![
+                (
+                    "DestinationRule shop/d",
+                    Some("spec.trafficPolicy.tls.mdoe"),
+                ),
+                ("DestinationRule shop/d", None),
+            ],
+            true,
+        ),
+        // An older rejected rule shadows a newer valid one in its namespace, and says so.
+        (
+            format!(
+                "{}---\n{}",
+                rule(
+                    "old",
+                    "2024-01-01T00:00:00Z",
+                    "{mode: SIMPLE, caCertificates: relative.pem}"
+                ),
+                rule("new", "2024-06-01T00:00:00Z", "{mode: DISABLE}")
+            ),
+            vec![
+                (
+                    "DestinationRule shop/old",
+                    Some("spec.trafficPolicy.tls.caCertificates"),
+                ),
+                ("DestinationRule shop/old", None),
+                ("DestinationRule shop/new", Some("spec.host")),
+            ],
+            true,
+        ),
+        // Valid, with a setting it does not use: a warning, the rule applies.
+        (
+            rule(
+                "d",
+                "2024-01-01T00:00:00Z",
+                "{mode: DISABLE, sni: cart.example.com}",
+            ),
+            vec![("DestinationRule shop/d", Some("spec.trafficPolicy.tls.sni"))],
+            false,
+        ),
+    ];
+    for (document, expected, refused) in cases {
+        let snapshot = snapshot_of(&[("mesh.yaml", SECURITY_MESH), ("dr.yaml", &document)]);
+        let got: Vec<_> = snapshot
+            .errors
+            .iter()
+            .map(|e| (e.object.as_deref().unwrap_or_default(), e.field.as_deref()))
+            .collect();
+        assert_eq!(got, expected, "{document}\n{:#?}", snapshot.errors);
+        assert!(
+            snapshot
+                .errors
+                .iter()
+                .all(|e| e.file == Path::new("dr.yaml")),
+            "{:?}",
+            snapshot.errors
+        );
+        let (table, _) = shunt_mesh::routing::RouteTable::build(&snapshot.mesh);
+        let web = snapshot.mesh.workloads.iter().find(|w| w.name == "web");
+        let cluster = shunt_mesh::routing::Routes::cluster(
+            &table,
+            &shunt_mesh::routing::Destination {
+                host: shunt_mesh::routing::Host("cart.shop.svc.cluster.local".into()),
+                subset: None,
+                port: None,
+            },
+            80,
+            web,
+        )
+        .unwrap();
+        assert_eq!(
+            matches!(
+                cluster.policy.tls,
+                Some(shunt_mesh::routing::UpstreamTls::Refuse { .. })
+            ),
+            refused,
+            "{document}: {:?}",
+            cluster.policy
+        );
     }
 }

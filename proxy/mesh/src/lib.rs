@@ -1,6 +1,7 @@
 //! shunt's mesh model, with no I/O: what the agent knows of the cluster ([`model::MeshState`]),
 //! Istio's API types ([`istio`]), the routing compiler that turns them into a
-//! [`routing::RouteTable`], and the index the data path asks ([`index::MeshIndex`]).
+//! [`routing::RouteTable`], the security policies compiled ([`security::PeerAuthnTable`]),
+//! and the index the data path asks ([`index::MeshIndex`]).
 //!
 //! Both the agent (to validate and explain) and the proxy (to route) link it; it never links
 //! tokio, hyper or aya (`cargo xtask layers` checks that).
@@ -12,6 +13,7 @@ pub mod index;
 pub mod istio;
 pub mod model;
 pub mod routing;
+pub mod security;
 pub mod settings;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]

@@ -38,6 +38,14 @@ pub struct MeshState {
     /// [`Workload::node`] it is are the ones this proxy serves; the others are another node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// PeerAuthentications (`security.istio.io` v1, v1beta1) from all namespaces that
+    /// [`crate::security::validate`] keeps.
+    #[serde(default)]
+    pub peer_authentications: Vec<istio::PeerAuthentication>,
+    /// What the agent's rejected PeerAuthentications and DestinationRules asked to secure:
+    /// locked down until they are fixed (see [`istio::FailClosed`]).
+    #[serde(default, skip_serializing_if = "istio::FailClosed::is_empty")]
+    pub fail_closed: istio::FailClosed,
 }
 
 /// One pod.

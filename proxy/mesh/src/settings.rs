@@ -13,8 +13,14 @@ pub enum OutboundTrafficPolicy {
     RegistryOnly,
 }
 
+/// Istio's default `trustDomain`.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Istio's default `rootNamespace`.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
 /// Mesh-wide settings (MeshConfig, or the agent's flags, which win).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSettings {
     /// `outboundTrafficPolicy.mode`, or the agent's `--outbound-traffic-policy`, which wins.
@@ -27,9 +33,50 @@ pub struct MeshSettings {
     /// `accessLogFile`: whether the proxy writes its access log.
     #[serde(default)]
     pub access_log: AccessLogOutput,
+    /// `trustDomain`: the trust domain of the mesh's SPIFFE identities
+    /// (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`); default
+    /// [`DEFAULT_TRUST_DOMAIN`]. Checked to be a DNS name (lowercase labels, no trailing dot).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// `rootNamespace`: where mesh-wide policies live (a PeerAuthentication without a selector
+    /// there applies to every namespace; a DestinationRule there applies to hosts whose own
+    /// namespaces have none); default [`DEFAULT_ROOT_NAMESPACE`].
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            protocol_detection_timeout: None,
+            access_log: AccessLogOutput::default(),
+            trust_domain: default_trust_domain(),
+            root_namespace: default_root_namespace(),
+        }
+    }
+}
+
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.to_owned()
+}
+
+fn default_root_namespace() -> String {
+    DEFAULT_ROOT_NAMESPACE.to_owned()
 }
 
 impl MeshSettings {
+    /// The SPIFFE URI of a workload running as `service_account` in `namespace`:
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, Istio's identity format
+    /// (what `source_principal` reports, without the scheme).
+    #[must_use]
+    pub fn workload_identity(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
+    }
+
     /// Whether access-log lines are written at all.
     #[must_use]
     pub fn access_log_on(&self) -> bool {

@@ -423,6 +423,8 @@ istio_struct! {
         pub connection_pool: Option<ConnectionPoolSettings>,
         /// `outlierDetection`: ejection of failing endpoints; absent: none.
         pub outlier_detection: Option<OutlierDetection>,
+        /// `tls`: how connections to the endpoints are secured; absent: the data path's default.
+        pub tls: Option<ClientTlsSettings>,
         /// `portLevelSettings`: per-port overrides.
         pub port_level_settings: Vec<PortTrafficPolicy>,
     }
@@ -439,6 +441,33 @@ istio_struct! {
         pub connection_pool: Option<ConnectionPoolSettings>,
         /// `outlierDetection` for this port.
         pub outlier_detection: Option<OutlierDetection>,
+        /// `tls` for this port.
+        pub tls: Option<ClientTlsSettings>,
+    }
+}
+
+istio_struct! {
+    /// `tls` of a traffic policy or of its port-level settings: Istio's `ClientTLSSettings`.
+    pub struct ClientTlsSettings {
+        /// `DISABLE` (also when absent), `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+        pub mode: Option<String>,
+        /// `clientCertificate`: a PEM certificate chain file on the node; `MUTUAL` needs it
+        /// (or `credentialName`).
+        pub client_certificate: Option<String>,
+        /// `privateKey`: the PEM private key file of `clientCertificate`.
+        pub private_key: Option<String>,
+        /// `caCertificates`: a PEM file of the CAs that verify the server's certificate.
+        pub ca_certificates: Option<String>,
+        /// `credentialName`: a Secret holding the client certificate, key and CAs.
+        pub credential_name: Option<String>,
+        /// `subjectAltNames`: the server's certificate must carry one of them.
+        pub subject_alt_names: Vec<String>,
+        /// `sni`: the server name sent in the ClientHello.
+        pub sni: Option<String>,
+        /// `insecureSkipVerify`: do not verify the server's certificate at all.
+        pub insecure_skip_verify: Option<bool>,
+        /// `caCrl`: not supported (rejected, as ignoring it would accept revoked certificates).
+        pub ca_crl: Option<String>,
     }
 }
 

@@ -40,6 +40,10 @@ pub struct MeshConfig {
     pub protocol_detection_timeout: Option<String>,
     /// `""` turns the access log off; `/dev/stdout` (or unset) writes it to the proxy's stdout.
     pub access_log_file: Option<String>,
+    /// `trustDomain`: the SPIFFE trust domain; absent: `cluster.local`.
+    pub trust_domain: Option<String>,
+    /// `rootNamespace`: the namespace of mesh-wide policies; absent: `istio-system`.
+    pub root_namespace: Option<String>,
 }
 
 /// `outboundTrafficPolicy` of MeshConfig.

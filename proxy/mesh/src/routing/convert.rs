@@ -472,7 +472,8 @@ pub(super) fn export_to(p: &mut Problems, field: &str, list: &[String], own: &st
     Visibility::Namespaces(set)
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// Kubernetes' DNS-1123 label: a namespace name, or one label of a DNS name.
+pub(super) fn is_dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

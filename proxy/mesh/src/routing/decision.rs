@@ -323,8 +323,91 @@ pub struct TrafficPolicy {
     pub connection_pool: ConnectionPool,
     /// `outlierDetection`; `None`: endpoints are never ejected.
     pub outlier_detection: Option<OutlierDetection>,
+    /// `tls`; `None`: no DestinationRule says, and the data path's default applies.
+    pub tls: Option<UpstreamTls>,
     /// The DestinationRule that supplied it, for `shuntctl explain`.
     pub source: Option<ObjectRef>,
+}
+
+/// `trafficPolicy.tls` (Istio's `ClientTLSSettings`), checked: how the proxy secures its
+/// connections to a cluster's endpoints. The app's bytes are plaintext to the proxy in every
+/// case; this says what the proxy sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// `DISABLE`: the app's bytes as they are, whatever the mesh would do by default.
+    Disable,
+    /// `SIMPLE` or `MUTUAL`: the proxy originates TLS to the endpoint.
+    Originate(TlsOrigination),
+    /// `ISTIO_MUTUAL`: the mesh's mTLS, with the source workload's own certificate.
+    IstioMutual {
+        /// `sni`; `None`: the data path's choice (Istio sends the cluster's name).
+        sni: Option<Arc<str>>,
+        /// `subjectAltNames`; empty: the identities the destination's workloads run as.
+        subject_alt_names: Vec<Arc<str>>,
+    },
+    /// The DestinationRule in force here asked for TLS and was rejected (its error names the
+    /// field): every connection is refused, never sent in plaintext, until it is fixed.
+    Refuse {
+        /// The rejected DestinationRule.
+        rule: ObjectRef,
+    },
+}
+
+/// `SIMPLE` / `MUTUAL` TLS origination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsOrigination {
+    /// `MUTUAL`: the certificate the proxy presents; `None`: `SIMPLE`.
+    pub client_certificate: Option<ClientCertificate>,
+    /// How the server's certificate is checked.
+    pub verify: ServerVerification,
+    /// `sni`; `None`: the data path sends the destination's host name (Istio's auto SNI
+    /// sends the request's `Host`, which for a registry host is the same name).
+    pub sni: Option<Arc<str>>,
+}
+
+/// Where a `MUTUAL` client certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCertificate {
+    /// `clientCertificate` and `privateKey`: absolute paths of PEM files on the node, read by
+    /// the proxy.
+    Files {
+        /// `clientCertificate`: the certificate chain.
+        certificate_chain: Arc<str>,
+        /// `privateKey`.
+        private_key: Arc<str>,
+    },
+    /// `credentialName`: the Secret of that name in the source workload's namespace. Local
+    /// mode reads no Secrets: a data path that cannot find it refuses the connection.
+    Credential(Arc<str>),
+}
+
+/// How a server's certificate is checked under `SIMPLE` / `MUTUAL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerVerification {
+    /// The chain must lead to one of `roots`, and the certificate must carry one of
+    /// `subject_alt_names`, or, when there are none, be valid for the SNI sent.
+    Verify {
+        /// Which CAs are trusted.
+        roots: TrustRoots,
+        /// `subjectAltNames`.
+        subject_alt_names: Vec<Arc<str>>,
+    },
+    /// `insecureSkipVerify: true`: any certificate is accepted (the bytes are encrypted, the
+    /// server is not authenticated).
+    InsecureSkipVerify,
+}
+
+/// The CAs that verify a server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustRoots {
+    /// `caCertificates`: the absolute path of a PEM file on the node.
+    CaFile(Arc<str>),
+    /// `credentialName`: the CA (`ca.crt` / `cacert`) of that Secret, in the source workload's
+    /// namespace.
+    Credential(Arc<str>),
+    /// Neither: the node's system trust roots, as Istio verifies against the OS bundle. A
+    /// test (or a node) with no system roots must name `caCertificates` instead.
+    System,
 }
 
 /// `trafficPolicy.loadBalancer`: how an endpoint is picked.

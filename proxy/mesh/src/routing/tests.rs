@@ -1896,3 +1896,315 @@ fn readiness_takes_pods_in_and_out_of_a_services_clusters() {
         assert_eq!(endpoints(&state), expected, "not ready: {not_ready:?}");
     }
 }
+
+/// `trafficPolicy.tls` merges like the other parts: a subset's replaces the top level's, a
+/// port level's replaces its level's.
+#[test]
+fn destination_rule_tls_merges_top_subset_and_port() {
+    let mut state = base();
+    state.services[0].ports.push(crate::model::ServicePort {
+        name: Some("https".into()),
+        port: 443,
+        target_port: TargetPort::Number(8443),
+        protocol: "TCP".into(),
+        app_protocol: None,
+    });
+    state.destination_rules.push(dr("shop", "cart", json!({
+        "host": "cart",
+        "trafficPolicy": {
+            "tls": {"mode": "SIMPLE", "caCertificates": "/etc/certs/ca.pem", "sni": "cart.example.com"},
+            "portLevelSettings": [{"port": {"number": 443}, "tls": {"mode": "MUTUAL", "clientCertificate": "/etc/certs/c.pem", "privateKey": "/etc/certs/k.pem"}}]
+        },
+        "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"},
+                "portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "DISABLE"}}]}}
+        ]
+    })));
+    let table = table(&state);
+    let tls = |subset: Option<&str>, port: u16| {
+        table
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: subset.map(Into::into),
+                    port: Some(port),
+                },
+                port,
+                None,
+            )
+            .unwrap()
+            .policy
+            .tls
+            .clone()
+    };
+    let simple = Some(UpstreamTls::Originate(TlsOrigination {
+        client_certificate: None,
+        verify: ServerVerification::Verify {
+            roots: TrustRoots::CaFile("/etc/certs/ca.pem".into()),
+            subject_alt_names: vec![],
+        },
+        sni: Some("cart.example.com".into()),
+    }));
+    let mutual = Some(UpstreamTls::Originate(TlsOrigination {
+        client_certificate: Some(ClientCertificate::Files {
+            certificate_chain: "/etc/certs/c.pem".into(),
+            private_key: "/etc/certs/k.pem".into(),
+        }),
+        verify: ServerVerification::Verify {
+            roots: TrustRoots::System,
+            subject_alt_names: vec![],
+        },
+        sni: None,
+    }));
+    let istio_mutual = Some(UpstreamTls::IstioMutual {
+        sni: None,
+        subject_alt_names: vec![],
+    });
+    let cases = [
+        (None, 80, &simple),
+        (None, 443, &mutual),
+        (Some("v1"), 80, &simple),
+        (Some("v1"), 443, &mutual),
+        (Some("v2"), 80, &Some(UpstreamTls::Disable)),
+        (Some("v2"), 443, &istio_mutual),
+    ];
+    for (subset, port, want) in cases {
+        assert_eq!(&tls(subset, port), want, "{subset:?}:{port}");
+    }
+    // No rule: nothing said, the data path's default.
+    let (plain, _) = RouteTable::build(&base());
+    let cluster = plain
+        .cluster(
+            &Destination {
+                host: Host("cart.shop.svc.cluster.local".into()),
+                subset: None,
+                port: None,
+            },
+            80,
+            None,
+        )
+        .unwrap();
+    assert_eq!(cluster.policy.tls, None);
+}
+
+#[test]
+fn destination_rule_tls_problems_reject_the_rule_and_warnings_keep_it() {
+    let cases: Vec<(serde_json::Value, Vec<&str>, bool)> = vec![
+        (
+            json!({"mode": "MUTUAL", "caCertificates": "/ca.pem"}),
+            vec![
+                "DestinationRule shop/cart: spec.trafficPolicy.tls.clientCertificate: mode MUTUAL needs clientCertificate and privateKey",
+                "DestinationRule shop/cart: spec.trafficPolicy.tls.privateKey: mode MUTUAL needs clientCertificate and privateKey",
+            ],
+            true,
+        ),
+        (
+            json!({"mode": "TLS"}),
+            vec![
+                "DestinationRule shop/cart: spec.trafficPolicy.tls.mode: unknown TLS mode \"TLS\"",
+            ],
+            true,
+        ),
+        (
+            json!({"mode": "SIMPLE", "credentialName": "cart-ca"}),
+            vec![
+                "DestinationRule shop/cart: spec.trafficPolicy.tls.credentialName: local mode reads no Secrets",
+            ],
+            false,
+        ),
+        (
+            json!({"mode": "DISABLE", "sni": "cart.example.com"}),
+            vec![
+                "DestinationRule shop/cart: spec.trafficPolicy.tls.sni: mode DISABLE sends no TLS: ignored",
+            ],
+            false,
+        ),
+    ];
+    for (tls, expected, dropped) in cases {
+        let mut state = base();
+        state.destination_rules.push(dr(
+            "shop",
+            "cart",
+            json!({"host": "cart", "trafficPolicy": {"tls": tls}}),
+        ));
+        let errors = RouteTable::build(&state).1;
+        let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(&expected) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+        assert!(
+            errors.iter().all(|e| e.drops_object() == dropped),
+            "{errors:?}"
+        );
+    }
+}
+
+/// A rejected DestinationRule that asked for TLS stands where it would have: its clusters
+/// refuse connections, for the clients it would have applied to.
+#[test]
+fn a_rejected_destination_rule_that_asked_for_tls_refuses_connections() {
+    let rejected =
+        |namespace: &str, name: &str, created: Option<&str>, export_to: Option<Vec<String>>| {
+            istio::RejectedDestinationRule {
+                metadata: istio::Metadata {
+                    name: name.into(),
+                    namespace: namespace.into(),
+                    creation_timestamp: created.map(str::to_owned),
+                },
+                host: "cart".into(),
+                export_to,
+            }
+        };
+    let refuse = |namespace: &str, name: &str| {
+        Some(UpstreamTls::Refuse {
+            rule: ObjectRef {
+                kind: "DestinationRule",
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+        })
+    };
+    // (valid rules, rejected rules, client pod, the cluster's tls for that client)
+    type Case = (
+        Vec<istio::DestinationRule>,
+        Vec<istio::RejectedDestinationRule>,
+        &'static str,
+        Option<UpstreamTls>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            vec![rejected("shop", "cart", None, Some(vec![]))],
+            "web",
+            refuse("shop", "cart"),
+        ),
+        (
+            vec![],
+            vec![rejected("shop", "cart", None, Some(vec![]))],
+            "client",
+            refuse("shop", "cart"),
+        ),
+        // exportTo as written limits it; unreadable exports it everywhere.
+        (
+            vec![],
+            vec![rejected("shop", "cart", None, Some(vec![".".into()]))],
+            "client",
+            None,
+        ),
+        (
+            vec![],
+            vec![rejected("shop", "cart", None, None)],
+            "client",
+            refuse("shop", "cart"),
+        ),
+        // The client's own namespace's valid rule still comes first.
+        (
+            vec![dr(
+                "other",
+                "mine",
+                json!({"host": "cart.shop.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+            )],
+            vec![rejected("shop", "cart", None, Some(vec![]))],
+            "client",
+            Some(UpstreamTls::Disable),
+        ),
+        // In one namespace the older rule stays: an older valid one beats the stand-in...
+        (
+            vec![with_created(
+                dr("shop", "old", json!({"host": "cart"})),
+                "2024-01-01T00:00:00Z",
+            )],
+            vec![rejected(
+                "shop",
+                "new",
+                Some("2024-06-01T00:00:00Z"),
+                Some(vec![]),
+            )],
+            "web",
+            None,
+        ),
+        // ...and an older stand-in beats a newer valid one.
+        (
+            vec![with_created(
+                dr("shop", "new", json!({"host": "cart"})),
+                "2024-06-01T00:00:00Z",
+            )],
+            vec![rejected(
+                "shop",
+                "old",
+                Some("2024-01-01T00:00:00Z"),
+                Some(vec![]),
+            )],
+            "web",
+            refuse("shop", "old"),
+        ),
+    ];
+    for (valid, fail_closed, client, want) in cases {
+        let mut state = base();
+        state.destination_rules = valid;
+        state.fail_closed.destination_rules = fail_closed;
+        let (table, _) = RouteTable::build(&state);
+        let source = workload(&table, client);
+        let cluster = table
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: None,
+                    port: None,
+                },
+                80,
+                Some(&source),
+            )
+            .unwrap();
+        assert_eq!(
+            cluster.policy.tls, want,
+            "{client}: {:?}",
+            state.fail_closed
+        );
+    }
+}
+
+fn with_created(mut rule: istio::DestinationRule, created: &str) -> istio::DestinationRule {
+    rule.metadata.creation_timestamp = Some(created.into());
+    rule
+}
+
+#[test]
+fn the_root_namespace_of_destination_rules_comes_from_the_mesh_config() {
+    let mut state = base();
+    state.destination_rules = vec![
+        dr(
+            "mesh-root",
+            "root",
+            json!({"host": "cart.shop.svc.cluster.local"}),
+        ),
+        dr("aaa", "x", json!({"host": "cart.shop.svc.cluster.local"})),
+    ];
+    let source_of = |state: &MeshState| {
+        let (table, _) = RouteTable::build(state);
+        let client = workload(&table, "client");
+        table
+            .cluster(
+                &Destination {
+                    host: Host("cart.shop.svc.cluster.local".into()),
+                    subset: None,
+                    port: None,
+                },
+                80,
+                Some(&client),
+            )
+            .unwrap()
+            .policy
+            .source
+            .as_ref()
+            .map(ToString::to_string)
+    };
+    assert_eq!(source_of(&state).as_deref(), Some("DestinationRule aaa/x"));
+    state.mesh.root_namespace = "mesh-root".into();
+    assert_eq!(
+        source_of(&state).as_deref(),
+        Some("DestinationRule mesh-root/root")
+    );
+}

@@ -11,13 +11,10 @@ use crate::routing::Error;
 use crate::routing::convert::{Problems, Subnet, Visibility};
 use crate::routing::decision::{
     Cluster, ClusterKey, ConnectionPool, Host, HttpRoute, LoadBalancer, ObjectRef,
-    OutlierDetection, PortProtocol, RateLimit, ServiceTarget, StringMatch, WeightedDestination,
+    OutlierDetection, PortProtocol, RateLimit, ServiceTarget, StringMatch, UpstreamTls,
+    WeightedDestination,
 };
 use crate::settings::MeshSettings;
-
-/// Istio's default `rootNamespace`: its DestinationRules apply to hosts of every namespace
-/// that has none of its own.
-pub(in crate::routing) const ROOT_NAMESPACE: &str = "istio-system";
 
 /// The compiled routing config of one [`MeshState`]; answers the data path's questions
 /// through [`super::Routes`].
@@ -177,6 +174,7 @@ pub(in crate::routing) struct PolicyParts {
     pub(in crate::routing) load_balancer: Option<LoadBalancer>,
     pub(in crate::routing) connection_pool: Option<ConnectionPool>,
     pub(in crate::routing) outlier_detection: Option<OutlierDetection>,
+    pub(in crate::routing) tls: Option<UpstreamTls>,
 }
 
 pub(super) fn object_ref(kind: &'static str, metadata: &istio::Metadata) -> ObjectRef {
@@ -202,19 +200,17 @@ pub(super) fn invalid(object: &ObjectRef, problems: Problems) -> impl Iterator<I
 /// Orders objects that share a host: creationTimestamp (absent first), namespace, name.
 pub(super) fn merge_order<S>(objects: &[istio::Resource<S>]) -> Vec<&istio::Resource<S>> {
     let mut sorted: Vec<_> = objects.iter().collect();
-    sorted.sort_by(|a, b| {
-        (
-            &a.metadata.creation_timestamp,
-            &a.metadata.namespace,
-            &a.metadata.name,
-        )
-            .cmp(&(
-                &b.metadata.creation_timestamp,
-                &b.metadata.namespace,
-                &b.metadata.name,
-            ))
-    });
+    sorted.sort_by(|a, b| merge_key(&a.metadata).cmp(&merge_key(&b.metadata)));
     sorted
+}
+
+/// [`merge_order`]'s key.
+pub(super) fn merge_key(metadata: &istio::Metadata) -> (&Option<String>, &String, &String) {
+    (
+        &metadata.creation_timestamp,
+        &metadata.namespace,
+        &metadata.name,
+    )
 }
 
 /// Whether a host pattern (`*`, `*.example.com` or a host) covers `host`.

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use super::compiled::*;
+use super::tls::upstream_tls;
 use crate::istio;
 use crate::routing::Error;
-use crate::routing::convert::{self, MISSING, Problems};
-use crate::routing::decision::{Host, TrafficPolicy};
+use crate::routing::convert::{self, MISSING, Problems, Visibility};
+use crate::routing::decision::{Host, TrafficPolicy, UpstreamTls};
 
 impl PolicyParts {
     pub(super) fn overridden_by(&self, other: &Self) -> Self {
@@ -23,6 +24,7 @@ impl PolicyParts {
                 .outlier_detection
                 .clone()
                 .or_else(|| self.outlier_detection.clone()),
+            tls: other.tls.clone().or_else(|| self.tls.clone()),
         }
     }
 }
@@ -51,6 +53,7 @@ impl CompiledDestinationRule {
             load_balancer: parts.load_balancer.unwrap_or_default(),
             connection_pool: parts.connection_pool.unwrap_or_default(),
             outlier_detection: parts.outlier_detection,
+            tls: parts.tls,
             source: Some(self.object.clone()),
         }
     }
@@ -65,13 +68,14 @@ impl RouteTable {
         let object = object_ref("DestinationRule", &rule.metadata);
         let spec = &rule.spec;
         let mut p = Problems::default();
+        let mut warnings = Problems::default();
         if spec.host.is_empty() {
             p.add("spec.host", MISSING);
         }
         let top = spec
             .traffic_policy
             .as_ref()
-            .map(|tp| policy_level(&mut p, "spec.trafficPolicy", tp))
+            .map(|tp| policy_level(&mut p, &mut warnings, "spec.trafficPolicy", tp))
             .unwrap_or_default();
         let mut subsets: Vec<CompiledSubset> = Vec::new();
         for (i, subset) in spec.subsets.iter().enumerate() {
@@ -87,7 +91,7 @@ impl RouteTable {
             let policy = subset
                 .traffic_policy
                 .as_ref()
-                .map(|tp| policy_level(&mut p, &format!("{at}.trafficPolicy"), tp))
+                .map(|tp| policy_level(&mut p, &mut warnings, &format!("{at}.trafficPolicy"), tp))
                 .unwrap_or_default();
             subsets.push(CompiledSubset {
                 name: subset.name.as_str().into(),
@@ -111,27 +115,86 @@ impl RouteTable {
             errors.extend(invalid(&object, p));
             return;
         }
+        errors.extend(
+            warnings
+                .list
+                .into_iter()
+                .map(|(field, message)| Error::Warning {
+                    object: object.clone(),
+                    field,
+                    message,
+                }),
+        );
         let host = self.resolve_host(&spec.host, &rule.metadata.namespace);
-        if let Some(kept) = self
-            .destination_rules
-            .iter()
-            .find(|r| r.host == host && r.object.namespace == object.namespace)
-        {
-            errors.push(Error::DuplicateDestinationRule {
-                host,
-                kept: kept.object.clone(),
-                ignored: object,
-            });
-            return;
-        }
-        self.destination_rules
-            .push(Arc::new(CompiledDestinationRule {
+        self.push_destination_rule(
+            CompiledDestinationRule {
                 object,
                 host,
                 visibility,
                 top,
                 subsets,
-            }));
+            },
+            errors,
+        );
+    }
+
+    /// A rejected DestinationRule that asked for TLS, in its place: no subsets, and every
+    /// cluster under it refuses connections ([`UpstreamTls::Refuse`]).
+    pub(super) fn add_rejected_destination_rule(
+        &mut self,
+        rejected: &istio::RejectedDestinationRule,
+        errors: &mut Vec<Error>,
+    ) {
+        let object = object_ref("DestinationRule", &rejected.metadata);
+        let namespace = &rejected.metadata.namespace;
+        // An exportTo that cannot be read (or checked) exports it everywhere: whoever it may
+        // have applied to is refused.
+        let visibility = rejected
+            .export_to
+            .as_ref()
+            .and_then(|list| {
+                let mut p = Problems::default();
+                let visibility = convert::export_to(&mut p, "spec.exportTo", list, namespace);
+                p.is_empty().then_some(visibility)
+            })
+            .unwrap_or(Visibility::All);
+        let top = PolicyLevel {
+            parts: PolicyParts {
+                tls: Some(UpstreamTls::Refuse {
+                    rule: object.clone(),
+                }),
+                ..PolicyParts::default()
+            },
+            ports: Vec::new(),
+        };
+        let host = self.resolve_host(&rejected.host, namespace);
+        self.push_destination_rule(
+            CompiledDestinationRule {
+                object,
+                host,
+                visibility,
+                top,
+                subsets: Vec::new(),
+            },
+            errors,
+        );
+    }
+
+    /// One rule per namespace and host: the first in merge order stays.
+    fn push_destination_rule(&mut self, rule: CompiledDestinationRule, errors: &mut Vec<Error>) {
+        if let Some(kept) = self
+            .destination_rules
+            .iter()
+            .find(|r| r.host == rule.host && r.object.namespace == rule.object.namespace)
+        {
+            errors.push(Error::DuplicateDestinationRule {
+                host: rule.host,
+                kept: kept.object.clone(),
+                ignored: rule.object,
+            });
+            return;
+        }
+        self.destination_rules.push(Arc::new(rule));
     }
 }
 
@@ -166,7 +229,7 @@ impl RouteTable {
         client
             .and_then(|client| most_specific(Some(client)))
             .or_else(|| most_specific(Some(&entry.namespace)))
-            .or_else(|| most_specific(Some(ROOT_NAMESPACE)))
+            .or_else(|| most_specific(Some(&self.mesh.root_namespace)))
             .or_else(|| most_specific(None))
     }
 
@@ -181,20 +244,24 @@ impl RouteTable {
 
 pub(super) fn policy_level(
     p: &mut Problems,
+    warnings: &mut Problems,
     field: &str,
     tp: &istio::TrafficPolicy,
 ) -> PolicyLevel {
     let parts = |p: &mut Problems,
+                 warnings: &mut Problems,
                  at: &str,
                  lb: Option<&istio::LoadBalancerSettings>,
                  pool: Option<&istio::ConnectionPoolSettings>,
-                 od: Option<&istio::OutlierDetection>| PolicyParts {
+                 od: Option<&istio::OutlierDetection>,
+                 tls: Option<&istio::ClientTlsSettings>| PolicyParts {
         load_balancer: lb
             .and_then(|lb| convert::load_balancer(p, &format!("{at}.loadBalancer"), lb)),
         connection_pool: pool
             .map(|c| convert::connection_pool(p, &format!("{at}.connectionPool"), c)),
         outlier_detection: od
             .map(|o| convert::outlier_detection(p, &format!("{at}.outlierDetection"), o)),
+        tls: tls.and_then(|tls| upstream_tls(p, warnings, &format!("{at}.tls"), tls)),
     };
     let mut ports = Vec::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
@@ -210,20 +277,24 @@ pub(super) fn policy_level(
             port,
             parts(
                 p,
+                warnings,
                 &at,
                 pl.load_balancer.as_ref(),
                 pl.connection_pool.as_ref(),
                 pl.outlier_detection.as_ref(),
+                pl.tls.as_ref(),
             ),
         ));
     }
     PolicyLevel {
         parts: parts(
             p,
+            warnings,
             field,
             tp.load_balancer.as_ref(),
             tp.connection_pool.as_ref(),
             tp.outlier_detection.as_ref(),
+            tp.tls.as_ref(),
         ),
         ports,
     }

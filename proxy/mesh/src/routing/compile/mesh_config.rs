@@ -2,7 +2,10 @@
 
 use crate::istio;
 use crate::routing::convert::{self, Problems};
-use crate::settings::{AccessLogOutput, MeshSettings, OutboundTrafficPolicy};
+use crate::settings::{
+    AccessLogOutput, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, MeshSettings,
+    OutboundTrafficPolicy,
+};
 
 /// Istio's MeshConfig as [`MeshSettings`]; `field` prefixes the paths in errors (e.g.
 /// `data.mesh`).
@@ -45,13 +48,133 @@ pub fn mesh_settings(
             AccessLogOutput::Stdout
         }
     };
+    let trust_domain = match config.trust_domain.as_deref() {
+        None => DEFAULT_TRUST_DOMAIN.to_owned(),
+        Some(domain) => {
+            if let Err(why) = check_trust_domain(domain) {
+                p.add(format!("{field}.trustDomain"), why);
+            }
+            domain.to_owned()
+        }
+    };
+    let root_namespace = match config.root_namespace.as_deref() {
+        None => DEFAULT_ROOT_NAMESPACE.to_owned(),
+        Some(namespace) => {
+            if !convert::is_dns_label(namespace) {
+                p.add(
+                    format!("{field}.rootNamespace"),
+                    format!(
+                        "{namespace:?} is not a namespace name (lowercase letters, digits and \
+                         '-', at most 63, starting and ending with a letter or digit)"
+                    ),
+                );
+            }
+            namespace.to_owned()
+        }
+    };
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,
             protocol_detection_timeout,
             access_log,
+            trust_domain,
+            root_namespace,
         })
     } else {
         Err(p.list)
+    }
+}
+
+/// A trust domain is a DNS name: dot-separated DNS-1123 labels, at most 255 characters. A
+/// trailing dot is refused: `spiffe://cluster.local./...` would never equal a peer's
+/// `spiffe://cluster.local/...`.
+fn check_trust_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("an empty trust domain: leave the field out for \"cluster.local\"".into());
+    }
+    if domain.len() > 255 {
+        return Err(format!(
+            "a trust domain has at most 255 characters, this one {}",
+            domain.len()
+        ));
+    }
+    if domain.split('.').all(convert::is_dns_label) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{domain:?} is not a DNS name: dot-separated labels of lowercase letters, digits \
+             and '-', each starting and ending with a letter or digit (e.g. \"cluster.local\")"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_domain_and_root_namespace_are_checked() {
+        /// trustDomain, rootNamespace; the settings, or the field of the one problem.
+        type Case = (
+            Option<&'static str>,
+            Option<&'static str>,
+            Result<(&'static str, &'static str), &'static str>,
+        );
+        let cases: [Case; 9] = [
+            (None, None, Ok(("cluster.local", "istio-system"))),
+            (
+                Some("example.org"),
+                Some("mesh-root"),
+                Ok(("example.org", "mesh-root")),
+            ),
+            (Some("td1"), None, Ok(("td1", "istio-system"))),
+            (Some(""), None, Err("data.mesh.trustDomain")),
+            (Some("Cluster.Local"), None, Err("data.mesh.trustDomain")),
+            (Some("cluster.local."), None, Err("data.mesh.trustDomain")),
+            (Some("a..b"), None, Err("data.mesh.trustDomain")),
+            (Some("-bad.local"), None, Err("data.mesh.trustDomain")),
+            (None, Some("Istio_System"), Err("data.mesh.rootNamespace")),
+        ];
+        for (trust_domain, root_namespace, expected) in cases {
+            let config = istio::MeshConfig {
+                trust_domain: trust_domain.map(str::to_owned),
+                root_namespace: root_namespace.map(str::to_owned),
+                ..istio::MeshConfig::default()
+            };
+            let got = mesh_settings(&config, "data.mesh");
+            match expected {
+                Ok((domain, root)) => {
+                    let settings = got.unwrap_or_else(|e| panic!("{trust_domain:?}: {e:?}"));
+                    assert_eq!(
+                        (
+                            settings.trust_domain.as_str(),
+                            settings.root_namespace.as_str()
+                        ),
+                        (domain, root)
+                    );
+                }
+                Err(field) => {
+                    let problems = got.expect_err(field);
+                    assert_eq!(problems.len(), 1, "{problems:?}");
+                    assert_eq!(problems[0].0, field, "{problems:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn workload_identity_is_istios_spiffe_uri() {
+        let settings = MeshSettings {
+            trust_domain: "example.org".into(),
+            ..MeshSettings::default()
+        };
+        assert_eq!(
+            settings.workload_identity("shop", "cart"),
+            "spiffe://example.org/ns/shop/sa/cart"
+        );
+        assert_eq!(
+            MeshSettings::default().workload_identity("default", "default"),
+            "spiffe://cluster.local/ns/default/sa/default"
+        );
     }
 }

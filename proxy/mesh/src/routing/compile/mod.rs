@@ -8,10 +8,14 @@
 //! DestinationRules are looked up per client namespace, as Istio does: among the rules
 //! visible to the client (`exportTo`; a rule always applies in its own namespace), one in the
 //! client's namespace, else one in the host's namespace (the Service's or ServiceEntry's),
-//! else one in the root namespace `istio-system`, else the others by namespace/name; within
-//! each step an exact host beats the longest wildcard. Several rules for one host in one
-//! namespace: the first in merge order (creationTimestamp, then name) wins; the others are
-//! reported.
+//! else one in the root namespace (MeshConfig `rootNamespace`, `istio-system` by default),
+//! else the others by namespace/name; within each step an exact host beats the longest
+//! wildcard. Several rules for one host in one namespace: the first in merge order
+//! (creationTimestamp, then name) wins; the others are reported.
+//!
+//! A rejected rule that asked for TLS (`MeshState::fail_closed`) takes its place in that
+//! order with no subsets, and every cluster under it refuses connections
+//! ([`crate::routing::UpstreamTls::Refuse`]).
 
 mod clusters;
 mod compiled;
@@ -19,14 +23,16 @@ mod destination_rule;
 mod mesh_config;
 mod rate_limit;
 mod service_entry;
+mod tls;
 mod virtual_service;
 
 use std::sync::Arc;
 
+use crate::istio;
 use crate::model::{MeshState, Workload};
 use crate::routing::Error;
 use crate::settings::MeshSettings;
-use compiled::merge_order;
+use compiled::{merge_key, merge_order};
 
 pub use compiled::RouteTable;
 pub(in crate::routing) use compiled::*;
@@ -59,8 +65,28 @@ impl RouteTable {
         for entry in merge_order(&state.service_entries) {
             table.add_service_entry(entry, &mut errors);
         }
-        for rule in merge_order(&state.destination_rules) {
-            table.add_destination_rule(rule, &mut errors);
+        // Valid and rejected rules in one merge order, so that a rejected rule stands where
+        // it would have stood.
+        let mut rules: Vec<(&istio::Metadata, Option<&istio::DestinationRule>, _)> = state
+            .destination_rules
+            .iter()
+            .map(|r| (&r.metadata, Some(r), None))
+            .chain(
+                state
+                    .fail_closed
+                    .destination_rules
+                    .iter()
+                    .map(|r| (&r.metadata, None, Some(r))),
+            )
+            .collect();
+        rules.sort_by(|a, b| merge_key(a.0).cmp(&merge_key(b.0)));
+        for (_, valid, rejected) in rules {
+            if let Some(rule) = valid {
+                table.add_destination_rule(rule, &mut errors);
+            }
+            if let Some(rule) = rejected {
+                table.add_rejected_destination_rule(rule, &mut errors);
+            }
         }
         // Lookups fall back to "the others by namespace/name".
         table.destination_rules.sort_by(|a, b| {
