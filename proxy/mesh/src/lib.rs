@@ -13,5 +13,6 @@ pub mod istio;
 pub mod model;
 pub mod routing;
 pub mod settings;
+pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
