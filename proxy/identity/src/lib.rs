@@ -27,4 +27,7 @@ pub mod tls;
 pub mod trust;
 pub mod workload;
 
+#[cfg(test)]
+mod test_support;
+
 pub use shunt_mesh::spiffe::SpiffeId;

@@ -257,21 +257,27 @@ impl CertManager {
         let entries = self.shared().entries();
         let mut status: Vec<CertStatus> = entries
             .iter()
-            .map(|(id, entry)| entry_status(id, entry, now))
+            .map(|(id, entry)| {
+                cert_status(id, entry.cert.as_deref(), entry.last_error.as_deref(), now)
+            })
             .collect();
         status.sort_by(|a, b| a.identity.cmp(&b.identity));
         status
     }
 }
 
-fn entry_status(id: &SpiffeId, entry: &Entry, now: SystemTime) -> CertStatus {
-    let state = match (&entry.cert, &entry.last_error) {
+fn cert_status(
+    id: &SpiffeId,
+    cert: Option<&WorkloadCert>,
+    last_error: Option<&str>,
+    now: SystemTime,
+) -> CertStatus {
+    let state = match (cert, last_error) {
         (Some(cert), _) if cert.is_valid_at(now) => CertState::Valid,
         (Some(_), _) => CertState::Expired,
         (None, Some(_)) => CertState::Error,
         (None, None) => CertState::Pending,
     };
-    let cert = entry.cert.as_deref();
     CertStatus {
         identity: id.clone(),
         state,
@@ -292,7 +298,7 @@ fn entry_status(id: &SpiffeId, entry: &Entry, now: SystemTime) -> CertStatus {
                     .collect()
             })
             .unwrap_or_default(),
-        last_error: entry.last_error.clone(),
+        last_error: last_error.map(str::to_owned),
     }
 }
 
@@ -409,3 +415,6 @@ async fn run(shared: Arc<Shared>, id: SpiffeId) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -130,3 +130,50 @@ impl TrustBundle {
 pub(crate) fn unix_time(now: SystemTime) -> UnixTime {
     UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{id, root_pems, signer, workload_cert};
+
+    #[test]
+    fn bundles_hold_distinct_roots() {
+        assert!(matches!(TrustBundle::new(Vec::new()), Err(Error::Empty)));
+        assert!(matches!(
+            TrustBundle::from_pem("nothing"),
+            Err(Error::Cert(_))
+        ));
+        let (first, _) = root_pems("first");
+        let (second, _) = root_pems("second");
+        let bundle = TrustBundle::from_pem(&format!("{first}{first}")).unwrap();
+        assert_eq!(bundle.roots().len(), 1);
+        let both = bundle.with_pem(&second).unwrap();
+        assert_eq!(both.roots().len(), 2);
+        assert_eq!(both.to_pem(), format!("{first}{second}"));
+        assert_eq!(both.root_store().len(), 2);
+    }
+
+    #[test]
+    fn chains_verify_only_against_their_root() {
+        let signer = signer();
+        let cert = workload_cert(&signer, &id("spiffe://cluster.local/ns/a/sa/b"));
+        let now = SystemTime::now();
+        signer.trust_bundle().verify(cert.chain(), now).unwrap();
+        // Root rotation: a bundle with the old root beside a new one still verifies it.
+        let (next, _) = root_pems("next");
+        let rotated = signer.trust_bundle().with_pem(&next).unwrap();
+        rotated.verify(cert.chain(), now).unwrap();
+
+        let strangers = TrustBundle::from_pem(&next).unwrap();
+        assert!(matches!(
+            strangers.verify(cert.chain(), now),
+            Err(Error::Untrusted(_))
+        ));
+        assert!(matches!(strangers.verify(&[], now), Err(Error::EmptyChain)));
+        let later = now + std::time::Duration::from_secs(2 * 24 * 3600);
+        assert!(matches!(
+            signer.trust_bundle().verify(cert.chain(), later),
+            Err(Error::Untrusted(_))
+        ));
+    }
+}

@@ -170,3 +170,100 @@ impl fmt::Debug for WorkloadCert {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::{CaSigner, SignerOptions};
+    use crate::test_support::{id, plugin_pems, signer};
+
+    const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+
+    #[test]
+    fn chain_strings_may_hold_several_certificates() {
+        let signer = signer();
+        let made = crate::csr::generate(&id(SLEEP)).unwrap();
+        let chain = signer
+            .sign(&made.csr_pem, &id(SLEEP), Duration::ZERO)
+            .unwrap();
+        let joined = vec![chain.concat()];
+        for chain_pem in [chain.clone(), joined] {
+            let cert = WorkloadCert::from_pem(&made.key_pem, &chain_pem).unwrap();
+            assert_eq!(cert.identity(), &id(SLEEP));
+            assert_eq!(cert.chain_pem(), chain);
+            // Peers get the leaf; they have the root.
+            assert_eq!(cert.certified_key().cert, cert.chain()[..1]);
+            assert_eq!(cert.key_pem(), made.key_pem);
+        }
+    }
+
+    #[test]
+    fn intermediates_are_presented_and_the_root_is_not() {
+        let (pems, _, _) = plugin_pems();
+        let signer = CaSigner::from_pem(&pems, SignerOptions::default()).unwrap();
+        let made = crate::csr::generate(&id(SLEEP)).unwrap();
+        let chain = signer
+            .sign(&made.csr_pem, &id(SLEEP), Duration::ZERO)
+            .unwrap();
+        let cert = WorkloadCert::from_pem(&made.key_pem, &chain).unwrap();
+        assert_eq!(cert.chain().len(), 3);
+        assert_eq!(cert.certified_key().cert, cert.chain()[..2]);
+        assert_eq!(cert.chain_info()[1].subject, "O=plug-in intermediate");
+        assert_eq!(cert.chain_info()[0].issuer, "O=plug-in intermediate");
+    }
+
+    #[test]
+    fn validity_and_rotation() {
+        let cert = crate::test_support::workload_cert(&signer(), &id(SLEEP));
+        let (start, end) = (cert.not_before(), cert.not_after());
+        let second = Duration::from_secs(1);
+        let cases = [
+            (start - second, false),
+            (start, true),
+            (cert.rotation_due(), true),
+            (end, true),
+            (end + second, false),
+        ];
+        for (t, valid) in cases {
+            assert_eq!(cert.is_valid_at(t), valid, "{t:?}");
+        }
+        let lifetime = end.duration_since(start).unwrap();
+        assert_eq!(cert.rotation_due(), start + lifetime / 2);
+        assert!(cert.rotation_due() > SystemTime::now());
+    }
+
+    #[test]
+    fn unusable_certificates_are_refused() {
+        let signer = signer();
+        let made = crate::csr::generate(&id(SLEEP)).unwrap();
+        let chain = signer
+            .sign(&made.csr_pem, &id(SLEEP), Duration::ZERO)
+            .unwrap();
+        let other_key = crate::csr::generate(&id(SLEEP)).unwrap().key_pem;
+        let (server_chain, server_key) = signer
+            .issue_server_cert(&["ca.example".to_owned()], &[], Duration::ZERO)
+            .unwrap();
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(&str, &str, Vec<String>, Check)> = vec![
+            ("no chain", &made.key_pem, vec![], |e| {
+                matches!(e, Error::EmptyChain)
+            }),
+            ("another key", &other_key, chain.clone(), |e| {
+                matches!(e, Error::KeyMismatch(_))
+            }),
+            ("no key", "", chain.clone(), |e| matches!(e, Error::Key(_))),
+            ("no SPIFFE id", &server_key, server_chain, |e| {
+                matches!(e, Error::Cert(cert::Error::Identity { .. }))
+            }),
+            ("not PEM", &made.key_pem, vec!["nonsense".to_owned()], |e| {
+                matches!(e, Error::Cert(cert::Error::NoPem { .. }))
+            }),
+        ];
+        for (case, key, chain, check) in cases {
+            let error = WorkloadCert::from_pem(key, &chain).expect_err(case);
+            assert!(check(&error), "{case}: {error:?}");
+        }
+    }
+}

@@ -20,3 +20,6 @@ pub use store::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CaPems, ROOT_CERT_FILE, SELF_SIGNED_CERT_FILE,
     SELF_SIGNED_KEY_FILE, has_plugin, read_plugin, self_signed_root,
 };
+
+#[cfg(test)]
+mod tests;

@@ -222,6 +222,24 @@ impl CaSigner {
         Ok(self.chain(leaf.der()))
     }
 
+    /// Signs `csr_pem` for `requested` with the validity given, unchecked: tests make expired
+    /// and not-yet-valid certificates with it.
+    #[cfg(test)]
+    pub(crate) fn sign_with_validity(
+        &self,
+        csr_pem: &str,
+        requested: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Vec<String>, Error> {
+        let request = request::parse(csr_pem)?;
+        let key = SubjectPublicKeyInfo::from_der(&request.spki).map_err(Error::Issue)?;
+        let leaf = profile::leaf(requested, not_before, not_after)?
+            .signed_by(&key, &self.issuer)
+            .map_err(Error::Issue)?;
+        Ok(self.chain(leaf.der()))
+    }
+
     /// A TLS server certificate for the CA's own gRPC endpoint, with these DNS names and IP
     /// addresses: the chain (PEM, leaf first) and its new private key (PKCS#8 PEM).
     pub fn issue_server_cert(

@@ -12,3 +12,6 @@ pub use proto::{
     AUTHORIZATION, CLUSTER_ID, DEFAULT_PORT, DEFAULT_SERVER_NAME, IMPERSONATED_IDENTITY, pb,
 };
 pub use server::{Authorizer, CaServer, CaServerConfig, ServerError};
+
+#[cfg(test)]
+mod tests;

@@ -125,24 +125,15 @@ impl CaServer {
                  certificate for ANY identity. For local experiments only; never in a cluster"
             );
         }
-        let serving = ServingCert::new(Arc::clone(&self.signer), &self.config)?;
-        let mut tls = ServerConfig::builder_with_provider(crypto::provider())
-            .with_protocol_versions(PROTOCOL_VERSIONS)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(serving));
-        tls.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-
+        let (incoming, accepting) = tls_incoming(listener, Arc::clone(&self.signer), &self.config)?;
         let service = CaService {
             signer: self.signer,
             authorizer: self.authorizer,
             allow_unauthenticated: self.config.allow_unauthenticated,
         };
-        let (sender, receiver) = mpsc::channel(64);
-        let accepting = tokio::spawn(accept(listener, acceptor, sender));
         let served = tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(service))
-            .serve_with_incoming_shutdown(ReceiverStream::new(receiver), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         accepting.abort();
         Ok(served?)
@@ -150,6 +141,25 @@ impl CaServer {
 }
 
 type Accepted = Result<TlsStream<TcpStream>, io::Error>;
+
+/// The connections of `listener` once their TLS handshake is done, with the CA's serving
+/// certificate, and the task accepting them (abort it when done).
+pub(super) fn tls_incoming(
+    listener: TcpListener,
+    signer: Arc<CaSigner>,
+    config: &CaServerConfig,
+) -> Result<(ReceiverStream<Accepted>, tokio::task::JoinHandle<()>), ServerError> {
+    let serving = ServingCert::new(signer, config)?;
+    let mut tls = ServerConfig::builder_with_provider(crypto::provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(serving));
+    tls.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let (sender, receiver) = mpsc::channel(64);
+    let accepting = tokio::spawn(accept(listener, acceptor, sender));
+    Ok((ReceiverStream::new(receiver), accepting))
+}
 
 /// Accepts connections and hands them to tonic once their handshake is done; each handshake
 /// runs on its own task so a slow client holds up no one.

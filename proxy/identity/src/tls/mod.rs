@@ -6,3 +6,6 @@ mod verify;
 
 pub use config::{CurrentCert, Error, FixedCert, client_config, server_config};
 pub use verify::{PeerError, peer_identity};
+
+#[cfg(test)]
+mod tests;
