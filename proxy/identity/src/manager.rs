@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
@@ -106,13 +106,19 @@ struct Entry {
 struct Shared {
     provider: Arc<dyn CertProvider>,
     config: ManagerConfig,
-    entries: Mutex<HashMap<SpiffeId, Entry>>,
+    /// Read at every handshake (`certificate`), written when a certificate or an identity
+    /// comes or goes.
+    entries: RwLock<HashMap<SpiffeId, Entry>>,
     generation: watch::Sender<u64>,
 }
 
 impl Shared {
-    fn entries(&self) -> MutexGuard<'_, HashMap<SpiffeId, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn entries(&self) -> RwLockReadGuard<'_, HashMap<SpiffeId, Entry>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entries_mut(&self) -> RwLockWriteGuard<'_, HashMap<SpiffeId, Entry>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn bump(&self) {
@@ -169,7 +175,7 @@ impl CertManager {
                 shared: Arc::new(Shared {
                     provider,
                     config,
-                    entries: Mutex::new(HashMap::new()),
+                    entries: RwLock::new(HashMap::new()),
                     generation,
                 }),
             }),
@@ -185,7 +191,7 @@ impl CertManager {
     /// a Tokio runtime.
     pub fn track(&self, id: SpiffeId) {
         let shared = self.shared();
-        let mut entries = shared.entries();
+        let mut entries = shared.entries_mut();
         if let Some(entry) = entries.get_mut(&id) {
             entry.refs += 1;
             return;
@@ -205,7 +211,7 @@ impl CertManager {
     /// Undoes one [`track`](Self::track); with the last one the identity is forgotten and its
     /// task stopped. Connections holding its certificate keep it.
     pub fn untrack(&self, id: &SpiffeId) {
-        let mut entries = self.shared().entries();
+        let mut entries = self.shared().entries_mut();
         let Some(entry) = entries.get_mut(id) else {
             return;
         };
@@ -377,7 +383,7 @@ async fn run(shared: Arc<Shared>, id: SpiffeId) {
                 );
                 let rotation_due = cert.rotation_due();
                 {
-                    let mut entries = shared.entries();
+                    let mut entries = shared.entries_mut();
                     let Some(entry) = entries.get_mut(&id) else {
                         return;
                     };
@@ -402,7 +408,7 @@ async fn run(shared: Arc<Shared>, id: SpiffeId) {
                     "fetching a certificate failed; keeping the one held while it is valid"
                 );
                 {
-                    let mut entries = shared.entries();
+                    let mut entries = shared.entries_mut();
                     let Some(entry) = entries.get_mut(&id) else {
                         return;
                     };
