@@ -38,6 +38,7 @@ const BELOW_TOP: &[&str] = &[
     "shunt-common",
     "shunt-ebpf",
     "shunt-mesh",
+    "shunt-identity",
     "shunt-api",
     "shunt-proxy",
     "shunt-agent",
@@ -64,6 +65,13 @@ const LAYERS: &[Layer] = &[
         may_use: &[],
         never_reaches: &["tokio", "hyper", "aya"],
     },
+    // Certificates, the CA and the HBONE TLS configs: the agent (CA mode) and the proxy
+    // (certificates, mTLS) both use it, so it sits below them, beside the model.
+    Layer {
+        krate: "shunt-identity",
+        may_use: &["shunt-mesh"],
+        never_reaches: &["aws-lc-sys", "aws-lc-rs"],
+    },
     Layer {
         krate: "shunt-api",
         may_use: &["shunt-common", "shunt-mesh"],
@@ -71,13 +79,13 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         krate: "shunt-proxy",
-        may_use: &["shunt-common", "shunt-mesh", "shunt-api"],
+        may_use: &["shunt-common", "shunt-mesh", "shunt-identity", "shunt-api"],
         never_reaches: &[],
     },
     // The agent talks to proxies through shunt-api only, never through the proxy's code.
     Layer {
         krate: "shunt-agent",
-        may_use: &["shunt-common", "shunt-mesh", "shunt-api"],
+        may_use: &["shunt-common", "shunt-mesh", "shunt-identity", "shunt-api"],
         never_reaches: &[],
     },
     Layer {
@@ -96,6 +104,7 @@ const LAYERS: &[Layer] = &[
             "shunt-common",
             "shunt-ebpf",
             "shunt-mesh",
+            "shunt-identity",
             "shunt-api",
             "shunt-proxy",
             "shunt-agent",
@@ -110,6 +119,7 @@ const LAYERS: &[Layer] = &[
             "shunt-common",
             "shunt-ebpf",
             "shunt-mesh",
+            "shunt-identity",
             "shunt-api",
             "shunt-proxy",
             "shunt-agent",
