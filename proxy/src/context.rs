@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shunt_mesh::routing::RouteSource;
 
+use crate::hbone::Hbone;
 use crate::orig_dst::{self, OrigDstSource};
 use crate::pod::Pod;
 use crate::ratelimit::RateLimiter;
@@ -39,6 +40,9 @@ pub struct ProxyContext {
     pub local_pods: Arc<LocalPods>,
     /// Splicing of opaque TCP between pods of this node; on once the agent sends its maps.
     pub splice: Arc<Splicer>,
+    /// mTLS tunnels between nodes; `None` when the proxy has no certificate source (then it
+    /// neither listens on 15008 nor tunnels, and everything stays plaintext).
+    pub hbone: Option<Arc<Hbone>>,
 }
 
 impl ProxyContext {
@@ -63,6 +67,7 @@ impl ProxyContext {
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
             local_pods: Arc::new(LocalPods::new(timeouts.same_node_shortcut)),
             splice: Arc::default(),
+            hbone: None,
         }
     }
 

@@ -12,6 +12,10 @@
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Port of the proxy's inbound listener, `127.0.0.1:15006` inside each captured pod's netns.
 pub const INBOUND_PORT: u16 = 15006;
+/// Port of the proxy's HBONE (mTLS tunnel) listener, `<pod IP>:15008` inside each captured
+/// pod's netns, as ztunnel's. `sk_lookup` leaves it to the normal socket lookup, which finds
+/// that listener, so it is never captured as ordinary inbound traffic.
+pub const HBONE_PORT: u16 = 15008;
 /// `SO_MARK` carried by every socket the proxy dials. The programs never capture a socket that
 /// carries it, which is what keeps the proxy from capturing its own traffic. The value is
 /// Istio's (1337), so that rules written for Istio's proxy mark keep working.
@@ -30,6 +34,7 @@ pub mod map_names {
     pub const OUTBOUND_EXCLUDED_PORTS: &str = "OUTBOUND_EXCLUDED_PORTS";
     pub const INBOUND_EXCLUDED_PORTS: &str = "INBOUND_EXCLUDED_PORTS";
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    pub const INBOUND_FAIL_CLOSED: &str = "INBOUND_FAIL_CLOSED";
     pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
     pub const ORIG_DST_BY_CLIENT: &str = "ORIG_DST_BY_CLIENT";
     pub const SHORTCUT_SOCKETS: &str = "SHORTCUT_SOCKETS";
@@ -41,11 +46,12 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
 
     /// Every map, in the order `shuntctl status` lists them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         MESHED_NETNS,
         OUTBOUND_EXCLUDED_PORTS,
         INBOUND_EXCLUDED_PORTS,
         INBOUND_LISTENERS,
+        INBOUND_FAIL_CLOSED,
         ORIG_DST_BY_COOKIE,
         ORIG_DST_BY_CLIENT,
         SHORTCUT_SOCKETS,
@@ -225,7 +231,10 @@ pub mod stats {
     pub const SPLICE_REDIRECTS: u32 = 10;
     /// A splice route's far app socket was gone; the message went through the proxy.
     pub const SPLICE_MISSES: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// An inbound connection to a fail-closed pod (STRICT mTLS) found no proxy listener and
+    /// was dropped instead of reaching the app without policy.
+    pub const INBOUND_FAIL_CLOSED_DROPS: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// Names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -241,6 +250,7 @@ pub mod stats {
         "shortcut_fallbacks",
         "splice_redirects",
         "splice_misses",
+        "inbound_fail_closed_drops",
     ];
 }
 

@@ -33,6 +33,12 @@ pub static OUTBOUND_EXCLUDED_PORTS: HashMap<NetnsPortKey, u8> =
 pub static INBOUND_EXCLUDED_PORTS: HashMap<PodPortKey, u8> =
     HashMap::with_max_entries(EXCLUDED_PORTS, 0);
 
+/// Pod IP (network order) → 1: the pod's inbound connections fail closed. When the proxy's
+/// listener for it is missing (the proxy died or is restarting), `sk_lookup` drops them instead
+/// of letting them reach the app without policy (PeerAuthentication STRICT).
+#[map]
+pub static INBOUND_FAIL_CLOSED: HashMap<u32, u8> = HashMap::with_max_entries(PODS, 0);
+
 /// Pod IP (network order) → the proxy's inbound listener (127.0.0.1:15006) in that pod's netns.
 #[map]
 pub static INBOUND_LISTENERS: SockHash<u32> = SockHash::with_max_entries(PODS, 0);

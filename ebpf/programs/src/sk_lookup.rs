@@ -15,10 +15,10 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
-use shunt_common::{AF_INET, INBOUND_PORT, OUTBOUND_PORT, PodPortKey, stats};
+use shunt_common::{AF_INET, HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, PodPortKey, stats};
 
 use crate::helpers::{HelperError, IPPROTO_TCP, count};
-use crate::maps::{INBOUND_EXCLUDED_PORTS, INBOUND_LISTENERS};
+use crate::maps::{INBOUND_EXCLUDED_PORTS, INBOUND_FAIL_CLOSED, INBOUND_LISTENERS};
 
 #[sk_lookup]
 pub fn shunt_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -54,6 +54,10 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, HelperError> {
     }
     #[expect(clippy::cast_possible_truncation, reason = "a TCP port fits 16 bits")]
     let local_port = local_port as u16;
+    // HBONE: the proxy's own `<pod IP>:15008` listener, which the regular lookup finds.
+    if local_port == HBONE_PORT {
+        return Ok(SK_PASS);
+    }
     let excluded = PodPortKey {
         pod_ip4_be: local_ip4_be,
         port: local_port,
@@ -75,7 +79,13 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, HelperError> {
     }
     .cast::<bpf_sock>();
     if listener.is_null() {
-        // Not a captured pod's address (or its listener is not registered yet).
+        // Not a captured pod's address, or its listener is not registered (yet, or any more:
+        // the proxy is gone). A fail-closed pod's connections never reach the app unchecked.
+        // SAFETY: a hash map lookup from the program; the value is only tested for presence.
+        if unsafe { INBOUND_FAIL_CLOSED.get(&local_ip4_be) }.is_some() {
+            count(stats::INBOUND_FAIL_CLOSED_DROPS);
+            return Ok(SK_DROP);
+        }
         return Ok(SK_PASS);
     }
     let verdict = if local_port == OUTBOUND_PORT || local_port == INBOUND_PORT {

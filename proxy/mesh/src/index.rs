@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::ids::PodUid;
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
+use crate::security::{MtlsMode, PeerAuthnTable};
+use crate::spiffe::SpiffeId;
 
 /// A problem in a [`MeshState`]; the rest of the state still applies.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +30,9 @@ pub enum Error {
     /// A problem in the Istio config, from [`RouteTable::build`].
     #[error(transparent)]
     Routing(#[from] routing::Error),
+    /// A problem in a PeerAuthentication, from [`PeerAuthnTable::build`].
+    #[error(transparent)]
+    Security(#[from] crate::security::Error),
 }
 
 /// Lookups over one [`MeshState`].
@@ -39,6 +44,10 @@ pub struct MeshIndex {
     services: Vec<Arc<Service>>,
     /// The compiled Istio routing config of the same state.
     routes: RouteTable,
+    /// The node the proxy reading this state runs on ([`MeshState::node_name`]).
+    node_name: Option<String>,
+    /// PeerAuthentication, merged per workload.
+    peer_authn: PeerAuthnTable,
 }
 
 impl MeshIndex {
@@ -92,11 +101,15 @@ impl MeshIndex {
 
         let (routes, routing_errors) = RouteTable::build(state);
         errors.extend(routing_errors.into_iter().map(Error::Routing));
+        let (peer_authn, security_errors) = PeerAuthnTable::build(state);
+        errors.extend(security_errors.into_iter().map(Error::Security));
         let index = Self {
             by_ip,
             by_uid,
             services,
             routes,
+            node_name: state.node_name.clone(),
+            peer_authn,
         };
         (index, errors)
     }
@@ -146,6 +159,37 @@ impl MeshIndex {
     #[must_use]
     pub fn route_table(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The node the proxy reading this state runs on; `None` from an agent older than nodes.
+    #[must_use]
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
+    /// `workload`'s SPIFFE id in the mesh's trust domain; `None` when its namespace or
+    /// service account cannot be part of one (such a pod has no identity and gets no mTLS).
+    #[must_use]
+    pub fn identity(&self, workload: &Workload) -> Option<SpiffeId> {
+        SpiffeId::new(
+            &self.routes.mesh_settings().trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .ok()
+    }
+
+    /// PeerAuthentication, merged per workload.
+    #[must_use]
+    pub fn peer_authn(&self) -> &PeerAuthnTable {
+        &self.peer_authn
+    }
+
+    /// Whether PeerAuthentication `DISABLE`s mTLS for inbound connections to `workload`'s
+    /// `port`: then senders skip HBONE for it.
+    #[must_use]
+    pub fn mtls_disabled(&self, workload: &Workload, port: u16) -> bool {
+        self.peer_authn.mode(workload, port) == MtlsMode::Disable
     }
 }
 

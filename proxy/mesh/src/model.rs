@@ -83,6 +83,36 @@ pub struct Workload {
     pub node: Option<String>,
 }
 
+impl Workload {
+    /// Istio's canonical service: the `service.istio.io/canonical-name` label, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload's name.
+    #[must_use]
+    pub fn canonical_service(&self) -> &str {
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|key| self.labels.get(*key))
+        .map_or(self.workload_name.as_str(), String::as_str)
+    }
+
+    /// Istio's canonical revision: `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    #[must_use]
+    pub fn canonical_revision(&self) -> &str {
+        [
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ]
+        .iter()
+        .find_map(|key| self.labels.get(*key))
+        .map_or("latest", String::as_str)
+    }
+}
+
 /// One entry of a container's `ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerPort {

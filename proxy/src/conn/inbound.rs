@@ -12,8 +12,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::forward::ResetOnClose;
 use super::l4::{self, Accepted, Plan};
 use super::preamble::{self, Preamble};
 use crate::addrs::ClientAddr;
@@ -22,6 +24,7 @@ use crate::context::{PodContext, ProxyContext};
 use crate::http::server::{self, HttpConnection, InboundApp, Side};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
+use crate::upstream::Transport;
 use shunt_mesh::index::MeshIndex;
 
 /// Serves one connection accepted on `pod`'s inbound listener.
@@ -37,9 +40,29 @@ pub async fn serve(
         Ok(accepted) => accepted,
         Err(plan) => return l4::run(&proxy, &pod, *plan, downstream).await,
     };
+    serve_accepted(proxy, pod, accepted, orig_dst, downstream, None).await;
+}
+
+/// Detects and serves an inbound connection whose ends are known: from the inbound listener,
+/// or an HBONE stream. `connected`: the app connection already made for it (an HBONE stream
+/// is answered only once the app is reachable), which an L4 connection uses.
+pub(super) async fn serve_accepted<S>(
+    proxy: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    accepted: Accepted,
+    orig_dst: SocketAddr,
+    downstream: S,
+    connected: Option<Transport>,
+) where
+    S: AsyncRead + AsyncWrite + ResetOnClose + Unpin + Send + 'static,
+{
+    let l4_plan = |accepted: Accepted, connected: Option<Transport>| match connected {
+        Some(stream) => accepted.connected(orig_dst, stream),
+        None => accepted.dial(orig_dst),
+    };
     let SocketAddr::V4(app_addr) = orig_dst else {
         // The HTTP side dials IPv4 endpoints only; IPv6 stays at L4.
-        return l4::run(&proxy, &pod, accepted.dial(orig_dst), downstream).await;
+        return l4::run(&proxy, &pod, l4_plan(accepted, connected), downstream).await;
     };
     let declared = shunt_mesh::routing::declared_protocol(
         accepted.peers.service.as_deref(),
@@ -57,6 +80,9 @@ pub async fn serve(
         };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
+            // Requests are dialled one by one through the pod's `inbound|port||` pool; the
+            // connection that proved the app reachable is not needed.
+            drop(connected);
             let app = InboundApp::new(
                 accepted.peers.destination.clone(),
                 accepted.peers.service.clone(),
@@ -69,7 +95,7 @@ pub async fn serve(
                 pod: pod.pod.clone(),
                 upstreams: pod.upstreams.clone(),
                 pod_name: accepted.pod.clone(),
-                client,
+                client: accepted.client,
                 orig_dst: app_addr,
                 source: accepted.peers.source.clone(),
                 memo: Default::default(),
@@ -77,7 +103,7 @@ pub async fn serve(
             server::serve(connection, stream).await;
         }
         Protocol::Tls { .. } | Protocol::Tcp => {
-            l4::run(&proxy, &pod, accepted.dial(orig_dst), stream).await;
+            l4::run(&proxy, &pod, l4_plan(accepted, connected), stream).await;
         }
     }
 }
@@ -85,7 +111,7 @@ pub async fn serve(
 /// What is known of the connection before its first byte: its ends, where it was going, and
 /// the Service that reaches that port (and the original destination). `Err`: the plan that
 /// refuses it.
-fn accept(
+pub(super) fn accept(
     proxy: &ProxyContext,
     pod: &PodContext,
     index: &MeshIndex,

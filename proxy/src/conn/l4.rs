@@ -13,6 +13,7 @@ use super::forward::{self, End, ResetOnClose};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::context::{PodContext, ProxyContext};
 use crate::drain;
+use crate::hbone::HboneError;
 use crate::pod::Pod;
 use crate::progress::{self, Progress};
 use crate::socket;
@@ -22,7 +23,7 @@ use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
 use crate::upstream::{
-    ClusterState, Delivery, Dialed, Picked, TcpConnection, Transport, UpstreamError,
+    ClusterState, Delivery, DialError, Dialed, Picked, TcpConnection, Transport, UpstreamError,
 };
 use shunt_mesh::index::MeshIndex;
 use shunt_mesh::model::{Service, Workload};
@@ -46,6 +47,11 @@ pub(super) enum Decision {
         cluster: Arc<ClusterState>,
         picked: Picked,
     },
+    /// Forward to a connection already made to `upstream` (an HBONE stream's app).
+    Connected {
+        upstream: std::net::SocketAddr,
+        stream: Box<Transport>,
+    },
     /// Close it with RST and log why.
     Refuse {
         reason: CloseReason,
@@ -67,6 +73,8 @@ pub(super) struct Accepted {
     /// The client app's socket, as the eBPF programs key it, when the connection may be
     /// spliced once delivered on this node ([`super::splice`]).
     pub client_app: Option<SockKey>,
+    /// The peer's SPIFFE id when the connection came through mTLS (HBONE).
+    pub source_principal: Option<String>,
 }
 
 /// An accepted connection and what was decided for it.
@@ -97,6 +105,7 @@ impl Accepted {
             started_at: SystemTime::now(),
             started: Instant::now(),
             client_app: None,
+            source_principal: None,
         }
     }
 
@@ -104,6 +113,16 @@ impl Accepted {
         Plan {
             accepted: self,
             decision: Decision::Dial { upstream },
+        }
+    }
+
+    pub fn connected(self, upstream: std::net::SocketAddr, stream: Transport) -> Plan {
+        Plan {
+            accepted: self,
+            decision: Decision::Connected {
+                upstream,
+                stream: Box::new(stream),
+            },
         }
     }
 
@@ -223,6 +242,10 @@ pub(super) async fn run<S>(
             let target = Target::Endpoint(&cluster, &picked);
             dial_and_forward(proxy, pod, &accepted, target, &mut downstream, &meter).await
         }
+        Decision::Connected { upstream, stream } => {
+            let target = Target::Connected(upstream, std::sync::Mutex::new(Some(*stream)));
+            dial_and_forward(proxy, pod, &accepted, target, &mut downstream, &meter).await
+        }
     };
     if ending.reason != CloseReason::Eof {
         // Anything but a clean end must not look like one to the client.
@@ -263,12 +286,14 @@ enum Target<'a> {
     Addr(std::net::SocketAddr),
     /// An endpoint of a cluster, through the cluster ([`ClusterState::connect_tcp`]).
     Endpoint(&'a ClusterState, &'a Picked),
+    /// A connection already made (taken once).
+    Connected(std::net::SocketAddr, std::sync::Mutex<Option<Transport>>),
 }
 
 impl Target<'_> {
     fn addr(&self) -> std::net::SocketAddr {
         match self {
-            Self::Addr(addr) => *addr,
+            Self::Addr(addr) | Self::Connected(addr, _) => *addr,
             Self::Endpoint(_, picked) => picked.addr.socket_addr(),
         }
     }
@@ -278,16 +303,32 @@ impl Target<'_> {
         &self,
         proxy: &ProxyContext,
         pod: &PodContext,
+        client: std::net::SocketAddr,
     ) -> Result<(Transport, Option<TcpConnection>, Option<Delivery>), (CloseReason, String)> {
         match self {
             Self::Addr(addr) => pod
                 .upstreams
-                .dial(*addr, proxy.connect_timeout)
+                .dial(*addr, proxy.connect_timeout, Some(client))
                 .await
-                .map(|Dialed { stream, delivered }| (stream, None, delivered))
+                .map(
+                    |Dialed {
+                         stream, delivered, ..
+                     }| (stream, None, delivered),
+                )
                 .map_err(|error| (connect_close_reason(&error), error.to_string())),
+            Self::Connected(_, stream) => stream
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .map(|stream| (stream, None, None))
+                .ok_or_else(|| {
+                    (
+                        CloseReason::Error,
+                        "the connection was taken twice".to_owned(),
+                    )
+                }),
             Self::Endpoint(cluster, picked) => cluster
-                .connect_tcp(picked)
+                .connect_tcp(picked, Some(client))
                 .await
                 .map(|(stream, mut held)| {
                     let delivered = held.delivered.take();
@@ -329,7 +370,7 @@ where
     let connected = tokio::select! {
         biased;
         () = pod.pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
-        connected = target.connect(proxy, pod) => connected,
+        connected = target.connect(proxy, pod, accepted.client.0) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
     let (mut upstream, _held, delivered) = match connected {
@@ -443,11 +484,12 @@ fn destination_side(
     inbound
 }
 
-fn connect_close_reason(error: &socket::Error) -> CloseReason {
+fn connect_close_reason(error: &DialError) -> CloseReason {
     match error {
-        socket::Error::ConnectTimeout { .. } => CloseReason::ConnectTimeout,
-        socket::Error::ConnectRefused { .. } => CloseReason::ConnectRefused,
-        socket::Error::Unreachable { .. } => CloseReason::Unreachable,
+        DialError::Socket(socket::Error::ConnectTimeout { .. })
+        | DialError::Hbone(HboneError::Timeout) => CloseReason::ConnectTimeout,
+        DialError::Socket(socket::Error::ConnectRefused { .. }) => CloseReason::ConnectRefused,
+        DialError::Socket(socket::Error::Unreachable { .. }) => CloseReason::Unreachable,
         _ => CloseReason::Error,
     }
 }
@@ -526,7 +568,7 @@ mod tests {
                 CloseReason::Error,
             ),
         ] {
-            assert_eq!(connect_close_reason(&error), expected, "{error}");
+            assert_eq!(connect_close_reason(&error.into()), expected);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod forward;
+pub mod hbone;
 pub mod inbound;
 mod l4;
 pub mod outbound;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use shunt_mesh::routing::{PortProtocol, Routes};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
 use super::detect::{self, Protocol};
@@ -13,14 +14,14 @@ use super::rewind::Rewind;
 use crate::context::{PodContext, ProxyContext};
 use crate::telemetry::access_log::CloseReason;
 
-/// An accepted connection after detection.
-pub(super) enum Preamble {
+/// An accepted connection after detection (a TCP socket, or an HBONE stream).
+pub(super) enum Preamble<S = TcpStream> {
     /// The pod's drain cut the connection before its first bytes: nothing to report.
     Cut,
     /// Its first bytes could not be read: the plan that refuses it, and the stream.
-    Refused(Box<Plan>, TcpStream),
+    Refused(Box<Plan>, S),
     /// Detected: what it carries, and the stream that replays the bytes detection read.
-    Detected(Box<Accepted>, Protocol, Rewind<TcpStream>),
+    Detected(Box<Accepted>, Protocol, Rewind<S>),
 }
 
 /// Small writes (a request head, a TLS record) go out at once, as a sidecar's do.
@@ -41,13 +42,13 @@ pub(super) fn detection_timeout(proxy: &ProxyContext, routes: &dyn Routes) -> Du
 
 /// Detects what `downstream` carries (`declared` wins where it says), giving up when the
 /// pod's drain cuts the connection.
-pub(super) async fn detect(
+pub(super) async fn detect<S: AsyncRead + Unpin>(
     pod: &PodContext,
-    mut downstream: TcpStream,
+    mut downstream: S,
     accepted: Accepted,
     declared: PortProtocol,
     timeout: Duration,
-) -> Preamble {
+) -> Preamble<S> {
     let detection = tokio::select! {
         biased;
         () = pod.pod.drain.force_closed() => return Preamble::Cut,

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::addrs::ClientAddr;
-use crate::conn::{inbound, outbound};
+use crate::conn::{hbone, inbound, outbound};
 use crate::context::{PodContext, ProxyContext};
 use crate::drain::{Drain, DrainOutcome};
 use crate::pod::Pod;
@@ -182,12 +182,22 @@ impl PodRegistry {
             outbound: local_addr(&outbound)?,
             inbound: local_addr(&inbound)?,
         };
+        // HBONE: `<pod IP>:15008`, when the proxy has identities and the pod an IP.
+        let hbone_listener = match (&self.proxy.hbone, self.pod_ip(uid.as_str())) {
+            (Some(_), Some(ip)) => Some(
+                sockets
+                    .listen(SocketAddr::from((ip, shunt_common::HBONE_PORT)))
+                    .await?,
+            ),
+            _ => None,
+        };
         let dial = Arc::new(PodDial {
             uid: uid.clone(),
             sockets: sockets.clone(),
             state: self.proxy.state.clone(),
             local: self.proxy.local_pods.clone(),
             metrics: self.proxy.metrics.upstream.clone(),
+            hbone: self.proxy.hbone.clone(),
         });
         let upstreams = Arc::new(Upstreams::with_dial(
             dial,
@@ -206,10 +216,13 @@ impl PodRegistry {
             upstreams,
         });
         let inbound = Arc::new(inbound);
-        let accept_loops = vec![
+        let mut accept_loops = vec![
             self.spawn_accept_loop(Arc::new(outbound), &context, outbound::serve),
             self.spawn_accept_loop(inbound.clone(), &context, inbound::serve),
         ];
+        if let Some(listener) = hbone_listener {
+            accept_loops.push(self.spawn_accept_loop(Arc::new(listener), &context, hbone::serve));
+        }
         tracing::info!(
             pod = %pod,
             netns_cookie,
@@ -340,6 +353,10 @@ impl PodRegistry {
                 }
             }
         });
+    }
+
+    fn pod_ip(&self, uid: &str) -> Option<Ipv4Addr> {
+        self.proxy.state.load().workload_by_uid(uid)?.ip
     }
 
     fn pod_name(&self, uid: &str) -> String {

@@ -8,17 +8,30 @@ use std::time::Duration;
 
 use super::transport::Transport;
 use crate::drain::Drain;
+use crate::hbone::HboneError;
 use crate::pod::Pod;
 use crate::socket::{self, BoxFuture, PodSockets};
 
+/// Why a dial failed: the socket (connect, mark, netns), or the HBONE tunnel over it.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    Socket(#[from] socket::Error),
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+}
+
 /// Opens the upstream connections of one pod.
 pub trait Dial: Send + Sync + 'static {
-    /// A connection to `addr`, marked against recapture, given up after `timeout`.
+    /// A connection to `addr`, marked against recapture, given up after `timeout`. `client`
+    /// is the application's own address when the connection carries exactly one client's
+    /// (an L4 connection); an HBONE tunnel names it in `forwarded`.
     fn dial(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Dialed, socket::Error>>;
+        client: Option<SocketAddr>,
+    ) -> BoxFuture<'_, Result<Dialed, DialError>>;
 }
 
 /// An open upstream connection, and whom it reaches.
@@ -27,6 +40,15 @@ pub struct Dialed {
     /// Set when the connection was made from the destination pod's own netns: it reaches the
     /// app directly, skipping that pod's inbound listener.
     pub delivered: Option<Delivery>,
+    /// Set when the connection is an HBONE tunnel: the identity the peer proved.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// An mTLS tunnel's facts, for telemetry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The destination's SPIFFE id, which its certificate was checked to carry.
+    pub peer_identity: String,
 }
 
 /// The served pod a same-node connection was delivered to.
@@ -62,12 +84,14 @@ impl Dial for Direct {
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Dialed, socket::Error>> {
+        _client: Option<SocketAddr>,
+    ) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
             let stream = self.0.connect(addr, timeout).await?;
             Ok(Dialed {
                 stream: stream.into(),
                 delivered: None,
+                tunnel: None,
             })
         })
     }

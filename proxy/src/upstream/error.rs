@@ -38,7 +38,7 @@ pub enum UpstreamError {
     Connect {
         addr: EndpointAddr,
         // Boxed: the socket error is large and this error travels in every `Result`.
-        source: Box<crate::socket::Error>,
+        source: Box<super::DialError>,
     },
     #[error(
         "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"

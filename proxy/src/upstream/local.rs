@@ -12,10 +12,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use super::metrics::UpstreamMetrics;
+use crate::hbone::{ConnectRequest, Endpoints, Hbone, baggage};
 use crate::pod::Pod;
-use crate::socket::{self, BoxFuture, PodSockets};
+use crate::socket::{BoxFuture, PodSockets};
 use crate::state::StateStore;
-use crate::upstream::{Delivery, Dial, Dialed};
+use crate::upstream::{Delivery, Dial, DialError, Dialed, Transport, Tunnel};
 use shunt_mesh::ids::PodUid;
 use shunt_mesh::index::MeshIndex;
 
@@ -79,13 +80,51 @@ impl LocalPods {
     }
 }
 
-/// A pod's dialler: from its own netns, or from the destination's when [`LocalPods`] says so.
+/// A pod's dialler: from its own netns, or from the destination's when [`LocalPods`] says so,
+/// or through an HBONE tunnel to a meshed pod on another node ([`hbone_endpoints`]).
 pub struct PodDial {
     pub uid: PodUid,
     pub sockets: Arc<dyn PodSockets>,
     pub state: Arc<StateStore>,
     pub local: Arc<LocalPods>,
     pub metrics: Arc<UpstreamMetrics>,
+    /// `None`: the proxy has no identities (no CA configured) and sends plaintext everywhere.
+    pub hbone: Option<Arc<Hbone>>,
+}
+
+/// Whether a dial from pod `from` to `addr` is tunnelled, and between which identities: the
+/// destination is a pod captured by shunt on *another* node (its node's proxy holds its
+/// HBONE listener), the port is not one of the proxy's own, and the destination's
+/// PeerAuthentication does not `DISABLE` mTLS on that port. Everything else (uncaptured
+/// pods, external addresses, pods on this node) stays as it was: plaintext, or same-node
+/// delivery.
+#[must_use]
+pub fn hbone_endpoints(index: &MeshIndex, from: &PodUid, addr: SocketAddr) -> Option<Endpoints> {
+    let SocketAddr::V4(addr) = addr else {
+        return None;
+    };
+    if matches!(
+        addr.port(),
+        shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT | shunt_common::HBONE_PORT
+    ) {
+        return None;
+    }
+    let destination = index.workload_by_ip((*addr.ip()).into())?;
+    let here = index.node_name();
+    let remote = destination
+        .node
+        .as_deref()
+        .is_some_and(|node| Some(node) != here);
+    if !destination.captured || !remote || index.mtls_disabled(destination, addr.port()) {
+        return None;
+    }
+    let source = index.workload_by_uid(from.as_str())?;
+    Some(Endpoints {
+        source_identity: index.identity(source)?,
+        source_ip: source.ip?,
+        destination_identity: index.identity(destination)?,
+        destination_ip: *addr.ip(),
+    })
 }
 
 impl Dial for PodDial {
@@ -93,14 +132,43 @@ impl Dial for PodDial {
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Dialed, socket::Error>> {
+        client: Option<SocketAddr>,
+    ) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
-            let target = self.local.target(&self.uid, &self.state.load(), addr);
+            let index = self.state.load();
+            if let Some(hbone) = &self.hbone
+                && let Some(endpoints) = hbone_endpoints(&index, &self.uid, addr)
+            {
+                let source = index.workload_by_uid(self.uid.as_str());
+                let request = ConnectRequest {
+                    authority: addr,
+                    client: client.unwrap_or(SocketAddr::from((endpoints.source_ip, 0))),
+                    service_host: None,
+                    baggage: source
+                        .map(|w| baggage(w, &hbone.cluster_id))
+                        .unwrap_or_default(),
+                    traceparent: None,
+                };
+                drop(index);
+                let stream = hbone
+                    .connect(&*self.sockets, &endpoints, &request, timeout)
+                    .await?;
+                return Ok(Dialed {
+                    stream: Transport::Hbone(stream),
+                    delivered: None,
+                    tunnel: Some(Tunnel {
+                        peer_identity: endpoints.destination_identity.to_string(),
+                    }),
+                });
+            }
+            let target = self.local.target(&self.uid, &index, addr);
+            drop(index);
             let Some(pod) = target else {
                 let stream = self.sockets.connect(addr, timeout).await?;
                 return Ok(Dialed {
                     stream: stream.into(),
                     delivered: None,
+                    tunnel: None,
                 });
             };
             let stream = pod.sockets.connect(addr, timeout).await?;
@@ -111,6 +179,7 @@ impl Dial for PodDial {
                     pod: Arc::downgrade(&pod),
                     drain: pod.drain.clone(),
                 }),
+                tunnel: None,
             })
         })
     }

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use self::body::{Body, BoxError, HttpVersion};
-pub use self::dial::{Delivery, Dial, Dialed, Direct};
+pub use self::dial::{Delivery, Dial, DialError, Dialed, Direct, Tunnel};
 pub use self::dns::Resolver;
 pub use self::error::UpstreamError;
 pub use self::hash::hash_key;
@@ -77,6 +77,8 @@ pub struct TcpConnection {
     _open: Counted,
     /// Set when the connection reaches a pod served on this node from that pod's netns.
     pub delivered: Option<Delivery>,
+    /// Set when the connection is an HBONE tunnel.
+    pub tunnel: Option<Tunnel>,
 }
 
 impl std::fmt::Debug for TcpConnection {
@@ -188,8 +190,9 @@ impl Upstreams {
         &self,
         addr: std::net::SocketAddr,
         timeout: Duration,
-    ) -> Result<Dialed, crate::socket::Error> {
-        self.dial.dial(addr, timeout).await
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<Dialed, DialError> {
+        self.dial.dial(addr, timeout, client).await
     }
 
     /// A snapshot of every cluster's endpoints, for `/debug/clusters` and `shuntctl`.
@@ -719,6 +722,7 @@ impl ClusterState {
     pub async fn connect_tcp(
         &self,
         picked: &Picked,
+        client: Option<std::net::SocketAddr>,
     ) -> Result<(Transport, TcpConnection), UpstreamError> {
         let limits = self.limits();
         let shared = &self.dialer.shared;
@@ -729,16 +733,22 @@ impl ClusterState {
             _active: Counted::acquire(&picked.endpoint.active),
             _open: Counted::acquire(&shared.tcp),
             delivered: None,
+            tunnel: None,
         };
         let connected = self
             .dialer
             .dial
-            .dial(picked.addr.socket_addr(), limits.connect_timeout)
+            .dial(picked.addr.socket_addr(), limits.connect_timeout, client)
             .await;
         match connected {
-            Ok(Dialed { stream, delivered }) => {
+            Ok(Dialed {
+                stream,
+                delivered,
+                tunnel,
+            }) => {
                 self.record(picked, Outcome::ConnectSuccess);
                 held.delivered = delivered;
+                held.tunnel = tunnel;
                 Ok((stream, held))
             }
             Err(source) => {

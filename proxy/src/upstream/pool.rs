@@ -575,9 +575,12 @@ impl Dialer {
         addr: EndpointAddr,
         limits: &Limits,
     ) -> Result<(TokioIo<Transport>, Option<Delivery>), UpstreamError> {
-        let Dialed { stream, delivered } = self
+        // A pooled connection carries many clients' requests: no one client to name.
+        let Dialed {
+            stream, delivered, ..
+        } = self
             .dial
-            .dial(addr.socket_addr(), limits.connect_timeout)
+            .dial(addr.socket_addr(), limits.connect_timeout, None)
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr,

@@ -1,6 +1,6 @@
-//! What an upstream dial returns: the byte stream to the endpoint. Plain TCP today; an mTLS
-//! tunnel (HBONE) becomes another variant, and everything above (the HTTP pools, the L4
-//! forwarder, telemetry) keeps working on `Transport` unchanged.
+//! What an upstream dial returns: the byte stream to the endpoint. Plain TCP, or one stream of
+//! an mTLS tunnel (HBONE) to the endpoint's node; everything above (the HTTP pools, the L4
+//! forwarder, telemetry) works on `Transport` the same way.
 
 use std::io;
 use std::pin::Pin;
@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::hbone::H2Stream;
 
 /// A stream that can be made to end with RST instead of FIN.
 pub trait ResetOnClose {
@@ -29,6 +31,14 @@ impl ResetOnClose for TcpStream {
 pub enum Transport {
     /// Plaintext TCP, to the endpoint itself.
     Tcp(TcpStream),
+    /// An HBONE `CONNECT` stream to the endpoint, over mTLS to its node's proxy.
+    Hbone(H2Stream),
+}
+
+impl ResetOnClose for H2Stream {
+    fn reset_on_close(&self) {
+        H2Stream::reset_on_close(self);
+    }
 }
 
 impl Transport {
@@ -38,6 +48,7 @@ impl Transport {
     pub fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
             Self::Tcp(stream) => Some(stream),
+            Self::Hbone(_) => None,
         }
     }
 }
@@ -52,6 +63,7 @@ impl ResetOnClose for Transport {
     fn reset_on_close(&self) {
         match self {
             Self::Tcp(stream) => stream.reset_on_close(),
+            Self::Hbone(stream) => stream.reset_on_close(),
         }
     }
 }
@@ -64,6 +76,7 @@ impl AsyncRead for Transport {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Hbone(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
@@ -76,6 +89,7 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Hbone(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
@@ -86,24 +100,28 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Hbone(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Tcp(stream) => stream.is_write_vectored(),
+            Self::Hbone(_) => false,
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Hbone(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Hbone(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }

@@ -368,6 +368,7 @@ pub fn size(ebpf: &Ebpf, name: &'static str) -> Result<(usize, u32), Error> {
         map_names::OUTBOUND_EXCLUDED_PORTS => hash_keys::<NetnsPortKey, u8>(ebpf, name)?.len(),
         map_names::INBOUND_EXCLUDED_PORTS => hash_keys::<PodPortKey, u8>(ebpf, name)?.len(),
         map_names::INBOUND_LISTENERS => sockhash_keys::<u32>(ebpf, name)?.len(),
+        map_names::INBOUND_FAIL_CLOSED => hash_keys::<u32, u8>(ebpf, name)?.len(),
         map_names::ORIG_DST_BY_COOKIE => hash_keys::<u64, OrigDst>(ebpf, name)?.len(),
         map_names::ORIG_DST_BY_CLIENT => hash_keys::<ClientKey, OrigDst>(ebpf, name)?.len(),
         map_names::SHORTCUT_SOCKETS => sockhash_keys::<SockKey>(ebpf, name)?.len(),
@@ -441,6 +442,12 @@ pub fn dump(ebpf: &Ebpf, name: &str) -> Result<Value, Error> {
                 )
             })
             .collect(),
+        map_names::INBOUND_FAIL_CLOSED => {
+            hash_entries::<u32, u8>(ebpf, map_names::INBOUND_FAIL_CLOSED)?
+                .iter()
+                .map(|(ip, v)| entry(json!({ "pod_ip": ip4_from_be(*ip).to_string() }), json!(v)))
+                .collect()
+        }
         map_names::ORIG_DST_BY_COOKIE => {
             hash_entries::<u64, OrigDst>(ebpf, map_names::ORIG_DST_BY_COOKIE)?
                 .iter()

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use shunt_common::{INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK};
+use shunt_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_MARK};
 
 /// Outbound: every TCP connection the pod's processes open (nat `OUTPUT`).
 pub const OUTPUT_CHAIN: &str = "SHUNT_OUTPUT";
@@ -66,6 +66,10 @@ impl PodRules {
             "-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"
         ));
         rules.push(format!("-A {INBOUND_CHAIN} -i lo -j RETURN"));
+        // HBONE: the proxy's own `<pod IP>:15008` listener takes it, as Istio's rules leave it.
+        rules.push(format!(
+            "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {HBONE_PORT} -j RETURN"
+        ));
         rules.extend(return_ports(INBOUND_CHAIN, &self.excluded_inbound_ports));
         rules.push(format!("-A {INBOUND_CHAIN} -j {IN_REDIRECT_CHAIN}"));
         rules.push(format!(
@@ -230,6 +234,7 @@ mod tests {
                 "-A SHUNT_OUTPUT -j SHUNT_REDIRECT",
                 "-A SHUNT_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
                 "-A SHUNT_INBOUND -i lo -j RETURN",
+                "-A SHUNT_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
             ]);
             expected.extend(inbound_returns);
             expected.extend([

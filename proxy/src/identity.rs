@@ -1,0 +1,128 @@
+//! The node proxy's workload identities: a certificate for each identity of a pod it serves
+//! (never another node's), kept by `shunt_identity`'s [`CertManager`] from a
+//! [`CertProvider`] (the CA client, or a CA in process for tests), and the rustls configs
+//! HBONE needs, built from them ([`TlsProvider`]).
+//!
+//! A pod whose identity has no valid certificate can neither send nor receive mTLS: its
+//! tunnels fail with `no_certificate`, and its HBONE listener's handshakes fail, until the
+//! CA answers. `shuntctl certs` (`/debug/certs`) says why.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use shunt_identity::manager::{CertManager, CertStatus, ManagerConfig};
+use shunt_identity::provider::CertProvider;
+use shunt_identity::tls;
+use shunt_identity::trust::TrustBundle;
+use shunt_mesh::spiffe::SpiffeId;
+
+use crate::hbone::{HboneError, TlsProvider};
+
+/// The certificates of the identities this proxy serves, and the trust they are checked by.
+pub struct Identities {
+    manager: CertManager,
+    roots: TrustBundle,
+    /// One server config per identity: it resolves the current certificate at each
+    /// handshake, so rotation never needs a new one.
+    servers: Mutex<HashMap<SpiffeId, Arc<rustls::ServerConfig>>>,
+}
+
+impl Identities {
+    /// Identities from `provider`, verified against `roots`. Must be called inside a Tokio
+    /// runtime (the manager's tasks).
+    #[must_use]
+    pub fn new(provider: Arc<dyn CertProvider>, roots: TrustBundle) -> Self {
+        Self {
+            manager: CertManager::new(provider, ManagerConfig::default()),
+            roots,
+            servers: Mutex::default(),
+        }
+    }
+
+    /// The manager, for tests that wait on its rotations.
+    #[must_use]
+    pub fn manager(&self) -> &CertManager {
+        &self.manager
+    }
+
+    /// Every identity's certificate state, for `/debug/certs` and `shuntctl certs`.
+    #[must_use]
+    pub fn status(&self) -> Vec<CertStatus> {
+        self.manager.status()
+    }
+
+    fn no_certificate(&self, id: &SpiffeId) -> HboneError {
+        let reason = self
+            .manager
+            .status()
+            .into_iter()
+            .find(|status| status.identity == *id)
+            .map_or_else(
+                || "this proxy serves no pod with that identity".to_owned(),
+                |status| match status.last_error {
+                    Some(error) => format!("the CA did not issue one: {error}"),
+                    None => format!("its certificate is {:?}", status.state).to_lowercase(),
+                },
+            );
+        HboneError::NoCertificate {
+            identity: id.to_string(),
+            reason,
+        }
+    }
+}
+
+impl TlsProvider for Identities {
+    fn client_config(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+    ) -> Result<Arc<rustls::ClientConfig>, HboneError> {
+        let cert = self
+            .manager
+            .certificate(source)
+            .ok_or_else(|| self.no_certificate(source))?;
+        // Per connection, not cached: it holds the source's certificate of the moment, and
+        // pooled connections make this rare.
+        tls::client_config(&cert, destination.clone(), &self.roots)
+            .map(Arc::new)
+            .map_err(|error| HboneError::Config(error.to_string()))
+    }
+
+    fn server_config(&self, identity: &SpiffeId) -> Result<Arc<rustls::ServerConfig>, HboneError> {
+        if self.manager.certificate(identity).is_none() {
+            return Err(self.no_certificate(identity));
+        }
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(config) = servers.get(identity) {
+            return Ok(config.clone());
+        }
+        let config = tls::server_config(
+            self.manager.server_cert(identity.clone()),
+            &self.roots,
+            identity.trust_domain(),
+        )
+        .map(Arc::new)
+        .map_err(|error| HboneError::Config(error.to_string()))?;
+        servers.insert(identity.clone(), config.clone());
+        Ok(config)
+    }
+
+    fn peer_identity(&self, connection: &rustls::CommonState) -> Option<SpiffeId> {
+        tls::peer_identity(connection)
+    }
+
+    fn serve(&self, identity: &SpiffeId) {
+        self.manager.track(identity.clone());
+    }
+
+    fn unserve(&self, identity: &SpiffeId) {
+        self.manager.untrack(identity);
+        if !self.manager.tracked().contains(identity) {
+            self.servers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(identity);
+        }
+    }
+}
