@@ -666,6 +666,7 @@ fn pod_capture<'a>(spec: &'a CaptureSpec, netns: &'a OpenNetnsFile) -> PodCaptur
         pod_ip: spec.ip,
         excluded_outbound_ports: spec.excluded_outbound_ports.clone(),
         excluded_inbound_ports: spec.excluded_inbound_ports.clone(),
+        fail_closed: spec.fail_closed,
     }
 }
 

@@ -298,6 +298,7 @@ impl Env {
             pod_ip: POD_IP,
             excluded_outbound_ports,
             excluded_inbound_ports,
+            fail_closed: false,
         }
     }
 

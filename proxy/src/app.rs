@@ -12,8 +12,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use shunt_identity::grpc::{CaClient, CaClientConfig};
+use shunt_identity::trust::TrustBundle;
+
 use crate::context::{ProxyContext, Timeouts};
 use crate::control::client::ControlClient;
+use crate::identity::Identities;
 use crate::inpod::PodRegistry;
 use crate::socket::SocketFactory;
 use crate::state::StateStore;
@@ -27,6 +31,23 @@ pub enum Error {
     Metrics(#[from] server::Error),
     #[error("cannot start the access log writer thread: {0}")]
     AccessLog(io::Error),
+    #[error(
+        "cannot read the mesh's root certificate {}: {source} (pass --ca-root-cert with the \
+         CA's root-cert.pem)",
+        path.display()
+    )]
+    CaRoot { path: PathBuf, source: io::Error },
+    #[error("the mesh's root certificate {} is not usable: {source}", path.display())]
+    CaRootInvalid {
+        path: PathBuf,
+        source: shunt_identity::trust::Error,
+    },
+    #[error(
+        "--ca-address {address} needs --ca-root-cert: the CA and every peer are verified against it"
+    )]
+    CaRootMissing { address: String },
+    #[error("cannot set up the CA client: {0}")]
+    CaClient(#[from] shunt_identity::grpc::ClientError),
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -51,6 +72,44 @@ pub struct Config {
     /// Whether a connection to a pod this proxy serves is delivered from that pod's netns
     /// (one proxy pass) rather than through its inbound listener.
     pub same_node_shortcut: bool,
+    /// Where workload certificates come from; `None`: no identities, no mTLS.
+    pub ca: Option<CaConfig>,
+    /// Istio's `CLUSTER_ID`.
+    pub cluster_id: String,
+}
+
+/// The CA client's settings (`--ca-*`).
+#[derive(Clone, Debug)]
+pub struct CaConfig {
+    pub address: String,
+    pub root_cert: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub server_name: String,
+    pub cert_lifetime: Duration,
+}
+
+impl CaConfig {
+    /// The proxy's identities, fetched from the CA this names.
+    pub fn identities(&self, cluster_id: &str) -> Result<Identities, Error> {
+        let path = self.root_cert.clone().ok_or_else(|| Error::CaRootMissing {
+            address: self.address.clone(),
+        })?;
+        let pem = std::fs::read_to_string(&path).map_err(|source| Error::CaRoot {
+            path: path.clone(),
+            source,
+        })?;
+        let roots = TrustBundle::from_pem(&pem).map_err(|source| Error::CaRootInvalid {
+            path: path.clone(),
+            source,
+        })?;
+        let mut client = CaClientConfig::new(self.address.clone(), roots.clone());
+        client.server_name.clone_from(&self.server_name);
+        client.token_path.clone_from(&self.token_file);
+        client.ttl = self.cert_lifetime;
+        client.cluster_id = Some(cluster_id.to_owned());
+        let client = CaClient::new(client)?;
+        Ok(Identities::new(Arc::new(client), roots))
+    }
 }
 
 /// A started proxy.
@@ -77,7 +136,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
         let routes: Arc<dyn shunt_mesh::routing::RouteSource> = state.clone();
-        let proxy = Arc::new(ProxyContext::new(
+        let mut proxy = ProxyContext::new(
             state.clone(),
             routes,
             metrics.clone(),
@@ -87,7 +146,18 @@ impl App {
                 protocol_detection: config.protocol_detection_timeout,
                 same_node_shortcut: config.same_node_shortcut,
             },
-        ));
+        );
+        if let Some(ca) = &config.ca {
+            let identities = Arc::new(ca.identities(&config.cluster_id)?);
+            proxy.with_identities(identities, config.cluster_id.clone());
+            tracing::info!(ca = %ca.address, "workload certificates from the CA; mTLS (HBONE) on");
+        } else {
+            tracing::warn!(
+                "no --ca-address: this proxy holds no workload identities, so it neither \
+                 accepts nor sends mTLS (HBONE); traffic between nodes is plaintext"
+            );
+        }
+        let proxy = Arc::new(proxy);
         Self::start_with(config, factory, proxy).await
     }
 
@@ -212,6 +282,8 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             protocol_detection_timeout: Duration::from_millis(100),
             same_node_shortcut: true,
+            ca: None,
+            cluster_id: "Kubernetes".into(),
         };
         let app = App::start_with(
             &config,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use shunt_mesh::routing::RouteSource;
 
 use crate::hbone::Hbone;
+use crate::identity::Identities;
 use crate::orig_dst::{self, OrigDstSource};
 use crate::pod::Pod;
 use crate::ratelimit::RateLimiter;
@@ -43,6 +44,8 @@ pub struct ProxyContext {
     /// mTLS tunnels between nodes; `None` when the proxy has no certificate source (then it
     /// neither listens on 15008 nor tunnels, and everything stays plaintext).
     pub hbone: Option<Arc<Hbone>>,
+    /// The workload certificates behind `hbone`, for `/debug/certs`.
+    pub identities: Option<Arc<Identities>>,
 }
 
 impl ProxyContext {
@@ -68,7 +71,18 @@ impl ProxyContext {
             local_pods: Arc::new(LocalPods::new(timeouts.same_node_shortcut)),
             splice: Arc::default(),
             hbone: None,
+            identities: None,
         }
+    }
+
+    /// Turns mTLS on: certificates from `identities`, HBONE between nodes.
+    pub fn with_identities(&mut self, identities: Arc<Identities>, cluster_id: String) {
+        self.hbone = Some(Arc::new(Hbone::new(
+            identities.clone(),
+            self.metrics.hbone.clone(),
+            cluster_id,
+        )));
+        self.identities = Some(identities);
     }
 
     /// Whether the mesh config leaves the access log on (`accessLogFile`), as of now.

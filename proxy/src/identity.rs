@@ -46,6 +46,20 @@ impl Identities {
         &self.manager
     }
 
+    /// When each identity's current certificate expires (identities without a valid one are
+    /// left out), for the expiry gauge.
+    #[must_use]
+    pub fn expiries(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.manager
+            .tracked()
+            .into_iter()
+            .filter_map(|id| {
+                let cert = self.manager.certificate(&id)?;
+                Some((id.to_string(), cert.not_after()))
+            })
+            .collect()
+    }
+
     /// Every identity's certificate state, for `/debug/certs` and `shuntctl certs`.
     #[must_use]
     pub fn status(&self) -> Vec<CertStatus> {

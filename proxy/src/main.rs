@@ -54,6 +54,29 @@ struct Cli {
     /// the cross-thread bookkeeping of work stealing.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
+    /// The CA that issues this node's workload certificates, speaking istiod's
+    /// `IstioCertificateService` (shunt-agent `--ca-listen`, or istiod itself, e.g.
+    /// `istiod.istio-system.svc:15012`). Without it the proxy holds no identities: it neither
+    /// listens on 15008 nor tunnels, and all traffic between nodes stays plaintext.
+    #[arg(long, value_name = "HOST:PORT")]
+    ca_address: Option<String>,
+    /// The mesh's root certificate(s), PEM: what the CA's TLS certificate, every issued chain
+    /// and every HBONE peer must chain to (istiod's `root-cert.pem`).
+    #[arg(long, value_name = "PATH", requires = "ca_address")]
+    ca_root_cert: Option<PathBuf>,
+    /// The bearer token sent to the CA, read again at each request (a projected service
+    /// account token rotates).
+    #[arg(long, value_name = "PATH", requires = "ca_address")]
+    ca_token_file: Option<PathBuf>,
+    /// The name the CA's TLS certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "istiod.istio-system.svc")]
+    ca_server_name: String,
+    /// The lifetime asked for workload certificates; each is rotated at half of it.
+    #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_seconds)]
+    cert_lifetime: Duration,
+    /// The cluster's id (Istio's `CLUSTER_ID`): sent to the CA and in HBONE `baggage`.
+    #[arg(long, value_name = "ID", default_value = "Kubernetes")]
+    cluster_id: String,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -120,6 +143,14 @@ async fn run(cli: Cli) -> ExitCode {
         connect_timeout: cli.connect_timeout,
         protocol_detection_timeout: cli.protocol_detection_timeout,
         same_node_shortcut: !cli.no_same_node_shortcut,
+        ca: cli.ca_address.map(|address| app::CaConfig {
+            address,
+            root_cert: cli.ca_root_cert,
+            token_file: cli.ca_token_file,
+            server_name: cli.ca_server_name,
+            cert_lifetime: cli.cert_lifetime,
+        }),
+        cluster_id: cli.cluster_id,
     };
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,

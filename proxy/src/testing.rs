@@ -105,6 +105,7 @@ impl TestProxy {
             local_pods: Arc::new(crate::upstream::local::LocalPods::new(same_node_shortcut)),
             splice: Arc::default(),
             hbone: None,
+            identities: None,
         });
         Self {
             proxy,

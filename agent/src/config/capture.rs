@@ -123,6 +123,9 @@ pub struct CaptureSpec {
     pub excluded_outbound_ports: Vec<u16>,
     /// Sorted, without duplicates.
     pub excluded_inbound_ports: Vec<u16>,
+    /// PeerAuthentication `STRICT` on any of its ports: with the proxy's listener missing,
+    /// the kernel drops inbound connections instead of letting them reach the app.
+    pub fail_closed: bool,
 }
 
 /// One pod as the agent plans to treat it.
@@ -210,6 +213,8 @@ pub fn plan(
                     ip,
                     excluded_outbound_ports: outbound,
                     excluded_inbound_ports: inbound,
+                    // Set once the mesh's PeerAuthentications are known (`Snapshot`).
+                    fail_closed: false,
                 });
             }
             _ => {
@@ -549,6 +554,7 @@ mod tests {
                     ip: Ipv4Addr::new(10, 0, 0, 5),
                     excluded_outbound_ports: vec![5432],
                     excluded_inbound_ports: vec![8000, 9000],
+                    fail_closed: false,
                 }),
             ),
             (

@@ -80,6 +80,13 @@ impl Snapshot {
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         mesh.node_name = Some(options.node_name.to_string());
         security::add_to_mesh(&config, &mut mesh, &mut errors);
+        // Its problems are already in `errors`, from `security::add_to_mesh`.
+        let (peer_authn, _) = shunt_mesh::security::PeerAuthnTable::build(&mesh);
+        for (plan, workload) in pods.iter_mut().zip(&mesh.workloads) {
+            if let Some(spec) = plan.capture.as_mut() {
+                spec.fail_closed = peer_authn.fail_closed(workload);
+            }
+        }
         Self {
             dir: dir.to_owned(),
             config,

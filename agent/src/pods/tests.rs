@@ -126,6 +126,7 @@ impl Node {
                 ip: pod_ip(ip),
                 excluded_outbound_ports: outbound.to_vec(),
                 excluded_inbound_ports: vec![],
+                fail_closed: false,
             }),
             ..uncaptured(name, ip)
         }
@@ -635,6 +636,7 @@ fn a_netns_that_cannot_be_opened_is_retried_on_the_next_reading() {
             ip: pod_ip(1),
             excluded_outbound_ports: vec![],
             excluded_inbound_ports: vec![],
+            fail_closed: false,
         }),
         ..uncaptured("a", 1)
     };

@@ -26,6 +26,7 @@ use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 use crate::upstream::Transport;
 use shunt_mesh::index::MeshIndex;
+use shunt_mesh::security::MtlsMode;
 
 /// Serves one connection accepted on `pod`'s inbound listener.
 pub async fn serve(
@@ -151,7 +152,42 @@ pub(super) fn accept(
         .as_ref()
         .and_then(|w| index.destination_service(w, orig_dst.0.port()))
         .cloned();
+    if let Some(refusal) = strict_refusal(proxy, index, &accepted, orig_dst.0.port()) {
+        proxy.metrics.peer_authn_refused();
+        return Err(Box::new(accepted.refuse(CloseReason::Denied, refusal)));
+    }
     Ok((accepted, orig_dst.0))
+}
+
+/// Why PeerAuthentication refuses this plaintext connection, if it does: the destination's
+/// mode on that port is `STRICT`, and the client is not a pod this proxy serves (whose
+/// identity it knows from the netns it dialled from, as with same-node delivery). mTLS
+/// clients come through HBONE (15008), never here.
+fn strict_refusal(
+    proxy: &ProxyContext,
+    index: &MeshIndex,
+    accepted: &Accepted,
+    port: u16,
+) -> Option<String> {
+    let destination = accepted.peers.destination.as_deref()?;
+    let decision = index.peer_authn().explain(destination, port);
+    if decision.mode != MtlsMode::Strict {
+        return None;
+    }
+    let served_here = accepted
+        .peers
+        .source
+        .as_ref()
+        .is_some_and(|source| proxy.local_pods.serves(&source.uid));
+    if served_here {
+        return None;
+    }
+    Some(format!(
+        "plaintext connection refused: PeerAuthentication {decision} requires mTLS on port \
+         {port}; the client {} is not a meshed pod (send through a captured pod, or relax the \
+         policy to PERMISSIVE)",
+        accepted.client.0
+    ))
 }
 
 #[cfg(test)]

@@ -22,11 +22,12 @@ use crate::context::{PodContext, ProxyContext};
 use crate::drain::{Drain, DrainOutcome};
 use crate::pod::Pod;
 use crate::socket::{self, SocketFactory};
-use crate::upstream::local::{LocalPods, PodDial};
+use crate::upstream::local::PodDial;
 use crate::upstream::{Resolver, Upstreams};
 use shunt_api::control::InboundBind;
 use shunt_api::netns::socket_netns_cookie;
 use shunt_mesh::ids::PodUid;
+use shunt_mesh::spiffe::SpiffeId;
 
 /// Pause after an accept error other than an aborted handshake (out of descriptors, memory):
 /// retrying at once would spin.
@@ -59,12 +60,18 @@ struct ServedPod {
     /// Shared with the inbound accept loop; also what `PodReady` hands to the agent.
     inbound: Arc<TcpListener>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// The identity whose certificate is kept for it (released when it stops being served).
+    identity: Option<SpiffeId>,
 }
 
 impl ServedPod {
     /// Stops both accept loops and waits until they have closed their listeners.
-    async fn stop_accepting(self, local: &LocalPods) -> Arc<PodContext> {
+    async fn stop_accepting(self, proxy: &ProxyContext) -> Arc<PodContext> {
+        let local = &proxy.local_pods;
         local.remove(&self.context.pod);
+        if let (Some(hbone), Some(identity)) = (&proxy.hbone, &self.identity) {
+            hbone.tls.unserve(identity);
+        }
         self.context.pod.drain.stop_accepting();
         drop(self.inbound);
         for accept_loop in self.accept_loops {
@@ -231,6 +238,12 @@ impl PodRegistry {
             "serving pod"
         );
         self.proxy.local_pods.insert(context.pod.clone());
+        // Its identity's certificate is kept while the pod is served here (counted: pods
+        // sharing a service account share one).
+        let identity = self.identity_of(uid.as_str());
+        if let (Some(hbone), Some(identity)) = (&self.proxy.hbone, &identity) {
+            hbone.tls.serve(identity);
+        }
         self.pods().insert(
             uid.clone(),
             ServedPod {
@@ -239,6 +252,7 @@ impl PodRegistry {
                 context,
                 inbound: inbound.clone(),
                 accept_loops,
+                identity,
             },
         );
         Ok(inbound)
@@ -314,7 +328,7 @@ impl PodRegistry {
         }
         let mut stopped = Vec::with_capacity(served.len());
         for pod in served {
-            stopped.push(pod.stop_accepting(&self.proxy.local_pods).await);
+            stopped.push(pod.stop_accepting(&self.proxy).await);
         }
         let in_flight: usize = stopped.iter().map(|c| c.pod.drain.in_flight()).sum();
         tracing::info!(
@@ -332,7 +346,7 @@ impl PodRegistry {
 
     /// Closes a pod's listeners and drains its connections in the background.
     async fn retire(&self, served: ServedPod) {
-        let context = served.stop_accepting(&self.proxy.local_pods).await;
+        let context = served.stop_accepting(&self.proxy).await;
         self.drain_in_background(context);
     }
 
@@ -353,6 +367,11 @@ impl PodRegistry {
                 }
             }
         });
+    }
+
+    fn identity_of(&self, uid: &str) -> Option<SpiffeId> {
+        let index = self.proxy.state.load();
+        index.identity(index.workload_by_uid(uid)?)
     }
 
     fn pod_ip(&self, uid: &str) -> Option<Ipv4Addr> {
@@ -410,6 +429,24 @@ impl PodRegistry {
 mod tests;
 
 impl crate::telemetry::server::ClustersSource for PodRegistry {
+    fn certs(&self) -> serde_json::Value {
+        let status = self
+            .proxy
+            .identities
+            .as_ref()
+            .map(|identities| identities.status())
+            .unwrap_or_default();
+        serde_json::to_value(status).unwrap_or_else(
+            |error| serde_json::json!({ "error": format!("cannot encode the certificates: {error}") }),
+        )
+    }
+
+    fn before_scrape(&self) {
+        if let Some(identities) = &self.proxy.identities {
+            self.proxy.metrics.set_cert_expiry(&identities.expiries());
+        }
+    }
+
     fn clusters(&self) -> serde_json::Value {
         serde_json::to_value(PodRegistry::clusters(self)).unwrap_or_else(
             |error| serde_json::json!({ "error": format!("cannot encode the clusters: {error}") }),

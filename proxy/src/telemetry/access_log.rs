@@ -54,6 +54,8 @@ pub enum CloseReason {
     Unreachable,
     /// Cut at the end of a drain (shutdown or pod removal).
     Drained,
+    /// Refused by policy: PeerAuthentication `STRICT` and a plaintext client.
+    Denied,
     Error,
 }
 
@@ -67,6 +69,7 @@ impl CloseReason {
             Self::ConnectRefused => "connect_refused",
             Self::Unreachable => "unreachable",
             Self::Drained => "drained",
+            Self::Denied => "denied",
             Self::Error => "error",
         }
     }

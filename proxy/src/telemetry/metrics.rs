@@ -5,6 +5,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -187,6 +188,41 @@ pub struct Metrics {
     registry_only_blocked: Family<BlockedLabels, Counter>,
     /// Pools, load balancing, outlier detection, overflows of the upstream clusters.
     pub upstream: std::sync::Arc<crate::upstream::UpstreamMetrics>,
+    /// HBONE connections, streams and handshake failures.
+    pub hbone: std::sync::Arc<crate::hbone::HboneMetrics>,
+    /// `shunt_workload_certificate_expiry_timestamp_seconds{identity}`.
+    cert_expiry: Family<IdentityLabels, Gauge>,
+    /// `shunt_peer_authentication_refused_total`.
+    peer_authn_refused: Counter,
+}
+
+/// One workload identity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub identity: String,
+}
+
+impl Metrics {
+    /// A plaintext connection was refused under `STRICT`.
+    pub fn peer_authn_refused(&self) {
+        self.peer_authn_refused.inc();
+    }
+
+    /// Sets the certificate-expiry gauge to exactly `expiries` (identities gone lose their
+    /// series).
+    pub fn set_cert_expiry(&self, expiries: &[(String, std::time::SystemTime)]) {
+        self.cert_expiry.clear();
+        for (identity, not_after) in expiries {
+            let seconds = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.cert_expiry
+                .get_or_create(&IdentityLabels {
+                    identity: identity.clone(),
+                })
+                .set(seconds);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -256,6 +292,21 @@ impl Metrics {
         );
         let upstream =
             std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(&mut registry));
+        let hbone = std::sync::Arc::new(crate::hbone::HboneMetrics::register(&mut registry));
+        let cert_expiry = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "shunt_workload_certificate_expiry_timestamp_seconds",
+            "When the certificate this proxy holds for each workload identity expires (Unix time); \
+             an identity without a valid certificate has no series",
+            cert_expiry.clone(),
+        );
+        let peer_authn_refused = Counter::default();
+        registry.register(
+            "shunt_peer_authentication_refused",
+            "Plaintext inbound connections refused because PeerAuthentication is STRICT for \
+             their destination port",
+            peer_authn_refused.clone(),
+        );
         Self {
             registry,
             opened,
@@ -268,6 +319,9 @@ impl Metrics {
             response_bytes,
             registry_only_blocked,
             upstream,
+            hbone,
+            cert_expiry,
+            peer_authn_refused,
         }
     }
 

@@ -36,9 +36,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// What `GET /debug/clusters` shows: per pod, its upstream clusters.
+/// What `GET /debug/clusters` shows (per pod, its upstream clusters) and `GET /debug/certs`
+/// (the workload certificates), and what is refreshed before a scrape.
 pub trait ClustersSource: Send + Sync {
     fn clusters(&self) -> serde_json::Value;
+    /// The certificates, as `shuntctl certs` reads them; none by default.
+    fn certs(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
+    /// Gauges computed at scrape time (certificate expiry).
+    fn before_scrape(&self) {}
 }
 
 /// Serves scrapes until `shutdown` fires.
@@ -90,12 +97,15 @@ fn respond(
         response
     };
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/stats/prometheus" | "/debug/clusters") {
+    if !matches!(
+        path,
+        "/metrics" | "/stats/prometheus" | "/debug/clusters" | "/debug/certs"
+    ) {
         return text(
             StatusCode::NOT_FOUND,
             format!(
                 "no such endpoint {path}; metrics are at /metrics and /stats/prometheus, \
-                 upstream clusters at /debug/clusters\n"
+                 upstream clusters at /debug/clusters, certificates at /debug/certs\n"
             ),
         );
     }
@@ -109,14 +119,20 @@ fn respond(
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    if path == "/debug/clusters" {
-        let mut response = text(StatusCode::OK, clusters.clusters().to_string());
+    if path == "/debug/clusters" || path == "/debug/certs" {
+        let body = if path == "/debug/certs" {
+            clusters.certs()
+        } else {
+            clusters.clusters()
+        };
+        let mut response = text(StatusCode::OK, body.to_string());
         response.headers_mut().insert(
             CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
         return response;
     }
+    clusters.before_scrape();
     match metrics.encode() {
         Ok(body) => {
             let mut response = text(StatusCode::OK, body);

@@ -51,6 +51,15 @@ impl LocalPods {
         }
     }
 
+    /// Whether pod `uid` is served by this proxy now.
+    #[must_use]
+    pub fn serves(&self, uid: &PodUid) -> bool {
+        self.pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(uid)
+    }
+
     /// The served pod that a dial from pod `from` to `addr` can be delivered to directly.
     #[must_use]
     pub fn target(&self, from: &PodUid, index: &MeshIndex, addr: SocketAddr) -> Option<Arc<Pod>> {

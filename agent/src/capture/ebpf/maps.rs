@@ -272,6 +272,22 @@ pub fn set_inbound_listener(
         })
 }
 
+/// Whether `pod_ip`'s inbound connections are dropped, not passed to the app, while the
+/// proxy's listener for it is missing.
+pub fn set_inbound_fail_closed(ebpf: &mut Ebpf, pod_ip: Ipv4Addr, on: bool) -> Result<(), Error> {
+    const NAME: &str = map_names::INBOUND_FAIL_CLOSED;
+    let mut map = hash_mut::<u32, u8>(ebpf, NAME)?;
+    if on {
+        map.insert(&ip4_be(pod_ip), &1, ANY)
+            .map_err(map_error(NAME, "adding a pod to"))
+    } else {
+        match map.remove(&ip4_be(pod_ip)) {
+            Err(e) if !is_not_found(&e) => Err(map_error(NAME, "removing a pod from")(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub fn remove_inbound_listener(ebpf: &mut Ebpf, pod_ip: Ipv4Addr) -> Result<(), Error> {
     const NAME: &str = map_names::INBOUND_LISTENERS;
     let mut sockets: SockHash<&mut MapData, u32> =
@@ -292,6 +308,7 @@ pub fn remove_pod_entries(
     remove_meshed(ebpf, netns_cookie)?;
     if let Some(pod_ip) = pod_ip {
         remove_inbound_listener(ebpf, pod_ip)?;
+        set_inbound_fail_closed(ebpf, pod_ip, false)?;
         let pod_ip4_be = ip4_be(pod_ip);
         remove_where::<PodPortKey, u8>(ebpf, map_names::INBOUND_EXCLUDED_PORTS, |k| {
             k.pod_ip4_be == pod_ip4_be

@@ -56,6 +56,9 @@ pub struct PodCapture<'a> {
     pub pod_ip: Ipv4Addr,
     pub excluded_outbound_ports: Vec<u16>,
     pub excluded_inbound_ports: Vec<u16>,
+    /// PeerAuthentication `STRICT` (on any port): with no proxy listener, inbound
+    /// connections are dropped instead of reaching the app without policy.
+    pub fail_closed: bool,
 }
 
 /// The programs with a link of their own, in the order they are attached on a fresh install:
@@ -321,7 +324,10 @@ impl EbpfCapture {
         if let Some(old_ip) = previous_ip.filter(|ip| *ip != pod.pod_ip) {
             maps::remove_inbound_listener(&mut self.ebpf, old_ip)?;
             maps::set_inbound_excluded(&mut self.ebpf, old_ip, &BTreeSet::new())?;
+            maps::set_inbound_fail_closed(&mut self.ebpf, old_ip, false)?;
         }
+        // Before sk_lookup can see the pod: a STRICT pod is never open, not even at start.
+        maps::set_inbound_fail_closed(&mut self.ebpf, pod.pod_ip, pod.fail_closed)?;
         // Exclusions first, the MESHED_NETNS entry last: it is what turns outbound capture on.
         let outbound: BTreeSet<u16> = pod.excluded_outbound_ports.iter().copied().collect();
         let inbound: BTreeSet<u16> = pod.excluded_inbound_ports.iter().copied().collect();
