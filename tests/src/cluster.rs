@@ -35,6 +35,21 @@ use crate::node::{self, AgentOptions, CONFIG_FILE, ISTIO_FILE, Node, NodeLayout,
 use crate::process::{self, Placement, Process};
 use crate::wait::{self, Check};
 
+/// The file [`Cluster::start_with_mtls`] writes the node-token Secret to.
+pub const CA_FILE: &str = "ca.yaml";
+
+/// The local-mode Secret of node bearer tokens the agent's CA authenticates nodes with
+/// (`istio-system/shunt-node-tokens`, a key per node name).
+fn node_tokens_secret(tokens: &[(String, String)]) -> String {
+    let data: String = tokens
+        .iter()
+        .map(|(node, token)| format!("  {node}: {token}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: shunt-node-tokens, namespace: istio-system}}\nstringData:\n{data}"
+    )
+}
+
 /// At most this many nodes: underlay addresses and sweeps are laid out for them.
 pub const MAX_NODES: usize = 8;
 /// The bridge of the underlay netns.
@@ -350,6 +365,66 @@ impl Cluster {
             node.start_proxy()?;
         }
         Ok(())
+    }
+
+    /// [`Cluster::start`] with mutual TLS: node 0's agent also runs the CA (`--ca-listen` on
+    /// a free loopback port, its self-signed root in `<dir>/ca`), the config dir gets the
+    /// node-token Secret, and every proxy asks that CA for its pods' certificates with its
+    /// own node's token. Returns the CA's address.
+    pub fn start_with_mtls(&mut self, options: &AgentOptions) -> Result<SocketAddrV4, Error> {
+        let ca = match node::free_local_port()? {
+            std::net::SocketAddr::V4(addr) => addr,
+            std::net::SocketAddr::V6(_) => unreachable!("bound on 127.0.0.1"),
+        };
+        let state = self.dir.join("ca");
+        let tokens: Vec<(String, String)> = (0..self.nodes.len())
+            .map(|i| {
+                (
+                    Self::node_name(i),
+                    format!("token-of-node-{i}-{}", self.names.short()),
+                )
+            })
+            .collect();
+        self.write_config_text(CA_FILE, &node_tokens_secret(&tokens))?;
+        for (i, (_, token)) in tokens.iter().enumerate() {
+            let path = self.dir.join(format!("token-{i}"));
+            std::fs::write(&path, token).map_err(|source| Error::Dir {
+                path: path.clone(),
+                source,
+            })?;
+            self.nodes[i].set_proxy_args(vec![
+                "--ca-address".into(),
+                ca.to_string(),
+                "--ca-root-cert".into(),
+                state.join("root-cert.pem").display().to_string(),
+                "--ca-token-file".into(),
+                path.display().to_string(),
+            ]);
+        }
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let mut options = options.clone();
+            if i == 0 {
+                options.extra_args.extend([
+                    "--ca-listen".into(),
+                    ca.to_string(),
+                    "--ca-state-dir".into(),
+                    state.display().to_string(),
+                ]);
+            }
+            node.start_agent(&options)?;
+        }
+        let root = state.join("root-cert.pem");
+        wait::until("the CA's root-cert.pem", node::START_TIMEOUT, || {
+            if root.exists() {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{} does not exist yet", root.display()))
+            }
+        })?;
+        for node in &mut self.nodes {
+            node.start_proxy()?;
+        }
+        Ok(ca)
     }
 
     /// Waits until each pod in `pods` is captured, by its own node's agent, with that node's

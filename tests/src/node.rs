@@ -196,6 +196,8 @@ pub struct Node {
     agent_ever_started: bool,
     launches: AtomicUsize,
     torn_down: bool,
+    /// Appended to the proxy's command line ([`Node::set_proxy_args`]).
+    proxy_args: Vec<String>,
 }
 
 impl Node {
@@ -246,6 +248,7 @@ impl Node {
             agent: None,
             proxy: None,
             agent_ever_started: false,
+            proxy_args: Vec::new(),
             launches: AtomicUsize::new(0),
             torn_down: false,
         };
@@ -533,7 +536,8 @@ impl Node {
             .arg("--metrics-addr")
             .arg(self.metrics_addr.to_string())
             .arg("--drain-timeout")
-            .arg(PROXY_DRAIN_SECS.to_string());
+            .arg(PROXY_DRAIN_SECS.to_string())
+            .args(&self.proxy_args);
         // In the node's cgroup, so the getsockopt and sock_ops programs see its sockets.
         let placement = Placement {
             netns: None,
@@ -555,6 +559,11 @@ impl Node {
                 Err(e) => Check::NotYet(e.to_string()),
             },
         )
+    }
+
+    /// Extra arguments for every later [`Node::start_proxy`] (e.g. its CA client flags).
+    pub fn set_proxy_args(&mut self, args: Vec<String>) {
+        self.proxy_args = args;
     }
 
     /// The agent process, if started.
@@ -930,7 +939,7 @@ fn remove_pins(names: &Names) -> Result<(), String> {
     ))
 }
 
-fn free_local_port() -> Result<SocketAddr, Error> {
+pub fn free_local_port() -> Result<SocketAddr, Error> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::Port)?;
     listener.local_addr().map_err(Error::Port)
 }

@@ -62,23 +62,44 @@ fn view<'a>(workloads: &'a [WorkloadView], pod: &Pod) -> &'a WorkloadView {
         .unwrap_or_else(|| panic!("no workload {} in {workloads:?}", pod.name))
 }
 
-/// Pod `a` (10.244.0.10) on node-0, pod `b` (10.244.1.20) on node-1, both captured by their
-/// own node's agent; the config written once, to the shared dir.
-fn two_nodes_one_pod_each(test: &str) -> Option<(Cluster, Pod, Pod)> {
+/// Whether the cluster runs a CA and the proxies take certificates from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Security {
+    Plaintext,
+    Mtls,
+}
+
+/// The SPIFFE id of service account `sa` in the test namespace.
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/{MESH}/sa/{sa}")
+}
+
+/// Pod `a` (10.244.0.10, service account `sa-a`) on node-0, pod `b` (10.244.1.20, `sa-b`) on
+/// node-1, both captured by their own node's agent; the config written once, to the shared
+/// dir. With [`Security::Mtls`], node-0's agent is also the CA.
+fn two_nodes_one_pod_each(test: &str, security: Security) -> Option<(Cluster, Pod, Pod)> {
     let mut cluster = new_cluster(test, 2)?;
     let a = cluster.add_pod(0, "a", 10).or_panic("pod a");
     let b = cluster.add_pod(1, "b", 20).or_panic("pod b");
     let config = [&a, &b].iter().fold(
         ClusterConfig::new().namespace(&NamespaceConfig::injected(MESH)),
         |config, pod| {
-            let pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+            let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+            pod_config.service_account = format!("sa-{}", pod.name);
             config.pod(&pod_config.port("tcp-echo", ECHO_PORT))
         },
     );
     cluster.write_config(&config).or_panic("writing the config");
-    cluster
-        .start(&AgentOptions::default())
-        .or_panic("starting the agents and proxies");
+    match security {
+        Security::Plaintext => cluster
+            .start(&AgentOptions::default())
+            .or_panic("starting the agents and proxies"),
+        Security::Mtls => {
+            cluster
+                .start_with_mtls(&AgentOptions::default())
+                .or_panic("starting the CA, the agents and proxies");
+        }
+    }
     for node in cluster.nodes() {
         let loaded = node.admin().config().or_panic("GET /config");
         assert_eq!(
@@ -97,7 +118,7 @@ fn two_nodes_one_pod_each(test: &str) -> Option<(Cluster, Pod, Pod)> {
 #[test]
 fn each_agent_captures_only_its_own_nodes_pods() {
     const TEST: &str = "multinode::each_agent_captures_only_its_own_nodes_pods";
-    let Some((cluster, a, b)) = two_nodes_one_pod_each(TEST) else {
+    let Some((cluster, a, b)) = two_nodes_one_pod_each(TEST, Security::Plaintext) else {
         return;
     };
     for (index, own, other) in [(0, &a, &b), (1, &b, &a)] {
@@ -135,7 +156,7 @@ fn each_agent_captures_only_its_own_nodes_pods() {
 #[test]
 fn pod_to_pod_across_nodes_goes_through_both_node_proxies() {
     const TEST: &str = "multinode::pod_to_pod_across_nodes_goes_through_both_node_proxies";
-    let Some((mut cluster, a, b)) = two_nodes_one_pod_each(TEST) else {
+    let Some((mut cluster, a, b)) = two_nodes_one_pod_each(TEST, Security::Plaintext) else {
         return;
     };
     let mut capture = cluster.start_capture("a-to-b").or_panic("underlay capture");
@@ -194,6 +215,77 @@ fn pod_to_pod_across_nodes_goes_through_both_node_proxies() {
             .contains(MARKER.as_bytes())
             .or_panic("reading the capture"),
         "the marker did not cross the underlay in the clear ({})",
+        capture.pcap_path().display()
+    );
+    drop(capture);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn a_connection_across_nodes_is_mutual_tls_with_both_principals() {
+    const TEST: &str = "multinode::a_connection_across_nodes_is_mutual_tls_with_both_principals";
+    let Some((mut cluster, a, b)) = two_nodes_one_pod_each(TEST, Security::Mtls) else {
+        return;
+    };
+    let mut capture = cluster
+        .start_capture("a-to-b-mtls")
+        .or_panic("underlay capture");
+    let _echo = cluster
+        .node_of(&b)
+        .or_panic("b's node")
+        .start_server(&b, &["echo-server", "--port", &ECHO_PORT.to_string()])
+        .or_panic("echo server on b");
+    let client_node = cluster.node_of(&a).or_panic("a's node");
+    send_ok_with(
+        client_node,
+        &a,
+        b.addr(ECHO_PORT),
+        MIB,
+        1,
+        &["--marker", MARKER],
+    );
+
+    for (index, reporter) in [(0, "source"), (1, "destination")] {
+        let node = cluster.node_mut(index).or_panic("node");
+        let mut labels = flow(reporter, "a", "b").to_vec();
+        let (source, destination) = (spiffe("sa-a"), spiffe("sa-b"));
+        labels.push(("destination_principal", &destination));
+        if reporter == "destination" {
+            // The source's identity is what its certificate proved; the source reporter
+            // leaves it to the destination, as Istio's does.
+            labels.push(("source_principal", &source));
+            labels.push(("connection_security_policy", "mutual_tls"));
+        }
+        let metrics = node
+            .wait_metrics(
+                &format!("the {reporter} report of a → b over mTLS"),
+                REPORT_TIMEOUT,
+                |m| sum(m, CLOSED, &labels) >= 1,
+            )
+            .or_panic("metrics");
+        assert_eq!(
+            sum(&metrics, SENT_BYTES, &labels),
+            MIB,
+            "node-{index}: {}",
+            metrics.describe(SENT_BYTES)
+        );
+        let direction = if index == 0 { "outbound" } else { "inbound" };
+        assert!(
+            sum(
+                &metrics,
+                "shunt_hbone_connections_opened_total",
+                &[("direction", direction)]
+            ) >= 1,
+            "node-{index} opened no {direction} HBONE connection: {}",
+            metrics.describe("shunt_hbone_connections_opened_total")
+        );
+    }
+    assert!(
+        !capture
+            .contains(MARKER.as_bytes())
+            .or_panic("reading the capture"),
+        "the marker crossed the underlay in plaintext ({})",
         capture.pcap_path().display()
     );
     drop(capture);
