@@ -51,6 +51,8 @@ pub struct Config {
     /// Whether a connection to a pod this proxy serves is delivered from that pod's netns
     /// (one proxy pass) rather than through its inbound listener.
     pub same_node_shortcut: bool,
+    /// The `source_cluster` / `destination_cluster` of every workload the proxy knows.
+    pub cluster_id: String,
 }
 
 /// A started proxy.
@@ -74,7 +76,7 @@ impl App {
         access_log: AccessLog,
     ) -> Result<Self, Error> {
         let state = Arc::new(StateStore::new());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_cluster_id(&config.cluster_id));
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
         let routes: Arc<dyn shunt_mesh::routing::RouteSource> = state.clone();
         let proxy = Arc::new(ProxyContext::new(
@@ -212,6 +214,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             protocol_detection_timeout: Duration::from_millis(100),
             same_node_shortcut: true,
+            cluster_id: "Kubernetes".into(),
         };
         let app = App::start_with(
             &config,

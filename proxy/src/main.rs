@@ -54,6 +54,15 @@ struct Cli {
     /// the cross-thread bookkeeping of work stealing.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
+    /// The cluster this node's workloads are in: the `source_cluster` and
+    /// `destination_cluster` of Istio's metrics (istiod's `CLUSTER_ID`; Istio's default).
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = shunt_proxy::telemetry::peer::DEFAULT_CLUSTER_ID,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    cluster_id: String,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -120,6 +129,7 @@ async fn run(cli: Cli) -> ExitCode {
         connect_timeout: cli.connect_timeout,
         protocol_detection_timeout: cli.protocol_detection_timeout,
         same_node_shortcut: !cli.no_same_node_shortcut,
+        cluster_id: cli.cluster_id,
     };
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +160,10 @@ mod tests {
         assert!(matches!(cli.log_format, LogFormat::Text));
         assert!(!cli.no_same_node_shortcut);
         assert_eq!(cli.worker_threads, None);
+        assert_eq!(cli.cluster_id, "Kubernetes");
+        let east = Cli::try_parse_from(["shunt-proxy", "--cluster-id", "east"]).unwrap();
+        assert_eq!(east.cluster_id, "east");
+        assert!(Cli::try_parse_from(["shunt-proxy", "--cluster-id", ""]).is_err());
         assert!(Cli::try_parse_from(["shunt-proxy", "--worker-threads", "0"]).is_err());
     }
 

@@ -15,12 +15,14 @@ use crate::context::{PodContext, ProxyContext};
 use crate::drain;
 use crate::pod::Pod;
 use crate::progress::{self, Progress};
+use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::socket;
 use crate::splice::{self, Splicing};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
+use crate::telemetry::security::PeerSecurity;
 use crate::upstream::{
     ClusterState, Delivery, Dialed, Picked, TcpConnection, Transport, UpstreamError,
 };
@@ -62,6 +64,10 @@ pub(super) struct Accepted {
     pub pod: String,
     pub orig_dst: Option<OrigDstAddr>,
     pub peers: Peers,
+    /// How the connection's peers are authenticated as accepted: for an inbound connection
+    /// its downstream's (an HBONE listener sets what the handshake proved); plaintext until
+    /// then, and for an outbound one until its dial says more ([`dialled_security`]).
+    pub security: PeerSecurity,
     pub started_at: SystemTime,
     pub started: Instant,
     /// The client app's socket, as the eBPF programs key it, when the connection may be
@@ -94,6 +100,7 @@ impl Accepted {
             pod,
             orig_dst: None,
             peers: Peers::default(),
+            security: PeerSecurity::None,
             started_at: SystemTime::now(),
             started: Instant::now(),
             client_app: None,
@@ -127,7 +134,9 @@ impl Accepted {
 
 /// Counts bytes into the connection's metrics as they are delivered.
 struct Meter {
-    metrics: ConnectionMetrics,
+    /// Set once the connection's peer security is known: after its dial (bytes flow only
+    /// then), or when it ends without one.
+    metrics: OnceLock<ConnectionMetrics>,
     /// The destination reporter's metrics, when the connection was delivered straight to a
     /// pod served on this node (its inbound listener, which would count them, was skipped).
     delivered: OnceLock<ConnectionMetrics>,
@@ -139,14 +148,18 @@ impl Progress for Meter {
     fn delivered(&self, direction: progress::Direction, bytes: u64) {
         match direction {
             progress::Direction::ClientToServer => {
-                self.metrics.received(bytes);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.received(bytes);
+                }
                 if let Some(delivered) = self.delivered.get() {
                     delivered.received(bytes);
                 }
                 self.received.fetch_add(bytes, Ordering::Relaxed);
             }
             progress::Direction::ServerToClient => {
-                self.metrics.sent(bytes);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.sent(bytes);
+                }
                 if let Some(delivered) = self.delivered.get() {
                     delivered.sent(bytes);
                 }
@@ -179,7 +192,12 @@ async fn report_spliced(
 struct Ending {
     upstream: Option<std::net::SocketAddr>,
     reason: CloseReason,
+    /// Envoy's flags for the end: `UF`, `UO`, `UH` when the dial failed or had nothing to
+    /// dial; none otherwise.
+    flags: ResponseFlags,
     error: Option<String>,
+    /// The peers' security as this side reports it ([`dialled_security`]).
+    security: PeerSecurity,
     /// The connection as the destination pod's inbound listener would have seen it, when it
     /// was delivered straight to that pod.
     delivered: Option<Accepted>,
@@ -195,14 +213,8 @@ pub(super) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
-    let labels = TcpLabels::new(
-        accepted.reporter,
-        accepted.peers.source.as_deref(),
-        accepted.peers.destination.as_deref(),
-        accepted.peers.service.as_deref(),
-    );
     let meter = Meter {
-        metrics: proxy.metrics.open_connection(&labels),
+        metrics: OnceLock::new(),
         delivered: OnceLock::new(),
         received: AtomicU64::new(0),
         sent: AtomicU64::new(0),
@@ -212,7 +224,15 @@ pub(super) async fn run<S>(
         Decision::Refuse { reason, error } => Ending {
             upstream: None,
             reason,
+            // Nothing to dial: Envoy's flag for a cluster without a host (REGISTRY_ONLY's
+            // BlackHoleCluster included).
+            flags: if reason == CloseReason::Unreachable {
+                ResponseFlag::NoHealthyUpstream.into()
+            } else {
+                ResponseFlags::NONE
+            },
             error: Some(error),
+            security: accepted.security.clone(),
             delivered: None,
         },
         Decision::Dial { upstream } => {
@@ -230,13 +250,27 @@ pub(super) async fn run<S>(
     }
     drop(downstream);
 
-    let entry = entry(&accepted, &ending, &meter);
+    let entry = entry(&accepted, &ending.security, &ending, &meter);
     let delivered_entry = ending
         .delivered
         .as_ref()
-        .map(|delivered| self::entry(delivered, &ending, &meter));
-    // Closed once the sockets are: the connection is over for whoever scrapes next.
-    drop(meter);
+        .map(|delivered| self::entry(delivered, &delivered.security, &ending, &meter));
+    // Closed once the sockets are: the connection is over for whoever scrapes next. One
+    // that was never dialled counts as opened now, with what is known of it.
+    let Meter {
+        metrics, delivered, ..
+    } = meter;
+    metrics
+        .into_inner()
+        .unwrap_or_else(|| {
+            proxy
+                .metrics
+                .open_connection(tcp_labels(proxy, &accepted, ending.security.clone()))
+        })
+        .close(ending.flags);
+    if let Some(delivered) = delivered.into_inner() {
+        delivered.close(ending.flags);
+    }
     let access_log = proxy.access_log_on();
     if access_log
         && let Some(delivered_entry) = delivered_entry
@@ -278,14 +312,18 @@ impl Target<'_> {
         &self,
         proxy: &ProxyContext,
         pod: &PodContext,
-    ) -> Result<(Transport, Option<TcpConnection>, Option<Delivery>), (CloseReason, String)> {
+    ) -> Result<(Transport, Option<TcpConnection>, Option<Delivery>), ConnectFailed> {
         match self {
             Self::Addr(addr) => pod
                 .upstreams
                 .dial(*addr, proxy.connect_timeout)
                 .await
                 .map(|Dialed { stream, delivered }| (stream, None, delivered))
-                .map_err(|error| (connect_close_reason(&error), error.to_string())),
+                .map_err(|error| ConnectFailed {
+                    reason: connect_close_reason(&error),
+                    flags: ResponseFlag::UpstreamConnectionFailure.into(),
+                    error: error.to_string(),
+                }),
             Self::Endpoint(cluster, picked) => cluster
                 .connect_tcp(picked)
                 .await
@@ -298,14 +336,26 @@ impl Target<'_> {
     }
 }
 
-/// The close reason and logged error of a cluster connect that failed; the error starts with
-/// Envoy's response flag (`UO` for an overflow, `UF` for a connect failure).
-fn upstream_close(error: &UpstreamError) -> (CloseReason, String) {
+/// Why a connect failed, for the log and the metrics.
+struct ConnectFailed {
+    reason: CloseReason,
+    flags: ResponseFlags,
+    error: String,
+}
+
+/// The close reason, flags and logged error of a cluster connect that failed; the error
+/// starts with Envoy's response flag (`UO` for an overflow, `UF` for a connect failure).
+fn upstream_close(error: &UpstreamError) -> ConnectFailed {
     let reason = match error {
         UpstreamError::Connect { source, .. } => connect_close_reason(source),
         _ => CloseReason::Error,
     };
-    (reason, format!("{}: {error}", error.response_flag()))
+    let flags = error.response_flag();
+    ConnectFailed {
+        reason,
+        flags,
+        error: format!("{flags}: {error}"),
+    }
 }
 
 async fn dial_and_forward<S>(
@@ -320,34 +370,48 @@ where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
     let upstream_addr = target.addr();
-    let ending = |reason, error: Option<String>, delivered| Ending {
+    let undialled = |reason, flags, error| Ending {
         upstream: Some(upstream_addr),
         reason,
+        flags,
         error,
-        delivered,
+        security: accepted.security.clone(),
+        delivered: None,
     };
     let connected = tokio::select! {
         biased;
-        () = pod.pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
+        () = pod.pod.drain.force_closed() => {
+            return undialled(CloseReason::Drained, ResponseFlags::NONE, None);
+        }
         connected = target.connect(proxy, pod) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
     let (mut upstream, _held, delivered) = match connected {
         Ok(connected) => connected,
-        Err((reason, error)) => return ending(reason, Some(error), None),
+        Err(failed) => return undialled(failed.reason, failed.flags, Some(failed.error)),
     };
     let delivered_pod = delivered.and_then(|d| d.pod());
-    let delivered = delivered_pod.as_ref().map(|to| {
-        let accepted = destination_side(proxy, accepted, to, upstream_addr);
-        let labels = TcpLabels::new(
-            accepted.reporter,
-            accepted.peers.source.as_deref(),
-            accepted.peers.destination.as_deref(),
-            accepted.peers.service.as_deref(),
-        );
-        let _ = meter.delivered.set(proxy.metrics.open_connection(&labels));
-        accepted
-    });
+    let delivered = delivered_pod
+        .as_ref()
+        .map(|to| destination_side(proxy, accepted, to, upstream_addr));
+    let security = dialled_security(accepted, &upstream, delivered.as_ref());
+    let _ = meter.metrics.set(proxy.metrics.open_connection(tcp_labels(
+        proxy,
+        accepted,
+        security.clone(),
+    )));
+    if let Some(delivered) = &delivered {
+        let labels = tcp_labels(proxy, delivered, delivered.security.clone());
+        let _ = meter.delivered.set(proxy.metrics.open_connection(labels));
+    }
+    let ending = |reason, error: Option<String>, delivered| Ending {
+        upstream: Some(upstream_addr),
+        reason,
+        flags: ResponseFlags::NONE,
+        error,
+        security: security.clone(),
+        delivered,
+    };
     // Delivered to another pod: it counts among that pod's connections, whose drain waits for
     // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
     let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
@@ -433,14 +497,52 @@ fn destination_side(
     inbound.started = accepted.started;
     inbound.orig_dst = Some(OrigDstAddr(upstream));
     inbound.peers.destination = index.workload_by_uid(pod.uid.as_str()).cloned();
-    inbound.peers.source = source;
     inbound.peers.service = inbound
         .peers
         .destination
         .as_ref()
         .and_then(|w| index.destination_service(w, upstream.port()))
         .cloned();
+    inbound.security = proxy
+        .metrics
+        .peers
+        .same_node(source.as_ref(), inbound.peers.destination.as_ref());
+    inbound.peers.source = source;
     inbound
+}
+
+/// How the peers of a dialled connection were authenticated, as its side reports them.
+/// The destination side keeps its downstream's ([`Accepted::security`]); the source side
+/// takes the upstream connection's: both pods' identities when it was delivered on this node
+/// (its `delivered` destination side), plaintext over a plain TCP upstream.
+///
+/// HBONE: an mTLS `Transport` answers here with [`PeerSecurity::MutualTls`], `source` this
+/// pod's identity and `destination` the peer certificate's.
+fn dialled_security(
+    accepted: &Accepted,
+    upstream: &Transport,
+    delivered: Option<&Accepted>,
+) -> PeerSecurity {
+    if accepted.reporter == Reporter::Destination {
+        return accepted.security.clone();
+    }
+    if let Some(delivered) = delivered {
+        return delivered.security.clone();
+    }
+    match upstream {
+        Transport::Tcp(_) => PeerSecurity::None,
+    }
+}
+
+/// The labels of `accepted`'s metrics with `security`.
+fn tcp_labels(proxy: &ProxyContext, accepted: &Accepted, security: PeerSecurity) -> TcpLabels {
+    proxy.metrics.tcp_labels(
+        accepted.reporter,
+        accepted.peers.source.as_ref(),
+        accepted.peers.destination.as_ref(),
+        accepted.peers.service.as_ref(),
+        security,
+    )
 }
 
 fn connect_close_reason(error: &socket::Error) -> CloseReason {
@@ -452,7 +554,7 @@ fn connect_close_reason(error: &socket::Error) -> CloseReason {
     }
 }
 
-fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
+fn entry(accepted: &Accepted, security: &PeerSecurity, ending: &Ending, meter: &Meter) -> Entry {
     let source = Peer::new(accepted.peers.source.as_deref());
     let destination = Peer::new(accepted.peers.destination.as_deref());
     Entry {
@@ -468,16 +570,21 @@ fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
         upstream_addr: ending.upstream.map(|a| a.to_string()),
         src_workload: source.workload().to_owned(),
         src_namespace: source.namespace().to_owned(),
+        src_principal: security.source_principal().cloned(),
         dst_workload: destination.workload().to_owned(),
         dst_namespace: destination.namespace().to_owned(),
+        dst_principal: security.destination_principal().cloned(),
         dst_service: accepted
             .peers
             .service
             .as_ref()
             .map_or_else(|| UNKNOWN.to_owned(), |s| s.hostname()),
+        connection_security_policy: security.policy(accepted.reporter),
+        peer_security: security.kind(),
         bytes_received: meter.received.load(Ordering::Relaxed),
         bytes_sent: meter.sent.load(Ordering::Relaxed),
         close_reason: ending.reason,
+        response_flags: ending.flags,
         error: ending.error.clone(),
     }
 }

@@ -313,9 +313,16 @@ impl HttpConnection {
             || pod.uid.to_string(),
             |w| format!("{}/{}", w.namespace, w.name),
         );
+        let mut app = InboundApp::new(workload, service, addr.port(), declared);
+        // Both pods are served here: each one's identity is known from its netns.
+        app.security = self
+            .proxy
+            .metrics
+            .peers
+            .same_node(self.source.as_ref(), app.workload.as_ref());
         Arc::new(Self {
             proxy: self.proxy.clone(),
-            side: Side::Inbound(InboundApp::new(workload, service, addr.port(), declared)),
+            side: Side::Inbound(app),
             pod,
             // A delivered request's destination side only reports: it dials nothing.
             upstreams: self.upstreams.clone(),
