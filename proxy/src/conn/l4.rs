@@ -22,7 +22,7 @@ use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
-use crate::telemetry::security::PeerSecurity;
+use crate::telemetry::security::{PeerSecurity, SecurityPolicy};
 use crate::upstream::{
     ClusterState, Delivery, Dialed, Picked, TcpConnection, Transport, UpstreamError,
 };
@@ -516,8 +516,9 @@ fn destination_side(
 /// takes the upstream connection's: both pods' identities when it was delivered on this node
 /// (its `delivered` destination side), plaintext over a plain TCP upstream.
 ///
-/// HBONE: an mTLS `Transport` answers here with [`PeerSecurity::MutualTls`], `source` this
-/// pod's identity and `destination` the peer certificate's.
+/// HBONE: an mTLS `Transport` answers here with the [`PeerSecurity::MutualTls`] its
+/// handshake established (`source` this pod's identity, `destination` the peer
+/// certificate's); `PeerSecurity` is a low module, so the transport can carry it itself.
 fn dialled_security(
     accepted: &Accepted,
     upstream: &Transport,
@@ -579,7 +580,7 @@ fn entry(accepted: &Accepted, security: &PeerSecurity, ending: &Ending, meter: &
             .service
             .as_ref()
             .map_or_else(|| UNKNOWN.to_owned(), |s| s.hostname()),
-        connection_security_policy: security.policy(accepted.reporter),
+        connection_security_policy: SecurityPolicy::of(security, accepted.reporter),
         peer_security: security.kind(),
         bytes_received: meter.received.load(Ordering::Relaxed),
         bytes_sent: meter.sent.load(Ordering::Relaxed),

@@ -30,7 +30,7 @@ use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::telemetry::access_log::{Direction, HttpEntry};
 use crate::telemetry::metrics::{DestinationService, HttpLabels, RequestSample, UNKNOWN};
 use crate::telemetry::peer::Peer;
-use crate::telemetry::security::PeerSecurity;
+use crate::telemetry::security::{PeerSecurity, SecurityPolicy, principal_label};
 use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
@@ -346,12 +346,12 @@ impl HttpConnection {
             dst_addr,
             src_workload,
             src_namespace,
-            src_principal: security.source_principal_str(),
+            src_principal: principal_label(security.source_principal()),
             dst_workload,
             dst_namespace,
-            dst_principal: security.destination_principal_str(),
+            dst_principal: principal_label(security.destination_principal()),
             dst_service,
-            connection_security_policy: security.policy(self.reporter()).as_str(),
+            connection_security_policy: SecurityPolicy::of(security, self.reporter()).as_str(),
             peer_security: security.kind(),
         };
         if let Err(error) = self.proxy.access_log.record(&entry) {

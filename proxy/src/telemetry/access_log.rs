@@ -13,9 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::Reporter;
-use super::UNKNOWN;
 use super::json_line::JsonLine;
-use super::security::{Principal, SecurityPolicy};
+use super::security::{Principal, SecurityPolicy, principal_label};
 use crate::response_flag::ResponseFlags;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,10 +141,16 @@ impl LogEntry for Entry {
         json.opt_str("upstream_addr", self.upstream_addr.as_deref());
         json.str("src_workload", &self.src_workload);
         json.str("src_namespace", &self.src_namespace);
-        json.str("src_principal", principal(self.src_principal.as_ref()));
+        json.str(
+            "src_principal",
+            principal_label(self.src_principal.as_ref()),
+        );
         json.str("dst_workload", &self.dst_workload);
         json.str("dst_namespace", &self.dst_namespace);
-        json.str("dst_principal", principal(self.dst_principal.as_ref()));
+        json.str(
+            "dst_principal",
+            principal_label(self.dst_principal.as_ref()),
+        );
         json.str("dst_service", &self.dst_service);
         json.str(
             "connection_security_policy",
@@ -160,10 +165,6 @@ impl LogEntry for Entry {
             json.str("error", error);
         }
     }
-}
-
-fn principal(principal: Option<&Principal>) -> &str {
-    principal.map_or(UNKNOWN, Principal::as_str)
 }
 
 /// One line of the access log for one HTTP request, with Envoy's field names. It borrows
@@ -544,7 +545,7 @@ mod tests {
         principal: &Option<Principal>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(super::principal(principal.as_ref()))
+        serializer.serialize_str(principal_label(principal.as_ref()))
     }
 
     pub(super) fn policy<S: serde::Serializer>(

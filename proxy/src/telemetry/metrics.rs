@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::Reporter;
 use super::peer::{DEFAULT_CLUSTER_ID, Known, PeerCatalog, PeerLabels, TRUST_DOMAIN};
-use super::security::PeerSecurity;
+use super::security::{PeerSecurity, SecurityPolicy, principal_label};
 use crate::response_flag::ResponseFlags;
 use shunt_mesh::model::{Service, Workload};
 
@@ -133,7 +133,11 @@ impl Common<'_> {
         label(e, "source_canonical_service", source.canonical_service())?;
         label(e, "source_canonical_revision", source.canonical_revision())?;
         label(e, "source_workload_namespace", source.namespace())?;
-        label(e, "source_principal", self.security.source_principal_str())?;
+        label(
+            e,
+            "source_principal",
+            principal_label(self.security.source_principal()),
+        )?;
         label(e, "source_app", source.app())?;
         label(e, "source_version", source.version())?;
         label(e, "source_cluster", source.cluster())
@@ -153,7 +157,7 @@ impl Common<'_> {
         label(
             e,
             "destination_principal",
-            self.security.destination_principal_str(),
+            principal_label(self.security.destination_principal()),
         )?;
         label(e, "destination_app", destination.app())?;
         label(e, "destination_version", version)?;
@@ -189,7 +193,7 @@ impl Common<'_> {
         label(
             e,
             "connection_security_policy",
-            self.security.policy(self.reporter).as_str(),
+            SecurityPolicy::of(self.security, self.reporter).as_str(),
         )
     }
 }

@@ -15,6 +15,8 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 use shunt_mesh::model::Workload;
 
 pub use super::UNKNOWN;
+#[cfg(test)]
+use super::security::principal_label;
 use super::security::{PeerSecurity, Principal};
 
 /// The trust domain of every pod identity (MeshConfig `trustDomain`, whose default this is).
@@ -519,8 +521,8 @@ mod tests {
         let security = catalog.same_node(Some(&web), Some(&api));
         assert_eq!(
             (
-                security.source_principal_str(),
-                security.destination_principal_str()
+                principal_label(security.source_principal()),
+                principal_label(security.destination_principal())
             ),
             (
                 "spiffe://cluster.local/ns/shop/sa/web-sa",
