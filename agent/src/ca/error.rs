@@ -1,4 +1,5 @@
-//! Why the CA mode could not start.
+//! Why the CA mode could not start. The key-material errors are boxed: they are large and
+//! rare.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,11 +44,14 @@ pub enum Error {
     SecretCa {
         namespace: String,
         name: String,
-        source: ca::Error,
+        source: Box<ca::Error>,
     },
     /// The self-signed root could not be loaded or made.
     #[error("the self-signed root in {dir}: {source}")]
-    SelfSigned { dir: PathBuf, source: ca::Error },
+    SelfSigned {
+        dir: PathBuf,
+        source: Box<ca::Error>,
+    },
     /// An extra root (`--ca-extra-root`) could not be read.
     #[error("reading --ca-extra-root {path}: {source}")]
     ExtraRootRead {
@@ -56,7 +60,10 @@ pub enum Error {
     },
     /// An extra root is not a usable root certificate.
     #[error("--ca-extra-root {path}: {source}")]
-    ExtraRoot { path: PathBuf, source: ca::Error },
+    ExtraRoot {
+        path: PathBuf,
+        source: Box<ca::Error>,
+    },
     /// A root of the trust bundle could not be read back.
     #[error("the CA's trust bundle: {0}")]
     Bundle(#[source] cert::Error),
@@ -82,6 +89,6 @@ pub enum Error {
     #[error("the CA server on {addr} stopped: {source}")]
     Serve {
         addr: SocketAddr,
-        source: shunt_identity::grpc::ServerError,
+        source: Box<shunt_identity::grpc::ServerError>,
     },
 }

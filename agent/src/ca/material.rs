@@ -131,7 +131,7 @@ pub fn load(
         let signer = CaSigner::from_pem(&pems, options).map_err(|source| Error::SecretCa {
             namespace: namespace.clone(),
             name: name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         return Ok(Material {
             signer,
@@ -141,7 +141,7 @@ pub fn load(
     let signer = CaSigner::self_signed(self_signed_dir, &inputs.trust_domain, options).map_err(
         |source| Error::SelfSigned {
             dir: self_signed_dir.to_owned(),
-            source,
+            source: Box::new(source),
         },
     )?;
     Ok(Material {

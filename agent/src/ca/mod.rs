@@ -210,7 +210,7 @@ impl CaMode {
                 .with_extra_roots(&pem)
                 .map_err(|source| Error::ExtraRoot {
                     path: path.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         let roots = root_statuses(signer.trust_bundle())?;
@@ -278,7 +278,10 @@ impl CaMode {
         loop {
             tokio::select! {
                 served = &mut serving => {
-                    return served.map_err(|source| Error::Serve { addr: listen, source });
+                    return served.map_err(|source| Error::Serve {
+                        addr: listen,
+                        source: Box::new(source),
+                    });
                 }
                 changed = snapshots.changed(), if watching => {
                     if changed.is_err() {
