@@ -167,3 +167,35 @@ pub struct ExplainQuery {
     #[serde(flatten)]
     pub request: ExplainRequest,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_sources_are_tagged_by_kind_and_a_ca_status_needs_only_its_address() {
+        for (source, json) in [
+            (
+                CaSource::Secret {
+                    namespace: "istio-system".into(),
+                    name: "cacerts".into(),
+                },
+                serde_json::json!({"kind": "secret", "namespace": "istio-system", "name": "cacerts"}),
+            ),
+            (
+                CaSource::SelfSigned {
+                    dir: "/var/lib/shunt/default/ca/self-signed".into(),
+                },
+                serde_json::json!({"kind": "self_signed", "dir": "/var/lib/shunt/default/ca/self-signed"}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(&source).unwrap(), json);
+            assert_eq!(serde_json::from_value::<CaSource>(json).unwrap(), source);
+        }
+        // Only `listen` is required: a status from an agent that knows less still reads.
+        let status: CaStatus =
+            serde_json::from_value(serde_json::json!({"listen": "0.0.0.0:15012"})).unwrap();
+        assert_eq!(status.serving, None);
+        assert!(status.roots.is_empty() && !status.allow_unauthenticated);
+    }
+}
