@@ -197,7 +197,10 @@ impl CaMode {
 
     /// Loads the key material, writes the trust bundle and binds.
     async fn start(&self, inputs: &Inputs) -> Result<Started, Error> {
-        create_dir(&self.options.state_dir, 0o755)?;
+        if self.options.root_out.is_none() {
+            // Readable by all: the trust bundle goes here, the key below it in 0700.
+            create_dir(&self.options.state_dir, 0o755)?;
+        }
         let material =
             material::load(inputs, &self.options.self_signed_dir(), self.options.signer)?;
         let mut signer = material.signer;
