@@ -430,3 +430,91 @@ fn http_routing_holds_across_nodes_over_hbone() {
     let problems = cluster.teardown();
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
+
+/// The node proxy's certificate for `identity`: its leaf serial (from `GET /debug/certs`).
+fn leaf_serial(node: &Node, identity: &str) -> Option<String> {
+    let response = shunt_tests::http::get_tcp(node.metrics_addr(), "/debug/certs")
+        .or_panic("GET /debug/certs");
+    let certs: Value = serde_json::from_str(&response.text()).or_panic("/debug/certs JSON");
+    certs
+        .as_array()?
+        .iter()
+        .find(|c| c["identity"] == identity && c["state"] == "valid")
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() {
+    const TEST: &str = "multinode::certificates_rotate_under_load_without_a_failed_request";
+    const WEB_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 11);
+    const HTTP_PORT: u16 = 8080;
+    /// Rotation at half of it: 60 s into the run, which lasts 75 s.
+    const LIFETIME_SECS: &str = "120";
+    let Some(mut cluster) = new_cluster(TEST, 2) else {
+        return;
+    };
+    let client = cluster.add_pod(0, "client", 10).or_panic("client pod");
+    let web = cluster.add_pod(1, "web", 21).or_panic("web pod");
+    let mut config = ClusterConfig::new()
+        .namespace(&NamespaceConfig::injected(MESH))
+        .service(&ServiceConfig::new(MESH, "web", WEB_IP).select("app", "web").port(
+            "http",
+            80,
+            HTTP_PORT,
+        ));
+    for pod in [&client, &web] {
+        let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+        pod_config.service_account = format!("sa-{}", pod.name);
+        config = config.pod(&pod_config.label("app", &pod.name).port("http", HTTP_PORT));
+    }
+    cluster.write_config(&config).or_panic("writing the config");
+    cluster.add_proxy_args(&["--cert-lifetime", LIFETIME_SECS]);
+    cluster
+        .start_with_mtls(&AgentOptions::default())
+        .or_panic("starting the CA, the agents and proxies");
+    cluster
+        .wait_captured(&[&client, &web])
+        .or_panic("waiting for capture");
+    let server_node = cluster.node(1).or_panic("node-1");
+    let _server = server_node
+        .start_httppod_server(&web, &["serve", "--port", &HTTP_PORT.to_string(), "--name", "web"])
+        .or_panic("httppod server");
+    let (client_id, web_id) = (spiffe("sa-client"), spiffe("sa-web"));
+    let before = (
+        leaf_serial(cluster.node(0).or_panic("node-0"), &client_id),
+        leaf_serial(server_node, &web_id),
+    );
+    assert!(before.0.is_some() && before.1.is_some(), "no certificates yet: {before:?}");
+    let url = format!("http://{WEB_IP}/");
+    let report = httppod_json(
+        cluster.node(0).or_panic("node-0"),
+        &client,
+        &["http", "--url", &url, "--rps", "200", "--duration", "75"],
+    );
+    let after = (
+        leaf_serial(cluster.node(0).or_panic("node-0"), &client_id),
+        leaf_serial(cluster.node(1).or_panic("node-1"), &web_id),
+    );
+    assert!(
+        after.0.is_some() && after.0 != before.0 && after.1.is_some() && after.1 != before.1,
+        "both certificates must have rotated during the run: before {before:?}, after {after:?}"
+    );
+    let statuses = report["status"].as_object().or_panic_none("status", &report);
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), vec!["200"], "{report}");
+    assert!(
+        report["status"]["200"].as_u64().unwrap_or(0) >= 14_000,
+        "about 15000 requests expected: {report}"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+trait OrPanicNone<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T;
+}
+
+impl<T> OrPanicNone<T> for Option<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T {
+        self.unwrap_or_else(|| panic!("no {what} in {context}"))
+    }
+}
