@@ -36,7 +36,8 @@ pub struct PoolKey {
 pub struct ConnectRequest {
     /// `:authority`: the destination pod's IP and the target port.
     pub authority: SocketAddr,
-    /// `forwarded: for="<client ip:port>"`: the application's own address.
+    /// `forwarded: for="<client ip:port>"`: the application's own address (port 0: only the
+    /// source pod's IP is named, for a pooled HTTP connection).
     pub client: SocketAddr,
     /// `;host=` of `forwarded`: the Service host the client asked for, when known.
     pub service_host: Option<String>,
@@ -48,9 +49,15 @@ pub struct ConnectRequest {
 
 impl ConnectRequest {
     fn to_request(&self) -> Result<Request<()>, HboneError> {
+        // A pooled HTTP connection carries many clients: it names only the source pod.
+        let client = if self.client.port() == 0 {
+            self.client.ip().to_string()
+        } else {
+            self.client.to_string()
+        };
         let forwarded = match &self.service_host {
-            Some(host) => format!("for=\"{}\";host={host}", self.client),
-            None => format!("for=\"{}\"", self.client),
+            Some(host) => format!("for=\"{client}\";host={host}"),
+            None => format!("for=\"{client}\""),
         };
         let mut builder = Request::builder()
             .method(Method::CONNECT)

@@ -19,6 +19,38 @@ pub enum DialError {
     Socket(#[from] socket::Error),
     #[error(transparent)]
     Hbone(#[from] HboneError),
+    #[error(
+        "{addr} requires mTLS (DestinationRule tls.mode ISTIO_MUTUAL) but is not a meshed pod \
+         on another node, so no HBONE tunnel reaches it; refused rather than sent in plaintext"
+    )]
+    MtlsUnavailable { addr: SocketAddr },
+}
+
+/// What a DestinationRule's `tls.mode` says about mesh mTLS (HBONE) to a destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MeshTls {
+    /// No rule says: auto mTLS (HBONE to a pod captured on another node, else plaintext).
+    #[default]
+    Auto,
+    /// `DISABLE`: plaintext, even to a meshed pod on another node.
+    Disable,
+    /// `ISTIO_MUTUAL`: mTLS; a destination that cannot be reached over HBONE (not a meshed
+    /// pod of another node) is refused, never sent plaintext. Same-node delivery, which
+    /// never leaves the node and knows both identities, still counts.
+    Require,
+}
+
+impl MeshTls {
+    /// The preference a cluster's `TrafficPolicy::tls` states.
+    #[must_use]
+    pub fn of(tls: Option<&shunt_mesh::routing::UpstreamTls>) -> Self {
+        match tls {
+            Some(shunt_mesh::routing::UpstreamTls::Disable) => Self::Disable,
+            Some(shunt_mesh::routing::UpstreamTls::IstioMutual { .. }) => Self::Require,
+            // Originated TLS is its own (non-mesh) TLS; refusals never dial.
+            _ => Self::Auto,
+        }
+    }
 }
 
 /// Opens the upstream connections of one pod.
@@ -31,6 +63,7 @@ pub trait Dial: Send + Sync + 'static {
         addr: SocketAddr,
         timeout: Duration,
         client: Option<SocketAddr>,
+        mesh_tls: MeshTls,
     ) -> BoxFuture<'_, Result<Dialed, DialError>>;
 }
 
@@ -86,6 +119,7 @@ impl Dial for Direct {
         addr: SocketAddr,
         timeout: Duration,
         _client: Option<SocketAddr>,
+        _mesh_tls: MeshTls,
     ) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
             let stream = self.0.connect(addr, timeout).await?;

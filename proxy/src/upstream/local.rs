@@ -16,7 +16,7 @@ use crate::hbone::{ConnectRequest, Endpoints, Hbone, baggage};
 use crate::pod::Pod;
 use crate::socket::{BoxFuture, PodSockets};
 use crate::state::StateStore;
-use crate::upstream::{Delivery, Dial, DialError, Dialed, Transport, Tunnel};
+use crate::upstream::{Delivery, Dial, DialError, Dialed, MeshTls, Transport, Tunnel};
 use shunt_mesh::ids::PodUid;
 use shunt_mesh::index::MeshIndex;
 
@@ -142,12 +142,18 @@ impl Dial for PodDial {
         addr: SocketAddr,
         timeout: Duration,
         client: Option<SocketAddr>,
+        mesh_tls: MeshTls,
     ) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
             let index = self.state.load();
-            if let Some(hbone) = &self.hbone
-                && let Some(endpoints) = hbone_endpoints(&index, &self.uid, addr)
-            {
+            let tunnel = match mesh_tls {
+                MeshTls::Disable => None,
+                MeshTls::Auto | MeshTls::Require => self
+                    .hbone
+                    .as_ref()
+                    .zip(hbone_endpoints(&index, &self.uid, addr)),
+            };
+            if let Some((hbone, endpoints)) = tunnel {
                 let source = index.workload_by_uid(self.uid.as_str());
                 let request = ConnectRequest {
                     authority: addr,
@@ -172,6 +178,9 @@ impl Dial for PodDial {
             }
             let target = self.local.target(&self.uid, &index, addr);
             drop(index);
+            if mesh_tls == MeshTls::Require && target.is_none() {
+                return Err(DialError::MtlsUnavailable { addr });
+            }
             let Some(pod) = target else {
                 let stream = self.sockets.connect(addr, timeout).await?;
                 return Ok(Dialed {

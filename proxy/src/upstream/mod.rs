@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use self::body::{Body, BoxError, HttpVersion};
-pub use self::dial::{Delivery, Dial, DialError, Dialed, Direct, Tunnel};
+pub use self::dial::{Delivery, Dial, DialError, Dialed, Direct, MeshTls, Tunnel};
 pub use self::dns::Resolver;
 pub use self::error::UpstreamError;
 pub use self::hash::hash_key;
@@ -195,7 +195,8 @@ impl Upstreams {
         timeout: Duration,
         client: Option<std::net::SocketAddr>,
     ) -> Result<Dialed, DialError> {
-        self.dial.dial(addr, timeout, client).await
+        // An address outside any cluster: no DestinationRule speaks for it.
+        self.dial.dial(addr, timeout, client, MeshTls::Auto).await
     }
 
     /// A snapshot of every cluster's endpoints, for `/debug/clusters` and `shuntctl`.
@@ -674,6 +675,7 @@ impl ClusterState {
             max_per_connection: pool.max_requests_per_connection.filter(|&n| n > 0),
             idle_timeout: pool.idle_timeout.filter(|t| !t.is_zero()),
             connect_timeout: pool.connect_timeout.unwrap_or(self.default_connect_timeout),
+            mesh_tls: MeshTls::of(config.policy().tls.as_ref()),
             tls,
         }
     }

@@ -54,6 +54,8 @@ pub(super) struct Limits {
     pub(super) connect_timeout: Duration,
     /// A pooled connection is reused only under the generation it was made with.
     pub(super) tls: Arc<Built>,
+    /// Mesh mTLS (HBONE) as the DestinationRule's `tls.mode` says.
+    pub(super) mesh_tls: super::MeshTls,
 }
 
 /// A count held while the guard lives.
@@ -613,7 +615,12 @@ impl Dialer {
         let deadline = Instant::now() + limits.connect_timeout;
         let dialed = self
             .dial
-            .dial(addr.socket_addr(), limits.connect_timeout, client)
+            .dial(
+                addr.socket_addr(),
+                limits.connect_timeout,
+                client,
+                limits.mesh_tls,
+            )
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr,
