@@ -56,7 +56,8 @@ enum Task {
     /// HAProxy on one node, and across two nodes (HBONE) against no proxy, interleaved over
     /// repetitions; prints a markdown table, saves JSON in results/.
     Bench {
-        /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes.
+        /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes
+        /// for S0–S4.
         #[arg(long)]
         quick: bool,
         /// Only these scenarios, S0 to S6 (e.g. `S2,S4`, or `S5,S6` across nodes); the table

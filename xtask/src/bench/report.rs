@@ -484,8 +484,9 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body; S1–S3 address \
-             a Service port named `http`, so shunt routes every request at L7. Max rps over \
+            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body; S1–S3 and S6 \
+             address a Service port named `http`, so shunt routes every request at L7 (S6: on \
+             the client's node, then through the HBONE tunnel). Max rps over \
              {L7_MAX_CONNECTIONS} connections (closed loop; the L7 costs come from this run); \
              the fixed rates run open loop over {L7_RATE_CONNECTIONS} connections with latency \
              corrected for coordinated omission, the second at half of the repetition's lowest \
