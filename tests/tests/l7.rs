@@ -2016,3 +2016,178 @@ fn same_node_requests_take_one_proxy_pass_and_report_both_sides() {
         .collect();
     assert!(inbound.is_empty(), "inbound clusters in use: {clusters}");
 }
+
+/// An HTTPS server outside the mesh (a pod of an uninjected namespace) with a CA of its own.
+const EXTERNAL: Backend = Backend {
+    name: "external",
+    app: "external",
+    version: "v1",
+    namespace: "outside",
+};
+const EXTERNAL_HOST: &str = "api.external.test";
+const EXTERNAL_ADDRESS: &str = "10.250.0.7";
+/// Where the external server speaks HTTPS (and only HTTPS).
+const HTTPS_PORT: u16 = 8443;
+
+/// A CA and a server certificate it signed for `host`, made with openssl in `dir`; returns
+/// the server's (certificate, key) files. The CA's certificate is `dir/ca.pem`.
+fn issue_server_cert(dir: &std::path::Path, host: &str) -> (String, String) {
+    std::fs::create_dir_all(dir).or_panic("cert dir");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    std::fs::write(
+        path("server.ext"),
+        format!(
+            "subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+        ),
+    )
+    .or_panic("extensions file");
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=external test CA",
+        ]
+        .into_iter()
+        .chain(ec)
+        .chain(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .chain(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .map(str::to_owned)
+        .chain([
+            "-keyout".into(),
+            path("ca-key.pem"),
+            "-out".into(),
+            path("ca.pem"),
+        ])
+        .collect(),
+        ["req", "-new"]
+            .into_iter()
+            .chain(ec)
+            .map(str::to_owned)
+            .chain(["-subj".into(), format!("/CN={host}")])
+            .chain([
+                "-keyout".into(),
+                path("key.pem"),
+                "-out".into(),
+                path("csr.pem"),
+            ])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-set_serial", "2"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["-in".into(), path("csr.pem"), "-CA".into(), path("ca.pem")])
+            .chain([
+                "-CAkey".into(),
+                path("ca-key.pem"),
+                "-extfile".into(),
+                path("server.ext"),
+            ])
+            .chain(["-out".into(), path("cert.pem")])
+            .collect(),
+    ];
+    for args in steps {
+        let made = Command::new("openssl")
+            .args(&args)
+            .output()
+            .or_panic("openssl");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    (path("cert.pem"), path("key.pem"))
+}
+
+#[test]
+fn tls_origination_sends_the_apps_plain_http_over_tls_to_a_service_entry_host() {
+    const TEST: &str = "l7::tls_origination";
+    let external_ip = pod_ip(21);
+    // In the node's own dir (named after the test), written once the node exists: the proxy
+    // reads it when the cluster is first used.
+    let ca_dir = shunt_tests::Names::new(TEST).temp_dir().join("external-ca");
+    let ca_file = ca_dir.join("ca.pem").to_string_lossy().into_owned();
+    // istio.io's "Egress TLS Origination": the app calls port 80 in plain HTTP; the proxy
+    // sends TLS to the entry's targetPort.
+    let istio = [
+        istio::service_entry(
+            MESH,
+            "external-api",
+            json!({
+                "hosts": [EXTERNAL_HOST],
+                "addresses": [EXTERNAL_ADDRESS],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": HTTPS_PORT}],
+                "resolution": "STATIC",
+                "location": "MESH_EXTERNAL",
+                "endpoints": [{"address": external_ip.to_string()}],
+            }),
+        ),
+        destination_rule(
+            MESH,
+            "external-api-tls",
+            json!({"host": EXTERNAL_HOST, "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": ca_file}}
+            ]}}),
+        ),
+    ];
+    let Some(mut l7) = L7::start(TEST, &[], &[EXTERNAL], &istio) else {
+        return;
+    };
+    assert!(
+        ca_dir.starts_with(l7.node.dir()),
+        "{} is not in the node's dir {}",
+        ca_dir.display(),
+        l7.node.dir().display()
+    );
+    let (cert, key) = issue_server_cert(&ca_dir, EXTERNAL_HOST);
+    let https = HTTPS_PORT.to_string();
+    l7.serve(
+        "external",
+        &["--tls-port", &https, "--tls-cert", &cert, "--tls-key", &key],
+    );
+
+    let connect = format!("{EXTERNAL_ADDRESS}:80");
+    let url = format!("http://{EXTERNAL_HOST}/originated");
+    let report = l7.http(&url, &["--connect", &connect, "-n", "3"]);
+    assert_eq!(report["status"], json!({"200": 3}), "{report}");
+    assert_eq!(report["served_by"], json!({"external": 3}), "{report}");
+    let seen = l7.seen("external");
+    let requests = seen["requests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(requests.len(), 3, "{seen}");
+    for request in &requests {
+        assert_eq!(request["path"], "/originated", "{seen}");
+        assert_eq!(
+            request["tls"],
+            json!({"sni": EXTERNAL_HOST, "alpn": "http/1.1"}),
+            "over TLS, SNI the entry's host, HTTP/1.1 inside: {seen}"
+        );
+    }
+    l7.expect_log_lines(
+        &[
+            ("upstream_cluster", "outbound|80||api.external.test"),
+            ("response_code", "200"),
+            ("upstream_host", &format!("{external_ip}:{HTTPS_PORT}")),
+        ],
+        3,
+    );
+
+    // The control: the same port in plain HTTP, straight to the pod (no rule applies), is
+    // not understood there.
+    let plain = l7.http(&format!("http://{external_ip}:{HTTPS_PORT}/plain"), &[]);
+    assert!(plain["status"].get("200").is_none(), "{plain}");
+    assert_eq!(
+        l7.seen("external")["total"],
+        3,
+        "a plaintext request is not served"
+    );
+}

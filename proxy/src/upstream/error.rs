@@ -6,6 +6,7 @@ use std::time::Duration;
 use shunt_mesh::routing::ClusterKey;
 
 use super::dns;
+use super::tls::TlsError;
 use crate::response_flag::{ResponseFlag, ResponseFlags};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,14 @@ pub enum UpstreamError {
         // Boxed: the socket error is large and this error travels in every `Result`.
         source: Box<super::DialError>,
     },
+    /// DestinationRule `tls`: the handshake failed, or the cluster's settings refuse every
+    /// connection ([`TlsError::is_handshake`] tells which).
+    #[error("TLS to upstream endpoint {addr}: {source}")]
+    Tls {
+        addr: EndpointAddr,
+        // Shared: a refusal is built once per policy and returned to every connection.
+        source: std::sync::Arc<TlsError>,
+    },
     #[error(
         "HTTP handshake with upstream endpoint {addr} failed (is it serving HTTP/2?): {source}"
     )]
@@ -71,20 +80,24 @@ impl UpstreamError {
             }
             Self::Passthrough { .. } => ResponseFlags::NONE,
             Self::Overflow { .. } => ResponseFlag::UpstreamOverflow.into(),
-            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => {
-                ResponseFlag::UpstreamConnectionFailure.into()
-            }
+            // A refusal too: Envoy's cluster would have no usable transport socket.
+            Self::Connect { .. }
+            | Self::Tls { .. }
+            | Self::Handshake { .. }
+            | Self::HandshakeTimeout { .. } => ResponseFlag::UpstreamConnectionFailure.into(),
             Self::Reset { .. } => ResponseFlag::UpstreamConnectionTermination.into(),
         }
     }
 
-    /// `retryOn: connect-failure`.
+    /// `retryOn: connect-failure` (a TLS handshake failure is one; settings that refuse every
+    /// connection are not, since another try would be refused the same way).
     #[must_use]
     pub fn is_connect_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. }
-        )
+        match self {
+            Self::Connect { .. } | Self::Handshake { .. } | Self::HandshakeTimeout { .. } => true,
+            Self::Tls { source, .. } => source.is_handshake(),
+            _ => false,
+        }
     }
 
     /// `retryOn: reset`.

@@ -25,6 +25,7 @@ pub mod local;
 mod metrics;
 mod outlier;
 mod pool;
+mod tls;
 pub mod transport;
 
 use shunt_mesh::ids::EndpointAddr;
@@ -48,6 +49,8 @@ pub use self::outlier::Outcome;
 use self::outlier::OutlierState;
 pub use self::pool::UpstreamBody;
 use self::pool::{ConnectionSlot, Counted, Dialer, EndpointPool, Limits, RequestCounts, Shared};
+pub use self::tls::TlsError;
+use self::tls::{Alpn, ClusterTls};
 pub use self::transport::{ResetOnClose, Transport};
 use crate::socket::PodSockets;
 pub use shunt_api::clusters::{ClusterDump, ClustersDump, EndpointDump};
@@ -358,6 +361,8 @@ pub struct ClusterState {
     resolver: Arc<Resolver>,
     /// DNS names failing now, so that each failure is logged once.
     dns_failing: Mutex<HashSet<Arc<str>>>,
+    /// DestinationRule `tls`, built once per policy.
+    tls: ClusterTls,
 }
 
 impl ClusterState {
@@ -370,6 +375,7 @@ impl ClusterState {
     ) -> Self {
         let name = cluster_name(&cluster.key);
         Self {
+            tls: ClusterTls::new(cluster, &name),
             key: cluster.key.clone(),
             config: Mutex::new(Config::new(cluster, Vec::new(), &[])),
             last_used: Mutex::new(Instant::now()),
@@ -426,6 +432,7 @@ impl ClusterState {
         if Arc::ptr_eq(&config.source, cluster) {
             return;
         }
+        self.tls.refresh(cluster);
         // Until the next [`Self::resolve`], the names resolve to what they did.
         let resolved = if cluster.dns.is_empty() {
             Vec::new()
@@ -657,6 +664,7 @@ impl ClusterState {
     }
 
     fn limits(&self) -> Limits {
+        let tls = self.tls.current();
         let config = self.config();
         let pool = &config.policy().connection_pool;
         Limits {
@@ -666,12 +674,14 @@ impl ClusterState {
             max_per_connection: pool.max_requests_per_connection.filter(|&n| n > 0),
             idle_timeout: pool.idle_timeout.filter(|t| !t.is_zero()),
             connect_timeout: pool.connect_timeout.unwrap_or(self.default_connect_timeout),
+            tls,
         }
     }
 
     /// Sends `request` to the picked endpoint on a pooled connection (HTTP/1.1 or h2 per
     /// `version`), within the cluster's `connectionPool` limits. The response body holds the
-    /// connection (HTTP/1) and the request's counts until it ends.
+    /// connection (HTTP/1) and the request's counts until it ends. A cluster whose TLS
+    /// settings refuse connections answers `Tls` without connecting.
     pub async fn send(
         &self,
         picked: &Picked,
@@ -679,6 +689,12 @@ impl ClusterState {
         version: HttpVersion,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let limits = self.limits();
+        if let Some(source) = limits.tls.refusal() {
+            return Err(UpstreamError::Tls {
+                addr: picked.addr,
+                source,
+            });
+        }
         let shared = &self.dialer.shared;
         let request_count = Counted::try_acquire(&shared.requests, limits.max_requests)
             .ok_or_else(|| shared.overflow("max_requests"))?;
@@ -719,12 +735,20 @@ impl ClusterState {
     /// `connectTimeout`, and reports the connect result to outlier detection. One attempt:
     /// tcp_proxy's `max_connect_attempts` defaults to 1 and Istio does not set it. The
     /// returned [`TcpConnection`] holds the counts for as long as the connection is proxied.
+    /// Under DestinationRule `tls` the connection is TLS (no ALPN); a cluster whose TLS
+    /// settings refuse connections fails at once, without connecting.
     pub async fn connect_tcp(
         &self,
         picked: &Picked,
         client: Option<std::net::SocketAddr>,
     ) -> Result<(Transport, TcpConnection), UpstreamError> {
         let limits = self.limits();
+        if let Some(source) = limits.tls.refusal() {
+            return Err(UpstreamError::Tls {
+                addr: picked.addr,
+                source,
+            });
+        }
         let shared = &self.dialer.shared;
         let slot = ConnectionSlot::try_reserve(shared, limits.max_connections)
             .ok_or_else(|| shared.overflow("max_connections"))?;
@@ -737,8 +761,7 @@ impl ClusterState {
         };
         let connected = self
             .dialer
-            .dial
-            .dial(picked.addr.socket_addr(), limits.connect_timeout, client)
+            .open(picked.addr, &limits, client, Alpn::None)
             .await;
         match connected {
             Ok(Dialed {
@@ -751,12 +774,11 @@ impl ClusterState {
                 held.tunnel = tunnel;
                 Ok((stream, held))
             }
-            Err(source) => {
-                self.record(picked, Outcome::GatewayError);
-                Err(UpstreamError::Connect {
-                    addr: picked.addr,
-                    source: Box::new(source),
-                })
+            Err(error) => {
+                if error.is_connect_failure() {
+                    self.record(picked, Outcome::GatewayError);
+                }
+                Err(error)
             }
         }
     }

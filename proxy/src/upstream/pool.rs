@@ -35,13 +35,15 @@ use super::body::{Body, HttpVersion};
 use super::dial::{Delivery, Dial, Dialed, Tunnel};
 use super::error::UpstreamError;
 use super::metrics::{ClusterLabels, UpstreamMetrics};
+use super::tls::{Alpn, Built};
 use super::transport::Transport;
 
 /// Streams per h2 connection before another connection opens. Peers commonly advertise
 /// 100 or more; past that hyper would queue streams on the connection.
 pub(super) const H2_STREAMS_PER_CONNECTION: u32 = 100;
 
-/// The `connectionPool` limits in force, with Istio's "unset = unlimited".
+/// The `connectionPool` limits in force, with Istio's "unset = unlimited", and the TLS new
+/// connections are secured with.
 #[derive(Clone, Debug)]
 pub(super) struct Limits {
     pub(super) max_connections: u32,
@@ -50,6 +52,8 @@ pub(super) struct Limits {
     pub(super) max_per_connection: Option<u32>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) connect_timeout: Duration,
+    /// A pooled connection is reused only under the generation it was made with.
+    pub(super) tls: Arc<Built>,
 }
 
 /// A count held while the guard lives.
@@ -160,6 +164,8 @@ struct H1Connection {
     served: u32,
     delivered: Option<Delivery>,
     tunnel: Option<Tunnel>,
+    /// The [`Built::generation`] of the TLS settings it was made with.
+    tls_generation: u64,
 }
 
 impl H1Connection {
@@ -182,6 +188,7 @@ struct H2Connection {
     idle_since: Mutex<Instant>,
     delivered: Option<Delivery>,
     tunnel: Option<Tunnel>,
+    tls_generation: u64,
 }
 
 impl H2Connection {
@@ -240,16 +247,22 @@ impl EndpointPool {
         }
     }
 
-    /// The most recently idled live HTTP/1 connection; expired ones are closed.
-    fn take_idle(&self, idle_timeout: Option<Duration>) -> Option<H1Connection> {
+    /// The most recently idled live HTTP/1 connection; expired ones, and those made under
+    /// other TLS settings, are closed.
+    fn take_idle(&self, limits: &Limits) -> Option<H1Connection> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(candidate) = idle.pop() {
-            if idle_timeout.is_some_and(|t| candidate.since.elapsed() >= t) {
+            if limits
+                .idle_timeout
+                .is_some_and(|t| candidate.since.elapsed() >= t)
+            {
                 // Older ones sit below it: expired too.
                 idle.clear();
                 return None;
             }
-            if candidate.connection.usable() {
+            if candidate.connection.usable()
+                && candidate.connection.tls_generation == limits.tls.generation
+            {
                 return Some(candidate.connection);
             }
         }
@@ -303,7 +316,7 @@ impl EndpointPool {
     /// [`H2_STREAMS_PER_CONNECTION`]; otherwise any live one).
     fn claim_h2(&self, limits: &Limits, room: bool) -> Option<H2Stream> {
         let mut h2 = self.h2.lock().ok()?;
-        h2.retain(|c| c.usable());
+        h2.retain(|c| c.usable() && c.tls_generation == limits.tls.generation);
         let connection = h2
             .iter()
             .filter(|c| !room || c.streams.load(Ordering::Acquire) < H2_STREAMS_PER_CONNECTION)
@@ -524,7 +537,7 @@ impl Dialer {
 
     /// The most recently idled HTTP/1 connection that is still ready for a request.
     async fn ready_idle(pool: &EndpointPool, limits: &Limits) -> Option<H1Connection> {
-        while let Some(mut connection) = pool.take_idle(limits.idle_timeout) {
+        while let Some(mut connection) = pool.take_idle(limits) {
             if connection.sender.ready().await.is_ok() {
                 return Some(connection);
             }
@@ -588,24 +601,43 @@ impl Dialer {
         Ok(())
     }
 
+    /// A connection to `addr` through the pod's dial, secured as `limits.tls` says (TLS
+    /// offering `alpn`), all within the connect timeout.
+    pub(super) async fn open(
+        &self,
+        addr: EndpointAddr,
+        limits: &Limits,
+        client: Option<std::net::SocketAddr>,
+        alpn: Alpn,
+    ) -> Result<Dialed, UpstreamError> {
+        let deadline = Instant::now() + limits.connect_timeout;
+        let dialed = self
+            .dial
+            .dial(addr.socket_addr(), limits.connect_timeout, client)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                addr,
+                source: Box::new(source),
+            })?;
+        limits
+            .tls
+            .secure(dialed, addr, alpn, deadline, limits.connect_timeout)
+            .await
+            .map_err(|source| UpstreamError::Tls { addr, source })
+    }
+
     async fn dial(
         &self,
         addr: EndpointAddr,
         limits: &Limits,
+        alpn: Alpn,
     ) -> Result<(TokioIo<Transport>, Option<Delivery>, Option<Tunnel>), UpstreamError> {
         // A pooled connection carries many clients' requests: no one client to name.
         let Dialed {
             stream,
             delivered,
             tunnel,
-        } = self
-            .dial
-            .dial(addr.socket_addr(), limits.connect_timeout, None)
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                addr,
-                source: Box::new(source),
-            })?;
+        } = self.open(addr, limits, None, alpn).await?;
         Ok((TokioIo::new(stream), delivered, tunnel))
     }
 
@@ -615,7 +647,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
-        let (io, delivered, tunnel) = self.dial(addr, limits).await?;
+        let (io, delivered, tunnel) = self.dial(addr, limits, Alpn::Http1).await?;
         // One flat buffer per write: `send(2)` rather than `writev(2)`, whose trip through
         // the VFS layers cost more than copying a small body (HAProxy writes the same way).
         let (sender, connection) = http1::Builder::new()
@@ -641,6 +673,7 @@ impl Dialer {
             served: 0,
             delivered,
             tunnel,
+            tls_generation: limits.tls.generation,
         })
     }
 
@@ -650,7 +683,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<Arc<H2Connection>, UpstreamError> {
-        let (io, delivered, tunnel) = self.dial(addr, limits).await?;
+        let (io, delivered, tunnel) = self.dial(addr, limits, Alpn::H2).await?;
         let handshake = http2::handshake(TokioExecutor::new(), io);
         let (sender, connection) = tokio::time::timeout(limits.connect_timeout, handshake)
             .await
@@ -679,6 +712,7 @@ impl Dialer {
             idle_since: Mutex::new(Instant::now()),
             delivered,
             tunnel,
+            tls_generation: limits.tls.generation,
         }))
     }
 }

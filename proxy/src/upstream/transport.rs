@@ -1,6 +1,7 @@
-//! What an upstream dial returns: the byte stream to the endpoint. Plain TCP, or one stream of
-//! an mTLS tunnel (HBONE) to the endpoint's node; everything above (the HTTP pools, the L4
-//! forwarder, telemetry) works on `Transport` the same way.
+//! What an upstream dial returns: the byte stream to the endpoint. Plain TCP, one stream of
+//! an mTLS tunnel (HBONE) to the endpoint's node, or TLS the proxy originated over either
+//! (DestinationRule `tls`); everything above (the HTTP pools, the L4 forwarder, telemetry)
+//! works on `Transport` the same way.
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +34,9 @@ pub enum Transport {
     Tcp(TcpStream),
     /// An HBONE `CONNECT` stream to the endpoint, over mTLS to its node's proxy.
     Hbone(H2Stream),
+    /// TLS originated to the endpoint (DestinationRule `tls` `SIMPLE` / `MUTUAL`) over the
+    /// stream the dial made. Boxed: rustls' connection state is large.
+    Tls(Box<tokio_rustls::client::TlsStream<Transport>>),
 }
 
 impl ResetOnClose for H2Stream {
@@ -48,7 +52,7 @@ impl Transport {
     pub fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
             Self::Tcp(stream) => Some(stream),
-            Self::Hbone(_) => None,
+            Self::Hbone(_) | Self::Tls(_) => None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl ResetOnClose for Transport {
         match self {
             Self::Tcp(stream) => stream.reset_on_close(),
             Self::Hbone(stream) => stream.reset_on_close(),
+            Self::Tls(stream) => stream.get_ref().0.reset_on_close(),
         }
     }
 }
@@ -77,6 +82,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Self::Hbone(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
@@ -90,6 +96,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Self::Hbone(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
@@ -101,12 +108,14 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Self::Hbone(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Tcp(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
             Self::Hbone(_) => false,
         }
     }
@@ -115,6 +124,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Self::Hbone(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
 
@@ -122,6 +132,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Self::Hbone(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }

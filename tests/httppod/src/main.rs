@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! shunt-httppod serve --port P [--name NAME] [--grpc-port G] [--ws] [--status S] [--delay-ms D]
+//!                     [--tls-port T --tls-cert CERT.pem --tls-key KEY.pem]
 //! shunt-httppod http  --url URL [--connect IP:PORT] [-n N] [-c C] [-X M] [-H 'k: v']...
 //!                     [--http2] [--cookie-jar] [--rps R --duration S] [--body-bytes N]
 //! shunt-httppod grpc  --addr IP:PORT [-n N] [--service shunt.test]

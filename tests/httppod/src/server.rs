@@ -1,11 +1,16 @@
 //! `serve`: one HTTP/1.1 + h2c server (and optionally a gRPC Health server) whose answers name
 //! the pod and whose behaviour each request chooses by header, so one server serves every L7
 //! case. What it saw is kept for `GET /count`, which is answered but never counted.
+//!
+//! With `--tls-port` the same server also answers over TLS (ALPN `h2` and `http/1.1`): an
+//! "external" HTTPS service for the TLS origination tests; each request it records says the
+//! SNI and ALPN its connection was made with (`tls`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +24,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -59,6 +68,15 @@ pub struct ServeArgs {
     /// Added before every answer unless the request sets `x-delay-ms` (a slow endpoint).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Also serve HTTPS here (HTTP/1.1 and h2 by ALPN), with `--tls-cert` and `--tls-key`.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_port: Option<u16>,
+    /// The PEM certificate chain HTTPS presents.
+    #[arg(long, requires = "tls_port")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_port")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What the server has seen.
@@ -116,6 +134,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let grpc_task = grpc.map(|listener| tokio::spawn(serve_grpc(listener, Arc::clone(&server))));
+    let https_task = match (args.tls_port, &args.tls_cert, &args.tls_key) {
+        (Some(port), Some(cert), Some(key)) => {
+            let acceptor = tls_acceptor(cert, key)?;
+            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                .await
+                .with_context(|| format!("binding the HTTPS port {port}"))?;
+            Some(tokio::spawn(serve_https(
+                listener,
+                acceptor,
+                Arc::clone(&server),
+            )))
+        }
+        _ => None,
+    };
     // The harness starts clients once it reads this line.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "ready")?;
@@ -123,29 +155,102 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     drop(stdout);
 
     let http = serve_http(listener, server);
-    match grpc_task {
-        Some(grpc) => tokio::select! {
-            result = http => result,
-            joined = grpc => joined.context("the gRPC server task")?,
-        },
-        None => http.await,
+    let grpc = async {
+        match grpc_task {
+            Some(grpc) => joined(grpc.await, "the gRPC server task"),
+            None => std::future::pending().await,
+        }
+    };
+    let https = async {
+        match https_task {
+            Some(https) => joined(https.await, "the HTTPS server task"),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = http => result,
+        result = grpc => result,
+        result = https => result,
     }
+}
+
+fn joined(joined: Result<Result<()>, tokio::task::JoinError>, what: &str) -> Result<()> {
+    joined.with_context(|| what.to_owned())?
+}
+
+/// The HTTPS listener's TLS: ring, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading --tls-cert {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading --tls-key {}", key.display()))?;
+    #[expect(
+        deprecated,
+        reason = "rustls deprecates ring's provider for lacking post-quantum key exchange; ring \
+                  is the provider shunt builds with"
+    )]
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("--tls-cert and --tls-key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn serve_http(listener: TcpListener, server: Arc<Server>) -> Result<()> {
     loop {
         let (stream, peer) = listener.accept().await.context("accepting")?;
-        let server = Arc::clone(&server);
+        tokio::spawn(serve_connection(stream, Arc::clone(&server), peer, None));
+    }
+}
+
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    server: Arc<Server>,
+) -> Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await.context("accepting over TLS")?;
+        let (acceptor, server) = (acceptor.clone(), Arc::clone(&server));
         tokio::spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&server), peer, request));
-            let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                eprintln!("connection from {peer}: {e}");
-            }
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    eprintln!("TLS handshake from {peer}: {e}");
+                    return;
+                }
+            };
+            let (_, connection) = stream.get_ref();
+            let tls = json!({
+                "sni": connection.server_name(),
+                "alpn": connection.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+            });
+            serve_connection(stream, server, peer, Some(Arc::new(tls))).await;
         });
+    }
+}
+
+/// One connection's requests; `tls` is what its handshake said, for the record.
+async fn serve_connection<S>(
+    stream: S,
+    server: Arc<Server>,
+    peer: SocketAddr,
+    tls: Option<Arc<Value>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        service_fn(move |request| handle(Arc::clone(&server), peer, tls.clone(), request));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        eprintln!("connection from {peer}: {e}");
     }
 }
 
@@ -178,6 +283,7 @@ type Reply = Response<Full<Bytes>>;
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
+    tls: Option<Arc<Value>>,
     mut request: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
     let path = request
@@ -201,6 +307,7 @@ async fn handle(
         "peer": peer.to_string(),
         "version": format!("{:?}", request.version()),
         "headers": headers,
+        "tls": tls.as_deref(),
     });
     server.record(entry);
 

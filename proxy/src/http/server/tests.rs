@@ -832,6 +832,36 @@ async fn an_unreachable_endpoint_is_503_uf() {
 }
 
 #[tokio::test]
+async fn a_cluster_whose_tls_is_refused_is_503_uf_naming_the_rule_and_never_dialled() {
+    let web = backend("web", 0).await;
+    let mut refused = (*cluster(HOST, &[web.addr])).clone();
+    refused.policy.tls = Some(shunt_mesh::routing::UpstreamTls::Refuse {
+        rule: ObjectRef {
+            kind: "DestinationRule",
+            namespace: "shop".into(),
+            name: "web-tls".into(),
+        },
+    });
+    let harness = harness(
+        HttpDecision::Route(Arc::new(forward_to(HOST))),
+        vec![Arc::new(refused)],
+    )
+    .await;
+    let (status, _, body) = harness.send(get("/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("DestinationRule shop/web-tls asks for TLS but was rejected"),
+        "{body}"
+    );
+    assert_eq!(harness.test.log_lines(1).await[0]["response_flags"], "UF");
+    assert!(
+        web.seen.lock().unwrap().is_empty(),
+        "never sent in plaintext"
+    );
+}
+
+#[tokio::test]
 async fn a_dns_name_that_does_not_resolve_is_503_uh_and_one_that_does_is_dialled() {
     let named = |name: &str, port: u16| {
         Arc::new(Cluster {
