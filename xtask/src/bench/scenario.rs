@@ -206,13 +206,12 @@ impl Targets {
     }
 }
 
-/// The node, or the two nodes, a scenario runs on.
+/// The node, or the two nodes, a scenario runs on. Both boxed: each is a few hundred bytes.
 enum Nodes {
-    /// Boxed: a node is larger than a cluster, which keeps its nodes in a `Vec`.
     One(Box<Node>),
     /// A cross-node scenario: the client on node [`CLIENT_NODE`], the server on
     /// [`SERVER_NODE`].
-    Two(Cluster),
+    Two(Box<Cluster>),
 }
 
 /// Where a forwarder sits on the scenario's path.
@@ -284,7 +283,7 @@ impl Deployment {
                 cluster.wait_captured(&[&client, &server])?;
                 targets.http = service_http();
             }
-            (Nodes::Two(cluster), client, server, targets)
+            (Nodes::Two(Box::new(cluster)), client, server, targets)
         } else {
             let mut node = Node::with_binaries(&name, binaries.clone())?;
             let client = node.add_pod("client", CLIENT_IP)?;
