@@ -53,13 +53,7 @@ fn reaches(node: &Node, pod: &Pod, to: std::net::SocketAddr) -> bool {
 
 /// Polls until every `(port, reachable)` holds for `pod` → `server`, or panics with what was
 /// seen: a changed config takes a moment to reach the agent and the proxy.
-fn wait_reachability(
-    node: &Node,
-    case: &str,
-    pod: &Pod,
-    server: &Pod,
-    expected: &[(u16, bool)],
-) {
+fn wait_reachability(node: &Node, case: &str, pod: &Pod, server: &Pod, expected: &[(u16, bool)]) {
     let deadline = Instant::now() + APPLY_TIMEOUT;
     loop {
         let seen: Vec<(u16, bool)> = expected
@@ -85,7 +79,9 @@ fn node_with_server(test: &str) -> Option<(Node, Pod, Pod, Pod, Vec<shunt_tests:
     let mut node = new_node(test)?;
     let server = node.add_pod("server", pod_ip(20)).or_panic("server pod");
     let inside = node.add_pod("client", pod_ip(10)).or_panic("client pod");
-    let outsider = node.add_pod("outsider", pod_ip(30)).or_panic("outsider pod");
+    let outsider = node
+        .add_pod("outsider", pod_ip(30))
+        .or_panic("outsider pod");
     let config = ClusterConfig::new()
         .namespace(&NamespaceConfig::injected(MESH))
         .namespace(&NamespaceConfig::new(LEGACY))
@@ -129,7 +125,12 @@ fn peer_authentication_decides_which_plaintext_reaches_a_pod() {
         ("no policy: PERMISSIVE", vec![], [true, true]),
         (
             "namespace PERMISSIVE",
-            vec![peer_authentication(MESH, "default", older, mode("PERMISSIVE"))],
+            vec![peer_authentication(
+                MESH,
+                "default",
+                older,
+                mode("PERMISSIVE"),
+            )],
             [true, true],
         ),
         (
@@ -225,7 +226,13 @@ fn without_its_proxy_a_strict_pod_fails_closed_and_a_permissive_one_open() {
         }
     })
     .or_panic("fail-closed entry");
-    wait_reachability(&node, "STRICT, proxy up", &outsider, &server, &[(APP_PORT, false)]);
+    wait_reachability(
+        &node,
+        "STRICT, proxy up",
+        &outsider,
+        &server,
+        &[(APP_PORT, false)],
+    );
 
     if let Some(proxy) = node.proxy_process() {
         proxy.kill();

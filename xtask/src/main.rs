@@ -53,12 +53,15 @@ enum Task {
     #[command(hide = true)]
     DemoNode,
     /// setup + release build, then shunt measured against no proxy, iptables capture and
-    /// HAProxy, interleaved over repetitions; prints a markdown table, saves JSON in results/.
+    /// HAProxy on one node, and across two nodes (HBONE) against no proxy, interleaved over
+    /// repetitions; prints a markdown table, saves JSON in results/.
     Bench {
-        /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes.
+        /// A reduced run (fewer, shorter repetitions; 128 MiB bulk streams): under 5 minutes
+        /// for S0–S4.
         #[arg(long)]
         quick: bool,
-        /// Only these scenarios (e.g. `S2,S4`); the table marks the others as not selected.
+        /// Only these scenarios, S0 to S6 (e.g. `S2,S4`, or `S5,S6` across nodes); the table
+        /// marks the others as not selected.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
         /// Only these workloads: rr, crr, bulk, l7, idle (e.g. `l7`). For profiling and

@@ -8,11 +8,11 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::plan::Plan;
-use super::scenario::{Deployment, Scenario};
+use super::scenario::{Deployment, Forwarder, Role, Scenario};
 use super::selection::{Selection, Workload};
 
-/// The CPU the load generator runs on; everything else (agent, proxy, servers, HAProxy, this
-/// process) runs on [`SERVICE_CPU`].
+/// The CPU the load generator runs on; everything else (agents, proxies, servers, HAProxy,
+/// this process) runs on [`SERVICE_CPU`].
 pub const LOAD_CPU: usize = 0;
 pub const SERVICE_CPU: usize = 1;
 /// Slack on top of a workload's own duration before its client is killed.
@@ -106,8 +106,8 @@ pub fn repetition(
         records.push(l7_rate(deployment, plan, repetition, "l7_fixed", fixed));
         records.push(l7_rate(deployment, plan, repetition, "l7_half", half_rate));
     }
-    // S0 has no forwarder whose memory could grow.
-    if selection.has(Workload::Idle) && deployment.scenario != Scenario::Direct {
+    // S0 and S5 have no forwarder whose memory could grow.
+    if selection.has(Workload::Idle) && deployment.scenario.has_forwarder() {
         for &count in plan.idle_connections {
             records.push(idle(deployment, plan, repetition, count));
         }
@@ -141,9 +141,7 @@ fn spawn_client(deployment: &Deployment, args: &[String]) -> Result<shunt_tests:
         .arg(&deployment.loadgen)
         .args(args);
     let what = args.first().map_or("loadgen", String::as_str);
-    Ok(deployment
-        .node
-        .spawn_in_pod(&deployment.client, &format!("loadgen-{what}"), command)?)
+    deployment.spawn_client(&format!("loadgen-{what}"), command)
 }
 
 /// The run's own `errors` list, when it has any.
@@ -200,16 +198,21 @@ fn rr(
     .to_vec();
     // Costs come from the 1-byte RR run: the per-request overhead, with no payload work.
     let measure_cost = size == 1;
-    let forwarder = deployment.forwarder_pid();
-    let before = measure_cost.then(|| CpuSnapshot::take(forwarder));
+    let forwarders = deployment.forwarders();
+    let tunnels = tunnels_before(deployment);
+    let before = measure_cost.then(|| CpuSnapshot::take(&forwarders));
     let run = run_client(deployment, &args, plan.rr + plan.rr_warmup + CLIENT_SLACK);
-    let after = measure_cost.then(|| CpuSnapshot::take(forwarder));
+    let after = measure_cost.then(|| CpuSnapshot::take(&forwarders));
     let Some(report) = accepted(&mut record, run) else {
         return record;
     };
     let requests = number(&report, "requests").unwrap_or(0.0);
     if requests < 1.0 {
         record.reject("no request completed");
+        return record;
+    }
+    if let Err(why) = check_tunnelled(deployment, tunnels, 1.0) {
+        record.reject(why);
         return record;
     }
     for metric in ["p50_us", "p90_us", "p99_us", "p999_us"] {
@@ -228,8 +231,9 @@ fn rr(
     record
 }
 
-/// CPU-seconds per [`COST_UNIT`] requests between two snapshots: the forwarder's (when there
-/// is one), the whole machine's, and its softirq part.
+/// CPU-seconds per [`COST_UNIT`] requests (or connections) between two snapshots: the
+/// forwarders' (when there are any: their sum, and across nodes each node proxy's too), the
+/// whole machine's, and its softirq part.
 fn record_costs(
     record: &mut Record,
     before: &Result<CpuSnapshot>,
@@ -240,8 +244,16 @@ fn record_costs(
         return;
     };
     let per_unit = COST_UNIT / carried;
-    if let (Some(a), Some(b)) = (after.forwarder_s, before.forwarder_s) {
-        record.value("proxy_cpu_s_per_10k", (a - b) * per_unit);
+    if !after.forwarders.is_empty() && after.forwarders.len() == before.forwarders.len() {
+        let mut total = 0.0;
+        for ((role, a), (_, b)) in after.forwarders.iter().zip(&before.forwarders) {
+            let cost = (a - b) * per_unit;
+            total += cost;
+            if let Some(prefix) = role.metric_prefix() {
+                record.value(&format!("{prefix}proxy_cpu_s_per_10k"), cost);
+            }
+        }
+        record.value("proxy_cpu_s_per_10k", total);
     }
     record.value(
         "machine_cpu_s_per_10k",
@@ -273,14 +285,14 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     ]
     .map(str::to_owned)
     .to_vec();
-    let forwarder = deployment.forwarder_pid();
+    let forwarders = deployment.forwarders();
     let shunt_l7_before = deployment
         .scenario
         .runs_shunt()
-        .then(|| shunt_l7_requests(deployment));
-    let before = CpuSnapshot::take(forwarder);
+        .then(|| l7_counters(deployment));
+    let before = CpuSnapshot::take(&forwarders);
     let run = run_client(deployment, &args, plan.l7 + plan.l7_warmup + CLIENT_SLACK);
-    let after = CpuSnapshot::take(forwarder);
+    let after = CpuSnapshot::take(&forwarders);
     let Some(report) = accepted(&mut record, run) else {
         return record;
     };
@@ -291,7 +303,7 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     };
     let carried = requests + number(&report, "unmeasured_requests").unwrap_or(0.0);
     if let Some(before) = shunt_l7_before {
-        if let Err(why) = check_l7_path(before, shunt_l7_requests(deployment), carried) {
+        if let Err(why) = check_l7_counters(before, l7_counters(deployment), carried) {
             record.reject(why);
             return record;
         }
@@ -301,28 +313,89 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     record
 }
 
-/// HTTP requests shunt has routed at L7 on this node so far (`istio_requests_total`).
-fn shunt_l7_requests(deployment: &Deployment) -> Result<f64> {
-    Ok(deployment
-        .node
-        .metrics()
-        .context("could not scrape the proxy's metrics")?
-        .sum("istio_requests_total", &[]))
+/// The request counters a shunt scenario's L7 run must grow, with what each proves: the
+/// client node's `istio_requests_total` (shunt routed the requests at L7); across nodes also
+/// the server node's destination-side requests that came over mutual TLS (they were
+/// tunnelled, not sent in plaintext between the proxies).
+fn l7_counters(deployment: &Deployment) -> Result<Vec<(&'static str, f64)>> {
+    let mut counters = vec![(
+        "routed at L7 (istio_requests_total)",
+        deployment
+            .client_metrics()?
+            .sum("istio_requests_total", &[]),
+    )];
+    if deployment.scenario == Scenario::CrossMtls {
+        counters.push((
+            "received over mTLS on the server's node (istio_requests_total \
+             {reporter=\"destination\", connection_security_policy=\"mutual_tls\"})",
+            deployment.server_metrics()?.sum(
+                "istio_requests_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "mutual_tls"),
+                ],
+            ),
+        ));
+    }
+    Ok(counters)
 }
 
-/// A shunt scenario's L7 run must have gone through shunt's HTTP path, not been forwarded as
-/// opaque TCP: the proxy's request counter grew by every request the client completed (less
-/// at most one in flight per connection when the counter was read).
-fn check_l7_path(before: Result<f64>, after: Result<f64>, carried: f64) -> Result<(), String> {
+fn check_l7_counters(
+    before: Result<Vec<(&str, f64)>>,
+    after: Result<Vec<(&str, f64)>>,
+    carried: f64,
+) -> Result<(), String> {
     let (before, after) = match (before, after) {
         (Ok(before), Ok(after)) => (before, after),
         (Err(e), _) | (_, Err(e)) => return Err(format!("{e:#}")),
     };
-    let routed = after - before;
-    if routed + (L7_MAX_CONNECTIONS as f64) < carried {
+    for ((what, before), (_, after)) in before.into_iter().zip(after) {
+        check_l7_path(what, before, after, carried)?;
+    }
+    Ok(())
+}
+
+/// A shunt scenario's L7 run must have gone through shunt's HTTP path, not been forwarded as
+/// opaque TCP: the request counter grew by every request the client completed (less at most
+/// one in flight per connection when the counter was read).
+fn check_l7_path(what: &str, before: f64, after: f64, carried: f64) -> Result<(), String> {
+    let counted = after - before;
+    if counted + (L7_MAX_CONNECTIONS as f64) < carried {
         return Err(format!(
-            "shunt routed {routed} requests at L7 (istio_requests_total) for {carried} the \
-             client completed: the L7 run did not take shunt's L7 path"
+            "shunt counted {counted} requests {what} for {carried} the client completed: the \
+             L7 run did not take shunt's L7 path"
+        ));
+    }
+    Ok(())
+}
+
+/// Before an S6 L4 run: the client node's count of HBONE streams, to check afterwards that
+/// the run's connections were tunnelled. `None` in every other scenario.
+fn tunnels_before(deployment: &Deployment) -> Option<Result<f64>> {
+    (deployment.scenario == Scenario::CrossMtls).then(|| deployment.hbone_streams_opened())
+}
+
+/// After an S6 L4 run that opened `connections` connections: each must have had its own
+/// HBONE stream.
+fn check_tunnelled(
+    deployment: &Deployment,
+    before: Option<Result<f64>>,
+    connections: f64,
+) -> Result<(), String> {
+    let Some(before) = before else {
+        return Ok(());
+    };
+    match (before, deployment.hbone_streams_opened()) {
+        (Ok(before), Ok(after)) => tunnelled(after - before, connections),
+        (Err(e), _) | (_, Err(e)) => Err(format!("{e:#}")),
+    }
+}
+
+fn tunnelled(streams: f64, connections: f64) -> Result<(), String> {
+    if streams < connections {
+        return Err(format!(
+            "the client node's proxy opened {streams} HBONE streams for the run's \
+             {connections} connections: not every connection was tunnelled"
         ));
     }
     Ok(())
@@ -407,19 +480,30 @@ fn crr(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Record {
     ]
     .map(str::to_owned)
     .to_vec();
+    let forwarders = deployment.forwarders();
+    let tunnels = tunnels_before(deployment);
+    let before = CpuSnapshot::take(&forwarders);
     let run = run_client(deployment, &args, plan.crr + CLIENT_SLACK);
+    let after = CpuSnapshot::take(&forwarders);
     let Some(report) = accepted(&mut record, run) else {
         return record;
     };
+    let connections = number(&report, "connections").unwrap_or(0.0);
     match (
         number(&report, "p50_us"),
         number(&report, "p99_us"),
         number(&report, "connections_per_s"),
     ) {
-        (Some(p50), Some(p99), Some(rate)) if rate > 0.0 => {
+        (Some(p50), Some(p99), Some(rate)) if rate > 0.0 && connections >= 1.0 => {
+            if let Err(why) = check_tunnelled(deployment, tunnels, connections) {
+                record.reject(why);
+                return record;
+            }
             record.value("p50_us", p50);
             record.value("p99_us", p99);
             record.value("conn_per_s", rate);
+            // Per 10k connections: what setting up and tearing down a connection costs.
+            record_costs(&mut record, &before, &after, connections);
         }
         _ => record.reject("no connection completed"),
     }
@@ -442,10 +526,15 @@ fn bulk(deployment: &mut Deployment, plan: &Plan, repetition: usize, streams: us
     ]
     .map(str::to_owned)
     .to_vec();
+    let tunnels = tunnels_before(deployment);
     let run = run_client(deployment, &args, timeout + CLIENT_SLACK);
     let Some(report) = accepted(&mut record, run) else {
         return record;
     };
+    if let Err(why) = check_tunnelled(deployment, tunnels, streams as f64) {
+        record.reject(why);
+        return record;
+    }
     let want = plan.bulk_bytes_per_stream as f64 * streams as f64;
     match (number(&report, "bytes"), number(&report, "gbit_per_s")) {
         (Some(bytes), Some(rate)) if (bytes - want).abs() < 0.5 => record.value("gbit_per_s", rate),
@@ -463,22 +552,31 @@ fn idle(deployment: &mut Deployment, plan: &Plan, repetition: usize, count: usiz
         record.reject(format!("could not restart the forwarder: {e:#}"));
         return record;
     }
-    let Some(pid) = deployment.forwarder_pid() else {
+    let forwarders = deployment.forwarders();
+    if forwarders.is_empty() {
         record.reject("the forwarder is not running");
         return record;
-    };
-    match idle_rss_growth(deployment, plan, pid, count) {
+    }
+    let tunnels = tunnels_before(deployment);
+    match idle_rss_growth(deployment, plan, &forwarders, count) {
         Ok((report, growth_kib)) => {
             record.raw = report.clone();
             if let Some(why) = client_errors(&report) {
                 record.reject(why);
             } else if number(&report, "connections") != Some(count as f64) {
                 record.reject(format!("held fewer than {count} connections"));
+            } else if let Err(why) = check_tunnelled(deployment, tunnels, count as f64) {
+                record.reject(why);
             } else {
-                record.value(
-                    "rss_mib_per_1k",
-                    growth_kib / 1024.0 * 1000.0 / count as f64,
-                );
+                let per_1k = |kib: f64| kib / 1024.0 * 1000.0 / count as f64;
+                let mut total = 0.0;
+                for (role, kib) in growth_kib {
+                    total += kib;
+                    if let Some(prefix) = role.metric_prefix() {
+                        record.value(&format!("{prefix}rss_mib_per_1k"), per_1k(kib));
+                    }
+                }
+                record.value("rss_mib_per_1k", per_1k(total));
             }
         }
         Err(e) => record.reject(e.to_string()),
@@ -486,16 +584,17 @@ fn idle(deployment: &mut Deployment, plan: &Plan, repetition: usize, count: usiz
     record
 }
 
-/// The forwarder's RSS growth (KiB) while `count` idle connections are held, against its RSS
-/// just before they opened (freshly restarted, so no freed memory hides the growth); and the
-/// client's report.
+/// Each forwarder's RSS growth (KiB) while `count` idle connections are held, against its
+/// RSS just before they opened (freshly restarted, so no freed memory hides the growth); and
+/// the client's report.
 fn idle_rss_growth(
     deployment: &Deployment,
     plan: &Plan,
-    pid: u32,
+    forwarders: &[Forwarder],
     count: usize,
-) -> Result<(Value, f64)> {
-    let before = rss_kib(pid)?;
+) -> Result<(Value, Vec<(Role, f64)>)> {
+    let rss = || -> Result<Vec<f64>> { forwarders.iter().map(|f| rss_kib(f.pid)).collect() };
+    let before = rss()?;
     let args: Vec<String> = [
         "idle",
         "--to",
@@ -511,7 +610,7 @@ fn idle_rss_growth(
     client.wait_for_line("holding", IDLE_OPEN_TIMEOUT)?;
     // Let the last connections' far ends finish being set up in the proxy.
     std::thread::sleep(plan.idle_hold / 3);
-    let during = rss_kib(pid)?;
+    let during = rss()?;
     let output = client.finish(plan.idle_hold + CLIENT_SLACK)?;
     if !output.status.success() {
         bail!(
@@ -520,25 +619,32 @@ fn idle_rss_growth(
             output.stderr
         );
     }
-    Ok((output.json()?, during - before))
+    let growth = forwarders
+        .iter()
+        .zip(during.iter().zip(&before))
+        .map(|(f, (during, before))| (f.role, during - before))
+        .collect();
+    Ok((output.json()?, growth))
 }
 
 /// CPU counters at one instant, in seconds.
 struct CpuSnapshot {
-    forwarder_s: Option<f64>,
+    /// Each forwarder's, in the order of [`Deployment::forwarders`].
+    forwarders: Vec<(Role, f64)>,
     machine_busy_s: f64,
     machine_softirq_s: f64,
 }
 
 impl CpuSnapshot {
-    fn take(forwarder: Option<u32>) -> Result<Self> {
+    fn take(forwarders: &[Forwarder]) -> Result<Self> {
         let ticks = clock_ticks()?;
-        let forwarder_s = forwarder
-            .map(|pid| process_cpu_ticks(pid).map(|t| t / ticks))
-            .transpose()?;
+        let forwarders = forwarders
+            .iter()
+            .map(|f| Ok((f.role, process_cpu_ticks(f.pid)? / ticks)))
+            .collect::<Result<_>>()?;
         let (busy, softirq) = machine_cpu_ticks()?;
         Ok(Self {
-            forwarder_s,
+            forwarders,
             machine_busy_s: busy / ticks,
             machine_softirq_s: softirq / ticks,
         })
@@ -615,16 +721,54 @@ mod tests {
     #[test]
     fn an_l7_run_must_be_counted_by_shunts_http_path() {
         let cases = [
-            (Ok(100.0), Ok(1100.0), 1000.0, true),
+            (100.0, 1100.0, 1000.0, true),
             // One request in flight per connection when the counter was read.
-            (Ok(0.0), Ok(940.0), 1000.0, true),
-            (Ok(0.0), Ok(900.0), 1000.0, false),
-            (Ok(0.0), Ok(0.0), 1000.0, false),
-            (Err(anyhow::anyhow!("no metrics")), Ok(5.0), 1.0, false),
+            (0.0, 940.0, 1000.0, true),
+            (0.0, 900.0, 1000.0, false),
+            (0.0, 0.0, 1000.0, false),
         ];
         for (before, after, carried, ok) in cases {
-            let what = format!("{before:?} {after:?} {carried}");
-            assert_eq!(check_l7_path(before, after, carried).is_ok(), ok, "{what}");
+            let what = format!("{before} {after} {carried}");
+            assert_eq!(
+                check_l7_path("routed", before, after, carried).is_ok(),
+                ok,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_counter_of_an_l7_run_must_grow() {
+        let counters = |a: f64, b: f64| Ok(vec![("routed", a), ("over mTLS", b)]);
+        let cases = [
+            (counters(0.0, 0.0), counters(1000.0, 1000.0), true),
+            (counters(0.0, 0.0), counters(1000.0, 10.0), false),
+            (
+                counters(0.0, 0.0),
+                Err(anyhow::anyhow!("no metrics")),
+                false,
+            ),
+        ];
+        for (before, after, ok) in cases {
+            let what = format!("{before:?} {after:?}");
+            let checked = check_l7_counters(before, after, 1000.0);
+            assert_eq!(checked.is_ok(), ok, "{what}: {checked:?}");
+        }
+        let error = check_l7_counters(counters(0.0, 0.0), counters(1000.0, 10.0), 1000.0)
+            .expect_err("the second counter did not grow");
+        assert!(error.contains("over mTLS"), "{error}");
+    }
+
+    #[test]
+    fn a_tunnelled_run_has_a_stream_per_connection() {
+        for (streams, connections, ok) in [
+            (1.0, 1.0, true),
+            (5000.0, 4321.0, true),
+            (0.0, 1.0, false),
+            (999.0, 1000.0, false),
+        ] {
+            let checked = tunnelled(streams, connections);
+            assert_eq!(checked.is_ok(), ok, "{streams} {connections}: {checked:?}");
         }
     }
 

@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: shunt measured side by side with iptables capture, HAProxy and no
-//! proxy, in one run on this machine.
+//! proxy, on one node and across two, in one run on this machine.
 //!
-//! Every scenario (`scenario.rs`) gets its own node of pods in network namespaces, all alive
-//! at once; each repetition runs every scenario's workloads (`measure.rs`), in an order
+//! Every scenario (`scenario.rs`) gets its own node (or two-node cluster) of pods in network
+//! namespaces, all alive at once; each repetition runs every scenario's workloads (`measure.rs`), in an order
 //! rotated per repetition. The result (`report.rs`) is printed as a markdown table and saved
 //! as JSON and markdown under `results/`.
 
@@ -171,7 +171,8 @@ pub fn run_node(
         cpu_model: cpu_model(),
         placement: format!(
             "load generator on CPU {LOAD_CPU}; shunt-proxy, shunt-agent, HAProxy and the \
-             servers on CPU {SERVICE_CPU} ({cpus} CPUs online)"
+             servers on CPU {SERVICE_CPU} (across nodes, both nodes' proxies and agents \
+             share it; {cpus} CPUs online)"
         ),
         haproxy_version: command_line("haproxy", &["-v"]),
     };
@@ -216,18 +217,15 @@ pub fn run_node(
             print_record(&plan, repetition, &record);
             records.push(record);
         }
-        let lowest_max = records[round_start..]
-            .iter()
-            .filter(|r| r.rejected.is_none())
-            .flat_map(|r| r.values.iter())
-            .filter(|(key, _)| key == "l7_max.rps")
-            .map(|(_, rps)| *rps)
-            .min_by(f64::total_cmp);
-        let half_rate = lowest_max
-            .map(|rps| rps / 2.0)
-            .ok_or("no L7 max rps was measured in this repetition");
+        let same_node_half = half_rate(&records[round_start..], false);
+        let cross_node_half = half_rate(&records[round_start..], true);
         for &i in &order {
             let deployment = &mut deployments[i];
+            let half_rate = if deployment.scenario.is_cross_node() {
+                cross_node_half
+            } else {
+                same_node_half
+            };
             for record in measure::repetition(deployment, &plan, selection, repetition, half_rate) {
                 print_record(&plan, repetition, &record);
                 records.push(record);
@@ -257,6 +255,25 @@ pub fn run_node(
         bail!("the bench left things behind: {}", leftovers.join("; "));
     }
     Ok(())
+}
+
+/// The second L7 rate of a round for one group of scenarios (same-node S0–S4, or cross-node
+/// S5–S6): half the lowest max rps of that group's scenarios in the round's `records`. Per
+/// group, so adding the cross-node scenarios does not move the same-node ones' rate.
+fn half_rate(records: &[measure::Record], cross_node: bool) -> Result<f64, &'static str> {
+    records
+        .iter()
+        .filter(|r| r.rejected.is_none() && r.scenario.is_cross_node() == cross_node)
+        .flat_map(|r| r.values.iter())
+        .filter(|(key, _)| key == "l7_max.rps")
+        .map(|(_, rps)| *rps)
+        .min_by(f64::total_cmp)
+        .map(|rps| rps / 2.0)
+        .ok_or(if cross_node {
+            "no cross-node L7 max rps was measured in this repetition"
+        } else {
+            "no same-node L7 max rps was measured in this repetition"
+        })
 }
 
 fn print_record(plan: &Plan, repetition: usize, record: &measure::Record) {
@@ -317,4 +334,37 @@ fn cpu_model() -> String {
                 .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use measure::Record;
+    use serde_json::Value;
+
+    fn max_rps(scenario: Scenario, rps: f64, rejected: bool) -> Record {
+        Record {
+            scenario,
+            repetition: 0,
+            workload: "l7_max".into(),
+            values: vec![("l7_max.rps".into(), rps)],
+            rejected: rejected.then(|| "errors".to_owned()),
+            raw: Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_half_rate_is_taken_per_group_of_scenarios() {
+        let round = [
+            max_rps(Scenario::Ebpf, 1000.0, false),
+            max_rps(Scenario::Haproxy, 800.0, false),
+            max_rps(Scenario::Direct, 100.0, true),
+            max_rps(Scenario::CrossMtls, 300.0, false),
+            max_rps(Scenario::CrossDirect, 5000.0, false),
+        ];
+        assert_eq!(half_rate(&round, false), Ok(400.0));
+        assert_eq!(half_rate(&round, true), Ok(150.0));
+        assert!(half_rate(&round[..3], true).is_err());
+        assert!(half_rate(&round[2..3], false).is_err());
+    }
 }

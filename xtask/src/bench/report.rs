@@ -1,6 +1,6 @@
 //! From records to the result: medians and ranges per row and scenario, ratios against S0
-//! and S1 (and, for L7, against S4), the section-3 targets, the markdown tables, the JSON
-//! file, and the structure check the smoke test runs.
+//! and S1 (and, for L7, against S4), S6's against S5 and S2, the section-3 targets, the
+//! markdown tables, the JSON file, and the structure check the smoke test runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,17 +14,46 @@ use super::scenario::Scenario;
 /// The heading of the second table: the L7 rows against HAProxy `mode http`.
 const L7_VS_HAPROXY: &str = "L7 against HAProxy `mode http` (S4)";
 
+/// Which scenarios a row has values in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every scenario.
+    All,
+    /// Scenarios with a forwarder ([`Scenario::has_forwarder`]): proxy CPU and RSS, which S0
+    /// and S5 do not have. Across nodes, the sum of both node proxies.
+    Forwarder,
+    /// One node proxy of the cross-node mesh: S6 only.
+    NodeProxy,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Forwarder => "forwarder",
+            Self::NodeProxy => "node_proxy",
+        }
+    }
+}
+
 /// One row of the table: a metric of a workload.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub key: String,
     pub label: String,
     pub unit: &'static str,
-    /// Proxy-only rows (proxy CPU, proxy RSS) have no value in S0.
-    pub needs_forwarder: bool,
+    pub scope: Scope,
 }
 
 impl Row {
+    pub fn applies_to(&self, scenario: Scenario) -> bool {
+        match self.scope {
+            Scope::All => true,
+            Scope::Forwarder => scenario.has_forwarder(),
+            Scope::NodeProxy => scenario == Scenario::CrossMtls,
+        }
+    }
+
     /// L7 rows also get ratios against HAProxy `mode http`, as the issue's L7 targets do.
     fn is_l7(&self) -> bool {
         self.key.starts_with("l7_")
@@ -42,11 +71,12 @@ impl Row {
 }
 
 pub fn rows(plan: &Plan) -> Vec<Row> {
-    let row = |key: &str, label: String, unit, needs_forwarder| Row {
+    use Scope::{All, Forwarder, NodeProxy};
+    let row = |key: &str, label: String, unit, scope| Row {
         key: key.to_owned(),
         label,
         unit,
-        needs_forwarder,
+        scope,
     };
     let mut rows = Vec::new();
     for (workload, size) in [("rr_1b", "1 B"), ("rr_1k", "1 KiB")] {
@@ -60,57 +90,93 @@ pub fn rows(plan: &Plan) -> Vec<Row> {
                 &format!("{workload}.{metric}"),
                 format!("L4 RR {size} {name}"),
                 "µs",
-                false,
+                All,
             ));
         }
     }
-    rows.push(row("crr.p50_us", "L4 CRR p50".into(), "µs", false));
-    rows.push(row("crr.p99_us", "L4 CRR p99".into(), "µs", false));
-    rows.push(row("crr.conn_per_s", "L4 CRR rate".into(), "conn/s", false));
+    rows.push(row("crr.p50_us", "L4 CRR p50".into(), "µs", All));
+    rows.push(row("crr.p99_us", "L4 CRR p99".into(), "µs", All));
+    rows.push(row("crr.conn_per_s", "L4 CRR rate".into(), "conn/s", All));
     let size = plan.bulk_size_label();
     rows.push(row(
         "bulk_1.gbit_per_s",
         format!("L4 bulk 1 stream × {size}"),
         "Gb/s",
-        false,
+        All,
     ));
     rows.push(row(
         "bulk_4.gbit_per_s",
         format!("L4 bulk 4 streams × {size}"),
         "Gb/s",
-        false,
+        All,
     ));
     rows.push(row(
         "rr_1b.proxy_cpu_s_per_10k",
         "proxy CPU / 10k req (RR 1 B)".into(),
         "CPU-s",
-        true,
+        Forwarder,
     ));
     rows.push(row(
         "rr_1b.machine_cpu_s_per_10k",
         "machine CPU / 10k req (RR 1 B, all CPUs)".into(),
         "CPU-s",
-        false,
+        All,
     ));
     rows.push(row(
         "rr_1b.softirq_s_per_10k",
         "… of which softirq".into(),
         "CPU-s",
-        false,
+        All,
+    ));
+    rows.push(row(
+        "crr.proxy_cpu_s_per_10k",
+        "proxy CPU / 10k conns (CRR)".into(),
+        "CPU-s",
+        Forwarder,
+    ));
+    rows.push(row(
+        "crr.src_proxy_cpu_s_per_10k",
+        "… client node's proxy (CRR)".into(),
+        "CPU-s",
+        NodeProxy,
+    ));
+    rows.push(row(
+        "crr.dst_proxy_cpu_s_per_10k",
+        "… server node's proxy (CRR)".into(),
+        "CPU-s",
+        NodeProxy,
+    ));
+    rows.push(row(
+        "crr.machine_cpu_s_per_10k",
+        "machine CPU / 10k conns (CRR, all CPUs)".into(),
+        "CPU-s",
+        All,
     ));
     for &count in plan.idle_connections {
         rows.push(row(
             &format!("idle_{count}.rss_mib_per_1k"),
             format!("proxy RSS / 1k idle conns, at {count}"),
             "MiB",
-            true,
+            Forwarder,
+        ));
+        rows.push(row(
+            &format!("idle_{count}.src_rss_mib_per_1k"),
+            format!("… client node's proxy, at {count}"),
+            "MiB",
+            NodeProxy,
+        ));
+        rows.push(row(
+            &format!("idle_{count}.dst_rss_mib_per_1k"),
+            format!("… server node's proxy, at {count}"),
+            "MiB",
+            NodeProxy,
         ));
     }
     rows.push(row(
         "l7_max.rps",
         format!("L7 max rps ({L7_MAX_CONNECTIONS} conns)"),
         "req/s",
-        false,
+        All,
     ));
     let fixed = plan.l7_fixed_rps;
     let percentiles = [("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99")];
@@ -119,40 +185,40 @@ pub fn rows(plan: &Plan) -> Vec<Row> {
             &format!("l7_fixed.{metric}"),
             format!("L7 at {fixed} rps {name}"),
             "µs",
-            false,
+            All,
         ));
     }
     rows.push(row(
         "l7_half.target_rps",
         "L7 50% of lowest max: rate".into(),
         "req/s",
-        false,
+        All,
     ));
     for (metric, name) in percentiles {
         rows.push(row(
             &format!("l7_half.{metric}"),
             format!("L7 at 50% of lowest max {name}"),
             "µs",
-            false,
+            All,
         ));
     }
     rows.push(row(
         "l7_max.proxy_cpu_s_per_10k",
         "proxy CPU / 10k req (L7 max rps)".into(),
         "CPU-s",
-        true,
+        Forwarder,
     ));
     rows.push(row(
         "l7_max.machine_cpu_s_per_10k",
         "machine CPU / 10k req (L7 max rps, all CPUs)".into(),
         "CPU-s",
-        false,
+        All,
     ));
     rows.push(row(
         "l7_max.softirq_s_per_10k",
         "… of which softirq (L7)".into(),
         "CPU-s",
-        false,
+        All,
     ));
     rows
 }
@@ -242,7 +308,7 @@ impl Report {
     }
 
     fn targets(&self) -> Vec<Target> {
-        use Scenario::{Direct, Ebpf, EbpfSockmap, Haproxy, Iptables};
+        use Scenario::{CrossDirect, CrossMtls, Direct, Ebpf, EbpfSockmap, Haproxy, Iptables};
         let mut targets = Vec::new();
         let overhead = |s| Some(self.median("crr.p50_us", s)? - self.median("crr.p50_us", Direct)?);
         let connect = overhead(Ebpf)
@@ -308,17 +374,51 @@ impl Report {
                 met: r.map(|r| r <= 1.0),
             });
         }
-        let idle_key = self
-            .plan
-            .idle_connections
-            .iter()
-            .max()
-            .map(|n| format!("idle_{n}.rss_mib_per_1k"));
+        let most_idle = self.plan.idle_connections.iter().max();
+        let idle_key = most_idle.map(|n| format!("idle_{n}.rss_mib_per_1k"));
         let idle = idle_key.as_deref().and_then(|key| self.median(key, Ebpf));
         targets.push(Target {
             what: "idle cost ≤ 4 MiB RSS per 1k proxied connections (S2)",
             measured: idle.map(|mib| format!("{mib:.2} MiB per 1k")),
             met: idle.map(|mib| mib <= 4.0),
+        });
+        // Across nodes: S6 against the same two pods with nothing between them (S5).
+        for (what, key, limit, at_most) in [
+            ("S6 L4 RR p50 ≤ 1.5 × S5's", "rr_1b.p50_us", 1.5, true),
+            ("S6 L4 CRR p50 ≤ 3.0 × S5's", "crr.p50_us", 3.0, true),
+            (
+                "S6 L4 bulk 1 stream ≥ 0.3 × S5's",
+                "bulk_1.gbit_per_s",
+                0.3,
+                false,
+            ),
+        ] {
+            let r = self.ratio(key, CrossMtls, CrossDirect);
+            targets.push(Target {
+                what,
+                measured: r.map(|r| format!("S6/S5 = {r:.2}")),
+                met: r.map(|r| if at_most { r <= limit } else { r >= limit }),
+            });
+        }
+        let l7 = self.ratio("l7_max.rps", CrossMtls, Ebpf);
+        targets.push(Target {
+            what: "S6 L7 max rps ≥ 0.8 × S2's",
+            measured: l7.map(|r| format!("S6/S2 = {r:.2}")),
+            met: l7.map(|r| r >= 0.8),
+        });
+        // The target is per node proxy: each holds one end of every connection and the
+        // tunnel's, so each must stay within it.
+        let per_proxy = |prefix: &str| {
+            let key = most_idle.map(|n| format!("idle_{n}.{prefix}rss_mib_per_1k"))?;
+            self.median(&key, CrossMtls)
+        };
+        let (src, dst) = (per_proxy("src_"), per_proxy("dst_"));
+        targets.push(Target {
+            what: "idle cost ≤ 8 MiB RSS per 1k HBONE connections, each node proxy (S6)",
+            measured: src.zip(dst).map(|(src, dst)| {
+                format!("client node's proxy {src:.2}, server node's {dst:.2} MiB per 1k")
+            }),
+            met: src.zip(dst).map(|(src, dst)| src <= 8.0 && dst <= 8.0),
         });
         targets
     }
@@ -349,8 +449,10 @@ impl Report {
         let _ = writeln!(
             out,
             "\nCells: median (min–max) of the accepted runs; ratios are medians divided by \
-             S0's or S1's (for latency and cost lower is better, for Gb/s and conn/s higher \
-             is).\n"
+             S0's or S1's, and S6's by S5's (the same two pods, nothing between them) or S2's \
+             (same-node eBPF) (for latency and cost lower is better, for Gb/s and conn/s \
+             higher is). S6's proxy CPU and RSS rows are both node proxies' sum; the rows \
+             under them split it per node proxy.\n"
         );
         let ratio_columns = ratio_columns();
         let mut header = String::from("| workload | unit |");
@@ -382,12 +484,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body; S1–S3 address \
-             a Service port named `http`, so shunt routes every request at L7. Max rps over \
+            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body; S1–S3 and S6 \
+             address a Service port named `http`, so shunt routes every request at L7 (S6: on \
+             the client's node, then through the HBONE tunnel). Max rps over \
              {L7_MAX_CONNECTIONS} connections (closed loop; the L7 costs come from this run); \
              the fixed rates run open loop over {L7_RATE_CONNECTIONS} connections with latency \
              corrected for coordinated omission, the second at half of the repetition's lowest \
-             max rps.\n\n{L7_VS_HAPROXY}:\n"
+             max rps among the same-node scenarios (S0–S4), or among the cross-node ones (S5, \
+             S6).\n\n{L7_VS_HAPROXY}:\n"
         );
         let vs = [Scenario::Iptables, Scenario::Ebpf, Scenario::EbpfSockmap];
         let mut header = String::from("| L7 workload | unit |");
@@ -470,8 +574,8 @@ impl Report {
                     })
                     .collect();
                 json!({"key": row.key, "label": row.label, "unit": row.unit,
-                       "needs_forwarder": row.needs_forwarder, "stats": stats,
-                       "ratios": ratios})
+                       "needs_forwarder": row.scope != Scope::All,
+                       "scope": row.scope.name(), "stats": stats, "ratios": ratios})
             })
             .collect();
         json!({
@@ -504,13 +608,14 @@ impl Report {
     }
 }
 
-/// Every scenario against S0, and every scenario after S1 against S1.
+/// Every same-node scenario against S0, every one after S1 against S1; S6 against S5 (the
+/// cross-node baseline) and against S2 (shunt on one node).
 fn ratio_columns() -> Vec<(Scenario, Scenario)> {
-    let mut columns: Vec<(Scenario, Scenario)> = Scenario::ALL[1..]
-        .iter()
-        .map(|s| (*s, Scenario::Direct))
-        .collect();
-    columns.extend(Scenario::ALL[2..].iter().map(|s| (*s, Scenario::Iptables)));
+    use Scenario::{CrossDirect, CrossMtls, Direct, Ebpf, EbpfSockmap, Haproxy, Iptables};
+    let same_node = [Iptables, Ebpf, EbpfSockmap, Haproxy];
+    let mut columns: Vec<(Scenario, Scenario)> = same_node.iter().map(|s| (*s, Direct)).collect();
+    columns.extend(same_node[1..].iter().map(|s| (*s, Iptables)));
+    columns.extend([(CrossMtls, CrossDirect), (CrossMtls, Ebpf)]);
     columns
 }
 
@@ -567,7 +672,8 @@ pub fn check_structure(plan: &Plan, json: &Value, markdown: &str) -> Vec<String>
             continue;
         };
         for (id, is_available) in &available {
-            let applies = *is_available && !(row.needs_forwarder && id == "S0");
+            let scenario = Scenario::ALL.into_iter().find(|s| s.id() == id);
+            let applies = *is_available && scenario.is_some_and(|s| row.applies_to(s));
             let runs = found["stats"][id.as_str()]["runs"].as_u64().unwrap_or(0);
             let excused = row.is_fixed_rate() && missed_rate(id, row.workload());
             if applies && runs == 0 && !excused {
@@ -684,7 +790,7 @@ mod tests {
             }
             let values = rows(&SMOKE)
                 .iter()
-                .filter(|row| !(row.needs_forwarder && scenario == Scenario::Direct))
+                .filter(|row| row.applies_to(scenario))
                 .map(|row| (row.key.clone(), 1.0))
                 .collect();
             records.push(Record {
@@ -738,6 +844,125 @@ mod tests {
                 .any(|p| p == "S2 has no accepted run for l7_max.rps"),
             "{problems:?}"
         );
+    }
+
+    fn one_value(scenario: Scenario, key: &str, value: f64) -> Record {
+        Record {
+            scenario,
+            repetition: 0,
+            workload: key.split('.').next().unwrap_or_default().into(),
+            values: vec![(key.to_owned(), value)],
+            rejected: None,
+            raw: Value::Null,
+        }
+    }
+
+    /// The verdict the markdown gives the target `what`.
+    fn verdict(markdown: &str, what: &str) -> String {
+        let prefix = format!("- {what}: ");
+        let line = markdown
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no target line {what:?} in {markdown}"));
+        line.split(" (").next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn cross_node_targets_compare_s6_with_s5_and_s2() {
+        use Scenario::{CrossDirect, CrossMtls, Ebpf};
+        let rr = "S6 L4 RR p50 ≤ 1.5 × S5's";
+        let crr = "S6 L4 CRR p50 ≤ 3.0 × S5's";
+        let bulk = "S6 L4 bulk 1 stream ≥ 0.3 × S5's";
+        let l7 = "S6 L7 max rps ≥ 0.8 × S2's";
+        let cases = [
+            (rr, CrossDirect, "rr_1b.p50_us", 100.0, 150.0, "met"),
+            (rr, CrossDirect, "rr_1b.p50_us", 100.0, 151.0, "**not met**"),
+            (crr, CrossDirect, "crr.p50_us", 100.0, 300.0, "met"),
+            (crr, CrossDirect, "crr.p50_us", 100.0, 310.0, "**not met**"),
+            (bulk, CrossDirect, "bulk_1.gbit_per_s", 10.0, 3.0, "met"),
+            (
+                bulk,
+                CrossDirect,
+                "bulk_1.gbit_per_s",
+                10.0,
+                2.9,
+                "**not met**",
+            ),
+            (l7, Ebpf, "l7_max.rps", 1000.0, 800.0, "met"),
+            (l7, Ebpf, "l7_max.rps", 1000.0, 790.0, "**not met**"),
+        ];
+        for (what, base, key, base_value, s6, want) in cases {
+            let records = vec![
+                one_value(base, key, base_value),
+                one_value(CrossMtls, key, s6),
+            ];
+            let markdown = report(records).markdown();
+            assert_eq!(
+                verdict(&markdown, what),
+                want,
+                "{what}: {base_value} vs {s6}"
+            );
+            // Without S6's value the target is not measured.
+            let markdown = report(vec![one_value(base, key, base_value)]).markdown();
+            assert_eq!(verdict(&markdown, what), "not measured", "{what}");
+        }
+    }
+
+    #[test]
+    fn the_cross_node_idle_target_holds_for_each_node_proxy() {
+        let what = "idle cost ≤ 8 MiB RSS per 1k HBONE connections, each node proxy (S6)";
+        let n = SMOKE.idle_connections.iter().max().expect("an idle count");
+        let (src, dst) = (
+            format!("idle_{n}.src_rss_mib_per_1k"),
+            format!("idle_{n}.dst_rss_mib_per_1k"),
+        );
+        let cases = [
+            (Some(7.9), Some(8.0), "met"),
+            (Some(8.1), Some(2.0), "**not met**"),
+            (Some(2.0), Some(8.5), "**not met**"),
+            (Some(2.0), None, "not measured"),
+        ];
+        for (src_mib, dst_mib, want) in cases {
+            let records = [(&src, src_mib), (&dst, dst_mib)]
+                .into_iter()
+                .filter_map(|(key, mib)| Some(one_value(Scenario::CrossMtls, key, mib?)))
+                .collect();
+            let markdown = report(records).markdown();
+            assert_eq!(verdict(&markdown, what), want, "{src_mib:?} {dst_mib:?}");
+        }
+    }
+
+    #[test]
+    fn s6_is_divided_by_s5_and_s2_and_only_s6_has_node_proxy_rows() {
+        let columns = ratio_columns();
+        for pair in [
+            (Scenario::CrossMtls, Scenario::CrossDirect),
+            (Scenario::CrossMtls, Scenario::Ebpf),
+        ] {
+            assert!(columns.contains(&pair), "{columns:?}");
+        }
+        // Cross-node scenarios are never divided by same-node baselines' S0 or S1.
+        assert!(
+            columns.iter().all(|(of, against)| !(of.is_cross_node()
+                && matches!(against, Scenario::Direct | Scenario::Iptables))),
+            "{columns:?}"
+        );
+        let node_proxy: Vec<Row> = rows(&SMOKE)
+            .into_iter()
+            .filter(|r| r.scope == Scope::NodeProxy)
+            .collect();
+        assert!(!node_proxy.is_empty());
+        for row in &node_proxy {
+            for scenario in Scenario::ALL {
+                assert_eq!(
+                    row.applies_to(scenario),
+                    scenario == Scenario::CrossMtls,
+                    "{} in {}",
+                    row.key,
+                    scenario.id()
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The scenarios and the node each one runs on. Every scenario gets its own node (netns,
-//! cgroup, agent instance), all alive at once, so repetitions can interleave scenarios
-//! without restarting anything between them.
+//! The scenarios and the nodes each one runs on. Every scenario gets its own node (netns,
+//! cgroup, agent instance), or its own two-node cluster (S5, S6), all alive at once, so
+//! repetitions can interleave scenarios without restarting anything between them.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -10,13 +10,20 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use shunt_tests::wait::Check;
 use shunt_tests::{
-    AgentOptions, Binaries, CaptureMode, ClusterConfig, NamespaceConfig, Node, Pod, Process,
-    ServiceConfig,
+    AgentOptions, Binaries, CaptureMode, Cluster, ClusterConfig, Metrics, NamespaceConfig, Node,
+    Pod, PodConfig, Process, ServiceConfig,
 };
 
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
+/// Host parts of the pods' addresses: on one node they are all in `10.244.0.0/24`; across
+/// nodes the client is `10.244.0.10` on node 0 and the server `10.244.1.20` on node 1.
+const CLIENT_HOST: u8 = 10;
+const SERVER_HOST: u8 = 20;
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, CLIENT_HOST);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, SERVER_HOST);
 const HAPROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 30);
+/// Node indexes of a cross-node scenario's cluster.
+const CLIENT_NODE: usize = 0;
+const SERVER_NODE: usize = 1;
 /// The server's ports: echo (RR, idle), reply-and-close (CRR), sink (bulk), HTTP (L7).
 const ECHO_PORT: u16 = 9000;
 const CRR_PORT: u16 = 9001;
@@ -30,6 +37,10 @@ const HTTP_PORT: u16 = 8080;
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const SERVICE_HTTP_PORT: u16 = 80;
 const SERVER_APP: &str = "bench-server";
+/// Service accounts, so the pods' SPIFFE ids (and the HBONE pool's keys) differ, as two
+/// workloads' would.
+const CLIENT_SA: &str = "bench-client";
+const SERVER_SA: &str = "bench-server";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL when a forwarder is restarted (the harness's proxy drains for 1 s).
 const FORWARDER_STOP: Duration = Duration::from_secs(5);
@@ -42,15 +53,19 @@ pub enum Scenario {
     Ebpf,
     EbpfSockmap,
     Haproxy,
+    CrossDirect,
+    CrossMtls,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Direct,
         Self::Iptables,
         Self::Ebpf,
         Self::EbpfSockmap,
         Self::Haproxy,
+        Self::CrossDirect,
+        Self::CrossMtls,
     ];
 
     pub fn id(self) -> &'static str {
@@ -60,6 +75,8 @@ impl Scenario {
             Self::Ebpf => "S2",
             Self::EbpfSockmap => "S3",
             Self::Haproxy => "S4",
+            Self::CrossDirect => "S5",
+            Self::CrossMtls => "S6",
         }
     }
 
@@ -70,6 +87,8 @@ impl Scenario {
             Self::Ebpf => "eBPF",
             Self::EbpfSockmap => "eBPF+sockmap",
             Self::Haproxy => "HAProxy",
+            Self::CrossDirect => "cross-node direct",
+            Self::CrossMtls => "cross-node mTLS",
         }
     }
 
@@ -90,12 +109,36 @@ impl Scenario {
                 "no capture; the client dials HAProxy (one hop: `mode tcp` for L4, `mode http` \
                  for L7) in a third pod, which forwards to the server"
             }
+            Self::CrossDirect => {
+                "two nodes joined by an underlay netns; the client pod on node 0 dials the \
+                 server pod on node 1 over the nodes' routes: no capture, no proxy"
+            }
+            Self::CrossMtls => {
+                "S5's pods, both captured with eBPF, a shunt-proxy on each node: the client's \
+                 node proxy tunnels to the server's over HBONE (HTTP/2 CONNECT over mTLS to \
+                 the server pod's port 15008; node 0's agent is the CA); both node proxies \
+                 share the service CPU"
+            }
         }
     }
 
-    /// Whether a shunt-proxy carries the traffic (so proxy cost rows apply).
+    /// Whether shunt-proxies carry the traffic (so shunt's metrics and proxy cost rows apply).
     pub fn runs_shunt(self) -> bool {
-        matches!(self, Self::Iptables | Self::Ebpf | Self::EbpfSockmap)
+        matches!(
+            self,
+            Self::Iptables | Self::Ebpf | Self::EbpfSockmap | Self::CrossMtls
+        )
+    }
+
+    /// Whether a process forwards the traffic (a shunt-proxy or HAProxy), whose CPU and
+    /// memory the proxy rows measure.
+    pub fn has_forwarder(self) -> bool {
+        self.runs_shunt() || self == Self::Haproxy
+    }
+
+    /// Whether the client and the server are on two nodes.
+    pub fn is_cross_node(self) -> bool {
+        matches!(self, Self::CrossDirect | Self::CrossMtls)
     }
 
     /// Per plan, so a smoke run (inside `cargo xtask test`) never sweeps a bench's nodes.
@@ -123,7 +166,21 @@ pub fn unavailable_reason(scenario: Scenario, binaries: &Binaries) -> Option<Str
                     .to_owned()
             })
         }
-        Scenario::Direct | Scenario::Ebpf | Scenario::EbpfSockmap => None,
+        Scenario::CrossMtls => {
+            let has_flag = |binary: Option<PathBuf>, flag: &str| {
+                binary
+                    .and_then(|b| Command::new(b).arg("--help").output().ok())
+                    .is_some_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
+            };
+            if !has_flag(binaries.agent().ok(), "--ca-listen") {
+                Some("not available: agent has no --ca-listen (the node CA)".to_owned())
+            } else if !has_flag(binaries.proxy().ok(), "--ca-address") {
+                Some("not available: proxy has no --ca-address (workload certificates)".to_owned())
+            } else {
+                None
+            }
+        }
+        Scenario::Direct | Scenario::Ebpf | Scenario::EbpfSockmap | Scenario::CrossDirect => None,
     }
 }
 
@@ -149,11 +206,48 @@ impl Targets {
     }
 }
 
-/// One scenario's running node: client and server pods, the server, and its forwarder.
+/// The node, or the two nodes, a scenario runs on. Both boxed: each is a few hundred bytes.
+enum Nodes {
+    One(Box<Node>),
+    /// A cross-node scenario: the client on node [`CLIENT_NODE`], the server on
+    /// [`SERVER_NODE`].
+    Two(Box<Cluster>),
+}
+
+/// Where a forwarder sits on the scenario's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The one forwarder of a single-node scenario.
+    Only,
+    /// The client node's proxy (cross-node).
+    Source,
+    /// The server node's proxy (cross-node).
+    Destination,
+}
+
+impl Role {
+    /// The prefix of the metrics a cross-node scenario keeps per node proxy, beside their sum.
+    pub fn metric_prefix(self) -> Option<&'static str> {
+        match self {
+            Self::Only => None,
+            Self::Source => Some("src_"),
+            Self::Destination => Some("dst_"),
+        }
+    }
+}
+
+/// A process that forwards the scenario's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarder {
+    pub role: Role,
+    pub pid: u32,
+}
+
+/// One scenario's running nodes: client and server pods, the server, and its forwarders.
 pub struct Deployment {
     pub scenario: Scenario,
-    pub node: Node,
-    pub client: Pod,
+    nodes: Nodes,
+    client: Pod,
     server: Pod,
     pub targets: Targets,
     pub loadgen: PathBuf,
@@ -163,62 +257,71 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Builds the node, starts capture (S1–S3) or HAProxy (S4), and the server; returns once
-    /// the client can reach the server through the scenario's path.
+    /// Builds the node (or the two nodes), starts capture (S1–S3, S6) or HAProxy (S4), and
+    /// the server; returns once the client can reach the server through the scenario's path.
     pub fn start(
         scenario: Scenario,
         plan: &str,
         binaries: &Binaries,
         loadgen: &Path,
     ) -> Result<Self> {
-        let mut node = Node::with_binaries(&scenario.node_name(plan), binaries.clone())?;
-        let client = node.add_pod("client", CLIENT_IP)?;
-        let server = node.add_pod("server", SERVER_IP)?;
-        let mut targets = Targets::at(SERVER_IP);
+        let name = scenario.node_name(plan);
         let mut haproxy = None;
-        let mut haproxy_config_path = None;
-        match scenario {
-            Scenario::Direct => {}
-            Scenario::Iptables | Scenario::Ebpf | Scenario::EbpfSockmap => {
-                node.write_config(
-                    &ClusterConfig::new()
-                        .namespace(&NamespaceConfig::injected(MESH_NAMESPACE))
-                        .pod(&node.pod_config(&client, MESH_NAMESPACE))
-                        .pod(
-                            &node
-                                .pod_config(&server, MESH_NAMESPACE)
-                                .label("app", SERVER_APP),
-                        )
-                        .service(
-                            &ServiceConfig::new(MESH_NAMESPACE, SERVER_APP, SERVICE_IP)
-                                .select("app", SERVER_APP)
-                                .port("http", SERVICE_HTTP_PORT, HTTP_PORT),
-                        ),
-                )?;
-                let options = AgentOptions {
-                    capture: if scenario == Scenario::Iptables {
-                        CaptureMode::Iptables
-                    } else {
-                        CaptureMode::Ebpf
-                    },
-                    sockmap_shortcut: scenario == Scenario::EbpfSockmap,
-                    ..AgentOptions::default()
-                };
-                node.start_agent(&options)?;
-                node.start_proxy()?;
-                node.wait_captured(&[&client, &server])?;
-                targets.http = SocketAddr::V4(SocketAddrV4::new(SERVICE_IP, SERVICE_HTTP_PORT));
+        let mut haproxy_config = None;
+        let (nodes, client, server, targets) = if scenario.is_cross_node() {
+            let mut cluster = Cluster::with_binaries(&name, 2, binaries.clone())?;
+            let client = cluster.add_pod(CLIENT_NODE, "client", CLIENT_HOST)?;
+            let server = cluster.add_pod(SERVER_NODE, "server", SERVER_HOST)?;
+            let mut targets = Targets::at(server.ip);
+            if scenario == Scenario::CrossMtls {
+                cluster.write_config(&mesh_config(
+                    cluster.pod_config(&client, MESH_NAMESPACE)?,
+                    cluster.pod_config(&server, MESH_NAMESPACE)?,
+                ))?;
+                // eBPF capture, sockmap shortcut off: S2's capture on both nodes.
+                cluster.start_with_mtls(&AgentOptions::default())?;
+                cluster.wait_captured(&[&client, &server])?;
+                targets.http = service_http();
             }
-            Scenario::Haproxy => {
-                let lb = node.add_pod("haproxy", HAPROXY_IP)?;
-                let config = node.dir().join("haproxy.cfg");
-                std::fs::write(&config, haproxy_config(HAPROXY_IP, SERVER_IP))
-                    .with_context(|| format!("could not write {}", config.display()))?;
-                haproxy = Some(spawn_haproxy(&node, &lb, &config)?);
-                haproxy_config_path = Some(config);
-                targets = Targets::at(HAPROXY_IP);
+            (Nodes::Two(Box::new(cluster)), client, server, targets)
+        } else {
+            let mut node = Node::with_binaries(&name, binaries.clone())?;
+            let client = node.add_pod("client", CLIENT_IP)?;
+            let server = node.add_pod("server", SERVER_IP)?;
+            let mut targets = Targets::at(SERVER_IP);
+            match scenario {
+                Scenario::Iptables | Scenario::Ebpf | Scenario::EbpfSockmap => {
+                    node.write_config(&mesh_config(
+                        node.pod_config(&client, MESH_NAMESPACE),
+                        node.pod_config(&server, MESH_NAMESPACE),
+                    ))?;
+                    let options = AgentOptions {
+                        capture: if scenario == Scenario::Iptables {
+                            CaptureMode::Iptables
+                        } else {
+                            CaptureMode::Ebpf
+                        },
+                        sockmap_shortcut: scenario == Scenario::EbpfSockmap,
+                        ..AgentOptions::default()
+                    };
+                    node.start_agent(&options)?;
+                    node.start_proxy()?;
+                    node.wait_captured(&[&client, &server])?;
+                    targets.http = service_http();
+                }
+                Scenario::Haproxy => {
+                    let lb = node.add_pod("haproxy", HAPROXY_IP)?;
+                    let config = node.dir().join("haproxy.cfg");
+                    std::fs::write(&config, haproxy_config_text(HAPROXY_IP, SERVER_IP))
+                        .with_context(|| format!("could not write {}", config.display()))?;
+                    haproxy = Some(spawn_haproxy(&node, &lb, &config)?);
+                    haproxy_config = Some(config);
+                    targets = Targets::at(HAPROXY_IP);
+                }
+                Scenario::Direct | Scenario::CrossDirect | Scenario::CrossMtls => {}
             }
-        }
+            (Nodes::One(Box::new(node)), client, server, targets)
+        };
         let mut serve = Command::new(loadgen);
         serve.args([
             "serve",
@@ -231,21 +334,80 @@ impl Deployment {
             "--http-port",
             &HTTP_PORT.to_string(),
         ]);
-        let mut server_process = node.spawn_in_pod(&server, "loadgen-serve", serve)?;
+        let server_node = match &nodes {
+            Nodes::One(node) => node,
+            Nodes::Two(cluster) => cluster.node(SERVER_NODE)?,
+        };
+        let mut server_process = server_node.spawn_in_pod(&server, "loadgen-serve", serve)?;
         server_process.wait_for_line("ready", READY_TIMEOUT)?;
         let deployment = Self {
             scenario,
-            node,
+            nodes,
             client,
             server,
             targets,
             loadgen: loadgen.to_path_buf(),
             _server: server_process,
             haproxy,
-            haproxy_config: haproxy_config_path,
+            haproxy_config,
         };
         deployment.wait_reachable()?;
+        if scenario == Scenario::CrossMtls {
+            // The reachability check's HTTP request crossed to node 1: it must have been
+            // tunnelled, or S6 would measure plaintext between the proxies.
+            let streams = deployment.hbone_streams_opened()?;
+            if streams < 1.0 {
+                bail!(
+                    "S6: the client's node proxy opened no HBONE stream for the reachability \
+                     check (shunt_hbone_streams_opened_total{{direction=\"outbound\"}} = \
+                     {streams}): do the proxies have their certificates?"
+                );
+            }
+        }
         Ok(deployment)
+    }
+
+    fn client_node(&self) -> &Node {
+        match &self.nodes {
+            Nodes::One(node) => node,
+            Nodes::Two(cluster) => &cluster.nodes()[CLIENT_NODE],
+        }
+    }
+
+    fn server_node(&self) -> &Node {
+        match &self.nodes {
+            Nodes::One(node) => node,
+            Nodes::Two(cluster) => &cluster.nodes()[SERVER_NODE],
+        }
+    }
+
+    /// Starts `command` in the client pod (on its node, in that node's cgroup).
+    pub fn spawn_client(&self, what: &str, command: Command) -> Result<Process> {
+        Ok(self
+            .client_node()
+            .spawn_in_pod(&self.client, what, command)?)
+    }
+
+    /// One scrape of the client node's proxy (the source reporter).
+    pub fn client_metrics(&self) -> Result<Metrics> {
+        self.client_node()
+            .metrics()
+            .context("could not scrape the client node's proxy metrics")
+    }
+
+    /// One scrape of the server node's proxy (the destination reporter; on one node, the same
+    /// proxy as [`Deployment::client_metrics`]).
+    pub fn server_metrics(&self) -> Result<Metrics> {
+        self.server_node()
+            .metrics()
+            .context("could not scrape the server node's proxy metrics")
+    }
+
+    /// HBONE streams the client node's proxy has opened so far (S6's tunnels).
+    pub fn hbone_streams_opened(&self) -> Result<f64> {
+        Ok(self
+            .client_metrics()?
+            .sum(HBONE_STREAMS_OPENED, &[("direction", "outbound")]))
     }
 
     /// Waits until the client can connect to every target, and the HTTP server answers a
@@ -264,8 +426,7 @@ impl Deployment {
                 wait.args(["--http-host", &to.to_string()]);
             }
             let output = self
-                .node
-                .spawn_in_pod(&self.client, "loadgen-wait", wait)?
+                .spawn_client("loadgen-wait", wait)?
                 .finish(READY_TIMEOUT)?;
             if !output.status.success() {
                 let forwarder_log = self.haproxy.as_ref().map(Process::tail);
@@ -281,58 +442,126 @@ impl Deployment {
         Ok(())
     }
 
-    /// Replaces the forwarder with a fresh process and waits until it carries traffic again.
+    /// Replaces the forwarders with fresh processes and waits until they carry traffic again.
     /// A memory measurement starts from there: a process that already ran other workloads
-    /// keeps freed memory in its allocator, and new connections reuse it unseen.
+    /// keeps freed memory in its allocator, and new connections reuse it unseen. Across
+    /// nodes both proxies are replaced, so neither keeps what earlier workloads left.
     pub fn restart_forwarder(&mut self) -> Result<()> {
-        if self.scenario.runs_shunt() {
-            if let Some(old) = self.node.proxy_process() {
-                old.stop(FORWARDER_STOP);
+        let shunt = self.scenario.runs_shunt();
+        match &mut self.nodes {
+            Nodes::One(node) if shunt => restart_proxy(node, &[&self.client, &self.server])?,
+            Nodes::Two(cluster) if shunt => {
+                restart_proxy(cluster.node_mut(CLIENT_NODE)?, &[&self.client])?;
+                restart_proxy(cluster.node_mut(SERVER_NODE)?, &[&self.server])?;
             }
-            self.node.start_proxy()?;
-            let pid = self.node.proxy_process().map(|p| u64::from(p.pid()));
-            let admin = self.node.admin();
-            // Once the agent reports the new proxy, it has marked every pod pending again,
-            // so waiting for them to be captured waits for the new proxy's listeners.
-            self.node.wait_while_running(
-                "the agent to serve the restarted proxy",
-                READY_TIMEOUT,
-                |_| match admin.status() {
-                    Ok(status) if status["proxy"]["pid"].as_u64() == pid => Check::Done(()),
-                    Ok(status) => Check::NotYet(status["proxy"].to_string()),
-                    Err(e) => Check::NotYet(e.to_string()),
-                },
-            )?;
-            self.node.wait_captured(&[&self.client, &self.server])?;
-        } else if let (Some(haproxy), Some(config)) = (&mut self.haproxy, &self.haproxy_config) {
-            haproxy.stop(FORWARDER_STOP);
-            let lb = self
-                .node
-                .pods()
-                .iter()
-                .find(|p| p.ip == HAPROXY_IP)
-                .cloned()
-                .context("the HAProxy pod is gone")?;
-            self.haproxy = Some(spawn_haproxy(&self.node, &lb, config)?);
+            Nodes::One(node) => {
+                if let (Some(haproxy), Some(config)) = (&mut self.haproxy, &self.haproxy_config) {
+                    haproxy.stop(FORWARDER_STOP);
+                    let lb = node
+                        .pods()
+                        .iter()
+                        .find(|p| p.ip == HAPROXY_IP)
+                        .cloned()
+                        .context("the HAProxy pod is gone")?;
+                    self.haproxy = Some(spawn_haproxy(node, &lb, config)?);
+                }
+            }
+            Nodes::Two(_) => {}
         }
         self.wait_reachable()
     }
 
-    /// The PID of the process that forwards this scenario's traffic (none for S0).
-    pub fn forwarder_pid(&mut self) -> Option<u32> {
-        if self.scenario.runs_shunt() {
-            return self.node.proxy_process().map(|p| p.pid());
+    /// The processes that forward this scenario's traffic: none for S0 and S5, the proxy or
+    /// HAProxy on one node, both node proxies across nodes (client's node first).
+    pub fn forwarders(&mut self) -> Vec<Forwarder> {
+        let shunt = self.scenario.runs_shunt();
+        match &mut self.nodes {
+            Nodes::One(node) => {
+                let process = if shunt {
+                    node.proxy_process().map(|p| p.pid())
+                } else {
+                    self.haproxy.as_ref().map(Process::pid)
+                };
+                process
+                    .map(|pid| Forwarder {
+                        role: Role::Only,
+                        pid,
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            Nodes::Two(_) if !shunt => Vec::new(),
+            Nodes::Two(cluster) => [
+                (CLIENT_NODE, Role::Source),
+                (SERVER_NODE, Role::Destination),
+            ]
+            .into_iter()
+            .filter_map(|(index, role)| {
+                let pid = cluster.node_mut(index).ok()?.proxy_process()?.pid();
+                Some(Forwarder { role, pid })
+            })
+            .collect(),
         }
-        self.haproxy.as_ref().map(Process::pid)
     }
 
-    /// Stops everything and removes the node; returns what could not be removed.
+    /// Stops everything and removes the nodes; returns what could not be removed.
     pub fn teardown(mut self) -> Vec<String> {
         if let Some(mut haproxy) = self.haproxy.take() {
             haproxy.kill();
         }
-        self.node.teardown()
+        match self.nodes {
+            Nodes::One(node) => node.teardown(),
+            Nodes::Two(cluster) => cluster.teardown(),
+        }
     }
+}
+
+/// `shunt_hbone_streams_opened_total`: one per tunnelled connection.
+const HBONE_STREAMS_OPENED: &str = "shunt_hbone_streams_opened_total";
+
+/// The Service address S1–S3 and S6 send the L7 workload to.
+fn service_http() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(SERVICE_IP, SERVICE_HTTP_PORT))
+}
+
+/// The mesh of a shunt scenario: both pods in the injected namespace, the server behind the
+/// Service whose port 80 is named `http`.
+fn mesh_config(mut client: PodConfig, server: PodConfig) -> ClusterConfig {
+    client.service_account = CLIENT_SA.to_owned();
+    let mut server = server.label("app", SERVER_APP);
+    server.service_account = SERVER_SA.to_owned();
+    ClusterConfig::new()
+        .namespace(&NamespaceConfig::injected(MESH_NAMESPACE))
+        .pod(&client)
+        .pod(&server)
+        .service(
+            &ServiceConfig::new(MESH_NAMESPACE, SERVER_APP, SERVICE_IP)
+                .select("app", SERVER_APP)
+                .port("http", SERVICE_HTTP_PORT, HTTP_PORT),
+        )
+}
+
+/// Replaces `node`'s proxy and waits until its agent serves `pods` through the new one.
+fn restart_proxy(node: &mut Node, pods: &[&Pod]) -> Result<()> {
+    if let Some(old) = node.proxy_process() {
+        old.stop(FORWARDER_STOP);
+    }
+    node.start_proxy()?;
+    let pid = node.proxy_process().map(|p| u64::from(p.pid()));
+    let admin = node.admin();
+    // Once the agent reports the new proxy, it has marked every pod pending again, so
+    // waiting for them to be captured waits for the new proxy's listeners.
+    node.wait_while_running(
+        "the agent to serve the restarted proxy",
+        READY_TIMEOUT,
+        |_| match admin.status() {
+            Ok(status) if status["proxy"]["pid"].as_u64() == pid => Check::Done(()),
+            Ok(status) => Check::NotYet(status["proxy"].to_string()),
+            Err(e) => Check::NotYet(e.to_string()),
+        },
+    )?;
+    node.wait_captured(pods)?;
+    Ok(())
 }
 
 fn spawn_haproxy(node: &Node, pod: &Pod, config: &Path) -> Result<Process> {
@@ -348,7 +577,7 @@ fn spawn_haproxy(node: &Node, pod: &Pod, config: &Path) -> Result<Process> {
 /// and HAProxy needs 2 descriptors per connection within the harness's RLIMIT_NOFILE. No
 /// `log` line, so HAProxy writes no per-request log, while shunt keeps its default (a JSON
 /// access-log line per request and reporter); the README's Performance section says so.
-fn haproxy_config(listen: Ipv4Addr, server: Ipv4Addr) -> String {
+fn haproxy_config_text(listen: Ipv4Addr, server: Ipv4Addr) -> String {
     let mut config = String::from(
         "global\n    maxconn 8000\n\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 120s\n    \
@@ -372,7 +601,7 @@ mod tests {
 
     #[test]
     fn haproxy_forwards_l4_ports_in_tcp_mode_and_http_in_http_mode() {
-        let config = haproxy_config(HAPROXY_IP, SERVER_IP);
+        let config = haproxy_config_text(HAPROXY_IP, SERVER_IP);
         assert!(config.contains("defaults\n    mode tcp"), "{config}");
         assert!(
             config.contains("listen http\n    mode http\n    bind 10.244.0.30:8080\n"),
