@@ -202,3 +202,87 @@ impl Dial for PodDial {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shunt_mesh::istio;
+    use shunt_mesh::model::MeshState;
+    use shunt_mesh::testing::pod;
+
+    fn index(destination_node: Option<&str>, captured: bool, policy: Option<&str>) -> MeshIndex {
+        let mut source = pod("shop", "a", [10, 244, 0, 10], "a");
+        source.node = Some("node-0".into());
+        source.captured = true;
+        let mut destination = pod("shop", "b", [10, 244, 1, 20], "b");
+        destination.node = destination_node.map(str::to_owned);
+        destination.captured = captured;
+        let peer_authentications = policy
+            .map(|mode| {
+                serde_json::from_value::<istio::PeerAuthentication>(serde_json::json!({
+                    "apiVersion": "security.istio.io/v1",
+                    "kind": "PeerAuthentication",
+                    "metadata": {"name": "default", "namespace": "shop"},
+                    "spec": {"mtls": {"mode": mode}},
+                }))
+                .unwrap()
+            })
+            .into_iter()
+            .collect();
+        let state = MeshState {
+            workloads: vec![source, destination],
+            node_name: Some("node-0".into()),
+            peer_authentications,
+            ..MeshState::default()
+        };
+        MeshIndex::build(&state).0
+    }
+
+    #[test]
+    fn only_meshed_pods_of_other_nodes_get_hbone() {
+        let b: SocketAddr = "10.244.1.20:8080".parse().unwrap();
+        let from: PodUid = "uid-shop-a".into();
+        // (destination's node, captured, its namespace's PeerAuthentication, addr, tunnelled)
+        let cases: &[(Option<&str>, bool, Option<&str>, SocketAddr, bool)] = &[
+            (Some("node-1"), true, None, b, true),
+            (Some("node-1"), true, Some("STRICT"), b, true),
+            (Some("node-1"), true, Some("DISABLE"), b, false),
+            (Some("node-1"), false, None, b, false),
+            (Some("node-0"), true, None, b, false),
+            (None, true, None, b, false),
+            (Some("node-1"), true, None, "10.244.1.20:15008".parse().unwrap(), false),
+            (Some("node-1"), true, None, "192.0.2.1:443".parse().unwrap(), false),
+        ];
+        for &(node, captured, policy, addr, tunnelled) in cases {
+            let index = index(node, captured, policy);
+            let got = hbone_endpoints(&index, &from, addr);
+            assert_eq!(got.is_some(), tunnelled, "{node:?} {captured} {policy:?} {addr}");
+            if let Some(endpoints) = got {
+                assert_eq!(
+                    endpoints.destination_identity.to_string(),
+                    "spiffe://cluster.local/ns/shop/sa/default"
+                );
+                assert_eq!(endpoints.source_ip, std::net::Ipv4Addr::new(10, 244, 0, 10));
+            }
+        }
+    }
+
+    #[test]
+    fn destination_rule_tls_modes_set_the_mesh_tls_preference() {
+        use shunt_mesh::routing::UpstreamTls;
+        let cases = [
+            (None, MeshTls::Auto),
+            (Some(UpstreamTls::Disable), MeshTls::Disable),
+            (
+                Some(UpstreamTls::IstioMutual {
+                    sni: None,
+                    subject_alt_names: vec![],
+                }),
+                MeshTls::Require,
+            ),
+        ];
+        for (tls, want) in cases {
+            assert_eq!(MeshTls::of(tls.as_ref()), want, "{tls:?}");
+        }
+    }
+}
