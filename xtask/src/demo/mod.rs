@@ -4,7 +4,8 @@
 //! `cart` replicas behind the `cart` Service (ClusterIP 10.96.0.20), all in the injected `shop`
 //! namespace, and `batch` in the uncaptured `legacy` namespace. The cart pods also serve HTTP
 //! behind `cart-api` (10.96.0.21), routed by a VirtualService: a weighted split, a header
-//! route and a fault. The config is `config.yaml` beside this file, embedded in xtask.
+//! route and a fault. The config is `config.yaml` beside this file, embedded in xtask. Then
+//! a second act (`cross_node.rs`): two nodes, mTLS between them, both principals.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use shunt_tests::{AgentOptions, Binaries, Node, Pod};
+
+mod cross_node;
 
 use crate::build::{self, bin_dir};
 use crate::cmd::{Privilege, elevate, is_root};
@@ -63,7 +66,7 @@ pub fn run_node() -> Result<()> {
     if !leftovers.is_empty() {
         bail!("the demo left things behind");
     }
-    Ok(())
+    cross_node::run(Binaries::in_dir(bin_dir(false)))
 }
 
 fn exercise(node: &mut Node) -> Result<()> {
