@@ -8,8 +8,8 @@
 mod common;
 
 use common::{MIB, OrPanic, send_ok_with};
-use shunt_tests::admin::{self, WorkloadView};
 use serde_json::{Value, json};
+use shunt_tests::admin::{self, WorkloadView};
 use shunt_tests::istio::{subsets_by_version, virtual_service};
 use shunt_tests::{
     AgentOptions, Cluster, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig,
@@ -330,11 +330,11 @@ fn http_routing_holds_across_nodes_over_hbone() {
     let v2 = cluster.add_pod(1, "web-v2", 22).or_panic("web-v2 pod");
     let mut config = ClusterConfig::new()
         .namespace(&NamespaceConfig::injected(MESH))
-        .service(&ServiceConfig::new(MESH, "web", WEB_IP).select("app", "web").port(
-            "http",
-            80,
-            HTTP_PORT,
-        ));
+        .service(
+            &ServiceConfig::new(MESH, "web", WEB_IP)
+                .select("app", "web")
+                .port("http", 80, HTTP_PORT),
+        );
     for (pod, version) in [(&client, None), (&v1, Some("v1")), (&v2, Some("v2"))] {
         let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
         pod_config.service_account = format!("sa-{}", pod.name);
@@ -376,27 +376,55 @@ fn http_routing_holds_across_nodes_over_hbone() {
         .into_iter()
         .map(|(pod, name)| {
             server_node
-                .start_httppod_server(pod, &["serve", "--port", &HTTP_PORT.to_string(), "--name", name])
+                .start_httppod_server(
+                    pod,
+                    &["serve", "--port", &HTTP_PORT.to_string(), "--name", name],
+                )
                 .or_panic("httppod server")
         })
         .collect();
-    let mut capture = cluster.start_capture("http-mtls").or_panic("underlay capture");
+    let mut capture = cluster
+        .start_capture("http-mtls")
+        .or_panic("underlay capture");
     let client_node = cluster.node(0).or_panic("node-0");
     let marker_header = format!("x-marker: {MARKER}");
     let url = format!("http://{WEB_IP}/split");
     let split = httppod_json(
         client_node,
         &client,
-        &["http", "--url", &url, "-n", "400", "-c", "4", "-H", &marker_header],
+        &[
+            "http",
+            "--url",
+            &url,
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-H",
+            &marker_header,
+        ],
     );
     assert_eq!(split["status"], json!({"200": 400}), "{split}");
     let (got_v1, got_v2) = (served_by(&split, "web-v1"), served_by(&split, "web-v2"));
     assert_eq!(got_v1 + got_v2, 400, "{split}");
-    assert!((280..=360).contains(&got_v1), "v1 got {got_v1} of 400 (want 320 ± 40): {split}");
+    assert!(
+        (280..=360).contains(&got_v1),
+        "v1 got {got_v1} of 400 (want 320 ± 40): {split}"
+    );
     let jason = httppod_json(
         client_node,
         &client,
-        &["http", "--url", &url, "-n", "20", "-H", "end-user: jason", "-H", &marker_header],
+        &[
+            "http",
+            "--url",
+            &url,
+            "-n",
+            "20",
+            "-H",
+            "end-user: jason",
+            "-H",
+            &marker_header,
+        ],
     );
     assert_eq!(served_by(&jason, "web-v2"), 20, "{jason}");
 
@@ -422,7 +450,9 @@ fn http_routing_holds_across_nodes_over_hbone() {
         metrics.describe("istio_requests_total")
     );
     assert!(
-        !capture.contains(MARKER.as_bytes()).or_panic("reading the capture"),
+        !capture
+            .contains(MARKER.as_bytes())
+            .or_panic("reading the capture"),
         "a request header crossed the underlay in plaintext ({})",
         capture.pcap_path().display()
     );
@@ -457,11 +487,11 @@ fn certificates_rotate_under_load_without_a_failed_request() {
     let web = cluster.add_pod(1, "web", 21).or_panic("web pod");
     let mut config = ClusterConfig::new()
         .namespace(&NamespaceConfig::injected(MESH))
-        .service(&ServiceConfig::new(MESH, "web", WEB_IP).select("app", "web").port(
-            "http",
-            80,
-            HTTP_PORT,
-        ));
+        .service(
+            &ServiceConfig::new(MESH, "web", WEB_IP)
+                .select("app", "web")
+                .port("http", 80, HTTP_PORT),
+        );
     for pod in [&client, &web] {
         let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
         pod_config.service_account = format!("sa-{}", pod.name);
@@ -477,14 +507,20 @@ fn certificates_rotate_under_load_without_a_failed_request() {
         .or_panic("waiting for capture");
     let server_node = cluster.node(1).or_panic("node-1");
     let _server = server_node
-        .start_httppod_server(&web, &["serve", "--port", &HTTP_PORT.to_string(), "--name", "web"])
+        .start_httppod_server(
+            &web,
+            &["serve", "--port", &HTTP_PORT.to_string(), "--name", "web"],
+        )
         .or_panic("httppod server");
     let (client_id, web_id) = (spiffe("sa-client"), spiffe("sa-web"));
     let before = (
         leaf_serial(cluster.node(0).or_panic("node-0"), &client_id),
         leaf_serial(server_node, &web_id),
     );
-    assert!(before.0.is_some() && before.1.is_some(), "no certificates yet: {before:?}");
+    assert!(
+        before.0.is_some() && before.1.is_some(),
+        "no certificates yet: {before:?}"
+    );
     let url = format!("http://{WEB_IP}/");
     let report = httppod_json(
         cluster.node(0).or_panic("node-0"),
@@ -499,7 +535,9 @@ fn certificates_rotate_under_load_without_a_failed_request() {
         after.0.is_some() && after.0 != before.0 && after.1.is_some() && after.1 != before.1,
         "both certificates must have rotated during the run: before {before:?}, after {after:?}"
     );
-    let statuses = report["status"].as_object().or_panic_none("status", &report);
+    let statuses = report["status"]
+        .as_object()
+        .or_panic_none("status", &report);
     assert_eq!(statuses.keys().collect::<Vec<_>>(), vec!["200"], "{report}");
     assert!(
         report["status"]["200"].as_u64().unwrap_or(0) >= 14_000,

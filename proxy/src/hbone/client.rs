@@ -16,10 +16,10 @@ use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::metrics::{HboneMetrics, OUTBOUND, Open};
-use super::stream::H2Stream;
 use super::error::HboneError;
+use super::metrics::{HboneMetrics, OUTBOUND, Open};
 use super::settings::{SETTINGS, Settings};
+use super::stream::H2Stream;
 
 /// What one pooled connection is for. The source IP is part of it because the connection is
 /// dialled from the source pod's netns: the destination sees, and checks, that address.

@@ -20,4 +20,3 @@ pub(super) async fn keepalive(ping: Option<h2::PingPong>, settings: Settings) {
         }
     }
 }
-

@@ -15,8 +15,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
-mod headers;
 mod error;
+mod headers;
 mod keepalive;
 pub mod metrics;
 pub mod server;
@@ -35,13 +35,12 @@ use crate::socket::PodSockets;
 pub use self::client::{ConnectRequest, Pool, PoolKey};
 pub use self::error::HboneError;
 pub use self::headers::{BAGGAGE, TRACEPARENT};
-pub use self::settings::{SETTINGS, Settings};
 pub use self::metrics::HboneMetrics;
+pub use self::settings::{SETTINGS, Settings};
 pub use self::stream::H2Stream;
 
 /// The port every HBONE listener uses (ztunnel's, Istio's `15008`).
 pub const PORT: u16 = shunt_common::HBONE_PORT;
-
 
 /// The `baggage` header of a tunnel from `source`, in ztunnel's keys, so a ztunnel peer
 /// labels its metrics with the source's cluster, namespace, workload and canonical service.

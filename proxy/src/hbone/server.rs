@@ -15,10 +15,10 @@ use h2::server::SendResponse;
 use http::{Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::metrics::{HboneMetrics, INBOUND, Open};
-use super::stream::H2Stream;
 use super::error::HboneError;
+use super::metrics::{HboneMetrics, INBOUND, Open};
 use super::settings::Settings;
+use super::stream::H2Stream;
 
 /// One `CONNECT` stream, not yet answered.
 pub struct Incoming {

@@ -26,4 +26,3 @@ pub const SETTINGS: Settings = Settings {
     ping_timeout: Duration::from_secs(20),
     idle_timeout: Duration::from_secs(5 * 60),
 };
-

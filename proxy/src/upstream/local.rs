@@ -250,13 +250,29 @@ mod tests {
             (Some("node-1"), false, None, b, false),
             (Some("node-0"), true, None, b, false),
             (None, true, None, b, false),
-            (Some("node-1"), true, None, "10.244.1.20:15008".parse().unwrap(), false),
-            (Some("node-1"), true, None, "192.0.2.1:443".parse().unwrap(), false),
+            (
+                Some("node-1"),
+                true,
+                None,
+                "10.244.1.20:15008".parse().unwrap(),
+                false,
+            ),
+            (
+                Some("node-1"),
+                true,
+                None,
+                "192.0.2.1:443".parse().unwrap(),
+                false,
+            ),
         ];
         for &(node, captured, policy, addr, tunnelled) in cases {
             let index = index(node, captured, policy);
             let got = hbone_endpoints(&index, &from, addr);
-            assert_eq!(got.is_some(), tunnelled, "{node:?} {captured} {policy:?} {addr}");
+            assert_eq!(
+                got.is_some(),
+                tunnelled,
+                "{node:?} {captured} {policy:?} {addr}"
+            );
             if let Some(endpoints) = got {
                 assert_eq!(
                     endpoints.destination_identity.to_string(),

@@ -22,7 +22,10 @@ pub fn run(binaries: Binaries) -> Result<()> {
     let leftovers = cluster.teardown();
     outcome?;
     if !leftovers.is_empty() {
-        bail!("the cross-node act left things behind: {}", leftovers.join("; "));
+        bail!(
+            "the cross-node act left things behind: {}",
+            leftovers.join("; ")
+        );
     }
     println!("    removed both nodes, the underlay and the CA");
     Ok(())
@@ -40,7 +43,10 @@ fn act(cluster: &mut Cluster) -> Result<()> {
     cluster.write_config(&config)?;
     let ca = cluster.start_with_mtls(&AgentOptions::default())?;
     cluster.wait_captured(&[&checkout, &payments])?;
-    println!("    node-0: checkout {} | node-1: payments {}", checkout.ip, payments.ip);
+    println!(
+        "    node-0: checkout {} | node-1: payments {}",
+        checkout.ip, payments.ip
+    );
     println!("    CA (istiod's protocol) on {ca}, run by node-0's agent");
     let _echo = cluster
         .node_of(&payments)?
@@ -49,7 +55,9 @@ fn act(cluster: &mut Cluster) -> Result<()> {
     let to = payments.addr(PORT).to_string();
     let sent = cluster.node_of(&checkout)?.run_testpod(
         &checkout,
-        &["send", "--to", &to, "--bytes", "65536", "--seed", "1", "--marker", MARKER],
+        &[
+            "send", "--to", &to, "--bytes", "65536", "--seed", "1", "--marker", MARKER,
+        ],
         std::time::Duration::from_secs(60),
     )?;
     let report = sent.json()?;
@@ -60,7 +68,11 @@ fn act(cluster: &mut Cluster) -> Result<()> {
     let plaintext = capture.contains(MARKER.as_bytes())?;
     println!(
         "    the payload's marker seen on the underlay in plaintext: {}",
-        if plaintext { "YES (not encrypted!)" } else { "no (tcpdump saw only TLS)" }
+        if plaintext {
+            "YES (not encrypted!)"
+        } else {
+            "no (tcpdump saw only TLS)"
+        }
     );
     if plaintext {
         bail!("the cross-node connection was not encrypted");
@@ -95,7 +107,10 @@ fn act(cluster: &mut Cluster) -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        bail!("shuntctl certs failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "shuntctl certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
