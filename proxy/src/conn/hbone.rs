@@ -119,7 +119,7 @@ pub async fn serve(
     }
 }
 
-/// The client address a stream names in `forwarded: for="ip:port"`, else the tunnel's peer.
+/// The client address a stream names in `forwarded: for="ip:port"`.
 fn forwarded_for(incoming: &Incoming) -> Option<SocketAddr> {
     let value = incoming.header(http::header::FORWARDED.as_str())?;
     value.split(';').find_map(|pair| {
@@ -174,7 +174,14 @@ async fn serve_stream(
             return;
         }
     };
-    let client = ClientAddr(forwarded_for(&incoming).unwrap_or(peer.0));
+    // The peer dials from the source pod's netns, so the connection's own source IP is the
+    // pod's. A `forwarded` header is the peer's word: only its port is taken, and only when
+    // it names that same IP (a peer cannot claim to be another pod).
+    let client = ClientAddr(
+        forwarded_for(&incoming)
+            .filter(|forwarded| forwarded.ip() == peer.0.ip())
+            .unwrap_or(peer.0),
+    );
     let index = proxy.state.load();
     let mut accepted = Accepted::new(
         Direction::Inbound,
