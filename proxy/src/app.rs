@@ -133,7 +133,7 @@ impl App {
         access_log: AccessLog,
     ) -> Result<Self, Error> {
         let state = Arc::new(StateStore::new());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_cluster_id(&config.cluster_id));
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
         let routes: Arc<dyn shunt_mesh::routing::RouteSource> = state.clone();
         let mut proxy = ProxyContext::new(

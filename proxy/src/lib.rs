@@ -3,8 +3,8 @@
 //!
 //! Modules depend downwards only (`cargo xtask layers` checks it):
 //! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
-//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `progress`, `response_flag`, `socket`,
-//! `drain`, `state`; shunt-mesh and shunt-api below all of them.
+//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `peer_security`, `progress`,
+//! `response_flag`, `socket`, `drain`, `state`; shunt-mesh and shunt-api below all of them.
 #![deny(unsafe_code)]
 
 pub mod addrs;
@@ -18,6 +18,7 @@ pub mod http;
 pub mod identity;
 pub mod inpod;
 pub mod orig_dst;
+pub mod peer_security;
 pub mod pod;
 pub mod progress;
 pub mod ratelimit;

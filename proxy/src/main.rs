@@ -74,8 +74,15 @@ struct Cli {
     /// The lifetime asked for workload certificates; each is rotated at half of it.
     #[arg(long, value_name = "SECS", default_value = "86400", value_parser = parse_seconds)]
     cert_lifetime: Duration,
-    /// The cluster's id (Istio's `CLUSTER_ID`): sent to the CA and in HBONE `baggage`.
-    #[arg(long, value_name = "ID", default_value = "Kubernetes")]
+    /// The cluster this node's workloads are in: the `source_cluster` and
+    /// `destination_cluster` of Istio's metrics (istiod's `CLUSTER_ID`; Istio's default); also sent to the CA and in
+    /// HBONE `baggage`.
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = shunt_proxy::telemetry::peer::DEFAULT_CLUSTER_ID,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     cluster_id: String,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -181,6 +188,10 @@ mod tests {
         assert!(matches!(cli.log_format, LogFormat::Text));
         assert!(!cli.no_same_node_shortcut);
         assert_eq!(cli.worker_threads, None);
+        assert_eq!(cli.cluster_id, "Kubernetes");
+        let east = Cli::try_parse_from(["shunt-proxy", "--cluster-id", "east"]).unwrap();
+        assert_eq!(east.cluster_id, "east");
+        assert!(Cli::try_parse_from(["shunt-proxy", "--cluster-id", ""]).is_err());
         assert!(Cli::try_parse_from(["shunt-proxy", "--worker-threads", "0"]).is_err());
     }
 

@@ -70,6 +70,8 @@ const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 
 /// The injected namespace every captured test pod lives in.
 const MESH: &str = "mesh";
+/// The identity of a pod of [`MESH`] without a service account of its own.
+const MESH_DEFAULT_SA: &str = "spiffe://cluster.local/ns/mesh/sa/default";
 const ECHO_PORT: u16 = 8080;
 
 /// A node for an end-to-end test, or `None` (after printing why) when not root. Fails when
@@ -202,10 +204,25 @@ fn pod_to_pod_echo_goes_through_the_proxy(test: &str, capture: CaptureMode) {
             "{reporter}"
         );
         assert_eq!(sum(&metrics, SENT_BYTES, &labels), 2 * MIB, "{reporter}");
+        // Delivered on the node: both pods' identities, known from their netns, and
+        // `mutual_tls` where Istio's destination reporter says so for authenticated peers.
+        let policy = if reporter == "source" {
+            "unknown"
+        } else {
+            "mutual_tls"
+        };
         let labelled = [
-            ("source_principal", "unknown"),
+            ("source_principal", MESH_DEFAULT_SA),
+            ("destination_principal", MESH_DEFAULT_SA),
+            ("connection_security_policy", policy),
+            ("source_canonical_service", "a"),
+            ("source_canonical_revision", "latest"),
+            ("destination_canonical_service", "b"),
+            ("source_cluster", "Kubernetes"),
+            ("destination_cluster", "Kubernetes"),
             ("destination_service", "unknown"),
             ("request_protocol", "tcp"),
+            ("response_flags", "-"),
         ];
         let mut all = labels.to_vec();
         all.extend_from_slice(&labelled);
@@ -236,6 +253,10 @@ fn pod_to_pod_echo_goes_through_the_proxy(test: &str, capture: CaptureMode) {
                 ("upstream_addr", &dst),
                 ("dst_service", "unknown"),
                 ("close_reason", "eof"),
+                ("src_principal", MESH_DEFAULT_SA),
+                ("dst_principal", MESH_DEFAULT_SA),
+                ("peer_security", "same_node"),
+                ("response_flags", "-"),
             ]);
             assert_eq!(lines.len(), 1, "{direction} to {dst}:\n{}", log.describe());
             let line = lines[0];
@@ -450,6 +471,10 @@ fn uncaptured_client_is_captured_only_inbound(test: &str, capture: CaptureMode) 
         ("src_workload", "outsider"),
         ("dst_workload", "server"),
         ("dst_addr", &dst),
+        // Plaintext from a pod the proxy does not serve: nobody authenticated.
+        ("src_principal", "unknown"),
+        ("connection_security_policy", "none"),
+        ("peer_security", "none"),
     ]);
     assert_eq!(lines.len(), 1, "{}", log.describe());
 }

@@ -22,8 +22,11 @@ use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::context::{PodContext, ProxyContext};
 use crate::hbone;
 use crate::hbone::server::{self, Incoming};
+use crate::peer_security::Principal;
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::Direction;
+use crate::telemetry::security::PeerSecurity;
+use shunt_mesh::spiffe::SpiffeId;
 
 /// Serves one TCP connection accepted on `pod`'s HBONE listener.
 pub async fn serve(
@@ -90,10 +93,20 @@ pub async fn serve(
         drain.accepting_stopped(),
         |incoming| {
             let (proxy, pod, principal) = (proxy.clone(), pod.clone(), source_principal.clone());
+            let identity = identity.clone();
             let hold = pod.pod.drain.hold();
             async move {
                 let _hold = hold;
-                serve_stream(proxy, pod, incoming, local, peer, principal.to_string()).await;
+                serve_stream(
+                    proxy,
+                    pod,
+                    incoming,
+                    local,
+                    peer,
+                    principal.to_string(),
+                    identity,
+                )
+                .await;
             }
         },
     );
@@ -151,6 +164,7 @@ async fn serve_stream(
     local: SocketAddr,
     peer: ClientAddr,
     principal: String,
+    identity: SpiffeId,
 ) {
     let target = match check_target(&incoming, local) {
         Ok(target) => target,
@@ -178,7 +192,10 @@ async fn serve_stream(
         .as_ref()
         .and_then(|w| index.destination_service(w, target.port()))
         .cloned();
-    accepted.source_principal = Some(principal);
+    accepted.security = PeerSecurity::MutualTls {
+        source: Some(Principal::new(principal)),
+        destination: Some(Principal::new(identity.to_string())),
+    };
     // The app first: a peer whose app is down gets 503, not a tunnel that resets.
     let app = match pod.pod.sockets.connect(target, proxy.connect_timeout).await {
         Ok(app) => app,

@@ -84,12 +84,13 @@ pub(super) async fn serve_accepted<S>(
             // Requests are dialled one by one through the pod's `inbound|port||` pool; the
             // connection that proved the app reachable is not needed.
             drop(connected);
-            let app = InboundApp::new(
+            let mut app = InboundApp::new(
                 accepted.peers.destination.clone(),
                 accepted.peers.service.clone(),
                 app_addr.port(),
                 declared,
             );
+            app.security = accepted.security.clone();
             let connection = Arc::new(HttpConnection {
                 proxy: proxy.clone(),
                 side: Side::Inbound(app),

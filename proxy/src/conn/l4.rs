@@ -14,16 +14,20 @@ use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::context::{PodContext, ProxyContext};
 use crate::drain;
 use crate::hbone::HboneError;
+use crate::peer_security::Principal;
 use crate::pod::Pod;
 use crate::progress::{self, Progress};
+use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::socket;
 use crate::splice::{self, Splicing};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
+use crate::telemetry::security::{PeerSecurity, SecurityPolicy};
 use crate::upstream::{
-    ClusterState, Delivery, DialError, Dialed, Picked, TcpConnection, Transport, UpstreamError,
+    ClusterState, Delivery, DialError, Dialed, Picked, TcpConnection, Transport, Tunnel,
+    UpstreamError,
 };
 use shunt_mesh::index::MeshIndex;
 use shunt_mesh::model::{Service, Workload};
@@ -68,13 +72,15 @@ pub(super) struct Accepted {
     pub pod: String,
     pub orig_dst: Option<OrigDstAddr>,
     pub peers: Peers,
+    /// How the connection's peers are authenticated as accepted: for an inbound connection
+    /// its downstream's (an HBONE listener sets what the handshake proved); plaintext until
+    /// then, and for an outbound one until its dial says more ([`dialled_security`]).
+    pub security: PeerSecurity,
     pub started_at: SystemTime,
     pub started: Instant,
     /// The client app's socket, as the eBPF programs key it, when the connection may be
     /// spliced once delivered on this node ([`super::splice`]).
     pub client_app: Option<SockKey>,
-    /// The peer's SPIFFE id when the connection came through mTLS (HBONE).
-    pub source_principal: Option<String>,
 }
 
 /// An accepted connection and what was decided for it.
@@ -102,10 +108,10 @@ impl Accepted {
             pod,
             orig_dst: None,
             peers: Peers::default(),
+            security: PeerSecurity::None,
             started_at: SystemTime::now(),
             started: Instant::now(),
             client_app: None,
-            source_principal: None,
         }
     }
 
@@ -146,7 +152,9 @@ impl Accepted {
 
 /// Counts bytes into the connection's metrics as they are delivered.
 struct Meter {
-    metrics: ConnectionMetrics,
+    /// Set once the connection's peer security is known: after its dial (bytes flow only
+    /// then), or when it ends without one.
+    metrics: OnceLock<ConnectionMetrics>,
     /// The destination reporter's metrics, when the connection was delivered straight to a
     /// pod served on this node (its inbound listener, which would count them, was skipped).
     delivered: OnceLock<ConnectionMetrics>,
@@ -158,14 +166,18 @@ impl Progress for Meter {
     fn delivered(&self, direction: progress::Direction, bytes: u64) {
         match direction {
             progress::Direction::ClientToServer => {
-                self.metrics.received(bytes);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.received(bytes);
+                }
                 if let Some(delivered) = self.delivered.get() {
                     delivered.received(bytes);
                 }
                 self.received.fetch_add(bytes, Ordering::Relaxed);
             }
             progress::Direction::ServerToClient => {
-                self.metrics.sent(bytes);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.sent(bytes);
+                }
                 if let Some(delivered) = self.delivered.get() {
                     delivered.sent(bytes);
                 }
@@ -198,7 +210,12 @@ async fn report_spliced(
 struct Ending {
     upstream: Option<std::net::SocketAddr>,
     reason: CloseReason,
+    /// Envoy's flags for the end: `UF`, `UO`, `UH` when the dial failed or had nothing to
+    /// dial; none otherwise.
+    flags: ResponseFlags,
     error: Option<String>,
+    /// The peers' security as this side reports it ([`dialled_security`]).
+    security: PeerSecurity,
     /// The connection as the destination pod's inbound listener would have seen it, when it
     /// was delivered straight to that pod.
     delivered: Option<Accepted>,
@@ -214,14 +231,8 @@ pub(super) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
-    let labels = TcpLabels::new(
-        accepted.reporter,
-        accepted.peers.source.as_deref(),
-        accepted.peers.destination.as_deref(),
-        accepted.peers.service.as_deref(),
-    );
     let meter = Meter {
-        metrics: proxy.metrics.open_connection(&labels),
+        metrics: OnceLock::new(),
         delivered: OnceLock::new(),
         received: AtomicU64::new(0),
         sent: AtomicU64::new(0),
@@ -231,7 +242,15 @@ pub(super) async fn run<S>(
         Decision::Refuse { reason, error } => Ending {
             upstream: None,
             reason,
+            // Nothing to dial: Envoy's flag for a cluster without a host (REGISTRY_ONLY's
+            // BlackHoleCluster included).
+            flags: if reason == CloseReason::Unreachable {
+                ResponseFlag::NoHealthyUpstream.into()
+            } else {
+                ResponseFlags::NONE
+            },
             error: Some(error),
+            security: accepted.security.clone(),
             delivered: None,
         },
         Decision::Dial { upstream } => {
@@ -253,13 +272,27 @@ pub(super) async fn run<S>(
     }
     drop(downstream);
 
-    let entry = entry(&accepted, &ending, &meter);
+    let entry = entry(&accepted, &ending.security, &ending, &meter);
     let delivered_entry = ending
         .delivered
         .as_ref()
-        .map(|delivered| self::entry(delivered, &ending, &meter));
-    // Closed once the sockets are: the connection is over for whoever scrapes next.
-    drop(meter);
+        .map(|delivered| self::entry(delivered, &delivered.security, &ending, &meter));
+    // Closed once the sockets are: the connection is over for whoever scrapes next. One
+    // that was never dialled counts as opened now, with what is known of it.
+    let Meter {
+        metrics, delivered, ..
+    } = meter;
+    metrics
+        .into_inner()
+        .unwrap_or_else(|| {
+            proxy
+                .metrics
+                .open_connection(tcp_labels(proxy, &accepted, ending.security.clone()))
+        })
+        .close(ending.flags);
+    if let Some(delivered) = delivered.into_inner() {
+        delivered.close(ending.flags);
+    }
     let access_log = proxy.access_log_on();
     if access_log
         && let Some(delivered_entry) = delivered_entry
@@ -304,7 +337,7 @@ impl Target<'_> {
         proxy: &ProxyContext,
         pod: &PodContext,
         client: std::net::SocketAddr,
-    ) -> Result<(Transport, Option<TcpConnection>, Option<Delivery>), (CloseReason, String)> {
+    ) -> Result<Connected, ConnectFailed> {
         match self {
             Self::Addr(addr) => pod
                 .upstreams
@@ -312,41 +345,68 @@ impl Target<'_> {
                 .await
                 .map(
                     |Dialed {
-                         stream, delivered, ..
-                     }| (stream, None, delivered),
+                         stream,
+                         delivered,
+                         tunnel,
+                     }| (stream, None, delivered, tunnel),
                 )
-                .map_err(|error| (connect_close_reason(&error), error.to_string())),
+                .map_err(|error| ConnectFailed {
+                    reason: connect_close_reason(&error),
+                    flags: ResponseFlag::UpstreamConnectionFailure.into(),
+                    error: error.to_string(),
+                }),
             Self::Connected(_, stream) => stream
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take()
-                .map(|stream| (stream, None, None))
-                .ok_or_else(|| {
-                    (
-                        CloseReason::Error,
-                        "the connection was taken twice".to_owned(),
-                    )
+                .map(|stream| (stream, None, None, None))
+                .ok_or_else(|| ConnectFailed {
+                    reason: CloseReason::Error,
+                    flags: ResponseFlags::NONE,
+                    error: "the connection was taken twice".to_owned(),
                 }),
             Self::Endpoint(cluster, picked) => cluster
                 .connect_tcp(picked, Some(client))
                 .await
                 .map(|(stream, mut held)| {
                     let delivered = held.delivered.take();
-                    (stream, Some(held), delivered)
+                    let tunnel = held.tunnel.take();
+                    (stream, Some(held), delivered, tunnel)
                 })
                 .map_err(|error| upstream_close(&error)),
         }
     }
 }
 
-/// The close reason and logged error of a cluster connect that failed; the error starts with
-/// Envoy's response flag (`UO` for an overflow, `UF` for a connect failure).
-fn upstream_close(error: &UpstreamError) -> (CloseReason, String) {
+/// A connected upstream: the stream, its hold on its cluster, the served pod it was
+/// delivered to on this node, and the HBONE tunnel it runs in.
+type Connected = (
+    Transport,
+    Option<TcpConnection>,
+    Option<Delivery>,
+    Option<Tunnel>,
+);
+
+/// Why a connect failed, for the log and the metrics.
+struct ConnectFailed {
+    reason: CloseReason,
+    flags: ResponseFlags,
+    error: String,
+}
+
+/// The close reason, flags and logged error of a cluster connect that failed; the error
+/// starts with Envoy's response flag (`UO` for an overflow, `UF` for a connect failure).
+fn upstream_close(error: &UpstreamError) -> ConnectFailed {
     let reason = match error {
         UpstreamError::Connect { source, .. } => connect_close_reason(source),
         _ => CloseReason::Error,
     };
-    (reason, format!("{}: {error}", error.response_flag()))
+    let flags = error.response_flag();
+    ConnectFailed {
+        reason,
+        flags,
+        error: format!("{flags}: {error}"),
+    }
 }
 
 async fn dial_and_forward<S>(
@@ -361,34 +421,54 @@ where
     S: AsyncRead + AsyncWrite + ResetOnClose + Unpin,
 {
     let upstream_addr = target.addr();
-    let ending = |reason, error: Option<String>, delivered| Ending {
+    let undialled = |reason, flags, error| Ending {
         upstream: Some(upstream_addr),
         reason,
+        flags,
         error,
-        delivered,
+        security: accepted.security.clone(),
+        delivered: None,
     };
     let connected = tokio::select! {
         biased;
-        () = pod.pod.drain.force_closed() => return ending(CloseReason::Drained, None, None),
+        () = pod.pod.drain.force_closed() => {
+            return undialled(CloseReason::Drained, ResponseFlags::NONE, None);
+        }
         connected = target.connect(proxy, pod, accepted.client.0) => connected,
     };
     // `_held` releases the cluster's counts when the forwarding ends.
-    let (mut upstream, _held, delivered) = match connected {
+    let (mut upstream, _held, delivered, tunnel) = match connected {
         Ok(connected) => connected,
-        Err((reason, error)) => return ending(reason, Some(error), None),
+        Err(failed) => return undialled(failed.reason, failed.flags, Some(failed.error)),
     };
     let delivered_pod = delivered.and_then(|d| d.pod());
-    let delivered = delivered_pod.as_ref().map(|to| {
-        let accepted = destination_side(proxy, accepted, to, upstream_addr);
-        let labels = TcpLabels::new(
-            accepted.reporter,
-            accepted.peers.source.as_deref(),
-            accepted.peers.destination.as_deref(),
-            accepted.peers.service.as_deref(),
-        );
-        let _ = meter.delivered.set(proxy.metrics.open_connection(&labels));
-        accepted
-    });
+    let delivered = delivered_pod
+        .as_ref()
+        .map(|to| destination_side(proxy, accepted, to, upstream_addr));
+    let security = dialled_security(
+        proxy,
+        accepted,
+        &upstream,
+        delivered.as_ref(),
+        tunnel.as_ref(),
+    );
+    let _ = meter.metrics.set(proxy.metrics.open_connection(tcp_labels(
+        proxy,
+        accepted,
+        security.clone(),
+    )));
+    if let Some(delivered) = &delivered {
+        let labels = tcp_labels(proxy, delivered, delivered.security.clone());
+        let _ = meter.delivered.set(proxy.metrics.open_connection(labels));
+    }
+    let ending = |reason, error: Option<String>, delivered| Ending {
+        upstream: Some(upstream_addr),
+        reason,
+        flags: ResponseFlags::NONE,
+        error,
+        security: security.clone(),
+        delivered,
+    };
     // Delivered to another pod: it counts among that pod's connections, whose drain waits for
     // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
     let _destination = delivered_pod.as_ref().map(|to| to.drain.hold());
@@ -474,14 +554,59 @@ fn destination_side(
     inbound.started = accepted.started;
     inbound.orig_dst = Some(OrigDstAddr(upstream));
     inbound.peers.destination = index.workload_by_uid(pod.uid.as_str()).cloned();
-    inbound.peers.source = source;
     inbound.peers.service = inbound
         .peers
         .destination
         .as_ref()
         .and_then(|w| index.destination_service(w, upstream.port()))
         .cloned();
+    inbound.security = proxy
+        .metrics
+        .peers
+        .same_node(source.as_ref(), inbound.peers.destination.as_ref());
+    inbound.peers.source = source;
     inbound
+}
+
+/// How the peers of a dialled connection were authenticated, as its side reports them.
+/// The destination side keeps its downstream's ([`Accepted::security`]); the source side
+/// takes the upstream connection's: both pods' identities when it was delivered on this node
+/// (its `delivered` destination side), plaintext over a plain TCP upstream.
+///
+/// HBONE: an mTLS `Transport` answers here with the [`PeerSecurity::MutualTls`] its
+/// handshake established (`source` this pod's identity, `destination` the peer
+/// certificate's); `PeerSecurity` is a low module, so the transport can carry it itself.
+fn dialled_security(
+    proxy: &ProxyContext,
+    accepted: &Accepted,
+    upstream: &Transport,
+    delivered: Option<&Accepted>,
+    tunnel: Option<&Tunnel>,
+) -> PeerSecurity {
+    if accepted.reporter == Reporter::Destination {
+        return accepted.security.clone();
+    }
+    if let Some(delivered) = delivered {
+        return delivered.security.clone();
+    }
+    match (upstream, tunnel) {
+        (Transport::Hbone(_), Some(tunnel)) => PeerSecurity::MutualTls {
+            source: proxy.metrics.peers.identity(accepted.peers.source.as_ref()),
+            destination: Some(Principal::new(tunnel.peer_identity.clone())),
+        },
+        _ => PeerSecurity::None,
+    }
+}
+
+/// The labels of `accepted`'s metrics with `security`.
+fn tcp_labels(proxy: &ProxyContext, accepted: &Accepted, security: PeerSecurity) -> TcpLabels {
+    proxy.metrics.tcp_labels(
+        accepted.reporter,
+        accepted.peers.source.as_ref(),
+        accepted.peers.destination.as_ref(),
+        accepted.peers.service.as_ref(),
+        security,
+    )
 }
 
 fn connect_close_reason(error: &DialError) -> CloseReason {
@@ -494,7 +619,7 @@ fn connect_close_reason(error: &DialError) -> CloseReason {
     }
 }
 
-fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
+fn entry(accepted: &Accepted, security: &PeerSecurity, ending: &Ending, meter: &Meter) -> Entry {
     let source = Peer::new(accepted.peers.source.as_deref());
     let destination = Peer::new(accepted.peers.destination.as_deref());
     Entry {
@@ -510,16 +635,21 @@ fn entry(accepted: &Accepted, ending: &Ending, meter: &Meter) -> Entry {
         upstream_addr: ending.upstream.map(|a| a.to_string()),
         src_workload: source.workload().to_owned(),
         src_namespace: source.namespace().to_owned(),
+        src_principal: security.source_principal().cloned(),
         dst_workload: destination.workload().to_owned(),
         dst_namespace: destination.namespace().to_owned(),
+        dst_principal: security.destination_principal().cloned(),
         dst_service: accepted
             .peers
             .service
             .as_ref()
             .map_or_else(|| UNKNOWN.to_owned(), |s| s.hostname()),
+        connection_security_policy: SecurityPolicy::of(security, accepted.reporter),
+        peer_security: security.kind(),
         bytes_received: meter.received.load(Ordering::Relaxed),
         bytes_sent: meter.sent.load(Ordering::Relaxed),
         close_reason: ending.reason,
+        response_flags: ending.flags,
         error: ending.error.clone(),
     }
 }

@@ -129,6 +129,8 @@ impl ControlClient {
                         tracing::warn!(%error, "mesh state problem");
                     }
                     let index = self.state.load();
+                    self.pods
+                        .mesh_settings_changed(&index.route_table().mesh_settings().trust_domain);
                     tracing::info!(
                         workloads = index.workload_count(),
                         services = index.service_count(),

@@ -16,6 +16,7 @@ use crate::pod::Pod;
 use crate::response_flag::ResponseFlags;
 use crate::telemetry::Reporter;
 use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::security::PeerSecurity;
 use crate::upstream::{self, Upstreams};
 use shunt_mesh::index::MeshIndex;
 use shunt_mesh::model::{Service, Workload};
@@ -73,6 +74,8 @@ pub(super) struct SeriesKey {
     pub(super) status: u16,
     pub(super) grpc_status: Option<u32>,
     pub(super) flags: ResponseFlags,
+    /// Principals and `connection_security_policy`.
+    pub(super) security: PeerSecurity,
 }
 
 impl SeriesKey {
@@ -92,6 +95,7 @@ impl SeriesKey {
             && self.status == other.status
             && self.grpc_status == other.grpc_status
             && self.flags == other.flags
+            && self.security == other.security
     }
 }
 
@@ -120,6 +124,10 @@ pub struct InboundApp {
     /// `/debug/clusters`, with the Service that reaches the port (`destination_service`),
     /// the port's declared protocol and the pod's `version` label.
     pub cluster: Arc<Cluster>,
+    /// How the connection's peers were authenticated, as accepted: plaintext unless set
+    /// (an HBONE listener sets what its handshake proved; a same-node delivery's destination
+    /// side, both pods' identities).
+    pub security: PeerSecurity,
 }
 
 impl InboundApp {
@@ -149,6 +157,10 @@ impl InboundApp {
             },
             version,
         });
-        Self { workload, cluster }
+        Self {
+            workload,
+            cluster,
+            security: PeerSecurity::None,
+        }
     }
 }

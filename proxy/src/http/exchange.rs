@@ -28,8 +28,9 @@ use super::local_reply::{LocalReply, Reply};
 use super::route_policy as policy;
 use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::telemetry::access_log::{Direction, HttpEntry};
-use crate::telemetry::metrics::{HttpLabels, RequestSample, UNKNOWN};
+use crate::telemetry::metrics::{DestinationService, HttpLabels, RequestSample, UNKNOWN};
 use crate::telemetry::peer::Peer;
+use crate::telemetry::security::{PeerSecurity, SecurityPolicy, principal_label};
 use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
@@ -64,6 +65,10 @@ pub(super) struct Exchange {
     pub(super) cluster: Option<Arc<Cluster>>,
     pub(super) upstream: Option<Picked>,
     pub(super) upstream_service_time: Option<Duration>,
+    /// How the upstream connection that carried the request authenticated its peers
+    /// (plaintext unless set; an HBONE connection's mTLS). A same-node delivery's comes from
+    /// its destination side instead ([`HttpConnection::security`]).
+    pub(super) security: PeerSecurity,
     /// Whether the mesh config has the access log on (`accessLogFile`), as of the request.
     pub(super) access_log: bool,
 }
@@ -102,6 +107,7 @@ impl Exchange {
             cluster: None,
             upstream: None,
             upstream_service_time: None,
+            security: PeerSecurity::None,
             access_log: true,
         };
         (exchange, Counted::new(body, request_body_bytes))
@@ -190,6 +196,19 @@ impl HttpConnection {
         }
     }
 
+    /// How the request's peers were authenticated: inbound, as the connection was accepted
+    /// (a same-node delivery's destination side: both pods'); outbound, the destination side
+    /// it was delivered to, else the upstream connection it took.
+    fn security<'a>(&'a self, exchange: &'a Exchange) -> &'a PeerSecurity {
+        match &self.side {
+            Side::Inbound(app) => &app.security,
+            Side::Outbound { .. } => match exchange.delivered.as_deref().map(|d| &d.side) {
+                Some(Side::Inbound(app)) => &app.security,
+                _ => &exchange.security,
+            },
+        }
+    }
+
     /// Counts a finished request in its `istio_request*` series.
     fn record_request(
         &self,
@@ -206,6 +225,7 @@ impl HttpConnection {
             status,
             grpc_status,
             flags: exchange.flags,
+            security: self.security(exchange).clone(),
         };
         let mut cached = self
             .memo
@@ -233,47 +253,32 @@ impl HttpConnection {
         status: u16,
         grpc_status: Option<u32>,
     ) -> HttpLabels {
-        let source = Peer::new(self.source.as_deref());
-        let destination_workload = self.destination_workload(exchange);
-        let destination = Peer::new(destination_workload.as_deref());
+        let peers = &self.proxy.metrics.peers;
         let service = exchange
             .cluster
             .as_ref()
             .and_then(|c| c.service.clone())
             .or_else(|| exchange.target_service.clone());
-        let (destination_service, destination_service_name, destination_service_namespace) =
-            match (&service, &exchange.cluster) {
-                (Some(s), _) => (s.hostname(), s.name.clone(), s.namespace.clone()),
-                // A ServiceEntry host: Istio names it in all three... but the namespace.
-                (None, Some(c)) if !c.key.host.0.is_empty() => (
-                    c.key.host.to_string(),
-                    c.key.host.to_string(),
-                    UNKNOWN.into(),
-                ),
-                (None, _) => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
-            };
+        let service = match (service, &exchange.cluster) {
+            (Some(s), _) => DestinationService::Service(s),
+            // A ServiceEntry host: Istio names it in all three... but the namespace.
+            (None, Some(c)) if !c.key.host.0.is_empty() => {
+                DestinationService::Host(c.key.host.0.clone())
+            }
+            (None, _) => DestinationService::Unknown,
+        };
         let cluster = exchange.cluster.as_deref();
         HttpLabels {
             reporter: self.reporter(),
-            source_workload: source.workload().to_owned(),
-            source_workload_namespace: source.namespace().to_owned(),
-            source_principal: source.principal().to_owned(),
-            destination_workload: destination.workload().to_owned(),
-            destination_workload_namespace: destination.namespace().to_owned(),
-            destination_service,
-            destination_service_name,
-            destination_service_namespace,
-            destination_version: cluster
-                .and_then(|c| c.version.as_deref())
-                .unwrap_or(UNKNOWN)
-                .to_owned(),
-            destination_subset: cluster
-                .and_then(|c| c.key.subset.as_deref())
-                .unwrap_or(UNKNOWN)
-                .to_owned(),
+            source: peers.get(self.source.as_ref()),
+            destination: peers.get(self.destination_workload(exchange).as_ref()),
+            service,
+            destination_version: cluster.and_then(|c| c.version.clone()),
+            destination_subset: cluster.and_then(|c| c.key.subset.clone()),
+            security: self.security(exchange).clone(),
             request_protocol: if exchange.grpc { "grpc" } else { "http" },
             response_code: status,
-            grpc_response_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+            grpc_response_status: grpc_status,
             response_flags: exchange.flags,
         }
     }
@@ -291,6 +296,7 @@ impl HttpConnection {
         let (src_workload, src_namespace) = (source.workload(), source.namespace());
         let (dst_workload, dst_namespace) =
             (destination_peer.workload(), destination_peer.namespace());
+        let security = self.security(exchange);
         let (src_addr, dst_addr) = self
             .memo
             .addresses
@@ -340,9 +346,13 @@ impl HttpConnection {
             dst_addr,
             src_workload,
             src_namespace,
+            src_principal: principal_label(security.source_principal()),
             dst_workload,
             dst_namespace,
+            dst_principal: principal_label(security.destination_principal()),
             dst_service,
+            connection_security_policy: SecurityPolicy::of(security, self.reporter()).as_str(),
+            peer_security: security.kind(),
         };
         if let Err(error) = self.proxy.access_log.record(&entry) {
             tracing::warn!(%error, "access log entry lost");

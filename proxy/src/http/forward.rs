@@ -25,8 +25,10 @@ use super::headers;
 use super::local_reply::{LocalReply, Reply, full};
 use super::replay::Replay;
 use super::route_policy::{self as policy, AttemptOutcome};
+use crate::peer_security::Principal;
 use crate::pod::Pod;
 use crate::response_flag::ResponseFlag;
+use crate::telemetry::security::PeerSecurity;
 use crate::upstream::{
     self, Body, ClusterState, Delivery, HttpVersion, Picked, UpstreamBody, UpstreamError,
 };
@@ -141,6 +143,12 @@ impl HttpConnection {
             Ok(response) => response,
             Err(reply) => return Forwarded::Local(*reply),
         };
+        if let Some(tunnel) = response.body().tunnel() {
+            exchange.security = PeerSecurity::MutualTls {
+                source: self.proxy.metrics.peers.identity(self.source.as_ref()),
+                destination: Some(Principal::new(tunnel.peer_identity.clone())),
+            };
+        }
         exchange.delivered = response
             .body()
             .delivered()
@@ -313,9 +321,16 @@ impl HttpConnection {
             || pod.uid.to_string(),
             |w| format!("{}/{}", w.namespace, w.name),
         );
+        let mut app = InboundApp::new(workload, service, addr.port(), declared);
+        // Both pods are served here: each one's identity is known from its netns.
+        app.security = self
+            .proxy
+            .metrics
+            .peers
+            .same_node(self.source.as_ref(), app.workload.as_ref());
         Arc::new(Self {
             proxy: self.proxy.clone(),
-            side: Side::Inbound(InboundApp::new(workload, service, addr.port(), declared)),
+            side: Side::Inbound(app),
             pod,
             // A delivered request's destination side only reports: it dials nothing.
             upstreams: self.upstreams.clone(),

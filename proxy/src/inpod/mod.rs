@@ -369,6 +369,11 @@ impl PodRegistry {
         });
     }
 
+    /// A new mesh state arrived: telemetry names identities in its trust domain.
+    pub fn mesh_settings_changed(&self, trust_domain: &str) {
+        self.proxy.metrics.peers.set_trust_domain(trust_domain);
+    }
+
     fn identity_of(&self, uid: &str) -> Option<SpiffeId> {
         let index = self.proxy.state.load();
         index.identity(index.workload_by_uid(uid)?)

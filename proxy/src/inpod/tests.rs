@@ -181,20 +181,28 @@ async fn refusals_reset_the_client_and_log_why() {
     test.proxy.state.replace(&mesh(1, 1));
     let (_registry, listeners) = serve(&test, WEB, Duration::from_secs(5)).await;
 
-    for (orig_dst, close_reason, error_has, upstream) in [
+    for (orig_dst, close_reason, error_has, upstream, flags) in [
         (
             SocketAddr::from(([10, 96, 0, 11], 80)),
             "unreachable",
             "cluster outbound|80||empty.shop.svc.cluster.local has no healthy endpoint",
             None,
+            "UH",
         ),
-        (closed_port, "connect_refused", "refused", Some(closed_port)),
-        (listeners.outbound, "error", "loop", None),
+        (
+            closed_port,
+            "connect_refused",
+            "refused",
+            Some(closed_port),
+            "UF",
+        ),
+        (listeners.outbound, "error", "loop", None, "-"),
         (
             SocketAddr::from(([127, 0, 0, 1], 15006)),
             "error",
             "loop",
             None,
+            "-",
         ),
     ] {
         test.log.clear();
@@ -216,6 +224,17 @@ async fn refusals_reset_the_client_and_log_why() {
             upstream.map(|u| u.to_string()).as_deref(),
             "{line}"
         );
+        assert_eq!(line["response_flags"], flags, "{line}");
+        if flags != "-" {
+            assert_eq!(
+                test.metric(
+                    "istio_tcp_connections_closed_total",
+                    &[("response_flags", flags)]
+                ),
+                Some(1),
+                "{line}"
+            );
+        }
     }
 
     // Not redirected at all: no original destination.
@@ -259,6 +278,11 @@ async fn inbound_delivers_to_the_pod_and_reports_as_destination() {
         ("dst_workload", "api"),
         ("dst_service", "api.shop.svc.cluster.local"),
         ("close_reason", "eof"),
+        // Plaintext from the network: known workloads, nobody authenticated.
+        ("src_principal", "unknown"),
+        ("dst_principal", "unknown"),
+        ("connection_security_policy", "none"),
+        ("peer_security", "none"),
     ] {
         assert_eq!(line[field], expected, "{field} in {line}");
     }
@@ -266,7 +290,13 @@ async fn inbound_delivers_to_the_pod_and_reports_as_destination() {
     assert_eq!(
         test.metric(
             "istio_tcp_connections_closed_total",
-            &[("reporter", "destination"), ("source_workload", "web")]
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "web"),
+                ("source_principal", "unknown"),
+                ("connection_security_policy", "none"),
+                ("response_flags", "-"),
+            ]
         ),
         Some(1)
     );
@@ -475,11 +505,56 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
                 assert_eq!(line[field], expected, "{field} in {line}");
             }
         }
+        // Delivered here, both pods are known by their netns: both principals on both
+        // sides; through the network, plaintext.
+        let (principal, peer_security) = if shortcut {
+            ("spiffe://cluster.local/ns/shop/sa/default", "same_node")
+        } else {
+            ("unknown", "none")
+        };
+        for line in &log {
+            let policy = match (line["reporter"].as_str(), shortcut) {
+                (Some("source"), _) => "unknown",
+                (_, true) => "mutual_tls",
+                (_, false) => "none",
+            };
+            for (field, expected) in [
+                ("src_principal", principal),
+                ("dst_principal", principal),
+                ("peer_security", peer_security),
+                ("connection_security_policy", policy),
+            ] {
+                assert_eq!(line[field], expected, "{field} in {line}");
+            }
+        }
         assert_eq!(
             test.metric("shunt_same_node_connections_total", &[]),
             Some(if shortcut { 2 } else { 0 }),
             "shortcut {shortcut}"
         );
+        for (metric, reporter, policy) in [
+            ("istio_requests_total", "source", "unknown"),
+            ("istio_tcp_connections_closed_total", "source", "unknown"),
+            ("istio_requests_total", "destination", "mutual_tls"),
+            (
+                "istio_tcp_connections_closed_total",
+                "destination",
+                "mutual_tls",
+            ),
+        ] {
+            let labels = [
+                ("reporter", reporter),
+                ("source_principal", principal),
+                ("destination_principal", principal),
+                ("connection_security_policy", policy),
+            ];
+            let expected = (reporter == "source" || shortcut).then_some(1);
+            assert_eq!(
+                test.metric(metric, &labels),
+                expected,
+                "{metric} {labels:?}, shortcut {shortcut}"
+            );
+        }
         let both = |reporter| [("reporter", reporter), ("source_workload", "web")];
         for reporter in ["source", "destination"] {
             let expected = (reporter == "source" || shortcut).then_some(1);

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::Reporter;
 use super::json_line::JsonLine;
+use super::security::{Principal, SecurityPolicy, principal_label};
 use crate::response_flag::ResponseFlags;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +103,31 @@ pub struct Entry {
     pub upstream_addr: Option<String>,
     pub src_workload: String,
     pub src_namespace: String,
+    /// The client's authenticated identity (`source_principal`); "unknown" when none.
+    #[cfg_attr(test, serde(serialize_with = "tests::principal"))]
+    pub src_principal: Option<Principal>,
     pub dst_workload: String,
     pub dst_namespace: String,
+    /// The server's authenticated identity (`destination_principal`); "unknown" when none.
+    #[cfg_attr(test, serde(serialize_with = "tests::principal"))]
+    pub dst_principal: Option<Principal>,
     /// The destination Service's FQDN, or "unknown".
     pub dst_service: String,
+    /// As the metrics label it for this reporter (`unknown` on the source side).
+    #[cfg_attr(test, serde(serialize_with = "tests::policy"))]
+    pub connection_security_policy: SecurityPolicy,
+    /// What authenticated the peers, on either side: `none`, `mutual_tls` or `same_node`
+    /// ([`super::security::PeerSecurity::kind`]).
+    pub peer_security: &'static str,
     /// Client → server.
     pub bytes_received: u64,
     /// Server → client.
     pub bytes_sent: u64,
     pub close_reason: CloseReason,
+    /// Envoy's flags for how the connection ended (`UF`, `UO`, `UH`), comma-joined; `-` for
+    /// none.
+    #[cfg_attr(test, serde(serialize_with = "tests::shown"))]
+    pub response_flags: ResponseFlags,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub error: Option<String>,
 }
@@ -127,12 +144,26 @@ impl LogEntry for Entry {
         json.opt_str("upstream_addr", self.upstream_addr.as_deref());
         json.str("src_workload", &self.src_workload);
         json.str("src_namespace", &self.src_namespace);
+        json.str(
+            "src_principal",
+            principal_label(self.src_principal.as_ref()),
+        );
         json.str("dst_workload", &self.dst_workload);
         json.str("dst_namespace", &self.dst_namespace);
+        json.str(
+            "dst_principal",
+            principal_label(self.dst_principal.as_ref()),
+        );
         json.str("dst_service", &self.dst_service);
+        json.str(
+            "connection_security_policy",
+            self.connection_security_policy.as_str(),
+        );
+        json.str("peer_security", self.peer_security);
         json.u64("bytes_received", self.bytes_received);
         json.u64("bytes_sent", self.bytes_sent);
         json.str("close_reason", self.close_reason.as_str());
+        json.display("response_flags", &self.response_flags);
         if let Some(error) = &self.error {
             json.str("error", error);
         }
@@ -187,9 +218,17 @@ pub struct HttpEntry<'a, Cluster: Display> {
     pub dst_addr: &'a str,
     pub src_workload: &'a str,
     pub src_namespace: &'a str,
+    /// The client's authenticated identity (`source_principal`); "unknown" when none.
+    pub src_principal: &'a str,
     pub dst_workload: &'a str,
     pub dst_namespace: &'a str,
+    /// The server's authenticated identity (`destination_principal`); "unknown" when none.
+    pub dst_principal: &'a str,
     pub dst_service: Cow<'a, str>,
+    /// As the metrics label it for this reporter (`unknown` on the source side).
+    pub connection_security_policy: &'static str,
+    /// What authenticated the peers: `none`, `mutual_tls` or `same_node`.
+    pub peer_security: &'static str,
 }
 
 impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
@@ -218,9 +257,16 @@ impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
         json.str("dst_addr", self.dst_addr);
         json.str("src_workload", self.src_workload);
         json.str("src_namespace", self.src_namespace);
+        json.str("src_principal", self.src_principal);
         json.str("dst_workload", self.dst_workload);
         json.str("dst_namespace", self.dst_namespace);
+        json.str("dst_principal", self.dst_principal);
         json.str("dst_service", &self.dst_service);
+        json.str(
+            "connection_security_policy",
+            self.connection_security_policy,
+        );
+        json.str("peer_security", self.peer_security);
     }
 }
 
@@ -498,6 +544,20 @@ mod tests {
         serializer.collect_str(value)
     }
 
+    pub(super) fn principal<S: serde::Serializer>(
+        principal: &Option<Principal>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(principal_label(principal.as_ref()))
+    }
+
+    pub(super) fn policy<S: serde::Serializer>(
+        policy: &SecurityPolicy,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(policy.as_str())
+    }
+
     pub(super) fn display<S: serde::Serializer, T: Display>(
         value: &Option<T>,
         serializer: S,
@@ -542,9 +602,13 @@ mod tests {
             dst_addr: "10.96.0.10:80",
             src_workload: "web",
             src_namespace: "shop",
+            src_principal: "spiffe://cluster.local/ns/shop/sa/web",
             dst_workload: "api",
             dst_namespace: "shop",
+            dst_principal: "spiffe://cluster.local/ns/shop/sa/api",
             dst_service: Cow::Borrowed("api.shop.svc.cluster.local"),
+            connection_security_policy: "unknown",
+            peer_security: "same_node",
         }
     }
 
@@ -558,10 +622,17 @@ mod tests {
         failed.direction = Direction::Inbound;
         failed.reporter = Reporter::Destination;
         failed.error = Some("refused: \"10.0.0.3:8080\"\n\t(twice)".into());
+        failed.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
+        let mut authenticated = entry();
+        authenticated.reporter = Reporter::Destination;
+        authenticated.src_principal = Some(Principal::new("spiffe://cluster.local/ns/shop/sa/web"));
+        authenticated.dst_principal = Some(Principal::new("spiffe://cluster.local/ns/shop/sa/api"));
+        authenticated.connection_security_policy = SecurityPolicy::MutualTls;
+        authenticated.peer_security = "mutual_tls";
         let mut odd_names = entry();
         odd_names.pod = "shop/we\\b-\u{1}".into();
         odd_names.start_time = SystemTime::UNIX_EPOCH;
-        for tcp in [entry(), failed, odd_names] {
+        for tcp in [entry(), failed, odd_names, authenticated] {
             assert_eq!(encoded(&tcp), serde_json::to_string(&tcp).unwrap());
         }
 
@@ -602,12 +673,17 @@ mod tests {
             upstream_addr: Some("10.0.0.3:8080".into()),
             src_workload: "web".into(),
             src_namespace: "shop".into(),
+            src_principal: None,
             dst_workload: "api".into(),
             dst_namespace: "shop".into(),
+            dst_principal: None,
             dst_service: "api.shop.svc.cluster.local".into(),
+            connection_security_policy: SecurityPolicy::Unknown,
+            peer_security: "none",
             bytes_received: 10,
             bytes_sent: 20,
             close_reason: CloseReason::Eof,
+            response_flags: ResponseFlags::NONE,
             error: None,
         }
     }
@@ -623,6 +699,9 @@ mod tests {
         failed.direction = Direction::Inbound;
         failed.reporter = Reporter::Destination;
         failed.error = Some("connect to 10.0.0.3:8080 refused".into());
+        failed.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
+        failed.src_principal = Some(Principal::new("spiffe://cluster.local/ns/shop/sa/web"));
+        failed.connection_security_policy = SecurityPolicy::None;
         log.record(&failed).unwrap();
 
         let lines = captured.lines();
@@ -639,12 +718,17 @@ mod tests {
                 "upstream_addr": "10.0.0.3:8080",
                 "src_workload": "web",
                 "src_namespace": "shop",
+                "src_principal": "unknown",
                 "dst_workload": "api",
                 "dst_namespace": "shop",
+                "dst_principal": "unknown",
                 "dst_service": "api.shop.svc.cluster.local",
+                "connection_security_policy": "unknown",
+                "peer_security": "none",
                 "bytes_received": 10,
                 "bytes_sent": 20,
                 "close_reason": "eof",
+                "response_flags": "-",
             })
         );
         assert_eq!(lines[1]["upstream_addr"], serde_json::Value::Null);
@@ -652,6 +736,12 @@ mod tests {
         assert_eq!(lines[1]["direction"], "inbound");
         assert_eq!(lines[1]["reporter"], "destination");
         assert_eq!(lines[1]["error"], "connect to 10.0.0.3:8080 refused");
+        assert_eq!(lines[1]["response_flags"], "UF");
+        assert_eq!(
+            lines[1]["src_principal"],
+            "spiffe://cluster.local/ns/shop/sa/web"
+        );
+        assert_eq!(lines[1]["connection_security_policy"], "none");
     }
 
     #[test]

@@ -5,9 +5,13 @@ pub mod access_log;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;
+pub mod security;
 pub mod server;
 
 use serde::Serialize;
+
+/// Istio's value for anything the proxy cannot name.
+pub const UNKNOWN: &str = "unknown";
 
 /// Istio's `reporter`: which end of the connection the proxy stands at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -150,7 +150,7 @@ fn respond(
 mod tests {
     use super::*;
     use crate::telemetry::Reporter;
-    use crate::telemetry::metrics::TcpLabels;
+    use crate::telemetry::security::PeerSecurity;
     use crate::testing::http_request as get;
 
     struct NoPods;
@@ -164,7 +164,13 @@ mod tests {
     #[tokio::test]
     async fn both_paths_serve_the_registry_and_others_are_refused() {
         let metrics = Arc::new(Metrics::new());
-        let _open = metrics.open_connection(&TcpLabels::new(Reporter::Source, None, None, None));
+        let _open = metrics.open_connection(metrics.tcp_labels(
+            Reporter::Source,
+            None,
+            None,
+            None,
+            PeerSecurity::None,
+        ));
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -47,8 +47,9 @@ pub struct Dialed {
 /// An mTLS tunnel's facts, for telemetry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tunnel {
-    /// The destination's SPIFFE id, which its certificate was checked to carry.
-    pub peer_identity: String,
+    /// The destination's SPIFFE id, which its certificate was checked to carry (shared:
+    /// every request over a pooled tunnel clones it).
+    pub peer_identity: std::sync::Arc<str>,
 }
 
 /// The served pod a same-node connection was delivered to.

@@ -166,7 +166,7 @@ impl Dial for PodDial {
                     stream: Transport::Hbone(stream),
                     delivered: None,
                     tunnel: Some(Tunnel {
-                        peer_identity: endpoints.destination_identity.to_string(),
+                        peer_identity: endpoints.destination_identity.to_string().into(),
                     }),
                 });
             }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::body::{Body, HttpVersion};
-use super::dial::{Delivery, Dial, Dialed};
+use super::dial::{Delivery, Dial, Dialed, Tunnel};
 use super::error::UpstreamError;
 use super::metrics::{ClusterLabels, UpstreamMetrics};
 use super::transport::Transport;
@@ -159,6 +159,7 @@ struct H1Connection {
     sender: http1::SendRequest<Body>,
     served: u32,
     delivered: Option<Delivery>,
+    tunnel: Option<Tunnel>,
 }
 
 impl H1Connection {
@@ -180,6 +181,7 @@ struct H2Connection {
     retired: AtomicBool,
     idle_since: Mutex<Instant>,
     delivered: Option<Delivery>,
+    tunnel: Option<Tunnel>,
 }
 
 impl H2Connection {
@@ -332,6 +334,8 @@ pub struct UpstreamBody {
     /// The pod served here the request went to, when it was delivered on this node (in the
     /// body rather than the response's extensions: no map to allocate per response).
     delivered: Option<Delivery>,
+    /// The HBONE tunnel the request went through, if it did.
+    tunnel: Option<Tunnel>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -344,11 +348,17 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, release: Release, delivered: Option<Delivery>) -> Self {
+    fn new(
+        inner: Incoming,
+        release: Release,
+        delivered: Option<Delivery>,
+        tunnel: Option<Tunnel>,
+    ) -> Self {
         let mut body = Self {
             inner,
             release: Some(release),
             delivered,
+            tunnel,
         };
         // A body that is empty from the start (HEAD, 204, 304, 101) may never be polled.
         if body.inner.is_end_stream() {
@@ -361,6 +371,12 @@ impl UpstreamBody {
     #[must_use]
     pub fn delivered(&self) -> Option<&Delivery> {
         self.delivered.as_ref()
+    }
+
+    /// The HBONE tunnel the request went through, if it did.
+    #[must_use]
+    pub fn tunnel(&self) -> Option<&Tunnel> {
+        self.tunnel.as_ref()
     }
 
     fn finish(&mut self, complete: bool) {
@@ -441,6 +457,7 @@ impl Dialer {
                     .await
                     .map_err(reset)?;
                 let delivered = connection.delivered.clone();
+                let tunnel = connection.tunnel.clone();
                 let status = response.status();
                 let reusable = limits
                     .max_per_connection
@@ -456,7 +473,7 @@ impl Dialer {
                     _stream: None,
                     _destination: destination,
                 };
-                Ok(response.map(|body| UpstreamBody::new(body, release, delivered)))
+                Ok(response.map(|body| UpstreamBody::new(body, release, delivered, tunnel)))
             }
             HttpVersion::Http2 => {
                 let stream = self.checkout_h2(pool, limits, evict).await?;
@@ -464,6 +481,7 @@ impl Dialer {
                 let mut sender = stream.connection.sender.clone();
                 let response = sender.send_request(request).await.map_err(reset)?;
                 let delivered = stream.connection.delivered.clone();
+                let tunnel = stream.connection.tunnel.clone();
                 let release = Release {
                     h1: None,
                     shared: self.shared.clone(),
@@ -472,7 +490,7 @@ impl Dialer {
                     _stream: Some(stream),
                     _destination: destination,
                 };
-                Ok(response.map(|body| UpstreamBody::new(body, release, delivered)))
+                Ok(response.map(|body| UpstreamBody::new(body, release, delivered, tunnel)))
             }
         }
     }
@@ -574,10 +592,12 @@ impl Dialer {
         &self,
         addr: EndpointAddr,
         limits: &Limits,
-    ) -> Result<(TokioIo<Transport>, Option<Delivery>), UpstreamError> {
+    ) -> Result<(TokioIo<Transport>, Option<Delivery>, Option<Tunnel>), UpstreamError> {
         // A pooled connection carries many clients' requests: no one client to name.
         let Dialed {
-            stream, delivered, ..
+            stream,
+            delivered,
+            tunnel,
         } = self
             .dial
             .dial(addr.socket_addr(), limits.connect_timeout, None)
@@ -586,7 +606,7 @@ impl Dialer {
                 addr,
                 source: Box::new(source),
             })?;
-        Ok((TokioIo::new(stream), delivered))
+        Ok((TokioIo::new(stream), delivered, tunnel))
     }
 
     async fn connect_h1(
@@ -595,7 +615,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<H1Connection, UpstreamError> {
-        let (io, delivered) = self.dial(addr, limits).await?;
+        let (io, delivered, tunnel) = self.dial(addr, limits).await?;
         // One flat buffer per write: `send(2)` rather than `writev(2)`, whose trip through
         // the VFS layers cost more than copying a small body (HAProxy writes the same way).
         let (sender, connection) = http1::Builder::new()
@@ -620,6 +640,7 @@ impl Dialer {
             sender,
             served: 0,
             delivered,
+            tunnel,
         })
     }
 
@@ -629,7 +650,7 @@ impl Dialer {
         limits: &Limits,
         slot: ConnectionSlot,
     ) -> Result<Arc<H2Connection>, UpstreamError> {
-        let (io, delivered) = self.dial(addr, limits).await?;
+        let (io, delivered, tunnel) = self.dial(addr, limits).await?;
         let handshake = http2::handshake(TokioExecutor::new(), io);
         let (sender, connection) = tokio::time::timeout(limits.connect_timeout, handshake)
             .await
@@ -657,6 +678,7 @@ impl Dialer {
             retired: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
             delivered,
+            tunnel,
         }))
     }
 }

@@ -379,6 +379,15 @@ async fn a_forwarded_request_gets_rewrites_header_edits_and_forwarded_headers() 
     assert_eq!(line["authority"], "web.shop:80");
     assert_eq!(line["route_name"], "web.0");
     assert_eq!(line["src_workload"], "client");
+    // Plaintext to a pod not served here: nobody authenticated.
+    for (field, expected) in [
+        ("src_principal", "unknown"),
+        ("dst_principal", "unknown"),
+        ("connection_security_policy", "unknown"),
+        ("peer_security", "none"),
+    ] {
+        assert_eq!(line[field], expected, "{field} in {line}");
+    }
     assert!(line["upstream_service_time"].is_u64(), "{line}");
     assert_eq!(
         harness.test.metric(
