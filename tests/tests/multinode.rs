@@ -770,3 +770,49 @@ fn shunts_client_aborts_when_the_server_is_not_the_destination() {
     let problems = cluster.teardown();
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
+
+#[test]
+fn hbone_listener_names_the_source_by_its_connection_not_by_a_forwarded_header() {
+    const TEST: &str =
+        "multinode::hbone_listener_names_the_source_by_its_connection_not_by_a_forwarded_header";
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    // a proves a's identity and dials from a's address, but its CONNECT claims to be for a
+    // client at b's address. ztunnel looks the source workload up by the connection's
+    // address; a header the peer writes must not make a's connection b's.
+    let forged = format!("forwarded: for=\"{}:4000\"", b.ip);
+    let good = good_client(&b);
+    let report = peer_client(
+        &cluster,
+        &a,
+        &b,
+        &with_flags(&good, &[("--header", &forged)]),
+    );
+    assert_tunnelled(&report, "a CONNECT with a forged forwarded header");
+    let principal = spiffe("sa-a");
+    let by_principal = [
+        ("reporter", "destination"),
+        ("source_principal", principal.as_str()),
+    ];
+    let metrics = cluster
+        .node_mut(1)
+        .or_panic("node-1")
+        .wait_metrics("node-1's report of a's tunnel", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &by_principal) >= 1
+        })
+        .or_panic("metrics");
+    let described = metrics.describe(OPENED);
+    assert_eq!(
+        sum(&metrics, OPENED, &flow("destination", "a", "b")),
+        1,
+        "a's tunnel must be reported as from a: {described}"
+    );
+    assert_eq!(
+        sum(&metrics, OPENED, &flow("destination", "b", "b")),
+        0,
+        "a's tunnel was reported as from b, as its forwarded header claimed: {described}"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}

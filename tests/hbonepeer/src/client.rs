@@ -56,6 +56,10 @@ pub struct ClientArgs {
     /// A `CONNECT`'s `:authority` (repeatable: one stream each, in order).
     #[arg(long = "authority")]
     authorities: Vec<String>,
+    /// A header of every `CONNECT`, `NAME: VALUE` (repeatable): `forwarded`, `baggage`, or
+    /// anything a peer might make up.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// What a stream answered 200 sends, to be echoed.
     #[arg(long, default_value_t = 65_536)]
     send_bytes: usize,
@@ -175,7 +179,7 @@ async fn exchange(
     for authority in &args.authorities {
         report
             .streams
-            .push(stream(&sender, authority, args.send_bytes, limit).await);
+            .push(stream(&sender, authority, args, limit).await);
     }
     drop(sender);
     driver.abort();
@@ -185,7 +189,7 @@ async fn exchange(
 async fn stream(
     sender: &SendRequest<Bytes>,
     authority: &str,
-    send_bytes: usize,
+    args: &ClientArgs,
     limit: Duration,
 ) -> StreamReport {
     let mut report = StreamReport {
@@ -194,7 +198,7 @@ async fn stream(
     };
     if let Err(error) = tokio::time::timeout(
         limit,
-        connect_and_echo(sender, authority, send_bytes, &mut report),
+        connect_and_echo(sender, authority, args, &mut report),
     )
     .await
     .unwrap_or_else(|_| Err(anyhow!("timed out after {limit:?}")))
@@ -207,12 +211,17 @@ async fn stream(
 async fn connect_and_echo(
     sender: &SendRequest<Bytes>,
     authority: &str,
-    send_bytes: usize,
+    args: &ClientArgs,
     report: &mut StreamReport,
 ) -> Result<()> {
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority)
+    let send_bytes = args.send_bytes;
+    let request = args
+        .headers
+        .iter()
+        .fold(
+            Request::builder().method(Method::CONNECT).uri(authority),
+            |request, (name, value)| request.header(name, value),
+        )
         .body(())
         .with_context(|| format!("a CONNECT to {authority:?}"))?;
     let mut sender = sender.clone().ready().await.context("the connection")?;
@@ -244,6 +253,14 @@ async fn connect_and_echo(
     report.echoed = echoed.len();
     report.echo_ok = !payload.is_empty() && echoed == payload[..];
     Ok(())
+}
+
+/// `NAME: VALUE` as a header.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("--header {text:?} is not NAME: VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 /// Sends `data` as flow control allows; then, with `end`, ends the stream (the tunnel's

@@ -5,7 +5,8 @@
 //! shunt-hbonepeer client --to IP:15008 --ca-dir DIR [--identity SPIFFE]
 //!                        [--cert cluster|other-ca|expired|none] [--tls 1.2|1.3|any]
 //!                        [--ciphers default|aes-gcm|chacha20] [--alpn P]...
-//!                        [--expect-server SPIFFE] [--authority HOST:PORT]... [--send-bytes N]
+//!                        [--expect-server SPIFFE] [--authority HOST:PORT]... [--header 'N: V']...
+//!                        [--send-bytes N]
 //! shunt-hbonepeer server --listen IP:PORT --ca-dir DIR --identity SPIFFE
 //! ```
 //!

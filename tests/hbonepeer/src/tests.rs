@@ -240,6 +240,8 @@ async fn the_peers_talk_hbone_to_each_other() {
             "10.0.0.2:80",
             "--authority",
             "10.0.0.2:81",
+            "--header",
+            "forwarded: for=\"10.0.0.9:4000\"",
         ],
     )
     .await;
@@ -257,6 +259,7 @@ async fn the_peers_talk_hbone_to_each_other() {
         let event = events.recv().await.unwrap();
         if event["event"] == "connect" {
             assert_eq!(event["method"], "CONNECT", "{event}");
+            assert_eq!(event["forwarded"], "for=\"10.0.0.9:4000\"", "{event}");
             connects.push(event["authority"].as_str().unwrap().to_owned());
         }
     }
