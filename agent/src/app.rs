@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, AdminServer};
+use crate::ca::{CaMode, CaOptions};
 use crate::capture::ebpf::CaptureOptions;
 use crate::capture::{self, Capture, Installed};
 use crate::config;
@@ -38,6 +39,8 @@ pub struct Options {
     pub capture: CaptureOptions,
     /// Flags that override the config (e.g. `--outbound-traffic-policy`).
     pub load: config::LoadOptions,
+    /// The CA mode (`--ca-listen`), when on.
+    pub ca: Option<CaOptions>,
 }
 
 impl Options {
@@ -111,15 +114,22 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
+    let mut tasks = JoinSet::new();
+    // Beside everything else: a CA that cannot start is reported, and capture goes on.
+    let ca = options.ca.clone().map(|ca_options| {
+        let (ca, status) = CaMode::new(ca_options);
+        tasks.spawn(ca.run(snapshots.clone(), shutdown.clone()));
+        status
+    });
     let context = Arc::new(AdminContext {
         capture,
         installed,
         config: snapshots.clone(),
         node: reconciler.view(),
         uninstalled: uninstalled.clone(),
+        ca,
     });
     let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
-    let mut tasks = JoinSet::new();
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
     tasks.spawn(control.run(events_tx, shutdown.clone()));
     tasks.spawn(admin.run(context, shutdown.clone()));

@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use shunt_agent::app::{self, Options};
+use shunt_agent::ca::{self, CaOptions};
 use shunt_agent::capture::ebpf::CaptureOptions;
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::config::LoadOptions;
@@ -64,6 +66,36 @@ struct Cli {
     /// Wins over outboundTrafficPolicy.mode in the ConfigMap istio-system/istio.
     #[arg(long, value_enum, value_name = "MODE", conflicts_with = "uninstall")]
     outbound_traffic_policy: Option<OutboundPolicy>,
+    /// Runs the mesh's CA beside the agent: istiod's IstioCertificateService (gRPC over TLS)
+    /// on ADDR (IP:PORT, or an IP for port 15012; e.g. 0.0.0.0:15012). One node's agent runs
+    /// it. Its key is the Secret cacerts (Istio's plug-in CA: ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, optional cert-chain.pem) or istio-ca-secret of the root namespace, else
+    /// a self-signed root kept in --ca-state-dir. A node's proxy authenticates with its node's
+    /// token from the Secret shunt-node-tokens there (data: {<node name>: <token>}) and gets
+    /// only the identities of the pods scheduled on its node.
+    #[arg(long, value_name = "ADDR", value_parser = ca::parse_listen, conflicts_with = "uninstall")]
+    ca_listen: Option<SocketAddr>,
+    /// Where the CA keeps its self-signed root (self-signed/, mode 0600, never regenerated
+    /// while it exists) and writes root-cert.pem, the roots the proxies trust
+    /// [default: /var/lib/shunt/<instance>/ca].
+    #[arg(long, value_name = "DIR", requires = "ca_listen")]
+    ca_state_dir: Option<PathBuf>,
+    /// Where the CA writes its trust bundle (its root, then every --ca-extra-root), for the
+    /// proxies' --ca-root-cert [default: <ca-state-dir>/root-cert.pem].
+    #[arg(long, value_name = "FILE", requires = "ca_listen")]
+    ca_root_out: Option<PathBuf>,
+    /// Another root the mesh trusts (PEM; root rotation: the next or the previous root).
+    /// Repeatable.
+    #[arg(long, value_name = "FILE", requires = "ca_listen")]
+    ca_extra_root: Vec<PathBuf>,
+    /// A DNS name for the CA's TLS certificate, beyond istiod.istio-system.svc (what the
+    /// proxies' --ca-server-name must be). Repeatable.
+    #[arg(long, value_name = "NAME", requires = "ca_listen")]
+    ca_dns_name: Vec<String>,
+    /// INSECURE, FOR LOCAL EXPERIMENTS ONLY: the CA issues ANY identity to ANY caller with a
+    /// valid CSR, without a token or a node check. Never on a shared machine or in a cluster.
+    #[arg(long, requires = "ca_listen")]
+    ca_allow_unauthenticated: bool,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -137,6 +169,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }),
             node_name: cli.node_name,
         },
+        ca: cli.ca_listen.map(|listen| {
+            let state_dir = cli
+                .ca_state_dir
+                .unwrap_or_else(|| ca::default_state_dir(&cli.instance));
+            CaOptions {
+                root_out: cli.ca_root_out,
+                extra_roots: cli.ca_extra_root,
+                dns_names: cli.ca_dns_name,
+                allow_unauthenticated: cli.ca_allow_unauthenticated,
+                ..CaOptions::new(listen, state_dir)
+            }
+        }),
     };
     runtime.block_on(app::run(options))?;
     Ok(())

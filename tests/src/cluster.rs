@@ -121,6 +121,8 @@ pub struct Cluster {
     /// Processes started by [`Cluster::spawn_uncaptured`], for their labels.
     launches: AtomicUsize,
     torn_down: bool,
+    /// Appended to every proxy's command line by [`Cluster::start_with_mtls`].
+    proxy_args: Vec<String>,
 }
 
 impl Cluster {
@@ -185,6 +187,7 @@ impl Cluster {
             captures: AtomicUsize::new(0),
             launches: AtomicUsize::new(0),
             torn_down: false,
+            proxy_args: Vec::new(),
         };
         cluster.cgroup = Cgroup::create(&cluster.names.cluster_cgroup())?;
         let network = &cluster.network;
@@ -372,6 +375,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Extra arguments for every proxy [`Cluster::start_with_mtls`] starts (e.g.
+    /// `--cert-lifetime`).
+    pub fn add_proxy_args(&mut self, args: &[&str]) {
+        self.proxy_args.extend(args.iter().map(|a| (*a).to_owned()));
+    }
+
     /// [`Cluster::start`] with mutual TLS: node 0's agent also runs the CA (`--ca-listen` on
     /// a free loopback port, its self-signed root in `<dir>/ca`), the config dir gets the
     /// node-token Secret, and every proxy asks that CA for its pods' certificates with its
@@ -397,14 +406,16 @@ impl Cluster {
                 path: path.clone(),
                 source,
             })?;
-            self.nodes[i].set_proxy_args(vec![
+            let mut args = vec![
                 "--ca-address".into(),
                 ca.to_string(),
                 "--ca-root-cert".into(),
                 state.join("root-cert.pem").display().to_string(),
                 "--ca-token-file".into(),
                 path.display().to_string(),
-            ]);
+            ];
+            args.extend(self.proxy_args.iter().cloned());
+            self.nodes[i].set_proxy_args(args);
         }
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let mut options = options.clone();

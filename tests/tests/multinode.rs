@@ -8,9 +8,12 @@
 mod common;
 
 use common::{MIB, OrPanic, send_ok_with};
-use serde_json::Value;
+use serde_json::{Value, json};
 use shunt_tests::admin::{self, WorkloadView};
-use shunt_tests::{AgentOptions, Cluster, ClusterConfig, Metrics, NamespaceConfig, Pod};
+use shunt_tests::istio::{subsets_by_version, virtual_service};
+use shunt_tests::{
+    AgentOptions, Cluster, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig,
+};
 
 /// The injected namespace every test pod lives in.
 const MESH: &str = "mesh";
@@ -294,6 +297,266 @@ fn a_connection_across_nodes_is_mutual_tls_with_both_principals() {
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
 
+fn httppod_json(node: &Node, pod: &Pod, args: &[&str]) -> Value {
+    let output = node
+        .run_httppod(pod, args, std::time::Duration::from_secs(90))
+        .or_panic(&format!("running shunt-httppod {args:?} in {}", pod.name));
+    assert!(
+        output.status.success(),
+        "shunt-httppod {args:?} in {} failed ({}): {}",
+        pod.name,
+        output.status,
+        output.stderr
+    );
+    output
+        .json()
+        .or_panic(&format!("report of {args:?} (stderr: {})", output.stderr))
+}
+
+fn served_by(report: &Value, name: &str) -> u64 {
+    report["served_by"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn http_routing_holds_across_nodes_over_hbone() {
+    const TEST: &str = "multinode::http_routing_holds_across_nodes_over_hbone";
+    const WEB_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
+    const HTTP_PORT: u16 = 8080;
+    let Some(mut cluster) = new_cluster(TEST, 2) else {
+        return;
+    };
+    let client = cluster.add_pod(0, "client", 10).or_panic("client pod");
+    let v1 = cluster.add_pod(1, "web-v1", 21).or_panic("web-v1 pod");
+    let v2 = cluster.add_pod(1, "web-v2", 22).or_panic("web-v2 pod");
+    let mut config = ClusterConfig::new()
+        .namespace(&NamespaceConfig::injected(MESH))
+        .service(
+            &ServiceConfig::new(MESH, "web", WEB_IP)
+                .select("app", "web")
+                .port("http", 80, HTTP_PORT),
+        );
+    for (pod, version) in [(&client, None), (&v1, Some("v1")), (&v2, Some("v2"))] {
+        let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+        pod_config.service_account = format!("sa-{}", pod.name);
+        pod_config = match version {
+            Some(version) => pod_config
+                .label("app", "web")
+                .label("version", version)
+                .port("http", HTTP_PORT),
+            None => pod_config.label("app", "client"),
+        };
+        config = config.pod(&pod_config);
+    }
+    cluster.write_config(&config).or_panic("writing the config");
+    cluster
+        .write_istio(&[
+            subsets_by_version(MESH, "web", &["v1", "v2"], Value::Null),
+            virtual_service(
+                MESH,
+                "web",
+                json!({"hosts": ["web"], "http": [
+                    {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                     "route": [{"destination": {"host": "web", "subset": "v2"}}]},
+                    {"route": [
+                        {"destination": {"host": "web", "subset": "v1"}, "weight": 80},
+                        {"destination": {"host": "web", "subset": "v2"}, "weight": 20},
+                    ]},
+                ]}),
+            ),
+        ])
+        .or_panic("writing the Istio config");
+    cluster
+        .start_with_mtls(&AgentOptions::default())
+        .or_panic("starting the CA, the agents and proxies");
+    cluster
+        .wait_captured(&[&client, &v1, &v2])
+        .or_panic("waiting for capture");
+    let server_node = cluster.node(1).or_panic("node-1");
+    let _servers: Vec<_> = [(&v1, "web-v1"), (&v2, "web-v2")]
+        .into_iter()
+        .map(|(pod, name)| {
+            server_node
+                .start_httppod_server(
+                    pod,
+                    &["serve", "--port", &HTTP_PORT.to_string(), "--name", name],
+                )
+                .or_panic("httppod server")
+        })
+        .collect();
+    let mut capture = cluster
+        .start_capture("http-mtls")
+        .or_panic("underlay capture");
+    let client_node = cluster.node(0).or_panic("node-0");
+    let marker_header = format!("x-marker: {MARKER}");
+    let url = format!("http://{WEB_IP}/split");
+    let split = httppod_json(
+        client_node,
+        &client,
+        &[
+            "http",
+            "--url",
+            &url,
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-H",
+            &marker_header,
+        ],
+    );
+    assert_eq!(split["status"], json!({"200": 400}), "{split}");
+    let (got_v1, got_v2) = (served_by(&split, "web-v1"), served_by(&split, "web-v2"));
+    assert_eq!(got_v1 + got_v2, 400, "{split}");
+    assert!(
+        (280..=360).contains(&got_v1),
+        "v1 got {got_v1} of 400 (want 320 ± 40): {split}"
+    );
+    let jason = httppod_json(
+        client_node,
+        &client,
+        &[
+            "http",
+            "--url",
+            &url,
+            "-n",
+            "20",
+            "-H",
+            "end-user: jason",
+            "-H",
+            &marker_header,
+        ],
+    );
+    assert_eq!(served_by(&jason, "web-v2"), 20, "{jason}");
+
+    // The destination node's proxy reports every request, with both principals, over mTLS.
+    let labels = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("destination_app", "web"),
+        ("source_principal", &spiffe("sa-client")),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let metrics = cluster
+        .node_mut(1)
+        .or_panic("node-1")
+        .wait_metrics("the destination's request reports", REPORT_TIMEOUT, |m| {
+            sum(m, "istio_requests_total", &labels) >= 420
+        })
+        .or_panic("metrics");
+    assert_eq!(
+        sum(&metrics, "istio_requests_total", &labels),
+        420,
+        "{}",
+        metrics.describe("istio_requests_total")
+    );
+    assert!(
+        !capture
+            .contains(MARKER.as_bytes())
+            .or_panic("reading the capture"),
+        "a request header crossed the underlay in plaintext ({})",
+        capture.pcap_path().display()
+    );
+    drop(capture);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+/// The node proxy's certificate for `identity`: its leaf serial (from `GET /debug/certs`).
+fn leaf_serial(node: &Node, identity: &str) -> Option<String> {
+    let response = shunt_tests::http::get_tcp(node.metrics_addr(), "/debug/certs")
+        .or_panic("GET /debug/certs");
+    let certs: Value = serde_json::from_str(&response.text()).or_panic("/debug/certs JSON");
+    certs
+        .as_array()?
+        .iter()
+        .find(|c| c["identity"] == identity && c["state"] == "valid")
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() {
+    const TEST: &str = "multinode::certificates_rotate_under_load_without_a_failed_request";
+    const WEB_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 11);
+    const HTTP_PORT: u16 = 8080;
+    /// Rotation at half of it: 60 s into the run, which lasts 75 s.
+    const LIFETIME_SECS: &str = "120";
+    let Some(mut cluster) = new_cluster(TEST, 2) else {
+        return;
+    };
+    let client = cluster.add_pod(0, "client", 10).or_panic("client pod");
+    let web = cluster.add_pod(1, "web", 21).or_panic("web pod");
+    let mut config = ClusterConfig::new()
+        .namespace(&NamespaceConfig::injected(MESH))
+        .service(
+            &ServiceConfig::new(MESH, "web", WEB_IP)
+                .select("app", "web")
+                .port("http", 80, HTTP_PORT),
+        );
+    for pod in [&client, &web] {
+        let mut pod_config = cluster.pod_config(pod, MESH).or_panic("pod config");
+        pod_config.service_account = format!("sa-{}", pod.name);
+        config = config.pod(&pod_config.label("app", &pod.name).port("http", HTTP_PORT));
+    }
+    cluster.write_config(&config).or_panic("writing the config");
+    cluster.add_proxy_args(&["--cert-lifetime", LIFETIME_SECS]);
+    cluster
+        .start_with_mtls(&AgentOptions::default())
+        .or_panic("starting the CA, the agents and proxies");
+    cluster
+        .wait_captured(&[&client, &web])
+        .or_panic("waiting for capture");
+    let server_node = cluster.node(1).or_panic("node-1");
+    let _server = server_node
+        .start_httppod_server(
+            &web,
+            &["serve", "--port", &HTTP_PORT.to_string(), "--name", "web"],
+        )
+        .or_panic("httppod server");
+    let (client_id, web_id) = (spiffe("sa-client"), spiffe("sa-web"));
+    let before = (
+        leaf_serial(cluster.node(0).or_panic("node-0"), &client_id),
+        leaf_serial(server_node, &web_id),
+    );
+    assert!(
+        before.0.is_some() && before.1.is_some(),
+        "no certificates yet: {before:?}"
+    );
+    let url = format!("http://{WEB_IP}/");
+    let report = httppod_json(
+        cluster.node(0).or_panic("node-0"),
+        &client,
+        &["http", "--url", &url, "--rps", "200", "--duration", "75"],
+    );
+    let after = (
+        leaf_serial(cluster.node(0).or_panic("node-0"), &client_id),
+        leaf_serial(cluster.node(1).or_panic("node-1"), &web_id),
+    );
+    assert!(
+        after.0.is_some() && after.0 != before.0 && after.1.is_some() && after.1 != before.1,
+        "both certificates must have rotated during the run: before {before:?}, after {after:?}"
+    );
+    let statuses = report["status"]
+        .as_object()
+        .or_panic_none("status", &report);
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), vec!["200"], "{report}");
+    assert!(
+        report["status"]["200"].as_u64().unwrap_or(0) >= 14_000,
+        "about 15000 requests expected: {report}"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+trait OrPanicNone<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T;
+}
+
+impl<T> OrPanicNone<T> for Option<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T {
+        self.unwrap_or_else(|| panic!("no {what} in {context}"))
+    }
+}
+
 // ----- HBONE on the wire: shunt-hbonepeer against (or instead of) the node proxies. -----
 
 /// Every captured pod's HBONE listener, `<pod IP>:15008`.
@@ -396,16 +659,6 @@ fn assert_refused(report: &Value, what: &str, error: &str) {
         "{what}: expected {error:?} in {text:?} ({report})"
     );
     assert_eq!(report["streams"], serde_json::json!([]), "{what}: {report}");
-}
-
-trait OrPanicNone<T> {
-    fn or_panic_none(self, what: &str, context: &Value) -> T;
-}
-
-impl<T> OrPanicNone<T> for Option<T> {
-    fn or_panic_none(self, what: &str, context: &Value) -> T {
-        self.unwrap_or_else(|| panic!("{what}: unexpected shape: {context}"))
-    }
 }
 
 /// Waits until node `index` has counted at least `at_least` handshake failures of

@@ -65,17 +65,18 @@ const LAYERS: &[Layer] = &[
         may_use: &[],
         never_reaches: &["tokio", "hyper", "aya"],
     },
-    // Certificates, the CA and the HBONE TLS configs: the agent (CA mode) and the proxy
-    // (certificates, mTLS) both use it, so it sits below them, beside the model.
-    Layer {
-        krate: "shunt-identity",
-        may_use: &["shunt-mesh"],
-        never_reaches: &["aws-lc-sys", "aws-lc-rs"],
-    },
     Layer {
         krate: "shunt-api",
         may_use: &["shunt-common", "shunt-mesh"],
         never_reaches: &[],
+    },
+    // Certificates, the CA and the HBONE TLS configs: the agent (CA mode) and the proxy
+    // (certificates, mTLS) both use it, so it sits below them. Above shunt-api, whose
+    // `certs` types its status reports use (shuntctl reads them through shunt-api alone).
+    Layer {
+        krate: "shunt-identity",
+        may_use: &["shunt-mesh", "shunt-api"],
+        never_reaches: &["aws-lc-sys", "aws-lc-rs"],
     },
     Layer {
         krate: "shunt-proxy",

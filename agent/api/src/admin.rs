@@ -1,6 +1,6 @@
 //! The admin API's JSON bodies, shared by the agent (which serves them) and `shuntctl`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,61 @@ pub struct Status {
     /// What the capture mode reports.
     pub capture: CaptureReport,
     pub proxy: ProxyStatus,
+    /// The CA mode (`--ca-listen`); `None` when the agent runs no CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaStatus>,
+}
+
+/// `Status::ca`: the mesh's CA, when this agent runs it (`shunt-agent --ca-listen`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// `--ca-listen`, as given.
+    pub listen: SocketAddr,
+    /// The address the CA serves on, once it runs (the port the system chose for port 0).
+    #[serde(default)]
+    pub serving: Option<SocketAddr>,
+    /// Where the signing key and root come from, once loaded.
+    #[serde(default)]
+    pub source: Option<CaSource>,
+    /// The trust bundle: the root the CA's chain ends in first, then the extra roots
+    /// (`--ca-extra-root`).
+    #[serde(default)]
+    pub roots: Vec<CaRootStatus>,
+    /// Where the trust bundle was written for the proxies (`--ca-root-cert`).
+    #[serde(default)]
+    pub root_file: Option<std::path::PathBuf>,
+    /// `--ca-allow-unauthenticated`: anyone gets any identity.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Why the CA is not running (it retries when the config changes).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Something the operator should know while it runs (e.g. a CA Secret changed: restart
+    /// to load it).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Where the CA's signing key and root come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CaSource {
+    /// Istio's plug-in CA Secret (`cacerts`) or istiod's own (`istio-ca-secret`).
+    Secret { namespace: String, name: String },
+    /// The self-signed root generated once and kept in this folder.
+    SelfSigned { dir: PathBuf },
+}
+
+/// One root of the CA's trust bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRootStatus {
+    /// RFC 4514.
+    pub subject: String,
+    /// SHA-256 of the DER, upper-case hex pairs joined by `:` (as `openssl x509 -noout
+    /// -fingerprint -sha256` prints it).
+    pub sha256: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
 }
 
 /// `Status::capture`, by capture mode (the JSON is the report itself, untagged, as
@@ -111,4 +166,36 @@ pub struct ExplainQuery {
     pub from: String,
     #[serde(flatten)]
     pub request: ExplainRequest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_sources_are_tagged_by_kind_and_a_ca_status_needs_only_its_address() {
+        for (source, json) in [
+            (
+                CaSource::Secret {
+                    namespace: "istio-system".into(),
+                    name: "cacerts".into(),
+                },
+                serde_json::json!({"kind": "secret", "namespace": "istio-system", "name": "cacerts"}),
+            ),
+            (
+                CaSource::SelfSigned {
+                    dir: "/var/lib/shunt/default/ca/self-signed".into(),
+                },
+                serde_json::json!({"kind": "self_signed", "dir": "/var/lib/shunt/default/ca/self-signed"}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(&source).unwrap(), json);
+            assert_eq!(serde_json::from_value::<CaSource>(json).unwrap(), source);
+        }
+        // Only `listen` is required: a status from an agent that knows less still reads.
+        let status: CaStatus =
+            serde_json::from_value(serde_json::json!({"listen": "0.0.0.0:15012"})).unwrap();
+        assert_eq!(status.serving, None);
+        assert!(status.roots.is_empty() && !status.allow_unauthenticated);
+    }
 }

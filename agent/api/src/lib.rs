@@ -3,6 +3,7 @@
 //! - [`netns`]: entering a pod's network namespace from a thread, which both sides do;
 //! - [`admin`], [`capture`], [`config`], [`clusters`]: the admin API's JSON types, and its
 //!   client (`admin_client`, feature `client`);
+//! - [`certs`]: what the proxy reports of its workload certificates (`/debug/certs`);
 //! - [`k8s`]: the Kubernetes objects a config source reads;
 //! - [`run_dir`]: where an instance's sockets live (`/run/shunt/<instance>/`).
 #![deny(unsafe_code)]
@@ -11,6 +12,7 @@ pub mod admin;
 #[cfg(feature = "client")]
 pub mod admin_client;
 pub mod capture;
+pub mod certs;
 pub mod clusters;
 pub mod config;
 pub mod control;

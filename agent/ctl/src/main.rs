@@ -1,7 +1,8 @@
 //! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket (and, for
-//! `clusters`, of the proxy's metrics endpoint).
+//! `clusters` and `certs`, of the proxy's metrics endpoint).
 #![deny(unsafe_code)]
 
+mod certs;
 mod clusters;
 mod config;
 mod maps;
@@ -94,6 +95,15 @@ enum Command {
         #[arg(long, value_name = "NS/NAME")]
         pod: Option<String>,
     },
+    /// The workload certificates the proxy holds, per identity: each certificate of the
+    /// chain up to the root, its serial and validity, the leaf's next rotation, and the last
+    /// fetch error. Read from the proxy's metrics endpoint (GET /debug/certs), not from the
+    /// agent.
+    Certs {
+        /// The proxy's --metrics-addr.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
+        proxy_addr: SocketAddr,
+    },
     /// Detach and unpin everything of this instance; the agent then exits.
     Uninstall,
 }
@@ -143,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         output,
         command,
     } = cli;
-    // Built per command, as `clusters` talks to the proxy only and needs no instance.
+    // Built per command, as `clusters` and `certs` talk to the proxy only and need no instance.
     let agent = || admin_client(&instance, admin_socket.as_deref());
     match command {
         Command::Status => status::run(&agent()?, output).await,
@@ -171,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Clusters { proxy_addr, pod } => {
             clusters::run(proxy_addr, pod.as_deref(), output).await
         }
+        Command::Certs { proxy_addr } => certs::run(proxy_addr, output).await,
         Command::Uninstall => uninstall::run(&agent()?, output).await,
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use serde::Deserialize as _;
-use shunt_api::admin::{CaptureReport, Status};
+use shunt_api::admin::{CaSource, CaStatus, CaptureReport, Status};
 use shunt_api::capture::{Attachment, CaptureMode, CaptureStatus, IptablesStatus};
 
 use crate::output::{self, Output};
@@ -47,7 +47,7 @@ fn decode(body: serde_json::Value) -> anyhow::Result<Status> {
 fn status(status: &Status) -> String {
     let mut out = String::new();
     let mut summary = Table::new(&["", ""]);
-    for row in [
+    let rows = [
         ["instance".into(), status.instance.clone()],
         ["capture".into(), status.capture_mode.name().into()],
         [
@@ -73,7 +73,8 @@ fn status(status: &Status) -> String {
                 (false, _) => "not connected".into(),
             },
         ],
-    ] {
+    ];
+    for row in rows.into_iter().chain(status.ca.iter().flat_map(ca_rows)) {
         summary.row(row.into());
     }
     // The header row of this two-column table is empty: skip it.
@@ -81,6 +82,14 @@ fn status(status: &Status) -> String {
     // Said in full, apart from the table: it tells the operator what to change.
     if let Some(reason) = &status.proxy.refused {
         out.push_str(&format!("\nproxy refused: {reason}\n"));
+    }
+    if let Some(ca) = &status.ca {
+        if let Some(error) = &ca.error {
+            out.push_str(&format!("\nca not serving: {error}\n"));
+        }
+        if let Some(note) = &ca.note {
+            out.push_str(&format!("\nca: {note}\n"));
+        }
     }
     match (status.capture_mode, &status.capture) {
         (CaptureMode::Ebpf, CaptureReport::Ebpf(capture)) => ebpf(&mut out, capture),
@@ -94,6 +103,47 @@ fn status(status: &Status) -> String {
         )),
     }
     out
+}
+
+/// The CA mode's rows of the summary: state, where its key comes from, its roots, the file
+/// the proxies read them from.
+fn ca_rows(ca: &CaStatus) -> Vec<[String; 2]> {
+    let mut state = match (ca.serving, &ca.error) {
+        (Some(addr), _) => format!("serving on {addr}"),
+        (None, Some(_)) => format!("not serving on {} (see below)", ca.listen),
+        (None, None) => format!("starting on {}", ca.listen),
+    };
+    if ca.allow_unauthenticated {
+        state.push_str(", UNAUTHENTICATED: any caller gets any identity");
+    }
+    let mut rows = vec![["ca".into(), state]];
+    if let Some(source) = &ca.source {
+        rows.push([
+            "ca source".into(),
+            match source {
+                CaSource::Secret { namespace, name } => format!("Secret {namespace}/{name}"),
+                CaSource::SelfSigned { dir } => format!("self-signed root in {}", dir.display()),
+            },
+        ]);
+    }
+    for (index, root) in ca.roots.iter().enumerate() {
+        rows.push([
+            if index == 0 {
+                "ca root"
+            } else {
+                "ca extra root"
+            }
+            .into(),
+            format!(
+                "{} (SHA-256 {}), until {}",
+                root.subject, root.sha256, root.not_after
+            ),
+        ]);
+    }
+    if let Some(file) = &ca.root_file {
+        rows.push(["ca root file".into(), file.display().to_string()]);
+    }
+    rows
 }
 
 fn report_mode(report: &CaptureReport) -> CaptureMode {
@@ -352,6 +402,7 @@ mod tests {
                 errors: vec![],
             }),
             proxy: ProxyStatus::default(),
+            ca: None,
         }
     }
 
@@ -445,6 +496,104 @@ mod tests {
             for part in parts {
                 assert!(out.contains(part), "{part:?} in:\n{out}");
             }
+        }
+    }
+
+    fn ca_status() -> CaStatus {
+        CaStatus {
+            listen: "0.0.0.0:15012".parse().unwrap(),
+            serving: Some("0.0.0.0:15012".parse().unwrap()),
+            source: Some(CaSource::Secret {
+                namespace: "istio-system".into(),
+                name: "cacerts".into(),
+            }),
+            roots: vec![
+                shunt_api::admin::CaRootStatus {
+                    subject: "O=cluster.local".into(),
+                    sha256: "AB:CD".into(),
+                    not_after: "2036-01-01T00:00:00Z".into(),
+                },
+                shunt_api::admin::CaRootStatus {
+                    subject: "O=next".into(),
+                    sha256: "EF:01".into(),
+                    not_after: "2037-01-01T00:00:00Z".into(),
+                },
+            ],
+            root_file: Some("/var/lib/shunt/default/ca/root-cert.pem".into()),
+            allow_unauthenticated: false,
+            error: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn the_ca_mode_shows_its_state_source_roots_and_what_to_fix() {
+        let self_signed = CaStatus {
+            source: Some(CaSource::SelfSigned {
+                dir: "/var/lib/shunt/default/ca/self-signed".into(),
+            }),
+            roots: ca_status().roots[..1].to_vec(),
+            allow_unauthenticated: true,
+            note: Some("Secret istio-system/cacerts changed since the CA started".into()),
+            ..ca_status()
+        };
+        let failed = CaStatus {
+            serving: None,
+            source: None,
+            roots: Vec::new(),
+            root_file: None,
+            error: Some("Secret istio-system/cacerts has no ca-key.pem".into()),
+            ..ca_status()
+        };
+        let starting = CaStatus {
+            error: None,
+            ..failed.clone()
+        };
+        let cases = [
+            (
+                Some(ca_status()),
+                "ca                serving on 0.0.0.0:15012\n\
+                 ca source         Secret istio-system/cacerts\n\
+                 ca root           O=cluster.local (SHA-256 AB:CD), until 2036-01-01T00:00:00Z\n\
+                 ca extra root     O=next (SHA-256 EF:01), until 2037-01-01T00:00:00Z\n\
+                 ca root file      /var/lib/shunt/default/ca/root-cert.pem\n",
+            ),
+            (
+                Some(self_signed),
+                "ca                serving on 0.0.0.0:15012, UNAUTHENTICATED: any caller gets any identity\n\
+                 ca source         self-signed root in /var/lib/shunt/default/ca/self-signed\n\
+                 ca root           O=cluster.local (SHA-256 AB:CD), until 2036-01-01T00:00:00Z\n\
+                 ca root file      /var/lib/shunt/default/ca/root-cert.pem\n\
+                 \n\
+                 ca: Secret istio-system/cacerts changed since the CA started\n",
+            ),
+            (
+                Some(failed),
+                "ca                not serving on 0.0.0.0:15012 (see below)\n\
+                 \n\
+                 ca not serving: Secret istio-system/cacerts has no ca-key.pem\n",
+            ),
+            (
+                Some(starting),
+                "ca                starting on 0.0.0.0:15012\n",
+            ),
+            // No CA mode: nothing about it.
+            (None, ""),
+        ];
+        let head = "instance          default\n\
+                    capture           iptables\n\
+                    pin dir           -\n\
+                    cgroup            -\n\
+                    sockmap shortcut  off\n\
+                    proxy             not connected\n";
+        for (ca, expected) in cases {
+            let out = status(&Status {
+                ca,
+                ..iptables_status()
+            });
+            // Up to the capture report.
+            let summary = out.split("\niptables v1.8.9").next().unwrap();
+            assert_eq!(summary, format!("{head}{expected}"));
         }
     }
 

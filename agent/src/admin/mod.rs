@@ -2,7 +2,7 @@
 //! --unix-socket`). Bodies are JSON ([`api`]); errors are non-2xx with `{"error": "..."}`.
 //!
 //! - `GET /status`: the capture mode, capture (programs, attach points, pins, maps, counters,
-//!   kernel probe; or each pod's iptables rules) and the proxy connection;
+//!   kernel probe; or each pod's iptables rules), the proxy connection and the CA mode;
 //! - `GET /workloads`: every pod, captured or not and why, netns cookie, proxy state;
 //! - `GET /config`: every object loaded, and the errors of the last load;
 //! - `GET /maps/<NAME>`: a map's entries;
@@ -55,6 +55,8 @@ pub struct AdminContext {
     pub node: watch::Receiver<NodeView>,
     /// Cancelled by `POST /uninstall` once capture is gone: the agent then stops.
     pub uninstalled: CancellationToken,
+    /// The CA mode's status, when it is on.
+    pub ca: Option<watch::Receiver<api::CaStatus>>,
 }
 
 pub struct AdminServer {
@@ -316,6 +318,7 @@ fn status(context: &AdminContext) -> Result<api::Status, Failure> {
         sockmap_shortcut,
         capture,
         proxy: context.node.borrow().proxy.clone(),
+        ca: context.ca.as_ref().map(|ca| ca.borrow().clone()),
     })
 }
 

@@ -76,6 +76,7 @@ async fn start_with(config_text: &str) -> Admin {
         config,
         node,
         uninstalled: CancellationToken::new(),
+        ca: None,
     });
     let socket = dir.path().join("admin.sock");
     let server = AdminServer::bind(&socket).unwrap();

@@ -14,12 +14,14 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
-use serde::{Deserialize, Serialize};
 use shunt_mesh::spiffe::SpiffeId;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+// The status types are shunt-api's, so shuntctl reads them without this crate.
+pub use shunt_api::certs::{CertState, CertStatus, ChainCertStatus};
 
 use crate::provider::CertProvider;
 use crate::tls::CurrentCert;
@@ -44,54 +46,6 @@ impl Default for ManagerConfig {
             max_sleep: Duration::from_secs(60),
         }
     }
-}
-
-/// A tracked identity's state, as `shuntctl certs` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CertState {
-    /// A certificate valid now is held.
-    Valid,
-    /// No certificate yet, and no fetch has failed.
-    Pending,
-    /// The certificate held has expired (or is not valid yet) and no new one came.
-    Expired,
-    /// No certificate, and the last fetch failed.
-    Error,
-}
-
-/// One certificate of a chain, as `shuntctl certs` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainCertStatus {
-    /// Subject, RFC 4514 (empty for a workload certificate).
-    pub subject: String,
-    /// Issuer, RFC 4514.
-    pub issuer: String,
-    /// Serial, lower-case hex.
-    pub serial: String,
-    /// End of validity, RFC 3339.
-    pub not_after: String,
-}
-
-/// A tracked identity and its certificate, for `shuntctl certs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertStatus {
-    /// The identity.
-    pub identity: SpiffeId,
-    /// Whether a usable certificate is held.
-    pub state: CertState,
-    /// The leaf's serial, lower-case hex.
-    pub serial: Option<String>,
-    /// The leaf's `NotBefore`, RFC 3339.
-    pub not_before: Option<String>,
-    /// The leaf's `NotAfter`, RFC 3339.
-    pub not_after: Option<String>,
-    /// When the next certificate is due, RFC 3339.
-    pub next_rotation: Option<String>,
-    /// The chain, leaf first.
-    pub chain: Vec<ChainCertStatus>,
-    /// The last fetch's error, until a fetch succeeds.
-    pub last_error: Option<String>,
 }
 
 struct Entry {

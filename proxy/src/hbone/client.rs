@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use super::metrics::{HboneMetrics, OUTBOUND, Open};
 use super::stream::H2Stream;
-use super::{HboneError, SETTINGS, Settings};
+use super::error::HboneError;
+use super::settings::{SETTINGS, Settings};
 
 /// What one pooled connection is for. The source IP is part of it because the connection is
 /// dialled from the source pod's netns: the destination sees, and checks, that address.
@@ -55,10 +56,10 @@ impl ConnectRequest {
             .method(Method::CONNECT)
             .version(http::Version::HTTP_2)
             .uri(self.authority.to_string())
-            .header(super::BAGGAGE, &self.baggage)
+            .header(super::headers::BAGGAGE, &self.baggage)
             .header(http::header::FORWARDED, forwarded);
         if let Some(traceparent) = &self.traceparent {
-            builder = builder.header(super::TRACEPARENT, traceparent);
+            builder = builder.header(super::headers::TRACEPARENT, traceparent);
         }
         builder
             .body(())
@@ -269,7 +270,7 @@ impl Pool {
                         tracing::debug!(%error, "HBONE connection ended");
                     }
                 }
-                () = super::keepalive(ping, settings) => {
+                () = super::keepalive::keepalive(ping, settings) => {
                     tracing::warn!(
                         destination = %task_key.destination_ip,
                         "HBONE connection closed: the peer did not answer PING"

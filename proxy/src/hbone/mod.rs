@@ -15,8 +15,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod headers;
+mod error;
+mod keepalive;
 pub mod metrics;
 pub mod server;
+mod settings;
 pub mod stream;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,99 +33,15 @@ use shunt_mesh::spiffe::SpiffeId;
 use crate::socket::PodSockets;
 
 pub use self::client::{ConnectRequest, Pool, PoolKey};
+pub use self::error::HboneError;
+pub use self::headers::{BAGGAGE, TRACEPARENT};
+pub use self::settings::{SETTINGS, Settings};
 pub use self::metrics::HboneMetrics;
 pub use self::stream::H2Stream;
 
 /// The port every HBONE listener uses (ztunnel's, Istio's `15008`).
 pub const PORT: u16 = shunt_common::HBONE_PORT;
 
-/// The `baggage` header: the source workload, in ztunnel's keys.
-pub const BAGGAGE: &str = "baggage";
-/// W3C trace context, carried on the `CONNECT` when the application connection had one.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// HTTP/2 settings of HBONE connections (see the module docs for the why).
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub max_frame_size: u32,
-    pub max_streams_per_connection: u32,
-    pub server_max_streams: u32,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
-/// ztunnel's defaults.
-pub const SETTINGS: Settings = Settings {
-    stream_window: 4 * 1024 * 1024,
-    connection_window: 16 * 1024 * 1024,
-    max_frame_size: 1024 * 1024,
-    max_streams_per_connection: 100,
-    server_max_streams: 200,
-    ping_interval: Duration::from_secs(10),
-    ping_timeout: Duration::from_secs(20),
-    idle_timeout: Duration::from_secs(5 * 60),
-};
-
-/// Why an HBONE connection or stream could not be established.
-#[derive(Debug, thiserror::Error)]
-pub enum HboneError {
-    #[error("HBONE: could not connect to the peer's port 15008: {0}")]
-    Connect(#[source] Box<crate::socket::Error>),
-    #[error(
-        "HBONE: the mTLS handshake failed (check that both nodes trust the same root and that the peer's certificate names the destination's identity): {0}"
-    )]
-    Tls(std::io::Error),
-    #[error("HBONE: no valid certificate for {identity}: {reason}")]
-    NoCertificate { identity: String, reason: String },
-    #[error("HBONE: HTTP/2 failed: {0}")]
-    H2(#[from] h2::Error),
-    #[error("HBONE: cannot build the TLS configuration: {0}")]
-    Config(String),
-    #[error("HBONE: the peer answered the CONNECT with {0}")]
-    Status(http::StatusCode),
-    #[error("HBONE: the connection closed before the stream could start")]
-    Closed,
-    #[error("HBONE: could not build the CONNECT request: {0}")]
-    Request(String),
-    #[error("HBONE: the dial timed out")]
-    Timeout,
-}
-
-impl HboneError {
-    /// The `reason` label of `shunt_hbone_handshake_failures_total`.
-    #[must_use]
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Connect(_) | Self::Timeout => "connect",
-            Self::Tls(_) | Self::Config(_) => "tls",
-            Self::NoCertificate { .. } => "no_certificate",
-            Self::H2(_) | Self::Closed | Self::Request(_) => "h2",
-            Self::Status(_) => "status",
-        }
-    }
-}
-
-/// PINGs the peer every `ping_interval`; resolves when one is unanswered for `ping_timeout`
-/// or fails (the caller then closes the connection).
-pub(crate) async fn keepalive(ping: Option<h2::PingPong>, settings: Settings) {
-    let Some(mut ping) = ping else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(settings.ping_interval).await;
-        match tokio::time::timeout(settings.ping_timeout, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "HBONE PING failed");
-                return;
-            }
-            Err(_) => return,
-        }
-    }
-}
 
 /// The `baggage` header of a tunnel from `source`, in ztunnel's keys, so a ztunnel peer
 /// labels its metrics with the source's cluster, namespace, workload and canonical service.

@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::metrics::{HboneMetrics, INBOUND, Open};
 use super::stream::H2Stream;
-use super::{HboneError, Settings};
+use super::error::HboneError;
+use super::settings::Settings;
 
 /// One `CONNECT` stream, not yet answered.
 pub struct Incoming {
@@ -115,7 +116,7 @@ where
     let _open = Open(metrics.connection_opened(INBOUND));
     let ping = connection.ping_pong();
     let mut drain = std::pin::pin!(drain);
-    let mut keepalive = std::pin::pin!(super::keepalive(ping, settings));
+    let mut keepalive = std::pin::pin!(super::keepalive::keepalive(ping, settings));
     let mut draining = false;
     loop {
         tokio::select! {

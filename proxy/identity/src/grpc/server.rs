@@ -62,6 +62,12 @@ pub trait Authorizer: Send + Sync {
     /// Whether `node` may have a certificate for `id` (a pod with that service account
     /// runs there); the error is the reason, sent to the caller and logged.
     fn may_issue(&self, node: &str, id: &SpiffeId) -> Result<(), String>;
+
+    /// What a caller without a known token should fix (where tokens come from, which flag
+    /// sends one), appended to the `Unauthenticated` answer and its log line.
+    fn token_hint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How the CA server presents itself and whom it serves.
@@ -293,13 +299,16 @@ impl CaService {
         let node = if self.allow_unauthenticated {
             None
         } else {
-            let token = bearer_token(request.metadata())
-                .map_err(|reason| refuse(Status::unauthenticated(reason), "-"))?;
+            let unauthenticated = |reason: String| {
+                let message = match self.authorizer.token_hint() {
+                    Some(hint) => format!("{reason}; {hint}"),
+                    None => reason,
+                };
+                refuse(Status::unauthenticated(message), "-")
+            };
+            let token = bearer_token(request.metadata()).map_err(unauthenticated)?;
             let node = self.authorizer.node_for_token(token).ok_or_else(|| {
-                refuse(
-                    Status::unauthenticated("the bearer token is not known to this CA"),
-                    "-",
-                )
+                unauthenticated("the bearer token is not known to this CA".to_owned())
             })?;
             Some(node)
         };
