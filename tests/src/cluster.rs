@@ -443,12 +443,12 @@ impl Cluster {
         Ok(ca)
     }
 
-    /// The CA's state dir under [`Cluster::start_with_mtls`]: the cluster's self-signed root
-    /// (`root-cert.pem`) and its key (`root-key.pem`), with which a test can mint a
-    /// certificate for any identity.
+    /// The folder of the self-signed root the CA of [`Cluster::start_with_mtls`] makes in its
+    /// state dir (`<dir>/ca/self-signed`): the cluster's root (`root-cert.pem`) and its key
+    /// (`root-key.pem`), with which a test can mint a certificate for any identity.
     #[must_use]
-    pub fn ca_dir(&self) -> PathBuf {
-        self.dir.join("ca")
+    pub fn ca_root_dir(&self) -> PathBuf {
+        self.dir.join("ca").join("self-signed")
     }
 
     /// Starts `command` in `pod`'s netns but in the cluster's own cgroup, outside every node's

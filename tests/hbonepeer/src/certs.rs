@@ -42,7 +42,7 @@ fn read(dir: &Path, name: &str) -> Result<String> {
     let path = dir.join(name);
     std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "reading {} (is --ca-dir the CA's state dir?)",
+            "reading {} (is --ca-dir the CA's self-signed root folder, <state dir>/self-signed?)",
             path.display()
         )
     })

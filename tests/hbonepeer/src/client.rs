@@ -31,7 +31,8 @@ pub struct ClientArgs {
     /// The HBONE listener: `<pod IP>:15008`.
     #[arg(long)]
     to: SocketAddr,
-    /// The CA's state dir: `root-cert.pem` (trusted) and `root-key.pem` (to mint with).
+    /// The cluster's root: a folder with `root-cert.pem` (trusted) and `root-key.pem` (to mint
+    /// with), as the CA's `<state dir>/self-signed`.
     #[arg(long)]
     ca_dir: PathBuf,
     /// The identity the client certificate names.

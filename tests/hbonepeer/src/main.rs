@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Certificates are minted here from the cluster's root (`DIR/root-cert.pem` and
-//! `DIR/root-key.pem`, the agent's CA state dir), so a test can present any identity, or one
-//! from a root nobody trusts, or an expired one.
+//! `DIR/root-key.pem`: the agent's self-signed root, `<CA state dir>/self-signed`), so a
+//! test can present any identity, or one from a root nobody trusts, or an expired one.
 //!
 //! The client prints one JSON line and exits 0 when it ran (what happened is in the JSON:
 //! judging it is the test's job), 1 when it could not run at all (a bad flag, an unreadable

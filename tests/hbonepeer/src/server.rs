@@ -32,7 +32,8 @@ pub struct ServerArgs {
     /// Where to listen: `<pod IP>:15008` in the pod's netns.
     #[arg(long)]
     listen: SocketAddr,
-    /// The CA's state dir: the certificate is minted from its root, and clients must chain
+    /// The cluster's root (`root-cert.pem`, `root-key.pem`, as the CA's
+    /// `<state dir>/self-signed`): the certificate is minted from it, and clients must chain
     /// to it.
     #[arg(long)]
     ca_dir: PathBuf,

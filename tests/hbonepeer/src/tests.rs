@@ -28,8 +28,8 @@ fn id(text: &str) -> SpiffeId {
     text.parse().unwrap()
 }
 
-/// A CA state dir as the agent's CA leaves it (`root-cert.pem`, `root-key.pem`), and its
-/// signer.
+/// A root folder as the agent's CA leaves it (`<state dir>/self-signed`: `root-cert.pem`,
+/// `root-key.pem`), and its signer.
 fn ca_dir() -> (tempfile::TempDir, Arc<CaSigner>) {
     let dir = tempfile::tempdir().unwrap();
     let signer =
