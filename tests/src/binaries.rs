@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// Overrides the directory holding `shunt-agent`, `shunt-proxy`, `shuntctl`, `shunt-testpod`,
-/// `shunt-httppod`.
+/// `shunt-httppod`, `shunt-hbonepeer`.
 pub const BIN_DIR_ENV: &str = "SHUNT_BIN_DIR";
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,7 @@ pub struct Binaries {
     dir: PathBuf,
     testpod: Option<PathBuf>,
     httppod: Option<PathBuf>,
+    hbonepeer: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -49,6 +50,7 @@ impl Binaries {
             dir: dir.into(),
             testpod: None,
             httppod: None,
+            hbonepeer: None,
         }
     }
 
@@ -65,6 +67,14 @@ impl Binaries {
     #[must_use]
     pub fn with_httppod(mut self, path: impl Into<PathBuf>) -> Self {
         self.httppod = Some(path.into());
+        self
+    }
+
+    /// Takes `shunt-hbonepeer` from `path` instead (another package's binary, like
+    /// `shunt-httppod`).
+    #[must_use]
+    pub fn with_hbonepeer(mut self, path: impl Into<PathBuf>) -> Self {
+        self.hbonepeer = Some(path.into());
         self
     }
 
@@ -92,6 +102,11 @@ impl Binaries {
     /// The L7 test pod: HTTP/1.1, h2, gRPC and WebSocket server and clients.
     pub fn httppod(&self) -> Result<PathBuf, Error> {
         self.existing("shunt-httppod", self.httppod.as_deref())
+    }
+
+    /// The HBONE test peer: a client or a stand-in server for a node proxy's port 15008.
+    pub fn hbonepeer(&self) -> Result<PathBuf, Error> {
+        self.existing("shunt-hbonepeer", self.hbonepeer.as_deref())
     }
 
     /// Fails unless the agent, the proxy and the testpod are all there: the first check of an
@@ -134,8 +149,10 @@ mod tests {
         let here = std::env::current_exe().unwrap();
         let binaries = Binaries::in_dir("/nonexistent").with_testpod(&here);
         assert_eq!(binaries.testpod().unwrap(), here);
-        let binaries = binaries.with_httppod(&here);
+        let binaries = binaries.with_httppod(&here).with_hbonepeer(&here);
         assert_eq!(binaries.httppod().unwrap(), here);
+        assert_eq!(binaries.hbonepeer().unwrap(), here);
         assert!(Binaries::in_dir("/nonexistent").httppod().is_err());
+        assert!(Binaries::in_dir("/nonexistent").hbonepeer().is_err());
     }
 }

@@ -26,13 +26,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::admin::WorkloadView;
-use crate::binaries::Binaries;
+use crate::binaries::{self, Binaries};
 use crate::cgroup::{self, Cgroup};
 use crate::config::{self, ClusterConfig, PodConfig};
 use crate::names::Names;
 use crate::netns::{self, Netns};
 use crate::node::{self, AgentOptions, CONFIG_FILE, ISTIO_FILE, Node, NodeLayout, Pod};
-use crate::process::{self, Placement, Process};
+use crate::process::{self, Output, Placement, Process};
 use crate::wait::{self, Check};
 
 /// The file [`Cluster::start_with_mtls`] writes the node-token Secret to.
@@ -77,6 +77,8 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error(transparent)]
     Wait(#[from] wait::Error),
+    #[error(transparent)]
+    Binaries(#[from] binaries::Error),
     #[error("a cluster has 1-{MAX_NODES} nodes, not {0}")]
     NodeCount(usize),
     #[error("the cluster has no node {index} (it has {count})")]
@@ -116,6 +118,8 @@ pub struct Cluster {
     cgroup: Cgroup,
     nodes: Vec<Node>,
     captures: AtomicUsize,
+    /// Processes started by [`Cluster::spawn_uncaptured`], for their labels.
+    launches: AtomicUsize,
     torn_down: bool,
     /// Appended to every proxy's command line by [`Cluster::start_with_mtls`].
     proxy_args: Vec<String>,
@@ -181,6 +185,7 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             captures: AtomicUsize::new(0),
+            launches: AtomicUsize::new(0),
             torn_down: false,
             proxy_args: Vec::new(),
         };
@@ -436,6 +441,63 @@ impl Cluster {
             node.start_proxy()?;
         }
         Ok(ca)
+    }
+
+    /// The folder of the self-signed root the CA of [`Cluster::start_with_mtls`] makes in its
+    /// state dir (`<dir>/ca/self-signed`): the cluster's root (`root-cert.pem`) and its key
+    /// (`root-key.pem`), with which a test can mint a certificate for any identity.
+    #[must_use]
+    pub fn ca_root_dir(&self) -> PathBuf {
+        self.dir.join("ca").join("self-signed")
+    }
+
+    /// Starts `command` in `pod`'s netns but in the cluster's own cgroup, outside every node's
+    /// capture cgroup: its connections are not captured, so it speaks to other pods'
+    /// listeners directly, from the pod's address, as another node's proxy does. Its output
+    /// goes to the cluster's log dir.
+    pub fn spawn_uncaptured(
+        &self,
+        pod: &Pod,
+        what: &str,
+        command: Command,
+    ) -> Result<Process, Error> {
+        let n = self.launches.fetch_add(1, Ordering::Relaxed) + 1;
+        let placement = Placement {
+            netns: Some(pod.netns_path()),
+            cgroup: Some(self.cgroup.path().to_path_buf()),
+        };
+        Ok(Process::spawn(
+            &format!("{n:03}-{}-{what}", pod.name),
+            command,
+            &placement,
+            &self.log_dir(),
+        )?)
+    }
+
+    /// Starts `shunt-hbonepeer ARGS` in `pod`'s netns, uncaptured
+    /// ([`Cluster::spawn_uncaptured`]).
+    pub fn hbonepeer(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut command = Command::new(self.binaries.hbonepeer()?);
+        command.args(args);
+        let what = format!("hbone-{}", args.first().copied().unwrap_or("peer"));
+        self.spawn_uncaptured(pod, &what, command)
+    }
+
+    /// Runs a `shunt-hbonepeer client` in `pod` to completion (killed after `timeout`).
+    pub fn run_hbonepeer(
+        &self,
+        pod: &Pod,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, Error> {
+        Ok(self.hbonepeer(pod, args)?.finish(timeout)?)
+    }
+
+    /// Starts a `shunt-hbonepeer server` in `pod` and waits until it listens.
+    pub fn start_hbonepeer_server(&self, pod: &Pod, args: &[&str]) -> Result<Process, Error> {
+        let mut server = self.hbonepeer(pod, args)?;
+        server.wait_for_line("ready", node::START_TIMEOUT)?;
+        Ok(server)
     }
 
     /// Waits until each pod in `pods` is captured, by its own node's agent, with that node's

@@ -561,6 +561,14 @@ impl Node {
         )
     }
 
+    /// SIGTERMs the proxy and waits for it to exit (its listeners in the pods' netns close
+    /// with it); [`Node::start_proxy`] starts another.
+    pub fn stop_proxy(&mut self) -> Result<(), Error> {
+        let mut proxy = self.proxy.take().ok_or(Error::NotStarted("proxy"))?;
+        proxy.stop(STOP_GRACE + Duration::from_secs(PROXY_DRAIN_SECS));
+        Ok(())
+    }
+
     /// Extra arguments for every later [`Node::start_proxy`] (e.g. its CA client flags).
     pub fn set_proxy_args(&mut self, args: Vec<String>) {
         self.proxy_args = args;

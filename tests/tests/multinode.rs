@@ -116,6 +116,9 @@ fn two_nodes_one_pod_each(test: &str, security: Security) -> Option<(Cluster, Po
     cluster
         .wait_captured(&[&a, &b])
         .or_panic("waiting for capture");
+    if security == Security::Mtls {
+        wait_certs(&mut cluster, &[(0, "sa-a"), (1, "sa-b")]);
+    }
     Some((cluster, a, b))
 }
 
@@ -371,6 +374,10 @@ fn http_routing_holds_across_nodes_over_hbone() {
     cluster
         .wait_captured(&[&client, &v1, &v2])
         .or_panic("waiting for capture");
+    wait_certs(
+        &mut cluster,
+        &[(0, "sa-client"), (1, "sa-web-v1"), (1, "sa-web-v2")],
+    );
     let server_node = cluster.node(1).or_panic("node-1");
     let _servers: Vec<_> = [(&v1, "web-v1"), (&v2, "web-v2")]
         .into_iter()
@@ -505,6 +512,7 @@ fn certificates_rotate_under_load_without_a_failed_request() {
     cluster
         .wait_captured(&[&client, &web])
         .or_panic("waiting for capture");
+    wait_certs(&mut cluster, &[(0, "sa-client"), (1, "sa-web")]);
     let server_node = cluster.node(1).or_panic("node-1");
     let _server = server_node
         .start_httppod_server(
@@ -555,4 +563,540 @@ impl<T> OrPanicNone<T> for Option<T> {
     fn or_panic_none(self, what: &str, context: &Value) -> T {
         self.unwrap_or_else(|| panic!("no {what} in {context}"))
     }
+}
+
+// ----- HBONE on the wire: shunt-hbonepeer against (or instead of) the node proxies. -----
+
+/// Every captured pod's HBONE listener, `<pod IP>:15008`.
+const HBONE_PORT: u16 = 15008;
+const FAILURES: &str = "shunt_hbone_handshake_failures_total";
+/// What every accepted tunnel in these tests echoes.
+const ECHO_BYTES: &str = "65536";
+/// The suites shunt offers and accepts: TLS 1.3's AES-GCM, nothing else.
+const HBONE_SUITES: [&str; 2] = ["TLS13_AES_128_GCM_SHA256", "TLS13_AES_256_GCM_SHA384"];
+
+/// Waits until node `index` holds a valid certificate for each `(index, service account)`. A
+/// pod is served (and its 15008 open) before its certificate comes from the CA; until then
+/// its tunnels and its listener fail.
+fn wait_certs(cluster: &mut Cluster, wanted: &[(usize, &str)]) {
+    for &(index, sa) in wanted {
+        let identity = spiffe(sa);
+        cluster
+            .node_mut(index)
+            .or_panic("node")
+            .wait_while_running(
+                &format!("node-{index}'s certificate for {identity}"),
+                shunt_tests::node::START_TIMEOUT,
+                |node| match leaf_serial(node, &identity) {
+                    Some(serial) => shunt_tests::wait::Check::Done(serial),
+                    None => shunt_tests::wait::Check::NotYet("no valid certificate yet".into()),
+                },
+            )
+            .or_panic("waiting for the certificates");
+    }
+}
+
+/// [`two_nodes_one_pod_each`] with mTLS and an echo server on b's [`ECHO_PORT`], after
+/// checking that `shunt-hbonepeer` is built, once each node proxy holds its pod's
+/// certificate.
+fn wire_cluster(test: &str) -> Option<(Cluster, Pod, Pod, shunt_tests::Process)> {
+    let (mut cluster, a, b) = two_nodes_one_pod_each(test, Security::Mtls)?;
+    common::binaries()
+        .hbonepeer()
+        .or_panic("shunt-hbonepeer (cargo +1.99.0 build -p shunt-hbonepeer)");
+    wait_certs(&mut cluster, &[(0, "sa-a"), (1, "sa-b")]);
+    let echo = cluster
+        .node_of(&b)
+        .or_panic("b's node")
+        .start_server(&b, &["echo-server", "--port", &ECHO_PORT.to_string()])
+        .or_panic("echo server on b");
+    Some((cluster, a, b, echo))
+}
+
+/// `base` flags with `changes` replacing (or added to) them.
+fn with_flags(base: &[(&str, String)], changes: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut flags: Vec<(String, String)> = base
+        .iter()
+        .map(|(f, v)| ((*f).to_owned(), v.clone()))
+        .collect();
+    for &(flag, value) in changes {
+        match flags.iter_mut().find(|(f, _)| f == flag) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => flags.push((flag.to_owned(), value.to_owned())),
+        }
+    }
+    flags
+}
+
+/// The flags of a well-behaved client from pod `a` to pod `b`: a's identity from the cluster's CA, b's
+/// identity required of the server, one `CONNECT` to b's echo server.
+fn good_client(b: &Pod) -> Vec<(&'static str, String)> {
+    vec![
+        ("--identity", spiffe("sa-a")),
+        ("--expect-server", spiffe("sa-b")),
+        ("--authority", b.addr(ECHO_PORT).to_string()),
+    ]
+}
+
+/// Runs `shunt-hbonepeer client` in `from`'s netns, uncaptured, against `to`'s port 15008,
+/// with `flags`; its JSON report.
+fn peer_client(cluster: &Cluster, from: &Pod, to: &Pod, flags: &[(String, String)]) -> Value {
+    let to_addr = to.addr(HBONE_PORT).to_string();
+    let ca_dir = cluster.ca_root_dir().display().to_string();
+    let mut args = vec![
+        "client",
+        "--to",
+        &to_addr,
+        "--ca-dir",
+        &ca_dir,
+        "--send-bytes",
+        ECHO_BYTES,
+    ];
+    for (flag, value) in flags {
+        args.push(flag);
+        args.push(value);
+    }
+    let output = cluster
+        .run_hbonepeer(from, &args, common::CLIENT_TIMEOUT)
+        .or_panic(&format!("shunt-hbonepeer {args:?} in {}", from.name));
+    assert!(
+        output.status.success(),
+        "shunt-hbonepeer {args:?} could not run ({}): {}",
+        output.status,
+        output.stderr
+    );
+    output
+        .json()
+        .or_panic(&format!("report of shunt-hbonepeer {args:?}"))
+}
+
+/// Asserts `report` is a full success: handshake, and every stream 200 with its echo.
+fn assert_tunnelled(report: &Value, what: &str) {
+    assert_eq!(report["failed"], Value::Null, "{what}: {report}");
+    let streams = report["streams"].as_array().or_panic_none(what, report);
+    assert!(!streams.is_empty(), "{what}: {report}");
+    for stream in streams {
+        assert_eq!(stream["status"], 200, "{what}: {stream}");
+        assert_eq!(stream["echo_ok"], true, "{what}: {stream}");
+    }
+}
+
+/// Asserts the client failed the handshake (or was refused right after it) with `error`.
+fn assert_refused(report: &Value, what: &str, error: &str) {
+    assert_eq!(report["failed"], "tls", "{what}: {report}");
+    let text = report["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(error),
+        "{what}: expected {error:?} in {text:?} ({report})"
+    );
+    assert_eq!(report["streams"], serde_json::json!([]), "{what}: {report}");
+}
+
+/// Waits until node `index` has counted at least `at_least` handshake failures of
+/// `direction` for `reason`.
+fn wait_failures(
+    cluster: &mut Cluster,
+    index: usize,
+    direction: &str,
+    reason: &str,
+    at_least: u64,
+) {
+    let labels = [("direction", direction), ("reason", reason)];
+    cluster
+        .node_mut(index)
+        .or_panic("node")
+        .wait_metrics(
+            &format!("{at_least} {direction} HBONE handshake failures ({reason}) on node-{index}"),
+            REPORT_TIMEOUT,
+            |m| sum(m, FAILURES, &labels) >= at_least,
+        )
+        .or_panic("metrics");
+}
+
+fn failures(cluster: &Cluster, index: usize, direction: &str, reason: &str) -> u64 {
+    let metrics = cluster
+        .node(index)
+        .or_panic("node")
+        .metrics()
+        .or_panic("metrics");
+    sum(
+        &metrics,
+        FAILURES,
+        &[("direction", direction), ("reason", reason)],
+    )
+}
+
+#[test]
+fn hbone_listener_refuses_tls12_and_chacha20_clients() {
+    const TEST: &str = "multinode::hbone_listener_refuses_tls12_and_chacha20_clients";
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    let before = failures(&cluster, 1, "inbound", "tls");
+    let good = good_client(&b);
+    // The same client with nothing wrong gets through, so the refusals below are the
+    // listener's verdict on the one thing changed.
+    assert_tunnelled(
+        &peer_client(&cluster, &a, &b, &with_flags(&good, &[])),
+        "TLS 1.3, every suite",
+    );
+    let cases = [
+        ("TLS 1.2 only", ("--tls", "1.2"), "ProtocolVersion"),
+        (
+            "ChaCha20 only",
+            ("--ciphers", "chacha20"),
+            "HandshakeFailure",
+        ),
+    ];
+    for (case, flag, alert) in cases {
+        let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[flag]));
+        assert_refused(&report, case, alert);
+    }
+    wait_failures(&mut cluster, 1, "inbound", "tls", before + 2);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn hbone_listener_presents_the_destination_pods_identity_over_h2() {
+    const TEST: &str = "multinode::hbone_listener_presents_the_destination_pods_identity_over_h2";
+    let Some((cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    let good = good_client(&b);
+    let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[]));
+    assert_tunnelled(&report, "expecting b's identity");
+    assert_eq!(report["server_identity"], spiffe("sa-b"), "{report}");
+    let tls = &report["tls"];
+    assert_eq!(tls["version"], "TLSv1_3", "{report}");
+    assert_eq!(tls["alpn"], "h2", "{report}");
+    assert_eq!(tls["peer_identity"], spiffe("sa-b"), "{report}");
+    let suite = tls["cipher_suite"].as_str().unwrap_or_default();
+    assert!(HBONE_SUITES.contains(&suite), "{report}");
+
+    // Offered everything (TLS 1.2 and 1.3, ChaCha20 too), the listener still picks 1.3 and
+    // AES-GCM.
+    let report = peer_client(
+        &cluster,
+        &a,
+        &b,
+        &with_flags(&good, &[("--tls", "any"), ("--ciphers", "default")]),
+    );
+    assert_tunnelled(&report, "offering everything");
+    assert_eq!(report["tls"]["version"], "TLSv1_3", "{report}");
+    let suite = report["tls"]["cipher_suite"].as_str().unwrap_or_default();
+    assert!(HBONE_SUITES.contains(&suite), "{report}");
+
+    let another = spiffe("sa-a");
+    let report = peer_client(
+        &cluster,
+        &a,
+        &b,
+        &with_flags(&good, &[("--expect-server", &another)]),
+    );
+    assert_refused(
+        &report,
+        "expecting another identity",
+        &format!(
+            "the server presented {}, but {another} was expected",
+            spiffe("sa-b")
+        ),
+    );
+    assert_eq!(report["server_identity"], spiffe("sa-b"), "{report}");
+
+    let report = peer_client(
+        &cluster,
+        &a,
+        &b,
+        &with_flags(&good, &[("--alpn", "http/1.1")]),
+    );
+    assert_refused(&report, "offering only http/1.1", "NoApplicationProtocol");
+
+    // Each pod's listener is its own identity's, not its node's: a's (node-0) presents a's.
+    let report = peer_client(
+        &cluster,
+        &b,
+        &a,
+        &[
+            ("--identity".to_owned(), spiffe("sa-b")),
+            ("--expect-server".to_owned(), spiffe("sa-a")),
+        ],
+    );
+    assert_eq!(report["failed"], Value::Null, "b → a's listener: {report}");
+    assert_eq!(report["tls"]["peer_identity"], spiffe("sa-a"), "{report}");
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn hbone_listener_refuses_client_certificates_it_cannot_trust() {
+    const TEST: &str = "multinode::hbone_listener_refuses_client_certificates_it_cannot_trust";
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    let before = failures(&cluster, 1, "inbound", "tls");
+    let good = good_client(&b);
+    assert_tunnelled(
+        &peer_client(&cluster, &a, &b, &with_flags(&good, &[])),
+        "a's certificate from the cluster's CA",
+    );
+    // (case, the one flag changed, the alert the listener sends)
+    let cases = [
+        (
+            "a certificate from another CA",
+            ("--cert", "other-ca"),
+            "UnknownCA",
+        ),
+        (
+            "the cluster CA's certificate for another trust domain",
+            ("--identity", "spiffe://evil.local/ns/mesh/sa/sa-a"),
+            "CertificateUnknown",
+        ),
+        (
+            "an expired certificate",
+            ("--cert", "expired"),
+            "CertificateExpired",
+        ),
+        ("no certificate", ("--cert", "none"), "CertificateRequired"),
+    ];
+    for (case, flag, alert) in cases {
+        let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[flag]));
+        assert_refused(&report, case, alert);
+    }
+    wait_failures(&mut cluster, 1, "inbound", "tls", before + 4);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn hbone_connect_gets_400_503_or_200_on_one_connection() {
+    const TEST: &str = "multinode::hbone_connect_gets_400_503_or_200_on_one_connection";
+    let Some((cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    let echo = b.addr(ECHO_PORT).to_string();
+    // (the CONNECT's :authority, the status it must get), in order on one connection: the
+    // refusals end their stream only, so the last good one still gets through.
+    let streams = [
+        (echo.clone(), 200),
+        // Another IP than the TCP destination's: in b's subnet, and a's own.
+        (format!("{}:{ECHO_PORT}", Cluster::pod_ip(1, 99)), 400),
+        (a.addr(ECHO_PORT).to_string(), 400),
+        // Nothing listens there.
+        (b.addr(9).to_string(), 503),
+        // The HBONE port itself, and a name instead of an IP.
+        (b.addr(HBONE_PORT).to_string(), 400),
+        (format!("b.{MESH}.svc.cluster.local:{ECHO_PORT}"), 400),
+        (echo.clone(), 200),
+    ];
+    let mut flags = vec![
+        ("--identity".to_owned(), spiffe("sa-a")),
+        ("--expect-server".to_owned(), spiffe("sa-b")),
+    ];
+    flags.extend(
+        streams
+            .iter()
+            .map(|(authority, _)| ("--authority".to_owned(), authority.clone())),
+    );
+    let report = peer_client(&cluster, &a, &b, &flags);
+    assert_eq!(report["failed"], Value::Null, "{report}");
+    let got = report["streams"]
+        .as_array()
+        .or_panic_none("streams", &report);
+    assert_eq!(got.len(), streams.len(), "{report}");
+    for ((authority, status), stream) in streams.iter().zip(got) {
+        assert_eq!(stream["authority"], authority.as_str(), "{stream}");
+        assert_eq!(stream["status"], *status, "CONNECT {authority}: {stream}");
+        assert_eq!(
+            stream["echo_ok"],
+            *status == 200,
+            "CONNECT {authority}: {stream}"
+        );
+    }
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+/// The JSON events `server` printed so far named `event`.
+fn server_events(server: &shunt_tests::Process, event: &str) -> Vec<Value> {
+    server
+        .stdout()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|value| value["event"] == event)
+        .collect()
+}
+
+/// Waits until `server` has printed an `event` event; all of them.
+fn wait_server_events(server: &shunt_tests::Process, event: &str) -> Vec<Value> {
+    shunt_tests::wait::until(
+        &format!("a {event:?} event from {}", server.label()),
+        REPORT_TIMEOUT,
+        || {
+            let events = server_events(server, event);
+            if events.is_empty() {
+                shunt_tests::wait::Check::NotYet(server.stdout())
+            } else {
+                shunt_tests::wait::Check::Done(events)
+            }
+        },
+    )
+    .or_panic("server events")
+}
+
+/// A `shunt-hbonepeer server` on `pod`'s 15008, in its netns, presenting a certificate for
+/// `identity` from the cluster's CA.
+fn stand_in(cluster: &Cluster, pod: &Pod, identity: &str) -> shunt_tests::Process {
+    let listen = pod.addr(HBONE_PORT).to_string();
+    let ca_dir = cluster.ca_root_dir().display().to_string();
+    let args = [
+        "server",
+        "--listen",
+        &listen,
+        "--ca-dir",
+        &ca_dir,
+        "--identity",
+        identity,
+    ];
+    cluster
+        .start_hbonepeer_server(pod, &args)
+        .or_panic(&format!(
+            "a stand-in HBONE server on {listen} as {identity}"
+        ))
+}
+
+#[test]
+fn shunts_client_aborts_when_the_server_is_not_the_destination() {
+    const TEST: &str = "multinode::shunts_client_aborts_when_the_server_is_not_the_destination";
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    // b's node proxy goes (and its listener on b's 15008 with it); a stand-in takes b's
+    // 15008, while node-0 still knows b as a pod captured on node-1.
+    cluster
+        .node_mut(1)
+        .or_panic("node-1")
+        .stop_proxy()
+        .or_panic("stopping node-1's proxy");
+    let client_node = cluster.node_of(&a).or_panic("a's node");
+    let before = failures(&cluster, 0, "outbound", "tls");
+
+    // A certificate from the cluster's own CA, but for another identity than b's.
+    let impostor = stand_in(&cluster, &b, &spiffe("sa-impostor"));
+    let report = common::client(
+        client_node,
+        &a,
+        &[
+            "send",
+            "--to",
+            &b.addr(ECHO_PORT).to_string(),
+            "--bytes",
+            ECHO_BYTES,
+            "--seed",
+            "1",
+        ],
+    );
+    assert_ne!(
+        report["ok"], true,
+        "a reached b through an impostor: {report}"
+    );
+    // What shunt's client offered: no SNI, h2, TLS 1.3's AES-GCM suites only.
+    let hello = &wait_server_events(&impostor, "client_hello")[0];
+    assert_eq!(hello["sni"], Value::Null, "{hello}");
+    assert_eq!(hello["alpn"], serde_json::json!(["h2"]), "{hello}");
+    let mut suites: Vec<&str> = hello["cipher_suites"]
+        .as_array()
+        .or_panic_none("cipher_suites", hello)
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|suite| !suite.contains("EMPTY_RENEGOTIATION_INFO"))
+        .collect();
+    suites.sort_unstable();
+    assert_eq!(suites, HBONE_SUITES, "{hello}");
+    let handshake = &wait_server_events(&impostor, "handshake")[0];
+    assert_eq!(
+        handshake["ok"], false,
+        "shunt's client went on: {handshake}"
+    );
+    assert!(
+        server_events(&impostor, "connect").is_empty(),
+        "shunt sent a CONNECT to an impostor: {}",
+        impostor.stdout()
+    );
+    drop(impostor);
+    wait_failures(&mut cluster, 0, "outbound", "tls", before + 1);
+
+    // The same stand-in with b's identity is accepted: the refusal above was the SAN's.
+    let genuine = stand_in(&cluster, &b, &spiffe("sa-b"));
+    let client_node = cluster.node_of(&a).or_panic("a's node");
+    send_ok_with(client_node, &a, b.addr(ECHO_PORT), 65_536, 2, &[]);
+    let handshake = &wait_server_events(&genuine, "handshake")[0];
+    assert_eq!(handshake["ok"], true, "{handshake}");
+    let negotiated = &handshake["negotiated"];
+    assert_eq!(negotiated["peer_identity"], spiffe("sa-a"), "{handshake}");
+    assert_eq!(negotiated["alpn"], "h2", "{handshake}");
+    assert_eq!(negotiated["version"], "TLSv1_3", "{handshake}");
+    let connect = &wait_server_events(&genuine, "connect")[0];
+    assert_eq!(connect["method"], "CONNECT", "{connect}");
+    assert_eq!(
+        connect["authority"],
+        b.addr(ECHO_PORT).to_string(),
+        "{connect}"
+    );
+    let forwarded = connect["forwarded"].as_str().unwrap_or_default();
+    assert!(
+        forwarded.starts_with(&format!("for=\"{}:", a.ip)),
+        "forwarded names a's address: {connect}"
+    );
+    let end = &wait_server_events(&genuine, "stream_end")[0];
+    assert_eq!(end["echoed"], 65_536, "{end}");
+    drop(genuine);
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn hbone_listener_names_the_source_by_its_connection_not_by_a_forwarded_header() {
+    const TEST: &str =
+        "multinode::hbone_listener_names_the_source_by_its_connection_not_by_a_forwarded_header";
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    // a proves a's identity and dials from a's address, but its CONNECT claims to be for a
+    // client at b's address. ztunnel looks the source workload up by the connection's
+    // address; a header the peer writes must not make a's connection b's.
+    let forged = format!("forwarded: for=\"{}:4000\"", b.ip);
+    let good = good_client(&b);
+    let report = peer_client(
+        &cluster,
+        &a,
+        &b,
+        &with_flags(&good, &[("--header", &forged)]),
+    );
+    assert_tunnelled(&report, "a CONNECT with a forged forwarded header");
+    let principal = spiffe("sa-a");
+    let by_principal = [
+        ("reporter", "destination"),
+        ("source_principal", principal.as_str()),
+    ];
+    let metrics = cluster
+        .node_mut(1)
+        .or_panic("node-1")
+        .wait_metrics("node-1's report of a's tunnel", REPORT_TIMEOUT, |m| {
+            sum(m, CLOSED, &by_principal) >= 1
+        })
+        .or_panic("metrics");
+    let described = metrics.describe(OPENED);
+    assert_eq!(
+        sum(&metrics, OPENED, &flow("destination", "a", "b")),
+        1,
+        "a's tunnel must be reported as from a: {described}"
+    );
+    assert_eq!(
+        sum(&metrics, OPENED, &flow("destination", "b", "b")),
+        0,
+        "a's tunnel was reported as from b, as its forwarded header claimed: {described}"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }

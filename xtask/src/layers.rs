@@ -99,6 +99,13 @@ const LAYERS: &[Layer] = &[
         may_use: BELOW_TOP,
         never_reaches: &[],
     },
+    // The HBONE test peer mints certificates with shunt-identity's signer and speaks rustls
+    // on ring, as the node proxy does.
+    Layer {
+        krate: "shunt-hbonepeer",
+        may_use: BELOW_TOP,
+        never_reaches: &["aws-lc-sys", "aws-lc-rs"],
+    },
     Layer {
         krate: "shunt-tests",
         may_use: &[
