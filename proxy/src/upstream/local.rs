@@ -242,8 +242,15 @@ mod tests {
     fn only_meshed_pods_of_other_nodes_get_hbone() {
         let b: SocketAddr = "10.244.1.20:8080".parse().unwrap();
         let from: PodUid = "uid-shop-a".into();
-        // (destination's node, captured, its namespace's PeerAuthentication, addr, tunnelled)
-        let cases: &[(Option<&str>, bool, Option<&str>, SocketAddr, bool)] = &[
+        /// (destination's node, captured, its namespace's PeerAuthentication, addr, tunnelled)
+        type Case = (
+            Option<&'static str>,
+            bool,
+            Option<&'static str>,
+            SocketAddr,
+            bool,
+        );
+        let cases: &[Case] = &[
             (Some("node-1"), true, None, b, true),
             (Some("node-1"), true, Some("STRICT"), b, true),
             (Some("node-1"), true, Some("DISABLE"), b, false),
