@@ -25,7 +25,11 @@ use shunt_mesh::routing::OutboundTrafficPolicy;
 struct Cli {
     /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Secrets, Istio kinds) in
     /// DIR, watched for changes.
-    #[arg(long, value_name = "DIR", required_unless_present = "uninstall")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["uninstall", "probe_kernel"]
+    )]
     config_dir: Option<PathBuf>,
     /// The node this agent runs on. One config dir may describe a whole mesh: the agent
     /// captures only the pods whose spec.nodeName is NAME, and a pod without spec.nodeName
@@ -71,6 +75,10 @@ struct Cli {
     /// one, which then exits), remove its sockets, and print what was removed.
     #[arg(long, conflicts_with = "config_dir")]
     uninstall: bool,
+    /// Probe the kernel, print as JSON what `shuntctl status` shows of it and the first
+    /// feature each way of running eBPF capture lacks, and exit. Changes nothing.
+    #[arg(long, conflicts_with_all = ["config_dir", "uninstall"])]
+    probe_kernel: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,6 +106,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.probe_kernel {
+        let support = shunt_agent::capture::ebpf::kernel_support();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&support).context("encoding the kernel probe")?
+        );
+        return Ok(());
+    }
     let run_dir = match &cli.run_dir {
         Some(dir) => RunDir::new(dir),
         None => RunDir::for_instance(&cli.instance)?,

@@ -25,6 +25,7 @@ use aya::{Ebpf, EbpfLoader};
 use shunt_common::{map_names, program_names};
 
 pub use mounts::{find_bpffs, find_cgroup2};
+pub use probe::kernel_support;
 
 use pins::PinDir;
 
