@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use shunt_agent::app::{self, Options};
-use shunt_agent::capture::ebpf::CaptureOptions;
+use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
@@ -68,6 +68,12 @@ struct Cli {
     /// Wins over outboundTrafficPolicy.mode in the ConfigMap istio-system/istio.
     #[arg(long, value_enum, value_name = "MODE", conflicts_with = "uninstall")]
     outbound_traffic_policy: Option<OutboundPolicy>,
+    /// What the eBPF programs report to this log, with the pod each message concerns: refused
+    /// direct connects to 15001/15006, full maps, original destinations not found, shortcut
+    /// fallbacks. Off by default, and then free: each site costs the programs a map lookup
+    /// and a branch. Applies to adopted programs too (the level is in the pinned SETTINGS).
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = BpfLogLevel::Off)]
+    bpf_log: BpfLogLevel,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -153,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }),
             node_name: cli.node_name,
         },
+        bpf_log: cli.bpf_log,
     };
     runtime.block_on(app::run(options))?;
     Ok(())
@@ -182,8 +189,9 @@ async fn uninstall(installed: &Installed, run_dir: &RunDir) -> anyhow::Result<()
 }
 
 fn init_logging(format: LogFormat) {
+    // The programs' records (`--bpf-log`) come at the level they were asked for.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,shunt_agent::bpf_log=trace"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -31,7 +31,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
 use nix::sys::stat::Mode;
 use serde_json::Value;
-use shunt_agent::capture::ebpf::{CaptureOptions, EbpfCapture, PodCapture};
+use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions, EbpfCapture, PodCapture};
 use shunt_api::capture::Attachment;
 use shunt_api::netns::{netns_cookie, open_netns, run_in_netns};
 use shunt_common::{PROXY_MARK, map_names};
@@ -755,6 +755,71 @@ fn sockmap_shortcut_takes_the_app_and_delivery_hops() {
     );
     let left = wait_for_orig_dst_entries(&capture, env.cookie(), 0, Duration::from_secs(5));
     assert!(left.is_empty(), "left in ORIG_DST_BY_CLIENT: {left:?}");
+}
+
+/// Collects the programs' log records (`--bpf-log`), as the agent's forwarder would get them.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+impl log::Log for Collected {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("records")
+            .push((record.level(), record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+impl Collected {
+    fn take(&self) -> Vec<(log::Level, String)> {
+        std::mem::take(&mut *self.0.lock().expect("records"))
+    }
+}
+
+/// `--bpf-log`: while off the programs write nothing to their log ring; at `warn` a refused
+/// direct connect is reported, naming the app's netns, the address and the port.
+#[test]
+fn bpf_log_reports_a_refused_direct_connect_only_when_on() {
+    skip_unless_privileged!("bpf_log_reports_a_refused_direct_connect_only_when_on");
+    let mut env = Env::new("bpf-log", false);
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
+    capture.add_pod(&env.pod(vec![], vec![])).expect("add pod");
+    let refused = Case {
+        name: "direct to the outbound listener",
+        target: "127.0.0.1:15001",
+        mark: 0,
+        expect: Expect::Refused { errno: libc::EPERM },
+    };
+    let quiet = env.server(&["10.77.0.3:7000"]);
+
+    let collected = Collected::default();
+    let off = capture
+        .start_bpf_log(BpfLogLevel::Off, collected.clone())
+        .expect("log level off");
+    assert!(off.is_none(), "no log ring is read while off");
+    check(&mut env, &quiet, &quiet, &refused, 16);
+
+    let mut logs = capture
+        .start_bpf_log(BpfLogLevel::Warn, collected.clone())
+        .expect("log level warn")
+        .expect("the log ring");
+    logs.flush();
+    assert_eq!(collected.take(), [], "logged while off");
+
+    check(&mut env, &quiet, &quiet, &refused, 16);
+    logs.flush();
+    let records = collected.take();
+    let want = format!(
+        "netns={} refused an app's connect to 127.0.0.1:15001, the proxy's own port",
+        env.cookie()
+    );
+    assert_eq!(records, [(log::Level::Warn, want)]);
 }
 
 /// `ORIG_DST_BY_CLIENT`'s entries of the netns `netns_cookie`.

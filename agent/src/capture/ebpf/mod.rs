@@ -6,6 +6,7 @@
 //!
 //! Used by `pods.rs` (per-pod entries), `admin/` (through `capture::Capture`) (status, dumps, uninstall) and `app.rs`.
 
+mod bpf_log;
 mod links;
 mod maps;
 mod mounts;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use aya::{Ebpf, EbpfLoader};
 use shunt_common::{map_names, program_names};
 
+pub use bpf_log::BpfLogLevel;
 pub use mounts::{find_bpffs, find_cgroup2};
 pub use probe::kernel_support;
 
@@ -160,6 +162,8 @@ impl EbpfCapture {
         for name in map_names::ALL {
             loader.map_pin_path(name, pins.map(name));
         }
+        // The programs' log ring: adopted programs keep writing into it after a restart.
+        loader.map_pin_path(map_names::AYA_LOGS, pins.map(map_names::AYA_LOGS));
         let mut ebpf = loader.load(object).map_err(|source| Error::Object {
             pin_dir: pins.root().to_owned(),
             error: Box::new(source),
