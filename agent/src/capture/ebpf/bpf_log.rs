@@ -2,13 +2,14 @@
 //! which lives in `SETTINGS` (so programs adopted from an earlier agent follow this one's), and
 //! their ring buffer, `AYA_LOGS`. `crate::bpf_log` forwards the records to the agent's log.
 
+use aya::Ebpf;
 use aya::maps::{Array, MapData};
 use aya_log::EbpfLogger;
 use shunt_common::{
     LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_OFF, LOG_TRACE, LOG_WARN, Settings, map_names,
 };
 
-use super::{EbpfCapture, Error};
+use super::Error;
 
 /// How much the programs report. Off by default: then each log site costs the programs one
 /// array lookup and a branch.
@@ -43,21 +44,15 @@ impl BpfLogLevel {
     }
 }
 
-impl EbpfCapture {
-    /// Sets the programs' log level, and with a level other than `Off` takes their ring buffer
-    /// for `logger`; read it with [`EbpfLogger::flush`] when its descriptor is readable.
-    /// Returns `None` when off (the level is written either way, so an earlier agent's level
-    /// does not linger in the pinned `SETTINGS`).
-    pub fn start_bpf_log<L: log::Log>(
-        &mut self,
-        level: BpfLogLevel,
-        logger: L,
-    ) -> Result<Option<EbpfLogger<L>>, Error> {
+/// See `EbpfCapture::start_bpf_log`.
+pub fn start<L: log::Log>(
+    ebpf: &mut Ebpf,
+    level: BpfLogLevel,
+    logger: L,
+) -> Result<Option<EbpfLogger<L>>, Error> {
+    {
         const NAME: &str = map_names::SETTINGS;
-        let map = self
-            .ebpf
-            .map_mut(NAME)
-            .ok_or(Error::MissingMap { map: NAME })?;
+        let map = ebpf.map_mut(NAME).ok_or(Error::MissingMap { map: NAME })?;
         let mut settings: Array<&mut MapData, Settings> =
             Array::try_from(map).map_err(|error| map_error(NAME, "opening", error))?;
         let mut current = settings
@@ -67,15 +62,15 @@ impl EbpfCapture {
         settings
             .set(0, &current, 0)
             .map_err(|error| map_error(NAME, "writing", error))?;
-        if level == BpfLogLevel::Off {
-            return Ok(None);
-        }
-        EbpfLogger::init_with_logger(&mut self.ebpf, logger)
-            .map(Some)
-            .map_err(|error| Error::BpfLog {
-                error: Box::new(error),
-            })
     }
+    if level == BpfLogLevel::Off {
+        return Ok(None);
+    }
+    EbpfLogger::init_with_logger(ebpf, logger)
+        .map(Some)
+        .map_err(|error| Error::BpfLog {
+            error: Box::new(error),
+        })
 }
 
 fn map_error(map: &'static str, action: &'static str, error: aya::maps::MapError) -> Error {

@@ -377,6 +377,18 @@ impl EbpfCapture {
         Ok(())
     }
 
+    /// Sets the programs' log level (`--bpf-log`), and with a level other than `Off` takes their
+    /// ring buffer for `logger`; read it with `EbpfLogger::flush` when its descriptor is
+    /// readable. `None` when off (the level is written either way, so an earlier agent's level
+    /// does not linger in the pinned `SETTINGS`).
+    pub fn start_bpf_log<L: log::Log>(
+        &mut self,
+        level: BpfLogLevel,
+        logger: L,
+    ) -> Result<Option<aya_log::EbpfLogger<L>>, Error> {
+        bpf_log::start(&mut self.ebpf, level, logger)
+    }
+
     /// Descriptors of `SHORTCUT_BYTES`, `SPLICED_BYTES` and `SPLICE_ROUTES`, for the proxy to
     /// splice opaque TCP connections with; none while the shortcut is off, since only shortcut
     /// sockets splice.
