@@ -106,9 +106,15 @@ impl Options {
                             )
                         })
                 })
-                .collect::<Result<_>>()?
+                .collect::<Result<Vec<_>>>()?
         };
-        Ok((families, binaries))
+        let mut unique: Vec<TestBinary> = Vec::new();
+        for binary in binaries {
+            if !unique.contains(&binary) {
+                unique.push(binary);
+            }
+        }
+        Ok((families, unique))
     }
 }
 
@@ -232,8 +238,12 @@ fn build_tests(
     privilege: Privilege,
 ) -> Result<Vec<(TestBinary, PathBuf, PathBuf)>> {
     let mut found = Vec::new();
-    let mut packages: Vec<&str> = binaries.iter().map(|b| b.package).collect();
-    packages.dedup();
+    let mut packages: Vec<&str> = Vec::new();
+    for binary in binaries {
+        if !packages.contains(&binary.package) {
+            packages.push(binary.package);
+        }
+    }
     for package in packages {
         let mut cargo = user_cargo();
         cargo.args(["test", "--no-run", "--message-format=json", "-p", package]);
@@ -359,6 +369,12 @@ mod tests {
         assert_eq!(
             binaries.iter().map(|b| b.name).collect::<Vec<_>>(),
             CI_BINARIES
+        );
+        let twice = ["e2e".to_owned(), "capture".to_owned(), "e2e".to_owned()];
+        let (_, binaries) = Options::parse("6.1", &twice).unwrap();
+        assert_eq!(
+            binaries.iter().map(|b| b.name).collect::<Vec<_>>(),
+            ["e2e", "capture"]
         );
         for (kernel, tests) in [("5.15", vec![]), ("6.1", vec!["nope".to_owned()])] {
             assert!(
