@@ -93,6 +93,38 @@ pub fn matrix(runs: &[KernelRun], accel: Accel, cpus: usize) -> String {
     out
 }
 
+/// What the passing binaries show to work on this kernel, e.g. `eBPF and iptables capture, L7
+/// traffic management`; a binary that failed shows nothing.
+fn works(run: &KernelRun) -> String {
+    let passed = |name: &str| {
+        run.binaries
+            .iter()
+            .any(|(n, b)| n == name && b.outcome == Outcome::Passed)
+    };
+    let shortcut = run.probe.as_ref().is_some_and(|p| {
+        !p.missing()
+            .any(|f| f.missing_disables.contains("sockmap shortcut"))
+    });
+    let mut parts = Vec::new();
+    if passed("capture") && passed("e2e") {
+        parts.push("eBPF and iptables capture");
+        if shortcut {
+            parts.push("the sockmap shortcut and splice");
+        }
+    }
+    if passed("l7") {
+        parts.push("L7 traffic management");
+    }
+    if passed("multinode") {
+        parts.push("two nodes");
+    }
+    if parts.is_empty() {
+        "— (see the failures under the matrix)".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The README's table: per kernel, what runs, what the probe says is missing (and so
 /// disabled), and the tests' totals.
 pub fn requirements(runs: &[KernelRun], date: &str) -> String {
@@ -109,21 +141,7 @@ pub fn requirements(runs: &[KernelRun], date: &str) -> String {
             .flat_map(Probe::missing)
             .map(|f| format!("{} (Linux {}+): {}", f.name, f.since, f.missing_disables))
             .collect();
-        let disables_shortcut_only = run.probe.as_ref().is_some_and(|p| {
-            p.missing()
-                .all(|f| f.missing_disables.contains("sockmap shortcut"))
-        });
-        let works = match (&run.probe, run.passed()) {
-            (Some(_), true) if missing.is_empty() => {
-                "eBPF capture (both directions), the sockmap shortcut and splice, iptables \
-                 capture, L7"
-            }
-            (Some(_), true) if disables_shortcut_only => {
-                "eBPF capture (both directions), iptables capture, L7"
-            }
-            (Some(_), true) => "what the tests cover, less what is missing",
-            _ => "see the failures below the matrix",
-        };
+        let works = works(run);
         let (mut passed, mut skipped, mut failed) = (0, 0, 0);
         for (_, binary) in &run.binaries {
             passed += binary.passed;
@@ -146,4 +164,81 @@ pub fn requirements(runs: &[KernelRun], date: &str) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_matrix::image::FAMILIES;
+    use crate::kernel_matrix::results::Feature;
+
+    fn run(shortcut_missing: bool, l7: Outcome) -> KernelRun {
+        let binary = |outcome: Outcome| BinaryRun {
+            outcome,
+            passed: 3,
+            failed: Vec::new(),
+            skipped: Vec::new(),
+            ignored: 0,
+            unfinished: Vec::new(),
+        };
+        KernelRun {
+            image: Image {
+                family: FAMILIES[0],
+                package: "linux-image-6.1.0-57-amd64".into(),
+                version: "6.1.192-3".into(),
+                release: "6.1.0-57-amd64".into(),
+                root: "/nonexistent".into(),
+            },
+            ended: Ended::Exited { success: true },
+            probe: Some(Probe {
+                kernel_release: "6.1.0-57-amd64".into(),
+                btf: true,
+                features: vec![Feature {
+                    name: "sockmap links (pinning sk_msg)".into(),
+                    supported: Some(!shortcut_missing),
+                    since: "6.10".into(),
+                    missing_disables: "the sockmap shortcut (--sockmap-shortcut)".into(),
+                }],
+            }),
+            binaries: vec![
+                ("capture".into(), binary(Outcome::Passed)),
+                ("e2e".into(), binary(Outcome::Passed)),
+                ("l7".into(), binary(l7)),
+            ],
+        }
+    }
+
+    #[test]
+    fn what_works_follows_the_probe_and_the_passing_binaries() {
+        let cases = [
+            (
+                false,
+                Outcome::Passed,
+                "eBPF and iptables capture, the sockmap shortcut and splice, L7 traffic management",
+            ),
+            (
+                true,
+                Outcome::Passed,
+                "eBPF and iptables capture, L7 traffic management",
+            ),
+            (true, Outcome::Hung, "eBPF and iptables capture"),
+        ];
+        for (missing, l7, want) in cases {
+            assert_eq!(works(&run(missing, l7.clone())), want, "{missing} {l7:?}");
+        }
+    }
+
+    #[test]
+    fn the_requirements_row_names_package_missing_feature_and_totals() {
+        let table = requirements(&[run(true, Outcome::Passed)], "2026-12-07");
+        let row = table.lines().nth(2).unwrap();
+        for part in [
+            "6.1.0-57-amd64 (`linux-image-6.1.0-57-amd64` 6.1.192-3)",
+            "sockmap links (pinning sk_msg) (Linux 6.10+): the sockmap shortcut",
+            "9 passed, 0 skipped, 0 failed (capture, e2e, l7)",
+        ] {
+            assert!(row.contains(part), "{part} in {row}");
+        }
+        assert!(table.contains("tests (2026-12-07)"), "{table}");
+    }
 }
