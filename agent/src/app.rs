@@ -15,8 +15,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, AdminServer};
+use crate::bpf_log::{self, Forwarder};
 use crate::ca::{CaMode, CaOptions};
-use crate::capture::ebpf::CaptureOptions;
+use crate::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use crate::capture::{self, Capture, Installed};
 use crate::config;
 use crate::control::{self, ControlServer};
@@ -41,6 +42,8 @@ pub struct Options {
     pub load: config::LoadOptions,
     /// The CA mode (`--ca-listen`), when on.
     pub ca: Option<CaOptions>,
+    /// What the eBPF programs report to the agent's log (`--bpf-log`).
+    pub bpf_log: BpfLogLevel,
 }
 
 impl Options {
@@ -114,6 +117,22 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
+    let bpf_logs = match capture.start_bpf_log(options.bpf_log, Forwarder::new(reconciler.view())) {
+        Ok(logs) => logs,
+        Err(source) => {
+            let _ = options.run_dir.remove_sockets();
+            return Err(Error::Capture {
+                mode: options.capture_mode,
+                source,
+            });
+        }
+    };
+    if options.bpf_log != BpfLogLevel::Off && bpf_logs.is_none() {
+        tracing::warn!(
+            "--bpf-log: {} capture runs no eBPF programs",
+            options.capture_mode.name()
+        );
+    }
     let mut tasks = JoinSet::new();
     // Beside everything else: a CA that cannot start is reported, and capture goes on.
     let ca = options.ca.clone().map(|ca_options| {
@@ -133,6 +152,9 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
     tasks.spawn(control.run(events_tx, shutdown.clone()));
     tasks.spawn(admin.run(context, shutdown.clone()));
+    if let Some(logs) = bpf_logs {
+        tasks.spawn(bpf_log::forward(logs, shutdown.clone()));
+    }
     tracing::info!(
         instance = %options.capture.instance,
         capture = options.capture_mode.name(),

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 pub mod admin;
 pub mod app;
+pub mod bpf_log;
 pub mod ca;
 pub mod capture;
 pub mod config;

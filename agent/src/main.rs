@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use shunt_agent::app::{self, Options};
 use shunt_agent::ca::{self, CaOptions};
-use shunt_agent::capture::ebpf::CaptureOptions;
+use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
@@ -27,7 +27,11 @@ use shunt_mesh::routing::OutboundTrafficPolicy;
 struct Cli {
     /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Secrets, Istio kinds) in
     /// DIR, watched for changes.
-    #[arg(long, value_name = "DIR", required_unless_present = "uninstall")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["uninstall", "probe_kernel"]
+    )]
     config_dir: Option<PathBuf>,
     /// The node this agent runs on. One config dir may describe a whole mesh: the agent
     /// captures only the pods whose spec.nodeName is NAME, and a pod without spec.nodeName
@@ -96,6 +100,12 @@ struct Cli {
     /// valid CSR, without a token or a node check. Never on a shared machine or in a cluster.
     #[arg(long, requires = "ca_listen")]
     ca_allow_unauthenticated: bool,
+    /// What the eBPF programs report to this log, with the pod each message concerns: refused
+    /// direct connects to 15001/15006, full maps, original destinations not found, shortcut
+    /// fallbacks. Off by default, and then free: each site costs the programs a map lookup
+    /// and a branch. Applies to adopted programs too (the level is in the pinned SETTINGS).
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = BpfLogLevel::Off)]
+    bpf_log: BpfLogLevel,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -103,6 +113,10 @@ struct Cli {
     /// one, which then exits), remove its sockets, and print what was removed.
     #[arg(long, conflicts_with = "config_dir")]
     uninstall: bool,
+    /// Probe the kernel, print as JSON what `shuntctl status` shows of it and the first
+    /// feature each way of running eBPF capture lacks, and exit. Changes nothing.
+    #[arg(long, conflicts_with_all = ["config_dir", "uninstall"])]
+    probe_kernel: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -130,6 +144,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.probe_kernel {
+        let support = shunt_agent::capture::ebpf::kernel_support();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&support).context("encoding the kernel probe")?
+        );
+        return Ok(());
+    }
     let run_dir = match &cli.run_dir {
         Some(dir) => RunDir::new(dir),
         None => RunDir::for_instance(&cli.instance)?,
@@ -181,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..CaOptions::new(listen, state_dir)
             }
         }),
+        bpf_log: cli.bpf_log,
     };
     runtime.block_on(app::run(options))?;
     Ok(())
@@ -210,8 +233,9 @@ async fn uninstall(installed: &Installed, run_dir: &RunDir) -> anyhow::Result<()
 }
 
 fn init_logging(format: LogFormat) {
+    // The programs' records (`--bpf-log`) come at the level they were asked for.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,shunt_agent::bpf_log=trace"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -31,7 +31,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
 use nix::sys::stat::Mode;
 use serde_json::Value;
-use shunt_agent::capture::ebpf::{CaptureOptions, EbpfCapture, PodCapture};
+use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions, EbpfCapture, PodCapture};
 use shunt_api::capture::Attachment;
 use shunt_api::netns::{netns_cookie, open_netns, run_in_netns};
 use shunt_common::{PROXY_MARK, map_names};
@@ -200,6 +200,18 @@ macro_rules! skip_unless_privileged {
             return;
         }
     };
+}
+
+/// Why the sockmap shortcut cannot run here, by the agent's own kernel probe (the one
+/// `shuntctl status` shows), in the words `shunt_tests::kernel` skips with.
+fn shortcut_missing() -> Option<String> {
+    let support = shunt_agent::capture::ebpf::kernel_support();
+    support.sockmap_shortcut_missing.map(|feature| {
+        format!(
+            "kernel {} lacks {} (Linux {}+), which the sockmap shortcut needs",
+            support.probe.kernel_release, feature.name, feature.since
+        )
+    })
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -489,21 +501,24 @@ fn check(
     }
 }
 
+/// The cgroup programs (connect4/6, sock_ops, getsockopt), without the shortcut: which
+/// connections are captured, refused or left alone, and that capture outlives the agent until
+/// it is uninstalled. Runs on every kernel eBPF capture supports; the shortcut's own checks
+/// are `sockmap_shortcut_takes_the_app_and_delivery_hops`.
 #[test]
 fn outbound_capture_survives_restart_until_uninstalled() {
     skip_unless_privileged!("outbound_capture_survives_restart_until_uninstalled");
-    let mut env = Env::new("outbound", true);
+    let mut env = Env::new("outbound", false);
     let mut capture = EbpfCapture::load(&env.options).expect("load capture");
     let fresh = attachments(&capture);
-    for program in [
-        "shunt_connect4",
-        "shunt_connect6",
-        "shunt_sockops",
-        "shunt_getsockopt",
-        "shunt_sk_msg",
-    ] {
+    for program in CGROUP_PROGRAMS {
         assert_eq!(fresh[program], Attachment::Attached, "{program}");
     }
+    assert_eq!(
+        fresh["shunt_sk_msg"],
+        Attachment::NotAttached,
+        "the shortcut is off"
+    );
 
     let proxy = env.server(&["127.0.0.1:15001"]);
     let servers = env.server(&["10.77.0.3:7000", "10.77.0.3:7001", "10.77.0.2:7002"]);
@@ -511,14 +526,7 @@ fn outbound_capture_survives_restart_until_uninstalled() {
         .add_pod(&env.pod(vec![7001], vec![]))
         .expect("add pod");
 
-    let captured = Case {
-        name: "captured",
-        target: "10.77.0.3:7000",
-        mark: 0,
-        expect: Expect::Proxy {
-            orig_dst: "10.77.0.3:7000",
-        },
-    };
+    let captured = captured_case();
     let cases = [
         Case {
             name: "marked (the proxy's own dial)",
@@ -562,46 +570,14 @@ fn outbound_capture_survives_restart_until_uninstalled() {
             mark: 0,
             expect: Expect::Refused { errno: libc::EPERM },
         },
+        delivery_case(),
+        self_dial_case(),
     ];
-    // 1 MiB through the shortcut, in writes of many sizes.
+    // 1 MiB in writes of many sizes.
     check(&mut env, &proxy, &servers, &captured, 1 << 20);
     for case in &cases {
         check(&mut env, &proxy, &servers, case, 4096);
     }
-
-    // The inbound delivery hop: the proxy's marked socket dials the pod's own IP from the pod's
-    // own IP. Both ends take the shortcut.
-    let before = counters(&capture);
-    let delivery = Case {
-        name: "proxy delivery to the app",
-        target: "10.77.0.2:7002",
-        mark: PROXY_MARK,
-        expect: Expect::Direct {
-            listener: "10.77.0.2:7002",
-        },
-    };
-    check(&mut env, &proxy, &servers, &delivery, 256 << 10);
-    let after = counters(&capture);
-    assert!(
-        after["shortcut_sockets_added"] >= before["shortcut_sockets_added"] + 2,
-        "{after:?}"
-    );
-    assert!(
-        after["shortcut_redirects"] > before["shortcut_redirects"],
-        "{after:?}"
-    );
-    // The app dialling its own pod IP is not captured; only the accepting end is registered,
-    // so its replies find no peer and stay on the TCP stack, intact.
-    let self_dial = Case {
-        name: "app to its own pod IP",
-        target: "10.77.0.2:7002",
-        mark: 0,
-        expect: Expect::Direct {
-            listener: "10.77.0.2:7002",
-        },
-    };
-    check(&mut env, &proxy, &servers, &self_dial, 256 << 10);
-    assert!(counters(&capture)["shortcut_fallbacks"] > after["shortcut_fallbacks"]);
 
     let stats = counters(&capture);
     for (counter, at_least) in [
@@ -610,11 +586,13 @@ fn outbound_capture_survives_restart_until_uninstalled() {
         ("direct_proxy_connect_refused", 3),
         ("orig_dst_answered", 1),
         ("orig_dst_missed", 1),
-        ("shortcut_sockets_added", 2),
-        ("shortcut_redirects", 2),
     ] {
         assert!(stats[counter] >= at_least, "{counter}: {stats:?}");
     }
+    assert_eq!(
+        stats["shortcut_sockets_added"], 0,
+        "no shortcut while it is off: {stats:?}"
+    );
     let meshed = capture.dump_map(map_names::MESHED_NETNS).expect("dump");
     assert_eq!(meshed[0]["key"]["netns_cookie"], env.cookie(), "{meshed}");
     assert_eq!(meshed[0]["value"]["pod_ip"], "10.77.0.2", "{meshed}");
@@ -633,13 +611,7 @@ fn outbound_capture_survives_restart_until_uninstalled() {
     // Agent back: everything is adopted, nothing attached twice, the pod's entries kept.
     let mut capture = EbpfCapture::load(&env.options).expect("reload capture");
     let adopted = attachments(&capture);
-    for program in [
-        "shunt_connect4",
-        "shunt_connect6",
-        "shunt_sockops",
-        "shunt_getsockopt",
-        "shunt_sk_msg",
-    ] {
+    for program in CGROUP_PROGRAMS {
         assert_eq!(adopted[program], Attachment::Adopted, "{program}");
     }
     assert_eq!(capture.captured_netns(), vec![env.cookie()]);
@@ -664,7 +636,6 @@ fn outbound_capture_survives_restart_until_uninstalled() {
         "links/connect6",
         "links/sockops",
         "links/getsockopt",
-        "links/sk_msg",
         "maps/MESHED_NETNS",
     ] {
         assert!(removed.contains(&pin_dir.join(pin)), "{pin} in {removed:?}");
@@ -682,6 +653,174 @@ fn outbound_capture_survives_restart_until_uninstalled() {
     };
     check(&mut env, &proxy, &servers, &uncaptured, 4096);
     drop(capture);
+}
+
+/// The programs attached to the capture cgroup, each with a pinned link of its own.
+const CGROUP_PROGRAMS: [&str; 4] = [
+    "shunt_connect4",
+    "shunt_connect6",
+    "shunt_sockops",
+    "shunt_getsockopt",
+];
+
+/// An app's connection to another address: captured, at the proxy with its destination.
+fn captured_case() -> Case {
+    Case {
+        name: "captured",
+        target: "10.77.0.3:7000",
+        mark: 0,
+        expect: Expect::Proxy {
+            orig_dst: "10.77.0.3:7000",
+        },
+    }
+}
+
+/// The inbound delivery hop: the proxy's marked socket dials the pod's own IP from the pod's
+/// own IP, and reaches the app untouched.
+fn delivery_case() -> Case {
+    Case {
+        name: "proxy delivery to the app",
+        target: "10.77.0.2:7002",
+        mark: PROXY_MARK,
+        expect: Expect::Direct {
+            listener: "10.77.0.2:7002",
+        },
+    }
+}
+
+/// The app dialling its own pod IP: not captured.
+fn self_dial_case() -> Case {
+    Case {
+        name: "app to its own pod IP",
+        target: "10.77.0.2:7002",
+        mark: 0,
+        expect: Expect::Direct {
+            listener: "10.77.0.2:7002",
+        },
+    }
+}
+
+/// The sockmap shortcut (sk_msg over `SHORTCUT_SOCKETS`), where the kernel has what it needs
+/// (sockmap links: Linux 6.10): the app↔proxy hop and the proxy's delivery hop are redirected
+/// byte for byte, and a socket whose peer is not registered falls back to the TCP stack.
+#[test]
+fn sockmap_shortcut_takes_the_app_and_delivery_hops() {
+    skip_unless_privileged!("sockmap_shortcut_takes_the_app_and_delivery_hops");
+    if let Some(reason) = shortcut_missing() {
+        println!("SKIPPED sockmap_shortcut_takes_the_app_and_delivery_hops: {reason}");
+        return;
+    }
+    let mut env = Env::new("shortcut", true);
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
+    assert_eq!(
+        attachments(&capture)["shunt_sk_msg"],
+        Attachment::Attached,
+        "sk_msg"
+    );
+    let proxy = env.server(&["127.0.0.1:15001"]);
+    let servers = env.server(&["10.77.0.3:7000", "10.77.0.2:7002"]);
+    capture.add_pod(&env.pod(vec![], vec![])).expect("add pod");
+
+    // 1 MiB through the shortcut, in writes of many sizes.
+    let before = counters(&capture);
+    check(&mut env, &proxy, &servers, &captured_case(), 1 << 20);
+    let after = counters(&capture);
+    assert!(
+        after["shortcut_sockets_added"] >= before["shortcut_sockets_added"] + 2,
+        "app and proxy sockets: {after:?}"
+    );
+    assert!(
+        after["shortcut_redirects"] > before["shortcut_redirects"],
+        "{after:?}"
+    );
+
+    // The inbound delivery hop: both ends take the shortcut.
+    let before = after;
+    check(&mut env, &proxy, &servers, &delivery_case(), 256 << 10);
+    let after = counters(&capture);
+    assert!(
+        after["shortcut_sockets_added"] >= before["shortcut_sockets_added"] + 2,
+        "{after:?}"
+    );
+    assert!(
+        after["shortcut_redirects"] > before["shortcut_redirects"],
+        "{after:?}"
+    );
+    // Only the accepting end of an app's dial to its own pod IP is registered, so its replies
+    // find no peer and stay on the TCP stack, intact.
+    check(&mut env, &proxy, &servers, &self_dial_case(), 256 << 10);
+    assert!(
+        counters(&capture)["shortcut_fallbacks"] > after["shortcut_fallbacks"],
+        "{:?}",
+        counters(&capture)
+    );
+    let left = wait_for_orig_dst_entries(&capture, env.cookie(), 0, Duration::from_secs(5));
+    assert!(left.is_empty(), "left in ORIG_DST_BY_CLIENT: {left:?}");
+}
+
+/// Collects the programs' log records (`--bpf-log`), as the agent's forwarder would get them.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String)>>>);
+
+impl log::Log for Collected {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("records")
+            .push((record.level(), record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+impl Collected {
+    fn take(&self) -> Vec<(log::Level, String)> {
+        std::mem::take(&mut *self.0.lock().expect("records"))
+    }
+}
+
+/// `--bpf-log`: while off the programs write nothing to their log ring; at `warn` a refused
+/// direct connect is reported, naming the app's netns, the address and the port.
+#[test]
+fn bpf_log_reports_a_refused_direct_connect_only_when_on() {
+    skip_unless_privileged!("bpf_log_reports_a_refused_direct_connect_only_when_on");
+    let mut env = Env::new("bpf-log", false);
+    let mut capture = EbpfCapture::load(&env.options).expect("load capture");
+    capture.add_pod(&env.pod(vec![], vec![])).expect("add pod");
+    let refused = Case {
+        name: "direct to the outbound listener",
+        target: "127.0.0.1:15001",
+        mark: 0,
+        expect: Expect::Refused { errno: libc::EPERM },
+    };
+    let quiet = env.server(&["10.77.0.3:7000"]);
+
+    let collected = Collected::default();
+    let off = capture
+        .start_bpf_log(BpfLogLevel::Off, collected.clone())
+        .expect("log level off");
+    assert!(off.is_none(), "no log ring is read while off");
+    check(&mut env, &quiet, &quiet, &refused, 16);
+
+    let mut logs = capture
+        .start_bpf_log(BpfLogLevel::Warn, collected.clone())
+        .expect("log level warn")
+        .expect("the log ring");
+    logs.flush();
+    assert_eq!(collected.take(), [], "logged while off");
+
+    check(&mut env, &quiet, &quiet, &refused, 16);
+    logs.flush();
+    let records = collected.take();
+    let want = format!(
+        "netns={} refused an app's connect to 127.0.0.1:15001, the proxy's own port",
+        env.cookie()
+    );
+    assert_eq!(records, [(log::Level::Warn, want)]);
 }
 
 /// `ORIG_DST_BY_CLIENT`'s entries of the netns `netns_cookie`.
@@ -722,7 +861,9 @@ fn wait_for_orig_dst_entries(
 #[test]
 fn orig_dst_entries_go_when_the_proxys_socket_closes() {
     const CONNECTIONS: u64 = 70_000;
-    const CHURN_LIMIT_SECONDS: u64 = 120;
+    /// Only a guard against a hung app, far above what the churn takes natively or under
+    /// qemu's emulation (about 5 minutes, `cargo xtask kernel-matrix`); no timing is asserted.
+    const CHURN_LIMIT_SECONDS: u64 = 1800;
     /// Entries allowed to be left behind.
     const AT_MOST_LEFT: usize = 256;
     skip_unless_privileged!("orig_dst_entries_go_when_the_proxys_socket_closes");
@@ -747,7 +888,7 @@ fn orig_dst_entries_go_when_the_proxys_socket_closes() {
     };
     assert_eq!(
         report["done"], CONNECTIONS,
-        "{CONNECTIONS} connections within {CHURN_LIMIT_SECONDS} s, none failing: {report}"
+        "{CONNECTIONS} connections, none failing: {report}"
     );
     let after = counters(&capture);
     assert!(

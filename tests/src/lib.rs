@@ -49,6 +49,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod istio;
+pub mod kernel;
 pub mod metrics;
 pub mod mounts;
 pub mod names;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{MIB, OrPanic, client, pod_ip, send_ok, send_ok_with};
 use serde_json::Value;
 use shunt_tests::config::{EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS};
+use shunt_tests::kernel::{self, Needs};
 use shunt_tests::wait::Check;
 use shunt_tests::{
     AgentOptions, CaptureMode, ClusterConfig, Metrics, NamespaceConfig, Node, Pod, ServiceConfig,
@@ -132,8 +133,14 @@ fn two_captured_pods(test: &str, options: &AgentOptions) -> Option<(Node, Pod, P
     Some((node, a, b))
 }
 
-/// Two captured pods with the sockmap shortcut on, and an echo server on `b`'s `ECHO_PORT`.
+/// Two captured pods with the sockmap shortcut on, and an echo server on `b`'s `ECHO_PORT`;
+/// `None` (after printing why) when not root or when the kernel lacks what the shortcut needs.
 fn shortcut_pods(test: &str) -> Option<(Node, Pod, Pod, shunt_tests::Process)> {
+    if shunt_tests::skip_unless_root(test)
+        || kernel::skip_unless_supported(test, &common::binaries(), Needs::SockmapShortcut)
+    {
+        return None;
+    }
     let options = AgentOptions {
         sockmap_shortcut: true,
         ..AgentOptions::default()
@@ -141,6 +148,15 @@ fn shortcut_pods(test: &str) -> Option<(Node, Pod, Pod, shunt_tests::Process)> {
     let (node, a, b) = two_captured_pods(test, &options)?;
     let echo = echo_server(&node, &b, ECHO_PORT, &[]);
     Some((node, a, b, echo))
+}
+
+/// Prints where a shortcut client retried the sockmap receive path's spurious `EAGAIN`s
+/// (`--retry-spurious-eagain`), which `--show-output` (the kernel matrix) shows per kernel.
+fn print_retries(report: &Value) {
+    println!(
+        "spurious EAGAIN retried: {} while reading, {} at the half-close ({})",
+        report["eagain_retries_read"], report["eagain_retries_close"], report["to"]
+    );
 }
 
 /// The programs' `STATS` counter `name`.
@@ -834,6 +850,8 @@ fn capture_state_left(node: &Node, capture: CaptureMode, pod: &Pod, cookie: u64)
 }
 
 fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: CaptureMode) {
+    /// Churn connections the proxy must see before the kill, and again after the restart.
+    const CHURN_STEP: u64 = 20;
     let options = options(capture);
     let Some((mut node, a, b)) = two_captured_pods(test, &options) else {
         return;
@@ -872,7 +890,14 @@ fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: 
             ],
         )
         .or_panic("hold");
-    std::thread::sleep(Duration::from_secs(1));
+    // Connections the proxy has seen open (the held one among them), before the kill and
+    // again after the restart: how far the churn has got, whatever the machine's speed (no
+    // timings are asserted).
+    let opened = |m: &Metrics| sum(m, OPENED, &flow("source", "a", "b"));
+    node.wait_metrics("the churn under way", REPORT_TIMEOUT, |m| {
+        opened(m) > CHURN_STEP
+    })
+    .or_panic("metrics");
 
     node.kill_agent().or_panic("SIGKILL agent");
     // Capture has to carry on with no agent at all.
@@ -880,7 +905,13 @@ fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: 
     node.start_agent(&options).or_panic("restarting the agent");
     node.wait_captured(&[&a, &b])
         .or_panic("capture after restart");
-    std::thread::sleep(Duration::from_secs(1));
+    let at_restart = opened(&node.metrics().or_panic("metrics"));
+    node.wait_metrics(
+        "the churn going on after the restart",
+        REPORT_TIMEOUT,
+        |m| opened(m) >= at_restart + CHURN_STEP,
+    )
+    .or_panic("metrics");
     std::fs::write(&stop_file, "").or_panic("stop file");
 
     let churn = churn
@@ -897,7 +928,10 @@ fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: 
     assert_eq!(churn["ok"], true, "{churn}");
     assert_eq!(hold["ok"], true, "{hold}");
     let succeeded = churn["succeeded"].as_u64().unwrap_or_default();
-    assert!(succeeded >= 100, "churn ran across the restart: {churn}");
+    assert!(
+        succeeded >= 2 * CHURN_STEP,
+        "churn ran across the restart: {churn}"
+    );
 
     // Every connection went through the proxy: capture never lapsed.
     let expected = succeeded + 1;
@@ -942,6 +976,7 @@ fn sockmap_shortcut_on_and_off_deliver_identical_bytes() {
         8,
         &["--retry-spurious-eagain"],
     );
+    print_retries(&on);
     let with_shortcut = redirects();
     assert!(
         with_shortcut > before,
@@ -991,14 +1026,14 @@ fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
     // One chunk out, its echo back, ROUNDS times: after the second round both directions
     // are spliced, so nearly every later message skips the proxy.
     let (lockstep, chunk) = (ROUNDS * CHUNK, CHUNK.to_string());
-    send_ok_with(
+    print_retries(&send_ok_with(
         &node,
         &a,
         b.addr(ECHO_PORT),
         lockstep,
         11,
         &["--retry-spurious-eagain", "--lockstep", &chunk],
-    );
+    ));
     let spliced = counter("splice_redirects") - before;
     assert!(
         spliced >= ROUNDS,
@@ -1006,14 +1041,14 @@ fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
         2 * ROUNDS
     );
     // Both ways at once, 64 KiB writes: the splice starts while bytes are in flight.
-    send_ok_with(
+    print_retries(&send_ok_with(
         &node,
         &a,
         b.addr(ECHO_PORT),
         8 * MIB,
         12,
         &["--retry-spurious-eagain"],
-    );
+    ));
 
     let log = node
         .wait_access_log("4 access log lines", REPORT_TIMEOUT, |log| {
@@ -1051,14 +1086,14 @@ fn sockmap_shortcut_splices_opaque_tcp_and_counts_every_byte() {
     // Short connections, one exchange each, are never spliced: only the programs' own
     // cleanup at close removes their sockets' counts.
     for seed in 0..10 {
-        send_ok_with(
+        print_retries(&send_ok_with(
             &node,
             &a,
             b.addr(ECHO_PORT),
             100,
             20 + seed,
             &["--retry-spurious-eagain"],
-        );
+        ));
     }
     // The proxy removes what it splices with; the programs drop a socket's counts when it
     // closes, so nothing of the connections outlives them.
@@ -1135,6 +1170,7 @@ fn sockmap_shortcut_counts_spliced_bytes_while_the_connection_lasts() {
         .json()
         .or_panic("hold report");
     assert_eq!(hold["ok"], true, "{hold}");
+    print_retries(&hold);
     assert!(
         redirects() - before >= 100,
         "the pings were not spliced: {hold}"
@@ -1259,4 +1295,40 @@ fn same_node_tcp_takes_one_proxy_pass(test: &str, capture: CaptureMode) {
         ("close_reason", "eof"),
     ]);
     assert_eq!(inbound.len(), 3, "{}", log.describe());
+}
+
+/// `shunt-agent --bpf-log warn`: an app dialling the proxy's outbound port itself is refused by
+/// `cgroup/connect4`, which reports it; the agent's log says so, naming the pod.
+#[test]
+fn bpf_log_reports_a_refused_direct_connect_with_its_pod() {
+    let options = AgentOptions {
+        extra_args: vec!["--bpf-log".into(), "warn".into()],
+        ..AgentOptions::default()
+    };
+    let Some((mut node, a, _b)) = two_captured_pods(
+        "e2e::bpf_log_reports_a_refused_direct_connect_with_its_pod",
+        &options,
+    ) else {
+        return;
+    };
+    let direct = client(&node, &a, &["connect", "--to", "127.0.0.1:15001"]);
+    assert_eq!(direct["os_error"], libc::EPERM, "{direct}");
+    let Some(agent) = node.agent_process() else {
+        panic!("the agent is not running");
+    };
+    let line = shunt_tests::wait::until("the agent's log line", REPORT_TIMEOUT, || {
+        let log = agent.stderr();
+        match log
+            .lines()
+            .find(|line| line.contains("refused an app's connect to 127.0.0.1:15001"))
+        {
+            Some(line) => Check::Done(line.to_owned()),
+            None => Check::NotYet(shunt_tests::process::tail_of(&log, 5)),
+        }
+    })
+    .or_panic("the refusal in the agent's log");
+    println!("agent: {line}");
+    for field in ["WARN", "pod=\"mesh/a\"", "program=\"shunt_ebpf::connect\""] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
 }

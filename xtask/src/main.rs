@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build-ebpf, build, test, layers, demo, bench.
+//! `cargo xtask`: setup, build-ebpf, build, test, kernel-matrix, layers, demo, bench.
 //!
 //! xtask itself builds on whatever toolchain is the machine's default; every step that needs
 //! the pinned toolchains names them (`cargo +1.99.0`, `cargo +nightly-2026-06-20`), after
@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod kernel_matrix;
 mod layers;
 mod test;
 mod toolchain;
@@ -42,6 +43,22 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// setup + build, then the privileged test binaries under Debian's own kernels in qemu:
+    /// a table of kernel × test binary (passed, failed, skipped) with each kernel's probe.
+    KernelMatrix {
+        /// Which kernel family: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Only these test binaries (e.g. `capture,e2e`); default: every privileged one.
+        #[arg(long, value_delimiter = ',')]
+        tests: Vec<String>,
+        /// A guest still running after this long is killed and reported as hung.
+        #[arg(long, value_name = "MINUTES", default_value_t = kernel_matrix::DEFAULT_TIMEOUT.as_secs() / 60)]
+        timeout_minutes: u64,
+        /// Arguments for every test binary (a test name filter, `--exact`, ...).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
     },
     /// Fail on a module import cycle inside a crate, or a crate dependency that points up
     /// (the table is in xtask/src/layers.rs).
@@ -95,6 +112,24 @@ fn main() -> Result<()> {
             build::build_user(release)
         }
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::KernelMatrix {
+            kernel,
+            tests,
+            timeout_minutes,
+            filter,
+        } => {
+            let (families, binaries) = kernel_matrix::Options::parse(&kernel, &tests)?;
+            toolchain::setup()?;
+            build::build_ebpf()?;
+            build::build_user(false)?;
+            kernel_matrix::run(&kernel_matrix::Options {
+                families,
+                binaries,
+                filter,
+                timeout: std::time::Duration::from_secs(timeout_minutes * 60),
+                build: cmd::Privilege::User,
+            })
+        }
         Task::Layers => layers::run(),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),

@@ -1,13 +1,19 @@
-//! `cargo xtask test`: everything CI runs, in order, ending with one summary line.
+//! `cargo xtask test`: everything CI runs, in order, ending with one summary line: the host's
+//! steps, then the kernel matrix's CI binaries under each kernel (`SHUNT_KERNEL_MATRIX=0`
+//! leaves it out).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::build::{self, user_cargo, workspace_root};
 use crate::cmd::{self, Privilege, elevate, is_root};
-use crate::toolchain;
+use crate::{kernel_matrix, toolchain};
+
+/// `SHUNT_KERNEL_MATRIX=0` leaves the kernel matrix out of `cargo xtask test`.
+const KERNEL_MATRIX_ENV: &str = "SHUNT_KERNEL_MATRIX";
 
 pub fn run(cargo_test_args: &[String]) -> Result<()> {
     toolchain::setup()?;
@@ -38,18 +44,47 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         .args(cargo_test_args)
         .current_dir(workspace_root());
     let totals = run_counting(elevate(&test, Privilege::Root))?;
-    // One closing line for the whole run, in the plain form CI reads.
-    println!(
+    let summary = format!(
         "summary: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
     if !totals.success || totals.failed > 0 {
+        println!("{summary}");
         bail!("tests failed");
     }
     if totals.passed == 0 {
+        println!("{summary}");
         bail!("no test ran");
     }
-    Ok(())
+    let matrix = kernel_matrix();
+    // One closing line for the whole run, in the plain form CI reads.
+    println!("{summary}");
+    matrix
+}
+
+/// The CI part of the kernel matrix (README "Requirements"), unless `SHUNT_KERNEL_MATRIX=0`.
+fn kernel_matrix() -> Result<()> {
+    /// Per kernel; two kernels and the host's steps stay well inside CI's 90 minutes.
+    const CI_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+    if std::env::var_os(KERNEL_MATRIX_ENV).is_some_and(|v| v == "0") {
+        println!("==> test: kernel matrix skipped ({KERNEL_MATRIX_ENV}=0)");
+        return Ok(());
+    }
+    let tests: Vec<String> = kernel_matrix::CI_BINARIES.map(str::to_owned).into();
+    let (families, binaries) = kernel_matrix::Options::parse("all", &tests)?;
+    let result = kernel_matrix::run(&kernel_matrix::Options {
+        families,
+        binaries,
+        filter: Vec::new(),
+        timeout: CI_TIMEOUT,
+        // The test binaries were just built by the privileged `cargo test` above.
+        build: Privilege::Root,
+    });
+    match &result {
+        Ok(()) => println!("kernel matrix: passed ({})", tests.join(", ")),
+        Err(e) => println!("kernel matrix: FAILED: {e:#}"),
+    }
+    result
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -23,7 +23,9 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// `--capture=iptables` and its end-to-end cases; haproxy as the bench's reference
 /// L4 forwarder (`cargo xtask bench`, scenario S4); curl and openssl as real clients (and
 /// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`); tcpdump for the
-/// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`).
+/// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`);
+/// qemu-system-x86 and busybox-static for the kernel matrix's guests (`cargo xtask
+/// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe).
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -34,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "tcpdump",
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 pub fn cargo_home() -> PathBuf {

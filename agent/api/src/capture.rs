@@ -152,3 +152,16 @@ pub struct PodRulesStatus {
     /// shunt's rules found in the pod's nat table, as `iptables -S` prints them.
     pub rules: Vec<String>,
 }
+
+/// What `shunt-agent --probe-kernel` prints: the probe `shuntctl status` shows, and for each
+/// way of running eBPF capture the first feature it needs that the kernel lacks (`None`: it
+/// can run). Privileged tests skip by it, and the kernel matrix (`cargo xtask kernel-matrix`)
+/// reports it per kernel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelSupport {
+    pub probe: KernelProbe,
+    /// What eBPF capture needs without the shortcut.
+    pub ebpf_capture_missing: Option<Feature>,
+    /// What eBPF capture with `--sockmap-shortcut` needs.
+    pub sockmap_shortcut_missing: Option<Feature>,
+}

@@ -186,6 +186,19 @@ impl Capture {
         }
     }
 
+    /// Sets the eBPF programs' log level (`--bpf-log`) and hands their log ring to `logger`;
+    /// `None` when off, uninstalled, or under iptables capture (no programs).
+    pub fn start_bpf_log<L: log::Log>(
+        &self,
+        level: ebpf::BpfLogLevel,
+        logger: L,
+    ) -> Result<Option<aya_log::EbpfLogger<L>>, Error> {
+        match self.lock().as_mut() {
+            Some(Backend::Ebpf(capture)) => Ok(capture.start_bpf_log(level, logger)?),
+            Some(Backend::Iptables(_)) | None => Ok(None),
+        }
+    }
+
     /// Where the proxy must open a pod's inbound listener for this mode to reach it.
     #[must_use]
     pub fn inbound_bind(&self) -> InboundBind {

@@ -44,6 +44,9 @@ pub mod map_names {
     pub const SPLICE_ROUTES: &str = "SPLICE_ROUTES";
     pub const SETTINGS: &str = "SETTINGS";
     pub const STATS: &str = "STATS";
+    /// aya-log's ring buffer (its name is aya-log's). Pinned like the others, so a restarted
+    /// agent reads what the adopted programs log; not in [`ALL`]: it has no entries to show.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map, in the order `shuntctl status` lists them.
     pub const ALL: [&str; 14] = [
@@ -207,12 +210,24 @@ const _: () = assert!(core::mem::size_of::<SpliceRoute>() == 32);
 pub struct Settings {
     /// `SETTING_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The most verbose `LOG_*` level the programs report through aya-log (`shunt-agent
+    /// --bpf-log`); `LOG_OFF` by default. Read at run time, so adopted programs follow a
+    /// restarted agent's level.
+    pub log_level: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 
 /// `Settings::flags`: redirect app↔proxy loopback hops with sk_msg (the same-node shortcut).
 pub const SETTING_SOCKMAP_SHORTCUT: u32 = 1 << 0;
+
+/// `Settings::log_level`: nothing is logged.
+pub const LOG_OFF: u32 = 0;
+/// `Settings::log_level` values, aya-log's own (`aya_log_common::Level`), least verbose first.
+pub const LOG_ERROR: u32 = 1;
+pub const LOG_WARN: u32 = 2;
+pub const LOG_INFO: u32 = 3;
+pub const LOG_DEBUG: u32 = 4;
+pub const LOG_TRACE: u32 = 5;
 
 /// Indices into the per-CPU `STATS` array of `u64` counters.
 pub mod stats {

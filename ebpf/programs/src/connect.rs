@@ -15,6 +15,7 @@ use crate::helpers::{
     CGROUP_ALLOW, HelperError, IPPROTO_TCP, LOCALHOST_BE, count, is_loopback, is_v4_mapped,
     meshed_netns, netns_cookie, socket_mark,
 };
+use crate::logs::{log_error, log_warn};
 use crate::maps::{ORIG_DST_BY_COOKIE, OUTBOUND_EXCLUDED_PORTS};
 
 /// Makes `connect()` fail with `EPERM`.
@@ -146,6 +147,13 @@ fn decide_outbound(
     if is_loopback(dst_ip4_be) || dst_ip4_be == pod.pod_ip4_be {
         if dst_port == OUTBOUND_PORT || dst_port == INBOUND_PORT {
             count(stats::DIRECT_PROXY_CONNECT_REFUSED);
+            log_warn!(
+                ctx,
+                "netns={} refused an app's connect to {:i}:{}, the proxy's own port",
+                netns_cookie,
+                dst_ip4_be.to_ne_bytes(),
+                dst_port
+            );
             return Ok(Outbound::Refuse);
         }
         return Ok(Outbound::Untouched);
@@ -167,9 +175,18 @@ fn decide_outbound(
         port: dst_port,
         family: AF_INET,
     };
-    ORIG_DST_BY_COOKIE
-        .insert(&socket_cookie, &orig_dst, u64::from(BPF_ANY))
-        .map_err(|_| HelperError)?;
+    if let Err(errno) = ORIG_DST_BY_COOKIE.insert(&socket_cookie, &orig_dst, u64::from(BPF_ANY)) {
+        log_error!(
+            ctx,
+            "netns={} ORIG_DST_BY_COOKIE refused an entry (errno {}): the connect to {:i}:{} \
+             is left uncaptured",
+            netns_cookie,
+            -errno,
+            dst_ip4_be.to_ne_bytes(),
+            dst_port
+        );
+        return Err(HelperError);
+    }
     count(stats::OUTBOUND_CAPTURED);
     Ok(Outbound::Redirect)
 }

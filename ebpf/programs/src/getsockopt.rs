@@ -3,9 +3,10 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use shunt_common::{AF_INET, ClientKey, SO_ORIGINAL_DST, SOL_IP, stats};
+use shunt_common::{AF_INET, ClientKey, OUTBOUND_PORT, SO_ORIGINAL_DST, SOL_IP, stats};
 
-use crate::helpers::{CGROUP_ALLOW, HelperError, count, netns_cookie};
+use crate::helpers::{CGROUP_ALLOW, HelperError, count, is_loopback, netns_cookie};
+use crate::logs::{log_debug, log_warn};
 use crate::maps::ORIG_DST_BY_CLIENT;
 
 /// `struct sockaddr_in`, the answer to `SO_ORIGINAL_DST`.
@@ -48,11 +49,13 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), HelperError> {
     // SAFETY: `sk` of a `bpf_sockopt` is always a valid socket (PTR_TO_SOCKET).
     let sk = unsafe { read_volatile(addr_of!((*opt).__bindgen_anon_1.sk)) };
     // SAFETY: `sk` is a valid `bpf_sock`; each field is read once at its own width.
-    let (family, peer_ip4_be, peer_port_be) = unsafe {
+    let (family, peer_ip4_be, peer_port_be, local_ip4_be, local_port) = unsafe {
         (
             read_volatile(addr_of!((*sk).family)),
             read_volatile(addr_of!((*sk).dst_ip4)),
             read_volatile(addr_of!((*sk).dst_port)),
+            read_volatile(addr_of!((*sk).src_ip4)),
+            read_volatile(addr_of!((*sk).src_port)),
         )
     };
     if family != u32::from(AF_INET) {
@@ -68,6 +71,24 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<(), HelperError> {
     // SAFETY: copied out at once (see `on_active_established` in sockops.rs).
     let Some(orig_dst) = (unsafe { ORIG_DST_BY_CLIENT.get(&client) }).copied() else {
         count(stats::ORIG_DST_MISSED);
+        if is_loopback(local_ip4_be) && local_port == u32::from(OUTBOUND_PORT) {
+            // The proxy asks for a connection it accepted on 15001: capture lost its entry.
+            log_warn!(
+                ctx,
+                "netns={} no original destination for the proxy's connection from {:i}:{}",
+                client.netns_cookie,
+                peer_ip4_be.to_ne_bytes(),
+                client.port
+            );
+        } else {
+            log_debug!(
+                ctx,
+                "netns={} no original destination for {:i}:{} (not captured)",
+                client.netns_cookie,
+                peer_ip4_be.to_ne_bytes(),
+                client.port
+            );
+        }
         return Ok(());
     };
 

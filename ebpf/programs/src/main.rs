@@ -29,6 +29,7 @@
 mod connect;
 mod getsockopt;
 mod helpers;
+mod logs;
 mod maps;
 mod sk_lookup;
 mod sk_msg;

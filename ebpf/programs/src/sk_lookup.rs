@@ -18,6 +18,7 @@ use aya_ebpf::{
 use shunt_common::{AF_INET, HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, PodPortKey, stats};
 
 use crate::helpers::{HelperError, IPPROTO_TCP, count};
+use crate::logs::{log_error, log_warn};
 use crate::maps::{INBOUND_EXCLUDED_PORTS, INBOUND_FAIL_CLOSED, INBOUND_LISTENERS};
 
 #[sk_lookup]
@@ -83,6 +84,12 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, HelperError> {
         // the proxy is gone). A fail-closed pod's connections never reach the app unchecked.
         // SAFETY: a hash map lookup from the program; the value is only tested for presence.
         if unsafe { INBOUND_FAIL_CLOSED.get(&local_ip4_be) }.is_some() {
+            log_warn!(
+                ctx,
+                "pod_ip={:i} dropped a connection to port {}: the pod fails closed and the proxy's listener is absent",
+                local_ip4_be.to_ne_bytes(),
+                local_port
+            );
             count(stats::INBOUND_FAIL_CLOSED_DROPS);
             return Ok(SK_DROP);
         }
@@ -90,6 +97,12 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, HelperError> {
     }
     let verdict = if local_port == OUTBOUND_PORT || local_port == INBOUND_PORT {
         // Nobody outside the pod talks to the proxy's listeners directly.
+        log_warn!(
+            ctx,
+            "pod_ip={:i} dropped a connection to the proxy's own port {}",
+            local_ip4_be.to_ne_bytes(),
+            local_port
+        );
         SK_DROP
     } else {
         // SAFETY: `listener` is a referenced listening socket, the context is ours.
@@ -97,6 +110,13 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, HelperError> {
         count(if assigned == 0 {
             stats::INBOUND_STEERED
         } else {
+            log_error!(
+                ctx,
+                "pod_ip={:i} could not steer a connection to port {} to the proxy (errno {})",
+                local_ip4_be.to_ne_bytes(),
+                local_port,
+                -assigned
+            );
             stats::INBOUND_STEER_FAILED
         });
         SK_PASS

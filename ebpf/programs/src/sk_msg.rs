@@ -16,6 +16,7 @@ use aya_ebpf::{
 use shunt_common::{SockKey, stats};
 
 use crate::helpers::{HelperError, count, is_ipv4, netns_cookie};
+use crate::logs::{log_error, log_info};
 use crate::maps::{
     SHORTCUT_BYPASS, SHORTCUT_BYTES, SHORTCUT_SOCKETS, SPLICE_ROUTES, SPLICED_BYTES,
 };
@@ -90,6 +91,13 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, HelperError> {
             }
             // The far app closed its socket: the proxy's path carries on, and says so.
             count(stats::SPLICE_MISSES);
+            log_info!(
+                ctx,
+                "netns={} {:i}:{}: the spliced peer is gone, back through the proxy",
+                key.netns_cookie,
+                key.local_ip4_be.to_ne_bytes(),
+                key.local_port
+            );
         }
     }
     let mut peer = key.peer();
@@ -108,10 +116,26 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, HelperError> {
     } else {
         // No peer yet: this message takes the TCP stack, and so must every later one, or the
         // peer could read later redirected bytes before these.
-        SHORTCUT_BYPASS
-            .insert(&key, &1, u64::from(BPF_ANY))
-            .map_err(|_| HelperError)?;
+        if let Err(errno) = SHORTCUT_BYPASS.insert(&key, &1, u64::from(BPF_ANY)) {
+            log_error!(
+                ctx,
+                "netns={} SHORTCUT_BYPASS refused an entry (errno {})",
+                key.netns_cookie,
+                -errno
+            );
+            return Err(HelperError);
+        }
         count(stats::SHORTCUT_FALLBACKS);
+        log_info!(
+            ctx,
+            "netns={} {:i}:{} -> {:i}:{} falls back to the TCP stack: its peer was not in \
+             SHORTCUT_SOCKETS at its first message",
+            key.netns_cookie,
+            key.local_ip4_be.to_ne_bytes(),
+            key.local_port,
+            key.remote_ip4_be.to_ne_bytes(),
+            key.remote_port
+        );
     }
     Ok(SK_PASS)
 }

@@ -20,6 +20,7 @@ use shunt_common::{
 use crate::helpers::{
     HelperError, LOCALHOST_BE, count, is_ipv4, is_loopback, meshed_netns, netns_cookie, socket_mark,
 };
+use crate::logs::log_error;
 use crate::maps::{
     ORIG_DST_BY_CLIENT, ORIG_DST_BY_COOKIE, SETTINGS, SHORTCUT_BYPASS, SHORTCUT_BYTES,
     SHORTCUT_SOCKETS, SPLICE_ROUTES, SPLICED_BYTES,
@@ -81,9 +82,17 @@ fn on_active_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
             family: AF_INET,
             _pad: [0; 4],
         };
-        ORIG_DST_BY_CLIENT
-            .insert(&client, &orig_dst, u64::from(BPF_ANY))
-            .map_err(|_| HelperError)?;
+        if let Err(errno) = ORIG_DST_BY_CLIENT.insert(&client, &orig_dst, u64::from(BPF_ANY)) {
+            log_error!(
+                ctx,
+                "netns={} ORIG_DST_BY_CLIENT refused an entry (errno {}): the proxy will not \
+                 find the original destination of the connection from port {}",
+                netns_cookie,
+                -errno,
+                client.port
+            );
+            return Err(HelperError);
+        }
         // Already moved; a failure only leaves an entry for the LRU to evict.
         let _ = ORIG_DST_BY_COOKIE.remove(&socket_cookie);
     }
@@ -139,9 +148,18 @@ fn add_shortcut_socket(ctx: &SockOpsContext, mut key: SockKey) -> Result<(), Hel
     let _ = SPLICED_BYTES.remove(&key);
     // SAFETY: `ops` is the program's context, as `bpf_sock_hash_update` requires.
     let ops = unsafe { &mut *ctx.ops };
-    SHORTCUT_SOCKETS
-        .update(&mut key, ops, u64::from(BPF_ANY))
-        .map_err(|_| HelperError)?;
+    if let Err(errno) = SHORTCUT_SOCKETS.update(&mut key, ops, u64::from(BPF_ANY)) {
+        log_error!(
+            ctx,
+            "netns={} SHORTCUT_SOCKETS refused the socket {:i}:{} (errno {}): its hop takes \
+             the TCP stack",
+            key.netns_cookie,
+            key.local_ip4_be.to_ne_bytes(),
+            key.local_port,
+            -errno
+        );
+        return Err(HelperError);
+    }
     count(stats::SHORTCUT_SOCKETS_ADDED);
     // Told when the socket closes, to drop its entries (see `on_state_change`). Without it the
     // entries would only go on LRU eviction or key reuse; the socket still works either way.

@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LISTED_ERRORS: usize = 20;
 /// `--hold-until-eof` keeps the whole request in memory; this bounds it.
 const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Spurious `EAGAIN`s retried under `--retry-spurious-eagain`, during the exchange and at the
+/// half-close; the clients report them (`eagain_retries_read`, `eagain_retries_close`), so a
+/// run shows where the sockmap receive path returned them.
+static EAGAIN_RETRIES_READ: AtomicU64 = AtomicU64::new(0);
+static EAGAIN_RETRIES_CLOSE: AtomicU64 = AtomicU64::new(0);
+
+fn retried(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds the retry counts to a client's report.
+fn report_retries(report: &mut Json) {
+    report
+        .num(
+            "eagain_retries_read",
+            EAGAIN_RETRIES_READ.load(Ordering::Relaxed),
+        )
+        .num(
+            "eagain_retries_close",
+            EAGAIN_RETRIES_CLOSE.load(Ordering::Relaxed),
+        );
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -214,7 +238,10 @@ fn close_gracefully(mut stream: TcpStream, retry_spurious_eagain: bool) -> io::R
             Err(e)
                 if retry_spurious_eagain
                     && e.kind() == io::ErrorKind::WouldBlock
-                    && closed_at.elapsed() < IO_TIMEOUT => {}
+                    && closed_at.elapsed() < IO_TIMEOUT =>
+            {
+                retried(&EAGAIN_RETRIES_CLOSE);
+            }
             Err(e) => return Err(e),
         }
     }
@@ -256,6 +283,7 @@ fn send(flags: &Flags) -> Result<bool, Failure> {
         .str("sent_hash", &result.sent_hash)
         .str("received_hash", &result.received_hash)
         .opt_num("first_mismatch", result.first_mismatch);
+    report_retries(&mut report);
     match &result.error {
         Some(error) => report.str("error", error),
         None => report.null("error"),
@@ -361,6 +389,7 @@ fn send_and_verify(
                     && e.kind() == io::ErrorKind::WouldBlock
                     && last_progress.elapsed() < IO_TIMEOUT =>
             {
+                retried(&EAGAIN_RETRIES_READ);
                 continue;
             }
             Err(e) => break Err(during(format!("read after {} bytes", result.received))(e)),
@@ -518,6 +547,7 @@ fn hold(flags: &Flags) -> Result<bool, Failure> {
         .str("to", &to.to_string())
         .num("pings", pings)
         .num("elapsed_ms", elapsed_ms(started));
+    report_retries(&mut report);
     match &outcome {
         Ok(()) => report.null("error"),
         Err(e) => report.str("error", &e.to_string()),
@@ -548,7 +578,10 @@ fn read_exact(
             Err(e)
                 if retry_spurious_eagain
                     && e.kind() == io::ErrorKind::WouldBlock
-                    && last_progress.elapsed() < IO_TIMEOUT => {}
+                    && last_progress.elapsed() < IO_TIMEOUT =>
+            {
+                retried(&EAGAIN_RETRIES_READ);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -115,4 +115,10 @@ pub enum Error {
     },
     #[error("unknown map {name:?}; the maps are: {}", map_names::ALL.join(", "))]
     UnknownMap { name: String },
+    #[error(
+        "cannot read the programs' log ring {}: {error} — if it was pinned by another shunt \
+         version, `shunt-agent --uninstall` removes it; or run without --bpf-log",
+        map_names::AYA_LOGS
+    )]
+    BpfLog { error: Box<aya_log::Error> },
 }

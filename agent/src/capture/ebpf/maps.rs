@@ -8,9 +8,9 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpu
 use aya::{Ebpf, Pod};
 use serde_json::{Value, json};
 use shunt_common::{
-    AF_INET, AF_INET6, ClientKey, MESHED_CAPTURE_INBOUND, MESHED_CAPTURE_OUTBOUND, MeshedNetns,
-    NetnsPortKey, OrigDst, PodPortKey, SETTING_SOCKMAP_SHORTCUT, Settings, SockKey, SpliceRoute,
-    map_names, stats,
+    AF_INET, AF_INET6, ClientKey, LOG_OFF, MESHED_CAPTURE_INBOUND, MESHED_CAPTURE_OUTBOUND,
+    MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, SETTING_SOCKMAP_SHORTCUT, Settings, SockKey,
+    SpliceRoute, map_names, stats,
 };
 
 use super::Error;
@@ -333,7 +333,15 @@ pub fn set_settings(ebpf: &mut Ebpf, sockmap_shortcut: bool) -> Result<(), Error
         0
     };
     settings
-        .set(0, &Settings { flags, _pad: 0 }, 0)
+        .set(
+            0,
+            &Settings {
+                flags,
+                // `EbpfCapture::start_bpf_log` raises it for `--bpf-log`.
+                log_level: LOG_OFF,
+            },
+            0,
+        )
         .map_err(map_error(NAME, "writing"))
 }
 

@@ -6,6 +6,7 @@
 //!
 //! Used by `pods.rs` (per-pod entries), `admin/` (through `capture::Capture`) (status, dumps, uninstall) and `app.rs`.
 
+mod bpf_log;
 mod links;
 mod maps;
 mod mounts;
@@ -24,7 +25,9 @@ use std::path::{Path, PathBuf};
 use aya::{Ebpf, EbpfLoader};
 use shunt_common::{map_names, program_names};
 
+pub use bpf_log::BpfLogLevel;
 pub use mounts::{find_bpffs, find_cgroup2};
+pub use probe::kernel_support;
 
 use pins::PinDir;
 
@@ -162,6 +165,8 @@ impl EbpfCapture {
         for name in map_names::ALL {
             loader.map_pin_path(name, pins.map(name));
         }
+        // The programs' log ring: adopted programs keep writing into it after a restart.
+        loader.map_pin_path(map_names::AYA_LOGS, pins.map(map_names::AYA_LOGS));
         let mut ebpf = loader.load(object).map_err(|source| Error::Object {
             pin_dir: pins.root().to_owned(),
             error: Box::new(source),
@@ -376,6 +381,18 @@ impl EbpfCapture {
         pins::remove_file(&self.pins.sk_lookup_link(netns_cookie))?;
         tracing::info!(netns_cookie, pod_ip = ?pod_ip, "capture off for pod");
         Ok(())
+    }
+
+    /// Sets the programs' log level (`--bpf-log`), and with a level other than `Off` takes their
+    /// ring buffer for `logger`; read it with `EbpfLogger::flush` when its descriptor is
+    /// readable. `None` when off (the level is written either way, so an earlier agent's level
+    /// does not linger in the pinned `SETTINGS`).
+    pub fn start_bpf_log<L: log::Log>(
+        &mut self,
+        level: BpfLogLevel,
+        logger: L,
+    ) -> Result<Option<aya_log::EbpfLogger<L>>, Error> {
+        bpf_log::start(&mut self.ebpf, level, logger)
     }
 
     /// Descriptors of `SHORTCUT_BYTES`, `SPLICED_BYTES` and `SPLICE_ROUTES`, for the proxy to

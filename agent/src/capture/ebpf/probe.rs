@@ -1,6 +1,6 @@
 //! What the running kernel offers shunt, and what each missing piece disables.
 
-use shunt_api::capture::{Feature, KernelProbe};
+use shunt_api::capture::{Feature, KernelProbe, KernelSupport};
 use std::path::Path;
 
 use aya::programs::ProgramType;
@@ -123,6 +123,16 @@ fn check(requirement: &Requirement) -> Feature {
         since: requirement.since.into(),
         missing_disables: requirement.missing_disables.into(),
         error,
+    }
+}
+
+/// Probes the running kernel and says what each way of running eBPF capture lacks.
+pub fn kernel_support() -> KernelSupport {
+    let probe = probe();
+    KernelSupport {
+        ebpf_capture_missing: first_missing(&probe, false).cloned(),
+        sockmap_shortcut_missing: first_missing(&probe, true).cloned(),
+        probe,
     }
 }
 
