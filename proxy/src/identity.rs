@@ -3,9 +3,10 @@
 //! [`CertProvider`] (the CA client, or a CA in process for tests), and the rustls configs
 //! HBONE needs, built from them ([`TlsProvider`]).
 //!
-//! A pod whose identity has no valid certificate can neither send nor receive mTLS: its
-//! tunnels fail with `no_certificate`, and its HBONE listener's handshakes fail, until the
-//! CA answers. `shuntctl certs` (`/debug/certs`) says why.
+//! A pod whose identity has no valid certificate can neither send nor receive mTLS: a tunnel
+//! or a handshake waits for it up to half the connect timeout (a pod's first connections,
+//! made before the CA has answered), then fails with `no_certificate`, until the CA answers.
+//! `shuntctl certs` (`/debug/certs`) says why.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use shunt_identity::trust::TrustBundle;
 use shunt_mesh::spiffe::SpiffeId;
 
 use crate::hbone::{HboneError, TlsProvider};
+use crate::socket::BoxFuture;
 
 /// The certificates of the identities this proxy serves, and the trust they are checked by.
 pub struct Identities {
@@ -130,6 +132,20 @@ impl TlsProvider for Identities {
         self.manager.track(identity.clone());
     }
 
+    fn certificate_ready<'a>(&'a self, identity: &'a SpiffeId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // Subscribed before the check, so a certificate stored in between is not missed.
+            let mut changes = self.manager.subscribe();
+            while self.manager.certificate(identity).is_none()
+                && self.manager.tracked().contains(identity)
+            {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     fn unserve(&self, identity: &SpiffeId) {
         self.manager.untrack(identity);
         if !self.manager.tracked().contains(identity) {
@@ -138,5 +154,92 @@ impl TlsProvider for Identities {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(identity);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shunt_identity::ca::{CaSigner, SignerOptions};
+    use shunt_identity::provider::{CertProvider, FetchFuture, InProcessCa};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Issues only once the test lets it, so "before the CA has answered" lasts as long as
+    /// the test needs.
+    struct HeldCa {
+        ca: InProcessCa,
+        answers: Semaphore,
+    }
+
+    impl CertProvider for HeldCa {
+        fn fetch<'a>(&'a self, id: &'a SpiffeId) -> FetchFuture<'a> {
+            Box::pin(async move {
+                let _answer = self.answers.acquire().await;
+                self.ca.issue(id)
+            })
+        }
+    }
+
+    fn identities() -> (Arc<HeldCa>, Identities, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let signer =
+            CaSigner::self_signed(dir.path(), "cluster.local", SignerOptions::default()).unwrap();
+        let roots = signer.trust_bundle().clone();
+        let ca = Arc::new(HeldCa {
+            ca: InProcessCa::new(Arc::new(signer), Duration::ZERO),
+            answers: Semaphore::new(0),
+        });
+        let identities = Identities::new(ca.clone(), roots);
+        (ca, identities, dir)
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/shop/sa/{sa}")
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_served_identity_waits_for_its_first_certificate() {
+        let (ca, identities, _dir) = identities();
+        let a = id("a");
+        identities.serve(&a);
+        let early =
+            tokio::time::timeout(Duration::from_millis(200), identities.certificate_ready(&a))
+                .await;
+        assert!(early.is_err(), "ready before the CA answered");
+        assert!(identities.client_config(&a, &id("b")).is_err());
+
+        let waiting = identities.certificate_ready(&a);
+        ca.answers.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the certificate arrived, and the wait ended");
+        identities
+            .client_config(&a, &id("b"))
+            .expect("a's certificate");
+    }
+
+    #[tokio::test]
+    async fn an_identity_not_served_here_does_not_wait() {
+        let (_ca, identities, _dir) = identities();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            identities.certificate_ready(&id("elsewhere")),
+        )
+        .await
+        .expect("nothing to wait for");
+        let error = identities
+            .client_config(&id("elsewhere"), &id("b"))
+            .expect_err("no certificate");
+        assert!(
+            error
+                .to_string()
+                .contains("serves no pod with that identity"),
+            "{error}"
+        );
     }
 }

@@ -726,35 +726,46 @@ fn failures(cluster: &Cluster, index: usize, direction: &str, reason: &str) -> u
     )
 }
 
-#[test]
-fn hbone_listener_refuses_tls12_and_chacha20_clients() {
-    const TEST: &str = "multinode::hbone_listener_refuses_tls12_and_chacha20_clients";
-    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
+/// One changed flag per case: (case, the flag, the alert the listener sends).
+type Refusal<'a> = (&'a str, (&'a str, &'a str), &'a str);
+
+/// The well-behaved client gets through (so each refusal is the listener's verdict on the one
+/// flag its case changes), every case is refused with its alert, and node-1 counts each one
+/// as an inbound TLS handshake failure.
+fn assert_listener_refuses(test: &str, baseline: &str, cases: &[Refusal<'_>]) {
+    let Some((mut cluster, a, b, _echo)) = wire_cluster(test) else {
         return;
     };
     let before = failures(&cluster, 1, "inbound", "tls");
     let good = good_client(&b);
-    // The same client with nothing wrong gets through, so the refusals below are the
-    // listener's verdict on the one thing changed.
     assert_tunnelled(
         &peer_client(&cluster, &a, &b, &with_flags(&good, &[])),
-        "TLS 1.3, every suite",
+        baseline,
     );
-    let cases = [
-        ("TLS 1.2 only", ("--tls", "1.2"), "ProtocolVersion"),
-        (
-            "ChaCha20 only",
-            ("--ciphers", "chacha20"),
-            "HandshakeFailure",
-        ),
-    ];
     for (case, flag, alert) in cases {
-        let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[flag]));
+        let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[*flag]));
         assert_refused(&report, case, alert);
     }
-    wait_failures(&mut cluster, 1, "inbound", "tls", before + 2);
+    let refused = u64::try_from(cases.len()).or_panic("case count");
+    wait_failures(&mut cluster, 1, "inbound", "tls", before + refused);
     let problems = cluster.teardown();
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
+
+#[test]
+fn hbone_listener_refuses_tls12_and_chacha20_clients() {
+    assert_listener_refuses(
+        "multinode::hbone_listener_refuses_tls12_and_chacha20_clients",
+        "TLS 1.3, every suite",
+        &[
+            ("TLS 1.2 only", ("--tls", "1.2"), "ProtocolVersion"),
+            (
+                "ChaCha20 only",
+                ("--ciphers", "chacha20"),
+                "HandshakeFailure",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -830,42 +841,28 @@ fn hbone_listener_presents_the_destination_pods_identity_over_h2() {
 
 #[test]
 fn hbone_listener_refuses_client_certificates_it_cannot_trust() {
-    const TEST: &str = "multinode::hbone_listener_refuses_client_certificates_it_cannot_trust";
-    let Some((mut cluster, a, b, _echo)) = wire_cluster(TEST) else {
-        return;
-    };
-    let before = failures(&cluster, 1, "inbound", "tls");
-    let good = good_client(&b);
-    assert_tunnelled(
-        &peer_client(&cluster, &a, &b, &with_flags(&good, &[])),
+    assert_listener_refuses(
+        "multinode::hbone_listener_refuses_client_certificates_it_cannot_trust",
         "a's certificate from the cluster's CA",
+        &[
+            (
+                "a certificate from another CA",
+                ("--cert", "other-ca"),
+                "UnknownCA",
+            ),
+            (
+                "the cluster CA's certificate for another trust domain",
+                ("--identity", "spiffe://evil.local/ns/mesh/sa/sa-a"),
+                "CertificateUnknown",
+            ),
+            (
+                "an expired certificate",
+                ("--cert", "expired"),
+                "CertificateExpired",
+            ),
+            ("no certificate", ("--cert", "none"), "CertificateRequired"),
+        ],
     );
-    // (case, the one flag changed, the alert the listener sends)
-    let cases = [
-        (
-            "a certificate from another CA",
-            ("--cert", "other-ca"),
-            "UnknownCA",
-        ),
-        (
-            "the cluster CA's certificate for another trust domain",
-            ("--identity", "spiffe://evil.local/ns/mesh/sa/sa-a"),
-            "CertificateUnknown",
-        ),
-        (
-            "an expired certificate",
-            ("--cert", "expired"),
-            "CertificateExpired",
-        ),
-        ("no certificate", ("--cert", "none"), "CertificateRequired"),
-    ];
-    for (case, flag, alert) in cases {
-        let report = peer_client(&cluster, &a, &b, &with_flags(&good, &[flag]));
-        assert_refused(&report, case, alert);
-    }
-    wait_failures(&mut cluster, 1, "inbound", "tls", before + 4);
-    let problems = cluster.teardown();
-    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
 
 #[test]

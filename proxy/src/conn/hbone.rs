@@ -55,6 +55,12 @@ pub async fn serve(
         tracing::warn!(pod = %pod.pod.uid, "HBONE: the pod has no SPIFFE identity; refusing");
         return;
     };
+    // A pod just handed over may not have its certificate yet: wait a little for it.
+    let _ = tokio::time::timeout(
+        hbone::cert_wait(proxy.connect_timeout),
+        tls.certificate_ready(&identity),
+    )
+    .await;
     let config = match tls.server_config(&identity) {
         Ok(config) => config,
         Err(error) => {

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+
+use crate::socket::BoxFuture;
 use shunt_mesh::spiffe::SpiffeId;
 
 use crate::socket::PodSockets;
@@ -74,6 +76,21 @@ pub trait TlsProvider: Send + Sync {
     fn serve(&self, identity: &SpiffeId);
     /// One pod with `identity` is no longer served here.
     fn unserve(&self, identity: &SpiffeId);
+    /// Resolves once `identity` has a certificate here: at once if it has one or is not
+    /// served here. Callers bound the wait ([`cert_wait`]), so a pod's first connections,
+    /// made before the CA has answered, wait for its certificate rather than fail, as
+    /// ztunnel's do.
+    fn certificate_ready<'a>(&'a self, _identity: &'a SpiffeId) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The share of a connect timeout spent waiting for a pod's first certificate
+/// ([`TlsProvider::certificate_ready`]): the rest is left for the dial and the handshake,
+/// and a wait that runs out fails with the certificate's own reason, not a bare timeout.
+#[must_use]
+pub fn cert_wait(timeout: Duration) -> Duration {
+    timeout / 2
 }
 
 /// What a tunnel connects: from a pod's netns and identity to another pod's.
@@ -121,6 +138,11 @@ impl Hbone {
             destination_ip: endpoints.destination_ip,
         };
         let dial = || async move {
+            let _ = tokio::time::timeout(
+                cert_wait(timeout),
+                self.tls.certificate_ready(&endpoints.source_identity),
+            )
+            .await;
             let config = self
                 .tls
                 .client_config(&endpoints.source_identity, &endpoints.destination_identity)?;

@@ -2,6 +2,7 @@
 //! identity after a handshake ([`peer_identity`]).
 
 mod config;
+mod signatures;
 mod verify;
 
 pub use config::{CurrentCert, Error, FixedCert, client_config, server_config};
