@@ -38,6 +38,9 @@ pub async fn serve(
     let Some(hbone) = proxy.hbone.clone() else {
         return;
     };
+    // The TLS records of a CONNECT's answer and of small payloads go out at once: with
+    // Nagle on, each waited for the peer's delayed ACK (40 ms).
+    super::preamble::nodelay(&tcp);
     let tls = &hbone.tls;
     let local = match tcp.local_addr() {
         Ok(local) => local,
