@@ -35,7 +35,7 @@ pub struct TestBinary {
 }
 
 /// Every privileged test binary, in the order they run.
-pub const ALL_BINARIES: [TestBinary; 5] = [
+pub const ALL_BINARIES: [TestBinary; 6] = [
     TestBinary {
         package: "shunt-agent",
         name: "capture",
@@ -55,6 +55,10 @@ pub const ALL_BINARIES: [TestBinary; 5] = [
     TestBinary {
         package: "shunt-tests",
         name: "multinode",
+    },
+    TestBinary {
+        package: "shunt-tests",
+        name: "security",
     },
 ];
 
