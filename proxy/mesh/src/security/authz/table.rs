@@ -21,6 +21,13 @@ pub struct AuthzTable {
     namespaces: HashMap<String, Vec<Policy>>,
 }
 
+// The proxy shares one table, and hands decisions, across its worker threads.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<AuthzTable>();
+    shared::<Decision>();
+};
+
 impl AuthzTable {
     /// Compiles `state`'s AuthorizationPolicies and the rejected ones standing in to fail
     /// closed (`state.fail_closed`). Returns every problem found: [`Error::Invalid`] leaves

@@ -1908,3 +1908,32 @@ fn policies_are_tried_root_first_then_by_name() {
         .collect();
     assert_eq!(order, ["z", "a", "b"]);
 }
+
+#[test]
+fn request_principals_read_iss_and_sub_from_the_claims_or_the_principal() {
+    let auth = |principal: &str, claims: serde_json::Value| RequestAuth {
+        principal: principal.into(),
+        audiences: vec![],
+        presenter: None,
+        claims,
+    };
+    let cases = [
+        // The claims win: an issuer URL with a path keeps its '/'.
+        (
+            auth(
+                "x/y",
+                json!({"iss": "https://a.example/tenant", "sub": "u"}),
+            ),
+            ("https://a.example/tenant", "u"),
+        ),
+        // Without them, the principal split at its last '/'.
+        (
+            auth("https://a.example/tenant/u", json!({})),
+            ("https://a.example/tenant", "u"),
+        ),
+        (auth("no-slash", json!(null)), ("no-slash", "")),
+    ];
+    for (auth, want) in cases {
+        assert_eq!(auth.issuer_and_subject(), want, "{}", auth.principal);
+    }
+}
