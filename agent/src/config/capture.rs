@@ -123,8 +123,9 @@ pub struct CaptureSpec {
     pub excluded_outbound_ports: Vec<u16>,
     /// Sorted, without duplicates.
     pub excluded_inbound_ports: Vec<u16>,
-    /// PeerAuthentication `STRICT` on any of its ports: with the proxy's listener missing,
-    /// the kernel drops inbound connections instead of letting them reach the app.
+    /// PeerAuthentication `STRICT` on any of its ports, or an AuthorizationPolicy that can
+    /// deny (ALLOW, DENY, CUSTOM, or a rejected one standing in): with the proxy's listener
+    /// missing, the kernel drops inbound connections instead of letting them reach the app.
     pub fail_closed: bool,
 }
 

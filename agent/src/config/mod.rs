@@ -4,6 +4,7 @@
 //! [`crate::source`].
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod capture;
 pub mod mesh;
 pub mod routing;
@@ -80,11 +81,13 @@ impl Snapshot {
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         mesh.node_name = Some(options.node_name.to_string());
         security::add_to_mesh(&config, &mut mesh, &mut errors);
-        // Its problems are already in `errors`, from `security::add_to_mesh`.
+        authz::add_to_mesh(&config, &mut mesh, &mut errors);
+        // Their problems are already in `errors`, from the `add_to_mesh` calls.
         let (peer_authn, _) = shunt_mesh::security::PeerAuthnTable::build(&mesh);
+        let (authz, _) = shunt_mesh::security::AuthzTable::build(&mesh);
         for (plan, workload) in pods.iter_mut().zip(&mesh.workloads) {
             if let Some(spec) = plan.capture.as_mut() {
-                spec.fail_closed = peer_authn.fail_closed(workload);
+                spec.fail_closed = peer_authn.fail_closed(workload) || authz.enforces(workload);
             }
         }
         Self {

@@ -42,7 +42,12 @@ pub struct MeshState {
     /// [`crate::security::validate`] keeps.
     #[serde(default)]
     pub peer_authentications: Vec<istio::PeerAuthentication>,
-    /// What the agent's rejected PeerAuthentications and DestinationRules asked to secure:
+    /// AuthorizationPolicies (`security.istio.io` v1, v1beta1) from all namespaces that
+    /// [`crate::security::authz::validate`] keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<istio::AuthorizationPolicy>,
+    /// What the agent's rejected PeerAuthentications, DestinationRules and
+    /// AuthorizationPolicies asked to secure:
     /// locked down until they are fixed (see [`istio::FailClosed`]).
     #[serde(default, skip_serializing_if = "istio::FailClosed::is_empty")]
     pub fail_closed: istio::FailClosed,

@@ -1,5 +1,6 @@
 //! Istio's networking API (`networking.istio.io` v1, v1beta1 and v1alpha3, which share one
-//! shape), its `PeerAuthentication` (`security.istio.io` v1 and v1beta1), shunt's
+//! shape), its `PeerAuthentication` and `AuthorizationPolicy` (`security.istio.io` v1 and
+//! v1beta1), shunt's
 //! `shunt.io/v1alpha1 RateLimitPolicy` and the mesh settings of Istio's ConfigMap, as serde
 //! types with Istio's JSON field names.
 //!
@@ -11,6 +12,7 @@
 //! `tls`, where a misspelt field could weaken security).
 #![forbid(unsafe_code)]
 
+mod authz;
 mod decimal;
 mod duration;
 mod networking;
@@ -18,6 +20,7 @@ mod object;
 mod security;
 mod shunt;
 
+pub use authz::*;
 pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
 pub use networking::*;

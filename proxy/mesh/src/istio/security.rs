@@ -1,6 +1,7 @@
 //! Istio's security API as shunt reads it: `security.istio.io` `PeerAuthentication` (v1 and
-//! v1beta1, one shape), and [`FailClosed`]: what the agent's rejected security settings
-//! asked to secure, so that a broken object makes things stricter, never looser.
+//! v1beta1, one shape; `AuthorizationPolicy` is in `authz.rs`), and [`FailClosed`]: what the
+//! agent's rejected security settings asked to secure, so that a broken object makes things
+//! stricter, never looser.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,20 @@ use super::object::{DEFAULT_NAMESPACE, Metadata};
 
 /// The API versions of `security.istio.io` shunt reads; both share one schema.
 pub const SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// The annotation that turns an AuthorizationPolicy into a shadow (`"true"`): it only reports.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Go's `strconv.ParseBool`, which Istio reads [`DRY_RUN_ANNOTATION`] with: `1`, `t`, `T`,
+/// `TRUE`, `true`, `True` and their false twins; anything else is `None`.
+#[must_use]
+pub fn parse_go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
 
 /// `PeerAuthentication.spec`: which inbound connections a workload accepts, by mTLS mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +70,9 @@ pub struct FailClosed {
     pub peer_authentications: Vec<RejectedPeerAuthentication>,
     /// Rejected DestinationRules that asked for TLS.
     pub destination_rules: Vec<RejectedDestinationRule>,
+    /// Rejected AuthorizationPolicies that could deny (all but AUDIT and dry runs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<RejectedAuthorizationPolicy>,
 }
 
 /// A rejected PeerAuthentication that asked for `STRICT` somewhere (or whose modes cannot be
@@ -84,6 +102,22 @@ pub enum RejectedSelector {
     Unreadable,
 }
 
+/// A rejected AuthorizationPolicy that could deny requests (its action is not plainly `AUDIT`
+/// and it is not plainly a dry run). Leaving it out would open what it guarded (a DENY no
+/// longer denies; an ALLOW gone may leave no ALLOW at all, which allows everything), so it
+/// stands in as a policy that denies everything to the workloads it selects, until it is
+/// fixed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedAuthorizationPolicy {
+    /// The rejected object's `metadata`.
+    pub metadata: Metadata,
+    /// Its scope, as far as it can be read. [`RejectedSelector::Unreadable`] (also for a
+    /// policy attached by `targetRef(s)`) stands for every workload of the namespace, or of
+    /// the mesh in the root namespace, where a selector reaches every namespace.
+    pub selector: RejectedSelector,
+}
+
 /// A rejected DestinationRule that asked for TLS somewhere (a `tls` whose mode is not plainly
 /// `DISABLE`). It takes the rule's place in the DestinationRule lookup (its namespace, host,
 /// `exportTo` and creationTimestamp), and every cluster under it refuses connections rather
@@ -104,7 +138,9 @@ impl FailClosed {
     /// Whether nothing is locked down.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.peer_authentications.is_empty() && self.destination_rules.is_empty()
+        self.peer_authentications.is_empty()
+            && self.destination_rules.is_empty()
+            && self.authorization_policies.is_empty()
     }
 
     /// Records what the rejected object `raw` (an Istio object as written: `kind`,
@@ -116,30 +152,23 @@ impl FailClosed {
         let spec = &raw["spec"];
         match raw["kind"].as_str()? {
             "PeerAuthentication" if asks_for_strict(spec) => {
-                let selector = match spec.get("selector") {
-                    None | Some(serde_json::Value::Null) => RejectedSelector::None,
-                    // A misspelt `matchLabels` must not widen the scope to the namespace.
-                    Some(serde_json::Value::Object(fields))
-                        if fields.keys().all(|k| k == "matchLabels") =>
-                    {
-                        match fields.get("matchLabels") {
-                            None | Some(serde_json::Value::Null) => RejectedSelector::None,
-                            Some(labels) => {
-                                string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
-                                    if labels.is_empty() {
-                                        RejectedSelector::None
-                                    } else {
-                                        RejectedSelector::Labels(labels)
-                                    }
-                                })
-                            }
-                        }
-                    }
-                    Some(_) => RejectedSelector::Unreadable,
-                };
+                let selector = rejected_selector(spec);
                 self.peer_authentications
                     .push(RejectedPeerAuthentication { metadata, selector });
                 Some(FailClosedEffect::StrictMtls)
+            }
+            "AuthorizationPolicy" if may_deny(raw) => {
+                let attached = ["targetRef", "targetRefs"]
+                    .iter()
+                    .any(|field| spec.get(field).is_some_and(|v| !v.is_null()));
+                let selector = if attached {
+                    RejectedSelector::Unreadable
+                } else {
+                    rejected_selector(spec)
+                };
+                self.authorization_policies
+                    .push(RejectedAuthorizationPolicy { metadata, selector });
+                Some(FailClosedEffect::DenyAll)
             }
             "DestinationRule" if asks_for_tls(spec) => {
                 let host = spec["host"].as_str().filter(|h| !h.is_empty())?.to_owned();
@@ -163,6 +192,38 @@ impl FailClosed {
     }
 }
 
+/// `selector` of a rejected policy as written.
+fn rejected_selector(spec: &serde_json::Value) -> RejectedSelector {
+    match spec.get("selector") {
+        None | Some(serde_json::Value::Null) => RejectedSelector::None,
+        // A misspelt `matchLabels` must not widen the scope to the namespace.
+        Some(serde_json::Value::Object(fields)) if fields.keys().all(|k| k == "matchLabels") => {
+            match fields.get("matchLabels") {
+                None | Some(serde_json::Value::Null) => RejectedSelector::None,
+                Some(labels) => string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
+                    if labels.is_empty() {
+                        RejectedSelector::None
+                    } else {
+                        RejectedSelector::Labels(labels)
+                    }
+                }),
+            }
+        }
+        Some(_) => RejectedSelector::Unreadable,
+    }
+}
+
+/// Whether an AuthorizationPolicy as written may deny requests: anything but a plain `AUDIT`
+/// action or a plain dry run (an unreadable action or annotation may mean an enforced DENY).
+fn may_deny(raw: &serde_json::Value) -> bool {
+    let audit = raw["spec"]["action"].as_str() == Some("AUDIT");
+    let dry_run = raw["metadata"]["annotations"][DRY_RUN_ANNOTATION]
+        .as_str()
+        .and_then(parse_go_bool)
+        == Some(true);
+    !(audit || dry_run)
+}
+
 /// What [`FailClosed::add_rejected`] locked down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailClosedEffect {
@@ -170,6 +231,8 @@ pub enum FailClosedEffect {
     StrictMtls,
     /// Connections to the DestinationRule's host, from where it applies, are refused.
     RefuseConnections,
+    /// The AuthorizationPolicy's workloads deny every request and connection.
+    DenyAll,
 }
 
 impl std::fmt::Display for FailClosedEffect {
@@ -182,6 +245,10 @@ impl std::fmt::Display for FailClosedEffect {
             Self::RefuseConnections => {
                 "left out, but it asks for TLS: until it is fixed, connections to its host that \
                  it would govern are refused rather than sent in plaintext (failing closed)"
+            }
+            Self::DenyAll => {
+                "left out, but it could deny requests: until it is fixed, the workloads it \
+                 selects deny every request and connection (failing closed)"
             }
         })
     }
@@ -472,6 +539,105 @@ mod tests {
                 "{raw}"
             );
             assert!(fail_closed.peer_authentications.is_empty());
+        }
+    }
+
+    #[test]
+    fn rejected_authorization_policies_that_may_deny_fail_closed() {
+        let ap = |annotations: serde_json::Value, spec: serde_json::Value| json!({"kind": "AuthorizationPolicy", "metadata": {"name": "a", "namespace": "shop", "annotations": annotations}, "spec": spec});
+        let none = json!({});
+        let labels = || RejectedSelector::Labels(BTreeMap::from([("app".into(), "cart".into())]));
+        let cases = [
+            // Every action that can deny, or that cannot be read.
+            (
+                ap(none.clone(), json!({"bogus": 1})),
+                Some(RejectedSelector::None),
+            ),
+            (
+                ap(
+                    none.clone(),
+                    json!({"action": "DENY", "selector": {"matchLabels": {"app": "cart"}}, "rules": "x"}),
+                ),
+                Some(labels()),
+            ),
+            (
+                ap(none.clone(), json!({"action": "CUSTOM", "rules": [{}]})),
+                Some(RejectedSelector::None),
+            ),
+            (
+                ap(none.clone(), json!({"action": "ALOW"})),
+                Some(RejectedSelector::None),
+            ),
+            (
+                ap(none.clone(), json!({"action": 3})),
+                Some(RejectedSelector::None),
+            ),
+            (
+                ap(
+                    none.clone(),
+                    json!({"selector": {"matchLabel": {"app": "cart"}}}),
+                ),
+                Some(RejectedSelector::Unreadable),
+            ),
+            // Attached to something else: whatever it meant is locked down.
+            (
+                ap(
+                    none.clone(),
+                    json!({"targetRefs": [{"kind": "Gateway", "name": "gw"}]}),
+                ),
+                Some(RejectedSelector::Unreadable),
+            ),
+            // A dry run that cannot be read is enforced, as Istio does.
+            (
+                ap(json!({"istio.io/dry-run": "yes"}), json!({"bogus": 1})),
+                Some(RejectedSelector::None),
+            ),
+            (
+                ap(json!({"istio.io/dry-run": true}), json!({"bogus": 1})),
+                Some(RejectedSelector::None),
+            ),
+            // Never denies: leaving it out opens nothing.
+            (
+                ap(none.clone(), json!({"action": "AUDIT", "bogus": 1})),
+                None,
+            ),
+            (
+                ap(
+                    json!({"istio.io/dry-run": "True"}),
+                    json!({"action": "DENY", "bogus": 1}),
+                ),
+                None,
+            ),
+        ];
+        for (raw, expected) in cases {
+            let mut fail_closed = FailClosed::default();
+            let effect = fail_closed.add_rejected(&raw);
+            let got = fail_closed
+                .authorization_policies
+                .first()
+                .map(|r| r.selector.clone());
+            assert_eq!(got, expected, "{raw}");
+            assert_eq!(effect, expected.map(|_| FailClosedEffect::DenyAll), "{raw}");
+            if let Some(rejected) = fail_closed.authorization_policies.first() {
+                assert_eq!(rejected.metadata, meta("shop", "a"));
+            }
+            assert!(fail_closed.peer_authentications.is_empty());
+        }
+    }
+
+    #[test]
+    fn go_bools_parse_as_strconv_does() {
+        for (text, want) in [
+            ("true", Some(true)),
+            ("T", Some(true)),
+            ("1", Some(true)),
+            ("False", Some(false)),
+            ("0", Some(false)),
+            ("yes", None),
+            ("tRuE", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_go_bool(text), want, "{text}");
         }
     }
 }

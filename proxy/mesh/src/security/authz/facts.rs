@@ -1,0 +1,73 @@
+//! What authorization is asked about: the I/O-free facts of one connection or request, as the
+//! proxy knows them when it enforces.
+
+use std::net::Ipv4Addr;
+
+use crate::spiffe::SpiffeId;
+
+/// One connection (`http: None`) or one request on it, at the destination side.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The authenticated peer (HBONE client cert or same-node delivery), None = plaintext.
+    pub peer: Option<&'a SpiffeId>,
+    /// The direct peer's address (`ipBlocks`, `source.ip`).
+    pub source_ip: Ipv4Addr,
+    /// The destination workload's address (`destination.ip`).
+    pub destination_ip: Ipv4Addr,
+    /// The destination workload's port (`ports`, `destination.port`).
+    pub destination_port: u16,
+    /// The TLS SNI the client sent, if the proxy saw one (`connection.sni`).
+    pub sni: Option<&'a str>,
+    /// None: a TCP connection (L4 evaluation, with the TCP rewriting of HTTP-only fields).
+    pub http: Option<HttpFacts<'a>>,
+}
+
+/// The HTTP request being authorized.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpFacts<'a> {
+    /// `:authority` / `Host` as sent (`hosts`; `request.headers[host]`).
+    pub host: &'a str,
+    /// The method (`methods`; `request.headers[:method]`).
+    pub method: &'a str,
+    /// The path, already normalized, with query and fragment removed (`paths`).
+    pub path: &'a str,
+    /// The request's headers (`request.headers[...]`); every value of a repeated header is
+    /// checked.
+    pub headers: &'a http::HeaderMap,
+    /// The client's address from `X-Forwarded-For` (the integrator decides the hops);
+    /// `None`: the direct peer's, as Envoy's remote address falls back to it.
+    pub remote_ip: Option<Ipv4Addr>,
+    /// The validated JWT, if the request carried one (`requestPrincipals`,
+    /// `request.auth.*`).
+    pub auth: Option<&'a RequestAuth>,
+}
+
+/// A validated JWT, as RequestAuthentication produced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestAuth {
+    /// `<iss>/<sub>`.
+    pub principal: String,
+    /// `aud`, one string or each of a list.
+    pub audiences: Vec<String>,
+    /// `azp`.
+    pub presenter: Option<String>,
+    /// The whole payload (`request.auth.claims[...]`; `iss` and `sub` for
+    /// `requestPrincipals`).
+    pub claims: serde_json::Value,
+}
+
+impl RequestAuth {
+    /// `iss` and `sub`, matched apart as Envoy does: from the claims, or else from the
+    /// principal split at its last `/` (an issuer may be a URL).
+    #[must_use]
+    pub fn issuer_and_subject(&self) -> (&str, &str) {
+        let (iss, sub) = self
+            .principal
+            .rsplit_once('/')
+            .unwrap_or((self.principal.as_str(), ""));
+        (
+            self.claims["iss"].as_str().unwrap_or(iss),
+            self.claims["sub"].as_str().unwrap_or(sub),
+        )
+    }
+}
