@@ -2,14 +2,28 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use tokio::sync::watch;
+
 use shunt_mesh::index::{Error, MeshIndex};
 use shunt_mesh::model::MeshState;
 use shunt_mesh::routing;
 
 /// The current [`MeshIndex`], swapped whole when the agent sends a new state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StateStore {
     current: RwLock<Arc<MeshIndex>>,
+    /// Moves on every swap: open connections that must follow the policies watch it
+    /// (`crate::authz::watch`).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            changes: watch::Sender::new(0),
+        }
+    }
 }
 
 impl StateStore {
@@ -32,7 +46,14 @@ impl StateStore {
     pub fn replace(&self, state: &MeshState) -> Vec<Error> {
         let (index, errors) = MeshIndex::build(state);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
+        self.changes.send_modify(|generation| *generation += 1);
         errors
+    }
+
+    /// Wakes on each later [`StateStore::replace`].
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

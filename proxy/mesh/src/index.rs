@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::ids::PodUid;
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
-use crate::security::{MtlsMode, PeerAuthnTable};
+use crate::security::{AuthzTable, MtlsMode, PeerAuthnTable};
 use crate::spiffe::SpiffeId;
 
 /// A problem in a [`MeshState`]; the rest of the state still applies.
@@ -48,6 +48,8 @@ pub struct MeshIndex {
     node_name: Option<String>,
     /// PeerAuthentication, merged per workload.
     peer_authn: PeerAuthnTable,
+    /// AuthorizationPolicy, compiled.
+    authz: AuthzTable,
 }
 
 impl MeshIndex {
@@ -103,6 +105,8 @@ impl MeshIndex {
         errors.extend(routing_errors.into_iter().map(Error::Routing));
         let (peer_authn, security_errors) = PeerAuthnTable::build(state);
         errors.extend(security_errors.into_iter().map(Error::Security));
+        let (authz, authz_errors) = AuthzTable::build(state);
+        errors.extend(authz_errors.into_iter().map(Error::Security));
         let index = Self {
             by_ip,
             by_uid,
@@ -110,6 +114,7 @@ impl MeshIndex {
             routes,
             node_name: state.node_name.clone(),
             peer_authn,
+            authz,
         };
         (index, errors)
     }
@@ -183,6 +188,13 @@ impl MeshIndex {
     #[must_use]
     pub fn peer_authn(&self) -> &PeerAuthnTable {
         &self.peer_authn
+    }
+
+    /// AuthorizationPolicy: what the destination's policies decide for a connection or a
+    /// request.
+    #[must_use]
+    pub fn authz(&self) -> &AuthzTable {
+        &self.authz
     }
 
     /// Whether PeerAuthentication `DISABLE`s mTLS for inbound connections to `workload`'s

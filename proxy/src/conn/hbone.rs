@@ -17,7 +17,7 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 
 use super::inbound;
-use super::l4::Accepted;
+use super::l4::{self, Accepted};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::context::{PodContext, ProxyContext};
 use crate::hbone;
@@ -212,6 +212,22 @@ async fn serve_stream(
         source: Some(Principal::new(principal)),
         destination: Some(Principal::new(identity.to_string())),
     };
+    // Policies that cannot depend on HTTP decide now, as ztunnel does: a denied CONNECT gets
+    // 401. Otherwise TCP is decided after detection, and HTTP request by request.
+    if let (Some(destination), SocketAddr::V4(app_addr)) =
+        (accepted.peers.destination.as_deref(), target)
+        && !index.authz().needs_http(destination)
+    {
+        match l4::authorize(&proxy, &accepted, app_addr, None) {
+            // Decided once: a TCP stream is not evaluated again after detection.
+            Ok(watched) => accepted.authz = watched,
+            Err(reason) => {
+                tracing::info!(pod = %pod.pod.uid, client = %peer.0, %reason, "HBONE: denied");
+                incoming.refuse(StatusCode::UNAUTHORIZED);
+                return;
+            }
+        }
+    }
     // The app first: a peer whose app is down gets 503, not a tunnel that resets.
     let app = match pod.pod.sockets.connect(target, proxy.connect_timeout).await {
         Ok(app) => app,

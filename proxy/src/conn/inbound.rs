@@ -104,9 +104,41 @@ pub(super) async fn serve_accepted<S>(
             });
             server::serve(connection, stream).await;
         }
-        Protocol::Tls { .. } | Protocol::Tcp => {
-            l4::run(&proxy, &pod, l4_plan(accepted, connected), stream).await;
+        Protocol::Tls { sni } => {
+            let plan = authorize_l4(&proxy, accepted, app_addr, sni.as_deref(), |accepted| {
+                l4_plan(accepted, connected)
+            });
+            l4::run(&proxy, &pod, plan, stream).await;
         }
+        Protocol::Tcp => {
+            let plan = authorize_l4(&proxy, accepted, app_addr, None, |accepted| {
+                l4_plan(accepted, connected)
+            });
+            l4::run(&proxy, &pod, plan, stream).await;
+        }
+    }
+}
+
+/// The destination's AuthorizationPolicies for a TCP (or TLS) connection, once detection
+/// said it is not HTTP (HTTP is authorized request by request): refused when they deny it,
+/// else `plan`, watched so that a later policy that denies it closes it.
+pub(super) fn authorize_l4(
+    proxy: &ProxyContext,
+    mut accepted: Accepted,
+    app_addr: std::net::SocketAddrV4,
+    sni: Option<&str>,
+    plan: impl FnOnce(Accepted) -> Plan,
+) -> Plan {
+    if accepted.authz.is_some() {
+        // Already decided (an HBONE CONNECT whose policies need no HTTP), and watched.
+        return plan(accepted);
+    }
+    match l4::authorize(proxy, &accepted, app_addr, sni) {
+        Ok(watched) => {
+            accepted.authz = watched;
+            plan(accepted)
+        }
+        Err(reason) => accepted.refuse(CloseReason::Denied, reason),
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::{self, End, ResetOnClose};
 use crate::addrs::{ClientAddr, OrigDstAddr};
+use crate::authz;
 use crate::context::{PodContext, ProxyContext};
 use crate::drain;
 use crate::hbone::HboneError;
@@ -81,6 +82,9 @@ pub(super) struct Accepted {
     /// The client app's socket, as the eBPF programs key it, when the connection may be
     /// spliced once delivered on this node ([`super::splice`]).
     pub client_app: Option<SockKey>,
+    /// What the destination's AuthorizationPolicies allowed the connection as, to evaluate
+    /// again when they change (`crate::authz::watch`); `None`: nothing to watch.
+    pub authz: Option<authz::watch::Watched>,
 }
 
 /// An accepted connection and what was decided for it.
@@ -112,6 +116,7 @@ impl Accepted {
             started_at: SystemTime::now(),
             started: Instant::now(),
             client_app: None,
+            authz: None,
         }
     }
 
@@ -429,6 +434,30 @@ where
         security: accepted.security.clone(),
         delivered: None,
     };
+    // A same-node delivery skips the destination's inbound listener: its policies are
+    // checked here, with both pods' identities, before the app sees a connection.
+    let mut watched = accepted.authz.clone();
+    if accepted.direction == access_log::Direction::Outbound
+        && let std::net::SocketAddr::V4(app_addr) = upstream_addr
+        && let Some(to) = proxy
+            .local_pods
+            .target(&pod.pod.uid, &proxy.state.load(), upstream_addr)
+    {
+        let side = destination_side(proxy, accepted, &to, upstream_addr);
+        match authorize(proxy, &side, app_addr, None) {
+            Ok(allowed) => watched = allowed,
+            Err(error) => {
+                return Ending {
+                    upstream: Some(upstream_addr),
+                    reason: CloseReason::Denied,
+                    flags: ResponseFlags::NONE,
+                    error: Some(error),
+                    security: accepted.security.clone(),
+                    delivered: Some(side),
+                };
+            }
+        }
+    }
     let connected = tokio::select! {
         biased;
         () = pod.pod.drain.force_closed() => {
@@ -506,6 +535,14 @@ where
         biased;
         () = pod.pod.drain.force_closed() => None,
         () = drain::force_closed(destination_drain.as_ref()) => None,
+        decision = denied_later(proxy, watched.as_ref()) => {
+            if let Some(splice) = &splice {
+                count_spliced(splice.finish());
+            }
+            upstream.reset_on_close();
+            let error = format!("{}: {}", authz::DENIED_BODY, decision.reason);
+            return ending(CloseReason::Denied, Some(error), delivered);
+        }
         forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
         never = report_spliced(splice.as_deref(), &count_spliced) => match never {},
     };
@@ -566,6 +603,54 @@ fn destination_side(
         .same_node(source.as_ref(), inbound.peers.destination.as_ref());
     inbound.peers.source = source;
     inbound
+}
+
+/// The destination's AuthorizationPolicies for `side`, a TCP (or TLS) connection as its
+/// destination side sees it (the inbound listener's, an HBONE stream's, or a same-node
+/// delivery's): the denial's reason, or what to watch so that a later policy that denies it
+/// closes it (`None`: no destination the mesh knows).
+pub(super) fn authorize(
+    proxy: &ProxyContext,
+    side: &Accepted,
+    app_addr: std::net::SocketAddrV4,
+    sni: Option<&str>,
+) -> Result<Option<authz::watch::Watched>, String> {
+    let Some(destination) = side.peers.destination.as_deref() else {
+        return Ok(None);
+    };
+    let std::net::SocketAddr::V4(client) = side.client.0 else {
+        return Ok(None);
+    };
+    let index = proxy.state.load();
+    let connection = authz::Connection {
+        destination,
+        security: &side.security,
+        source_ip: *client.ip(),
+        destination_addr: app_addr,
+        sni,
+    };
+    let decision = connection.evaluate(&index, &proxy.metrics.authz, None);
+    if !decision.allowed {
+        return Err(format!("{}: {}", authz::DENIED_BODY, decision.reason));
+    }
+    Ok(Some(authz::watch::Watched {
+        destination: destination.uid.clone(),
+        security: side.security.clone(),
+        source_ip: *client.ip(),
+        destination_addr: app_addr,
+        sni: sni.map(str::to_owned),
+    }))
+}
+
+/// Resolves once the policies deny a watched connection (never for `None`).
+async fn denied_later(
+    proxy: &ProxyContext,
+    watched: Option<&authz::watch::Watched>,
+) -> shunt_mesh::security::authz::Decision {
+    match watched {
+        Some(watched) => authz::watch::denied(&proxy.state, &proxy.metrics.authz, watched).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How the peers of a dialled connection were authenticated, as its side reports them.

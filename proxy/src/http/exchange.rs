@@ -60,6 +60,8 @@ pub(super) struct Exchange {
     request_body_bytes: Arc<AtomicU64>,
     pub(super) flags: ResponseFlags,
     pub(super) route_name: Option<String>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`, when a phase set one (authn, authz).
+    pub(super) response_code_details: Option<String>,
     /// The registry host the request was for, when known before a cluster was chosen.
     pub(super) target_service: Option<Arc<Service>>,
     pub(super) cluster: Option<Arc<Cluster>>,
@@ -103,6 +105,7 @@ impl Exchange {
             request_body_bytes: request_body_bytes.clone(),
             flags: ResponseFlags::NONE,
             route_name: None,
+            response_code_details: None,
             target_service: None,
             cluster: None,
             upstream: None,
@@ -336,6 +339,7 @@ impl HttpConnection {
             request_id: &exchange.request_id,
             authority: exchange.authority.as_deref(),
             route_name: exchange.route_name.as_deref(),
+            response_code_details: exchange.response_code_details.as_deref(),
             direction: match self.side {
                 Side::Outbound { .. } => Direction::Outbound,
                 Side::Inbound(_) => Direction::Inbound,

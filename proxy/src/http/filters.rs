@@ -90,6 +90,53 @@ pub enum Flow {
     Reply(LocalReply),
 }
 
+/// The inbound **`authz`** phase (Envoy's `envoy.filters.http.rbac`): the destination's
+/// AuthorizationPolicies for one request to `app`, reached over `connection` (the inbound
+/// listener's, an HBONE stream's, or a same-node delivery's destination side). A denial is
+/// 403 `RBAC: access denied`, with the deciding policy in `response_code_details`.
+pub(super) fn authorize(
+    connection: &HttpConnection,
+    app: &InboundApp,
+    request: &http::request::Parts,
+    auth: Option<&shunt_mesh::security::authz::RequestAuth>,
+    exchange: &mut Exchange,
+) -> Flow {
+    let Some(destination) = app.workload.as_deref() else {
+        return Flow::Continue;
+    };
+    let source_ip = match connection.client.0 {
+        std::net::SocketAddr::V4(client) => *client.ip(),
+        std::net::SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let host = exchange.authority.as_deref().unwrap_or_default();
+    // The path the router sees: normalized by the server loop, query left out.
+    let path = request.uri.path();
+    let facts = shunt_mesh::security::authz::HttpFacts {
+        host,
+        method: request.method.as_str(),
+        path,
+        headers: &request.headers,
+        // No trusted hops on a sidecar's inbound (`numTrustedProxies` 0): the client is the
+        // direct peer. Gateways define trusted hops.
+        remote_ip: Some(source_ip),
+        auth,
+    };
+    let index = connection.proxy.state.load();
+    let decision = crate::authz::Connection {
+        destination,
+        security: &app.security,
+        source_ip,
+        destination_addr: connection.orig_dst,
+        sni: None,
+    }
+    .evaluate(&index, &connection.proxy.metrics.authz, Some(facts));
+    if decision.allowed {
+        return Flow::Continue;
+    }
+    exchange.response_code_details = decision.response_code_details();
+    Flow::Reply(LocalReply::access_denied())
+}
+
 /// [`Phase::Cors`]: an allowed CORS preflight is answered here (200 and the `Access-Control-*`
 /// headers); anything else, including a preflight from an origin not allowed, goes on.
 #[must_use]
@@ -412,11 +459,9 @@ impl HttpConnection {
         (response, grpc)
     }
 
-    /// Hands an inbound request to the app.
-    ///
-    /// The slot of the inbound phases: **`authn`** (JWT request authentication) and then
-    /// **`authz`** (authorization policies) run here, before [`HttpConnection::deliver`],
-    /// each returning a [`Flow`] as the outbound phases do (401 / 403 local replies).
+    /// Hands an inbound request to the app, once the inbound phases let it: **`authn`**
+    /// (JWT request authentication) and then **`authz`** ([`authorize`]), in that order, as
+    /// Istio's inbound chain runs `jwt_authn` and then `rbac` ahead of the router.
     pub(super) async fn inbound(
         &self,
         app: &InboundApp,
@@ -425,6 +470,9 @@ impl HttpConnection {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         exchange: &mut Exchange,
     ) -> Reply {
+        if let Flow::Reply(reply) = authorize(self, app, &parts, None, exchange) {
+            return exchange.reply(reply);
+        }
         self.deliver(app, parts, body, upgrade, exchange).await
     }
 

@@ -124,6 +124,7 @@ impl HttpConnection {
             passthrough: (cluster.policy.load_balancer == LoadBalancer::Passthrough)
                 .then_some(self.orig_dst),
             destination_workload,
+            connection: self,
         };
         let outcome = match route.timeout {
             Some(timeout) => tokio::time::timeout(timeout, attempts.run(exchange))
@@ -272,6 +273,34 @@ impl HttpConnection {
             tokio::spawn(async move {
                 send_mirror(state, copy, body, destination).await;
             });
+        }
+    }
+
+    /// A request about to be delivered to a pod served here skips that pod's inbound
+    /// listener: its `authz` phase runs here, as that side ([`HttpConnection::destination_side`]).
+    /// The 403 when its policies deny the request, recorded on both sides.
+    fn authorize_delivery(
+        &self,
+        picked: &Picked,
+        request: &http::request::Parts,
+        exchange: &mut Exchange,
+    ) -> Option<Reply> {
+        let index = self.proxy.state.load();
+        let pod = self
+            .proxy
+            .local_pods
+            .target(&self.pod.uid, &index, picked.addr.socket_addr())?;
+        drop(index);
+        let side = self.destination_side(pod, picked.addr.into());
+        let Side::Inbound(app) = &side.side else {
+            return None;
+        };
+        match super::filters::authorize(&side, app, request, None, exchange) {
+            super::filters::Flow::Reply(reply) => {
+                exchange.delivered = Some(side.clone());
+                Some(exchange.reply(reply))
+            }
+            super::filters::Flow::Continue | super::filters::Flow::Delay(_) => None,
         }
     }
 
@@ -460,6 +489,8 @@ struct Attempts<'a> {
     passthrough: Option<SocketAddrV4>,
     /// The pod at the original destination, for a passthrough's labels.
     destination_workload: Option<Arc<Workload>>,
+    /// The connection the request came on, for a same-node delivery's destination side.
+    connection: &'a HttpConnection,
 }
 
 impl Attempts<'_> {
@@ -488,6 +519,12 @@ impl Attempts<'_> {
                     ));
                 }
             };
+            if let Some(reply) =
+                self.connection
+                    .authorize_delivery(&picked, &self.template.parts, exchange)
+            {
+                return Err(Box::new(reply));
+            }
             let Some(body) = self.body_for_attempt() else {
                 // A streamed body was already sent once; nothing more can be tried.
                 return Err(Box::new(exchange.reply(LocalReply::retry_limit_exceeded())));

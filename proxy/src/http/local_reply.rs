@@ -68,6 +68,17 @@ impl LocalReply {
         (self.response, self.grpc_status)
     }
 
+    /// 403 `RBAC: access denied`, as Envoy's RBAC filter answers (a gRPC client gets
+    /// `PERMISSION_DENIED`).
+    #[must_use]
+    pub fn access_denied() -> Self {
+        Self::text(
+            StatusCode::FORBIDDEN,
+            crate::authz::DENIED_BODY,
+            ResponseFlags::NONE,
+        )
+    }
+
     /// 404 `NR`: no route of the virtual host matched.
     #[must_use]
     pub fn route_not_found() -> Self {

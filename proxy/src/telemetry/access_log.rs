@@ -207,6 +207,9 @@ pub struct HttpEntry<'a, Cluster: Display> {
     pub request_id: &'a str,
     pub authority: Option<&'a str>,
     pub route_name: Option<&'a str>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when the proxy decided the response itself for a
+    /// reason worth naming (`rbac_access_denied_matched_policy[ns.name]`, `jwt_authn_...`).
+    pub response_code_details: Option<&'a str>,
     pub direction: Direction,
     pub reporter: Reporter,
     /// `namespace/name` of the pod whose listener accepted the connection.
@@ -250,6 +253,7 @@ impl<Cluster: Display> LogEntry for HttpEntry<'_, Cluster> {
         json.str("request_id", self.request_id);
         json.opt_str("authority", self.authority);
         json.opt_str("route_name", self.route_name);
+        json.opt_str("response_code_details", self.response_code_details);
         json.str("direction", self.direction.as_str());
         json.str("reporter", self.reporter.as_str());
         json.str("pod", self.pod);
@@ -595,6 +599,7 @@ mod tests {
             request_id: "6f1c9e0a-2b1d-4a47-9d35-0c8f8c5b9a11",
             authority: Some("api.shop:80"),
             route_name: Some("shop/api"),
+            response_code_details: None,
             direction: Direction::Outbound,
             reporter: Reporter::Source,
             pod: "shop/web-1",

@@ -371,6 +371,8 @@ pub struct Metrics {
     cert_expiry: Family<IdentityLabels, Gauge>,
     /// `shunt_peer_authentication_refused_total`.
     peer_authn_refused: Counter,
+    /// `shunt_authorization_decisions_total{action, policy, decision}`.
+    pub authz: std::sync::Arc<crate::authz::AuthzMetrics>,
 }
 
 /// One workload identity.
@@ -483,6 +485,7 @@ impl Metrics {
         let upstream =
             std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(&mut registry));
         let hbone = std::sync::Arc::new(crate::hbone::HboneMetrics::register(&mut registry));
+        let authz = std::sync::Arc::new(crate::authz::AuthzMetrics::register(&mut registry));
         let cert_expiry = Family::<IdentityLabels, Gauge>::default();
         registry.register(
             "shunt_workload_certificate_expiry_timestamp_seconds",
@@ -513,6 +516,7 @@ impl Metrics {
             hbone,
             cert_expiry,
             peer_authn_refused,
+            authz,
         }
     }
 

@@ -1,0 +1,549 @@
+//! AuthorizationPolicy on one node, end to end: a policy per case, over HTTP and TCP, as the
+//! destination's side enforces it. The client pod is captured on the same node (same-node
+//! delivery: its identity is known, so principal rules can match it); the outsider is not
+//! captured (plaintext: principal rules never match it). Runs as root (and skips, saying so,
+//! otherwise). Across nodes (HBONE) is in `multinode.rs`.
+
+#[expect(
+    dead_code,
+    reason = "the shared module's helpers are for several test binaries"
+)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{OrPanic, client, pod_ip};
+use serde_json::{Value, json};
+use shunt_tests::{AgentOptions, ClusterConfig, NamespaceConfig, Node, Pod};
+
+const MESH: &str = "mesh";
+const LEGACY: &str = "legacy";
+const HTTP_PORT: u16 = 8080;
+const TCP_PORT: u16 = 9090;
+/// How long a config change may take to reach the agent and the proxy.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// One client run, at most.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Authz {
+    node: Node,
+    server: Pod,
+    inside: Pod,
+    outsider: Pod,
+    _servers: Vec<shunt_tests::Process>,
+}
+
+/// What one case observes: HTTP statuses (0: no answer) and whether a TCP echo came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    /// The captured client's `GET` of each probed path.
+    inside: Vec<u16>,
+    /// The captured client's TCP echo to the server's TCP port.
+    inside_tcp: bool,
+    /// The uncaptured outsider's `GET /x`.
+    outsider: u16,
+}
+
+impl Authz {
+    fn start(test: &str, extra_istio: &[Value]) -> Option<Self> {
+        if shunt_tests::skip_unless_root(test) {
+            return None;
+        }
+        let binaries = common::binaries();
+        binaries.require_all().or_panic("binaries under test");
+        binaries.httppod().or_panic("shunt-httppod");
+        let mut node = Node::with_binaries(test, binaries).or_panic("creating the node");
+        let server = node.add_pod("server", pod_ip(20)).or_panic("server pod");
+        let inside = node.add_pod("client", pod_ip(10)).or_panic("client pod");
+        let outsider = node
+            .add_pod("outsider", pod_ip(30))
+            .or_panic("outsider pod");
+        let mut server_config = node
+            .pod_config(&server, MESH)
+            .label("app", "server")
+            .port("http", HTTP_PORT)
+            .port("tcp-echo", TCP_PORT);
+        server_config.service_account = "server".into();
+        let mut client_config = node.pod_config(&inside, MESH).label("app", "client");
+        client_config.service_account = "client".into();
+        let config = ClusterConfig::new()
+            .namespace(&NamespaceConfig::injected(MESH))
+            .namespace(&NamespaceConfig::new(LEGACY))
+            .pod(&server_config)
+            .pod(&client_config)
+            .pod(&node.pod_config(&outsider, LEGACY));
+        node.write_config(&config).or_panic("writing the config");
+        node.write_istio(extra_istio)
+            .or_panic("writing the Istio config");
+        node.start_agent(&AgentOptions::default())
+            .or_panic("starting the agent");
+        node.start_proxy().or_panic("starting the proxy");
+        node.wait_captured(&[&server, &inside])
+            .or_panic("waiting for capture");
+        let servers = vec![
+            node.start_httppod_server(
+                &server,
+                &[
+                    "serve",
+                    "--port",
+                    &HTTP_PORT.to_string(),
+                    "--name",
+                    "server",
+                ],
+            )
+            .or_panic("http server"),
+            node.start_server(&server, &["echo-server", "--port", &TCP_PORT.to_string()])
+                .or_panic("echo server"),
+        ];
+        Some(Self {
+            node,
+            server,
+            inside,
+            outsider,
+            _servers: servers,
+        })
+    }
+
+    /// One request from `pod` to the server's `path`: its report.
+    fn get(&self, pod: &Pod, path: &str, extra: &[&str]) -> Value {
+        let url = format!("http://{}{path}", self.server.addr(HTTP_PORT));
+        let mut args = vec!["http", "--url", &url, "--timeout-ms", "5000"];
+        args.extend_from_slice(extra);
+        let output = self
+            .node
+            .run_httppod(pod, &args, CLIENT_TIMEOUT)
+            .or_panic("shunt-httppod http");
+        output
+            .json()
+            .or_panic(&format!("report of {args:?} (stderr: {})", output.stderr))
+    }
+
+    /// The status of that request, 0 when there was none.
+    fn status(&self, pod: &Pod, path: &str, extra: &[&str]) -> u16 {
+        status_of(&self.get(pod, path, extra))
+    }
+
+    fn tcp(&self, pod: &Pod) -> bool {
+        let to = self.server.addr(TCP_PORT).to_string();
+        let report = client(
+            &self.node,
+            pod,
+            &["send", "--to", &to, "--bytes", "4096", "--seed", "3"],
+        );
+        report["ok"] == true
+    }
+
+    fn seen(&self, paths: &[&str]) -> Seen {
+        Seen {
+            inside: paths
+                .iter()
+                .map(|path| self.status(&self.inside, path, &[]))
+                .collect(),
+            inside_tcp: self.tcp(&self.inside),
+            outsider: self.status(&self.outsider, "/x", &[]),
+        }
+    }
+
+    /// Writes `policies` and polls until `expected` is what the probes see.
+    fn expect(&self, case: &str, policies: &[Value], paths: &[&str], expected: &Seen) {
+        self.node
+            .write_istio(policies)
+            .or_panic("writing the policies");
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        loop {
+            let seen = self.seen(paths);
+            if seen == *expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: expected {expected:?}, saw {seen:?} (paths {paths:?})"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn teardown(self) {
+        let problems = self.node.teardown();
+        assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+    }
+}
+
+/// The single status of a one-request report, 0 when it failed.
+fn status_of(report: &Value) -> u16 {
+    report["status"]
+        .as_object()
+        .and_then(|codes| codes.keys().next())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An AuthorizationPolicy in `mesh` selecting the server.
+fn policy(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    if let Some(object) = spec.as_object_mut() {
+        object.insert("selector".into(), json!({"matchLabels": {"app": "server"}}));
+    }
+    json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": MESH},
+        "spec": spec,
+    })
+}
+
+fn seen(inside: &[u16], inside_tcp: bool, outsider: u16) -> Seen {
+    Seen {
+        inside: inside.to_vec(),
+        inside_tcp,
+        outsider,
+    }
+}
+
+#[test]
+fn evaluation_order_and_empty_cases_over_http_and_tcp() {
+    const TEST: &str = "authz::evaluation_order_and_empty_cases_over_http_and_tcp";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    let paths = ["/x", "/admin"];
+    let all = json!([{}]);
+    // (case, policies, [GET /x, GET /admin] from the client, its TCP echo, the outsider's GET)
+    let cases: Vec<(&str, Vec<Value>, Seen)> = vec![
+        ("no policy", vec![], seen(&[200, 200], true, 200)),
+        (
+            "ALLOW spec {}: allows nothing",
+            vec![policy("allow-nothing", json!({}))],
+            seen(&[403, 403], false, 403),
+        ),
+        (
+            "ALLOW rules [{}]: allows everything",
+            vec![policy("allow-all", json!({"rules": all}))],
+            seen(&[200, 200], true, 200),
+        ),
+        (
+            "DENY rules [{}]: denies everything",
+            vec![policy("deny-all", json!({"action": "DENY", "rules": all}))],
+            seen(&[403, 403], false, 403),
+        ),
+        (
+            "DENY without rules: no effect",
+            vec![policy("deny-none", json!({"action": "DENY"}))],
+            seen(&[200, 200], true, 200),
+        ),
+        (
+            "DENY over ALLOW on the same path",
+            vec![
+                policy("allow-all", json!({"rules": all})),
+                policy(
+                    "deny-admin",
+                    json!({"action": "DENY", "rules": [{"to": [{"operation": {
+                        "paths": ["/admin"], "ports": [HTTP_PORT.to_string()]}}]}]}),
+                ),
+            ],
+            seen(&[200, 403], true, 200),
+        ),
+        (
+            "AUDIT changes nothing",
+            vec![policy(
+                "audit-all",
+                json!({"action": "AUDIT", "rules": all}),
+            )],
+            seen(&[200, 200], true, 200),
+        ),
+        (
+            "ALLOW principals: only the authenticated client",
+            vec![policy(
+                "allow-client",
+                json!({"rules": [{"from": [{"source": {
+                    "principals": ["cluster.local/ns/mesh/sa/client"]}}]}]}),
+            )],
+            seen(&[200, 200], true, 403),
+        ),
+        (
+            "DENY notPrincipals [*]: plaintext denied",
+            vec![policy(
+                "deny-plaintext",
+                json!({"action": "DENY", "rules": [{"from": [{"source": {
+                    "notPrincipals": ["*"]}}]}]}),
+            )],
+            seen(&[200, 200], true, 403),
+        ),
+        (
+            "ALLOW namespaces [mesh]",
+            vec![policy(
+                "allow-mesh",
+                json!({"rules": [{"from": [{"source": {"namespaces": [MESH]}}]}]}),
+            )],
+            seen(&[200, 200], true, 403),
+        ),
+        (
+            "ALLOW of HTTP-only rules: all TCP denied",
+            vec![policy(
+                "allow-get",
+                json!({"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
+            )],
+            seen(&[200, 200], false, 200),
+        ),
+        (
+            "DENY methods: widened to all TCP",
+            vec![policy(
+                "deny-post",
+                json!({"action": "DENY", "rules": [{"to": [{"operation": {
+                    "methods": ["POST"]}}]}]}),
+            )],
+            seen(&[200, 200], false, 200),
+        ),
+        (
+            "mixed ALLOW rules keep their L4 part",
+            vec![policy(
+                "allow-mixed",
+                json!({"rules": [
+                    {"to": [{"operation": {"ports": [TCP_PORT.to_string()]}}]},
+                    {"to": [{"operation": {"methods": ["GET"], "paths": ["/x"]}}]},
+                ]}),
+            )],
+            seen(&[200, 403], true, 200),
+        ),
+    ];
+    for (case, policies, expected) in &cases {
+        authz.expect(case, policies, &paths, expected);
+    }
+    let metrics = authz.node.metrics().or_panic("metrics");
+    const DECISIONS: &str = "shunt_authorization_decisions_total";
+    for (labels, what) in [
+        (
+            [("action", "DENY"), ("decision", "deny")],
+            "a DENY policy's denials",
+        ),
+        (
+            [("action", "AUDIT"), ("decision", "audit")],
+            "the AUDIT policy's marks",
+        ),
+        (
+            [("action", "ALLOW"), ("decision", "allow")],
+            "an ALLOW policy's allows",
+        ),
+    ] {
+        assert!(
+            metrics.sum(DECISIONS, &labels) >= 1.0,
+            "{what}: {}",
+            metrics.describe(DECISIONS)
+        );
+    }
+    let log = authz.node.access_log().or_panic("access log");
+    let denied = log.matching(&[("response_code", "403")]);
+    assert!(
+        denied.iter().any(|entry| entry["response_code_details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("rbac_access_denied_matched_policy"))),
+        "no 403 names its policy: {}",
+        log.describe()
+    );
+    authz.teardown();
+}
+
+#[test]
+fn paths_match_prefix_suffix_and_templates_after_normalization() {
+    const TEST: &str = "authz::paths_match_prefix_suffix_and_templates_after_normalization";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    let allow = policy(
+        "allow-paths",
+        json!({"rules": [{"to": [{"operation": {
+            "paths": ["/api/*", "*.html", "/users/{*}/profile", "/files/{**}"]}}]}]}),
+    );
+    let deny = policy(
+        "deny-admin",
+        json!({"action": "DENY", "rules": [{"to": [{"operation": {
+            "paths": ["/api/admin", "/api/admin/*"]}}]}]}),
+    );
+    authz
+        .node
+        .write_istio(&[allow, deny])
+        .or_panic("the policies");
+    // (path as sent, status): the rule sees the normalized path, query excluded.
+    let cases: &[(&str, u16)] = &[
+        ("/api/items", 200),
+        ("/api/items?x=1", 200),
+        ("/index.html", 200),
+        ("/users/7/profile", 200),
+        ("/users/7/8/profile", 403),
+        ("/files/a/b/c", 200),
+        ("/other", 403),
+        ("/api/admin", 403),
+        // The classic bypasses, denied because normalization runs first.
+        ("//api/admin", 403),
+        ("/api/./admin", 403),
+        ("/api/x/../admin", 403),
+        ("/api/admin?debug=1", 403),
+    ];
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while authz.status(&authz.inside, "/other", &[]) != 403 {
+        assert!(Instant::now() < deadline, "the policies never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let seen: Vec<(&str, u16)> = cases
+        .iter()
+        .map(|(path, _)| (*path, authz.status(&authz.inside, path, &[])))
+        .collect();
+    assert_eq!(seen, cases, "expected ← seen");
+    authz.teardown();
+}
+
+#[test]
+fn decode_and_merge_slashes_closes_the_escaped_slash_bypass() {
+    const TEST: &str = "authz::decode_and_merge_slashes_closes_the_escaped_slash_bypass";
+    let mesh = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\n"},
+    });
+    let Some(authz) = Authz::start(
+        TEST,
+        &[shunt_tests::istio::istio_system_namespace(), mesh.clone()],
+    ) else {
+        return;
+    };
+    let deny = policy(
+        "deny-admin",
+        json!({"action": "DENY", "rules": [{"to": [{"operation": {
+            "paths": ["/admin", "/admin/*"]}}]}]}),
+    );
+    authz
+        .node
+        .write_istio(&[shunt_tests::istio::istio_system_namespace(), mesh, deny])
+        .or_panic("the policies");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while authz.status(&authz.inside, "/admin", &[]) != 403 {
+        assert!(Instant::now() < deadline, "the policy never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let cases: &[(&str, u16)] = &[
+        ("/public", 200),
+        ("/admin%2Fusers", 403),
+        ("/admin%5Cusers", 403),
+        ("//admin//users", 403),
+        ("/%61dmin", 403),
+        ("/admin%00", 400),
+    ];
+    let seen: Vec<(&str, u16)> = cases
+        .iter()
+        .map(|(path, _)| (*path, authz.status(&authz.inside, path, &[])))
+        .collect();
+    assert_eq!(seen, cases, "expected ← seen");
+    authz.teardown();
+}
+
+#[test]
+fn when_conditions_check_every_value_of_a_repeated_header() {
+    const TEST: &str = "authz::when_conditions_check_every_value_of_a_repeated_header";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    let allow = policy(
+        "allow-tagged",
+        json!({"rules": [{"when": [{"key": "request.headers[x-tag]", "values": ["blue"]}]}]}),
+    );
+    let deny = policy(
+        "deny-red",
+        json!({"action": "DENY", "rules": [{"when": [
+            {"key": "request.headers[x-tag]", "values": ["red"]}]}]}),
+    );
+    authz
+        .node
+        .write_istio(&[allow, deny])
+        .or_panic("the policies");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while authz.status(&authz.inside, "/x", &[]) != 403 {
+        assert!(Instant::now() < deadline, "the policies never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // (headers sent, status)
+    let cases: &[(&[&str], u16)] = &[
+        (&[], 403),
+        (&["-H", "x-tag: blue"], 200),
+        (&["-H", "x-tag: green"], 403),
+        // Repeated: a DENY value in any of them denies; an ALLOW value in any allows.
+        (&["-H", "x-tag: green", "-H", "x-tag: blue"], 200),
+        (&["-H", "x-tag: blue", "-H", "x-tag: red"], 403),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(
+            authz.status(&authz.inside, "/x", headers),
+            *want,
+            "headers {headers:?}"
+        );
+    }
+    authz.teardown();
+}
+
+#[test]
+fn a_policy_change_closes_open_connections_it_denies_and_invalid_policies_fail_closed() {
+    const TEST: &str =
+        "authz::a_policy_change_closes_open_connections_it_denies_and_invalid_policies_fail_closed";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    assert!(authz.tcp(&authz.outsider), "no policy: TCP reaches the app");
+    // One long connection from the outsider, pinging; a DENY arrives while it is open.
+    let to = authz.server.addr(TCP_PORT).to_string();
+    let mut hold = authz
+        .node
+        .testpod(
+            &authz.outsider,
+            &[
+                "hold",
+                "--to",
+                &to,
+                "--seconds",
+                "40",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .or_panic("hold");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        hold.exit_status().or_panic("hold").is_none(),
+        "the connection ended before any policy: {}",
+        hold.tail()
+    );
+    let deny = policy(
+        "deny-tcp",
+        json!({"action": "DENY", "rules": [{"to": [{"operation": {
+            "ports": [TCP_PORT.to_string()]}}]}]}),
+    );
+    authz.node.write_istio(&[deny]).or_panic("the DENY");
+    let ended = hold
+        .wait(APPLY_TIMEOUT)
+        .or_panic("the held connection closed");
+    assert!(
+        !ended.success(),
+        "the held connection should have been cut: {}",
+        hold.tail()
+    );
+
+    // An ALLOW the agent cannot compile (an unknown `when` key) denies everything of the
+    // workloads it selects until it is fixed: never open.
+    let broken = policy(
+        "broken",
+        json!({"rules": [{"when": [{"key": "request.nonsense", "values": ["x"]}]}]}),
+    );
+    authz.expect(
+        "an invalid ALLOW fails closed",
+        &[broken],
+        &["/x"],
+        &seen(&[403], false, 403),
+    );
+    let config = authz.node.admin().config().or_panic("GET /config");
+    let errors = config["errors"].to_string();
+    assert!(
+        errors.contains("AuthorizationPolicy mesh/broken") && errors.contains("request.nonsense"),
+        "the agent's errors must name the object and the key: {errors}"
+    );
+    authz.expect("fixed", &[], &["/x"], &seen(&[200], true, 200));
+    authz.teardown();
+}
