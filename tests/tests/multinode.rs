@@ -1097,3 +1097,103 @@ fn hbone_listener_names_the_source_by_its_connection_not_by_a_forwarded_header()
     let problems = cluster.teardown();
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
+
+/// An AuthorizationPolicy of `MESH` without a selector (every pod of the namespace).
+fn namespace_policy(name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": MESH},
+        "spec": spec,
+    })
+}
+
+/// Whether a 4 KiB echo from `from` (through its node's proxy) to `to` comes back.
+fn echoes(cluster: &Cluster, from: &Pod, to: &Pod) -> bool {
+    let node = cluster.node_of(from).or_panic("the client's node");
+    let to = to.addr(ECHO_PORT).to_string();
+    let report = common::client(
+        node,
+        from,
+        &["send", "--to", &to, "--bytes", "4096", "--seed", "5"],
+    );
+    report["ok"] == true
+}
+
+/// The status each `CONNECT` of a client presenting `identity` gets from b's listener.
+fn connect_status(cluster: &Cluster, a: &Pod, b: &Pod, identity: &str) -> Vec<Value> {
+    let flags = with_flags(&good_client(b), &[("--identity", identity)]);
+    let report = peer_client(cluster, a, b, &flags);
+    assert_eq!(report["failed"], Value::Null, "{identity}: {report}");
+    report["streams"]
+        .as_array()
+        .or_panic_none("streams", &report)
+        .iter()
+        .map(|stream| stream["status"].clone())
+        .collect()
+}
+
+#[test]
+fn authorization_policies_see_hbone_principals_and_refuse_a_connect_with_401() {
+    const TEST: &str =
+        "multinode::authorization_policies_see_hbone_principals_and_refuse_a_connect_with_401";
+    let Some((cluster, a, b, _echo)) = wire_cluster(TEST) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + REPORT_TIMEOUT * 2;
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+
+    // Only a's principal, as its certificate proves it across the nodes.
+    let allow_a = namespace_policy(
+        "allow-a",
+        serde_json::json!({"rules": [{"from": [{"source": {
+            "principals": [format!("cluster.local/ns/{MESH}/sa/sa-a")]}}]}]}),
+    );
+    cluster.write_istio(&[allow_a]).or_panic("the ALLOW");
+    let other = spiffe("sa-other");
+    until("a stranger's CONNECT is refused with 401", &|| {
+        connect_status(&cluster, &a, &b, &other) == [Value::from(401)]
+    });
+    assert_eq!(
+        connect_status(&cluster, &a, &b, &spiffe("sa-a")),
+        [Value::from(200)],
+        "a's own identity is allowed"
+    );
+    assert!(echoes(&cluster, &a, &b), "a → b through both proxies");
+
+    // A namespace rule: DENY everything from the mesh namespace, HBONE peers included.
+    let deny_mesh = namespace_policy(
+        "deny-mesh",
+        serde_json::json!({"action": "DENY", "rules": [{"from": [{"source": {
+            "namespaces": [MESH]}}]}]}),
+    );
+    cluster.write_istio(&[deny_mesh]).or_panic("the DENY");
+    until("a's connections are denied", &|| !echoes(&cluster, &a, &b));
+    assert_eq!(
+        connect_status(&cluster, &a, &b, &spiffe("sa-a")),
+        [Value::from(401)],
+        "a's CONNECT under the DENY"
+    );
+    let metrics = cluster
+        .node(1)
+        .or_panic("node-1")
+        .metrics()
+        .or_panic("metrics");
+    let denied = sum(
+        &metrics,
+        "shunt_authorization_decisions_total",
+        &[("action", "DENY"), ("decision", "deny")],
+    );
+    assert!(
+        denied >= 1,
+        "{}",
+        metrics.describe("shunt_authorization_decisions_total")
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}
