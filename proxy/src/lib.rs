@@ -4,7 +4,9 @@
 //! Modules depend downwards only (`cargo xtask layers` checks it):
 //! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
 //! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `peer_security`, `progress`,
-//! `response_flag`, `socket`, `drain`, `state`; shunt-mesh and shunt-api below all of them.
+//! `response_flag`, `socket`, `drain`, `state`; `ext_authz` (the CUSTOM policies' HTTP
+//! client, which dials through a seam) below `http`; shunt-mesh and shunt-api below all of
+//! them.
 #![deny(unsafe_code)]
 
 pub mod addrs;
@@ -14,6 +16,7 @@ pub mod conn;
 pub mod context;
 pub mod control;
 pub mod drain;
+pub mod ext_authz;
 pub mod hbone;
 pub mod http;
 pub mod identity;

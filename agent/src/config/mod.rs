@@ -112,6 +112,8 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+mod ext_authz_tests;
+#[cfg(test)]
 mod readme_tests;
 #[cfg(test)]
 mod tests;

@@ -384,20 +384,32 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
         errors.push(error(
             format!("data.mesh.{field}"),
             "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
-             protocolDetectionTimeout, accessLogFile, trustDomain and rootNamespace): ignored \
+             protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace and \
+             extensionProviders): ignored \
              (a warning: the rest of the mesh config applies)"
                 .into(),
         ));
     }
     match parsed {
-        Ok(mesh) => routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
+        Ok(mesh) => {
+            let settings = routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| error(field, message)),
+                );
+                MeshSettings::default()
+            });
+            // Rejected extension providers stay in the settings (CUSTOM policies naming them
+            // deny); each is reported here.
             errors.extend(
-                problems
-                    .into_iter()
-                    .map(|(field, message)| error(field, message)),
+                settings
+                    .extension_providers
+                    .problems()
+                    .map(|(field, message)| error(field.to_owned(), message.to_owned())),
             );
-            MeshSettings::default()
-        }),
+            settings
+        }
         Err(e) => {
             let path = e.path().to_string();
             let field = if path == "." {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ext_authz;
 pub mod ids;
 pub mod index;
 pub mod istio;

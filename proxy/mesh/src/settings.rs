@@ -43,6 +43,13 @@ pub struct MeshSettings {
     /// namespaces have none); default [`DEFAULT_ROOT_NAMESPACE`].
     #[serde(default = "default_root_namespace")]
     pub root_namespace: String,
+    /// `extensionProviders`: the external authorizers CUSTOM policies name, each checked, the
+    /// rejected ones kept with why (see [`crate::ext_authz`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::ext_authz::ExtensionProviders::is_empty"
+    )]
+    pub extension_providers: crate::ext_authz::ExtensionProviders,
 }
 
 impl Default for MeshSettings {
@@ -53,6 +60,7 @@ impl Default for MeshSettings {
             access_log: AccessLogOutput::default(),
             trust_domain: default_trust_domain(),
             root_namespace: default_root_namespace(),
+            extension_providers: crate::ext_authz::ExtensionProviders::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! shunt-httppod grpc  --addr IP:PORT [-n N] [--service shunt.test]
 //! shunt-httppod ws    --url ws://HOST/ws [--connect IP:PORT] [-n N]
 //! shunt-httppod count --addr 127.0.0.1:P [--prefix /p] [--reset]
+//! shunt-httppod ext-authz --port P [--delay-ms D] [--deny-status S]
 //! ```
 //!
 //! Request headers the server obeys: `x-fail-pattern: K/N` (the first K of every N requests
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod ext_authz;
 mod grpc;
 mod server;
 mod websocket;
@@ -47,6 +49,8 @@ enum Command {
     Ws(websocket::WsArgs),
     /// What a server has seen (`GET /count`).
     Count(client::CountArgs),
+    /// An HTTP ext_authz service, as Istio's sample (`x-ext-authz: allow` allows).
+    ExtAuthz(ext_authz::ExtAuthzArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
             Command::Grpc(args) => grpc::run(args).await?,
             Command::Ws(args) => websocket::run(args).await?,
             Command::Count(args) => client::count(args).await?,
+            Command::ExtAuthz(args) => return ext_authz::run(args).await,
         };
         println!("{report}");
         Ok(())

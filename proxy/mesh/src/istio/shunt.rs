@@ -44,6 +44,9 @@ pub struct MeshConfig {
     pub trust_domain: Option<String>,
     /// `rootNamespace`: the namespace of mesh-wide policies; absent: `istio-system`.
     pub root_namespace: Option<String>,
+    /// `extensionProviders`, as written: [`crate::ext_authz::extension_providers`] reads each
+    /// one field by field, so a bad provider is refused alone and names its field.
+    pub extension_providers: Vec<serde_json::Value>,
 }
 
 /// `outboundTrafficPolicy` of MeshConfig.

@@ -72,6 +72,12 @@ pub fn mesh_settings(
             namespace.to_owned()
         }
     };
+    // A bad provider is kept as invalid (the agent reports it from there), not a problem of
+    // the whole mesh config: it costs only the CUSTOM policies that name it.
+    let extension_providers = crate::ext_authz::extension_providers(
+        &config.extension_providers,
+        &format!("{field}.extensionProviders"),
+    );
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,
@@ -79,6 +85,7 @@ pub fn mesh_settings(
             access_log,
             trust_domain,
             root_namespace,
+            extension_providers,
         })
     } else {
         Err(p.list)
