@@ -46,6 +46,8 @@ pub struct ProxyContext {
     pub hbone: Option<Arc<Hbone>>,
     /// The workload certificates behind `hbone`, for `/debug/certs`.
     pub identities: Option<Arc<Identities>>,
+    /// AuthorizationPolicy `CUSTOM`'s HTTP ext_authz client (its idle connections).
+    pub ext_authz: crate::ext_authz::ExtAuthz,
 }
 
 impl ProxyContext {
@@ -72,6 +74,7 @@ impl ProxyContext {
             splice: Arc::default(),
             hbone: None,
             identities: None,
+            ext_authz: crate::ext_authz::ExtAuthz::new(),
         }
     }
 

@@ -36,11 +36,13 @@ pub enum ResponseFlag {
     FaultInjected,
     /// `RL`: the local rate limit refused the request.
     RateLimited,
+    /// `UAEX`: an external authorization service (AuthorizationPolicy `CUSTOM`) refused it.
+    UnauthorizedExternalService,
 }
 
 impl ResponseFlag {
     /// Every flag, in declaration order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamOverflow,
@@ -53,6 +55,7 @@ impl ResponseFlag {
         Self::DelayInjected,
         Self::FaultInjected,
         Self::RateLimited,
+        Self::UnauthorizedExternalService,
     ];
 
     /// Envoy's short code (`UH`, `UF`, ...).
@@ -71,6 +74,7 @@ impl ResponseFlag {
             Self::DelayInjected => "DI",
             Self::FaultInjected => "FI",
             Self::RateLimited => "RL",
+            Self::UnauthorizedExternalService => "UAEX",
         }
     }
 }
@@ -238,7 +242,7 @@ mod tests {
         assert_eq!(
             codes,
             [
-                "UH", "UF", "UO", "UC", "UT", "URX", "NR", "NC", "DC", "DI", "FI", "RL"
+                "UH", "UF", "UO", "UC", "UT", "URX", "NR", "NC", "DC", "DI", "FI", "RL", "UAEX"
             ]
         );
         for flag in ResponseFlag::ALL {

@@ -106,6 +106,7 @@ impl TestProxy {
             splice: Arc::default(),
             hbone: None,
             identities: None,
+            ext_authz: crate::ext_authz::ExtAuthz::new(),
         });
         Self {
             proxy,

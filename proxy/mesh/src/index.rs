@@ -190,6 +190,23 @@ impl MeshIndex {
         &self.peer_authn
     }
 
+    /// A ready pod behind the Service whose FQDN is `host`, at the target of its `port`: what
+    /// the proxy dials for a Service it reaches by name outside routing (an ext_authz
+    /// provider). The lowest address, so every proxy picks the same one.
+    #[must_use]
+    pub fn service_pod_addr(&self, host: &str, port: u16) -> Option<SocketAddrV4> {
+        let service = self.services.iter().find(|s| s.hostname() == host)?;
+        let service_port = service.ports.iter().find(|p| p.port == port)?;
+        self.by_uid
+            .values()
+            .filter(|w| w.ready && crate::model::selects(service, w))
+            .filter_map(|w| {
+                let target = crate::model::target_port(service_port, w)?;
+                Some(SocketAddrV4::new(w.ip?, target))
+            })
+            .min()
+    }
+
     /// AuthorizationPolicy: what the destination's policies decide for a connection or a
     /// request.
     #[must_use]

@@ -11,6 +11,7 @@
 //! re-checked when the policies change ([`watch`]).
 #![forbid(unsafe_code)]
 
+pub mod custom;
 pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddrV4};

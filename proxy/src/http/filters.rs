@@ -100,10 +100,8 @@ pub(super) fn authorize(
     request: &http::request::Parts,
     auth: Option<&shunt_mesh::security::authz::RequestAuth>,
     exchange: &mut Exchange,
-) -> Flow {
-    let Some(destination) = app.workload.as_deref() else {
-        return Flow::Continue;
-    };
+) -> Option<shunt_mesh::security::authz::Decision> {
+    let destination = app.workload.as_deref()?;
     let source_ip = match connection.client.0 {
         std::net::SocketAddr::V4(client) => *client.ip(),
         std::net::SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
@@ -130,11 +128,7 @@ pub(super) fn authorize(
         sni: None,
     }
     .evaluate(&index, &connection.proxy.metrics.authz, Some(facts));
-    if decision.allowed {
-        return Flow::Continue;
-    }
-    exchange.response_code_details = decision.response_code_details();
-    Flow::Reply(LocalReply::access_denied())
+    Some(decision)
 }
 
 /// [`Phase::Cors`]: an allowed CORS preflight is answered here (200 and the `Access-Control-*`
@@ -470,10 +464,90 @@ impl HttpConnection {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         exchange: &mut Exchange,
     ) -> Reply {
-        if let Flow::Reply(reply) = authorize(self, app, &parts, None, exchange) {
-            return exchange.reply(reply);
+        let mut parts = parts;
+        let decision = authorize(self, app, &parts, None, exchange);
+        // CUSTOM first, as Envoy's ext_authz filter runs ahead of RBAC: its denial is the
+        // answer; what it allows may edit the request, and later the response.
+        let mut allowed = Vec::new();
+        if let Some(decision) = &decision {
+            for check in &decision.custom {
+                match self.custom_check(check, &mut parts, exchange).await {
+                    Ok(check) => allowed.push(check),
+                    Err(reply) => return *reply,
+                }
+            }
+            if !decision.allowed {
+                exchange.response_code_details = decision.response_code_details();
+                return exchange.reply(LocalReply::access_denied());
+            }
         }
-        self.deliver(app, parts, body, upgrade, exchange).await
+        let mut reply = self.deliver(app, parts, body, upgrade, exchange).await;
+        for check in &allowed {
+            check.apply_to_response(reply.0.headers_mut());
+        }
+        reply
+    }
+
+    /// One CUSTOM policy's ext_authz check, from the pod's netns: what it allowed (its headers
+    /// already set on the request), or the reply that denies the request (the service's own
+    /// answer, `UAEX`; 403 when the provider is not a usable `envoyExtAuthzHttp`, as Istio
+    /// denies everything a bad CUSTOM policy selects).
+    async fn custom_check(
+        &self,
+        check: &shunt_mesh::security::authz::CustomCheck,
+        request: &mut http::request::Parts,
+        exchange: &mut Exchange,
+    ) -> Result<crate::ext_authz::Allowed, Box<Reply>> {
+        let routes = self.proxy.routes.routes();
+        let provider = match routes.mesh().extension_providers.http(&check.provider) {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(policy = %check.policy, %error, "CUSTOM authorization denies: its provider is unusable");
+                exchange.response_code_details = Some(format!(
+                    "rbac_access_denied_matched_policy[{}]",
+                    check.policy.envoy_policy_id()
+                ));
+                return Err(Box::new(exchange.reply(LocalReply::access_denied())));
+            }
+        };
+        let connector = crate::authz::custom::PodConnector {
+            index: self.proxy.state.load(),
+            sockets: self.pod.sockets.clone(),
+            pod: self.pod.uid.to_string(),
+        };
+        let outcome = self
+            .proxy
+            .ext_authz
+            .check(provider, request, &connector)
+            .await;
+        match outcome {
+            crate::ext_authz::ExtAuthzOutcome::Allow(allowed) => {
+                if let Some(error) = &allowed.failed_open {
+                    tracing::info!(policy = %check.policy, %error, "ext_authz failed; failOpen lets the request through");
+                }
+                allowed.apply_to_request(&mut request.headers);
+                Ok(allowed)
+            }
+            crate::ext_authz::ExtAuthzOutcome::Deny(denied) => {
+                if let Some(error) = &denied.error {
+                    tracing::info!(policy = %check.policy, %error, "ext_authz failed; denied (statusOnError)");
+                }
+                exchange.flag(ResponseFlag::UnauthorizedExternalService);
+                exchange.response_code_details = Some(
+                    if denied.error.is_some() {
+                        "ext_authz_error"
+                    } else {
+                        "ext_authz_denied"
+                    }
+                    .to_owned(),
+                );
+                let (head, body) = denied.into_response().into_parts();
+                Err(Box::new((
+                    Response::from_parts(head, super::local_reply::full(body)),
+                    None,
+                )))
+            }
+        }
     }
 
     /// The client's IP for `x-forwarded-for` and source-IP hashing: the source workload's,

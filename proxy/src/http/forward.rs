@@ -295,13 +295,15 @@ impl HttpConnection {
         let Side::Inbound(app) = &side.side else {
             return None;
         };
-        match super::filters::authorize(&side, app, request, None, exchange) {
-            super::filters::Flow::Reply(reply) => {
-                exchange.delivered = Some(side.clone());
-                Some(exchange.reply(reply))
-            }
-            super::filters::Flow::Continue | super::filters::Flow::Delay(_) => None,
+        // A pod with CUSTOM policies is never delivered to from here (`LocalPods::target`):
+        // its checks need its own inbound pass.
+        let decision = super::filters::authorize(&side, app, request, None, exchange)?;
+        if decision.allowed {
+            return None;
         }
+        exchange.response_code_details = decision.response_code_details();
+        exchange.delivered = Some(side.clone());
+        Some(exchange.reply(LocalReply::access_denied()))
     }
 
     /// The inbound side of `pod`, a pod served here that a request was delivered to at

@@ -72,10 +72,14 @@ impl LocalPods {
             addr.port(),
             shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
         );
+        // A pod with CUSTOM authorization takes its inbound pass: its ext_authz checks may
+        // edit the request, which a delivery from the source's side cannot do to a request
+        // already built.
         if !workload.captured
             || proxy_port
             || workload.uid == *from
             || workload.excluded_inbound_ports.contains(&addr.port())
+            || index.authz().has_custom(workload)
         {
             return None;
         }

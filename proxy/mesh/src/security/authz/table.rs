@@ -211,6 +211,15 @@ impl AuthzTable {
         })
     }
 
+    /// Whether a CUSTOM policy with rules (not a dry run) applies to the workload: its
+    /// requests need their provider's check, so they take the workload's own inbound pass.
+    #[must_use]
+    pub fn has_custom(&self, workload: &Workload) -> bool {
+        self.selecting(workload).any(|policy| {
+            !policy.dry_run && policy.action == AuthzAction::Custom && policy.has_rules()
+        })
+    }
+
     /// Whether any policy that applies to the workload needs HTTP facts (so TCP-only
     /// evaluation is not enough) — lets the proxy skip L7 work when false. True when a rule
     /// of any applicable policy (dry runs and AUDIT included) has an HTTP-only field, or a
