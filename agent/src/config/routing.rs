@@ -384,7 +384,8 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
         errors.push(error(
             format!("data.mesh.{field}"),
             "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
-             protocolDetectionTimeout, accessLogFile, trustDomain and rootNamespace): ignored \
+             protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace and \
+             pathNormalization.normalization): ignored \
              (a warning: the rest of the mesh config applies)"
                 .into(),
         ));

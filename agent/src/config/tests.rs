@@ -569,6 +569,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             access_log: shunt_mesh::routing::AccessLogOutput::Off,
             trust_domain: "example.org".into(),
             root_namespace: "mesh-root".into(),
+            path_normalization: shunt_mesh::http_path::PathNormalization::Base,
         }
     );
     // What the agent sends compiles without a problem in the proxy.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::http_path::PathNormalization;
+
 /// `outboundTrafficPolicy.mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -43,6 +45,10 @@ pub struct MeshSettings {
     /// namespaces have none); default [`DEFAULT_ROOT_NAMESPACE`].
     #[serde(default = "default_root_namespace")]
     pub root_namespace: String,
+    /// `pathNormalization.normalization`: what is done to request paths before authorization
+    /// and routing; default `BASE`.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for MeshSettings {
@@ -53,6 +59,7 @@ impl Default for MeshSettings {
             access_log: AccessLogOutput::default(),
             trust_domain: default_trust_domain(),
             root_namespace: default_root_namespace(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }

@@ -44,6 +44,16 @@ pub struct MeshConfig {
     pub trust_domain: Option<String>,
     /// `rootNamespace`: the namespace of mesh-wide policies; absent: `istio-system`.
     pub root_namespace: Option<String>,
+    /// `pathNormalization`; see [`crate::http_path::PathNormalization`].
+    pub path_normalization: Option<PathNormalizationConfig>,
+}
+
+/// `pathNormalization` of MeshConfig.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PathNormalizationConfig {
+    /// `NONE`, `BASE` (default; also `DEFAULT`), `MERGE_SLASHES` or `DECODE_AND_MERGE_SLASHES`.
+    pub normalization: Option<String>,
 }
 
 /// `outboundTrafficPolicy` of MeshConfig.

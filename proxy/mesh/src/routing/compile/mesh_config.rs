@@ -1,5 +1,6 @@
 //! Istio's MeshConfig (`istio-system/istio`, key `mesh`) as [`MeshSettings`].
 
+use crate::http_path::PathNormalization;
 use crate::istio;
 use crate::routing::convert::{self, Problems};
 use crate::settings::{
@@ -72,6 +73,23 @@ pub fn mesh_settings(
             namespace.to_owned()
         }
     };
+    let path_normalization = match config
+        .path_normalization
+        .as_ref()
+        .and_then(|n| n.normalization.as_deref())
+    {
+        None => PathNormalization::default(),
+        Some(name) => PathNormalization::from_istio(name).unwrap_or_else(|| {
+            p.add(
+                format!("{field}.pathNormalization.normalization"),
+                format!(
+                    "unknown path normalization {name:?}: expected NONE, BASE, MERGE_SLASHES or \
+                     DECODE_AND_MERGE_SLASHES"
+                ),
+            );
+            PathNormalization::default()
+        }),
+    };
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,
@@ -79,6 +97,7 @@ pub fn mesh_settings(
             access_log,
             trust_domain,
             root_namespace,
+            path_normalization,
         })
     } else {
         Err(p.list)
