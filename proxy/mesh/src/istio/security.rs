@@ -116,27 +116,7 @@ impl FailClosed {
         let spec = &raw["spec"];
         match raw["kind"].as_str()? {
             "PeerAuthentication" if asks_for_strict(spec) => {
-                let selector = match spec.get("selector") {
-                    None | Some(serde_json::Value::Null) => RejectedSelector::None,
-                    // A misspelt `matchLabels` must not widen the scope to the namespace.
-                    Some(serde_json::Value::Object(fields))
-                        if fields.keys().all(|k| k == "matchLabels") =>
-                    {
-                        match fields.get("matchLabels") {
-                            None | Some(serde_json::Value::Null) => RejectedSelector::None,
-                            Some(labels) => {
-                                string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
-                                    if labels.is_empty() {
-                                        RejectedSelector::None
-                                    } else {
-                                        RejectedSelector::Labels(labels)
-                                    }
-                                })
-                            }
-                        }
-                    }
-                    Some(_) => RejectedSelector::Unreadable,
-                };
+                let selector = raw_selector(spec.get("selector"));
                 self.peer_authentications
                     .push(RejectedPeerAuthentication { metadata, selector });
                 Some(FailClosedEffect::StrictMtls)
@@ -187,8 +167,29 @@ impl std::fmt::Display for FailClosedEffect {
     }
 }
 
+/// The `selector` of a rejected policy as written (`spec.selector`): a misspelt `matchLabels`
+/// must not widen the scope to the namespace, so anything but `matchLabels` is unreadable.
+pub(super) fn raw_selector(selector: Option<&serde_json::Value>) -> RejectedSelector {
+    match selector {
+        None | Some(serde_json::Value::Null) => RejectedSelector::None,
+        Some(serde_json::Value::Object(fields)) if fields.keys().all(|k| k == "matchLabels") => {
+            match fields.get("matchLabels") {
+                None | Some(serde_json::Value::Null) => RejectedSelector::None,
+                Some(labels) => string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
+                    if labels.is_empty() {
+                        RejectedSelector::None
+                    } else {
+                        RejectedSelector::Labels(labels)
+                    }
+                }),
+            }
+        }
+        Some(_) => RejectedSelector::Unreadable,
+    }
+}
+
 /// `name`, `namespace` (default when absent) and `creationTimestamp` (when a string).
-fn raw_metadata(raw: &serde_json::Value) -> Option<Metadata> {
+pub(super) fn raw_metadata(raw: &serde_json::Value) -> Option<Metadata> {
     let meta = &raw["metadata"];
     Some(Metadata {
         name: meta["name"].as_str()?.to_owned(),
