@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod mesh;
+pub mod request_authn;
 pub mod routing;
 pub mod security;
 
@@ -80,6 +81,7 @@ impl Snapshot {
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         mesh.node_name = Some(options.node_name.to_string());
         security::add_to_mesh(&config, &mut mesh, &mut errors);
+        request_authn::add_to_mesh(&config, &mut mesh, &mut errors);
         // Its problems are already in `errors`, from `security::add_to_mesh`.
         let (peer_authn, _) = shunt_mesh::security::PeerAuthnTable::build(&mesh);
         for (plan, workload) in pods.iter_mut().zip(&mesh.workloads) {
