@@ -9,6 +9,7 @@
 
 pub mod addrs;
 pub mod app;
+pub mod authn;
 pub mod conn;
 pub mod context;
 pub mod control;
