@@ -11,6 +11,7 @@
 //! shunt-httppod grpc  --addr IP:PORT [-n N] [--service shunt.test]
 //! shunt-httppod ws    --url ws://HOST/ws [--connect IP:PORT] [-n N]
 //! shunt-httppod count --addr 127.0.0.1:P [--prefix /p] [--reset]
+//! shunt-httppod jwks serve|keygen|export|mint ...   (see jwks.rs)
 //! ```
 //!
 //! Request headers the server obeys: `x-fail-pattern: K/N` (the first K of every N requests
@@ -19,6 +20,7 @@
 
 mod client;
 mod grpc;
+mod jwks;
 mod server;
 mod websocket;
 
@@ -47,6 +49,8 @@ enum Command {
     Ws(websocket::WsArgs),
     /// What a server has seen (`GET /count`).
     Count(client::CountArgs),
+    /// A JWKS server, keys and tokens for the RequestAuthentication tests.
+    Jwks(jwks::JwksArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
             Command::Grpc(args) => grpc::run(args).await?,
             Command::Ws(args) => websocket::run(args).await?,
             Command::Count(args) => client::count(args).await?,
+            Command::Jwks(args) => jwks::run(args).await?,
         };
         println!("{report}");
         Ok(())
