@@ -577,6 +577,8 @@ async fn verified_tokens_are_cached_for_their_rule_and_keys() {
 #[derive(Clone)]
 enum Answer {
     Keys(String),
+    /// The keys, after a while.
+    Slow(String, Duration),
     Status(u16),
     /// Accept the request and never answer.
     Hang,
@@ -612,6 +614,10 @@ impl JwksServer {
                                 assert_eq!(request.uri().path(), "/keys.json");
                                 let (status, body) = match answer {
                                     Answer::Keys(body) => (200, body),
+                                    Answer::Slow(body, delay) => {
+                                        tokio::time::sleep(delay).await;
+                                        (200, body)
+                                    }
                                     Answer::Status(status) => (status, String::new()),
                                     Answer::Hang => {
                                         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -738,6 +744,27 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("not within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_fetch() {
+    let ed = Signer::ed("ed");
+    let token = ed.mint(&claims(&json!({})));
+    let server =
+        JwksServer::start(Answer::Slow(jwks(&[&ed]), Duration::from_millis(200)), None).await;
+    let rules = remote_rule(&server.uri("http", "127.0.0.1"), "5s");
+    let authenticator = Arc::new(offline());
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let (authenticator, rules, token) =
+                (authenticator.clone(), rules.clone(), token.clone());
+            tokio::spawn(async move { judge(&authenticator, &rules, &token).await })
+        })
+        .collect();
+    for request in waiting {
+        assert_eq!(request.await.unwrap(), format!("valid {ISS}/user-1"));
+    }
+    assert_eq!(server.requests(), 1);
 }
 
 #[tokio::test]
