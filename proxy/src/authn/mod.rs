@@ -92,11 +92,46 @@ impl AuthnOutcome {
     /// Why the request is refused, if it is.
     #[must_use]
     pub fn failure(&self) -> Option<&JwtFailure> {
+        self.refusal().map(|refusal| refusal.failure)
+    }
+
+    /// The local reply to answer instead of forwarding, if the request is refused.
+    #[must_use]
+    pub fn refusal(&self) -> Option<Refusal<'_>> {
         match self {
-            Self::Invalid { failure, .. } | Self::AudienceMismatch { failure, .. } => Some(failure),
-            _ => None,
+            Self::Invalid {
+                status,
+                www_authenticate,
+                failure,
+            }
+            | Self::AudienceMismatch {
+                status,
+                www_authenticate,
+                failure,
+            } => Some(Refusal {
+                status: *status,
+                www_authenticate,
+                body: failure.body(),
+                failure,
+            }),
+            Self::NoToken | Self::Valid(_) => None,
         }
     }
+}
+
+/// A refused request's local reply: `status` with `www-authenticate` and `body`
+/// (`text/plain`), as Envoy's `jwt_authn` answers; `failure` for the log
+/// (`failure.response_code_details()`).
+#[derive(Clone, Copy, Debug)]
+pub struct Refusal<'a> {
+    /// 401, or 403 for an audience mismatch.
+    pub status: StatusCode,
+    /// `Bearer realm="<url>", error="invalid_token"`.
+    pub www_authenticate: &'a HeaderValue,
+    /// Envoy's text.
+    pub body: &'static str,
+    /// Why.
+    pub failure: &'a JwtFailure,
 }
 
 /// An inline JWKS document, parsed, or why it cannot be used.
@@ -111,6 +146,17 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator that dials JWKS servers through `connector`, verifies HTTPS ones with
+    /// the system CA bundle, and refreshes keys every 20 minutes: the proxy's.
+    #[must_use]
+    pub fn with_connector(connector: Arc<dyn Connector>) -> Self {
+        Self::new(JwksCache::new(
+            connector,
+            system_tls(),
+            JwksSettings::default(),
+        ))
+    }
+
     /// An authenticator fetching remote keys through `jwks`.
     #[must_use]
     pub fn new(jwks: JwksCache) -> Self {
