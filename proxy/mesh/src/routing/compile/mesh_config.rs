@@ -182,6 +182,34 @@ mod tests {
     }
 
     #[test]
+    fn path_normalization_is_read_by_istios_names() {
+        let read = |name: Option<&str>| {
+            let config = istio::MeshConfig {
+                path_normalization: Some(istio::PathNormalizationConfig {
+                    normalization: name.map(str::to_owned),
+                }),
+                ..istio::MeshConfig::default()
+            };
+            mesh_settings(&config, "data.mesh").map(|settings| settings.path_normalization)
+        };
+        for (name, mode) in [
+            (None, PathNormalization::Base),
+            (Some("DEFAULT"), PathNormalization::Base),
+            (Some("NONE"), PathNormalization::None),
+            (Some("MERGE_SLASHES"), PathNormalization::MergeSlashes),
+            (
+                Some("DECODE_AND_MERGE_SLASHES"),
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+        ] {
+            assert_eq!(read(name), Ok(mode), "{name:?}");
+        }
+        let problems = read(Some("merge_slashes")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "data.mesh.pathNormalization.normalization");
+    }
+
+    #[test]
     fn workload_identity_is_istios_spiffe_uri() {
         let settings = MeshSettings {
             trust_domain: "example.org".into(),
