@@ -48,6 +48,9 @@ pub struct ProxyContext {
     pub identities: Option<Arc<Identities>>,
     /// AuthorizationPolicy `CUSTOM`'s HTTP ext_authz client (its idle connections).
     pub ext_authz: crate::ext_authz::ExtAuthz,
+    /// RequestAuthentication: the JWKS cache (fetched from the proxy's own netns, as the
+    /// control plane would) and the verified tokens, for every pod ([`crate::authn`]).
+    pub authn: Arc<crate::authn::Authenticator>,
 }
 
 impl ProxyContext {
@@ -75,6 +78,9 @@ impl ProxyContext {
             hbone: None,
             identities: None,
             ext_authz: crate::ext_authz::ExtAuthz::new(),
+            authn: Arc::new(crate::authn::Authenticator::with_connector(Arc::new(
+                crate::authn::DirectConnector,
+            ))),
         }
     }
 

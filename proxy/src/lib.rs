@@ -11,6 +11,7 @@
 
 pub mod addrs;
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod conn;
 pub mod context;

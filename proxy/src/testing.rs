@@ -107,6 +107,9 @@ impl TestProxy {
             hbone: None,
             identities: None,
             ext_authz: crate::ext_authz::ExtAuthz::new(),
+            authn: Arc::new(crate::authn::Authenticator::with_connector(Arc::new(
+                crate::authn::DirectConnector,
+            ))),
         });
         Self {
             proxy,

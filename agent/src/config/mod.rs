@@ -7,6 +7,7 @@
 pub mod authz;
 pub mod capture;
 pub mod mesh;
+pub mod request_authn;
 pub mod routing;
 pub mod security;
 
@@ -82,6 +83,7 @@ impl Snapshot {
         mesh.node_name = Some(options.node_name.to_string());
         security::add_to_mesh(&config, &mut mesh, &mut errors);
         authz::add_to_mesh(&config, &mut mesh, &mut errors);
+        request_authn::add_to_mesh(&config, &mut mesh, &mut errors);
         // Their problems are already in `errors`, from the `add_to_mesh` calls.
         let (peer_authn, _) = shunt_mesh::security::PeerAuthnTable::build(&mesh);
         let (authz, _) = shunt_mesh::security::AuthzTable::build(&mesh);

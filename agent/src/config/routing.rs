@@ -385,7 +385,7 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
             format!("data.mesh.{field}"),
             "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
              protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace and \
-             extensionProviders): ignored \
+             extensionProviders, pathNormalization.normalization): ignored \
              (a warning: the rest of the mesh config applies)"
                 .into(),
         ));

@@ -570,6 +570,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             trust_domain: "example.org".into(),
             root_namespace: "mesh-root".into(),
             extension_providers: Default::default(),
+            path_normalization: shunt_mesh::http_path::PathNormalization::Base,
         }
     );
     // What the agent sends compiles without a problem in the proxy.

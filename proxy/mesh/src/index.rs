@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::ids::PodUid;
 use crate::model::{MeshState, Service, Workload, selects, target_port};
 use crate::routing::{self, RouteTable};
-use crate::security::{AuthzTable, MtlsMode, PeerAuthnTable};
+use crate::security::{AuthzTable, MtlsMode, PeerAuthnTable, RequestAuthnTable};
 use crate::spiffe::SpiffeId;
 
 /// A problem in a [`MeshState`]; the rest of the state still applies.
@@ -50,6 +50,8 @@ pub struct MeshIndex {
     peer_authn: PeerAuthnTable,
     /// AuthorizationPolicy, compiled.
     authz: AuthzTable,
+    /// RequestAuthentication: each workload's JWT rules.
+    request_authn: RequestAuthnTable,
 }
 
 impl MeshIndex {
@@ -107,6 +109,8 @@ impl MeshIndex {
         errors.extend(security_errors.into_iter().map(Error::Security));
         let (authz, authz_errors) = AuthzTable::build(state);
         errors.extend(authz_errors.into_iter().map(Error::Security));
+        let (request_authn, authn_errors) = RequestAuthnTable::build(state);
+        errors.extend(authn_errors.into_iter().map(Error::Security));
         let index = Self {
             by_ip,
             by_uid,
@@ -115,6 +119,7 @@ impl MeshIndex {
             node_name: state.node_name.clone(),
             peer_authn,
             authz,
+            request_authn,
         };
         (index, errors)
     }
@@ -205,6 +210,12 @@ impl MeshIndex {
                 Some(SocketAddrV4::new(w.ip?, target))
             })
             .min()
+    }
+
+    /// RequestAuthentication: the JWT rules each workload's requests are checked against.
+    #[must_use]
+    pub fn request_authn(&self) -> &RequestAuthnTable {
+        &self.request_authn
     }
 
     /// AuthorizationPolicy: what the destination's policies decide for a connection or a

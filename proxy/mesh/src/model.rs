@@ -51,6 +51,14 @@ pub struct MeshState {
     /// locked down until they are fixed (see [`istio::FailClosed`]).
     #[serde(default, skip_serializing_if = "istio::FailClosed::is_empty")]
     pub fail_closed: istio::FailClosed,
+    /// RequestAuthentications (`security.istio.io` v1, v1beta1) from all namespaces that
+    /// [`crate::security::RequestAuthnTable::build`] accepts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_authentications: Vec<istio::RequestAuthentication>,
+    /// The rejected RequestAuthentications, standing in until they are fixed (see
+    /// [`istio::RejectedRequestAuthentication`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_request_authentications: Vec<istio::RejectedRequestAuthentication>,
 }
 
 /// One pod.

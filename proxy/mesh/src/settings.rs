@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::http_path::PathNormalization;
+
 /// `outboundTrafficPolicy.mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -50,6 +52,10 @@ pub struct MeshSettings {
         skip_serializing_if = "crate::ext_authz::ExtensionProviders::is_empty"
     )]
     pub extension_providers: crate::ext_authz::ExtensionProviders,
+    /// `pathNormalization.normalization`: what is done to request paths before authorization
+    /// and routing; default `BASE`.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for MeshSettings {
@@ -61,6 +67,7 @@ impl Default for MeshSettings {
             trust_domain: default_trust_domain(),
             root_namespace: default_root_namespace(),
             extension_providers: crate::ext_authz::ExtensionProviders::default(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }

@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::exchange::{self, Exchange};
 use super::headers;
-use super::local_reply::grpc_local_reply;
+use super::local_reply::{LocalReply, grpc_local_reply};
+use crate::response_flag::ResponseFlags;
 use crate::upstream::Body;
 
 pub use super::connection::{ConnectionMemo, HttpConnection, InboundApp, Side};
@@ -80,6 +81,12 @@ async fn handle(connection: Arc<HttpConnection>, mut request: Request<Incoming>)
     let (mut parts, incoming) = request.into_parts();
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);
+    // Before authorization and routing, on both sides, as Envoy's connection manager does:
+    // the rules see the path the upstream will get.
+    if let Some(reply) = normalize_path(&connection, &mut parts) {
+        let reply = exchange.reply(reply);
+        return exchange::track(reply.0, reply.1, exchange);
+    }
     let (response, grpc_status) = match &connection.side {
         Side::Outbound { routes } => {
             let routes = routes.routes();
@@ -101,6 +108,47 @@ async fn handle(connection: Arc<HttpConnection>, mut request: Request<Incoming>)
         (response, grpc_status)
     };
     exchange::track(response, grpc_status, exchange)
+}
+
+/// Rewrites the request's path as MeshConfig `pathNormalization` says (the query kept as
+/// sent); the 400 for a path it refuses (an escaped NUL, a control character), as Envoy
+/// answers.
+fn normalize_path(
+    connection: &HttpConnection,
+    parts: &mut http::request::Parts,
+) -> Option<LocalReply> {
+    match normalized_uri(connection, parts) {
+        Ok(Some(uri)) => {
+            parts.uri = uri;
+            None
+        }
+        Ok(None) => None,
+        Err(()) => Some(LocalReply::text(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            ResponseFlags::NONE,
+        )),
+    }
+}
+
+/// The request's URI with its path normalized; `None` when it is unchanged.
+fn normalized_uri(
+    connection: &HttpConnection,
+    parts: &http::request::Parts,
+) -> Result<Option<http::Uri>, ()> {
+    let mode = connection.proxy.routes.routes().mesh().path_normalization;
+    let Some(target) = parts.uri.path_and_query().map(|p| p.as_str().to_owned()) else {
+        return Ok(None);
+    };
+    let normalized = shunt_mesh::http_path::normalize(&target, mode).map_err(|error| {
+        tracing::debug!(%error, path = %target, "refused a request path");
+    })?;
+    if normalized == target {
+        return Ok(None);
+    }
+    let mut uri = parts.uri.clone().into_parts();
+    uri.path_and_query = Some(normalized.parse().map_err(|_| ())?);
+    http::Uri::from_parts(uri).map(Some).map_err(|_| ())
 }
 
 #[cfg(test)]

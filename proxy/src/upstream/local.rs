@@ -72,14 +72,16 @@ impl LocalPods {
             addr.port(),
             shunt_common::OUTBOUND_PORT | shunt_common::INBOUND_PORT
         );
-        // A pod with CUSTOM authorization takes its inbound pass: its ext_authz checks may
-        // edit the request, which a delivery from the source's side cannot do to a request
-        // already built.
+        // A pod with CUSTOM authorization or RequestAuthentication takes its inbound pass:
+        // its ext_authz checks and its `authn` phase edit the request (headers set, the token
+        // removed), which a delivery from the source's side cannot do to a request already
+        // built.
         if !workload.captured
             || proxy_port
             || workload.uid == *from
             || workload.excluded_inbound_ports.contains(&addr.port())
             || index.authz().has_custom(workload)
+            || index.request_authn().applies(workload)
         {
             return None;
         }

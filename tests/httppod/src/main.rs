@@ -12,6 +12,7 @@
 //! shunt-httppod ws    --url ws://HOST/ws [--connect IP:PORT] [-n N]
 //! shunt-httppod count --addr 127.0.0.1:P [--prefix /p] [--reset]
 //! shunt-httppod ext-authz --port P [--delay-ms D] [--deny-status S]
+//! shunt-httppod jwks serve|keygen|export|mint ...   (see jwks.rs)
 //! ```
 //!
 //! Request headers the server obeys: `x-fail-pattern: K/N` (the first K of every N requests
@@ -21,6 +22,7 @@
 mod client;
 mod ext_authz;
 mod grpc;
+mod jwks;
 mod server;
 mod websocket;
 
@@ -51,6 +53,8 @@ enum Command {
     Count(client::CountArgs),
     /// An HTTP ext_authz service, as Istio's sample (`x-ext-authz: allow` allows).
     ExtAuthz(ext_authz::ExtAuthzArgs),
+    /// A JWKS server, keys and tokens for the RequestAuthentication tests.
+    Jwks(jwks::JwksArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,6 +71,7 @@ fn main() -> Result<()> {
             Command::Ws(args) => websocket::run(args).await?,
             Command::Count(args) => client::count(args).await?,
             Command::ExtAuthz(args) => return ext_authz::run(args).await,
+            Command::Jwks(args) => jwks::run(args).await?,
         };
         println!("{report}");
         Ok(())

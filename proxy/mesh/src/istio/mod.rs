@@ -1,8 +1,7 @@
 //! Istio's networking API (`networking.istio.io` v1, v1beta1 and v1alpha3, which share one
-//! shape), its `PeerAuthentication` and `AuthorizationPolicy` (`security.istio.io` v1 and
-//! v1beta1), shunt's
-//! `shunt.io/v1alpha1 RateLimitPolicy` and the mesh settings of Istio's ConfigMap, as serde
-//! types with Istio's JSON field names.
+//! shape), its `PeerAuthentication`, `AuthorizationPolicy` and `RequestAuthentication`
+//! (`security.istio.io` v1 and v1beta1), shunt's `shunt.io/v1alpha1 RateLimitPolicy` and the
+//! mesh settings of Istio's ConfigMap, as serde types with Istio's JSON field names.
 //!
 //! These types check only the JSON shape (a string where a string belongs, ...); the values
 //! (hosts, regexes, durations, weights, enums) are checked when `crate::routing` compiles
@@ -17,6 +16,7 @@ mod decimal;
 mod duration;
 mod networking;
 mod object;
+mod request_authn;
 mod security;
 mod shunt;
 
@@ -24,6 +24,7 @@ pub use authz::*;
 pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
 pub use networking::*;
+pub use request_authn::*;
 pub use security::*;
 pub use shunt::*;
 
@@ -39,6 +40,8 @@ pub type ServiceEntry = Resource<ServiceEntrySpec>;
 pub type RateLimitPolicy = Resource<RateLimitPolicySpec>;
 /// `security.istio.io` `PeerAuthentication`.
 pub type PeerAuthentication = Resource<PeerAuthenticationSpec>;
+/// `security.istio.io` `RequestAuthentication`.
+pub type RequestAuthentication = Resource<RequestAuthenticationSpec>;
 
 /// The API versions of `networking.istio.io` shunt reads; all three share one schema.
 pub const NETWORKING_VERSIONS: [&str; 3] = [

@@ -152,7 +152,7 @@ impl FailClosed {
         let spec = &raw["spec"];
         match raw["kind"].as_str()? {
             "PeerAuthentication" if asks_for_strict(spec) => {
-                let selector = rejected_selector(spec);
+                let selector = raw_selector(spec.get("selector"));
                 self.peer_authentications
                     .push(RejectedPeerAuthentication { metadata, selector });
                 Some(FailClosedEffect::StrictMtls)
@@ -194,23 +194,7 @@ impl FailClosed {
 
 /// `selector` of a rejected policy as written.
 fn rejected_selector(spec: &serde_json::Value) -> RejectedSelector {
-    match spec.get("selector") {
-        None | Some(serde_json::Value::Null) => RejectedSelector::None,
-        // A misspelt `matchLabels` must not widen the scope to the namespace.
-        Some(serde_json::Value::Object(fields)) if fields.keys().all(|k| k == "matchLabels") => {
-            match fields.get("matchLabels") {
-                None | Some(serde_json::Value::Null) => RejectedSelector::None,
-                Some(labels) => string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
-                    if labels.is_empty() {
-                        RejectedSelector::None
-                    } else {
-                        RejectedSelector::Labels(labels)
-                    }
-                }),
-            }
-        }
-        Some(_) => RejectedSelector::Unreadable,
-    }
+    raw_selector(spec.get("selector"))
 }
 
 /// Whether an AuthorizationPolicy as written may deny requests: anything but a plain `AUDIT`
@@ -254,8 +238,29 @@ impl std::fmt::Display for FailClosedEffect {
     }
 }
 
+/// The `selector` of a rejected policy as written (`spec.selector`): a misspelt `matchLabels`
+/// must not widen the scope to the namespace, so anything but `matchLabels` is unreadable.
+pub(super) fn raw_selector(selector: Option<&serde_json::Value>) -> RejectedSelector {
+    match selector {
+        None | Some(serde_json::Value::Null) => RejectedSelector::None,
+        Some(serde_json::Value::Object(fields)) if fields.keys().all(|k| k == "matchLabels") => {
+            match fields.get("matchLabels") {
+                None | Some(serde_json::Value::Null) => RejectedSelector::None,
+                Some(labels) => string_map(labels).map_or(RejectedSelector::Unreadable, |labels| {
+                    if labels.is_empty() {
+                        RejectedSelector::None
+                    } else {
+                        RejectedSelector::Labels(labels)
+                    }
+                }),
+            }
+        }
+        Some(_) => RejectedSelector::Unreadable,
+    }
+}
+
 /// `name`, `namespace` (default when absent) and `creationTimestamp` (when a string).
-fn raw_metadata(raw: &serde_json::Value) -> Option<Metadata> {
+pub(super) fn raw_metadata(raw: &serde_json::Value) -> Option<Metadata> {
     let meta = &raw["metadata"];
     Some(Metadata {
         name: meta["name"].as_str()?.to_owned(),

@@ -47,6 +47,16 @@ pub struct MeshConfig {
     /// `extensionProviders`, as written: [`crate::ext_authz::extension_providers`] reads each
     /// one field by field, so a bad provider is refused alone and names its field.
     pub extension_providers: Vec<serde_json::Value>,
+    /// `pathNormalization`; see [`crate::http_path::PathNormalization`].
+    pub path_normalization: Option<PathNormalizationConfig>,
+}
+
+/// `pathNormalization` of MeshConfig.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PathNormalizationConfig {
+    /// `NONE`, `BASE` (default; also `DEFAULT`), `MERGE_SLASHES` or `DECODE_AND_MERGE_SLASHES`.
+    pub normalization: Option<String>,
 }
 
 /// `outboundTrafficPolicy` of MeshConfig.

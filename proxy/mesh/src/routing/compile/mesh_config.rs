@@ -1,5 +1,6 @@
 //! Istio's MeshConfig (`istio-system/istio`, key `mesh`) as [`MeshSettings`].
 
+use crate::http_path::PathNormalization;
 use crate::istio;
 use crate::routing::convert::{self, Problems};
 use crate::settings::{
@@ -78,6 +79,23 @@ pub fn mesh_settings(
         &config.extension_providers,
         &format!("{field}.extensionProviders"),
     );
+    let path_normalization = match config
+        .path_normalization
+        .as_ref()
+        .and_then(|n| n.normalization.as_deref())
+    {
+        None => PathNormalization::default(),
+        Some(name) => PathNormalization::from_istio(name).unwrap_or_else(|| {
+            p.add(
+                format!("{field}.pathNormalization.normalization"),
+                format!(
+                    "unknown path normalization {name:?}: expected NONE, BASE, MERGE_SLASHES or \
+                     DECODE_AND_MERGE_SLASHES"
+                ),
+            );
+            PathNormalization::default()
+        }),
+    };
     if p.is_empty() {
         Ok(MeshSettings {
             outbound_traffic_policy,
@@ -86,6 +104,7 @@ pub fn mesh_settings(
             trust_domain,
             root_namespace,
             extension_providers,
+            path_normalization,
         })
     } else {
         Err(p.list)
@@ -167,6 +186,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn path_normalization_is_read_by_istios_names() {
+        let read = |name: Option<&str>| {
+            let config = istio::MeshConfig {
+                path_normalization: Some(istio::PathNormalizationConfig {
+                    normalization: name.map(str::to_owned),
+                }),
+                ..istio::MeshConfig::default()
+            };
+            mesh_settings(&config, "data.mesh").map(|settings| settings.path_normalization)
+        };
+        for (name, mode) in [
+            (None, PathNormalization::Base),
+            (Some("DEFAULT"), PathNormalization::Base),
+            (Some("NONE"), PathNormalization::None),
+            (Some("MERGE_SLASHES"), PathNormalization::MergeSlashes),
+            (
+                Some("DECODE_AND_MERGE_SLASHES"),
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+        ] {
+            assert_eq!(read(name), Ok(mode), "{name:?}");
+        }
+        let problems = read(Some("merge_slashes")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "data.mesh.pathNormalization.normalization");
     }
 
     #[test]

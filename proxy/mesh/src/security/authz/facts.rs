@@ -42,32 +42,4 @@ pub struct HttpFacts<'a> {
     pub auth: Option<&'a RequestAuth>,
 }
 
-/// A validated JWT, as RequestAuthentication produced it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RequestAuth {
-    /// `<iss>/<sub>`.
-    pub principal: String,
-    /// `aud`, one string or each of a list.
-    pub audiences: Vec<String>,
-    /// `azp`.
-    pub presenter: Option<String>,
-    /// The whole payload (`request.auth.claims[...]`; `iss` and `sub` for
-    /// `requestPrincipals`).
-    pub claims: serde_json::Value,
-}
-
-impl RequestAuth {
-    /// `iss` and `sub`, matched apart as Envoy does: from the claims, or else from the
-    /// principal split at its last `/` (an issuer may be a URL).
-    #[must_use]
-    pub fn issuer_and_subject(&self) -> (&str, &str) {
-        let (iss, sub) = self
-            .principal
-            .rsplit_once('/')
-            .unwrap_or((self.principal.as_str(), ""));
-        (
-            self.claims["iss"].as_str().unwrap_or(iss),
-            self.claims["sub"].as_str().unwrap_or(sub),
-        )
-    }
-}
+pub use crate::security::RequestAuth;
