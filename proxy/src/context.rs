@@ -63,8 +63,8 @@ impl ProxyContext {
         access_log: AccessLog,
         timeouts: Timeouts,
     ) -> Self {
+        let local_pods = Arc::new(LocalPods::new(timeouts.same_node_shortcut));
         Self {
-            state,
             routes,
             rate_limiter: RateLimiter::new(),
             protocol_detection_timeout: timeouts.protocol_detection,
@@ -73,14 +73,18 @@ impl ProxyContext {
             connect_timeout: timeouts.connect,
             outbound_dst: Arc::new(orig_dst::SoOriginalDst),
             inbound_dst: Arc::new(orig_dst::InboundOrigDst),
-            local_pods: Arc::new(LocalPods::new(timeouts.same_node_shortcut)),
+            local_pods: local_pods.clone(),
             splice: Arc::default(),
             hbone: None,
             identities: None,
             ext_authz: crate::ext_authz::ExtAuthz::new(),
             authn: Arc::new(crate::authn::Authenticator::with_connector(Arc::new(
-                crate::authn::DirectConnector,
+                crate::authn::netns::PodNetnsConnector {
+                    local: local_pods,
+                    state: state.clone(),
+                },
             ))),
+            state,
         }
     }
 

@@ -30,6 +30,8 @@ struct Authz {
     server: Pod,
     inside: Pod,
     outsider: Pod,
+    /// Uncaptured, for the helpers a test needs (a JWKS server, an ext_authz service).
+    aux: Pod,
     _servers: Vec<shunt_tests::Process>,
 }
 
@@ -58,6 +60,7 @@ impl Authz {
         let outsider = node
             .add_pod("outsider", pod_ip(30))
             .or_panic("outsider pod");
+        let aux = node.add_pod("aux", pod_ip(40)).or_panic("aux pod");
         let mut server_config = node
             .pod_config(&server, MESH)
             .label("app", "server")
@@ -71,7 +74,8 @@ impl Authz {
             .namespace(&NamespaceConfig::new(LEGACY))
             .pod(&server_config)
             .pod(&client_config)
-            .pod(&node.pod_config(&outsider, LEGACY));
+            .pod(&node.pod_config(&outsider, LEGACY))
+            .pod(&node.pod_config(&aux, LEGACY).label("app", "aux"));
         node.write_config(&config).or_panic("writing the config");
         node.write_istio(extra_istio)
             .or_panic("writing the Istio config");
@@ -100,6 +104,7 @@ impl Authz {
             server,
             inside,
             outsider,
+            aux,
             _servers: servers,
         })
     }
@@ -545,5 +550,204 @@ fn a_policy_change_closes_open_connections_it_denies_and_invalid_policies_fail_c
         "the agent's errors must name the object and the key: {errors}"
     );
     authz.expect("fixed", &[], &["/x"], &seen(&[200], true, 200));
+    authz.teardown();
+}
+
+/// A test-only RSA key of the httppod crate, and a second one (another signer).
+const JWT_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/httppod/testdata/rsa-2048.pem");
+const OTHER_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../proxy/src/authn/testdata/rsa-other.pem"
+);
+const ISSUER: &str = "https://issuer.shunt.test";
+const JWKS_PORT: u16 = 8000;
+
+impl Authz {
+    /// `shunt-httppod jwks ARGS` (no network), its JSON.
+    fn jwks_tool(&self, args: &[&str]) -> Value {
+        let mut all = vec!["jwks"];
+        all.extend_from_slice(args);
+        let output = self
+            .node
+            .run_httppod(&self.aux, &all, CLIENT_TIMEOUT)
+            .or_panic("shunt-httppod jwks");
+        assert!(output.status.success(), "jwks {args:?}: {}", output.stderr);
+        output.json().or_panic("jwks output")
+    }
+
+    /// A token for `sub` with audience `aud`, expiring `exp` seconds from now, signed by
+    /// `key` under kid `k1`.
+    fn token(&self, key: &str, sub: &str, aud: &str, exp: &str) -> String {
+        let minted = self.jwks_tool(&[
+            "mint",
+            "--key",
+            key,
+            "--alg",
+            "RS256",
+            "--kid",
+            "k1",
+            "--iss",
+            ISSUER,
+            "--sub",
+            sub,
+            "--aud",
+            aud,
+            "--exp-offset",
+            exp,
+        ]);
+        minted["token"]
+            .as_str()
+            .or_panic_none("token", &minted)
+            .to_owned()
+    }
+
+    fn with_token(&self, path: &str, token: Option<&str>) -> Value {
+        match token {
+            Some(token) => {
+                let header = format!("authorization: Bearer {token}");
+                self.get(&self.inside, path, &["-H", &header])
+            }
+            None => self.get(&self.inside, path, &[]),
+        }
+    }
+}
+
+trait OrPanicNone<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T;
+}
+
+impl<T> OrPanicNone<T> for Option<T> {
+    fn or_panic_none(self, what: &str, context: &Value) -> T {
+        self.unwrap_or_else(|| panic!("no {what} in {context}"))
+    }
+}
+
+fn request_authentication(forward: bool) -> Value {
+    json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt", "namespace": MESH},
+        "spec": {
+            "selector": {"matchLabels": {"app": "server"}},
+            "jwtRules": [{
+                "issuer": ISSUER,
+                "audiences": ["shop"],
+                "jwksUri": format!("http://{}:{JWKS_PORT}/jwks.json", pod_ip(40)),
+                "forwardOriginalToken": forward,
+            }],
+        },
+    })
+}
+
+#[test]
+fn request_authentication_validates_tokens_against_a_jwks_server_in_a_pod() {
+    const TEST: &str =
+        "authz::request_authentication_validates_tokens_against_a_jwks_server_in_a_pod";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    let jwks = authz.jwks_tool(&["export", "--key", JWT_KEY, "--alg", "RS256", "--kid", "k1"]);
+    let jwks_file = authz.node.dir().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).or_panic("writing the JWKS");
+    let good = authz.token(JWT_KEY, "alice", "shop", "3600");
+
+    // The JWKS server is not up: the issuer's keys were never fetched, so its tokens fail
+    // closed (401), and requests without one pass.
+    authz
+        .node
+        .write_istio(&[request_authentication(false)])
+        .or_panic("the RequestAuthentication");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    loop {
+        let report = authz.with_token("/x", Some(&good));
+        if status_of(&report) == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never fetched: the token is not refused: {report}; config: {}",
+            authz.node.admin().config().or_panic("config")["errors"]
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(status_of(&authz.with_token("/x", None)), 200);
+
+    let jwks_path = jwks_file.display().to_string();
+    let port = JWKS_PORT.to_string();
+    let mut server = authz
+        .node
+        .httppod(
+            &authz.aux,
+            &["jwks", "serve", "--port", &port, "--file", &jwks_path],
+        )
+        .or_panic("JWKS server");
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .or_panic("JWKS server ready");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    let report = loop {
+        let report = authz.with_token("/x", Some(&good));
+        if status_of(&report) == 200 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keys never arrived: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let seen = &report["first_response"]["body"]["headers"];
+    assert!(
+        seen.get("authorization").is_none(),
+        "the token must be removed before the app: {report}"
+    );
+
+    // (case, token, status)
+    let expired = authz.token(JWT_KEY, "alice", "shop", "-600");
+    let forged = authz.token(OTHER_KEY, "alice", "shop", "3600");
+    let elsewhere = authz.token(JWT_KEY, "alice", "other", "3600");
+    let cases: [(&str, Option<&str>, u16); 4] = [
+        ("expired", Some(&expired), 401),
+        ("a bad signature", Some(&forged), 401),
+        ("another audience", Some(&elsewhere), 403),
+        ("no token", None, 200),
+    ];
+    for (case, token, want) in cases {
+        let report = authz.with_token("/x", token);
+        assert_eq!(status_of(&report), want, "{case}: {report}");
+        if want == 401 {
+            let answer = &report["first_response"]["headers"];
+            let challenge = answer["www-authenticate"].as_str().unwrap_or_default();
+            assert!(challenge.contains("invalid_token"), "{case}: {report}");
+        }
+    }
+
+    // The JWKS server gone after one fetch: the keys are kept, so a token never seen before
+    // (not in the verified-token cache) still verifies.
+    server.kill();
+    let fresh = authz.token(JWT_KEY, "bob", "shop", "3600");
+    assert_eq!(status_of(&authz.with_token("/x", Some(&fresh))), 200);
+
+    // No principal, no entry; and forwardOriginalToken keeps the header.
+    let deny_anonymous = policy(
+        "require-jwt",
+        json!({"action": "DENY", "rules": [{"from": [{"source": {
+            "notRequestPrincipals": ["*"]}}]}]}),
+    );
+    authz
+        .node
+        .write_istio(&[request_authentication(true), deny_anonymous])
+        .or_panic("DENY and forwardOriginalToken");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while status_of(&authz.with_token("/x", None)) != 403 {
+        assert!(Instant::now() < deadline, "the DENY never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let report = authz.with_token("/x", Some(&good));
+    assert_eq!(status_of(&report), 200, "{report}");
+    let forwarded = report["first_response"]["body"]["headers"]["authorization"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(forwarded, format!("Bearer {good}"), "{report}");
     authz.teardown();
 }

@@ -25,6 +25,7 @@
 pub mod cache;
 pub mod error;
 pub mod jwks;
+pub mod netns;
 #[cfg(test)]
 mod tests;
 pub mod verify;

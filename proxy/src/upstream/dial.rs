@@ -93,6 +93,10 @@ pub struct Delivery {
     /// The destination pod's drain: once it stops accepting, the connection is not reused;
     /// once it is cut, so is the connection.
     pub drain: Drain,
+    /// The mesh state's changes since the dial: a delivery skipped the destination's inbound
+    /// listener because the state allowed it (no RequestAuthentication, no CUSTOM policy on
+    /// the pod), so once the state changes the connection is not reused.
+    pub state: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Delivery {
@@ -106,7 +110,7 @@ impl Delivery {
     /// Whether a connection made for it may take another request.
     #[must_use]
     pub fn reusable(&self) -> bool {
-        !self.drain.is_accepting_stopped()
+        !self.drain.is_accepting_stopped() && !self.state.has_changed().unwrap_or(true)
     }
 }
 

@@ -51,6 +51,17 @@ impl LocalPods {
         }
     }
 
+    /// One pod served here now (any), to dial from when no particular pod asks.
+    #[must_use]
+    pub fn any(&self) -> Option<Arc<Pod>> {
+        self.pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .next()
+            .cloned()
+    }
+
     /// Whether pod `uid` is served by this proxy now.
     #[must_use]
     pub fn serves(&self, uid: &PodUid) -> bool {
@@ -151,6 +162,8 @@ impl Dial for PodDial {
         mesh_tls: MeshTls,
     ) -> BoxFuture<'_, Result<Dialed, DialError>> {
         Box::pin(async move {
+            // Subscribed before the state is read, so a change in between retires a delivery.
+            let changes = self.state.subscribe();
             let index = self.state.load();
             let tunnel = match mesh_tls {
                 MeshTls::Disable => None,
@@ -202,6 +215,7 @@ impl Dial for PodDial {
                 delivered: Some(Delivery {
                     pod: Arc::downgrade(&pod),
                     drain: pod.drain.clone(),
+                    state: changes,
                 }),
                 tunnel: None,
             })
