@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use common::{OrPanic, client, pod_ip};
 use serde_json::{Value, json};
-use shunt_tests::{AgentOptions, ClusterConfig, NamespaceConfig, Node, Pod};
+use shunt_tests::{AgentOptions, ClusterConfig, NamespaceConfig, Node, Pod, ServiceConfig};
 
 const MESH: &str = "mesh";
 const LEGACY: &str = "legacy";
 const HTTP_PORT: u16 = 8080;
 const TCP_PORT: u16 = 9090;
+const EXT_AUTHZ_PORT: u16 = 9000;
 /// How long a config change may take to reach the agent and the proxy.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// One client run, at most.
@@ -75,7 +76,12 @@ impl Authz {
             .pod(&server_config)
             .pod(&client_config)
             .pod(&node.pod_config(&outsider, LEGACY))
-            .pod(&node.pod_config(&aux, LEGACY).label("app", "aux"));
+            .pod(&node.pod_config(&aux, LEGACY).label("app", "aux"))
+            .service(
+                &ServiceConfig::new(LEGACY, "ext-authz", std::net::Ipv4Addr::new(10, 96, 0, 40))
+                    .select("app", "aux")
+                    .port("http", EXT_AUTHZ_PORT, EXT_AUTHZ_PORT),
+            );
         node.write_config(&config).or_panic("writing the config");
         node.write_istio(extra_istio)
             .or_panic("writing the Istio config");
@@ -749,5 +755,103 @@ fn request_authentication_validates_tokens_against_a_jwks_server_in_a_pod() {
         .as_str()
         .unwrap_or_default();
     assert_eq!(forwarded, format!("Bearer {good}"), "{report}");
+    authz.teardown();
+}
+
+/// MeshConfig with the ext_authz provider `ext`: the aux pod's `ext-authz` Service.
+fn ext_authz_mesh_config(fail_open: bool) -> [Value; 2] {
+    let mesh = format!(
+        "extensionProviders:\n\
+         - name: ext\n\
+         \x20 envoyExtAuthzHttp:\n\
+         \x20   service: ext-authz.{LEGACY}.svc.cluster.local\n\
+         \x20   port: {EXT_AUTHZ_PORT}\n\
+         \x20   includeRequestHeadersInCheck: [x-ext-authz]\n\
+         \x20   headersToUpstreamOnAllow: [x-ext-authz-check-result]\n\
+         \x20   headersToDownstreamOnDeny: [x-ext-authz-check-result]\n\
+         \x20   failOpen: {fail_open}\n"
+    );
+    [
+        shunt_tests::istio::istio_system_namespace(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {"mesh": mesh},
+        }),
+    ]
+}
+
+#[test]
+fn custom_authorization_asks_a_real_ext_authz_service() {
+    const TEST: &str = "authz::custom_authorization_asks_a_real_ext_authz_service";
+    let Some(authz) = Authz::start(TEST, &[]) else {
+        return;
+    };
+    let port = EXT_AUTHZ_PORT.to_string();
+    let mut service = authz
+        .node
+        .start_httppod_server(&authz.aux, &["ext-authz", "--port", &port])
+        .or_panic("ext_authz service");
+    let custom = policy(
+        "ext",
+        json!({"action": "CUSTOM", "provider": {"name": "ext"},
+               "rules": [{"to": [{"operation": {"paths": ["/guarded/*"]}}]}]}),
+    );
+    let objects = |fail_open| {
+        let mut objects = ext_authz_mesh_config(fail_open).to_vec();
+        objects.push(custom.clone());
+        objects
+    };
+    authz.node.write_istio(&objects(false)).or_panic("CUSTOM");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while authz.status(&authz.inside, "/guarded/a", &[]) != 403 {
+        assert!(Instant::now() < deadline, "the CUSTOM policy never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let config = authz.node.admin().config().or_panic("GET /config");
+    assert_eq!(config["errors"], json!([]), "{config}");
+
+    // Not guarded: no check at all.
+    assert_eq!(authz.status(&authz.inside, "/open", &[]), 200);
+    // Allowed: the service's header reaches the app.
+    let allowed = authz.get(&authz.inside, "/guarded/a", &["-H", "x-ext-authz: allow"]);
+    assert_eq!(status_of(&allowed), 200, "{allowed}");
+    assert_eq!(
+        allowed["first_response"]["body"]["headers"]["x-ext-authz-check-result"], "allowed",
+        "{allowed}"
+    );
+    // Denied: the service's own answer, its header passed back to the client.
+    let denied = authz.get(&authz.inside, "/guarded/a", &["-H", "x-ext-authz: no"]);
+    assert_eq!(status_of(&denied), 403, "{denied}");
+    assert_eq!(
+        denied["first_response"]["headers"]["x-ext-authz-check-result"], "denied",
+        "{denied}"
+    );
+    assert!(
+        denied["first_response"]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("denied by ext_authz")),
+        "{denied}"
+    );
+
+    // The service gone: denied (statusOnError 403), unless failOpen.
+    service.kill();
+    assert_eq!(
+        authz.status(&authz.inside, "/guarded/a", &["-H", "x-ext-authz: allow"]),
+        403
+    );
+    authz.node.write_istio(&objects(true)).or_panic("failOpen");
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while authz.status(&authz.inside, "/guarded/a", &[]) != 200 {
+        assert!(Instant::now() < deadline, "failOpen never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = authz.node.access_log().or_panic("access log");
+    assert!(
+        !log.matching(&[("response_flags", "UAEX")]).is_empty(),
+        "the denial is flagged UAEX: {}",
+        log.describe()
+    );
     authz.teardown();
 }
