@@ -30,8 +30,9 @@ use super::forward::{Forwarded, Outgoing};
 use super::headers;
 use super::local_reply::{LocalReply, Reply};
 use super::route_policy as policy;
+use super::security;
 use crate::ratelimit::{RateLimitOutcome, RateLimiter};
-use crate::response_flag::{ResponseFlag, ResponseFlags};
+use crate::response_flag::ResponseFlag;
 use http::Response;
 use http::header;
 use http_body_util::BodyExt;
@@ -88,84 +89,6 @@ pub enum Flow {
     Delay(Duration),
     /// Answer the client with this, nothing more runs; its flags go on the exchange.
     Reply(LocalReply),
-}
-
-/// The inbound **`authn`** phase (Envoy's `envoy.filters.http.jwt_authn`): the
-/// destination's RequestAuthentications for one request (`crate::authn`). No token passes
-/// without a request principal; an invalid one is 401, a wrong audience 403, each with
-/// `www-authenticate` and Envoy's `response_code_details`. A valid token is removed before
-/// the request goes on, unless its rule says `forwardOriginalToken`.
-pub(super) async fn authenticate(
-    connection: &HttpConnection,
-    app: &InboundApp,
-    request: &mut http::request::Parts,
-    exchange: &mut Exchange,
-) -> Result<Option<Arc<shunt_mesh::security::RequestAuth>>, Box<LocalReply>> {
-    let Some(destination) = app.workload.as_deref() else {
-        return Ok(None);
-    };
-    let rules = connection
-        .proxy
-        .state
-        .load()
-        .request_authn()
-        .rules_for(destination);
-    if rules.is_empty() {
-        return Ok(None);
-    }
-    let outcome = connection.proxy.authn.authenticate(&rules, request).await;
-    if let Some(refusal) = outcome.refusal() {
-        tracing::debug!(failure = %refusal.failure, "request authentication refused a token");
-        exchange.response_code_details = Some(refusal.failure.response_code_details());
-        let mut reply = LocalReply::text(refusal.status, refusal.body, ResponseFlags::NONE);
-        reply
-            .response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, refusal.www_authenticate.clone());
-        return Err(Box::new(reply));
-    }
-    Ok(outcome.auth().cloned())
-}
-
-/// The inbound **`authz`** phase (Envoy's `envoy.filters.http.rbac`): the destination's
-/// AuthorizationPolicies for one request to `app`, reached over `connection` (the inbound
-/// listener's, an HBONE stream's, or a same-node delivery's destination side). A denial is
-/// 403 `RBAC: access denied`, with the deciding policy in `response_code_details`.
-pub(super) fn authorize(
-    connection: &HttpConnection,
-    app: &InboundApp,
-    request: &http::request::Parts,
-    auth: Option<&shunt_mesh::security::RequestAuth>,
-    exchange: &mut Exchange,
-) -> Option<shunt_mesh::security::authz::Decision> {
-    let destination = app.workload.as_deref()?;
-    let source_ip = match connection.client.0 {
-        std::net::SocketAddr::V4(client) => *client.ip(),
-        std::net::SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-    };
-    let host = exchange.authority.as_deref().unwrap_or_default();
-    // The path the router sees: normalized by the server loop, query left out.
-    let path = request.uri.path();
-    let facts = shunt_mesh::security::authz::HttpFacts {
-        host,
-        method: request.method.as_str(),
-        path,
-        headers: &request.headers,
-        // No trusted hops on a sidecar's inbound (`numTrustedProxies` 0): the client is the
-        // direct peer. Gateways define trusted hops.
-        remote_ip: Some(source_ip),
-        auth,
-    };
-    let index = connection.proxy.state.load();
-    let decision = crate::authz::Connection {
-        destination,
-        security: &app.security,
-        source_ip,
-        destination_addr: connection.orig_dst,
-        sni: None,
-    }
-    .evaluate(&index, &connection.proxy.metrics.authz, Some(facts));
-    Some(decision)
 }
 
 /// [`Phase::Cors`]: an allowed CORS preflight is answered here (200 and the `Access-Control-*`
@@ -502,11 +425,11 @@ impl HttpConnection {
         exchange: &mut Exchange,
     ) -> Reply {
         let mut parts = parts;
-        let auth = match authenticate(self, app, &mut parts, exchange).await {
+        let auth = match security::authenticate(self, app, &mut parts, exchange).await {
             Ok(auth) => auth,
             Err(reply) => return exchange.reply(*reply),
         };
-        let decision = authorize(self, app, &parts, auth.as_deref(), exchange);
+        let decision = security::authorize(self, app, &parts, auth.as_deref(), exchange);
         // CUSTOM first, as Envoy's ext_authz filter runs ahead of RBAC: its denial is the
         // answer; what it allows may edit the request, and later the response.
         let mut allowed = Vec::new();

@@ -3,7 +3,8 @@
 //!
 //! Modules depend downwards only, none on this file's own items:
 //! `server` (serve loop) → `filters` (request phases, in Envoy's order) → `forward`
-//! (attempts, retries, mirrors, inbound delivery) → `exchange` (one request's facts, labels,
+//! (attempts, retries, mirrors, inbound delivery) → `security` (the inbound `authn` and
+//! `authz` phases) → `exchange` (one request's facts, labels,
 //! log line, body wrappers) → `connection` (the connection and what its requests share) and
 //! `local_reply` (answers the proxy makes itself) → `headers`, `replay`, `route_policy`.
 #![forbid(unsafe_code)]
@@ -16,4 +17,5 @@ pub mod headers;
 pub mod local_reply;
 pub mod replay;
 pub mod route_policy;
+pub mod security;
 pub mod server;
