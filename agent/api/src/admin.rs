@@ -159,6 +159,31 @@ pub struct PodRoutes {
     pub hosts: Vec<HostRoutes>,
 }
 
+/// `GET /policies/<NAMESPACE>/<POD>`: a workload's effective security policies, each kind
+/// in its evaluation order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPolicies {
+    /// `namespace/name`.
+    pub pod: String,
+    /// PeerAuthentication: the mode of each declared port, then of any other port
+    /// (`port: null`), and what decided it.
+    pub peer_authentication: Vec<PortMtls>,
+    /// RequestAuthentication: the policies whose JWT rules apply, root namespace first
+    /// (`namespace/name`, and `(rejected: ...)` for a stand-in).
+    pub request_authentication: Vec<String>,
+    /// AuthorizationPolicy, in evaluation order: CUSTOM, DENY, ALLOW, AUDIT.
+    pub authorization: Vec<String>,
+}
+
+/// One port's PeerAuthentication mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMtls {
+    /// `None`: every port not listed.
+    pub port: Option<u16>,
+    /// e.g. `STRICT by shop/default (namespace-wide)`.
+    pub decision: String,
+}
+
 /// The body of `POST /explain`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainQuery {

@@ -7,6 +7,7 @@ mod clusters;
 mod config;
 mod maps;
 mod output;
+mod policies;
 mod proxy_client;
 mod routes;
 mod status;
@@ -65,6 +66,14 @@ enum Command {
     /// VirtualService or DestinationRule, the routes in order, their matches, destinations,
     /// weights and policies, and each subset's endpoints and traffic policy.
     Routes {
+        /// The pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: String,
+    },
+    /// One pod's effective security policies: PeerAuthentication per port,
+    /// RequestAuthentication, and AuthorizationPolicy in evaluation order (CUSTOM, DENY,
+    /// ALLOW, AUDIT), as the proxy compiles them.
+    Policies {
         /// The pod, NAMESPACE/NAME.
         #[arg(long, value_name = "NS/NAME")]
         pod: String,
@@ -165,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             command: MapsCommand::Dump { name },
         } => maps::dump(&agent()?, &name, output).await,
         Command::Routes { pod } => routes::routes(&agent()?, &pod, output).await,
+        Command::Policies { pod } => policies::policies(&agent()?, &pod, output).await,
         Command::Explain {
             from,
             url,

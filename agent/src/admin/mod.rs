@@ -7,6 +7,7 @@
 //! - `GET /config`: every object loaded, and the errors of the last load;
 //! - `GET /maps/<NAME>`: a map's entries;
 //! - `GET /routes/<NAMESPACE>/<POD>`: the effective routes of one pod;
+//! - `GET /policies/<NAMESPACE>/<POD>`: its effective security policies;
 //! - `POST /explain` (`api::ExplainQuery`): a dry run of one request from one pod;
 //! - `POST /uninstall`: detaches and unpins everything, answers, then the agent exits.
 #![forbid(unsafe_code)]
@@ -174,6 +175,55 @@ async fn respond(context: &AdminContext, request: Request<Incoming>) -> Response
     response
 }
 
+/// What `GET /policies/...` answers: the tables the proxy builds from the same state.
+fn pod_policies(
+    mesh: &shunt_mesh::model::MeshState,
+    workload: &shunt_mesh::model::Workload,
+) -> api::PodPolicies {
+    use shunt_mesh::security::{AuthzTable, PeerAuthnTable, RequestAuthnTable};
+    let (peer_authn, _) = PeerAuthnTable::build(mesh);
+    let (request_authn, _) = RequestAuthnTable::build(mesh);
+    let (authz, _) = AuthzTable::build(mesh);
+    let mut peer_authentication: Vec<api::PortMtls> = workload
+        .ports
+        .iter()
+        .map(|port| api::PortMtls {
+            port: Some(port.container_port),
+            decision: peer_authn
+                .explain(workload, port.container_port)
+                .to_string(),
+        })
+        .collect();
+    // Port 0 is no workload port: what every port without a port-level mode gets.
+    peer_authentication.push(api::PortMtls {
+        port: None,
+        decision: peer_authn.explain(workload, 0).to_string(),
+    });
+    api::PodPolicies {
+        pod: format!("{}/{}", workload.namespace, workload.name),
+        peer_authentication,
+        request_authentication: request_authn
+            .policies_for(workload)
+            .into_iter()
+            .map(|(policy, rejected)| {
+                if rejected {
+                    format!(
+                        "{}/{} (rejected: its issuers' tokens are refused until it is fixed)",
+                        policy.namespace, policy.name
+                    )
+                } else {
+                    format!("{}/{}", policy.namespace, policy.name)
+                }
+            })
+            .collect(),
+        authorization: authz
+            .applicable(workload)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }
+}
+
 fn route(
     context: &AdminContext,
     method: &Method,
@@ -233,6 +283,13 @@ fn route(
             context.uninstalled.cancel();
             serde_json::to_value(&api::Uninstalled { removed })
         }
+        _ if path.starts_with("/policies/") => {
+            expect(Method::GET)?;
+            let name = path.trim_start_matches("/policies/");
+            let snapshot = Arc::clone(&context.config.borrow());
+            let workload = pod(&snapshot, name)?;
+            serde_json::to_value(&pod_policies(&snapshot.mesh, workload))
+        }
         _ if path.starts_with("/routes/") => {
             expect(Method::GET)?;
             let name = path.trim_start_matches("/routes/");
@@ -255,7 +312,8 @@ fn route(
                     format!(
                         "no such endpoint {method} {path}; there are GET /status, GET \
                          /workloads, GET /config, GET /maps/<NAME>, GET \
-                         /routes/<NAMESPACE>/<POD>, POST /explain and POST /uninstall"
+                         /routes/<NAMESPACE>/<POD>, GET /policies/<NAMESPACE>/<POD>, POST \
+                         /explain and POST /uninstall"
                     ),
                 ));
             }

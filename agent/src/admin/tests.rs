@@ -343,3 +343,58 @@ async fn routes_and_explain_answer_from_the_current_config() {
     }
     admin.shutdown.cancel();
 }
+
+const POLICIES: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, namespace: shop, labels: {app: cart}}
+spec: {containers: [{name: app, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  jwtRules: [{issuer: https://issuer.example, jwksUri: http://jwks.shop.svc.cluster.local/keys.json}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+
+#[tokio::test]
+async fn policies_lists_each_kind_in_evaluation_order() {
+    let admin = start_with(POLICIES).await;
+    let policies: api::PodPolicies = admin.client.get("/policies/shop/cart").await.unwrap();
+    assert_eq!(policies.pod, "shop/cart");
+    let ports: Vec<(Option<u16>, bool)> = policies
+        .peer_authentication
+        .iter()
+        .map(|p| (p.port, p.decision.starts_with("STRICT by shop/default")))
+        .collect();
+    assert_eq!(ports, [(Some(8080), true), (None, true)], "{policies:?}");
+    assert_eq!(policies.request_authentication, ["shop/jwt"]);
+    let order: Vec<bool> = ["DENY shop/deny-admin", "ALLOW shop/readers"]
+        .iter()
+        .zip(&policies.authorization)
+        .map(|(wanted, seen)| seen.starts_with(wanted))
+        .collect();
+    assert_eq!(order, [true, true], "{policies:?}");
+    assert_eq!(policies.authorization.len(), 2, "{policies:?}");
+}
