@@ -288,7 +288,7 @@ fn route(
             let name = path.trim_start_matches("/policies/");
             let snapshot = Arc::clone(&context.config.borrow());
             let workload = pod(&snapshot, name)?;
-            serde_json::to_value(&pod_policies(&snapshot.mesh, workload))
+            serde_json::to_value(pod_policies(&snapshot.mesh, workload))
         }
         _ if path.starts_with("/routes/") => {
             expect(Method::GET)?;
