@@ -77,7 +77,11 @@ enum Task {
         /// for S0–S4.
         #[arg(long)]
         quick: bool,
-        /// Only these scenarios, S0 to S6 (e.g. `S2,S4`, or `S5,S6` across nodes); the table
+        /// Only the smoke run `cargo xtask test` does (debug build, every scenario once, tiny
+        /// workloads, the table and JSON checked for shape; no timing judged).
+        #[arg(long, conflicts_with_all = ["quick", "scenarios", "workloads"])]
+        smoke: bool,
+        /// Only these scenarios, S0 to S7 (e.g. `S2,S4`, `S5,S6` across nodes, or `S2,S7`); the table
         /// marks the others as not selected.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
@@ -133,10 +137,17 @@ fn main() -> Result<()> {
         Task::Layers => layers::run(),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
+        Task::Bench { smoke: true, .. } => {
+            toolchain::setup()?;
+            build::build_ebpf()?;
+            build::build_user(false)?;
+            bench::smoke()
+        }
         Task::Bench {
             quick,
             scenarios,
             workloads,
+            smoke: false,
         } => bench::run(quick, &bench::Selection::parse(&scenarios, &workloads)?),
         Task::BenchNode {
             plan,

@@ -10,15 +10,17 @@
 //! ```text
 //! shunt-loadgen serve --echo-port P --crr-port P --sink-port P [--http-port P]
 //!                     [--http-body-bytes N] [--lifetime-secs S]
-//! shunt-loadgen wait  --to ADDR [--timeout-ms T] [--http-host H]
+//! shunt-loadgen wait  --to ADDR [--timeout-ms T] [--http-host H [--header "N: V"]...]
 //! shunt-loadgen rr    --to ADDR --size N --duration-ms D [--warmup-ms W] [--max-requests M]
 //! shunt-loadgen crr   --to ADDR --duration-ms D [--max-connections M]
 //! shunt-loadgen bulk  --to ADDR --bytes-per-stream N --streams K [--timeout-ms T]
 //! shunt-loadgen idle  --to ADDR --connections N --hold-ms H
 //! shunt-loadgen http-max  --to ADDR --duration-ms D [--connections 64] [--warmup-ms W]
 //!                         [--host H] [--body-bytes N] [--max-requests M]
+//!                         [--header "Name: value"]...
 //! shunt-loadgen http-rate --to ADDR --rps R --duration-ms D [--connections 16]
 //!                         [--warmup-ms W] [--grace-ms G] [--host H] [--body-bytes N]
+//!                         [--header "Name: value"]...
 //! ```
 //!
 //! The HTTP modes speak HTTP/1.1 over keep-alive connections and parse every response (status
@@ -42,8 +44,9 @@ const USAGE: &str =
         [--lifetime-secs 3600]
         echo: echo until EOF; crr: answer 1 byte then close; sink: read to EOF, then close;
         http: HTTP/1.1 keep-alive, every request answered 200 with an N-byte body
-  wait  --to ADDR [--timeout-ms 10000] [--http-host H]
-        retry connecting (and with --http-host, one GET) until the server answers
+  wait  --to ADDR [--timeout-ms 10000] [--http-host H] [--header \"Name: value\"]...
+        retry connecting (and with --http-host, one GET, with the headers) until the
+        server answers
   rr    --to ADDR --size N --duration-ms D [--warmup-ms 200] [--max-requests 2000000]
         one persistent connection, N-byte request and response; the warm-up counts from
         the first reply
@@ -54,12 +57,13 @@ const USAGE: &str =
   idle  --to ADDR --connections N --hold-ms H
         N connections, one 1-byte echo each, print `holding`, hold them H ms
   http-max  --to ADDR --duration-ms D [--connections 64] [--warmup-ms 200] [--host ADDR]
-            [--body-bytes 1024] [--max-requests 5000000]
+            [--body-bytes 1024] [--max-requests 5000000] [--header \"Name: value\"]...
         closed loop: C keep-alive connections, each sends its next GET when a reply is in
   http-rate --to ADDR --rps R --duration-ms D [--connections 16] [--warmup-ms 200]
-            [--grace-ms 500] [--host ADDR] [--body-bytes 1024]
+            [--grace-ms 500] [--host ADDR] [--body-bytes 1024] [--header \"Name: value\"]...
         open loop at R requests/s over C keep-alive connections, latency corrected for
-        coordinated omission; says whether the rate was achieved";
+        coordinated omission; says whether the rate was achieved
+  --header (repeatable) is added to every request, e.g. \"authorization: Bearer <JWT>\"";
 
 /// One read or write gives up after this long without progress.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -303,14 +307,17 @@ fn wait(flags: &Flags) -> Outcome {
     // With a host, the server must also answer one GET: a proxy accepts connections before
     // it can route them.
     let http_host = flags.optional::<String>("http-host")?;
+    let request = match &http_host {
+        Some(host) => http_request(host, &headers(flags)?),
+        None => Vec::new(),
+    };
     let started = Instant::now();
     let mut attempts = 0_u32;
     loop {
         attempts += 1;
         let answered = match &http_host {
             None => TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map(drop),
-            Some(host) => connect(to).and_then(|mut stream| {
-                let request = http_request(host);
+            Some(_) => connect(to).and_then(|mut stream| {
                 let mut buffer = HttpBuffer::default();
                 let deadline = Instant::now() + CONNECT_TIMEOUT;
                 write_all_until(&mut stream, &request, deadline)?;
@@ -555,12 +562,55 @@ fn http_response(body_bytes: usize) -> Vec<u8> {
     response
 }
 
-/// The bench's request: a small GET.
-fn http_request(host: &str) -> Vec<u8> {
-    format!(
-        "GET /bench HTTP/1.1\r\nhost: {host}\r\nuser-agent: shunt-loadgen\r\naccept: */*\r\n\r\n"
-    )
-    .into_bytes()
+/// The bench's request: a small GET, with `headers` after the fixed ones. Built once per
+/// run, so the clients' hot loops only write these bytes.
+fn http_request(host: &str, headers: &[Header]) -> Vec<u8> {
+    let mut request = format!(
+        "GET /bench HTTP/1.1\r\nhost: {host}\r\nuser-agent: shunt-loadgen\r\naccept: */*\r\n"
+    );
+    for Header { name, value } in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+/// An extra request header, `--header "Name: value"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    name: String,
+    value: String,
+}
+
+impl std::str::FromStr for Header {
+    type Err = String;
+
+    /// `Name: value`: a token name (RFC 9110's `tchar`s), a colon, a value with no control
+    /// characters (so no CR or LF can split the request); spaces around the value dropped.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let (name, value) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("{raw:?} is not \"Name: value\""))?;
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return Err(format!("the header name {name:?} is not an HTTP token"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(format!(
+                "the value of header {name} has a control character"
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// Every `--header`.
+fn headers(flags: &Flags) -> Result<Vec<Header>, Failure> {
+    Ok(flags.all::<Header>("header")?)
 }
 
 /// Answers every request of a keep-alive connection with `response` until the client closes
@@ -883,7 +933,7 @@ impl HttpTarget {
             .unwrap_or_else(|| to.to_string());
         Ok(Self {
             to,
-            request: http_request(&host).into(),
+            request: http_request(&host, &headers(flags)?).into(),
             body: flags.number("body-bytes", Some(1024), MAX_HTTP_BODY)?,
             connections: flags
                 .number(
@@ -1265,11 +1315,51 @@ mod tests {
             .expect("complete");
         assert_eq!(head.status, 200);
         assert_eq!(head.message_len(), response.len());
-        let request = http_request("10.96.0.1:80");
+        let request = http_request("10.96.0.1:80", &[]);
         let head = parse_request_head(&request)
             .expect("parses")
             .expect("complete");
         assert_eq!(head.message_len(), request.len());
+    }
+
+    #[test]
+    fn headers_are_added_to_every_request_in_order() {
+        let header = |raw: &str| raw.parse::<Header>().expect("a valid header");
+        let cases: [(&[&str], &str); 3] = [
+            (
+                &[],
+                "GET /bench HTTP/1.1\r\nhost: h:80\r\nuser-agent: shunt-loadgen\r\n\
+                 accept: */*\r\n\r\n",
+            ),
+            (
+                &["authorization: Bearer a.b.c"],
+                "GET /bench HTTP/1.1\r\nhost: h:80\r\nuser-agent: shunt-loadgen\r\n\
+                 accept: */*\r\nauthorization: Bearer a.b.c\r\n\r\n",
+            ),
+            (
+                &["X-One:1", "x-two:  two words\t"],
+                "GET /bench HTTP/1.1\r\nhost: h:80\r\nuser-agent: shunt-loadgen\r\n\
+                 accept: */*\r\nX-One: 1\r\nx-two: two words\r\n\r\n",
+            ),
+        ];
+        for (raw, want) in cases {
+            let headers: Vec<Header> = raw.iter().copied().map(header).collect();
+            let request = http_request("h:80", &headers);
+            assert_eq!(String::from_utf8_lossy(&request), want, "{raw:?}");
+            let head = parse_request_head(&request)
+                .expect("parses")
+                .expect("complete");
+            assert_eq!(head.message_len(), request.len(), "{raw:?}");
+        }
+        for bad in [
+            "no colon",
+            ": empty name",
+            "bad name: x",
+            "x: split\r\nhost: evil",
+            "x: nul\0",
+        ] {
+            assert!(bad.parse::<Header>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

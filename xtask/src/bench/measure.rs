@@ -285,6 +285,7 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     ]
     .map(str::to_owned)
     .to_vec();
+    let args = with_headers(args, deployment);
     let forwarders = deployment.forwarders();
     let shunt_l7_before = deployment
         .scenario
@@ -313,10 +314,20 @@ pub fn l7_max(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Re
     record
 }
 
+/// `args` with a `--header` for each of the scenario's extra request headers.
+fn with_headers(mut args: Vec<String>, deployment: &Deployment) -> Vec<String> {
+    for header in &deployment.http_headers {
+        args.extend(["--header".to_owned(), header.clone()]);
+    }
+    args
+}
+
 /// The request counters a shunt scenario's L7 run must grow, with what each proves: the
 /// client node's `istio_requests_total` (shunt routed the requests at L7); across nodes also
 /// the server node's destination-side requests that came over mutual TLS (they were
-/// tunnelled, not sent in plaintext between the proxies).
+/// tunnelled, not sent in plaintext between the proxies); in S7 the requests its ALLOW
+/// policy allowed (each was authorized, and authenticated: the one rule that allows them
+/// needs the token's request principal).
 fn l7_counters(deployment: &Deployment) -> Result<Vec<(&'static str, f64)>> {
     let mut counters = vec![(
         "routed at L7 (istio_requests_total)",
@@ -335,6 +346,13 @@ fn l7_counters(deployment: &Deployment) -> Result<Vec<(&'static str, f64)>> {
                     ("connection_security_policy", "mutual_tls"),
                 ],
             ),
+        ));
+    }
+    if deployment.scenario == Scenario::EbpfAuthz {
+        counters.push((
+            "authorized and authenticated on the server's node (shunt_authorization_decisions_\
+             total{action=\"ALLOW\", decision=\"allow\"} of its ALLOW policy)",
+            deployment.authz_allowed()?,
         ));
     }
     Ok(counters)
@@ -439,6 +457,11 @@ fn l7_rate(
     ]
     .map(str::to_owned)
     .to_vec();
+    let args = with_headers(args, deployment);
+    let shunt_l7_before = deployment
+        .scenario
+        .runs_shunt()
+        .then(|| l7_counters(deployment));
     let run = run_client(
         deployment,
         &args,
@@ -455,6 +478,15 @@ fn l7_rate(
             number(&report, "achieved_rps").unwrap_or(0.0),
         ));
         return record;
+    }
+    if let Some(before) = shunt_l7_before {
+        // Every due request, and one per connection to warm it before the schedule.
+        let carried = number(&report, "completed").unwrap_or(0.0)
+            + number(&report, "connections").unwrap_or(0.0);
+        if let Err(why) = check_l7_counters(before, l7_counters(deployment), carried) {
+            record.reject(why);
+            return record;
+        }
     }
     for metric in ["p50_us", "p90_us", "p99_us"] {
         match number(&report, metric) {

@@ -259,11 +259,14 @@ pub fn run_node(
 
 /// The second L7 rate of a round for one group of scenarios (same-node S0–S4, or cross-node
 /// S5–S6): half the lowest max rps of that group's scenarios in the round's `records`. Per
-/// group, so adding the cross-node scenarios does not move the same-node ones' rate.
+/// group, so adding the cross-node scenarios does not move the same-node ones' rate. S7 runs
+/// at its group's rate (the same-node one, so it compares with S2's) but does not set it:
+/// adding security does not move the other scenarios' rate either.
 fn half_rate(records: &[measure::Record], cross_node: bool) -> Result<f64, &'static str> {
     records
         .iter()
         .filter(|r| r.rejected.is_none() && r.scenario.is_cross_node() == cross_node)
+        .filter(|r| r.scenario != Scenario::EbpfAuthz)
         .flat_map(|r| r.values.iter())
         .filter(|(key, _)| key == "l7_max.rps")
         .map(|(_, rps)| *rps)
@@ -361,10 +364,15 @@ mod tests {
             max_rps(Scenario::Direct, 100.0, true),
             max_rps(Scenario::CrossMtls, 300.0, false),
             max_rps(Scenario::CrossDirect, 5000.0, false),
+            max_rps(Scenario::EbpfAuthz, 100.0, false),
         ];
         assert_eq!(half_rate(&round, false), Ok(400.0));
         assert_eq!(half_rate(&round, true), Ok(150.0));
         assert!(half_rate(&round[..3], true).is_err());
         assert!(half_rate(&round[2..3], false).is_err());
+        assert!(
+            half_rate(&round[5..], false).is_err(),
+            "S7 alone sets no rate"
+        );
     }
 }

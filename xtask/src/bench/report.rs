@@ -1,5 +1,5 @@
 //! From records to the result: medians and ranges per row and scenario, ratios against S0
-//! and S1 (and, for L7, against S4), S6's against S5 and S2, the section-3 targets, the
+//! and S1 (and, for L7, against S4), S6's against S5 and S2, S7's against S2, the targets, the
 //! markdown tables, the JSON file, and the structure check the smoke test runs.
 
 use std::collections::BTreeMap;
@@ -13,6 +13,9 @@ use super::scenario::Scenario;
 
 /// The heading of the second table: the L7 rows against HAProxy `mode http`.
 const L7_VS_HAPROXY: &str = "L7 against HAProxy `mode http` (S4)";
+/// The security-on target (authorization issue, section 5 "Bench") and its cost line.
+const S7_TARGET: &str = "S7 L7 max rps ≥ 0.9 × S2's";
+const S7_COST: &str = "Security on, proxy CPU / 10k req (L7 max rps)";
 
 /// Which scenarios a row has values in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,7 +311,9 @@ impl Report {
     }
 
     fn targets(&self) -> Vec<Target> {
-        use Scenario::{CrossDirect, CrossMtls, Direct, Ebpf, EbpfSockmap, Haproxy, Iptables};
+        use Scenario::{
+            CrossDirect, CrossMtls, Direct, Ebpf, EbpfAuthz, EbpfSockmap, Haproxy, Iptables,
+        };
         let mut targets = Vec::new();
         let overhead = |s| Some(self.median("crr.p50_us", s)? - self.median("crr.p50_us", Direct)?);
         let connect = overhead(Ebpf)
@@ -420,7 +425,32 @@ impl Report {
             }),
             met: src.zip(dst).map(|(src, dst)| src <= 8.0 && dst <= 8.0),
         });
+        // Security on (the authorization issue's bench): S7 is S2 with the policies.
+        let secure = self.ratio("l7_max.rps", EbpfAuthz, Ebpf);
+        targets.push(Target {
+            what: S7_TARGET,
+            measured: secure.map(|r| format!("S7/S2 = {r:.2}")),
+            met: secure.map(|r| r >= 0.9),
+        });
         targets
+    }
+
+    /// What security costs in proxy CPU: S7's L7 CPU per 10k requests next to S2's.
+    fn security_cost(&self) -> String {
+        let key = "l7_max.proxy_cpu_s_per_10k";
+        let (s7, s2) = (
+            self.median(key, Scenario::EbpfAuthz),
+            self.median(key, Scenario::Ebpf),
+        );
+        let cell = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), number);
+        let ratio = self
+            .ratio(key, Scenario::EbpfAuthz, Scenario::Ebpf)
+            .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        format!(
+            "{S7_COST}: S7 {} CPU-s, S2 {} CPU-s (S7/S2 = {ratio})",
+            cell(s7),
+            cell(s2)
+        )
     }
 
     pub fn markdown(&self) -> String {
@@ -449,9 +479,9 @@ impl Report {
         let _ = writeln!(
             out,
             "\nCells: median (min–max) of the accepted runs; ratios are medians divided by \
-             S0's or S1's, and S6's by S5's (the same two pods, nothing between them) or S2's \
-             (same-node eBPF) (for latency and cost lower is better, for Gb/s and conn/s \
-             higher is). S6's proxy CPU and RSS rows are both node proxies' sum; the rows \
+             S0's or S1's, S6's by S5's (the same two pods, nothing between them) or S2's \
+             (same-node eBPF), and S7's by S2's (the same path, security off) (for latency and \
+             cost lower is better, for Gb/s and conn/s higher is). S6's proxy CPU and RSS rows are both node proxies' sum; the rows \
              under them split it per node proxy.\n"
         );
         let ratio_columns = ratio_columns();
@@ -484,14 +514,15 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body; S1–S3 and S6 \
-             address a Service port named `http`, so shunt routes every request at L7 (S6: on \
-             the client's node, then through the HBONE tunnel). Max rps over \
+            "\nL7: HTTP/1.1 keep-alive, a small GET answered with a 1 KiB body (in S7 with a \
+             bearer token); S1–S3, S6 and S7 address a Service port named `http`, so shunt \
+             routes every request at L7 (S6: on the client's node, then through the HBONE \
+             tunnel). Max rps over \
              {L7_MAX_CONNECTIONS} connections (closed loop; the L7 costs come from this run); \
              the fixed rates run open loop over {L7_RATE_CONNECTIONS} connections with latency \
              corrected for coordinated omission, the second at half of the repetition's lowest \
-             max rps among the same-node scenarios (S0–S4), or among the cross-node ones (S5, \
-             S6).\n\n{L7_VS_HAPROXY}:\n"
+             max rps among the same-node scenarios (S0–S4; S7 runs at that rate but does not \
+             set it), or among the cross-node ones (S5, S6).\n\n{L7_VS_HAPROXY}:\n"
         );
         let vs = [Scenario::Iptables, Scenario::Ebpf, Scenario::EbpfSockmap];
         let mut header = String::from("| L7 workload | unit |");
@@ -519,6 +550,7 @@ impl Report {
             let measured = target.measured.unwrap_or_else(|| "n/a".to_owned());
             let _ = writeln!(out, "- {}: {verdict} ({measured})", target.what);
         }
+        let _ = writeln!(out, "\n{}", self.security_cost());
         let rejected: Vec<&Record> = self
             .records
             .iter()
@@ -609,13 +641,20 @@ impl Report {
 }
 
 /// Every same-node scenario against S0, every one after S1 against S1; S6 against S5 (the
-/// cross-node baseline) and against S2 (shunt on one node).
+/// cross-node baseline) and against S2 (shunt on one node); S7 against S2 only (the same
+/// path with security off).
 fn ratio_columns() -> Vec<(Scenario, Scenario)> {
-    use Scenario::{CrossDirect, CrossMtls, Direct, Ebpf, EbpfSockmap, Haproxy, Iptables};
+    use Scenario::{
+        CrossDirect, CrossMtls, Direct, Ebpf, EbpfAuthz, EbpfSockmap, Haproxy, Iptables,
+    };
     let same_node = [Iptables, Ebpf, EbpfSockmap, Haproxy];
     let mut columns: Vec<(Scenario, Scenario)> = same_node.iter().map(|s| (*s, Direct)).collect();
     columns.extend(same_node[1..].iter().map(|s| (*s, Iptables)));
-    columns.extend([(CrossMtls, CrossDirect), (CrossMtls, Ebpf)]);
+    columns.extend([
+        (CrossMtls, CrossDirect),
+        (CrossMtls, Ebpf),
+        (EbpfAuthz, Ebpf),
+    ]);
     columns
 }
 
@@ -727,6 +766,11 @@ pub fn check_structure(plan: &Plan, json: &Value, markdown: &str) -> Vec<String>
     }
     if !markdown.contains(L7_VS_HAPROXY) {
         problems.push("the output has no L7-against-HAProxy heading".to_owned());
+    }
+    for line in [S7_TARGET, S7_COST] {
+        if !markdown.contains(&format!("{line}: ")) {
+            problems.push(format!("the output has no line {line:?}"));
+        }
     }
     problems
 }
@@ -906,6 +950,38 @@ mod tests {
             let markdown = report(vec![one_value(base, key, base_value)]).markdown();
             assert_eq!(verdict(&markdown, what), "not measured", "{what}");
         }
+    }
+
+    #[test]
+    fn s7_is_held_to_0_9_of_s2s_max_rps_and_its_cpu_is_shown_next_to_s2s() {
+        use Scenario::{Ebpf, EbpfAuthz};
+        let cases = [(900.0, "met"), (899.0, "**not met**")];
+        for (s7, want) in cases {
+            let records = vec![
+                one_value(Ebpf, "l7_max.rps", 1000.0),
+                one_value(EbpfAuthz, "l7_max.rps", s7),
+            ];
+            let markdown = report(records).markdown();
+            assert_eq!(verdict(&markdown, S7_TARGET), want, "{s7}");
+        }
+        let markdown = report(vec![one_value(Ebpf, "l7_max.rps", 1000.0)]).markdown();
+        assert_eq!(verdict(&markdown, S7_TARGET), "not measured");
+
+        let key = "l7_max.proxy_cpu_s_per_10k";
+        let records = vec![one_value(Ebpf, key, 0.5), one_value(EbpfAuthz, key, 0.6)];
+        let markdown = report(records).markdown();
+        assert!(
+            markdown.contains(&format!(
+                "{S7_COST}: S7 0.600 CPU-s, S2 0.500 CPU-s (S7/S2 = 1.20)"
+            )),
+            "{markdown}"
+        );
+        assert!(ratio_columns().contains(&(EbpfAuthz, Ebpf)));
+        assert!(
+            ratio_columns()
+                .iter()
+                .all(|(of, against)| *of != EbpfAuthz || *against == Ebpf)
+        );
     }
 
     #[test]

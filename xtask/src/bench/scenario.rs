@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
 use shunt_tests::wait::Check;
 use shunt_tests::{
     AgentOptions, Binaries, CaptureMode, Cluster, ClusterConfig, Metrics, NamespaceConfig, Node,
@@ -45,6 +46,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM to SIGKILL when a forwarder is restarted (the harness's proxy drains for 1 s).
 const FORWARDER_STOP: Duration = Duration::from_secs(5);
 const MESH_NAMESPACE: &str = "bench";
+/// S7's security objects. The token is signed with the test-only RSA key of the httppod
+/// crate (`shunt-httppod jwks mint`), and its public half is the rule's inline JWKS.
+const AUTHZ_POLICY: &str = "bench-allow";
+const REQUEST_AUTHN: &str = "bench-jwt";
+const JWT_KEY: &str = "tests/httppod/testdata/rsa-2048.pem";
+const JWT_KID: &str = "bench";
+const JWT_ISSUER: &str = "https://bench.shunt.invalid";
+const JWT_SUBJECT: &str = "bench-client";
+const JWT_AUDIENCE: &str = "bench-server";
+/// A day: longer than any bench run, so no token expires while it is measured.
+const JWT_LIFETIME_SECS: u64 = 24 * 3600;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -55,10 +67,11 @@ pub enum Scenario {
     Haproxy,
     CrossDirect,
     CrossMtls,
+    EbpfAuthz,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::Iptables,
         Self::Ebpf,
@@ -66,6 +79,7 @@ impl Scenario {
         Self::Haproxy,
         Self::CrossDirect,
         Self::CrossMtls,
+        Self::EbpfAuthz,
     ];
 
     pub fn id(self) -> &'static str {
@@ -77,6 +91,7 @@ impl Scenario {
             Self::Haproxy => "S4",
             Self::CrossDirect => "S5",
             Self::CrossMtls => "S6",
+            Self::EbpfAuthz => "S7",
         }
     }
 
@@ -89,6 +104,7 @@ impl Scenario {
             Self::Haproxy => "HAProxy",
             Self::CrossDirect => "cross-node direct",
             Self::CrossMtls => "cross-node mTLS",
+            Self::EbpfAuthz => "eBPF+authz",
         }
     }
 
@@ -119,6 +135,16 @@ impl Scenario {
                  the server pod's port 15008; node 0's agent is the CA); both node proxies \
                  share the service CPU"
             }
+            Self::EbpfAuthz => {
+                "S2 with security on the server pod: an AuthorizationPolicy `ALLOW` of 5 rules \
+                 (the L7 GET matches only the 5th, which also needs the token's request \
+                 principal; the 4th allows the L4 ports) and a RequestAuthentication (RS256, \
+                 inline `jwks`); every L7 request carries `Authorization: Bearer` with an \
+                 RS256 token for it (verified once, then from the proxy's token cache). A pod \
+                 with RequestAuthentication takes its own inbound pass (shunt's behaviour: \
+                 its `authn` phase edits the request, so no same-node delivery to it), so \
+                 every connection to the server crosses the proxy twice"
+            }
         }
     }
 
@@ -126,7 +152,7 @@ impl Scenario {
     pub fn runs_shunt(self) -> bool {
         matches!(
             self,
-            Self::Iptables | Self::Ebpf | Self::EbpfSockmap | Self::CrossMtls
+            Self::Iptables | Self::Ebpf | Self::EbpfSockmap | Self::CrossMtls | Self::EbpfAuthz
         )
     }
 
@@ -179,6 +205,15 @@ pub fn unavailable_reason(scenario: Scenario, binaries: &Binaries) -> Option<Str
             } else {
                 None
             }
+        }
+        Scenario::EbpfAuthz => {
+            let minted = binaries
+                .httppod()
+                .ok()
+                .and_then(|httppod| Command::new(httppod).args(["jwks", "--help"]).output().ok());
+            (!minted.is_some_and(|out| out.status.success())).then(|| {
+                "not available: no shunt-httppod with `jwks` (it mints S7's token)".to_owned()
+            })
         }
         Scenario::Direct | Scenario::Ebpf | Scenario::EbpfSockmap | Scenario::CrossDirect => None,
     }
@@ -250,6 +285,8 @@ pub struct Deployment {
     client: Pod,
     server: Pod,
     pub targets: Targets,
+    /// Sent with every L7 request (`--header`): S7's bearer token; empty elsewhere.
+    pub http_headers: Vec<String>,
     pub loadgen: PathBuf,
     _server: Process,
     haproxy: Option<Process>,
@@ -268,6 +305,7 @@ impl Deployment {
         let name = scenario.node_name(plan);
         let mut haproxy = None;
         let mut haproxy_config = None;
+        let mut http_headers = Vec::new();
         let (nodes, client, server, targets) = if scenario.is_cross_node() {
             let mut cluster = Cluster::with_binaries(&name, 2, binaries.clone())?;
             let client = cluster.add_pod(CLIENT_NODE, "client", CLIENT_HOST)?;
@@ -290,11 +328,21 @@ impl Deployment {
             let server = node.add_pod("server", SERVER_IP)?;
             let mut targets = Targets::at(SERVER_IP);
             match scenario {
-                Scenario::Iptables | Scenario::Ebpf | Scenario::EbpfSockmap => {
+                Scenario::Iptables
+                | Scenario::Ebpf
+                | Scenario::EbpfSockmap
+                | Scenario::EbpfAuthz => {
                     node.write_config(&mesh_config(
                         node.pod_config(&client, MESH_NAMESPACE),
                         node.pod_config(&server, MESH_NAMESPACE),
                     ))?;
+                    if scenario == Scenario::EbpfAuthz {
+                        // Before the agent starts: the proxy serves the pods with the
+                        // policies from its first snapshot on.
+                        let security = Security::mint(&binaries.httppod()?)?;
+                        node.write_istio(&security.objects)?;
+                        http_headers.push(security.header);
+                    }
                     let options = AgentOptions {
                         capture: if scenario == Scenario::Iptables {
                             CaptureMode::Iptables
@@ -346,6 +394,7 @@ impl Deployment {
             client,
             server,
             targets,
+            http_headers,
             loadgen: loadgen.to_path_buf(),
             _server: server_process,
             haproxy,
@@ -361,6 +410,19 @@ impl Deployment {
                     "S6: the client's node proxy opened no HBONE stream for the reachability \
                      check (shunt_hbone_streams_opened_total{{direction=\"outbound\"}} = \
                      {streams}): do the proxies have their certificates?"
+                );
+            }
+        }
+        if scenario == Scenario::EbpfAuthz {
+            // The reachability check's GET carried the token: the policy's last rule must
+            // have allowed it, or S7 would measure a proxy that skips the checks.
+            let allowed = deployment.authz_allowed()?;
+            if allowed < 1.0 {
+                bail!(
+                    "S7: the server's policy {MESH_NAMESPACE}/{AUTHZ_POLICY} allowed nothing \
+                     for the reachability check ({AUTHZ_DECISIONS}{{action=\"ALLOW\", \
+                     decision=\"allow\"}} = {allowed}): did the agent accept the policies? \
+                     (`shuntctl config dump`)"
                 );
             }
         }
@@ -410,6 +472,21 @@ impl Deployment {
             .sum(HBONE_STREAMS_OPENED, &[("direction", "outbound")]))
     }
 
+    /// Requests and connections S7's ALLOW policy has allowed so far, on the server's node.
+    /// Its only rule that an L7 GET can match needs the token's request principal, so each
+    /// allowed request was also authenticated.
+    pub fn authz_allowed(&self) -> Result<f64> {
+        let policy = format!("{MESH_NAMESPACE}.{AUTHZ_POLICY}");
+        Ok(self.server_metrics()?.sum(
+            AUTHZ_DECISIONS,
+            &[
+                ("action", "ALLOW"),
+                ("policy", &policy),
+                ("decision", "allow"),
+            ],
+        ))
+    }
+
     /// Waits until the client can connect to every target, and the HTTP server answers a
     /// request through the scenario's path.
     fn wait_reachable(&self) -> Result<()> {
@@ -424,6 +501,9 @@ impl Deployment {
             wait.args(["wait", "--to", &to.to_string()]);
             if http {
                 wait.args(["--http-host", &to.to_string()]);
+                for header in &self.http_headers {
+                    wait.args(["--header", header]);
+                }
             }
             let output = self
                 .spawn_client("loadgen-wait", wait)?
@@ -518,6 +598,113 @@ impl Deployment {
 
 /// `shunt_hbone_streams_opened_total`: one per tunnelled connection.
 const HBONE_STREAMS_OPENED: &str = "shunt_hbone_streams_opened_total";
+/// `shunt_authorization_decisions_total{action, policy, decision}`.
+const AUTHZ_DECISIONS: &str = "shunt_authorization_decisions_total";
+
+/// S7's security: the Istio objects and the header every L7 request carries.
+struct Security {
+    objects: Vec<Value>,
+    header: String,
+}
+
+impl Security {
+    /// The JWKS and a token from `shunt-httppod jwks`, and the policies around them.
+    fn mint(httppod: &Path) -> Result<Self> {
+        let key = crate::build::workspace_root().join(JWT_KEY);
+        let key = key.to_string_lossy();
+        let common = ["--key", &key, "--alg", "RS256", "--kid", JWT_KID];
+        let jwks = run_httppod(httppod, &["jwks", "export"], &common)?;
+        let lifetime = JWT_LIFETIME_SECS.to_string();
+        let minted = run_httppod(
+            httppod,
+            &["jwks", "mint"],
+            &common
+                .into_iter()
+                .chain([
+                    "--iss",
+                    JWT_ISSUER,
+                    "--sub",
+                    JWT_SUBJECT,
+                    "--aud",
+                    JWT_AUDIENCE,
+                    "--exp-offset",
+                    &lifetime,
+                ])
+                .collect::<Vec<_>>(),
+        )?;
+        let minted: Value = serde_json::from_str(&minted)
+            .with_context(|| format!("`shunt-httppod jwks mint` printed no JSON: {minted}"))?;
+        let token = minted["token"]
+            .as_str()
+            .with_context(|| format!("`shunt-httppod jwks mint` printed no token: {minted}"))?;
+        Ok(Self {
+            objects: security_objects(jwks.trim()),
+            header: format!("authorization: Bearer {token}"),
+        })
+    }
+}
+
+fn run_httppod(httppod: &Path, command: &[&str], args: &[&str]) -> Result<String> {
+    let what = format!("shunt-httppod {}", command.join(" "));
+    let output = Command::new(httppod)
+        .args(command)
+        .args(args)
+        .output()
+        .with_context(|| format!("could not run {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout).with_context(|| format!("{what} printed non-UTF-8"))
+}
+
+/// S7's AuthorizationPolicy and RequestAuthentication on the server pod. The bench's GET
+/// (`GET /bench` to port 8080 with the token) matches only the last of the 5 rules, so the
+/// policy is evaluated through all of them; the 4th allows the L4 workloads' ports (an
+/// ALLOW rule with an HTTP-only field is dropped on TCP, so rules 1, 2 and 5 never allow
+/// TCP, and rule 3 names a principal no bench pod has).
+fn security_objects(jwks: &str) -> Vec<Value> {
+    let selector = json!({"matchLabels": {"app": SERVER_APP}});
+    let port = |p: u16| p.to_string();
+    let rules = json!([
+        {"to": [{"operation": {"methods": ["POST", "PUT"], "paths": ["/bench"]}}]},
+        {"to": [{"operation": {"paths": ["/admin/*", "/debug/*"]}}]},
+        {"from": [{"source": {
+            "principals": [format!("cluster.local/ns/{MESH_NAMESPACE}/sa/bench-admin")]}}]},
+        {"to": [{"operation": {"ports": [port(ECHO_PORT), port(CRR_PORT), port(SINK_PORT)]}}]},
+        {
+            "from": [{"source": {"requestPrincipals": [format!("{JWT_ISSUER}/{JWT_SUBJECT}")]}}],
+            "to": [{"operation": {
+                "methods": ["GET"], "paths": ["/bench"], "ports": [port(HTTP_PORT)]}}],
+            "when": [{"key": "request.auth.audiences", "values": [JWT_AUDIENCE]}],
+        },
+    ]);
+    let object = |kind: &str, name: &str, spec: Value| {
+        json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": MESH_NAMESPACE},
+            "spec": spec,
+        })
+    };
+    vec![
+        object(
+            "AuthorizationPolicy",
+            AUTHZ_POLICY,
+            json!({"selector": selector, "action": "ALLOW", "rules": rules}),
+        ),
+        object(
+            "RequestAuthentication",
+            REQUEST_AUTHN,
+            json!({"selector": selector, "jwtRules": [{
+                "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "jwks": jwks,
+            }]}),
+        ),
+    ]
+}
 
 /// The Service address S1–S3 and S6 send the L7 workload to.
 fn service_http() -> SocketAddr {
@@ -598,6 +785,56 @@ fn haproxy_config_text(listen: Ipv4Addr, server: Ipv4Addr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s7s_policy_allows_the_bench_get_only_by_its_last_rule_and_the_l4_ports_by_its_4th() {
+        let objects = security_objects(r#"{"keys":[]}"#);
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(kinds, ["AuthorizationPolicy", "RequestAuthentication"]);
+        let policy = &objects[0]["spec"];
+        assert_eq!(policy["action"], "ALLOW");
+        let rules = policy["rules"].as_array().expect("rules");
+        assert_eq!(rules.len(), 5);
+        let ports = |rule: &Value| -> Vec<String> {
+            rule["to"][0]["operation"]["ports"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let l4: Vec<String> = [ECHO_PORT, CRR_PORT, SINK_PORT]
+            .map(|p| p.to_string())
+            .into();
+        assert_eq!(ports(&rules[3]), l4);
+        // Only the last rule names the HTTP port, GET and the token's principal.
+        for (i, rule) in rules.iter().enumerate() {
+            let methods = &rule["to"][0]["operation"]["methods"];
+            let gets = methods
+                .as_array()
+                .is_some_and(|m| m.contains(&json!("GET")));
+            assert_eq!(gets, i == 4, "rule {}: {rule}", i + 1);
+            assert_eq!(
+                ports(rule).contains(&HTTP_PORT.to_string()),
+                i == 4,
+                "rule {}",
+                i + 1
+            );
+        }
+        assert_eq!(
+            rules[4]["from"][0]["source"]["requestPrincipals"][0],
+            format!("{JWT_ISSUER}/{JWT_SUBJECT}")
+        );
+        let authn = &objects[1]["spec"]["jwtRules"][0];
+        assert_eq!(authn["issuer"], JWT_ISSUER);
+        assert_eq!(authn["audiences"][0], JWT_AUDIENCE);
+        assert_eq!(authn["jwks"], r#"{"keys":[]}"#);
+        for object in &objects {
+            assert_eq!(object["spec"]["selector"]["matchLabels"]["app"], SERVER_APP);
+        }
+    }
 
     #[test]
     fn haproxy_forwards_l4_ports_in_tcp_mode_and_http_in_http_mode() {

@@ -46,7 +46,7 @@ impl Default for Selection {
 }
 
 impl Selection {
-    /// Scenario ids (`S0`…`S6`) and workload names; empty lists mean all.
+    /// Scenario ids (`S0`…`S7`) and workload names; empty lists mean all.
     pub fn parse(scenarios: &[String], workloads: &[String]) -> Result<Self> {
         let mut selection = Self::default();
         if !scenarios.is_empty() {
@@ -55,7 +55,7 @@ impl Selection {
                 &Scenario::ALL,
                 Scenario::id,
                 "--scenarios",
-                "S0 to S6",
+                "S0 to S7",
             )?;
         }
         if !workloads.is_empty() {
