@@ -755,6 +755,47 @@ fn request_authentication_validates_tokens_against_a_jwks_server_in_a_pod() {
         .as_str()
         .unwrap_or_default();
     assert_eq!(forwarded, format!("Bearer {good}"), "{report}");
+
+    // `when` on claims: a list claim matches if any element does; nested ones by [a][b].
+    let by_claims = policy(
+        "by-claims",
+        json!({"rules": [{"when": [
+            {"key": "request.auth.claims[groups]", "values": ["admins"]},
+            {"key": "request.auth.claims[org][team]", "values": ["pay"]},
+        ]}]}),
+    );
+    authz
+        .node
+        .write_istio(&[request_authentication(false), by_claims])
+        .or_panic("ALLOW by claims");
+    let with_claims = |claims: &str| {
+        authz.jwks_tool(&[
+            "mint", "--key", JWT_KEY, "--alg", "RS256", "--kid", "k1", "--iss", ISSUER, "--sub",
+            "carol", "--aud", "shop", "--claims", claims,
+        ])["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let member = with_claims(r#"{"groups": ["dev", "admins"], "org": {"team": "pay"}}"#);
+    let outsider = with_claims(r#"{"groups": ["dev"], "org": {"team": "pay"}}"#);
+    let other_team = with_claims(r#"{"groups": ["admins"], "org": {"team": "ops"}}"#);
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while status_of(&authz.with_token("/x", Some(&outsider))) != 403 {
+        assert!(Instant::now() < deadline, "the claims policy never applied");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // (case, token, status)
+    let cases = [
+        ("in the list, the right team", Some(member.as_str()), 200),
+        ("not in the list", Some(outsider.as_str()), 403),
+        ("another team", Some(other_team.as_str()), 403),
+        ("no token", None, 403),
+    ];
+    for (case, token, want) in cases {
+        let report = authz.with_token("/x", token);
+        assert_eq!(status_of(&report), want, "{case}: {report}");
+    }
     authz.teardown();
 }
 

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use shunt_mesh::ids::PodUid;
 
 pub use shunt_mesh::routing::explain::{
-    ClusterView, DestinationExplanation, DestinationView, ExplainRequest, Explanation, HostRoutes,
-    RouteView,
+    AuthzExplanation, ClusterView, DestinationExplanation, DestinationView, ExplainRequest,
+    Explanation, HostRoutes, RouteView,
 };
 
 use crate::capture::{CaptureMode, CaptureStatus, IptablesStatus};

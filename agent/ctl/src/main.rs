@@ -92,6 +92,14 @@ enum Command {
         /// The request method [default: GET].
         #[arg(short = 'X', long = "request", value_name = "METHOD")]
         method: Option<String>,
+        /// The peer the destination's AuthorizationPolicies see: `none` (plaintext) or a
+        /// principal (cluster.local/ns/NS/sa/SA) [default: the sending pod's own identity].
+        #[arg(long, value_name = "PRINCIPAL")]
+        principal: Option<String>,
+        /// The claims of a JWT to assume valid, as JSON (e.g. '{"iss":"https://idp","sub":"u1",
+        /// "groups":["admins"]}'): its request principal is iss/sub.
+        #[arg(long, value_name = "JSON", value_parser = parse_claims)]
+        jwt_claims: Option<serde_json::Value>,
     },
     /// The proxy's upstream clusters per pod, live: load balancer, connections, requests
     /// pending and in flight, and each endpoint's requests and outlier detection state.
@@ -180,11 +188,15 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             url,
             headers,
             method,
+            principal,
+            jwt_claims,
         } => {
             let request = ExplainRequest {
                 url,
                 method,
                 headers,
+                principal,
+                jwt_claims,
             };
             routes::explain(&agent()?, from, request, output).await
         }
@@ -193,6 +205,15 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Certs { proxy_addr } => certs::run(proxy_addr, output).await,
         Command::Uninstall => uninstall::run(&agent()?, output).await,
+    }
+}
+
+/// `--jwt-claims`: a JSON object.
+fn parse_claims(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(claims @ serde_json::Value::Object(_)) => Ok(claims),
+        Ok(_) => Err("the claims must be a JSON object".to_owned()),
+        Err(error) => Err(format!("not JSON: {error}")),
     }
 }
 

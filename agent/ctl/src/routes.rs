@@ -166,6 +166,26 @@ fn explanation(answer: &Explanation) -> String {
             out.push_str(&format!("    cannot dial: {error}\n"));
         }
     }
+    if !answer.authorization.is_empty() {
+        out.push_str("authorization, at each endpoint:\n");
+    }
+    for authz in &answer.authorization {
+        let assumed = |value: &Option<String>| value.as_deref().unwrap_or("none").to_owned();
+        out.push_str(&format!(
+            "  {} ({}): {}\n    assumed: principal {}, request principal {}\n",
+            authz.endpoint,
+            authz.pod,
+            authz.decision,
+            assumed(&authz.principal),
+            assumed(&authz.request_principal)
+        ));
+        for custom in &authz.custom {
+            out.push_str(&format!("    first asks: {custom}\n"));
+        }
+        for reported in &authz.reported {
+            out.push_str(&format!("    reported by: {reported}\n"));
+        }
+    }
     out
 }
 
@@ -289,6 +309,16 @@ mod tests {
                 error: Some("no healthy endpoint".into()),
                 rate_limit: Some("10/s".into()),
             }],
+            authorization: vec![shunt_api::admin::AuthzExplanation {
+                endpoint: "10.0.0.5:8080".into(),
+                pod: "shop/cart-v2".into(),
+                decision: "denied by shop/deny-admin rule 0".into(),
+                allowed: false,
+                custom: vec![],
+                reported: vec!["AUDIT shop/audit rule 0".into()],
+                principal: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+                request_principal: None,
+            }],
         };
         assert_eq!(
             explanation(&answer),
@@ -310,7 +340,11 @@ mod tests {
              \x20     endpoints: 10.0.0.5:8080, 10.0.0.6:8080\n\
              \x20     connection pool: max 10 connections\n\
              \x20   rate limit: 10/s\n\
-             \x20   cannot dial: no healthy endpoint\n"
+             \x20   cannot dial: no healthy endpoint\n\
+             authorization, at each endpoint:\n\
+             \x20 10.0.0.5:8080 (shop/cart-v2): denied by shop/deny-admin rule 0\n\
+             \x20   assumed: principal spiffe://cluster.local/ns/shop/sa/web, request principal none\n\
+             \x20   reported by: AUDIT shop/audit rule 0\n"
         );
     }
 }

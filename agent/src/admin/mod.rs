@@ -175,6 +175,138 @@ async fn respond(context: &AdminContext, request: Request<Incoming>) -> Response
     response
 }
 
+/// What each endpoint pod of an explained request would decide: the destination's
+/// AuthorizationPolicies over the request as the endpoint would see it (the sending pod's
+/// identity as the peer unless `principal` says otherwise, the path normalized as the mesh
+/// config says, `jwt_claims` as a validated JWT).
+fn explain_authz(
+    mesh: &shunt_mesh::model::MeshState,
+    source: &Workload,
+    request: &shunt_mesh::routing::explain::ExplainRequest,
+    explanation: &shunt_mesh::routing::explain::Explanation,
+) -> Result<Vec<explain::AuthzExplanation>, Failure> {
+    use shunt_mesh::security::authz::{Facts, HttpFacts};
+    use shunt_mesh::security::{AuthzTable, RequestAuth};
+    use shunt_mesh::spiffe::SpiffeId;
+    let bad = |message: String| Failure::new(StatusCode::BAD_REQUEST, message);
+    let (authz, _) = AuthzTable::build(mesh);
+    let trust_domain = &mesh.mesh.trust_domain;
+    let peer: Option<SpiffeId> = match request.principal.as_deref() {
+        Some("none") => None,
+        Some(principal) => {
+            let uri = if principal.starts_with("spiffe://") {
+                principal.to_owned()
+            } else {
+                format!("spiffe://{principal}")
+            };
+            Some(
+                uri.parse()
+                    .map_err(|e| bad(format!("--principal {principal:?}: {e}")))?,
+            )
+        }
+        None if source.captured => Some(
+            format!(
+                "spiffe://{trust_domain}/ns/{}/sa/{}",
+                source.namespace, source.service_account
+            )
+            .parse()
+            .map_err(|e| bad(format!("the sending pod's identity: {e}")))?,
+        ),
+        None => None,
+    };
+    let auth = request.jwt_claims.clone().map(RequestAuth::from_claims);
+    let uri: http::Uri = request
+        .url
+        .parse()
+        .map_err(|e| bad(format!("{}: {e}", request.url)))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let normalized = shunt_mesh::http_path::normalize(target, mesh.mesh.path_normalization)
+        .map_err(|e| bad(format!("the path would be refused with 400: {e}")))?;
+    let path = shunt_mesh::http_path::path_only(&normalized);
+    let method = request.method.clone().unwrap_or_else(|| "GET".to_owned());
+    let mut headers = http::HeaderMap::new();
+    for header in &request.headers {
+        if let Some((name, value)) = header.split_once(':')
+            && let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            )
+        {
+            headers.append(name, value);
+        }
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(ToString::to_string))
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let endpoints = explanation
+        .destinations
+        .iter()
+        .filter_map(|d| d.cluster.as_ref())
+        .flat_map(|cluster| cluster.endpoints.iter());
+    for endpoint in endpoints {
+        // `ip:port`, maybe followed by the pod or a state in the view.
+        let Some(addr) = endpoint
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse::<std::net::SocketAddrV4>().ok())
+        else {
+            continue;
+        };
+        let Some(workload) = mesh.workloads.iter().find(|w| w.ip == Some(*addr.ip())) else {
+            continue;
+        };
+        if !seen.insert(addr) {
+            continue;
+        }
+        let facts = Facts {
+            peer: peer.as_ref(),
+            source_ip: source.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            destination_ip: *addr.ip(),
+            destination_port: addr.port(),
+            sni: None,
+            http: Some(HttpFacts {
+                host: &host,
+                method: &method,
+                path,
+                headers: &headers,
+                remote_ip: source.ip,
+                auth: auth.as_ref(),
+            }),
+        };
+        let decision = authz.evaluate(workload, &facts);
+        out.push(explain::AuthzExplanation {
+            endpoint: addr.to_string(),
+            pod: format!("{}/{}", workload.namespace, workload.name),
+            decision: decision.reason.clone(),
+            allowed: decision.allowed,
+            custom: decision
+                .custom
+                .iter()
+                .map(|c| format!("{} (provider {})", c.policy, c.provider))
+                .collect(),
+            reported: decision
+                .audits
+                .iter()
+                .map(|rule| format!("AUDIT {rule}"))
+                .chain(decision.dry_run.iter().map(|(rule, deny)| {
+                    format!(
+                        "dry run {rule}: would {}",
+                        if *deny { "deny" } else { "allow" }
+                    )
+                }))
+                .collect(),
+            principal: peer.as_ref().map(ToString::to_string),
+            request_principal: auth.as_ref().map(|a| a.principal.clone()),
+        });
+    }
+    Ok(out)
+}
+
 /// What `GET /policies/...` answers: the tables the proxy builds from the same state.
 fn pod_policies(
     mesh: &shunt_mesh::model::MeshState,
@@ -269,8 +401,10 @@ fn route(
             let snapshot = Arc::clone(&context.config.borrow());
             let source = pod(&snapshot, &query.from)?;
             let (table, _) = RouteTable::build(&snapshot.mesh);
-            let explanation = explain::explain(&table, source, &query.request)
+            let mut explanation = explain::explain(&table, source, &query.request)
                 .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            explanation.authorization =
+                explain_authz(&snapshot.mesh, source, &query.request, &explanation)?;
             serde_json::to_value(&explanation)
         }
         "/uninstall" => {

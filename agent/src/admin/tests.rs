@@ -153,7 +153,7 @@ async fn errors_are_json_with_a_status_that_fits() {
             "/nope",
             404,
             "no such endpoint GET /nope; there are GET /status, GET /workloads, GET /config, \
-             GET /maps/<NAME>, GET /routes/<NAMESPACE>/<POD>, POST /explain and POST /uninstall",
+             GET /maps/<NAME>, GET /routes/<NAMESPACE>/<POD>, GET /policies/<NAMESPACE>/<POD>, POST /explain and POST /uninstall",
         ),
         (
             Method::GET,
@@ -297,6 +297,8 @@ async fn routes_and_explain_answer_from_the_current_config() {
             url: "http://cart/items".into(),
             method: None,
             headers: vec!["Cookie: user=abc".into()],
+            principal: None,
+            jwt_claims: None,
         },
     };
     let answer: api::Explanation = admin.client.post_json("/explain", &query).await.unwrap();
@@ -325,6 +327,8 @@ async fn routes_and_explain_answer_from_the_current_config() {
             url: "http://cart/".into(),
             method: None,
             headers: vec!["no colon".into()],
+            principal: None,
+            jwt_claims: None,
         },
     };
     match admin
@@ -345,6 +349,25 @@ async fn routes_and_explain_answer_from_the_current_config() {
 }
 
 const POLICIES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+  annotations: {shunt.io/netns: /run/netns/web}
+spec: {serviceAccountName: web}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: cart}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: cart, namespace: shop, labels: {app: cart}}
@@ -397,4 +420,42 @@ async fn policies_lists_each_kind_in_evaluation_order() {
         .collect();
     assert_eq!(order, [true, true], "{policies:?}");
     assert_eq!(policies.authorization.len(), 2, "{policies:?}");
+}
+
+#[tokio::test]
+async fn explain_adds_each_endpoints_authorization_decision() {
+    let admin = start_with(POLICIES).await;
+    // (path, principal, allowed, decision starts with)
+    let cases = [
+        ("/items", None, true, "allowed by shop/readers"),
+        ("/admin", None, false, "denied by shop/deny-admin"),
+        ("/a/../admin", None, false, "denied by shop/deny-admin"),
+    ];
+    for (path, principal, allowed, decision) in cases {
+        let query = api::ExplainQuery {
+            from: "shop/web".into(),
+            request: api::ExplainRequest {
+                url: format!("http://cart.shop{path}"),
+                method: None,
+                headers: Vec::new(),
+                principal,
+                jwt_claims: Some(serde_json::json!({"iss": "https://issuer.example", "sub": "u1"})),
+            },
+        };
+        let answer: api::Explanation = admin.client.post_json("/explain", &query).await.unwrap();
+        let authz = &answer.authorization;
+        assert_eq!(authz.len(), 1, "{path}: {answer:?}");
+        assert_eq!(authz[0].endpoint, "10.0.0.6:8080");
+        assert_eq!(authz[0].allowed, allowed, "{path}: {authz:?}");
+        assert!(authz[0].decision.starts_with(decision), "{path}: {authz:?}");
+        assert_eq!(
+            authz[0].principal.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/web"),
+            "the sending pod's own identity"
+        );
+        assert_eq!(
+            authz[0].request_principal.as_deref(),
+            Some("https://issuer.example/u1")
+        );
+    }
 }

@@ -503,6 +503,16 @@ pub struct ExplainRequest {
     /// `name: value`, as given to `-H`.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// The peer the destination's AuthorizationPolicies are asked about: `None`, the sending
+    /// pod's own identity (a meshed pod is authenticated, by HBONE or same-node delivery);
+    /// `none`, a plaintext client; else a principal (`cluster.local/ns/x/sa/y`, with or
+    /// without `spiffe://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The claims of a JWT assumed valid (RequestAuthentication's result): its request
+    /// principal `iss/sub`, `request.auth.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_claims: Option<serde_json::Value>,
 }
 
 /// What the data path would do with one request.
@@ -530,6 +540,33 @@ pub struct Explanation {
     pub weighted_pick: bool,
     /// Each destination of the route, with the cluster it reaches.
     pub destinations: Vec<DestinationExplanation>,
+    /// What each endpoint pod's AuthorizationPolicies decide for this request (filled by the
+    /// agent, which holds the policies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<AuthzExplanation>,
+}
+
+/// The authorization decision of one endpoint pod for the explained request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthzExplanation {
+    /// The endpoint, `ip:port`.
+    pub endpoint: String,
+    /// Its pod, `namespace/name`.
+    pub pod: String,
+    /// `allowed by ...`, `denied by ...`, `allowed: no ALLOW policy`, ...
+    pub decision: String,
+    /// Whether DENY and ALLOW let it through (the CUSTOM checks come on top).
+    pub allowed: bool,
+    /// The CUSTOM policies whose provider would be asked first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom: Vec<String>,
+    /// The AUDIT and dry-run policies that would report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reported: Vec<String>,
+    /// The peer principal assumed; `None`: plaintext.
+    pub principal: Option<String>,
+    /// The request principal (`iss/sub`) assumed; `None`: no JWT.
+    pub request_principal: Option<String>,
 }
 
 /// One destination of the explained route, and what dialling it would meet.
@@ -643,6 +680,7 @@ pub fn explain(
         route: None,
         weighted_pick: false,
         destinations: Vec::new(),
+        authorization: Vec::new(),
     };
     let mut trace = Trace::default();
     if matches!(protocol, PortProtocol::Tcp | PortProtocol::Tls) {

@@ -1143,6 +1143,8 @@ fn explain_says_why() {
             url: "http://cart.shop/anything".into(),
             method: Some("POST".into()),
             headers: vec!["x-user: jason".into()],
+            principal: None,
+            jwt_claims: None,
         },
     )
     .unwrap();
@@ -1790,6 +1792,8 @@ fn dns_service_entries_resolve_their_endpoints_or_their_hosts() {
             method: None,
             url: "http://db.example.internal:8080/".into(),
             headers: Vec::new(),
+            principal: None,
+            jwt_claims: None,
         },
     )
     .unwrap();
