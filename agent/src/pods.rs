@@ -653,6 +653,7 @@ fn add_pod(uid: &PodUid, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Ou
             uid: uid.clone(),
             netns_cookie: netns.cookie,
             inbound_bind,
+            role: shunt_api::control::PodRole::App,
         },
         fds: vec![Arc::clone(&netns.fd)],
     }

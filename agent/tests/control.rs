@@ -229,6 +229,7 @@ async fn the_proxy_gets_state_and_pods_and_capture_follows_its_answers() {
             uid: "uid-web".into(),
             netns_cookie: agent.cookie(),
             inbound_bind: InboundBind::Loopback,
+            role: shunt_api::control::PodRole::App,
         }
     );
     assert_eq!(fds.len(), 1, "AddPod carries the pod's netns");
@@ -318,6 +319,7 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
             AgentMessage::RemovePod { .. } => "remove_pod",
             AgentMessage::SpliceMaps => "splice_maps",
             AgentMessage::Refused { .. } => "refused",
+            AgentMessage::Credentials { .. } => "credentials",
         });
     }
     assert_eq!(kinds, vec!["state", "add_pod", "synced"]);

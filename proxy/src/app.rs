@@ -315,6 +315,7 @@ mod tests {
             uid: "uid-shop-web-1".into(),
             netns_cookie: own_netns_cookie(),
             inbound_bind: wire::InboundBind::Loopback,
+            role: wire::PodRole::App,
         };
         wire::send(&mut agent, &add, &[std::os::fd::AsRawFd::as_raw_fd(&netns)])
             .await

@@ -43,11 +43,19 @@ pub enum AgentMessage {
         /// eBPF capture needs.
         #[serde(default)]
         inbound_bind: InboundBind,
+        /// What the pod is to the proxy. Absent (an older agent): a captured app pod.
+        #[serde(default)]
+        role: PodRole,
     },
     /// A pod is no longer captured: close its listeners (after draining) and forget it.
     RemovePod { uid: PodUid },
     /// Ends the burst of `AddPod`s sent after (re)connecting: pods not listed are gone.
     Synced { pods: Vec<PodUid> },
+    /// The TLS credentials of this node's gateway servers, whole: replaces what the proxy
+    /// had. Sent before the `State` that needs them, and again whenever one changes.
+    Credentials {
+        credentials: Vec<crate::credentials::GatewayCredential>,
+    },
     /// The sockmap shortcut is on. Carries three descriptors, the `SHORTCUT_BYTES`,
     /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
     /// connections between two pods of this node (see `proxy::splice`).
@@ -55,6 +63,19 @@ pub enum AgentMessage {
     /// The agent will not serve this proxy, and says why (e.g. it runs outside the capture
     /// cgroup, where capture cannot answer its `SO_ORIGINAL_DST`). The connection then ends.
     Refused { reason: String },
+}
+
+/// What a pod handed to the proxy is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodRole {
+    /// A captured app pod: outbound (15001) and inbound (15006) listeners, HBONE (15008).
+    #[default]
+    App,
+    /// A gateway pod (selected by a Gateway, or an Ingress's `ingressSelector`): its traffic
+    /// is not captured; the proxy opens the Gateways' server ports in its netns instead, as
+    /// the state's gateway listeners for the pod say.
+    Gateway,
 }
 
 /// Where a pod's inbound listener (port 15006) listens, which depends on how the agent
@@ -235,6 +256,7 @@ mod tests {
             uid: "ns/pod".into(),
             netns_cookie: 42,
             inbound_bind: InboundBind::AnyAddress,
+            role: PodRole::App,
         };
         send(&mut a, &sent, &[file.as_raw_fd()]).await.unwrap();
         send(&mut a, &AgentMessage::Synced { pods: vec![] }, &[])
@@ -272,7 +294,8 @@ mod tests {
                 AgentMessage::AddPod {
                     uid: "u".into(),
                     netns_cookie: 7,
-                    inbound_bind
+                    inbound_bind,
+                    role: PodRole::App,
                 },
                 "{json}"
             );

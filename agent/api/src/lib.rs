@@ -16,6 +16,7 @@ pub mod certs;
 pub mod clusters;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod k8s;
 pub mod netns;
 pub mod report;

@@ -197,12 +197,17 @@ impl Proxy {
                     uid,
                     netns_cookie,
                     inbound_bind: InboundBind::Loopback,
+                    role: shunt_api::control::PodRole::App,
                 } => format!("AddPod({uid}, {netns_cookie}){fd}"),
                 AgentMessage::AddPod {
                     uid,
                     netns_cookie,
                     inbound_bind,
-                } => format!("AddPod({uid}, {netns_cookie}, {inbound_bind:?}){fd}"),
+                    role,
+                } => format!("AddPod({uid}, {netns_cookie}, {inbound_bind:?}, {role:?}){fd}"),
+                AgentMessage::Credentials { credentials } => {
+                    format!("Credentials({})", credentials.len())
+                }
                 AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
                 AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
                 AgentMessage::SpliceMaps => format!("SpliceMaps({} fds)", fds.len()),
@@ -424,7 +429,8 @@ fn the_proxy_is_told_where_the_capture_needs_the_inbound_listener() {
             Some(AgentMessage::AddPod {
                 uid: "ns/a".into(),
                 netns_cookie: cookie,
-                inbound_bind
+                inbound_bind,
+                role: shunt_api::control::PodRole::App,
             })
         );
     }

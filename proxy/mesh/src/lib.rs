@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod ext_authz;
+pub mod gateway;
 pub mod http_path;
 pub mod ids;
 pub mod index;

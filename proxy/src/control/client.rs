@@ -142,6 +142,7 @@ impl ControlClient {
                     uid,
                     netns_cookie,
                     inbound_bind,
+                    role: _,
                 } => {
                     let reply = self.add_pod(&uid, netns_cookie, inbound_bind, fds).await;
                     match reply {
@@ -172,6 +173,10 @@ impl ControlClient {
                     Err(error) => tracing::warn!(%error, "splicing stays off"),
                 },
                 AgentMessage::Refused { reason } => return Err(Error::Refused(reason)),
+                AgentMessage::Credentials { credentials } => {
+                    // Replaced by the gateway credential store (issue 17, gwtls).
+                    tracing::debug!(count = credentials.len(), "gateway credentials received");
+                }
                 AgentMessage::Synced { pods } => {
                     self.pods.retain(&pods).await;
                     tracing::info!(pods = self.pods.served().len(), "in sync with the agent");

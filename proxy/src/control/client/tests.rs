@@ -77,6 +77,7 @@ impl Agent {
             uid: uid.into(),
             netns_cookie,
             inbound_bind: InboundBind::Loopback,
+            role: shunt_api::control::PodRole::App,
         };
         self.send(message, netns.as_slice()).await;
         recv(&mut self.0).await.unwrap()
