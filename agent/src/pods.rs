@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use shunt_api::control::{AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{AgentMessage, InboundBind, PodRole, ProxyMessage};
 use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -295,9 +295,12 @@ impl<C: CaptureMaps> Reconciler<C> {
             .pods
             .iter()
             .filter(|(uid, pod)| {
-                wanted
-                    .get(uid)
-                    .is_none_or(|(_, spec)| spec.netns != pod.spec.netns || spec.ip != pod.spec.ip)
+                // A pod that became (or stopped being) a gateway pod is served afresh too.
+                wanted.get(uid).is_none_or(|(_, spec)| {
+                    spec.netns != pod.spec.netns
+                        || spec.ip != pod.spec.ip
+                        || spec.role != pod.spec.role
+                })
             })
             .map(|(uid, _)| uid.clone())
             .collect();
@@ -375,7 +378,12 @@ impl<C: CaptureMaps> Reconciler<C> {
             cookie: netns.cookie,
         };
         pod.status = PodStatus::Pending;
-        self.send_outgoing(add_pod(uid, &netns, self.capture.inbound_bind()));
+        self.send_outgoing(add_pod(
+            uid,
+            &netns,
+            self.capture.inbound_bind(),
+            pod.spec.role,
+        ));
         pod.netns = Some(netns);
     }
 
@@ -519,7 +527,9 @@ impl<C: CaptureMaps> Reconciler<C> {
             };
             pod.status = PodStatus::Pending;
             if let Some(proxy) = &self.proxy {
-                let _ = proxy.outbox.send(add_pod(uid, netns, inbound_bind));
+                let _ = proxy
+                    .outbox
+                    .send(add_pod(uid, netns, inbound_bind, pod.spec.role));
             }
             handed.push(uid.clone());
         }
@@ -535,6 +545,14 @@ impl<C: CaptureMaps> Reconciler<C> {
         let Some(netns) = &pod.netns else {
             return;
         };
+        if pod.spec.role == PodRole::Gateway {
+            // Served, and nothing to capture: its listeners are the Gateways' own ports.
+            if pod.status != PodStatus::Ready {
+                tracing::info!(pod = %pod.name, netns_cookie = netns.cookie, "gateway pod served");
+            }
+            pod.status = PodStatus::Ready;
+            return;
+        }
         let result = match &listener {
             None => Err(Error::NoListener {
                 pod: pod.name.clone(),
@@ -647,13 +665,18 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 }
 
-fn add_pod(uid: &PodUid, netns: &OpenNetnsFile, inbound_bind: InboundBind) -> Outgoing {
+fn add_pod(
+    uid: &PodUid,
+    netns: &OpenNetnsFile,
+    inbound_bind: InboundBind,
+    role: PodRole,
+) -> Outgoing {
     Outgoing {
         message: AgentMessage::AddPod {
             uid: uid.clone(),
             netns_cookie: netns.cookie,
             inbound_bind,
-            role: shunt_api::control::PodRole::App,
+            role,
         },
         fds: vec![Arc::clone(&netns.fd)],
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use shunt_api::control::PodRole;
 use shunt_api::k8s::{Namespace, NodeName, Pod, PodPhase};
 
 /// The annotation naming a captured pod's network namespace file.
@@ -127,6 +128,9 @@ pub struct CaptureSpec {
     /// deny (ALLOW, DENY, CUSTOM, or a rejected one standing in): with the proxy's listener
     /// missing, the kernel drops inbound connections instead of letting them reach the app.
     pub fail_closed: bool,
+    /// A captured app pod, or a gateway pod: handed to the proxy, which serves the Gateways'
+    /// ports in its netns, with no capture installed (its traffic is not app traffic).
+    pub role: PodRole,
 }
 
 /// One pod as the agent plans to treat it.
@@ -148,14 +152,17 @@ pub struct PodPlan {
 }
 
 impl PodPlan {
-    /// Captured by the shunt of the pod's node.
+    /// Captured by the shunt of the pod's node (as an app pod: a gateway pod's traffic is not
+    /// captured).
     #[must_use]
-    pub const fn captured(&self) -> bool {
-        self.capture.is_some()
+    pub fn captured(&self) -> bool {
+        self.capture
+            .as_ref()
+            .is_some_and(|spec| spec.role == PodRole::App)
     }
 
-    /// What this agent captures of the pod: its spec when the pod is captured and on this
-    /// agent's node.
+    /// What this agent hands to the proxy of the pod, when it is on this agent's node: a
+    /// captured app pod's spec, or a gateway pod's.
     #[must_use]
     pub fn captured_here(&self) -> Option<&CaptureSpec> {
         self.capture.as_ref().filter(|_| self.on_this_node)
@@ -216,6 +223,7 @@ pub fn plan(
                     excluded_inbound_ports: inbound,
                     // Set once the mesh's PeerAuthentications are known (`Snapshot`).
                     fail_closed: false,
+                    role: PodRole::App,
                 });
             }
             _ => {
@@ -240,6 +248,49 @@ pub fn plan(
         capture,
     };
     (plan, errors)
+}
+
+/// Makes `plan` a gateway pod's: `gateways` names what selects it (`Gateway edge/web`, ...).
+/// A gateway pod is served whether or not it is opted in to capture; it needs its IP and
+/// netns like a captured pod, and the errors say when it lacks them.
+pub fn make_gateway(pod: &Pod, plan: &mut PodPlan, gateways: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let selected = format!("gateway pod (selected by {})", gateways.join(", "));
+    if let Some(spec) = plan.capture.as_mut() {
+        spec.role = PodRole::Gateway;
+        spec.fail_closed = false;
+        plan.reason = format!(
+            "{selected}: its traffic is not captured; the proxy serves the Gateways' ports in its netns"
+        );
+        return errors;
+    }
+    let netns = netns_path(&pod.metadata.annotations)
+        .map_err(|e| errors.push(e))
+        .ok();
+    if plan.ip.is_none() {
+        errors.push(FieldError {
+            field: "status.podIP".to_owned(),
+            message: "required for a gateway pod: the pod's IPv4 address".to_owned(),
+        });
+    }
+    match (plan.ip, netns) {
+        (Some(ip), Some(netns)) => {
+            plan.capture = Some(CaptureSpec {
+                netns,
+                ip,
+                excluded_outbound_ports: Vec::new(),
+                excluded_inbound_ports: Vec::new(),
+                fail_closed: false,
+                role: PodRole::Gateway,
+            });
+            plan.reason = format!("{selected}: the proxy serves the Gateways' ports in its netns");
+        }
+        _ => {
+            let problems: Vec<_> = errors.iter().map(ToString::to_string).collect();
+            plan.reason = format!("{selected}, but not served: {}", problems.join("; "));
+        }
+    }
+    errors
 }
 
 fn annotation_field(key: &str) -> String {
@@ -556,6 +607,7 @@ mod tests {
                     excluded_outbound_ports: vec![5432],
                     excluded_inbound_ports: vec![8000, 9000],
                     fail_closed: false,
+                    role: PodRole::App,
                 }),
             ),
             (

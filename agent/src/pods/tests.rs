@@ -6,6 +6,7 @@ use shunt_mesh::model::Workload;
 use std::path::Path;
 
 use super::*;
+use shunt_api::control::PodRole;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Call {
@@ -127,6 +128,7 @@ impl Node {
                 excluded_outbound_ports: outbound.to_vec(),
                 excluded_inbound_ports: vec![],
                 fail_closed: false,
+                role: PodRole::App,
             }),
             ..uncaptured(name, ip)
         }
@@ -643,6 +645,7 @@ fn a_netns_that_cannot_be_opened_is_retried_on_the_next_reading() {
             excluded_outbound_ports: vec![],
             excluded_inbound_ports: vec![],
             fail_closed: false,
+            role: PodRole::App,
         }),
         ..uncaptured("a", 1)
     };
@@ -776,5 +779,65 @@ fn a_new_proxy_connection_replaces_the_old_one() {
         node.calls(),
         vec![],
         "capture stays while the proxy is away"
+    );
+}
+
+#[test]
+fn a_gateway_pod_is_served_without_capture_and_changing_role_serves_it_afresh() {
+    let mut node = Node::new();
+    let (_, cookie) = node.netns("gw");
+    let gateway = |node: &Node| {
+        let mut plan = node.captured("gw", 9, &[]);
+        if let Some(spec) = plan.capture.as_mut() {
+            spec.role = PodRole::Gateway;
+        }
+        plan
+    };
+    node.reconciler.apply(&snapshot(&[gateway(&node)]));
+    let mut proxy = node.connect(7);
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(gw)".to_owned(),
+            format!("AddPod(ns/gw, {cookie}, Loopback, Gateway) +fd"),
+            "Synced(ns/gw)".to_owned(),
+        ]
+    );
+    // PodReady for a gateway pod carries no listener, and turns no capture on.
+    node.reconciler.handle(ProxyEvent::Message {
+        connection: proxy.connection,
+        message: ProxyMessage::PodReady {
+            uid: "ns/gw".into(),
+        },
+        fds: vec![],
+    });
+    assert_eq!(
+        node.calls(),
+        vec![],
+        "a gateway pod's traffic is not captured"
+    );
+    let workload = node.workload("ns/gw");
+    assert_eq!(workload.proxy, "ready");
+    assert!(
+        !workload.captured,
+        "a gateway pod is not a captured app pod"
+    );
+
+    // The same pod opted in as an app pod instead (the state changes: it is captured now):
+    // removed, then handed over as an app.
+    let app = node.captured("gw", 9, &[]);
+    node.reconciler.apply(&snapshot(&[app]));
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State(gw)".to_owned(),
+            "RemovePod(ns/gw)".to_owned(),
+            format!("AddPod(ns/gw, {cookie}) +fd"),
+        ]
+    );
+    assert_eq!(
+        node.calls(),
+        vec![],
+        "nothing was captured, so nothing to remove"
     );
 }
