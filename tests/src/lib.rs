@@ -43,6 +43,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod binaries;
+pub mod certs;
 pub mod cgroup;
 pub mod cli;
 pub mod cluster;

@@ -2056,86 +2056,6 @@ const EXTERNAL_ADDRESS: &str = "10.250.0.7";
 /// Where the external server speaks HTTPS (and only HTTPS).
 const HTTPS_PORT: u16 = 8443;
 
-/// A CA and a server certificate it signed for `host`, made with openssl in `dir`; returns
-/// the server's (certificate, key) files. The CA's certificate is `dir/ca.pem`.
-fn issue_server_cert(dir: &std::path::Path, host: &str) -> (String, String) {
-    std::fs::create_dir_all(dir).or_panic("cert dir");
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    std::fs::write(
-        path("server.ext"),
-        format!(
-            "subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n\
-             extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
-        ),
-    )
-    .or_panic("extensions file");
-    let steps: [Vec<String>; 3] = [
-        [
-            "req",
-            "-x509",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=external test CA",
-        ]
-        .into_iter()
-        .chain(ec)
-        .chain(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .chain(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .map(str::to_owned)
-        .chain([
-            "-keyout".into(),
-            path("ca-key.pem"),
-            "-out".into(),
-            path("ca.pem"),
-        ])
-        .collect(),
-        ["req", "-new"]
-            .into_iter()
-            .chain(ec)
-            .map(str::to_owned)
-            .chain(["-subj".into(), format!("/CN={host}")])
-            .chain([
-                "-keyout".into(),
-                path("key.pem"),
-                "-out".into(),
-                path("csr.pem"),
-            ])
-            .collect(),
-        ["x509", "-req", "-days", "1", "-set_serial", "2"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(["-in".into(), path("csr.pem"), "-CA".into(), path("ca.pem")])
-            .chain([
-                "-CAkey".into(),
-                path("ca-key.pem"),
-                "-extfile".into(),
-                path("server.ext"),
-            ])
-            .chain(["-out".into(), path("cert.pem")])
-            .collect(),
-    ];
-    for args in steps {
-        let made = Command::new("openssl")
-            .args(&args)
-            .output()
-            .or_panic("openssl");
-        assert!(
-            made.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-    }
-    (path("cert.pem"), path("key.pem"))
-}
-
 #[test]
 fn tls_origination_sends_the_apps_plain_http_over_tls_to_a_service_entry_host() {
     const TEST: &str = "l7::tls_origination";
@@ -2176,7 +2096,19 @@ fn tls_origination_sends_the_apps_plain_http_over_tls_to_a_service_entry_host() 
         ca_dir.display(),
         l7.node.dir().display()
     );
-    let (cert, key) = issue_server_cert(&ca_dir, EXTERNAL_HOST);
+    let issued = shunt_tests::certs::TestCa::new(&ca_dir, "external test CA")
+        .and_then(|mut ca| {
+            ca.issue(
+                "server",
+                &[EXTERNAL_HOST],
+                shunt_tests::certs::Usage::Server,
+            )
+        })
+        .or_panic("test certificates");
+    let (cert, key) = (
+        issued.cert.to_string_lossy().into_owned(),
+        issued.key.to_string_lossy().into_owned(),
+    );
     let https = HTTPS_PORT.to_string();
     l7.serve(
         "external",
