@@ -42,6 +42,7 @@ fn client(
         test.proxy.state.clone(),
         registry.clone(),
         test.proxy.splice.clone(),
+        test.proxy.gateway_tls.credentials().clone(),
     );
     (client, registry)
 }
