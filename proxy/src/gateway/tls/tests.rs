@@ -1025,3 +1025,34 @@ fn every_supported_cipher_suite_name_maps_to_a_tls12_suite() {
         Err(Error::Versions { .. })
     ));
 }
+
+#[tokio::test]
+async fn refusals_and_unusable_secrets_show_on_the_metrics_endpoint() {
+    let metrics = crate::telemetry::metrics::Metrics::new();
+    let store = Arc::new(CredentialStore::new(metrics.gateway.clone()));
+    let gateway = GatewayTls::new(store, metrics.gateway.clone());
+    gateway.credentials().replace(vec![GatewayCredential {
+        namespace: "edge".into(),
+        name: "broken".into(),
+        resource_version: None,
+        material: CredentialMaterial::Unusable {
+            reason: "Secret edge/broken has no tls.key".into(),
+        },
+    }]);
+    let ca = Ca::new("site");
+    let config = gateway.server_config(
+        &server(0, tls(ServerTlsMode::Simple(secret("absent")))),
+        GatewayProtocol::Https,
+        None,
+    );
+    try_connect(config, Client::trusting(&ca, A_HOST).config(), A_HOST)
+        .await
+        .expect_err("no certificate");
+    let text = metrics.encode().unwrap();
+    for line in [
+        r#"shunt_gateway_credential_errors_total{gateway="edge/web",credential="edge/absent",reason="missing"} 1"#,
+        r#"shunt_gateway_credential_unusable{credential="edge/broken"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}
