@@ -191,6 +191,7 @@ impl App {
             proxy.state.clone(),
             pods.clone(),
             proxy.splice.clone(),
+            proxy.gateway_tls.credentials().clone(),
         );
         let control = {
             let shutdown = shutdown.clone();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shunt_mesh::routing::RouteSource;
 
+use crate::gateway::{CredentialStore, GatewayTls, MeshIdentity};
 use crate::hbone::Hbone;
 use crate::identity::Identities;
 use crate::orig_dst::{self, OrigDstSource};
@@ -51,6 +52,9 @@ pub struct ProxyContext {
     /// RequestAuthentication: the JWKS cache (fetched from the proxy's own netns, as the
     /// control plane would) and the verified tokens, for every pod ([`crate::authn`]).
     pub authn: Arc<crate::authn::Authenticator>,
+    /// Gateway servers' TLS configs, from the credentials the agent sends (and, for
+    /// `ISTIO_MUTUAL`, `identities`).
+    pub gateway_tls: Arc<GatewayTls>,
 }
 
 impl ProxyContext {
@@ -64,6 +68,10 @@ impl ProxyContext {
         timeouts: Timeouts,
     ) -> Self {
         let local_pods = Arc::new(LocalPods::new(timeouts.same_node_shortcut));
+        let gateway_tls = Arc::new(GatewayTls::new(
+            Arc::new(CredentialStore::new(metrics.gateway.clone())),
+            metrics.gateway.clone(),
+        ));
         Self {
             routes,
             rate_limiter: RateLimiter::new(),
@@ -85,6 +93,7 @@ impl ProxyContext {
                 },
             ))),
             state,
+            gateway_tls,
         }
     }
 
@@ -95,6 +104,16 @@ impl ProxyContext {
             self.metrics.hbone.clone(),
             cluster_id,
         )));
+        self.gateway_tls = Arc::new(
+            GatewayTls::new(
+                self.gateway_tls.credentials().clone(),
+                self.metrics.gateway.clone(),
+            )
+            .with_mesh_identity(MeshIdentity {
+                manager: identities.manager().clone(),
+                roots: identities.roots().clone(),
+            }),
+        );
         self.identities = Some(identities);
     }
 

@@ -48,6 +48,12 @@ impl Identities {
         &self.manager
     }
 
+    /// The mesh's roots every workload certificate chains to.
+    #[must_use]
+    pub fn roots(&self) -> &TrustBundle {
+        &self.roots
+    }
+
     /// When each identity's current certificate expires (identities without a valid one are
     /// left out), for the expiry gauge.
     #[must_use]

@@ -3,10 +3,10 @@
 //!
 //! Modules depend downwards only (`cargo xtask layers` checks it):
 //! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
-//! `splice` → `upstream` → `pod`, `addrs`, `orig_dst`, `peer_security`, `progress`,
-//! `response_flag`, `socket`, `drain`, `state`; `ext_authz` (the CUSTOM policies' HTTP
-//! client, which dials through a seam) below `http`; shunt-mesh and shunt-api below all of
-//! them.
+//! `splice` → `gateway` (gateway servers' TLS and credentials) → `upstream` → `pod`,
+//! `addrs`, `orig_dst`, `peer_security`, `progress`, `response_flag`, `socket`, `drain`,
+//! `state`; `ext_authz` (the CUSTOM policies' HTTP client, which dials through a seam) below
+//! `http`; shunt-mesh and shunt-api below all of them.
 #![deny(unsafe_code)]
 
 pub mod addrs;
@@ -18,6 +18,7 @@ pub mod context;
 pub mod control;
 pub mod drain;
 pub mod ext_authz;
+pub mod gateway;
 pub mod hbone;
 pub mod http;
 pub mod identity;

@@ -88,12 +88,19 @@ impl TestProxy {
         let inbound = Arc::new(OrigDstTable::default());
         let log = Arc::new(Captured::default());
         let state = Arc::new(StateStore::new());
+        let metrics = Arc::new(Metrics::new());
+        let gateway_tls = Arc::new(crate::gateway::GatewayTls::new(
+            Arc::new(crate::gateway::CredentialStore::new(
+                metrics.gateway.clone(),
+            )),
+            metrics.gateway.clone(),
+        ));
         let proxy = Arc::new(ProxyContext {
             routes: routes(&state),
             state,
             rate_limiter: crate::ratelimit::RateLimiter::new(),
             protocol_detection_timeout: Duration::from_millis(100),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             access_log: AccessLog::new(log.clone()),
             connect_timeout: Duration::from_secs(2),
             outbound_dst: outbound.clone(),
@@ -110,6 +117,7 @@ impl TestProxy {
             authn: Arc::new(crate::authn::Authenticator::with_connector(Arc::new(
                 crate::authn::DirectConnector,
             ))),
+            gateway_tls,
         });
         Self {
             proxy,

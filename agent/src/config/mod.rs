@@ -6,6 +6,7 @@
 
 pub mod authz;
 pub mod capture;
+pub mod gateway_credentials;
 pub mod mesh;
 pub mod request_authn;
 pub mod routing;

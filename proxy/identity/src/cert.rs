@@ -135,6 +135,41 @@ pub fn uri_sans(der: &[u8], what: &str) -> Result<Vec<String>, Error> {
         .unwrap_or_default())
 }
 
+/// Every DNS, URI, IP and email SAN of a certificate, as text (IPs in their usual notation),
+/// for `subjectAltNames` checks, which Envoy matches against any of these kinds.
+pub fn subject_alt_names(der: &[u8], what: &str) -> Result<Vec<String>, Error> {
+    let cert = parse(der, what)?;
+    let san = cert.subject_alternative_name().map_err(|e| Error::Der {
+        what: what.to_owned(),
+        reason: format!("subjectAltName: {e}"),
+    })?;
+    Ok(san
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    GeneralName::RFC822Name(email) => Some((*email).to_owned()),
+                    GeneralName::IPAddress(bytes) => ip_text(bytes),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// An IP SAN's octets as text; `None` for a length that is no address.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(std::net::Ipv4Addr::from(v4).to_string());
+    }
+    <[u8; 16]>::try_from(bytes)
+        .ok()
+        .map(|v6| std::net::Ipv6Addr::from(v6).to_string())
+}
+
 /// The SPIFFE identity a certificate certifies: its only `spiffe://` URI SAN. DNS and IP SANs
 /// do not count; a certificate with several SPIFFE ids names none (fail closed).
 pub fn identity(der: &[u8], what: &str) -> Result<SpiffeId, Error> {

@@ -10,6 +10,7 @@
 //! - [`manager`]: [`manager::CertManager`], what the proxy holds: fetches, rotates, reports.
 //! - [`tls`]: the client and server configs for HBONE, and the peer's identity.
 //! - [`cert`], [`trust`], [`crypto`]: certificate facts, the trust bundle, the TLS provider.
+//! - [`keypair`]: a TLS server's own chain and key from PEM (gateway credentials), checked.
 //!
 //! The SPIFFE id type itself is shunt-mesh's ([`SpiffeId`]), so the model can name
 //! identities without TLS.
@@ -21,6 +22,7 @@ pub mod cert;
 pub mod crypto;
 pub mod csr;
 pub mod grpc;
+pub mod keypair;
 pub mod manager;
 pub mod provider;
 pub mod tls;

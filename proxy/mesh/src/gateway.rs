@@ -83,7 +83,7 @@ pub struct ServerHost {
 }
 
 /// `servers[].tls`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServerTls {
     /// `httpsRedirect`: every HTTP request on this (plaintext) server gets a 301 to https.
     pub https_redirect: bool,
@@ -101,7 +101,7 @@ pub struct ServerTls {
 }
 
 /// `servers[].tls.mode`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServerTlsMode {
     /// `SIMPLE`: terminate with the server certificate.
     Simple(Credential),
@@ -145,4 +145,24 @@ pub enum TlsVersion {
     Tls12,
     /// `TLSV1_3`.
     Tls13,
+}
+
+/// The `cipherSuites` names the proxy can apply (Envoy/OpenSSL spelling): the ECDHE suites
+/// with AEAD ciphers rustls offers for TLS 1.2. Others Envoy knows (plain RSA key exchange,
+/// CBC modes) rustls does not implement; the compiler rejects them, naming the field, since
+/// a server cannot honour them.
+pub const SUPPORTED_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+/// Whether `name` (a `cipherSuites` entry) is one of [`SUPPORTED_CIPHER_SUITES`]. Exact and
+/// case-sensitive, as Envoy parses the list.
+#[must_use]
+pub fn cipher_suite_supported(name: &str) -> bool {
+    SUPPORTED_CIPHER_SUITES.contains(&name)
 }

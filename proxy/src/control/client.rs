@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::CredentialStore;
 use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
@@ -38,6 +39,7 @@ pub struct ControlClient {
     state: Arc<StateStore>,
     pods: Arc<PodRegistry>,
     splice: Arc<Splicer>,
+    credentials: Arc<CredentialStore>,
 }
 
 impl ControlClient {
@@ -47,12 +49,14 @@ impl ControlClient {
         state: Arc<StateStore>,
         pods: Arc<PodRegistry>,
         splice: Arc<Splicer>,
+        credentials: Arc<CredentialStore>,
     ) -> Self {
         Self {
             socket_path,
             state,
             pods,
             splice,
+            credentials,
         }
     }
 
@@ -174,8 +178,7 @@ impl ControlClient {
                 },
                 AgentMessage::Refused { reason } => return Err(Error::Refused(reason)),
                 AgentMessage::Credentials { credentials } => {
-                    // Replaced by the gateway credential store (issue 17, gwtls).
-                    tracing::debug!(count = credentials.len(), "gateway credentials received");
+                    self.credentials.replace(credentials);
                 }
                 AgentMessage::Synced { pods } => {
                     self.pods.retain(&pods).await;

@@ -367,6 +367,8 @@ pub struct Metrics {
     pub upstream: std::sync::Arc<crate::upstream::UpstreamMetrics>,
     /// HBONE connections, streams and handshake failures.
     pub hbone: std::sync::Arc<crate::hbone::HboneMetrics>,
+    /// Gateway servers' refused handshakes and unusable credentials.
+    pub gateway: std::sync::Arc<crate::gateway::GatewayMetrics>,
     /// `shunt_workload_certificate_expiry_timestamp_seconds{identity}`.
     cert_expiry: Family<IdentityLabels, Gauge>,
     /// `shunt_peer_authentication_refused_total`.
@@ -485,6 +487,7 @@ impl Metrics {
         let upstream =
             std::sync::Arc::new(crate::upstream::UpstreamMetrics::register(&mut registry));
         let hbone = std::sync::Arc::new(crate::hbone::HboneMetrics::register(&mut registry));
+        let gateway = std::sync::Arc::new(crate::gateway::GatewayMetrics::register(&mut registry));
         let authz = std::sync::Arc::new(crate::authz::AuthzMetrics::register(&mut registry));
         let cert_expiry = Family::<IdentityLabels, Gauge>::default();
         registry.register(
@@ -514,6 +517,7 @@ impl Metrics {
             peers: PeerCatalog::new(cluster_id, TRUST_DOMAIN),
             upstream,
             hbone,
+            gateway,
             cert_expiry,
             peer_authn_refused,
             authz,

@@ -42,6 +42,7 @@ fn client(
         test.proxy.state.clone(),
         registry.clone(),
         test.proxy.splice.clone(),
+        test.proxy.gateway_tls.credentials().clone(),
     );
     (client, registry)
 }
@@ -345,4 +346,52 @@ async fn a_pod_netns_gets_listeners_inside_it_and_traffic_flows_through_them() {
 
     drop(agent);
     assert!(session.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn credentials_replace_the_gateway_credential_store() {
+    use shunt_api::credentials::{CredentialMaterial, GatewayCredential};
+
+    let test = TestProxy::new(false);
+    let (client, _registry) = client(
+        &test,
+        Arc::new(CurrentNetnsSocketFactory),
+        Path::new("/unused"),
+    );
+    let (agent_end, proxy_end) = UnixStream::pair().unwrap();
+    let session = tokio::spawn(async move { client.serve(proxy_end).await });
+    let mut agent = Agent(agent_end);
+    agent.expect_hello().await;
+    let store = test.proxy.gateway_tls.credentials().clone();
+    let mut changes = store.subscribe();
+    let unusable = |name: &str| GatewayCredential {
+        namespace: "edge".into(),
+        name: name.into(),
+        resource_version: None,
+        material: CredentialMaterial::Unusable {
+            reason: format!("Secret edge/{name} has no tls.key"),
+        },
+    };
+    for names in [vec!["a", "b"], vec!["b"]] {
+        let credentials = names.iter().map(|name| unusable(name)).collect();
+        agent
+            .send(AgentMessage::Credentials { credentials }, &[])
+            .await;
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("the store changed")
+            .unwrap();
+        let current = store.current();
+        assert_eq!(current.len(), names.len(), "{names:?}");
+        for name in &names {
+            assert!(current.get("edge", name).is_some(), "{name}");
+        }
+    }
+    assert!(store.current().get("edge", "a").is_none(), "replaced whole");
+    assert_eq!(
+        test.proxy.metrics.gateway.unusable_credentials(),
+        ["edge/b"]
+    );
+    drop(agent);
+    session.await.unwrap().unwrap_err();
 }
