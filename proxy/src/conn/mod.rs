@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod forward;
+pub mod gateway;
 pub mod hbone;
 pub mod inbound;
 mod l4;

@@ -90,6 +90,7 @@ pub async fn serve(
                 proxy: proxy.clone(),
                 side: Side::Outbound {
                     routes: source.clone(),
+                    gateway: None,
                 },
                 pod: pod.pod.clone(),
                 upstreams: pod.upstreams.clone(),
@@ -125,7 +126,7 @@ pub async fn serve(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename the same values"
 )]
-async fn plan_tcp(
+pub(super) async fn plan_tcp(
     proxy: &ProxyContext,
     pod: &PodContext,
     index: &MeshIndex,

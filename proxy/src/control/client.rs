@@ -15,7 +15,7 @@ use crate::gateway::CredentialStore;
 use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
-use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{self as wire, AgentMessage, InboundBind, PodRole, ProxyMessage};
 use shunt_mesh::ids::PodUid;
 
 /// How often the proxy redials a control socket that is away.
@@ -135,6 +135,8 @@ impl ControlClient {
                     let index = self.state.load();
                     self.pods
                         .mesh_settings_changed(&index.route_table().mesh_settings().trust_domain);
+                    // Gateways may have gained or lost ports.
+                    self.pods.sync_gateways().await;
                     tracing::info!(
                         workloads = index.workload_count(),
                         services = index.service_count(),
@@ -146,14 +148,18 @@ impl ControlClient {
                     uid,
                     netns_cookie,
                     inbound_bind,
-                    role: _,
+                    role,
                 } => {
-                    let reply = self.add_pod(&uid, netns_cookie, inbound_bind, fds).await;
+                    let reply = self
+                        .add_pod(&uid, netns_cookie, inbound_bind, role, fds)
+                        .await;
                     match reply {
                         Ok(listener) => {
                             let ready = ProxyMessage::PodReady { uid };
-                            // SCM_RIGHTS gives the agent its own descriptor for the listener.
-                            wire::send(&mut stream, &ready, &[listener.as_raw_fd()]).await?;
+                            // SCM_RIGHTS gives the agent its own descriptor for the listener;
+                            // a gateway pod has none.
+                            let fds: Vec<_> = listener.iter().map(|l| l.as_raw_fd()).collect();
+                            wire::send(&mut stream, &ready, &fds).await?;
                         }
                         Err(error) => {
                             tracing::warn!(pod = %uid, %error, "cannot serve pod");
@@ -194,8 +200,9 @@ impl ControlClient {
         uid: &PodUid,
         netns_cookie: u64,
         inbound_bind: InboundBind,
+        role: PodRole,
         mut fds: Vec<OwnedFd>,
-    ) -> Result<Arc<tokio::net::TcpListener>, String> {
+    ) -> Result<Option<Arc<tokio::net::TcpListener>>, String> {
         if fds.len() != 1 {
             return Err(format!(
                 "AddPod for {uid} carried {} descriptors; expected exactly one, the pod's \
@@ -205,7 +212,7 @@ impl ControlClient {
         }
         let netns = fds.remove(0);
         self.pods
-            .add(uid.clone(), netns_cookie, inbound_bind, netns)
+            .add(uid.clone(), netns_cookie, inbound_bind, role, netns)
             .await
             .map_err(|error| error.to_string())
     }

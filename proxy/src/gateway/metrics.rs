@@ -29,9 +29,29 @@ pub struct CredentialLabels {
     pub credential: String,
 }
 
+/// One Gateway port's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// `servers[].port.number`.
+    pub port: u16,
+}
+
+/// Why a gateway connection was closed before anything was routed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `servers[].port.number`.
+    pub port: u16,
+    /// `no_server` (no server's hosts match the SNI), `handshake` (the TLS handshake failed:
+    /// the client's certificate, version or suites, or the server's credential),
+    /// `no_route` (a TCP or TLS server with no `tcp[]`/`tls[]` route for the connection).
+    pub reason: &'static str,
+}
+
 /// The handles (families share their samples with the registry).
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
+    listener_failures: Family<PortLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     credential_errors: Family<CredentialErrorLabels, Counter>,
     unusable: Family<CredentialLabels, Gauge>,
     /// The series `unusable` holds, so a replacement can drop exactly those gone.
@@ -52,12 +72,35 @@ impl GatewayMetrics {
             metrics.credential_errors.clone(),
         );
         registry.register(
+            "shunt_gateway_listener_failures",
+            "Gateway ports the proxy could not open in a gateway pod's netns (something already \
+             listens there), by port",
+            metrics.listener_failures.clone(),
+        );
+        registry.register(
+            "shunt_gateway_connections_refused",
+            "Gateway connections closed before routing, by port and reason",
+            metrics.refused.clone(),
+        );
+        registry.register(
             "shunt_gateway_credential_unusable",
             "Gateway credentials (Secrets) the agent found unusable: 1 per Secret, which the \
              proxy's log names with the reason",
             metrics.unusable.clone(),
         );
         metrics
+    }
+
+    /// A Gateway port could not be opened.
+    pub fn listener_failed(&self, port: u16) {
+        self.listener_failures.get_or_create(&PortLabels { port }).inc();
+    }
+
+    /// A gateway connection was closed before routing.
+    pub fn refused(&self, port: u16, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { port, reason })
+            .inc();
     }
 
     /// The counter of refused handshakes for one server's credential.

@@ -111,9 +111,24 @@ pub(super) struct DestinationSide {
 /// Which of the pod's listeners accepted the connection, and what that means for a request.
 pub enum Side {
     /// The pod is the client: each request is routed, from a routing snapshot it takes here.
-    Outbound { routes: Arc<dyn RouteSource> },
+    /// A gateway pod's Gateway port is this side too: its requests are routed by the
+    /// VirtualServices bound to the port's Gateways (`gateway`).
+    Outbound {
+        routes: Arc<dyn RouteSource>,
+        gateway: Option<GatewayRoute>,
+    },
     /// The pod is the server: each request is handed to its app.
     Inbound(InboundApp),
+}
+
+/// Which Gateway port (and, after TLS, which server) a gateway connection came in on.
+#[derive(Clone, Debug)]
+pub struct GatewayRoute {
+    /// `servers[].port.number`.
+    pub port: u16,
+    /// The server the SNI chose on a terminated TLS port; `None` on a plaintext port, whose
+    /// every server contributes its hosts.
+    pub server: Option<Arc<shunt_mesh::gateway::GatewayServer>>,
 }
 
 /// The app behind an inbound connection.

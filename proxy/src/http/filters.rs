@@ -24,7 +24,7 @@ use http::Uri;
 use http::header::HeaderMap;
 use rand::Rng;
 
-use super::connection::{HttpConnection, InboundApp};
+use super::connection::{GatewayRoute, HttpConnection, InboundApp};
 use super::exchange::{Counted, Exchange};
 use super::forward::{Forwarded, Outgoing};
 use super::headers;
@@ -254,12 +254,22 @@ impl HttpConnection {
     pub(super) async fn outbound(
         &self,
         routes: &dyn Routes,
+        gateway: Option<&GatewayRoute>,
         parts: http::request::Parts,
         body: Counted,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         exchange: &mut Exchange,
     ) -> Reply {
-        let target = routes.outbound_target(self.orig_dst, self.source.as_deref());
+        let target = match gateway {
+            None => routes.outbound_target(self.orig_dst, self.source.as_deref()),
+            Some(gateway) => {
+                match routes.gateway_target(&self.pod.uid, gateway.port, gateway.server.clone()) {
+                    Some(target) => target,
+                    // The Gateway went away under an open connection.
+                    None => return exchange.reply(LocalReply::route_not_found()),
+                }
+            }
+        };
         if let OutboundTarget::Service(service) = &target {
             exchange.target_service.clone_from(&service.service);
         }

@@ -31,7 +31,7 @@ use super::local_reply::{LocalReply, grpc_local_reply};
 use crate::response_flag::ResponseFlags;
 use crate::upstream::Body;
 
-pub use super::connection::{ConnectionMemo, HttpConnection, InboundApp, Side};
+pub use super::connection::{ConnectionMemo, GatewayRoute, HttpConnection, InboundApp, Side};
 
 /// Serves HTTP on `io` until the client closes or the pod's drain forces it closed.
 pub async fn serve<IO>(connection: Arc<HttpConnection>, io: IO)
@@ -88,11 +88,11 @@ async fn handle(connection: Arc<HttpConnection>, mut request: Request<Incoming>)
         return exchange::track(reply.0, reply.1, exchange);
     }
     let (response, grpc_status) = match &connection.side {
-        Side::Outbound { routes } => {
+        Side::Outbound { routes, gateway } => {
             let routes = routes.routes();
             exchange.access_log = routes.mesh().access_log_on();
             connection
-                .outbound(&*routes, parts, body, upgrade, &mut exchange)
+                .outbound(&*routes, gateway.as_ref(), parts, body, upgrade, &mut exchange)
                 .await
         }
         Side::Inbound(app) => {

@@ -14,17 +14,18 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addrs::ClientAddr;
-use crate::conn::{hbone, inbound, outbound};
+use crate::conn::{gateway, hbone, inbound, outbound};
 use crate::context::{PodContext, ProxyContext};
 use crate::drain::{Drain, DrainOutcome};
 use crate::pod::Pod;
 use crate::socket::{self, SocketFactory};
 use crate::upstream::local::PodDial;
 use crate::upstream::{Resolver, Upstreams};
-use shunt_api::control::InboundBind;
+use shunt_api::control::{InboundBind, PodRole};
 use shunt_api::netns::socket_netns_cookie;
 use shunt_mesh::ids::PodUid;
 use shunt_mesh::spiffe::SpiffeId;
@@ -56,16 +57,35 @@ pub enum Error {
 struct ServedPod {
     netns_cookie: u64,
     inbound_bind: InboundBind,
+    role: PodRole,
     context: Arc<PodContext>,
-    /// Shared with the inbound accept loop; also what `PodReady` hands to the agent.
-    inbound: Arc<TcpListener>,
+    /// Shared with the inbound accept loop; also what `PodReady` hands to the agent. A
+    /// gateway pod has none.
+    inbound: Option<Arc<TcpListener>>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// A gateway pod's listeners, by port, as the state's Gateways say.
+    gateway_ports: HashMap<u16, GatewayPortListener>,
     /// The identity whose certificate is kept for it (released when it stops being served).
     identity: Option<SpiffeId>,
 }
 
+/// One port a gateway pod serves: its accept loop, stopped alone when the port goes away.
+struct GatewayPortListener {
+    stop: CancellationToken,
+    accept_loop: JoinHandle<()>,
+}
+
+impl GatewayPortListener {
+    async fn stop(self, pod: &PodUid, port: u16) {
+        self.stop.cancel();
+        if let Err(error) = self.accept_loop.await {
+            tracing::error!(%pod, port, %error, "gateway accept loop panicked");
+        }
+    }
+}
+
 impl ServedPod {
-    /// Stops both accept loops and waits until they have closed their listeners.
+    /// Stops every accept loop and waits until they have closed their listeners.
     async fn stop_accepting(self, proxy: &ProxyContext) -> Arc<PodContext> {
         let local = &proxy.local_pods;
         local.remove(&self.context.pod);
@@ -74,6 +94,9 @@ impl ServedPod {
         }
         self.context.pod.drain.stop_accepting();
         drop(self.inbound);
+        for (port, listener) in self.gateway_ports {
+            listener.stop(&self.context.pod.uid, port).await;
+        }
         for accept_loop in self.accept_loops {
             if let Err(error) = accept_loop.await {
                 tracing::error!(pod = %self.context.pod.uid, %error, "accept loop panicked");
@@ -129,20 +152,25 @@ impl PodRegistry {
     /// served from the same netns and the same way keeps its listeners (the agent re-announces
     /// pods after it restarts); one whose netns changed (the sandbox was recreated) or whose
     /// capture mode changed is drained and served afresh.
+    ///
+    /// A gateway pod ([`PodRole::Gateway`]) gets no outbound, inbound or HBONE listener, and
+    /// `None` is returned: the proxy opens its Gateways' ports instead ([`Self::sync_gateways`]).
     pub async fn add(
         &self,
         uid: impl Into<PodUid>,
         netns_cookie: u64,
         inbound_bind: InboundBind,
+        role: PodRole,
         netns: OwnedFd,
-    ) -> Result<Arc<TcpListener>, Error> {
+    ) -> Result<Option<Arc<TcpListener>>, Error> {
         let uid = &uid.into();
         let stale = {
             let mut pods = self.pods();
             match pods.get(uid) {
                 Some(served)
                     if served.netns_cookie == netns_cookie
-                        && served.inbound_bind == inbound_bind =>
+                        && served.inbound_bind == inbound_bind
+                        && served.role == role =>
                 {
                     tracing::debug!(pod = %uid, "pod already served; keeping its listeners");
                     return Ok(served.inbound.clone());
@@ -161,6 +189,10 @@ impl PodRegistry {
 
         let pod = self.pod_name(uid.as_str());
         let sockets = self.factory.enter(netns, &pod).await?;
+        if role == PodRole::Gateway {
+            self.add_gateway(uid, netns_cookie, inbound_bind, sockets).await?;
+            return Ok(None);
+        }
         let outbound = sockets
             .listen(SocketAddr::from((
                 Ipv4Addr::LOCALHOST,
@@ -198,30 +230,7 @@ impl PodRegistry {
             ),
             _ => None,
         };
-        let dial = Arc::new(PodDial {
-            uid: uid.clone(),
-            sockets: sockets.clone(),
-            state: self.proxy.state.clone(),
-            local: self.proxy.local_pods.clone(),
-            metrics: self.proxy.metrics.upstream.clone(),
-            hbone: self.proxy.hbone.clone(),
-        });
-        let upstreams = Arc::new(Upstreams::with_dial(
-            dial,
-            self.proxy.connect_timeout,
-            self.proxy.metrics.upstream.clone(),
-            self.resolver.clone(),
-        ));
-        let context = Arc::new(PodContext {
-            pod: Arc::new(Pod {
-                uid: uid.clone(),
-                sockets,
-                outbound_listener: listeners.outbound,
-                inbound_listener: listeners.inbound,
-                drain: Drain::new(),
-            }),
-            upstreams,
-        });
+        let context = self.pod_context(uid, sockets, |_| listeners);
         let inbound = Arc::new(inbound);
         let mut accept_loops = vec![
             self.spawn_accept_loop(Arc::new(outbound), &context, outbound::serve),
@@ -249,13 +258,167 @@ impl PodRegistry {
             ServedPod {
                 netns_cookie,
                 inbound_bind,
+                role,
                 context,
-                inbound: inbound.clone(),
+                inbound: Some(inbound.clone()),
                 accept_loops,
+                gateway_ports: HashMap::new(),
                 identity,
             },
         );
-        Ok(inbound)
+        Ok(Some(inbound))
+    }
+
+    /// Serves a gateway pod: its sockets and upstreams as any pod's (so its requests are
+    /// dialled from its netns and take the mesh's upstream path), its identity's certificate
+    /// kept (the client side of HBONE, `ISTIO_MUTUAL` servers), and its Gateways' ports.
+    /// It is no same-node delivery target: it has no inbound listener.
+    async fn add_gateway(
+        &self,
+        uid: &PodUid,
+        netns_cookie: u64,
+        inbound_bind: InboundBind,
+        sockets: Arc<dyn socket::PodSockets>,
+    ) -> Result<(), Error> {
+        let context = self.pod_context(uid, sockets, |_| {
+            // A gateway pod holds none of the proxy's usual listeners; these are the ports
+            // they would have, so a destination there is still recognised as a loop.
+            PodListeners {
+                outbound: SocketAddr::from((Ipv4Addr::LOCALHOST, shunt_common::OUTBOUND_PORT)),
+                inbound: SocketAddr::from((Ipv4Addr::LOCALHOST, shunt_common::INBOUND_PORT)),
+            }
+        });
+        let identity = self.identity_of(uid.as_str());
+        if let (Some(hbone), Some(identity)) = (&self.proxy.hbone, &identity) {
+            hbone.tls.serve(identity);
+        }
+        tracing::info!(pod = %self.pod_name(uid.as_str()), netns_cookie, "serving gateway pod");
+        self.pods().insert(
+            uid.clone(),
+            ServedPod {
+                netns_cookie,
+                inbound_bind,
+                role: PodRole::Gateway,
+                context,
+                inbound: None,
+                accept_loops: Vec::new(),
+                gateway_ports: HashMap::new(),
+                identity,
+            },
+        );
+        self.sync_gateways().await;
+        Ok(())
+    }
+
+    /// The upstreams and `Pod` handle of a pod served from `sockets`.
+    fn pod_context(
+        &self,
+        uid: &PodUid,
+        sockets: Arc<dyn socket::PodSockets>,
+        listeners: impl FnOnce(&PodUid) -> PodListeners,
+    ) -> Arc<PodContext> {
+        let dial = Arc::new(PodDial {
+            uid: uid.clone(),
+            sockets: sockets.clone(),
+            state: self.proxy.state.clone(),
+            local: self.proxy.local_pods.clone(),
+            metrics: self.proxy.metrics.upstream.clone(),
+            hbone: self.proxy.hbone.clone(),
+        });
+        let upstreams = Arc::new(Upstreams::with_dial(
+            dial,
+            self.proxy.connect_timeout,
+            self.proxy.metrics.upstream.clone(),
+            self.resolver.clone(),
+        ));
+        let listeners = listeners(uid);
+        Arc::new(PodContext {
+            pod: Arc::new(Pod {
+                uid: uid.clone(),
+                sockets,
+                outbound_listener: listeners.outbound,
+                inbound_listener: listeners.inbound,
+                drain: Drain::new(),
+            }),
+            upstreams,
+        })
+    }
+
+    /// Brings every gateway pod's listeners in line with the current state: a port a
+    /// Gateway adds is opened on all addresses of the pod's netns, a port no Gateway has any
+    /// more is closed (its connections drain with the pod's). A port that cannot be bound is
+    /// logged and tried again with the next state.
+    pub async fn sync_gateways(&self) {
+        let index = self.proxy.state.load();
+        let plan: Vec<(PodUid, Arc<PodContext>, Vec<u16>, Vec<u16>)> = self
+            .pods()
+            .iter()
+            .filter(|(_, served)| served.role == PodRole::Gateway)
+            .map(|(uid, served)| {
+                let wanted: Vec<u16> = index
+                    .gateway_listeners(uid)
+                    .map(|listeners| listeners.ports.iter().map(|p| p.port).collect())
+                    .unwrap_or_default();
+                let open = wanted
+                    .iter()
+                    .copied()
+                    .filter(|port| !served.gateway_ports.contains_key(port))
+                    .collect();
+                let close = served
+                    .gateway_ports
+                    .keys()
+                    .copied()
+                    .filter(|port| !wanted.contains(port))
+                    .collect();
+                (uid.clone(), served.context.clone(), open, close)
+            })
+            .collect();
+        for (uid, context, open, close) in plan {
+            for port in close {
+                let removed = self
+                    .pods()
+                    .get_mut(&uid)
+                    .and_then(|served| served.gateway_ports.remove(&port));
+                if let Some(listener) = removed {
+                    tracing::info!(pod = %uid, port, "no Gateway serves this port any more; closed it");
+                    listener.stop(&uid, port).await;
+                }
+            }
+            for port in open {
+                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+                let listener = match context.pod.sockets.listen(addr).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        self.proxy.metrics.gateway.listener_failed(port);
+                        tracing::error!(
+                            pod = %self.pod_name(uid.as_str()),
+                            port,
+                            %error,
+                            "cannot open the Gateway port in the gateway pod's netns (is                              something in the pod already listening on it?); retried with the                              next config change"
+                        );
+                        continue;
+                    }
+                };
+                let stop = CancellationToken::new();
+                let accept_loop = self.spawn_accept_loop_until(
+                    Arc::new(listener),
+                    &context,
+                    gateway::serve,
+                    Some(stop.clone()),
+                );
+                tracing::info!(pod = %self.pod_name(uid.as_str()), port, "serving Gateway port");
+                let mut pods = self.pods();
+                match pods.get_mut(&uid) {
+                    Some(served) if Arc::ptr_eq(&served.context, &context) => {
+                        served
+                            .gateway_ports
+                            .insert(port, GatewayPortListener { stop, accept_loop });
+                    }
+                    // Removed meanwhile: its listener goes with it.
+                    _ => stop.cancel(),
+                }
+            }
+        }
     }
 
     /// Stops serving `uid`: its listeners close now, its connections get the drain timeout.
@@ -401,13 +564,31 @@ impl PodRegistry {
         S: Fn(Arc<ProxyContext>, Arc<PodContext>, TcpStream, ClientAddr) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.spawn_accept_loop_until(listener, context, serve, None)
+    }
+
+    /// An accept loop under the pod's drain that also ends when `stop` is cancelled (a
+    /// Gateway port that goes away while the pod stays).
+    fn spawn_accept_loop_until<S, F>(
+        &self,
+        listener: Arc<TcpListener>,
+        context: &Arc<PodContext>,
+        serve: S,
+        stop: Option<CancellationToken>,
+    ) -> JoinHandle<()>
+    where
+        S: Fn(Arc<ProxyContext>, Arc<PodContext>, TcpStream, ClientAddr) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
         let proxy = self.proxy.clone();
         let context = context.clone();
+        let stop = stop.unwrap_or_default();
         context.pod.drain.clone().spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     biased;
                     () = context.pod.drain.accepting_stopped() => return,
+                    () = stop.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
                 match accepted {

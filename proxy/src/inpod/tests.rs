@@ -65,7 +65,7 @@ async fn serve(
 ) -> (PodRegistry, PodListeners) {
     let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), drain_timeout);
     registry
-        .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+        .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
         .await
         .unwrap();
     let listeners = registry.listeners(uid).unwrap();
@@ -391,11 +391,11 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     let cookie = own_netns_cookie();
     let loopback = InboundBind::Loopback;
     let first = registry
-        .add(WEB, cookie, loopback, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns())
         .await
         .unwrap();
     let again = registry
-        .add(WEB, cookie, loopback, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns())
         .await
         .unwrap();
     assert!(
@@ -405,7 +405,7 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
 
     // The agent restarted in iptables mode: the inbound listener moves to every address.
     let any = registry
-        .add(WEB, cookie, InboundBind::AnyAddress, own_netns())
+        .add(WEB, cookie, InboundBind::AnyAddress, PodRole::App, own_netns())
         .await
         .unwrap();
     assert!(!Arc::ptr_eq(&first, &any), "a new capture mode re-opens");
@@ -421,7 +421,7 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
 
     // The agent says the pod's netns changed; ours is not that one.
     let err = registry
-        .add(WEB, cookie + 1, loopback, own_netns())
+        .add(WEB, cookie + 1, loopback, PodRole::App, own_netns())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CookieMismatch { .. }), "{err}");
@@ -433,11 +433,11 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     );
 
     registry
-        .add(WEB, cookie, loopback, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns())
         .await
         .unwrap();
     registry
-        .add(API_A, cookie, loopback, own_netns())
+        .add(API_A, cookie, loopback, PodRole::App, own_netns())
         .await
         .unwrap();
     registry.retain(&[API_A.into()]).await;
@@ -463,7 +463,7 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
         let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
         for uid in [WEB, API_A] {
             registry
-                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
                 .await
                 .unwrap();
         }
@@ -585,7 +585,7 @@ async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
         let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
         for uid in [WEB, API_A, "uid-shop-api-b"] {
             registry
-                .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+                .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
                 .await
                 .unwrap();
         }
@@ -638,7 +638,7 @@ async fn removing_the_destination_pod_ends_its_same_node_connections() {
     );
     for uid in [WEB, API_A] {
         registry
-            .add(uid, own_netns_cookie(), InboundBind::Loopback, own_netns())
+            .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
             .await
             .unwrap();
     }

@@ -18,6 +18,12 @@ pub trait ResetOnClose {
     fn reset_on_close(&self);
 }
 
+impl<S: ResetOnClose> ResetOnClose for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 impl ResetOnClose for TcpStream {
     fn reset_on_close(&self) {
         // SO_LINGER 0: close(2) discards unsent data and sends RST. Zero linger never blocks.

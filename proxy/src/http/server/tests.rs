@@ -261,6 +261,7 @@ async fn harness_with_mesh(
         proxy: test.proxy.clone(),
         side: Side::Outbound {
             routes: Arc::new(Fixed(Arc::new(routes))),
+            gateway: None,
         },
         pod: pod.pod.clone(),
         upstreams: pod.upstreams.clone(),
