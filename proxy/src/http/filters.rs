@@ -260,6 +260,48 @@ impl HttpConnection {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         exchange: &mut Exchange,
     ) -> Reply {
+        if gateway.is_none() {
+            return self
+                .route(routes, None, parts, body, upgrade, exchange)
+                .await;
+        }
+        // A gateway's own policies first, as Istio's gateway runs `jwt_authn` and `rbac`
+        // ahead of its router: the gateway pod is the workload they select.
+        let mut parts = parts;
+        let remote_ip = self.gateway_client(&mut parts, routes);
+        let app = InboundApp::new(
+            self.source.clone(),
+            None,
+            self.orig_dst.port(),
+            PortProtocol::Http,
+        );
+        let allowed = match self
+            .security_phases(&app, &mut parts, remote_ip, exchange)
+            .await
+        {
+            Ok(allowed) => allowed,
+            Err(reply) => return *reply,
+        };
+        let mut reply = self
+            .route(routes, gateway, parts, body, upgrade, exchange)
+            .await;
+        for check in &allowed {
+            check.apply_to_response(reply.0.headers_mut());
+        }
+        reply
+    }
+
+    /// Routes one request by the routing snapshot `routes` (the VirtualServices bound to
+    /// `gateway` at a gateway port) and runs its phases.
+    async fn route(
+        &self,
+        routes: &dyn Routes,
+        gateway: Option<&GatewayRoute>,
+        parts: http::request::Parts,
+        body: Counted,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        exchange: &mut Exchange,
+    ) -> Reply {
         let target = match gateway {
             None => routes.outbound_target(self.orig_dst, self.source.as_deref()),
             Some(gateway) => {
@@ -435,31 +477,46 @@ impl HttpConnection {
         exchange: &mut Exchange,
     ) -> Reply {
         let mut parts = parts;
-        let auth = match security::authenticate(self, app, &mut parts, exchange).await {
-            Ok(auth) => auth,
-            Err(reply) => return exchange.reply(*reply),
+        let allowed = match self.security_phases(app, &mut parts, None, exchange).await {
+            Ok(allowed) => allowed,
+            Err(reply) => return *reply,
         };
-        let decision = security::authorize(self, app, &parts, auth.as_deref(), exchange);
-        // CUSTOM first, as Envoy's ext_authz filter runs ahead of RBAC: its denial is the
-        // answer; what it allows may edit the request, and later the response.
-        let mut allowed = Vec::new();
-        if let Some(decision) = &decision {
-            for check in &decision.custom {
-                match self.custom_check(check, &mut parts, exchange).await {
-                    Ok(check) => allowed.push(check),
-                    Err(reply) => return *reply,
-                }
-            }
-            if !decision.allowed {
-                exchange.response_code_details = decision.response_code_details();
-                return exchange.reply(LocalReply::access_denied());
-            }
-        }
         let mut reply = self.deliver(app, parts, body, upgrade, exchange).await;
         for check in &allowed {
             check.apply_to_response(reply.0.headers_mut());
         }
         reply
+    }
+
+    /// The security phases of the workload `app` for one request: **`authn`**, then CUSTOM's
+    /// checks and **`authz`**. What CUSTOM allowed (to edit the response with), or the reply
+    /// that refuses the request. `remote_ip` is the client `remoteIpBlocks` sees when it is not
+    /// the direct peer (a gateway's trusted `X-Forwarded-For` hops).
+    pub(super) async fn security_phases(
+        &self,
+        app: &InboundApp,
+        parts: &mut http::request::Parts,
+        remote_ip: Option<std::net::Ipv4Addr>,
+        exchange: &mut Exchange,
+    ) -> Result<Vec<crate::ext_authz::Allowed>, Box<Reply>> {
+        let auth = match security::authenticate(self, app, parts, exchange).await {
+            Ok(auth) => auth,
+            Err(reply) => return Err(Box::new(exchange.reply(*reply))),
+        };
+        let decision = security::authorize(self, app, parts, auth.as_deref(), remote_ip, exchange);
+        // CUSTOM first, as Envoy's ext_authz filter runs ahead of RBAC: its denial is the
+        // answer; what it allows may edit the request, and later the response.
+        let mut allowed = Vec::new();
+        if let Some(decision) = &decision {
+            for check in &decision.custom {
+                allowed.push(self.custom_check(check, parts, exchange).await?);
+            }
+            if !decision.allowed {
+                exchange.response_code_details = decision.response_code_details();
+                return Err(Box::new(exchange.reply(LocalReply::access_denied())));
+            }
+        }
+        Ok(allowed)
     }
 
     /// One CUSTOM policy's ext_authz check, from the pod's netns: what it allowed (its headers

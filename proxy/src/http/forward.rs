@@ -297,7 +297,7 @@ impl HttpConnection {
         };
         // A pod with CUSTOM policies is never delivered to from here (`LocalPods::target`):
         // its checks need its own inbound pass.
-        let decision = super::security::authorize(&side, app, request, None, exchange)?;
+        let decision = super::security::authorize(&side, app, request, None, None, exchange)?;
         if decision.allowed {
             return None;
         }

@@ -60,6 +60,7 @@ pub(super) fn authorize(
     app: &InboundApp,
     request: &http::request::Parts,
     auth: Option<&shunt_mesh::security::RequestAuth>,
+    remote_ip: Option<Ipv4Addr>,
     exchange: &mut Exchange,
 ) -> Option<shunt_mesh::security::authz::Decision> {
     let destination = app.workload.as_deref()?;
@@ -76,8 +77,8 @@ pub(super) fn authorize(
         path,
         headers: &request.headers,
         // No trusted hops on a sidecar's inbound (`numTrustedProxies` 0): the client is the
-        // direct peer. Gateways define trusted hops.
-        remote_ip: Some(source_ip),
+        // direct peer. A gateway passes the client its trusted hops name.
+        remote_ip: Some(remote_ip.unwrap_or(source_ip)),
         auth,
     };
     let index = connection.proxy.state.load();

@@ -16,6 +16,7 @@ use serde_json::Value;
 use shunt_tests::{AgentOptions, Binaries, Node, Pod};
 
 mod cross_node;
+mod edge;
 
 use crate::build::{self, bin_dir};
 use crate::cmd::{Privilege, elevate, is_root};
@@ -48,7 +49,7 @@ pub fn run() -> Result<()> {
 
 /// The privileged part: build the node, run traffic, report, tear down.
 pub fn run_node() -> Result<()> {
-    println!("==> demo: creating a node with 4 pods in network namespaces");
+    println!("==> demo: creating a node with 6 pods in network namespaces (one outside the mesh)");
     let mut node = Node::with_binaries("xtask-demo", Binaries::in_dir(bin_dir(false)))?;
     let outcome = exercise(&mut node);
     if outcome.is_err() {
@@ -74,9 +75,12 @@ fn exercise(node: &mut Node) -> Result<()> {
     let cart1 = node.add_pod("cart1", "10.244.0.21".parse()?)?;
     let cart2 = node.add_pod("cart2", "10.244.0.22".parse()?)?;
     let batch = node.add_pod("batch", "10.244.0.30".parse()?)?;
+    let ingress = node.add_pod("ingress", "10.244.0.5".parse()?)?;
+    // Not in the config: the internet, as far as the mesh knows.
+    let outside = node.add_pod("outside", "10.244.0.99".parse()?)?;
 
     let mut config = CONFIG.to_owned();
-    for pod in [&frontend, &cart1, &cart2, &batch] {
+    for pod in [&frontend, &cart1, &cart2, &batch, &ingress] {
         config = config.replace(
             &format!("@NETNS_{}@", pod.name),
             &pod.netns_path().display().to_string(),
@@ -84,6 +88,7 @@ fn exercise(node: &mut Node) -> Result<()> {
     }
     std::fs::write(node.config_dir().join("mesh.yaml"), config)?;
     println!("    config: {}/mesh.yaml", node.config_dir().display());
+    let edge_ca = edge::write_secret(node)?;
 
     println!("==> demo: starting shunt-agent and shunt-proxy (local mode)");
     node.start_agent(&AgentOptions::default())?;
@@ -146,6 +151,7 @@ fn exercise(node: &mut Node) -> Result<()> {
     println!("    frontend → 127.0.0.1:15001 directly (must be refused): {direct}");
 
     l7_act(node, &frontend, &cart1, &cart2)?;
+    edge::act(node, &outside, &cart1, &edge_ca)?;
 
     println!("\n==> demo: what the proxy saw");
     let log = node.wait_access_log(
