@@ -28,6 +28,9 @@ pub struct MeshState {
     /// ServiceEntries from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub service_entries: Vec<istio::ServiceEntry>,
+    /// Gateways from all namespaces that [`crate::routing::validate`] keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<istio::Gateway>,
     /// `RateLimitPolicy` objects from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub rate_limit_policies: Vec<istio::RateLimitPolicy>,

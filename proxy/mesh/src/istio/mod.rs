@@ -14,6 +14,7 @@
 mod authz;
 mod decimal;
 mod duration;
+mod gateway;
 mod networking;
 mod object;
 mod request_authn;
@@ -23,6 +24,7 @@ mod shunt;
 pub use authz::*;
 pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
+pub use gateway::*;
 pub use networking::*;
 pub use request_authn::*;
 pub use security::*;
@@ -32,6 +34,8 @@ pub use object::{DEFAULT_NAMESPACE, Metadata, Resource};
 
 /// `networking.istio.io` `VirtualService`.
 pub type VirtualService = Resource<VirtualServiceSpec>;
+/// `networking.istio.io` `Gateway`.
+pub type Gateway = Resource<GatewaySpec>;
 /// `networking.istio.io` `DestinationRule`.
 pub type DestinationRule = Resource<DestinationRuleSpec>;
 /// `networking.istio.io` `ServiceEntry`.

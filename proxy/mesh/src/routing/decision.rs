@@ -74,6 +74,21 @@ pub enum OutboundTarget {
         /// [`PortProtocol::Sniff`]: nothing declares the port's protocol.
         protocol: PortProtocol,
     },
+    /// A gateway pod's Gateway port: routed by the VirtualServices bound to its Gateways.
+    Gateway(Arc<GatewayTarget>),
+}
+
+/// One Gateway port of one gateway pod, as a connection reached it.
+#[derive(Clone, Debug)]
+pub struct GatewayTarget {
+    /// The gateway pod: the source of what it forwards, and the workload its own policies
+    /// select.
+    pub workload: Arc<Workload>,
+    /// The port, with every server on it.
+    pub port: Arc<crate::gateway::GatewayPort>,
+    /// On a terminated (or passed-through) TLS port, the server the SNI chose: only its
+    /// hosts route. `None` on a plaintext port, where every server's hosts do.
+    pub server: Option<Arc<crate::gateway::GatewayServer>>,
 }
 
 /// One port of one registry host (Kubernetes Service or ServiceEntry).
@@ -129,6 +144,15 @@ pub enum HttpDecision {
         /// The request's `:authority`/`Host`, for the log; empty when it had none.
         authority: String,
     },
+    /// At a gateway: no server on the port, or no VirtualService bound to its Gateways, has
+    /// the request's host: 404 NR, as Envoy answers for a missing virtual host.
+    NoVirtualHost {
+        /// The request's `:authority`/`Host`, for the log; empty when it had none.
+        authority: String,
+    },
+    /// At a gateway: the server of the request's host has `tls.httpsRedirect`: 301 to the
+    /// same URL over https.
+    HttpsRedirect,
 }
 
 /// One route of a VirtualService (or the implicit default route of a host).
@@ -721,6 +745,9 @@ pub enum TcpDecision {
     Passthrough,
     /// REGISTRY_ONLY and the destination is not in the registry: close the connection.
     BlockedByRegistryOnly,
+    /// At a gateway: no `tcp[]`/`tls[]` route of a bound VirtualService matches: close the
+    /// connection (flag NR).
+    NoRoute,
 }
 
 /// Everything the data path asks of the routing table. `crate::index::MeshIndex` implements
@@ -755,6 +782,14 @@ pub trait Routes: Send + Sync {
     ) -> Result<Arc<Cluster>, ClusterError>;
     /// The mesh-wide settings of the same config.
     fn mesh(&self) -> &MeshSettings;
+    /// Gateway port `port` of gateway pod `pod`, through `server` when the SNI chose one;
+    /// `None` when no Gateway serves that port of that pod.
+    fn gateway_target(
+        &self,
+        pod: &crate::ids::PodUid,
+        port: u16,
+        server: Option<Arc<crate::gateway::GatewayServer>>,
+    ) -> Option<OutboundTarget>;
 }
 
 /// Where the data path gets the routes in force now: one snapshot per connection or request,
