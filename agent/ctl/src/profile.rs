@@ -82,10 +82,21 @@ pub fn differences(a: &Value, b: &Value) -> Vec<Difference> {
             .map(|(p, _)| p)
             .filter(|p| !a_leaves.iter().any(|(q, _)| q == *p)),
     );
+    let all: Vec<String> = paths.iter().map(|p| (*p).clone()).collect();
+    // An empty map on one side and keys under it on the other: the keys say it all.
+    let empty_parent = |path: &str, value: &Option<Value>| {
+        value
+            .as_ref()
+            .is_some_and(|v| v.as_mapping().is_some_and(|m| m.is_empty()))
+            && all.iter().any(|p| p.starts_with(&format!("{path}.")))
+    };
     paths
         .into_iter()
         .filter_map(|path| {
             let (va, vb) = (find(&a_leaves, path), find(&b_leaves, path));
+            if empty_parent(path, &va) || empty_parent(path, &vb) {
+                return None;
+            }
             (va != vb).then(|| Difference {
                 path: path.clone(),
                 a: va,
@@ -124,7 +135,8 @@ mod tests {
 
     #[test]
     fn diff_names_each_differing_key_path() {
-        let a: Value = serde_yaml::from_str("x: {y: 1, z: 2}\nl: [1]\nonly_a: 1\n").unwrap();
+        let a: Value =
+            serde_yaml::from_str("x: {y: 1, z: 2}\nl: [1]\nonly_a: 1\nonly_b: {}\n").unwrap();
         let b: Value =
             serde_yaml::from_str("x: {y: 1, z: 3}\nl: [1, 2]\nonly_b: {k: v}\n").unwrap();
         let paths: Vec<(String, bool, bool)> = differences(&a, &b)
