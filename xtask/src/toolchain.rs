@@ -49,7 +49,8 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// The virtualenv holding kubernetes-validate; the manifest tests look for its binary here.
 pub fn kubernetes_validate_venv() -> PathBuf {
-    crate::build::workspace_root().join("target/tools/kubernetes-validate")
+    // xtask's own manifest dir is the workspace's `xtask/`.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubernetes-validate")
 }
 
 pub fn cargo_home() -> PathBuf {
