@@ -1,4 +1,5 @@
-//! `cargo xtask`: setup, build-ebpf, build, test, kernel-matrix, layers, demo, bench.
+//! `cargo xtask`: setup, build-ebpf, build, test, kernel-matrix, layers, demo, bench,
+//! render-deploy.
 //!
 //! xtask itself builds on whatever toolchain is the machine's default; every step that needs
 //! the pinned toolchains names them (`cargo +1.99.0`, `cargo +nightly-2026-06-20`), after
@@ -11,6 +12,7 @@ mod cmd;
 mod demo;
 mod kernel_matrix;
 mod layers;
+mod render_deploy;
 mod test;
 mod toolchain;
 
@@ -63,6 +65,9 @@ enum Task {
     /// Fail on a module import cycle inside a crate, or a crate dependency that points up
     /// (the table is in xtask/src/layers.rs).
     Layers,
+    /// Regenerate deploy/ (the kustomize base and overlays, deploy/shunt.yaml) with
+    /// `shuntctl install --render`.
+    RenderDeploy,
     /// setup + build, then a node of pods in network namespaces with shunt capturing their
     /// traffic; prints what the proxy saw and removes everything it made.
     Demo,
@@ -135,6 +140,7 @@ fn main() -> Result<()> {
             })
         }
         Task::Layers => layers::run(),
+        Task::RenderDeploy => render_deploy::run_task(),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
         Task::Bench { smoke: true, .. } => {

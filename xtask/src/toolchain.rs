@@ -25,7 +25,9 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`); tcpdump for the
 /// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`);
 /// qemu-system-x86 and busybox-static for the kernel matrix's guests (`cargo xtask
-/// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe).
+/// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe);
+/// python3-venv for the virtualenv that holds kubernetes-validate (the manifests' schema
+/// check, `agent/ctl/tests/deploy.rs`).
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -38,7 +40,18 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "qemu-system-x86",
     "busybox-static",
+    "python3-venv",
 ];
+
+/// kubernetes-validate (PyPI), pinned: its offline schemas cover Kubernetes 1.33 through 1.37,
+/// the versions the manifests are validated against.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// The virtualenv holding kubernetes-validate; the manifest tests look for its binary here.
+pub fn kubernetes_validate_venv() -> PathBuf {
+    // xtask's own manifest dir is the workspace's `xtask/`.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubernetes-validate")
+}
 
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME").map_or_else(
@@ -62,6 +75,8 @@ pub fn setup() -> Result<()> {
     toolchain(USER_TOOLCHAIN, &["clippy", "rustfmt"])?;
     toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
     bpf_linker()?;
+    kubernetes_validate()?;
+    kubectl()?;
     println!("==> setup: done");
     Ok(())
 }
@@ -177,4 +192,70 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn kubernetes_validate() -> Result<()> {
+    let venv = kubernetes_validate_venv();
+    let bin = venv.join("bin/kubernetes-validate");
+    if succeeds(Command::new(&bin).arg("--version")) {
+        println!("    kubernetes-validate: installed in {}", venv.display());
+        return Ok(());
+    }
+    println!(
+        "    kubernetes-validate: installing {KUBERNETES_VALIDATE} from PyPI into {}",
+        venv.display()
+    );
+    // Debian's python3 (with python3-venv above), not whatever python3 is first on PATH.
+    run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+        Privilege::User,
+    )?;
+    run(
+        Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]),
+        Privilege::User,
+    )?;
+    if !succeeds(Command::new(&bin).arg("--version")) {
+        bail!(
+            "kubernetes-validate installed but {} --version fails",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// kubectl with kustomize v5 renders `deploy/overlays/*` in the manifest tests. Debian's
+/// `kubernetes-client` is 1.20 (kustomize v2, without `patches` targets), so it is not
+/// installed from there: the machine image has to carry kubectl.
+fn kubectl() -> Result<()> {
+    let out = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    let text = match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => bail!(
+            "kubectl is not on PATH: the manifest tests run `kubectl kustomize deploy/overlays/*` \
+             and need kubectl 1.27+ (kustomize v5); Debian's kubernetes-client is too old"
+        ),
+    };
+    let kustomize = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Kustomize Version: v"))
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    match kustomize {
+        Some(major) if major >= 5 => {
+            println!(
+                "    kubectl: {}",
+                text.lines().next().unwrap_or_default().trim()
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "kubectl's kustomize is older than v5 (`kubectl version --client`: {}): the \
+             manifest tests need kubectl 1.27+",
+            text.trim().replace('\n', ", ")
+        ),
+    }
 }

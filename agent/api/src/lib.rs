@@ -5,6 +5,7 @@
 //!   client (`admin_client`, feature `client`);
 //! - [`certs`]: what the proxy reports of its workload certificates (`/debug/certs`);
 //! - [`k8s`]: the Kubernetes objects a config source reads;
+//! - [`mounts`]: /proc/mounts parsed (the agent's bpffs and cgroup2, `shuntctl precheck`);
 //! - [`run_dir`]: where an instance's sockets live (`/run/shunt/<instance>/`).
 #![deny(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod k8s;
+pub mod mounts;
 pub mod netns;
 pub mod report;
 pub mod run_dir;

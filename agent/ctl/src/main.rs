@@ -1,13 +1,17 @@
 //! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket (and, for
-//! `clusters` and `certs`, of the proxy's metrics endpoint).
+//! `clusters` and `certs`, of the proxy's metrics endpoint); the installer (`install`,
+//! `profile`), and the node's `precheck`.
 #![deny(unsafe_code)]
 
 mod certs;
 mod clusters;
 mod config;
+mod install;
 mod maps;
 mod output;
 mod policies;
+mod precheck;
+mod profile;
 mod proxy_client;
 mod routes;
 mod status;
@@ -123,6 +127,16 @@ enum Command {
     },
     /// Detach and unpin everything of this instance; the agent then exits.
     Uninstall,
+    /// shunt's manifests for a Kubernetes cluster, from a profile, values files and --set.
+    Install(install::InstallArgs),
+    /// The installer's profiles.
+    Profile {
+        #[command(subcommand)]
+        command: profile::ProfileCommand,
+    },
+    /// Whether this node can run shunt: kernel, BTF, cgroup2, bpffs, CNI, and other programs
+    /// or meshes that capture connections. Each finding says what to do.
+    Precheck(precheck::PrecheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +219,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Certs { proxy_addr } => certs::run(proxy_addr, output).await,
         Command::Uninstall => uninstall::run(&agent()?, output).await,
+        Command::Install(args) => install::run(args),
+        Command::Profile { command } => profile::run(command, output),
+        Command::Precheck(args) => precheck::run(&args, output),
     }
 }
 

@@ -1,0 +1,709 @@
+//! The manifests, as typed k8s-openapi objects built from [`Values`], in the order they
+//! apply: the namespace and what admits its pods, identities and RBAC, config, then the two
+//! DaemonSets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, HostPathVolumeSource, Namespace, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceQuota, ResourceQuotaSpec,
+    ResourceRequirements, ScopeSelector, ScopedResourceSelectorRequirement, SecurityContext,
+    ServiceAccount, ServiceAccountTokenProjection, Toleration, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use super::values::{self, CaMode, Values};
+
+/// An object that cannot be written out (a bug: every object is built from typed values).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialize {kind} {name}: {source}")]
+pub struct Error {
+    kind: &'static str,
+    name: String,
+    source: serde_yaml::Error,
+}
+
+pub const AGENT: &str = "shunt-agent";
+pub const PROXY: &str = "shunt-proxy";
+pub const CONFIG: &str = "shunt-config";
+pub const QUOTA: &str = "shunt-critical-pods";
+/// Inside the image.
+const BIN_DIR: &str = "/usr/local/bin";
+/// The agent's run dir root, shared with the proxy: `control.sock` and `admin.sock` live in
+/// `/run/shunt/default`.
+const RUN_DIR: &str = "/run/shunt";
+const CONFIG_DIR: &str = "/etc/shunt/config";
+/// The mesh config as the agent's local source reads it: a ConfigMap document.
+const MESH_FILE: &str = "istio-mesh.yaml";
+const ISTIO_SECRETS: &str = "/var/run/secrets/istio";
+const TOKENS: &str = "/var/run/secrets/tokens";
+const TOKEN_FILE: &str = "istio-token";
+/// Why the agent runs privileged, on the object itself where `kubectl describe` shows it.
+pub const PRIVILEGED_REASON_ANNOTATION: &str = "shunt.io/privileged-reason";
+const PRIVILEGED_REASON: &str = "mountPropagation Bidirectional on the bpffs mount (so the \
+    programs and maps the agent pins outlive its container, and an agent restart adopts them \
+    instead of dropping every pod's capture) is only allowed in a privileged container; \
+    loading and attaching cgroup and sk_lookup programs, entering pod netns and iptables \
+    capture also need CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_RESOURCE";
+
+/// One rendered object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    ResourceQuota(ResourceQuota),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    ConfigMap(ConfigMap),
+    DaemonSet(Box<DaemonSet>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::ResourceQuota(_) => "ResourceQuota",
+            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::ClusterRole(_) => "ClusterRole",
+            Self::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Self::ConfigMap(_) => "ConfigMap",
+            Self::DaemonSet(_) => "DaemonSet",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Self::Namespace(o) => &o.metadata,
+            Self::ResourceQuota(o) => &o.metadata,
+            Self::ServiceAccount(o) => &o.metadata,
+            Self::ClusterRole(o) => &o.metadata,
+            Self::ClusterRoleBinding(o) => &o.metadata,
+            Self::ConfigMap(o) => &o.metadata,
+            Self::DaemonSet(o) => &o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    /// The object as YAML, one document without `---`.
+    pub fn to_yaml(&self) -> Result<String, Error> {
+        fn yaml<T: Serialize>(object: &T) -> Result<String, serde_yaml::Error> {
+            serde_yaml::to_string(object)
+        }
+        match self {
+            Self::Namespace(o) => yaml(o),
+            Self::ResourceQuota(o) => yaml(o),
+            Self::ServiceAccount(o) => yaml(o),
+            Self::ClusterRole(o) => yaml(o),
+            Self::ClusterRoleBinding(o) => yaml(o),
+            Self::ConfigMap(o) => yaml(o),
+            Self::DaemonSet(o) => yaml(o.as_ref()),
+        }
+        .map_err(|source| Error {
+            kind: self.kind(),
+            name: self.name().into(),
+            source,
+        })
+    }
+}
+
+/// Every object of the install, in apply order.
+pub fn render(values: &Values) -> Vec<Object> {
+    let mut objects = vec![Object::Namespace(namespace(values))];
+    if values.resource_quota.enabled {
+        objects.push(Object::ResourceQuota(resource_quota(values)));
+    }
+    objects.push(Object::ServiceAccount(service_account(values, AGENT, true)));
+    // The proxy calls no API: its token is not mounted. The CA token is a projected volume
+    // with the CA's audience, useless against the API server.
+    objects.push(Object::ServiceAccount(service_account(
+        values, PROXY, false,
+    )));
+    objects.push(Object::ClusterRole(agent_cluster_role(values)));
+    objects.push(Object::ClusterRoleBinding(agent_cluster_role_binding(
+        values,
+    )));
+    objects.push(Object::ConfigMap(config_map(values)));
+    objects.push(Object::DaemonSet(Box::new(agent_daemon_set(values))));
+    objects.push(Object::DaemonSet(Box::new(proxy_daemon_set(values))));
+    objects
+}
+
+/// The objects as one multi-document YAML stream, with a header saying where it came from.
+pub fn to_yaml(objects: &[Object], header: &str) -> Result<String, Error> {
+    let mut out = String::new();
+    for line in header.lines() {
+        out.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
+    }
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&object.to_yaml()?);
+    }
+    Ok(out)
+}
+
+fn labels(values: &Values, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), name.into()),
+        ("app.kubernetes.io/part-of".into(), "shunt".into()),
+        ("app.kubernetes.io/version".into(), values.image.tag.clone()),
+        ("app.kubernetes.io/managed-by".into(), "shuntctl".into()),
+    ])
+}
+
+/// What the DaemonSets select on: only the name, since a selector is immutable and the
+/// version label changes at each upgrade.
+fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".into(), name.into())])
+}
+
+fn meta(values: &Values, name: &str, namespaced: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespaced.then(|| values.namespace.clone()),
+        labels: Some(labels(values, name)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn namespace(values: &Values) -> Namespace {
+    let mut metadata = meta(values, &values.namespace, false);
+    // shunt's own pods are never captured, by shunt or by Istio.
+    metadata.labels.get_or_insert_default().extend([
+        ("shunt.io/capture".to_owned(), "disabled".to_owned()),
+        ("istio-injection".to_owned(), "disabled".to_owned()),
+        ("istio.io/dataplane-mode".to_owned(), "none".to_owned()),
+    ]);
+    Namespace {
+        metadata,
+        ..Namespace::default()
+    }
+}
+
+fn resource_quota(values: &Values) -> ResourceQuota {
+    ResourceQuota {
+        metadata: meta(values, QUOTA, true),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(BTreeMap::from([(
+                "pods".into(),
+                Quantity(values.resource_quota.pods.to_string()),
+            )])),
+            scope_selector: Some(ScopeSelector {
+                match_expressions: Some(vec![ScopedResourceSelectorRequirement {
+                    operator: "In".into(),
+                    scope_name: "PriorityClass".into(),
+                    values: Some(vec![values.priority_class_name.clone()]),
+                }]),
+            }),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
+fn service_account(values: &Values, name: &str, automount: bool) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(values, name, true),
+        automount_service_account_token: Some(automount),
+        ..ServiceAccount::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        ..PolicyRule::default()
+    }
+}
+
+/// What the agent reads and writes through the API server. Kubernetes RBAC cannot narrow a
+/// watch to "the Secrets some Gateway names", so the Secrets rule is cluster-wide; the agent
+/// itself watches only those (field selector per name).
+pub fn agent_rules() -> Vec<PolicyRule> {
+    const READ: &[&str] = &["get", "list", "watch"];
+    let mut configmaps = rule(&[""], &["configmaps"], READ);
+    // The mesh config, `istio-system/istio`: RBAC names it, though not its namespace.
+    configmaps.resource_names = Some(vec!["istio".into()]);
+    vec![
+        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
+        rule(&[""], &["services", "namespaces"], READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(
+            &["networking.istio.io"],
+            &[
+                "destinationrules",
+                "gateways",
+                "serviceentries",
+                "virtualservices",
+            ],
+            READ,
+        ),
+        rule(
+            &["security.istio.io"],
+            &[
+                "authorizationpolicies",
+                "peerauthentications",
+                "requestauthentications",
+            ],
+            READ,
+        ),
+        rule(&["telemetry.istio.io"], &["telemetries"], READ),
+        rule(&["shunt.io"], &["ratelimitpolicies"], READ),
+        configmaps,
+        // `list` too: a watch of one Secret starts with a list filtered to its name.
+        rule(&[""], &["secrets"], READ),
+        // Events on invalid Istio objects, so `kubectl describe` shows why.
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+fn agent_cluster_role(values: &Values) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(values, AGENT, false),
+        rules: Some(agent_rules()),
+        ..ClusterRole::default()
+    }
+}
+
+fn agent_cluster_role_binding(values: &Values) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(values, AGENT, false),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: AGENT.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: AGENT.into(),
+            namespace: Some(values.namespace.clone()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+/// The mesh config as `data.mesh` of a ConfigMap `istio-system/istio`, the document the
+/// agent's config dir reads (until the agent reads the API itself).
+fn config_map(values: &Values) -> ConfigMap {
+    let mesh = serde_yaml::to_string(&values.mesh_config).unwrap_or_default();
+    let inner = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("istio".into()),
+            namespace: Some("istio-system".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([("mesh".into(), mesh)])),
+        ..ConfigMap::default()
+    };
+    ConfigMap {
+        metadata: meta(values, CONFIG, true),
+        data: Some(BTreeMap::from([(
+            MESH_FILE.into(),
+            serde_yaml::to_string(&inner).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+fn resources(resources: &values::Resources) -> ResourceRequirements {
+    let list = |list: &values::ResourceList| {
+        let mut out = BTreeMap::new();
+        if let Some(cpu) = &list.cpu {
+            out.insert("cpu".to_owned(), Quantity(cpu.clone()));
+        }
+        if let Some(memory) = &list.memory {
+            out.insert("memory".to_owned(), Quantity(memory.clone()));
+        }
+        out
+    };
+    ResourceRequirements {
+        requests: Some(list(&resources.requests)),
+        limits: resources.limits.as_ref().map(list),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn tolerations(values: &Values) -> Vec<Toleration> {
+    values
+        .tolerations
+        .iter()
+        .map(|t| Toleration {
+            key: t.key.clone(),
+            operator: t.operator.map(|op| format!("{op:?}")),
+            value: t.value.clone(),
+            effect: t.effect.map(|effect| format!("{effect:?}")),
+            toleration_seconds: t.toleration_seconds,
+        })
+        .collect()
+}
+
+fn affinity(values: &Values) -> Option<Affinity> {
+    if values.exclude_node_labels.is_empty() {
+        return None;
+    }
+    let match_expressions = values
+        .exclude_node_labels
+        .iter()
+        .map(|(key, excluded)| NodeSelectorRequirement {
+            key: key.clone(),
+            operator: "NotIn".into(),
+            values: Some(excluded.clone()),
+        })
+        .collect();
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(match_expressions),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    })
+}
+
+fn node_selector(values: &Values) -> BTreeMap<String, String> {
+    let mut selector = BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]);
+    selector.extend(values.node_selector.clone());
+    selector
+}
+
+/// Pod labels: the selector's, the rest of the set, and the opt-outs that keep shunt and
+/// Istio from capturing or injecting shunt's own pods.
+fn pod_labels(values: &Values, name: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(values, name);
+    labels.insert("shunt.io/capture".into(), "disabled".into());
+    labels.insert("sidecar.istio.io/inject".into(), "false".into());
+    labels
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool, propagation: Option<&str>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        mount_propagation: propagation.map(str::to_owned),
+        ..VolumeMount::default()
+    }
+}
+
+/// Where a host path appears inside the agent: under `/host`, so it never shadows the
+/// container's own `/proc` or `/sys/fs/cgroup`.
+fn in_host(path: &str) -> String {
+    format!("/host{path}")
+}
+
+fn daemon_set(
+    values: &Values,
+    name: &str,
+    strategy: RollingUpdateDaemonSet,
+    annotations: BTreeMap<String, String>,
+    pod: PodSpec,
+) -> DaemonSet {
+    DaemonSet {
+        metadata: meta(values, name, true),
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(strategy),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(values, name)),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    priority_class_name: Some(values.priority_class_name.clone()),
+                    node_selector: Some(node_selector(values)),
+                    tolerations: Some(tolerations(values)),
+                    affinity: affinity(values),
+                    ..pod
+                }),
+            },
+            ..DaemonSetSpec::default()
+        },
+        ..DaemonSet::default()
+    }
+}
+
+fn agent_daemon_set(values: &Values) -> DaemonSet {
+    let agent = &values.agent;
+    let cgroup = in_host(&agent.cgroup_host_path);
+    let mut args = vec![
+        format!("--config-dir={CONFIG_DIR}"),
+        format!("--bpffs={}", agent.bpffs_host_path),
+        format!("--cgroup={cgroup}"),
+        format!(
+            "--capture={}",
+            match agent.capture {
+                values::CaptureMode::Ebpf => "ebpf",
+                values::CaptureMode::Iptables => "iptables",
+            }
+        ),
+        format!("--bpf-log={}", agent.bpf_log.as_str()),
+        format!("--log-format={}", agent.log_format.as_str()),
+    ];
+    if agent.sockmap_shortcut {
+        args.push("--sockmap-shortcut".into());
+    }
+    // `shuntctl status` answers once the agent serves its admin socket, which it does after
+    // loading capture and the config.
+    let status_probe = |period: i32, failures: i32| Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                format!("{BIN_DIR}/shuntctl"),
+                "status".into(),
+                "--output=json".into(),
+            ]),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "agent".into(),
+        image: Some(values.image.reference()),
+        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
+        command: Some(vec![format!("{BIN_DIR}/shunt-agent")]),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            // shunt-agent's --node-name reads NODE_NAME.
+            name: "NODE_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        resources: Some(resources(&agent.resources)),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        }),
+        readiness_probe: Some(status_probe(5, 3)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(30),
+            ..status_probe(30, 3)
+        }),
+        volume_mounts: Some(vec![
+            mount(
+                "bpffs",
+                &agent.bpffs_host_path,
+                false,
+                Some("Bidirectional"),
+            ),
+            mount("cgroup", &cgroup, true, None),
+            mount("proc", &in_host("/proc"), true, None),
+            mount("netns", "/var/run/netns", false, Some("HostToContainer")),
+            mount("cni-bin", &in_host(&values.cni.bin_dir), false, None),
+            mount("cni-conf", &in_host(&values.cni.conf_dir), false, None),
+            mount("run", RUN_DIR, false, None),
+            mount("config", CONFIG_DIR, true, None),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        service_account_name: Some(AGENT.into()),
+        containers: vec![container],
+        volumes: Some(vec![
+            host_path("bpffs", &agent.bpffs_host_path, "DirectoryOrCreate"),
+            host_path("cgroup", &agent.cgroup_host_path, "Directory"),
+            host_path("proc", "/proc", "Directory"),
+            host_path("netns", "/var/run/netns", "DirectoryOrCreate"),
+            host_path("cni-bin", &values.cni.bin_dir, "DirectoryOrCreate"),
+            host_path("cni-conf", &values.cni.conf_dir, "DirectoryOrCreate"),
+            host_path("run", RUN_DIR, "DirectoryOrCreate"),
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: CONFIG.into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
+        ..PodSpec::default()
+    };
+    daemon_set(
+        values,
+        AGENT,
+        // One node at a time: a node whose agent restarts keeps its pinned programs, so
+        // capture goes on; only new pods wait.
+        RollingUpdateDaemonSet {
+            max_unavailable: Some(IntOrString::Int(1)),
+            ..RollingUpdateDaemonSet::default()
+        },
+        BTreeMap::from([(
+            PRIVILEGED_REASON_ANNOTATION.into(),
+            PRIVILEGED_REASON.into(),
+        )]),
+        pod,
+    )
+}
+
+fn proxy_daemon_set(values: &Values) -> DaemonSet {
+    let proxy = &values.proxy;
+    let port = i32::from(proxy.metrics_port);
+    let mut args = vec![
+        format!("--control-socket={RUN_DIR}/default/control.sock"),
+        format!("--metrics-addr=0.0.0.0:{port}"),
+        format!("--drain-timeout={}", proxy.drain_timeout_seconds),
+        format!("--log-format={}", proxy.log_format.as_str()),
+        format!(
+            "--cluster-id={}",
+            values.values.global.multi_cluster.cluster_name
+        ),
+    ];
+    if let Some(threads) = proxy.worker_threads {
+        args.push(format!("--worker-threads={threads}"));
+    }
+    let mut mounts = vec![mount("run", RUN_DIR, false, None)];
+    let mut volumes = vec![host_path("run", RUN_DIR, "DirectoryOrCreate")];
+    if values.ca.mode == CaMode::Istiod {
+        args.extend([
+            format!("--ca-address={}", values.ca.address),
+            format!("--ca-server-name={}", values.ca.server_name),
+            format!("--ca-root-cert={ISTIO_SECRETS}/root-cert.pem"),
+            format!("--ca-token-file={TOKENS}/{TOKEN_FILE}"),
+        ]);
+        mounts.push(mount("istio-ca-root", ISTIO_SECRETS, true, None));
+        mounts.push(mount("istio-token", TOKENS, true, None));
+        volumes.push(Volume {
+            name: "istio-ca-root".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: values.ca.root_cert_config_map.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        volumes.push(Volume {
+            name: "istio-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(values.ca.token_audience.clone()),
+                        expiration_seconds: Some(43200),
+                        path: TOKEN_FILE.into(),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let metrics_probe = |period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/metrics".into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "proxy".into(),
+        image: Some(values.image.reference()),
+        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
+        command: Some(vec![format!("{BIN_DIR}/shunt-proxy")]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http-monitoring".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(resources(&proxy.resources)),
+        // No hostNetwork and no privilege: entering each pod's netns (through the fds the
+        // agent sends) needs SYS_ADMIN, its listeners NET_ADMIN, and SO_MARK NET_RAW.
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec![
+                    "NET_ADMIN".into(),
+                    "SYS_ADMIN".into(),
+                    "NET_RAW".into(),
+                ]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        readiness_probe: Some(metrics_probe(5, 3)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(10),
+            ..metrics_probe(15, 3)
+        }),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        service_account_name: Some(PROXY.into()),
+        automount_service_account_token: Some(false),
+        // Drain, then a margin before SIGKILL.
+        termination_grace_period_seconds: Some(i64::from(proxy.drain_timeout_seconds) + 10),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".into(), "true".into()),
+        ("prometheus.io/port".into(), port.to_string()),
+        ("prometheus.io/path".into(), "/stats/prometheus".into()),
+    ]);
+    daemon_set(
+        values,
+        PROXY,
+        // The new proxy starts beside the old one and takes every pod's listeners
+        // (SO_REUSEPORT, then the agent swaps INBOUND_LISTENERS) before the old one drains.
+        RollingUpdateDaemonSet {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        },
+        annotations,
+        pod,
+    )
+}
