@@ -110,6 +110,7 @@ impl TestProxy {
             authn: Arc::new(crate::authn::Authenticator::with_connector(Arc::new(
                 crate::authn::DirectConnector,
             ))),
+            http_limits: crate::context::HttpLimits::default(),
         });
         Self {
             proxy,

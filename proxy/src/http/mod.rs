@@ -6,7 +6,9 @@
 //! (attempts, retries, mirrors, inbound delivery) → `security` (the inbound `authn` and
 //! `authz` phases) → `exchange` (one request's facts, labels,
 //! log line, body wrappers) → `connection` (the connection and what its requests share) and
-//! `local_reply` (answers the proxy makes itself) → `headers`, `replay`, `route_policy`.
+//! `local_reply` (answers the proxy makes itself) → `headers`, `limits` (the listener's
+//! limits: head scanning, request checks, what a connection's requests share), `replay`,
+//! `route_policy`.
 #![forbid(unsafe_code)]
 
 pub mod connection;
@@ -14,6 +16,7 @@ pub mod exchange;
 pub mod filters;
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod local_reply;
 pub mod replay;
 pub mod route_policy;

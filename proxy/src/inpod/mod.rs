@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -224,11 +225,16 @@ impl PodRegistry {
         });
         let inbound = Arc::new(inbound);
         let mut accept_loops = vec![
-            self.spawn_accept_loop(Arc::new(outbound), &context, outbound::serve),
-            self.spawn_accept_loop(inbound.clone(), &context, inbound::serve),
+            self.spawn_accept_loop(Arc::new(outbound), &context, "outbound", outbound::serve),
+            self.spawn_accept_loop(inbound.clone(), &context, "inbound", inbound::serve),
         ];
         if let Some(listener) = hbone_listener {
-            accept_loops.push(self.spawn_accept_loop(Arc::new(listener), &context, hbone::serve));
+            accept_loops.push(self.spawn_accept_loop(
+                Arc::new(listener),
+                &context,
+                "hbone",
+                hbone::serve,
+            ));
         }
         tracing::info!(
             pod = %pod,
@@ -391,10 +397,14 @@ impl PodRegistry {
             .map_or_else(|| uid.to_owned(), |w| format!("{}/{}", w.namespace, w.name))
     }
 
+    /// Accepts on `listener` (named `name` in metrics) until the pod stops being served,
+    /// each connection served by `serve`; over `--max-connections-per-listener` held at
+    /// once, a new connection is closed at once and counted.
     fn spawn_accept_loop<S, F>(
         &self,
         listener: Arc<TcpListener>,
         context: &Arc<PodContext>,
+        name: &'static str,
         serve: S,
     ) -> JoinHandle<()>
     where
@@ -403,6 +413,7 @@ impl PodRegistry {
     {
         let proxy = self.proxy.clone();
         let context = context.clone();
+        let held = Arc::new(ConnectionCount::default());
         context.pod.drain.clone().spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -412,8 +423,19 @@ impl PodRegistry {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        let Some(slot) =
+                            held.take(proxy.http_limits.max_connections_per_listener)
+                        else {
+                            proxy.metrics.connection_refused(name);
+                            tracing::debug!(pod = %context.pod.uid, listener = name, client = %peer, "listener at its connection limit; closed a new connection");
+                            drop(stream);
+                            continue;
+                        };
                         let task = serve(proxy.clone(), context.clone(), stream, ClientAddr(peer));
-                        context.pod.drain.spawn(task);
+                        context.pod.drain.spawn(async move {
+                            let _slot = slot;
+                            task.await;
+                        });
                     }
                     // The client gave up between SYN and accept: nothing to do.
                     Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -427,6 +449,31 @@ impl PodRegistry {
                 }
             }
         })
+    }
+}
+
+/// The connections one listener holds.
+#[derive(Debug, Default)]
+struct ConnectionCount(AtomicUsize);
+
+/// One of a listener's connections, held until dropped.
+struct ConnectionSlot(Arc<ConnectionCount>);
+
+impl ConnectionCount {
+    /// A slot for one more connection, unless `max` are held.
+    fn take(self: &Arc<Self>, max: Option<usize>) -> Option<ConnectionSlot> {
+        let held = self.0.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|max| held >= max) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
