@@ -309,6 +309,8 @@ pub struct StreamWatch {
     dispatched: AtomicU64,
     /// When `in_flight` last fell to 0, in ms since `born`.
     idle_since_ms: AtomicU64,
+    /// An HTTP/1 head has begun and is not over: not idle (its own timeout bounds it).
+    reading_head: AtomicBool,
     /// Set when the bytes that follow can no longer be told apart as heads (an upgrade, a
     /// request body left unread): head scanning stops for the connection.
     scanning_stopped: AtomicBool,
@@ -326,6 +328,7 @@ impl Default for StreamWatch {
             in_flight: AtomicU32::new(0),
             dispatched: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            reading_head: AtomicBool::new(false),
             scanning_stopped: AtomicBool::new(false),
             premature_resets: AtomicU32::new(0),
             tripped: AtomicBool::new(false),
@@ -382,6 +385,11 @@ impl StreamWatch {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Whether an HTTP/1 head is arriving (the head scanner says).
+    pub fn set_reading_head(&self, reading: bool) {
+        self.reading_head.store(reading, Ordering::Relaxed);
+    }
+
     pub fn stop_scanning(&self) {
         self.scanning_stopped.store(true, Ordering::Release);
     }
@@ -391,10 +399,11 @@ impl StreamWatch {
         self.scanning_stopped.load(Ordering::Acquire)
     }
 
-    /// How long the connection has had no request in flight; `None` while one is.
+    /// How long the connection has had no request in flight; `None` while one is (or its
+    /// head is arriving).
     #[must_use]
     pub fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight() > 0 {
+        if self.in_flight() > 0 || self.reading_head.load(Ordering::Relaxed) {
             return None;
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));

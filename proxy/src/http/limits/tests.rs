@@ -255,3 +255,13 @@ async fn idle_resolves_only_after_the_timeout_with_nothing_in_flight() {
         .expect("tripped")
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_head_arriving_is_not_idle() {
+    let watch = StreamWatch::default();
+    watch.set_reading_head(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(watch.idle_for(), None);
+    watch.set_reading_head(false);
+    assert!(watch.idle_for().is_some_and(|idle| idle >= Duration::from_secs(5)));
+}

@@ -71,6 +71,7 @@ impl<IO> Guarded<IO> {
     }
 
     fn refuse(&mut self, refusal: Refusal) {
+        self.watch.set_reading_head(false);
         tracing::debug!(limit = refusal.limit(), "refused a request head");
         self.metrics.limit_hit(refusal.limit());
         self.mode = Mode::Refusing {
@@ -99,6 +100,7 @@ impl<IO> Guarded<IO> {
     }
 
     fn head_over(&mut self) {
+        self.watch.set_reading_head(false);
         self.head_started = None;
         self.heads += 1;
     }
@@ -172,6 +174,7 @@ where
                     let scan = scanner.feed(read);
                     if !was_started && scanner.started() {
                         this.head_started = Some(Instant::now());
+                        this.watch.set_reading_head(true);
                     }
                     match scan {
                         Scan::Partial => {
