@@ -267,7 +267,10 @@ mod tests {
         assert_eq!(cli.max_connections_per_listener, 16_384);
         assert_eq!(cli.premature_reset_total_stream_count, 500);
         assert_eq!(nonzero(Duration::ZERO), None);
-        assert_eq!(nonzero(Duration::from_secs(2)), Some(Duration::from_secs(2)));
+        assert_eq!(
+            nonzero(Duration::from_secs(2)),
+            Some(Duration::from_secs(2))
+        );
         for bad in [
             &["shunt-proxy", "--max-request-headers-kb", "0"][..],
             &["shunt-proxy", "--max-concurrent-streams", "0"],

@@ -64,7 +64,8 @@ impl Edge {
                     .select("app", "web")
                     .port("http", 80, HTTP_PORT),
             );
-        node.write_config(&config).or_panic("writing the cluster config");
+        node.write_config(&config)
+            .or_panic("writing the cluster config");
         node.write_istio(&[]).or_panic("writing the Istio config");
         node.start_agent(&AgentOptions::default())
             .or_panic("starting the agent");
@@ -116,7 +117,7 @@ impl Edge {
             .node
             .proxy_process()
             .map(|p| p.pid())
-            .expect("the proxy runs");
+            .unwrap_or_else(|| panic!("the proxy is not running"));
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .or_panic("the proxy's /proc status");
         status
@@ -131,7 +132,9 @@ impl Edge {
         let answer = raw(
             &self.client_netns(),
             self.target(),
-            &Payload::Bytes(b"GET /after HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".to_vec()),
+            &Payload::Bytes(
+                b"GET /after HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".to_vec(),
+            ),
         );
         assert_eq!(
             answer.status(),
@@ -208,9 +211,7 @@ fn raw(netns: &Path, to: SocketAddr, send: &Payload) -> Answer {
                     read.extend_from_slice(&chunk[..n]);
                     false
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    false
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
                 // Reset by the proxy: closed as well.
                 Err(_) => true,
             }
@@ -294,7 +295,10 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
     ) else {
         return;
     };
-    let long_line = format!("GET /{} HTTP/1.1\r\nHost: web\r\n\r\n", "a".repeat(61 * 1024));
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: web\r\n\r\n",
+        "a".repeat(61 * 1024)
+    );
     let mut cases = vec![
         case(
             "headers over 60 KiB",
@@ -378,7 +382,9 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
     ];
     cases.push(Case {
         name: "a slowloris head (one byte a second)",
-        send: Payload::Slowly(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec()),
+        send: Payload::Slowly(
+            b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
+        ),
         status: Some(408),
         or_closed: true,
         limit: Some("request_headers_timeout"),
@@ -411,8 +417,19 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         let answer = raw(&edge.client_netns(), edge.target(), &case.send);
         let status_ok = answer.status() == case.status
             || (case.or_closed && answer.closed && answer.status().is_none());
-        assert!(status_ok, "{}: expected {:?}: {}", case.name, case.status, answer.describe());
-        assert!(answer.closed, "{}: the proxy closes: {}", case.name, answer.describe());
+        assert!(
+            status_ok,
+            "{}: expected {:?}: {}",
+            case.name,
+            case.status,
+            answer.describe()
+        );
+        assert!(
+            answer.closed,
+            "{}: the proxy closes: {}",
+            case.name,
+            answer.describe()
+        );
         if let (Some(limit), Some(before)) = (case.limit, limit_before) {
             edge.wait_limit(limit, before + 1);
         }
@@ -562,7 +579,9 @@ fn a_listener_over_its_connection_limit_refuses_and_counts() {
             let answer = raw(
                 &netns,
                 target,
-                &Payload::Bytes(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".to_vec()),
+                &Payload::Bytes(
+                    b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".to_vec(),
+                ),
             );
             if answer.status() != Some(200) {
                 std::thread::sleep(Duration::from_millis(250));
@@ -570,7 +589,10 @@ fn a_listener_over_its_connection_limit_refuses_and_counts() {
             answer
         })
         .find(|answer| answer.status() == Some(200));
-    assert!(answer.is_some(), "a new connection is served once the others closed");
+    assert!(
+        answer.is_some(),
+        "a new connection is served once the others closed"
+    );
 }
 
 // --- HTTP/2 clients -----------------------------------------------------------------------
@@ -598,7 +620,7 @@ where
             .or_panic("connect timeout")
             .or_panic("connect");
             let (send, connection) = h2::client::handshake(tcp).await.or_panic("h2 handshake");
-            let driver = tokio::spawn(async move { connection.await });
+            let driver = tokio::spawn(connection);
             let send = send.ready().await.or_panic("h2 ready");
             let report = tokio::time::timeout(CLIENT_TIMEOUT, client(send))
                 .await
@@ -683,7 +705,12 @@ fn settings_flood(target: SocketAddr) -> u64 {
     let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
     let frame = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
-    let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut sent = 0;
     while sent < 100_000 && Instant::now() < deadline {

@@ -176,11 +176,17 @@ impl Exchange {
                 // the next head starts is no longer known to the head scanner.
                 watch.stop_scanning();
             }
-            if self.flags.contains(ResponseFlag::DownstreamConnectionTermination) {
+            if self
+                .flags
+                .contains(ResponseFlag::DownstreamConnectionTermination)
+            {
                 // The client reset the stream (or left) before its response was over.
                 watch.reset(
                     self.started.elapsed(),
-                    connection.proxy.http_limits.premature_reset_total_stream_count,
+                    connection
+                        .proxy
+                        .http_limits
+                        .premature_reset_total_stream_count,
                 );
             }
             if watch.is_tripped() {
@@ -578,9 +584,7 @@ impl StreamIdle {
         }
         if request_bytes != self.request_bytes {
             self.request_bytes = request_bytes;
-            sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + timeout);
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
             return sleep.as_mut().poll(cx).is_ready();
         }
         true

@@ -135,7 +135,9 @@ pub enum Scan {
     /// The head goes on.
     Partial,
     /// The head is complete and within the limits; `h2`: it was HTTP/2's preface.
-    Complete { h2: bool },
+    Complete {
+        h2: bool,
+    },
     Refused(Refusal),
 }
 
@@ -277,8 +279,7 @@ pub fn check_request(
     uri: &http::Uri,
     headers: &HeaderMap,
 ) -> Option<Refusal> {
-    if limits.reject_header_underscores && headers.keys().any(|name| name.as_str().contains('_'))
-    {
+    if limits.reject_header_underscores && headers.keys().any(|name| name.as_str().contains('_')) {
         return Some(Refusal::HeaderUnderscore);
     }
     if version == http::Version::HTTP_2 {

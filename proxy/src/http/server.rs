@@ -236,7 +236,10 @@ const UPSTREAM_FAILURES: [ResponseFlag; 3] = [
 ];
 
 fn blames_upstream(exchange: &Exchange) -> bool {
-    exchange.flags.iter().any(|flag| UPSTREAM_FAILURES.contains(&flag))
+    exchange
+        .flags
+        .iter()
+        .any(|flag| UPSTREAM_FAILURES.contains(&flag))
 }
 
 /// The local reply for a request the listener's limits refuse, counted and flagged `DPE`

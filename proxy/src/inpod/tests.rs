@@ -692,7 +692,9 @@ fn a_listener_holds_at_most_its_connection_limit() {
     let second = count.take(Some(2)).expect("room for the second");
     assert!(count.take(Some(2)).is_none(), "the third is over the limit");
     drop(first);
-    let third = count.take(Some(2)).expect("a closed connection frees its slot");
+    let third = count
+        .take(Some(2))
+        .expect("a closed connection frees its slot");
     assert!(count.take(Some(2)).is_none());
     let unlimited: Vec<_> = (0..10).map(|_| count.take(None)).collect();
     assert!(unlimited.iter().all(Option::is_some));

@@ -19,7 +19,11 @@ struct Example {
     request: &'static [(&'static str, &'static str)],
     client: &'static str,
     /// `x-forwarded-for`, `x-envoy-external-address`, `x-envoy-internal` afterwards.
-    after: (Option<&'static str>, Option<&'static str>, Option<&'static str>),
+    after: (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+    ),
 }
 
 const EDGE: ForwardedConfig = ForwardedConfig {
@@ -45,7 +49,10 @@ const EXAMPLES: &[Example] = &[
         name: "1: edge proxy without a trusted proxy in front",
         config: EDGE,
         peer: "192.0.2.5",
-        request: &[("x-forwarded-for", "203.0.113.128, 203.0.113.10, 203.0.113.1")],
+        request: &[(
+            "x-forwarded-for",
+            "203.0.113.128, 203.0.113.10, 203.0.113.1",
+        )],
         client: "192.0.2.5",
         after: (
             Some("203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5"),
@@ -76,7 +83,10 @@ const EXAMPLES: &[Example] = &[
         name: "3: edge proxy with two trusted external proxies in front",
         config: EDGE_BEHIND_TWO,
         peer: "192.0.2.5",
-        request: &[("x-forwarded-for", "203.0.113.128, 203.0.113.10, 203.0.113.1")],
+        request: &[(
+            "x-forwarded-for",
+            "203.0.113.128, 203.0.113.10, 203.0.113.1",
+        )],
         client: "203.0.113.10",
         after: (
             Some("203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5"),
@@ -144,9 +154,14 @@ fn envoys_documented_examples() {
 #[test]
 fn short_or_garbled_forwarded_for_falls_back_to_the_peer() {
     let peer = ip("192.0.2.5");
-    let cases: &[(&[(&'static str, &'static str)], ForwardedConfig, &str)] = &[
+    type Headers = &'static [(&'static str, &'static str)];
+    let cases: &[(Headers, ForwardedConfig, &str)] = &[
         // Fewer addresses than trusted hops.
-        (&[("x-forwarded-for", "203.0.113.1")], EDGE_BEHIND_TWO, "192.0.2.5"),
+        (
+            &[("x-forwarded-for", "203.0.113.1")],
+            EDGE_BEHIND_TWO,
+            "192.0.2.5",
+        ),
         (&[], INTERNAL, "192.0.2.5"),
         // The entry counted to is no address.
         (

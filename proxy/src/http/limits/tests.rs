@@ -39,9 +39,18 @@ fn heads_within_the_limits_complete_and_smuggling_framings_are_refused() {
         (b"GET / HTTP/1.1\nhost: a\n\n", ok),
         (b"GET / HTTP/1.1\r\nhost: a\r\n", Scan::Partial),
         (b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello", ok),
-        (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", ok),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n", ok),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Scan::Complete { h2: true }),
+        (
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            ok,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n",
+            ok,
+        ),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Scan::Complete { h2: true },
+        ),
         (
             b"POST / HTTP/1.1\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n",
             refused(Refusal::ContentLengthAndChunked),
@@ -78,12 +87,7 @@ fn heads_within_the_limits_complete_and_smuggling_framings_are_refused() {
         (big_headers.as_bytes(), refused(Refusal::HeadersTooLarge)),
     ];
     for (head, expected) in cases {
-        assert_eq!(
-            scan(head),
-            *expected,
-            "{}",
-            String::from_utf8_lossy(head)
-        );
+        assert_eq!(scan(head), *expected, "{}", String::from_utf8_lossy(head));
     }
 }
 
@@ -119,8 +123,14 @@ fn every_refusal_has_a_status_a_label_and_a_response() {
     for refusal in all {
         let response = std::str::from_utf8(refusal.http1_response()).unwrap();
         let status_line = format!("HTTP/1.1 {} ", refusal.status().as_u16());
-        assert!(response.starts_with(&status_line), "{refusal:?}: {response}");
-        assert!(response.ends_with("connection: close\r\n\r\n"), "{refusal:?}");
+        assert!(
+            response.starts_with(&status_line),
+            "{refusal:?}: {response}"
+        );
+        assert!(
+            response.ends_with("connection: close\r\n\r\n"),
+            "{refusal:?}"
+        );
         assert!(!refusal.limit().is_empty() && !refusal.details().is_empty());
     }
 }
@@ -150,10 +160,29 @@ fn parsed_requests_are_checked_for_underscores_counts_and_host() {
     let h1 = http::Version::HTTP_11;
     let with_authority: http::Uri = "http://a.test/x".parse().unwrap();
     let origin_form: http::Uri = "/x".parse().unwrap();
-    let cases: &[(&HttpLimits, http::Version, &http::Uri, &[(&str, &str)], Option<Refusal>)] = &[
+    type Case<'a> = (
+        &'a HttpLimits,
+        http::Version,
+        &'a http::Uri,
+        &'a [(&'a str, &'a str)],
+        Option<Refusal>,
+    );
+    let cases: &[Case<'_>] = &[
         (&lenient, h1, &origin_form, &[("x_y", "1")], None),
-        (&strict, h1, &origin_form, &[("x_y", "1")], Some(Refusal::HeaderUnderscore)),
-        (&strict, h2, &with_authority, &[("x_y", "1")], Some(Refusal::HeaderUnderscore)),
+        (
+            &strict,
+            h1,
+            &origin_form,
+            &[("x_y", "1")],
+            Some(Refusal::HeaderUnderscore),
+        ),
+        (
+            &strict,
+            h2,
+            &with_authority,
+            &[("x_y", "1")],
+            Some(Refusal::HeaderUnderscore),
+        ),
         (&strict, h1, &origin_form, &[("x-y", "1")], None),
         (&lenient, h2, &with_authority, &[("host", "a.test")], None),
         (&lenient, h2, &with_authority, &[("host", "A.TEST")], None),
@@ -182,7 +211,13 @@ fn parsed_requests_are_checked_for_underscores_counts_and_host() {
             Some(Refusal::TooManyHeaders),
         ),
         // hyper's HTTP/1 parser counts those itself.
-        (&lenient, h1, &origin_form, &[("a", "1"), ("b", "2"), ("c", "3")], None),
+        (
+            &lenient,
+            h1,
+            &origin_form,
+            &[("a", "1"), ("b", "2"), ("c", "3")],
+            None,
+        ),
     ];
     for (limits, version, uri, pairs, expected) in cases {
         assert_eq!(
@@ -239,7 +274,10 @@ async fn idle_resolves_only_after_the_timeout_with_nothing_in_flight() {
     tokio::time::sleep(Duration::from_secs(25)).await;
     assert!(!idle.is_finished(), "a request is in flight");
     watch.finished();
-    assert_eq!(watch.idle_for().map(|d| d < Duration::from_secs(1)), Some(true));
+    assert_eq!(
+        watch.idle_for().map(|d| d < Duration::from_secs(1)),
+        Some(true)
+    );
     tokio::time::timeout(Duration::from_secs(30), idle)
         .await
         .expect("idle after the timeout")
@@ -263,5 +301,9 @@ async fn a_head_arriving_is_not_idle() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(watch.idle_for(), None);
     watch.set_reading_head(false);
-    assert!(watch.idle_for().is_some_and(|idle| idle >= Duration::from_secs(5)));
+    assert!(
+        watch
+            .idle_for()
+            .is_some_and(|idle| idle >= Duration::from_secs(5))
+    );
 }

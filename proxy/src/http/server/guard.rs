@@ -82,7 +82,8 @@ impl<IO> Guarded<IO> {
 
     /// Whether the head's time is up, arming its deadline on first need.
     fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        let (Some(timeout), Some(started)) = (self.limits.request_headers_timeout, self.head_started)
+        let (Some(timeout), Some(started)) =
+            (self.limits.request_headers_timeout, self.head_started)
         else {
             return false;
         };
@@ -94,7 +95,9 @@ impl<IO> Guarded<IO> {
                 }
                 sleep
             }
-            None => self.deadline.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self
+                .deadline
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         sleep.as_mut().poll(cx).is_ready()
     }
@@ -128,7 +131,9 @@ where
                 Mode::Refusing { refusal, written } => {
                     let response = refusal.http1_response();
                     while *written < response.len() {
-                        match ready!(Pin::new(&mut this.inner).poll_write(cx, &response[*written..])) {
+                        match ready!(
+                            Pin::new(&mut this.inner).poll_write(cx, &response[*written..])
+                        ) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => *written += n,
                         }
