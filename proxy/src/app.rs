@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use shunt_identity::grpc::{CaClient, CaClientConfig};
 use shunt_identity::trust::TrustBundle;
 
-use crate::context::{ProxyContext, Timeouts};
+use crate::context::{HttpLimits, ProxyContext, Timeouts};
 use crate::control::client::ControlClient;
 use crate::identity::Identities;
 use crate::inpod::PodRegistry;
@@ -76,6 +76,8 @@ pub struct Config {
     pub ca: Option<CaConfig>,
     /// Istio's `CLUSTER_ID`.
     pub cluster_id: String,
+    /// What every HTTP listener enforces on its clients.
+    pub http_limits: HttpLimits,
 }
 
 /// The CA client's settings (`--ca-*`).
@@ -146,6 +148,7 @@ impl App {
                 protocol_detection: config.protocol_detection_timeout,
                 same_node_shortcut: config.same_node_shortcut,
             },
+            config.http_limits.clone(),
         );
         if let Some(ca) = &config.ca {
             let identities = Arc::new(ca.identities(&config.cluster_id)?);
@@ -285,6 +288,7 @@ mod tests {
             same_node_shortcut: true,
             ca: None,
             cluster_id: "Kubernetes".into(),
+            http_limits: HttpLimits::default(),
         };
         let app = App::start_with(
             &config,

@@ -55,6 +55,8 @@ pub struct ProxyContext {
     /// Gateway servers' TLS configs, from the credentials the agent sends (and, for
     /// `ISTIO_MUTUAL`, `identities`).
     pub gateway_tls: Arc<GatewayTls>,
+    /// What every HTTP listener (mesh and gateway) enforces on its clients.
+    pub http_limits: HttpLimits,
 }
 
 impl ProxyContext {
@@ -66,6 +68,7 @@ impl ProxyContext {
         metrics: Arc<Metrics>,
         access_log: AccessLog,
         timeouts: Timeouts,
+        http_limits: HttpLimits,
     ) -> Self {
         let local_pods = Arc::new(LocalPods::new(timeouts.same_node_shortcut));
         let gateway_tls = Arc::new(GatewayTls::new(
@@ -94,6 +97,7 @@ impl ProxyContext {
             ))),
             state,
             gateway_tls,
+            http_limits,
         }
     }
 
@@ -131,6 +135,55 @@ pub struct Timeouts {
     pub protocol_detection: Duration,
     /// Whether a connection to a pod served on this node skips its inbound listener.
     pub same_node_shortcut: bool,
+}
+
+/// The limits every HTTP listener enforces on its clients, from the command line
+/// (`--max-request-headers-kb` and the rest, named after Envoy's settings); the defaults
+/// are Envoy's edge recommendations. `None` turns a timeout or limit off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The request line and headers together, in bytes (`max_request_headers_kb`): more is
+    /// a 431 (a request line alone longer than this, a 414).
+    pub max_request_headers_bytes: usize,
+    /// Header lines in a request (`max_headers_count`): more is a 431.
+    pub max_headers_count: usize,
+    /// From a request's first byte to its last header (`request_headers_timeout`): else a
+    /// 408 and the connection closes.
+    pub request_headers_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed (`idle_timeout`;
+    /// HTTP/2 gets a GOAWAY).
+    pub idle_timeout: Option<Duration>,
+    /// A request whose bodies move no byte for this long ends (`stream_idle_timeout`): a
+    /// 408 before the response, a reset after.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Streams an HTTP/2 client may have open at once (`max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Header names with `_`: refused with a 400 when set (Envoy's
+    /// `headers_with_underscores_action: REJECT_REQUEST`), else allowed.
+    pub reject_header_underscores: bool,
+    /// Connections one listener holds at once; more are closed at accept and counted.
+    pub max_connections_per_listener: Option<usize>,
+    /// The rapid-reset budget (CVE-2023-44487), as Envoy's
+    /// `overload.premature_reset_total_stream_count`: a connection whose client resets at
+    /// least half of its streams early, counted once it has this many (or as soon as half
+    /// of this many were reset), is closed with GOAWAY.
+    pub premature_reset_total_stream_count: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_request_headers_bytes: 60 * 1024,
+            max_headers_count: 100,
+            request_headers_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            stream_idle_timeout: Some(Duration::from_secs(300)),
+            max_concurrent_streams: 100,
+            reject_header_underscores: false,
+            max_connections_per_listener: Some(16_384),
+            premature_reset_total_stream_count: 500,
+        }
+    }
 }
 
 /// One captured pod, as its connections see it: the pod and its upstream clusters (pools

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use shunt_proxy::app::{self, Config};
+use shunt_proxy::context::HttpLimits;
 use shunt_proxy::socket::NetnsSocketFactory;
 use tracing_subscriber::EnvFilter;
 
@@ -84,6 +85,45 @@ struct Cli {
         value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     cluster_id: String,
+    /// HTTP listeners (mesh and gateway): the request line and headers together may weigh
+    /// this many KiB (Envoy's `max_request_headers_kb`); more gets a 431, a longer request
+    /// line alone a 414.
+    #[arg(long, value_name = "KIB", default_value = "60", value_parser = clap::value_parser!(u32).range(1..=8192))]
+    max_request_headers_kb: u32,
+    /// HTTP listeners: header lines a request may carry (`max_headers_count`); more get a
+    /// 431.
+    #[arg(long, value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_headers_count: u32,
+    /// HTTP listeners: how long a request's headers may take from its first byte
+    /// (`request_headers_timeout`), else 408 and the connection closes; 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    request_headers_timeout: Duration,
+    /// HTTP listeners: a connection with no request in flight for this long is closed
+    /// (`idle_timeout`; GOAWAY on HTTP/2); 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+    /// HTTP listeners: a request whose bodies move no byte for this long ends
+    /// (`stream_idle_timeout`): 408 before its response, a reset after; 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds)]
+    stream_idle_timeout: Duration,
+    /// HTTP listeners: streams an HTTP/2 client may have open at once
+    /// (`max_concurrent_streams`).
+    #[arg(long, value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// HTTP listeners: refuse requests with `_` in a header name with a 400 (Envoy's
+    /// `headers_with_underscores_action: REJECT_REQUEST`); by default they pass.
+    #[arg(long)]
+    reject_header_underscores: bool,
+    /// Every listener: connections it holds at once; more are closed at accept and counted
+    /// in `shunt_listener_connections_refused_total`. 0: no limit.
+    #[arg(long, value_name = "N", default_value = "16384")]
+    max_connections_per_listener: usize,
+    /// HTTP/2 rapid-reset budget (CVE-2023-44487; Envoy's
+    /// `overload.premature_reset_total_stream_count`): a connection whose client resets half
+    /// of its streams before their response is over, once it has had this many streams (or
+    /// half this many resets), is closed with GOAWAY.
+    #[arg(long, value_name = "N", default_value = "500", value_parser = clap::value_parser!(u32).range(2..))]
+    premature_reset_total_stream_count: u32,
     /// Format of the logs on stderr (the access log on stdout is always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -101,6 +141,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
+}
+
+/// A timeout of 0 is none (Envoy's convention).
+fn nonzero(timeout: Duration) -> Option<Duration> {
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 fn init_tracing(format: LogFormat) {
@@ -158,6 +203,20 @@ async fn run(cli: Cli) -> ExitCode {
             cert_lifetime: cli.cert_lifetime,
         }),
         cluster_id: cli.cluster_id,
+        http_limits: HttpLimits {
+            max_request_headers_bytes: usize::try_from(cli.max_request_headers_kb)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1024),
+            max_headers_count: usize::try_from(cli.max_headers_count).unwrap_or(usize::MAX),
+            request_headers_timeout: nonzero(cli.request_headers_timeout),
+            idle_timeout: nonzero(cli.idle_timeout),
+            stream_idle_timeout: nonzero(cli.stream_idle_timeout),
+            max_concurrent_streams: cli.max_concurrent_streams,
+            reject_header_underscores: cli.reject_header_underscores,
+            max_connections_per_listener: (cli.max_connections_per_listener > 0)
+                .then_some(cli.max_connections_per_listener),
+            premature_reset_total_stream_count: cli.premature_reset_total_stream_count,
+        },
     };
     match app::run(config, Arc::new(NetnsSocketFactory)).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +252,32 @@ mod tests {
         assert_eq!(east.cluster_id, "east");
         assert!(Cli::try_parse_from(["shunt-proxy", "--cluster-id", ""]).is_err());
         assert!(Cli::try_parse_from(["shunt-proxy", "--worker-threads", "0"]).is_err());
+    }
+
+    #[test]
+    fn http_limit_flags_default_to_envoys_edge_values() {
+        let cli = Cli::try_parse_from(["shunt-proxy"]).unwrap();
+        assert_eq!(cli.max_request_headers_kb, 60);
+        assert_eq!(cli.max_headers_count, 100);
+        assert_eq!(cli.request_headers_timeout, Duration::from_secs(10));
+        assert_eq!(cli.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(cli.stream_idle_timeout, Duration::from_secs(300));
+        assert_eq!(cli.max_concurrent_streams, 100);
+        assert!(!cli.reject_header_underscores);
+        assert_eq!(cli.max_connections_per_listener, 16_384);
+        assert_eq!(cli.premature_reset_total_stream_count, 500);
+        assert_eq!(nonzero(Duration::ZERO), None);
+        assert_eq!(
+            nonzero(Duration::from_secs(2)),
+            Some(Duration::from_secs(2))
+        );
+        for bad in [
+            &["shunt-proxy", "--max-request-headers-kb", "0"][..],
+            &["shunt-proxy", "--max-concurrent-streams", "0"],
+            &["shunt-proxy", "--premature-reset-total-stream-count", "1"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -38,11 +38,16 @@ pub enum ResponseFlag {
     RateLimited,
     /// `UAEX`: an external authorization service (AuthorizationPolicy `CUSTOM`) refused it.
     UnauthorizedExternalService,
+    /// `DPE`: the client's request broke HTTP's rules or a limit of the listener (an
+    /// invalid chunk, a refused header).
+    DownstreamProtocolError,
+    /// `SI`: no byte moved on the request for the stream idle timeout.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
     /// Every flag, in declaration order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamOverflow,
@@ -56,6 +61,8 @@ impl ResponseFlag {
         Self::FaultInjected,
         Self::RateLimited,
         Self::UnauthorizedExternalService,
+        Self::DownstreamProtocolError,
+        Self::StreamIdleTimeout,
     ];
 
     /// Envoy's short code (`UH`, `UF`, ...).
@@ -75,6 +82,8 @@ impl ResponseFlag {
             Self::FaultInjected => "FI",
             Self::RateLimited => "RL",
             Self::UnauthorizedExternalService => "UAEX",
+            Self::DownstreamProtocolError => "DPE",
+            Self::StreamIdleTimeout => "SI",
         }
     }
 }
@@ -242,7 +251,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                "UH", "UF", "UO", "UC", "UT", "URX", "NR", "NC", "DC", "DI", "FI", "RL", "UAEX"
+                "UH", "UF", "UO", "UC", "UT", "URX", "NR", "NC", "DC", "DI", "FI", "RL", "UAEX",
+                "DPE", "SI"
             ]
         );
         for flag in ResponseFlag::ALL {

@@ -118,6 +118,7 @@ impl TestProxy {
                 crate::authn::DirectConnector,
             ))),
             gateway_tls,
+            http_limits: crate::context::HttpLimits::default(),
         });
         Self {
             proxy,

@@ -10,6 +10,7 @@
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::limits::StreamWatch;
 use crate::addrs::ClientAddr;
 use crate::context::ProxyContext;
 use crate::pod::Pod;
@@ -61,6 +62,8 @@ pub struct ConnectionMemo {
     pub(super) request_series: Mutex<Vec<(SeriesKey, RequestMetrics)>>,
     /// `src_addr` and `dst_addr` of the access log, formatted once.
     pub(super) addresses: OnceLock<(String, String)>,
+    /// Requests in flight, idleness and the rapid-reset budget ([`super::limits`]).
+    pub(super) watch: Arc<StreamWatch>,
 }
 
 /// What, besides the connection itself, decides a request's `istio_request*` labels. Comparing

@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +24,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
 use super::connection::{HttpConnection, SeriesKey, Side};
+use super::limits::InFlight;
 use super::local_reply::{LocalReply, Reply};
 use super::route_policy as policy;
 use crate::response_flag::{ResponseFlag, ResponseFlags};
@@ -57,7 +58,9 @@ pub(super) struct Exchange {
     request_id: String,
     pub(super) x_forwarded_for: Option<String>,
     request_header_bytes: u64,
-    request_body_bytes: Arc<AtomicU64>,
+    pub(super) request_body: Arc<BodyState>,
+    /// Holds the request as in flight on its connection until the exchange is over.
+    in_flight: Option<InFlight>,
     pub(super) flags: ResponseFlags,
     pub(super) route_name: Option<String>,
     /// Envoy's `%RESPONSE_CODE_DETAILS%`, when a phase set one (authn, authz).
@@ -84,7 +87,11 @@ impl Exchange {
         request_id: String,
         body: Incoming,
     ) -> (Self, Counted) {
-        let request_body_bytes = Arc::new(AtomicU64::new(0));
+        let request_body = Arc::new(BodyState {
+            bytes: AtomicU64::new(0),
+            ended: AtomicBool::new(body.is_end_stream()),
+            failed: AtomicBool::new(false),
+        });
         let exchange = Self {
             recorder: Some(connection),
             delivered: None,
@@ -102,7 +109,8 @@ impl Exchange {
             request_id,
             x_forwarded_for: None,
             request_header_bytes: header_bytes(&parts.headers),
-            request_body_bytes: request_body_bytes.clone(),
+            request_body: request_body.clone(),
+            in_flight: None,
             flags: ResponseFlags::NONE,
             route_name: None,
             response_code_details: None,
@@ -113,7 +121,12 @@ impl Exchange {
             security: PeerSecurity::None,
             access_log: true,
         };
-        (exchange, Counted::new(body, request_body_bytes))
+        (exchange, Counted::new(body, request_body))
+    }
+
+    /// Keeps the request in flight on its connection until the exchange is over.
+    pub(super) fn hold_in_flight(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
     }
 
     pub(super) fn flag(&mut self, flag: ResponseFlag) {
@@ -149,10 +162,38 @@ impl Exchange {
             &RequestSample {
                 duration_ms,
                 request_bytes: self.request_header_bytes
-                    + self.request_body_bytes.load(Ordering::Relaxed),
+                    + self.request_body.bytes.load(Ordering::Relaxed),
                 response_bytes: response_header_bytes + response_body_bytes,
             },
         );
+        // Only the connection that served the request holds it in flight (not a same-node
+        // delivery's destination side, recorded below); released once both are recorded.
+        let in_flight = self.in_flight.take();
+        if let Some(in_flight) = &in_flight {
+            let watch = in_flight.watch();
+            if !self.request_body.ended.load(Ordering::Relaxed) {
+                // hyper will not read the rest of this body as a head of its own, but where
+                // the next head starts is no longer known to the head scanner.
+                watch.stop_scanning();
+            }
+            if self
+                .flags
+                .contains(ResponseFlag::DownstreamConnectionTermination)
+            {
+                // The client reset the stream (or left) before its response was over.
+                watch.reset(
+                    self.started.elapsed(),
+                    connection
+                        .proxy
+                        .http_limits
+                        .premature_reset_total_stream_count,
+                );
+            }
+            if watch.is_tripped() {
+                // A reset flood: its streams past the budget are counted, not each logged.
+                self.access_log = false;
+            }
+        }
         connection.log_request(self, status, response_body_bytes);
         if let Some(delivered) = self.delivered.take()
             && let Side::Inbound(app) = &delivered.side
@@ -177,6 +218,7 @@ impl Exchange {
                 response_body_bytes,
             );
         }
+        drop(in_flight);
     }
 }
 
@@ -329,7 +371,7 @@ impl HttpConnection {
             response_code: status,
             response_flags: exchange.flags,
             bytes_sent: response_body_bytes,
-            bytes_received: exchange.request_body_bytes.load(Ordering::Relaxed),
+            bytes_received: exchange.request_body.bytes.load(Ordering::Relaxed),
             duration: millis(exchange.started.elapsed()),
             upstream_service_time: exchange.upstream_service_time.map(millis),
             upstream_host: exchange.upstream.as_ref().map(|p| p.addr),
@@ -373,9 +415,18 @@ pub(super) fn track(
     let (head, body) = response.into_parts();
     let status = head.status.as_u16();
     let response_header_bytes = header_bytes(&head.headers);
+    let idle_timeout = exchange
+        .recorder
+        .as_ref()
+        .and_then(|connection| connection.proxy.http_limits.stream_idle_timeout);
     let tracked = Tracked {
         inner: body,
         bytes: 0,
+        idle: idle_timeout.map(|timeout| StreamIdle {
+            timeout,
+            sleep: None,
+            request_bytes: 0,
+        }),
         finish: Some(Finish {
             exchange,
             status,
@@ -417,15 +468,35 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
+/// What the downstream request body did, as its [`Counted`] wrapper saw it.
+#[derive(Debug)]
+pub(super) struct BodyState {
+    bytes: AtomicU64,
+    /// It was read to its end (or had none).
+    ended: AtomicBool,
+    /// Reading it failed: the client broke its framing (an invalid chunk) or went away.
+    failed: AtomicBool,
+}
+
+impl BodyState {
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 /// The downstream request body, counting the bytes it yields.
 pub(super) struct Counted {
     inner: Incoming,
-    bytes: Arc<AtomicU64>,
+    state: Arc<BodyState>,
 }
 
 impl Counted {
-    fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+    fn new(inner: Incoming, state: Arc<BodyState>) -> Self {
+        Self { inner, state }
     }
 }
 
@@ -438,10 +509,20 @@ impl hyper::body::Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.state
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.state.ended.store(true, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => self.state.ended.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(_))) => self.state.failed.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
         }
         polled
     }
@@ -468,7 +549,46 @@ struct Finish {
 struct Tracked {
     inner: Body,
     bytes: u64,
+    /// The stream idle timeout while the body streams.
+    idle: Option<StreamIdle>,
     finish: Option<Finish>,
+}
+
+/// A response body's stream idle timer, armed the first time it waits.
+struct StreamIdle {
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The request body's bytes when the timer was last armed (a client streaming its
+    /// request keeps the stream alive too).
+    request_bytes: u64,
+}
+
+impl StreamIdle {
+    /// Something moved: the timer starts over.
+    fn active(&mut self) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+
+    /// Whether the body has now waited the whole timeout with neither side moving a byte.
+    fn expired(&mut self, cx: &mut Context<'_>, request_bytes: u64) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if request_bytes != self.request_bytes {
+            self.request_bytes = request_bytes;
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+            return sleep.as_mut().poll(cx).is_ready();
+        }
+        true
+    }
 }
 
 impl Tracked {
@@ -501,6 +621,9 @@ impl hyper::body::Body for Tracked {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = &mut self.idle {
+                    idle.active();
+                }
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 } else if let Some(trailers) = frame.trailers_ref()
@@ -522,7 +645,32 @@ impl hyper::body::Body for Tracked {
                 }
                 self.finish(true);
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                let request_bytes = self
+                    .finish
+                    .as_ref()
+                    .map_or(0, |finish| finish.exchange.request_body.bytes());
+                let this = &mut *self;
+                if let Some(idle) = &mut this.idle
+                    && idle.expired(cx, request_bytes)
+                {
+                    if let Some(finish) = &mut this.finish {
+                        finish.exchange.flag(ResponseFlag::StreamIdleTimeout);
+                        finish.exchange.response_code_details = Some("stream_idle_timeout".into());
+                    }
+                    this.idle = None;
+                    if let Some(connection) = this
+                        .finish
+                        .as_ref()
+                        .and_then(|finish| finish.exchange.recorder.as_ref())
+                    {
+                        connection.proxy.metrics.limit_hit("stream_idle_timeout");
+                    }
+                    this.finish(true);
+                    // hyper resets the stream (HTTP/2) or closes the connection (HTTP/1).
+                    return Poll::Ready(Some(Err("stream idle timeout".into())));
+                }
+            }
         }
         polled
     }

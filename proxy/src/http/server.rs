@@ -17,41 +17,81 @@
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::exchange::{self, Exchange};
 use super::headers;
-use super::local_reply::{LocalReply, grpc_local_reply};
-use crate::response_flag::ResponseFlags;
+use super::limits::{self, InFlight, Refusal};
+use super::local_reply::{LocalReply, Reply, grpc_local_reply};
+use crate::context::HttpLimits;
+use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::upstream::Body;
+use guard::Guarded;
+
+mod guard;
 
 pub use super::connection::{ConnectionMemo, GatewayRoute, HttpConnection, InboundApp, Side};
 
-/// Serves HTTP on `io` until the client closes or the pod's drain forces it closed.
+/// Serves HTTP on `io` until the client closes, a limit closes it, or the pod's drain
+/// forces it closed.
 pub async fn serve<IO>(connection: Arc<HttpConnection>, io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = connection.pod.drain.clone();
-    let service = hyper::service::service_fn(move |request| {
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(handle(connection, request).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // As for upstream connections (`upstream/pool.rs`): flat writes, `send(2)`.
-    builder.http1().writev(false);
+    let proxy = connection.proxy.clone();
+    let limits = &proxy.http_limits;
+    let watch = connection.memo.watch.clone();
+    let connection_client = connection.client;
+    let io = Guarded::new(io, watch.clone(), proxy.metrics.clone(), limits);
+    let service = {
+        let watch = watch.clone();
+        hyper::service::service_fn(move |request| {
+            // Counted here, as hyper takes the request: the head scanner waits for it.
+            let in_flight = watch.dispatch();
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(handle(connection, request, in_flight).await) }
+        })
+    };
+    let builder = builder(limits);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
+    let idle = async {
+        match limits.idle_timeout {
+            Some(timeout) => watch.idle(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
         biased;
         () = drain.force_closed() => return,
         () = drain.accepting_stopped() => None,
+        () = watch.tripped() => {
+            tracing::info!(
+                client = %connection_client,
+                streams = watch.dispatched_count(),
+                "HTTP/2 client reset too many streams early (rapid reset): GOAWAY"
+            );
+            proxy.metrics.limit_hit("premature_resets");
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(guard::CLOSE_GRACE, served.as_mut()).await;
+            return;
+        }
+        () = idle => {
+            proxy.metrics.limit_hit("idle_timeout");
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(guard::CLOSE_GRACE, served.as_mut()).await;
+            return;
+        }
         ended = served.as_mut() => Some(ended),
     };
     let ended = match ended {
@@ -72,34 +112,112 @@ where
     }
 }
 
-/// One request: its exchange, its side's pipeline, a gRPC form for a gRPC client's local
-/// reply, and the response body tracked so the exchange is recorded when it ends.
-async fn handle(connection: Arc<HttpConnection>, mut request: Request<Incoming>) -> Response<Body> {
+/// hyper's server as the limits configure it.
+fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // As for upstream connections (`upstream/pool.rs`): flat writes, `send(2)`.
+        .writev(false)
+        .timer(TokioTimer::new())
+        // The head scanner ([`guard`]) times heads out, from their first byte as Envoy does;
+        // hyper's own timeout would also close idle keep-alive connections.
+        .header_read_timeout(None)
+        // Backstops to the head scanner: hyper answers 431 too past these.
+        .max_headers(limits.max_headers_count)
+        .max_buf_size(limits.max_request_headers_bytes.max(MIN_BUF_SIZE) + MIN_BUF_SIZE);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // HPACK: the decoded header list, as the HTTP/1 head is bounded (h2 answers 431);
+        // the dynamic table stays at h2's 4 KiB.
+        .max_header_list_size(u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX))
+        // Bursts of resets are h2's to stop; paced ones are counted per connection
+        // ([`StreamWatch::reset`]).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    builder
+}
+
+/// hyper's smallest HTTP/1 read buffer (`max_buf_size` panics below it).
+const MIN_BUF_SIZE: usize = 8192;
+/// h2's defaults, stated (CVE-2023-44487 and CVE-2024-27316's bounds).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// One request: its exchange, the listener's checks, its side's pipeline, a gRPC form for a
+/// gRPC client's local reply, and the response body tracked so the exchange is recorded
+/// when it ends.
+async fn handle(
+    connection: Arc<HttpConnection>,
+    mut request: Request<Incoming>,
+    in_flight: InFlight,
+) -> Response<Body> {
     let upgrade = (headers::wants_upgrade(request.headers())
         || request.method() == Method::CONNECT)
         .then(|| hyper::upgrade::on(&mut request));
+    if upgrade.is_some() {
+        // The bytes after an upgrade are the tunnel's, never a head.
+        connection.memo.watch.stop_scanning();
+    }
     let (mut parts, incoming) = request.into_parts();
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);
+    exchange.hold_in_flight(in_flight);
+    let limits = &connection.proxy.http_limits;
+    if let Some(refusal) = limits::check_request(limits, parts.version, &parts.uri, &parts.headers)
+    {
+        let reply = refuse(&connection, &mut exchange, refusal);
+        return exchange::track(reply.0, reply.1, exchange);
+    }
     // Before authorization and routing, on both sides, as Envoy's connection manager does:
     // the rules see the path the upstream will get.
     if let Some(reply) = normalize_path(&connection, &mut parts) {
         let reply = exchange.reply(reply);
         return exchange::track(reply.0, reply.1, exchange);
     }
-    let (response, grpc_status) = match &connection.side {
-        Side::Outbound { routes, gateway } => {
-            let routes = routes.routes();
-            exchange.access_log = routes.mesh().access_log_on();
-            connection
-                .outbound(&*routes, gateway.as_ref(), parts, body, upgrade, &mut exchange)
-                .await
+    let request_body = exchange.request_body.clone();
+    let pipeline = async {
+        match &connection.side {
+            Side::Outbound { routes, gateway } => {
+                let routes = routes.routes();
+                exchange.access_log = routes.mesh().access_log_on();
+                connection
+                    .outbound(&*routes, gateway.as_ref(), parts, body, upgrade, &mut exchange)
+                    .await
+            }
+            Side::Inbound(app) => {
+                exchange.access_log = connection.proxy.access_log_on();
+                connection
+                    .inbound(app, parts, body, upgrade, &mut exchange)
+                    .await
+            }
         }
-        Side::Inbound(app) => {
-            exchange.access_log = connection.proxy.access_log_on();
-            connection
-                .inbound(app, parts, body, upgrade, &mut exchange)
-                .await
+    };
+    let finished = match limits.stream_idle_timeout {
+        Some(timeout) => until_idle(pipeline, &request_body, timeout).await,
+        None => Some(pipeline.await),
+    };
+    let (response, grpc_status) = match finished {
+        Some(reply) if request_body.failed() && blames_upstream(&exchange) => {
+            // The client's body broke its framing (an invalid chunk): the upstream only saw
+            // the request cut short. The client's fault, answered as such.
+            drop(reply);
+            exchange
+                .flags
+                .retain(|flag| !UPSTREAM_FAILURES.contains(&flag));
+            refuse(&connection, &mut exchange, Refusal::InvalidBody)
+        }
+        Some(reply) => reply,
+        None => {
+            connection.proxy.metrics.limit_hit("stream_idle_timeout");
+            exchange.response_code_details = Some("stream_idle_timeout".to_owned());
+            exchange.reply(LocalReply::text(
+                StatusCode::REQUEST_TIMEOUT,
+                "stream timeout",
+                ResponseFlag::StreamIdleTimeout,
+            ))
         }
     };
     let (response, grpc_status) = if exchange.grpc {
@@ -108,6 +226,64 @@ async fn handle(connection: Arc<HttpConnection>, mut request: Request<Incoming>)
         (response, grpc_status)
     };
     exchange::track(response, grpc_status, exchange)
+}
+
+/// The flags a failed forward sets that blame the upstream.
+const UPSTREAM_FAILURES: [ResponseFlag; 3] = [
+    ResponseFlag::UpstreamConnectionTermination,
+    ResponseFlag::UpstreamRetryLimitExceeded,
+    ResponseFlag::UpstreamConnectionFailure,
+];
+
+fn blames_upstream(exchange: &Exchange) -> bool {
+    exchange
+        .flags
+        .iter()
+        .any(|flag| UPSTREAM_FAILURES.contains(&flag))
+}
+
+/// The local reply for a request the listener's limits refuse, counted and flagged `DPE`
+/// (or as its refusal says), closing an HTTP/1 connection.
+fn refuse(connection: &HttpConnection, exchange: &mut Exchange, refusal: Refusal) -> Reply {
+    tracing::debug!(limit = refusal.limit(), "refused a request");
+    connection.proxy.metrics.limit_hit(refusal.limit());
+    exchange.response_code_details = Some(refusal.details().to_owned());
+    let reason = refusal.status().canonical_reason().unwrap_or("Bad Request");
+    let mut reply = exchange.reply(LocalReply::text(
+        refusal.status(),
+        reason,
+        ResponseFlag::DownstreamProtocolError,
+    ));
+    reply
+        .0
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    reply
+}
+
+/// Runs `pipeline` until it answers, or until neither it nor the request body moved for
+/// `timeout` (`None`: the stream idle timeout). Activity is the request body's bytes, looked
+/// at each time the timer runs out, so an idle stream ends between one and two timeouts.
+async fn until_idle<F: Future>(
+    pipeline: F,
+    request_body: &exchange::BodyState,
+    timeout: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(pipeline);
+    let mut seen = request_body.bytes();
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut pipeline => return Some(output),
+            () = tokio::time::sleep(timeout) => {
+                let now = request_body.bytes();
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 /// Rewrites the request's path as MeshConfig `pathNormalization` says (the query kept as

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -233,11 +234,16 @@ impl PodRegistry {
         let context = self.pod_context(uid, sockets, |_| listeners);
         let inbound = Arc::new(inbound);
         let mut accept_loops = vec![
-            self.spawn_accept_loop(Arc::new(outbound), &context, outbound::serve),
-            self.spawn_accept_loop(inbound.clone(), &context, inbound::serve),
+            self.spawn_accept_loop(Arc::new(outbound), &context, "outbound", outbound::serve),
+            self.spawn_accept_loop(inbound.clone(), &context, "inbound", inbound::serve),
         ];
         if let Some(listener) = hbone_listener {
-            accept_loops.push(self.spawn_accept_loop(Arc::new(listener), &context, hbone::serve));
+            accept_loops.push(self.spawn_accept_loop(
+                Arc::new(listener),
+                &context,
+                "hbone",
+                hbone::serve,
+            ));
         }
         tracing::info!(
             pod = %pod,
@@ -394,7 +400,8 @@ impl PodRegistry {
                             pod = %self.pod_name(uid.as_str()),
                             port,
                             %error,
-                            "cannot open the Gateway port in the gateway pod's netns (is                              something in the pod already listening on it?); retried with the                              next config change"
+                            "cannot open the Gateway port in the gateway pod's netns (is something in the pod \
+                             already listening on it?); retried with the next config change"
                         );
                         continue;
                     }
@@ -403,6 +410,7 @@ impl PodRegistry {
                 let accept_loop = self.spawn_accept_loop_until(
                     Arc::new(listener),
                     &context,
+                    "gateway",
                     gateway::serve,
                     Some(stop.clone()),
                 );
@@ -554,17 +562,21 @@ impl PodRegistry {
             .map_or_else(|| uid.to_owned(), |w| format!("{}/{}", w.namespace, w.name))
     }
 
+    /// Accepts on `listener` (named `name` in metrics) until the pod stops being served,
+    /// each connection served by `serve`; over `--max-connections-per-listener` held at
+    /// once, a new connection is closed at once and counted.
     fn spawn_accept_loop<S, F>(
         &self,
         listener: Arc<TcpListener>,
         context: &Arc<PodContext>,
+        name: &'static str,
         serve: S,
     ) -> JoinHandle<()>
     where
         S: Fn(Arc<ProxyContext>, Arc<PodContext>, TcpStream, ClientAddr) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        self.spawn_accept_loop_until(listener, context, serve, None)
+        self.spawn_accept_loop_until(listener, context, name, serve, None)
     }
 
     /// An accept loop under the pod's drain that also ends when `stop` is cancelled (a
@@ -573,6 +585,7 @@ impl PodRegistry {
         &self,
         listener: Arc<TcpListener>,
         context: &Arc<PodContext>,
+        name: &'static str,
         serve: S,
         stop: Option<CancellationToken>,
     ) -> JoinHandle<()>
@@ -583,6 +596,7 @@ impl PodRegistry {
         let proxy = self.proxy.clone();
         let context = context.clone();
         let stop = stop.unwrap_or_default();
+        let held = Arc::new(ConnectionCount::default());
         context.pod.drain.clone().spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -593,8 +607,19 @@ impl PodRegistry {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        let Some(slot) =
+                            held.take(proxy.http_limits.max_connections_per_listener)
+                        else {
+                            proxy.metrics.connection_refused(name);
+                            tracing::debug!(pod = %context.pod.uid, listener = name, client = %peer, "listener at its connection limit; closed a new connection");
+                            drop(stream);
+                            continue;
+                        };
                         let task = serve(proxy.clone(), context.clone(), stream, ClientAddr(peer));
-                        context.pod.drain.spawn(task);
+                        context.pod.drain.spawn(async move {
+                            let _slot = slot;
+                            task.await;
+                        });
                     }
                     // The client gave up between SYN and accept: nothing to do.
                     Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -608,6 +633,31 @@ impl PodRegistry {
                 }
             }
         })
+    }
+}
+
+/// The connections one listener holds.
+#[derive(Debug, Default)]
+struct ConnectionCount(AtomicUsize);
+
+/// One of a listener's connections, held until dropped.
+struct ConnectionSlot(Arc<ConnectionCount>);
+
+impl ConnectionCount {
+    /// A slot for one more connection, unless `max` are held.
+    fn take(self: &Arc<Self>, max: Option<usize>) -> Option<ConnectionSlot> {
+        let held = self.0.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|max| held >= max) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -319,6 +319,18 @@ pub struct BlockedLabels {
     pub protocol: &'static str,
 }
 
+/// `limit` of `shunt_http_limit_rejections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+/// `listener` of `shunt_listener_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
 /// Handles on the `istio_request*` series of one label set (they share the registry's state).
 #[derive(Clone, Debug)]
 pub struct RequestMetrics {
@@ -375,6 +387,10 @@ pub struct Metrics {
     peer_authn_refused: Counter,
     /// `shunt_authorization_decisions_total{action, policy, decision}`.
     pub authz: std::sync::Arc<crate::authz::AuthzMetrics>,
+    /// `shunt_http_limit_rejections_total{limit}`.
+    limit_rejections: Family<LimitLabels, Counter>,
+    /// `shunt_listener_connections_refused_total{listener}`.
+    connections_refused: Family<ListenerLabels, Counter>,
 }
 
 /// One workload identity.
@@ -384,6 +400,20 @@ pub struct IdentityLabels {
 }
 
 impl Metrics {
+    /// An HTTP client hit `limit` (`request_headers_size`, `request_headers_timeout`, ...).
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_rejections
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// `listener` was at `--max-connections-per-listener` and closed a new connection.
+    pub fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
     /// A plaintext connection was refused under `STRICT`.
     pub fn peer_authn_refused(&self) {
         self.peer_authn_refused.inc();
@@ -503,8 +533,25 @@ impl Metrics {
              their destination port",
             peer_authn_refused.clone(),
         );
+        let limit_rejections = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "shunt_http_limit_rejections",
+            "HTTP requests and connections ended because the client went past a limit of \
+             the HTTP listeners (header size or count, request line, timeouts, smuggling, \
+             header hygiene, HTTP/2 rapid resets)",
+            limit_rejections.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "shunt_listener_connections_refused",
+            "Connections closed at accept because their listener held \
+             --max-connections-per-listener already",
+            connections_refused.clone(),
+        );
         Self {
             registry,
+            limit_rejections,
+            connections_refused,
             opened,
             closed,
             sent_bytes,

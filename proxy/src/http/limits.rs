@@ -1,0 +1,466 @@
+//! The limits an HTTP listener enforces on its clients ([`HttpLimits`]), the pure parts:
+//! the HTTP/1 request-head scanner that refuses oversized heads, too many headers, a too
+//! long request line and the framing that request smuggling relies on ([`HeadScanner`]);
+//! the checks of a parsed request's headers ([`check_request`]); and what a connection's
+//! requests share to enforce the rest ([`StreamWatch`]: requests in flight, when it went
+//! idle, the HTTP/2 rapid-reset budget).
+//!
+//! The serve loop ([`super::server`]) applies them; the exchange ([`super::exchange`])
+//! reports each request's end into the watch.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use http::header::{self, HeaderMap};
+use tokio::sync::Notify;
+// tokio's clock, so that tests with paused time see connections go idle.
+use tokio::time::Instant;
+
+use crate::context::HttpLimits;
+
+/// A stream reset by its client this soon after it began counts against the rapid-reset
+/// budget (Envoy's `premature_reset_min_stream_lifetime_seconds`).
+pub(super) const PREMATURE_RESET_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Why a client's request or connection was refused, with what the client gets and how
+/// metrics and logs name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request line and headers weigh more than `max_request_headers_kb`.
+    HeadersTooLarge,
+    /// More header lines than `max_headers_count`.
+    TooManyHeaders,
+    /// The request line alone is longer than `max_request_headers_kb`.
+    UriTooLong,
+    /// The head did not arrive within `request_headers_timeout`.
+    HeadersTimeout,
+    /// `Content-Length` and `Transfer-Encoding` together.
+    ContentLengthAndChunked,
+    /// More than one `Content-Length` (lines or values).
+    MultipleContentLength,
+    /// A transfer coding other than a single `chunked`.
+    InvalidTransferEncoding,
+    /// A header name with `_` while `--reject-header-underscores` is on.
+    HeaderUnderscore,
+    /// An HTTP/2 request whose `Host` names another authority than its `:authority`.
+    HostMismatch,
+    /// The request body broke its framing (an invalid chunk).
+    InvalidBody,
+}
+
+impl Refusal {
+    #[must_use]
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::HeadersTooLarge | Self::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ContentLengthAndChunked
+            | Self::MultipleContentLength
+            | Self::InvalidTransferEncoding
+            | Self::HeaderUnderscore
+            | Self::HostMismatch
+            | Self::InvalidBody => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `limit` label of `shunt_http_limit_rejections_total`.
+    #[must_use]
+    pub fn limit(self) -> &'static str {
+        match self {
+            Self::HeadersTooLarge => "request_headers_size",
+            Self::TooManyHeaders => "request_headers_count",
+            Self::UriTooLong => "request_line_size",
+            Self::HeadersTimeout => "request_headers_timeout",
+            Self::ContentLengthAndChunked
+            | Self::MultipleContentLength
+            | Self::InvalidTransferEncoding => "request_framing",
+            Self::HeaderUnderscore => "header_underscore",
+            Self::HostMismatch => "host_authority_mismatch",
+            Self::InvalidBody => "request_body_framing",
+        }
+    }
+
+    /// Envoy's `response_code_details` for it.
+    #[must_use]
+    pub fn details(self) -> &'static str {
+        match self {
+            Self::HeadersTooLarge => "http1.headers_too_large",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::UriTooLong => "http1.uri_too_long",
+            Self::HeadersTimeout => "request_header_timeout",
+            Self::ContentLengthAndChunked => "http1.content_length_and_chunked_not_allowed",
+            Self::MultipleContentLength => "http1.multiple_content_length",
+            Self::InvalidTransferEncoding => "http1.invalid_transfer_encoding",
+            Self::HeaderUnderscore => "unexpected_underscore",
+            Self::HostMismatch => "host_authority_mismatch",
+            Self::InvalidBody => "downstream_body_error",
+        }
+    }
+
+    /// The whole HTTP/1.1 response the listener writes itself before closing, when no
+    /// request was handed on (the head was refused).
+    #[must_use]
+    pub fn http1_response(self) -> &'static [u8] {
+        match self {
+            Self::HeadersTooLarge | Self::TooManyHeaders => {
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
+            Self::UriTooLong => {
+                b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
+            Self::HeadersTimeout => {
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
+            Self::ContentLengthAndChunked
+            | Self::MultipleContentLength
+            | Self::InvalidTransferEncoding
+            | Self::HeaderUnderscore
+            | Self::HostMismatch
+            | Self::InvalidBody => {
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            }
+        }
+    }
+}
+
+/// What a scanner made of the bytes so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// The head goes on.
+    Partial,
+    /// The head is complete and within the limits; `h2`: it was HTTP/2's preface.
+    Complete {
+        h2: bool,
+    },
+    Refused(Refusal),
+}
+
+/// Follows one HTTP/1 request head as its bytes arrive, without keeping more than the
+/// limit allows: its size, its header count, and the framing headers (`Content-Length`,
+/// `Transfer-Encoding`) whose ambiguity request smuggling relies on. hyper parses the head
+/// itself; this only decides whether it may.
+#[derive(Debug)]
+pub struct HeadScanner {
+    max_bytes: usize,
+    max_headers: usize,
+    /// The current line's bytes (capped: a header line only needs its name and a short
+    /// value to be judged, and the size is counted apart).
+    line: Vec<u8>,
+    /// Bytes of the head so far, leading empty lines excluded.
+    size: usize,
+    /// Whether the request line is over.
+    past_request_line: bool,
+    headers: usize,
+    content_lengths: usize,
+    transfer_encodings: usize,
+    chunked: bool,
+}
+
+/// Bytes of a line kept for judging it: `transfer-encoding: chunked` with room for blanks.
+const LINE_KEPT: usize = 64;
+/// The request line of HTTP/2's connection preface.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
+
+impl HeadScanner {
+    #[must_use]
+    pub fn new(limits: &HttpLimits) -> Self {
+        Self {
+            max_bytes: limits.max_request_headers_bytes,
+            max_headers: limits.max_headers_count,
+            line: Vec::new(),
+            size: 0,
+            past_request_line: false,
+            headers: 0,
+            content_lengths: 0,
+            transfer_encodings: 0,
+            chunked: false,
+        }
+    }
+
+    /// Whether any byte of a head (beyond leading empty lines) was seen.
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.size > 0
+    }
+
+    /// Follows `bytes`; after anything but [`Scan::Partial`] the scanner is spent (make a
+    /// new one for the next head). Bytes after a complete head are not looked at.
+    pub fn feed(&mut self, bytes: &[u8]) -> Scan {
+        for &byte in bytes {
+            if self.size == 0 && (byte == b'\r' || byte == b'\n') {
+                // hyper skips empty lines before a request, as RFC 9112 allows.
+                continue;
+            }
+            self.size += 1;
+            if byte == b'\n' {
+                if let Some(scan) = self.end_line() {
+                    return scan;
+                }
+                continue;
+            }
+            if self.line.len() < LINE_KEPT {
+                self.line.push(byte);
+            }
+            if self.size > self.max_bytes {
+                return Scan::Refused(if self.past_request_line {
+                    Refusal::HeadersTooLarge
+                } else {
+                    Refusal::UriTooLong
+                });
+            }
+        }
+        Scan::Partial
+    }
+
+    /// A `\n`: judges the line it ends.
+    fn end_line(&mut self) -> Option<Scan> {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if !self.past_request_line {
+            self.past_request_line = true;
+            if line.starts_with(H2_PREFACE_LINE) {
+                return Some(Scan::Complete { h2: true });
+            }
+            self.line = line;
+            self.line.clear();
+            return None;
+        }
+        if line.is_empty() {
+            return Some(self.complete());
+        }
+        self.headers += 1;
+        if self.headers > self.max_headers {
+            return Some(Scan::Refused(Refusal::TooManyHeaders));
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                // `Content-Length: 5, 5` is two lengths as much as two lines are.
+                self.content_lengths += 1 + value.iter().filter(|&&b| b == b',').count();
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                self.transfer_encodings += 1;
+                self.chunked = value.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        self.line = line;
+        self.line.clear();
+        None
+    }
+
+    fn complete(&self) -> Scan {
+        let refusal = if self.transfer_encodings > 0 && self.content_lengths > 0 {
+            Some(Refusal::ContentLengthAndChunked)
+        } else if self.content_lengths > 1 {
+            Some(Refusal::MultipleContentLength)
+        } else if self.transfer_encodings > 1 || (self.transfer_encodings == 1 && !self.chunked) {
+            Some(Refusal::InvalidTransferEncoding)
+        } else {
+            None
+        };
+        refusal.map_or(Scan::Complete { h2: false }, Scan::Refused)
+    }
+}
+
+/// What a parsed request's headers must satisfy on every listener: no `_` in a name when
+/// the listener refuses them, at most `max_headers_count` of them (HTTP/2: hyper's HTTP/1
+/// parser already counted), and on HTTP/2 a `Host` that agrees with `:authority`.
+#[must_use]
+pub fn check_request(
+    limits: &HttpLimits,
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Option<Refusal> {
+    if limits.reject_header_underscores && headers.keys().any(|name| name.as_str().contains('_')) {
+        return Some(Refusal::HeaderUnderscore);
+    }
+    if version == http::Version::HTTP_2 {
+        if headers.len() > limits.max_headers_count {
+            return Some(Refusal::TooManyHeaders);
+        }
+        if let (Some(authority), Some(host)) = (uri.authority(), headers.get(header::HOST)) {
+            let agrees = host
+                .to_str()
+                .is_ok_and(|host| host.eq_ignore_ascii_case(authority.as_str()));
+            if !agrees || headers.get_all(header::HOST).iter().count() > 1 {
+                return Some(Refusal::HostMismatch);
+            }
+        }
+    }
+    None
+}
+
+/// What one connection's requests share with its serve loop: how many are in flight and
+/// since when none is (the idle timeout, and when an HTTP/1 head may begin), and the
+/// rapid-reset budget.
+#[derive(Debug)]
+pub struct StreamWatch {
+    born: Instant,
+    /// Requests handed to the service whose exchange is not over.
+    in_flight: AtomicU32,
+    /// Requests handed to the service, ever.
+    dispatched: AtomicU64,
+    /// When `in_flight` last fell to 0, in ms since `born`.
+    idle_since_ms: AtomicU64,
+    /// An HTTP/1 head has begun and is not over: not idle (its own timeout bounds it).
+    reading_head: AtomicBool,
+    /// Set when the bytes that follow can no longer be told apart as heads (an upgrade, a
+    /// request body left unread): head scanning stops for the connection.
+    scanning_stopped: AtomicBool,
+    /// Streams reset by the client within [`PREMATURE_RESET_LIFETIME`].
+    premature_resets: AtomicU32,
+    /// Over the rapid-reset budget: the serve loop sends GOAWAY and closes.
+    tripped: AtomicBool,
+    trip: Notify,
+}
+
+impl Default for StreamWatch {
+    fn default() -> Self {
+        Self {
+            born: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            dispatched: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            reading_head: AtomicBool::new(false),
+            scanning_stopped: AtomicBool::new(false),
+            premature_resets: AtomicU32::new(0),
+            tripped: AtomicBool::new(false),
+            trip: Notify::new(),
+        }
+    }
+}
+
+/// A request in flight on its connection, until dropped (with its exchange).
+#[derive(Debug)]
+pub struct InFlight(Arc<StreamWatch>);
+
+impl InFlight {
+    #[must_use]
+    pub fn watch(&self) -> &StreamWatch {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+impl StreamWatch {
+    /// A request was handed to the service: in flight until the guard is dropped.
+    #[must_use]
+    pub fn dispatch(self: &Arc<Self>) -> InFlight {
+        self.dispatched();
+        InFlight(self.clone())
+    }
+
+    /// A request was handed to the service.
+    pub fn dispatched(&self) {
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A dispatched request's exchange is over.
+    pub fn finished(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(now, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    #[must_use]
+    pub fn dispatched_count(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    #[must_use]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether an HTTP/1 head is arriving (the head scanner says).
+    pub fn set_reading_head(&self, reading: bool) {
+        self.reading_head.store(reading, Ordering::Relaxed);
+    }
+
+    pub fn stop_scanning(&self) {
+        self.scanning_stopped.store(true, Ordering::Release);
+    }
+
+    #[must_use]
+    pub fn scanning_stopped(&self) -> bool {
+        self.scanning_stopped.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had no request in flight; `None` while one is (or its
+    /// head is arriving).
+    #[must_use]
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight() > 0 || self.reading_head.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.born.elapsed().saturating_sub(since))
+    }
+
+    /// A stream the client reset (or left) `lifetime` after it began; trips the budget when
+    /// the premature ones are too many (Envoy's rule: half of the streams, judged once
+    /// there were `budget` of them, or as soon as half of `budget` were reset early).
+    pub fn reset(&self, lifetime: Duration, budget: u32) {
+        if lifetime >= PREMATURE_RESET_LIFETIME {
+            return;
+        }
+        let premature = u64::from(self.premature_resets.fetch_add(1, Ordering::Relaxed) + 1);
+        let streams = self.dispatched_count();
+        let budget = u64::from(budget);
+        let over = if streams < budget {
+            premature * 2 >= budget
+        } else {
+            premature * 2 >= streams
+        };
+        if over && !self.tripped.swap(true, Ordering::AcqRel) {
+            self.trip.notify_one();
+        }
+    }
+
+    /// Whether the rapid-reset budget is spent (the connection is closing).
+    #[must_use]
+    pub fn is_tripped(&self) -> bool {
+        self.tripped.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the rapid-reset budget is spent.
+    pub async fn tripped(&self) {
+        loop {
+            let notified = self.trip.notified();
+            if self.is_tripped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= timeout => return,
+                Some(idle) => timeout - idle,
+                // Busy: look again a timeout later; a request in flight has its own limits.
+                None => timeout,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
