@@ -22,12 +22,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use shunt_api::control::{AgentMessage, InboundBind, PodRole, ProxyMessage};
+use shunt_api::credentials::GatewayCredential;
 use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::ebpf::PodCapture;
 use crate::capture::{self, Capture};
+use crate::config::gateway_credentials::gateway_credentials;
 use crate::config::{CaptureSpec, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
 use shunt_mesh::ids::PodUid;
@@ -201,6 +203,8 @@ pub struct Reconciler<C> {
     /// The last config's plans, for the view.
     plans: Vec<PodPlan>,
     mesh: MeshState,
+    /// The TLS credentials of this node's gateway servers, as last sent.
+    credentials: Vec<GatewayCredential>,
     proxy: Option<ProxyLink>,
     /// The last proxy refused (pid, why), until one is served.
     refused: Option<(u32, String)>,
@@ -228,6 +232,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             pods: BTreeMap::new(),
             plans: Vec::new(),
             mesh: MeshState::default(),
+            credentials: Vec::new(),
             proxy: None,
             refused: None,
             inherited: Some(inherited.into_iter().collect()),
@@ -276,6 +281,14 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     /// Brings capture and the proxy in line with a config reading.
     pub fn apply(&mut self, snapshot: &Snapshot) {
+        // Before the state whose gateway servers need them.
+        let credentials = gateway_credentials(snapshot, &snapshot.gateway_secret_refs());
+        if credentials != self.credentials {
+            self.credentials = credentials;
+            self.send(AgentMessage::Credentials {
+                credentials: self.credentials.clone(),
+            });
+        }
         if snapshot.mesh != self.mesh {
             self.mesh = snapshot.mesh.clone();
             self.send(AgentMessage::State {
@@ -509,6 +522,11 @@ impl<C: CaptureMaps> Reconciler<C> {
                 old_pid = old.pid,
                 "a new proxy connection replaces the previous one"
             );
+        }
+        if !self.credentials.is_empty() {
+            self.send(AgentMessage::Credentials {
+                credentials: self.credentials.clone(),
+            });
         }
         self.send(AgentMessage::State {
             state: self.mesh.clone(),

@@ -22,6 +22,25 @@ pub use routing::LoadOptions;
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::{Namespace, Secret};
 
+/// The Gateways whose servers the gateway pod `uid` serves (`Gateway ns/name`), sorted, once
+/// each; empty for any other pod.
+fn gateway_names(routes: &shunt_mesh::routing::RouteTable, uid: &shunt_mesh::ids::PodUid) -> Vec<String> {
+    let mut names: Vec<String> = routes
+        .gateway_listeners(uid)
+        .map(|listeners| {
+            listeners
+                .ports
+                .iter()
+                .flat_map(|port| port.servers.iter())
+                .map(|server| server.gateway.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// One reading of the config dir and everything derived from it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -93,6 +112,22 @@ impl Snapshot {
                 spec.fail_closed = peer_authn.fail_closed(workload) || authz.enforces(workload);
             }
         }
+        // Gateway pods: served by the proxy, their own traffic not captured.
+        let (routes, _) = shunt_mesh::routing::RouteTable::build(&mesh);
+        for ((plan, workload), sourced) in pods.iter_mut().zip(&mut mesh.workloads).zip(&config.pods) {
+            let gateways = gateway_names(&routes, &workload.uid);
+            if gateways.is_empty() {
+                continue;
+            }
+            let problems = capture::make_gateway(&sourced.object, plan, &gateways);
+            errors.extend(problems.into_iter().map(|problem| LoadError {
+                file: sourced.file.clone(),
+                object: Some(format!("Pod {}/{}", plan.namespace, plan.name)),
+                field: Some(problem.field),
+                message: problem.message,
+            }));
+            workload.captured = false;
+        }
         Self {
             dir: dir.to_owned(),
             config,
@@ -102,6 +137,13 @@ impl Snapshot {
             options: options.clone(),
             secrets: Vec::new(),
         }
+    }
+
+    /// The Secrets that this node's gateway servers name (`namespace`, `name`).
+    #[must_use]
+    pub fn gateway_secret_refs(&self) -> Vec<(String, String)> {
+        let (routes, _) = shunt_mesh::routing::RouteTable::build(&self.mesh);
+        routes.gateway_credentials(self.options.node_name.as_str())
     }
 
     /// The Secret `namespace/name`, if the config has it (and it is valid).

@@ -51,9 +51,12 @@ pub fn add_to_mesh(
         if !api_version.starts_with("networking.istio.io/") {
             continue;
         }
-        let known = matches!(kind, "VirtualService" | "DestinationRule" | "ServiceEntry");
+        let known = matches!(
+            kind,
+            "VirtualService" | "DestinationRule" | "ServiceEntry" | "Gateway"
+        );
         if !known {
-            continue; // Gateway, Sidecar, ...: not for local mode's sidecar-less routing.
+            continue; // Sidecar, WorkloadEntry, ...: not for a node proxy.
         }
         let (namespace, name) = names(object);
         if kind == "DestinationRule" {
@@ -100,6 +103,9 @@ pub fn add_to_mesh(
                 if !parsed {
                     rejected_rules.push(sourced);
                 }
+            }
+            "Gateway" => {
+                push_typed(sourced, kind, &mut mesh.gateways, errors, &no_strict_fields);
             }
             _ => {
                 push_typed(
@@ -166,6 +172,7 @@ pub fn add_to_mesh(
         .retain(|o| keep("DestinationRule", &o.metadata));
     mesh.service_entries
         .retain(|o| keep("ServiceEntry", &o.metadata));
+    mesh.gateways.retain(|o| keep("Gateway", &o.metadata));
     mesh.rate_limit_policies
         .retain(|o| keep("RateLimitPolicy", &o.metadata));
 

@@ -31,6 +31,42 @@ pub struct GatewayPort {
     pub servers: Vec<Arc<GatewayServer>>,
 }
 
+impl GatewayPort {
+    /// The server a TLS ClientHello's SNI reaches, as Envoy picks a filter chain by server
+    /// name: an exact host, else the longest matching `*.` wildcard, else `*`; without SNI, the
+    /// server whose hosts include `*`.
+    #[must_use]
+    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<&Arc<GatewayServer>> {
+        let Some(sni) = sni.map(str::to_ascii_lowercase) else {
+            return self
+                .servers
+                .iter()
+                .find(|s| s.hosts.iter().any(|h| &*h.host == "*"));
+        };
+        self.servers
+            .iter()
+            .filter_map(|server| {
+                let best = server.hosts.iter().filter_map(|h| host_rank(&h.host, &sni)).max()?;
+                Some((best, server))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, server)| server)
+    }
+}
+
+/// How specifically `pattern` (`a.b`, `*.b` or `*`) names `host`: `None` when it does not;
+/// an exact name ranks above every wildcard, a longer wildcard above a shorter, `*` last.
+#[must_use]
+pub fn host_rank(pattern: &str, host: &str) -> Option<usize> {
+    if pattern == "*" {
+        return Some(0);
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len()),
+        None => (pattern == host).then_some(usize::MAX),
+    }
+}
+
 /// `servers[].port.protocol`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GatewayProtocol {

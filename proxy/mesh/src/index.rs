@@ -165,6 +165,21 @@ impl MeshIndex {
         self.services.len()
     }
 
+    /// The ports gateway pod `uid` serves, when Gateways select it.
+    #[must_use]
+    pub fn gateway_listeners(
+        &self,
+        uid: &crate::ids::PodUid,
+    ) -> Option<Arc<crate::gateway::GatewayListeners>> {
+        self.routes.gateway_listeners(uid)
+    }
+
+    /// The Secrets the gateway servers on `node` name (`namespace`, `name`), sorted.
+    #[must_use]
+    pub fn gateway_credentials(&self, node: &str) -> Vec<(String, String)> {
+        self.routes.gateway_credentials(node)
+    }
+
     /// The compiled routing config.
     #[must_use]
     pub fn route_table(&self) -> &RouteTable {
@@ -270,6 +285,15 @@ impl routing::Routes for MeshIndex {
 
     fn mesh(&self) -> &routing::MeshSettings {
         self.routes.mesh()
+    }
+
+    fn gateway_target(
+        &self,
+        pod: &crate::ids::PodUid,
+        port: u16,
+        server: Option<Arc<crate::gateway::GatewayServer>>,
+    ) -> Option<routing::OutboundTarget> {
+        self.routes.gateway_target(pod, port, server)
     }
 }
 
@@ -425,7 +449,7 @@ mod tests {
         use crate::routing::{OutboundTarget, Routes as _};
         let host = |dst: &str| match index.outbound_target(dst.parse().unwrap(), None) {
             OutboundTarget::Service(target) => target.host.0.to_string(),
-            OutboundTarget::Unknown { .. } => "unknown".into(),
+            OutboundTarget::Unknown { .. } | OutboundTarget::Gateway(_) => "unknown".into(),
         };
         // The table routes the address as the error says.
         assert_eq!(host("10.96.0.10:80"), "aaa.shop.svc.cluster.local");

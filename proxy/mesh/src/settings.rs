@@ -56,6 +56,10 @@ pub struct MeshSettings {
     /// and routing; default `BASE`.
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// `defaultConfig.gatewayTopology.numTrustedProxies`: how many `X-Forwarded-For` hops a
+    /// gateway trusts when it works out the client's address; 0 by default.
+    #[serde(default)]
+    pub num_trusted_proxies: u32,
 }
 
 impl Default for MeshSettings {
@@ -68,6 +72,7 @@ impl Default for MeshSettings {
             root_namespace: default_root_namespace(),
             extension_providers: crate::ext_authz::ExtensionProviders::default(),
             path_normalization: PathNormalization::default(),
+            num_trusted_proxies: 0,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{CloseReason, Direction};
 use crate::upstream;
 use shunt_mesh::index::MeshIndex;
-use shunt_mesh::routing::{LoadBalancer, OutboundTarget, Routes, TcpDecision};
+use shunt_mesh::routing::{LoadBalancer, OutboundTarget, PortProtocol, Routes, TcpDecision};
 
 /// Serves one connection accepted on `pod`'s outbound listener.
 pub async fn serve(
@@ -74,6 +74,8 @@ pub async fn serve(
     let declared = match &target {
         OutboundTarget::Service(service) => service.protocol,
         OutboundTarget::Unknown { protocol, .. } => *protocol,
+        // Only a gateway port's connection has a gateway target (`conn/gateway.rs`).
+        OutboundTarget::Gateway(_) => PortProtocol::Sniff,
     };
     let timeout = preamble::detection_timeout(&proxy, &*routes);
     let (mut accepted, protocol, stream) =
@@ -139,6 +141,10 @@ pub(super) async fn plan_tcp(
     let source = accepted.peers.source.clone();
     match routes.tcp_route(target, sni, source.as_deref()) {
         TcpDecision::Passthrough => plan_passthrough(index, accepted, dst.into()),
+        TcpDecision::NoRoute => accepted.refuse(
+            CloseReason::Unreachable,
+            "no tcp or tls route of a VirtualService bound to the Gateway matches",
+        ),
         TcpDecision::BlockedByRegistryOnly => {
             proxy.metrics.registry_only_blocked("tcp");
             accepted.refuse(

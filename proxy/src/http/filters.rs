@@ -38,8 +38,8 @@ use http::header;
 use http_body_util::BodyExt;
 use shunt_mesh::model::Workload;
 use shunt_mesh::routing::{
-    Cluster, HttpAction, HttpDecision, HttpRoute, OutboundTarget, RequestFacts, Routes,
-    WeightedDestination,
+    Cluster, HttpAction, HttpDecision, HttpRoute, OutboundTarget, PortProtocol, RequestFacts,
+    Routes, WeightedDestination,
 };
 
 /// The outbound request phases, named after the Envoy filter (or router step) that does the
@@ -291,6 +291,25 @@ impl HttpConnection {
         reply
     }
 
+    /// At a gateway, the client `remoteIpBlocks` sees, from `X-Forwarded-For` and the hops
+    /// MeshConfig `gatewayTopology.numTrustedProxies` trusts; and the headers Envoy's
+    /// gateway sets: the peer appended to `X-Forwarded-For`, `x-envoy-external-address`.
+    fn gateway_client(
+        &self,
+        parts: &mut http::request::Parts,
+        routes: &dyn Routes,
+    ) -> Option<Ipv4Addr> {
+        let config = super::forwarded::ForwardedConfig {
+            use_remote_address: true,
+            num_trusted_hops: routes.mesh().num_trusted_proxies,
+        };
+        let client = super::forwarded::apply(&mut parts.headers, self.client.0.ip(), config);
+        match client.client {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        }
+    }
+
     /// Routes one request by the routing snapshot `routes` (the VirtualServices bound to
     /// `gateway` at a gateway port) and runs its phases.
     async fn route(
@@ -336,11 +355,24 @@ impl HttpConnection {
                 tracing::debug!(%authority, "REGISTRY_ONLY: host is not in the registry");
                 exchange.reply(LocalReply::not_in_registry())
             }
+            HttpDecision::NoVirtualHost { authority } => {
+                tracing::debug!(%authority, "no virtual host at the gateway");
+                exchange.reply(LocalReply::route_not_found())
+            }
+            HttpDecision::HttpsRedirect => {
+                let authority = exchange.authority.clone().unwrap_or_default();
+                let host = authority.split(':').next().unwrap_or_default();
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                exchange.reply(LocalReply::redirect(
+                    http::StatusCode::MOVED_PERMANENTLY,
+                    &format!("https://{host}{path}"),
+                ))
+            }
             HttpDecision::Route(route) => {
                 exchange.route_name = Some(route.name.to_string());
                 let destination_workload = match &target {
                     OutboundTarget::Unknown { workload, .. } => workload.clone(),
-                    OutboundTarget::Service(_) => None,
+                    OutboundTarget::Service(_) | OutboundTarget::Gateway(_) => None,
                 };
                 self.run_phases(
                     routes,

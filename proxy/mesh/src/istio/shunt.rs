@@ -49,6 +49,24 @@ pub struct MeshConfig {
     pub extension_providers: Vec<serde_json::Value>,
     /// `pathNormalization`; see [`crate::http_path::PathNormalization`].
     pub path_normalization: Option<PathNormalizationConfig>,
+    /// `defaultConfig`: the ProxyConfig defaults; shunt reads `gatewayTopology`.
+    pub default_config: Option<ProxyConfigDefaults>,
+}
+
+/// MeshConfig `defaultConfig` (ProxyConfig), the part shunt reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProxyConfigDefaults {
+    /// `gatewayTopology`.
+    pub gateway_topology: Option<GatewayTopology>,
+}
+
+/// ProxyConfig `gatewayTopology`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GatewayTopology {
+    /// `numTrustedProxies`: the `X-Forwarded-For` hops a gateway trusts.
+    pub num_trusted_proxies: Option<i64>,
 }
 
 /// `pathNormalization` of MeshConfig.

@@ -667,6 +667,8 @@ pub fn explain(
     let protocol = match &target {
         OutboundTarget::Service(t) => t.protocol,
         OutboundTarget::Unknown { protocol, .. } => *protocol,
+        // A mesh pod's connection never reaches a gateway target.
+        OutboundTarget::Gateway(_) => PortProtocol::Sniff,
     };
     let mut explanation = Explanation {
         source: format!("{}/{}", source.namespace, source.name),
@@ -707,6 +709,9 @@ pub fn explain(
             }
             TcpDecision::BlockedByRegistryOnly => {
                 explanation.outcome = "blocked by REGISTRY_ONLY: the connection is closed".into()
+            }
+            TcpDecision::NoRoute => {
+                explanation.outcome = "no tcp or tls route matched: the connection is closed".into()
             }
         }
         return Ok(explanation);
@@ -750,6 +755,12 @@ pub fn explain(
                     });
                 }
             }
+        }
+        HttpDecision::NoVirtualHost { authority } => {
+            explanation.outcome = format!("no virtual host for {authority:?}: 404 NR");
+        }
+        HttpDecision::HttpsRedirect => {
+            explanation.outcome = "the server has httpsRedirect: 301 to https".into();
         }
         HttpDecision::NoRouteMatched { virtual_service } => {
             explanation.outcome = format!(

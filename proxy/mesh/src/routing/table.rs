@@ -10,7 +10,8 @@ use super::compile::{
 };
 use super::decision::{
     Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, Host, HttpDecision,
-    MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol, RequestFacts,
+    GatewayTarget, MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol,
+    RequestFacts,
     Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy, WeightedDestination,
 };
 use crate::ids::EndpointAddr;
@@ -99,7 +100,7 @@ impl RouteTable {
         if let Ok(ip) = name.parse::<Ipv4Addr>() {
             return match self.target(SocketAddrV4::new(ip, port), source) {
                 OutboundTarget::Service(target) => Some(target),
-                OutboundTarget::Unknown { .. } => None,
+                OutboundTarget::Unknown { .. } | OutboundTarget::Gateway(_) => None,
             };
         }
         let mut candidates = vec![name.clone()];
@@ -172,6 +173,9 @@ impl RouteTable {
     ) -> HttpDecision {
         let source = request.source;
         let resolved = match target {
+            OutboundTarget::Gateway(target) => {
+                return self.route_gateway_http(target, request, trace);
+            }
             OutboundTarget::Service(target) => Some((
                 target.clone(),
                 "the destination address is its ClusterIP or ServiceEntry address",
@@ -291,6 +295,9 @@ impl RouteTable {
         let namespace = source.map(|s| s.namespace.as_str());
         // `destinationSubnets` compare the address the client dialled, whatever names it.
         let (resolved, dst_ip) = match target {
+            OutboundTarget::Gateway(target) => {
+                return self.route_gateway_tcp(target, sni, source);
+            }
             OutboundTarget::Service(t) => (Some(t.clone()), *t.dst.ip()),
             OutboundTarget::Unknown { dst, .. } => {
                 let by_sni = sni.and_then(|sni| self.host_by_name(sni, *dst, source));
@@ -707,5 +714,265 @@ impl Routes for RouteTable {
 
     fn mesh(&self) -> &MeshSettings {
         &self.mesh
+    }
+
+    fn gateway_target(
+        &self,
+        pod: &crate::ids::PodUid,
+        port: u16,
+        server: Option<Arc<crate::gateway::GatewayServer>>,
+    ) -> Option<OutboundTarget> {
+        RouteTable::gateway_target(self, pod, port, server)
+    }
+}
+
+/// Gateway lookups: a gateway port's target, and its requests and connections routed by the
+/// VirtualServices bound to the port's Gateways.
+impl RouteTable {
+    fn gateway_target(
+        &self,
+        pod: &crate::ids::PodUid,
+        port: u16,
+        server: Option<Arc<crate::gateway::GatewayServer>>,
+    ) -> Option<OutboundTarget> {
+        let (workload, listeners) = self.gateway_pods.get(pod)?;
+        let port = listeners.ports.iter().find(|p| p.port == port)?.clone();
+        Some(OutboundTarget::Gateway(Arc::new(GatewayTarget {
+            workload: workload.clone(),
+            port,
+            server,
+        })))
+    }
+
+    /// The gateway pod's listeners.
+    #[must_use]
+    pub fn gateway_listeners(
+        &self,
+        pod: &crate::ids::PodUid,
+    ) -> Option<Arc<crate::gateway::GatewayListeners>> {
+        self.gateway_pods.get(pod).map(|(_, l)| l.clone())
+    }
+
+    /// Every Secret a server of a gateway pod on `node` names, sorted, once each.
+    #[must_use]
+    pub fn gateway_credentials(&self, node: &str) -> Vec<(String, String)> {
+        let mut refs: Vec<(String, String)> = self
+            .gateway_pods
+            .values()
+            .filter(|(workload, _)| workload.node.as_deref() == Some(node))
+            .flat_map(|(_, listeners)| listeners.ports.iter())
+            .flat_map(|port| port.servers.iter())
+            .filter_map(|server| match server.tls.as_ref()?.mode.as_ref()? {
+                crate::gateway::ServerTlsMode::Simple(c) | crate::gateway::ServerTlsMode::Mutual(c) => {
+                    match c {
+                        crate::gateway::Credential::Secret { namespace, name } => {
+                            Some((namespace.to_string(), name.to_string()))
+                        }
+                        crate::gateway::Credential::Files { .. } => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    /// The servers of `target` in scope, each with how specifically one of its hosts names
+    /// `host` (best first); a server whose hosts do not name it is out.
+    fn gateway_servers<'a>(
+        target: &'a GatewayTarget,
+        host: &str,
+    ) -> Vec<(usize, &'a Arc<crate::gateway::GatewayServer>, &'a crate::gateway::ServerHost)> {
+        let servers: Vec<&Arc<crate::gateway::GatewayServer>> = match &target.server {
+            Some(server) => vec![server],
+            None => target.port.servers.iter().collect(),
+        };
+        let mut ranked: Vec<_> = servers
+            .into_iter()
+            .filter_map(|server| {
+                server
+                    .hosts
+                    .iter()
+                    .filter_map(|h| crate::gateway::host_rank(&h.host, host).map(|r| (r, h)))
+                    .max_by_key(|(r, _)| *r)
+                    .map(|(r, h)| (r, server, h))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked
+    }
+
+    /// The VirtualServices bound to the servers' Gateways that may serve `host` (each server
+    /// host's namespace restriction applied), the most specific host pattern winning, as
+    /// [`Self::virtual_services_for`] picks them for the mesh.
+    fn gateway_virtual_services_for(
+        &self,
+        servers: &[(usize, &Arc<crate::gateway::GatewayServer>, &crate::gateway::ServerHost)],
+        host: &str,
+    ) -> Vec<&Arc<CompiledVirtualService>> {
+        let host = Host(host.into());
+        let mut candidates: Vec<&Arc<CompiledVirtualService>> = Vec::new();
+        for (_, server, server_host) in servers {
+            let key = (server.gateway.namespace.clone(), server.gateway.name.clone());
+            for vs in self.gateway_virtual_services.get(&key).into_iter().flatten() {
+                let allowed = server_host
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|ns| *vs.object.namespace == *ns);
+                if allowed && !candidates.iter().any(|c| Arc::ptr_eq(c, vs)) {
+                    candidates.push(vs);
+                }
+            }
+        }
+        let rank = |vs: &CompiledVirtualService| {
+            vs.hosts
+                .iter()
+                .filter_map(|p| crate::gateway::host_rank(&p.0, &host.0))
+                .max()
+        };
+        let Some(best) = candidates.iter().filter_map(|vs| rank(vs)).max() else {
+            return Vec::new();
+        };
+        candidates
+            .into_iter()
+            .filter(|vs| rank(vs) == Some(best))
+            .collect()
+    }
+
+    pub(super) fn route_gateway_http(
+        &self,
+        target: &GatewayTarget,
+        request: &RequestFacts<'_>,
+        mut trace: Option<&mut Trace>,
+    ) -> HttpDecision {
+        let authority = request.authority.unwrap_or_default();
+        let host = strip_port(authority).to_ascii_lowercase();
+        let servers = Self::gateway_servers(target, &host);
+        let Some((_, best, _)) = servers.first() else {
+            return HttpDecision::NoVirtualHost {
+                authority: authority.to_owned(),
+            };
+        };
+        // `httpsRedirect` applies to every virtual host of its server.
+        if best.tls.as_ref().is_some_and(|tls| tls.https_redirect) {
+            return HttpDecision::HttpsRedirect;
+        }
+        let virtual_services = self.gateway_virtual_services_for(&servers, &host);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.host = Some(Host(host.as_str().into()));
+            trace.resolved_by = format!(
+                "the Host header, on port {} of gateway pod {}/{}",
+                target.port.port, target.workload.namespace, target.workload.name
+            );
+            trace.virtual_services = virtual_services
+                .iter()
+                .map(|vs| vs.object.clone())
+                .collect();
+        }
+        if virtual_services.is_empty() {
+            return HttpDecision::NoVirtualHost {
+                authority: authority.to_owned(),
+            };
+        }
+        for vs in &virtual_services {
+            for route in &vs.http {
+                let matched = if route.matches.is_empty() {
+                    Some(None)
+                } else {
+                    route
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .find(|(_, m)| http_match_applies(m, request))
+                        .map(Some)
+                };
+                let Some(block) = matched else { continue };
+                if let Some(trace) = trace.as_deref_mut() {
+                    trace.matched = Some(MatchedRoute {
+                        virtual_service: vs.object.clone(),
+                        section: "http",
+                        route_index: route.index,
+                        match_index: block.map(|(i, _)| i),
+                        match_name: block.and_then(|(_, m)| m.name.clone()),
+                        fields: block
+                            .map(|(_, m)| describe_http_match(m))
+                            .unwrap_or_default(),
+                    });
+                }
+                return HttpDecision::Route(
+                    block
+                        .and_then(|(_, m)| m.prefix_route.clone())
+                        .unwrap_or_else(|| route.route.clone()),
+                );
+            }
+        }
+        HttpDecision::NoRouteMatched {
+            virtual_service: virtual_services[0].object.clone(),
+        }
+    }
+
+    pub(super) fn route_gateway_tcp(
+        &self,
+        target: &GatewayTarget,
+        sni: Option<&str>,
+        source: Option<&Workload>,
+    ) -> TcpDecision {
+        let host = sni.map(str::to_ascii_lowercase);
+        // A TCP server has no host to match but `*` (or its hosts, for the Gateway's scope).
+        let servers = match &host {
+            Some(host) => Self::gateway_servers(target, host),
+            None => {
+                let servers: Vec<&Arc<crate::gateway::GatewayServer>> = match &target.server {
+                    Some(server) => vec![server],
+                    None => target.port.servers.iter().collect(),
+                };
+                servers
+                    .into_iter()
+                    .flat_map(|s| s.hosts.iter().map(move |h| (0, s, h)))
+                    .collect()
+            }
+        };
+        let passthrough = target.server.as_ref().is_some_and(|s| {
+            matches!(
+                s.tls.as_ref().and_then(|t| t.mode.as_ref()),
+                Some(crate::gateway::ServerTlsMode::Passthrough)
+            )
+        });
+        let candidates: Vec<&Arc<CompiledVirtualService>> = match &host {
+            Some(host) => self.gateway_virtual_services_for(&servers, host),
+            None => {
+                let mut all: Vec<&Arc<CompiledVirtualService>> = Vec::new();
+                for (_, server, server_host) in &servers {
+                    let key = (server.gateway.namespace.clone(), server.gateway.name.clone());
+                    for vs in self.gateway_virtual_services.get(&key).into_iter().flatten() {
+                        let allowed = server_host
+                            .namespace
+                            .as_deref()
+                            .is_none_or(|ns| *vs.object.namespace == *ns);
+                        if allowed && !all.iter().any(|c| Arc::ptr_eq(c, vs)) {
+                            all.push(vs);
+                        }
+                    }
+                }
+                all
+            }
+        };
+        let dst_ip = target.workload.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        for vs in candidates {
+            let routes = if passthrough { &vs.tls } else { &vs.tcp };
+            for route in routes {
+                let applies = route.matches.is_empty()
+                    || route
+                        .matches
+                        .iter()
+                        .any(|m| l4_match_applies(m, target.port.port, dst_ip, sni, source));
+                if applies {
+                    return forward(route, &vs.object);
+                }
+            }
+        }
+        TcpDecision::NoRoute
     }
 }

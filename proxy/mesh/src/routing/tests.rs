@@ -153,6 +153,8 @@ fn route(table: &RouteTable, dst: &str, req: &Req<'_>) -> String {
         }
         HttpDecision::NoRouteMatched { virtual_service } => format!("404 {virtual_service}"),
         HttpDecision::BlockedByRegistryOnly { authority } => format!("502 {authority}"),
+        HttpDecision::NoVirtualHost { authority } => format!("404 no virtual host {authority}"),
+        HttpDecision::HttpsRedirect => "301 https".into(),
     }
 }
 
@@ -583,6 +585,7 @@ fn tcp_and_tls_routes() {
         ),
         TcpDecision::Passthrough => "passthrough".into(),
         TcpDecision::BlockedByRegistryOnly => "blocked".into(),
+        TcpDecision::NoRoute => "no route".into(),
     };
     for (dst, sni, expected) in [
         ("10.99.0.200:5432", None, "db.tcp.0: b=100"),
@@ -1315,6 +1318,7 @@ fn service_entry_export_to_hides_tcp_and_tls_hosts() {
                 TcpDecision::Forward { .. } => "forward",
                 TcpDecision::Passthrough => "passthrough",
                 TcpDecision::BlockedByRegistryOnly => "blocked",
+                TcpDecision::NoRoute => "no route",
             };
             assert_eq!(got, expected, "{export_to} {} {sni:?}", source.name);
         }

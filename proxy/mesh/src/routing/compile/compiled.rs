@@ -42,6 +42,13 @@ pub struct RouteTable {
     pub(in crate::routing) default_routes: HashMap<(Host, u16), Arc<HttpRoute>>,
     /// `RateLimitPolicy` with `service`: per host.
     pub(in crate::routing) host_rate_limits: HashMap<Host, Arc<RateLimit>>,
+    /// Every gateway pod (of any node): its workload and the ports its Gateways give it.
+    pub(in crate::routing) gateway_pods:
+        HashMap<crate::ids::PodUid, (Arc<Workload>, Arc<crate::gateway::GatewayListeners>)>,
+    /// The VirtualServices bound to each Gateway (`namespace`, `name`), in merge order, each
+    /// holding only what binds there.
+    pub(in crate::routing) gateway_virtual_services:
+        HashMap<super::gateway::GatewayKey, Vec<Arc<CompiledVirtualService>>>,
 }
 
 #[derive(Debug)]

@@ -457,12 +457,6 @@ fn server_tls(
              applies to an HTTP server)",
         );
     }
-    if matches!(mode, Some(ServerTlsMode::Passthrough))
-        && matches!(protocol, Some(GatewayProtocol::Https))
-        && false
-    {
-        unreachable!()
-    }
     (p.list.len() == before).then(|| ServerTls {
         https_redirect: tls.https_redirect,
         mode,

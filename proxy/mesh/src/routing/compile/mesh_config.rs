@@ -96,8 +96,24 @@ pub fn mesh_settings(
             PathNormalization::default()
         }),
     };
+    let num_trusted_proxies = match config
+        .default_config
+        .as_ref()
+        .and_then(|d| d.gateway_topology.as_ref())
+        .and_then(|t| t.num_trusted_proxies)
+    {
+        None => 0,
+        Some(n) => u32::try_from(n).ok().filter(|n| *n <= 64).unwrap_or_else(|| {
+            p.add(
+                format!("{field}.defaultConfig.gatewayTopology.numTrustedProxies"),
+                format!("expected a number of hops 0-64, got {n}"),
+            );
+            0
+        }),
+    };
     if p.is_empty() {
         Ok(MeshSettings {
+            num_trusted_proxies,
             outbound_traffic_policy,
             protocol_detection_timeout,
             access_log,

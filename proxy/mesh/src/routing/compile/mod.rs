@@ -20,6 +20,7 @@
 mod clusters;
 mod compiled;
 mod destination_rule;
+pub(in crate::routing) mod gateway;
 mod mesh_config;
 mod rate_limit;
 mod service_entry;
@@ -94,6 +95,7 @@ impl RouteTable {
         });
         table.build_clusters(&workloads);
         let rate_limits = table.rate_limits(state, &mut errors);
+        table.add_gateways(state, &mut errors);
         for vs in merge_order(&state.virtual_services) {
             table.add_virtual_service(vs, &rate_limits, &mut errors);
         }

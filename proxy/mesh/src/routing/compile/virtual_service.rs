@@ -22,6 +22,28 @@ impl RouteTable {
         rate_limits: &HashMap<(String, String, String), Arc<RateLimit>>,
         errors: &mut Vec<Error>,
     ) {
+        let Some(compiled) = self.compile_virtual_service(vs, rate_limits, errors) else {
+            return;
+        };
+        let spec = &vs.spec;
+        self.bind_to_gateways(vs, rate_limits);
+        // Routes bound only to gateways do not apply to sidecar (captured pod) traffic.
+        if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+            tracing::debug!(virtual_service = %compiled.object, gateways = ?spec.gateways, "bound only to gateways; not applied to mesh traffic");
+            return;
+        }
+        self.check_subsets(vs, &compiled.object, errors);
+        self.virtual_services.push(Arc::new(compiled));
+    }
+
+    /// Checks and compiles `vs` as the mesh sees it (blocks bound only to gateways never
+    /// match); `None` when it is invalid, with its problems in `errors`.
+    pub(super) fn compile_virtual_service(
+        &self,
+        vs: &istio::VirtualService,
+        rate_limits: &HashMap<(String, String, String), Arc<RateLimit>>,
+        errors: &mut Vec<Error>,
+    ) -> Option<CompiledVirtualService> {
         let object = object_ref("VirtualService", &vs.metadata);
         let namespace = vs.metadata.namespace.as_str();
         let spec = &vs.spec;
@@ -129,27 +151,21 @@ impl RouteTable {
             .collect::<Vec<_>>();
         if !p.is_empty() {
             errors.extend(invalid(&object, p));
-            return;
+            return None;
         }
-        // Only sidecar traffic is shunt's: routes bound only to gateways do not apply.
-        if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
-            tracing::debug!(virtual_service = %object, gateways = ?spec.gateways, "bound only to gateways; ignored for mesh traffic");
-            return;
-        }
-        self.check_subsets(vs, &object, errors);
         let hosts = spec
             .hosts
             .iter()
             .map(|h| self.resolve_host(h, namespace))
             .collect();
-        self.virtual_services.push(Arc::new(CompiledVirtualService {
+        Some(CompiledVirtualService {
             object,
             hosts,
             visibility,
             http,
             tcp,
             tls,
-        }));
+        })
     }
 
     /// Warns about every destination whose subset no DestinationRule defines (Istio's
@@ -306,17 +322,21 @@ impl RouteTable {
         if route.is_empty() {
             p.add(format!("{field}.route"), MISSING);
         }
-        let matches = matches
+        let written = matches.len();
+        let matches: Vec<L4Match> = matches
             .into_iter()
             .enumerate()
             .filter_map(|(j, m)| l4_match(p, &format!("{field}.match[{j}]"), &m))
             .collect();
+        // Every block bound elsewhere (to gateways only): the route never applies here; an
+        // empty list would match everything.
+        let unbound = written > 0 && matches.is_empty();
         let routes: Vec<_> = route
             .iter()
             .map(|r| (Some(&r.destination), r.weight, None))
             .collect();
         let destinations = self.weighted(p, &format!("{field}.route"), &routes, namespace);
-        (p.list.len() == before).then(|| CompiledL4Route {
+        (p.list.len() == before && !unbound).then(|| CompiledL4Route {
             index,
             name: name.into(),
             matches,
