@@ -24,7 +24,10 @@ use shunt_api::k8s::{Namespace, Secret};
 
 /// The Gateways whose servers the gateway pod `uid` serves (`Gateway ns/name`), sorted, once
 /// each; empty for any other pod.
-fn gateway_names(routes: &shunt_mesh::routing::RouteTable, uid: &shunt_mesh::ids::PodUid) -> Vec<String> {
+fn gateway_names(
+    routes: &shunt_mesh::routing::RouteTable,
+    uid: &shunt_mesh::ids::PodUid,
+) -> Vec<String> {
     let mut names: Vec<String> = routes
         .gateway_listeners(uid)
         .map(|listeners| {
@@ -114,7 +117,9 @@ impl Snapshot {
         }
         // Gateway pods: served by the proxy, their own traffic not captured.
         let (routes, _) = shunt_mesh::routing::RouteTable::build(&mesh);
-        for ((plan, workload), sourced) in pods.iter_mut().zip(&mut mesh.workloads).zip(&config.pods) {
+        for ((plan, workload), sourced) in
+            pods.iter_mut().zip(&mut mesh.workloads).zip(&config.pods)
+        {
             let gateways = gateway_names(&routes, &workload.uid);
             if gateways.is_empty() {
                 continue;

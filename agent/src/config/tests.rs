@@ -571,6 +571,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             root_namespace: "mesh-root".into(),
             extension_providers: Default::default(),
             path_normalization: shunt_mesh::http_path::PathNormalization::Base,
+            num_trusted_proxies: 0,
         }
     );
     // What the agent sends compiles without a problem in the proxy.

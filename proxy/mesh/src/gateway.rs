@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::routing::ObjectRef;
+use crate::ids::ObjectRef;
 
 /// Every port one gateway pod serves, in port order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,7 +46,11 @@ impl GatewayPort {
         self.servers
             .iter()
             .filter_map(|server| {
-                let best = server.hosts.iter().filter_map(|h| host_rank(&h.host, &sni)).max()?;
+                let best = server
+                    .hosts
+                    .iter()
+                    .filter_map(|h| host_rank(&h.host, &sni))
+                    .max()?;
                 Some((best, server))
             })
             .max_by_key(|(rank, _)| *rank)
@@ -62,7 +66,9 @@ pub fn host_rank(pattern: &str, host: &str) -> Option<usize> {
         return Some(0);
     }
     match pattern.strip_prefix('*') {
-        Some(suffix) => (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len()),
+        Some(suffix) => {
+            (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
+        }
         None => (pattern == host).then_some(usize::MAX),
     }
 }

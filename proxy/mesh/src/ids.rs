@@ -4,6 +4,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,5 +118,22 @@ impl From<SocketAddrV4> for EndpointAddr {
 impl fmt::Display for EndpointAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// `namespace/name` of a config object, for logs, `route_name` and `shuntctl`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// `"VirtualService"`, `"DestinationRule"`, `"ServiceEntry"` or `"RateLimitPolicy"`.
+    pub kind: &'static str,
+    /// `metadata.namespace`.
+    pub namespace: Arc<str>,
+    /// `metadata.name`.
+    pub name: Arc<str>,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
     }
 }

@@ -57,15 +57,22 @@ pub async fn serve(
         }
     };
     accepted.orig_dst = Some(OrigDstAddr(local.into()));
-    let port = index
-        .gateway_listeners(&pod.pod.uid)
-        .and_then(|listeners| listeners.ports.iter().find(|p| p.port == local.port()).cloned());
+    let port = index.gateway_listeners(&pod.pod.uid).and_then(|listeners| {
+        listeners
+            .ports
+            .iter()
+            .find(|p| p.port == local.port())
+            .cloned()
+    });
     let Some(port) = port else {
         // The port went away between the accept and now; its listener is closing.
         proxy.metrics.gateway.refused(local.port(), "no_server");
         let plan = accepted.refuse(
             CloseReason::Unreachable,
-            format!("no Gateway serves port {} of this pod any more", local.port()),
+            format!(
+                "no Gateway serves port {} of this pod any more",
+                local.port()
+            ),
         );
         return l4::run(&proxy, &pod, plan, downstream).await;
     };
@@ -163,7 +170,17 @@ async fn serve_tls(
     if port.protocol.is_http() {
         serve_http(&proxy, &pod, &accepted, local, &port, Some(server), tls).await;
     } else {
-        route_tcp(&proxy, &pod, accepted, local, &port, Some(server), sni.as_deref(), tls).await;
+        route_tcp(
+            &proxy,
+            &pod,
+            accepted,
+            local,
+            &port,
+            Some(server),
+            sni.as_deref(),
+            tls,
+        )
+        .await;
     }
 }
 

@@ -93,7 +93,9 @@ impl GatewayMetrics {
 
     /// A Gateway port could not be opened.
     pub fn listener_failed(&self, port: u16) {
-        self.listener_failures.get_or_create(&PortLabels { port }).inc();
+        self.listener_failures
+            .get_or_create(&PortLabels { port })
+            .inc();
     }
 
     /// A gateway connection was closed before routing.

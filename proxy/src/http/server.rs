@@ -184,7 +184,14 @@ async fn handle(
                 let routes = routes.routes();
                 exchange.access_log = routes.mesh().access_log_on();
                 connection
-                    .outbound(&*routes, gateway.as_ref(), parts, body, upgrade, &mut exchange)
+                    .outbound(
+                        &*routes,
+                        gateway.as_ref(),
+                        parts,
+                        body,
+                        upgrade,
+                        &mut exchange,
+                    )
                     .await
             }
             Side::Inbound(app) => {

@@ -191,7 +191,8 @@ impl PodRegistry {
         let pod = self.pod_name(uid.as_str());
         let sockets = self.factory.enter(netns, &pod).await?;
         if role == PodRole::Gateway {
-            self.add_gateway(uid, netns_cookie, inbound_bind, sockets).await?;
+            self.add_gateway(uid, netns_cookie, inbound_bind, sockets)
+                .await?;
             return Ok(None);
         }
         let outbound = sockets
@@ -356,7 +357,9 @@ impl PodRegistry {
     /// logged and tried again with the next state.
     pub async fn sync_gateways(&self) {
         let index = self.proxy.state.load();
-        let plan: Vec<(PodUid, Arc<PodContext>, Vec<u16>, Vec<u16>)> = self
+        // Per gateway pod: its context, the ports to open, the ports to close.
+        type Plan = (PodUid, Arc<PodContext>, Vec<u16>, Vec<u16>);
+        let plan: Vec<Plan> = self
             .pods()
             .iter()
             .filter(|(_, served)| served.role == PodRole::Gateway)

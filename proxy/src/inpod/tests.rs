@@ -65,7 +65,13 @@ async fn serve(
 ) -> (PodRegistry, PodListeners) {
     let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), drain_timeout);
     registry
-        .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
+        .add(
+            uid,
+            own_netns_cookie(),
+            InboundBind::Loopback,
+            PodRole::App,
+            own_netns(),
+        )
         .await
         .unwrap();
     let listeners = registry.listeners(uid).unwrap();
@@ -393,11 +399,13 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     let first = registry
         .add(WEB, cookie, loopback, PodRole::App, own_netns())
         .await
-        .unwrap();
+        .unwrap()
+        .expect("an app pod's inbound listener");
     let again = registry
         .add(WEB, cookie, loopback, PodRole::App, own_netns())
         .await
-        .unwrap();
+        .unwrap()
+        .expect("an app pod's inbound listener");
     assert!(
         Arc::ptr_eq(&first, &again),
         "same netns must keep the listener"
@@ -405,9 +413,16 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
 
     // The agent restarted in iptables mode: the inbound listener moves to every address.
     let any = registry
-        .add(WEB, cookie, InboundBind::AnyAddress, PodRole::App, own_netns())
+        .add(
+            WEB,
+            cookie,
+            InboundBind::AnyAddress,
+            PodRole::App,
+            own_netns(),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("an app pod's inbound listener");
     assert!(!Arc::ptr_eq(&first, &any), "a new capture mode re-opens");
     assert!(any.local_addr().unwrap().ip().is_unspecified());
     assert!(
@@ -463,7 +478,13 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
         let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
         for uid in [WEB, API_A] {
             registry
-                .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
+                .add(
+                    uid,
+                    own_netns_cookie(),
+                    InboundBind::Loopback,
+                    PodRole::App,
+                    own_netns(),
+                )
                 .await
                 .unwrap();
         }
@@ -585,7 +606,13 @@ async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
         let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(5));
         for uid in [WEB, API_A, "uid-shop-api-b"] {
             registry
-                .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
+                .add(
+                    uid,
+                    own_netns_cookie(),
+                    InboundBind::Loopback,
+                    PodRole::App,
+                    own_netns(),
+                )
                 .await
                 .unwrap();
         }
@@ -638,7 +665,13 @@ async fn removing_the_destination_pod_ends_its_same_node_connections() {
     );
     for uid in [WEB, API_A] {
         registry
-            .add(uid, own_netns_cookie(), InboundBind::Loopback, PodRole::App, own_netns())
+            .add(
+                uid,
+                own_netns_cookie(),
+                InboundBind::Loopback,
+                PodRole::App,
+                own_netns(),
+            )
             .await
             .unwrap();
     }

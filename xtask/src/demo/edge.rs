@@ -18,7 +18,11 @@ pub fn write_secret(node: &Node) -> Result<TestCa> {
     let mut ca = TestCa::new(&dir, "demo edge CA")?;
     let issued = ca.issue("shop", &[HOST], Usage::Server)?;
     let (cert, key) = issued.pem()?;
-    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
     let secret = format!(
         "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata:\n  name: shop-cert\n  \
          namespace: istio-system\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
@@ -31,7 +35,9 @@ pub fn write_secret(node: &Node) -> Result<TestCa> {
 
 /// curl from the outside pod, over HTTP and HTTPS; prints what answered.
 pub fn act(node: &Node, outside: &Pod, cart1: &Pod, ca: &TestCa) -> Result<()> {
-    println!("\n==> demo: the edge (Gateway istio-system/shop on the ingress gateway pod {GATEWAY_IP})");
+    println!(
+        "\n==> demo: the edge (Gateway istio-system/shop on the ingress gateway pod {GATEWAY_IP})"
+    );
     // cart-api's v1 pod, as in the L7 act.
     let _cart1_http =
         node.start_httppod_server(cart1, &["serve", "--port", "8081", "--name", "cart-v1"])?;

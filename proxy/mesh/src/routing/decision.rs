@@ -26,22 +26,7 @@ impl fmt::Display for Host {
     }
 }
 
-/// `namespace/name` of a config object, for logs, `route_name` and `shuntctl`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectRef {
-    /// `"VirtualService"`, `"DestinationRule"`, `"ServiceEntry"` or `"RateLimitPolicy"`.
-    pub kind: &'static str,
-    /// `metadata.namespace`.
-    pub namespace: Arc<str>,
-    /// `metadata.name`.
-    pub name: Arc<str>,
-}
-
-impl fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
+pub use crate::ids::ObjectRef;
 
 /// How a port's traffic is handled, from the Service port's name (`http-*`, `grpc-*`,
 /// `tcp-*`, ...) or `appProtocol`; `Sniff` when neither says.

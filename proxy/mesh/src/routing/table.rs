@@ -9,10 +9,10 @@ use super::compile::{
     default_route, host_matches,
 };
 use super::decision::{
-    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, Host, HttpDecision,
-    GatewayTarget, MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol,
-    RequestFacts,
-    Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy, WeightedDestination,
+    Cluster, ClusterEndpoint, ClusterError, ClusterKey, Destination, GatewayTarget, Host,
+    HttpDecision, MeshSettings, ObjectRef, OutboundTarget, OutboundTrafficPolicy, PortProtocol,
+    RequestFacts, Routes, ServiceTarget, StringMatch, TcpDecision, TrafficPolicy,
+    WeightedDestination,
 };
 use crate::ids::EndpointAddr;
 use crate::model::Workload;
@@ -763,14 +763,13 @@ impl RouteTable {
             .flat_map(|(_, listeners)| listeners.ports.iter())
             .flat_map(|port| port.servers.iter())
             .filter_map(|server| match server.tls.as_ref()?.mode.as_ref()? {
-                crate::gateway::ServerTlsMode::Simple(c) | crate::gateway::ServerTlsMode::Mutual(c) => {
-                    match c {
-                        crate::gateway::Credential::Secret { namespace, name } => {
-                            Some((namespace.to_string(), name.to_string()))
-                        }
-                        crate::gateway::Credential::Files { .. } => None,
+                crate::gateway::ServerTlsMode::Simple(c)
+                | crate::gateway::ServerTlsMode::Mutual(c) => match c {
+                    crate::gateway::Credential::Secret { namespace, name } => {
+                        Some((namespace.to_string(), name.to_string()))
                     }
-                }
+                    crate::gateway::Credential::Files { .. } => None,
+                },
                 _ => None,
             })
             .collect();
@@ -784,7 +783,11 @@ impl RouteTable {
     fn gateway_servers<'a>(
         target: &'a GatewayTarget,
         host: &str,
-    ) -> Vec<(usize, &'a Arc<crate::gateway::GatewayServer>, &'a crate::gateway::ServerHost)> {
+    ) -> Vec<(
+        usize,
+        &'a Arc<crate::gateway::GatewayServer>,
+        &'a crate::gateway::ServerHost,
+    )> {
         let servers: Vec<&Arc<crate::gateway::GatewayServer>> = match &target.server {
             Some(server) => vec![server],
             None => target.port.servers.iter().collect(),
@@ -800,7 +803,7 @@ impl RouteTable {
                     .map(|(r, h)| (r, server, h))
             })
             .collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
         ranked
     }
 
@@ -809,14 +812,26 @@ impl RouteTable {
     /// [`Self::virtual_services_for`] picks them for the mesh.
     fn gateway_virtual_services_for(
         &self,
-        servers: &[(usize, &Arc<crate::gateway::GatewayServer>, &crate::gateway::ServerHost)],
+        servers: &[(
+            usize,
+            &Arc<crate::gateway::GatewayServer>,
+            &crate::gateway::ServerHost,
+        )],
         host: &str,
     ) -> Vec<&Arc<CompiledVirtualService>> {
         let host = Host(host.into());
         let mut candidates: Vec<&Arc<CompiledVirtualService>> = Vec::new();
         for (_, server, server_host) in servers {
-            let key = (server.gateway.namespace.clone(), server.gateway.name.clone());
-            for vs in self.gateway_virtual_services.get(&key).into_iter().flatten() {
+            let key = (
+                server.gateway.namespace.clone(),
+                server.gateway.name.clone(),
+            );
+            for vs in self
+                .gateway_virtual_services
+                .get(&key)
+                .into_iter()
+                .flatten()
+            {
                 let allowed = server_host
                     .namespace
                     .as_deref()
@@ -945,8 +960,16 @@ impl RouteTable {
             None => {
                 let mut all: Vec<&Arc<CompiledVirtualService>> = Vec::new();
                 for (_, server, server_host) in &servers {
-                    let key = (server.gateway.namespace.clone(), server.gateway.name.clone());
-                    for vs in self.gateway_virtual_services.get(&key).into_iter().flatten() {
+                    let key = (
+                        server.gateway.namespace.clone(),
+                        server.gateway.name.clone(),
+                    );
+                    for vs in self
+                        .gateway_virtual_services
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                    {
                         let allowed = server_host
                             .namespace
                             .as_deref()

@@ -114,6 +114,15 @@ impl Routes for TestRoutes {
     fn mesh(&self) -> &MeshSettings {
         &self.mesh
     }
+
+    fn gateway_target(
+        &self,
+        _: &shunt_mesh::ids::PodUid,
+        _: u16,
+        _: Option<Arc<shunt_mesh::gateway::GatewayServer>>,
+    ) -> Option<OutboundTarget> {
+        None
+    }
 }
 
 struct Fixed(Arc<TestRoutes>);
@@ -224,7 +233,13 @@ async fn setup_with(echo_cluster: Option<Arc<Cluster>>) -> Setup {
     let test = TestProxy::with_routes(Arc::new(Fixed(Arc::new(routes))));
     let registry = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(1));
     registry
-        .add(POD, own_netns_cookie(), InboundBind::Loopback, own_netns())
+        .add(
+            POD,
+            own_netns_cookie(),
+            InboundBind::Loopback,
+            shunt_api::control::PodRole::App,
+            own_netns(),
+        )
         .await
         .unwrap();
     let outbound = registry.listeners(POD).unwrap().outbound;

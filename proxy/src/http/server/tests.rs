@@ -84,6 +84,15 @@ impl Routes for TestRoutes {
     fn mesh(&self) -> &MeshSettings {
         &self.mesh
     }
+
+    fn gateway_target(
+        &self,
+        _: &shunt_mesh::ids::PodUid,
+        _: u16,
+        _: Option<Arc<shunt_mesh::gateway::GatewayServer>>,
+    ) -> Option<OutboundTarget> {
+        None
+    }
 }
 
 struct Fixed(Arc<TestRoutes>);

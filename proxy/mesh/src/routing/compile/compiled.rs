@@ -48,7 +48,7 @@ pub struct RouteTable {
     /// The VirtualServices bound to each Gateway (`namespace`, `name`), in merge order, each
     /// holding only what binds there.
     pub(in crate::routing) gateway_virtual_services:
-        HashMap<super::gateway::GatewayKey, Vec<Arc<CompiledVirtualService>>>,
+        HashMap<GatewayKey, Vec<Arc<CompiledVirtualService>>>,
 }
 
 #[derive(Debug)]
@@ -97,6 +97,9 @@ pub(in crate::routing) struct RegistryPort {
     pub(in crate::routing) service_port: Option<crate::model::ServicePort>,
     pub(in crate::routing) target_port: Option<u16>,
 }
+
+/// `namespace/name` of a Gateway, as VirtualServices name it.
+pub(in crate::routing) type GatewayKey = (Arc<str>, Arc<str>);
 
 #[derive(Debug)]
 pub(in crate::routing) struct CompiledVirtualService {

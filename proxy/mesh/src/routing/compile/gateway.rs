@@ -22,15 +22,11 @@ use crate::routing::decision::{ObjectRef, RateLimit};
 /// The reserved gateway name of sidecar (here: captured pod) traffic.
 pub(in crate::routing) const MESH_GATEWAY: &str = "mesh";
 
-/// `namespace/name` of a Gateway, as VirtualServices name it.
-pub(in crate::routing) type GatewayKey = (Arc<str>, Arc<str>);
-
 impl RouteTable {
     /// Compiles every Gateway and merges the servers of those selecting each pod.
     pub(super) fn add_gateways(&mut self, state: &MeshState, errors: &mut Vec<Error>) {
         // Per pod, per port: the merged port, and which Gateway set its protocol.
-        let mut by_pod: BTreeMap<PodUid, BTreeMap<u16, (GatewayPort, ObjectRef)>> =
-            BTreeMap::new();
+        let mut by_pod: BTreeMap<PodUid, BTreeMap<u16, (GatewayPort, ObjectRef)>> = BTreeMap::new();
         for gateway in merge_order(&state.gateways) {
             let object = object_ref("Gateway", &gateway.metadata);
             let mut p = Problems::default();
@@ -64,7 +60,10 @@ impl RouteTable {
                 continue;
             };
             let listeners = GatewayListeners {
-                ports: ports.into_values().map(|(port, _)| Arc::new(port)).collect(),
+                ports: ports
+                    .into_values()
+                    .map(|(port, _)| Arc::new(port))
+                    .collect(),
             };
             self.gateway_pods
                 .insert(uid, (Arc::new((*workload).clone()), Arc::new(listeners)));
@@ -83,27 +82,25 @@ impl RouteTable {
             let copy = for_gateway(vs, &gateway);
             // Problems were reported by the mesh's pass over the same object.
             let mut ignored = Vec::new();
-            if let Some(compiled) = self.compile_virtual_service(&copy, rate_limits, &mut ignored)
+            let compiled = self.compile_virtual_service(&copy, rate_limits, &mut ignored);
+            if let Some(compiled) = compiled
+                && ignored.iter().all(|e| !matches!(e, Error::Invalid { .. }))
             {
-                if ignored.iter().all(|e| !matches!(e, Error::Invalid { .. })) {
-                    tracing::debug!(
-                        virtual_service = %compiled.object,
-                        gateway = %format!("{}/{}", gateway.0, gateway.1),
-                        "bound to gateway"
-                    );
-                    self.gateway_virtual_services
-                        .entry(gateway)
-                        .or_default()
-                        .push(Arc::new(CompiledVirtualService {
-                            hosts: vs
-                                .spec
-                                .hosts
-                                .iter()
-                                .map(|h| gateway_host(h, namespace))
-                                .collect(),
-                            ..compiled
-                        }));
-                }
+                tracing::debug!(
+                    virtual_service = %compiled.object,
+                    gateway = %format!("{}/{}", gateway.0, gateway.1),
+                    "bound to gateway"
+                );
+                let hosts = vs
+                    .spec
+                    .hosts
+                    .iter()
+                    .map(|h| gateway_host(h, namespace))
+                    .collect();
+                self.gateway_virtual_services
+                    .entry(gateway)
+                    .or_default()
+                    .push(Arc::new(CompiledVirtualService { hosts, ..compiled }));
             }
         }
     }
@@ -193,16 +190,25 @@ fn for_gateway(vs: &istio::VirtualService, gateway: &GatewayKey) -> istio::Virtu
         if route.matches.is_empty() {
             route.matches.push(istio::HttpMatchRequest::default());
         }
-        route.matches.iter_mut().for_each(|m| rebind(&mut m.gateways));
+        route
+            .matches
+            .iter_mut()
+            .for_each(|m| rebind(&mut m.gateways));
     }
     for route in &mut copy.spec.tcp {
         if route.matches.is_empty() {
             route.matches.push(istio::L4MatchAttributes::default());
         }
-        route.matches.iter_mut().for_each(|m| rebind(&mut m.gateways));
+        route
+            .matches
+            .iter_mut()
+            .for_each(|m| rebind(&mut m.gateways));
     }
     for route in &mut copy.spec.tls {
-        route.matches.iter_mut().for_each(|m| rebind(&mut m.gateways));
+        route
+            .matches
+            .iter_mut()
+            .for_each(|m| rebind(&mut m.gateways));
     }
     copy
 }
@@ -302,9 +308,7 @@ fn protocol(p: &mut Problems, field: &str, text: &str) -> Option<GatewayProtocol
         _ => {
             p.add(
                 field,
-                format!(
-                    "unknown protocol {text:?}: expected HTTP, HTTPS, HTTP2, GRPC, TCP or TLS"
-                ),
+                format!("unknown protocol {text:?}: expected HTTP, HTTPS, HTTP2, GRPC, TCP or TLS"),
             );
             return None;
         }
@@ -361,8 +365,18 @@ fn server_tls(
             None
         }
     };
-    let min = version(p, "minProtocolVersion", tls.min_protocol_version.as_deref(), TlsVersion::Tls12);
-    let max = version(p, "maxProtocolVersion", tls.max_protocol_version.as_deref(), TlsVersion::Tls13);
+    let min = version(
+        p,
+        "minProtocolVersion",
+        tls.min_protocol_version.as_deref(),
+        TlsVersion::Tls12,
+    );
+    let max = version(
+        p,
+        "maxProtocolVersion",
+        tls.max_protocol_version.as_deref(),
+        TlsVersion::Tls13,
+    );
     if let (Some(min), Some(max)) = (min, max)
         && min > max
     {
@@ -448,7 +462,12 @@ fn server_tls(
     };
     let terminates_plaintext = matches!(
         protocol,
-        Some(GatewayProtocol::Http | GatewayProtocol::Http2 | GatewayProtocol::Grpc | GatewayProtocol::Tcp)
+        Some(
+            GatewayProtocol::Http
+                | GatewayProtocol::Http2
+                | GatewayProtocol::Grpc
+                | GatewayProtocol::Tcp
+        )
     );
     if mode.is_some() && terminates_plaintext {
         p.add(
@@ -462,7 +481,11 @@ fn server_tls(
         mode,
         min_version: min.unwrap_or(TlsVersion::Tls12),
         max_version: max.unwrap_or(TlsVersion::Tls13),
-        cipher_suites: tls.cipher_suites.iter().map(|s| Arc::from(s.as_str())).collect(),
+        cipher_suites: tls
+            .cipher_suites
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect(),
         subject_alt_names: tls
             .subject_alt_names
             .iter()

@@ -103,13 +103,16 @@ pub fn mesh_settings(
         .and_then(|t| t.num_trusted_proxies)
     {
         None => 0,
-        Some(n) => u32::try_from(n).ok().filter(|n| *n <= 64).unwrap_or_else(|| {
-            p.add(
-                format!("{field}.defaultConfig.gatewayTopology.numTrustedProxies"),
-                format!("expected a number of hops 0-64, got {n}"),
-            );
-            0
-        }),
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= 64)
+            .unwrap_or_else(|| {
+                p.add(
+                    format!("{field}.defaultConfig.gatewayTopology.numTrustedProxies"),
+                    format!("expected a number of hops 0-64, got {n}"),
+                );
+                0
+            }),
     };
     if p.is_empty() {
         Ok(MeshSettings {
