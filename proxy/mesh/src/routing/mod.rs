@@ -13,6 +13,8 @@ pub mod explain;
 mod table;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod gateway_tests;
 
 pub use compile::{RouteTable, mesh_settings};
 pub use convert::{
