@@ -787,3 +787,161 @@ fn routing_at_the_gateway_splits_rewrites_sticks_by_cookie_and_injects_faults() 
     let got = edge.http("labo.local", "/abort");
     assert_eq!(got.status, 418, "{got:?}");
 }
+
+/// A test-only RSA key of the httppod crate, and another signer.
+const JWT_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/httppod/testdata/rsa-2048.pem");
+const OTHER_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../proxy/src/authn/testdata/rsa-other.pem"
+);
+const ISSUER: &str = "https://issuer.shunt.test";
+
+impl Edge {
+    /// `shunt-httppod jwks ARGS` (no network), its JSON.
+    fn jwks_tool(&self, args: &[&str]) -> Value {
+        let mut all = vec!["jwks"];
+        all.extend_from_slice(args);
+        let output = self
+            .node
+            .run_httppod(&self.outside, &all, TIMEOUT)
+            .or_panic("shunt-httppod jwks");
+        assert!(output.status.success(), "jwks {args:?}: {}", output.stderr);
+        output.json().or_panic("jwks output")
+    }
+
+    fn token(&self, key: &str) -> String {
+        let minted = self.jwks_tool(&[
+            "mint", "--key", key, "--alg", "RS256", "--kid", "k1", "--iss", ISSUER, "--sub",
+            "alice", "--aud", "edge",
+        ]);
+        minted["token"].as_str().or_panic("token").to_owned()
+    }
+
+    /// Waits until `host`/ with `args` answers `want` (a policy change applies shortly).
+    fn expect_status(&self, args: &[&str], want: u16) -> Curl {
+        let mut got = None;
+        for _ in 0..60 {
+            let now = self.curl(&[("labo.local", 80)], args, "http://labo.local/");
+            if now.status == want {
+                return now;
+            }
+            got = Some(now);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("never {want} for {args:?}: {got:?}");
+    }
+}
+
+trait OrPanicOption<T> {
+    fn or_panic(self, what: &str) -> T;
+}
+
+impl<T> OrPanicOption<T> for Option<T> {
+    fn or_panic(self, what: &str) -> T {
+        self.unwrap_or_else(|| panic!("no {what}"))
+    }
+}
+
+fn security_object(kind: &str, name: &str, spec: Value) -> Value {
+    istio::object("security.istio.io/v1", kind, ISSUER_NAMESPACE, name, spec)
+}
+
+/// Policies for the gateway live with it, selecting it by its labels.
+const ISSUER_NAMESPACE: &str = ISTIO_SYSTEM;
+
+#[test]
+fn the_gateways_own_policies_check_jwts_and_client_addresses_behind_a_trusted_hop() {
+    let web = [
+        gateway(
+            "web",
+            json!([{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]),
+        ),
+        istio::virtual_service(
+            MESH,
+            "web",
+            json!({"hosts": ["*"], "gateways": ["istio-system/web"],
+                   "http": [{"route": [{"destination": {"host": svc("svc1")}}]}]}),
+        ),
+    ];
+    let Some(edge) = Edge::start("gateway::security", &[backend("one", "svc1", "v1")], &web) else {
+        return;
+    };
+    edge.wait_listening("labo.local", 80, "http", &[]);
+    let selector = json!({"matchLabels": {"istio": "ingressgateway"}});
+    let jwks = edge.jwks_tool(&["export", "--key", JWT_KEY, "--alg", "RS256", "--kid", "k1"]);
+    let mut objects = web.to_vec();
+    objects.push(security_object(
+        "RequestAuthentication",
+        "edge-jwt",
+        json!({"selector": selector, "jwtRules": [{"issuer": ISSUER, "audiences": ["edge"], "jwks": jwks.to_string()}]}),
+    ));
+    objects.push(security_object(
+        "AuthorizationPolicy",
+        "require-jwt",
+        json!({"selector": selector, "action": "DENY",
+               "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}]}]}),
+    ));
+    edge.rewrite(&objects);
+    let good = format!("authorization: Bearer {}", edge.token(JWT_KEY));
+    let forged = format!("authorization: Bearer {}", edge.token(OTHER_KEY));
+    edge.expect_status(&[], 403);
+    let cases = [
+        ("no token", vec![], 403),
+        ("a valid token", vec!["-H", good.as_str()], 200),
+        (
+            "a token of another signer",
+            vec!["-H", forged.as_str()],
+            401,
+        ),
+    ];
+    for (what, args, want) in cases {
+        let got = edge.curl(&[("labo.local", 80)], &args, "http://labo.local/");
+        assert_eq!(got.status, want, "{what}: {got:?}");
+    }
+    edge.assert_config_accepted();
+
+    // An IP allow-list by the client's address, behind one trusted proxy (a load balancer
+    // that appends the client to X-Forwarded-For).
+    let mut objects = web.to_vec();
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": ISTIO_SYSTEM},
+        "data": {"mesh": "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 1\n"},
+    }));
+    objects.push(security_object(
+        "AuthorizationPolicy",
+        "allow-office",
+        json!({"selector": selector, "action": "ALLOW",
+               "rules": [{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}]}]}),
+    ));
+    edge.rewrite(&objects);
+    // Applied once the office is let in without a token.
+    edge.expect_status(&["-H", "x-forwarded-for: 203.0.113.7"], 200);
+    let cases = [
+        (
+            "the office, behind the balancer",
+            "x-forwarded-for: 203.0.113.7",
+            200,
+        ),
+        (
+            "elsewhere, behind the balancer",
+            "x-forwarded-for: 198.51.100.9",
+            403,
+        ),
+        // The balancer's own hop is what is trusted: a forged first entry does not count.
+        (
+            "a forged entry before the real one",
+            "x-forwarded-for: 203.0.113.7, 198.51.100.9",
+            403,
+        ),
+    ];
+    for (what, header, want) in cases {
+        let got = edge.curl(&[("labo.local", 80)], &["-H", header], "http://labo.local/");
+        assert_eq!(got.status, want, "{what}: {got:?}");
+        if want == 200 {
+            let seen = &got.json()["headers"];
+            assert_eq!(seen["x-envoy-external-address"], "203.0.113.7", "{got:?}");
+        }
+    }
+    edge.assert_config_accepted();
+}

@@ -10,12 +10,19 @@ use crate::model::{MeshState, TargetPort, Workload};
 use crate::testing::{labels, pod, service};
 
 fn object<T: serde::de::DeserializeOwned>(namespace: &str, name: &str, spec: Value) -> T {
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec}))
-        .unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec}),
+    )
+    .unwrap()
 }
 
 fn gateway_pod() -> Workload {
-    let mut w = pod("istio-system", "ingress", [10, 0, 0, 5], "istio-ingressgateway");
+    let mut w = pod(
+        "istio-system",
+        "ingress",
+        [10, 0, 0, 5],
+        "istio-ingressgateway",
+    );
     w.labels = labels(&[("istio", "ingressgateway")]);
     w.captured = false;
     w.node = Some("local".into());
@@ -23,9 +30,21 @@ fn gateway_pod() -> Workload {
 }
 
 fn state(gateways: &[Value], virtual_services: &[(&str, &str, Value)]) -> MeshState {
-    let mut web = service("shop", "web", [10, 96, 0, 10], "web", &[(80, TargetPort::Number(8080))]);
+    let mut web = service(
+        "shop",
+        "web",
+        [10, 96, 0, 10],
+        "web",
+        &[(80, TargetPort::Number(8080))],
+    );
     web.ports[0].name = Some("http".into());
-    let mut api = service("shop", "api", [10, 96, 0, 11], "api", &[(80, TargetPort::Number(8080))]);
+    let mut api = service(
+        "shop",
+        "api",
+        [10, 96, 0, 11],
+        "api",
+        &[(80, TargetPort::Number(8080))],
+    );
     api.ports[0].name = Some("http".into());
     MeshState {
         workloads: vec![
@@ -95,32 +114,59 @@ const API: &str = "api.shop.svc.cluster.local";
 #[test]
 fn virtual_services_bind_to_gateways_by_each_form_and_route_by_host() {
     let to = |host: &str| json!([{"route": [{"destination": {"host": host}}]}]);
-    let gateways = [json!({"selector": {"istio": "ingressgateway"}, "servers": [http_server(80, &["*"])]})];
+    let gateways =
+        [json!({"selector": {"istio": "ingressgateway"}, "servers": [http_server(80, &["*"])]})];
     let cases: &[(&str, Value, &[(&str, &str, &str)])] = &[
         // ns/name
-        ("ns/name", json!({"hosts": ["*"], "gateways": ["istio-system/gw0"], "http": to("web")}),
-         &[("any.example.test", "/", WEB)]),
+        (
+            "ns/name",
+            json!({"hosts": ["*"], "gateways": ["istio-system/gw0"], "http": to("web")}),
+            &[("any.example.test", "/", WEB)],
+        ),
         // a bare name is in the VirtualService's namespace: shop/gw0 does not exist.
-        ("bare name elsewhere", json!({"hosts": ["*"], "gateways": ["gw0"], "http": to("web")}),
-         &[("any.example.test", "/", "404 no virtual host")]),
+        (
+            "bare name elsewhere",
+            json!({"hosts": ["*"], "gateways": ["gw0"], "http": to("web")}),
+            &[("any.example.test", "/", "404 no virtual host")],
+        ),
         // no gateways: the mesh only.
-        ("mesh only", json!({"hosts": ["*"], "http": to("web")}),
-         &[("any.example.test", "/", "404 no virtual host")]),
-        ("mesh and gateway", json!({"hosts": ["a.example.test"], "gateways": ["mesh", "istio-system/gw0"], "http": to("api")}),
-         &[("a.example.test", "/", API), ("a.example.test:80", "/", API), ("b.example.test", "/", "404 no virtual host")]),
+        (
+            "mesh only",
+            json!({"hosts": ["*"], "http": to("web")}),
+            &[("any.example.test", "/", "404 no virtual host")],
+        ),
+        (
+            "mesh and gateway",
+            json!({"hosts": ["a.example.test"], "gateways": ["mesh", "istio-system/gw0"], "http": to("api")}),
+            &[
+                ("a.example.test", "/", API),
+                ("a.example.test:80", "/", API),
+                ("b.example.test", "/", "404 no virtual host"),
+            ],
+        ),
         // per-match gateways: the first route only at the gateway, the second only in the mesh.
-        ("per match", json!({"hosts": ["*"], "gateways": ["mesh", "istio-system/gw0"], "http": [
-            {"match": [{"gateways": ["istio-system/gw0"], "uri": {"prefix": "/gw"}}], "route": [{"destination": {"host": "api"}}]},
-            {"match": [{"gateways": ["mesh"]}], "route": [{"destination": {"host": "web"}}]},
-         ]}),
-         &[("x.example.test", "/gw/1", API), ("x.example.test", "/other", "404 no route")]),
+        (
+            "per match",
+            json!({"hosts": ["*"], "gateways": ["mesh", "istio-system/gw0"], "http": [
+               {"match": [{"gateways": ["istio-system/gw0"], "uri": {"prefix": "/gw"}}], "route": [{"destination": {"host": "api"}}]},
+               {"match": [{"gateways": ["mesh"]}], "route": [{"destination": {"host": "web"}}]},
+            ]}),
+            &[
+                ("x.example.test", "/gw/1", API),
+                ("x.example.test", "/other", "404 no route"),
+            ],
+        ),
     ];
     for (what, spec, requests) in cases {
         let state = state(&gateways, &[("shop", "vs", spec.clone())]);
         let (table, errors) = build(&state);
         assert_eq!(errors, vec![], "{what}");
         for (authority, path, want) in *requests {
-            assert_eq!(route(&table, 80, authority, path), *want, "{what}: {authority}{path}");
+            assert_eq!(
+                route(&table, 80, authority, path),
+                *want,
+                "{what}: {authority}{path}"
+            );
         }
     }
 }
@@ -132,8 +178,16 @@ fn the_most_specific_host_wins_and_server_hosts_limit_namespaces() {
         http_server(8080, &["other-ns/*"]),
     ]})];
     let vss = [
-        ("shop", "wild", json!({"hosts": ["*.example.test"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "web"}}]}]})),
-        ("shop", "exact", json!({"hosts": ["a.example.test"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "api"}}]}]})),
+        (
+            "shop",
+            "wild",
+            json!({"hosts": ["*.example.test"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "web"}}]}]}),
+        ),
+        (
+            "shop",
+            "exact",
+            json!({"hosts": ["a.example.test"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "api"}}]}]}),
+        ),
     ];
     let (table, errors) = build(&state(&gateways, &vss));
     assert_eq!(errors, vec![]);
@@ -148,7 +202,11 @@ fn the_most_specific_host_wins_and_server_hosts_limit_namespaces() {
         (9999, "a.example.test", "no port"),
     ];
     for (port, authority, want) in cases {
-        assert_eq!(route(&table, port, authority, "/"), want, "{port} {authority}");
+        assert_eq!(
+            route(&table, port, authority, "/"),
+            want,
+            "{port} {authority}"
+        );
     }
 }
 
@@ -157,7 +215,11 @@ fn https_redirect_answers_before_routing() {
     let gateways = [json!({"selector": {"istio": "ingressgateway"}, "servers": [
         {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"], "tls": {"httpsRedirect": true}},
     ]})];
-    let vss = [("shop", "vs", json!({"hosts": ["*"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "web"}}]}]}))];
+    let vss = [(
+        "shop",
+        "vs",
+        json!({"hosts": ["*"], "gateways": ["istio-system/gw0"], "http": [{"route": [{"destination": {"host": "web"}}]}]}),
+    )];
     let (table, errors) = build(&state(&gateways, &vss));
     assert_eq!(errors, vec![]);
     assert_eq!(route(&table, 80, "a.example.test", "/x"), "301");
@@ -181,15 +243,26 @@ fn servers_merge_per_port_and_conflicts_name_both_gateways() {
     let (table, errors) = build(&state(&gateways, &[]));
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(messages.len(), 2, "{messages:#?}");
-    assert!(messages[0].contains("Gateway istio-system/gw1: spec.servers[1].hosts") && messages[0].contains("Gateway istio-system/gw0 spec.servers[0]"), "{messages:#?}");
-    assert!(messages[1].contains("spec.servers[2].port.protocol") && messages[1].contains("Gateway istio-system/gw0"), "{messages:#?}");
+    assert!(
+        messages[0].contains("Gateway istio-system/gw1: spec.servers[1].hosts")
+            && messages[0].contains("Gateway istio-system/gw0 spec.servers[0]"),
+        "{messages:#?}"
+    );
+    assert!(
+        messages[1].contains("spec.servers[2].port.protocol")
+            && messages[1].contains("Gateway istio-system/gw0"),
+        "{messages:#?}"
+    );
     let listeners = table.gateway_listeners(&gateway_pod().uid).unwrap();
     assert_eq!(listeners.ports.len(), 1);
     let port = &listeners.ports[0];
     assert_eq!(port.protocol, GatewayProtocol::Https);
     assert_eq!(port.servers.len(), 2);
     // SNI picks the server; no SNI finds none (no `*` host).
-    let name = |sni: Option<&str>| port.server_for_sni(sni).and_then(|s| s.name.as_deref().map(str::to_owned));
+    let name = |sni: Option<&str>| {
+        port.server_for_sni(sni)
+            .and_then(|s| s.name.as_deref().map(str::to_owned))
+    };
     assert_eq!(name(Some("b.example.test")).as_deref(), Some("https-b"));
     assert_eq!(name(Some("A.example.test")).as_deref(), Some("https-a"));
     assert_eq!(name(Some("c.example.test")), None);
@@ -197,7 +270,10 @@ fn servers_merge_per_port_and_conflicts_name_both_gateways() {
     // The credentials this node's servers need.
     assert_eq!(
         table.gateway_credentials("local"),
-        vec![("istio-system".into(), "a-cert".into()), ("istio-system".into(), "b-cert".into())]
+        vec![
+            ("istio-system".into(), "a-cert".into()),
+            ("istio-system".into(), "b-cert".into())
+        ]
     );
     assert!(matches!(
         port.servers[0].tls.as_ref().unwrap().mode,
@@ -208,25 +284,46 @@ fn servers_merge_per_port_and_conflicts_name_both_gateways() {
 #[test]
 fn bad_servers_are_named_by_field() {
     let cases: &[(Value, &str)] = &[
-        (json!({"servers": [http_server(80, &["*"])]}), "spec.selector: required"),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTQ"}, "hosts": ["*"]}]}),
-         "spec.servers[0].port.protocol: unknown protocol \"HTTQ\""),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"]}]}),
-         "spec.servers[0].tls: required for an HTTPS server"),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"], "tls": {"mode": "SIMPLE"}}]}),
-         "spec.servers[0].tls.credentialName: required"),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"], "tls": {"mode": "SIMPLE", "credentialName": "c", "cipherSuites": ["RC4-MD5"]}}]}),
-         "spec.servers[0].tls.cipherSuites[0]: unsupported cipher suite \"RC4-MD5\""),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["a.*.test"]}]}),
-         "spec.servers[0].hosts[0]: invalid host"),
-        (json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["*"], "bind": "127.0.0.1"}]}),
-         "spec.servers[0].bind: not supported"),
+        (
+            json!({"servers": [http_server(80, &["*"])]}),
+            "spec.selector: required",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTQ"}, "hosts": ["*"]}]}),
+            "spec.servers[0].port.protocol: unknown protocol \"HTTQ\"",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"]}]}),
+            "spec.servers[0].tls: required for an HTTPS server",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"], "tls": {"mode": "SIMPLE"}}]}),
+            "spec.servers[0].tls.credentialName: required",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"}, "hosts": ["a.test"], "tls": {"mode": "SIMPLE", "credentialName": "c", "cipherSuites": ["RC4-MD5"]}}]}),
+            "spec.servers[0].tls.cipherSuites[0]: unsupported cipher suite \"RC4-MD5\"",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["a.*.test"]}]}),
+            "spec.servers[0].hosts[0]: invalid host",
+        ),
+        (
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["*"], "bind": "127.0.0.1"}]}),
+            "spec.servers[0].bind: not supported",
+        ),
     ];
     for (spec, want) in cases {
         let (table, errors) = build(&state(std::slice::from_ref(spec), &[]));
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(messages.iter().any(|m| m.contains(want)), "{want}: {messages:#?}");
-        assert!(table.gateway_listeners(&gateway_pod().uid).is_none(), "{want}: an invalid Gateway serves nothing");
+        assert!(
+            messages.iter().any(|m| m.contains(want)),
+            "{want}: {messages:#?}"
+        );
+        assert!(
+            table.gateway_listeners(&gateway_pod().uid).is_none(),
+            "{want}: an invalid Gateway serves nothing"
+        );
     }
 }
 
@@ -236,13 +333,24 @@ fn tcp_and_passthrough_servers_route_by_tcp_and_tls_routes() {
         {"port": {"number": 443, "name": "tls", "protocol": "TLS"}, "hosts": ["*.example.test"], "tls": {"mode": "PASSTHROUGH"}},
         {"port": {"number": 5432, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
     ]})];
-    let vss = [("shop", "vs", json!({
-        "hosts": ["*.example.test"], "gateways": ["istio-system/gw0"],
-        "tls": [{"match": [{"port": 443, "sniHosts": ["a.example.test"]}], "route": [{"destination": {"host": "api"}}]}],
-    })), ("shop", "db", json!({
-        "hosts": ["*"], "gateways": ["istio-system/gw0"],
-        "tcp": [{"match": [{"port": 5432}], "route": [{"destination": {"host": "web"}}]}],
-    }))];
+    let vss = [
+        (
+            "shop",
+            "vs",
+            json!({
+                "hosts": ["*.example.test"], "gateways": ["istio-system/gw0"],
+                "tls": [{"match": [{"port": 443, "sniHosts": ["a.example.test"]}], "route": [{"destination": {"host": "api"}}]}],
+            }),
+        ),
+        (
+            "shop",
+            "db",
+            json!({
+                "hosts": ["*"], "gateways": ["istio-system/gw0"],
+                "tcp": [{"match": [{"port": 5432}], "route": [{"destination": {"host": "web"}}]}],
+            }),
+        ),
+    ];
     let (table, errors) = build(&state(&gateways, &vss));
     assert_eq!(errors, vec![]);
     let uid = gateway_pod().uid;
@@ -255,7 +363,9 @@ fn tcp_and_passthrough_servers_route_by_tcp_and_tls_routes() {
             .and_then(|p| p.server_for_sni(sni).cloned());
         let target = table.gateway_target(&uid, port, server).unwrap();
         match table.tcp_route(&target, sni, None) {
-            TcpDecision::Forward { destinations, .. } => destinations[0].destination.host.to_string(),
+            TcpDecision::Forward { destinations, .. } => {
+                destinations[0].destination.host.to_string()
+            }
             TcpDecision::NoRoute => "no route".into(),
             other => format!("{other:?}"),
         }

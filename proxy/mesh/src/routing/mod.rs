@@ -10,11 +10,11 @@ mod convert;
 mod decision;
 mod error;
 pub mod explain;
+#[cfg(test)]
+mod gateway_tests;
 mod table;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod gateway_tests;
 
 pub use compile::{RouteTable, mesh_settings};
 pub use convert::{
