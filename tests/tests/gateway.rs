@@ -945,3 +945,62 @@ fn the_gateways_own_policies_check_jwts_and_client_addresses_behind_a_trusted_ho
     }
     edge.assert_config_accepted();
 }
+
+#[test]
+fn a_kubernetes_ingress_of_class_istio_serves_prefix_and_exact_paths_and_tls() {
+    let Some(edge) = Edge::start(
+        "gateway::ingress",
+        &[backend("one", "svc1", "v1"), backend("two", "svc2", "v1")],
+        &[],
+    ) else {
+        return;
+    };
+    let (ca, issued) = edge.server_certs("ca", &[&["shop.example.test"]]);
+    let mut secret = tls_secret("shop-cert", &issued[0], None);
+    secret["metadata"]["namespace"] = json!(MESH);
+    let ingress = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "shop", "namespace": MESH},
+        "spec": {
+            "ingressClassName": "istio",
+            "tls": [{"hosts": ["shop.example.test"], "secretName": "shop-cert"}],
+            "rules": [{"host": "shop.example.test", "http": {"paths": [
+                {"path": "/exact", "pathType": "Exact", "backend": {"service": {"name": "svc2", "port": {"number": 80}}}},
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "svc1", "port": {"number": 80}}}},
+            ]}}],
+        },
+    });
+    // Another class: not shunt's to serve.
+    let other = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "other", "namespace": MESH},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "other.example.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "svc2", "port": {"number": 80}}}}]}}]},
+    });
+    edge.rewrite(&[secret, ingress, other]);
+    edge.wait_listening("shop.example.test", 80, "http", &[]);
+    edge.assert_config_accepted();
+    let cacert = ca.cert().to_string_lossy().into_owned();
+    let cases = [
+        ("http", 80, "/exact", 200, "two"),
+        ("http", 80, "/exact/more", 200, "one"),
+        ("http", 80, "/other", 200, "one"),
+        ("https", 443, "/exact", 200, "two"),
+    ];
+    for (scheme, port, path, status, served_by) in cases {
+        let got = edge.curl(
+            &[("shop.example.test", port)],
+            &["--cacert", &cacert],
+            &format!("{scheme}://shop.example.test:{port}{path}"),
+        );
+        assert_eq!(got.status, status, "{scheme} {path}: {got:?}");
+        assert_eq!(got.served_by(), served_by, "{scheme} {path}: {got:?}");
+    }
+    let got = edge.http("other.example.test", "/");
+    assert_eq!(
+        got.status, 404,
+        "an nginx-class Ingress is not served: {got:?}"
+    );
+}

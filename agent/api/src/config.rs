@@ -32,6 +32,9 @@ pub struct Config {
     /// `v1` ConfigMaps, as written; `istio-system/istio` carries Istio's MeshConfig.
     #[serde(default)]
     pub config_maps: Vec<Sourced<serde_json::Value>>,
+    /// Kubernetes Ingresses (`networking.k8s.io/v1`, `extensions/v1beta1`), as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingresses: Vec<Sourced<serde_json::Value>>,
 }
 
 /// A problem in the config: which file, which object, which field, and what is wrong.

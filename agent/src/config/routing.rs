@@ -132,6 +132,19 @@ pub fn add_to_mesh(
             &|_| None,
         );
     }
+    for sourced in &config.ingresses {
+        let (namespace, name) = names(&sourced.object);
+        files.insert(("Ingress".into(), namespace, name), sourced.file.clone());
+        // extensions/v1beta1 is read in its own shape, then converted to v1's.
+        if sourced.object["apiVersion"].as_str() == Some(istio::INGRESS_V1BETA1) {
+            let mut old: Vec<istio::IngressV1beta1> = Vec::new();
+            push_typed(sourced, "Ingress", &mut old, errors, &|_| None);
+            mesh.ingresses
+                .extend(old.into_iter().map(istio::IngressV1beta1::into_v1));
+        } else {
+            push_typed(sourced, "Ingress", &mut mesh.ingresses, errors, &|_| None);
+        }
+    }
     mesh.mesh = mesh_settings(config, errors);
     if let Some(policy) = options.outbound_traffic_policy {
         mesh.mesh.outbound_traffic_policy = policy;
@@ -173,6 +186,13 @@ pub fn add_to_mesh(
     mesh.service_entries
         .retain(|o| keep("ServiceEntry", &o.metadata));
     mesh.gateways.retain(|o| keep("Gateway", &o.metadata));
+    mesh.ingresses.retain(|o| {
+        !dropped.contains(&(
+            "Ingress",
+            o.metadata.namespace.clone(),
+            o.metadata.name.clone(),
+        ))
+    });
     mesh.rate_limit_policies
         .retain(|o| keep("RateLimitPolicy", &o.metadata));
 
@@ -391,8 +411,9 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
         errors.push(error(
             format!("data.mesh.{field}"),
             "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
-             protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace and \
-             extensionProviders, pathNormalization.normalization): ignored \
+             protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace, \
+             extensionProviders, pathNormalization.normalization, ingressClass, \
+             ingressSelector and defaultConfig.gatewayTopology.numTrustedProxies): ignored \
              (a warning: the rest of the mesh config applies)"
                 .into(),
         ));

@@ -572,6 +572,8 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             extension_providers: Default::default(),
             path_normalization: shunt_mesh::http_path::PathNormalization::Base,
             num_trusted_proxies: 0,
+            ingress_class: "istio".into(),
+            ingress_selector: "ingressgateway".into(),
         }
     );
     // What the agent sends compiles without a problem in the proxy.

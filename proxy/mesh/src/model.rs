@@ -31,6 +31,9 @@ pub struct MeshState {
     /// Gateways from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<istio::Gateway>,
+    /// Kubernetes Ingresses (v1 shape), served when of the mesh's `ingressClass`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingresses: Vec<istio::Ingress>,
     /// `RateLimitPolicy` objects from all namespaces that [`crate::routing::validate`] keeps.
     #[serde(default)]
     pub rate_limit_policies: Vec<istio::RateLimitPolicy>,

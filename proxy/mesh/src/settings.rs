@@ -60,6 +60,21 @@ pub struct MeshSettings {
     /// gateway trusts when it works out the client's address; 0 by default.
     #[serde(default)]
     pub num_trusted_proxies: u32,
+    /// `ingressClass`: the Ingress class the mesh serves; `istio` by default.
+    #[serde(default = "default_ingress_class")]
+    pub ingress_class: String,
+    /// `ingressSelector`: the `istio` label value of the gateway pods that serve Ingresses;
+    /// `ingressgateway` by default.
+    #[serde(default = "default_ingress_selector")]
+    pub ingress_selector: String,
+}
+
+fn default_ingress_class() -> String {
+    "istio".to_owned()
+}
+
+fn default_ingress_selector() -> String {
+    "ingressgateway".to_owned()
 }
 
 impl Default for MeshSettings {
@@ -73,6 +88,8 @@ impl Default for MeshSettings {
             extension_providers: crate::ext_authz::ExtensionProviders::default(),
             path_normalization: PathNormalization::default(),
             num_trusted_proxies: 0,
+            ingress_class: default_ingress_class(),
+            ingress_selector: default_ingress_selector(),
         }
     }
 }

@@ -15,7 +15,7 @@ use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Secret, Service};
 
 use crate::config::{LoadOptions, Snapshot, routing};
-use shunt_mesh::istio::SHUNT_API_VERSION;
+use shunt_mesh::istio::{INGRESS_V1, INGRESS_V1BETA1, SHUNT_API_VERSION};
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
 const ISTIO_GROUPS: [&str; 3] = [
@@ -156,6 +156,8 @@ enum Kind {
     /// `shunt.io/v1alpha1 RateLimitPolicy`.
     Shunt,
     ConfigMap,
+    /// `networking.k8s.io/v1` or `extensions/v1beta1` `Ingress`.
+    Ingress,
 }
 
 impl Kind {
@@ -348,6 +350,10 @@ impl Loader {
                 let raw = to_json(value, "")?;
                 self.config.config_maps.push(sourced(place, raw));
             }
+            Kind::Ingress => {
+                let raw = to_json(value, "")?;
+                self.config.ingresses.push(sourced(place, raw));
+            }
         }
         self.defined.insert(key, place.clone());
         Ok(())
@@ -397,6 +403,19 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
             )),
         };
     }
+    if kind == "Ingress" && matches!(api_group(api_version), "networking.k8s.io" | "extensions") {
+        return if [INGRESS_V1, INGRESS_V1BETA1].contains(&api_version) {
+            Ok(Kind::Ingress)
+        } else {
+            Err(Problem::at(
+                "apiVersion",
+                format!(
+                    "expected \"{INGRESS_V1}\" (or the older \"{INGRESS_V1BETA1}\") for an \
+                     Ingress, got {api_version:?}"
+                ),
+            ))
+        };
+    }
     let core = match kind {
         "Namespace" => Kind::Namespace,
         "Pod" => Kind::Pod,
@@ -408,8 +427,9 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
                 "kind",
                 format!(
                     "unknown kind {kind:?} (apiVersion {api_version:?}): local mode reads \
-                     Namespace, Pod, Service, ConfigMap and Secret (v1), RateLimitPolicy \
-                     ({SHUNT_API_VERSION}) and the Istio kinds ({})",
+                     Namespace, Pod, Service, ConfigMap and Secret (v1), Ingress \
+                     ({INGRESS_V1}, {INGRESS_V1BETA1}), RateLimitPolicy ({SHUNT_API_VERSION}) \
+                     and the Istio kinds ({})",
                     ISTIO_GROUPS.join(", ")
                 ),
             ));

@@ -11,10 +11,21 @@
 //! `tls`, where a misspelt field could weaken security).
 #![forbid(unsafe_code)]
 
+/// Derives shared by every spec type: absent fields take their default, as in Istio.
+macro_rules! istio_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default, rename_all = "camelCase")]
+        pub struct $name { $($body)* }
+    };
+}
+
 mod authz;
 mod decimal;
 mod duration;
 mod gateway;
+mod ingress;
 mod networking;
 mod object;
 mod request_authn;
@@ -25,6 +36,7 @@ pub use authz::*;
 pub use decimal::Decimal;
 pub use duration::{DurationError, parse_duration};
 pub use gateway::*;
+pub use ingress::*;
 pub use networking::*;
 pub use request_authn::*;
 pub use security::*;

@@ -6,16 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::decimal::Decimal;
 
-/// Derives shared by every spec type: absent fields take their default, as in Istio.
-macro_rules! istio_struct {
-    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(default, rename_all = "camelCase")]
-        pub struct $name { $($body)* }
-    };
-}
-
 istio_struct! {
     /// `VirtualService.spec`.
     pub struct VirtualServiceSpec {

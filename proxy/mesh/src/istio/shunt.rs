@@ -49,6 +49,10 @@ pub struct MeshConfig {
     pub extension_providers: Vec<serde_json::Value>,
     /// `pathNormalization`; see [`crate::http_path::PathNormalization`].
     pub path_normalization: Option<PathNormalizationConfig>,
+    /// `ingressClass`: the Ingress class served; absent: `istio`.
+    pub ingress_class: Option<String>,
+    /// `ingressSelector`: the gateway pods' `istio` label; absent: `ingressgateway`.
+    pub ingress_selector: Option<String>,
     /// `defaultConfig`: the ProxyConfig defaults; shunt reads `gatewayTopology`.
     pub default_config: Option<ProxyConfigDefaults>,
 }

@@ -116,7 +116,9 @@ fn virtual_services_bind_to_gateways_by_each_form_and_route_by_host() {
     let to = |host: &str| json!([{"route": [{"destination": {"host": host}}]}]);
     let gateways =
         [json!({"selector": {"istio": "ingressgateway"}, "servers": [http_server(80, &["*"])]})];
-    let cases: &[(&str, Value, &[(&str, &str, &str)])] = &[
+    /// (case, VirtualService spec, [(authority, path, where it goes)])
+    type Case<'a> = (&'a str, Value, &'a [(&'a str, &'a str, &'a str)]);
+    let cases: &[Case<'_>] = &[
         // ns/name
         (
             "ns/name",
@@ -373,4 +375,48 @@ fn tcp_and_passthrough_servers_route_by_tcp_and_tls_routes() {
     assert_eq!(decide(443, Some("a.example.test")), API);
     assert_eq!(decide(443, Some("b.example.test")), "no route");
     assert_eq!(decide(5432, None), WEB);
+}
+
+#[test]
+fn ingresses_of_the_mesh_class_become_a_gateway_and_routes() {
+    let v1beta1: istio::IngressV1beta1 = serde_json::from_value(json!({
+        "metadata": {"name": "old", "namespace": "shop", "annotations": {"kubernetes.io/ingress.class": "istio"}},
+        "spec": {"rules": [{"host": "old.example.test", "http": {"paths": [
+            {"path": "/", "backend": {"serviceName": "api", "servicePort": "http"}}]}}]},
+    }))
+    .unwrap();
+    let v1: istio::Ingress = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "namespace": "shop"},
+        "spec": {
+            "ingressClassName": "istio",
+            "defaultBackend": {"service": {"name": "api", "port": {"number": 80}}},
+            "rules": [{"host": "shop.example.test", "http": {"paths": [
+                {"path": "/exact", "pathType": "Exact", "backend": {"service": {"name": "api", "port": {"number": 80}}}},
+                {"path": "/web/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}],
+        },
+    }))
+    .unwrap();
+    let other: istio::Ingress = serde_json::from_value(json!({
+        "metadata": {"name": "nginx", "namespace": "shop"},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "nginx.example.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]},
+    }))
+    .unwrap();
+    let mut state = state(&[], &[]);
+    state.ingresses = vec![v1, v1beta1.into_v1(), other];
+    let (table, errors) = build(&state);
+    assert_eq!(errors, vec![]);
+    let cases = [
+        ("shop.example.test", "/exact", API),
+        ("shop.example.test", "/exact/more", API), // the default backend
+        ("shop.example.test", "/web", WEB),
+        ("shop.example.test", "/web/x", WEB),
+        ("shop.example.test", "/webx", API), // not a whole segment: the default backend
+        ("old.example.test", "/anything", API),
+        ("nginx.example.test", "/", API), // not served: only the default backend's `*`
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(route(&table, 80, host, path), want, "{host}{path}");
+    }
 }

@@ -495,7 +495,7 @@ fn server_tls(
 }
 
 /// Adds one server to a pod's ports: a port another Gateway opened with another protocol, or
-/// a host an earlier server on the port already has, is a conflict; the later server is
+/// on a TLS port a host an earlier server there already has, is a conflict; the later server is
 /// dropped, and the error names both.
 fn merge_server(
     ports: &mut BTreeMap<u16, (GatewayPort, ObjectRef)>,
@@ -526,6 +526,12 @@ fn merge_server(
                 port.protocol
             ),
         });
+        return;
+    }
+    // Plaintext servers on one port merge into one set of virtual hosts (Istio's
+    // `http.<port>` route); only TLS servers, chosen by SNI, cannot share a host.
+    if !matches!(protocol, GatewayProtocol::Https | GatewayProtocol::Tls) {
+        port.servers.push(server.clone());
         return;
     }
     let duplicate = port.servers.iter().find(|earlier| {

@@ -117,6 +117,14 @@ pub fn mesh_settings(
     if p.is_empty() {
         Ok(MeshSettings {
             num_trusted_proxies,
+            ingress_class: config
+                .ingress_class
+                .clone()
+                .unwrap_or_else(|| "istio".into()),
+            ingress_selector: config
+                .ingress_selector
+                .clone()
+                .unwrap_or_else(|| "ingressgateway".into()),
             outbound_traffic_policy,
             protocol_detection_timeout,
             access_log,

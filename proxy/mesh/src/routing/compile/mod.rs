@@ -21,6 +21,7 @@ mod clusters;
 mod compiled;
 mod destination_rule;
 pub(in crate::routing) mod gateway;
+mod ingress;
 mod mesh_config;
 mod rate_limit;
 mod service_entry;
@@ -46,6 +47,18 @@ impl RouteTable {
     #[must_use]
     pub fn build(state: &MeshState) -> (Self, Vec<Error>) {
         let mut errors = Vec::new();
+        // Served Ingresses become Gateways and VirtualServices, compiled as written ones are.
+        let converted;
+        let state = if state.ingresses.is_empty() {
+            state
+        } else {
+            let (gateways, virtual_services) = ingress::convert(state, &mut errors);
+            let mut with = state.clone();
+            with.gateways.extend(gateways);
+            with.virtual_services.extend(virtual_services);
+            converted = with;
+            &converted
+        };
         let mut table = Self {
             mesh: state.mesh.clone(),
             ..Self::default()
