@@ -159,6 +159,38 @@ fn every_security_example_in_the_readme_loads_cleanly() {
     );
 }
 
+#[test]
+fn every_gateway_example_in_the_readme_loads_cleanly() {
+    let snapshot = load_cleanly("Gateways", 3);
+    let mesh = &snapshot.mesh;
+    assert_eq!((mesh.gateways.len(), mesh.ingresses.len()), (1, 1));
+    let gateway = snapshot
+        .pods
+        .iter()
+        .find(|p| p.name == "istio-ingressgateway-1")
+        .expect("the gateway pod");
+    assert_eq!(
+        gateway.capture.as_ref().map(|c| c.role),
+        Some(shunt_api::control::PodRole::Gateway),
+        "{}",
+        gateway.reason
+    );
+    let (routes, _) = shunt_mesh::routing::RouteTable::build(mesh);
+    let ports: Vec<u16> = routes
+        .gateway_listeners(&gateway.uid)
+        .map(|l| l.ports.iter().map(|p| p.port).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ports,
+        vec![80, 443],
+        "the Gateway's and the Ingress's ports"
+    );
+    assert_eq!(
+        routes.gateway_credentials("local"),
+        vec![("istio-system".to_owned(), "shop-cert".to_owned())]
+    );
+}
+
 /// Loads every `yaml` block of the README's `heading` section (at least `at_least` of them)
 /// over [`MESH`], and checks that nothing is reported.
 fn load_cleanly(heading: &str, at_least: usize) -> Snapshot {
