@@ -9,6 +9,7 @@ pub mod ca;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod netns;
 pub mod pods;
 pub mod proxy_cgroup;
