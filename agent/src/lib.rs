@@ -7,6 +7,8 @@ pub mod app;
 pub mod bpf_log;
 pub mod ca;
 pub mod capture;
+pub mod cni_install;
+pub mod cni_server;
 pub mod config;
 pub mod control;
 pub mod discovery;

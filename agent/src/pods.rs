@@ -35,7 +35,7 @@ use crate::capture::ebpf::PodCapture;
 use crate::capture::{self, Capture};
 use crate::config::{CaptureSpec, NetnsSource, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
-use crate::discovery::{DiscoveryEvent, NetnsDiscovery, Origin, PendingPod, PodRef};
+use crate::discovery::{Discovery, DiscoveryEvent, NetnsDiscovery, Origin, PendingPod, PodRef};
 use shunt_mesh::ids::PodUid;
 
 use crate::netns::{OpenNetns, PodNetns, open_pod_netns};
@@ -202,7 +202,8 @@ pub enum PodStatus {
 }
 
 impl PodStatus {
-    fn describe(&self) -> String {
+    #[must_use]
+    pub fn describe(&self) -> String {
         match self {
             Self::PendingDiscovery => "pending netns discovery".to_owned(),
             Self::Pending => "pending".to_owned(),
@@ -240,6 +241,9 @@ impl Target {
         a.map(|t| (&t.path, t.ip)) == b.map(|t| (&t.path, t.ip))
     }
 }
+
+/// Where discovery (or the annotation) places a pod: `Ok(None)` while it is not known.
+type Resolved = Result<Option<Target>, Error>;
 
 /// A pod the config wants captured.
 #[derive(Debug)]
@@ -279,8 +283,8 @@ pub struct Reconciler<C> {
     inherited: Option<BTreeSet<u64>>,
     view: watch::Sender<NodeView>,
     discovery: NetnsDiscovery,
-    discovery_tx: mpsc::Sender<DiscoveryEvent>,
-    discovery_rx: Option<mpsc::Receiver<DiscoveryEvent>>,
+    discovery_tx: mpsc::Sender<Discovery>,
+    discovery_rx: Option<mpsc::Receiver<Discovery>>,
     /// The captured pods still pending discovery that have an IP: what the scan looks for.
     pending: watch::Sender<Vec<PendingPod>>,
 }
@@ -317,7 +321,7 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     /// Where the discovery paths send what they find (see [`Reconciler::discovered`]).
     #[must_use]
-    pub fn discovery_events(&self) -> mpsc::Sender<DiscoveryEvent> {
+    pub fn discovery_events(&self) -> mpsc::Sender<Discovery> {
         self.discovery_tx.clone()
     }
 
@@ -355,7 +359,12 @@ impl<C: CaptureMaps> Reconciler<C> {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 // The reconciler holds a sender itself, so this never ends.
-                Some(event) = discovered.recv() => self.discovered(event),
+                Some(Discovery { event, applied }) = discovered.recv() => {
+                    self.discovered(event);
+                    if let Some(applied) = applied {
+                        let _ = applied.send(());
+                    }
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return;
@@ -425,14 +434,13 @@ impl<C: CaptureMaps> Reconciler<C> {
     fn reconcile(&mut self) {
         let plans = std::mem::take(&mut self.plans);
         // Only this node's pods: another node's are its agent's to capture.
-        let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec, Result<Option<Target>, Error>)> =
-            plans
-                .iter()
-                .filter_map(|plan| {
-                    let spec = plan.captured_here()?;
-                    Some((&plan.uid, (plan, spec, self.resolve(plan, spec))))
-                })
-                .collect();
+        let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec, Resolved)> = plans
+            .iter()
+            .filter_map(|plan| {
+                let spec = plan.captured_here()?;
+                Some((&plan.uid, (plan, spec, self.resolve(plan, spec))))
+            })
+            .collect();
 
         // A pod that moved to another netns or IP is another pod as far as capture and the
         // proxy are concerned: remove it, then add it again below.
@@ -464,7 +472,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// Where the pod's netns is: its annotation, or what discovery found.
-    fn resolve(&self, plan: &PodPlan, spec: &CaptureSpec) -> Result<Option<Target>, Error> {
+    fn resolve(&self, plan: &PodPlan, spec: &CaptureSpec) -> Resolved {
         let pod = || format!("{}/{}", plan.namespace, plan.name);
         match &spec.netns {
             NetnsSource::Annotation(path) => Ok(spec.ip.map(|ip| Target {
@@ -508,7 +516,7 @@ impl<C: CaptureMaps> Reconciler<C> {
         }
     }
 
-    fn add(&mut self, plan: &PodPlan, spec: &CaptureSpec, target: Result<Option<Target>, Error>) {
+    fn add(&mut self, plan: &PodPlan, spec: &CaptureSpec, target: Resolved) {
         let mut pod = CapturedPod {
             name: format!("{}/{}", plan.namespace, plan.name),
             pod: PodRef {
@@ -530,7 +538,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// Takes the pod's resolved netns; without one, says why the pod waits.
-    fn set_target(pod: &mut CapturedPod, target: Result<Option<Target>, Error>) {
+    fn set_target(pod: &mut CapturedPod, target: Resolved) {
         match target {
             Ok(Some(target)) => pod.target = Some(target),
             Ok(None) => {
@@ -615,7 +623,7 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     /// Same pod, same netns and IP: only the excluded ports (or where the netns was learnt)
     /// can have changed. A netns that could not be opened is tried again.
-    fn update(&mut self, uid: &PodUid, spec: &CaptureSpec, target: Result<Option<Target>, Error>) {
+    fn update(&mut self, uid: &PodUid, spec: &CaptureSpec, target: Resolved) {
         let Some(mut pod) = self.pods.remove(uid) else {
             return;
         };

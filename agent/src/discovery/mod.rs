@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shunt_mesh::ids::PodUid;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use proc_scan::{ScanReport, ScanTarget};
@@ -92,6 +92,24 @@ pub enum DiscoveryEvent {
     },
 }
 
+/// A [`DiscoveryEvent`] on its way to the reconciler; `applied` (when given) fires once the
+/// reconciler has acted on it and published the outcome, so the CNI server reads a current
+/// view afterwards.
+#[derive(Debug)]
+pub struct Discovery {
+    pub event: DiscoveryEvent,
+    pub applied: Option<oneshot::Sender<()>>,
+}
+
+impl From<DiscoveryEvent> for Discovery {
+    fn from(event: DiscoveryEvent) -> Self {
+        Self {
+            event,
+            applied: None,
+        }
+    }
+}
+
 /// The netns found so far, per pod.
 #[derive(Debug, Default)]
 pub struct NetnsDiscovery {
@@ -163,7 +181,7 @@ pub struct PendingPod {
 pub async fn run_scanner(
     proc_root: PathBuf,
     mut pending: watch::Receiver<Vec<PendingPod>>,
-    events: mpsc::Sender<DiscoveryEvent>,
+    events: mpsc::Sender<Discovery>,
     shutdown: CancellationToken,
 ) {
     // What was last said of each pod, so a pod that stays pending is not logged every scan.
@@ -184,7 +202,7 @@ pub async fn run_scanner(
             match scanned {
                 Ok(Ok(report)) => {
                     for event in finds(&pods, &report, &mut said) {
-                        if events.send(event).await.is_err() {
+                        if events.send(event.into()).await.is_err() {
                             return;
                         }
                     }

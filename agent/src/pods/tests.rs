@@ -893,7 +893,8 @@ fn a_pod_without_a_netns_waits_for_discovery_and_is_captured_once_found() {
 #[test]
 fn discovery_gives_the_ip_of_a_pod_that_has_none_yet_and_must_agree_with_one_it_has() {
     // (status.podIP, the find's addresses, expected proxy column prefix, capture's IP)
-    let cases: &[(Option<u8>, &[u8], &str, Option<u8>)] = &[
+    type Case<'a> = (Option<u8>, &'a [u8], &'a str, Option<u8>);
+    let cases: &[Case<'_>] = &[
         // Kubelet sets status.podIP only after ADD: the CNI result's IP is used.
         (None, &[9], "pending", Some(9)),
         (Some(9), &[9], "pending", Some(9)),
