@@ -46,6 +46,7 @@ pub mod binaries;
 pub mod cgroup;
 pub mod cli;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod http;
 pub mod istio;
