@@ -241,6 +241,12 @@ fn finds(
         pods.iter()
             .find(|p| p.uid.as_str().eq_ignore_ascii_case(uid))
     };
+    if let Some(warning) = &report.host_netns_unreadable
+        && said.get("host") != Some(warning)
+    {
+        tracing::warn!("netns discovery: {warning}; only the agent's own netns is ruled out");
+        said.insert("host".to_owned(), warning.clone());
+    }
     for rejected in &report.rejected {
         let message = format!("pid {}: {}", rejected.pid, rejected.reason);
         if said.get(&rejected.uid) != Some(&message) {
@@ -367,6 +373,7 @@ mod tests {
                 netns: "/host/proc/42/ns/net".into(),
             }],
             rejected: vec![],
+            host_netns_unreadable: None,
         };
         let events = finds(&pending, &report, &mut HashMap::new());
         let [DiscoveryEvent::Found(found)] = events.as_slice() else {

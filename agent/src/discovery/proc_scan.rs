@@ -62,18 +62,15 @@ pub struct ScanRejected {
 pub struct ScanReport {
     pub found: Vec<ScanFound>,
     pub rejected: Vec<ScanRejected>,
+    /// Set when the host's netns (`<proc-root>/1/ns/net`) could not be read: only the
+    /// agent's own netns was then ruled out (a hostNetwork agent's is the host's).
+    pub host_netns_unreadable: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot list the processes in {} (check --proc-root): {source}", path.display())]
     List { path: PathBuf, source: io::Error },
-    #[error(
-        "cannot read the host's network namespace {} (check --proc-root: in a pod, mount the \
-         host's /proc): {source}",
-        path.display()
-    )]
-    HostNetns { path: PathBuf, source: io::Error },
 }
 
 /// The pod UID that a process's `/proc/<pid>/cgroup` names, in kubelet's layouts:
@@ -167,10 +164,17 @@ pub fn scan(proc_root: &Path, targets: &[ScanTarget]) -> Result<ScanReport, Erro
         return Ok(report);
     }
     let host_path = proc_root.join("1/ns/net");
-    let host = netns_id(&host_path).map_err(|source| Error::HostNetns {
-        path: host_path,
-        source,
-    })?;
+    let host = match netns_id(&host_path) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            report.host_netns_unreadable = Some(format!(
+                "cannot read the host's network namespace {} (check --proc-root: in a pod, \
+                 mount the host's /proc): {e}",
+                host_path.display()
+            ));
+            None
+        }
+    };
     // The agent's own netns, from its own /proc (not the host's, where `self` is not it).
     let own = netns_id(Path::new("/proc/self/ns/net")).ok();
 
@@ -219,7 +223,7 @@ pub fn scan(proc_root: &Path, targets: &[ScanTarget]) -> Result<ScanReport, Erro
         let netns = proc_root.join(pid.to_string()).join("ns/net");
         let verdict = match netns_id(&netns) {
             Err(e) => Err(Rejection::Unreadable(e.to_string())),
-            Ok(id) if id == host || Some(id) == own => Err(Rejection::HostNetns),
+            Ok(id) if Some(id) == host || Some(id) == own => Err(Rejection::HostNetns),
             Ok(_) => match netns_holds(&netns, ip) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Rejection::MissingIp { ip }),

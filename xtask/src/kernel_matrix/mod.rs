@@ -35,7 +35,7 @@ pub struct TestBinary {
 }
 
 /// Every privileged test binary, in the order they run.
-pub const ALL_BINARIES: [TestBinary; 6] = [
+pub const ALL_BINARIES: [TestBinary; 8] = [
     TestBinary {
         package: "shunt-agent",
         name: "capture",
@@ -59,6 +59,14 @@ pub const ALL_BINARIES: [TestBinary; 6] = [
     TestBinary {
         package: "shunt-tests",
         name: "security",
+    },
+    TestBinary {
+        package: "shunt-tests",
+        name: "discovery",
+    },
+    TestBinary {
+        package: "shunt-tests",
+        name: "cni",
     },
 ];
 
