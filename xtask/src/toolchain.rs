@@ -25,7 +25,9 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`); tcpdump for the
 /// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`);
 /// qemu-system-x86 and busybox-static for the kernel matrix's guests (`cargo xtask
-/// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe).
+/// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe);
+/// containernetworking-plugins (`/usr/lib/cni`: bridge, host-local) as the primary CNI that
+/// `tests/tests/cni.rs` chains shunt-cni after.
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -38,6 +40,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "qemu-system-x86",
     "busybox-static",
+    "containernetworking-plugins",
 ];
 
 pub fn cargo_home() -> PathBuf {
