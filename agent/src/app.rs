@@ -19,8 +19,11 @@ use crate::bpf_log::{self, Forwarder};
 use crate::ca::{CaMode, CaOptions};
 use crate::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use crate::capture::{self, Capture, Installed};
+use crate::cni_install::{self, CniInstall};
+use crate::cni_server::{self, CniContext, CniServer};
 use crate::config;
 use crate::control::{self, ControlServer};
+use crate::discovery;
 use crate::pods::Reconciler;
 use crate::source;
 use shunt_api::capture::CaptureMode;
@@ -30,6 +33,8 @@ use shunt_api::run_dir::{self, RunDir};
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Proxy events waiting for the reconciler; the control server waits when it is full.
 const PROXY_EVENTS: usize = 64;
+/// How often the CNI install is checked (a primary CNI may rewrite its config).
+const CNI_RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -44,6 +49,10 @@ pub struct Options {
     pub ca: Option<CaOptions>,
     /// What the eBPF programs report to the agent's log (`--bpf-log`).
     pub bpf_log: BpfLogLevel,
+    /// Where the `/proc` scan of netns discovery reads (`--proc-root`; the host's `/proc`).
+    pub proc_root: PathBuf,
+    /// Chains `shunt-cni` into the node's CNI config (`--install-cni`), when on.
+    pub cni: Option<CniInstall>,
 }
 
 impl Options {
@@ -72,6 +81,10 @@ pub enum Error {
     Control(#[from] control::Error),
     #[error(transparent)]
     Admin(#[from] admin::Error),
+    #[error(transparent)]
+    Cni(#[from] cni_server::Error),
+    #[error("removing shunt-cni: {0}")]
+    CniUninstall(#[from] cni_install::Error),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
 }
@@ -94,6 +107,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     options.run_dir.create()?;
     let control = ControlServer::bind(&options.run_dir.control_socket())?;
     let admin = AdminServer::bind(&options.run_dir.admin_socket())?;
+    let cni = CniServer::bind(&options.run_dir.cni_socket())?;
     // A program the verifier rejects (or a missing iptables) fails here, with its log: never
     // run without capture.
     let installed = options.installed();
@@ -148,6 +162,21 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         uninstalled: uninstalled.clone(),
         ca,
     });
+    let cni_context = Arc::new(CniContext {
+        config: snapshots.clone(),
+        node: reconciler.view(),
+        discovery: reconciler.discovery_events(),
+    });
+    tasks.spawn(discovery::run_scanner(
+        options.proc_root.clone(),
+        reconciler.pending_discovery(),
+        reconciler.discovery_events(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(cni.run(cni_context, shutdown.clone()));
+    if let Some(install) = options.cni.clone() {
+        tasks.spawn(keep_cni_installed(install, shutdown.clone()));
+    }
     let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
     tasks.spawn(control.run(events_tx, shutdown.clone()));
@@ -179,7 +208,15 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     }
     match stopped {
         Stopped::Uninstalled => {
-            for path in options.run_dir.remove_sockets()? {
+            let mut removed = options.run_dir.remove_sockets()?;
+            if let Some(cni) = &options.cni {
+                removed.extend(cni_install::uninstall(
+                    &cni.bin_dir,
+                    &cni.conf_dir,
+                    &cni.agent_socket,
+                )?);
+            }
+            for path in removed {
                 tracing::info!(path = %path.display(), "removed");
             }
         }
@@ -190,4 +227,38 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         }
     }
     Ok(stopped)
+}
+
+/// Chains `shunt-cni` into the node's CNI config, and keeps it there: at start, then every
+/// [`CNI_RECHECK`] (the primary CNI may write its config later, or rewrite it).
+async fn keep_cni_installed(install: CniInstall, shutdown: CancellationToken) {
+    let mut last_error = None;
+    loop {
+        let attempt = install.clone();
+        match tokio::task::spawn_blocking(move || attempt.install()).await {
+            Ok(Ok(installed)) => {
+                last_error = None;
+                if installed.changed {
+                    tracing::info!(
+                        config = %installed.config.display(),
+                        converted_from = ?installed.converted_from,
+                        bin_dir = %install.bin_dir.display(),
+                        "shunt-cni chained after the primary CNI"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                let message = e.to_string();
+                if last_error.as_ref() != Some(&message) {
+                    tracing::warn!("cannot install shunt-cni: {message}");
+                    last_error = Some(message);
+                }
+            }
+            Err(e) => tracing::error!("installing shunt-cni panicked: {e}"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CNI_RECHECK) => {}
+        }
+    }
 }

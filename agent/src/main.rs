@@ -14,6 +14,7 @@ use shunt_agent::app::{self, Options};
 use shunt_agent::ca::{self, CaOptions};
 use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
+use shunt_agent::cni_install::{self, CniInstall};
 use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
 use shunt_api::admin_client::{self as client, AdminClient};
@@ -106,6 +107,32 @@ struct Cli {
     /// and a branch. Applies to adopted programs too (the level is in the pinned SETTINGS).
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = BpfLogLevel::Off)]
     bpf_log: BpfLogLevel,
+    /// Where netns discovery's /proc scan reads processes (in a pod: the host's /proc,
+    /// mounted at e.g. /host/proc).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Chains the shunt-cni plugin after the node's primary CNI: copies it into
+    /// --cni-bin-dir and appends it to the first config of --cni-conf-dir (a .conf becomes a
+    /// .conflist), and keeps it there. With --uninstall: removes this instance's entry (and
+    /// the binary when no other entry is left).
+    #[arg(long)]
+    install_cni: bool,
+    /// Where the runtime finds CNI plugins (GKE: /home/kubernetes/bin).
+    #[arg(long, value_name = "DIR", default_value = cni_install::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// Where the runtime reads CNI network configs.
+    #[arg(long, value_name = "DIR", default_value = cni_install::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The shunt-cni binary to install [default: shunt-cni beside this executable].
+    #[arg(long, value_name = "FILE")]
+    cni_plugin: Option<PathBuf>,
+    /// shunt's own namespace: shunt-cni lets its pods start without asking the agent (the
+    /// agent and proxy must start before anything can be captured).
+    #[arg(long, value_name = "NAMESPACE", default_value = cni_install::DEFAULT_SYSTEM_NAMESPACE)]
+    system_namespace: String,
+    /// How long shunt-cni's ADD waits for a captured pod's proxy listeners and capture.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    cni_timeout: u64,
     /// Log format; logs go to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -169,12 +196,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let cni = if cli.install_cni {
+        let plugin = match cli.cni_plugin {
+            Some(plugin) => plugin,
+            None => std::env::current_exe()
+                .context("finding shunt-cni beside this executable (or give --cni-plugin)")?
+                .with_file_name(cni_install::PLUGIN_TYPE),
+        };
+        Some(CniInstall {
+            bin_dir: cli.cni_bin_dir,
+            conf_dir: cli.cni_conf_dir,
+            plugin,
+            agent_socket: std::path::absolute(run_dir.cni_socket())
+                .context("making the CNI socket's path absolute")?,
+            system_namespace: cli.system_namespace,
+            timeout_seconds: cli.cni_timeout,
+        })
+    } else {
+        None
+    };
     if cli.uninstall {
         let installed = Installed {
             ebpf: capture,
             iptables_records: capture::iptables_records(run_dir.path()),
         };
-        return runtime.block_on(uninstall(&installed, &run_dir));
+        return runtime.block_on(uninstall(&installed, &run_dir, cni.as_ref()));
     }
     let Some(config_dir) = cli.config_dir else {
         anyhow::bail!("--config-dir is required");
@@ -204,6 +250,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }),
         bpf_log: cli.bpf_log,
+        proc_root: cli.proc_root,
+        cni,
     };
     runtime.block_on(app::run(options))?;
     Ok(())
@@ -211,7 +259,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Asks a running agent to uninstall (so it cannot re-create what is removed, and exits);
 /// with no agent running, removes the pins and the recorded pods' iptables rules directly.
-async fn uninstall(installed: &Installed, run_dir: &RunDir) -> anyhow::Result<()> {
+async fn uninstall(
+    installed: &Installed,
+    run_dir: &RunDir,
+    cni: Option<&CniInstall>,
+) -> anyhow::Result<()> {
     let instance = &installed.ebpf.instance;
     let agent = AdminClient::new(&run_dir.admin_socket(), Some(instance));
     let mut removed = match agent.post::<api::Uninstalled>("/uninstall").await {
@@ -222,6 +274,13 @@ async fn uninstall(installed: &Installed, run_dir: &RunDir) -> anyhow::Result<()
         Err(client::Error::NoAgent { .. }) => installed.uninstall()?,
         Err(e) => return Err(e.into()),
     };
+    // The running agent removes its own entry as it stops; this covers an agent that is gone.
+    if let Some(cni) = cni {
+        removed.extend(
+            cni_install::uninstall(&cni.bin_dir, &cni.conf_dir, &cni.agent_socket)
+                .context("removing shunt-cni")?,
+        );
+    }
     removed.extend(run_dir.remove_sockets()?);
     if removed.is_empty() {
         println!("nothing to remove for instance {instance}");

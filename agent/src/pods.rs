@@ -12,6 +12,11 @@
 //! After an agent restart, capture of pods that are still wanted is kept as it is (their netns
 //! cookies are in the pinned maps, or in the iptables records); capture of netns that no pod
 //! wants any more is removed.
+//!
+//! A captured pod whose netns no annotation names (a real cluster's) waits, "pending netns
+//! discovery", until [`crate::discovery`] finds it ([`Reconciler::discovery_events`]: the CNI
+//! plugin's ADD, the `/proc` scan); the pods still waiting are published
+//! ([`Reconciler::pending_discovery`]) for the scan.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::ebpf::PodCapture;
 use crate::capture::{self, Capture};
 use crate::config::gateway_credentials::gateway_credentials;
-use crate::config::{CaptureSpec, PodPlan, Snapshot};
+use crate::config::{CaptureSpec, NetnsSource, PodPlan, Snapshot};
 use crate::control::{ConnectionId, Outgoing, ProxyEvent};
+use crate::discovery::{Discovery, DiscoveryEvent, NetnsDiscovery, Origin, PendingPod, PodRef};
 use shunt_mesh::ids::PodUid;
 
 use crate::netns::{OpenNetns, PodNetns, open_pod_netns};
@@ -110,17 +116,42 @@ impl CaptureMaps for Capture {
     }
 }
 
+/// Discovery events waiting for the reconciler; the CNI server and the scan wait when full.
+const DISCOVERY_EVENTS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot open the network namespace {} of pod {pod}: {source}; check the pod's \
-         shunt.io/netns annotation",
+        "cannot open the network namespace {} of pod {pod} (from {origin}): {source}",
         path.display()
     )]
     Netns {
         pod: String,
         path: PathBuf,
+        origin: String,
         source: io::Error,
+    },
+    #[error(
+        "pod {pod}: its netns {} was found by {origin} with addresses {found:?}, which do not \
+         include its status.podIP {ip}",
+        path.display()
+    )]
+    IpMismatch {
+        pod: String,
+        path: PathBuf,
+        origin: Origin,
+        found: Vec<Ipv4Addr>,
+        ip: Ipv4Addr,
+    },
+    #[error(
+        "pod {pod}: its netns {} was found by {origin} without an IPv4 address, and the pod \
+         has no status.podIP",
+        path.display()
+    )]
+    NoIp {
+        pod: String,
+        path: PathBuf,
+        origin: Origin,
     },
     #[error("pod {pod} uses network namespace {} of pod {other}; each pod needs its own", path.display())]
     SharedNetns {
@@ -145,11 +176,23 @@ pub enum Error {
 pub struct NodeView {
     pub proxy: api::ProxyStatus,
     pub workloads: Vec<api::Workload>,
+    /// This node's captured pods, by uid: what the CNI server waits on.
+    pub pods: BTreeMap<PodUid, PodState>,
+}
+
+/// A captured pod of this node as the reconciler holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodState {
+    /// The netns file it was opened from, once known.
+    pub netns: Option<PathBuf>,
+    pub status: PodStatus,
 }
 
 /// Where a captured pod stands with the proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum PodStatus {
+pub enum PodStatus {
+    /// No annotation names its netns and discovery has not found it yet.
+    PendingDiscovery,
     /// Handed to the proxy (or waiting for one); capture is not on yet, unless kept from
     /// before an agent restart.
     Pending,
@@ -161,8 +204,10 @@ enum PodStatus {
 }
 
 impl PodStatus {
-    fn describe(&self) -> String {
+    #[must_use]
+    pub fn describe(&self) -> String {
         match self {
+            Self::PendingDiscovery => "pending netns discovery".to_owned(),
             Self::Pending => "pending".to_owned(),
             Self::Ready => "ready".to_owned(),
             Self::Failed(error) => format!("failed: {error}"),
@@ -176,13 +221,42 @@ struct OpenNetnsFile {
     cookie: u64,
 }
 
+/// Where a captured pod's netns is, and the IP capture uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    path: PathBuf,
+    ip: Ipv4Addr,
+    /// `None`: the `shunt.io/netns` annotation.
+    origin: Option<Origin>,
+}
+
+impl Target {
+    fn origin(&self) -> String {
+        self.origin.as_ref().map_or_else(
+            || "its shunt.io/netns annotation".to_owned(),
+            ToString::to_string,
+        )
+    }
+
+    /// Another netns or IP is another pod for capture and the proxy; the origin alone is not.
+    fn same_place(a: Option<&Self>, b: Option<&Self>) -> bool {
+        a.map(|t| (&t.path, t.ip)) == b.map(|t| (&t.path, t.ip))
+    }
+}
+
+/// Where discovery (or the annotation) places a pod: `Ok(None)` while it is not known.
+type Resolved = Result<Option<Target>, Error>;
+
 /// A pod the config wants captured.
 #[derive(Debug)]
 struct CapturedPod {
     /// `namespace/name`, for messages.
     name: String,
+    pod: PodRef,
     spec: CaptureSpec,
-    /// `None` when the netns could not be opened (see `status`).
+    /// `None` while discovery has not found the netns (see `status`).
+    target: Option<Target>,
+    /// `None` when the netns is not known or could not be opened (see `status`).
     netns: Option<OpenNetnsFile>,
     status: PodStatus,
     /// Whether capture has (or may have) state for this pod, which must go when it goes.
@@ -212,6 +286,11 @@ pub struct Reconciler<C> {
     /// claimed yet; what is left after the first config is removed.
     inherited: Option<BTreeSet<u64>>,
     view: watch::Sender<NodeView>,
+    discovery: NetnsDiscovery,
+    discovery_tx: mpsc::Sender<Discovery>,
+    discovery_rx: Option<mpsc::Receiver<Discovery>>,
+    /// The captured pods still pending discovery that have an IP: what the scan looks for.
+    pending: watch::Sender<Vec<PendingPod>>,
 }
 
 impl<C: CaptureMaps> Reconciler<C> {
@@ -226,6 +305,7 @@ impl<C: CaptureMaps> Reconciler<C> {
                 "capture state from an earlier run found; keeping it for pods still captured"
             );
         }
+        let (discovery_tx, discovery_rx) = mpsc::channel(DISCOVERY_EVENTS);
         Self {
             capture,
             open_netns: open_pod_netns,
@@ -237,7 +317,23 @@ impl<C: CaptureMaps> Reconciler<C> {
             refused: None,
             inherited: Some(inherited.into_iter().collect()),
             view: watch::Sender::new(NodeView::default()),
+            discovery: NetnsDiscovery::default(),
+            discovery_tx,
+            discovery_rx: Some(discovery_rx),
+            pending: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Where the discovery paths send what they find (see [`Reconciler::discovered`]).
+    #[must_use]
+    pub fn discovery_events(&self) -> mpsc::Sender<Discovery> {
+        self.discovery_tx.clone()
+    }
+
+    /// Follows the captured pods still pending discovery, for the `/proc` scan.
+    #[must_use]
+    pub fn pending_discovery(&self) -> watch::Receiver<Vec<PendingPod>> {
+        self.pending.subscribe()
     }
 
     /// Replaces how pod netns files are opened (tests use plain files).
@@ -261,9 +357,19 @@ impl<C: CaptureMaps> Reconciler<C> {
     ) {
         let first = Arc::clone(&snapshots.borrow_and_update());
         self.apply(&first);
+        let Some(mut discovered) = self.discovery_rx.take() else {
+            return;
+        };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                // The reconciler holds a sender itself, so this never ends.
+                Some(Discovery { event, applied }) = discovered.recv() => {
+                    self.discovered(event);
+                    if let Some(applied) = applied {
+                        let _ = applied.send(());
+                    }
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return;
@@ -295,39 +401,8 @@ impl<C: CaptureMaps> Reconciler<C> {
                 state: self.mesh.clone(),
             });
         }
-        // Only this node's pods: another node's are its agent's to capture.
-        let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec)> = snapshot
-            .pods
-            .iter()
-            .filter_map(|plan| Some((&plan.uid, (plan, plan.captured_here()?))))
-            .collect();
-
-        // A pod that moved to another netns or IP is another pod as far as capture and the
-        // proxy are concerned: remove it, then add it again below.
-        let gone: Vec<PodUid> = self
-            .pods
-            .iter()
-            .filter(|(uid, pod)| {
-                // A pod that became (or stopped being) a gateway pod is served afresh too.
-                wanted.get(uid).is_none_or(|(_, spec)| {
-                    spec.netns != pod.spec.netns
-                        || spec.ip != pod.spec.ip
-                        || spec.role != pod.spec.role
-                })
-            })
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        for uid in gone {
-            self.remove(&uid);
-        }
-
-        for (uid, (plan, spec)) in wanted {
-            if self.pods.contains_key(uid) {
-                self.update(uid, spec);
-            } else {
-                self.add(plan, spec);
-            }
-        }
+        self.plans = snapshot.pods.clone();
+        self.reconcile();
 
         if let Some(inherited) = self.inherited.take() {
             for cookie in inherited {
@@ -340,27 +415,171 @@ impl<C: CaptureMaps> Reconciler<C> {
                 }
             }
         }
-        self.plans = snapshot.pods.clone();
         self.publish();
     }
 
-    fn add(&mut self, plan: &PodPlan, spec: &CaptureSpec) {
+    /// Takes in what a discovery path found (or a DEL), and reconciles with it.
+    pub fn discovered(&mut self, event: DiscoveryEvent) {
+        match event {
+            DiscoveryEvent::Found(found) => {
+                if self.discovery.record(found.clone()) {
+                    tracing::info!(
+                        pod = %found.pod,
+                        netns = %found.netns.display(),
+                        "netns discovered by {}",
+                        found.origin
+                    );
+                }
+            }
+            DiscoveryEvent::Gone { pod, container_id } => {
+                if self.discovery.forget(&pod, &container_id) {
+                    tracing::info!(%pod, container_id, "sandbox deleted; its netns is forgotten");
+                }
+            }
+        }
+        // Also when nothing changed: a repeated ADD retries a netns that failed to open.
+        self.reconcile();
+        self.publish();
+    }
+
+    /// Brings capture and the proxy in line with the last config's plans and what discovery
+    /// knows.
+    fn reconcile(&mut self) {
+        let plans = std::mem::take(&mut self.plans);
+        // Only this node's pods: another node's are its agent's to capture.
+        let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec, Resolved)> = plans
+            .iter()
+            .filter_map(|plan| {
+                let spec = plan.captured_here()?;
+                Some((&plan.uid, (plan, spec, self.resolve(plan, spec))))
+            })
+            .collect();
+
+        // A pod that moved to another netns or IP is another pod as far as capture and the
+        // proxy are concerned: remove it, then add it again below.
+        let gone: Vec<PodUid> = self
+            .pods
+            .iter()
+            .filter(|(uid, pod)| {
+                // A pod that became (or stopped being) a gateway pod is served afresh too.
+                wanted.get(uid).is_none_or(|(_, spec, target)| {
+                    spec.role != pod.spec.role
+                        || !Target::same_place(
+                            pod.target.as_ref(),
+                            target.as_ref().ok().and_then(Option::as_ref),
+                        )
+                })
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.remove(&uid);
+        }
+
+        for (uid, (plan, spec, target)) in wanted {
+            if self.pods.contains_key(uid) {
+                self.update(uid, spec, target);
+            } else {
+                self.add(plan, spec, target);
+            }
+        }
+        self.plans = plans;
+    }
+
+    /// Where the pod's netns is: its annotation, or what discovery found.
+    fn resolve(&self, plan: &PodPlan, spec: &CaptureSpec) -> Resolved {
+        let pod = || format!("{}/{}", plan.namespace, plan.name);
+        match &spec.netns {
+            NetnsSource::Annotation(path) => Ok(spec.ip.map(|ip| Target {
+                path: path.clone(),
+                ip,
+                origin: None,
+            })),
+            NetnsSource::Discovered => {
+                let Some(found) = self
+                    .discovery
+                    .lookup(&plan.uid, &plan.namespace, &plan.name)
+                else {
+                    return Ok(None);
+                };
+                let ip = match (spec.ip, found.ips.first()) {
+                    (Some(ip), _) if found.ips.is_empty() || found.ips.contains(&ip) => ip,
+                    (Some(ip), _) => {
+                        return Err(Error::IpMismatch {
+                            pod: pod(),
+                            path: found.netns.clone(),
+                            origin: found.origin.clone(),
+                            found: found.ips.clone(),
+                            ip,
+                        });
+                    }
+                    (None, Some(ip)) => *ip,
+                    (None, None) => {
+                        return Err(Error::NoIp {
+                            pod: pod(),
+                            path: found.netns.clone(),
+                            origin: found.origin.clone(),
+                        });
+                    }
+                };
+                Ok(Some(Target {
+                    path: found.netns.clone(),
+                    ip,
+                    origin: Some(found.origin.clone()),
+                }))
+            }
+        }
+    }
+
+    fn add(&mut self, plan: &PodPlan, spec: &CaptureSpec, target: Resolved) {
         let mut pod = CapturedPod {
             name: format!("{}/{}", plan.namespace, plan.name),
+            pod: PodRef {
+                namespace: plan.namespace.clone(),
+                name: plan.name.clone(),
+                uid: Some(plan.uid.clone()),
+            },
             spec: spec.clone(),
+            target: None,
             netns: None,
-            status: PodStatus::Pending,
+            status: PodStatus::PendingDiscovery,
             capture_on: false,
         };
-        self.open(&plan.uid, &mut pod);
+        Self::set_target(&mut pod, target);
+        if pod.target.is_some() {
+            self.open(&plan.uid, &mut pod);
+        }
         self.pods.insert(plan.uid.clone(), pod);
+    }
+
+    /// Takes the pod's resolved netns; without one, says why the pod waits.
+    fn set_target(pod: &mut CapturedPod, target: Resolved) {
+        match target {
+            Ok(Some(target)) => pod.target = Some(target),
+            Ok(None) => {
+                pod.target = None;
+                pod.status = PodStatus::PendingDiscovery;
+            }
+            Err(e) => {
+                pod.target = None;
+                let e = e.to_string();
+                if !matches!(&pod.status, PodStatus::Failed(previous) if *previous == e) {
+                    tracing::warn!("{e}");
+                }
+                pod.status = PodStatus::Failed(e);
+            }
+        }
     }
 
     /// Opens the pod's netns and hands it to the proxy.
     fn open(&mut self, uid: &PodUid, pod: &mut CapturedPod) {
-        let opened = (self.open_netns)(&pod.spec.netns).map_err(|source| Error::Netns {
+        let Some(target) = &pod.target else {
+            return;
+        };
+        let opened = (self.open_netns)(&target.path).map_err(|source| Error::Netns {
             pod: pod.name.clone(),
-            path: pod.spec.netns.clone(),
+            path: target.path.clone(),
+            origin: target.origin(),
             source,
         });
         let netns = match opened.and_then(|netns| self.check_unshared(pod, netns)) {
@@ -381,7 +600,8 @@ impl<C: CaptureMaps> Reconciler<C> {
             .is_some_and(|inherited| inherited.remove(&netns.cookie));
         tracing::info!(
             pod = %pod.name,
-            netns = %pod.spec.netns.display(),
+            netns = %target.path.display(),
+            netns_from = %target.origin(),
             netns_cookie = netns.cookie,
             kept_from_earlier_run = pod.capture_on,
             "pod to capture; handing it to the proxy"
@@ -411,34 +631,46 @@ impl<C: CaptureMaps> Reconciler<C> {
             Some(other) => Err(Error::SharedNetns {
                 pod: pod.name.clone(),
                 other: other.name.clone(),
-                path: pod.spec.netns.clone(),
+                path: pod
+                    .target
+                    .as_ref()
+                    .map(|t| t.path.clone())
+                    .unwrap_or_default(),
             }),
             None => Ok(netns),
         }
     }
 
-    /// Same pod, same netns and IP: only the excluded ports can have changed. A netns that
-    /// could not be opened is tried again.
-    fn update(&mut self, uid: &PodUid, spec: &CaptureSpec) {
+    /// Same pod, same netns and IP: only the excluded ports (or where the netns was learnt)
+    /// can have changed. A netns that could not be opened is tried again.
+    fn update(&mut self, uid: &PodUid, spec: &CaptureSpec, target: Resolved) {
         let Some(mut pod) = self.pods.remove(uid) else {
             return;
         };
+        match (&mut pod.target, target) {
+            (Some(current), Ok(Some(target))) => current.origin = target.origin,
+            (_, target) => Self::set_target(&mut pod, target),
+        }
         if pod.spec != *spec {
             pod.spec = spec.clone();
             if pod.capture_on {
                 // Updated in place: the pod's connections are not touched.
-                let result = pod.netns.as_ref().map(|netns| {
-                    self.capture
-                        .add_pod(&pod_capture(&pod.spec, netns))
-                        .map_err(|e| capture_error(&pod.name, "update the excluded ports", e))
-                });
+                let result = pod
+                    .netns
+                    .as_ref()
+                    .zip(pod.target.as_ref())
+                    .map(|(netns, target)| {
+                        self.capture
+                            .add_pod(&pod_capture(&pod.spec, target, netns))
+                            .map_err(|e| capture_error(&pod.name, "update the excluded ports", e))
+                    });
                 if let Some(Err(e)) = result {
                     tracing::error!("{e}");
                     pod.status = PodStatus::Failed(e.to_string());
                 }
             }
         }
-        if pod.netns.is_none() {
+        if pod.netns.is_none() && pod.target.is_some() {
             self.open(uid, &mut pod);
         }
         self.pods.insert(uid.to_owned(), pod);
@@ -459,10 +691,10 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     fn capture_off(&mut self, pod: &CapturedPod) {
-        let Some(netns) = &pod.netns else {
+        let (Some(netns), Some(target)) = (&pod.netns, &pod.target) else {
             return;
         };
-        if let Err(e) = self.capture.remove_pod(netns.cookie, Some(pod.spec.ip)) {
+        if let Err(e) = self.capture.remove_pod(netns.cookie, Some(target.ip)) {
             tracing::error!("{}", capture_error(&pod.name, "remove capture", e));
         }
     }
@@ -560,7 +792,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             // Removed while the proxy was opening it; RemovePod is on its way.
             return;
         };
-        let Some(netns) = &pod.netns else {
+        let (Some(netns), Some(target)) = (&pod.netns, &pod.target) else {
             return;
         };
         if pod.spec.role == PodRole::Gateway {
@@ -577,11 +809,11 @@ impl<C: CaptureMaps> Reconciler<C> {
             }),
             Some(listener) => self
                 .capture
-                .add_pod(&pod_capture(&pod.spec, netns))
+                .add_pod(&pod_capture(&pod.spec, target, netns))
                 .map_err(|e| capture_error(&pod.name, "turn capture on", e))
                 .and_then(|()| {
                     self.capture
-                        .set_inbound_listener(pod.spec.ip, listener.as_fd())
+                        .set_inbound_listener(target.ip, listener.as_fd())
                         .map_err(|e| capture_error(&pod.name, "install the inbound listener", e))
                 }),
         };
@@ -597,7 +829,7 @@ impl<C: CaptureMaps> Reconciler<C> {
                 tracing::error!("{e}");
                 pod.status = PodStatus::Failed(e.to_string());
                 // Half-installed capture would send the app to a listener that is not there.
-                if let Err(e) = self.capture.remove_pod(netns.cookie, Some(pod.spec.ip)) {
+                if let Err(e) = self.capture.remove_pod(netns.cookie, Some(target.ip)) {
                     tracing::error!("{}", capture_error(&pod.name, "remove capture", e));
                 }
                 pod.capture_on = false;
@@ -643,15 +875,28 @@ impl<C: CaptureMaps> Reconciler<C> {
             .iter()
             .map(|plan| {
                 let pod = self.pods.get(&plan.uid);
+                let target = pod.and_then(|pod| pod.target.as_ref());
+                let annotated = plan.capture.as_ref().and_then(|spec| match &spec.netns {
+                    NetnsSource::Annotation(path) => Some(path.clone()),
+                    NetnsSource::Discovered => None,
+                });
+                let reason = match target.and_then(|t| t.origin.as_ref().map(|o| (t, o))) {
+                    Some((target, origin)) => format!(
+                        "{}; netns {} found by {origin}",
+                        plan.reason,
+                        target.path.display()
+                    ),
+                    None => plan.reason.clone(),
+                };
                 api::Workload {
                     namespace: plan.namespace.clone(),
                     name: plan.name.clone(),
                     uid: plan.uid.clone(),
-                    ip: plan.ip,
+                    ip: plan.ip.or(target.map(|t| t.ip)),
                     node: Some(plan.node.clone()),
                     captured: plan.captured(),
-                    reason: plan.reason.clone(),
-                    netns: plan.capture.as_ref().map(|spec| spec.netns.clone()),
+                    reason,
+                    netns: target.map(|t| t.path.clone()).or(annotated),
                     netns_cookie: pod.and_then(|pod| pod.netns.as_ref().map(|n| n.cookie)),
                     proxy: pod.map_or_else(|| "n/a".to_owned(), |pod| pod.status.describe()),
                 }
@@ -672,7 +917,37 @@ impl<C: CaptureMaps> Reconciler<C> {
                 (None, None) => api::ProxyStatus::default(),
             },
             workloads,
+            pods: self
+                .pods
+                .iter()
+                .map(|(uid, pod)| {
+                    let state = PodState {
+                        netns: pod.target.as_ref().map(|t| t.path.clone()),
+                        status: pod.status.clone(),
+                    };
+                    (uid.clone(), state)
+                })
+                .collect(),
         };
+        let pending: Vec<PendingPod> = self
+            .pods
+            .iter()
+            .filter(|(_, pod)| pod.status == PodStatus::PendingDiscovery)
+            .filter_map(|(uid, pod)| {
+                Some(PendingPod {
+                    pod: pod.pod.clone(),
+                    uid: uid.clone(),
+                    ip: pod.spec.ip?,
+                })
+            })
+            .collect();
+        self.pending.send_if_modified(|current| {
+            let changed = *current != pending;
+            if changed {
+                *current = pending;
+            }
+            changed
+        });
         self.view.send_if_modified(|current| {
             let changed = *current != view;
             if changed {
@@ -700,12 +975,16 @@ fn add_pod(
     }
 }
 
-fn pod_capture<'a>(spec: &'a CaptureSpec, netns: &'a OpenNetnsFile) -> PodCapture<'a> {
+fn pod_capture<'a>(
+    spec: &'a CaptureSpec,
+    target: &'a Target,
+    netns: &'a OpenNetnsFile,
+) -> PodCapture<'a> {
     PodCapture {
         netns_cookie: netns.cookie,
         netns: netns.fd.as_fd(),
-        netns_path: &spec.netns,
-        pod_ip: spec.ip,
+        netns_path: &target.path,
+        pod_ip: target.ip,
         excluded_outbound_ports: spec.excluded_outbound_ports.clone(),
         excluded_inbound_ports: spec.excluded_inbound_ports.clone(),
         fail_closed: spec.fail_closed,

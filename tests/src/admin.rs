@@ -36,6 +36,8 @@ pub struct WorkloadView {
     /// Captured by the shunt of the pod's node (this agent's only when `node` is its own).
     pub captured: bool,
     pub reason: String,
+    /// The netns file the agent holds the pod by (its annotation, or what discovery found).
+    pub netns: Option<PathBuf>,
     pub netns_cookie: Option<u64>,
     /// `ready`, `pending`, `failed: <error>` or `n/a`.
     pub proxy: String,
@@ -51,6 +53,7 @@ impl WorkloadView {
             node: text("node"),
             captured: value.get("captured")?.as_bool()?,
             reason: text("reason").unwrap_or_default(),
+            netns: text("netns").map(PathBuf::from),
             netns_cookie: value.get("netns_cookie").and_then(Value::as_u64),
             proxy: text("proxy").unwrap_or_default(),
         })

@@ -91,6 +91,11 @@ impl Binaries {
         self.existing("shunt-proxy", None)
     }
 
+    /// The chained CNI plugin.
+    pub fn cni(&self) -> Result<PathBuf, Error> {
+        self.existing("shunt-cni", None)
+    }
+
     pub fn shuntctl(&self) -> Result<PathBuf, Error> {
         self.existing("shuntctl", None)
     }

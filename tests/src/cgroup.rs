@@ -127,6 +127,27 @@ impl Cgroup {
         ))
     }
 
+    /// `<this cgroup>/<relative>` and the folders on the way, created if missing.
+    pub fn create_nested(&self, relative: &str) -> Result<Self, Error> {
+        let cgroup = Self::at(self.path.join(relative));
+        std::fs::create_dir_all(&cgroup.path).map_err(|e| cgroup.io_error("mkdir -p", e))?;
+        Ok(cgroup)
+    }
+
+    /// [`Cgroup::remove`] for this folder and every folder below it, deepest first.
+    pub fn remove_tree(&self) -> Result<(), Error> {
+        if !self.exists() {
+            return Ok(());
+        }
+        let children = std::fs::read_dir(&self.path).map_err(|e| self.io_error("readdir", e))?;
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                Self::at(child.path()).remove_tree()?;
+            }
+        }
+        self.remove()
+    }
+
     fn io_error(&self, action: &'static str, source: std::io::Error) -> Error {
         Error::Io {
             path: self.path.clone(),

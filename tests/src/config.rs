@@ -76,6 +76,11 @@ pub struct PodConfig {
     pub ports: Vec<(String, u16)>,
     /// `spec.nodeName`; `None` leaves it out (the pod is then the reading agent's).
     pub node_name: Option<String>,
+    /// Whether `shunt.io/netns` names `netns`; without it, as a real cluster's pods, the
+    /// agent's netns discovery finds it (CNI plugin, /proc scan).
+    pub netns_annotation: bool,
+    /// `metadata.uid`; `None`: `<namespace>-<name>`.
+    pub uid: Option<String>,
 }
 
 impl PodConfig {
@@ -91,7 +96,23 @@ impl PodConfig {
             service_account: "default".to_owned(),
             ports: Vec::new(),
             node_name: None,
+            netns_annotation: true,
+            uid: None,
         }
+    }
+
+    /// Without the `shunt.io/netns` annotation: discovery must find the netns.
+    #[must_use]
+    pub fn discovered(mut self) -> Self {
+        self.netns_annotation = false;
+        self
+    }
+
+    /// `metadata.uid` (a real pod's is a UUID, which the /proc scan reads from cgroups).
+    #[must_use]
+    pub fn with_uid(mut self, uid: &str) -> Self {
+        self.uid = Some(uid.to_owned());
+        self
     }
 
     /// `spec.nodeName`.
@@ -121,10 +142,12 @@ impl PodConfig {
 
     fn to_json(&self) -> Value {
         let mut annotations = self.annotations.clone();
-        annotations.insert(
-            NETNS_ANNOTATION.to_owned(),
-            self.netns.to_string_lossy().into_owned(),
-        );
+        if self.netns_annotation {
+            annotations.insert(
+                NETNS_ANNOTATION.to_owned(),
+                self.netns.to_string_lossy().into_owned(),
+            );
+        }
         let ports: Vec<Value> = self
             .ports
             .iter()
@@ -143,7 +166,10 @@ impl PodConfig {
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,
-                "uid": format!("{}-{}", self.namespace, self.name),
+                "uid": self
+                    .uid
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-{}", self.namespace, self.name)),
                 "labels": self.labels,
                 "annotations": annotations,
             },

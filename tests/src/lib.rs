@@ -47,6 +47,7 @@ pub mod certs;
 pub mod cgroup;
 pub mod cli;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod http;
 pub mod istio;

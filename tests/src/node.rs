@@ -403,6 +403,22 @@ impl Node {
         Ok(pod)
     }
 
+    /// Creates a pod's netns and nothing in it (netns `shunt-<short>-<name>`, loopback up):
+    /// a sandbox for a CNI plugin chain to wire up, as a runtime's. It is the node's pod
+    /// (cleaned up with it, [`Node::spawn_in_pod`] places processes in it).
+    pub fn add_bare_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<Pod, Error> {
+        let netns_name = self.names.pod_netns(name)?;
+        Netns::create(&netns_name)?;
+        let pod = Pod {
+            name: name.to_owned(),
+            ip,
+            netns: netns_name,
+            node_name: self.layout.node_name.clone(),
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
     /// The pod as a config object in `namespace`, with its IP and netns annotation filled in,
     /// and `spec.nodeName` when the node has a name.
     #[must_use]

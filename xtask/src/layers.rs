@@ -43,6 +43,7 @@ const BELOW_TOP: &[&str] = &[
     "shunt-proxy",
     "shunt-agent",
     "shuntctl",
+    "shunt-cni",
 ];
 
 /// The workspace's crates, bottom up. An entry whose crate does not exist (yet) is skipped,
@@ -92,6 +93,13 @@ const LAYERS: &[Layer] = &[
     Layer {
         krate: "shuntctl",
         may_use: &["shunt-common", "shunt-mesh", "shunt-api"],
+        never_reaches: &[],
+    },
+    // The CNI plugin runs on the node for every pod sandbox: it speaks the agent's protocol
+    // (shunt-api) and nothing else of shunt's.
+    Layer {
+        krate: "shunt-cni",
+        may_use: &["shunt-api"],
         never_reaches: &[],
     },
     Layer {

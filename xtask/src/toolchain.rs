@@ -28,6 +28,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe);
 /// python3-venv for the virtualenv that holds kubernetes-validate (the manifests' schema
 /// check, `agent/ctl/tests/deploy.rs`).
+/// containernetworking-plugins (`/usr/lib/cni`: bridge, host-local) as the primary CNI that
+/// `tests/tests/cni.rs` chains shunt-cni after.
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -41,6 +43,7 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "python3-venv",
+    "containernetworking-plugins",
 ];
 
 /// kubernetes-validate (PyPI), pinned: its offline schemas cover Kubernetes 1.33 through 1.37,

@@ -5,6 +5,7 @@
 //!   client (`admin_client`, feature `client`);
 //! - [`certs`]: what the proxy reports of its workload certificates (`/debug/certs`);
 //! - [`k8s`]: the Kubernetes objects a config source reads;
+//! - [`cni`]: the `shunt-cni` plugin ↔ agent protocol (`cni.sock`);
 //! - [`mounts`]: /proc/mounts parsed (the agent's bpffs and cgroup2, `shuntctl precheck`);
 //! - [`run_dir`]: where an instance's sockets live (`/run/shunt/<instance>/`).
 #![deny(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod admin_client;
 pub mod capture;
 pub mod certs;
 pub mod clusters;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod credentials;

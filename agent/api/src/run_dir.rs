@@ -1,5 +1,5 @@
 //! The agent's run directory, `/run/shunt/<instance>` by default: the control socket the proxy
-//! dials and the admin socket `shuntctl` talks to.
+//! dials, the admin socket `shuntctl` talks to, and the socket the CNI plugin asks.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -11,6 +11,7 @@ pub const DEFAULT_ROOT: &str = "/run/shunt";
 pub const DEFAULT_INSTANCE: &str = "default";
 const CONTROL_SOCKET: &str = "control.sock";
 const ADMIN_SOCKET: &str = "admin.sock";
+const CNI_SOCKET: &str = "cni.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,6 +73,12 @@ impl RunDir {
         self.path.join(ADMIN_SOCKET)
     }
 
+    /// The socket `shunt-cni` asks (`shunt_api::cni`).
+    #[must_use]
+    pub fn cni_socket(&self) -> PathBuf {
+        self.path.join(CNI_SOCKET)
+    }
+
     /// Creates the directory (mode 0700: only root talks to the agent).
     pub fn create(&self) -> Result<(), Error> {
         std::fs::DirBuilder::new()
@@ -87,7 +94,11 @@ impl RunDir {
     /// Removes the sockets, returning those that were there.
     pub fn remove_sockets(&self) -> Result<Vec<PathBuf>, Error> {
         let mut removed = Vec::new();
-        for path in [self.control_socket(), self.admin_socket()] {
+        for path in [
+            self.control_socket(),
+            self.admin_socket(),
+            self.cni_socket(),
+        ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => removed.push(path),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -61,6 +61,7 @@ async fn start_with(config_text: &str) -> Admin {
             refused: None,
         },
         workloads: vec![workload()],
+        pods: Default::default(),
     });
     let context = Arc::new(AdminContext {
         capture: Capture::uninstalled(),

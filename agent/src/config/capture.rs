@@ -114,12 +114,23 @@ pub fn decide(pod: &Pod, namespace: Option<&Namespace>) -> Decision {
     }
 }
 
+/// Where a captured pod's network namespace comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsSource {
+    /// `shunt.io/netns`: local mode names the netns file.
+    Annotation(PathBuf),
+    /// Nothing names it, as for a real cluster's pods: the agent's netns discovery finds it
+    /// (`shunt-cni`'s ADD, or the `/proc` scan; `crate::discovery`).
+    Discovered,
+}
+
 /// What capture needs of a captured pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureSpec {
-    /// `shunt.io/netns`.
-    pub netns: PathBuf,
-    pub ip: Ipv4Addr,
+    pub netns: NetnsSource,
+    /// `status.podIP`. `None` only with [`NetnsSource::Discovered`]: kubelet sets a pod's IP
+    /// after its sandbox is up, so the CNI plugin's ADD (the primary CNI's result) brings it.
+    pub ip: Option<Ipv4Addr>,
     /// Sorted, without duplicates.
     pub excluded_outbound_ports: Vec<u16>,
     /// Sorted, without duplicates.
@@ -207,15 +218,27 @@ pub fn plan(
     let mut reason = decision.reason;
     let mut capture = None;
     if decision.capture {
-        if ip.is_none() {
+        let netns = netns_source(annotations).map_err(|e| errors.push(e)).ok();
+        // A netns named by annotation is local mode's: the config must give the IP too.
+        if ip.is_none() && matches!(netns, Some(NetnsSource::Annotation(_))) {
             errors.push(FieldError {
                 field: "status.podIP".to_owned(),
                 message: "required for a captured pod: the pod's IPv4 address".to_owned(),
             });
         }
-        let netns = netns_path(annotations).map_err(|e| errors.push(e)).ok();
-        match (ip, netns, outbound, inbound) {
-            (Some(ip), Some(netns), Some(outbound), Some(inbound)) => {
+        match (netns, outbound, inbound) {
+            (Some(netns), Some(outbound), Some(inbound)) if errors.is_empty() => {
+                if netns == NetnsSource::Discovered {
+                    let what = if ip.is_none() {
+                        "netns and IP come"
+                    } else {
+                        "netns comes"
+                    };
+                    reason = format!(
+                        "{reason}; no {NETNS_ANNOTATION} annotation: the {what} from netns \
+                         discovery (the CNI plugin or the /proc scan)"
+                    );
+                }
                 capture = Some(CaptureSpec {
                     netns,
                     ip,
@@ -260,24 +283,25 @@ pub fn make_gateway(pod: &Pod, plan: &mut PodPlan, gateways: &[String]) -> Vec<F
         spec.role = PodRole::Gateway;
         spec.fail_closed = false;
         plan.reason = format!(
-            "{selected}: its traffic is not captured; the proxy serves the Gateways' ports in its netns"
+            "{selected}: its traffic is not captured; the proxy serves the Gateways' ports in \
+             its netns"
         );
         return errors;
     }
-    let netns = netns_path(&pod.metadata.annotations)
+    let netns = netns_source(&pod.metadata.annotations)
         .map_err(|e| errors.push(e))
         .ok();
-    if plan.ip.is_none() {
+    if plan.ip.is_none() && matches!(netns, Some(NetnsSource::Annotation(_))) {
         errors.push(FieldError {
             field: "status.podIP".to_owned(),
             message: "required for a gateway pod: the pod's IPv4 address".to_owned(),
         });
     }
-    match (plan.ip, netns) {
-        (Some(ip), Some(netns)) => {
+    match netns {
+        Some(netns) if errors.is_empty() => {
             plan.capture = Some(CaptureSpec {
                 netns,
-                ip,
+                ip: plan.ip,
                 excluded_outbound_ports: Vec::new(),
                 excluded_inbound_ports: Vec::new(),
                 fail_closed: false,
@@ -297,20 +321,18 @@ fn annotation_field(key: &str) -> String {
     format!("metadata.annotations.{key}")
 }
 
-fn netns_path(annotations: &BTreeMap<String, String>) -> Result<PathBuf, FieldError> {
-    let field = annotation_field(NETNS_ANNOTATION);
+/// `shunt.io/netns` when present (it must be an absolute path), else discovery.
+fn netns_source(annotations: &BTreeMap<String, String>) -> Result<NetnsSource, FieldError> {
     match annotations.get(NETNS_ANNOTATION) {
-        None => Err(FieldError {
-            field,
-            message: "required for a captured pod: the path of the pod's network namespace, \
-                      e.g. /run/netns/NAME"
-                .to_owned(),
-        }),
+        None => Ok(NetnsSource::Discovered),
         Some(path) if !path.starts_with('/') => Err(FieldError {
-            field,
-            message: format!("expected an absolute path, got {path:?}"),
+            field: annotation_field(NETNS_ANNOTATION),
+            message: format!(
+                "expected an absolute path such as /run/netns/NAME, got {path:?} (or leave \
+                 the annotation out to have the agent discover the netns)"
+            ),
         }),
-        Some(path) => Ok(PathBuf::from(path)),
+        Some(path) => Ok(NetnsSource::Annotation(PathBuf::from(path))),
     }
 }
 
@@ -593,32 +615,61 @@ mod tests {
 
     #[test]
     fn plans_check_what_a_captured_pod_needs() {
+        const OPTED_IN: &str = "opted in by pod label shunt.io/capture=enabled";
         let captured = "labels: {shunt.io/capture: enabled}";
-        /// The capture spec, or the fields of the errors.
-        type Want = Result<CaptureSpec, &'static [&'static str]>;
+        let discovered = |ip: Option<Ipv4Addr>| CaptureSpec {
+            netns: NetnsSource::Discovered,
+            ip,
+            excluded_outbound_ports: vec![],
+            excluded_inbound_ports: vec![],
+            fail_closed: false,
+            role: PodRole::App,
+        };
+        /// The capture spec and the reason's tail after `OPTED_IN`, or the fields of the
+        /// errors.
+        type Want = Result<(CaptureSpec, &'static str), &'static [&'static str]>;
         // (metadata extras, status, expected)
         let cases: &[(&str, &str, Want)] = &[
             (
                 "annotations: {shunt.io/netns: /run/netns/a, traffic.sidecar.istio.io/excludeOutboundPorts: \"5432\", traffic.sidecar.istio.io/excludeInboundPorts: \"9000,8000\"}",
                 "{podIP: 10.0.0.5}",
-                Ok(CaptureSpec {
-                    netns: "/run/netns/a".into(),
-                    ip: Ipv4Addr::new(10, 0, 0, 5),
-                    excluded_outbound_ports: vec![5432],
-                    excluded_inbound_ports: vec![8000, 9000],
-                    fail_closed: false,
-                    role: PodRole::App,
-                }),
+                Ok((
+                    CaptureSpec {
+                        netns: NetnsSource::Annotation("/run/netns/a".into()),
+                        ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                        excluded_outbound_ports: vec![5432],
+                        excluded_inbound_ports: vec![8000, 9000],
+                        fail_closed: false,
+                        role: PodRole::App,
+                    },
+                    "",
+                )),
             ),
+            // Local mode names the netns, so it must name the IP too.
             (
                 "annotations: {shunt.io/netns: /run/netns/a}",
                 "{}",
                 Err(&["status.podIP"]),
             ),
+            // A real cluster's pod: discovery finds the netns.
             (
                 "annotations: {}",
                 "{podIP: 10.0.0.5}",
-                Err(&["metadata.annotations.shunt.io/netns"]),
+                Ok((
+                    discovered(Some(Ipv4Addr::new(10, 0, 0, 5))),
+                    "; no shunt.io/netns annotation: the netns comes from netns discovery \
+                     (the CNI plugin or the /proc scan)",
+                )),
+            ),
+            // Its sandbox not up yet: the CNI plugin's ADD brings the IP as well.
+            (
+                "annotations: {}",
+                "{}",
+                Ok((
+                    discovered(None),
+                    "; no shunt.io/netns annotation: the netns and IP come from netns \
+                     discovery (the CNI plugin or the /proc scan)",
+                )),
             ),
             (
                 "annotations: {shunt.io/netns: run/netns/a}",
@@ -626,13 +677,13 @@ mod tests {
                 Err(&["metadata.annotations.shunt.io/netns"]),
             ),
             (
-                "annotations: {}",
-                "{}",
-                Err(&["status.podIP", "metadata.annotations.shunt.io/netns"]),
-            ),
-            (
                 "annotations: {shunt.io/netns: /run/netns/a, traffic.sidecar.istio.io/excludeOutboundPorts: \"db\"}",
                 "{podIP: 10.0.0.5}",
+                Err(&["metadata.annotations.traffic.sidecar.istio.io/excludeOutboundPorts"]),
+            ),
+            (
+                "annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: \"db\"}",
+                "{}",
                 Err(&["metadata.annotations.traffic.sidecar.istio.io/excludeOutboundPorts"]),
             ),
         ];
@@ -643,12 +694,13 @@ mod tests {
             let (plan, errors) = plan(&pod, None, &NodeName::default());
             assert_eq!(plan.uid, "shop/p");
             match want {
-                Ok(spec) => {
+                Ok((spec, tail)) => {
                     assert_eq!(errors, vec![], "{meta}");
                     assert_eq!(plan.capture.as_ref(), Some(spec));
                     assert_eq!(
                         plan.reason,
-                        "opted in by pod label shunt.io/capture=enabled"
+                        format!("{OPTED_IN}{tail}"),
+                        "{meta} / {status}"
                     );
                 }
                 Err(fields) => {
@@ -656,9 +708,9 @@ mod tests {
                     assert_eq!(&got, fields, "{meta} / {status}");
                     assert!(!plan.captured());
                     assert!(
-                        plan.reason.starts_with(
-                            "opted in by pod label shunt.io/capture=enabled, but not captured: "
-                        ) && plan.reason.contains(fields[0]),
+                        plan.reason
+                            .starts_with(&format!("{OPTED_IN}, but not captured: "))
+                            && plan.reason.contains(fields[0]),
                         "{}",
                         plan.reason
                     );

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use shunt_mesh::model::MeshState;
 
-pub use capture::{CaptureSpec, PodPlan};
+pub use capture::{CaptureSpec, NetnsSource, PodPlan};
 pub use routing::LoadOptions;
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::{Namespace, Secret};

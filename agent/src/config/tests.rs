@@ -420,8 +420,13 @@ status: {podIP: 10.0.0.1}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: no-netns, namespace: shop}
+metadata: {name: bad-netns, namespace: shop, annotations: {shunt.io/netns: run/netns/x}}
 status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: discovered, namespace: shop}
+status: {podIP: 10.0.0.4}
 ---
 apiVersion: v1
 kind: Pod
@@ -445,7 +450,8 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
         plans,
         vec![
             ("shop/ok", true),
-            ("shop/no-netns", false),
+            ("shop/bad-netns", false),
+            ("shop/discovered", true),
             ("default/outside", false)
         ]
     );
@@ -453,10 +459,10 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
         snapshot.errors,
         vec![LoadError {
             file: "node.yaml".into(),
-            object: Some("Pod shop/no-netns".into()),
+            object: Some("Pod shop/bad-netns".into()),
             field: Some("metadata.annotations.shunt.io/netns".into()),
-            message: "required for a captured pod: the path of the pod's network namespace, \
-                      e.g. /run/netns/NAME"
+            message: "expected an absolute path such as /run/netns/NAME, got \"run/netns/x\" \
+                      (or leave the annotation out to have the agent discover the netns)"
                 .into(),
         }]
     );
@@ -468,7 +474,12 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
         .collect();
     assert_eq!(
         workloads,
-        vec![("ok", true), ("no-netns", false), ("outside", false)]
+        vec![
+            ("ok", true),
+            ("bad-netns", false),
+            ("discovered", true),
+            ("outside", false)
+        ]
     );
     assert_eq!(snapshot.mesh.services.len(), 1);
     assert_eq!(

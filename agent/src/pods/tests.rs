@@ -123,8 +123,8 @@ impl Node {
         let (netns, _) = self.netns(name);
         PodPlan {
             capture: Some(CaptureSpec {
-                netns,
-                ip: pod_ip(ip),
+                netns: NetnsSource::Annotation(netns),
+                ip: Some(pod_ip(ip)),
                 excluded_outbound_ports: outbound.to_vec(),
                 excluded_inbound_ports: vec![],
                 fail_closed: false,
@@ -640,8 +640,8 @@ fn a_netns_that_cannot_be_opened_is_retried_on_the_next_reading() {
     let missing = node.dir.path().join("later");
     let plan = PodPlan {
         capture: Some(CaptureSpec {
-            netns: missing.clone(),
-            ip: pod_ip(1),
+            netns: NetnsSource::Annotation(missing.clone()),
+            ip: Some(pod_ip(1)),
             excluded_outbound_ports: vec![],
             excluded_inbound_ports: vec![],
             fail_closed: false,
@@ -654,9 +654,10 @@ fn a_netns_that_cannot_be_opened_is_retried_on_the_next_reading() {
     let proxy_column = node.workload("ns/a").proxy;
     assert!(
         proxy_column.starts_with(&format!(
-            "failed: cannot open the network namespace {} of pod ns/a: ",
+            "failed: cannot open the network namespace {} of pod ns/a (from its \
+             shunt.io/netns annotation): ",
             missing.display()
-        )) && proxy_column.ends_with("check the pod's shunt.io/netns annotation"),
+        )),
         "{proxy_column}"
     );
     assert_eq!(proxy.received(), vec!["State()", "Synced()", "State(a)"]);
@@ -677,7 +678,7 @@ fn two_pods_cannot_share_a_netns() {
     let a = node.captured("a", 1, &[]);
     let mut b = node.captured("b", 2, &[]);
     if let Some(spec) = &mut b.capture {
-        spec.netns = node.netns("a").0;
+        spec.netns = NetnsSource::Annotation(node.netns("a").0);
     }
     node.reconciler.apply(&snapshot(&[a, b]));
     assert_eq!(node.workload("ns/a").proxy, "pending");
@@ -840,4 +841,171 @@ fn a_gateway_pod_is_served_without_capture_and_changing_role_serves_it_afresh() 
         vec![],
         "nothing was captured, so nothing to remove"
     );
+}
+
+/// A captured pod that no annotation places, as a real cluster's.
+fn discovered_plan(name: &str, ip: Option<u8>) -> PodPlan {
+    PodPlan {
+        capture: Some(CaptureSpec {
+            netns: NetnsSource::Discovered,
+            ip: ip.map(pod_ip),
+            excluded_outbound_ports: vec![],
+            excluded_inbound_ports: vec![],
+            fail_closed: false,
+            role: PodRole::App,
+        }),
+        ip: ip.map(pod_ip),
+        ..uncaptured(name, 0)
+    }
+}
+
+fn found(name: &str, netns: &Path, ips: &[u8], origin: Origin) -> DiscoveryEvent {
+    DiscoveryEvent::Found(crate::discovery::Discovered {
+        pod: PodRef {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: Some(format!("ns/{name}").into()),
+        },
+        netns: netns.to_owned(),
+        ips: ips.iter().copied().map(pod_ip).collect(),
+        origin,
+    })
+}
+
+fn sandbox(id: &str) -> Origin {
+    Origin::Cni {
+        container_id: id.into(),
+    }
+}
+
+#[test]
+fn a_pod_without_a_netns_waits_for_discovery_and_is_captured_once_found() {
+    let mut node = Node::new();
+    let mut proxy = node.connect(7);
+    let plan = discovered_plan("a", Some(1));
+    node.reconciler
+        .apply(&snapshot(std::slice::from_ref(&plan)));
+    // Not an error: it waits, and the scan is told to look for it.
+    assert_eq!(node.workload("ns/a").proxy, "pending netns discovery");
+    assert_eq!(node.workload("ns/a").netns, None);
+    let pending = node.reconciler.pending_discovery().borrow().clone();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (p.uid.as_str(), p.ip))
+            .collect::<Vec<_>>(),
+        vec![("ns/a", pod_ip(1))]
+    );
+    assert_eq!(proxy.received(), vec!["State()", "Synced()", "State(a)"]);
+
+    let (path, cookie) = node.netns("sandbox-1");
+    node.reconciler
+        .discovered(found("a", &path, &[1], sandbox("c1")));
+    assert_eq!(
+        proxy.received(),
+        vec![format!("AddPod(ns/a, {cookie}) +fd")]
+    );
+    assert!(node.reconciler.pending_discovery().borrow().is_empty());
+    node.ready(&proxy, "ns/a");
+    let workload = node.workload("ns/a");
+    assert_eq!(workload.proxy, "ready");
+    assert_eq!(workload.netns.as_deref(), Some(path.as_path()));
+    assert!(
+        workload.reason.ends_with(&format!(
+            "; netns {} found by the CNI plugin's ADD (sandbox c1)",
+            path.display()
+        )),
+        "{}",
+        workload.reason
+    );
+    let state = node.reconciler.view.borrow().pods[&PodUid::new("ns/a")].clone();
+    assert_eq!(
+        (state.netns.as_deref(), &state.status),
+        (Some(path.as_path()), &PodStatus::Ready)
+    );
+    node.calls();
+
+    // A DEL of another sandbox changes nothing; of this one, the pod is forgotten.
+    node.reconciler.discovered(DiscoveryEvent::Gone {
+        pod: PodRef {
+            namespace: "ns".into(),
+            name: "a".into(),
+            uid: None,
+        },
+        container_id: "c0".into(),
+    });
+    assert_eq!(proxy.received(), Vec::<String>::new());
+    node.reconciler.discovered(DiscoveryEvent::Gone {
+        pod: PodRef {
+            namespace: "ns".into(),
+            name: "a".into(),
+            uid: Some("ns/a".into()),
+        },
+        container_id: "c1".into(),
+    });
+    assert_eq!(proxy.received(), vec!["RemovePod(ns/a)"]);
+    assert_eq!(
+        node.calls(),
+        vec![Call::Remove {
+            cookie,
+            ip: Some(pod_ip(1))
+        }]
+    );
+    assert_eq!(node.workload("ns/a").proxy, "pending netns discovery");
+}
+
+#[test]
+fn discovery_gives_the_ip_of_a_pod_that_has_none_yet_and_must_agree_with_one_it_has() {
+    // (status.podIP, the find's addresses, expected proxy column prefix, capture's IP)
+    type Case<'a> = (Option<u8>, &'a [u8], &'a str, Option<u8>);
+    let cases: &[Case<'_>] = &[
+        // Kubelet sets status.podIP only after ADD: the CNI result's IP is used.
+        (None, &[9], "pending", Some(9)),
+        (Some(9), &[9], "pending", Some(9)),
+        (Some(9), &[], "pending", Some(9)),
+        (Some(9), &[8], "failed: pod ns/a: its netns", None),
+        (None, &[], "failed: pod ns/a: its netns", None),
+    ];
+    for (status_ip, found_ips, want, capture_ip) in cases {
+        let mut node = Node::new();
+        let proxy = node.connect(7);
+        node.reconciler
+            .apply(&snapshot(&[discovered_plan("a", *status_ip)]));
+        let (path, _) = node.netns("sandbox");
+        node.reconciler
+            .discovered(found("a", &path, found_ips, sandbox("c1")));
+        let case = format!("{status_ip:?} {found_ips:?}");
+        let column = node.workload("ns/a").proxy;
+        assert!(column.starts_with(want), "{case}: {column}");
+        node.ready(&proxy, "ns/a");
+        let listener_ip = node.calls().into_iter().find_map(|call| match call {
+            Call::Listener { ip } => Some(ip),
+            _ => None,
+        });
+        assert_eq!(listener_ip, capture_ip.map(pod_ip), "{case}");
+    }
+}
+
+#[test]
+fn a_scan_find_does_not_replace_a_sandbox_the_cni_named() {
+    let mut node = Node::new();
+    let mut proxy = node.connect(7);
+    node.reconciler
+        .apply(&snapshot(&[discovered_plan("a", Some(1))]));
+    let (cni, cookie) = node.netns("cni");
+    let (scanned, _) = node.netns("scanned");
+    node.reconciler
+        .discovered(found("a", &cni, &[1], sandbox("c1")));
+    node.reconciler
+        .discovered(found("a", &scanned, &[1], Origin::ProcScan { pid: 42 }));
+    assert_eq!(
+        proxy.received(),
+        vec![
+            "State()".to_owned(),
+            "Synced()".to_owned(),
+            "State(a)".to_owned(),
+            format!("AddPod(ns/a, {cookie}) +fd")
+        ]
+    );
+    assert_eq!(node.workload("ns/a").netns.as_deref(), Some(cni.as_path()));
 }

@@ -35,7 +35,7 @@ pub struct TestBinary {
 }
 
 /// Every privileged test binary, in the order they run.
-pub const ALL_BINARIES: [TestBinary; 7] = [
+pub const ALL_BINARIES: [TestBinary; 9] = [
     TestBinary {
         package: "shunt-agent",
         name: "capture",
@@ -63,6 +63,14 @@ pub const ALL_BINARIES: [TestBinary; 7] = [
     TestBinary {
         package: "shunt-tests",
         name: "hardening",
+    },
+    TestBinary {
+        package: "shunt-tests",
+        name: "discovery",
+    },
+    TestBinary {
+        package: "shunt-tests",
+        name: "cni",
     },
 ];
 
