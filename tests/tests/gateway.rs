@@ -1004,3 +1004,149 @@ fn a_kubernetes_ingress_of_class_istio_serves_prefix_and_exact_paths_and_tls() {
         "an nginx-class Ingress is not served: {got:?}"
     );
 }
+
+#[test]
+fn an_egress_gateway_carries_mesh_traffic_to_an_external_host_and_originates_tls() {
+    const EXTERNAL_HOST: &str = "api.external.test";
+    const EXTERNAL_ADDRESS: &str = "10.250.0.7";
+    let Some(mut edge) = Edge::start_with(
+        "gateway::egress",
+        &[backend("client", "client", "v1")],
+        &[],
+        &[("istio", "egressgateway")],
+    ) else {
+        return;
+    };
+    // The "external" server: a pod the mesh config does not know, speaking only HTTPS.
+    let external = edge
+        .node
+        .add_pod("external", pod_ip(60))
+        .or_panic("external pod");
+    let mut ca = TestCa::new(&edge.dir.join("external-ca"), "external CA").or_panic("CA");
+    let issued = ca
+        .issue("server", &[EXTERNAL_HOST], Usage::Server)
+        .or_panic("server cert");
+    let (cert, key) = (
+        issued.cert.to_string_lossy().into_owned(),
+        issued.key.to_string_lossy().into_owned(),
+    );
+    let server = edge
+        .node
+        .start_httppod_server(
+            &external,
+            &[
+                "serve",
+                "--port",
+                "8080",
+                "--name",
+                "external",
+                "--tls-port",
+                "8443",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ],
+        )
+        .or_panic("external server");
+    edge.servers.push(server);
+    let ca_file = ca.cert().to_string_lossy().into_owned();
+    let egress_service = "istio-egressgateway.istio-system.svc.cluster.local";
+    let objects = [
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "istio-egressgateway", "namespace": ISTIO_SYSTEM},
+            "spec": {"clusterIP": "10.96.0.50", "selector": {"istio": "egressgateway"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 80}]},
+        }),
+        istio::object(
+            istio::NETWORKING,
+            "Gateway",
+            ISTIO_SYSTEM,
+            "egress",
+            json!({"selector": {"istio": "egressgateway"}, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [EXTERNAL_HOST]}]}),
+        ),
+        istio::service_entry(
+            MESH,
+            "external-api",
+            json!({"hosts": [EXTERNAL_HOST], "addresses": [EXTERNAL_ADDRESS],
+                   "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                   "resolution": "STATIC", "location": "MESH_EXTERNAL",
+                   "endpoints": [{"address": external.ip.to_string()}]}),
+        ),
+        // TLS origination, used where the route reaches the host: at the egress gateway.
+        istio::destination_rule(
+            MESH,
+            "external-api-tls",
+            json!({"host": EXTERNAL_HOST, "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": ca_file}}]}}),
+        ),
+        // Istio's egress pattern: mesh traffic to the gateway, the gateway's to the host.
+        istio::virtual_service(
+            MESH,
+            "external-via-egress",
+            json!({"hosts": [EXTERNAL_HOST], "gateways": ["mesh", "istio-system/egress"], "http": [
+                {"match": [{"gateways": ["mesh"], "port": 80}],
+                 "route": [{"destination": {"host": egress_service, "port": {"number": 80}}}]},
+                {"match": [{"gateways": ["istio-system/egress"], "port": 80}],
+                 "route": [{"destination": {"host": EXTERNAL_HOST, "port": {"number": 80}}}]},
+            ]}),
+        ),
+    ];
+    edge.rewrite(&objects);
+    edge.wait_gateway_served();
+    let connect = format!("{EXTERNAL_ADDRESS}:80");
+    let url = format!("http://{EXTERNAL_HOST}/egress");
+    let client = edge.pods["client"].clone();
+    let mut report = Value::Null;
+    for _ in 0..40 {
+        let output = edge
+            .node
+            .run_httppod(
+                &client,
+                &["http", "--url", &url, "--connect", &connect, "-n", "3"],
+                TIMEOUT,
+            )
+            .or_panic("client");
+        report = output.json().unwrap_or(Value::Null);
+        if report["status"] == json!({"200": 3}) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(report["status"], json!({"200": 3}), "{report}");
+    assert_eq!(report["served_by"], json!({"external": 3}), "{report}");
+    // The external server saw TLS with the host's SNI, from the gateway pod.
+    let seen = edge
+        .node
+        .run_httppod(&external, &["count", "--addr", "127.0.0.1:8080"], TIMEOUT)
+        .or_panic("count")
+        .json()
+        .or_panic("count report");
+    let requests = seen["requests"].as_array().cloned().unwrap_or_default();
+    assert!(!requests.is_empty(), "{seen}");
+    for request in &requests {
+        assert_eq!(
+            request["tls"]["sni"], EXTERNAL_HOST,
+            "originated at the gateway: {seen}"
+        );
+    }
+    // Both hops in the telemetry: the client to the gateway, the gateway to the host.
+    let log = edge
+        .node
+        .wait_access_log("both hops", TIMEOUT, |log| {
+            !log.matching(&[("upstream_cluster", "outbound|80||api.external.test")])
+                .is_empty()
+        })
+        .or_panic("access log");
+    assert!(
+        !log.matching(&[(
+            "upstream_cluster",
+            &format!("outbound|80||{egress_service}")
+        )])
+        .is_empty(),
+        "{}",
+        log.describe()
+    );
+}
