@@ -225,44 +225,16 @@ impl RouteTable {
         if virtual_services.is_empty() || virtual_services.iter().all(|vs| vs.http.is_empty()) {
             return HttpDecision::Route(self.default_http_route(&target));
         }
-        for vs in &virtual_services {
-            for route in &vs.http {
-                let matched = if route.matches.is_empty() {
-                    Some(None)
-                } else {
-                    route
-                        .matches
-                        .iter()
-                        .enumerate()
-                        .find(|(_, m)| http_match_applies(m, request))
-                        .map(Some)
-                };
-                let Some(block) = matched else { continue };
-                if let Some(trace) = trace.as_deref_mut() {
-                    trace.matched = Some(MatchedRoute {
-                        virtual_service: vs.object.clone(),
-                        section: "http",
-                        route_index: route.index,
-                        match_index: block.map(|(i, _)| i),
-                        match_name: block.and_then(|(_, m)| m.name.clone()),
-                        fields: block
-                            .map(|(_, m)| describe_http_match(m))
-                            .unwrap_or_default(),
-                    });
+        if let Some(chosen) = first_http_route(&virtual_services, request, trace) {
+            // A per-host RateLimitPolicy covers routes that have no route-level one.
+            return HttpDecision::Route(match (rate_limit, &chosen.rate_limit) {
+                (Some(limit), None) => {
+                    let mut limited = (*chosen).clone();
+                    limited.rate_limit = Some(limit.clone());
+                    Arc::new(limited)
                 }
-                let chosen = block
-                    .and_then(|(_, m)| m.prefix_route.clone())
-                    .unwrap_or_else(|| route.route.clone());
-                // A per-host RateLimitPolicy covers routes that have no route-level one.
-                return HttpDecision::Route(match (rate_limit, &chosen.rate_limit) {
-                    (Some(limit), None) => {
-                        let mut limited = (*chosen).clone();
-                        limited.rate_limit = Some(limit.clone());
-                        Arc::new(limited)
-                    }
-                    _ => chosen,
-                });
-            }
+                _ => chosen,
+            });
         }
         HttpDecision::NoRouteMatched {
             virtual_service: virtual_services[0].object.clone(),
@@ -484,6 +456,48 @@ fn with_dst(target: &Arc<ServiceTarget>, dst: SocketAddrV4) -> Arc<ServiceTarget
         dst,
         ..(**target).clone()
     })
+}
+
+/// The first HTTP route of `virtual_services` (in merge order) that `request` matches, with
+/// `Rewrite::matched_prefix` set when a prefix block chose it; the match goes to `trace`.
+fn first_http_route(
+    virtual_services: &[&Arc<CompiledVirtualService>],
+    request: &RequestFacts<'_>,
+    mut trace: Option<&mut Trace>,
+) -> Option<Arc<super::HttpRoute>> {
+    for vs in virtual_services {
+        for route in &vs.http {
+            let matched = if route.matches.is_empty() {
+                Some(None)
+            } else {
+                route
+                    .matches
+                    .iter()
+                    .enumerate()
+                    .find(|(_, m)| http_match_applies(m, request))
+                    .map(Some)
+            };
+            let Some(block) = matched else { continue };
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.matched = Some(MatchedRoute {
+                    virtual_service: vs.object.clone(),
+                    section: "http",
+                    route_index: route.index,
+                    match_index: block.map(|(i, _)| i),
+                    match_name: block.and_then(|(_, m)| m.name.clone()),
+                    fields: block
+                        .map(|(_, m)| describe_http_match(m))
+                        .unwrap_or_default(),
+                });
+            }
+            return Some(
+                block
+                    .and_then(|(_, m)| m.prefix_route.clone())
+                    .unwrap_or_else(|| route.route.clone()),
+            );
+        }
+    }
+    None
 }
 
 fn forward(route: &CompiledL4Route, object: &ObjectRef) -> TcpDecision {
@@ -891,37 +905,8 @@ impl RouteTable {
                 authority: authority.to_owned(),
             };
         }
-        for vs in &virtual_services {
-            for route in &vs.http {
-                let matched = if route.matches.is_empty() {
-                    Some(None)
-                } else {
-                    route
-                        .matches
-                        .iter()
-                        .enumerate()
-                        .find(|(_, m)| http_match_applies(m, request))
-                        .map(Some)
-                };
-                let Some(block) = matched else { continue };
-                if let Some(trace) = trace.as_deref_mut() {
-                    trace.matched = Some(MatchedRoute {
-                        virtual_service: vs.object.clone(),
-                        section: "http",
-                        route_index: route.index,
-                        match_index: block.map(|(i, _)| i),
-                        match_name: block.and_then(|(_, m)| m.name.clone()),
-                        fields: block
-                            .map(|(_, m)| describe_http_match(m))
-                            .unwrap_or_default(),
-                    });
-                }
-                return HttpDecision::Route(
-                    block
-                        .and_then(|(_, m)| m.prefix_route.clone())
-                        .unwrap_or_else(|| route.route.clone()),
-                );
-            }
+        if let Some(chosen) = first_http_route(&virtual_services, request, trace) {
+            return HttpDecision::Route(chosen);
         }
         HttpDecision::NoRouteMatched {
             virtual_service: virtual_services[0].object.clone(),
