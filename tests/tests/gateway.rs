@@ -492,6 +492,10 @@ fn https_serves_a_certificate_per_sni_redirects_http_and_refuses_clients_mutual_
             let got = edge.curl(&[(host, 443)], &args, &format!("https://{host}/x"));
             assert_eq!(got.status, 200, "{host} http2={http2}: {got:?}");
             assert_eq!(got.served_by(), served_by, "{got:?}");
+            // The gateway appends its client once, and says the scheme it terminated.
+            let seen = &got.json()["headers"];
+            assert_eq!(seen["x-forwarded-for"], "10.244.0.99", "{got:?}");
+            assert_eq!(seen["x-forwarded-proto"], "https", "{got:?}");
             if http2 {
                 assert_eq!(got.version, "2", "ALPN h2 at the gateway: {got:?}");
             }

@@ -41,6 +41,27 @@ pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
         )
         .unwrap_or_default(),
         node: Some(node.to_owned()),
+        // A bad annotation is reported with the pod's plan, and counts as unset.
+        num_trusted_proxies: num_trusted_proxies(pod).ok().flatten(),
+    }
+}
+
+/// The pod annotation holding Istio's ProxyConfig for the pod's proxy.
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+
+/// `gatewayTopology.numTrustedProxies` of the pod's `proxy.istio.io/config` annotation
+/// (ProxyConfig as YAML or JSON; only that field is read). `Err` says what is wrong.
+pub fn num_trusted_proxies(pod: &Pod) -> Result<Option<u32>, String> {
+    let Some(text) = pod.metadata.annotations.get(PROXY_CONFIG_ANNOTATION) else {
+        return Ok(None);
+    };
+    let config: shunt_mesh::istio::ProxyConfigDefaults =
+        serde_yaml::from_str(text).map_err(|e| format!("not a ProxyConfig (YAML or JSON): {e}"))?;
+    match config.gateway_topology.and_then(|t| t.num_trusted_proxies) {
+        None => Ok(None),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| format!("gatewayTopology.numTrustedProxies: expected 0 or more, got {n}")),
     }
 }
 
@@ -124,6 +145,7 @@ status: {phase: Running, podIP: 10.244.0.21}
                 ],
                 excluded_inbound_ports: vec![9090],
                 node: Some("node-1".into()),
+                num_trusted_proxies: None,
             }
         );
     }
@@ -207,6 +229,36 @@ spec:
             ))
             .unwrap();
             assert_eq!(service(&svc).cluster_ip, None, "{cluster_ip}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_config_annotation_gives_a_gateways_trusted_hops() {
+        let cases: [(Option<&str>, Result<Option<u32>, &str>); 5] = [
+            (None, Ok(None)),
+            (Some("gatewayTopology: {numTrustedProxies: 2}"), Ok(Some(2))),
+            (
+                Some(r#"{"gatewayTopology": {"numTrustedProxies": 0}}"#),
+                Ok(Some(0)),
+            ),
+            (Some("concurrency: 2"), Ok(None)),
+            (
+                Some("gatewayTopology: {numTrustedProxies: -1}"),
+                Err("expected 0 or more"),
+            ),
+        ];
+        for (annotation, want) in cases {
+            let mut pod: Pod = serde_yaml::from_str("metadata: {name: gw}").unwrap();
+            if let Some(text) = annotation {
+                pod.metadata
+                    .annotations
+                    .insert(PROXY_CONFIG_ANNOTATION.into(), text.into());
+            }
+            match (num_trusted_proxies(&pod), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{annotation:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{annotation:?}: {got}"),
+                (got, want) => panic!("{annotation:?}: {got:?}, wanted {want:?}"),
+            }
         }
     }
 }

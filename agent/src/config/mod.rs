@@ -93,6 +93,17 @@ impl Snapshot {
                 field: Some(problem.field),
                 message: problem.message,
             }));
+            if let Err(message) = mesh::num_trusted_proxies(pod) {
+                errors.push(LoadError {
+                    file: sourced.file.clone(),
+                    object: Some(format!("Pod {}/{}", plan.namespace, plan.name)),
+                    field: Some(format!(
+                        "metadata.annotations.{}",
+                        mesh::PROXY_CONFIG_ANNOTATION
+                    )),
+                    message,
+                });
+            }
             mesh.workloads
                 .push(mesh::workload(pod, plan.captured(), &plan.node));
             pods.push(plan);

@@ -253,6 +253,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
             ports: vec![],
             excluded_inbound_ports: vec![],
             node: Some(plan.node.clone()),
+            num_trusted_proxies: None,
         })
         .collect();
     Snapshot {

@@ -100,6 +100,10 @@ pub struct Workload {
     /// none); `None` from an agent older than node names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pod's `proxy.istio.io/config` `gatewayTopology.numTrustedProxies`: for a gateway
+    /// pod, wins over MeshConfig's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_trusted_proxies: Option<u32>,
 }
 
 impl Workload {

@@ -32,6 +32,7 @@ pub fn pod(namespace: &str, name: &str, ip: [u8; 4], app: &str) -> Workload {
         }],
         excluded_inbound_ports: vec![],
         node: None,
+        num_trusted_proxies: None,
     }
 }
 

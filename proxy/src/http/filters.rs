@@ -24,7 +24,7 @@ use http::Uri;
 use http::header::HeaderMap;
 use rand::Rng;
 
-use super::connection::{GatewayRoute, HttpConnection, InboundApp};
+use super::connection::{GatewayRoute, HttpConnection, InboundApp, Side};
 use super::exchange::{Counted, Exchange};
 use super::forward::{Forwarded, Outgoing};
 use super::headers;
@@ -301,7 +301,11 @@ impl HttpConnection {
     ) -> Option<Ipv4Addr> {
         let config = super::forwarded::ForwardedConfig {
             use_remote_address: true,
-            num_trusted_hops: routes.mesh().num_trusted_proxies,
+            num_trusted_hops: self
+                .source
+                .as_ref()
+                .and_then(|gateway| gateway.num_trusted_proxies)
+                .unwrap_or(routes.mesh().num_trusted_proxies),
         };
         let client = super::forwarded::apply(&mut parts.headers, self.client.0.ip(), config);
         match client.client {
@@ -407,7 +411,17 @@ impl HttpConnection {
         let mut edited: Option<Edited> = None;
         // The CORS headers of the response, from the request as the client sent it.
         let mut cors_headers: Option<HeaderMap> = None;
-        let client_ip = self.client_ip();
+        // At a gateway the client was appended to `x-forwarded-for` with the trusted hops
+        // (`gateway_client`); what it terminated says the scheme.
+        let gateway = match &self.side {
+            Side::Outbound { gateway, .. } => gateway.as_ref(),
+            Side::Inbound(_) => None,
+        };
+        let client_ip = if gateway.is_some() {
+            None
+        } else {
+            self.client_ip()
+        };
         for phase in Phase::OUTBOUND {
             let flow = match phase {
                 Phase::Cors => cors(route, &parts),
@@ -445,6 +459,12 @@ impl HttpConnection {
                             upgrade.is_some(),
                             client_ip,
                         );
+                        if gateway.is_some_and(|g| g.server.is_some()) {
+                            parts.headers.insert(
+                                headers::X_FORWARDED_PROTO.clone(),
+                                http::HeaderValue::from_static("https"),
+                            );
+                        }
                         exchange.x_forwarded_for.clone_from(&edits.x_forwarded_for);
                         edited = Some(edits);
                     }

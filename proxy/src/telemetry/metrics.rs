@@ -716,6 +716,7 @@ mod tests {
             ports: vec![],
             excluded_inbound_ports: vec![],
             node: None,
+            num_trusted_proxies: None,
         })
     }
 
