@@ -234,7 +234,9 @@ spec:
 
     #[test]
     fn the_proxy_config_annotation_gives_a_gateways_trusted_hops() {
-        let cases: [(Option<&str>, Result<Option<u32>, &str>); 5] = [
+        /// (annotation, trusted hops or a part of the error)
+        type Case<'a> = (Option<&'a str>, Result<Option<u32>, &'a str>);
+        let cases: [Case<'_>; 5] = [
             (None, Ok(None)),
             (Some("gatewayTopology: {numTrustedProxies: 2}"), Ok(Some(2))),
             (
