@@ -86,8 +86,9 @@ enum Task {
         /// workloads, the table and JSON checked for shape; no timing judged).
         #[arg(long, conflicts_with_all = ["quick", "scenarios", "workloads"])]
         smoke: bool,
-        /// Only these scenarios, S0 to S7 (e.g. `S2,S4`, `S5,S6` across nodes, or `S2,S7`); the table
-        /// marks the others as not selected.
+        /// Only these scenarios, S0 to S8 (e.g. `S2,S4`, `S5,S6` across nodes, `S2,S7`, or `S8`,
+        /// the gateway against HAProxy, which runs only when named); the table marks the
+        /// others as not selected.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
         /// Only these workloads: rr, crr, bulk, l7, idle (e.g. `l7`). For profiling and

@@ -13,6 +13,8 @@
 //! shunt-httppod count --addr 127.0.0.1:P [--prefix /p] [--reset]
 //! shunt-httppod ext-authz --port P [--delay-ms D] [--deny-status S]
 //! shunt-httppod jwks serve|keygen|export|mint ...   (see jwks.rs)
+//! shunt-httppod max --to IP:PORT --host H --duration-ms D [--connections C] [--warmup-ms W]
+//!                   [--tls-ca CA.pem] [--new-connection]   (the bench's HTTPS client)
 //! ```
 //!
 //! Request headers the server obeys: `x-fail-pattern: K/N` (the first K of every N requests
@@ -23,6 +25,7 @@ mod client;
 mod ext_authz;
 mod grpc;
 mod jwks;
+mod max;
 mod server;
 mod websocket;
 
@@ -55,6 +58,8 @@ enum Command {
     ExtAuthz(ext_authz::ExtAuthzArgs),
     /// A JWKS server, keys and tokens for the RequestAuthentication tests.
     Jwks(jwks::JwksArgs),
+    /// The bench's closed-loop HTTP/1.1 max-rps client, over TCP or TLS.
+    Max(max::MaxArgs),
 }
 
 fn main() -> Result<()> {
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
             Command::Count(args) => client::count(args).await?,
             Command::ExtAuthz(args) => return ext_authz::run(args).await,
             Command::Jwks(args) => jwks::run(args).await?,
+            Command::Max(args) => max::run(args).await?,
         };
         println!("{report}");
         Ok(())

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::plan::Plan;
-use super::scenario::{Deployment, Forwarder, Role, Scenario};
+use super::scenario::{Deployment, Forwarder, GatewaySide, Role, Scenario, gateway_client_args};
 use super::selection::{Selection, Workload};
 
 /// The CPU the load generator runs on; everything else (agents, proxies, servers, HAProxy,
@@ -115,6 +115,115 @@ pub fn repetition(
     records
 }
 
+/// S8's workloads: (name, TLS, a new connection per request). Each runs once against the
+/// shunt gateway and once against HAProxy.
+pub const GATEWAY_WORKLOADS: [(&str, bool, bool); 3] = [
+    ("gw_http", false, false),
+    ("gw_https", true, false),
+    ("gw_https_new", true, true),
+];
+
+/// One repetition of S8: every [`GATEWAY_WORKLOADS`] entry against each side, closed loop
+/// over [`L7_MAX_CONNECTIONS`] connections for the plan's L7 time, with the side's
+/// forwarder CPU around it. Which side goes first alternates per repetition. Records are
+/// named `<workload>_<side>`.
+pub fn gateway(deployment: &mut Deployment, plan: &Plan, repetition: usize) -> Vec<Record> {
+    let mut sides = [GatewaySide::Shunt, GatewaySide::Haproxy];
+    if repetition % 2 == 1 {
+        sides.reverse();
+    }
+    let mut records = Vec::new();
+    for (workload, tls, new_connection) in GATEWAY_WORKLOADS {
+        for side in sides {
+            records.push(gateway_run(
+                deployment,
+                plan,
+                repetition,
+                &format!("{workload}_{}", side.name()),
+                side,
+                tls,
+                new_connection,
+            ));
+        }
+    }
+    records
+}
+
+fn gateway_run(
+    deployment: &mut Deployment,
+    plan: &Plan,
+    repetition: usize,
+    workload: &str,
+    side: GatewaySide,
+    tls: bool,
+    new_connection: bool,
+) -> Record {
+    let mut record = Record::new(deployment, repetition, workload);
+    let Some(gateway) = deployment.gateway.as_ref() else {
+        record.reject("not a gateway scenario");
+        return record;
+    };
+    let httppod = gateway.httppod.clone();
+    let mut args = gateway_client_args(
+        gateway,
+        side.address(tls),
+        tls,
+        L7_MAX_CONNECTIONS,
+        plan.l7.as_millis(),
+        plan.l7_warmup.as_millis(),
+    );
+    if new_connection {
+        args.push("--new-connection".to_owned());
+    }
+    let Some(forwarder) = deployment.gateway_forwarder(side) else {
+        record.reject(format!("the {} forwarder is not running", side.name()));
+        return record;
+    };
+    let routed_before = (side == GatewaySide::Shunt).then(|| gateway_routed(deployment));
+    let before = CpuSnapshot::take(&[forwarder]);
+    let run = run_program(
+        deployment,
+        &httppod,
+        &args,
+        plan.l7 + plan.l7_warmup + CLIENT_SLACK,
+    );
+    let after = CpuSnapshot::take(&[forwarder]);
+    let Some(report) = accepted(&mut record, run) else {
+        return record;
+    };
+    let requests = number(&report, "requests").unwrap_or(0.0);
+    let Some(rps) = number(&report, "rps").filter(|_| requests >= 1.0) else {
+        record.reject("no request completed");
+        return record;
+    };
+    let carried = requests + number(&report, "unmeasured_requests").unwrap_or(0.0);
+    if let Some(before) = routed_before {
+        let counted = match (before, gateway_routed(deployment)) {
+            (Ok(before), Ok(after)) => check_l7_path(
+                "routed by the gateway (istio_requests_total)",
+                before,
+                after,
+                carried,
+            ),
+            (Err(e), _) | (_, Err(e)) => Err(format!("{e:#}")),
+        };
+        if let Err(why) = counted {
+            record.reject(why);
+            return record;
+        }
+    }
+    record.value("rps", rps);
+    record_costs(&mut record, &before, &after, carried);
+    record
+}
+
+/// The node proxy's requests so far: the gateway's, in S8 (no other pod sends any).
+fn gateway_routed(deployment: &Deployment) -> Result<f64> {
+    Ok(deployment
+        .client_metrics()?
+        .sum("istio_requests_total", &[]))
+}
+
 /// Runs the load generator in the client pod, pinned to [`LOAD_CPU`]; its JSON report, or why
 /// there is none.
 fn run_client(
@@ -122,7 +231,17 @@ fn run_client(
     args: &[String],
     timeout: Duration,
 ) -> Result<Value, String> {
-    let process = spawn_client(deployment, args).map_err(|e| e.to_string())?;
+    run_program(deployment, &deployment.loadgen, args, timeout)
+}
+
+/// Runs `program ARGS` in the client pod, pinned to [`LOAD_CPU`]; its JSON report.
+fn run_program(
+    deployment: &Deployment,
+    program: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Value, String> {
+    let process = spawn_program(deployment, program, args).map_err(|e| e.to_string())?;
     let output = process.finish(timeout).map_err(|e| e.to_string())?;
     if !output.status.success() {
         return Err(format!(
@@ -135,10 +254,18 @@ fn run_client(
 }
 
 fn spawn_client(deployment: &Deployment, args: &[String]) -> Result<shunt_tests::Process> {
+    spawn_program(deployment, &deployment.loadgen, args)
+}
+
+fn spawn_program(
+    deployment: &Deployment,
+    program: &std::path::Path,
+    args: &[String],
+) -> Result<shunt_tests::Process> {
     let mut command = Command::new("taskset");
     command
         .args(["-c", &LOAD_CPU.to_string()])
-        .arg(&deployment.loadgen)
+        .arg(program)
         .args(args);
     let what = args.first().map_or("loadgen", String::as_str);
     deployment.spawn_client(&format!("loadgen-{what}"), command)

@@ -188,7 +188,12 @@ pub fn run_node(
     }
     for scenario in Scenario::ALL {
         if !selection.has_scenario(scenario) {
-            unavailable.push((scenario, "not selected (--scenarios)".to_owned()));
+            let why = if scenario == Scenario::Gateway {
+                "not selected (it runs only when named: --scenarios S8)"
+            } else {
+                "not selected (--scenarios)"
+            };
+            unavailable.push((scenario, why.to_owned()));
             continue;
         }
         if let Some(why) = scenario::unavailable_reason(scenario, &binaries) {
@@ -213,6 +218,9 @@ pub fn run_node(
         // L7 max rps first, in every scenario: the round's second L7 rate is half the lowest.
         let round_start = records.len();
         for &i in order.iter().filter(|_| selection.has(Workload::L7)) {
+            if deployments[i].scenario == Scenario::Gateway {
+                continue;
+            }
             let record = measure::l7_max(&mut deployments[i], &plan, repetition);
             print_record(&plan, repetition, &record);
             records.push(record);
@@ -221,6 +229,16 @@ pub fn run_node(
         let cross_node_half = half_rate(&records[round_start..], true);
         for &i in &order {
             let deployment = &mut deployments[i];
+            if deployment.scenario == Scenario::Gateway {
+                // S8 is its own comparison (shunt gateway against HAProxy), L7 only.
+                if selection.has(Workload::L7) {
+                    for record in measure::gateway(deployment, &plan, repetition) {
+                        print_record(&plan, repetition, &record);
+                        records.push(record);
+                    }
+                }
+                continue;
+            }
             let half_rate = if deployment.scenario.is_cross_node() {
                 cross_node_half
             } else {

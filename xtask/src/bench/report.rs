@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::measure::{L7_MAX_CONNECTIONS, L7_RATE_CONNECTIONS, MISSED_RATE, Record};
+use super::measure::{
+    GATEWAY_WORKLOADS, L7_MAX_CONNECTIONS, L7_RATE_CONNECTIONS, MISSED_RATE, Record,
+};
 use super::plan::Plan;
 use super::scenario::Scenario;
 
@@ -16,6 +18,50 @@ const L7_VS_HAPROXY: &str = "L7 against HAProxy `mode http` (S4)";
 /// The security-on target (authorization issue, section 5 "Bench") and its cost line.
 const S7_TARGET: &str = "S7 L7 max rps ≥ 0.9 × S2's";
 const S7_COST: &str = "Security on, proxy CPU / 10k req (L7 max rps)";
+/// The heading of S8's table, and its targets (gateway issue, "Bench").
+const S8_HEADING: &str = "Gateway (S8): shunt's gateway against HAProxy terminating the same TLS";
+const S8_RPS_TARGET: &str = "S8 HTTPS keep-alive max rps ≥ 1.0 × HAProxy's";
+const S8_CPU_TARGET: &str = "S8 HTTPS keep-alive proxy CPU / 10k req ≤ HAProxy's";
+const S8_HANDSHAKES: &str = "S8 TLS handshake rate (a new connection per request)";
+
+/// One row of S8's table: a metric of one gateway workload, measured on both sides.
+struct GatewayRow {
+    /// `<workload>.<metric>`; the records' keys are `<workload>_<side>.<metric>`.
+    workload: &'static str,
+    metric: &'static str,
+    label: String,
+    unit: &'static str,
+}
+
+impl GatewayRow {
+    fn key(&self, side: &str) -> String {
+        format!("{}_{side}.{}", self.workload, self.metric)
+    }
+}
+
+fn gateway_rows() -> Vec<GatewayRow> {
+    let mut rows = Vec::new();
+    for (workload, _, _) in GATEWAY_WORKLOADS {
+        let what = match workload {
+            "gw_http" => "HTTP/1.1 keep-alive",
+            "gw_https" => "HTTPS keep-alive",
+            _ => "HTTPS, new connection per request",
+        };
+        for (metric, name, unit) in [
+            ("rps", "max rps", "req/s"),
+            ("proxy_cpu_s_per_10k", "proxy CPU / 10k req", "CPU-s"),
+            ("machine_cpu_s_per_10k", "machine CPU / 10k req", "CPU-s"),
+        ] {
+            rows.push(GatewayRow {
+                workload,
+                metric,
+                label: format!("{what}: {name}"),
+                unit,
+            });
+        }
+    }
+    rows
+}
 
 /// Which scenarios a row has values in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +96,10 @@ pub struct Row {
 
 impl Row {
     pub fn applies_to(&self, scenario: Scenario) -> bool {
+        // S8 has its own rows (`gateway_rows`), in its own table.
+        if scenario == Scenario::Gateway {
+            return false;
+        }
         match self.scope {
             Scope::All => true,
             Scope::Forwarder => scenario.has_forwarder(),
@@ -453,6 +503,119 @@ impl Report {
         )
     }
 
+    fn gateway_ran(&self) -> bool {
+        self.records.iter().any(|r| r.scenario == Scenario::Gateway)
+    }
+
+    /// S8's shunt median over its HAProxy median for one row.
+    fn gateway_ratio(&self, row: &GatewayRow) -> Option<f64> {
+        let shunt = self.median(&row.key("shunt"), Scenario::Gateway)?;
+        let haproxy = self.median(&row.key("haproxy"), Scenario::Gateway)?;
+        (haproxy != 0.0).then(|| shunt / haproxy)
+    }
+
+    fn gateway_target(&self, workload: &str, metric: &str) -> Option<f64> {
+        gateway_rows()
+            .iter()
+            .find(|r| r.workload == workload && r.metric == metric)
+            .and_then(|row| self.gateway_ratio(row))
+    }
+
+    /// S8's table and targets, when S8 ran.
+    fn gateway_markdown(&self) -> Option<String> {
+        if !self.gateway_ran() {
+            return None;
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n{S8_HEADING} (same certificate and key, `mode http`, keep-alive to a server \
+             running the same program), each over {L7_MAX_CONNECTIONS} connections in a \
+             closed loop from the outside pod (`shunt-httppod max`, rustls); proxy CPU is the \
+             node proxy's or HAProxy's, per 10k requests of that run:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| S8 workload | unit | shunt gateway | HAProxy | shunt/HAProxy |\n|---|---|---|---|---|"
+        );
+        for row in gateway_rows() {
+            let cell = |side: &str| {
+                self.stats(&row.key(side), Scenario::Gateway).map_or_else(
+                    || "n/a".to_owned(),
+                    |s| format!("{} ({}–{})", number(s.median), number(s.min), number(s.max)),
+                )
+            };
+            let ratio = self
+                .gateway_ratio(&row)
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {ratio} |",
+                row.label,
+                row.unit,
+                cell("shunt"),
+                cell("haproxy")
+            );
+        }
+        let verdict = |met: Option<bool>| match met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let shown = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        let rps = self.gateway_target("gw_https", "rps");
+        let cpu = self.gateway_target("gw_https", "proxy_cpu_s_per_10k");
+        let handshakes = self.gateway_target("gw_https_new", "rps");
+        let _ = writeln!(
+            out,
+            "\nS8 targets (gateway issue, \"Bench\"), on this run's medians:"
+        );
+        let _ = writeln!(
+            out,
+            "- {S8_RPS_TARGET}: {} (shunt/HAProxy = {})",
+            verdict(rps.map(|r| r >= 1.0)),
+            shown(rps)
+        );
+        let _ = writeln!(
+            out,
+            "- {S8_CPU_TARGET}: {} (shunt/HAProxy = {})",
+            verdict(cpu.map(|r| r <= 1.0)),
+            shown(cpu)
+        );
+        let _ = writeln!(
+            out,
+            "- {S8_HANDSHAKES}: shunt/HAProxy = {} (reported, no target)",
+            shown(handshakes)
+        );
+        Some(out)
+    }
+
+    fn gateway_json(&self) -> Value {
+        if !self.gateway_ran() {
+            return Value::Null;
+        }
+        let stats = |key: &str| {
+            self.stats(key, Scenario::Gateway).map_or(
+                Value::Null,
+                |st| json!({"median": st.median, "min": st.min, "max": st.max, "runs": st.runs}),
+            )
+        };
+        let rows: Vec<Value> = gateway_rows()
+            .iter()
+            .map(|row| {
+                json!({
+                    "key": format!("{}.{}", row.workload, row.metric),
+                    "label": row.label,
+                    "unit": row.unit,
+                    "shunt": stats(&row.key("shunt")),
+                    "haproxy": stats(&row.key("haproxy")),
+                    "shunt/haproxy": self.gateway_ratio(row),
+                })
+            })
+            .collect();
+        json!({"rows": rows})
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let h = &self.header;
@@ -486,18 +649,18 @@ impl Report {
         );
         let ratio_columns = ratio_columns();
         let mut header = String::from("| workload | unit |");
-        for scenario in Scenario::ALL {
+        for scenario in Scenario::MAIN {
             let _ = write!(header, " {} {} |", scenario.id(), scenario.title());
         }
         for (of, against) in &ratio_columns {
             let _ = write!(header, " {}/{} |", of.id(), against.id());
         }
-        let columns = 2 + Scenario::ALL.len() + ratio_columns.len();
+        let columns = 2 + Scenario::MAIN.len() + ratio_columns.len();
         let _ = writeln!(out, "{header}");
         let _ = writeln!(out, "|{}", "---|".repeat(columns));
         for row in rows(&self.plan) {
             let _ = write!(out, "| {} | {} |", row.label, row.unit);
-            for scenario in Scenario::ALL {
+            for scenario in Scenario::MAIN {
                 let cell = self.stats(&row.key, scenario).map_or_else(
                     || "n/a".to_owned(),
                     |s| format!("{} ({}–{})", number(s.median), number(s.min), number(s.max)),
@@ -551,6 +714,9 @@ impl Report {
             let _ = writeln!(out, "- {}: {verdict} ({measured})", target.what);
         }
         let _ = writeln!(out, "\n{}", self.security_cost());
+        if let Some(gateway) = self.gateway_markdown() {
+            out.push_str(&gateway);
+        }
         let rejected: Vec<&Record> = self
             .records
             .iter()
@@ -579,7 +745,7 @@ impl Report {
         let rows: Vec<Value> = rows(&self.plan)
             .iter()
             .map(|row| {
-                let stats: serde_json::Map<String, Value> = Scenario::ALL
+                let stats: serde_json::Map<String, Value> = Scenario::MAIN
                     .iter()
                     .map(|s| {
                         let value = self.stats(&row.key, *s).map_or(Value::Null, |st| {
@@ -635,6 +801,7 @@ impl Report {
                 "reason": self.unavailable_reason(*s),
             })).collect::<Vec<_>>(),
             "rows": rows,
+            "gateway": self.gateway_json(),
             "records": self.records.iter().map(Record::to_json).collect::<Vec<_>>(),
         })
     }
@@ -721,7 +888,7 @@ pub fn check_structure(plan: &Plan, json: &Value, markdown: &str) -> Vec<String>
         }
     }
     let tables = tables(markdown);
-    let main_columns = 2 + Scenario::ALL.len() + ratio_columns().len();
+    let main_columns = 2 + Scenario::MAIN.len() + ratio_columns().len();
     let l7_columns = 2 + 3;
     let l7_rows: Vec<Row> = rows(plan).into_iter().filter(Row::is_l7).collect();
     if l7_rows.is_empty() {
@@ -731,11 +898,19 @@ pub fn check_structure(plan: &Plan, json: &Value, markdown: &str) -> Vec<String>
         ("the main table", rows(plan), main_columns),
         ("the L7-against-HAProxy table", l7_rows, l7_columns),
     ];
-    if tables.len() != want.len() {
+    let gateway_ran = available.get(Scenario::Gateway.id()) == Some(&true);
+    if tables.len() != want.len() + usize::from(gateway_ran) {
         problems.push(format!(
             "the output has {} tables, not {}",
             tables.len(),
-            want.len()
+            want.len() + usize::from(gateway_ran)
+        ));
+    }
+    if gateway_ran {
+        problems.extend(check_gateway_structure(
+            json,
+            markdown,
+            tables.get(want.len()),
         ));
     }
     for ((name, rows, columns), table) in want.iter().zip(&tables) {
@@ -768,6 +943,53 @@ pub fn check_structure(plan: &Plan, json: &Value, markdown: &str) -> Vec<String>
         problems.push("the output has no L7-against-HAProxy heading".to_owned());
     }
     for line in [S7_TARGET, S7_COST] {
+        if !markdown.contains(&format!("{line}: ")) {
+            problems.push(format!("the output has no line {line:?}"));
+        }
+    }
+    problems
+}
+
+/// When S8 ran: every S8 row has accepted runs on both sides in the JSON, and its table one
+/// well-formed line per row; the targets are printed.
+fn check_gateway_structure(json: &Value, markdown: &str, table: Option<&Vec<&str>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let json_rows = json["gateway"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rows = gateway_rows();
+    for row in &rows {
+        let key = format!("{}.{}", row.workload, row.metric);
+        let found = json_rows.iter().find(|r| r["key"] == key.as_str());
+        for side in ["shunt", "haproxy"] {
+            let runs = found.map_or(0, |r| r[side]["runs"].as_u64().unwrap_or(0));
+            if runs == 0 {
+                problems.push(format!("S8 has no accepted {side} run for {key}"));
+            }
+        }
+    }
+    match table {
+        None => problems.push("the output has no S8 table".to_owned()),
+        Some(table) => {
+            if table.len() != rows.len() + 2 {
+                problems.push(format!(
+                    "the S8 table has {} lines, not {}",
+                    table.len(),
+                    rows.len() + 2
+                ));
+            }
+            for line in table {
+                let cells = line.matches('|').count().saturating_sub(1);
+                if cells != 5 {
+                    problems.push(format!(
+                        "the S8 table: a line has {cells} cells, not 5: {line}"
+                    ));
+                }
+            }
+        }
+    }
+    for line in [S8_RPS_TARGET, S8_CPU_TARGET, S8_HANDSHAKES] {
         if !markdown.contains(&format!("{line}: ")) {
             problems.push(format!("the output has no line {line:?}"));
         }
@@ -832,11 +1054,17 @@ mod tests {
             if scenario == Scenario::Iptables {
                 continue;
             }
-            let values = rows(&SMOKE)
+            let mut values: Vec<(String, f64)> = rows(&SMOKE)
                 .iter()
                 .filter(|row| row.applies_to(scenario))
                 .map(|row| (row.key.clone(), 1.0))
                 .collect();
+            if scenario == Scenario::Gateway {
+                for row in gateway_rows() {
+                    values.push((row.key("shunt"), 2.0));
+                    values.push((row.key("haproxy"), 1.0));
+                }
+            }
             records.push(Record {
                 scenario,
                 repetition: 0,
@@ -1065,5 +1293,53 @@ mod tests {
             l7_labels.contains(&"L7 at 200 rps p99".to_owned()),
             "{l7_labels:?}"
         );
+    }
+
+    #[test]
+    fn s8_has_its_own_table_of_shunt_against_haproxy_and_its_targets() {
+        let record = |workload: &str, metric: &str, value: f64| Record {
+            scenario: Scenario::Gateway,
+            repetition: 0,
+            workload: workload.into(),
+            values: vec![(format!("{workload}.{metric}"), value)],
+            rejected: None,
+            raw: Value::Null,
+        };
+        let records = vec![
+            record("gw_https_shunt", "rps", 3000.0),
+            record("gw_https_haproxy", "rps", 2000.0),
+            record("gw_https_shunt", "proxy_cpu_s_per_10k", 0.4),
+            record("gw_https_haproxy", "proxy_cpu_s_per_10k", 0.2),
+            record("gw_https_new_shunt", "rps", 500.0),
+            record("gw_https_new_haproxy", "rps", 1000.0),
+        ];
+        let markdown = report(records).markdown();
+        let cases = [
+            (S8_RPS_TARGET, "met", "(shunt/HAProxy = 1.50)"),
+            (S8_CPU_TARGET, "**not met**", "(shunt/HAProxy = 2.00)"),
+            (
+                S8_HANDSHAKES,
+                "shunt/HAProxy = 0.50",
+                "(reported, no target)",
+            ),
+        ];
+        for (line, want, ratio) in cases {
+            assert_eq!(verdict(&markdown, line), want, "{markdown}");
+            assert!(
+                markdown.contains(&format!("- {line}: {want} {ratio}")),
+                "{markdown}"
+            );
+        }
+        let tables = tables(&markdown);
+        assert_eq!(tables.len(), 3, "{markdown}");
+        assert!(
+            tables[2].contains(&"| HTTPS keep-alive: max rps | req/s | 3000 (3000–3000) | 2000 (2000–2000) | 1.50 |"),
+            "{markdown}"
+        );
+        // A run without S8 prints no S8 table, and S8's records never enter the main table.
+        let without = report(Vec::new()).markdown();
+        assert_eq!(super::tables(&without).len(), 2, "{without}");
+        assert!(!without.contains(S8_HEADING));
+        assert!(!tables[0][0].contains("S8"), "{}", tables[0][0]);
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
+use shunt_tests::certs::{TestCa, Usage};
+use shunt_tests::istio::{self, ISTIO_SYSTEM};
 use shunt_tests::wait::Check;
 use shunt_tests::{
     AgentOptions, Binaries, CaptureMode, Cluster, ClusterConfig, Metrics, NamespaceConfig, Node,
@@ -22,6 +24,16 @@ const SERVER_HOST: u8 = 20;
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, CLIENT_HOST);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, SERVER_HOST);
 const HAPROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 30);
+/// S8's gateway pod, and the uncaptured server pod behind its HAProxy.
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
+const PLAIN_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 21);
+/// S8's external host: the certificate's name, the SNI, the `Host` and the Gateway's host.
+pub const GATEWAY_HOST: &str = "gw.bench.test";
+const GATEWAY_NAME: &str = "bench-gw";
+const GATEWAY_SECRET: &str = "bench-gw-cert";
+/// The ports S8's Gateway and HAProxy listen on, for HTTP and HTTPS.
+pub const GATEWAY_HTTP_PORT: u16 = 80;
+pub const GATEWAY_HTTPS_PORT: u16 = 443;
 /// Node indexes of a cross-node scenario's cluster.
 const CLIENT_NODE: usize = 0;
 const SERVER_NODE: usize = 1;
@@ -68,10 +80,25 @@ pub enum Scenario {
     CrossDirect,
     CrossMtls,
     EbpfAuthz,
+    Gateway,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
+        Self::Direct,
+        Self::Iptables,
+        Self::Ebpf,
+        Self::EbpfSockmap,
+        Self::Haproxy,
+        Self::CrossDirect,
+        Self::CrossMtls,
+        Self::EbpfAuthz,
+        Self::Gateway,
+    ];
+
+    /// The scenarios of the main table, and of a run without `--scenarios`. S8 (the gateway)
+    /// compares shunt with HAProxy inside itself, in its own table, and only runs when named.
+    pub const MAIN: [Self; 8] = [
         Self::Direct,
         Self::Iptables,
         Self::Ebpf,
@@ -92,6 +119,7 @@ impl Scenario {
             Self::CrossDirect => "S5",
             Self::CrossMtls => "S6",
             Self::EbpfAuthz => "S7",
+            Self::Gateway => "S8",
         }
     }
 
@@ -105,6 +133,7 @@ impl Scenario {
             Self::CrossDirect => "cross-node direct",
             Self::CrossMtls => "cross-node mTLS",
             Self::EbpfAuthz => "eBPF+authz",
+            Self::Gateway => "gateway",
         }
     }
 
@@ -144,6 +173,14 @@ impl Scenario {
                  with RequestAuthentication takes its own inbound pass (shunt's behaviour: \
                  its `authn` phase edits the request, so no same-node delivery to it), so \
                  every connection to the server crosses the proxy twice"
+            }
+            Self::Gateway => {
+                "an outside client pod (not in the mesh config) → a gateway pod (an Istio \
+                 Gateway with HTTP port 80 and HTTPS port 443, `credentialName` Secret, a \
+                 VirtualService bound to it), served by the node proxy → a captured server pod; \
+                 beside it, in the same run, HAProxy in its own pod terminating the same TLS \
+                 (same certificate and key, `mode http`, keep-alive) to an uncaptured server pod \
+                 running the same server. Its own table: shunt gateway against HAProxy"
             }
         }
     }
@@ -213,6 +250,18 @@ pub fn unavailable_reason(scenario: Scenario, binaries: &Binaries) -> Option<Str
                 .and_then(|httppod| Command::new(httppod).args(["jwks", "--help"]).output().ok());
             (!minted.is_some_and(|out| out.status.success())).then(|| {
                 "not available: no shunt-httppod with `jwks` (it mints S7's token)".to_owned()
+            })
+        }
+        Scenario::Gateway => {
+            let haproxy = unavailable_reason(Scenario::Haproxy, binaries);
+            let client = binaries
+                .httppod()
+                .ok()
+                .and_then(|httppod| Command::new(httppod).args(["max", "--help"]).output().ok());
+            haproxy.or_else(|| {
+                (!client.is_some_and(|out| out.status.success())).then(|| {
+                    "not available: no shunt-httppod with `max` (S8's HTTPS client)".to_owned()
+                })
             })
         }
         Scenario::Direct | Scenario::Ebpf | Scenario::EbpfSockmap | Scenario::CrossDirect => None,
@@ -291,6 +340,44 @@ pub struct Deployment {
     _server: Process,
     haproxy: Option<Process>,
     haproxy_config: Option<PathBuf>,
+    /// S8's parts beside the common ones.
+    pub gateway: Option<GatewayParts>,
+}
+
+/// What S8 adds: the CA its clients trust, its client, and HAProxy's own server.
+pub struct GatewayParts {
+    pub ca: PathBuf,
+    pub httppod: PathBuf,
+    _plain_server: Process,
+}
+
+/// One of S8's two paths and one of its protocols: where its client connects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewaySide {
+    Shunt,
+    Haproxy,
+}
+
+impl GatewaySide {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shunt => "shunt",
+            Self::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn address(self, tls: bool) -> SocketAddr {
+        let ip = match self {
+            Self::Shunt => GATEWAY_IP,
+            Self::Haproxy => HAPROXY_IP,
+        };
+        let port = if tls {
+            GATEWAY_HTTPS_PORT
+        } else {
+            GATEWAY_HTTP_PORT
+        };
+        SocketAddr::V4(SocketAddrV4::new(ip, port))
+    }
 }
 
 impl Deployment {
@@ -306,6 +393,7 @@ impl Deployment {
         let mut haproxy = None;
         let mut haproxy_config = None;
         let mut http_headers = Vec::new();
+        let mut gateway = None;
         let (nodes, client, server, targets) = if scenario.is_cross_node() {
             let mut cluster = Cluster::with_binaries(&name, 2, binaries.clone())?;
             let client = cluster.add_pod(CLIENT_NODE, "client", CLIENT_HOST)?;
@@ -366,22 +454,17 @@ impl Deployment {
                     haproxy_config = Some(config);
                     targets = Targets::at(HAPROXY_IP);
                 }
+                Scenario::Gateway => {
+                    let (parts, lb, config) = start_gateway(&mut node, &server, binaries, loadgen)?;
+                    haproxy = Some(spawn_haproxy(&node, &lb, &config)?);
+                    haproxy_config = Some(config);
+                    gateway = Some(parts);
+                }
                 Scenario::Direct | Scenario::CrossDirect | Scenario::CrossMtls => {}
             }
             (Nodes::One(Box::new(node)), client, server, targets)
         };
-        let mut serve = Command::new(loadgen);
-        serve.args([
-            "serve",
-            "--echo-port",
-            &ECHO_PORT.to_string(),
-            "--crr-port",
-            &CRR_PORT.to_string(),
-            "--sink-port",
-            &SINK_PORT.to_string(),
-            "--http-port",
-            &HTTP_PORT.to_string(),
-        ]);
+        let serve = serve_command(loadgen);
         let server_node = match &nodes {
             Nodes::One(node) => node,
             Nodes::Two(cluster) => cluster.node(SERVER_NODE)?,
@@ -399,6 +482,7 @@ impl Deployment {
             _server: server_process,
             haproxy,
             haproxy_config,
+            gateway,
         };
         deployment.wait_reachable()?;
         if scenario == Scenario::CrossMtls {
@@ -490,6 +574,9 @@ impl Deployment {
     /// Waits until the client can connect to every target, and the HTTP server answers a
     /// request through the scenario's path.
     fn wait_reachable(&self) -> Result<()> {
+        if let Some(gateway) = &self.gateway {
+            return self.wait_gateway_reachable(gateway);
+        }
         let t = self.targets;
         for (to, http) in [
             (t.echo, false),
@@ -520,6 +607,59 @@ impl Deployment {
             }
         }
         Ok(())
+    }
+
+    /// S8: retries one short `shunt-httppod max` run to each of its four endpoints (the
+    /// gateway's listeners open when the proxy applies the Gateway) until it completes
+    /// requests without an error.
+    fn wait_gateway_reachable(&self, gateway: &GatewayParts) -> Result<()> {
+        for side in [GatewaySide::Shunt, GatewaySide::Haproxy] {
+            for tls in [false, true] {
+                let to = side.address(tls);
+                let deadline = std::time::Instant::now() + READY_TIMEOUT;
+                loop {
+                    let mut probe = Command::new(&gateway.httppod);
+                    probe.args(gateway_client_args(gateway, to, tls, 1, 200, 0));
+                    let output = self
+                        .spawn_client("httppod-max-wait", probe)?
+                        .finish(READY_TIMEOUT)?;
+                    let report: Option<Value> = output.json().ok();
+                    let served = output.status.success()
+                        && report.as_ref().is_some_and(|r| {
+                            r["requests"].as_f64().unwrap_or(0.0) >= 1.0
+                                && r["errors"].as_array().is_some_and(Vec::is_empty)
+                        });
+                    if served {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let forwarder_log = self.haproxy.as_ref().map(Process::tail);
+                        bail!(
+                            "S8: the outside client gets no answer from {} at {to}: {} {}\n{}",
+                            side.name(),
+                            output.stdout.trim(),
+                            output.stderr.trim(),
+                            forwarder_log.unwrap_or_default()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// S8's two forwarders: the node proxy (serving the gateway) and HAProxy.
+    pub fn gateway_forwarder(&mut self, side: GatewaySide) -> Option<Forwarder> {
+        let pid = match (side, &mut self.nodes) {
+            (GatewaySide::Shunt, Nodes::One(node)) => node.proxy_process()?.pid(),
+            (GatewaySide::Haproxy, _) => self.haproxy.as_ref()?.pid(),
+            (GatewaySide::Shunt, Nodes::Two(_)) => return None,
+        };
+        Some(Forwarder {
+            role: Role::Only,
+            pid,
+        })
     }
 
     /// Replaces the forwarders with fresh processes and waits until they carry traffic again.
@@ -728,6 +868,187 @@ fn mesh_config(mut client: PodConfig, server: PodConfig) -> ClusterConfig {
         )
 }
 
+/// `shunt-httppod max` arguments for one S8 run to `to`.
+pub fn gateway_client_args(
+    gateway: &GatewayParts,
+    to: SocketAddr,
+    tls: bool,
+    connections: usize,
+    duration_ms: u128,
+    warmup_ms: u128,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "max",
+        "--to",
+        &to.to_string(),
+        "--host",
+        GATEWAY_HOST,
+        "--connections",
+        &connections.to_string(),
+        "--duration-ms",
+        &duration_ms.to_string(),
+        "--warmup-ms",
+        &warmup_ms.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if tls {
+        args.push("--tls-ca".to_owned());
+        args.push(gateway.ca.to_string_lossy().into_owned());
+    }
+    args
+}
+
+/// `shunt-loadgen serve` with the bench server's ports.
+fn serve_command(loadgen: &Path) -> Command {
+    let mut serve = Command::new(loadgen);
+    serve.args([
+        "serve",
+        "--echo-port",
+        &ECHO_PORT.to_string(),
+        "--crr-port",
+        &CRR_PORT.to_string(),
+        "--sink-port",
+        &SINK_PORT.to_string(),
+        "--http-port",
+        &HTTP_PORT.to_string(),
+    ]);
+    serve
+}
+
+/// S8's node beyond the client and server pods: the gateway pod and its Gateway,
+/// VirtualService and Secret, capture of the server, the certificate, HAProxy's pod and
+/// config, and the uncaptured server behind HAProxy (so HAProxy's path crosses no shunt
+/// proxy, as the gateway's crosses no HAProxy). Returns HAProxy's pod and config file.
+fn start_gateway(
+    node: &mut Node,
+    server: &Pod,
+    binaries: &Binaries,
+    loadgen: &Path,
+) -> Result<(GatewayParts, Pod, PathBuf)> {
+    let ingress = node.add_pod("ingress", GATEWAY_IP)?;
+    let lb = node.add_pod("haproxy", HAPROXY_IP)?;
+    let plain = node.add_pod("plain", PLAIN_SERVER_IP)?;
+    let files = node.dir().join("gateway-tls");
+    let mut ca = TestCa::new(&files, "bench-gateway-ca")
+        .with_context(|| format!("could not make S8's CA in {}", files.display()))?;
+    let issued = ca
+        .issue(GATEWAY_HOST, &[GATEWAY_HOST], Usage::Server)
+        .context("could not issue S8's server certificate")?;
+    let (cert, key) = issued.pem().context("could not read S8's certificate")?;
+    // HAProxy takes the certificate and its key in one file.
+    let haproxy_pem = files.join("haproxy.pem");
+    std::fs::write(&haproxy_pem, format!("{cert}{key}"))
+        .with_context(|| format!("could not write {}", haproxy_pem.display()))?;
+
+    let gateway_pod = node
+        .pod_config(&ingress, ISTIO_SYSTEM)
+        .label("istio", "ingressgateway")
+        .label("app", "istio-ingressgateway");
+    let mut server_config = node
+        .pod_config(server, MESH_NAMESPACE)
+        .label("app", SERVER_APP);
+    server_config.service_account = SERVER_SA.to_owned();
+    node.write_config(
+        &ClusterConfig::new()
+            .namespace(&NamespaceConfig::injected(MESH_NAMESPACE))
+            .namespace(&NamespaceConfig::new(ISTIO_SYSTEM))
+            .pod(&gateway_pod)
+            .pod(&server_config)
+            .service(
+                &ServiceConfig::new(MESH_NAMESPACE, SERVER_APP, SERVICE_IP)
+                    .select("app", SERVER_APP)
+                    .port("http", SERVICE_HTTP_PORT, HTTP_PORT),
+            ),
+    )?;
+    node.write_istio(&gateway_objects(&cert, &key))?;
+    node.start_agent(&AgentOptions::default())?;
+    node.start_proxy()?;
+    node.wait_captured(&[server])?;
+    let admin = node.admin();
+    node.wait_while_running(
+        "the gateway pod to be served",
+        READY_TIMEOUT,
+        |_| match admin.workloads() {
+            Ok(workloads) => match workloads.iter().find(|w| w.name == "ingress") {
+                Some(w) if w.proxy == "ready" && !w.captured => Check::Done(()),
+                other => Check::NotYet(format!("{other:?}")),
+            },
+            Err(e) => Check::NotYet(e.to_string()),
+        },
+    )?;
+
+    let mut plain_server =
+        node.spawn_in_pod(&plain, "loadgen-serve-plain", serve_command(loadgen))?;
+    plain_server.wait_for_line("ready", READY_TIMEOUT)?;
+    let config = node.dir().join("haproxy-gateway.cfg");
+    std::fs::write(
+        &config,
+        haproxy_gateway_config_text(HAPROXY_IP, PLAIN_SERVER_IP, &haproxy_pem),
+    )
+    .with_context(|| format!("could not write {}", config.display()))?;
+    let parts = GatewayParts {
+        ca: ca.cert(),
+        httppod: binaries.httppod()?,
+        _plain_server: plain_server,
+    };
+    Ok((parts, lb, config))
+}
+
+/// S8's Istio objects: the Secret, a Gateway with HTTP port 80 and HTTPS port 443 for
+/// [`GATEWAY_HOST`], and a VirtualService bound to it routing to the server's Service.
+fn gateway_objects(cert: &str, key: &str) -> Vec<Value> {
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": GATEWAY_SECRET, "namespace": ISTIO_SYSTEM},
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    });
+    let gateway = istio::object(
+        istio::NETWORKING,
+        "Gateway",
+        ISTIO_SYSTEM,
+        GATEWAY_NAME,
+        json!({"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": GATEWAY_HTTP_PORT, "name": "http", "protocol": "HTTP"},
+             "hosts": [GATEWAY_HOST]},
+            {"port": {"number": GATEWAY_HTTPS_PORT, "name": "https", "protocol": "HTTPS"},
+             "hosts": [GATEWAY_HOST],
+             "tls": {"mode": "SIMPLE", "credentialName": GATEWAY_SECRET}},
+        ]}),
+    );
+    let route = istio::virtual_service(
+        MESH_NAMESPACE,
+        "bench-gw",
+        json!({
+            "hosts": [GATEWAY_HOST],
+            "gateways": [format!("{ISTIO_SYSTEM}/{GATEWAY_NAME}")],
+            "http": [{"route": [{"destination": {
+                "host": format!("{SERVER_APP}.{MESH_NAMESPACE}.svc.cluster.local"),
+                "port": {"number": SERVICE_HTTP_PORT},
+            }}]}],
+        }),
+    );
+    vec![secret, gateway, route]
+}
+
+/// S8's HAProxy: `mode http` on port 80 and, terminating TLS with the gateway's certificate
+/// and key, on 443 (HTTP/1.1 by ALPN, as the gateway's clients speak); keep-alive on both
+/// sides (HAProxy's default) to the uncaptured server. No `log` line, as in S4.
+fn haproxy_gateway_config_text(listen: Ipv4Addr, server: Ipv4Addr, pem: &Path) -> String {
+    format!(
+        "global\n    maxconn 8000\n\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    \
+         timeout server 120s\n\n\
+         frontend http\n    bind {listen}:{GATEWAY_HTTP_PORT}\n    \
+         bind {listen}:{GATEWAY_HTTPS_PORT} ssl crt {} alpn http/1.1\n    \
+         default_backend server\n\n\
+         backend server\n    server server {server}:{HTTP_PORT}\n",
+        pem.display()
+    )
+}
+
 /// Replaces `node`'s proxy and waits until its agent serves `pods` through the new one.
 fn restart_proxy(node: &mut Node, pods: &[&Pod]) -> Result<()> {
     if let Some(old) = node.proxy_process() {
@@ -854,5 +1175,51 @@ mod tests {
                 "{config}"
             );
         }
+    }
+
+    #[test]
+    fn s8s_haproxy_terminates_tls_with_the_gateways_pem_in_http_mode() {
+        let config = haproxy_gateway_config_text(
+            HAPROXY_IP,
+            PLAIN_SERVER_IP,
+            Path::new("/tmp/x/haproxy.pem"),
+        );
+        for want in [
+            "defaults\n    mode http\n",
+            "bind 10.244.0.30:80\n",
+            "bind 10.244.0.30:443 ssl crt /tmp/x/haproxy.pem alpn http/1.1\n",
+            "server server 10.244.0.21:8080\n",
+        ] {
+            assert!(config.contains(want), "{want:?} in {config}");
+        }
+        assert!(!config.contains("log "), "{config}");
+    }
+
+    #[test]
+    fn s8s_gateway_serves_its_host_on_http_and_https_and_routes_to_the_server() {
+        let objects = gateway_objects("CERT", "KEY");
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(kinds, ["Secret", "Gateway", "VirtualService"]);
+        assert_eq!(objects[0]["type"], "kubernetes.io/tls");
+        assert_eq!(objects[0]["stringData"]["tls.key"], "KEY");
+        let servers = objects[1]["spec"]["servers"].as_array().expect("servers");
+        let ports: Vec<(u64, &str)> = servers
+            .iter()
+            .map(|s| {
+                (
+                    s["port"]["number"].as_u64().unwrap_or(0),
+                    s["port"]["protocol"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(ports, [(80, "HTTP"), (443, "HTTPS")]);
+        assert_eq!(servers[1]["tls"]["credentialName"], GATEWAY_SECRET);
+        let route = &objects[2]["spec"];
+        assert_eq!(route["gateways"][0], "istio-system/bench-gw");
+        assert_eq!(route["hosts"][0], GATEWAY_HOST);
+        assert_eq!(
+            route["http"][0]["route"][0]["destination"]["host"],
+            "bench-server.bench.svc.cluster.local"
+        );
     }
 }

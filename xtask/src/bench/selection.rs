@@ -39,14 +39,14 @@ pub struct Selection {
 impl Default for Selection {
     fn default() -> Self {
         Self {
-            scenarios: Scenario::ALL.to_vec(),
+            scenarios: Scenario::MAIN.to_vec(),
             workloads: Workload::ALL.to_vec(),
         }
     }
 }
 
 impl Selection {
-    /// Scenario ids (`S0`…`S7`) and workload names; empty lists mean all.
+    /// Scenario ids (`S0`…`S8`) and workload names; empty lists mean all but S8.
     pub fn parse(scenarios: &[String], workloads: &[String]) -> Result<Self> {
         let mut selection = Self::default();
         if !scenarios.is_empty() {
@@ -55,7 +55,7 @@ impl Selection {
                 &Scenario::ALL,
                 Scenario::id,
                 "--scenarios",
-                "S0 to S7",
+                "S0 to S8",
             )?;
         }
         if !workloads.is_empty() {
@@ -131,6 +131,10 @@ mod tests {
     fn selections_parse_round_trip_and_reject_unknown_names() {
         let everything = Selection::parse(&[], &[]).expect("empty means all");
         assert!(everything.is_everything());
+        // S8 runs only when named.
+        assert!(!everything.has_scenario(Scenario::Gateway));
+        let gateway = Selection::parse(&strings(&["S8"]), &[]).expect("S8 is known");
+        assert!(gateway.has_scenario(Scenario::Gateway) && !gateway.is_everything());
         let part = Selection::parse(&strings(&["s2", "S4"]), &strings(&["l7"])).expect("valid");
         assert!(part.has_scenario(Scenario::Ebpf) && part.has_scenario(Scenario::Haproxy));
         assert!(!part.has_scenario(Scenario::Direct));
