@@ -39,7 +39,8 @@ use shunt_common::{PROXY_MARK, map_names};
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// Another address inside the pod's netns: an "elsewhere" to connect to, or to come from.
 const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
-const LINE_TIMEOUT: Duration = Duration::from_secs(15);
+// Bounds a hang, not a timing: under TCG emulation on a busy host a line can take long.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The app (`connect`) and the stand-in proxy and servers (`serve`).
 const HELPER: &str = r#"

@@ -85,6 +85,10 @@ pub struct Guest<'a> {
     pub results: &'a Path,
     pub accel: Accel,
     pub cpus: usize,
+    /// TCG with every vCPU on one host thread (`thread=single`). Slower, but the guest's own
+    /// code patching (static keys, which attaching a cgroup program flips) is then seen at
+    /// once by every vCPU; multi-threaded TCG has let a vCPU run a stale `int3` here.
+    pub single_threaded: bool,
     pub timeout: Duration,
 }
 
@@ -143,9 +147,13 @@ impl Guest<'_> {
                 format!("virtio-9p-pci,fsdev={id},mount_tag={id}"),
             ]
         };
+        let accel = match self.accel {
+            Accel::Tcg if self.single_threaded => "tcg,thread=single",
+            accel => accel.name(),
+        };
         let mut args: Vec<String> = [
             "-accel",
-            self.accel.name(),
+            accel,
             "-cpu",
             self.accel.cpu(),
             "-nodefaults",

@@ -24,7 +24,7 @@ use crate::cmd::{Privilege, elevate};
 
 use guest::{Accel, Guest};
 use image::{FAMILIES, Family};
-use report::KernelRun;
+use report::{KernelRun, Reboot};
 use results::{BinaryRun, Probe};
 
 /// A test binary the matrix runs: `cargo test -p <package> --test <name>`.
@@ -183,16 +183,46 @@ pub fn run(options: &Options) -> Result<()> {
         );
         let initramfs = initramfs::build(&image)?;
         let results = cache.join("runs").join(family.name);
-        prepare_results(&results, &image, &agent, &executables, &options.filter)?;
-        let guest = Guest {
+        prepare_results(&results, &image)?;
+        write_plan(&results, Some(&agent), &executables, &options.filter)?;
+        let mut guest = Guest {
             image: &image,
             initramfs: &initramfs,
             results: &results,
             accel,
             cpus,
+            single_threaded: false,
             timeout: options.timeout,
         };
-        let ended = guest.run()?;
+        let mut ended = guest.run()?;
+        let mut reboot = None;
+        let unfinished: Vec<_> = executables
+            .iter()
+            .filter(|(binary, _, _)| !results.join(format!("{}.rc", binary.name)).exists())
+            .cloned()
+            .collect();
+        // A guest kernel that died under the tests is booted once more, single-threaded,
+        // for what it did not finish: the table shows both boots, and a second death fails.
+        if let Some(death) = kernel_death(&results)
+            && !unfinished.is_empty()
+        {
+            let rerun: Vec<String> = unfinished
+                .iter()
+                .map(|(b, _, _)| b.name.to_owned())
+                .collect();
+            println!(
+                "    [{}] the guest's kernel died ({death}); booting it again with single-threaded TCG for {}",
+                family.name,
+                rerun.join(", ")
+            );
+            keep_first_boot(&results, &rerun)?;
+            let probe = (!results.join("probe.rc").exists()).then_some(agent.as_path());
+            write_plan(&results, probe, &unfinished, &options.filter)?;
+            guest.single_threaded = true;
+            ended = guest.run()?;
+            reboot = Some(Reboot { death, rerun });
+        }
+        let death = kernel_death(&results);
         let probe = std::fs::read_to_string(results.join("probe.out"))
             .ok()
             .and_then(|text| Probe::parse(&text));
@@ -208,6 +238,8 @@ pub fn run(options: &Options) -> Result<()> {
         runs.push(KernelRun {
             image,
             ended,
+            reboot,
+            death,
             probe,
             binaries,
         });
@@ -318,21 +350,30 @@ fn test_artifact(message: &Value) -> Option<(String, PathBuf, PathBuf)> {
     Some((target["name"].as_str()?.to_owned(), executable, dir))
 }
 
-/// An empty results folder with the plan (the probe first, then each binary), and where the
-/// guest finds the image's modules.
-fn prepare_results(
-    results: &Path,
-    image: &image::Image,
-    agent: &Path,
-    executables: &[(TestBinary, PathBuf, PathBuf)],
-    filter: &[String],
-) -> Result<()> {
+/// An empty results folder, and where the guest finds the image's modules.
+fn prepare_results(results: &Path, image: &image::Image) -> Result<()> {
     if results.exists() {
         std::fs::remove_dir_all(results)
             .with_context(|| format!("removing {}", results.display()))?;
     }
     std::fs::create_dir_all(results).with_context(|| format!("creating {}", results.display()))?;
-    let mut plan = format!("probe\t/\t{} --probe-kernel\n", agent.display());
+    std::fs::write(
+        results.join("modules-dir"),
+        image.modules().display().to_string(),
+    )?;
+    Ok(())
+}
+
+/// The guest's plan: the probe first (unless `agent` is `None`), then each binary.
+fn write_plan(
+    results: &Path,
+    agent: Option<&Path>,
+    executables: &[(TestBinary, PathBuf, PathBuf)],
+    filter: &[String],
+) -> Result<()> {
+    let mut plan = agent.map_or_else(String::new, |agent| {
+        format!("probe\t/\t{} --probe-kernel\n", agent.display())
+    });
     for (binary, executable, dir) in executables {
         // --show-output: a passing test's `SKIPPED <test>: <reason>` line is printed.
         let mut command = vec![executable.display().to_string(), "--show-output".to_owned()];
@@ -349,11 +390,30 @@ fn prepare_results(
             command.join(" ")
         ));
     }
-    std::fs::write(results.join("plan"), plan)?;
-    std::fs::write(
-        results.join("modules-dir"),
-        image.modules().display().to_string(),
-    )?;
+    std::fs::write(results.join("plan"), plan)
+        .with_context(|| format!("writing {}", results.join("plan").display()))
+}
+
+/// How the guest's kernel died, from its console (`None`: it powered off by itself).
+fn kernel_death(results: &Path) -> Option<String> {
+    let console = std::fs::read(results.join("console.log")).ok()?;
+    results::kernel_death(&String::from_utf8_lossy(&console))
+}
+
+/// Moves what the first boot left of the binaries it did not finish, and its console and
+/// log, to `boot-1.*`, so that the second boot starts clean and the first stays readable.
+fn keep_first_boot(results: &Path, rerun: &[String]) -> Result<()> {
+    let files = ["console.log".to_owned(), "guest.log".to_owned()]
+        .into_iter()
+        .chain(rerun.iter().map(|name| format!("{name}.out")));
+    for file in files {
+        let from = results.join(&file);
+        if from.exists() {
+            let to = results.join(format!("boot-1.{file}"));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+    }
     Ok(())
 }
 

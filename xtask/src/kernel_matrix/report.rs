@@ -7,10 +7,22 @@ use super::guest::{Accel, Ended};
 use super::image::Image;
 use super::results::{BinaryRun, Outcome, Probe};
 
+/// A guest booted a second time because its kernel died under the tests.
+pub struct Reboot {
+    /// The first boot's Oops or panic line (`results::kernel_death`).
+    pub death: String,
+    /// The binaries the second boot ran: those the first did not finish.
+    pub rerun: Vec<String>,
+}
+
 /// One kernel's run.
 pub struct KernelRun {
     pub image: Image,
+    /// How the last boot ended.
     pub ended: Ended,
+    pub reboot: Option<Reboot>,
+    /// How the last boot's kernel died, if it did.
+    pub death: Option<String>,
     pub probe: Option<Probe>,
     /// `(binary name, run)`, in plan order.
     pub binaries: Vec<(String, BinaryRun)>,
@@ -58,7 +70,16 @@ pub fn matrix(runs: &[KernelRun], accel: Accel, cpus: usize) -> String {
     let _ = writeln!(out, "| kernel | Debian package | {} |", names.join(" | "));
     let _ = writeln!(out, "|---|---|{}", "---|".repeat(names.len()));
     for run in runs {
-        let cells: Vec<String> = run.binaries.iter().map(|(_, b)| b.cell()).collect();
+        let cells: Vec<String> = run
+            .binaries
+            .iter()
+            .map(|(name, b)| match &run.reboot {
+                Some(reboot) if reboot.rerun.contains(name) => {
+                    format!("{} (second boot)", b.cell())
+                }
+                _ => b.cell(),
+            })
+            .collect();
         let _ = writeln!(
             out,
             "| {} | {} {} | {} |",
@@ -70,6 +91,17 @@ pub fn matrix(runs: &[KernelRun], accel: Accel, cpus: usize) -> String {
     }
     for run in runs {
         let _ = writeln!(out, "\n{}: guest {}", run.label(), run.ended());
+        if let Some(reboot) = &run.reboot {
+            let _ = writeln!(
+                out,
+                "  first boot: the kernel died ({}); booted again with single-threaded TCG for {} (boot-1.* files)",
+                reboot.death,
+                reboot.rerun.join(", ")
+            );
+        }
+        if let Some(death) = &run.death {
+            let _ = writeln!(out, "  the kernel died: {death} (console.log)");
+        }
         match &run.probe {
             Some(probe) => {
                 let _ = writeln!(out, "  probe: {}", probe.summary());
@@ -190,6 +222,8 @@ mod tests {
                 root: "/nonexistent".into(),
             },
             ended: Ended::Exited { success: true },
+            reboot: None,
+            death: None,
             probe: Some(Probe {
                 kernel_release: "6.1.0-57-amd64".into(),
                 btf: true,

@@ -121,6 +121,44 @@ impl BinaryRun {
     }
 }
 
+/// The first sign, in a guest's serial console, that its kernel died: the Oops, BUG or
+/// panic line, with the `RIP:` line that follows it when there is one
+/// (`Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; RIP: 0010:tcp_v4_pre_connect+0x17/0x40`).
+/// `None` for a kernel that powered off by itself.
+#[must_use]
+pub fn kernel_death(console: &str) -> Option<String> {
+    const SIGNS: [&str; 5] = [
+        "Oops:",
+        "BUG:",
+        "Kernel panic - not syncing",
+        "general protection fault",
+        "kernel BUG at",
+    ];
+    let lines: Vec<&str> = console.lines().collect();
+    let (at, first) = lines
+        .iter()
+        .enumerate()
+        .find(|(_, line)| SIGNS.iter().any(|sign| line.contains(sign)))?;
+    // The console's `[  12.345678] ` timestamps say nothing to the reader of the table.
+    let strip = |line: &str| match line.trim_start().strip_prefix('[') {
+        Some(rest) => rest
+            .split_once("] ")
+            .map_or(line, |(_, text)| text)
+            .trim()
+            .to_owned(),
+        None => line.trim().to_owned(),
+    };
+    let rip = lines[at + 1..]
+        .iter()
+        .take(20)
+        .find(|line| line.contains("RIP:"))
+        .map(|line| strip(line));
+    Some(match rip {
+        Some(rip) => format!("{}; {rip}", strip(first)),
+        None => strip(first),
+    })
+}
+
 /// A feature of the agent's kernel probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feature {
@@ -299,6 +337,36 @@ test slow has been running for over 60 seconds
         );
         let run = BinaryRun::parse(Some(STILL_RUNNING), None, KILLED);
         assert_eq!(run.unfinished, ["slow"]);
+    }
+
+    #[test]
+    fn a_dead_guest_kernel_is_named_by_its_first_oops_and_rip() {
+        let oops = "[    0.000000] Linux version 6.12.118\n\
+[  512.1] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+[  512.1] CPU: 1 UID: 0 PID: 4242 Comm: e2e-1234\n\
+[  512.1] RIP: 0010:tcp_v4_pre_connect+0x17/0x40\n\
+[  512.2] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        let cases = [
+            (
+                oops,
+                Some(
+                    "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; RIP: 0010:tcp_v4_pre_connect+0x17/0x40",
+                ),
+            ),
+            (
+                "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+                Some("Kernel panic - not syncing: VFS: Unable to mount root fs"),
+            ),
+            (
+                "BUG: kernel NULL pointer dereference, address: 0000000000000008\n",
+                Some("BUG: kernel NULL pointer dereference, address: 0000000000000008"),
+            ),
+            ("[ 1.0] reboot: Power down\n", None),
+            ("", None),
+        ];
+        for (console, want) in cases {
+            assert_eq!(kernel_death(console).as_deref(), want, "{console:?}");
+        }
     }
 
     #[test]
