@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build-ebpf, build, test, kernel-matrix, layers, demo, bench,
+//! `cargo xtask`: setup, build-ebpf, build, test, image, kernel-matrix, layers, demo, bench,
 //! render-deploy.
 //!
 //! xtask itself builds on whatever toolchain is the machine's default; every step that needs
@@ -10,6 +10,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod image;
 mod kernel_matrix;
 mod layers;
 mod render_deploy;
@@ -61,6 +62,15 @@ enum Task {
         /// Arguments for every test binary (a test name filter, `--exact`, ...).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
+    },
+    /// setup + build-ebpf, then the static (musl) binaries and the image `FROM scratch`
+    /// (`localhost/shunt:<version>`, Dockerfile) with podman, offline.
+    Image {
+        #[arg(long)]
+        release: bool,
+        /// Also run each binary of the image with `--version` (what `cargo xtask test` does).
+        #[arg(long)]
+        check: bool,
     },
     /// Fail on a module import cycle inside a crate, or a crate dependency that points up
     /// (the table is in xtask/src/layers.rs).
@@ -122,6 +132,11 @@ fn main() -> Result<()> {
             build::build_user(release)
         }
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::Image { release, check } => {
+            toolchain::setup()?;
+            build::build_ebpf()?;
+            image::build(release, check)
+        }
         Task::KernelMatrix {
             kernel,
             tests,

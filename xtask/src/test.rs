@@ -56,10 +56,15 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         println!("{summary}");
         bail!("no test ran");
     }
+    println!("==> test: the image (musl binaries FROM scratch, each run with --version)");
+    let image = crate::image::build(false, true);
+    if let Err(e) = &image {
+        println!("image: FAILED: {e:#}");
+    }
     let matrix = kernel_matrix();
     // One closing line for the whole run, in the plain form CI reads.
     println!("{summary}");
-    matrix
+    image.and(matrix)
 }
 
 /// The CI part of the kernel matrix (README "Requirements"), unless `SHUNT_KERNEL_MATRIX=0`.

@@ -29,7 +29,9 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// python3-venv for the virtualenv that holds kubernetes-validate (the manifests' schema
 /// check, `agent/ctl/tests/deploy.rs`).
 /// containernetworking-plugins (`/usr/lib/cni`: bridge, host-local) as the primary CNI that
-/// `tests/tests/cni.rs` chains shunt-cni after.
+/// `tests/tests/cni.rs` chains shunt-cni after. podman, runc (crun cannot run a container
+/// under hybrid cgroups) and musl-tools (ring's C for the musl target) for the image
+/// (`cargo xtask image`).
 const APT_PACKAGES: &[&str] = &[
     LLVM_PACKAGE,
     "iproute2",
@@ -44,6 +46,9 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "python3-venv",
     "containernetworking-plugins",
+    "podman",
+    "runc",
+    "musl-tools",
 ];
 
 /// kubernetes-validate (PyPI), pinned: its offline schemas cover Kubernetes 1.33 through 1.37,
@@ -76,6 +81,7 @@ pub fn setup() -> Result<()> {
     println!("==> setup: checking what this machine lacks");
     apt_packages()?;
     toolchain(USER_TOOLCHAIN, &["clippy", "rustfmt"])?;
+    target(USER_TOOLCHAIN, crate::image::MUSL_TARGET)?;
     toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
     bpf_linker()?;
     kubernetes_validate()?;
@@ -165,6 +171,26 @@ fn toolchain(name: &str, components: &[&str]) -> Result<()> {
         install.args(["--component", component]);
     }
     run(&mut install, Privilege::User)
+}
+
+/// A standard library for another target (the image's static musl binaries).
+fn target(toolchain: &str, target: &str) -> Result<()> {
+    let listed = Command::new("rustup")
+        .args(["target", "list", "--installed", "--toolchain", toolchain])
+        .output()
+        .context("rustup is not on PATH: install rustup first (https://rustup.rs)")?;
+    if String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .any(|line| line.trim() == target)
+    {
+        println!("    toolchain {toolchain}: target {target} installed");
+        return Ok(());
+    }
+    println!("    toolchain {toolchain}: adding target {target}");
+    run(
+        Command::new("rustup").args(["target", "add", "--toolchain", toolchain, target]),
+        Privilege::User,
+    )
 }
 
 fn bpf_linker() -> Result<()> {
