@@ -9,9 +9,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::build::{user_cargo, workspace_root};
 use crate::cmd::{Privilege, elevate, run};
+use crate::toolchain::MUSL_TARGET;
 
-/// The static target the image's binaries are built for (`cargo xtask setup` adds it).
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The binaries the image holds, as the Dockerfile copies them.
 const BINARIES: [&str; 3] = ["shunt-agent", "shunt-proxy", "shuntctl"];
 

@@ -13,6 +13,8 @@ pub const USER_TOOLCHAIN: &str = "1.99.0";
 /// The eBPF crate: rustc 1.98-nightly with LLVM 22. Newer nightlies emit LLVM 23 bitcode,
 /// which a bpf-linker built against LLVM 22 cannot read ("Invalid record").
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
+/// The static target the image's binaries are built for (`cargo xtask image`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -81,7 +83,7 @@ pub fn setup() -> Result<()> {
     println!("==> setup: checking what this machine lacks");
     apt_packages()?;
     toolchain(USER_TOOLCHAIN, &["clippy", "rustfmt"])?;
-    target(USER_TOOLCHAIN, crate::image::MUSL_TARGET)?;
+    target(USER_TOOLCHAIN, MUSL_TARGET)?;
     toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
     bpf_linker()?;
     kubernetes_validate()?;
