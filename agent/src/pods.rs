@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use shunt_api::control::{AgentMessage, InboundBind, PodRole, ProxyMessage};
+use shunt_api::control::{AgentMessage, InboundBind, ListenerKind, PodRole, ProxyMessage};
 use shunt_api::credentials::GatewayCredential;
 use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
@@ -258,6 +258,12 @@ struct CapturedPod {
     target: Option<Target>,
     /// `None` when the netns is not known or could not be opened (see `status`).
     netns: Option<OpenNetnsFile>,
+    /// The pod's listening sockets as its proxy last handed them over (`PodReady`), given to
+    /// a next proxy that connects while this one is still connected (a rollout), which
+    /// accepts from them instead of binding its own: no connection is refused while one
+    /// proxy replaces another. Empty until the first `PodReady`, for a new netns, and once
+    /// the proxy has disconnected.
+    listeners: Vec<(ListenerKind, Arc<OwnedFd>)>,
     status: PodStatus,
     /// Whether capture has (or may have) state for this pod, which must go when it goes.
     capture_on: bool,
@@ -542,6 +548,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             spec: spec.clone(),
             target: None,
             netns: None,
+            listeners: Vec::new(),
             status: PodStatus::PendingDiscovery,
             capture_on: false,
         };
@@ -611,11 +618,14 @@ impl<C: CaptureMaps> Reconciler<C> {
             cookie: netns.cookie,
         };
         pod.status = PodStatus::Pending;
+        // A netns opened afresh has no listeners yet.
+        pod.listeners.clear();
         self.send_outgoing(add_pod(
             uid,
             &netns,
             self.capture.inbound_bind(),
             pod.spec.role,
+            &[],
         ));
         pod.netns = Some(netns);
     }
@@ -717,7 +727,9 @@ impl<C: CaptureMaps> Reconciler<C> {
                 message,
                 fds,
             } if self.is_current(connection) => match message {
-                ProxyMessage::PodReady { uid } => self.pod_ready(&uid, fds.into_iter().next()),
+                ProxyMessage::PodReady { uid, listeners } => {
+                    self.pod_ready(&uid, handed_listeners(listeners, fds));
+                }
                 ProxyMessage::PodFailed { uid, error } => self.pod_failed(&uid, error),
                 ProxyMessage::Hello { .. } => {}
             },
@@ -733,6 +745,12 @@ impl<C: CaptureMaps> Reconciler<C> {
                     "proxy disconnected ({reason}); capture stays as it is until it is back"
                 );
                 self.proxy = None;
+                // Listeners are kept for a proxy that replaces a connected one (a rollout).
+                // A proxy that is gone takes its sockets with it: what then reaches the
+                // pods is refused or dropped (fail closed), not left waiting in a backlog.
+                for pod in self.pods.values_mut() {
+                    pod.listeners.clear();
+                }
             }
             // From a connection that a newer one replaced.
             ProxyEvent::Message { .. } | ProxyEvent::Disconnected { .. } => {}
@@ -752,8 +770,14 @@ impl<C: CaptureMaps> Reconciler<C> {
         if let Some(old) = self.proxy.replace(link) {
             tracing::info!(
                 old_pid = old.pid,
-                "a new proxy connection replaces the previous one"
+                "a new proxy connection replaces the previous one; it takes over the pods' listeners"
             );
+            // The old proxy then stops redialing, which would take the pods back, and serves
+            // what it holds until it is stopped. Its connection ends as the outbox drops.
+            let _ = old.outbox.send(Outgoing {
+                message: AgentMessage::Superseded,
+                fds: Vec::new(),
+            });
         }
         if !self.credentials.is_empty() {
             self.send(AgentMessage::Credentials {
@@ -777,9 +801,13 @@ impl<C: CaptureMaps> Reconciler<C> {
             };
             pod.status = PodStatus::Pending;
             if let Some(proxy) = &self.proxy {
-                let _ = proxy
-                    .outbox
-                    .send(add_pod(uid, netns, inbound_bind, pod.spec.role));
+                let _ = proxy.outbox.send(add_pod(
+                    uid,
+                    netns,
+                    inbound_bind,
+                    pod.spec.role,
+                    &pod.listeners,
+                ));
             }
             handed.push(uid.clone());
         }
@@ -787,7 +815,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// The proxy listens in the pod's netns: capture turns on.
-    fn pod_ready(&mut self, uid: &PodUid, listener: Option<OwnedFd>) {
+    fn pod_ready(&mut self, uid: &PodUid, listeners: Vec<(ListenerKind, Arc<OwnedFd>)>) {
         let Some(pod) = self.pods.get_mut(uid) else {
             // Removed while the proxy was opening it; RemovePod is on its way.
             return;
@@ -795,6 +823,7 @@ impl<C: CaptureMaps> Reconciler<C> {
         let (Some(netns), Some(target)) = (&pod.netns, &pod.target) else {
             return;
         };
+        pod.listeners = listeners;
         if pod.spec.role == PodRole::Gateway {
             // Served, and nothing to capture: its listeners are the Gateways' own ports.
             if pod.status != PodStatus::Ready {
@@ -803,7 +832,12 @@ impl<C: CaptureMaps> Reconciler<C> {
             pod.status = PodStatus::Ready;
             return;
         }
-        let result = match &listener {
+        let inbound = pod
+            .listeners
+            .iter()
+            .find(|(kind, _)| *kind == ListenerKind::Inbound)
+            .map(|(_, fd)| fd);
+        let result = match inbound {
             None => Err(Error::NoListener {
                 pod: pod.name.clone(),
             }),
@@ -963,16 +997,37 @@ fn add_pod(
     netns: &OpenNetnsFile,
     inbound_bind: InboundBind,
     role: PodRole,
+    listeners: &[(ListenerKind, Arc<OwnedFd>)],
 ) -> Outgoing {
+    let mut fds = vec![Arc::clone(&netns.fd)];
+    fds.extend(listeners.iter().map(|(_, fd)| Arc::clone(fd)));
     Outgoing {
         message: AgentMessage::AddPod {
             uid: uid.clone(),
             netns_cookie: netns.cookie,
             inbound_bind,
             role,
+            listeners: listeners.iter().map(|(kind, _)| *kind).collect(),
         },
-        fds: vec![Arc::clone(&netns.fd)],
+        fds,
     }
+}
+
+/// Pairs `PodReady`'s listener kinds with its descriptors; an older proxy lists none and
+/// sends one descriptor, its inbound listener. Extra descriptors are closed.
+fn handed_listeners(
+    kinds: Vec<ListenerKind>,
+    fds: Vec<OwnedFd>,
+) -> Vec<(ListenerKind, Arc<OwnedFd>)> {
+    let kinds = if kinds.is_empty() {
+        vec![ListenerKind::Inbound]
+    } else {
+        kinds
+    };
+    kinds
+        .into_iter()
+        .zip(fds.into_iter().map(Arc::new))
+        .collect()
 }
 
 fn pod_capture<'a>(

@@ -22,7 +22,7 @@ use shunt_agent::netns::PodNetns;
 use shunt_agent::pods::{CaptureMaps, NodeView, Reconciler};
 use shunt_agent::proxy_cgroup::CgroupRequirement;
 use shunt_agent::source::local_dir;
-use shunt_api::control::{self as wire, AgentMessage, InboundBind, ProxyMessage};
+use shunt_api::control::{self as wire, AgentMessage, InboundBind, ListenerKind, ProxyMessage};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -230,6 +230,7 @@ async fn the_proxy_gets_state_and_pods_and_capture_follows_its_answers() {
             netns_cookie: agent.cookie(),
             inbound_bind: InboundBind::Loopback,
             role: shunt_api::control::PodRole::App,
+            listeners: Vec::new(),
         }
     );
     assert_eq!(fds.len(), 1, "AddPod carries the pod's netns");
@@ -253,6 +254,7 @@ async fn the_proxy_gets_state_and_pods_and_capture_follows_its_answers() {
         .send(
             ProxyMessage::PodReady {
                 uid: "uid-web".into(),
+                listeners: Vec::new(),
             },
             &[listener.as_fd()],
         )
@@ -309,20 +311,55 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
     for _ in 0..3 {
         old.recv().await;
     }
+    // The old proxy serves the pod with two listeners, which the agent keeps.
+    let outbound = TcpListener::bind("127.0.0.1:0").unwrap();
+    let inbound = TcpListener::bind("127.0.0.1:0").unwrap();
+    old.send(
+        ProxyMessage::PodReady {
+            uid: "uid-web".into(),
+            listeners: vec![ListenerKind::Outbound, ListenerKind::Inbound],
+        },
+        &[outbound.as_fd(), inbound.as_fd()],
+    )
+    .await;
+    agent
+        .wait_for("the pod to be ready", |view| {
+            view.workloads[0].proxy == "ready"
+        })
+        .await;
+    assert_eq!(
+        agent.capture.take().len(),
+        2,
+        "capture on, with the inbound listener"
+    );
     let mut new = FakeProxy::connect(&agent.socket, 2).await;
     let mut kinds = Vec::new();
     for _ in 0..3 {
-        kinds.push(match new.recv().await.0 {
+        let (message, fds) = new.recv().await;
+        kinds.push(match message {
             AgentMessage::State { .. } => "state",
-            AgentMessage::AddPod { .. } => "add_pod",
+            AgentMessage::AddPod { listeners, .. } => {
+                // The netns, then the old proxy's own sockets, for the new one to accept from.
+                assert_eq!(listeners, [ListenerKind::Outbound, ListenerKind::Inbound]);
+                assert_eq!(fds.len(), 3);
+                for (fd, listener) in fds[1..].iter().zip([&outbound, &inbound]) {
+                    let handed = TcpListener::from(fd.try_clone().unwrap());
+                    assert_eq!(handed.local_addr().unwrap(), listener.local_addr().unwrap());
+                }
+                "add_pod"
+            }
             AgentMessage::Synced { .. } => "synced",
             AgentMessage::RemovePod { .. } => "remove_pod",
             AgentMessage::SpliceMaps => "splice_maps",
             AgentMessage::Refused { .. } => "refused",
             AgentMessage::Credentials { .. } => "credentials",
+            AgentMessage::Superseded => "superseded",
         });
     }
     assert_eq!(kinds, vec!["state", "add_pod", "synced"]);
+    // The old proxy hears that it is superseded (so it does not redial), then the close.
+    let (told, _) = old.recv().await;
+    assert_eq!(told, AgentMessage::Superseded);
     let closed = tokio::time::timeout(TIMEOUT, wire::recv::<AgentMessage>(&mut old.stream))
         .await
         .expect("the old connection is closed promptly");
@@ -346,7 +383,10 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
 async fn a_peer_that_does_not_say_hello_is_dropped() {
     let agent = Agent::start().await;
     let mut stream = UnixStream::connect(&agent.socket).await.unwrap();
-    let not_hello = ProxyMessage::PodReady { uid: "x".into() };
+    let not_hello = ProxyMessage::PodReady {
+        uid: "x".into(),
+        listeners: Vec::new(),
+    };
     wire::send(&mut stream, &not_hello, &[]).await.unwrap();
     let answer = tokio::time::timeout(TIMEOUT, wire::recv::<AgentMessage>(&mut stream))
         .await

@@ -321,6 +321,7 @@ mod tests {
             netns_cookie: own_netns_cookie(),
             inbound_bind: wire::InboundBind::Loopback,
             role: wire::PodRole::App,
+            listeners: Vec::new(),
         };
         wire::send(&mut agent, &add, &[std::os::fd::AsRawFd::as_raw_fd(&netns)])
             .await
@@ -329,7 +330,8 @@ mod tests {
         assert_eq!(
             ready,
             ProxyMessage::PodReady {
-                uid: "uid-shop-web-1".into()
+                uid: "uid-shop-web-1".into(),
+                listeners: vec![wire::ListenerKind::Outbound, wire::ListenerKind::Inbound],
             }
         );
 

@@ -585,6 +585,16 @@ impl Node {
         Ok(())
     }
 
+    /// The first half of a proxy rollout: starts another `shunt-proxy` beside the running
+    /// one (on a new metrics address, which [`Node::metrics`] scrapes from then on) and
+    /// returns the old one, still running, for the test to stop.
+    pub fn start_next_proxy(&mut self) -> Result<Process, Error> {
+        let old = self.proxy.take().ok_or(Error::NotStarted("proxy"))?;
+        self.metrics_addr = free_local_port()?;
+        self.start_proxy()?;
+        Ok(old)
+    }
+
     /// Extra arguments for every later [`Node::start_proxy`] (e.g. its CA client flags).
     pub fn set_proxy_args(&mut self, args: Vec<String>) {
         self.proxy_args = args;

@@ -51,6 +51,7 @@ in_both_capture_modes!(
     excluded_ports_bypass_capture,
     pod_removed_from_config_is_released,
     agent_sigkill_and_restart_keep_capture_without_failures,
+    proxy_rollout_refuses_no_connection,
 );
 
 /// The agent's options for `capture`, everything else default.
@@ -950,6 +951,78 @@ fn agent_sigkill_and_restart_keep_capture_without_failures(test: &str, capture: 
             metrics.describe(OPENED)
         );
     }
+}
+
+/// A proxy rollout as the DaemonSet's `maxSurge: 1` makes it: a second proxy starts beside
+/// the first and takes over the pods (the agent hands it the first one's listening sockets),
+/// then the first is SIGTERMed and drains. A churn of short connections runs throughout: not
+/// one may fail.
+fn proxy_rollout_refuses_no_connection(test: &str, capture: CaptureMode) {
+    /// Churn connections each proxy must see before the next step.
+    const CHURN_STEP: u64 = 20;
+    let options = options(capture);
+    let Some((mut node, a, b)) = two_captured_pods(test, &options) else {
+        return;
+    };
+    let _echo = echo_server(&node, &b, ECHO_PORT, &[]);
+    let to = b.addr(ECHO_PORT).to_string();
+    let stop_file = node.dir().join("stop-clients");
+    let stop = stop_file.to_string_lossy().into_owned();
+    let churn = node
+        .testpod(
+            &a,
+            &[
+                "churn",
+                "--to",
+                &to,
+                "--count",
+                "100000",
+                "--interval-ms",
+                "10",
+                "--until-file",
+                &stop,
+            ],
+        )
+        .or_panic("churn");
+    let opened = |m: &Metrics| sum(m, OPENED, &flow("source", "a", "b"));
+    node.wait_metrics("the churn under way", REPORT_TIMEOUT, |m| {
+        opened(m) > CHURN_STEP
+    })
+    .or_panic("metrics");
+
+    let mut old = node.start_next_proxy().or_panic("the second proxy");
+    node.wait_captured(&[&a, &b])
+        .or_panic("the pods handed to the second proxy");
+    // The new proxy's own counters: it serves the churn while the old one still runs.
+    node.wait_metrics("the second proxy serving the churn", REPORT_TIMEOUT, |m| {
+        opened(m) >= CHURN_STEP
+    })
+    .or_panic("metrics");
+    let status = old.stop(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old proxy drains and exits cleanly on SIGTERM: {status:?}"
+    );
+    let at_stop = opened(&node.metrics().or_panic("metrics"));
+    node.wait_metrics(
+        "the churn going on after the old proxy left",
+        REPORT_TIMEOUT,
+        |m| opened(m) >= at_stop + CHURN_STEP,
+    )
+    .or_panic("metrics");
+    std::fs::write(&stop_file, "").or_panic("stop file");
+
+    let churn = churn
+        .finish(common::CLIENT_TIMEOUT)
+        .or_panic("churn")
+        .json()
+        .or_panic("churn report");
+    assert_eq!(churn["failed"], 0, "{churn}");
+    assert_eq!(churn["ok"], true, "{churn}");
+    assert!(
+        churn["succeeded"].as_u64().unwrap_or_default() >= 3 * CHURN_STEP,
+        "churn ran across the rollout: {churn}"
+    );
 }
 
 #[test]

@@ -237,6 +237,19 @@ fn without_its_proxy_a_strict_pod_fails_closed_and_a_permissive_one_open() {
     if let Some(proxy) = node.proxy_process() {
         proxy.kill();
     }
+    // The agent, too, lets go of the listener (it keeps one only for a proxy's successor).
+    let admin = node.admin();
+    shunt_tests::wait::until(
+        "the agent to see the proxy gone",
+        APPLY_TIMEOUT,
+        || match admin.status() {
+            Ok(status) if status["proxy"]["connected"] == false => {
+                shunt_tests::wait::Check::Done(())
+            }
+            other => shunt_tests::wait::Check::NotYet(format!("{other:?}")),
+        },
+    )
+    .or_panic("proxy gone");
     // With its listener gone, the kernel drops the SYN instead of handing it to the app.
     let before = stat(&node, "inbound_fail_closed_drops");
     assert!(

@@ -4,6 +4,13 @@
 //! big-endian length and a JSON body. File descriptors (a pod's netns from the agent, a pod's
 //! inbound listener from the proxy) ride as `SCM_RIGHTS` on the length bytes of their frame, so
 //! they arrive together with the message that explains them.
+//!
+//! While a proxy is connected, the agent keeps a copy of every pod's listening sockets
+//! (`PodReady` hands them over) and gives them to a next proxy that connects meanwhile
+//! (`AddPod`), which accepts from the very same sockets instead of binding new ones; the old
+//! one is told `Superseded`. A proxy rollout (the new proxy up before the old one stops)
+//! therefore refuses no connection. A proxy that disconnects with no successor takes its
+//! sockets with it, so that capture fails closed as before.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,6 +53,10 @@ pub enum AgentMessage {
         /// What the pod is to the proxy. Absent (an older agent): a captured app pod.
         #[serde(default)]
         role: PodRole,
+        /// The pod's listening sockets a previous proxy opened, one descriptor each after the
+        /// netns, in this order: the proxy adopts them instead of binding its own.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listeners: Vec<ListenerKind>,
     },
     /// A pod is no longer captured: close its listeners (after draining) and forget it.
     RemovePod { uid: PodUid },
@@ -60,6 +71,10 @@ pub enum AgentMessage {
     /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
     /// connections between two pods of this node (see `proxy::splice`).
     SpliceMaps,
+    /// A newer proxy has connected and takes over every pod. This proxy stops talking to the
+    /// agent (it does not redial, which would take the pods back) and serves the connections
+    /// it holds, and what it still accepts from the shared listeners, until it is stopped.
+    Superseded,
     /// The agent will not serve this proxy, and says why (e.g. it runs outside the capture
     /// cgroup, where capture cannot answer its `SO_ORIGINAL_DST`). The connection then ends.
     Refused { reason: String },
@@ -76,6 +91,18 @@ pub enum PodRole {
     /// is not captured; the proxy opens the Gateways' server ports in its netns instead, as
     /// the state's gateway listeners for the pod say.
     Gateway,
+}
+
+/// One of an app pod's listening sockets, as `AddPod` and `PodReady` list their descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    /// `127.0.0.1:15001`, where connect4 sends the pod's outbound connections.
+    Outbound,
+    /// 15006, the inbound listener (the sk_lookup sockhash holds it).
+    Inbound,
+    /// `<pod IP>:15008`, HBONE.
+    Hbone,
 }
 
 /// Where a pod's inbound listener (port 15006) listens, which depends on how the agent
@@ -110,9 +137,15 @@ impl InboundBind {
 pub enum ProxyMessage {
     /// First frame on every connection.
     Hello { pid: u32, version: String },
-    /// The pod's listeners are open. Carries one descriptor: the inbound listener
-    /// (`127.0.0.1:15006` in the pod's netns), which the agent puts in the sk_lookup sockhash.
-    PodReady { uid: PodUid },
+    /// The pod's listeners are open. Carries a descriptor for each of them, in the order
+    /// `listeners` gives; the agent puts the inbound one in the sk_lookup sockhash and keeps
+    /// them all for the next proxy. `listeners` absent (an older proxy): one descriptor, the
+    /// inbound listener.
+    PodReady {
+        uid: PodUid,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listeners: Vec<ListenerKind>,
+    },
     /// The proxy could not serve the pod; `error` says why.
     PodFailed { uid: PodUid, error: String },
 }
@@ -257,14 +290,16 @@ mod tests {
             netns_cookie: 42,
             inbound_bind: InboundBind::AnyAddress,
             role: PodRole::App,
+            listeners: vec![ListenerKind::Outbound, ListenerKind::Inbound],
         };
-        send(&mut a, &sent, &[file.as_raw_fd()]).await.unwrap();
+        let fds = [file.as_raw_fd(); 3];
+        send(&mut a, &sent, &fds).await.unwrap();
         send(&mut a, &AgentMessage::Synced { pods: vec![] }, &[])
             .await
             .unwrap();
         let (got, fds): (AgentMessage, _) = recv(&mut b).await.unwrap();
         assert_eq!(got, sent);
-        assert_eq!(fds.len(), 1);
+        assert_eq!(fds.len(), 3);
         let (got, fds): (AgentMessage, _) = recv(&mut b).await.unwrap();
         assert_eq!(got, AgentMessage::Synced { pods: vec![] });
         assert!(fds.is_empty());
@@ -296,10 +331,21 @@ mod tests {
                     netns_cookie: 7,
                     inbound_bind,
                     role: PodRole::App,
+                    listeners: Vec::new(),
                 },
                 "{json}"
             );
         }
+        // A proxy that predates the listener handover sends its inbound listener alone.
+        let ready: ProxyMessage =
+            serde_json::from_str(r#"{"type":"pod_ready","uid":"u"}"#).unwrap();
+        assert_eq!(
+            ready,
+            ProxyMessage::PodReady {
+                uid: "u".into(),
+                listeners: Vec::new()
+            }
+        );
         assert_eq!(InboundBind::Loopback.addr().to_string(), "127.0.0.1:15006");
         assert_eq!(InboundBind::AnyAddress.addr().to_string(), "0.0.0.0:15006");
     }

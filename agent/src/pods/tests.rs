@@ -157,7 +157,10 @@ impl Node {
         let listener: OwnedFd = File::open("/dev/null").unwrap().into();
         self.reconciler.handle(ProxyEvent::Message {
             connection: proxy.connection,
-            message: ProxyMessage::PodReady { uid: uid.into() },
+            message: ProxyMessage::PodReady {
+                uid: uid.into(),
+                listeners: Vec::new(),
+            },
             fds: vec![listener],
         });
     }
@@ -200,13 +203,16 @@ impl Proxy {
                     netns_cookie,
                     inbound_bind: InboundBind::Loopback,
                     role: shunt_api::control::PodRole::App,
+                    listeners: _,
                 } => format!("AddPod({uid}, {netns_cookie}){fd}"),
                 AgentMessage::AddPod {
                     uid,
                     netns_cookie,
                     inbound_bind,
                     role,
+                    listeners: _,
                 } => format!("AddPod({uid}, {netns_cookie}, {inbound_bind:?}, {role:?}){fd}"),
+                AgentMessage::Superseded => "Superseded".to_owned(),
                 AgentMessage::Credentials { credentials } => {
                     format!("Credentials({})", credentials.len())
                 }
@@ -434,6 +440,7 @@ fn the_proxy_is_told_where_the_capture_needs_the_inbound_listener() {
                 netns_cookie: cookie,
                 inbound_bind,
                 role: shunt_api::control::PodRole::App,
+                listeners: Vec::new(),
             })
         );
     }
@@ -722,7 +729,10 @@ fn a_failing_capture_is_rolled_back_and_reported() {
     let proxy = node.connect(7);
     node.reconciler.handle(ProxyEvent::Message {
         connection: proxy.connection,
-        message: ProxyMessage::PodReady { uid: "ns/a".into() },
+        message: ProxyMessage::PodReady {
+            uid: "ns/a".into(),
+            listeners: Vec::new(),
+        },
         fds: vec![],
     });
     assert_eq!(
@@ -809,6 +819,7 @@ fn a_gateway_pod_is_served_without_capture_and_changing_role_serves_it_afresh() 
     node.reconciler.handle(ProxyEvent::Message {
         connection: proxy.connection,
         message: ProxyMessage::PodReady {
+            listeners: Vec::new(),
             uid: "ns/gw".into(),
         },
         fds: vec![],

@@ -15,7 +15,9 @@ use crate::gateway::CredentialStore;
 use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
-use shunt_api::control::{self as wire, AgentMessage, InboundBind, PodRole, ProxyMessage};
+use shunt_api::control::{
+    self as wire, AgentMessage, InboundBind, ListenerKind, PodRole, ProxyMessage,
+};
 use shunt_mesh::ids::PodUid;
 
 /// How often the proxy redials a control socket that is away.
@@ -31,6 +33,8 @@ pub enum Error {
     Wire(#[from] wire::Error),
     #[error("the agent refused this proxy: {0}")]
     Refused(String),
+    #[error("a newer proxy has taken over from this one")]
+    Superseded,
 }
 
 /// Keeps the proxy in step with the agent.
@@ -71,6 +75,14 @@ impl ControlClient {
                 outcome = self.dial_and_serve() => outcome,
             };
             match outcome {
+                // Redialing would take the pods back from the newer proxy.
+                Err(Error::Superseded) => {
+                    tracing::info!(
+                        "a newer proxy has taken over the pods (the agent keeps their listeners \
+                         for it); serving what this proxy holds until it is stopped"
+                    );
+                    return;
+                }
                 Err(error @ Error::Connect { .. }) if outage_reported => {
                     tracing::debug!(%error, "agent still unreachable");
                 }
@@ -149,16 +161,21 @@ impl ControlClient {
                     netns_cookie,
                     inbound_bind,
                     role,
+                    listeners,
                 } => {
                     let reply = self
-                        .add_pod(&uid, netns_cookie, inbound_bind, role, fds)
+                        .add_pod(&uid, netns_cookie, inbound_bind, role, &listeners, fds)
                         .await;
                     match reply {
-                        Ok(listener) => {
-                            let ready = ProxyMessage::PodReady { uid };
-                            // SCM_RIGHTS gives the agent its own descriptor for the listener;
+                        Ok(listeners) => {
+                            let ready = ProxyMessage::PodReady {
+                                uid,
+                                listeners: listeners.iter().map(|(kind, _)| *kind).collect(),
+                            };
+                            // SCM_RIGHTS gives the agent its own descriptor for each listener;
                             // a gateway pod has none.
-                            let fds: Vec<_> = listener.iter().map(|l| l.as_raw_fd()).collect();
+                            let fds: Vec<_> =
+                                listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
                             wire::send(&mut stream, &ready, &fds).await?;
                         }
                         Err(error) => {
@@ -183,6 +200,7 @@ impl ControlClient {
                     Err(error) => tracing::warn!(%error, "splicing stays off"),
                 },
                 AgentMessage::Refused { reason } => return Err(Error::Refused(reason)),
+                AgentMessage::Superseded => return Err(Error::Superseded),
                 AgentMessage::Credentials { credentials } => {
                     self.credentials.replace(credentials);
                 }
@@ -201,18 +219,22 @@ impl ControlClient {
         netns_cookie: u64,
         inbound_bind: InboundBind,
         role: PodRole,
-        mut fds: Vec<OwnedFd>,
-    ) -> Result<Option<Arc<tokio::net::TcpListener>>, String> {
-        if fds.len() != 1 {
+        listeners: &[ListenerKind],
+        fds: Vec<OwnedFd>,
+    ) -> Result<Vec<(ListenerKind, Arc<tokio::net::TcpListener>)>, String> {
+        if fds.len() != 1 + listeners.len() {
             return Err(format!(
-                "AddPod for {uid} carried {} descriptors; expected exactly one, the pod's \
-                 network namespace",
-                fds.len()
+                "AddPod for {uid} carried {} descriptors; expected {}: the pod's network \
+                 namespace, then its listeners {listeners:?}",
+                fds.len(),
+                1 + listeners.len()
             ));
         }
-        let netns = fds.remove(0);
+        let mut fds = fds.into_iter();
+        let netns = fds.next().ok_or("AddPod without its netns")?;
+        let adopt = listeners.iter().copied().zip(fds).collect();
         self.pods
-            .add(uid.clone(), netns_cookie, inbound_bind, role, netns)
+            .add(uid.clone(), netns_cookie, inbound_bind, role, netns, adopt)
             .await
             .map_err(|error| error.to_string())
     }

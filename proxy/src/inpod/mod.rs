@@ -26,7 +26,7 @@ use crate::pod::Pod;
 use crate::socket::{self, SocketFactory};
 use crate::upstream::local::PodDial;
 use crate::upstream::{Resolver, Upstreams};
-use shunt_api::control::{InboundBind, PodRole};
+use shunt_api::control::{InboundBind, ListenerKind, PodRole};
 use shunt_api::netns::socket_netns_cookie;
 use shunt_mesh::ids::PodUid;
 use shunt_mesh::spiffe::SpiffeId;
@@ -52,6 +52,15 @@ pub enum Error {
     Cookie { pod: String, source: io::Error },
     #[error("pod {pod}: cannot read its listener's address: {source}")]
     LocalAddr { pod: String, source: io::Error },
+    #[error(
+        "pod {pod}: the {kind:?} listener the agent handed over (a previous proxy's) is not \
+         a listening TCP socket of the pod's netns: {reason}"
+    )]
+    Adopt {
+        pod: String,
+        kind: ListenerKind,
+        reason: String,
+    },
 }
 
 /// A pod being served.
@@ -60,9 +69,9 @@ struct ServedPod {
     inbound_bind: InboundBind,
     role: PodRole,
     context: Arc<PodContext>,
-    /// Shared with the inbound accept loop; also what `PodReady` hands to the agent. A
-    /// gateway pod has none.
-    inbound: Option<Arc<TcpListener>>,
+    /// Shared with the accept loops; also what `PodReady` hands to the agent, which gives
+    /// them to the next proxy. A gateway pod has none.
+    listeners: Vec<(ListenerKind, Arc<TcpListener>)>,
     accept_loops: Vec<JoinHandle<()>>,
     /// A gateway pod's listeners, by port, as the state's Gateways say.
     gateway_ports: HashMap<u16, GatewayPortListener>,
@@ -94,7 +103,7 @@ impl ServedPod {
             hbone.tls.unserve(identity);
         }
         self.context.pod.drain.stop_accepting();
-        drop(self.inbound);
+        drop(self.listeners);
         for (port, listener) in self.gateway_ports {
             listener.stop(&self.context.pod.uid, port).await;
         }
@@ -149,13 +158,15 @@ impl PodRegistry {
     }
 
     /// Serves pod `uid` from `netns`, whose cookie the agent says is `netns_cookie`, and
-    /// returns its inbound listener, which listens where `inbound_bind` says. A pod already
-    /// served from the same netns and the same way keeps its listeners (the agent re-announces
-    /// pods after it restarts); one whose netns changed (the sandbox was recreated) or whose
-    /// capture mode changed is drained and served afresh.
+    /// returns its listeners; the inbound one listens where `inbound_bind` says. Listeners in
+    /// `adopt` (a previous proxy's, which the agent kept) are accepted from instead of bound
+    /// anew, so that no connection is refused while proxies change. A pod already served from
+    /// the same netns and the same way keeps its listeners (the agent re-announces pods after
+    /// it restarts); one whose netns changed (the sandbox was recreated) or whose capture
+    /// mode changed is drained and served afresh.
     ///
     /// A gateway pod ([`PodRole::Gateway`]) gets no outbound, inbound or HBONE listener, and
-    /// `None` is returned: the proxy opens its Gateways' ports instead ([`Self::sync_gateways`]).
+    /// none is returned: the proxy opens its Gateways' ports instead ([`Self::sync_gateways`]).
     pub async fn add(
         &self,
         uid: impl Into<PodUid>,
@@ -163,7 +174,8 @@ impl PodRegistry {
         inbound_bind: InboundBind,
         role: PodRole,
         netns: OwnedFd,
-    ) -> Result<Option<Arc<TcpListener>>, Error> {
+        adopt: Vec<(ListenerKind, OwnedFd)>,
+    ) -> Result<Vec<(ListenerKind, Arc<TcpListener>)>, Error> {
         let uid = &uid.into();
         let stale = {
             let mut pods = self.pods();
@@ -174,7 +186,7 @@ impl PodRegistry {
                         && served.role == role =>
                 {
                     tracing::debug!(pod = %uid, "pod already served; keeping its listeners");
-                    return Ok(served.inbound.clone());
+                    return Ok(served.listeners.clone());
                 }
                 Some(_) => pods.remove(uid),
                 None => None,
@@ -193,25 +205,40 @@ impl PodRegistry {
         if role == PodRole::Gateway {
             self.add_gateway(uid, netns_cookie, inbound_bind, sockets)
                 .await?;
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let outbound = sockets
-            .listen(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                shunt_common::OUTBOUND_PORT,
-            )))
-            .await?;
-        let inbound = sockets.listen(inbound_bind.addr()).await?;
-        let actual = socket_netns_cookie(inbound.as_fd()).map_err(|source| Error::Cookie {
-            pod: pod.clone(),
-            source,
-        })?;
-        if actual != netns_cookie {
-            return Err(Error::CookieMismatch {
-                pod,
-                announced: netns_cookie,
-                actual,
-            });
+        let mut adopt: HashMap<ListenerKind, OwnedFd> = adopt.into_iter().collect();
+        let adopted = !adopt.is_empty();
+        let outbound_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, shunt_common::OUTBOUND_PORT));
+        let outbound = listener(
+            &*sockets,
+            &mut adopt,
+            ListenerKind::Outbound,
+            outbound_addr,
+            &pod,
+        )
+        .await?;
+        let inbound = listener(
+            &*sockets,
+            &mut adopt,
+            ListenerKind::Inbound,
+            inbound_bind.addr(),
+            &pod,
+        )
+        .await?;
+        for (listener, kind) in [(&outbound, "outbound"), (&inbound, "inbound")] {
+            let actual = socket_netns_cookie(listener.as_fd()).map_err(|source| Error::Cookie {
+                pod: pod.clone(),
+                source,
+            })?;
+            if actual != netns_cookie {
+                tracing::warn!(pod = %pod, kind, "listener of another netns");
+                return Err(Error::CookieMismatch {
+                    pod,
+                    announced: netns_cookie,
+                    actual,
+                });
+            }
         }
         let local_addr = |l: &TcpListener| {
             l.local_addr().map_err(|source| Error::LocalAddr {
@@ -225,32 +252,41 @@ impl PodRegistry {
         };
         // HBONE: `<pod IP>:15008`, when the proxy has identities and the pod an IP.
         let hbone_listener = match (&self.proxy.hbone, self.pod_ip(uid.as_str())) {
-            (Some(_), Some(ip)) => Some(
-                sockets
-                    .listen(SocketAddr::from((ip, shunt_common::HBONE_PORT)))
-                    .await?,
-            ),
+            (Some(_), Some(ip)) => Some(Arc::new(
+                listener(
+                    &*sockets,
+                    &mut adopt,
+                    ListenerKind::Hbone,
+                    SocketAddr::from((ip, shunt_common::HBONE_PORT)),
+                    &pod,
+                )
+                .await?,
+            )),
             _ => None,
         };
+        // What is left (an HBONE listener this proxy, without identities, does not serve)
+        // closes here; the sockets stay open while the previous proxy holds them.
+        drop(adopt);
         let context = self.pod_context(uid, sockets, |_| listeners);
-        let inbound = Arc::new(inbound);
+        let (outbound, inbound) = (Arc::new(outbound), Arc::new(inbound));
+        let mut handed = vec![
+            (ListenerKind::Outbound, outbound.clone()),
+            (ListenerKind::Inbound, inbound.clone()),
+        ];
         let mut accept_loops = vec![
-            self.spawn_accept_loop(Arc::new(outbound), &context, "outbound", outbound::serve),
-            self.spawn_accept_loop(inbound.clone(), &context, "inbound", inbound::serve),
+            self.spawn_accept_loop(outbound, &context, "outbound", outbound::serve),
+            self.spawn_accept_loop(inbound, &context, "inbound", inbound::serve),
         ];
         if let Some(listener) = hbone_listener {
-            accept_loops.push(self.spawn_accept_loop(
-                Arc::new(listener),
-                &context,
-                "hbone",
-                hbone::serve,
-            ));
+            handed.push((ListenerKind::Hbone, listener.clone()));
+            accept_loops.push(self.spawn_accept_loop(listener, &context, "hbone", hbone::serve));
         }
         tracing::info!(
             pod = %pod,
             netns_cookie,
             outbound = %listeners.outbound,
             inbound = %listeners.inbound,
+            adopted,
             "serving pod"
         );
         self.proxy.local_pods.insert(context.pod.clone());
@@ -267,13 +303,13 @@ impl PodRegistry {
                 inbound_bind,
                 role,
                 context,
-                inbound: Some(inbound.clone()),
+                listeners: handed.clone(),
                 accept_loops,
                 gateway_ports: HashMap::new(),
                 identity,
             },
         );
-        Ok(Some(inbound))
+        Ok(handed)
     }
 
     /// Serves a gateway pod: its sockets and upstreams as any pod's (so its requests are
@@ -307,7 +343,7 @@ impl PodRegistry {
                 inbound_bind,
                 role: PodRole::Gateway,
                 context,
-                inbound: None,
+                listeners: Vec::new(),
                 accept_loops: Vec::new(),
                 gateway_ports: HashMap::new(),
                 identity,
@@ -662,6 +698,35 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The pod's `kind` listener: the one handed over in `adopt` (a previous proxy's, still
+/// open), else a new one on `addr`.
+async fn listener(
+    sockets: &dyn socket::PodSockets,
+    adopt: &mut HashMap<ListenerKind, OwnedFd>,
+    kind: ListenerKind,
+    addr: SocketAddr,
+    pod: &str,
+) -> Result<TcpListener, Error> {
+    let Some(fd) = adopt.remove(&kind) else {
+        return Ok(sockets.listen(addr).await?);
+    };
+    let socket = socket2::Socket::from(fd);
+    let adopt_error = |reason: String| Error::Adopt {
+        pod: pod.to_owned(),
+        kind,
+        reason,
+    };
+    match socket.is_listener() {
+        Ok(true) => {}
+        Ok(false) => return Err(adopt_error("it does not listen".to_owned())),
+        Err(e) => return Err(adopt_error(e.to_string())),
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| adopt_error(e.to_string()))?;
+    TcpListener::from_std(socket.into()).map_err(|e| adopt_error(e.to_string()))
 }
 
 #[cfg(test)]

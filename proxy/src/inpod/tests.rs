@@ -71,6 +71,7 @@ async fn serve(
             InboundBind::Loopback,
             PodRole::App,
             own_netns(),
+            Vec::new(),
         )
         .await
         .unwrap();
@@ -397,14 +398,20 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     let cookie = own_netns_cookie();
     let loopback = InboundBind::Loopback;
     let first = registry
-        .add(WEB, cookie, loopback, PodRole::App, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns(), Vec::new())
         .await
         .unwrap()
+        .into_iter()
+        .find(|(kind, _)| *kind == ListenerKind::Inbound)
+        .map(|(_, listener)| listener)
         .expect("an app pod's inbound listener");
     let again = registry
-        .add(WEB, cookie, loopback, PodRole::App, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns(), Vec::new())
         .await
         .unwrap()
+        .into_iter()
+        .find(|(kind, _)| *kind == ListenerKind::Inbound)
+        .map(|(_, listener)| listener)
         .expect("an app pod's inbound listener");
     assert!(
         Arc::ptr_eq(&first, &again),
@@ -419,9 +426,13 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
             InboundBind::AnyAddress,
             PodRole::App,
             own_netns(),
+            Vec::new(),
         )
         .await
         .unwrap()
+        .into_iter()
+        .find(|(kind, _)| *kind == ListenerKind::Inbound)
+        .map(|(_, listener)| listener)
         .expect("an app pod's inbound listener");
     assert!(!Arc::ptr_eq(&first, &any), "a new capture mode re-opens");
     assert!(any.local_addr().unwrap().ip().is_unspecified());
@@ -436,7 +447,14 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
 
     // The agent says the pod's netns changed; ours is not that one.
     let err = registry
-        .add(WEB, cookie + 1, loopback, PodRole::App, own_netns())
+        .add(
+            WEB,
+            cookie + 1,
+            loopback,
+            PodRole::App,
+            own_netns(),
+            Vec::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::CookieMismatch { .. }), "{err}");
@@ -448,11 +466,18 @@ async fn re_adding_a_pod_keeps_or_replaces_its_listeners_by_netns_cookie() {
     );
 
     registry
-        .add(WEB, cookie, loopback, PodRole::App, own_netns())
+        .add(WEB, cookie, loopback, PodRole::App, own_netns(), Vec::new())
         .await
         .unwrap();
     registry
-        .add(API_A, cookie, loopback, PodRole::App, own_netns())
+        .add(
+            API_A,
+            cookie,
+            loopback,
+            PodRole::App,
+            own_netns(),
+            Vec::new(),
+        )
         .await
         .unwrap();
     registry.retain(&[API_A.into()]).await;
@@ -484,6 +509,7 @@ async fn same_node_delivery_reports_both_sides_in_one_pass() {
                     InboundBind::Loopback,
                     PodRole::App,
                     own_netns(),
+                    Vec::new(),
                 )
                 .await
                 .unwrap();
@@ -612,6 +638,7 @@ async fn same_node_delivery_only_to_served_captured_pods_on_captured_ports() {
                     InboundBind::Loopback,
                     PodRole::App,
                     own_netns(),
+                    Vec::new(),
                 )
                 .await
                 .unwrap();
@@ -671,6 +698,7 @@ async fn removing_the_destination_pod_ends_its_same_node_connections() {
                 InboundBind::Loopback,
                 PodRole::App,
                 own_netns(),
+                Vec::new(),
             )
             .await
             .unwrap();
@@ -733,4 +761,85 @@ fn a_listener_holds_at_most_its_connection_limit() {
     assert!(unlimited.iter().all(Option::is_some));
     drop((second, third, unlimited));
     assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A proxy rollout, in one process: the second registry takes the first one's listeners (as
+/// the agent hands them over), the first stops, and the same addresses go on being served.
+#[tokio::test]
+async fn a_second_proxy_accepts_from_the_first_ones_listeners() {
+    let test = TestProxy::new(false);
+    let echo = echo_server(Ipv4Addr::new(127, 0, 0, 1)).await;
+    test.proxy.state.replace(&mesh(1, echo.port()));
+    let cookie = own_netns_cookie();
+    let factory = Arc::new(CurrentNetnsSocketFactory);
+    let old = test.registry(factory.clone(), Duration::from_secs(1));
+    let handed = old
+        .add(
+            WEB,
+            cookie,
+            InboundBind::Loopback,
+            PodRole::App,
+            own_netns(),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<ListenerKind> = handed.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, [ListenerKind::Outbound, ListenerKind::Inbound]);
+    let addrs = old.listeners(WEB).unwrap();
+    // What the agent keeps and gives the next proxy: descriptors of the very same sockets.
+    let adopt = handed
+        .iter()
+        .map(|(kind, listener)| (*kind, listener.as_fd().try_clone_to_owned().unwrap()))
+        .collect();
+    drop(handed);
+
+    let new = test.registry(factory, Duration::from_secs(1));
+    new.add(
+        WEB,
+        cookie,
+        InboundBind::Loopback,
+        PodRole::App,
+        own_netns(),
+        adopt,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        new.listeners(WEB).unwrap(),
+        addrs,
+        "the same sockets, not new ones"
+    );
+    old.shutdown().await;
+    for round in 0..3 {
+        let mut client = connect_as_captured(addrs.outbound, &test.outbound, echo).await;
+        client
+            .write_all(b"after the old proxy stopped")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(
+            read_all(&mut client).await.unwrap(),
+            b"after the old proxy stopped",
+            "round {round}"
+        );
+    }
+
+    // A handed-over descriptor that does not listen is refused, naming the pod and listener.
+    let other = test.registry(Arc::new(CurrentNetnsSocketFactory), Duration::from_secs(1));
+    let connected = std::net::TcpStream::connect(addrs.outbound).unwrap();
+    let err = other
+        .add(
+            API_A,
+            cookie,
+            InboundBind::Loopback,
+            PodRole::App,
+            own_netns(),
+            vec![(ListenerKind::Outbound, OwnedFd::from(connected))],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Adopt { .. }), "{err}");
+    assert!(err.to_string().contains("does not listen"), "{err}");
+    new.shutdown().await;
 }

@@ -697,8 +697,8 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
     daemon_set(
         values,
         PROXY,
-        // The new proxy starts beside the old one and takes every pod's listeners
-        // (SO_REUSEPORT, then the agent swaps INBOUND_LISTENERS) before the old one drains.
+        // The new proxy starts beside the old one and takes over every pod's listening
+        // sockets, which the agent hands it, before the old one drains.
         RollingUpdateDaemonSet {
             max_surge: Some(IntOrString::Int(1)),
             max_unavailable: Some(IntOrString::Int(0)),

@@ -239,6 +239,7 @@ async fn setup_with(echo_cluster: Option<Arc<Cluster>>) -> Setup {
             InboundBind::Loopback,
             shunt_api::control::PodRole::App,
             own_netns(),
+            Vec::new(),
         )
         .await
         .unwrap();

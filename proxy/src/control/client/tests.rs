@@ -79,6 +79,7 @@ impl Agent {
             netns_cookie,
             inbound_bind: InboundBind::Loopback,
             role: shunt_api::control::PodRole::App,
+            listeners: Vec::new(),
         };
         self.send(message, netns.as_slice()).await;
         recv(&mut self.0).await.unwrap()
@@ -91,10 +92,16 @@ impl Agent {
         netns_cookie: u64,
         netns: BorrowedFd<'_>,
     ) -> OwnedFd {
-        let (reply, mut fds) = self.add_pod(uid, netns_cookie, Some(netns)).await;
-        assert_eq!(reply, ProxyMessage::PodReady { uid: uid.into() });
-        assert_eq!(fds.len(), 1, "PodReady must carry the inbound listener");
-        fds.remove(0)
+        let (reply, fds) = self.add_pod(uid, netns_cookie, Some(netns)).await;
+        assert_eq!(
+            reply,
+            ProxyMessage::PodReady {
+                uid: uid.into(),
+                listeners: vec![ListenerKind::Outbound, ListenerKind::Inbound],
+            }
+        );
+        assert_eq!(fds.len(), 2, "PodReady must carry both listeners");
+        fds.into_iter().nth(1).unwrap()
     }
 }
 
@@ -149,7 +156,7 @@ async fn a_session_serves_pods_and_answers_with_their_inbound_listener() {
     assert_eq!(listener_identity(&again), (addr, inode));
 
     for (uid, cookie, fds, error_has) in [
-        (API, cookie, None, "expected exactly one"),
+        (API, cookie, None, "expected 1: the pod's network namespace"),
         (API, cookie + 1, Some(netns.as_fd()), "cookie"),
     ] {
         let (reply, fds) = agent.add_pod(uid, cookie, fds).await;
