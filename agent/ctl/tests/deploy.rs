@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize as _;
 
 const PROFILES: [&str; 5] = ["default", "minimal", "demo", "gke", "eks"];
@@ -144,6 +145,9 @@ fn every_profile_parses_back_into_kubernetes_types() {
                     }
                     "ConfigMap" => serde_yaml::from_value::<ConfigMap>(value.clone()).map(drop),
                     "DaemonSet" => serde_yaml::from_value::<DaemonSet>(value.clone()).map(drop),
+                    "CustomResourceDefinition" => {
+                        serde_yaml::from_value::<CustomResourceDefinition>(value.clone()).map(drop)
+                    }
                     other => panic!("profile {profile}: unexpected kind {other}"),
                 }
             };
@@ -153,6 +157,15 @@ fn every_profile_parses_back_into_kubernetes_types() {
         assert_eq!(
             kinds.iter().filter(|k| *k == "DaemonSet").count(),
             2,
+            "profile {profile}"
+        );
+        // Shunt's RateLimitPolicy and the seven Istio kinds it reads.
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| *k == "CustomResourceDefinition")
+                .count(),
+            8,
             "profile {profile}"
         );
     }

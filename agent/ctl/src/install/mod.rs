@@ -3,6 +3,7 @@
 //! `-f` files and `--set` merged by `overlay.rs`, `--set` parsed by `set.rs`), and the
 //! kustomize tree `deploy/` is generated as (`kustomize.rs`).
 
+pub mod crds;
 pub mod kustomize;
 pub mod overlay;
 pub mod profiles;

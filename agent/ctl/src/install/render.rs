@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -66,6 +67,7 @@ pub enum Object {
     ClusterRoleBinding(ClusterRoleBinding),
     ConfigMap(ConfigMap),
     DaemonSet(Box<DaemonSet>),
+    CustomResourceDefinition(Box<CustomResourceDefinition>),
 }
 
 impl Object {
@@ -78,6 +80,7 @@ impl Object {
             Self::ClusterRoleBinding(_) => "ClusterRoleBinding",
             Self::ConfigMap(_) => "ConfigMap",
             Self::DaemonSet(_) => "DaemonSet",
+            Self::CustomResourceDefinition(_) => "CustomResourceDefinition",
         }
     }
 
@@ -90,6 +93,7 @@ impl Object {
             Self::ClusterRoleBinding(o) => &o.metadata,
             Self::ConfigMap(o) => &o.metadata,
             Self::DaemonSet(o) => &o.metadata,
+            Self::CustomResourceDefinition(o) => &o.metadata,
         }
     }
 
@@ -110,6 +114,7 @@ impl Object {
             Self::ClusterRoleBinding(o) => yaml(o),
             Self::ConfigMap(o) => yaml(o),
             Self::DaemonSet(o) => yaml(o.as_ref()),
+            Self::CustomResourceDefinition(o) => yaml(o.as_ref()),
         }
         .map_err(|source| Error {
             kind: self.kind(),
@@ -121,7 +126,12 @@ impl Object {
 
 /// Every object of the install, in apply order.
 pub fn render(values: &Values) -> Vec<Object> {
-    let mut objects = vec![Object::Namespace(namespace(values))];
+    // The kinds first: the agent lists them as it starts.
+    let mut objects: Vec<Object> = super::crds::crds(values.crds.istio)
+        .into_iter()
+        .map(|crd| Object::CustomResourceDefinition(Box::new(crd)))
+        .collect();
+    objects.push(Object::Namespace(namespace(values)));
     if values.resource_quota.enabled {
         objects.push(Object::ResourceQuota(resource_quota(values)));
     }

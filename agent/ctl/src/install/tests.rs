@@ -84,6 +84,9 @@ fn every_profile_reads_back_into_the_same_objects() {
                 Object::DaemonSet(_) => {
                     Object::DaemonSet(Box::new(serde_yaml::from_str(document).unwrap()))
                 }
+                Object::CustomResourceDefinition(_) => Object::CustomResourceDefinition(Box::new(
+                    serde_yaml::from_str(document).unwrap(),
+                )),
             };
             assert_eq!(
                 &back,
@@ -371,4 +374,25 @@ fn eks_keeps_off_fargate() {
             Some(&["fargate".to_owned()][..])
         );
     }
+}
+
+#[test]
+fn crds_come_first_and_istios_can_be_left_out() {
+    let crd_names = |objects: &[Object]| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o.kind() == "CustomResourceDefinition")
+            .map(|o| o.name().to_owned())
+            .collect()
+    };
+    let all = objects("default", &[]);
+    assert_eq!(crd_names(&all).len(), 8);
+    assert!(
+        all.iter()
+            .take(8)
+            .all(|o| o.kind() == "CustomResourceDefinition"),
+        "the kinds apply before the agent that lists them"
+    );
+    let without = objects("default", &["crds.istio=false"]);
+    assert_eq!(crd_names(&without), ["ratelimitpolicies.shunt.io"]);
 }

@@ -31,6 +31,7 @@ pub struct Values {
     pub cni: Cni,
     pub ca: Ca,
     pub resource_quota: ResourceQuota,
+    pub crds: Crds,
     /// Istio's MeshConfig, the fields shunt reads.
     pub mesh_config: MeshConfig,
     /// Istio's Helm values, the ones shunt reads (`values.global.*`).
@@ -251,6 +252,16 @@ pub struct ResourceQuota {
     pub enabled: bool,
     /// How many such pods the quota allows.
     pub pods: u32,
+}
+
+/// The CustomResourceDefinitions of the kinds shunt reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Crds {
+    /// The Istio kinds shunt implements (VirtualService, DestinationRule, Gateway,
+    /// ServiceEntry, PeerAuthentication, RequestAuthentication, AuthorizationPolicy). `false`
+    /// for a cluster that has Istio's own; shunt's RateLimitPolicy is always rendered.
+    pub istio: bool,
 }
 
 /// MeshConfig (`meshConfig.*`), the fields shunt's agent reads from `istio-system/istio`.

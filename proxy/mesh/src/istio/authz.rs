@@ -15,6 +15,7 @@ use super::security::WorkloadSelector;
 /// An `AuthorizationPolicy`: `metadata` (with the `istio.io/dry-run` annotation, which the
 /// common [`Metadata`] does not carry) and `spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthorizationPolicy {
     /// The object's `metadata`.
     pub metadata: AuthzMetadata,
@@ -35,6 +36,7 @@ impl AuthorizationPolicy {
 /// `metadata` of an AuthorizationPolicy: [`Metadata`]'s fields, and of its annotations only
 /// `istio.io/dry-run` (the others are not shunt's business and are not kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthzMetadata {
     /// `metadata.name`.
@@ -64,6 +66,7 @@ impl AuthzMetadata {
 
 /// The annotations of an AuthorizationPolicy shunt reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthzAnnotations {
     /// `istio.io/dry-run`: `"true"` makes the policy a shadow that only reports what it would
     /// have done. Parsed as Go's `strconv.ParseBool` (as Istio does) when compiled.
@@ -89,6 +92,7 @@ fn default_namespace() -> String {
 
 /// `AuthorizationPolicy.spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// `selector`: the workloads it applies to (of its namespace; in the root namespace, of
@@ -109,6 +113,7 @@ pub struct AuthorizationPolicySpec {
 
 /// `provider` of a `CUSTOM` policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzProvider {
     /// `name`: an `extensionProviders[].name` of MeshConfig.
@@ -118,6 +123,7 @@ pub struct AuthzProvider {
 /// One of `rules`: matches when one `from` entry, one `to` entry and every `when` match. An
 /// absent section matches anything; an empty list (`from: []`) is invalid, as in Istio.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzRule {
     /// `from`: the sources.
@@ -133,6 +139,7 @@ pub struct AuthzRule {
 
 /// One of `rules[].from`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzFrom {
     /// `source` (required).
@@ -142,6 +149,7 @@ pub struct AuthzFrom {
 
 /// One of `rules[].to`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzTo {
     /// `operation` (required).
@@ -152,6 +160,7 @@ pub struct AuthzTo {
 /// `source`: who sends. Fields are ANDed, the values of one field ORed; a `not…` field
 /// matches when none of its values does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzSource {
     /// `principals`: the peer's identity without `spiffe://`
@@ -201,6 +210,7 @@ pub struct AuthzSource {
 
 /// `operation`: what is asked. Fields are ANDed, the values of one field ORed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzOperation {
     /// `hosts`: the `:authority`, case-insensitively.
@@ -231,6 +241,7 @@ pub struct AuthzOperation {
 
 /// One of `rules[].when`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct AuthzCondition {
     /// `key`: an Istio attribute (`request.headers[x-user]`, `source.ip`, ...).

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// A JSON number that may be fractional (percentages, rates). Compared bit for bit, so that
 /// the mesh state stays `Eq` (a NaN never gets this far: JSON has none).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Decimal(pub f64);
 

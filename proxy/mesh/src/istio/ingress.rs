@@ -19,6 +19,7 @@ pub const INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// `networking.k8s.io/v1` `Ingress`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Ingress {
     /// `metadata`.
     pub metadata: IngressMetadata,
@@ -48,6 +49,7 @@ impl Ingress {
 /// [`INGRESS_CLASS_ANNOTATION`] is kept, so large ones (kubectl's last applied configuration)
 /// never travel to the proxy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct IngressMetadata {
     /// `metadata.name`.
@@ -169,6 +171,7 @@ istio_struct! {
 
 /// `extensions/v1beta1` `Ingress`, as older manifests carry it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct IngressV1beta1 {
     /// `metadata`.
     pub metadata: IngressMetadata,
@@ -235,6 +238,7 @@ istio_struct! {
 
 /// Kubernetes' `IntOrString`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum IntOrString {
     /// A number.

@@ -16,6 +16,7 @@ macro_rules! istio_struct {
     ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
         #[serde(default, rename_all = "camelCase")]
         pub struct $name { $($body)* }
     };

@@ -8,6 +8,7 @@ use super::security::{RejectedSelector, WorkloadSelector};
 
 /// `RequestAuthentication.spec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct RequestAuthenticationSpec {
     /// `selector`: the workloads (pods of the policy's namespace) it applies to; absent or with
@@ -20,6 +21,7 @@ pub struct RequestAuthenticationSpec {
 
 /// One entry of `jwtRules`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct JwtRuleSpec {
     /// `issuer`: the token's `iss`; required.
@@ -49,6 +51,7 @@ pub struct JwtRuleSpec {
 
 /// One entry of `fromHeaders`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct JwtHeaderSpec {
     /// `name`: the header.
@@ -59,6 +62,7 @@ pub struct JwtHeaderSpec {
 
 /// One entry of `outputClaimToHeaders`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct ClaimToHeaderSpec {
     /// `header`: the request header to set.

@@ -28,6 +28,7 @@ pub fn parse_go_bool(text: &str) -> Option<bool> {
 
 /// `PeerAuthentication.spec`: which inbound connections a workload accepts, by mTLS mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     /// `selector`: the workloads (pods of the policy's namespace) it applies to; absent or with
@@ -43,6 +44,7 @@ pub struct PeerAuthenticationSpec {
 
 /// `selector` of a PeerAuthentication: Istio's `WorkloadSelector`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadSelector {
     /// `matchLabels`: a pod must carry all of them.
@@ -51,6 +53,7 @@ pub struct WorkloadSelector {
 
 /// `mtls` / `portLevelMtls[port]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct PeerMutualTls {
     /// `UNSET` (or absent: inherit), `DISABLE`, `PERMISSIVE` or `STRICT`; checked when compiled.
@@ -90,6 +93,7 @@ pub struct RejectedPeerAuthentication {
 
 /// The `selector` of a rejected PeerAuthentication.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum RejectedSelector {
     /// No selector (or no `matchLabels`): the namespace, or the mesh in the root namespace.

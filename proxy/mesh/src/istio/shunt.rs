@@ -7,6 +7,7 @@ use super::decimal::Decimal;
 
 /// `RateLimitPolicy.spec`: one local token bucket per policy per node proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
     /// A host as in a VirtualService (short name, FQDN, ServiceEntry host): every request to
@@ -22,6 +23,7 @@ pub struct RateLimitPolicySpec {
 
 /// `RateLimitPolicy.spec.virtualService`: one named `http` route of a VirtualService.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct VirtualServiceRouteRef {
     /// `name`: the VirtualService's name, in the policy's namespace.
@@ -32,6 +34,7 @@ pub struct VirtualServiceRouteRef {
 
 /// The parts of Istio's MeshConfig shunt reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct MeshConfig {
     /// `outboundTrafficPolicy`; see [`crate::settings::OutboundTrafficPolicy`].
@@ -59,6 +62,7 @@ pub struct MeshConfig {
 
 /// MeshConfig `defaultConfig` (ProxyConfig), the part shunt reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct ProxyConfigDefaults {
     /// `gatewayTopology`.
@@ -67,6 +71,7 @@ pub struct ProxyConfigDefaults {
 
 /// ProxyConfig `gatewayTopology`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct GatewayTopology {
     /// `numTrustedProxies`: the `X-Forwarded-For` hops a gateway trusts.
@@ -75,6 +80,7 @@ pub struct GatewayTopology {
 
 /// `pathNormalization` of MeshConfig.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct PathNormalizationConfig {
     /// `NONE`, `BASE` (default; also `DEFAULT`), `MERGE_SLASHES` or `DECODE_AND_MERGE_SLASHES`.
@@ -83,6 +89,7 @@ pub struct PathNormalizationConfig {
 
 /// `outboundTrafficPolicy` of MeshConfig.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct OutboundTrafficPolicyConfig {
     /// `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
