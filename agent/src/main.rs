@@ -27,7 +27,8 @@ use shunt_mesh::routing::OutboundTrafficPolicy;
 #[command(name = "shunt-agent", version, about)]
 struct Cli {
     /// Where the config comes from: the Kubernetes API (watched), or local mode's --config-dir
-    /// [default: kube when KUBERNETES_SERVICE_HOST is set (in a pod), else local].
+    /// [default: local with --config-dir, else kube when KUBERNETES_SERVICE_HOST is set (in a
+    /// pod), else local].
     #[arg(long, value_enum, value_name = "SOURCE")]
     source: Option<SourceKind>,
     /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Secrets, Istio kinds) in
@@ -154,10 +155,11 @@ enum SourceKind {
 }
 
 impl SourceKind {
-    /// Kubernetes mode in a pod, where kubelet sets KUBERNETES_SERVICE_HOST.
-    fn default_from_env() -> Self {
+    /// Local mode when a config dir is given; else Kubernetes mode in a pod, where kubelet
+    /// sets KUBERNETES_SERVICE_HOST.
+    fn default_for(config_dir: Option<&PathBuf>) -> Self {
         match std::env::var_os("KUBERNETES_SERVICE_HOST") {
-            Some(host) if !host.is_empty() => Self::Kube,
+            Some(host) if !host.is_empty() && config_dir.is_none() => Self::Kube,
             _ => Self::Local,
         }
     }
@@ -239,7 +241,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return runtime.block_on(uninstall(&installed, &run_dir, cni.as_ref()));
     }
-    let (source, node_name) = match cli.source.unwrap_or_else(SourceKind::default_from_env) {
+    let (source, node_name) = match cli
+        .source
+        .unwrap_or_else(|| SourceKind::default_for(cli.config_dir.as_ref()))
+    {
         SourceKind::Local => {
             if cli.kubeconfig.is_some() {
                 anyhow::bail!("--kubeconfig is for --source kube; local mode reads --config-dir");

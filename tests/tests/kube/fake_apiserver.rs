@@ -9,7 +9,9 @@
 //!   by a BOOKMARK; and `410 Gone` (an ERROR event, or on a new watch) for a resource whose
 //!   history [`FakeApiServer::forget`] cut;
 //! - [`FakeApiServer::hold_pages`]: later pages of a list wait until released, to catch a
-//!   client that acts on a half-listed state.
+//!   client that acts on a half-listed state;
+//! - [`FakeApiServer::unserve`]: 404 for a resource, as for a custom resource whose CRD is
+//!   not installed.
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -56,6 +58,8 @@ struct Store {
     /// Per resource: watches from before this version get 410 Gone.
     compacted: BTreeMap<String, u64>,
     held: HashSet<String>,
+    /// Resources answered with 404, as a cluster without their CRD does.
+    unserved: HashSet<String>,
     served: Vec<Served>,
 }
 
@@ -194,6 +198,12 @@ impl FakeApiServer {
             let (_, version) = store.remove(resource, name);
             store.compacted.insert(resource.to_owned(), version);
         }
+        self.bump();
+    }
+
+    /// `resource` answers 404 from now on, as when its CRD is not installed.
+    pub fn unserve(&self, resource: Resource) {
+        self.store().unserved.insert(resource.to_owned());
         self.bump();
     }
 
@@ -353,6 +363,13 @@ async fn serve(
             ),
         );
     };
+    if store.lock().unwrap().unserved.contains(&query.resource) {
+        let message = format!(
+            "the server could not find the requested resource {}",
+            query.resource
+        );
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
+    }
     let watching = query
         .params
         .get("watch")

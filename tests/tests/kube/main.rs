@@ -498,3 +498,23 @@ async fn nothing_is_published_before_every_watch_has_listed() {
     );
     assert_eq!(snapshot.errors, vec![]);
 }
+
+#[tokio::test]
+async fn a_custom_resource_without_its_crd_counts_as_none() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    server.unserve(RATE_LIMIT_POLICIES);
+    server.unserve(PEER_AUTHENTICATIONS);
+    let (mut source, _dir) = source_on(&server, 500).await;
+    let snapshot = listed(&mut source).await;
+    assert_eq!(snapshot.config.shunt, vec![]);
+    assert_eq!(
+        istio_names(&snapshot),
+        [
+            "Gateway istio-system/shop",
+            "VirtualService shop/cart-routes"
+        ]
+    );
+    assert_eq!(pod_names(&snapshot).len(), 3, "everything else applies");
+    assert_eq!(snapshot.errors, vec![]);
+}
