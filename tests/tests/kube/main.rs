@@ -69,6 +69,35 @@ fn good_routes() -> Value {
     )
 }
 
+fn tls_secret(name: &str, cert: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": "istio-system"},
+           "data": {"tls.crt": cert, "tls.key": "a2V5"}})
+}
+
+fn gateway(credential: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+           "metadata": {"name": "shop", "namespace": "istio-system"},
+           "spec": {"selector": {"istio": "ingressgateway"},
+                    "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                                 "hosts": ["shop.example.test"],
+                                 "tls": {"mode": "SIMPLE", "credentialName": credential}}]}})
+}
+
+fn secret_names(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .secrets
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s.object.metadata.namespace(),
+                s.object.metadata.name
+            )
+        })
+        .collect()
+}
+
 /// A small cluster with every kind the source reads: this node's app and gateway pods,
 /// another node's pod, a Service, Istio objects (a Gateway naming a Secret), a
 /// RateLimitPolicy, the mesh ConfigMap, and two Secrets, one of them named by no gateway.
@@ -107,15 +136,7 @@ fn seed(server: &FakeApiServer) {
                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
     );
     server.apply(VIRTUAL_SERVICES, good_routes());
-    server.apply(
-        GATEWAYS,
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-               "metadata": {"name": "shop", "namespace": "istio-system"},
-               "spec": {"selector": {"istio": "ingressgateway"},
-                        "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                                     "hosts": ["shop.example.test"],
-                                     "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]}}),
-    );
+    server.apply(GATEWAYS, gateway("shop-cert"));
     server.apply(
         PEER_AUTHENTICATIONS,
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
@@ -139,13 +160,8 @@ fn seed(server: &FakeApiServer) {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "other", "namespace": "istio-system"}, "data": {}}),
     );
-    for name in ["shop-cert", "unrelated"] {
-        server.apply(
-            SECRETS,
-            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                   "metadata": {"name": name, "namespace": "istio-system"},
-                   "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
-        );
+    for name in ["shop-cert", "unrelated", "next-cert"] {
+        server.apply(SECRETS, tls_secret(name, "Y2VydA=="));
     }
 }
 
@@ -171,6 +187,37 @@ async fn listed(source: &mut KubeSource) -> Snapshot {
         .unwrap_or_else(|_| panic!("the fake API server's objects were not listed in 60 s"))
 }
 
+/// The source on `server`, listed and publishing.
+struct Running {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _kubeconfig: tempfile::TempDir,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("the source's task: {e}"));
+    }
+}
+
+async fn running(server: &FakeApiServer) -> Running {
+    let (mut source, kubeconfig) = source_on(server, 500).await;
+    let initial = listed(&mut source).await;
+    let (tx, snapshots) = watch::channel(Arc::new(initial));
+    let shutdown = CancellationToken::new();
+    let task = source.spawn(tx, shutdown.clone());
+    Running {
+        snapshots,
+        shutdown,
+        task,
+        _kubeconfig: kubeconfig,
+    }
+}
+
 /// Waits for a published snapshot of which `done` holds.
 async fn published(
     snapshots: &mut watch::Receiver<Arc<Snapshot>>,
@@ -190,6 +237,16 @@ async fn published(
     })
     .await;
     waited.unwrap_or_else(|_| panic!("no snapshot with {what}: {:#?}", snapshots.borrow().config))
+}
+
+fn pod_named<'a>(snapshot: &'a Snapshot, name: &str) -> &'a shunt_api::k8s::Pod {
+    snapshot
+        .config
+        .pods
+        .iter()
+        .map(|p| &p.object)
+        .find(|pod| pod.metadata.name == name)
+        .unwrap_or_else(|| panic!("no pod {name}"))
 }
 
 fn pod_names(snapshot: &Snapshot) -> Vec<String> {
@@ -247,30 +304,17 @@ async fn the_initial_lists_reach_the_snapshot_with_every_kind() {
         pod_names(&snapshot),
         ["istio-system/ingress-1", "shop/cart", "shop/db"]
     );
-    let db = snapshot
-        .config
-        .pods
-        .iter()
-        .find(|p| p.object.metadata.name == "db")
-        .unwrap();
+    let db = pod_named(&snapshot, "db");
     assert!(
-        db.object.metadata.annotations.is_empty(),
+        db.metadata.annotations.is_empty(),
         "another node's pod is trimmed: {:?}",
-        db.object.metadata
+        db.metadata
     );
+    assert_eq!(db.spec.node_name.as_ref().unwrap().as_str(), "node-b");
+    assert_eq!(db.spec.service_account_name.as_deref(), Some("db"));
+    let cart = pod_named(&snapshot, "cart");
     assert_eq!(
-        db.object.spec.node_name.as_ref().unwrap().as_str(),
-        "node-b"
-    );
-    assert_eq!(db.object.spec.service_account_name.as_deref(), Some("db"));
-    let cart = snapshot
-        .config
-        .pods
-        .iter()
-        .find(|p| p.object.metadata.name == "cart")
-        .unwrap();
-    assert_eq!(
-        cart.object.metadata.annotations.len(),
+        cart.metadata.annotations.len(),
         1,
         "this node's pods are whole"
     );
@@ -309,19 +353,8 @@ async fn the_initial_lists_reach_the_snapshot_with_every_kind() {
         snapshot.mesh.mesh.outbound_traffic_policy,
         shunt_mesh::routing::OutboundTrafficPolicy::RegistryOnly
     );
-    let secrets: Vec<String> = snapshot
-        .secrets
-        .iter()
-        .map(|s| {
-            format!(
-                "{}/{}",
-                s.object.metadata.namespace(),
-                s.object.metadata.name
-            )
-        })
-        .collect();
     assert_eq!(
-        secrets,
+        secret_names(&snapshot),
         ["istio-system/shop-cert"],
         "only the Secrets a gateway here names"
     );
@@ -354,11 +387,8 @@ async fn the_initial_lists_reach_the_snapshot_with_every_kind() {
 async fn an_update_and_a_delete_reach_the_next_snapshot() {
     let server = FakeApiServer::start().await;
     seed(&server);
-    let (mut source, _dir) = source_on(&server, 500).await;
-    let initial = listed(&mut source).await;
-    let (tx, mut snapshots) = watch::channel(Arc::new(initial));
-    let shutdown = CancellationToken::new();
-    let task = source.spawn(tx, shutdown.clone());
+    let mut running = running(&server).await;
+    let snapshots = &mut running.snapshots;
 
     server.apply(
         PODS,
@@ -366,41 +396,33 @@ async fn an_update_and_a_delete_reach_the_next_snapshot() {
     );
     server.delete(VIRTUAL_SERVICES, "shop/cart-routes");
     server.delete(PODS, "shop/db");
-    let snapshot = published(
-        &mut snapshots,
-        "the new IP, without the deleted objects",
-        |s| {
-            let cart_ip = s
-                .mesh
-                .workloads
-                .iter()
-                .find(|w| w.name == "cart")
-                .and_then(|w| w.ip);
-            cart_ip.map(|ip| ip.to_string()).as_deref() == Some("10.244.0.11")
-                && s.mesh.virtual_services.is_empty()
-                && !s.config.pods.iter().any(|p| p.object.metadata.name == "db")
-        },
-    )
+    let snapshot = published(snapshots, "the new IP, without the deleted objects", |s| {
+        let cart_ip = s
+            .mesh
+            .workloads
+            .iter()
+            .find(|w| w.name == "cart")
+            .and_then(|w| w.ip);
+        cart_ip.map(|ip| ip.to_string()).as_deref() == Some("10.244.0.11")
+            && s.mesh.virtual_services.is_empty()
+            && !s.config.pods.iter().any(|p| p.object.metadata.name == "db")
+    })
     .await;
     assert_eq!(
         pod_names(&snapshot),
         ["istio-system/ingress-1", "shop/cart"]
     );
     assert_eq!(snapshot.errors, vec![]);
-    shutdown.cancel();
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_relist_after_410_gone_drops_an_object_deleted_meanwhile() {
     let server = FakeApiServer::start().await;
     seed(&server);
-    let (mut source, _dir) = source_on(&server, 500).await;
-    let initial = listed(&mut source).await;
-    assert_eq!(initial.mesh.virtual_services.len(), 1);
-    let (tx, mut snapshots) = watch::channel(Arc::new(initial));
-    let shutdown = CancellationToken::new();
-    let task = source.spawn(tx, shutdown.clone());
+    let mut running = running(&server).await;
+    assert_eq!(running.snapshots.borrow().mesh.virtual_services.len(), 1);
+    let snapshots = &mut running.snapshots;
     let lists_of = |served: &[fake_apiserver::Served]| {
         served
             .iter()
@@ -417,7 +439,7 @@ async fn a_relist_after_410_gone_drops_an_object_deleted_meanwhile() {
 
     // No DELETED event: only the relist that the 410 forces can show it.
     server.forget(VIRTUAL_SERVICES, "shop/cart-routes");
-    let snapshot = published(&mut snapshots, "the VirtualService gone", |s| {
+    let snapshot = published(snapshots, "the VirtualService gone", |s| {
         s.mesh.virtual_services.is_empty()
     })
     .await;
@@ -428,8 +450,7 @@ async fn a_relist_after_410_gone_drops_an_object_deleted_meanwhile() {
             .all(|n| !n.starts_with("VirtualService"))
     );
     assert_eq!(pod_names(&snapshot).len(), 3, "everything else stays");
-    shutdown.cancel();
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -517,4 +538,34 @@ async fn a_custom_resource_without_its_crd_counts_as_none() {
     );
     assert_eq!(pod_names(&snapshot).len(), 3, "everything else applies");
     assert_eq!(snapshot.errors, vec![]);
+}
+
+#[tokio::test]
+async fn the_secrets_watched_follow_the_gateways() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let mut running = running(&server).await;
+    let snapshots = &mut running.snapshots;
+    let cert = |s: &Snapshot, name: &str| {
+        s.secret("istio-system", name)
+            .and_then(|secret| secret.get("tls.crt"))
+            .map(<[u8]>::to_vec)
+    };
+
+    // "bmV3" is "new".
+    server.apply(SECRETS, tls_secret("shop-cert", "bmV3"));
+    published(snapshots, "the Secret's new certificate", |s| {
+        cert(s, "shop-cert").as_deref() == Some(b"new")
+    })
+    .await;
+
+    // The Gateway names another Secret: it is watched, and the first one no longer.
+    server.apply(GATEWAYS, gateway("next-cert"));
+    let snapshot = published(snapshots, "the newly named Secret", |s| {
+        cert(s, "next-cert").is_some()
+    })
+    .await;
+    assert_eq!(secret_names(&snapshot), ["istio-system/next-cert"]);
+    assert_eq!(snapshot.errors, vec![]);
+    running.stop().await;
 }
