@@ -36,9 +36,18 @@ const PROXY_EVENTS: usize = 64;
 /// How often the CNI install is checked (a primary CNI may rewrite its config).
 const CNI_RECHECK: Duration = Duration::from_secs(5);
 
+/// Where the config comes from (`--source`).
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    /// Local mode: the YAML of `--config-dir`.
+    Local { config_dir: PathBuf },
+    /// The Kubernetes API: `--kubeconfig`, else in-cluster, else the default kubeconfig.
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub config_dir: PathBuf,
+    pub source: SourceOptions,
     pub run_dir: RunDir,
     pub capture_mode: CaptureMode,
     /// eBPF capture's options; iptables capture uses only the instance name.
@@ -76,6 +85,8 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] source::local_dir::Error),
     #[error(transparent)]
+    Kube(#[from] source::kube::Error),
+    #[error(transparent)]
     RunDir(#[from] run_dir::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
@@ -89,6 +100,12 @@ pub enum Error {
     Signals(std::io::Error),
 }
 
+/// A source that has read its first config, to be watched from then on.
+enum Started {
+    Local(PathBuf),
+    Kube(Box<source::kube::KubeSource>),
+}
+
 /// Why the agent stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -97,10 +114,31 @@ pub enum Stopped {
 }
 
 pub async fn run(options: Options) -> Result<Stopped, Error> {
-    // Read first: a wrong --config-dir fails before anything is installed.
-    let initial = source::local_dir::load(&options.config_dir, &options.load)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    // Read first: a wrong --config-dir, or an API server that cannot be reached, fails (or
+    // waits) before anything is installed.
+    let (initial, started) = match &options.source {
+        SourceOptions::Local { config_dir } => (
+            source::local_dir::load(config_dir, &options.load)?,
+            Started::Local(config_dir.clone()),
+        ),
+        SourceOptions::Kube { kubeconfig } => {
+            let client = source::kube::connect(kubeconfig.as_deref()).await?;
+            let mut kube = source::kube::KubeSource::start(
+                client,
+                options.load.clone(),
+                source::kube::DEFAULT_PAGE_SIZE,
+            );
+            tracing::info!("listing the cluster's objects from the API server");
+            let listed = tokio::select! {
+                listed = kube.listed() => listed,
+                _ = terminate.recv() => return Ok(Stopped::Signal("SIGTERM")),
+                _ = interrupt.recv() => return Ok(Stopped::Signal("SIGINT")),
+            };
+            (listed, Started::Kube(Box::new(kube)))
+        }
+    };
 
     // The sockets before capture: a second agent for the same instance stops here, before it
     // touches the kernel.
@@ -127,8 +165,12 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let uninstalled = CancellationToken::new();
     source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let watcher =
-        source::local_dir::watch::spawn(&options.config_dir, snapshots_tx, shutdown.clone())?;
+    let watcher = match started {
+        Started::Local(config_dir) => {
+            source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?
+        }
+        Started::Kube(kube) => kube.spawn(snapshots_tx, shutdown.clone()),
+    };
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
     let bpf_logs = match capture.start_bpf_log(options.bpf_log, Forwarder::new(reconciler.view())) {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use shunt_agent::app::{self, Options};
+use shunt_agent::app::{self, Options, SourceOptions};
 use shunt_agent::ca::{self, CaOptions};
 use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
@@ -19,31 +19,33 @@ use shunt_agent::config::LoadOptions;
 use shunt_api::admin as api;
 use shunt_api::admin_client::{self as client, AdminClient};
 use shunt_api::capture::CaptureMode;
-use shunt_api::k8s::{DEFAULT_NODE_NAME, NodeName};
+use shunt_api::k8s::NodeName;
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_mesh::routing::OutboundTrafficPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]
 struct Cli {
+    /// Where the config comes from: the Kubernetes API (watched), or local mode's --config-dir
+    /// [default: local with --config-dir, else kube when KUBERNETES_SERVICE_HOST is set (in a
+    /// pod), else local].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    source: Option<SourceKind>,
     /// Local mode: Kubernetes-style YAML (Namespaces, Pods, Services, Secrets, Istio kinds) in
     /// DIR, watched for changes.
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present_any = ["uninstall", "probe_kernel"]
-    )]
+    #[arg(long, value_name = "DIR")]
     config_dir: Option<PathBuf>,
-    /// The node this agent runs on. One config dir may describe a whole mesh: the agent
-    /// captures only the pods whose spec.nodeName is NAME, and a pod without spec.nodeName
-    /// belongs to the agent's node, so a single-node config needs no node names.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "NODE_NAME",
-        default_value = DEFAULT_NODE_NAME
-    )]
-    node_name: NodeName,
+    /// --source kube: the kubeconfig to use [default: the pod's service account in a
+    /// cluster, else $KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "FILE", conflicts_with = "config_dir")]
+    kubeconfig: Option<PathBuf>,
+    /// The node this agent runs on; required with --source kube (the downward API's
+    /// spec.nodeName). One config dir may describe a whole mesh: the agent captures only the
+    /// pods whose spec.nodeName is NAME, and in local mode a pod without spec.nodeName belongs
+    /// to the agent's node, so a single-node config needs no node names
+    /// [local mode's default: local].
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<NodeName>,
     /// Names this agent: its pins live in <bpffs>/shunt/NAME, its sockets in /run/shunt/NAME.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     instance: String,
@@ -147,6 +149,23 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    Kube,
+    Local,
+}
+
+impl SourceKind {
+    /// Local mode when a config dir is given; else Kubernetes mode in a pod, where kubelet
+    /// sets KUBERNETES_SERVICE_HOST.
+    fn default_for(config_dir: Option<&PathBuf>) -> Self {
+        match std::env::var_os("KUBERNETES_SERVICE_HOST") {
+            Some(host) if !host.is_empty() && config_dir.is_none() => Self::Kube,
+            _ => Self::Local,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum OutboundPolicy {
     AllowAny,
     RegistryOnly,
@@ -222,11 +241,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return runtime.block_on(uninstall(&installed, &run_dir, cni.as_ref()));
     }
-    let Some(config_dir) = cli.config_dir else {
-        anyhow::bail!("--config-dir is required");
+    let (source, node_name) = match cli
+        .source
+        .unwrap_or_else(|| SourceKind::default_for(cli.config_dir.as_ref()))
+    {
+        SourceKind::Local => {
+            if cli.kubeconfig.is_some() {
+                anyhow::bail!("--kubeconfig is for --source kube; local mode reads --config-dir");
+            }
+            let Some(config_dir) = cli.config_dir else {
+                anyhow::bail!(
+                    "local mode needs --config-dir DIR (or --source kube, to read the \
+                     Kubernetes API)"
+                );
+            };
+            let node_name = cli.node_name.unwrap_or_default();
+            (SourceOptions::Local { config_dir }, node_name)
+        }
+        SourceKind::Kube => {
+            if cli.config_dir.is_some() {
+                anyhow::bail!("--config-dir is local mode's; --source kube reads the API server");
+            }
+            let Some(node_name) = cli.node_name else {
+                anyhow::bail!(
+                    "--source kube needs this node's name: give --node-name or set NODE_NAME \
+                     (in a DaemonSet, from the downward API's spec.nodeName)"
+                );
+            };
+            (
+                SourceOptions::Kube {
+                    kubeconfig: cli.kubeconfig,
+                },
+                node_name,
+            )
+        }
     };
     let options = Options {
-        config_dir,
+        source,
         run_dir,
         capture_mode: cli.capture,
         capture,
@@ -235,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 OutboundPolicy::AllowAny => OutboundTrafficPolicy::AllowAny,
                 OutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
             }),
-            node_name: cli.node_name,
+            node_name,
         },
         ca: cli.ca_listen.map(|listen| {
             let state_dir = cli

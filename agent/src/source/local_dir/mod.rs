@@ -33,10 +33,7 @@ pub use error::Error;
 /// only when the directory cannot be listed; everything wrong inside it ends up in the
 /// snapshot's `errors`.
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<Snapshot, Error> {
-    let loaded = load_dir(dir)?;
-    let mut snapshot = Snapshot::from_config_with(dir, loaded.config, loaded.errors, options);
-    snapshot.secrets = loaded.secrets;
-    Ok(snapshot)
+    Ok(load_dir(dir)?.into_snapshot(dir, options))
 }
 
 /// What [`load_dir`] read.
@@ -46,6 +43,16 @@ pub struct Loaded {
     /// Kept apart from `config`, which `GET /config` shows.
     pub secrets: Vec<Sourced<Secret>>,
     pub errors: Vec<LoadError>,
+}
+
+impl Loaded {
+    /// The [`Snapshot`] of these objects, with the agent's flags; `dir` names the source.
+    #[must_use]
+    pub fn into_snapshot(self, dir: &Path, options: &LoadOptions) -> Snapshot {
+        let mut snapshot = Snapshot::from_config_with(dir, self.config, self.errors, options);
+        snapshot.secrets = self.secrets;
+        snapshot
+    }
 }
 
 /// Reads every YAML file of `dir`. Fails only when the directory itself cannot be listed.
@@ -62,11 +69,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
             }),
         }
     }
-    Ok(Loaded {
-        config: loader.config,
-        secrets: loader.secrets,
-        errors: loader.errors,
-    })
+    Ok(loader.finish())
 }
 
 /// `*.yaml` and `*.yml` regular files (or links to them), sorted; dot files are skipped, which
@@ -204,6 +207,24 @@ impl Loader {
                     return;
                 }
             }
+        }
+    }
+
+    /// One object that is not from a file (Kubernetes mode's): `origin` stands where a file's
+    /// path would, in its errors and in `GET /config`. Checked exactly as a document is.
+    pub(crate) fn load_object(&mut self, origin: &Path, value: serde_yaml::Value) {
+        let place = Place {
+            file: origin.to_owned(),
+            document: 1,
+        };
+        self.load_document(place, value);
+    }
+
+    pub(crate) fn finish(self) -> Loaded {
+        Loaded {
+            config: self.config,
+            secrets: self.secrets,
+            errors: self.errors,
         }
     }
 

@@ -1,0 +1,222 @@
+//! Kubernetes mode's source (`shunt-agent --source kube`): watches of the API server
+//! ([`resources::Watch`]), whose objects go through local mode's loader into the same
+//! [`Snapshot`] local mode builds.
+//!
+//! - Each watch is kube-rs's watcher: paginated initial lists, a relist after 410 Gone, and
+//!   the default backoff (0.8 s doubling to 30 s) after any other error.
+//! - Nothing is published before every watch has listed once ([`KubeSource::listed`]), and a
+//!   watch's objects change only at whole steps ([`state`]): never a half-listed state.
+//! - The Secrets watched are those the gateways of this node name, one watch each, started
+//!   and stopped as the config changes.
+
+mod error;
+pub mod resources;
+mod state;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use kube::Api;
+use kube::core::DynamicObject;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+use resources::Watch;
+pub use state::SOURCE_NAME;
+use state::State;
+
+use crate::config::{LoadOptions, Snapshot};
+use crate::source::local_dir::watch::log_changes;
+
+/// Events waiting for the source's loop; the watchers wait when it is full.
+const EVENTS: usize = 1024;
+/// kube-rs's own default page size for initial lists.
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+
+/// A client for `kubeconfig`, else the in-cluster config, else the default kubeconfig.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| Error::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => kube::Config::infer().await.map_err(Error::Infer)?,
+    };
+    kube::Client::try_from(config).map_err(Error::Client)
+}
+
+type WatchEvent = (Watch, Result<watcher::Event<DynamicObject>, watcher::Error>);
+
+/// The watches and what they have listed.
+pub struct KubeSource {
+    client: kube::Client,
+    options: LoadOptions,
+    page_size: u32,
+    state: State,
+    /// Each watch's task, aborted when the watch is dropped.
+    tasks: HashMap<Watch, JoinHandle<()>>,
+    events_tx: mpsc::Sender<WatchEvent>,
+    events: mpsc::Receiver<WatchEvent>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts every watch that does not depend on the config; `page_size` is the initial
+    /// lists' `limit` ([`DEFAULT_PAGE_SIZE`]).
+    #[must_use]
+    pub fn start(client: kube::Client, options: LoadOptions, page_size: u32) -> Self {
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let mut source = Self {
+            client,
+            options,
+            page_size,
+            state: State::default(),
+            tasks: HashMap::new(),
+            events_tx,
+            events,
+        };
+        for watch in Watch::base() {
+            source.start_watch(watch);
+        }
+        source
+    }
+
+    /// Waits until every watch, those of the first snapshot's gateway Secrets included, has
+    /// listed once, and returns that first complete snapshot. Errors only delay it (they are
+    /// logged, and retried with backoff).
+    pub async fn listed(&mut self) -> Snapshot {
+        loop {
+            if self.state.listed(|_| true) {
+                let snapshot = self.state.snapshot(&self.options);
+                if !self.sync_secrets(&snapshot) {
+                    return snapshot;
+                }
+                continue; // New Secret watches: wait for them too.
+            }
+            self.next_batch().await;
+        }
+    }
+
+    /// Publishes a new snapshot to `snapshots` after each batch of changes, until `shutdown`.
+    pub fn spawn(
+        mut self,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let changed = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = self.next_batch() => changed,
+                };
+                // A Secret watch added since is not waited for: the gateway's Secret comes in
+                // a later snapshot, as in a cluster where it is created after the Gateway.
+                if !changed
+                    || !self
+                        .state
+                        .listed(|watch| !matches!(watch, Watch::Secret { .. }))
+                {
+                    continue;
+                }
+                let snapshot = self.state.snapshot(&self.options);
+                self.sync_secrets(&snapshot);
+                let previous = Arc::clone(&snapshots.borrow());
+                log_changes(Some(&previous), &snapshot);
+                if *previous != snapshot {
+                    snapshots.send_replace(Arc::new(snapshot));
+                }
+            }
+        })
+    }
+
+    /// Applies the next event and every one already waiting; true when objects changed.
+    async fn next_batch(&mut self) -> bool {
+        let Some(first) = self.events.recv().await else {
+            return false; // Cannot happen: `self` holds a sender.
+        };
+        let mut changed = self.apply(first);
+        while let Ok(event) = self.events.try_recv() {
+            changed |= self.apply(event);
+        }
+        changed
+    }
+
+    fn apply(&mut self, (watch, event): WatchEvent) -> bool {
+        let resource = watch.resource(&self.options.node_name);
+        self.state
+            .apply(&watch, &resource.api, resource.optional, event)
+    }
+
+    /// Watches exactly the Secrets that `snapshot`'s gateways on this node name; true when a
+    /// watch was added.
+    fn sync_secrets(&mut self, snapshot: &Snapshot) -> bool {
+        let wanted: Vec<Watch> = snapshot
+            .gateway_secret_refs()
+            .into_iter()
+            .map(|(namespace, name)| Watch::Secret { namespace, name })
+            .collect();
+        let unwanted: Vec<Watch> = self
+            .tasks
+            .keys()
+            .filter(|watch| matches!(watch, Watch::Secret { .. }) && !wanted.contains(watch))
+            .cloned()
+            .collect();
+        for watch in unwanted {
+            if let Some(task) = self.tasks.remove(&watch) {
+                task.abort();
+            }
+            self.state.remove(&watch);
+        }
+        let mut added = false;
+        for watch in wanted {
+            if !self.tasks.contains_key(&watch) {
+                self.start_watch(watch);
+                added = true;
+            }
+        }
+        added
+    }
+
+    fn start_watch(&mut self, watch: Watch) {
+        let resource = watch.resource(&self.options.node_name);
+        let api: Api<DynamicObject> = match &resource.namespace {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource.api),
+            None => Api::all_with(self.client.clone(), &resource.api),
+        };
+        let mut config = watcher::Config::default().page_size(self.page_size);
+        if let Some(fields) = &resource.fields {
+            config = config.fields(fields);
+        }
+        self.state.add(watch.clone());
+        let events = self.events_tx.clone();
+        let task_watch = watch.clone();
+        let task = tokio::spawn(async move {
+            // kube-rs's default backoff: 0.8 s, doubling to 30 s, reset after 120 s of health.
+            let mut stream = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = stream.next().await {
+                if events.send((task_watch.clone(), event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.tasks.insert(watch, task);
+    }
+}

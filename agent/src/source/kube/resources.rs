@@ -1,0 +1,248 @@
+//! What the Kubernetes source watches, and what it keeps of each object.
+
+use k8s_openapi::api::core::v1 as core;
+use kube::core::{ApiResource, DynamicObject};
+use shunt_api::k8s::NodeName;
+use shunt_mesh::istio::SHUNT_API_VERSION;
+
+/// The Istio kinds shunt implements, each watched at `v1` (the API server converts the older
+/// versions of a stored object).
+const ISTIO_KINDS: [(&str, &str, &str); 7] = [
+    ("networking.istio.io", "VirtualService", "virtualservices"),
+    ("networking.istio.io", "DestinationRule", "destinationrules"),
+    ("networking.istio.io", "ServiceEntry", "serviceentries"),
+    ("networking.istio.io", "Gateway", "gateways"),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    (
+        "security.istio.io",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+];
+
+/// The namespace and name of Istio's MeshConfig ConfigMap.
+pub const MESH_CONFIG: (&str, &str) = ("istio-system", "istio");
+
+/// One watch of the source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Watch {
+    /// The pods of this node, whole.
+    NodePods,
+    /// Every pod, trimmed ([`trim_pod`]): other nodes' pods are peers and endpoints.
+    AllPods,
+    Namespaces,
+    Services,
+    /// An index into the Istio kinds.
+    Istio(usize),
+    RateLimitPolicies,
+    /// `istio-system/istio`.
+    MeshConfig,
+    /// A Secret a gateway on this node names.
+    Secret {
+        namespace: String,
+        name: String,
+    },
+}
+
+/// How to watch a [`Watch`].
+pub struct Resource {
+    pub api: ApiResource,
+    /// Only this namespace's objects, when set.
+    pub namespace: Option<String>,
+    pub fields: Option<String>,
+    /// A custom resource: a cluster without its CRD (the list answers 404) has none of them,
+    /// rather than keeping the source from ever being listed.
+    pub optional: bool,
+}
+
+impl Watch {
+    /// Every watch that does not depend on the config itself.
+    pub fn base() -> Vec<Self> {
+        let mut watches = vec![
+            Self::NodePods,
+            Self::AllPods,
+            Self::Namespaces,
+            Self::Services,
+        ];
+        watches.extend((0..ISTIO_KINDS.len()).map(Self::Istio));
+        watches.extend([Self::RateLimitPolicies, Self::MeshConfig]);
+        watches
+    }
+
+    pub fn resource(&self, node: &NodeName) -> Resource {
+        let core = |api: ApiResource| Resource {
+            api,
+            namespace: None,
+            fields: None,
+            optional: false,
+        };
+        let custom = |api_version: &str, kind: &str, plural: &str| {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            Resource {
+                api: ApiResource {
+                    group: group.to_owned(),
+                    version: version.to_owned(),
+                    api_version: api_version.to_owned(),
+                    kind: kind.to_owned(),
+                    plural: plural.to_owned(),
+                },
+                namespace: None,
+                fields: None,
+                optional: true,
+            }
+        };
+        match self {
+            Self::NodePods => Resource {
+                fields: Some(format!("spec.nodeName={node}")),
+                ..core(ApiResource::erase::<core::Pod>(&()))
+            },
+            Self::AllPods => core(ApiResource::erase::<core::Pod>(&())),
+            Self::Namespaces => core(ApiResource::erase::<core::Namespace>(&())),
+            Self::Services => core(ApiResource::erase::<core::Service>(&())),
+            Self::Istio(index) => {
+                let (group, kind, plural) = ISTIO_KINDS[*index];
+                custom(&format!("{group}/v1"), kind, plural)
+            }
+            Self::RateLimitPolicies => {
+                custom(SHUNT_API_VERSION, "RateLimitPolicy", "ratelimitpolicies")
+            }
+            Self::MeshConfig => Resource {
+                namespace: Some(MESH_CONFIG.0.to_owned()),
+                fields: Some(format!("metadata.name={}", MESH_CONFIG.1)),
+                ..core(ApiResource::erase::<core::ConfigMap>(&()))
+            },
+            Self::Secret { namespace, name } => Resource {
+                namespace: Some(namespace.clone()),
+                fields: Some(format!("metadata.name={name}")),
+                ..core(ApiResource::erase::<core::Secret>(&()))
+            },
+        }
+    }
+}
+
+/// What the source keeps of an object, as JSON with its `apiVersion` and `kind` (list items
+/// come without them). Managed fields are dropped from every object; other nodes' pods keep
+/// only what a peer or an endpoint needs, Namespaces only their metadata.
+pub fn keep(watch: &Watch, api: &ApiResource, object: DynamicObject) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), api.api_version.clone().into());
+        map.insert("kind".into(), api.kind.clone().into());
+    }
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("managedFields");
+    }
+    match watch {
+        Watch::AllPods => trim_pod(&value),
+        Watch::Namespaces => pick(&value, &["apiVersion", "kind", "metadata"]),
+        _ => value,
+    }
+}
+
+/// A pod of another node: its IP, node, labels, service account, owner and phase, and the two
+/// things selector evaluation needs of an endpoint (its Ready condition and its container
+/// ports).
+pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
+    let mut trimmed = pick(pod, &["apiVersion", "kind"]);
+    trimmed["metadata"] = pick(
+        &pod["metadata"],
+        &[
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "labels",
+            "ownerReferences",
+        ],
+    );
+    let mut spec = pick(
+        &pod["spec"],
+        &["nodeName", "serviceAccountName", "hostNetwork"],
+    );
+    if let Some(containers) = pod["spec"]["containers"].as_array() {
+        spec["containers"] = containers
+            .iter()
+            .map(|container| pick(container, &["name", "ports"]))
+            .collect();
+    }
+    trimmed["spec"] = spec;
+    let mut status = pick(&pod["status"], &["phase", "podIP"]);
+    if let Some(conditions) = pod["status"]["conditions"].as_array() {
+        status["conditions"] = conditions
+            .iter()
+            .filter(|condition| condition["type"] == "Ready")
+            .map(|condition| pick(condition, &["type", "status"]))
+            .collect();
+    }
+    trimmed["status"] = status;
+    trimmed
+}
+
+/// The listed fields of `value` (an object), those it has.
+fn pick(value: &serde_json::Value, fields: &[&str]) -> serde_json::Value {
+    let mut picked = serde_json::Map::new();
+    for field in fields {
+        if let Some(v) = value.get(field) {
+            picked.insert((*field).to_owned(), v.clone());
+        }
+    }
+    picked.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn another_nodes_pod_keeps_only_what_a_peer_needs() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
+                         "labels": {"app": "db"}, "annotations": {"big": "x"},
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}],
+                         "managedFields": [{}]},
+            "spec": {"nodeName": "node-b", "serviceAccountName": "db", "volumes": [{}],
+                     "containers": [{"name": "app", "image": "db:1", "env": [{}],
+                                     "ports": [{"containerPort": 5432}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7", "hostIP": "192.0.2.2",
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "x"},
+                                      {"type": "Initialized", "status": "True"}]}
+        });
+        let want = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
+                         "labels": {"app": "db"},
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}]},
+            "spec": {"nodeName": "node-b", "serviceAccountName": "db",
+                     "containers": [{"name": "app", "ports": [{"containerPort": 5432}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7",
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        assert_eq!(trim_pod(&pod), want);
+    }
+
+    #[test]
+    fn list_items_get_their_kind_and_lose_managed_fields() {
+        let api = ApiResource::erase::<core::Namespace>(&());
+        let mut object = DynamicObject::new("shop", &api);
+        object.types = None; // As list items come.
+        object.metadata.managed_fields = Some(vec![Default::default()]);
+        object.data = json!({"spec": {"finalizers": ["kubernetes"]}});
+        let kept = keep(&Watch::Namespaces, &api, object);
+        assert_eq!(
+            kept,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+        );
+    }
+}

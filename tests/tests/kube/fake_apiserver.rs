@@ -1,0 +1,513 @@
+//! A FAKE Kubernetes API server: a test double on loopback, plain HTTP, serving in-memory
+//! objects that the test changes. It is not a kube-apiserver: no auth, no RBAC, no admission,
+//! no conversion, no watch cache; it serves only what the agent's Kubernetes source asks:
+//!
+//! - lists of any resource (`/api/v1/...`, `/apis/<group>/<version>/...`, cluster-wide or one
+//!   namespace), with `fieldSelector` (`a.b=c`, comma-joined) and pagination (`limit`,
+//!   `continue`; items without `apiVersion` and `kind`, as the real one sends them);
+//! - `watch=1` streams (JSON lines) of the events after `resourceVersion`, each batch followed
+//!   by a BOOKMARK; and `410 Gone` (an ERROR event, or on a new watch) for a resource whose
+//!   history [`FakeApiServer::forget`] cut;
+//! - [`FakeApiServer::hold_pages`]: later pages of a list wait until released, to catch a
+//!   client that acts on a half-listed state;
+//! - [`FakeApiServer::unserve`]: 404 for a resource, as for a custom resource whose CRD is
+//!   not installed.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test double: its failure is the test's, and a poisoned lock one already"
+)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+/// A resource as the server names it: `<group>/<version>/<plural>`, the core group empty.
+pub type Resource = &'static str;
+
+/// One request the server answered, for tests that wait on the client's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub resource: String,
+    pub watch: bool,
+    /// The list's `continue` token, if any.
+    pub page: Option<String>,
+}
+
+struct Event {
+    resource: String,
+    version: u64,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    version: u64,
+    /// By resource, then `namespace/name`.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    log: Vec<Event>,
+    /// Per resource: watches from before this version get 410 Gone.
+    compacted: BTreeMap<String, u64>,
+    held: HashSet<String>,
+    /// Resources answered with 404, as a cluster without their CRD does.
+    unserved: HashSet<String>,
+    served: Vec<Served>,
+}
+
+impl Store {
+    /// Removes an object the test says the server has; returns it and the version its removal
+    /// takes.
+    fn remove(&mut self, resource: Resource, name: &str) -> (Value, u64) {
+        let object = self
+            .objects
+            .get_mut(resource)
+            .and_then(|objects| objects.remove(name))
+            .unwrap_or_else(|| panic!("the fake API server has no {resource} {name}"));
+        self.version += 1;
+        (object, self.version)
+    }
+}
+
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    /// Bumped on every change, waking watches and held lists.
+    changed: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApiServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(Mutex::new(Store::default()));
+        let (changed, _) = watch::channel(0);
+        let (task_store, task_changed) = (Arc::clone(&store), changed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (store, changed) = (Arc::clone(&task_store), task_changed.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (store, changed) = (Arc::clone(&store), changed.clone());
+                        async move { Ok::<_, Infallible>(serve(&store, &changed, request).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            store,
+            changed,
+            task,
+        }
+    }
+
+    /// A kubeconfig for this server, written in `dir`.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Creates or replaces `object` (it names its namespace and name); returns its new
+    /// resourceVersion.
+    pub fn apply(&self, resource: Resource, mut object: Value) -> u64 {
+        let version = {
+            let mut store = self.store();
+            store.version += 1;
+            let version = store.version;
+            object["metadata"]["resourceVersion"] = version.to_string().into();
+            let key = key(&object);
+            let objects = store.objects.entry(resource.to_owned()).or_default();
+            let kind = if objects.insert(key, object.clone()).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            store.log.push(Event {
+                resource: resource.to_owned(),
+                version,
+                kind,
+                object,
+            });
+            version
+        };
+        self.bump();
+        version
+    }
+
+    /// Deletes `namespace/name` (`name` alone when cluster-scoped), with a DELETED event.
+    pub fn delete(&self, resource: Resource, name: &str) {
+        {
+            let mut store = self.store();
+            let (mut object, version) = store.remove(resource, name);
+            object["metadata"]["resourceVersion"] = version.to_string().into();
+            store.log.push(Event {
+                resource: resource.to_owned(),
+                version,
+                kind: "DELETED",
+                object,
+            });
+        }
+        self.bump();
+    }
+
+    /// Deletes `name` without an event, and cuts `resource`'s history: its open watches end
+    /// with 410 Gone, as when a real server's watch cache has moved on, so only a relist can
+    /// show the deletion.
+    pub fn forget(&self, resource: Resource, name: &str) {
+        {
+            let mut store = self.store();
+            let (_, version) = store.remove(resource, name);
+            store.compacted.insert(resource.to_owned(), version);
+        }
+        self.bump();
+    }
+
+    /// `resource` answers 404 from now on, as when its CRD is not installed.
+    pub fn unserve(&self, resource: Resource) {
+        self.store().unserved.insert(resource.to_owned());
+        self.bump();
+    }
+
+    /// Pages after the first of `resource`'s lists wait until [`FakeApiServer::release`].
+    pub fn hold_pages(&self, resource: Resource) {
+        self.store().held.insert(resource.to_owned());
+    }
+
+    pub fn release(&self, resource: Resource) {
+        self.store().held.remove(resource);
+        self.bump();
+    }
+
+    /// Every request answered so far.
+    pub fn served(&self) -> Vec<Served> {
+        self.store().served.clone()
+    }
+
+    /// Waits until `done` holds of the requests served.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Served]) -> bool) {
+        let mut changed = self.changed.subscribe();
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                if done(&self.store().served) {
+                    return;
+                }
+                let _ = changed.changed().await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "waited 30 s for {what}; served: {:?}",
+            self.served()
+        );
+    }
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object.
+fn key(object: &Value) -> String {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    match object["metadata"]["namespace"].as_str() {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())).boxed())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// What a request asks for.
+struct Query {
+    resource: String,
+    namespace: Option<String>,
+    params: BTreeMap<String, String>,
+}
+
+fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
+    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, plural) = match rest {
+        [plural] => (None, *plural),
+        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural),
+        _ => return None,
+    };
+    let params = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect();
+    Some(Query {
+        resource: format!("{group}/{version}/{plural}"),
+        namespace,
+        params,
+    })
+}
+
+/// Percent-decoding of a query component.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => out.push(b),
+                    Err(_) => out.extend_from_slice(&bytes[i..i + 3]),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `object` is in the namespace and matches the field selector of `query`.
+fn matches(query: &Query, object: &Value) -> bool {
+    if let Some(namespace) = &query.namespace {
+        if object["metadata"]["namespace"].as_str() != Some(namespace) {
+            return false;
+        }
+    }
+    let Some(selector) = query.params.get("fieldSelector") else {
+        return true;
+    };
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (path, want) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or((term, ""));
+        let got = path.split('.').fold(object, |value, field| &value[field]);
+        got.as_str().unwrap_or_default() == want
+    })
+}
+
+async fn serve(
+    store: &Arc<Mutex<Store>>,
+    changed: &watch::Sender<u64>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let Some(query) = parse(&request) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(
+                404,
+                "NotFound",
+                "the fake API server serves lists and watches only",
+            ),
+        );
+    };
+    if store.lock().unwrap().unserved.contains(&query.resource) {
+        let message = format!(
+            "the server could not find the requested resource {}",
+            query.resource
+        );
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
+    }
+    let watching = query
+        .params
+        .get("watch")
+        .is_some_and(|w| w == "1" || w == "true");
+    let page = query.params.get("continue").cloned();
+    if watching {
+        store.lock().unwrap().served.push(Served {
+            resource: query.resource.clone(),
+            watch: true,
+            page: None,
+        });
+        changed.send_modify(|n| *n += 1);
+        return watch_stream(store, changed, query);
+    }
+    // A held page is recorded when asked, then waits for its release.
+    let held = page.is_some() && store.lock().unwrap().held.contains(&query.resource);
+    if held {
+        let mut wake = changed.subscribe();
+        store.lock().unwrap().served.push(Served {
+            resource: query.resource.clone(),
+            watch: false,
+            page: page.clone(),
+        });
+        changed.send_modify(|n| *n += 1);
+        while store.lock().unwrap().held.contains(&query.resource) {
+            let _ = wake.changed().await;
+        }
+    }
+    let mut store = store.lock().unwrap();
+    if !held {
+        store.served.push(Served {
+            resource: query.resource.clone(),
+            watch: false,
+            page: page.clone(),
+        });
+    }
+    let items: Vec<Value> = store
+        .objects
+        .get(&query.resource)
+        .into_iter()
+        .flat_map(BTreeMap::values)
+        .filter(|object| matches(&query, object))
+        .map(|object| {
+            let mut item = object.clone();
+            if let Some(map) = item.as_object_mut() {
+                map.remove("apiVersion");
+                map.remove("kind");
+            }
+            item
+        })
+        .collect();
+    let start: usize = page.as_deref().map_or(0, |p| p.parse().unwrap_or(0));
+    let limit: usize = query
+        .params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let end = start.saturating_add(limit).min(items.len());
+    let mut metadata = json!({"resourceVersion": store.version.to_string()});
+    if end < items.len() {
+        metadata["continue"] = end.to_string().into();
+    }
+    let body = json!({"apiVersion": "v1", "kind": "List", "metadata": metadata,
+                      "items": items[start.min(end)..end]});
+    drop(store);
+    changed.send_modify(|n| *n += 1);
+    json_response(StatusCode::OK, &body)
+}
+
+/// The events after the watch's `resourceVersion`, then every later batch, each followed by a
+/// BOOKMARK; an ERROR 410 once the resource's history is cut past the watch's position.
+fn watch_stream(
+    store: &Arc<Mutex<Store>>,
+    changed: &watch::Sender<u64>,
+    query: Query,
+) -> Response<Body> {
+    let mut position: u64 = query
+        .params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (lines, rx) = mpsc::channel::<Bytes>(64);
+    let mut wake = changed.subscribe();
+    let store = Arc::clone(store);
+    tokio::spawn(async move {
+        loop {
+            let batch = {
+                let store = store.lock().unwrap();
+                if store
+                    .compacted
+                    .get(&query.resource)
+                    .is_some_and(|cut| *cut > position)
+                {
+                    let gone = status(410, "Expired", "too old resource version");
+                    vec![json!({"type": "ERROR", "object": gone})]
+                } else {
+                    let mut batch: Vec<Value> = store
+                        .log
+                        .iter()
+                        .filter(|e| e.resource == query.resource && e.version > position)
+                        .filter(|e| matches(&query, &e.object))
+                        .map(|e| json!({"type": e.kind, "object": e.object}))
+                        .collect();
+                    position = store.version;
+                    let (api_version, kind) = batch
+                        .first()
+                        .map(|e| {
+                            (
+                                e["object"]["apiVersion"].clone(),
+                                e["object"]["kind"].clone(),
+                            )
+                        })
+                        .unwrap_or(("v1".into(), "Unknown".into()));
+                    batch.push(json!({"type": "BOOKMARK", "object": {
+                        "apiVersion": api_version, "kind": kind,
+                        "metadata": {"resourceVersion": position.to_string()}}}));
+                    batch
+                }
+            };
+            let gone = batch.first().is_some_and(|e| e["type"] == "ERROR");
+            for event in batch {
+                let line = Bytes::from(format!("{event}\n"));
+                if lines.send(line).await.is_err() {
+                    return; // The client went away.
+                }
+            }
+            if gone || wake.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(StreamBody::new(body).boxed())
+        .unwrap()
+}
