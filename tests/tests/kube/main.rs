@@ -24,10 +24,12 @@ const VIRTUAL_SERVICES: Resource = "networking.istio.io/v1/virtualservices";
 const GATEWAYS: Resource = "networking.istio.io/v1/gateways";
 const PEER_AUTHENTICATIONS: Resource = "security.istio.io/v1/peerauthentications";
 const RATE_LIMIT_POLICIES: Resource = "shunt.io/v1alpha1/ratelimitpolicies";
+const INGRESSES: Resource = "networking.k8s.io/v1/ingresses";
 /// Every resource the source watches besides pods (and the gateways' Secrets).
-const WATCHED: [Resource; 11] = [
+const WATCHED: [Resource; 12] = [
     NAMESPACES,
     SERVICES,
+    INGRESSES,
     CONFIG_MAPS,
     VIRTUAL_SERVICES,
     "networking.istio.io/v1/destinationrules",
@@ -137,6 +139,15 @@ fn seed(server: &FakeApiServer) {
     );
     server.apply(VIRTUAL_SERVICES, good_routes());
     server.apply(GATEWAYS, gateway("shop-cert"));
+    server.apply(
+        INGRESSES,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "shop", "namespace": "shop"},
+               "spec": {"ingressClassName": "istio", "rules": [{"host": "shop.example.test",
+                        "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                                 "backend": {"service": {"name": "cart",
+                                                         "port": {"number": 80}}}}]}}]}}),
+    );
     server.apply(
         PEER_AUTHENTICATIONS,
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
@@ -343,6 +354,7 @@ async fn the_initial_lists_reach_the_snapshot_with_every_kind() {
         ]
     );
     assert_eq!(snapshot.mesh.virtual_services.len(), 1);
+    assert_eq!(snapshot.mesh.ingresses.len(), 1, "the istio-class Ingress");
     assert_eq!(snapshot.mesh.rate_limit_policies.len(), 1);
     assert_eq!(
         snapshot.config.config_maps.len(),

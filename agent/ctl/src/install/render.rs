@@ -253,6 +253,8 @@ pub fn agent_rules() -> Vec<PolicyRule> {
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&[""], &["services", "namespaces"], READ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        // Ingresses of class `istio`, which the gateway pods serve.
+        rule(&["networking.k8s.io"], &["ingresses"], READ),
         rule(
             &["networking.istio.io"],
             &[

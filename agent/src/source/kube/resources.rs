@@ -41,6 +41,8 @@ pub enum Watch {
     AllPods,
     Namespaces,
     Services,
+    /// `networking.k8s.io/v1` Ingresses (class `istio`, served by the gateway pods).
+    Ingresses,
     /// An index into the Istio kinds.
     Istio(usize),
     RateLimitPolicies,
@@ -72,6 +74,7 @@ impl Watch {
             Self::AllPods,
             Self::Namespaces,
             Self::Services,
+            Self::Ingresses,
         ];
         watches.extend((0..ISTIO_KINDS.len()).map(Self::Istio));
         watches.extend([Self::RateLimitPolicies, Self::MeshConfig]);
@@ -108,6 +111,9 @@ impl Watch {
             Self::AllPods => core(ApiResource::erase::<core::Pod>(&())),
             Self::Namespaces => core(ApiResource::erase::<core::Namespace>(&())),
             Self::Services => core(ApiResource::erase::<core::Service>(&())),
+            Self::Ingresses => core(ApiResource::erase::<
+                k8s_openapi::api::networking::v1::Ingress,
+            >(&())),
             Self::Istio(index) => {
                 let (group, kind, plural) = ISTIO_KINDS[*index];
                 custom(&format!("{group}/v1"), kind, plural)
