@@ -266,9 +266,17 @@ struct Case {
     limit: Option<&'static str>,
     /// The app must not see it (a smuggling attempt: exactly the follow-up request).
     app_sees_none: bool,
+    /// The access log line it must get: `(response_flags, response_code_details)`.
+    logged: Option<(&'static str, &'static str)>,
 }
 
-fn case(name: &'static str, bytes: &[u8], status: u16, limit: Option<&'static str>) -> Case {
+fn case(
+    name: &'static str,
+    bytes: &[u8],
+    status: u16,
+    limit: Option<&'static str>,
+    details: Option<&'static str>,
+) -> Case {
     Case {
         name,
         send: Payload::Bytes(bytes.to_vec()),
@@ -276,6 +284,65 @@ fn case(name: &'static str, bytes: &[u8], status: u16, limit: Option<&'static st
         or_closed: false,
         limit,
         app_sees_none: true,
+        logged: details.map(|details| ("DPE", details)),
+    }
+}
+
+impl Edge {
+    /// Access log lines with these flags and details so far.
+    fn logged(&self, (flags, details): (&str, &str)) -> usize {
+        self.node
+            .access_log()
+            .or_panic("access log")
+            .matching(&[
+                ("response_flags", flags),
+                ("response_code_details", details),
+            ])
+            .len()
+    }
+
+    /// Waits for the `count`th line with these flags and details; asserts what a line of a
+    /// refusal says as Envoy's would (its status; `-` where the head was never parsed).
+    fn wait_logged(&mut self, case: &Case, logged: (&str, &str), count: usize) {
+        let (flags, details) = logged;
+        let log = self
+            .node
+            .wait_access_log(case.name, REPORT_TIMEOUT, |log| {
+                log.matching(&[
+                    ("response_flags", flags),
+                    ("response_code_details", details),
+                ])
+                .len()
+                    >= count
+            })
+            .or_panic("access log");
+        let lines = log.matching(&[
+            ("response_flags", flags),
+            ("response_code_details", details),
+        ]);
+        let line = lines[count - 1];
+        if let Some(status) = case.status {
+            assert_eq!(
+                line["response_code"],
+                json!(status),
+                "{}: {line}",
+                case.name
+            );
+        }
+        assert_eq!(line["direction"], json!("inbound"), "{}: {line}", case.name);
+        // The head scanner's refusals come before hyper parsed anything of the request.
+        let unparsed = matches!(
+            case.limit,
+            Some(
+                "request_headers_size"
+                    | "request_headers_count"
+                    | "request_line_size"
+                    | "request_framing"
+                    | "request_headers_timeout"
+            )
+        );
+        let method = line["method"].as_str().unwrap_or_default();
+        assert_eq!(method == "-", unparsed, "{}: {line}", case.name);
     }
 }
 
@@ -305,54 +372,63 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             &head_with_headers(70, 1024),
             431,
             Some("request_headers_size"),
+            Some("http1.headers_too_large"),
         ),
         case(
             "more than 100 headers",
             &head_with_headers(101, 4),
             431,
             Some("request_headers_count"),
+            Some("too_many_headers"),
         ),
         case(
             "a request line over 60 KiB",
             long_line.as_bytes(),
             414,
             Some("request_line_size"),
+            Some("http1.uri_too_long"),
         ),
         case(
             "CL.TE",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
             400,
             Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
         ),
         case(
             "TE.CL",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST /smuggled HTTP/1.1\r\nHost: web\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n",
             400,
             Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
         ),
         case(
             "a duplicate Content-Length",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
             400,
             Some("request_framing"),
+            Some("http1.multiple_content_length"),
         ),
         case(
             "mismatched Content-Lengths",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
             400,
             Some("request_framing"),
+            Some("http1.multiple_content_length"),
         ),
         case(
             "an unknown transfer coding",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             400,
             Some("request_framing"),
+            Some("http1.invalid_transfer_encoding"),
         ),
         case(
             "an invalid chunk size",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
             400,
             Some("request_body_framing"),
+            Some("downstream_body_error"),
         ),
         // hyper's own parser refuses these (the head scanner leaves values to it).
         case(
@@ -360,11 +436,13 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             b"GET / HTTP/1.1\r\nHost: web\r\nx-nul: a\0b\r\n\r\n",
             400,
             None,
+            None,
         ),
         case(
             "CR in a header value",
             b"GET / HTTP/1.1\r\nHost: web\r\nx-cr: a\rb\r\n\r\n",
             400,
+            None,
             None,
         ),
         case(
@@ -372,12 +450,14 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             b"GET / HTTP/1.1\r\nHost: web\r\nx-lf: a\nb\r\n\r\n",
             400,
             None,
+            None,
         ),
         case(
             "an underscore in a header name",
             b"GET / HTTP/1.1\r\nHost: web\r\nx_user: admin\r\n\r\n",
             400,
             Some("header_underscore"),
+            Some("unexpected_underscore"),
         ),
     ];
     cases.push(Case {
@@ -389,6 +469,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         or_closed: true,
         limit: Some("request_headers_timeout"),
         app_sees_none: true,
+        logged: Some(("DPE", "request_header_timeout")),
     });
     cases.push(Case {
         name: "a request body that stalls (stream idle timeout)",
@@ -400,6 +481,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         limit: Some("stream_idle_timeout"),
         // The app got the head and waited for the body with the proxy.
         app_sees_none: false,
+        logged: Some(("SI", "stream_idle_timeout")),
     });
     cases.push(Case {
         name: "an idle keep-alive connection",
@@ -408,12 +490,15 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         or_closed: false,
         limit: Some("idle_timeout"),
         app_sees_none: false,
+        // The request was served; the connection's close is no request's.
+        logged: None,
     });
 
     let rss_before = edge.proxy_rss_kib();
     for case in &cases {
         let seen_before = edge.seen_total();
         let limit_before = case.limit.map(|limit| edge.limit_count(limit));
+        let logged_before = case.logged.map(|logged| edge.logged(logged));
         let answer = raw(&edge.client_netns(), edge.target(), &case.send);
         let status_ok = answer.status() == case.status
             || (case.or_closed && answer.closed && answer.status().is_none());
@@ -433,6 +518,9 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         if let (Some(limit), Some(before)) = (case.limit, limit_before) {
             edge.wait_limit(limit, before + 1);
         }
+        if let (Some(logged), Some(before)) = (case.logged, logged_before) {
+            edge.wait_logged(case, logged, before + 1);
+        }
         edge.assert_served(case.name);
         if case.app_sees_none {
             assert_eq!(
@@ -448,27 +536,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         rss_after < rss_before + RSS_GROWTH_BOUND_KIB,
         "the proxy grew from {rss_before} KiB to {rss_after} KiB"
     );
-    // Where a request existed, the access log says why it ended as Envoy's would.
-    let log = edge
-        .node
-        .wait_access_log("the refused requests' lines", REPORT_TIMEOUT, |log| {
-            !log.matching(&[("response_code_details", "unexpected_underscore")])
-                .is_empty()
-                && !log
-                    .matching(&[("response_code_details", "downstream_body_error")])
-                    .is_empty()
-                && !log.matching(&[("response_flags", "SI")]).is_empty()
-        })
-        .or_panic("access log");
-    for details in ["unexpected_underscore", "downstream_body_error"] {
-        let lines = log.matching(&[("response_code_details", details)]);
-        assert!(
-            lines
-                .iter()
-                .all(|l| l["response_flags"] == json!("DPE") && l["response_code"] == json!(400)),
-            "{details}: {lines:?}"
-        );
-    }
+    let log = edge.node.access_log().or_panic("access log");
     assert!(
         log.matching(&[("response_code", "400"), ("response_flags", "UC")])
             .is_empty(),

@@ -36,6 +36,9 @@ use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
 
+/// What the access log says of a fact a request refused before parsing never had.
+const UNPARSED: &str = "-";
+
 /// Label sets a connection keeps metric handles for: a few response codes and flags.
 const CACHED_SERIES: usize = 4;
 
@@ -49,7 +52,8 @@ pub(super) struct Exchange {
     pub(super) delivered: Option<Arc<HttpConnection>>,
     started: Instant,
     start_time: SystemTime,
-    method: Method,
+    /// `None` (logged `-`) when the head was refused before it was parsed.
+    method: Option<Method>,
     path: String,
     protocol: &'static str,
     pub(super) grpc: bool,
@@ -97,7 +101,7 @@ impl Exchange {
             delivered: None,
             started: Instant::now(),
             start_time: SystemTime::now(),
-            method: parts.method.clone(),
+            method: Some(parts.method.clone()),
             path: parts
                 .uri
                 .path_and_query()
@@ -122,6 +126,50 @@ impl Exchange {
             access_log: true,
         };
         (exchange, Counted::new(body, request_body))
+    }
+
+    /// The exchange of a request whose head the listener refused before it was parsed (the
+    /// head scanner's refusals): only when it began and how it ends are known, so its method,
+    /// path and id are logged `-`, as Envoy logs a codec error's.
+    pub(super) fn unparsed(connection: Arc<HttpConnection>, started: Instant) -> Self {
+        let request_body = Arc::new(BodyState {
+            bytes: AtomicU64::new(0),
+            ended: AtomicBool::new(true),
+            failed: AtomicBool::new(false),
+        });
+        Self {
+            recorder: Some(connection),
+            delivered: None,
+            started,
+            start_time: SystemTime::now()
+                .checked_sub(started.elapsed())
+                .unwrap_or_else(SystemTime::now),
+            method: None,
+            path: UNPARSED.to_owned(),
+            protocol: protocol_name(Version::HTTP_11),
+            grpc: false,
+            authority: None,
+            user_agent: None,
+            request_id: UNPARSED.to_owned(),
+            x_forwarded_for: None,
+            request_header_bytes: 0,
+            request_body,
+            in_flight: None,
+            flags: ResponseFlags::NONE,
+            route_name: None,
+            response_code_details: None,
+            target_service: None,
+            cluster: None,
+            upstream: None,
+            upstream_service_time: None,
+            security: PeerSecurity::None,
+            access_log: true,
+        }
+    }
+
+    /// Records a local answer with no body (a refused head's, written by the listener).
+    pub(super) fn record_answered(mut self, status: u16) {
+        self.record(status, None, 0, 0);
     }
 
     /// Keeps the request in flight on its connection until the exchange is over.
@@ -365,7 +413,7 @@ impl HttpConnection {
             .unwrap_or(Cow::Borrowed(UNKNOWN));
         let entry = HttpEntry {
             start_time: exchange.start_time,
-            method: exchange.method.as_str(),
+            method: exchange.method.as_ref().map_or(UNPARSED, Method::as_str),
             path: &exchange.path,
             protocol: exchange.protocol,
             response_code: status,

@@ -52,7 +52,15 @@ where
     let limits = &proxy.http_limits;
     let watch = connection.memo.watch.clone();
     let connection_client = connection.client;
-    let io = Guarded::new(io, watch.clone(), proxy.metrics.clone(), limits);
+    let io = {
+        let connection = connection.clone();
+        Guarded::new(
+            io,
+            watch.clone(),
+            limits,
+            Box::new(move |refusal, started| refuse_head(&connection, refusal, started)),
+        )
+    };
     let service = {
         let watch = watch.clone();
         hyper::service::service_fn(move |request| {
@@ -266,6 +274,20 @@ fn refuse(connection: &HttpConnection, exchange: &mut Exchange, refusal: Refusal
         .headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     reply
+}
+
+/// Counts and logs a head the guard refused (and answered) before hyper parsed it: the
+/// same metric, flag and details as [`refuse`] gives a parsed request.
+fn refuse_head(connection: &Arc<HttpConnection>, refusal: Refusal, started: tokio::time::Instant) {
+    connection.proxy.metrics.limit_hit(refusal.limit());
+    let mut exchange = Exchange::unparsed(connection.clone(), started.into_std());
+    exchange.access_log = match &connection.side {
+        Side::Outbound { routes, .. } => routes.routes().mesh().access_log_on(),
+        Side::Inbound(_) => connection.proxy.access_log_on(),
+    };
+    exchange.flag(ResponseFlag::DownstreamProtocolError);
+    exchange.response_code_details = Some(refusal.details().to_owned());
+    exchange.record_answered(refusal.status().as_u16());
 }
 
 /// Runs `pipeline` until it answers, or until neither it nor the request body moved for

@@ -20,7 +20,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::context::HttpLimits;
 use crate::http::limits::{HeadScanner, Refusal, Scan, StreamWatch};
-use crate::telemetry::metrics::Metrics;
+
+/// Told of each refused head, with when its first byte came: counts and logs it.
+pub type OnRefusal = Box<dyn FnMut(Refusal, Instant) + Send>;
 
 /// Where the connection's byte stream is.
 enum Mode {
@@ -41,7 +43,7 @@ pub struct Guarded<IO> {
     inner: IO,
     mode: Mode,
     watch: Arc<StreamWatch>,
-    metrics: Arc<Metrics>,
+    on_refusal: OnRefusal,
     limits: HttpLimits,
     /// Heads let through so far: a new head may begin once the service has had them all.
     heads: u64,
@@ -55,14 +57,14 @@ impl<IO> Guarded<IO> {
     pub fn new(
         inner: IO,
         watch: Arc<StreamWatch>,
-        metrics: Arc<Metrics>,
         limits: &HttpLimits,
+        on_refusal: OnRefusal,
     ) -> Self {
         Self {
             inner,
             mode: Mode::Head(HeadScanner::new(limits)),
             watch,
-            metrics,
+            on_refusal,
             limits: limits.clone(),
             heads: 0,
             head_started: None,
@@ -73,7 +75,7 @@ impl<IO> Guarded<IO> {
     fn refuse(&mut self, refusal: Refusal) {
         self.watch.set_reading_head(false);
         tracing::debug!(limit = refusal.limit(), "refused a request head");
-        self.metrics.limit_hit(refusal.limit());
+        (self.on_refusal)(refusal, self.head_started.unwrap_or_else(Instant::now));
         self.mode = Mode::Refusing {
             refusal,
             written: 0,

@@ -1227,3 +1227,72 @@ async fn local_replies_to_grpc_requests_are_grpc_statuses() {
         Some(1)
     );
 }
+
+/// Writes `bytes` on a fresh connection to `serve` and reads until the proxy closes.
+async fn raw_exchange(harness: &Harness, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    // The proxy may close before taking it all (a refused head): fine.
+    let _ = client.write_all(bytes).await;
+    let mut read = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut read)).await;
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+#[tokio::test]
+async fn a_head_refused_before_parsing_is_counted_and_logged_as_envoy_would() {
+    let oversized = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024));
+    let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(61 * 1024));
+    let cases: [(&str, &[u8], u16, &str, &str); 3] = [
+        (
+            "oversized head",
+            oversized.as_bytes(),
+            431,
+            "request_headers_size",
+            "http1.headers_too_large",
+        ),
+        (
+            "request line too long",
+            long_line.as_bytes(),
+            414,
+            "request_line_size",
+            "http1.uri_too_long",
+        ),
+        (
+            "CL.TE",
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "request_framing",
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+    ];
+    for (name, bytes, status, limit, details) in cases {
+        let harness = harness(HttpDecision::Route(Arc::new(forward_to(HOST))), vec![]).await;
+        let answer = raw_exchange(&harness, bytes).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {answer}"
+        );
+        let line = &harness.test.log_lines(1).await[0];
+        for (field, want) in [
+            ("method", "-"),
+            ("path", "-"),
+            ("request_id", "-"),
+            ("protocol", "HTTP/1.1"),
+            ("response_flags", "DPE"),
+            ("response_code_details", details),
+        ] {
+            assert_eq!(line[field], want, "{name}: {field}: {line}");
+        }
+        assert_eq!(line["response_code"], status, "{name}: {line}");
+        assert_eq!(line["authority"], serde_json::Value::Null, "{name}: {line}");
+        assert_eq!(
+            harness
+                .test
+                .metric("shunt_http_limit_rejections_total", &[("limit", limit)]),
+            Some(1),
+            "{name}"
+        );
+    }
+}

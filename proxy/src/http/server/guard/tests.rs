@@ -8,7 +8,7 @@ use super::*;
 fn guarded(limits: &HttpLimits) -> (Guarded<DuplexStream>, DuplexStream, Arc<StreamWatch>) {
     let (server, client) = duplex(64 * 1024);
     let watch = Arc::new(StreamWatch::default());
-    let guarded = Guarded::new(server, watch.clone(), Arc::new(Metrics::new()), limits);
+    let guarded = Guarded::new(server, watch.clone(), limits, Box::new(|_, _| {}));
     (guarded, client, watch)
 }
 
