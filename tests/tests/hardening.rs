@@ -303,7 +303,7 @@ impl Edge {
 
     /// Waits for the `count`th line with these flags and details; asserts what a line of a
     /// refusal says as Envoy's would (its status; `-` where the head was never parsed).
-    fn wait_logged(&mut self, case: &Case, logged: (&str, &str), count: usize) {
+    fn wait_logged(&mut self, case: &Case, logged: (&str, &str), count: usize) -> Value {
         let (flags, details) = logged;
         let log = self
             .node
@@ -331,18 +331,20 @@ impl Edge {
         }
         assert_eq!(line["direction"], json!("inbound"), "{}: {line}", case.name);
         // The head scanner's refusals come before hyper parsed anything of the request.
-        let unparsed = matches!(
-            case.limit,
-            Some(
-                "request_headers_size"
-                    | "request_headers_count"
-                    | "request_line_size"
-                    | "request_framing"
-                    | "request_headers_timeout"
-            )
-        );
+        let unparsed = line["protocol"] == json!("HTTP/1.1")
+            && matches!(
+                case.limit,
+                Some(
+                    "request_headers_size"
+                        | "request_headers_count"
+                        | "request_line_size"
+                        | "request_framing"
+                        | "request_headers_timeout"
+                )
+            );
         let method = line["method"].as_str().unwrap_or_default();
         assert_eq!(method == "-", unparsed, "{}: {line}", case.name);
+        line.clone()
     }
 }
 
@@ -519,7 +521,8 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             edge.wait_limit(limit, before + 1);
         }
         if let (Some(logged), Some(before)) = (case.logged, logged_before) {
-            edge.wait_logged(case, logged, before + 1);
+            let line = edge.wait_logged(case, logged, before + 1);
+            assert_eq!(line["protocol"], json!("HTTP/1.1"), "{}: {line}", case.name);
         }
         edge.assert_served(case.name);
         if case.app_sees_none {
@@ -576,7 +579,29 @@ fn http2_limits_host_authority_hpack_settings_flood_and_rapid_reset() {
     assert_eq!(report["disagreeing"], json!(400), "{report}");
     assert_eq!(report["oversized"], json!(431), "{report}");
     edge.wait_limit("host_authority_mismatch", 1);
+    // The oversized list is refused by the listener's own check (h2's bound is a ceiling
+    // above it): counted and logged as every other refusal.
+    edge.wait_limit("request_headers_size", 1);
+    let oversized = Case {
+        name: "an HTTP/2 header list over 60 KiB",
+        send: Payload::Bytes(Vec::new()),
+        status: Some(431),
+        or_closed: false,
+        limit: Some("request_headers_size"),
+        app_sees_none: true,
+        logged: Some(("DPE", "http2.too_many_headers")),
+    };
+    let line = edge.wait_logged(&oversized, ("DPE", "http2.too_many_headers"), 1);
+    assert_eq!(line["protocol"], json!("HTTP/2"), "{line}");
+    assert_eq!(line["method"], json!("GET"), "{line}");
     edge.assert_served("HTTP/2 requests");
+
+    // Streams over the concurrent stream limit, from a client that ignores it: h2 refuses
+    // them itself (RST_STREAM REFUSED_STREAM), and the listener counts each.
+    let refused = in_netns(&netns, || over_the_stream_limit(target, 110)).or_panic("netns");
+    assert!(refused > 0, "streams past the 100th are refused");
+    edge.wait_limit("max_concurrent_streams", 1);
+    edge.assert_served("streams over the limit");
 
     // A SETTINGS flood from a client that never reads: h2 acknowledges each SETTINGS before
     // it reads on, so the flood stalls in the client's own socket; memory stays flat.
@@ -760,6 +785,60 @@ async fn rapid_reset(mut client: H2Client, count: u64) -> Value {
         }
     }
     json!({ "opened": opened, "goaway": goaway, "error": last_error })
+}
+
+/// Opens `streams` HTTP/2 streams at once over raw frames (each a GET whose body never
+/// comes, so none ends); how many RST_STREAM(REFUSED_STREAM) frames came back within 10 s.
+fn over_the_stream_limit(target: SocketAddr, streams: u32) -> usize {
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).or_panic("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .or_panic("read timeout");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // :method GET, :path /, :scheme http (static table), :authority web (literal).
+    let block = [0x82, 0x84, 0x86, 0x01, 0x03, b'w', b'e', b'b'];
+    for i in 0..streams {
+        let id = (2 * i + 1).to_be_bytes();
+        // HEADERS, END_HEADERS only: the stream stays open.
+        out.extend_from_slice(&[0, 0, 8, 1, 4, id[0], id[1], id[2], id[3]]);
+        out.extend_from_slice(&block);
+    }
+    stream.write_all(&out).or_panic("writing the streams");
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        refused = refused_streams(&read);
+        if refused > 0 {
+            break;
+        }
+    }
+    refused
+}
+
+/// RST_STREAM frames with REFUSED_STREAM among the complete frames of `bytes`.
+fn refused_streams(mut bytes: &[u8]) -> usize {
+    let mut refused = 0;
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let Some(payload) = bytes.get(9..9 + len) else {
+            break;
+        };
+        if bytes[3] == 3 && payload == [0, 0, 0, 7] {
+            refused += 1;
+        }
+        bytes = &bytes[9 + len..];
+    }
+    refused
 }
 
 /// Sends the HTTP/2 preface and SETTINGS frames without ever reading, for at most 10 s or

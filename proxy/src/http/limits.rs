@@ -1,9 +1,10 @@
 //! The limits an HTTP listener enforces on its clients ([`HttpLimits`]), the pure parts:
 //! the HTTP/1 request-head scanner that refuses oversized heads, too many headers, a too
 //! long request line and the framing that request smuggling relies on ([`HeadScanner`]);
-//! the checks of a parsed request's headers ([`check_request`]); and what a connection's
-//! requests share to enforce the rest ([`StreamWatch`]: requests in flight, when it went
-//! idle, the HTTP/2 rapid-reset budget).
+//! the checks of a parsed request's headers ([`check_request`]); the HTTP/2 frames a server
+//! writes when h2 refuses a stream or a connection itself ([`ServerFrames`]); and what a
+//! connection's requests share to enforce the rest ([`StreamWatch`]: requests in flight,
+//! when it went idle, the HTTP/2 rapid-reset budget).
 //!
 //! The serve loop ([`super::server`]) applies them; the exchange ([`super::exchange`])
 //! reports each request's end into the watch.
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use http::header::{self, HeaderMap};
+use http::header;
 use tokio::sync::Notify;
 // tokio's clock, so that tests with paused time see connections go idle.
 use tokio::time::Instant;
@@ -47,6 +48,9 @@ pub enum Refusal {
     HeaderUnderscore,
     /// An HTTP/2 request whose `Host` names another authority than its `:authority`.
     HostMismatch,
+    /// An HTTP/2 header list (RFC 9113's size: names, values, 32 each) over
+    /// `max_request_headers_kb`.
+    HeaderListTooLarge,
     /// The request body broke its framing (an invalid chunk).
     InvalidBody,
 }
@@ -55,7 +59,7 @@ impl Refusal {
     #[must_use]
     pub fn status(self) -> StatusCode {
         match self {
-            Self::HeadersTooLarge | Self::TooManyHeaders => {
+            Self::HeadersTooLarge | Self::TooManyHeaders | Self::HeaderListTooLarge => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -73,7 +77,7 @@ impl Refusal {
     #[must_use]
     pub fn limit(self) -> &'static str {
         match self {
-            Self::HeadersTooLarge => "request_headers_size",
+            Self::HeadersTooLarge | Self::HeaderListTooLarge => "request_headers_size",
             Self::TooManyHeaders => "request_headers_count",
             Self::UriTooLong => "request_line_size",
             Self::HeadersTimeout => "request_headers_timeout",
@@ -99,6 +103,8 @@ impl Refusal {
             Self::InvalidTransferEncoding => "http1.invalid_transfer_encoding",
             Self::HeaderUnderscore => "unexpected_underscore",
             Self::HostMismatch => "host_authority_mismatch",
+            // Envoy's HTTP/2 codec names the size and the count of a header list alike.
+            Self::HeaderListTooLarge => "http2.too_many_headers",
             Self::InvalidBody => "downstream_body_error",
         }
     }
@@ -108,7 +114,7 @@ impl Refusal {
     #[must_use]
     pub fn http1_response(self) -> &'static [u8] {
         match self {
-            Self::HeadersTooLarge | Self::TooManyHeaders => {
+            Self::HeadersTooLarge | Self::TooManyHeaders | Self::HeaderListTooLarge => {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
             Self::UriTooLong => {
@@ -271,20 +277,21 @@ impl HeadScanner {
 
 /// What a parsed request's headers must satisfy on every listener: no `_` in a name when
 /// the listener refuses them, at most `max_headers_count` of them (HTTP/2: hyper's HTTP/1
-/// parser already counted), and on HTTP/2 a `Host` that agrees with `:authority`.
+/// parser already counted), and on HTTP/2 a header list within `max_request_headers_kb`
+/// (h2's own bound is a ceiling above it, [`H2_HEADER_LIST_CEILING`]) and a `Host` that
+/// agrees with `:authority`.
 #[must_use]
-pub fn check_request(
-    limits: &HttpLimits,
-    version: http::Version,
-    uri: &http::Uri,
-    headers: &HeaderMap,
-) -> Option<Refusal> {
+pub fn check_request(limits: &HttpLimits, parts: &http::request::Parts) -> Option<Refusal> {
+    let (uri, headers) = (&parts.uri, &parts.headers);
     if limits.reject_header_underscores && headers.keys().any(|name| name.as_str().contains('_')) {
         return Some(Refusal::HeaderUnderscore);
     }
-    if version == http::Version::HTTP_2 {
+    if parts.version == http::Version::HTTP_2 {
         if headers.len() > limits.max_headers_count {
             return Some(Refusal::TooManyHeaders);
+        }
+        if header_list_size(parts) > limits.max_request_headers_bytes {
+            return Some(Refusal::HeaderListTooLarge);
         }
         if let (Some(authority), Some(host)) = (uri.authority(), headers.get(header::HOST)) {
             let agrees = host
@@ -296,6 +303,149 @@ pub fn check_request(
         }
     }
     None
+}
+
+/// How many times `max_request_headers_kb` h2 itself lets a header list be (its
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`): below it, [`check_request`] refuses with the metric and
+/// the access log line; above it (a client that ignored the setting), h2 answers 431 and
+/// resets the stream (PROTOCOL_ERROR, counted by [`ServerFrames`]), and past four times
+/// that it closes the connection (ENHANCE_YOUR_CALM, counted too).
+pub const H2_HEADER_LIST_CEILING: usize = 2;
+
+/// An HTTP/2 request's header list size as RFC 9113 §6.5.2 and h2 count it: each field's
+/// name and value plus 32, pseudo-headers included.
+fn header_list_size(parts: &http::request::Parts) -> usize {
+    const FIELD: usize = 32;
+    let pseudo =
+        |name: &str, value: Option<&str>| value.map_or(0, |value| name.len() + value.len() + FIELD);
+    let uri = &parts.uri;
+    pseudo(":method", Some(parts.method.as_str()))
+        + pseudo(":scheme", uri.scheme_str())
+        + pseudo(
+            ":authority",
+            uri.authority().map(http::uri::Authority::as_str),
+        )
+        + pseudo(
+            ":path",
+            uri.path_and_query().map(http::uri::PathAndQuery::as_str),
+        )
+        + parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+            .sum::<usize>()
+}
+
+/// A stream or a connection h2 refused itself, as the frame the server wrote says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum H2Refusal {
+    /// RST_STREAM REFUSED_STREAM: a stream over `max_concurrent_streams`.
+    RefusedStream,
+    /// RST_STREAM PROTOCOL_ERROR: a malformed stream, or a header list over h2's ceiling
+    /// (after its 431).
+    StreamProtocolError,
+    /// GOAWAY ENHANCE_YOUR_CALM: one of h2's abuse bounds (reset bursts, CONTINUATION
+    /// floods, a header list far over the ceiling).
+    EnhanceYourCalm,
+    /// GOAWAY with any other error: the client broke the protocol.
+    ConnectionError,
+}
+
+impl H2Refusal {
+    /// The `limit` label of `shunt_http_limit_rejections_total`.
+    #[must_use]
+    pub fn limit(self) -> &'static str {
+        match self {
+            Self::RefusedStream => "max_concurrent_streams",
+            Self::StreamProtocolError => "http2_stream_protocol_error",
+            Self::EnhanceYourCalm => "http2_enhance_your_calm",
+            Self::ConnectionError => "http2_connection_error",
+        }
+    }
+}
+
+/// Follows the HTTP/2 frames a server writes, as they are written (a frame may span writes),
+/// for the RST_STREAM and GOAWAY frames h2 sends on its own: hyper exposes neither. Only
+/// frame headers and the error codes are kept; payloads are skipped.
+#[derive(Debug, Default)]
+pub struct ServerFrames {
+    /// The frame header (9 bytes), then the start of an RST_STREAM or GOAWAY payload.
+    kept: [u8; FRAME_HEADER + 8],
+    have: usize,
+    /// Bytes of the current frame's payload still to skip once `kept` is full.
+    skip: usize,
+}
+
+const FRAME_HEADER: usize = 9;
+const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const REFUSED_STREAM: u32 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+impl ServerFrames {
+    /// Follows `bytes`, the next ones written; `refused` hears of each refusal frame.
+    pub fn feed(&mut self, mut bytes: &[u8], mut refused: impl FnMut(H2Refusal)) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let want = self.wanted();
+            let n = (want - self.have).min(bytes.len());
+            self.kept[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            // A complete header may ask for part of the payload next.
+            if self.have == self.wanted() {
+                self.frame_kept(&mut refused);
+            }
+        }
+    }
+
+    fn length(&self) -> usize {
+        usize::from(self.kept[0]) << 16 | usize::from(self.kept[1]) << 8 | usize::from(self.kept[2])
+    }
+
+    /// How much of the current frame to keep: its header, then the part of the payload
+    /// with the error code.
+    fn wanted(&self) -> usize {
+        if self.have < FRAME_HEADER {
+            return FRAME_HEADER;
+        }
+        let code_end = match self.kept[3] {
+            RST_STREAM => 4,
+            GOAWAY => 8,
+            _ => 0,
+        };
+        FRAME_HEADER + code_end.min(self.length())
+    }
+
+    /// The kept part of a frame is in: judges it and skips the rest.
+    fn frame_kept(&mut self, refused: &mut impl FnMut(H2Refusal)) {
+        let length = self.length();
+        let payload = &self.kept[FRAME_HEADER..self.have];
+        let code = |at: usize| {
+            payload
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let refusal = match (self.kept[3], code(0), code(4)) {
+            (RST_STREAM, Some(REFUSED_STREAM), _) => Some(H2Refusal::RefusedStream),
+            (RST_STREAM, Some(PROTOCOL_ERROR), _) => Some(H2Refusal::StreamProtocolError),
+            (GOAWAY, _, Some(ENHANCE_YOUR_CALM)) => Some(H2Refusal::EnhanceYourCalm),
+            (GOAWAY, _, Some(code)) if code != NO_ERROR => Some(H2Refusal::ConnectionError),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            refused(refusal);
+        }
+        self.skip = length - payload.len();
+        self.have = 0;
+    }
 }
 
 /// What one connection's requests share with its serve loop: how many are in flight and

@@ -57,6 +57,7 @@ where
         Guarded::new(
             io,
             watch.clone(),
+            proxy.metrics.clone(),
             limits,
             Box::new(move |refusal, started| refuse_head(&connection, refusal, started)),
         )
@@ -138,9 +139,17 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        // HPACK: the decoded header list, as the HTTP/1 head is bounded (h2 answers 431);
+        // HPACK: the decoded header list, as the HTTP/1 head is bounded. h2's own bound is
+        // a ceiling above the limit, which `check_request` enforces (431, counted, logged);
         // the dynamic table stays at h2's 4 KiB.
-        .max_header_list_size(u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(
+                limits
+                    .max_request_headers_bytes
+                    .saturating_mul(limits::H2_HEADER_LIST_CEILING),
+            )
+            .unwrap_or(u32::MAX),
+        )
         // Bursts of resets are h2's to stop; paced ones are counted per connection
         // ([`StreamWatch::reset`]).
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
@@ -174,8 +183,7 @@ async fn handle(
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);
     exchange.hold_in_flight(in_flight);
     let limits = &connection.proxy.http_limits;
-    if let Some(refusal) = limits::check_request(limits, parts.version, &parts.uri, &parts.headers)
-    {
+    if let Some(refusal) = limits::check_request(limits, &parts) {
         let reply = refuse(&connection, &mut exchange, refusal);
         return exchange::track(reply.0, reply.1, exchange);
     }

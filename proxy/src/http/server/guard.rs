@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::context::HttpLimits;
-use crate::http::limits::{HeadScanner, Refusal, Scan, StreamWatch};
+use crate::http::limits::{HeadScanner, Refusal, Scan, ServerFrames, StreamWatch};
+use crate::telemetry::metrics::Metrics;
 
 /// Told of each refused head, with when its first byte came: counts and logs it.
 pub type OnRefusal = Box<dyn FnMut(Refusal, Instant) + Send>;
@@ -44,6 +45,9 @@ pub struct Guarded<IO> {
     mode: Mode,
     watch: Arc<StreamWatch>,
     on_refusal: OnRefusal,
+    /// HTTP/2: the server's frames as it writes them, for the refusals h2 makes itself.
+    frames: Option<ServerFrames>,
+    metrics: Arc<Metrics>,
     limits: HttpLimits,
     /// Heads let through so far: a new head may begin once the service has had them all.
     heads: u64,
@@ -57,6 +61,7 @@ impl<IO> Guarded<IO> {
     pub fn new(
         inner: IO,
         watch: Arc<StreamWatch>,
+        metrics: Arc<Metrics>,
         limits: &HttpLimits,
         on_refusal: OnRefusal,
     ) -> Self {
@@ -65,6 +70,8 @@ impl<IO> Guarded<IO> {
             mode: Mode::Head(HeadScanner::new(limits)),
             watch,
             on_refusal,
+            frames: None,
+            metrics,
             limits: limits.clone(),
             heads: 0,
             head_started: None,
@@ -194,6 +201,9 @@ where
                         }
                         Scan::Complete { h2 } => {
                             this.head_over();
+                            if h2 {
+                                this.frames = Some(ServerFrames::default());
+                            }
                             this.mode = if h2 { Mode::Passthrough } else { Mode::Request };
                             return Poll::Ready(Ok(()));
                         }
@@ -209,6 +219,24 @@ where
     }
 }
 
+impl<IO> Guarded<IO> {
+    /// `written` went out: on HTTP/2, counts the refusal frames among it.
+    fn wrote<'a>(&mut self, written: impl IntoIterator<Item = &'a [u8]>) {
+        let Some(frames) = &mut self.frames else {
+            return;
+        };
+        for bytes in written {
+            frames.feed(bytes, |refusal| {
+                tracing::debug!(
+                    limit = refusal.limit(),
+                    "h2 refused a stream or the connection"
+                );
+                self.metrics.limit_hit(refusal.limit());
+            });
+        }
+    }
+}
+
 impl<IO> AsyncWrite for Guarded<IO>
 where
     IO: AsyncWrite + Unpin,
@@ -218,7 +246,10 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.wrote([&buf[..n]]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -226,7 +257,17 @@ where
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let mut left = n;
+        this.wrote(bufs.iter().map_while(|buf| {
+            (left > 0).then(|| {
+                let take = left.min(buf.len());
+                left -= take;
+                &buf[..take]
+            })
+        }));
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
