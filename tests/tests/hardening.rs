@@ -511,12 +511,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             case.status,
             answer.describe()
         );
-        assert!(
-            answer.closed,
-            "{}: the proxy closes: {}",
-            case.name,
-            answer.describe()
-        );
+        assert_closed(case, &answer);
         if let (Some(limit), Some(before)) = (case.limit, limit_before) {
             edge.wait_limit(limit, before + 1);
         }
@@ -534,6 +529,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             );
         }
     }
+    pipelined_requests_get_the_same_refusals(&mut edge);
     let rss_after = edge.proxy_rss_kib();
     assert!(
         rss_after < rss_before + RSS_GROWTH_BOUND_KIB,
@@ -546,6 +542,90 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         "no client error is blamed on the upstream:\n{}",
         log.describe()
     );
+}
+
+fn assert_closed(case: &Case, answer: &Answer) {
+    assert!(
+        answer.closed,
+        "{}: the proxy closes: {}",
+        case.name,
+        answer.describe()
+    );
+}
+
+/// A good request, then one the limits refuse, sent together: the first is served, the
+/// second refused as it would be alone (status, close, metric, line), and the app sees
+/// only the first.
+fn pipelined_requests_get_the_same_refusals(edge: &mut Edge) {
+    let first = b"POST /first HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    let cases = [
+        case(
+            "pipelined: headers over 60 KiB",
+            &head_with_headers(70, 1024),
+            431,
+            Some("request_headers_size"),
+            Some("http1.headers_too_large"),
+        ),
+        case(
+            "pipelined: CL.TE",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+            400,
+            Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
+        ),
+        case(
+            "pipelined: more than 100 headers",
+            &head_with_headers(101, 4),
+            431,
+            Some("request_headers_count"),
+            Some("too_many_headers"),
+        ),
+    ];
+    for case in &cases {
+        let Payload::Bytes(second) = &case.send else {
+            unreachable!("pipelined cases are bytes")
+        };
+        let seen_before = edge.seen_total();
+        let limit = case.limit.unwrap_or_default();
+        let limit_before = edge.limit_count(limit);
+        let logged = case.logged.unwrap_or_default();
+        let logged_before = edge.logged(logged);
+        let answer = raw(
+            &edge.client_netns(),
+            edge.target(),
+            &Payload::Bytes([first.clone(), second.clone()].concat()),
+        );
+        assert_eq!(
+            answer.status(),
+            Some(200),
+            "{}: {}",
+            case.name,
+            answer.describe()
+        );
+        let second_status = answer
+            .text
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .and_then(|(at, _)| answer.text.get(at + 9..at + 12));
+        let expected = case.status.map(|status| status.to_string());
+        assert_eq!(
+            second_status,
+            expected.as_deref(),
+            "{}: {}",
+            case.name,
+            answer.describe()
+        );
+        assert_closed(case, &answer);
+        assert_eq!(
+            edge.seen_total(),
+            seen_before + 1,
+            "{}: the app saw exactly the first request",
+            case.name
+        );
+        edge.wait_limit(limit, limit_before + 1);
+        edge.wait_logged(case, logged, logged_before + 1);
+        edge.assert_served(case.name);
+    }
 }
 
 #[test]

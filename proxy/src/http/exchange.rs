@@ -91,46 +91,30 @@ impl Exchange {
         request_id: String,
         body: Incoming,
     ) -> (Self, Counted) {
-        let request_body = Arc::new(BodyState {
-            bytes: AtomicU64::new(0),
-            ended: AtomicBool::new(body.is_end_stream()),
-            failed: AtomicBool::new(false),
-        });
-        let exchange = Self {
-            recorder: Some(connection),
-            delivered: None,
-            started: Instant::now(),
-            start_time: SystemTime::now(),
-            method: Some(parts.method.clone()),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
-            protocol: protocol_name(parts.version),
-            grpc: policy::is_grpc(&parts.headers),
-            authority: authority(parts).map(str::to_owned),
-            user_agent: header_text(&parts.headers, &header::USER_AGENT),
-            request_id,
-            x_forwarded_for: None,
-            request_header_bytes: header_bytes(&parts.headers),
-            request_body: request_body.clone(),
-            in_flight: None,
-            flags: ResponseFlags::NONE,
-            route_name: None,
-            response_code_details: None,
-            target_service: None,
-            cluster: None,
-            upstream: None,
-            upstream_service_time: None,
-            security: PeerSecurity::None,
-            access_log: true,
-        };
+        let mut exchange = Self::unparsed(connection, Instant::now());
+        exchange
+            .request_body
+            .ended
+            .store(body.is_end_stream(), Ordering::Relaxed);
+        exchange.method = Some(parts.method.clone());
+        exchange.path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned());
+        exchange.protocol = protocol_name(parts.version);
+        exchange.grpc = policy::is_grpc(&parts.headers);
+        exchange.authority = authority(parts).map(str::to_owned);
+        exchange.user_agent = header_text(&parts.headers, &header::USER_AGENT);
+        exchange.request_id = request_id;
+        exchange.request_header_bytes = header_bytes(&parts.headers);
+        let request_body = exchange.request_body.clone();
         (exchange, Counted::new(body, request_body))
     }
 
     /// The exchange of a request whose head the listener refused before it was parsed (the
     /// head scanner's refusals): only when it began and how it ends are known, so its method,
-    /// path and id are logged `-`, as Envoy logs a codec error's.
+    /// path and id are logged `-`, as Envoy logs a codec error's. ([`Self::new`] starts
+    /// from it.)
     pub(super) fn unparsed(connection: Arc<HttpConnection>, started: Instant) -> Self {
         let request_body = Arc::new(BodyState {
             bytes: AtomicU64::new(0),
@@ -219,11 +203,6 @@ impl Exchange {
         let in_flight = self.in_flight.take();
         if let Some(in_flight) = &in_flight {
             let watch = in_flight.watch();
-            if !self.request_body.ended.load(Ordering::Relaxed) {
-                // hyper will not read the rest of this body as a head of its own, but where
-                // the next head starts is no longer known to the head scanner.
-                watch.stop_scanning();
-            }
             if self
                 .flags
                 .contains(ResponseFlag::DownstreamConnectionTermination)

@@ -164,8 +164,23 @@ pub struct HeadScanner {
     past_request_line: bool,
     headers: usize,
     content_lengths: usize,
+    /// The `Content-Length` value, when it is one number.
+    content_length: Option<u64>,
     transfer_encodings: usize,
     chunked: bool,
+    /// CONNECT, or an `Upgrade` header: the bytes after it may be a tunnel's.
+    upgrade: bool,
+}
+
+/// How the bytes after a complete HTTP/1 head are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A body of this many bytes (0: none), then the next head.
+    Length(u64),
+    Chunked,
+    /// A `Content-Length` hyper may read otherwise than this scanner: nothing more is
+    /// followed (fail closed).
+    Unknown,
 }
 
 /// Bytes of a line kept for judging it: `transfer-encoding: chunked` with room for blanks.
@@ -184,8 +199,27 @@ impl HeadScanner {
             past_request_line: false,
             headers: 0,
             content_lengths: 0,
+            content_length: None,
             transfer_encodings: 0,
             chunked: false,
+            upgrade: false,
+        }
+    }
+
+    /// Whether the complete head may start a tunnel (CONNECT, an `Upgrade` header).
+    #[must_use]
+    pub fn upgrade(&self) -> bool {
+        self.upgrade
+    }
+
+    /// The complete (accepted) head's body framing.
+    #[must_use]
+    pub fn framing(&self) -> Framing {
+        match (self.chunked, self.content_lengths, self.content_length) {
+            (true, _, _) => Framing::Chunked,
+            (false, 0, _) => Framing::Length(0),
+            (false, _, Some(length)) => Framing::Length(length),
+            (false, _, None) => Framing::Unknown,
         }
     }
 
@@ -198,17 +232,29 @@ impl HeadScanner {
     /// Follows `bytes`; after anything but [`Scan::Partial`] the scanner is spent (make a
     /// new one for the next head). Bytes after a complete head are not looked at.
     pub fn feed(&mut self, bytes: &[u8]) -> Scan {
-        for &byte in bytes {
+        self.feed_counted(bytes).0
+    }
+
+    /// As [`Self::feed`], with how many of `bytes` it took (all of them while partial).
+    pub fn feed_counted(&mut self, bytes: &[u8]) -> (Scan, usize) {
+        for (at, &byte) in bytes.iter().enumerate() {
+            let scan = self.feed_byte(byte);
+            if scan != Scan::Partial {
+                return (scan, at + 1);
+            }
+        }
+        (Scan::Partial, bytes.len())
+    }
+
+    fn feed_byte(&mut self, byte: u8) -> Scan {
+        {
             if self.size == 0 && (byte == b'\r' || byte == b'\n') {
                 // hyper skips empty lines before a request, as RFC 9112 allows.
-                continue;
+                return Scan::Partial;
             }
             self.size += 1;
             if byte == b'\n' {
-                if let Some(scan) = self.end_line() {
-                    return scan;
-                }
-                continue;
+                return self.end_line().unwrap_or(Scan::Partial);
             }
             if self.line.len() < LINE_KEPT {
                 self.line.push(byte);
@@ -235,6 +281,7 @@ impl HeadScanner {
             if line.starts_with(H2_PREFACE_LINE) {
                 return Some(Scan::Complete { h2: true });
             }
+            self.upgrade = line.starts_with(b"CONNECT ");
             self.line = line;
             self.line.clear();
             return None;
@@ -251,9 +298,15 @@ impl HeadScanner {
             if name.eq_ignore_ascii_case(b"content-length") {
                 // `Content-Length: 5, 5` is two lengths as much as two lines are.
                 self.content_lengths += 1 + value.iter().filter(|&&b| b == b',').count();
+                // Digits only, as hyper reads it; anything else is followed no further.
+                self.content_length = (!value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(value).ok()?.parse().ok())
+                    .flatten();
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 self.transfer_encodings += 1;
                 self.chunked = value.eq_ignore_ascii_case(b"chunked");
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
             }
         }
         self.line = line;
@@ -272,6 +325,151 @@ impl HeadScanner {
             None
         };
         refusal.map_or(Scan::Complete { h2: false }, Scan::Refused)
+    }
+}
+
+/// Follows an HTTP/1 request body as its head framed it, so that the next head is found
+/// where hyper will look for it: a length counted down, or chunks (sizes, data, trailers).
+/// Strict: whatever it does not read as RFC 9112 does ends the following there.
+#[derive(Debug)]
+pub struct BodyScanner {
+    state: Chunk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// A fixed length left (or a chunk's data).
+    Data {
+        left: u64,
+        chunked: bool,
+    },
+    /// A chunk size's hex digits so far (`digits` of them).
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Blanks after the size, before `;` or CR.
+    SizeBlank {
+        size: u64,
+    },
+    /// A chunk extension, until CR.
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty one).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    /// The body is over.
+    End,
+}
+
+/// What a body scanner made of the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyScan {
+    /// The body goes on past these bytes.
+    Partial,
+    /// The body ended after this many of the bytes.
+    Done(usize),
+    /// The framing broke at this byte (this many bytes, it included).
+    Invalid(usize),
+}
+
+/// Hex digits of a chunk size hyper accepts (a `u64`).
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+
+impl BodyScanner {
+    /// `None`: no body (the next head follows at once).
+    #[must_use]
+    pub fn new(framing: Framing) -> Option<Self> {
+        let state = match framing {
+            Framing::Length(0) | Framing::Unknown => return None,
+            Framing::Length(left) => Chunk::Data {
+                left,
+                chunked: false,
+            },
+            Framing::Chunked => Chunk::Size { size: 0, digits: 0 },
+        };
+        Some(Self { state })
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> BodyScan {
+        let mut at = 0;
+        while at < bytes.len() {
+            if let Chunk::Data { left, chunked } = &mut self.state {
+                let n = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len() - at);
+                *left -= n as u64;
+                at += n;
+                if *left == 0 {
+                    if !*chunked {
+                        return BodyScan::Done(at);
+                    }
+                    self.state = Chunk::DataCr;
+                }
+                continue;
+            }
+            let byte = bytes[at];
+            at += 1;
+            let Some(next) = self.step(byte) else {
+                return BodyScan::Invalid(at);
+            };
+            self.state = next;
+            if next == Chunk::End {
+                return BodyScan::Done(at);
+            }
+        }
+        BodyScan::Partial
+    }
+
+    /// The state after `byte`; `None`: invalid.
+    fn step(&self, byte: u8) -> Option<Chunk> {
+        let hex = |b: u8| char::from(b).to_digit(16).map(u64::from);
+        Some(match self.state {
+            Chunk::Size { size, digits } => match (byte, hex(byte)) {
+                (_, Some(digit)) if digits < MAX_CHUNK_SIZE_DIGITS => Chunk::Size {
+                    size: size << 4 | digit,
+                    digits: digits + 1,
+                },
+                (b' ' | b'\t', _) if digits > 0 => Chunk::SizeBlank { size },
+                (b';', _) if digits > 0 => Chunk::Extension { size },
+                (b'\r', _) if digits > 0 => Chunk::SizeLf { size },
+                _ => return None,
+            },
+            Chunk::SizeBlank { size } => match byte {
+                b' ' | b'\t' => Chunk::SizeBlank { size },
+                b';' => Chunk::Extension { size },
+                b'\r' => Chunk::SizeLf { size },
+                _ => return None,
+            },
+            Chunk::Extension { size } => match byte {
+                b'\r' => Chunk::SizeLf { size },
+                b'\n' => return None,
+                _ => Chunk::Extension { size },
+            },
+            Chunk::SizeLf { size: 0 } if byte == b'\n' => Chunk::TrailerStart,
+            Chunk::SizeLf { size } if byte == b'\n' => Chunk::Data {
+                left: size,
+                chunked: true,
+            },
+            Chunk::DataCr if byte == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if byte == b'\n' => Chunk::Size { size: 0, digits: 0 },
+            Chunk::TrailerStart if byte == b'\r' => Chunk::EndLf,
+            Chunk::TrailerStart | Chunk::TrailerLine if byte != b'\n' && byte != b'\r' => {
+                Chunk::TrailerLine
+            }
+            Chunk::TrailerLine if byte == b'\r' => Chunk::TrailerLf,
+            Chunk::TrailerLf if byte == b'\n' => Chunk::TrailerStart,
+            Chunk::EndLf if byte == b'\n' => Chunk::End,
+            _ => return None,
+        })
     }
 }
 
@@ -462,9 +660,15 @@ pub struct StreamWatch {
     idle_since_ms: AtomicU64,
     /// An HTTP/1 head has begun and is not over: not idle (its own timeout bounds it).
     reading_head: AtomicBool,
-    /// Set when the bytes that follow can no longer be told apart as heads (an upgrade, a
-    /// request body left unread): head scanning stops for the connection.
+    /// Set when the connection upgraded (the bytes that follow are a tunnel's): head
+    /// scanning stops for the connection.
     scanning_stopped: AtomicBool,
+    /// Dispatched requests whose exchange is over, ever.
+    finishes: AtomicU64,
+    /// Requests the service answered (and so decided whether they upgrade), ever.
+    answered: AtomicU64,
+    /// The connection's reader, waiting on `finishes` or `answered`.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
     /// Streams reset by the client within [`PREMATURE_RESET_LIFETIME`].
     premature_resets: AtomicU32,
     /// Over the rapid-reset budget: the serve loop sends GOAWAY and closes.
@@ -481,6 +685,9 @@ impl Default for StreamWatch {
             idle_since_ms: AtomicU64::new(0),
             reading_head: AtomicBool::new(false),
             scanning_stopped: AtomicBool::new(false),
+            finishes: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            reader: std::sync::Mutex::new(None),
             premature_resets: AtomicU32::new(0),
             tripped: AtomicBool::new(false),
             trip: Notify::new(),
@@ -524,6 +731,48 @@ impl StreamWatch {
         let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.idle_since_ms.store(now, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.finishes.fetch_add(1, Ordering::AcqRel);
+        self.wake_reader();
+    }
+
+    /// Dispatched requests whose exchange is over, ever.
+    #[must_use]
+    pub fn finishes(&self) -> u64 {
+        self.finishes.load(Ordering::Acquire)
+    }
+
+    /// The service answered a request: `upgraded`, its connection becomes a tunnel.
+    pub fn answered(&self, upgraded: bool) {
+        if upgraded {
+            self.stop_scanning();
+        }
+        self.answered.fetch_add(1, Ordering::AcqRel);
+        self.wake_reader();
+    }
+
+    #[must_use]
+    pub fn answered_count(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// The reader waits for a request to finish or be answered.
+    pub fn park_reader(&self, waker: &std::task::Waker) {
+        let mut reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reader.replace(waker.clone());
+    }
+
+    pub fn wake_reader(&self) {
+        let waker = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     #[must_use]

@@ -68,7 +68,17 @@ where
             // Counted here, as hyper takes the request: the head scanner waits for it.
             let in_flight = watch.dispatch();
             let connection = connection.clone();
-            async move { Ok::<_, Infallible>(handle(connection, request, in_flight).await) }
+            async move {
+                let watch = connection.memo.watch.clone();
+                let connect = request.method() == Method::CONNECT;
+                let response = handle(connection, request, in_flight).await;
+                // The guard holds what follows a head that may upgrade until this says.
+                let status = response.status();
+                watch.answered(
+                    status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()),
+                );
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let builder = builder(limits);
@@ -174,10 +184,6 @@ async fn handle(
     let upgrade = (headers::wants_upgrade(request.headers())
         || request.method() == Method::CONNECT)
         .then(|| hyper::upgrade::on(&mut request));
-    if upgrade.is_some() {
-        // The bytes after an upgrade are the tunnel's, never a head.
-        connection.memo.watch.stop_scanning();
-    }
     let (mut parts, incoming) = request.into_parts();
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);

@@ -433,3 +433,92 @@ async fn a_head_arriving_is_not_idle() {
             .is_some_and(|idle| idle >= Duration::from_secs(5))
     );
 }
+
+#[test]
+fn a_body_scanner_finds_where_the_body_ends_however_it_arrives() {
+    use BodyScan::{Done, Invalid, Partial};
+    let cases: &[(Framing, &[u8], BodyScan)] = &[
+        (Framing::Length(5), b"helloGET", Done(5)),
+        (Framing::Length(5), b"hell", Partial),
+        (Framing::Chunked, b"5\r\nhello\r\n0\r\n\r\nGET", Done(15)),
+        (Framing::Chunked, b"5;ext=1\r\nhello\r\n0\r\n\r\n", Done(21)),
+        (Framing::Chunked, b"5 \r\nhello\r\n0\r\n\r\n", Done(16)),
+        (Framing::Chunked, b"0\r\nx-t: 1\r\n\r\nGET", Done(13)),
+        (Framing::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n", Done(20)),
+        (Framing::Chunked, b"5\r\nhello\r\n", Partial),
+        (Framing::Chunked, b"zz\r\n", Invalid(1)),
+        (Framing::Chunked, b"5\nhello\r\n0\r\n\r\n", Invalid(2)),
+        (Framing::Chunked, b"5\r\nhelloX\r\n", Invalid(9)),
+        (Framing::Chunked, b"0\r\n\n", Invalid(4)),
+        (Framing::Chunked, b"\r\n", Invalid(1)),
+        (Framing::Chunked, b"00000000000000001\r\n", Invalid(17)),
+    ];
+    for (framing, bytes, expected) in cases {
+        let whole = BodyScanner::new(*framing).unwrap().feed(bytes);
+        assert_eq!(whole, *expected, "{}", String::from_utf8_lossy(bytes));
+        // Byte by byte: the same end at the same place.
+        let mut bytewise = BodyScanner::new(*framing).unwrap();
+        let mut last = Partial;
+        for (at, byte) in bytes.iter().enumerate() {
+            last = match bytewise.feed(std::slice::from_ref(byte)) {
+                Partial => Partial,
+                Done(n) => Done(at + n),
+                Invalid(n) => Invalid(at + n),
+            };
+            if last != Partial {
+                break;
+            }
+        }
+        assert_eq!(
+            last,
+            *expected,
+            "bytewise {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(BodyScanner::new(Framing::Length(0)).is_none());
+}
+
+#[test]
+fn a_complete_head_says_its_framing_and_whether_it_may_upgrade() {
+    let cases: &[(&[u8], Framing, bool)] = &[
+        (b"GET / HTTP/1.1\r\n\r\n", Framing::Length(0), false),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n",
+            Framing::Length(12),
+            false,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: +12\r\n\r\n",
+            Framing::Unknown,
+            false,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            Framing::Chunked,
+            false,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            Framing::Length(0),
+            true,
+        ),
+        (b"CONNECT a:443 HTTP/1.1\r\n\r\n", Framing::Length(0), true),
+    ];
+    for (head, framing, upgrade) in cases {
+        let mut scanner = HeadScanner::new(&limits());
+        assert_eq!(scanner.feed(head), Scan::Complete { h2: false });
+        assert_eq!(
+            scanner.framing(),
+            *framing,
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+        assert_eq!(
+            scanner.upgrade(),
+            *upgrade,
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
+}

@@ -1296,3 +1296,71 @@ async fn a_head_refused_before_parsing_is_counted_and_logged_as_envoy_would() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_pipelined_request_behind_a_good_one_gets_the_same_refusals() {
+    let first = "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ncontent-length: 5\r\n\r\nhello";
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: [(&str, String, u16, &str); 4] = [
+        (
+            "oversized",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
+        (
+            "too many headers",
+            format!("GET /second HTTP/1.1\r\n{many_headers}\r\n"),
+            431,
+            "too_many_headers",
+        ),
+        (
+            "CL.TE",
+            "POST /second HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n".to_owned(),
+            400,
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
+            "after a chunked body",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
+    ];
+    for (name, second, status, details) in cases {
+        let web = backend("web", 0).await;
+        let harness = harness(
+            HttpDecision::Route(Arc::new(forward_to(HOST))),
+            vec![cluster(HOST, &[web.addr])],
+        )
+        .await;
+        let first = if name == "after a chunked body" {
+            "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            first
+        };
+        let answer = raw_exchange(&harness, format!("{first}{second}").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{name}: {answer}");
+        let second_status = answer
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .map(|(at, _)| &answer[at..at + 12]);
+        assert_eq!(
+            second_status,
+            Some(format!("HTTP/1.1 {status}").as_str()),
+            "{name}: {answer}"
+        );
+        let seen = web.seen.lock().unwrap().len();
+        assert_eq!(seen, 1, "{name}: the backend saw only the first request");
+        let lines = harness.test.log_lines(2).await;
+        let refused = lines
+            .iter()
+            .find(|line| line["response_code"] == status)
+            .unwrap_or_else(|| panic!("{name}: {lines:?}"));
+        assert_eq!(refused["response_flags"], "DPE", "{name}: {refused}");
+        assert_eq!(
+            refused["response_code_details"], details,
+            "{name}: {refused}"
+        );
+    }
+}
