@@ -1301,7 +1301,7 @@ async fn a_head_refused_before_parsing_is_counted_and_logged_as_envoy_would() {
 async fn a_pipelined_request_behind_a_good_one_gets_the_same_refusals() {
     let first = "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ncontent-length: 5\r\n\r\nhello";
     let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let cases: [(&str, String, u16, &str); 4] = [
+    let cases: [(&str, String, u16, &str); 5] = [
         (
             "oversized",
             format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
@@ -1326,6 +1326,14 @@ async fn a_pipelined_request_behind_a_good_one_gets_the_same_refusals() {
             431,
             "http1.headers_too_large",
         ),
+        // What follows a head that may upgrade waits for its answer: not upgraded, it is
+        // the next head, judged as any.
+        (
+            "after an upgrade not taken",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
     ];
     for (name, second, status, details) in cases {
         let web = backend("web", 0).await;
@@ -1334,10 +1342,14 @@ async fn a_pipelined_request_behind_a_good_one_gets_the_same_refusals() {
             vec![cluster(HOST, &[web.addr])],
         )
         .await;
-        let first = if name == "after a chunked body" {
-            "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        } else {
-            first
+        let first = match name {
+            "after a chunked body" => {
+                "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            }
+            "after an upgrade not taken" => {
+                "GET /first HTTP/1.1\r\nhost: web.shop:80\r\nupgrade: h2c\r\n\r\n"
+            }
+            _ => first,
         };
         let answer = raw_exchange(&harness, format!("{first}{second}").as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{name}: {answer}");
