@@ -266,9 +266,17 @@ struct Case {
     limit: Option<&'static str>,
     /// The app must not see it (a smuggling attempt: exactly the follow-up request).
     app_sees_none: bool,
+    /// The access log line it must get: `(response_flags, response_code_details)`.
+    logged: Option<(&'static str, &'static str)>,
 }
 
-fn case(name: &'static str, bytes: &[u8], status: u16, limit: Option<&'static str>) -> Case {
+fn case(
+    name: &'static str,
+    bytes: &[u8],
+    status: u16,
+    limit: Option<&'static str>,
+    details: Option<&'static str>,
+) -> Case {
     Case {
         name,
         send: Payload::Bytes(bytes.to_vec()),
@@ -276,6 +284,67 @@ fn case(name: &'static str, bytes: &[u8], status: u16, limit: Option<&'static st
         or_closed: false,
         limit,
         app_sees_none: true,
+        logged: details.map(|details| ("DPE", details)),
+    }
+}
+
+impl Edge {
+    /// Access log lines with these flags and details so far.
+    fn logged(&self, (flags, details): (&str, &str)) -> usize {
+        self.node
+            .access_log()
+            .or_panic("access log")
+            .matching(&[
+                ("response_flags", flags),
+                ("response_code_details", details),
+            ])
+            .len()
+    }
+
+    /// Waits for the `count`th line with these flags and details; asserts what a line of a
+    /// refusal says as Envoy's would (its status; `-` where the head was never parsed).
+    fn wait_logged(&mut self, case: &Case, logged: (&str, &str), count: usize) -> Value {
+        let (flags, details) = logged;
+        let log = self
+            .node
+            .wait_access_log(case.name, REPORT_TIMEOUT, |log| {
+                log.matching(&[
+                    ("response_flags", flags),
+                    ("response_code_details", details),
+                ])
+                .len()
+                    >= count
+            })
+            .or_panic("access log");
+        let lines = log.matching(&[
+            ("response_flags", flags),
+            ("response_code_details", details),
+        ]);
+        let line = lines[count - 1];
+        if let Some(status) = case.status {
+            assert_eq!(
+                line["response_code"],
+                json!(status),
+                "{}: {line}",
+                case.name
+            );
+        }
+        assert_eq!(line["direction"], json!("inbound"), "{}: {line}", case.name);
+        // The head scanner's refusals come before hyper parsed anything of the request.
+        let unparsed = line["protocol"] == json!("HTTP/1.1")
+            && matches!(
+                case.limit,
+                Some(
+                    "request_headers_size"
+                        | "request_headers_count"
+                        | "request_line_size"
+                        | "request_framing"
+                        | "request_headers_timeout"
+                )
+            );
+        let method = line["method"].as_str().unwrap_or_default();
+        assert_eq!(method == "-", unparsed, "{}: {line}", case.name);
+        line.clone()
     }
 }
 
@@ -305,54 +374,63 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             &head_with_headers(70, 1024),
             431,
             Some("request_headers_size"),
+            Some("http1.headers_too_large"),
         ),
         case(
             "more than 100 headers",
             &head_with_headers(101, 4),
             431,
             Some("request_headers_count"),
+            Some("too_many_headers"),
         ),
         case(
             "a request line over 60 KiB",
             long_line.as_bytes(),
             414,
             Some("request_line_size"),
+            Some("http1.uri_too_long"),
         ),
         case(
             "CL.TE",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
             400,
             Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
         ),
         case(
             "TE.CL",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST /smuggled HTTP/1.1\r\nHost: web\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n",
             400,
             Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
         ),
         case(
             "a duplicate Content-Length",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
             400,
             Some("request_framing"),
+            Some("http1.multiple_content_length"),
         ),
         case(
             "mismatched Content-Lengths",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
             400,
             Some("request_framing"),
+            Some("http1.multiple_content_length"),
         ),
         case(
             "an unknown transfer coding",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             400,
             Some("request_framing"),
+            Some("http1.invalid_transfer_encoding"),
         ),
         case(
             "an invalid chunk size",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
             400,
             Some("request_body_framing"),
+            Some("downstream_body_error"),
         ),
         // hyper's own parser refuses these (the head scanner leaves values to it).
         case(
@@ -360,11 +438,13 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             b"GET / HTTP/1.1\r\nHost: web\r\nx-nul: a\0b\r\n\r\n",
             400,
             None,
+            None,
         ),
         case(
             "CR in a header value",
             b"GET / HTTP/1.1\r\nHost: web\r\nx-cr: a\rb\r\n\r\n",
             400,
+            None,
             None,
         ),
         case(
@@ -372,12 +452,14 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             b"GET / HTTP/1.1\r\nHost: web\r\nx-lf: a\nb\r\n\r\n",
             400,
             None,
+            None,
         ),
         case(
             "an underscore in a header name",
             b"GET / HTTP/1.1\r\nHost: web\r\nx_user: admin\r\n\r\n",
             400,
             Some("header_underscore"),
+            Some("unexpected_underscore"),
         ),
     ];
     cases.push(Case {
@@ -389,6 +471,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         or_closed: true,
         limit: Some("request_headers_timeout"),
         app_sees_none: true,
+        logged: Some(("DPE", "request_header_timeout")),
     });
     cases.push(Case {
         name: "a request body that stalls (stream idle timeout)",
@@ -400,6 +483,7 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         limit: Some("stream_idle_timeout"),
         // The app got the head and waited for the body with the proxy.
         app_sees_none: false,
+        logged: Some(("SI", "stream_idle_timeout")),
     });
     cases.push(Case {
         name: "an idle keep-alive connection",
@@ -408,12 +492,15 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
         or_closed: false,
         limit: Some("idle_timeout"),
         app_sees_none: false,
+        // The request was served; the connection's close is no request's.
+        logged: None,
     });
 
     let rss_before = edge.proxy_rss_kib();
     for case in &cases {
         let seen_before = edge.seen_total();
         let limit_before = case.limit.map(|limit| edge.limit_count(limit));
+        let logged_before = case.logged.map(|logged| edge.logged(logged));
         let answer = raw(&edge.client_netns(), edge.target(), &case.send);
         let status_ok = answer.status() == case.status
             || (case.or_closed && answer.closed && answer.status().is_none());
@@ -424,14 +511,13 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             case.status,
             answer.describe()
         );
-        assert!(
-            answer.closed,
-            "{}: the proxy closes: {}",
-            case.name,
-            answer.describe()
-        );
+        assert_closed(case, &answer);
         if let (Some(limit), Some(before)) = (case.limit, limit_before) {
             edge.wait_limit(limit, before + 1);
+        }
+        if let (Some(logged), Some(before)) = (case.logged, logged_before) {
+            let line = edge.wait_logged(case, logged, before + 1);
+            assert_eq!(line["protocol"], json!("HTTP/1.1"), "{}: {line}", case.name);
         }
         edge.assert_served(case.name);
         if case.app_sees_none {
@@ -443,38 +529,103 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             );
         }
     }
+    pipelined_requests_get_the_same_refusals(&mut edge);
     let rss_after = edge.proxy_rss_kib();
     assert!(
         rss_after < rss_before + RSS_GROWTH_BOUND_KIB,
         "the proxy grew from {rss_before} KiB to {rss_after} KiB"
     );
-    // Where a request existed, the access log says why it ended as Envoy's would.
-    let log = edge
-        .node
-        .wait_access_log("the refused requests' lines", REPORT_TIMEOUT, |log| {
-            !log.matching(&[("response_code_details", "unexpected_underscore")])
-                .is_empty()
-                && !log
-                    .matching(&[("response_code_details", "downstream_body_error")])
-                    .is_empty()
-                && !log.matching(&[("response_flags", "SI")]).is_empty()
-        })
-        .or_panic("access log");
-    for details in ["unexpected_underscore", "downstream_body_error"] {
-        let lines = log.matching(&[("response_code_details", details)]);
-        assert!(
-            lines
-                .iter()
-                .all(|l| l["response_flags"] == json!("DPE") && l["response_code"] == json!(400)),
-            "{details}: {lines:?}"
-        );
-    }
+    let log = edge.node.access_log().or_panic("access log");
     assert!(
         log.matching(&[("response_code", "400"), ("response_flags", "UC")])
             .is_empty(),
         "no client error is blamed on the upstream:\n{}",
         log.describe()
     );
+}
+
+fn assert_closed(case: &Case, answer: &Answer) {
+    assert!(
+        answer.closed,
+        "{}: the proxy closes: {}",
+        case.name,
+        answer.describe()
+    );
+}
+
+/// A good request, then one the limits refuse, sent together: the first is served, the
+/// second refused as it would be alone (status, close, metric, line), and the app sees
+/// only the first.
+fn pipelined_requests_get_the_same_refusals(edge: &mut Edge) {
+    let first = b"POST /first HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    let cases = [
+        case(
+            "pipelined: headers over 60 KiB",
+            &head_with_headers(70, 1024),
+            431,
+            Some("request_headers_size"),
+            Some("http1.headers_too_large"),
+        ),
+        case(
+            "pipelined: CL.TE",
+            b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+            400,
+            Some("request_framing"),
+            Some("http1.content_length_and_chunked_not_allowed"),
+        ),
+        case(
+            "pipelined: more than 100 headers",
+            &head_with_headers(101, 4),
+            431,
+            Some("request_headers_count"),
+            Some("too_many_headers"),
+        ),
+    ];
+    for case in &cases {
+        let Payload::Bytes(second) = &case.send else {
+            unreachable!("pipelined cases are bytes")
+        };
+        let seen_before = edge.seen_total();
+        let limit = case.limit.unwrap_or_default();
+        let limit_before = edge.limit_count(limit);
+        let logged = case.logged.unwrap_or_default();
+        let logged_before = edge.logged(logged);
+        let answer = raw(
+            &edge.client_netns(),
+            edge.target(),
+            &Payload::Bytes([first.clone(), second.clone()].concat()),
+        );
+        assert_eq!(
+            answer.status(),
+            Some(200),
+            "{}: {}",
+            case.name,
+            answer.describe()
+        );
+        let second_status = answer
+            .text
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .and_then(|(at, _)| answer.text.get(at + 9..at + 12));
+        let expected = case.status.map(|status| status.to_string());
+        assert_eq!(
+            second_status,
+            expected.as_deref(),
+            "{}: {}",
+            case.name,
+            answer.describe()
+        );
+        assert_closed(case, &answer);
+        assert_eq!(
+            edge.seen_total(),
+            seen_before + 1,
+            "{}: the app saw exactly the first request",
+            case.name
+        );
+        edge.wait_limit(limit, limit_before + 1);
+        edge.wait_logged(case, logged, logged_before + 1);
+        edge.assert_served(case.name);
+    }
 }
 
 #[test]
@@ -508,7 +659,29 @@ fn http2_limits_host_authority_hpack_settings_flood_and_rapid_reset() {
     assert_eq!(report["disagreeing"], json!(400), "{report}");
     assert_eq!(report["oversized"], json!(431), "{report}");
     edge.wait_limit("host_authority_mismatch", 1);
+    // The oversized list is refused by the listener's own check (h2's bound is a ceiling
+    // above it): counted and logged as every other refusal.
+    edge.wait_limit("request_headers_size", 1);
+    let oversized = Case {
+        name: "an HTTP/2 header list over 60 KiB",
+        send: Payload::Bytes(Vec::new()),
+        status: Some(431),
+        or_closed: false,
+        limit: Some("request_headers_size"),
+        app_sees_none: true,
+        logged: Some(("DPE", "http2.too_many_headers")),
+    };
+    let line = edge.wait_logged(&oversized, ("DPE", "http2.too_many_headers"), 1);
+    assert_eq!(line["protocol"], json!("HTTP/2"), "{line}");
+    assert_eq!(line["method"], json!("GET"), "{line}");
     edge.assert_served("HTTP/2 requests");
+
+    // Streams over the concurrent stream limit, from a client that ignores it: h2 refuses
+    // them itself (RST_STREAM REFUSED_STREAM), and the listener counts each.
+    let refused = in_netns(&netns, || over_the_stream_limit(target, 110)).or_panic("netns");
+    assert!(refused > 0, "streams past the 100th are refused");
+    edge.wait_limit("max_concurrent_streams", 1);
+    edge.assert_served("streams over the limit");
 
     // A SETTINGS flood from a client that never reads: h2 acknowledges each SETTINGS before
     // it reads on, so the flood stalls in the client's own socket; memory stays flat.
@@ -692,6 +865,60 @@ async fn rapid_reset(mut client: H2Client, count: u64) -> Value {
         }
     }
     json!({ "opened": opened, "goaway": goaway, "error": last_error })
+}
+
+/// Opens `streams` HTTP/2 streams at once over raw frames (each a GET whose body never
+/// comes, so none ends); how many RST_STREAM(REFUSED_STREAM) frames came back within 10 s.
+fn over_the_stream_limit(target: SocketAddr, streams: u32) -> usize {
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).or_panic("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .or_panic("read timeout");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // :method GET, :path /, :scheme http (static table), :authority web (literal).
+    let block = [0x82, 0x84, 0x86, 0x01, 0x03, b'w', b'e', b'b'];
+    for i in 0..streams {
+        let id = (2 * i + 1).to_be_bytes();
+        // HEADERS, END_HEADERS only: the stream stays open.
+        out.extend_from_slice(&[0, 0, 8, 1, 4, id[0], id[1], id[2], id[3]]);
+        out.extend_from_slice(&block);
+    }
+    stream.write_all(&out).or_panic("writing the streams");
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        refused = refused_streams(&read);
+        if refused > 0 {
+            break;
+        }
+    }
+    refused
+}
+
+/// RST_STREAM frames with REFUSED_STREAM among the complete frames of `bytes`.
+fn refused_streams(mut bytes: &[u8]) -> usize {
+    let mut refused = 0;
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let Some(payload) = bytes.get(9..9 + len) else {
+            break;
+        };
+        if bytes[3] == 3 && payload == [0, 0, 0, 7] {
+            refused += 1;
+        }
+        bytes = &bytes[9 + len..];
+    }
+    refused
 }
 
 /// Sends the HTTP/2 preface and SETTINGS frames without ever reading, for at most 10 s or

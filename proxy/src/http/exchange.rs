@@ -36,6 +36,9 @@ use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
 
+/// What the access log says of a fact a request refused before parsing never had.
+const UNPARSED: &str = "-";
+
 /// Label sets a connection keeps metric handles for: a few response codes and flags.
 const CACHED_SERIES: usize = 4;
 
@@ -49,7 +52,8 @@ pub(super) struct Exchange {
     pub(super) delivered: Option<Arc<HttpConnection>>,
     started: Instant,
     start_time: SystemTime,
-    method: Method,
+    /// `None` (logged `-`) when the head was refused before it was parsed.
+    method: Option<Method>,
     path: String,
     protocol: &'static str,
     pub(super) grpc: bool,
@@ -87,29 +91,53 @@ impl Exchange {
         request_id: String,
         body: Incoming,
     ) -> (Self, Counted) {
+        let mut exchange = Self::unparsed(connection, Instant::now());
+        exchange
+            .request_body
+            .ended
+            .store(body.is_end_stream(), Ordering::Relaxed);
+        exchange.method = Some(parts.method.clone());
+        exchange.path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned());
+        exchange.protocol = protocol_name(parts.version);
+        exchange.grpc = policy::is_grpc(&parts.headers);
+        exchange.authority = authority(parts).map(str::to_owned);
+        exchange.user_agent = header_text(&parts.headers, &header::USER_AGENT);
+        exchange.request_id = request_id;
+        exchange.request_header_bytes = header_bytes(&parts.headers);
+        let request_body = exchange.request_body.clone();
+        (exchange, Counted::new(body, request_body))
+    }
+
+    /// The exchange of a request whose head the listener refused before it was parsed (the
+    /// head scanner's refusals): only when it began and how it ends are known, so its method,
+    /// path and id are logged `-`, as Envoy logs a codec error's. ([`Self::new`] starts
+    /// from it.)
+    pub(super) fn unparsed(connection: Arc<HttpConnection>, started: Instant) -> Self {
         let request_body = Arc::new(BodyState {
             bytes: AtomicU64::new(0),
-            ended: AtomicBool::new(body.is_end_stream()),
+            ended: AtomicBool::new(true),
             failed: AtomicBool::new(false),
         });
-        let exchange = Self {
+        Self {
             recorder: Some(connection),
             delivered: None,
-            started: Instant::now(),
-            start_time: SystemTime::now(),
-            method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
-            protocol: protocol_name(parts.version),
-            grpc: policy::is_grpc(&parts.headers),
-            authority: authority(parts).map(str::to_owned),
-            user_agent: header_text(&parts.headers, &header::USER_AGENT),
-            request_id,
+            started,
+            start_time: SystemTime::now()
+                .checked_sub(started.elapsed())
+                .unwrap_or_else(SystemTime::now),
+            method: None,
+            path: UNPARSED.to_owned(),
+            protocol: protocol_name(Version::HTTP_11),
+            grpc: false,
+            authority: None,
+            user_agent: None,
+            request_id: UNPARSED.to_owned(),
             x_forwarded_for: None,
-            request_header_bytes: header_bytes(&parts.headers),
-            request_body: request_body.clone(),
+            request_header_bytes: 0,
+            request_body,
             in_flight: None,
             flags: ResponseFlags::NONE,
             route_name: None,
@@ -120,8 +148,12 @@ impl Exchange {
             upstream_service_time: None,
             security: PeerSecurity::None,
             access_log: true,
-        };
-        (exchange, Counted::new(body, request_body))
+        }
+    }
+
+    /// Records a local answer with no body (a refused head's, written by the listener).
+    pub(super) fn record_answered(mut self, status: u16) {
+        self.record(status, None, 0, 0);
     }
 
     /// Keeps the request in flight on its connection until the exchange is over.
@@ -171,11 +203,6 @@ impl Exchange {
         let in_flight = self.in_flight.take();
         if let Some(in_flight) = &in_flight {
             let watch = in_flight.watch();
-            if !self.request_body.ended.load(Ordering::Relaxed) {
-                // hyper will not read the rest of this body as a head of its own, but where
-                // the next head starts is no longer known to the head scanner.
-                watch.stop_scanning();
-            }
             if self
                 .flags
                 .contains(ResponseFlag::DownstreamConnectionTermination)
@@ -365,7 +392,7 @@ impl HttpConnection {
             .unwrap_or(Cow::Borrowed(UNKNOWN));
         let entry = HttpEntry {
             start_time: exchange.start_time,
-            method: exchange.method.as_str(),
+            method: exchange.method.as_ref().map_or(UNPARSED, Method::as_str),
             path: &exchange.path,
             protocol: exchange.protocol,
             response_code: status,

@@ -52,14 +52,33 @@ where
     let limits = &proxy.http_limits;
     let watch = connection.memo.watch.clone();
     let connection_client = connection.client;
-    let io = Guarded::new(io, watch.clone(), proxy.metrics.clone(), limits);
+    let io = {
+        let connection = connection.clone();
+        Guarded::new(
+            io,
+            watch.clone(),
+            proxy.metrics.clone(),
+            limits,
+            Box::new(move |refusal, started| refuse_head(&connection, refusal, started)),
+        )
+    };
     let service = {
         let watch = watch.clone();
         hyper::service::service_fn(move |request| {
             // Counted here, as hyper takes the request: the head scanner waits for it.
             let in_flight = watch.dispatch();
             let connection = connection.clone();
-            async move { Ok::<_, Infallible>(handle(connection, request, in_flight).await) }
+            async move {
+                let watch = connection.memo.watch.clone();
+                let connect = request.method() == Method::CONNECT;
+                let response = handle(connection, request, in_flight).await;
+                // The guard holds what follows a head that may upgrade until this says.
+                let status = response.status();
+                watch.answered(
+                    status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()),
+                );
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let builder = builder(limits);
@@ -130,9 +149,17 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        // HPACK: the decoded header list, as the HTTP/1 head is bounded (h2 answers 431);
+        // HPACK: the decoded header list, as the HTTP/1 head is bounded. h2's own bound is
+        // a ceiling above the limit, which `check_request` enforces (431, counted, logged);
         // the dynamic table stays at h2's 4 KiB.
-        .max_header_list_size(u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(
+                limits
+                    .max_request_headers_bytes
+                    .saturating_mul(limits::H2_HEADER_LIST_CEILING),
+            )
+            .unwrap_or(u32::MAX),
+        )
         // Bursts of resets are h2's to stop; paced ones are counted per connection
         // ([`StreamWatch::reset`]).
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
@@ -157,17 +184,12 @@ async fn handle(
     let upgrade = (headers::wants_upgrade(request.headers())
         || request.method() == Method::CONNECT)
         .then(|| hyper::upgrade::on(&mut request));
-    if upgrade.is_some() {
-        // The bytes after an upgrade are the tunnel's, never a head.
-        connection.memo.watch.stop_scanning();
-    }
     let (mut parts, incoming) = request.into_parts();
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);
     exchange.hold_in_flight(in_flight);
     let limits = &connection.proxy.http_limits;
-    if let Some(refusal) = limits::check_request(limits, parts.version, &parts.uri, &parts.headers)
-    {
+    if let Some(refusal) = limits::check_request(limits, &parts) {
         let reply = refuse(&connection, &mut exchange, refusal);
         return exchange::track(reply.0, reply.1, exchange);
     }
@@ -266,6 +288,20 @@ fn refuse(connection: &HttpConnection, exchange: &mut Exchange, refusal: Refusal
         .headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     reply
+}
+
+/// Counts and logs a head the guard refused (and answered) before hyper parsed it: the
+/// same metric, flag and details as [`refuse`] gives a parsed request.
+fn refuse_head(connection: &Arc<HttpConnection>, refusal: Refusal, started: tokio::time::Instant) {
+    connection.proxy.metrics.limit_hit(refusal.limit());
+    let mut exchange = Exchange::unparsed(connection.clone(), started.into_std());
+    exchange.access_log = match &connection.side {
+        Side::Outbound { routes, .. } => routes.routes().mesh().access_log_on(),
+        Side::Inbound(_) => connection.proxy.access_log_on(),
+    };
+    exchange.flag(ResponseFlag::DownstreamProtocolError);
+    exchange.response_code_details = Some(refusal.details().to_owned());
+    exchange.record_answered(refusal.status().as_u16());
 }
 
 /// Runs `pipeline` until it answers, or until neither it nor the request body moved for

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::*;
 
@@ -137,16 +137,6 @@ fn every_refusal_has_a_status_a_label_and_a_response() {
 
 #[test]
 fn parsed_requests_are_checked_for_underscores_counts_and_host() {
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
     let strict = HttpLimits {
         reject_header_underscores: true,
         max_headers_count: 2,
@@ -221,10 +211,146 @@ fn parsed_requests_are_checked_for_underscores_counts_and_host() {
     ];
     for (limits, version, uri, pairs, expected) in cases {
         assert_eq!(
-            check_request(limits, *version, uri, &headers(pairs)),
+            check_request(limits, &parts(*version, uri, pairs)),
             *expected,
             "{version:?} {uri} {pairs:?}"
         );
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+fn parts(version: http::Version, uri: &http::Uri, pairs: &[(&str, &str)]) -> http::request::Parts {
+    let mut request = http::Request::get(uri.clone())
+        .version(version)
+        .body(())
+        .unwrap();
+    *request.headers_mut() = headers(pairs);
+    request.into_parts().0
+}
+
+#[test]
+fn an_h2_header_list_is_bounded_by_its_rfc_size_pseudo_headers_included() {
+    let limits = HttpLimits {
+        max_request_headers_bytes: 300,
+        ..HttpLimits::default()
+    };
+    let uri: http::Uri = "http://a.test/x".parse().unwrap();
+    // :method GET (42), :scheme http (43), :authority a.test (48), :path /x (39): 172.
+    let pseudo = 172;
+    let value = |len: usize| "v".repeat(len);
+    let cases: &[(http::Version, usize, Option<Refusal>)] = &[
+        // "x" + value + 32 brings the list to exactly the limit.
+        (http::Version::HTTP_2, 300 - pseudo - 33, None),
+        (
+            http::Version::HTTP_2,
+            300 - pseudo - 32,
+            Some(Refusal::HeaderListTooLarge),
+        ),
+        // HTTP/1's head is the head scanner's to measure.
+        (http::Version::HTTP_11, 300, None),
+    ];
+    for (version, len, expected) in cases {
+        let value = value(*len);
+        assert_eq!(
+            check_request(&limits, &parts(*version, &uri, &[("x", &value)])),
+            *expected,
+            "{version:?} {len}"
+        );
+    }
+}
+
+/// Frames as an h2 server writes them: 9-byte header, payload.
+fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, 0];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn server_frames_count_h2_refusals_however_the_writes_split_them() {
+    let rst = |code: u32| frame(0x3, 1, &code.to_be_bytes());
+    let goaway = |code: u32| {
+        let mut payload = 7u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(b"debug data");
+        frame(0x7, 0, &payload)
+    };
+    // A DATA frame whose payload looks like an RST_STREAM REFUSED_STREAM: never judged.
+    let data = frame(0x0, 1, &rst(0x7));
+    let settings = frame(0x4, 0, &[0, 3, 0, 0, 0, 100]);
+    let cases: Vec<(&str, Vec<u8>, Vec<H2Refusal>)> = vec![
+        (
+            "settings and data",
+            [settings.clone(), data.clone()].concat(),
+            vec![],
+        ),
+        ("refused stream", rst(0x7), vec![H2Refusal::RefusedStream]),
+        (
+            "protocol error",
+            rst(0x1),
+            vec![H2Refusal::StreamProtocolError],
+        ),
+        ("cancel is the server's own choice", rst(0x8), vec![]),
+        ("graceful goaway", goaway(0x0), vec![]),
+        (
+            "enhance your calm",
+            goaway(0xb),
+            vec![H2Refusal::EnhanceYourCalm],
+        ),
+        (
+            "goaway protocol error",
+            goaway(0x1),
+            vec![H2Refusal::ConnectionError],
+        ),
+        (
+            "a run of frames",
+            [
+                settings,
+                rst(0x7),
+                data,
+                rst(0x7),
+                frame(0x3, 3, &[0, 0]),
+                goaway(0xb),
+            ]
+            .concat(),
+            vec![
+                H2Refusal::RefusedStream,
+                H2Refusal::RefusedStream,
+                H2Refusal::EnhanceYourCalm,
+            ],
+        ),
+    ];
+    for (name, bytes, expected) in &cases {
+        // Whole, byte by byte, and split at every point.
+        let mut splits: Vec<Vec<&[u8]>> = vec![vec![bytes], bytes.chunks(1).collect()];
+        for at in 1..bytes.len() {
+            splits.push(vec![&bytes[..at], &bytes[at..]]);
+        }
+        for writes in splits {
+            let mut frames = ServerFrames::default();
+            let mut seen = Vec::new();
+            for write in &writes {
+                frames.feed(write, |refusal| seen.push(refusal));
+            }
+            assert_eq!(
+                &seen,
+                expected,
+                "{name}: writes of {:?}",
+                writes.iter().map(|w| w.len()).collect::<Vec<_>>()
+            );
+        }
     }
 }
 
@@ -306,4 +432,93 @@ async fn a_head_arriving_is_not_idle() {
             .idle_for()
             .is_some_and(|idle| idle >= Duration::from_secs(5))
     );
+}
+
+#[test]
+fn a_body_scanner_finds_where_the_body_ends_however_it_arrives() {
+    use BodyScan::{Done, Invalid, Partial};
+    let cases: &[(Framing, &[u8], BodyScan)] = &[
+        (Framing::Length(5), b"helloGET", Done(5)),
+        (Framing::Length(5), b"hell", Partial),
+        (Framing::Chunked, b"5\r\nhello\r\n0\r\n\r\nGET", Done(15)),
+        (Framing::Chunked, b"5;ext=1\r\nhello\r\n0\r\n\r\n", Done(21)),
+        (Framing::Chunked, b"5 \r\nhello\r\n0\r\n\r\n", Done(16)),
+        (Framing::Chunked, b"0\r\nx-t: 1\r\n\r\nGET", Done(13)),
+        (Framing::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n", Done(20)),
+        (Framing::Chunked, b"5\r\nhello\r\n", Partial),
+        (Framing::Chunked, b"zz\r\n", Invalid(1)),
+        (Framing::Chunked, b"5\nhello\r\n0\r\n\r\n", Invalid(2)),
+        (Framing::Chunked, b"5\r\nhelloX\r\n", Invalid(9)),
+        (Framing::Chunked, b"0\r\n\n", Invalid(4)),
+        (Framing::Chunked, b"\r\n", Invalid(1)),
+        (Framing::Chunked, b"00000000000000001\r\n", Invalid(17)),
+    ];
+    for (framing, bytes, expected) in cases {
+        let whole = BodyScanner::new(*framing).unwrap().feed(bytes);
+        assert_eq!(whole, *expected, "{}", String::from_utf8_lossy(bytes));
+        // Byte by byte: the same end at the same place.
+        let mut bytewise = BodyScanner::new(*framing).unwrap();
+        let mut last = Partial;
+        for (at, byte) in bytes.iter().enumerate() {
+            last = match bytewise.feed(std::slice::from_ref(byte)) {
+                Partial => Partial,
+                Done(n) => Done(at + n),
+                Invalid(n) => Invalid(at + n),
+            };
+            if last != Partial {
+                break;
+            }
+        }
+        assert_eq!(
+            last,
+            *expected,
+            "bytewise {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(BodyScanner::new(Framing::Length(0)).is_none());
+}
+
+#[test]
+fn a_complete_head_says_its_framing_and_whether_it_may_upgrade() {
+    let cases: &[(&[u8], Framing, bool)] = &[
+        (b"GET / HTTP/1.1\r\n\r\n", Framing::Length(0), false),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n",
+            Framing::Length(12),
+            false,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: +12\r\n\r\n",
+            Framing::Unknown,
+            false,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            Framing::Chunked,
+            false,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            Framing::Length(0),
+            true,
+        ),
+        (b"CONNECT a:443 HTTP/1.1\r\n\r\n", Framing::Length(0), true),
+    ];
+    for (head, framing, upgrade) in cases {
+        let mut scanner = HeadScanner::new(&limits());
+        assert_eq!(scanner.feed(head), Scan::Complete { h2: false });
+        assert_eq!(
+            scanner.framing(),
+            *framing,
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+        assert_eq!(
+            scanner.upgrade(),
+            *upgrade,
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
 }

@@ -1227,3 +1227,152 @@ async fn local_replies_to_grpc_requests_are_grpc_statuses() {
         Some(1)
     );
 }
+
+/// Writes `bytes` on a fresh connection to `serve` and reads until the proxy closes.
+async fn raw_exchange(harness: &Harness, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(serve(harness.connection.clone(), server));
+    // The proxy may close before taking it all (a refused head): fine.
+    let _ = client.write_all(bytes).await;
+    let mut read = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut read)).await;
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+#[tokio::test]
+async fn a_head_refused_before_parsing_is_counted_and_logged_as_envoy_would() {
+    let oversized = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024));
+    let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(61 * 1024));
+    let cases: [(&str, &[u8], u16, &str, &str); 3] = [
+        (
+            "oversized head",
+            oversized.as_bytes(),
+            431,
+            "request_headers_size",
+            "http1.headers_too_large",
+        ),
+        (
+            "request line too long",
+            long_line.as_bytes(),
+            414,
+            "request_line_size",
+            "http1.uri_too_long",
+        ),
+        (
+            "CL.TE",
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "request_framing",
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+    ];
+    for (name, bytes, status, limit, details) in cases {
+        let harness = harness(HttpDecision::Route(Arc::new(forward_to(HOST))), vec![]).await;
+        let answer = raw_exchange(&harness, bytes).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {answer}"
+        );
+        let line = &harness.test.log_lines(1).await[0];
+        for (field, want) in [
+            ("method", "-"),
+            ("path", "-"),
+            ("request_id", "-"),
+            ("protocol", "HTTP/1.1"),
+            ("response_flags", "DPE"),
+            ("response_code_details", details),
+        ] {
+            assert_eq!(line[field], want, "{name}: {field}: {line}");
+        }
+        assert_eq!(line["response_code"], status, "{name}: {line}");
+        assert_eq!(line["authority"], serde_json::Value::Null, "{name}: {line}");
+        assert_eq!(
+            harness
+                .test
+                .metric("shunt_http_limit_rejections_total", &[("limit", limit)]),
+            Some(1),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pipelined_request_behind_a_good_one_gets_the_same_refusals() {
+    let first = "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ncontent-length: 5\r\n\r\nhello";
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: [(&str, String, u16, &str); 5] = [
+        (
+            "oversized",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
+        (
+            "too many headers",
+            format!("GET /second HTTP/1.1\r\n{many_headers}\r\n"),
+            431,
+            "too_many_headers",
+        ),
+        (
+            "CL.TE",
+            "POST /second HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n".to_owned(),
+            400,
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
+            "after a chunked body",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
+        // What follows a head that may upgrade waits for its answer: not upgraded, it is
+        // the next head, judged as any.
+        (
+            "after an upgrade not taken",
+            format!("GET /second HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(61 * 1024)),
+            431,
+            "http1.headers_too_large",
+        ),
+    ];
+    for (name, second, status, details) in cases {
+        let web = backend("web", 0).await;
+        let harness = harness(
+            HttpDecision::Route(Arc::new(forward_to(HOST))),
+            vec![cluster(HOST, &[web.addr])],
+        )
+        .await;
+        let first = match name {
+            "after a chunked body" => {
+                "POST /first HTTP/1.1\r\nhost: web.shop:80\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            }
+            "after an upgrade not taken" => {
+                "GET /first HTTP/1.1\r\nhost: web.shop:80\r\nupgrade: h2c\r\n\r\n"
+            }
+            _ => first,
+        };
+        let answer = raw_exchange(&harness, format!("{first}{second}").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{name}: {answer}");
+        let second_status = answer
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .map(|(at, _)| &answer[at..at + 12]);
+        assert_eq!(
+            second_status,
+            Some(format!("HTTP/1.1 {status}").as_str()),
+            "{name}: {answer}"
+        );
+        let seen = web.seen.lock().unwrap().len();
+        assert_eq!(seen, 1, "{name}: the backend saw only the first request");
+        let lines = harness.test.log_lines(2).await;
+        let refused = lines
+            .iter()
+            .find(|line| line["response_code"] == status)
+            .unwrap_or_else(|| panic!("{name}: {lines:?}"));
+        assert_eq!(refused["response_flags"], "DPE", "{name}: {refused}");
+        assert_eq!(
+            refused["response_code_details"], details,
+            "{name}: {refused}"
+        );
+    }
+}

@@ -8,7 +8,13 @@ use super::*;
 fn guarded(limits: &HttpLimits) -> (Guarded<DuplexStream>, DuplexStream, Arc<StreamWatch>) {
     let (server, client) = duplex(64 * 1024);
     let watch = Arc::new(StreamWatch::default());
-    let guarded = Guarded::new(server, watch.clone(), Arc::new(Metrics::new()), limits);
+    let guarded = Guarded::new(
+        server,
+        watch.clone(),
+        Arc::new(Metrics::new()),
+        limits,
+        Box::new(|_, _| {}),
+    );
     (guarded, client, watch)
 }
 
@@ -94,4 +100,36 @@ async fn a_slow_head_gets_408_at_its_deadline_and_an_idle_connection_none() {
     assert!(ended.is_err_and(|e| e.contains("request_header_timeout")));
     let answer = answer(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+}
+
+#[tokio::test]
+async fn an_h2_servers_refusal_frames_are_counted_even_split_across_writes() {
+    let (server, mut client) = duplex(64 * 1024);
+    let metrics = Arc::new(Metrics::new());
+    let mut guarded = Guarded::new(
+        server,
+        Arc::new(StreamWatch::default()),
+        metrics.clone(),
+        &HttpLimits::default(),
+        Box::new(|_, _| {}),
+    );
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = vec![0; 24];
+    guarded.read_exact(&mut seen).await.unwrap();
+    // SETTINGS, then RST_STREAM(REFUSED_STREAM) on stream 201 cut in two writes.
+    let rst = [0, 0, 4, 3, 0, 0, 0, 0, 201, 0, 0, 0, 7];
+    guarded
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    guarded.write_all(&rst[..5]).await.unwrap();
+    guarded.write_all(&rst[5..]).await.unwrap();
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"shunt_http_limit_rejections_total{limit="max_concurrent_streams"} 1"#),
+        "{text}"
+    );
 }
