@@ -28,6 +28,10 @@ mod pool;
 mod tls;
 pub mod transport;
 
+// Gateway tests' clients accept any server certificate, as `insecureSkipVerify` does.
+#[cfg(test)]
+pub(crate) use self::tls::SkipVerify;
+
 use shunt_mesh::ids::EndpointAddr;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;

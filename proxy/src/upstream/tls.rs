@@ -727,8 +727,8 @@ impl ServerCertVerifier for SanVerifier {
 /// `insecureSkipVerify: true`: any certificate is accepted. The handshake's signatures are
 /// still checked, so the server holds the key of the certificate it sent, whatever that is.
 #[derive(Debug)]
-struct SkipVerify {
-    provider: Arc<CryptoProvider>,
+pub(crate) struct SkipVerify {
+    pub(crate) provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for SkipVerify {

@@ -740,6 +740,14 @@ impl Routes for RouteTable {
     }
 }
 
+/// A gateway server in scope with one of its hosts, and how specifically that host names the
+/// request's (0 where no host is matched).
+type RankedServer<'a> = (
+    usize,
+    &'a Arc<crate::gateway::GatewayServer>,
+    &'a crate::gateway::ServerHost,
+);
+
 /// Gateway lookups: a gateway port's target, and its requests and connections routed by the
 /// VirtualServices bound to the port's Gateways.
 impl RouteTable {
@@ -792,21 +800,18 @@ impl RouteTable {
         refs
     }
 
-    /// The servers of `target` in scope, each with how specifically one of its hosts names
-    /// `host` (best first); a server whose hosts do not name it is out.
-    fn gateway_servers<'a>(
-        target: &'a GatewayTarget,
-        host: &str,
-    ) -> Vec<(
-        usize,
-        &'a Arc<crate::gateway::GatewayServer>,
-        &'a crate::gateway::ServerHost,
-    )> {
-        let servers: Vec<&Arc<crate::gateway::GatewayServer>> = match &target.server {
+    /// The servers of `target` in scope: the one the target names, or all on its port.
+    fn target_servers(target: &GatewayTarget) -> Vec<&Arc<crate::gateway::GatewayServer>> {
+        match &target.server {
             Some(server) => vec![server],
             None => target.port.servers.iter().collect(),
-        };
-        let mut ranked: Vec<_> = servers
+        }
+    }
+
+    /// The servers of `target` in scope, each with how specifically one of its hosts names
+    /// `host` (best first); a server whose hosts do not name it is out.
+    fn gateway_servers<'a>(target: &'a GatewayTarget, host: &str) -> Vec<RankedServer<'a>> {
+        let mut ranked: Vec<_> = Self::target_servers(target)
             .into_iter()
             .filter_map(|server| {
                 server
@@ -821,19 +826,12 @@ impl RouteTable {
         ranked
     }
 
-    /// The VirtualServices bound to the servers' Gateways that may serve `host` (each server
-    /// host's namespace restriction applied), the most specific host pattern winning, as
-    /// [`Self::virtual_services_for`] picks them for the mesh.
-    fn gateway_virtual_services_for(
+    /// The VirtualServices bound to the servers' Gateways, each server host's namespace
+    /// restriction applied, once each, in the servers' order.
+    fn gateway_candidates(
         &self,
-        servers: &[(
-            usize,
-            &Arc<crate::gateway::GatewayServer>,
-            &crate::gateway::ServerHost,
-        )],
-        host: &str,
+        servers: &[RankedServer<'_>],
     ) -> Vec<&Arc<CompiledVirtualService>> {
-        let host = Host(host.into());
         let mut candidates: Vec<&Arc<CompiledVirtualService>> = Vec::new();
         for (_, server, server_host) in servers {
             let key = (
@@ -855,10 +853,22 @@ impl RouteTable {
                 }
             }
         }
+        candidates
+    }
+
+    /// The VirtualServices bound to the servers' Gateways that may serve `host` (each server
+    /// host's namespace restriction applied), the most specific host pattern winning, as
+    /// [`Self::virtual_services_for`] picks them for the mesh.
+    fn gateway_virtual_services_for(
+        &self,
+        servers: &[RankedServer<'_>],
+        host: &str,
+    ) -> Vec<&Arc<CompiledVirtualService>> {
+        let candidates = self.gateway_candidates(servers);
         let rank = |vs: &CompiledVirtualService| {
             vs.hosts
                 .iter()
-                .filter_map(|p| crate::gateway::host_rank(&p.0, &host.0))
+                .filter_map(|p| crate::gateway::host_rank(&p.0, host))
                 .max()
         };
         let Some(best) = candidates.iter().filter_map(|vs| rank(vs)).max() else {
@@ -923,16 +933,10 @@ impl RouteTable {
         // A TCP server has no host to match but `*` (or its hosts, for the Gateway's scope).
         let servers = match &host {
             Some(host) => Self::gateway_servers(target, host),
-            None => {
-                let servers: Vec<&Arc<crate::gateway::GatewayServer>> = match &target.server {
-                    Some(server) => vec![server],
-                    None => target.port.servers.iter().collect(),
-                };
-                servers
-                    .into_iter()
-                    .flat_map(|s| s.hosts.iter().map(move |h| (0, s, h)))
-                    .collect()
-            }
+            None => Self::target_servers(target)
+                .into_iter()
+                .flat_map(|s| s.hosts.iter().map(move |h| (0, s, h)))
+                .collect(),
         };
         let passthrough = target.server.as_ref().is_some_and(|s| {
             matches!(
@@ -942,30 +946,7 @@ impl RouteTable {
         });
         let candidates: Vec<&Arc<CompiledVirtualService>> = match &host {
             Some(host) => self.gateway_virtual_services_for(&servers, host),
-            None => {
-                let mut all: Vec<&Arc<CompiledVirtualService>> = Vec::new();
-                for (_, server, server_host) in &servers {
-                    let key = (
-                        server.gateway.namespace.clone(),
-                        server.gateway.name.clone(),
-                    );
-                    for vs in self
-                        .gateway_virtual_services
-                        .get(&key)
-                        .into_iter()
-                        .flatten()
-                    {
-                        let allowed = server_host
-                            .namespace
-                            .as_deref()
-                            .is_none_or(|ns| *vs.object.namespace == *ns);
-                        if allowed && !all.iter().any(|c| Arc::ptr_eq(c, vs)) {
-                            all.push(vs);
-                        }
-                    }
-                }
-                all
-            }
+            None => self.gateway_candidates(&servers),
         };
         let dst_ip = target.workload.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         for vs in candidates {

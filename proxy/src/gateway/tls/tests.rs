@@ -7,7 +7,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{CipherSuite, ClientConfig, ProtocolVersion};
@@ -19,6 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::*;
+use crate::upstream::SkipVerify;
 
 static TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
@@ -812,61 +812,15 @@ async fn certificate_files_are_read_and_re_read_when_replaced() {
     open.exchange().await;
 }
 
-/// Accepts any server certificate: the cases below test the server's refusals.
-#[derive(Debug)]
-struct AnyServer(CryptoProvider);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn any_server_client(cert: Option<(Vec<CertificateDer<'static>>, String)>) -> ClientConfig {
     let builder = ClientConfig::builder_with_provider(Arc::new(ring()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(ring())));
+        // Any server certificate: the cases below test the server's refusals.
+        .with_custom_certificate_verifier(Arc::new(SkipVerify {
+            provider: Arc::new(ring()),
+        }));
     let mut config = match cert {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder
