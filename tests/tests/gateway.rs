@@ -948,6 +948,41 @@ fn the_gateways_own_policies_check_jwts_and_client_addresses_behind_a_trusted_ho
         }
     }
     edge.assert_config_accepted();
+
+    // An invalid numTrustedProxies fails closed: the client's address is unknown, so a
+    // DENY by remote address denies everyone (never judging the balancer's address), and
+    // the ConfigMap's field is reported.
+    let mut objects = web.to_vec();
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": ISTIO_SYSTEM},
+        "data": {"mesh": "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: -1\n"},
+    }));
+    objects.push(security_object(
+        "AuthorizationPolicy",
+        "deny-blocked",
+        json!({"selector": selector, "action": "DENY",
+               "rules": [{"from": [{"source": {"remoteIpBlocks": ["192.0.2.0/24"]}}]}]}),
+    ));
+    edge.rewrite(&objects);
+    // The office was let in until now: its 403 says the new config applies.
+    edge.expect_status(&["-H", "x-forwarded-for: 203.0.113.7"], 403);
+    for header in [
+        "x-forwarded-for: 198.51.100.9",
+        "x-forwarded-for: 192.0.2.1, 203.0.113.7",
+    ] {
+        let got = edge.curl(&[("labo.local", 80)], &["-H", header], "http://labo.local/");
+        assert_eq!(got.status, 403, "{header}: {got:?}");
+    }
+    let got = edge.curl(&[("labo.local", 80)], &[], "http://labo.local/");
+    assert_eq!(got.status, 403, "no X-Forwarded-For: {got:?}");
+    let loaded = edge.node.admin().config().or_panic("GET /config");
+    let errors = loaded["errors"].to_string();
+    assert!(
+        errors.contains("ConfigMap istio-system/istio")
+            && errors.contains("data.mesh.defaultConfig.gatewayTopology.numTrustedProxies"),
+        "{errors}"
+    );
 }
 
 #[test]

@@ -185,7 +185,7 @@ fn explain_authz(
     request: &shunt_mesh::routing::explain::ExplainRequest,
     explanation: &shunt_mesh::routing::explain::Explanation,
 ) -> Result<Vec<explain::AuthzExplanation>, Failure> {
-    use shunt_mesh::security::authz::{Facts, HttpFacts};
+    use shunt_mesh::security::authz::{Facts, HttpFacts, RemoteIp};
     use shunt_mesh::security::{AuthzTable, RequestAuth};
     use shunt_mesh::spiffe::SpiffeId;
     let bad = |message: String| Failure::new(StatusCode::BAD_REQUEST, message);
@@ -274,7 +274,7 @@ fn explain_authz(
                 method: &method,
                 path,
                 headers: &headers,
-                remote_ip: source.ip,
+                remote_ip: source.ip.map_or(RemoteIp::Peer, RemoteIp::Addr),
                 auth: auth.as_ref(),
             }),
         };

@@ -194,7 +194,7 @@ status: {podIP: 10.244.0.23}
                 method: "GET",
                 path,
                 headers: &headers,
-                remote_ip: None,
+                remote_ip: shunt_mesh::security::authz::RemoteIp::Peer,
                 auth: None,
             }),
         };

@@ -1,6 +1,7 @@
 //! The config as the proxy sees it: `shunt_mesh::model::MeshState`.
 
 use shunt_mesh::model as mesh;
+use shunt_mesh::settings::TrustedProxies;
 
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
 use shunt_api::k8s::{self as kinds, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
@@ -41,8 +42,12 @@ pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
         )
         .unwrap_or_default(),
         node: Some(node.to_owned()),
-        // A bad annotation is reported with the pod's plan, and counts as unset.
-        num_trusted_proxies: num_trusted_proxies(pod).ok().flatten(),
+        // A bad annotation is reported with the pod's plan, and fails closed: the client's
+        // address is unknown to remote-IP conditions, never the load balancer's.
+        num_trusted_proxies: match num_trusted_proxies(pod) {
+            Ok(hops) => hops.map(TrustedProxies::Hops),
+            Err(_) => Some(TrustedProxies::Invalid),
+        },
     }
 }
 
@@ -56,12 +61,17 @@ pub fn num_trusted_proxies(pod: &Pod) -> Result<Option<u32>, String> {
         return Ok(None);
     };
     let config: shunt_mesh::istio::ProxyConfigDefaults =
-        serde_yaml::from_str(text).map_err(|e| format!("not a ProxyConfig (YAML or JSON): {e}"))?;
+        serde_yaml::from_str(text).map_err(|e| {
+            format!(
+                "not a ProxyConfig (YAML or JSON): {e}; until it is fixed the gateway's client \
+             address is unknown and remote-IP conditions fail closed"
+            )
+        })?;
     match config.gateway_topology.and_then(|t| t.num_trusted_proxies) {
         None => Ok(None),
-        Some(n) => u32::try_from(n)
+        Some(value) => TrustedProxies::parse(&value)
             .map(Some)
-            .map_err(|_| format!("gatewayTopology.numTrustedProxies: expected 0 or more, got {n}")),
+            .map_err(|message| format!("gatewayTopology.numTrustedProxies: {message}")),
     }
 }
 
@@ -236,7 +246,7 @@ spec:
     fn the_proxy_config_annotation_gives_a_gateways_trusted_hops() {
         /// (annotation, trusted hops or a part of the error)
         type Case<'a> = (Option<&'a str>, Result<Option<u32>, &'a str>);
-        let cases: [Case<'_>; 5] = [
+        let cases: [Case<'_>; 9] = [
             (None, Ok(None)),
             (Some("gatewayTopology: {numTrustedProxies: 2}"), Ok(Some(2))),
             (
@@ -246,7 +256,23 @@ spec:
             (Some("concurrency: 2"), Ok(None)),
             (
                 Some("gatewayTopology: {numTrustedProxies: -1}"),
-                Err("expected 0 or more"),
+                Err("numTrustedProxies: expected a number of hops 0-64, got -1"),
+            ),
+            (
+                Some("gatewayTopology: {numTrustedProxies: 65}"),
+                Err("got 65"),
+            ),
+            (
+                Some("gatewayTopology: {numTrustedProxies: two}"),
+                Err("got \"two\""),
+            ),
+            (
+                Some(r#"{"gatewayTopology": {"numTrustedProxies": "2"}}"#),
+                Err("got \"2\""),
+            ),
+            (
+                Some("gatewayTopology: [numTrustedProxies"),
+                Err("not a ProxyConfig"),
             ),
         ];
         for (annotation, want) in cases {
@@ -256,9 +282,17 @@ spec:
                     .annotations
                     .insert(PROXY_CONFIG_ANNOTATION.into(), text.into());
             }
+            // What the workload carries: the hops, or invalid (failing closed).
+            let applied = workload(&pod, true, "node").num_trusted_proxies;
             match (num_trusted_proxies(&pod), want) {
-                (Ok(got), Ok(want)) => assert_eq!(got, want, "{annotation:?}"),
-                (Err(got), Err(want)) => assert!(got.contains(want), "{annotation:?}: {got}"),
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got, want, "{annotation:?}");
+                    assert_eq!(applied, want.map(TrustedProxies::Hops), "{annotation:?}");
+                }
+                (Err(got), Err(want)) => {
+                    assert!(got.contains(want), "{annotation:?}: {got}");
+                    assert_eq!(applied, Some(TrustedProxies::Invalid), "{annotation:?}");
+                }
                 (got, want) => panic!("{annotation:?}: {got:?}, wanted {want:?}"),
             }
         }

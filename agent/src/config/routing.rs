@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
 use shunt_mesh::model::MeshState;
 use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
+use shunt_mesh::settings::TrustedProxies;
 
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::NodeName;
@@ -373,6 +374,21 @@ fn drop_nulls(value: &mut serde_json::Value) {
 }
 
 /// `data.mesh` of the ConfigMap `istio-system/istio`, if there is one.
+/// `numTrustedProxies` of a mesh config that is not a MeshConfig: read from the YAML if it
+/// is YAML (its own problem is reported with the document's); not even YAML, it cannot be
+/// known, and fails closed.
+fn unparsed_trusted_proxies(text: &str) -> TrustedProxies {
+    match serde_yaml::from_str::<serde_json::Value>(text) {
+        Err(_) => TrustedProxies::Invalid,
+        Ok(mesh) => match mesh.pointer("/defaultConfig/gatewayTopology/numTrustedProxies") {
+            None => TrustedProxies::default(),
+            Some(value) => {
+                TrustedProxies::parse(value).map_or(TrustedProxies::Invalid, TrustedProxies::Hops)
+            }
+        },
+    }
+}
+
 fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
     let (namespace, name) = MESH_CONFIG_MAP;
     let Some(sourced) = config
@@ -396,7 +412,11 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
                 "data.mesh".into(),
                 "expected a string holding MeshConfig YAML".into(),
             ));
-            return MeshSettings::default();
+            // Its numTrustedProxies cannot be known: remote-IP conditions fail closed.
+            return MeshSettings {
+                num_trusted_proxies: TrustedProxies::Invalid,
+                ..MeshSettings::default()
+            };
         }
     };
     let mut ignored = Vec::new();
@@ -420,14 +440,21 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
     }
     match parsed {
         Ok(mesh) => {
-            let settings = routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
-                errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| error(field, message)),
-                );
-                MeshSettings::default()
-            });
+            let mut settings =
+                routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
+                    errors.extend(
+                        problems
+                            .into_iter()
+                            .map(|(field, message)| error(field, message)),
+                    );
+                    MeshSettings::default()
+                });
+            // Kept whatever else is wrong, so that a bad value fails closed everywhere.
+            let (hops, problem) = routing::trusted_proxies(&mesh);
+            settings.num_trusted_proxies = hops;
+            if let Some((field, message)) = problem {
+                errors.push(error(format!("data.mesh.{field}"), message));
+            }
             // Rejected extension providers stay in the settings (CUSTOM policies naming them
             // deny); each is reported here.
             errors.extend(
@@ -446,7 +473,10 @@ fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
                 format!("data.mesh.{path}")
             };
             errors.push(error(field, e.inner().to_string()));
-            MeshSettings::default()
+            MeshSettings {
+                num_trusted_proxies: unparsed_trusted_proxies(text),
+                ..MeshSettings::default()
+            }
         }
     }
 }

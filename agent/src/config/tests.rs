@@ -582,7 +582,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             root_namespace: "mesh-root".into(),
             extension_providers: Default::default(),
             path_normalization: shunt_mesh::http_path::PathNormalization::Base,
-            num_trusted_proxies: 0,
+            num_trusted_proxies: shunt_mesh::settings::TrustedProxies::Hops(0),
             ingress_class: "istio".into(),
             ingress_selector: "ingressgateway".into(),
         }

@@ -103,7 +103,7 @@ pub struct Workload {
     /// The pod's `proxy.istio.io/config` `gatewayTopology.numTrustedProxies`: for a gateway
     /// pod, wins over MeshConfig's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_trusted_proxies: Option<u32>,
+    pub num_trusted_proxies: Option<crate::settings::TrustedProxies>,
 }
 
 impl Workload {

@@ -59,7 +59,7 @@ pub struct MeshSettings {
     /// `defaultConfig.gatewayTopology.numTrustedProxies`: how many `X-Forwarded-For` hops a
     /// gateway trusts when it works out the client's address; 0 by default.
     #[serde(default)]
-    pub num_trusted_proxies: u32,
+    pub num_trusted_proxies: TrustedProxies,
     /// `ingressClass`: the Ingress class the mesh serves; `istio` by default.
     #[serde(default = "default_ingress_class")]
     pub ingress_class: String,
@@ -87,7 +87,7 @@ impl Default for MeshSettings {
             root_namespace: default_root_namespace(),
             extension_providers: crate::ext_authz::ExtensionProviders::default(),
             path_normalization: PathNormalization::default(),
-            num_trusted_proxies: 0,
+            num_trusted_proxies: TrustedProxies::default(),
             ingress_class: default_ingress_class(),
             ingress_selector: default_ingress_selector(),
         }
@@ -147,5 +147,42 @@ mod opt_millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// `gatewayTopology.numTrustedProxies` as applied (MeshConfig's or a gateway pod's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TrustedProxies {
+    /// How many `X-Forwarded-For` hops are trusted.
+    Hops(u32),
+    /// The value was invalid (reported where it was loaded): the client's address cannot be
+    /// known, so remote-IP conditions fail closed rather than read the load balancer's.
+    Invalid,
+}
+
+impl Default for TrustedProxies {
+    fn default() -> Self {
+        Self::Hops(0)
+    }
+}
+
+impl TrustedProxies {
+    /// The most hops shunt accepts; more is surely a mistake.
+    pub const MAX: u32 = 64;
+
+    /// `numTrustedProxies` as written (any YAML/JSON value): `Err` says what is wrong, and
+    /// the caller applies [`Self::Invalid`].
+    pub fn parse(value: &serde_json::Value) -> Result<u32, String> {
+        value
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n <= Self::MAX)
+            .ok_or_else(|| {
+                format!(
+                    "expected a number of hops 0-{}, got {value}: until it is fixed the \
+                     client address is unknown and remote-IP conditions fail closed",
+                    Self::MAX
+                )
+            })
     }
 }

@@ -41,6 +41,8 @@ use shunt_mesh::routing::{
     Cluster, HttpAction, HttpDecision, HttpRoute, OutboundTarget, PortProtocol, RequestFacts,
     Routes, WeightedDestination,
 };
+use shunt_mesh::security::authz::RemoteIp;
+use shunt_mesh::settings::TrustedProxies;
 
 /// The outbound request phases, named after the Envoy filter (or router step) that does the
 /// same. [`Phase::OUTBOUND`] is their order.
@@ -294,23 +296,26 @@ impl HttpConnection {
     /// At a gateway, the client `remoteIpBlocks` sees, from `X-Forwarded-For` and the hops
     /// MeshConfig `gatewayTopology.numTrustedProxies` trusts; and the headers Envoy's
     /// gateway sets: the peer appended to `X-Forwarded-For`, `x-envoy-external-address`.
-    fn gateway_client(
-        &self,
-        parts: &mut http::request::Parts,
-        routes: &dyn Routes,
-    ) -> Option<Ipv4Addr> {
+    fn gateway_client(&self, parts: &mut http::request::Parts, routes: &dyn Routes) -> RemoteIp {
+        let trusted = self
+            .source
+            .as_ref()
+            .and_then(|gateway| gateway.num_trusted_proxies)
+            .unwrap_or(routes.mesh().num_trusted_proxies);
         let config = super::forwarded::ForwardedConfig {
             use_remote_address: true,
-            num_trusted_hops: self
-                .source
-                .as_ref()
-                .and_then(|gateway| gateway.num_trusted_proxies)
-                .unwrap_or(routes.mesh().num_trusted_proxies),
+            // An invalid value still appends the peer; the client found is not used.
+            num_trusted_hops: match trusted {
+                TrustedProxies::Hops(hops) => hops,
+                TrustedProxies::Invalid => 0,
+            },
         };
         let client = super::forwarded::apply(&mut parts.headers, self.client.0.ip(), config);
-        match client.client {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            std::net::IpAddr::V6(_) => None,
+        match (trusted, client.client) {
+            // Never the load balancer's address in the client's place: fail closed.
+            (TrustedProxies::Invalid, _) => RemoteIp::Unknown,
+            (TrustedProxies::Hops(_), std::net::IpAddr::V4(ip)) => RemoteIp::Addr(ip),
+            (TrustedProxies::Hops(_), std::net::IpAddr::V6(_)) => RemoteIp::Peer,
         }
     }
 
@@ -529,7 +534,10 @@ impl HttpConnection {
         exchange: &mut Exchange,
     ) -> Reply {
         let mut parts = parts;
-        let allowed = match self.security_phases(app, &mut parts, None, exchange).await {
+        let allowed = match self
+            .security_phases(app, &mut parts, RemoteIp::Peer, exchange)
+            .await
+        {
             Ok(allowed) => allowed,
             Err(reply) => return *reply,
         };
@@ -548,7 +556,7 @@ impl HttpConnection {
         &self,
         app: &InboundApp,
         parts: &mut http::request::Parts,
-        remote_ip: Option<std::net::Ipv4Addr>,
+        remote_ip: RemoteIp,
         exchange: &mut Exchange,
     ) -> Result<Vec<crate::ext_authz::Allowed>, Box<Reply>> {
         let auth = match security::authenticate(self, app, parts, exchange).await {

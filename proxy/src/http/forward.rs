@@ -297,7 +297,14 @@ impl HttpConnection {
         };
         // A pod with CUSTOM policies is never delivered to from here (`LocalPods::target`):
         // its checks need its own inbound pass.
-        let decision = super::security::authorize(&side, app, request, None, None, exchange)?;
+        let decision = super::security::authorize(
+            &side,
+            app,
+            request,
+            None,
+            shunt_mesh::security::authz::RemoteIp::Peer,
+            exchange,
+        )?;
         if decision.allowed {
             return None;
         }

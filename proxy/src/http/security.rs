@@ -60,7 +60,7 @@ pub(super) fn authorize(
     app: &InboundApp,
     request: &http::request::Parts,
     auth: Option<&shunt_mesh::security::RequestAuth>,
-    remote_ip: Option<Ipv4Addr>,
+    remote_ip: shunt_mesh::security::authz::RemoteIp,
     exchange: &mut Exchange,
 ) -> Option<shunt_mesh::security::authz::Decision> {
     let destination = app.workload.as_deref()?;
@@ -77,8 +77,8 @@ pub(super) fn authorize(
         path,
         headers: &request.headers,
         // No trusted hops on a sidecar's inbound (`numTrustedProxies` 0): the client is the
-        // direct peer. A gateway passes the client its trusted hops name.
-        remote_ip: Some(remote_ip.unwrap_or(source_ip)),
+        // direct peer. A gateway passes the client its trusted hops name, or unknown.
+        remote_ip,
         auth,
     };
     let index = connection.proxy.state.load();

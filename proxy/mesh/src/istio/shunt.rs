@@ -74,8 +74,9 @@ pub struct ProxyConfigDefaults {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase")]
 pub struct GatewayTopology {
-    /// `numTrustedProxies`: the `X-Forwarded-For` hops a gateway trusts.
-    pub num_trusted_proxies: Option<i64>,
+    /// `numTrustedProxies`: the `X-Forwarded-For` hops a gateway trusts. Any value, so that
+    /// a wrong one is refused by field (and fails closed) rather than failing the document.
+    pub num_trusted_proxies: Option<serde_json::Value>,
 }
 
 /// `pathNormalization` of MeshConfig.

@@ -16,7 +16,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{RouteTable, mesh_settings};
+pub use compile::{RouteTable, mesh_settings, trusted_proxies};
 pub use convert::{
     Visibility, declared_protocol, default_retry_policy, grpc_status_name, service_port_protocol,
 };

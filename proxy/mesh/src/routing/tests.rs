@@ -1869,6 +1869,34 @@ fn access_log_file_turns_the_access_log_on_and_off() {
     }
 }
 
+#[test]
+fn num_trusted_proxies_that_is_invalid_fails_closed() {
+    use crate::settings::TrustedProxies;
+    let hops = |n: serde_json::Value| json!({"defaultConfig": {"gatewayTopology": {"numTrustedProxies": n}}});
+    let cases = [
+        (json!({}), TrustedProxies::Hops(0)),
+        (hops(json!(2)), TrustedProxies::Hops(2)),
+        (hops(json!(64)), TrustedProxies::Hops(64)),
+        (hops(json!(-1)), TrustedProxies::Invalid),
+        (hops(json!(65)), TrustedProxies::Invalid),
+        (hops(json!("two")), TrustedProxies::Invalid),
+        (hops(json!(1.5)), TrustedProxies::Invalid),
+    ];
+    for (text, want) in cases {
+        let config: crate::istio::MeshConfig = serde_json::from_value(text.clone()).unwrap();
+        let (got, problem) = crate::routing::trusted_proxies(&config);
+        assert_eq!(got, want, "{text}");
+        assert_eq!(problem.is_some(), want == TrustedProxies::Invalid, "{text}");
+        if let Some((field, message)) = problem {
+            assert_eq!(field, "defaultConfig.gatewayTopology.numTrustedProxies");
+            assert!(message.contains("fail closed"), "{message}");
+        }
+        // The rest of the mesh config still applies, with the value as found.
+        let settings = crate::routing::mesh_settings(&config, "data.mesh").unwrap();
+        assert_eq!(settings.num_trusted_proxies, want, "{text}");
+    }
+}
+
 /// What the legacy round-robin router's readiness test checked, on the route table the data
 /// path uses: a pod that is not ready is no endpoint of its Service's clusters, and a
 /// readiness change takes it in or out with the next state.

@@ -5,7 +5,7 @@ use crate::istio;
 use crate::routing::convert::{self, Problems};
 use crate::settings::{
     AccessLogOutput, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, MeshSettings,
-    OutboundTrafficPolicy,
+    OutboundTrafficPolicy, TrustedProxies,
 };
 
 /// Istio's MeshConfig as [`MeshSettings`]; `field` prefixes the paths in errors (e.g.
@@ -96,24 +96,9 @@ pub fn mesh_settings(
             PathNormalization::default()
         }),
     };
-    let num_trusted_proxies = match config
-        .default_config
-        .as_ref()
-        .and_then(|d| d.gateway_topology.as_ref())
-        .and_then(|t| t.num_trusted_proxies)
-    {
-        None => 0,
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| *n <= 64)
-            .unwrap_or_else(|| {
-                p.add(
-                    format!("{field}.defaultConfig.gatewayTopology.numTrustedProxies"),
-                    format!("expected a number of hops 0-64, got {n}"),
-                );
-                0
-            }),
-    };
+    // Reported apart, like the providers: an invalid value costs only remote-IP conditions,
+    // which then fail closed; not the whole mesh config.
+    let num_trusted_proxies = trusted_proxies(config).0;
     if p.is_empty() {
         Ok(MeshSettings {
             num_trusted_proxies,
@@ -135,6 +120,29 @@ pub fn mesh_settings(
         })
     } else {
         Err(p.list)
+    }
+}
+
+/// MeshConfig's `defaultConfig.gatewayTopology.numTrustedProxies` as applied, and what is
+/// wrong with it (the field below `defaultConfig`, the message).
+#[must_use]
+pub fn trusted_proxies(
+    config: &istio::MeshConfig,
+) -> (TrustedProxies, Option<(&'static str, String)>) {
+    match config
+        .default_config
+        .as_ref()
+        .and_then(|d| d.gateway_topology.as_ref())
+        .and_then(|t| t.num_trusted_proxies.as_ref())
+    {
+        None => (TrustedProxies::default(), None),
+        Some(value) => match TrustedProxies::parse(value) {
+            Ok(hops) => (TrustedProxies::Hops(hops), None),
+            Err(message) => (
+                TrustedProxies::Invalid,
+                Some(("defaultConfig.gatewayTopology.numTrustedProxies", message)),
+            ),
+        },
     }
 }
 

@@ -38,7 +38,7 @@ use compiled::{merge_key, merge_order};
 
 pub use compiled::RouteTable;
 pub(in crate::routing) use compiled::*;
-pub use mesh_config::mesh_settings;
+pub use mesh_config::{mesh_settings, trusted_proxies};
 pub(in crate::routing) use virtual_service::default_route;
 
 impl RouteTable {

@@ -55,15 +55,17 @@ impl Policy {
         if self.fail_closed {
             return Some(None);
         }
+        // As the TCP rewriting: what cannot be known widens a DENY, and fails an ALLOW.
+        let widen = self.action != AuthzAction::Allow;
         if tcp {
             self.tcp_rules
                 .iter()
-                .find(|(_, rule)| rule.matches(ctx))
+                .find(|(_, rule)| rule.matches(ctx, widen))
                 .map(|(index, _)| Some(*index))
         } else {
             self.rules
                 .iter()
-                .position(|rule| rule.matches(ctx))
+                .position(|rule| rule.matches(ctx, widen))
                 .map(Some)
         }
     }

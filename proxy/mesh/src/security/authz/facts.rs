@@ -34,12 +34,24 @@ pub struct HttpFacts<'a> {
     /// The request's headers (`request.headers[...]`); every value of a repeated header is
     /// checked.
     pub headers: &'a http::HeaderMap,
-    /// The client's address from `X-Forwarded-For` (the integrator decides the hops);
-    /// `None`: the direct peer's, as Envoy's remote address falls back to it.
-    pub remote_ip: Option<Ipv4Addr>,
+    /// The client's address from `X-Forwarded-For` (the integrator decides the hops).
+    pub remote_ip: RemoteIp,
     /// The validated JWT, if the request carried one (`requestPrincipals`,
     /// `request.auth.*`).
     pub auth: Option<&'a RequestAuth>,
 }
 
 pub use crate::security::RequestAuth;
+
+/// The client address `remoteIpBlocks` and `remote.ip` read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteIp {
+    /// The direct peer's, as Envoy's remote address falls back to it.
+    Peer,
+    /// Found from `X-Forwarded-For` and the trusted hops.
+    Addr(Ipv4Addr),
+    /// Cannot be known (the gateway's `numTrustedProxies` is invalid): a remote-IP field
+    /// fails closed, as the TCP rewriting treats an HTTP-only one: it holds in a DENY (AUDIT,
+    /// CUSTOM) rule, whether negated or not, and never in an ALLOW rule.
+    Unknown,
+}

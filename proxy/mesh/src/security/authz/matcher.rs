@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use http::HeaderName;
 use regex::Regex;
 
-use super::facts::{Facts, HttpFacts};
+use super::facts::{Facts, HttpFacts, RemoteIp};
 
 /// Istio's string match: `abc` exact, `abc*` prefix (`abc` itself included), `*abc` suffix,
 /// `*` present and non-empty.
@@ -329,7 +329,11 @@ impl Test {
                 .sni
                 .is_some_and(|sni| patterns.iter().any(|m| m.matches(sni))),
             Self::RemoteIp(blocks) => ctx.http().is_some_and(|http| {
-                let ip = http.remote_ip.unwrap_or(facts.source_ip);
+                let ip = match http.remote_ip {
+                    RemoteIp::Addr(ip) => ip,
+                    // `Field::holds` answers for an unknown address before asking here.
+                    RemoteIp::Peer | RemoteIp::Unknown => facts.source_ip,
+                };
                 blocks.iter().any(|b| b.contains(ip))
             }),
             Self::RequestPrincipal(patterns) => {
@@ -402,7 +406,16 @@ pub(super) struct Field {
 }
 
 impl Field {
-    fn holds(&self, ctx: &Ctx<'_>) -> bool {
+    /// `widen`: the rule is a DENY (AUDIT, CUSTOM) one, where a fact that cannot be known
+    /// (an unknown remote address) makes the field hold; in an ALLOW rule it never does.
+    fn holds(&self, ctx: &Ctx<'_>, widen: bool) -> bool {
+        let unknown = matches!(self.test, Test::RemoteIp(_))
+            && ctx
+                .http()
+                .is_some_and(|http| http.remote_ip == RemoteIp::Unknown);
+        if unknown {
+            return widen;
+        }
         self.test.any(ctx) != self.negated
     }
 }
@@ -419,8 +432,9 @@ pub(super) struct CompiledRule {
 }
 
 impl CompiledRule {
-    pub(super) fn matches(&self, ctx: &Ctx<'_>) -> bool {
-        let entry = |fields: &Vec<Field>| fields.iter().all(|f| f.holds(ctx));
+    /// `widen`: see [`Field::holds`].
+    pub(super) fn matches(&self, ctx: &Ctx<'_>, widen: bool) -> bool {
+        let entry = |fields: &Vec<Field>| fields.iter().all(|f| f.holds(ctx, widen));
         self.from
             .as_ref()
             .is_none_or(|entries| entries.iter().any(entry))
@@ -428,7 +442,7 @@ impl CompiledRule {
                 .to
                 .as_ref()
                 .is_none_or(|entries| entries.iter().any(entry))
-            && self.when.iter().all(|f| f.holds(ctx))
+            && self.when.iter().all(|f| f.holds(ctx, widen))
     }
 
     fn fields(&self) -> impl Iterator<Item = &Field> {

@@ -24,7 +24,7 @@
 //!   the policy's namespace) and `trustDomains` need an authenticated peer ([`Facts::peer`]):
 //!   against plaintext they never match, and their `not…` twins always do. `ipBlocks` is the
 //!   direct peer, `remoteIpBlocks` the client from `X-Forwarded-For`
-//!   ([`HttpFacts::remote_ip`], else the direct peer); `requestPrincipals` is the JWT's `iss`
+//!   ([`HttpFacts::remote_ip`]: the direct peer's, or unknown and failing closed); `requestPrincipals` is the JWT's `iss`
 //!   and `sub` (`iss/sub`, split at the last `/`), matched apart as Istio does.
 //! - **Operations.** `hosts` (the `:authority`, case-insensitive, exact: `example.com` does
 //!   not match `example.com:8080`), `methods`, `paths` (the normalized path without query;
@@ -60,7 +60,7 @@ mod table;
 mod tests;
 
 pub use decision::{AuthzAction, AuthzScope, CustomCheck, Decision, PolicySummary, RuleRef};
-pub use facts::{Facts, HttpFacts, RequestAuth};
+pub use facts::{Facts, HttpFacts, RemoteIp, RequestAuth};
 pub use table::AuthzTable;
 
 /// Checks `state`'s AuthorizationPolicies exactly as [`AuthzTable::build`] compiles them.

@@ -70,7 +70,7 @@ struct HttpReq {
     method: &'static str,
     path: &'static str,
     headers: http::HeaderMap,
-    remote_ip: Option<Ipv4Addr>,
+    remote_ip: RemoteIp,
     auth: Option<RequestAuth>,
 }
 
@@ -98,7 +98,7 @@ fn get() -> Req {
             method: "GET",
             path: "/",
             headers: http::HeaderMap::new(),
-            remote_ip: None,
+            remote_ip: RemoteIp::Peer,
             auth: None,
         }),
         ..tcp()
@@ -144,7 +144,11 @@ impl Req {
         })
     }
     fn remote(self, ip: [u8; 4]) -> Self {
-        self.http(|h| h.remote_ip = Some(Ipv4Addr::from(ip)))
+        self.http(|h| h.remote_ip = RemoteIp::Addr(Ipv4Addr::from(ip)))
+    }
+    /// The client address cannot be known (a gateway's invalid `numTrustedProxies`).
+    fn remote_unknown(self) -> Self {
+        self.http(|h| h.remote_ip = RemoteIp::Unknown)
     }
     fn jwt(self, claims: serde_json::Value) -> Self {
         let iss = claims["iss"].as_str().unwrap_or_default().to_owned();
@@ -1067,6 +1071,93 @@ fn tcp_reads_http_only_fields_as_the_sidecar_does() {
     let decision = decide(&table, workload(&state, "cart"), &tcp());
     assert!(decision.allowed);
     assert_eq!(decision.audits.len(), 1);
+}
+
+/// An unknown client address: every remote-IP field holds in a DENY and none in an ALLOW,
+/// negated or not; the other fields still count.
+#[test]
+fn an_unknown_remote_address_fails_closed() {
+    let src = |s: serde_json::Value| json!([{"from": [{"source": s}]}]);
+    let when = |half: &str| json!([{"when": [{"key": "remote.ip", half: ["203.0.113.7"]}]}]);
+    let cases: Vec<(&str, &str, serde_json::Value, Req, bool)> = vec![
+        (
+            "DENY remoteIpBlocks denies",
+            "DENY",
+            src(json!({"remoteIpBlocks": ["203.0.113.0/24"]})),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "DENY notRemoteIpBlocks denies",
+            "DENY",
+            src(json!({"notRemoteIpBlocks": ["203.0.113.0/24"]})),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "DENY remote.ip denies",
+            "DENY",
+            when("values"),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "DENY remote.ip notValues denies",
+            "DENY",
+            when("notValues"),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "DENY remoteIpBlocks and a path: other paths pass",
+            "DENY",
+            json!([{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}], "to": [{"operation": {"paths": ["/admin"]}}]}]),
+            get().remote_unknown(),
+            true,
+        ),
+        (
+            "DENY remoteIpBlocks, the address known and outside",
+            "DENY",
+            src(json!({"remoteIpBlocks": ["203.0.113.0/24"]})),
+            get().remote([198, 51, 100, 1]),
+            true,
+        ),
+        (
+            "ALLOW remoteIpBlocks does not match",
+            "ALLOW",
+            src(json!({"remoteIpBlocks": ["0.0.0.0/0"]})),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "ALLOW notRemoteIpBlocks does not match",
+            "ALLOW",
+            src(json!({"notRemoteIpBlocks": ["203.0.113.0/24"]})),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "ALLOW remote.ip notValues does not match",
+            "ALLOW",
+            when("notValues"),
+            get().remote_unknown(),
+            false,
+        ),
+        (
+            "ALLOW of ipBlocks still reads the peer",
+            "ALLOW",
+            src(json!({"ipBlocks": ["10.0.9.9"]})),
+            get().remote_unknown(),
+            true,
+        ),
+    ];
+    for (name, action, rules, req, want) in cases {
+        let written = policy("shop", "p", json!({"action": action, "rules": rules}));
+        let (state, table, errors) = build(vec![written]);
+        assert_eq!(errors, vec![], "{name}");
+        let decision = decide(&table, workload(&state, "cart"), &req);
+        assert_eq!(decision.allowed, want, "{name}: {}", decision.reason);
+    }
 }
 
 fn rule_ref(namespace: &str, name: &str, action: AuthzAction, rule: Option<usize>) -> RuleRef {
