@@ -28,6 +28,11 @@ use shunt_tests::{AgentOptions, ClusterConfig, NamespaceConfig, Node, Pod, Servi
 const MESH: &str = "mesh";
 /// Where `shunt-httppod serve` listens in every backend pod.
 const HTTP_PORT: u16 = 8080;
+/// Every backend also serves gRPC Health here; the Service of app [`GRPC_APP`] (only: a
+/// second port would make the other tests' port-less destinations ambiguous) has port `grpc`
+/// 9090 for it.
+const GRPC_PORT: u16 = 9090;
+const GRPC_APP: &str = "greeter";
 /// For a client run, or for the proxy to apply a config change.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -130,13 +135,15 @@ impl Edge {
         for (i, b) in backends.iter().enumerate() {
             let last = 21 + u8::try_from(i).or_panic("backend count");
             let pod = node.add_pod(b.name, pod_ip(last)).or_panic(b.name);
-            config = config.pod(
-                &node
-                    .pod_config(&pod, MESH)
-                    .label("app", b.app)
-                    .label("version", b.version)
-                    .port("http", HTTP_PORT),
-            );
+            let mut pod_config = node
+                .pod_config(&pod, MESH)
+                .label("app", b.app)
+                .label("version", b.version)
+                .port("http", HTTP_PORT);
+            if b.app == GRPC_APP {
+                pod_config = pod_config.port("grpc", GRPC_PORT);
+            }
+            config = config.pod(&pod_config);
             pods.insert(b.name, pod);
             if !apps.contains(&b.app) {
                 apps.push(b.app);
@@ -144,11 +151,13 @@ impl Edge {
         }
         for (i, app) in apps.iter().enumerate() {
             let last = 10 + u8::try_from(i).or_panic("service count");
-            config = config.service(
-                &ServiceConfig::new(MESH, app, Ipv4Addr::new(10, 96, 0, last))
-                    .select("app", app)
-                    .port("http", 80, HTTP_PORT),
-            );
+            let mut service = ServiceConfig::new(MESH, app, Ipv4Addr::new(10, 96, 0, last))
+                .select("app", app)
+                .port("http", 80, HTTP_PORT);
+            if *app == GRPC_APP {
+                service = service.port("grpc", GRPC_PORT, GRPC_PORT);
+            }
+            config = config.service(&service);
         }
         node.write_config(&config)
             .or_panic("writing the cluster config");
@@ -207,9 +216,21 @@ impl Edge {
     fn serve(&mut self, name: &'static str) {
         let pod = &self.pods[name];
         let port = HTTP_PORT.to_string();
+        let grpc = GRPC_PORT.to_string();
         let server = self
             .node
-            .start_httppod_server(pod, &["serve", "--port", &port, "--name", name])
+            .start_httppod_server(
+                pod,
+                &[
+                    "serve",
+                    "--port",
+                    &port,
+                    "--grpc-port",
+                    &grpc,
+                    "--name",
+                    name,
+                ],
+            )
             .or_panic(&format!("httppod server in {name}"));
         self.servers.push(server);
     }
@@ -430,6 +451,72 @@ fn a_gateway_on_port_80_routes_by_path_and_by_virtual_host() {
         metrics.sum("istio_requests_total", &labels) >= 1.0,
         "{}",
         metrics.describe("istio_requests_total")
+    );
+}
+
+/// gRPC from the outside through a Gateway `GRPC` port (h2c, prior knowledge, as gRPC clients
+/// speak it), routed by a VirtualService to a Service's `grpc` port: the calls succeed, the
+/// server sees them, and the access log shows HTTP/2 at the gateway.
+#[test]
+fn grpc_goes_through_a_gateway_grpc_port() {
+    const EDGE_PORT: u16 = 9000;
+    let objects = [
+        gateway(
+            "grpc",
+            json!([{"port": {"number": EDGE_PORT, "name": "grpc", "protocol": "GRPC"}, "hosts": ["*"]}]),
+        ),
+        istio::virtual_service(
+            MESH,
+            "greeter-at-the-edge",
+            json!({
+                "hosts": ["*"],
+                "gateways": ["istio-system/grpc"],
+                "http": [{"route": [{"destination": {"host": svc(GRPC_APP), "port": {"number": GRPC_PORT}}}]}],
+            }),
+        ),
+    ];
+    let Some(mut edge) = Edge::start(
+        "gateway::grpc",
+        &[backend("greeter-v1", GRPC_APP, "v1")],
+        &objects,
+    ) else {
+        return;
+    };
+    edge.assert_config_accepted();
+    let addr = format!("{}:{EDGE_PORT}", gateway_ip());
+    let outside = edge.outside.clone();
+    edge.node
+        .poll_httppod(
+            &outside,
+            &["grpc", "--addr", &addr, "-n", "1"],
+            "the gateway's gRPC port to serve",
+            TIMEOUT,
+            |r| r["codes"] == json!({"Ok": 1}),
+        )
+        .or_panic("gRPC through the gateway");
+    let report = edge
+        .node
+        .run_httppod(&outside, &["grpc", "--addr", &addr, "-n", "5"], TIMEOUT)
+        .or_panic("gRPC client")
+        .json()
+        .or_panic("gRPC report");
+    assert_eq!(report["codes"], json!({"Ok": 5}), "{report}");
+    assert_eq!(report["serving"], json!({"SERVING": 5}), "{report}");
+    let log = edge
+        .node
+        .wait_access_log("the gateway's gRPC lines", TIMEOUT, |log| {
+            log.matching(&[("reporter", "source"), ("protocol", "HTTP/2")])
+                .len()
+                >= 6
+        })
+        .or_panic("access log");
+    let line = &log.matching(&[("reporter", "source"), ("protocol", "HTTP/2")])[0];
+    assert_eq!(line["response_code"], 200, "{line}");
+    assert!(
+        line["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/grpc.health.v1.Health/")),
+        "{line}"
     );
 }
 
