@@ -340,6 +340,7 @@ impl Edge {
                         | "request_line_size"
                         | "request_framing"
                         | "request_headers_timeout"
+                        | "header_characters"
                 )
             );
         let method = line["method"].as_str().unwrap_or_default();
@@ -432,27 +433,26 @@ fn http1_limits_answer_close_and_leave_the_listener_serving() {
             Some("request_body_framing"),
             Some("downstream_body_error"),
         ),
-        // hyper's own parser refuses these (the head scanner leaves values to it).
         case(
             "NUL in a header value",
             b"GET / HTTP/1.1\r\nHost: web\r\nx-nul: a\0b\r\n\r\n",
             400,
-            None,
-            None,
+            Some("header_characters"),
+            Some("http1.codec_error"),
         ),
         case(
             "CR in a header value",
             b"GET / HTTP/1.1\r\nHost: web\r\nx-cr: a\rb\r\n\r\n",
             400,
-            None,
-            None,
+            Some("header_characters"),
+            Some("http1.codec_error"),
         ),
         case(
             "LF in a header value (a line without a colon)",
             b"GET / HTTP/1.1\r\nHost: web\r\nx-lf: a\nb\r\n\r\n",
             400,
-            None,
-            None,
+            Some("header_characters"),
+            Some("http1.codec_error"),
         ),
         case(
             "an underscore in a header name",

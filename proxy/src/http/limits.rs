@@ -53,6 +53,10 @@ pub enum Refusal {
     HeaderListTooLarge,
     /// The request body broke its framing (an invalid chunk).
     InvalidBody,
+    /// A NUL or a bare CR in the head, or a header line without a colon (what an LF inside a
+    /// value leaves): refused here rather than by hyper's parser, so that it is counted and
+    /// logged as every other refusal.
+    InvalidHeader,
 }
 
 impl Refusal {
@@ -69,7 +73,8 @@ impl Refusal {
             | Self::InvalidTransferEncoding
             | Self::HeaderUnderscore
             | Self::HostMismatch
-            | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            | Self::InvalidBody
+            | Self::InvalidHeader => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -87,6 +92,7 @@ impl Refusal {
             Self::HeaderUnderscore => "header_underscore",
             Self::HostMismatch => "host_authority_mismatch",
             Self::InvalidBody => "request_body_framing",
+            Self::InvalidHeader => "header_characters",
         }
     }
 
@@ -106,6 +112,7 @@ impl Refusal {
             // Envoy's HTTP/2 codec names the size and the count of a header list alike.
             Self::HeaderListTooLarge => "http2.too_many_headers",
             Self::InvalidBody => "downstream_body_error",
+            Self::InvalidHeader => "http1.codec_error",
         }
     }
 
@@ -128,7 +135,8 @@ impl Refusal {
             | Self::InvalidTransferEncoding
             | Self::HeaderUnderscore
             | Self::HostMismatch
-            | Self::InvalidBody => {
+            | Self::InvalidBody
+            | Self::InvalidHeader => {
                 b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
         }
@@ -170,6 +178,10 @@ pub struct HeadScanner {
     chunked: bool,
     /// CONNECT, or an `Upgrade` header: the bytes after it may be a tunnel's.
     upgrade: bool,
+    /// The last byte was a CR: only an LF may follow.
+    after_cr: bool,
+    /// The current line has a colon (judged whole, not only its kept bytes).
+    colon: bool,
 }
 
 /// How the bytes after a complete HTTP/1 head are framed.
@@ -203,6 +215,8 @@ impl HeadScanner {
             transfer_encodings: 0,
             chunked: false,
             upgrade: false,
+            after_cr: false,
+            colon: false,
         }
     }
 
@@ -253,6 +267,11 @@ impl HeadScanner {
                 return Scan::Partial;
             }
             self.size += 1;
+            if byte == 0 || (self.after_cr && byte != b'\n') {
+                return Scan::Refused(Refusal::InvalidHeader);
+            }
+            self.after_cr = byte == b'\r';
+            self.colon |= byte == b':';
             if byte == b'\n' {
                 return self.end_line().unwrap_or(Scan::Partial);
             }
@@ -273,6 +292,7 @@ impl HeadScanner {
     /// A `\n`: judges the line it ends.
     fn end_line(&mut self) -> Option<Scan> {
         let mut line = std::mem::take(&mut self.line);
+        let colon = std::mem::take(&mut self.colon);
         if line.last() == Some(&b'\r') {
             line.pop();
         }
@@ -288,6 +308,9 @@ impl HeadScanner {
         }
         if line.is_empty() {
             return Some(self.complete());
+        }
+        if !colon {
+            return Some(Scan::Refused(Refusal::InvalidHeader));
         }
         self.headers += 1;
         if self.headers > self.max_headers {

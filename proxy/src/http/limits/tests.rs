@@ -33,6 +33,7 @@ fn heads_within_the_limits_complete_and_smuggling_framings_are_refused() {
     let refused = Scan::Refused;
     let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
     let big_headers = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "b".repeat(190));
+    let long_name = format!("GET / HTTP/1.1\r\n{}: v\r\n\r\n", "n".repeat(100));
     let cases: &[(&[u8], Scan)] = &[
         (b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", ok),
         (b"\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n", ok),
@@ -85,6 +86,21 @@ fn heads_within_the_limits_complete_and_smuggling_framings_are_refused() {
         ),
         (long_line.as_bytes(), refused(Refusal::UriTooLong)),
         (big_headers.as_bytes(), refused(Refusal::HeadersTooLarge)),
+        (
+            b"GET / HTTP/1.1\r\nx: a\0b\r\n\r\n",
+            refused(Refusal::InvalidHeader),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n",
+            refused(Refusal::InvalidHeader),
+        ),
+        (b"GET /\0 HTTP/1.1\r\n\r\n", refused(Refusal::InvalidHeader)),
+        (
+            b"GET / HTTP/1.1\r\nx: a\nb\r\n\r\n",
+            refused(Refusal::InvalidHeader),
+        ),
+        // A colon past the bytes kept of a line still counts.
+        (long_name.as_bytes(), ok),
     ];
     for (head, expected) in cases {
         assert_eq!(scan(head), *expected, "{}", String::from_utf8_lossy(head));
@@ -119,6 +135,7 @@ fn every_refusal_has_a_status_a_label_and_a_response() {
         Refusal::HeaderUnderscore,
         Refusal::HostMismatch,
         Refusal::InvalidBody,
+        Refusal::InvalidHeader,
     ];
     for refusal in all {
         let response = std::str::from_utf8(refusal.http1_response()).unwrap();
