@@ -105,6 +105,11 @@ enum Task {
         /// quick comparisons; a published table comes from a run of everything.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+        /// Only the Kubernetes source at scale (10k Services, 50k endpoints, 20k pods from the
+        /// fake API server): the agent's RSS and the time to the first complete state, against
+        /// their limits.
+        #[arg(long, conflicts_with_all = ["quick", "smoke", "scenarios", "workloads"])]
+        kube_scale: bool,
     },
     /// The privileged half of `bench` (run as root by `bench` and by `test`'s smoke step).
     #[command(hide = true)]
@@ -159,6 +164,9 @@ fn main() -> Result<()> {
         Task::RenderDeploy => render_deploy::run_task(),
         Task::Demo => demo::run(),
         Task::DemoNode => demo::run_node(),
+        Task::Bench {
+            kube_scale: true, ..
+        } => bench::kube_scale::run_bench(),
         Task::Bench { smoke: true, .. } => {
             toolchain::setup()?;
             build::build_ebpf()?;
@@ -170,6 +178,7 @@ fn main() -> Result<()> {
             scenarios,
             workloads,
             smoke: false,
+            kube_scale: false,
         } => bench::run(quick, &bench::Selection::parse(&scenarios, &workloads)?),
         Task::BenchNode {
             plan,

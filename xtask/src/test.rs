@@ -34,6 +34,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     crate::layers::run()?;
 
     crate::bench::smoke()?;
+    crate::bench::kube_scale::smoke()?;
     if !is_root() {
         println!("    not root: the tests run under sudo, for their privileged parts");
     }

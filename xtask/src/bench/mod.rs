@@ -6,6 +6,7 @@
 //! rotated per repetition. The result (`report.rs`) is printed as a markdown table and saved
 //! as JSON and markdown under `results/`.
 
+pub mod kube_scale;
 mod measure;
 mod plan;
 mod report;
@@ -333,7 +334,7 @@ fn save(report: &Report, markdown: &str, results: &Path) -> Result<(PathBuf, Pat
 }
 
 /// The first line a command prints, or what went wrong, for the report's header.
-fn command_line(program: &str, args: &[&str]) -> String {
+pub(crate) fn command_line(program: &str, args: &[&str]) -> String {
     match Command::new(program).args(args).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
