@@ -507,12 +507,7 @@ async fn serve(
     }
     match query.verb {
         "watch" => {
-            store
-                .lock()
-                .unwrap()
-                .served
-                .push(query.served(StatusCode::OK));
-            changed.send_modify(|n| *n += 1);
+            record(store, changed, query.served(StatusCode::OK));
             watch_stream(store, changed, query)
         }
         "list" => list(store, changed, query).await,
@@ -530,16 +525,11 @@ async fn serve(
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let (code, answer) = write(store, &query, &content_type, &body);
-            store.lock().unwrap().served.push(query.served(code));
-            changed.send_modify(|n| *n += 1);
+            record(store, changed, query.served(code));
             json_response(code, &answer)
         }
         verb => {
-            store
-                .lock()
-                .unwrap()
-                .served
-                .push(query.served(StatusCode::METHOD_NOT_ALLOWED));
+            record(store, changed, query.served(StatusCode::METHOD_NOT_ALLOWED));
             let message = format!("the fake API server does not serve {verb}");
             json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -547,6 +537,12 @@ async fn serve(
             )
         }
     }
+}
+
+/// Records a request answered, waking whoever waits on the record.
+fn record(store: &Arc<Mutex<Store>>, changed: &watch::Sender<u64>, served: Served) {
+    store.lock().unwrap().served.push(served);
+    changed.send_modify(|n| *n += 1);
 }
 
 /// A `patch` (JSON merge patch only) or a `create`: the object written, as the real server
@@ -642,12 +638,7 @@ async fn list(
     let held = page.is_some() && store.lock().unwrap().held.contains(&query.resource);
     if held {
         let mut wake = changed.subscribe();
-        store
-            .lock()
-            .unwrap()
-            .served
-            .push(query.served(StatusCode::OK));
-        changed.send_modify(|n| *n += 1);
+        record(store, changed, query.served(StatusCode::OK));
         while store.lock().unwrap().held.contains(&query.resource) {
             let _ = wake.changed().await;
         }
