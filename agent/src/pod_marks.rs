@@ -3,9 +3,10 @@
 //! pod takes HBONE ([`crate::config::mesh::marked_captured`]).
 //!
 //! The mark follows the reconciler: set once the pod is ready (the proxy listens and capture
-//! is on), kept while it is pending (an agent restart passes through pending and must not
-//! unmark pods whose capture stays pinned), removed when the pod is no longer captured, and
-//! from every pod when the agent is uninstalled. A write that fails is logged and retried on
+//! is on), kept while it is pending or the reconciler has not seen it yet (an agent restart
+//! passes through both, and must not unmark pods whose capture stays pinned), removed when
+//! the pod is no longer captured or its capture failed, and from every pod when the agent is
+//! uninstalled. A write that fails is logged and retried on
 //! the next change; capture never waits for one. Only Kubernetes mode writes
 //! ([`MarkWriter`] for a `kube::Client`, a JSON merge patch through `pods/status`); local
 //! mode runs no writer.
@@ -95,8 +96,10 @@ impl Marks {
             let want = match status {
                 _ if !plan.captured() => false,
                 Some(PodStatus::Ready) => true,
-                Some(PodStatus::Pending) => continue, // Left as it is; see the module doc.
-                Some(PodStatus::PendingDiscovery | PodStatus::Failed(_)) | None => false,
+                // Left as it is: see the module doc. Not in the view at all: the view lags
+                // this config (at start, before the first reconciliation).
+                Some(PodStatus::Pending) | None => continue,
+                Some(PodStatus::PendingDiscovery | PodStatus::Failed(_)) => false,
             };
             let has = sourced.object.metadata.annotations.get(CAPTURED_ANNOTATION);
             let done = if want {

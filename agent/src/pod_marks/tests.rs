@@ -97,6 +97,14 @@ fn a_pod_is_marked_while_captured_and_unmarked_after() {
             want: None,
         },
         Case {
+            name: "captured, not in the view yet (it lags the config), marked: kept",
+            node: "node-0",
+            opted_in: true,
+            marked: Some("true"),
+            status: None,
+            want: None,
+        },
+        Case {
             name: "failed and marked: removed",
             node: "node-0",
             opted_in: true,
