@@ -24,6 +24,7 @@ use crate::cni_server::{self, CniContext, CniServer};
 use crate::config;
 use crate::control::{self, ControlServer};
 use crate::discovery;
+use crate::pod_marks;
 use crate::pods::Reconciler;
 use crate::source;
 use shunt_api::capture::CaptureMode;
@@ -103,7 +104,8 @@ pub enum Error {
 /// A source that has read its first config, to be watched from then on.
 enum Started {
     Local(PathBuf),
-    Kube(Box<source::kube::KubeSource>),
+    /// With the client the pod marks are written through.
+    Kube(Box<source::kube::KubeSource>, kube::Client),
 }
 
 /// Why the agent stopped.
@@ -126,7 +128,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         SourceOptions::Kube { kubeconfig } => {
             let client = source::kube::connect(kubeconfig.as_deref()).await?;
             let mut kube = source::kube::KubeSource::start(
-                client,
+                client.clone(),
                 options.load.clone(),
                 source::kube::DEFAULT_PAGE_SIZE,
             );
@@ -136,7 +138,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
                 _ = terminate.recv() => return Ok(Stopped::Signal("SIGTERM")),
                 _ = interrupt.recv() => return Ok(Stopped::Signal("SIGINT")),
             };
-            (listed, Started::Kube(Box::new(kube)))
+            (listed, Started::Kube(Box::new(kube), client))
         }
     };
 
@@ -165,11 +167,12 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let uninstalled = CancellationToken::new();
     source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let watcher = match started {
-        Started::Local(config_dir) => {
-            source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?
-        }
-        Started::Kube(kube) => kube.spawn(snapshots_tx, shutdown.clone()),
+    let (watcher, marks_client) = match started {
+        Started::Local(config_dir) => (
+            source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?,
+            None,
+        ),
+        Started::Kube(kube, client) => (kube.spawn(snapshots_tx, shutdown.clone()), Some(client)),
     };
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
@@ -218,6 +221,16 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     tasks.spawn(cni.run(cni_context, shutdown.clone()));
     if let Some(install) = options.cni.clone() {
         tasks.spawn(keep_cni_installed(install, shutdown.clone()));
+    }
+    // Kubernetes mode only: local mode's pods are files, and get no marks.
+    if let Some(client) = marks_client {
+        tasks.spawn(pod_marks::run(
+            client,
+            snapshots.clone(),
+            reconciler.view(),
+            shutdown.clone(),
+            uninstalled.clone(),
+        ));
     }
     let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));

@@ -51,6 +51,25 @@ pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
     }
 }
 
+/// What the agent sets on each pod it captures (through `pods/status`), and removes when it
+/// stops; other nodes read it to know the pod takes HBONE.
+pub const CAPTURED_ANNOTATION: &str = "shunt.io/captured";
+/// What istio-cni sets (`enabled`) on the pods ztunnel captures: HBONE peers too.
+pub const AMBIENT_REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// Whether the pod says that its node's data plane (shunt, or Istio ambient's ztunnel)
+/// captures it, so it takes HBONE. Only meaningful of another node's pod: this node's are
+/// this agent's to decide.
+#[must_use]
+pub fn marked_captured(pod: &Pod) -> bool {
+    let annotations = &pod.metadata.annotations;
+    annotations.get(CAPTURED_ANNOTATION).map(String::as_str) == Some("true")
+        || annotations
+            .get(AMBIENT_REDIRECTION_ANNOTATION)
+            .map(String::as_str)
+            == Some("enabled")
+}
+
 /// The pod annotation holding Istio's ProxyConfig for the pod's proxy.
 pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 

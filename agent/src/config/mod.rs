@@ -104,8 +104,11 @@ impl Snapshot {
                     message,
                 });
             }
+            // Another node's pod is an HBONE peer when its labels opt it in, or when its
+            // node's shunt or ztunnel says it captures it.
+            let captured = plan.captured() || (!plan.on_this_node && mesh::marked_captured(pod));
             mesh.workloads
-                .push(mesh::workload(pod, plan.captured(), &plan.node));
+                .push(mesh::workload(pod, captured, &plan.node));
             pods.push(plan);
         }
         mesh.services = config

@@ -985,6 +985,44 @@ status: {podIP: 10.244.0.11}
     }
 }
 
+#[test]
+fn another_nodes_pod_marked_captured_by_shunt_or_ztunnel_is_an_hbone_peer() {
+    // (pod's node, its annotations, captured in the mesh)
+    let cases = [
+        ("node-1", "{shunt.io/captured: 'true'}", true),
+        ("node-1", "{ambient.istio.io/redirection: enabled}", true),
+        ("node-1", "{ambient.istio.io/redirection: disabled}", false),
+        ("node-1", "{shunt.io/captured: 'false'}", false),
+        ("node-1", "{}", false),
+        // This node's pods are this agent's to decide: a stale mark counts for nothing.
+        ("node-0", "{shunt.io/captured: 'true'}", false),
+        ("node-0", "{ambient.istio.io/redirection: enabled}", false),
+    ];
+    let options = LoadOptions {
+        node_name: "node-0".parse().unwrap(),
+        ..LoadOptions::default()
+    };
+    for (node, annotations, want) in cases {
+        // Not opted in by labels: only the annotation can make it a peer.
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: shop, \
+             annotations: {annotations}}}\nspec: {{nodeName: {node}}}\n\
+             status: {{podIP: 10.244.1.10}}\n"
+        );
+        let (config, errors) = load(&[("pod.yaml", &text)]);
+        let snapshot = Snapshot::from_config_with(Path::new("."), config, errors, &options);
+        assert_eq!(snapshot.errors, vec![], "{node} {annotations}");
+        assert_eq!(
+            snapshot.mesh.workloads[0].captured, want,
+            "{node} {annotations}"
+        );
+        assert!(
+            !snapshot.pods[0].captured(),
+            "the plan is the labels' alone"
+        );
+    }
+}
+
 const SECURITY_MESH: &str = r"
 apiVersion: v1
 kind: Pod

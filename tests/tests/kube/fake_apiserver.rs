@@ -11,7 +11,13 @@
 //! - [`FakeApiServer::hold_pages`]: later pages of a list wait until released, to catch a
 //!   client that acts on a half-listed state;
 //! - [`FakeApiServer::unserve`]: 404 for a resource, as for a custom resource whose CRD is
-//!   not installed.
+//!   not installed;
+//! - [`FakeApiServer::fail`]: 500 for every request on a resource until
+//!   [`FakeApiServer::heal`], to watch the client back off;
+//! - `PATCH` of an object or its subresource with a JSON merge patch (RFC 7386), and `POST`
+//!   of a new object (`create`; 409 when its name is taken);
+//! - a record of every request ([`Served`]): its RBAC verb, resource and subresource, field
+//!   selector, status and time ([`FakeApiServer::rbac`]: what a ClusterRole must allow).
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -22,6 +28,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
@@ -40,6 +47,33 @@ pub struct Served {
     pub watch: bool,
     /// The list's `continue` token, if any.
     pub page: Option<String>,
+    /// The verb as RBAC names it: `get`, `list`, `watch`, `create`, `patch`, `update`,
+    /// `delete`.
+    pub verb: &'static str,
+    /// `status` of `pods/status`.
+    pub subresource: Option<String>,
+    /// The `fieldSelector` query parameter.
+    pub fields: Option<String>,
+    /// The HTTP status answered (a watch: when its stream started).
+    pub status: u16,
+    /// When the request came in.
+    pub at: Instant,
+}
+
+/// What RBAC checks of a request: (verb, API group, resource or `resource/subresource`).
+pub type RbacTriple = (String, String, String);
+
+impl Served {
+    pub fn rbac(&self) -> RbacTriple {
+        let mut parts = self.resource.split('/');
+        let group = parts.next().unwrap_or_default().to_owned();
+        let plural = parts.next_back().unwrap_or_default();
+        let resource = match &self.subresource {
+            Some(sub) => format!("{plural}/{sub}"),
+            None => plural.to_owned(),
+        };
+        (self.verb.to_owned(), group, resource)
+    }
 }
 
 struct Event {
@@ -60,6 +94,8 @@ struct Store {
     held: HashSet<String>,
     /// Resources answered with 404, as a cluster without their CRD does.
     unserved: HashSet<String>,
+    /// Resources answered with 500.
+    failing: HashSet<String>,
     served: Vec<Served>,
 }
 
@@ -207,6 +243,36 @@ impl FakeApiServer {
         self.bump();
     }
 
+    /// `resource` answers 500 to every request from now on, until [`FakeApiServer::heal`].
+    pub fn fail(&self, resource: Resource) {
+        self.store().failing.insert(resource.to_owned());
+        self.bump();
+    }
+
+    pub fn heal(&self, resource: Resource) {
+        self.store().failing.remove(resource);
+        self.bump();
+    }
+
+    /// The object `namespace/name` (`name` alone when cluster-scoped) as the server has it.
+    pub fn object(&self, resource: Resource, name: &str) -> Option<Value> {
+        self.store().objects.get(resource)?.get(name).cloned()
+    }
+
+    /// Every object of `resource`.
+    pub fn objects(&self, resource: Resource) -> Vec<Value> {
+        self.store()
+            .objects
+            .get(resource)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// What every request answered so far asked of RBAC.
+    pub fn rbac(&self) -> std::collections::BTreeSet<RbacTriple> {
+        self.store().served.iter().map(Served::rbac).collect()
+    }
+
     /// Pages after the first of `resource`'s lists wait until [`FakeApiServer::release`].
     pub fn hold_pages(&self, resource: Resource) {
         self.store().held.insert(resource.to_owned());
@@ -270,7 +336,35 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 struct Query {
     resource: String,
     namespace: Option<String>,
+    /// One object, not the collection.
+    name: Option<String>,
+    subresource: Option<String>,
     params: BTreeMap<String, String>,
+    verb: &'static str,
+}
+
+impl Query {
+    /// The store's key of the named object.
+    fn key(&self) -> String {
+        let name = self.name.as_deref().unwrap_or_default();
+        match &self.namespace {
+            Some(namespace) => format!("{namespace}/{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    fn served(&self, status: StatusCode) -> Served {
+        Served {
+            resource: self.resource.clone(),
+            watch: self.verb == "watch",
+            page: self.params.get("continue").cloned(),
+            verb: self.verb,
+            subresource: self.subresource.clone(),
+            fields: self.params.get("fieldSelector").cloned(),
+            status: status.as_u16(),
+            at: Instant::now(),
+        }
+    }
 }
 
 fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
@@ -280,12 +374,19 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural),
+    let owned = |s: &&str| (*s).to_owned();
+    // `namespaces/<ns>/...` is a namespaced path, as the real server reads it.
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(owned(namespace)), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, subresource) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(owned(name)), None),
+        [plural, name, sub] => (*plural, Some(owned(name)), Some(owned(sub))),
         _ => return None,
     };
-    let params = request
+    let params: BTreeMap<String, String> = request
         .uri()
         .query()
         .unwrap_or_default()
@@ -293,10 +394,25 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .collect();
+    let watching = params.get("watch").is_some_and(|w| w == "1" || w == "true");
+    let verb = match (request.method().as_str(), name.is_some()) {
+        ("GET", _) if watching => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
     Some(Query {
         resource: format!("{group}/{version}/{plural}"),
         namespace,
+        name,
+        subresource,
         params,
+        verb,
     })
 }
 
@@ -359,52 +475,177 @@ async fn serve(
             &status(
                 404,
                 "NotFound",
-                "the fake API server serves lists and watches only",
+                "the fake API server serves lists, watches, patches and creates only",
             ),
         );
     };
-    if store.lock().unwrap().unserved.contains(&query.resource) {
-        let message = format!(
-            "the server could not find the requested resource {}",
-            query.resource
-        );
-        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
-    }
-    let watching = query
-        .params
-        .get("watch")
-        .is_some_and(|w| w == "1" || w == "true");
-    let page = query.params.get("continue").cloned();
-    if watching {
-        store.lock().unwrap().served.push(Served {
-            resource: query.resource.clone(),
-            watch: true,
-            page: None,
-        });
+    let refusal = {
+        let mut store = store.lock().unwrap();
+        let refusal = if store.unserved.contains(&query.resource) {
+            let message = format!(
+                "the server could not find the requested resource {}",
+                query.resource
+            );
+            Some((StatusCode::NOT_FOUND, status(404, "NotFound", &message)))
+        } else if store.failing.contains(&query.resource) {
+            let message = format!("the fake API server fails {} for the test", query.resource);
+            Some((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                status(500, "InternalError", &message),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, _)) = &refusal {
+            store.served.push(query.served(*code));
+        }
+        refusal
+    };
+    if let Some((code, body)) = refusal {
         changed.send_modify(|n| *n += 1);
-        return watch_stream(store, changed, query);
+        return json_response(code, &body);
     }
+    match query.verb {
+        "watch" => {
+            record(store, changed, query.served(StatusCode::OK));
+            watch_stream(store, changed, query)
+        }
+        "list" => list(store, changed, query).await,
+        "patch" | "create" => {
+            let content_type = request
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let (code, answer) = write(store, &query, &content_type, &body);
+            record(store, changed, query.served(code));
+            json_response(code, &answer)
+        }
+        verb => {
+            record(store, changed, query.served(StatusCode::METHOD_NOT_ALLOWED));
+            let message = format!("the fake API server does not serve {verb}");
+            json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", &message),
+            )
+        }
+    }
+}
+
+/// Records a request answered, waking whoever waits on the record.
+fn record(store: &Arc<Mutex<Store>>, changed: &watch::Sender<u64>, served: Served) {
+    store.lock().unwrap().served.push(served);
+    changed.send_modify(|n| *n += 1);
+}
+
+/// A `patch` (JSON merge patch only) or a `create`: the object written, as the real server
+/// answers, with an event for the watches.
+fn write(
+    store: &Arc<Mutex<Store>>,
+    query: &Query,
+    content_type: &str,
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "the body is not JSON"),
+        );
+    };
+    let mut store = store.lock().unwrap();
+    let (key, object, kind) = if query.verb == "patch" {
+        if content_type != "application/merge-patch+json" {
+            let message =
+                format!("the fake API server takes merge patches only, not {content_type}");
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                status(415, "UnsupportedMediaType", &message),
+            );
+        }
+        let key = query.key();
+        let Some(object) = store
+            .objects
+            .get_mut(&query.resource)
+            .and_then(|objects| objects.get_mut(&key))
+        else {
+            return (
+                StatusCode::NOT_FOUND,
+                status(
+                    404,
+                    "NotFound",
+                    &format!("{} {key} not found", query.resource),
+                ),
+            );
+        };
+        json_patch::merge(object, &body);
+        (key, object.clone(), "MODIFIED")
+    } else {
+        let mut object = body;
+        if let Some(namespace) = &query.namespace {
+            object["metadata"]["namespace"] = namespace.clone().into();
+        }
+        let key = key(&object);
+        if store
+            .objects
+            .get(&query.resource)
+            .is_some_and(|objects| objects.contains_key(&key))
+        {
+            return (
+                StatusCode::CONFLICT,
+                status(409, "AlreadyExists", &format!("{key} already exists")),
+            );
+        }
+        (key, object, "ADDED")
+    };
+    store.version += 1;
+    let version = store.version;
+    let mut object = object;
+    object["metadata"]["resourceVersion"] = version.to_string().into();
+    store
+        .objects
+        .entry(query.resource.clone())
+        .or_default()
+        .insert(key, object.clone());
+    store.log.push(Event {
+        resource: query.resource.clone(),
+        version,
+        kind,
+        object: object.clone(),
+    });
+    let code = if kind == "ADDED" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (code, object)
+}
+
+/// A page of a list, paginated by `limit` and `continue`.
+async fn list(
+    store: &Arc<Mutex<Store>>,
+    changed: &watch::Sender<u64>,
+    query: Query,
+) -> Response<Body> {
+    let page = query.params.get("continue").cloned();
     // A held page is recorded when asked, then waits for its release.
     let held = page.is_some() && store.lock().unwrap().held.contains(&query.resource);
     if held {
         let mut wake = changed.subscribe();
-        store.lock().unwrap().served.push(Served {
-            resource: query.resource.clone(),
-            watch: false,
-            page: page.clone(),
-        });
-        changed.send_modify(|n| *n += 1);
+        record(store, changed, query.served(StatusCode::OK));
         while store.lock().unwrap().held.contains(&query.resource) {
             let _ = wake.changed().await;
         }
     }
     let mut store = store.lock().unwrap();
     if !held {
-        store.served.push(Served {
-            resource: query.resource.clone(),
-            watch: false,
-            page: page.clone(),
-        });
+        store.served.push(query.served(StatusCode::OK));
     }
     let items: Vec<Value> = store
         .objects

@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, Resource};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use serde_json::{Value, json};
 use shunt_agent::config::{LoadOptions, Snapshot};
+use shunt_agent::pod_marks;
+use shunt_agent::pods::{NodeView, PodState, PodStatus};
 use shunt_agent::source::kube::{self as source, KubeSource};
 use shunt_api::k8s::NodeName;
+use shunt_mesh::ids::PodUid;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +29,7 @@ const GATEWAYS: Resource = "networking.istio.io/v1/gateways";
 const PEER_AUTHENTICATIONS: Resource = "security.istio.io/v1/peerauthentications";
 const RATE_LIMIT_POLICIES: Resource = "shunt.io/v1alpha1/ratelimitpolicies";
 const INGRESSES: Resource = "networking.k8s.io/v1/ingresses";
+const EVENTS: Resource = "events.k8s.io/v1/events";
 /// Every resource the source watches besides pods (and the gateways' Secrets).
 const WATCHED: [Resource; 12] = [
     NAMESPACES,
@@ -183,12 +188,18 @@ fn options() -> LoadOptions {
     }
 }
 
-/// The source on `server`, its initial lists paginated `page_size` objects at a time.
-async fn source_on(server: &FakeApiServer, page_size: u32) -> (KubeSource, tempfile::TempDir) {
+/// A client of `server`, and the directory of its kubeconfig.
+async fn client_of(server: &FakeApiServer) -> (kube::Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary dir: {e}"));
     let client = source::connect(Some(&server.kubeconfig(dir.path())))
         .await
         .unwrap_or_else(|e| panic!("a client for the fake API server: {e}"));
+    (client, dir)
+}
+
+/// The source on `server`, its initial lists paginated `page_size` objects at a time.
+async fn source_on(server: &FakeApiServer, page_size: u32) -> (KubeSource, tempfile::TempDir) {
+    let (client, dir) = client_of(server).await;
     (KubeSource::start(client, options(), page_size), dir)
 }
 
@@ -196,6 +207,14 @@ async fn listed(source: &mut KubeSource) -> Snapshot {
     tokio::time::timeout(Duration::from_secs(60), source.listed())
         .await
         .unwrap_or_else(|_| panic!("the fake API server's objects were not listed in 60 s"))
+}
+
+/// The source listing in the background; its first snapshot when every watch has listed.
+fn listing(mut source: KubeSource) -> tokio::task::JoinHandle<(KubeSource, Snapshot)> {
+    tokio::spawn(async move {
+        let snapshot = listed(&mut source).await;
+        (source, snapshot)
+    })
 }
 
 /// The source on `server`, listed and publishing.
@@ -501,11 +520,8 @@ async fn nothing_is_published_before_every_watch_has_listed() {
     let server = FakeApiServer::start().await;
     seed(&server);
     server.hold_pages(PODS);
-    let (mut source, _dir) = source_on(&server, 1).await;
-    let first = tokio::spawn(async move {
-        let snapshot = listed(&mut source).await;
-        (source, snapshot)
-    });
+    let (source, _dir) = source_on(&server, 1).await;
+    let first = listing(source);
     server
         .wait_for("every other list done and a pod page held", |served| {
             let held = served
@@ -580,4 +596,440 @@ async fn the_secrets_watched_follow_the_gateways() {
     assert_eq!(secret_names(&snapshot), ["istio-system/next-cert"]);
     assert_eq!(snapshot.errors, vec![]);
     running.stop().await;
+}
+
+#[tokio::test]
+async fn this_nodes_pods_are_listed_and_watched_with_a_node_field_selector() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let (mut source, _dir) = source_on(&server, 500).await;
+    listed(&mut source).await;
+    server
+        .wait_for("both pod watches", |served| {
+            served
+                .iter()
+                .filter(|s| s.resource == PODS && s.watch)
+                .count()
+                >= 2
+        })
+        .await;
+    let pods: Vec<_> = server
+        .served()
+        .into_iter()
+        .filter(|s| s.resource == PODS)
+        .collect();
+    let node_selector = format!("spec.nodeName={NODE}");
+    for verb in ["list", "watch"] {
+        let selectors: Vec<Option<&str>> = pods
+            .iter()
+            .filter(|s| s.verb == verb)
+            .map(|s| s.fields.as_deref())
+            .collect();
+        assert!(
+            selectors.contains(&Some(node_selector.as_str())),
+            "this node's pods: a {verb} with fieldSelector={node_selector}: {selectors:?}"
+        );
+        assert!(
+            selectors.contains(&None),
+            "every pod (trimmed): a {verb} without a field selector: {selectors:?}"
+        );
+        assert!(
+            selectors
+                .iter()
+                .all(|s| s.is_none() || *s == Some(node_selector.as_str())),
+            "no other pod selector: {selectors:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_resource_answering_500_is_retried_with_kube_backoff_and_recovers() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    server.fail(SERVICES);
+    let (source, _dir) = source_on(&server, 500).await;
+    let first = listing(source);
+    let failures = |served: &[fake_apiserver::Served]| -> Vec<std::time::Instant> {
+        served
+            .iter()
+            .filter(|s| s.resource == SERVICES && s.status == 500)
+            .map(|s| s.at)
+            .collect()
+    };
+    // kube's DefaultBackoff waits 0.8 s, then twice as long each time (plus up to as much
+    // again of jitter), up to 30 s: four attempts take at least 0.8 + 1.6 + 3.2 s.
+    server
+        .wait_for("four failed Service requests", |served| {
+            failures(served).len() >= 4
+        })
+        .await;
+    let at = failures(&server.served());
+    // Lower bounds only: a slow machine makes the gaps longer, never shorter.
+    for (i, pair) in at.windows(2).take(3).enumerate() {
+        let gap = pair[1] - pair[0];
+        let floor = Duration::from_millis(500) * 2u32.pow(u32::try_from(i).unwrap_or(0));
+        assert!(
+            gap >= floor,
+            "retry {} came {gap:?} after the one before; the backoff waits at least {floor:?}",
+            i + 1
+        );
+    }
+    let window = Duration::from_secs(5);
+    let early = at.iter().filter(|t| **t - at[0] < window).count();
+    assert!(
+        early <= 3,
+        "{early} Service requests within {window:?} of the first failure: no backoff"
+    );
+    assert!(!first.is_finished(), "listed while Services answered 500");
+
+    server.heal(SERVICES);
+    let (_source, snapshot) = first.await.unwrap();
+    assert_eq!(
+        snapshot.config.services.len(),
+        1,
+        "the Services after recovery"
+    );
+    assert_eq!(pod_names(&snapshot).len(), 3);
+    assert_eq!(snapshot.errors, vec![]);
+}
+
+/// A pod of this node that shunt captures (its netns left to discovery).
+fn captured_pod(name: &str, ip: &str) -> Value {
+    pod(
+        "shop",
+        name,
+        NODE,
+        ip,
+        json!({"app": name, "shunt.io/capture": "enabled"}),
+    )
+}
+
+/// The reconciler's view of this node as the pod marks read it: `web` in `status`.
+fn web_view(status: PodStatus) -> NodeView {
+    let state = PodState {
+        netns: None,
+        status,
+    };
+    NodeView {
+        pods: [(PodUid::from("uid-web"), state)].into_iter().collect(),
+        ..NodeView::default()
+    }
+}
+
+fn web_mark(snapshot: &Snapshot) -> Option<String> {
+    pod_named(snapshot, "web")
+        .metadata
+        .annotations
+        .get("shunt.io/captured")
+        .cloned()
+}
+
+/// `pod_marks::run` on `server`'s client, following `snapshots` and a view the test sets.
+struct Marking {
+    view: watch::Sender<NodeView>,
+    shutdown: CancellationToken,
+    uninstalled: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _kubeconfig: tempfile::TempDir,
+}
+
+async fn marking(
+    server: &FakeApiServer,
+    snapshots: &watch::Receiver<Arc<Snapshot>>,
+    status: PodStatus,
+) -> Marking {
+    let (client, kubeconfig) = client_of(server).await;
+    let (view, view_rx) = watch::channel(web_view(status));
+    let (shutdown, uninstalled) = (CancellationToken::new(), CancellationToken::new());
+    let task = tokio::spawn(pod_marks::run(
+        client,
+        snapshots.clone(),
+        view_rx,
+        shutdown.clone(),
+        uninstalled.clone(),
+    ));
+    Marking {
+        view,
+        shutdown,
+        uninstalled,
+        task,
+        _kubeconfig: kubeconfig,
+    }
+}
+
+#[tokio::test]
+async fn a_captured_pod_is_marked_through_pods_status_until_it_is_not() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    server.apply(PODS, captured_pod("web", "10.244.0.12"));
+    let mut running = running(&server).await;
+    let marks = marking(&server, &running.snapshots, PodStatus::Ready).await;
+    let snapshots = &mut running.snapshots;
+
+    published(snapshots, "web marked", |s| {
+        web_mark(s).as_deref() == Some("true")
+    })
+    .await;
+    let patches: Vec<_> = server
+        .served()
+        .into_iter()
+        .filter(|s| s.verb == "patch")
+        .collect();
+    assert!(
+        patches.iter().all(|p| p.resource == PODS
+            && p.subresource.as_deref() == Some("status")
+            && p.status == 200),
+        "merge patches of pods/status only: {patches:?}"
+    );
+    assert_eq!(
+        server.object(PODS, "shop/cart").unwrap()["metadata"]["annotations"]
+            .get("shunt.io/captured"),
+        None,
+        "a pod shunt does not capture is not marked"
+    );
+
+    // Capture failed: the mark goes.
+    marks
+        .view
+        .send_replace(web_view(PodStatus::Failed("netns gone".into())));
+    published(snapshots, "web unmarked", |s| web_mark(s).is_none()).await;
+
+    // Captured again, then the agent is uninstalled: the mark goes too.
+    marks.view.send_replace(web_view(PodStatus::Ready));
+    published(snapshots, "web marked again", |s| {
+        web_mark(s).as_deref() == Some("true")
+    })
+    .await;
+    marks.uninstalled.cancel();
+    marks.shutdown.cancel();
+    marks.task.await.unwrap();
+    published(snapshots, "web unmarked by the uninstall", |s| {
+        web_mark(s).is_none()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn another_nodes_pod_marked_by_its_shunt_or_ztunnel_is_an_hbone_peer() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let marked = |name: &str, ip: &str, annotation: (&str, &str)| {
+        let mut pod = pod("shop", name, "node-b", ip, json!({"app": name}));
+        pod["metadata"]["annotations"][annotation.0] = annotation.1.into();
+        pod
+    };
+    server.apply(
+        PODS,
+        marked(
+            "ztunneled",
+            "10.244.1.21",
+            ("ambient.istio.io/redirection", "enabled"),
+        ),
+    );
+    server.apply(
+        PODS,
+        marked("shunted", "10.244.1.22", ("shunt.io/captured", "true")),
+    );
+    let (mut source, _dir) = source_on(&server, 500).await;
+    let snapshot = listed(&mut source).await;
+    let captured = |name: &str| {
+        snapshot
+            .mesh
+            .workloads
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no workload {name}"))
+            .captured
+    };
+    assert!(
+        captured("ztunneled"),
+        "ambient's redirection: an HBONE peer"
+    );
+    assert!(captured("shunted"), "shunt's mark: an HBONE peer");
+    assert!(!captured("db"), "no mark, no opt-in: plaintext");
+    let kept: Vec<&String> = pod_named(&snapshot, "ztunneled")
+        .metadata
+        .annotations
+        .keys()
+        .collect();
+    assert_eq!(
+        kept,
+        ["ambient.istio.io/redirection"],
+        "the trimmed pod keeps only the marks"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_object_gets_one_warning_event_per_version_and_message() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let mut broken = virtual_service(
+        "broken",
+        json!({"hosts": ["cart"], "http": [{"route": [{"destination": {"host": 7}}]}]}),
+    );
+    broken["metadata"]["uid"] = "uid-broken".into();
+    let version = server.apply(VIRTUAL_SERVICES, broken.clone());
+    let mut running = running(&server).await;
+    let creates = |served: &[fake_apiserver::Served]| {
+        served
+            .iter()
+            .filter(|s| s.resource == EVENTS && s.verb == "create")
+            .count()
+    };
+    server
+        .wait_for("an Event created", |served| creates(served) >= 1)
+        .await;
+    let events = server.objects(EVENTS);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    let want_regarding = json!({"apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService", "namespace": "shop", "name": "broken", "uid": "uid-broken",
+        "resourceVersion": version.to_string()});
+    assert_eq!(event["regarding"], want_regarding);
+    assert_eq!(event["metadata"]["namespace"], "shop");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidConfig");
+    assert_eq!(event["reportingController"], "shunt.io/agent");
+    assert_eq!(event["reportingInstance"], NODE);
+    let error = running.snapshots.borrow().errors[0].clone();
+    assert_eq!(
+        event["note"].as_str(),
+        Some(format!("{}: {}", error.field.unwrap(), error.message).as_str()),
+        "the loader's message, with the field"
+    );
+
+    // A snapshot rebuilt for another object's change reports nothing again...
+    server.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "other", "namespace": "shop"},
+               "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}}),
+    );
+    published(&mut running.snapshots, "the new Service", |s| {
+        s.config.services.len() == 2
+    })
+    .await;
+    // ...while a new version of the object, still invalid, is reported. The Events are
+    // written in order, so a repeat from the rebuild would be written before this one.
+    broken["metadata"]["labels"] = json!({"edited": "yes"});
+    let next = server.apply(VIRTUAL_SERVICES, broken);
+    let written = |served: &[fake_apiserver::Served]| {
+        served
+            .iter()
+            .filter(|s| s.resource == EVENTS && s.verb == "create" && s.status == 201)
+            .count()
+    };
+    server
+        .wait_for("a second Event written", |served| written(served) >= 2)
+        .await;
+    let events = server.objects(EVENTS);
+    let versions: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["regarding"]["resourceVersion"])
+        .collect();
+    assert!(
+        versions.contains(&&Value::from(next.to_string())),
+        "{events:#?}"
+    );
+    assert_eq!(
+        creates(&server.served()),
+        2,
+        "one Event per version, none for the rebuild: {:#?}",
+        server.served()
+    );
+    running.stop().await;
+}
+
+/// The rules of the committed rendered ClusterRole, as (verb, group, resource) triples, with
+/// the names a rule limits its resources to.
+fn cluster_role_triples() -> (
+    std::collections::BTreeSet<fake_apiserver::RbacTriple>,
+    Vec<(fake_apiserver::RbacTriple, Vec<String>)>,
+) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/base/clusterrole-shunt-agent.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let role: ClusterRole = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not a ClusterRole: {e}", path.display()));
+    let mut triples = std::collections::BTreeSet::new();
+    let mut named = Vec::new();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let triple = (verb.clone(), group.clone(), resource.clone());
+                    if let Some(names) = &rule.resource_names {
+                        named.push((triple.clone(), names.clone()));
+                    }
+                    triples.insert(triple);
+                }
+            }
+        }
+    }
+    (triples, named)
+}
+
+#[tokio::test]
+async fn the_rendered_cluster_role_allows_exactly_what_the_agent_calls() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    server.apply(PODS, captured_pod("web", "10.244.0.12"));
+    server.apply(
+        VIRTUAL_SERVICES,
+        virtual_service(
+            "broken",
+            json!({"hosts": ["cart"], "http": [{"route": [{"destination": {"host": 7}}]}]}),
+        ),
+    );
+    // Every watch (a gateway's Secret too), a pod mark, an Event.
+    let mut running = running(&server).await;
+    let marks = marking(&server, &running.snapshots, PodStatus::Ready).await;
+    server
+        .wait_for("every watch, a mark and an Event", |served| {
+            let did = |resource: &str, verb: &str| {
+                served
+                    .iter()
+                    .any(|s| s.resource == resource && s.verb == verb)
+            };
+            WATCHED
+                .iter()
+                .chain([&PODS, &SECRETS])
+                .all(|r| did(r, "watch"))
+                && did(PODS, "patch")
+                && did(EVENTS, "create")
+        })
+        .await;
+    published(&mut running.snapshots, "web marked", |s| {
+        web_mark(s).as_deref() == Some("true")
+    })
+    .await;
+    marks.shutdown.cancel();
+    marks.task.await.unwrap();
+    running.stop().await;
+
+    let served = server.served();
+    let got = server.rbac();
+    let (allowed, named) = cluster_role_triples();
+    let missing: Vec<_> = got.difference(&allowed).collect();
+    let unused: Vec<_> = allowed.difference(&got).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "the ClusterRole (deploy/base) and the agent's calls differ:\n  called, not allowed: \
+         {missing:?}\n  allowed, never called: {unused:?}"
+    );
+    // A rule limited to names: every such call names one (a watch of one object).
+    for (triple, names) in named {
+        for call in served.iter().filter(|s| s.rbac() == triple) {
+            let name = call
+                .fields
+                .as_deref()
+                .and_then(|f| f.strip_prefix("metadata.name="));
+            assert!(
+                name.is_some_and(|n| names.iter().any(|want| want == n)),
+                "{triple:?} is allowed for {names:?} only, but was called with {call:?}"
+            );
+        }
+    }
 }

@@ -245,16 +245,19 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// watch to "the Secrets some Gateway names", so the Secrets rule is cluster-wide; the agent
 /// itself watches only those (field selector per name).
 pub fn agent_rules() -> Vec<PolicyRule> {
-    const READ: &[&str] = &["get", "list", "watch"];
-    let mut configmaps = rule(&[""], &["configmaps"], READ);
+    // Exactly what the agent's Kubernetes source calls (kube-rs watchers list, then watch);
+    // `tests/tests/kube` fails when this and the calls differ.
+    const WATCH: &[&str] = &["list", "watch"];
+    let mut configmaps = rule(&[""], &["configmaps"], WATCH);
     // The mesh config, `istio-system/istio`: RBAC names it, though not its namespace.
     configmaps.resource_names = Some(vec!["istio".into()]);
     vec![
-        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
-        rule(&[""], &["services", "namespaces"], READ),
-        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&[""], &["pods", "services", "namespaces"], WATCH),
+        // `shunt.io/captured` on the pods the agent captures, as istio-cni marks ambient's
+        // pods: the status subresource, so no write access to pods themselves.
+        rule(&[""], &["pods/status"], &["patch"]),
         // Ingresses of class `istio`, which the gateway pods serve.
-        rule(&["networking.k8s.io"], &["ingresses"], READ),
+        rule(&["networking.k8s.io"], &["ingresses"], WATCH),
         rule(
             &["networking.istio.io"],
             &[
@@ -263,7 +266,7 @@ pub fn agent_rules() -> Vec<PolicyRule> {
                 "serviceentries",
                 "virtualservices",
             ],
-            READ,
+            WATCH,
         ),
         rule(
             &["security.istio.io"],
@@ -272,15 +275,15 @@ pub fn agent_rules() -> Vec<PolicyRule> {
                 "peerauthentications",
                 "requestauthentications",
             ],
-            READ,
+            WATCH,
         ),
-        rule(&["telemetry.istio.io"], &["telemetries"], READ),
-        rule(&["shunt.io"], &["ratelimitpolicies"], READ),
+        rule(&["shunt.io"], &["ratelimitpolicies"], WATCH),
         configmaps,
-        // `list` too: a watch of one Secret starts with a list filtered to its name.
-        rule(&[""], &["secrets"], READ),
-        // Events on invalid Istio objects, so `kubectl describe` shows why.
-        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+        // A watch of one Secret is a list and a watch filtered to its name; RBAC cannot name
+        // Secrets that only the config knows.
+        rule(&[""], &["secrets"], WATCH),
+        // Events on invalid objects, so `kubectl describe` shows why.
+        rule(&["events.k8s.io"], &["events"], &["create"]),
     ]
 }
 

@@ -8,8 +8,10 @@
 //!   watch's objects change only at whole steps ([`state`]): never a half-listed state.
 //! - The Secrets watched are those the gateways of this node name, one watch each, started
 //!   and stopped as the config changes.
+//! - An object the loader rejects gets a Kubernetes Event ([`events`]).
 
 mod error;
+pub mod events;
 pub mod resources;
 mod state;
 
@@ -20,7 +22,8 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use kube::Api;
 use kube::core::DynamicObject;
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::utils::Backoff as _;
+use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,8 @@ use crate::source::local_dir::watch::log_changes;
 
 /// Events waiting for the source's loop; the watchers wait when it is full.
 const EVENTS: usize = 1024;
+/// kube-rs's default backoff's longest wait.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 /// kube-rs's own default page size for initial lists.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
 
@@ -68,6 +73,8 @@ pub struct KubeSource {
     tasks: HashMap<Watch, JoinHandle<()>>,
     events_tx: mpsc::Sender<WatchEvent>,
     events: mpsc::Receiver<WatchEvent>,
+    /// Kubernetes Events on the objects the loader rejects.
+    reporter: events::Reporter,
 }
 
 impl Drop for KubeSource {
@@ -84,7 +91,9 @@ impl KubeSource {
     #[must_use]
     pub fn start(client: kube::Client, options: LoadOptions, page_size: u32) -> Self {
         let (events_tx, events) = mpsc::channel(EVENTS);
+        let reporter = events::Reporter::start(client.clone(), options.node_name.clone());
         let mut source = Self {
+            reporter,
             client,
             options,
             page_size,
@@ -122,6 +131,8 @@ impl KubeSource {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
+            // The first snapshot's errors, from the state it was built of.
+            self.report(&snapshots.borrow().errors);
             loop {
                 let changed = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -138,6 +149,7 @@ impl KubeSource {
                 }
                 let snapshot = self.state.snapshot(&self.options);
                 self.sync_secrets(&snapshot);
+                self.report(&snapshot.errors);
                 let previous = Arc::clone(&snapshots.borrow());
                 log_changes(Some(&previous), &snapshot);
                 if *previous != snapshot {
@@ -145,6 +157,12 @@ impl KubeSource {
                 }
             }
         })
+    }
+
+    /// An Event on each object of `errors` not reported yet.
+    fn report(&mut self, errors: &[shunt_api::config::LoadError]) {
+        let state = &self.state;
+        self.reporter.report(errors, |error| state.regarding(error));
     }
 
     /// Applies the next event and every one already waiting; true when objects changed.
@@ -210,10 +228,26 @@ impl KubeSource {
         let task_watch = watch.clone();
         let task = tokio::spawn(async move {
             // kube-rs's default backoff: 0.8 s, doubling to 30 s, reset after 120 s of health.
-            let mut stream = watcher(api, config).default_backoff().boxed();
+            // Applied here rather than with `default_backoff()`, which resets it on every
+            // `Ok` item, and the watcher yields `Ok(Init)` before each list attempt: a list
+            // that keeps failing would then be retried every 0.8 s forever.
+            let mut backoff = watcher::DefaultBackoff::default();
+            let mut stream = watcher(api, config).boxed();
             while let Some(event) = stream.next().await {
+                let delay = match &event {
+                    // It never ends; should it, keep to its longest wait.
+                    Err(_) => Some(backoff.next().unwrap_or(MAX_BACKOFF)),
+                    Ok(watcher::Event::Init) => None,
+                    Ok(_) => {
+                        backoff.reset();
+                        None
+                    }
+                };
                 if events.send((task_watch.clone(), event)).await.is_err() {
                     return;
+                }
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
                 }
             }
         });

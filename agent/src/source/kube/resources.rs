@@ -5,6 +5,8 @@ use kube::core::{ApiResource, DynamicObject};
 use shunt_api::k8s::NodeName;
 use shunt_mesh::istio::SHUNT_API_VERSION;
 
+use crate::config::mesh::{AMBIENT_REDIRECTION_ANNOTATION, CAPTURED_ANNOTATION};
+
 /// The Istio kinds shunt implements, each watched at `v1` (the API server converts the older
 /// versions of a stored object).
 const ISTIO_KINDS: [(&str, &str, &str); 7] = [
@@ -154,9 +156,10 @@ pub fn keep(watch: &Watch, api: &ApiResource, object: DynamicObject) -> serde_js
     }
 }
 
-/// A pod of another node: its IP, node, labels, service account, owner and phase, and the two
+/// A pod of another node: its IP, node, labels, service account, owner and phase, the two
 /// things selector evaluation needs of an endpoint (its Ready condition and its container
-/// ports).
+/// ports), and the annotations saying its node captures it (`shunt.io/captured`,
+/// `ambient.istio.io/redirection`).
 pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
     let mut trimmed = pick(pod, &["apiVersion", "kind"]);
     trimmed["metadata"] = pick(
@@ -170,6 +173,14 @@ pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
             "ownerReferences",
         ],
     );
+    // The two annotations that say the pod's node captures it (an HBONE peer).
+    let marks = pick(
+        &pod["metadata"]["annotations"],
+        &[CAPTURED_ANNOTATION, AMBIENT_REDIRECTION_ANNOTATION],
+    );
+    if marks.as_object().is_some_and(|m| !m.is_empty()) {
+        trimmed["metadata"]["annotations"] = marks;
+    }
     let mut spec = pick(
         &pod["spec"],
         &["nodeName", "serviceAccountName", "hostNetwork"],
@@ -215,7 +226,9 @@ mod tests {
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
-                         "labels": {"app": "db"}, "annotations": {"big": "x"},
+                         "labels": {"app": "db"},
+                         "annotations": {"big": "x", "shunt.io/captured": "true",
+                                         "ambient.istio.io/redirection": "enabled"},
                          "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}],
                          "managedFields": [{}]},
             "spec": {"nodeName": "node-b", "serviceAccountName": "db", "volumes": [{}],
@@ -229,6 +242,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
                          "labels": {"app": "db"},
+                         "annotations": {"shunt.io/captured": "true",
+                                         "ambient.istio.io/redirection": "enabled"},
                          "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}]},
             "spec": {"nodeName": "node-b", "serviceAccountName": "db",
                      "containers": [{"name": "app", "ports": [{"containerPort": 5432}]}]},

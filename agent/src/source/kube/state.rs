@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::DynamicObject;
 use kube::runtime::watcher;
+use shunt_api::config::LoadError;
 
 use super::resources::{Watch, keep};
 use crate::config::{LoadOptions, Snapshot};
@@ -160,6 +162,36 @@ impl State {
         loader
             .finish()
             .into_snapshot(Path::new(SOURCE_NAME), options)
+    }
+}
+
+impl State {
+    /// The object `error` names (`Kind ns/name` or `Kind name`), if it came from a watch at
+    /// the version the error was met in. Other nodes' pods are not looked at: their own
+    /// agent reports them.
+    pub fn regarding(&self, error: &LoadError) -> Option<ObjectReference> {
+        let (kind, name) = error.object.as_deref()?.split_once(' ')?;
+        let key = match name.split_once('/') {
+            Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+            None => (String::new(), name.to_owned()),
+        };
+        let object = self
+            .watches
+            .iter()
+            .filter(|(watch, _)| **watch != Watch::AllPods)
+            .filter_map(|(_, objects)| objects.live.get(&key))
+            .find(|object| object["kind"] == kind && origin(object) == error.file)?;
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+        let metadata = &object["metadata"];
+        Some(ObjectReference {
+            api_version: text(&object["apiVersion"]),
+            kind: Some(kind.to_owned()),
+            namespace: text(&metadata["namespace"]),
+            name: text(&metadata["name"]),
+            uid: text(&metadata["uid"]),
+            resource_version: text(&metadata["resourceVersion"]),
+            field_path: None,
+        })
     }
 }
 
