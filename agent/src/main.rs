@@ -17,7 +17,7 @@ use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::cni_install::{self, CniInstall};
 use shunt_agent::config::LoadOptions;
-use shunt_agent::config::mesh_base::MeshBase;
+use shunt_agent::config::mesh_config::MeshBase;
 use shunt_api::admin as api;
 use shunt_api::admin_client::{self as client, AdminClient};
 use shunt_api::capture::CaptureMode;

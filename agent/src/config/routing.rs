@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
+use shunt_mesh::istio::{self, NETWORKING_VERSIONS, SHUNT_API_VERSION};
 use shunt_mesh::model::MeshState;
-use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
-use shunt_mesh::settings::TrustedProxies;
+use shunt_mesh::routing::{self, OutboundTrafficPolicy};
 
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::NodeName;
 
-use super::mesh_base::MeshBase;
+use super::mesh_config::{self, MeshBase, field_path};
 
 /// What the agent's flags set over the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -151,7 +150,7 @@ pub fn add_to_mesh(
             push_typed(sourced, "Ingress", &mut mesh.ingresses, errors, &|_| None);
         }
     }
-    mesh.mesh = mesh_settings(config, options.mesh_base.as_deref(), errors);
+    mesh.mesh = mesh_config::mesh_settings(config, options.mesh_base.as_deref(), errors);
     if let Some(policy) = options.outbound_traffic_policy {
         mesh.mesh.outbound_traffic_policy = policy;
     }
@@ -346,26 +345,6 @@ pub(super) fn push_typed<T: DeserializeOwned>(
     !refused
 }
 
-/// `spec.http[0].timout`, from serde_ignored's path.
-fn field_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
-        Path::Map { parent, key } => {
-            let parent = field_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => field_path(parent),
-    }
-}
-
 /// YAML's empty sections (`http:`) are nulls; Kubernetes reads them as absent.
 fn drop_nulls(value: &mut serde_json::Value) {
     match value {
@@ -377,174 +356,6 @@ fn drop_nulls(value: &mut serde_json::Value) {
         _ => {}
     }
 }
-
-/// `numTrustedProxies` of a mesh config that is not a MeshConfig: read from the YAML if it
-/// is YAML (its own problem is reported with the document's); not even YAML, it cannot be
-/// known, and fails closed.
-fn unparsed_trusted_proxies(text: &str) -> TrustedProxies {
-    match serde_yaml::from_str::<serde_json::Value>(text) {
-        Err(_) => TrustedProxies::Invalid,
-        Ok(mesh) => match mesh.pointer("/defaultConfig/gatewayTopology/numTrustedProxies") {
-            None => TrustedProxies::default(),
-            Some(value) => {
-                TrustedProxies::parse(value).map_or(TrustedProxies::Invalid, TrustedProxies::Hops)
-            }
-        },
-    }
-}
-
-/// Where a mesh config's problems are reported: the ConfigMap `istio-system/istio` (fields
-/// under `data.mesh`), or `--mesh-config`'s file (fields from its root).
-pub(crate) struct MeshOrigin {
-    pub file: PathBuf,
-    pub config_map: bool,
-}
-
-impl MeshOrigin {
-    fn prefix(&self) -> &'static str {
-        if self.config_map { "data.mesh" } else { "" }
-    }
-
-    fn error(&self, field: &str, message: String) -> LoadError {
-        let (namespace, name) = MESH_CONFIG_MAP;
-        LoadError {
-            file: self.file.clone(),
-            object: self
-                .config_map
-                .then(|| format!("ConfigMap {namespace}/{name}")),
-            field: Some(field.trim_start_matches('.').to_owned()),
-            message,
-        }
-    }
-}
-
-/// The mesh settings: `--mesh-config`'s file ([`LoadOptions::mesh_base`]) with `data.mesh` of
-/// the ConfigMap `istio-system/istio` merged over it, either of them alone, or the defaults.
-fn mesh_settings(
-    config: &Config,
-    base: Option<&MeshBase>,
-    errors: &mut Vec<LoadError>,
-) -> MeshSettings {
-    let (namespace, name) = MESH_CONFIG_MAP;
-    let from_base = |errors: &mut Vec<LoadError>| match base {
-        None => MeshSettings::default(),
-        Some(base) => parse_mesh(
-            &base.text(),
-            &MeshOrigin {
-                file: base.file.clone(),
-                config_map: false,
-            },
-            errors,
-        ),
-    };
-    let Some(sourced) = config
-        .config_maps
-        .iter()
-        .find(|c| names(&c.object) == (namespace.to_owned(), name.to_owned()))
-    else {
-        return from_base(errors);
-    };
-    let origin = MeshOrigin {
-        file: sourced.file.clone(),
-        config_map: true,
-    };
-    match &sourced.object["data"]["mesh"] {
-        serde_json::Value::Null => from_base(errors),
-        serde_json::Value::String(text) => match base {
-            None => parse_mesh(text, &origin, errors),
-            Some(base) => parse_mesh(&base.under(text), &origin, errors),
-        },
-        _ => {
-            errors.push(origin.error(
-                "data.mesh",
-                "expected a string holding MeshConfig YAML".into(),
-            ));
-            // Its numTrustedProxies cannot be known: remote-IP conditions fail closed.
-            MeshSettings {
-                num_trusted_proxies: TrustedProxies::Invalid,
-                ..MeshSettings::default()
-            }
-        }
-    }
-}
-
-/// Deserializes MeshConfig YAML with serde_ignored, the fields it does not read in `ignored`.
-pub(crate) fn deserialize_mesh(
-    text: &str,
-    ignored: &mut Vec<String>,
-) -> Result<istio::MeshConfig, serde_path_to_error::Error<serde_yaml::Error>> {
-    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-        serde_yaml::Deserializer::from_str(text),
-        &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
-    ))
-}
-
-/// MeshConfig YAML as settings; every problem goes to `errors`, named as `origin` says.
-pub(crate) fn parse_mesh(
-    text: &str,
-    origin: &MeshOrigin,
-    errors: &mut Vec<LoadError>,
-) -> MeshSettings {
-    let prefix = origin.prefix();
-    let mut ignored = Vec::new();
-    let parsed = deserialize_mesh(text, &mut ignored);
-    // A real Istio mesh config sets much shunt does not act on; say so, field by field,
-    // rather than let a setting look as if it took effect.
-    for field in ignored {
-        errors.push(origin.error(
-            &format!("{prefix}.{field}"),
-            format!(
-                "{IGNORED_MESH_FIELD}: ignored (a warning: the rest of the mesh config applies)"
-            ),
-        ));
-    }
-    match parsed {
-        Ok(mesh) => {
-            let mut settings = routing::mesh_settings(&mesh, prefix).unwrap_or_else(|problems| {
-                errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| origin.error(&field, message)),
-                );
-                MeshSettings::default()
-            });
-            // Kept whatever else is wrong, so that a bad value fails closed everywhere.
-            let (hops, problem) = routing::trusted_proxies(&mesh);
-            settings.num_trusted_proxies = hops;
-            if let Some((field, message)) = problem {
-                errors.push(origin.error(&format!("{prefix}.{field}"), message));
-            }
-            // Rejected extension providers stay in the settings (CUSTOM policies naming them
-            // deny); each is reported here.
-            errors.extend(
-                settings
-                    .extension_providers
-                    .problems()
-                    .map(|(field, message)| origin.error(field, message.to_owned())),
-            );
-            settings
-        }
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                prefix.to_owned()
-            } else {
-                format!("{prefix}.{path}")
-            };
-            errors.push(origin.error(&field, e.inner().to_string()));
-            MeshSettings {
-                num_trusted_proxies: unparsed_trusted_proxies(text),
-                ..MeshSettings::default()
-            }
-        }
-    }
-}
-
-/// What shunt reads of a MeshConfig, said of every other field.
-pub(crate) const IGNORED_MESH_FIELD: &str = "a MeshConfig field shunt does not read (it reads \
-    outboundTrafficPolicy.mode, protocolDetectionTimeout, accessLogFile, trustDomain, \
-    rootNamespace, extensionProviders, pathNormalization.normalization, ingressClass, \
-    ingressSelector and defaultConfig.gatewayTopology.numTrustedProxies)";
 
 /// `SHUNT_API_VERSION`'s group, for the loader.
 pub const SHUNT_GROUP: &str = "shunt.io";

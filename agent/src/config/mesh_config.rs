@@ -1,4 +1,6 @@
-//! `shunt-agent --mesh-config FILE`: the mesh config shunt's installer renders (its
+//! The mesh settings: `data.mesh` of the ConfigMap `istio-system/istio`, parsed with field
+//! paths and checked by the compiler the proxy runs, over `shunt-agent --mesh-config FILE`, the
+//! mesh config shunt's installer renders (its
 //! `meshConfig.*` values), under the cluster's own. As Istio's `SHARED_MESH_CONFIG`, the file
 //! is the base and `data.mesh` of the ConfigMap `istio-system/istio` is merged over it, field
 //! by field: maps deeply, any other value (lists included) replaced whole, the ConfigMap
@@ -9,7 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::routing::{self, MeshOrigin};
+use shunt_api::config::{Config, LoadError};
+use shunt_mesh::istio::{self, MESH_CONFIG_MAP};
+use shunt_mesh::routing::{self, MeshSettings};
+use shunt_mesh::settings::TrustedProxies;
 
 /// A checked `--mesh-config` file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,16 +73,16 @@ impl MeshBase {
         };
         // The file is shunt's own: a field it does not read is a mistake, not Istio's.
         let mut ignored = Vec::new();
-        let _ = routing::deserialize_mesh(&base.text(), &mut ignored);
+        let _ = deserialize_mesh(&base.text(), &mut ignored);
         if let Some(field) = ignored.first() {
-            return Err(invalid(field, routing::IGNORED_MESH_FIELD.to_owned()));
+            return Err(invalid(field, IGNORED_MESH_FIELD.to_owned()));
         }
         let mut errors = Vec::new();
         let origin = MeshOrigin {
             file: file.to_owned(),
             config_map: false,
         };
-        routing::parse_mesh(&base.text(), &origin, &mut errors);
+        parse_mesh(&base.text(), &origin, &mut errors);
         if let Some(error) = errors.into_iter().next() {
             return Err(invalid(
                 error.field.as_deref().unwrap_or_default(),
@@ -121,6 +126,188 @@ fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
             }
         }
         (base, overlay) => *base = overlay,
+    }
+}
+
+/// `numTrustedProxies` of a mesh config that is not a MeshConfig: read from the YAML if it
+/// is YAML (its own problem is reported with the document's); not even YAML, it cannot be
+/// known, and fails closed.
+fn unparsed_trusted_proxies(text: &str) -> TrustedProxies {
+    match serde_yaml::from_str::<serde_json::Value>(text) {
+        Err(_) => TrustedProxies::Invalid,
+        Ok(mesh) => match mesh.pointer("/defaultConfig/gatewayTopology/numTrustedProxies") {
+            None => TrustedProxies::default(),
+            Some(value) => {
+                TrustedProxies::parse(value).map_or(TrustedProxies::Invalid, TrustedProxies::Hops)
+            }
+        },
+    }
+}
+
+/// Where a mesh config's problems are reported: the ConfigMap `istio-system/istio` (fields
+/// under `data.mesh`), or `--mesh-config`'s file (fields from its root).
+struct MeshOrigin {
+    file: PathBuf,
+    config_map: bool,
+}
+
+impl MeshOrigin {
+    fn prefix(&self) -> &'static str {
+        if self.config_map { "data.mesh" } else { "" }
+    }
+
+    fn error(&self, field: &str, message: String) -> LoadError {
+        let (namespace, name) = MESH_CONFIG_MAP;
+        LoadError {
+            file: self.file.clone(),
+            object: self
+                .config_map
+                .then(|| format!("ConfigMap {namespace}/{name}")),
+            field: Some(field.trim_start_matches('.').to_owned()),
+            message,
+        }
+    }
+}
+
+/// The mesh settings: `--mesh-config`'s file ([`LoadOptions::mesh_base`]) with `data.mesh` of
+/// the ConfigMap `istio-system/istio` merged over it, either of them alone, or the defaults.
+pub(crate) fn mesh_settings(
+    config: &Config,
+    base: Option<&MeshBase>,
+    errors: &mut Vec<LoadError>,
+) -> MeshSettings {
+    let (namespace, name) = MESH_CONFIG_MAP;
+    let from_base = |errors: &mut Vec<LoadError>| match base {
+        None => MeshSettings::default(),
+        Some(base) => parse_mesh(
+            &base.text(),
+            &MeshOrigin {
+                file: base.file.clone(),
+                config_map: false,
+            },
+            errors,
+        ),
+    };
+    let Some(sourced) = config.config_maps.iter().find(|c| {
+        c.object["metadata"]["namespace"] == namespace && c.object["metadata"]["name"] == name
+    }) else {
+        return from_base(errors);
+    };
+    let origin = MeshOrigin {
+        file: sourced.file.clone(),
+        config_map: true,
+    };
+    match &sourced.object["data"]["mesh"] {
+        serde_json::Value::Null => from_base(errors),
+        serde_json::Value::String(text) => match base {
+            None => parse_mesh(text, &origin, errors),
+            Some(base) => parse_mesh(&base.under(text), &origin, errors),
+        },
+        _ => {
+            errors.push(origin.error(
+                "data.mesh",
+                "expected a string holding MeshConfig YAML".into(),
+            ));
+            // Its numTrustedProxies cannot be known: remote-IP conditions fail closed.
+            MeshSettings {
+                num_trusted_proxies: TrustedProxies::Invalid,
+                ..MeshSettings::default()
+            }
+        }
+    }
+}
+
+/// Deserializes MeshConfig YAML with serde_ignored, the fields it does not read in `ignored`.
+fn deserialize_mesh(
+    text: &str,
+    ignored: &mut Vec<String>,
+) -> Result<istio::MeshConfig, serde_path_to_error::Error<serde_yaml::Error>> {
+    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        serde_yaml::Deserializer::from_str(text),
+        &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
+    ))
+}
+
+/// MeshConfig YAML as settings; every problem goes to `errors`, named as `origin` says.
+fn parse_mesh(text: &str, origin: &MeshOrigin, errors: &mut Vec<LoadError>) -> MeshSettings {
+    let prefix = origin.prefix();
+    let mut ignored = Vec::new();
+    let parsed = deserialize_mesh(text, &mut ignored);
+    // A real Istio mesh config sets much shunt does not act on; say so, field by field,
+    // rather than let a setting look as if it took effect.
+    for field in ignored {
+        errors.push(origin.error(
+            &format!("{prefix}.{field}"),
+            format!(
+                "{IGNORED_MESH_FIELD}: ignored (a warning: the rest of the mesh config applies)"
+            ),
+        ));
+    }
+    match parsed {
+        Ok(mesh) => {
+            let mut settings = routing::mesh_settings(&mesh, prefix).unwrap_or_else(|problems| {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| origin.error(&field, message)),
+                );
+                MeshSettings::default()
+            });
+            // Kept whatever else is wrong, so that a bad value fails closed everywhere.
+            let (hops, problem) = routing::trusted_proxies(&mesh);
+            settings.num_trusted_proxies = hops;
+            if let Some((field, message)) = problem {
+                errors.push(origin.error(&format!("{prefix}.{field}"), message));
+            }
+            // Rejected extension providers stay in the settings (CUSTOM policies naming them
+            // deny); each is reported here.
+            errors.extend(
+                settings
+                    .extension_providers
+                    .problems()
+                    .map(|(field, message)| origin.error(field, message.to_owned())),
+            );
+            settings
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            };
+            errors.push(origin.error(&field, e.inner().to_string()));
+            MeshSettings {
+                num_trusted_proxies: unparsed_trusted_proxies(text),
+                ..MeshSettings::default()
+            }
+        }
+    }
+}
+
+/// What shunt reads of a MeshConfig, said of every other field.
+const IGNORED_MESH_FIELD: &str = "a MeshConfig field shunt does not read (it reads \
+    outboundTrafficPolicy.mode, protocolDetectionTimeout, accessLogFile, trustDomain, \
+    rootNamespace, extensionProviders, pathNormalization.normalization, ingressClass, \
+    ingressSelector and defaultConfig.gatewayTopology.numTrustedProxies)";
+
+/// `spec.http[0].timout`, from serde_ignored's path.
+pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 
