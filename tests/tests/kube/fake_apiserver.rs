@@ -11,7 +11,10 @@
 //! - [`FakeApiServer::hold_pages`]: later pages of a list wait until released, to catch a
 //!   client that acts on a half-listed state;
 //! - [`FakeApiServer::unserve`]: 404 for a resource, as for a custom resource whose CRD is
-//!   not installed.
+//!   not installed;
+//! - single objects: GET, DELETE, and PATCH with `application/apply-patch+yaml` (server-side
+//!   apply, simplified: the body replaces the object, its `status` kept, `resourceVersion`
+//!   and `generation` bumped), each apply recorded in order ([`FakeApiServer::applied`]).
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -61,6 +64,8 @@ struct Store {
     /// Resources answered with 404, as a cluster without their CRD does.
     unserved: HashSet<String>,
     served: Vec<Served>,
+    /// `resource namespace/name` of each server-side apply, in order.
+    applied: Vec<String>,
 }
 
 impl Store {
@@ -217,6 +222,21 @@ impl FakeApiServer {
         self.bump();
     }
 
+    /// `resource namespace/name` (`resource name` when cluster-scoped) of every server-side
+    /// apply so far, in order.
+    pub fn applied(&self) -> Vec<String> {
+        self.store().applied.clone()
+    }
+
+    /// The objects of `resource`, by `namespace/name` (`name` when cluster-scoped).
+    pub fn objects(&self, resource: &str) -> BTreeMap<String, Value> {
+        self.store()
+            .objects
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Every request answered so far.
     pub fn served(&self) -> Vec<Served> {
         self.store().served.clone()
@@ -270,6 +290,8 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 struct Query {
     resource: String,
     namespace: Option<String>,
+    /// One object's, rather than a list or a watch.
+    name: Option<String>,
     params: BTreeMap<String, String>,
 }
 
@@ -280,9 +302,15 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural),
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural, None),
+        [plural, name] => (None, *plural, Some((*name).to_owned())),
+        ["namespaces", namespace, plural, name] => (
+            Some((*namespace).to_owned()),
+            *plural,
+            Some((*name).to_owned()),
+        ),
         _ => return None,
     };
     let params = request
@@ -296,6 +324,7 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
     Some(Query {
         resource: format!("{group}/{version}/{plural}"),
         namespace,
+        name,
         params,
     })
 }
@@ -359,7 +388,7 @@ async fn serve(
             &status(
                 404,
                 "NotFound",
-                "the fake API server serves lists and watches only",
+                "the fake API server serves lists, watches and single objects only",
             ),
         );
     };
@@ -369,6 +398,9 @@ async fn serve(
             query.resource
         );
         return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
+    }
+    if let Some(name) = query.name.clone() {
+        return one_object(store, changed, query, &name, request).await;
     }
     let watching = query
         .params
@@ -510,4 +542,112 @@ fn watch_stream(
         .header("content-type", "application/json")
         .body(StreamBody::new(body).boxed())
         .unwrap()
+}
+
+/// GET, DELETE or server-side apply (PATCH) of the object `name` of `query`.
+async fn one_object(
+    store: &Arc<Mutex<Store>>,
+    changed: &watch::Sender<u64>,
+    query: Query,
+    name: &str,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let key = match &query.namespace {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_owned(),
+    };
+    let not_found = || {
+        let message = format!("{} {key} not found", query.resource);
+        json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message))
+    };
+    let method = request.method().clone();
+    let apply_patch = request
+        .headers()
+        .get("content-type")
+        .is_some_and(|t| t.as_bytes() == b"application/apply-patch+yaml");
+    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+    let mut store = store.lock().unwrap();
+    let answer = match method {
+        hyper::Method::GET => {
+            let object = store.objects.get(&query.resource).and_then(|o| o.get(&key));
+            match object {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => return not_found(),
+            }
+        }
+        hyper::Method::DELETE => {
+            let removed = store
+                .objects
+                .get_mut(&query.resource)
+                .and_then(|objects| objects.remove(&key));
+            let Some(mut object) = removed else {
+                return not_found();
+            };
+            store.version += 1;
+            object["metadata"]["resourceVersion"] = store.version.to_string().into();
+            let version = store.version;
+            store.log.push(Event {
+                resource: query.resource.clone(),
+                version,
+                kind: "DELETED",
+                object: object.clone(),
+            });
+            json_response(StatusCode::OK, &object)
+        }
+        hyper::Method::PATCH if apply_patch => {
+            // kube-rs sends the applied configuration as JSON, which is YAML too.
+            let Some(mut object) = body
+                .ok()
+                .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+            else {
+                let message = "the fake API server reads apply patches as JSON";
+                return json_response(StatusCode::BAD_REQUEST, &status(400, "BadRequest", message));
+            };
+            store.version += 1;
+            let version = store.version;
+            let objects = store.objects.entry(query.resource.clone()).or_default();
+            let previous = objects.get(&key);
+            let generation = previous
+                .and_then(|p| p["metadata"]["generation"].as_i64())
+                .unwrap_or(0)
+                + 1;
+            if let Some(status) = previous.map(|p| p["status"].clone()) {
+                if !status.is_null() && object.get("status").is_none() {
+                    object["status"] = status;
+                }
+            }
+            let kind = if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            object["metadata"]["resourceVersion"] = version.to_string().into();
+            object["metadata"]["generation"] = generation.into();
+            if let Some(namespace) = &query.namespace {
+                object["metadata"]["namespace"] = namespace.clone().into();
+            }
+            objects.insert(key.clone(), object.clone());
+            store.applied.push(format!("{} {key}", query.resource));
+            store.log.push(Event {
+                resource: query.resource.clone(),
+                version,
+                kind,
+                object: object.clone(),
+            });
+            json_response(StatusCode::OK, &object)
+        }
+        _ => {
+            let message = format!(
+                "the fake API server takes GET, DELETE and apply patches of one object, not \
+                 {method}"
+            );
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", &message),
+            );
+        }
+    };
+    drop(store);
+    changed.send_modify(|n| *n += 1);
+    answer
 }

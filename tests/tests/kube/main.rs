@@ -3,6 +3,7 @@
 //! no netns, no privileges. What the fake leaves untested is in the README, "Kubernetes mode".
 
 mod fake_apiserver;
+mod install;
 
 use std::sync::Arc;
 use std::time::Duration;

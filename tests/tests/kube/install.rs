@@ -1,0 +1,206 @@
+//! `shuntctl install` (server-side apply, then waiting) and `shuntctl uninstall --cluster`: the
+//! real binary against the FAKE API server, through a kubeconfig. The test plays the cluster's
+//! controllers: it marks each applied CRD Established, and sets each DaemonSet's status.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use shunt_tests::binaries::Binaries;
+
+use crate::fake_apiserver::{FakeApiServer, Resource};
+
+const CRDS: Resource = "apiextensions.k8s.io/v1/customresourcedefinitions";
+const DAEMON_SETS: Resource = "apps/v1/daemonsets";
+/// How often the controllers look at the objects.
+const TICK: Duration = Duration::from_millis(50);
+/// The most any shuntctl run may take (bounded by its own --timeout well before).
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// What the test's stand-in controllers do with a DaemonSet.
+#[derive(Clone, Copy)]
+enum DaemonSets {
+    /// Its one pod updated and ready.
+    Ready,
+    /// Its one pod never ready.
+    NeverReady,
+}
+
+/// One step of the controllers: CRDs Established, DaemonSets' status written. Panics when
+/// anything but a CRD was applied while a CRD is not yet Established.
+fn control(server: &FakeApiServer, daemon_sets: DaemonSets) {
+    let others = server.applied().iter().any(|a| !a.starts_with(CRDS));
+    let crds = server.objects(CRDS);
+    let pending: Vec<&String> = crds
+        .iter()
+        .filter(|(_, crd)| crd["status"]["conditions"].is_null())
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        !others || pending.is_empty(),
+        "objects applied before these CRDs were Established: {pending:?}"
+    );
+    for (_, mut crd) in crds {
+        if crd["status"]["conditions"].is_null() {
+            crd["status"] = json!({"conditions": [
+                {"type": "NamesAccepted", "status": "True"},
+                {"type": "Established", "status": "True"}]});
+            server.apply(CRDS, crd);
+        }
+    }
+    for (_, mut daemon_set) in server.objects(DAEMON_SETS) {
+        let generation = daemon_set["metadata"]["generation"].clone();
+        if daemon_set["status"]["observedGeneration"] == generation {
+            continue;
+        }
+        let ready = match daemon_sets {
+            DaemonSets::Ready => 1,
+            DaemonSets::NeverReady => 0,
+        };
+        daemon_set["status"] = json!({"observedGeneration": generation,
+            "desiredNumberScheduled": 1, "updatedNumberScheduled": 1, "numberReady": ready});
+        server.apply(DAEMON_SETS, daemon_set);
+    }
+}
+
+/// Runs `shuntctl ARGS --kubeconfig KUBECONFIG` while the controllers act.
+async fn shuntctl(
+    server: &FakeApiServer,
+    kubeconfig: &Path,
+    daemon_sets: DaemonSets,
+    args: &[&str],
+) -> Output {
+    let binary = Binaries::from_env()
+        .shuntctl()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(binary)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running shuntctl: {e}"));
+    let ticks = RUN_LIMIT.as_millis() / TICK.as_millis();
+    for _ in 0..ticks {
+        if child.try_wait().ok().flatten().is_some() {
+            return child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        }
+        control(server, daemon_sets);
+        tokio::time::sleep(TICK).await;
+    }
+    let _ = child.kill();
+    panic!("shuntctl {args:?} did not finish within {RUN_LIMIT:?}");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The recorded applies (`resource key`) whose objects the server still holds.
+fn held(server: &FakeApiServer, applied: &[String]) -> Vec<String> {
+    applied
+        .iter()
+        .filter(|entry| {
+            let (resource, key) = entry.split_once(' ').unwrap_or_default();
+            server.objects(resource).contains_key(key)
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_deletes_the_rest() {
+    let server = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = server.kubeconfig(dir.path());
+
+    let install = shuntctl(
+        &server,
+        &kubeconfig,
+        DaemonSets::Ready,
+        &["install", "--timeout=60s"],
+    )
+    .await;
+    let (stdout, stderr) = (text(&install.stdout), text(&install.stderr));
+    assert!(install.status.success(), "{stdout}\n{stderr}");
+
+    // Every CRD before anything else, and each Established before the rest was applied.
+    let applied = server.applied();
+    let crds = applied.iter().take_while(|a| a.starts_with(CRDS)).count();
+    assert!(crds >= 1, "{applied:?}");
+    assert!(
+        applied[crds..].iter().all(|a| !a.starts_with(CRDS)),
+        "CRDs applied after other objects: {applied:?}"
+    );
+    let first_other = stdout
+        .find("✔ Namespace shunt-system applied")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for crd in &applied[..crds] {
+        let name = crd.rsplit(' ').next().unwrap_or_default();
+        let line = format!("✔ CustomResourceDefinition {name} established");
+        let at = stdout
+            .find(&line)
+            .unwrap_or_else(|| panic!("{line}: {stdout}"));
+        assert!(at < first_other, "{stdout}");
+    }
+    for daemon_set in ["shunt-agent", "shunt-proxy"] {
+        assert!(
+            applied.contains(&format!("{DAEMON_SETS} shunt-system/{daemon_set}")),
+            "{applied:?}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "✔ DaemonSet shunt-system/{daemon_set} ready (1/1 ready, 1 updated)"
+            )),
+            "{stdout}"
+        );
+    }
+
+    let uninstall = shuntctl(
+        &server,
+        &kubeconfig,
+        DaemonSets::Ready,
+        &["uninstall", "--cluster"],
+    )
+    .await;
+    let (stdout, stderr) = (text(&uninstall.stdout), text(&uninstall.stderr));
+    assert!(uninstall.status.success(), "{stdout}\n{stderr}");
+    let left = held(&server, &applied);
+    assert_eq!(left, applied[..crds].to_vec(), "{stdout}");
+
+    let purge = shuntctl(
+        &server,
+        &kubeconfig,
+        DaemonSets::Ready,
+        &["uninstall", "--cluster", "--purge"],
+    )
+    .await;
+    assert!(purge.status.success(), "{}", text(&purge.stderr));
+    assert_eq!(held(&server, &applied), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_fails_after_its_timeout_naming_the_daemon_set_that_is_not_ready() {
+    let server = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = server.kubeconfig(dir.path());
+    let install = shuntctl(
+        &server,
+        &kubeconfig,
+        DaemonSets::NeverReady,
+        &["install", "--timeout=3s"],
+    )
+    .await;
+    let (stdout, stderr) = (text(&install.stdout), text(&install.stderr));
+    assert!(!install.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("DaemonSet shunt-system/shunt-agent was not ready within 3s (0/1 ready"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("… shunt-agent 0/1 ready, 1 updated"),
+        "{stdout}"
+    );
+}
