@@ -2,8 +2,8 @@
 //! real binary against the FAKE API server, through a kubeconfig. The test plays the cluster's
 //! controllers: it marks each applied CRD Established, and sets each DaemonSet's status.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -64,38 +64,62 @@ fn control(server: &FakeApiServer, daemon_sets: DaemonSets) {
     }
 }
 
-/// Runs `shuntctl ARGS --kubeconfig KUBECONFIG` while the controllers act.
-async fn shuntctl(
-    server: &FakeApiServer,
-    kubeconfig: &Path,
-    daemon_sets: DaemonSets,
-    args: &[&str],
-) -> Output {
-    let binary = Binaries::from_env()
-        .shuntctl()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(binary)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running shuntctl: {e}"));
-    let ticks = RUN_LIMIT.as_millis() / TICK.as_millis();
-    for _ in 0..ticks {
-        if child.try_wait().ok().flatten().is_some() {
-            return child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-        }
-        control(server, daemon_sets);
-        tokio::time::sleep(TICK).await;
-    }
-    let _ = child.kill();
-    panic!("shuntctl {args:?} did not finish within {RUN_LIMIT:?}");
+/// The fake API server and a kubeconfig for it.
+struct Cluster {
+    server: FakeApiServer,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// How a shuntctl run ended.
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let server = FakeApiServer::start().await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let kubeconfig = server.kubeconfig(dir.path());
+        Self {
+            server,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `shuntctl ARGS --kubeconfig KUBECONFIG` while the controllers act.
+    async fn shuntctl(&self, daemon_sets: DaemonSets, args: &[&str]) -> Run {
+        let binary = Binaries::from_env()
+            .shuntctl()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(binary)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running shuntctl: {e}"));
+        let ticks = RUN_LIMIT.as_millis() / TICK.as_millis();
+        for _ in 0..ticks {
+            if child.try_wait().ok().flatten().is_some() {
+                let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                return Run {
+                    success: output.status.success(),
+                    stdout: text(&output.stdout),
+                    stderr: text(&output.stderr),
+                };
+            }
+            control(&self.server, daemon_sets);
+            tokio::time::sleep(TICK).await;
+        }
+        let _ = child.kill();
+        panic!("shuntctl {args:?} did not finish within {RUN_LIMIT:?}");
+    }
 }
 
 /// The recorded applies (`resource key`) whose objects the server still holds.
@@ -112,19 +136,16 @@ fn held(server: &FakeApiServer, applied: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_deletes_the_rest() {
-    let server = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = server.kubeconfig(dir.path());
-
-    let install = shuntctl(
-        &server,
-        &kubeconfig,
-        DaemonSets::Ready,
-        &["install", "--timeout=60s"],
-    )
-    .await;
-    let (stdout, stderr) = (text(&install.stdout), text(&install.stderr));
-    assert!(install.status.success(), "{stdout}\n{stderr}");
+    let cluster = Cluster::start().await;
+    let server = &cluster.server;
+    let Run {
+        success,
+        stdout,
+        stderr,
+    } = cluster
+        .shuntctl(DaemonSets::Ready, &["install", "--timeout=60s"])
+        .await;
+    assert!(success, "{stdout}\n{stderr}");
 
     // Every CRD before anything else, and each Established before the rest was applied.
     let applied = server.applied();
@@ -158,43 +179,35 @@ async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_dele
         );
     }
 
-    let uninstall = shuntctl(
-        &server,
-        &kubeconfig,
-        DaemonSets::Ready,
-        &["uninstall", "--cluster"],
-    )
-    .await;
-    let (stdout, stderr) = (text(&uninstall.stdout), text(&uninstall.stderr));
-    assert!(uninstall.status.success(), "{stdout}\n{stderr}");
-    let left = held(&server, &applied);
-    assert_eq!(left, applied[..crds].to_vec(), "{stdout}");
+    let uninstall = cluster
+        .shuntctl(DaemonSets::Ready, &["uninstall", "--cluster"])
+        .await;
+    assert!(
+        uninstall.success,
+        "{}\n{}",
+        uninstall.stdout, uninstall.stderr
+    );
+    let left = held(server, &applied);
+    assert_eq!(left, applied[..crds].to_vec(), "{}", uninstall.stdout);
 
-    let purge = shuntctl(
-        &server,
-        &kubeconfig,
-        DaemonSets::Ready,
-        &["uninstall", "--cluster", "--purge"],
-    )
-    .await;
-    assert!(purge.status.success(), "{}", text(&purge.stderr));
-    assert_eq!(held(&server, &applied), Vec::<String>::new());
+    let purge = cluster
+        .shuntctl(DaemonSets::Ready, &["uninstall", "--cluster", "--purge"])
+        .await;
+    assert!(purge.success, "{}", purge.stderr);
+    assert_eq!(held(server, &applied), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_fails_after_its_timeout_naming_the_daemon_set_that_is_not_ready() {
-    let server = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = server.kubeconfig(dir.path());
-    let install = shuntctl(
-        &server,
-        &kubeconfig,
-        DaemonSets::NeverReady,
-        &["install", "--timeout=3s"],
-    )
-    .await;
-    let (stdout, stderr) = (text(&install.stdout), text(&install.stderr));
-    assert!(!install.status.success(), "{stdout}\n{stderr}");
+    let cluster = Cluster::start().await;
+    let Run {
+        success,
+        stdout,
+        stderr,
+    } = cluster
+        .shuntctl(DaemonSets::NeverReady, &["install", "--timeout=3s"])
+        .await;
+    assert!(!success, "{stdout}\n{stderr}");
     assert!(
         stderr.contains("DaemonSet shunt-system/shunt-agent was not ready within 3s (0/1 ready"),
         "{stderr}"
