@@ -24,6 +24,7 @@ use crate::cni_server::{self, CniContext, CniServer};
 use crate::config;
 use crate::control::{self, ControlServer};
 use crate::discovery;
+use crate::own_daemon_set;
 use crate::pods::Reconciler;
 use crate::source;
 use shunt_api::capture::CaptureMode;
@@ -62,6 +63,9 @@ pub struct Options {
     pub proc_root: PathBuf,
     /// Chains `shunt-cni` into the node's CNI config (`--install-cni`), when on.
     pub cni: Option<CniInstall>,
+    /// shunt's namespace (`--system-namespace`), where Kubernetes mode finds its own
+    /// DaemonSet at SIGTERM ([`own_daemon_set`]).
+    pub system_namespace: String,
 }
 
 impl Options {
@@ -103,7 +107,7 @@ pub enum Error {
 /// A source that has read its first config, to be watched from then on.
 enum Started {
     Local(PathBuf),
-    Kube(Box<source::kube::KubeSource>),
+    Kube(Box<source::kube::KubeSource>, kube::Client),
 }
 
 /// Why the agent stopped.
@@ -126,7 +130,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         SourceOptions::Kube { kubeconfig } => {
             let client = source::kube::connect(kubeconfig.as_deref()).await?;
             let mut kube = source::kube::KubeSource::start(
-                client,
+                client.clone(),
                 options.load.clone(),
                 source::kube::DEFAULT_PAGE_SIZE,
             );
@@ -136,7 +140,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
                 _ = terminate.recv() => return Ok(Stopped::Signal("SIGTERM")),
                 _ = interrupt.recv() => return Ok(Stopped::Signal("SIGINT")),
             };
-            (listed, Started::Kube(Box::new(kube)))
+            (listed, Started::Kube(Box::new(kube), client))
         }
     };
 
@@ -165,11 +169,12 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let uninstalled = CancellationToken::new();
     source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let watcher = match started {
-        Started::Local(config_dir) => {
-            source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?
-        }
-        Started::Kube(kube) => kube.spawn(snapshots_tx, shutdown.clone()),
+    let (watcher, kube_client) = match started {
+        Started::Local(config_dir) => (
+            source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?,
+            None,
+        ),
+        Started::Kube(kube, client) => (kube.spawn(snapshots_tx, shutdown.clone()), Some(client)),
     };
     let control = control.require_cgroup(capture.proxy_cgroup());
     let reconciler = Reconciler::new(capture.clone());
@@ -222,7 +227,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
     tasks.spawn(control.run(events_tx, shutdown.clone()));
-    tasks.spawn(admin.run(context, shutdown.clone()));
+    tasks.spawn(admin.run(Arc::clone(&context), shutdown.clone()));
     if let Some(logs) = bpf_logs {
         tasks.spawn(bpf_log::forward(logs, shutdown.clone()));
     }
@@ -233,13 +238,18 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         "shunt-agent running"
     );
 
-    let stopped = tokio::select! {
+    let mut stopped = tokio::select! {
         _ = terminate.recv() => Stopped::Signal("SIGTERM"),
         _ = interrupt.recv() => Stopped::Signal("SIGINT"),
         () = uninstalled.cancelled() => Stopped::Uninstalled,
     };
     tracing::info!(?stopped, "stopping");
     shutdown.cancel();
+    if let (Stopped::Signal(_), Some(client)) = (stopped, &kube_client)
+        && uninstall_at_stop(client, &options.system_namespace, &context).await
+    {
+        stopped = Stopped::Uninstalled;
+    }
     let finished = tokio::time::timeout(STOP_TIMEOUT, async {
         let _ = watcher.await;
         tasks.join_all().await;
@@ -269,6 +279,33 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         }
     }
     Ok(stopped)
+}
+
+/// Kubernetes mode at SIGTERM: unpins capture when the agent's DaemonSet is gone or being
+/// deleted (an uninstall), and says whether it did; a rollout keeps everything.
+async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &AdminContext) -> bool {
+    let own = own_daemon_set::check(client, namespace).await;
+    if !own.uninstalls() {
+        tracing::info!(
+            daemon_set = %format!("{namespace}/{}", own_daemon_set::DAEMON_SET),
+            state = ?own,
+            "the agent's DaemonSet stays: capture and the CNI entries stay for the next agent"
+        );
+        return false;
+    }
+    tracing::info!(state = ?own, "the agent's DaemonSet is being deleted: uninstalling");
+    match context.capture.uninstall(&context.installed) {
+        Ok(removed) => {
+            for path in removed {
+                tracing::info!(path = %path.display(), "removed");
+            }
+        }
+        Err(e) => tracing::error!(
+            "cannot remove capture: {e}; run `shunt-agent --uninstall` on this node, or its pods' \
+             connections keep going to a proxy that is gone"
+        ),
+    }
+    true
 }
 
 /// Chains `shunt-cni` into the node's CNI config, and keeps it there: at start, then every

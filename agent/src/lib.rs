@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod netns;
+pub mod own_daemon_set;
 pub mod pods;
 pub mod proxy_cgroup;
 pub mod source;

@@ -136,7 +136,9 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     cni_plugin: Option<PathBuf>,
     /// shunt's own namespace: shunt-cni lets its pods start without asking the agent (the
-    /// agent and proxy must start before anything can be captured).
+    /// agent and proxy must start before anything can be captured). With --source kube, at
+    /// SIGTERM the agent reads its DaemonSet shunt-agent there: gone or being deleted, it
+    /// removes its CNI entries and capture as it stops; else (a rollout) they stay.
     #[arg(long, value_name = "NAMESPACE", default_value = cni_install::DEFAULT_SYSTEM_NAMESPACE)]
     system_namespace: String,
     /// How long shunt-cni's ADD waits for a captured pod's proxy listeners and capture.
@@ -235,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plugin,
             agent_socket: std::path::absolute(run_dir.cni_socket())
                 .context("making the CNI socket's path absolute")?,
-            system_namespace: cli.system_namespace,
+            system_namespace: cli.system_namespace.clone(),
             timeout_seconds: cli.cni_timeout,
         })
     } else {
@@ -314,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bpf_log: cli.bpf_log,
         proc_root: cli.proc_root,
         cni,
+        system_namespace: cli.system_namespace,
     };
     runtime.block_on(app::run(options))?;
     Ok(())

@@ -250,6 +250,10 @@ pub fn agent_rules() -> Vec<PolicyRule> {
     let mut configmaps = rule(&[""], &["configmaps"], READ);
     // The mesh config, `istio-system/istio`: RBAC names it, though not its namespace.
     configmaps.resource_names = Some(vec!["istio".into()]);
+    // Its own DaemonSet, read at SIGTERM: gone or being deleted, the agent uninstalls itself
+    // from the node (CNI entries, capture); a rollout keeps them.
+    let mut daemon_sets = rule(&["apps"], &["daemonsets"], &["get"]);
+    daemon_sets.resource_names = Some(vec![AGENT.into()]);
     vec![
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&[""], &["services", "namespaces"], READ),
@@ -282,6 +286,7 @@ pub fn agent_rules() -> Vec<PolicyRule> {
         rule(&[""], &["secrets"], READ),
         // Events on invalid Istio objects, so `kubectl describe` shows why.
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+        daemon_sets,
     ]
 }
 
@@ -469,6 +474,8 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
         // The API server's objects; NODE_NAME (below) says which pods are this node's.
         "--source=kube".into(),
         format!("--mesh-config={CONFIG_DIR}/{MESH_FILE}"),
+        // Where the agent finds its own DaemonSet at SIGTERM, and whose pods shunt-cni admits.
+        format!("--system-namespace={}", values.namespace),
         format!("--bpffs={}", agent.bpffs_host_path),
         format!("--cgroup={cgroup}"),
         format!(
