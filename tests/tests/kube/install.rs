@@ -217,3 +217,41 @@ async fn install_fails_after_its_timeout_naming_the_daemon_set_that_is_not_ready
         "{stdout}"
     );
 }
+
+/// The agent's SIGTERM question, through the real client: its DaemonSet gone, present, or
+/// being deleted.
+#[tokio::test]
+async fn the_agent_reads_its_own_daemon_set_at_stop() {
+    use shunt_agent::own_daemon_set::{self, OwnDaemonSet};
+    let cluster = Cluster::start().await;
+    let client = shunt_agent::source::kube::connect(Some(&cluster.kubeconfig))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let daemon_set = |deleting: bool| {
+        let mut object = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": own_daemon_set::DAEMON_SET, "namespace": "shunt-system"}});
+        if deleting {
+            object["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        }
+        object
+    };
+    assert_eq!(
+        own_daemon_set::check(&client, "shunt-system").await,
+        OwnDaemonSet::Gone
+    );
+    cluster.server.apply(DAEMON_SETS, daemon_set(false));
+    assert_eq!(
+        own_daemon_set::check(&client, "shunt-system").await,
+        OwnDaemonSet::Present
+    );
+    // Another namespace's DaemonSet of that name is not the agent's.
+    assert_eq!(
+        own_daemon_set::check(&client, "other").await,
+        OwnDaemonSet::Gone
+    );
+    cluster.server.apply(DAEMON_SETS, daemon_set(true));
+    assert_eq!(
+        own_daemon_set::check(&client, "shunt-system").await,
+        OwnDaemonSet::Deleting
+    );
+}
