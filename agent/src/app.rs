@@ -25,6 +25,7 @@ use crate::config;
 use crate::control::{self, ControlServer};
 use crate::discovery;
 use crate::pod_marks;
+use crate::own_daemon_set;
 use crate::pods::Reconciler;
 use crate::source;
 use shunt_api::capture::CaptureMode;
@@ -63,6 +64,9 @@ pub struct Options {
     pub proc_root: PathBuf,
     /// Chains `shunt-cni` into the node's CNI config (`--install-cni`), when on.
     pub cni: Option<CniInstall>,
+    /// shunt's namespace (`--system-namespace`), where Kubernetes mode finds its own
+    /// DaemonSet at SIGTERM ([`own_daemon_set`]).
+    pub system_namespace: String,
 }
 
 impl Options {
@@ -167,7 +171,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let uninstalled = CancellationToken::new();
     source::local_dir::watch::log_changes(None, &initial);
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
-    let (watcher, marks_client) = match started {
+    let (watcher, kube_client) = match started {
         Started::Local(config_dir) => (
             source::local_dir::watch::spawn(&config_dir, snapshots_tx, shutdown.clone())?,
             None,
@@ -223,7 +227,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         tasks.spawn(keep_cni_installed(install, shutdown.clone()));
     }
     // Kubernetes mode only: local mode's pods are files, and get no marks.
-    if let Some(client) = marks_client {
+    if let Some(client) = kube_client.clone() {
         tasks.spawn(pod_marks::run(
             client,
             snapshots.clone(),
@@ -235,7 +239,7 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let (events_tx, events) = mpsc::channel(PROXY_EVENTS);
     tasks.spawn(reconciler.run(snapshots, events, shutdown.clone()));
     tasks.spawn(control.run(events_tx, shutdown.clone()));
-    tasks.spawn(admin.run(context, shutdown.clone()));
+    tasks.spawn(admin.run(Arc::clone(&context), shutdown.clone()));
     if let Some(logs) = bpf_logs {
         tasks.spawn(bpf_log::forward(logs, shutdown.clone()));
     }
@@ -246,13 +250,18 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         "shunt-agent running"
     );
 
-    let stopped = tokio::select! {
+    let mut stopped = tokio::select! {
         _ = terminate.recv() => Stopped::Signal("SIGTERM"),
         _ = interrupt.recv() => Stopped::Signal("SIGINT"),
         () = uninstalled.cancelled() => Stopped::Uninstalled,
     };
     tracing::info!(?stopped, "stopping");
     shutdown.cancel();
+    if let (Stopped::Signal(_), Some(client)) = (stopped, &kube_client)
+        && uninstall_at_stop(client, &options.system_namespace, &context).await
+    {
+        stopped = Stopped::Uninstalled;
+    }
     let finished = tokio::time::timeout(STOP_TIMEOUT, async {
         let _ = watcher.await;
         tasks.join_all().await;
@@ -282,6 +291,33 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         }
     }
     Ok(stopped)
+}
+
+/// Kubernetes mode at SIGTERM: unpins capture when the agent's DaemonSet is gone or being
+/// deleted (an uninstall), and says whether it did; a rollout keeps everything.
+async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &AdminContext) -> bool {
+    let own = own_daemon_set::check(client, namespace).await;
+    if !own.uninstalls() {
+        tracing::info!(
+            daemon_set = %format!("{namespace}/{}", own_daemon_set::DAEMON_SET),
+            state = ?own,
+            "the agent's DaemonSet stays: capture and the CNI entries stay for the next agent"
+        );
+        return false;
+    }
+    tracing::info!(state = ?own, "the agent's DaemonSet is being deleted: uninstalling");
+    match context.capture.uninstall(&context.installed) {
+        Ok(removed) => {
+            for path in removed {
+                tracing::info!(path = %path.display(), "removed");
+            }
+        }
+        Err(e) => tracing::error!(
+            "cannot remove capture: {e}; run `shunt-agent --uninstall` on this node, or its pods' \
+             connections keep going to a proxy that is gone"
+        ),
+    }
+    true
 }
 
 /// Chains `shunt-cni` into the node's CNI config, and keeps it there: at start, then every

@@ -14,6 +14,7 @@ pub mod control;
 pub mod discovery;
 pub mod netns;
 pub mod pod_marks;
+pub mod own_daemon_set;
 pub mod pods;
 pub mod proxy_cgroup;
 pub mod source;

@@ -7,6 +7,7 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -16,6 +17,7 @@ use shunt_agent::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use shunt_agent::capture::{self, Installed};
 use shunt_agent::cni_install::{self, CniInstall};
 use shunt_agent::config::LoadOptions;
+use shunt_agent::config::mesh_config::MeshBase;
 use shunt_api::admin as api;
 use shunt_api::admin_client::{self as client, AdminClient};
 use shunt_api::capture::CaptureMode;
@@ -73,6 +75,11 @@ struct Cli {
     /// Wins over outboundTrafficPolicy.mode in the ConfigMap istio-system/istio.
     #[arg(long, value_enum, value_name = "MODE", conflicts_with = "uninstall")]
     outbound_traffic_policy: Option<OutboundPolicy>,
+    /// The mesh config (MeshConfig YAML, e.g. the installer's meshConfig values) under the
+    /// ConfigMap istio-system/istio: that ConfigMap's data.mesh is merged over it field by
+    /// field, and wins. Checked at start; read once.
+    #[arg(long, value_name = "FILE", conflicts_with = "uninstall")]
+    mesh_config: Option<PathBuf>,
     /// Runs the mesh's CA beside the agent: istiod's IstioCertificateService (gRPC over TLS)
     /// on ADDR (IP:PORT, or an IP for port 15012; e.g. 0.0.0.0:15012). One node's agent runs
     /// it. Its key is the Secret cacerts (Istio's plug-in CA: ca-cert.pem, ca-key.pem,
@@ -129,7 +136,9 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     cni_plugin: Option<PathBuf>,
     /// shunt's own namespace: shunt-cni lets its pods start without asking the agent (the
-    /// agent and proxy must start before anything can be captured).
+    /// agent and proxy must start before anything can be captured). With --source kube, at
+    /// SIGTERM the agent reads its DaemonSet shunt-agent there: gone or being deleted, it
+    /// removes its CNI entries and capture as it stops; else (a rollout) they stay.
     #[arg(long, value_name = "NAMESPACE", default_value = cni_install::DEFAULT_SYSTEM_NAMESPACE)]
     system_namespace: String,
     /// How long shunt-cni's ADD waits for a captured pod's proxy listeners and capture.
@@ -228,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plugin,
             agent_socket: std::path::absolute(run_dir.cni_socket())
                 .context("making the CNI socket's path absolute")?,
-            system_namespace: cli.system_namespace,
+            system_namespace: cli.system_namespace.clone(),
             timeout_seconds: cli.cni_timeout,
         })
     } else {
@@ -287,6 +296,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 OutboundPolicy::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
             }),
             node_name,
+            mesh_base: match &cli.mesh_config {
+                Some(file) => Some(Arc::new(MeshBase::load(file)?)),
+                None => None,
+            },
         },
         ca: cli.ca_listen.map(|listen| {
             let state_dir = cli
@@ -303,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bpf_log: cli.bpf_log,
         proc_root: cli.proc_root,
         cni,
+        system_namespace: cli.system_namespace,
     };
     runtime.block_on(app::run(options))?;
     Ok(())

@@ -125,8 +125,21 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
         proxy_addr: SocketAddr,
     },
-    /// Detach and unpin everything of this instance; the agent then exits.
-    Uninstall,
+    /// Detach and unpin everything of this instance; the agent then exits. With --cluster:
+    /// delete what `shuntctl install` created in the cluster instead.
+    Uninstall {
+        /// Delete, in reverse order, the objects `shuntctl install` applies with the same
+        /// --profile, -f and --set (the CRDs only with --purge). Each node's agent then
+        /// removes its CNI config entries and capture as it stops.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: the CustomResourceDefinitions too, and with them every object of
+        /// their kinds.
+        #[arg(long, requires = "cluster")]
+        purge: bool,
+        #[command(flatten)]
+        install: install::ClusterUninstallArgs,
+    },
     /// shunt's manifests for a Kubernetes cluster, from a profile, values files and --set.
     Install(install::InstallArgs),
     /// The installer's profiles.
@@ -218,8 +231,21 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             clusters::run(proxy_addr, pod.as_deref(), output).await
         }
         Command::Certs { proxy_addr } => certs::run(proxy_addr, output).await,
-        Command::Uninstall => uninstall::run(&agent()?, output).await,
-        Command::Install(args) => install::run(args),
+        Command::Uninstall {
+            cluster: true,
+            purge,
+            install,
+        } => install::uninstall(install, purge).await,
+        Command::Uninstall { install, .. } => {
+            if install.is_set() {
+                anyhow::bail!(
+                    "--profile, -f, --set, --kubeconfig and --context are for `shuntctl \
+                     uninstall --cluster`; without it, uninstall is this node's, through the agent"
+                );
+            }
+            uninstall::run(&agent()?, output).await
+        }
+        Command::Install(args) => install::run(args).await,
         Command::Profile { command } => profile::run(command, output),
         Command::Precheck(args) => precheck::run(&args, output),
     }

@@ -299,15 +299,38 @@ fn set_and_files_change_the_render() {
 }
 
 #[test]
-fn install_without_render_says_how_to_apply() {
-    let out = shuntctl(&["install", "--profile", "gke"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr
-            .contains("shuntctl install --render --profile gke | kubectl apply --server-side -f -"),
-        "{stderr}"
-    );
+fn install_without_render_names_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of loopback: the first apply fails.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: c, cluster: {server: \"http://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n",
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["install", "--kubeconfig", kubeconfig],
+            "cannot apply (patch) CustomResourceDefinition virtualservices.networking.istio.io",
+        ),
+        (
+            &["install", "--kubeconfig", kubeconfig, "--set", "typo=1"],
+            "typo: unknown field",
+        ),
+        (
+            &["install", "--kubeconfig", kubeconfig, "--context", "other"],
+            "check --kubeconfig and --context",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = shuntctl(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

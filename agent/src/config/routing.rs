@@ -10,15 +10,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use shunt_mesh::istio::{self, MESH_CONFIG_MAP, NETWORKING_VERSIONS, SHUNT_API_VERSION};
+use shunt_mesh::istio::{self, NETWORKING_VERSIONS, SHUNT_API_VERSION};
 use shunt_mesh::model::MeshState;
-use shunt_mesh::routing::{self, MeshSettings, OutboundTrafficPolicy};
-use shunt_mesh::settings::TrustedProxies;
+use shunt_mesh::routing::{self, OutboundTrafficPolicy};
 
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::NodeName;
+
+use super::mesh_config::{self, MeshBase, field_path};
 
 /// What the agent's flags set over the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub struct LoadOptions {
     /// (`spec.nodeName`, where a pod without one is this node's); by default
     /// [`shunt_api::k8s::DEFAULT_NODE_NAME`].
     pub node_name: NodeName,
+    /// `--mesh-config`: the mesh config under the ConfigMap `istio-system/istio`.
+    pub mesh_base: Option<Arc<MeshBase>>,
 }
 
 /// Parses and checks the routing objects of `config` into `mesh`; every problem goes to
@@ -146,7 +150,7 @@ pub fn add_to_mesh(
             push_typed(sourced, "Ingress", &mut mesh.ingresses, errors, &|_| None);
         }
     }
-    mesh.mesh = mesh_settings(config, errors);
+    mesh.mesh = mesh_config::mesh_settings(config, options.mesh_base.as_deref(), errors);
     if let Some(policy) = options.outbound_traffic_policy {
         mesh.mesh.outbound_traffic_policy = policy;
     }
@@ -341,26 +345,6 @@ pub(super) fn push_typed<T: DeserializeOwned>(
     !refused
 }
 
-/// `spec.http[0].timout`, from serde_ignored's path.
-fn field_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
-        Path::Map { parent, key } => {
-            let parent = field_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => field_path(parent),
-    }
-}
-
 /// YAML's empty sections (`http:`) are nulls; Kubernetes reads them as absent.
 fn drop_nulls(value: &mut serde_json::Value) {
     match value {
@@ -370,114 +354,6 @@ fn drop_nulls(value: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
         _ => {}
-    }
-}
-
-/// `data.mesh` of the ConfigMap `istio-system/istio`, if there is one.
-/// `numTrustedProxies` of a mesh config that is not a MeshConfig: read from the YAML if it
-/// is YAML (its own problem is reported with the document's); not even YAML, it cannot be
-/// known, and fails closed.
-fn unparsed_trusted_proxies(text: &str) -> TrustedProxies {
-    match serde_yaml::from_str::<serde_json::Value>(text) {
-        Err(_) => TrustedProxies::Invalid,
-        Ok(mesh) => match mesh.pointer("/defaultConfig/gatewayTopology/numTrustedProxies") {
-            None => TrustedProxies::default(),
-            Some(value) => {
-                TrustedProxies::parse(value).map_or(TrustedProxies::Invalid, TrustedProxies::Hops)
-            }
-        },
-    }
-}
-
-fn mesh_settings(config: &Config, errors: &mut Vec<LoadError>) -> MeshSettings {
-    let (namespace, name) = MESH_CONFIG_MAP;
-    let Some(sourced) = config
-        .config_maps
-        .iter()
-        .find(|c| names(&c.object) == (namespace.to_owned(), name.to_owned()))
-    else {
-        return MeshSettings::default();
-    };
-    let error = |field: String, message: String| LoadError {
-        file: sourced.file.clone(),
-        object: Some(format!("ConfigMap {namespace}/{name}")),
-        field: Some(field),
-        message,
-    };
-    let text = match &sourced.object["data"]["mesh"] {
-        serde_json::Value::Null => return MeshSettings::default(),
-        serde_json::Value::String(text) => text,
-        _ => {
-            errors.push(error(
-                "data.mesh".into(),
-                "expected a string holding MeshConfig YAML".into(),
-            ));
-            // Its numTrustedProxies cannot be known: remote-IP conditions fail closed.
-            return MeshSettings {
-                num_trusted_proxies: TrustedProxies::Invalid,
-                ..MeshSettings::default()
-            };
-        }
-    };
-    let mut ignored = Vec::new();
-    let parsed: Result<istio::MeshConfig, _> =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-            serde_yaml::Deserializer::from_str(text),
-            &mut |path: serde_ignored::Path<'_>| ignored.push(field_path(&path)),
-        ));
-    // A real Istio mesh config sets much shunt does not act on; say so, field by field,
-    // rather than let a setting look as if it took effect.
-    for field in ignored {
-        errors.push(error(
-            format!("data.mesh.{field}"),
-            "a MeshConfig field shunt does not read (it reads outboundTrafficPolicy.mode, \
-             protocolDetectionTimeout, accessLogFile, trustDomain, rootNamespace, \
-             extensionProviders, pathNormalization.normalization, ingressClass, \
-             ingressSelector and defaultConfig.gatewayTopology.numTrustedProxies): ignored \
-             (a warning: the rest of the mesh config applies)"
-                .into(),
-        ));
-    }
-    match parsed {
-        Ok(mesh) => {
-            let mut settings =
-                routing::mesh_settings(&mesh, "data.mesh").unwrap_or_else(|problems| {
-                    errors.extend(
-                        problems
-                            .into_iter()
-                            .map(|(field, message)| error(field, message)),
-                    );
-                    MeshSettings::default()
-                });
-            // Kept whatever else is wrong, so that a bad value fails closed everywhere.
-            let (hops, problem) = routing::trusted_proxies(&mesh);
-            settings.num_trusted_proxies = hops;
-            if let Some((field, message)) = problem {
-                errors.push(error(format!("data.mesh.{field}"), message));
-            }
-            // Rejected extension providers stay in the settings (CUSTOM policies naming them
-            // deny); each is reported here.
-            errors.extend(
-                settings
-                    .extension_providers
-                    .problems()
-                    .map(|(field, message)| error(field.to_owned(), message.to_owned())),
-            );
-            settings
-        }
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "data.mesh".to_owned()
-            } else {
-                format!("data.mesh.{path}")
-            };
-            errors.push(error(field, e.inner().to_string()));
-            MeshSettings {
-                num_trusted_proxies: unparsed_trusted_proxies(text),
-                ..MeshSettings::default()
-            }
-        }
     }
 }
 

@@ -17,7 +17,10 @@
 //! - `PATCH` of an object or its subresource with a JSON merge patch (RFC 7386), and `POST`
 //!   of a new object (`create`; 409 when its name is taken);
 //! - a record of every request ([`Served`]): its RBAC verb, resource and subresource, field
-//!   selector, status and time ([`FakeApiServer::rbac`]: what a ClusterRole must allow).
+//!   selector, status and time ([`FakeApiServer::rbac`]: what a ClusterRole must allow);
+//! - single objects: GET, DELETE, and PATCH with `application/apply-patch+yaml` (server-side
+//!   apply, simplified: the body replaces the object, its `status` kept, `resourceVersion`
+//!   and `generation` bumped), each apply recorded in order ([`FakeApiServer::applied`]).
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -97,6 +100,8 @@ struct Store {
     /// Resources answered with 500.
     failing: HashSet<String>,
     served: Vec<Served>,
+    /// `resource namespace/name` of each server-side apply, in order.
+    applied: Vec<String>,
 }
 
 impl Store {
@@ -259,15 +264,6 @@ impl FakeApiServer {
         self.store().objects.get(resource)?.get(name).cloned()
     }
 
-    /// Every object of `resource`.
-    pub fn objects(&self, resource: Resource) -> Vec<Value> {
-        self.store()
-            .objects
-            .get(resource)
-            .map(|objects| objects.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
     /// What every request answered so far asked of RBAC.
     pub fn rbac(&self) -> std::collections::BTreeSet<RbacTriple> {
         self.store().served.iter().map(Served::rbac).collect()
@@ -281,6 +277,21 @@ impl FakeApiServer {
     pub fn release(&self, resource: Resource) {
         self.store().held.remove(resource);
         self.bump();
+    }
+
+    /// `resource namespace/name` (`resource name` when cluster-scoped) of every server-side
+    /// apply so far, in order.
+    pub fn applied(&self) -> Vec<String> {
+        self.store().applied.clone()
+    }
+
+    /// The objects of `resource`, by `namespace/name` (`name` when cluster-scoped).
+    pub fn objects(&self, resource: &str) -> BTreeMap<String, Value> {
+        self.store()
+            .objects
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every request answered so far.
@@ -475,7 +486,7 @@ async fn serve(
             &status(
                 404,
                 "NotFound",
-                "the fake API server serves lists, watches, patches and creates only",
+                "the fake API server serves lists, watches, single objects, patches and creates only",
             ),
         );
     };
@@ -524,7 +535,16 @@ async fn serve(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let (code, answer) = write(store, &query, &content_type, &body);
+            let (code, answer) = if content_type == "application/apply-patch+yaml" {
+                apply_patch(store, &query, &body)
+            } else {
+                write(store, &query, &content_type, &body)
+            };
+            record(store, changed, query.served(code));
+            json_response(code, &answer)
+        }
+        "get" | "delete" => {
+            let (code, answer) = one_object(store, &query);
             record(store, changed, query.served(code));
             json_response(code, &answer)
         }
@@ -751,4 +771,78 @@ fn watch_stream(
         .header("content-type", "application/json")
         .body(StreamBody::new(body).boxed())
         .unwrap()
+}
+
+/// GET or DELETE of the object `query` names.
+fn one_object(store: &Arc<Mutex<Store>>, query: &Query) -> (StatusCode, Value) {
+    let key = query.key();
+    let mut store = store.lock().unwrap();
+    let not_found = || {
+        let message = format!("{} {key} not found", query.resource);
+        (StatusCode::NOT_FOUND, status(404, "NotFound", &message))
+    };
+    if query.verb == "get" {
+        let object = store.objects.get(&query.resource).and_then(|o| o.get(&key));
+        return object.map_or_else(not_found, |object| (StatusCode::OK, object.clone()));
+    }
+    let removed = store
+        .objects
+        .get_mut(&query.resource)
+        .and_then(|objects| objects.remove(&key));
+    let Some(mut object) = removed else {
+        return not_found();
+    };
+    store.version += 1;
+    let version = store.version;
+    object["metadata"]["resourceVersion"] = version.to_string().into();
+    store.log.push(Event {
+        resource: query.resource.clone(),
+        version,
+        kind: "DELETED",
+        object: object.clone(),
+    });
+    (StatusCode::OK, object)
+}
+
+/// A server-side apply, simplified: the body (kube-rs sends JSON, which is YAML too) replaces
+/// the object, whose `status` is kept; `resourceVersion` and `generation` are bumped.
+fn apply_patch(store: &Arc<Mutex<Store>>, query: &Query, body: &[u8]) -> (StatusCode, Value) {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        let message = "the fake API server reads apply patches as JSON";
+        return (StatusCode::BAD_REQUEST, status(400, "BadRequest", message));
+    };
+    let key = query.key();
+    let mut store = store.lock().unwrap();
+    store.version += 1;
+    let version = store.version;
+    let objects = store.objects.entry(query.resource.clone()).or_default();
+    let previous = objects.get(&key);
+    let generation = previous
+        .and_then(|p| p["metadata"]["generation"].as_i64())
+        .unwrap_or(0)
+        + 1;
+    if let Some(status) = previous.map(|p| p["status"].clone()) {
+        if !status.is_null() && object.get("status").is_none() {
+            object["status"] = status;
+        }
+    }
+    let kind = if previous.is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    object["metadata"]["resourceVersion"] = version.to_string().into();
+    object["metadata"]["generation"] = generation.into();
+    if let Some(namespace) = &query.namespace {
+        object["metadata"]["namespace"] = namespace.clone().into();
+    }
+    objects.insert(key.clone(), object.clone());
+    store.applied.push(format!("{} {key}", query.resource));
+    store.log.push(Event {
+        resource: query.resource.clone(),
+        version,
+        kind,
+        object: object.clone(),
+    });
+    (StatusCode::OK, object)
 }

@@ -3,6 +3,7 @@
 //! no netns, no privileges. What the fake leaves untested is in the README, "Kubernetes mode".
 
 mod fake_apiserver;
+mod install;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -880,7 +881,7 @@ async fn an_invalid_object_gets_one_warning_event_per_version_and_message() {
     server
         .wait_for("an Event created", |served| creates(served) >= 1)
         .await;
-    let events = server.objects(EVENTS);
+    let events: Vec<Value> = server.objects(EVENTS).into_values().collect();
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
     let want_regarding = json!({"apiVersion": "networking.istio.io/v1",
@@ -923,7 +924,7 @@ async fn an_invalid_object_gets_one_warning_event_per_version_and_message() {
     server
         .wait_for("a second Event written", |served| written(served) >= 2)
         .await;
-    let events = server.objects(EVENTS);
+    let events: Vec<Value> = server.objects(EVENTS).into_values().collect();
     let versions: Vec<&Value> = events
         .iter()
         .map(|e| &e["regarding"]["resourceVersion"])

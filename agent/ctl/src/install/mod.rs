@@ -3,6 +3,7 @@
 //! `-f` files and `--set` merged by `overlay.rs`, `--set` parsed by `set.rs`), and the
 //! kustomize tree `deploy/` is generated as (`kustomize.rs`).
 
+pub mod cluster;
 pub mod crds;
 pub mod kustomize;
 pub mod overlay;
@@ -63,12 +64,9 @@ pub fn write_deploy_tree(root: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `shuntctl install`'s own options.
+/// The values: a profile, files and `--set`.
 #[derive(Debug, clap::Args)]
-pub struct InstallArgs {
-    /// Print the manifests instead of applying them (istioctl's `manifest generate`).
-    #[arg(long)]
-    pub render: bool,
+pub struct ValuesArgs {
     /// The profile the values start from (`shuntctl profile list`).
     #[arg(long, value_name = "NAME", default_value = profiles::DEFAULT)]
     pub profile: String,
@@ -79,33 +77,82 @@ pub struct InstallArgs {
     /// after the files; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+impl ValuesArgs {
+    fn sources(self) -> Sources {
+        Sources {
+            profile: self.profile,
+            files: self.files,
+            sets: self.sets,
+        }
+    }
+}
+
+/// `shuntctl install`'s own options.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Print the manifests instead of applying them (istioctl's `manifest generate`).
+    #[arg(long)]
+    pub render: bool,
+    #[command(flatten)]
+    pub values: ValuesArgs,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterArgs,
+    /// How long to wait for the CRDs to be Established and the DaemonSets to be ready, in
+    /// all (e.g. 90s, 5m, 1m30s).
+    #[arg(long, value_name = "DURATION", default_value = "5m",
+          value_parser = cluster::parse_timeout, conflicts_with = "render")]
+    pub timeout: std::time::Duration,
     /// Write `deploy/` (base, overlays, shunt.yaml) under DIR: what `cargo xtask
     /// render-deploy` runs.
     #[arg(long, value_name = "DIR", hide = true, requires = "render")]
     pub deploy_tree: Option<PathBuf>,
 }
 
-pub fn run(args: InstallArgs) -> anyhow::Result<String> {
+pub async fn run(args: InstallArgs) -> anyhow::Result<String> {
     if let Some(root) = &args.deploy_tree {
         return write_deploy_tree(root);
     }
-    let sources = Sources {
-        profile: args.profile,
-        files: args.files,
-        sets: args.sets,
-    };
-    if !args.render {
-        // Validate the values first, so the hint is the only thing left to do.
-        overlay::values(&sources)?;
-        anyhow::bail!(
-            "shuntctl does not apply manifests to a cluster itself yet: render them and apply \
-             with kubectl's server-side apply, e.g. `shuntctl install --render --profile {} | \
-             kubectl apply --server-side -f -`, then `kubectl -n shunt-system rollout status \
-             daemonset/shunt-agent daemonset/shunt-proxy`",
-            sources.profile
-        );
+    let sources = args.values.sources();
+    if args.render {
+        return render_text(&sources);
     }
-    render_text(&sources)
+    // The values first: a typo fails before anything is asked of the cluster.
+    let objects = render::render(&overlay::values(&sources)?);
+    let client = cluster::connect(&args.cluster).await?;
+    cluster::install(&client, &objects, args.timeout).await?;
+    Ok(String::new())
+}
+
+/// `shuntctl uninstall --cluster`: the options that say what install created, and where.
+#[derive(Debug, clap::Args)]
+pub struct ClusterUninstallArgs {
+    #[command(flatten)]
+    pub values: ValuesArgs,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterArgs,
+}
+
+impl ClusterUninstallArgs {
+    /// Whether any of these options was given.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        let values = &self.values;
+        values.profile != profiles::DEFAULT
+            || !values.files.is_empty()
+            || !values.sets.is_empty()
+            || self.cluster.kubeconfig.is_some()
+            || self.cluster.context.is_some()
+    }
+}
+
+/// Deletes what `shuntctl install` with the same values created.
+pub async fn uninstall(args: ClusterUninstallArgs, purge: bool) -> anyhow::Result<String> {
+    let objects = render::render(&overlay::values(&args.values.sources())?);
+    let client = cluster::connect(&args.cluster).await?;
+    cluster::uninstall(&client, &objects, purge).await?;
+    Ok(String::new())
 }
 
 #[cfg(test)]

@@ -44,8 +44,9 @@ const BIN_DIR: &str = "/usr/local/bin";
 /// `/run/shunt/default`.
 const RUN_DIR: &str = "/run/shunt";
 const CONFIG_DIR: &str = "/etc/shunt/config";
-/// The mesh config as the agent's local source reads it: a ConfigMap document.
-const MESH_FILE: &str = "istio-mesh.yaml";
+/// The installer's `meshConfig.*` as MeshConfig YAML: `shunt-agent --mesh-config`, under the
+/// cluster's `istio-system/istio`.
+const MESH_FILE: &str = "mesh.yaml";
 const ISTIO_SECRETS: &str = "/var/run/secrets/istio";
 const TOKENS: &str = "/var/run/secrets/tokens";
 const TOKEN_FILE: &str = "istio-token";
@@ -251,6 +252,10 @@ pub fn agent_rules() -> Vec<PolicyRule> {
     let mut configmaps = rule(&[""], &["configmaps"], WATCH);
     // The mesh config, `istio-system/istio`: RBAC names it, though not its namespace.
     configmaps.resource_names = Some(vec!["istio".into()]);
+    // Its own DaemonSet, read at SIGTERM: gone or being deleted, the agent uninstalls itself
+    // from the node (CNI entries, capture); a rollout keeps them.
+    let mut daemon_sets = rule(&["apps"], &["daemonsets"], &["get"]);
+    daemon_sets.resource_names = Some(vec![AGENT.into()]);
     vec![
         rule(&[""], &["pods", "services", "namespaces"], WATCH),
         // `shunt.io/captured` on the pods the agent captures, as istio-cni marks ambient's
@@ -284,6 +289,7 @@ pub fn agent_rules() -> Vec<PolicyRule> {
         rule(&[""], &["secrets"], WATCH),
         // Events on invalid objects, so `kubectl describe` shows why.
         rule(&["events.k8s.io"], &["events"], &["create"]),
+        daemon_sets,
     ]
 }
 
@@ -312,24 +318,14 @@ fn agent_cluster_role_binding(values: &Values) -> ClusterRoleBinding {
     }
 }
 
-/// The mesh config as `data.mesh` of a ConfigMap `istio-system/istio`, the document the
-/// agent's config dir reads (until the agent reads the API itself).
+/// The installer's `meshConfig.*`, the agent's `--mesh-config`: Istio's `SHARED_MESH_CONFIG`
+/// practice, where the cluster's `istio-system/istio` (if any) is merged over it and wins.
 fn config_map(values: &Values) -> ConfigMap {
-    let mesh = serde_yaml::to_string(&values.mesh_config).unwrap_or_default();
-    let inner = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("istio".into()),
-            namespace: Some("istio-system".into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([("mesh".into(), mesh)])),
-        ..ConfigMap::default()
-    };
     ConfigMap {
         metadata: meta(values, CONFIG, true),
         data: Some(BTreeMap::from([(
             MESH_FILE.into(),
-            serde_yaml::to_string(&inner).unwrap_or_default(),
+            serde_yaml::to_string(&values.mesh_config).unwrap_or_default(),
         )])),
         ..ConfigMap::default()
     }
@@ -478,7 +474,11 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
     let agent = &values.agent;
     let cgroup = in_host(&agent.cgroup_host_path);
     let mut args = vec![
-        format!("--config-dir={CONFIG_DIR}"),
+        // The API server's objects; NODE_NAME (below) says which pods are this node's.
+        "--source=kube".into(),
+        format!("--mesh-config={CONFIG_DIR}/{MESH_FILE}"),
+        // Where the agent finds its own DaemonSet at SIGTERM, and whose pods shunt-cni admits.
+        format!("--system-namespace={}", values.namespace),
         format!("--bpffs={}", agent.bpffs_host_path),
         format!("--cgroup={cgroup}"),
         format!(

@@ -329,11 +329,9 @@ fn values_reach_the_objects() {
             _ => None,
         })
         .unwrap();
-    let file = &config.data.as_ref().unwrap()["istio-mesh.yaml"];
-    let inner: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(file).unwrap();
-    assert_eq!(inner.metadata.namespace.as_deref(), Some("istio-system"));
-    assert_eq!(inner.metadata.name.as_deref(), Some("istio"));
-    let mesh: serde_yaml::Value = serde_yaml::from_str(&inner.data.unwrap()["mesh"]).unwrap();
+    // MeshConfig itself: the agent's --mesh-config, under the cluster's istio-system/istio.
+    let mesh: serde_yaml::Value =
+        serde_yaml::from_str(&config.data.as_ref().unwrap()["mesh.yaml"]).unwrap();
     assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
     assert_eq!(mesh["accessLogFile"], "/dev/stdout");
 
@@ -346,12 +344,17 @@ fn values_reach_the_objects() {
     );
     assert_eq!(proxy.image.as_deref(), Some("registry.test/shunt:0.1.0"));
     let agent = &pod(daemon_set(&rendered, render::AGENT)).containers[0];
+    let args = agent.args.as_ref().unwrap();
+    for arg in [
+        "--sockmap-shortcut",
+        "--source=kube",
+        "--mesh-config=/etc/shunt/config/mesh.yaml",
+    ] {
+        assert!(args.contains(&arg.to_owned()), "{arg}: {args:?}");
+    }
     assert!(
-        agent
-            .args
-            .as_ref()
-            .unwrap()
-            .contains(&"--sockmap-shortcut".to_owned())
+        !args.iter().any(|a| a.starts_with("--config-dir")),
+        "{args:?}"
     );
 }
 
