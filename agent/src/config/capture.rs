@@ -114,6 +114,27 @@ pub fn decide(pod: &Pod, namespace: Option<&Namespace>) -> Decision {
     }
 }
 
+/// Every pod annotation the agent reads, of any pod (its capture plan and its workload):
+/// what the Kubernetes source keeps of another node's pods.
+#[must_use]
+pub fn annotations_read() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = OPT_OUT
+        .iter()
+        .chain(&OPT_IN)
+        .filter(|rule| matches!(rule.scope, Scope::PodAnnotation))
+        .map(|rule| rule.key)
+        .collect();
+    keys.extend([
+        NETNS_ANNOTATION,
+        EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
+        EXCLUDE_INBOUND_PORTS_ANNOTATION,
+        super::mesh::PROXY_CONFIG_ANNOTATION,
+    ]);
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// Where a captured pod's network namespace comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetnsSource {

@@ -3,7 +3,10 @@
 use shunt_mesh::model as mesh;
 use shunt_mesh::settings::TrustedProxies;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
+use super::endpoints;
 use shunt_api::k8s::{self as kinds, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
 
 /// One pod as a mesh workload. `captured` and `node` come from the pod's capture plan.
@@ -75,8 +78,14 @@ pub fn num_trusted_proxies(pod: &Pod) -> Result<Option<u32>, String> {
     }
 }
 
+/// `service` as the mesh sees it: its ports' endpoints from its EndpointSlices (`slices`,
+/// `None` when it has none), whose pods are found in `pods`.
 #[must_use]
-pub fn service(service: &Service) -> mesh::Service {
+pub fn service(
+    service: &Service,
+    slices: Option<&[EndpointSlice]>,
+    pods: &endpoints::Pods<'_>,
+) -> mesh::Service {
     mesh::Service {
         namespace: service.metadata.namespace().to_owned(),
         name: service.metadata.name.clone(),
@@ -96,6 +105,7 @@ pub fn service(service: &Service) -> mesh::Service {
                 },
                 protocol: port.protocol.as_str().to_owned(),
                 app_protocol: port.app_protocol.clone(),
+                endpoints: slices.map(|slices| endpoints::port_endpoints(port, slices, pods)),
             })
             .collect(),
         selector: service.spec.selector.clone(),
@@ -208,9 +218,10 @@ spec:
                 target_port,
                 protocol: protocol.into(),
                 app_protocol: app.map(str::to_owned),
+                endpoints: None,
             };
         assert_eq!(
-            service(&svc),
+            service(&svc, None, &endpoints::Pods::new([])),
             mesh::Service {
                 namespace: "shop".into(),
                 name: "cart".into(),
@@ -238,7 +249,8 @@ spec:
                 "metadata: {{name: db}}\nspec: {{clusterIP: {cluster_ip}}}"
             ))
             .unwrap();
-            assert_eq!(service(&svc).cluster_ip, None, "{cluster_ip}");
+            let got = service(&svc, None, &endpoints::Pods::new([]));
+            assert_eq!(got.cluster_ip, None, "{cluster_ip}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! no netns, no privileges. What the fake leaves untested is in the README, "Kubernetes mode".
 
 mod fake_apiserver;
+mod model_equivalence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 const PODS: Resource = "/v1/pods";
 const NAMESPACES: Resource = "/v1/namespaces";
 const SERVICES: Resource = "/v1/services";
+const ENDPOINT_SLICES: Resource = "discovery.k8s.io/v1/endpointslices";
 const CONFIG_MAPS: Resource = "/v1/configmaps";
 const SECRETS: Resource = "/v1/secrets";
 const VIRTUAL_SERVICES: Resource = "networking.istio.io/v1/virtualservices";
@@ -26,9 +28,10 @@ const PEER_AUTHENTICATIONS: Resource = "security.istio.io/v1/peerauthentications
 const RATE_LIMIT_POLICIES: Resource = "shunt.io/v1alpha1/ratelimitpolicies";
 const INGRESSES: Resource = "networking.k8s.io/v1/ingresses";
 /// Every resource the source watches besides pods (and the gateways' Secrets).
-const WATCHED: [Resource; 12] = [
+const WATCHED: [Resource; 13] = [
     NAMESPACES,
     SERVICES,
+    ENDPOINT_SLICES,
     INGRESSES,
     CONFIG_MAPS,
     VIRTUAL_SERVICES,
