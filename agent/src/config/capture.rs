@@ -16,6 +16,9 @@ use shunt_api::k8s::{Namespace, NodeName, Pod, PodPhase};
 pub const NETNS_ANNOTATION: &str = "shunt.io/netns";
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+/// The pod annotation holding Istio's ProxyConfig for the pod's proxy (a gateway's trusted
+/// hops are read from it: `super::mesh::num_trusted_proxies`).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 
 /// Where a capture rule looks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +131,7 @@ pub fn annotations_read() -> Vec<&'static str> {
         NETNS_ANNOTATION,
         EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
         EXCLUDE_INBOUND_PORTS_ANNOTATION,
-        super::mesh::PROXY_CONFIG_ANNOTATION,
+        PROXY_CONFIG_ANNOTATION,
     ]);
     keys.sort_unstable();
     keys.dedup();

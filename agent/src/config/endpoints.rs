@@ -304,9 +304,12 @@ endpoints: {endpoints}
         loaded.into_snapshot(Path::new("/cfg"), &Default::default())
     }
 
-    /// Each port of `shop/web` and its endpoints as `address:port pod ready`; `None` for
-    /// a port without slice endpoints (selector evaluation).
-    fn endpoints(extra: &str) -> Vec<(String, Option<Vec<String>>)> {
+    /// A port's name and its endpoints as `address:port pod ready`; `None` without slice
+    /// endpoints (selector evaluation).
+    type Port = (String, Option<Vec<String>>);
+
+    /// Each port of `shop/web`.
+    fn endpoints(extra: &str) -> Vec<Port> {
         let snapshot = snapshot(extra);
         let service = snapshot
             .mesh
@@ -345,7 +348,7 @@ endpoints: {endpoints}
             ]
         };
         let ref_a = "targetRef: {kind: Pod, name: a}";
-        let cases: Vec<(&str, String, Vec<(String, Option<Vec<String>>)>)> = vec![
+        let cases: Vec<(&str, String, Vec<Port>)> = vec![
             (
                 "no slice: the selector picks the pods",
                 String::new(),

@@ -54,8 +54,7 @@ pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
     }
 }
 
-/// The pod annotation holding Istio's ProxyConfig for the pod's proxy.
-pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+pub use super::capture::PROXY_CONFIG_ANNOTATION;
 
 /// `gatewayTopology.numTrustedProxies` of the pod's `proxy.istio.io/config` annotation
 /// (ProxyConfig as YAML or JSON; only that field is read). `Err` says what is wrong.
