@@ -46,6 +46,7 @@ macro_rules! in_both_capture_modes {
 in_both_capture_modes!(
     pod_to_pod_echo_goes_through_the_proxy,
     service_cluster_ip_round_robins_over_both_backends,
+    service_endpoints_come_from_its_endpoint_slice,
     uncaptured_client_is_captured_only_inbound,
     thousand_sequential_connections_are_each_counted_once,
     excluded_ports_bypass_capture,
@@ -405,6 +406,86 @@ fn service_cluster_ip_round_robins_over_both_backends(test: &str, capture: Captu
         ]);
         assert_eq!(lines.len(), 5, "to {upstream}:\n{}", log.describe());
     }
+}
+
+/// Two pods match the Service's selector, but its EndpointSlice says otherwise: backend-1 is
+/// listed not ready, backend-2 (named by its address alone) ready, at the slice's port. Every
+/// connection goes to backend-2, labelled with its workload.
+fn service_endpoints_come_from_its_endpoint_slice(test: &str, capture: CaptureMode) {
+    let Some(mut node) = new_node(test) else {
+        return;
+    };
+    let client_pod = node.add_pod("client", pod_ip(10)).or_panic("client pod");
+    let backends = [
+        node.add_pod("backend-1", pod_ip(21)).or_panic("backend-1"),
+        node.add_pod("backend-2", pod_ip(22)).or_panic("backend-2"),
+    ];
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+    // The Service's targetPort names no container port: only the slice gives the port.
+    let service = ServiceConfig::new(MESH, "backend", cluster_ip)
+        .select("app", "backend")
+        .named_port("tcp-whoami", 80, "unlisted");
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "backend-x1", "namespace": MESH,
+                     "labels": {"kubernetes.io/service-name": "backend"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "tcp-whoami", "port": ECHO_PORT}],
+        "endpoints": [
+            {"addresses": [backends[0].ip.to_string()], "conditions": {"ready": false},
+             "targetRef": {"kind": "Pod", "namespace": MESH, "name": backends[0].name}},
+            {"addresses": [backends[1].ip.to_string()]}
+        ]
+    });
+    let mut config = ClusterConfig::new()
+        .namespace(&mesh_namespace())
+        .pod(&node.pod_config(&client_pod, MESH))
+        .service(&service)
+        .raw(slice);
+    for backend in &backends {
+        config = config.pod(&node.pod_config(backend, MESH).label("app", "backend"));
+    }
+    start(
+        &mut node,
+        &config,
+        &[&client_pod, &backends[0], &backends[1]],
+        &options(capture),
+    );
+    let _servers: Vec<_> = backends
+        .iter()
+        .map(|pod| {
+            node.start_server(
+                pod,
+                &["whoami-server", "--port", "8080", "--name", &pod.name],
+            )
+            .or_panic("whoami server")
+        })
+        .collect();
+
+    let to = format!("{cluster_ip}:80");
+    let report = client(&node, &client_pod, &["fetch", "--to", &to, "--count", "6"]);
+    assert_eq!(report["ok"], true, "{report}");
+    let names: Vec<&str> = report["replies"]
+        .as_array()
+        .map(|replies| replies.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["backend-2"; 6], "{report}");
+    let labels = [
+        ("reporter", "source"),
+        ("destination_workload", "backend-2"),
+        ("destination_service_name", "backend"),
+    ];
+    let metrics = node
+        .wait_metrics("6 connections to backend-2", REPORT_TIMEOUT, |m| {
+            sum(m, OPENED, &labels) >= 6
+        })
+        .or_panic("metrics");
+    assert_eq!(
+        sum(&metrics, OPENED, &labels),
+        6,
+        "{}",
+        metrics.describe(OPENED)
+    );
 }
 
 fn uncaptured_client_is_captured_only_inbound(test: &str, capture: CaptureMode) {

@@ -35,6 +35,10 @@ pub struct Config {
     /// Kubernetes Ingresses (`networking.k8s.io/v1`, `extensions/v1beta1`), as written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingresses: Vec<Sourced<serde_json::Value>>,
+    /// EndpointSlices (`discovery.k8s.io/v1`), checked, in Kubernetes' shape: a Service's
+    /// endpoints when it has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_slices: Vec<Sourced<serde_json::Value>>,
 }
 
 /// A problem in the config: which file, which object, which field, and what is wrong.

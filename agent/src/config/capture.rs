@@ -12,10 +12,18 @@ use std::path::PathBuf;
 use shunt_api::control::PodRole;
 use shunt_api::k8s::{Namespace, NodeName, Pod, PodPhase};
 
+/// What the agent sets on each pod it captures (through `pods/status`), and removes when it
+/// stops; other nodes read it to know the pod takes HBONE.
+pub const CAPTURED_ANNOTATION: &str = "shunt.io/captured";
+/// What istio-cni sets (`enabled`) on the pods ztunnel captures: HBONE peers too.
+pub const AMBIENT_REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
 /// The annotation naming a captured pod's network namespace file.
 pub const NETNS_ANNOTATION: &str = "shunt.io/netns";
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+/// The pod annotation holding Istio's ProxyConfig for the pod's proxy (a gateway's trusted
+/// hops are read from it: `super::mesh::num_trusted_proxies`).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 
 /// Where a capture rule looks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +120,29 @@ pub fn decide(pod: &Pod, namespace: Option<&Namespace>) -> Decision {
              shunt.io/capture=enabled label on the pod or namespace {ns_name}"
         ),
     }
+}
+
+/// Every pod annotation the agent reads, of any pod (its capture plan and its workload):
+/// what the Kubernetes source keeps of another node's pods.
+#[must_use]
+pub fn annotations_read() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = OPT_OUT
+        .iter()
+        .chain(&OPT_IN)
+        .filter(|rule| matches!(rule.scope, Scope::PodAnnotation))
+        .map(|rule| rule.key)
+        .collect();
+    keys.extend([
+        NETNS_ANNOTATION,
+        EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
+        EXCLUDE_INBOUND_PORTS_ANNOTATION,
+        PROXY_CONFIG_ANNOTATION,
+        CAPTURED_ANNOTATION,
+        AMBIENT_REDIRECTION_ANNOTATION,
+    ]);
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Where a captured pod's network namespace comes from.

@@ -3,7 +3,10 @@
 use shunt_mesh::model as mesh;
 use shunt_mesh::settings::TrustedProxies;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use super::capture::{EXCLUDE_INBOUND_PORTS_ANNOTATION, excluded_ports, is_ready, workload_name};
+use super::endpoints;
 use shunt_api::k8s::{self as kinds, DEFAULT_SERVICE_ACCOUNT, Pod, Service};
 
 /// One pod as a mesh workload. `captured` and `node` come from the pod's capture plan.
@@ -51,12 +54,6 @@ pub fn workload(pod: &Pod, captured: bool, node: &str) -> mesh::Workload {
     }
 }
 
-/// What the agent sets on each pod it captures (through `pods/status`), and removes when it
-/// stops; other nodes read it to know the pod takes HBONE.
-pub const CAPTURED_ANNOTATION: &str = "shunt.io/captured";
-/// What istio-cni sets (`enabled`) on the pods ztunnel captures: HBONE peers too.
-pub const AMBIENT_REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
-
 /// Whether the pod says that its node's data plane (shunt, or Istio ambient's ztunnel)
 /// captures it, so it takes HBONE. Only meaningful of another node's pod: this node's are
 /// this agent's to decide.
@@ -70,8 +67,7 @@ pub fn marked_captured(pod: &Pod) -> bool {
             == Some("enabled")
 }
 
-/// The pod annotation holding Istio's ProxyConfig for the pod's proxy.
-pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+pub use super::capture::{AMBIENT_REDIRECTION_ANNOTATION, CAPTURED_ANNOTATION, PROXY_CONFIG_ANNOTATION};
 
 /// `gatewayTopology.numTrustedProxies` of the pod's `proxy.istio.io/config` annotation
 /// (ProxyConfig as YAML or JSON; only that field is read). `Err` says what is wrong.
@@ -94,8 +90,14 @@ pub fn num_trusted_proxies(pod: &Pod) -> Result<Option<u32>, String> {
     }
 }
 
+/// `service` as the mesh sees it: its ports' endpoints from its EndpointSlices (`slices`,
+/// `None` when it has none), whose pods are found in `pods`.
 #[must_use]
-pub fn service(service: &Service) -> mesh::Service {
+pub fn service(
+    service: &Service,
+    slices: Option<&[EndpointSlice]>,
+    pods: &endpoints::Pods<'_>,
+) -> mesh::Service {
     mesh::Service {
         namespace: service.metadata.namespace().to_owned(),
         name: service.metadata.name.clone(),
@@ -115,6 +117,7 @@ pub fn service(service: &Service) -> mesh::Service {
                 },
                 protocol: port.protocol.as_str().to_owned(),
                 app_protocol: port.app_protocol.clone(),
+                endpoints: slices.map(|slices| endpoints::port_endpoints(port, slices, pods)),
             })
             .collect(),
         selector: service.spec.selector.clone(),
@@ -227,9 +230,10 @@ spec:
                 target_port,
                 protocol: protocol.into(),
                 app_protocol: app.map(str::to_owned),
+                endpoints: None,
             };
         assert_eq!(
-            service(&svc),
+            service(&svc, None, &endpoints::Pods::new([])),
             mesh::Service {
                 namespace: "shop".into(),
                 name: "cart".into(),
@@ -257,7 +261,8 @@ spec:
                 "metadata: {{name: db}}\nspec: {{clusterIP: {cluster_ip}}}"
             ))
             .unwrap();
-            assert_eq!(service(&svc).cluster_ip, None, "{cluster_ip}");
+            let got = service(&svc, None, &endpoints::Pods::new([]));
+            assert_eq!(got.cluster_ip, None, "{cluster_ip}");
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod authz;
 pub mod capture;
+pub mod endpoints;
 pub mod gateway_credentials;
 pub mod mesh;
 pub mod mesh_config;
@@ -112,10 +113,16 @@ impl Snapshot {
                 .push(mesh::workload(pod, captured, &plan.node));
             pods.push(plan);
         }
+        let slices = endpoints::Slices::new(&config.endpoint_slices);
+        let pod_refs = endpoints::Pods::new(config.pods.iter().map(|p| &p.object));
         mesh.services = config
             .services
             .iter()
-            .map(|s| mesh::service(&s.object))
+            .map(|s| {
+                let meta = &s.object.metadata;
+                let slices = slices.of(meta.namespace(), &meta.name);
+                mesh::service(&s.object, slices, &pod_refs)
+            })
             .collect();
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
         mesh.node_name = Some(options.node_name.to_string());

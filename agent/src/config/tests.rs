@@ -267,7 +267,7 @@ fn bad_fields_are_named_by_file_object_and_path() {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}".to_owned(),
             "Deployment web",
             Some("kind"),
-            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod, Service, ConfigMap and Secret (v1), Ingress (networking.k8s.io/v1, extensions/v1beta1), RateLimitPolicy (shunt.io/v1alpha1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
+            r#"unknown kind "Deployment" (apiVersion "apps/v1"): local mode reads Namespace, Pod, Service, ConfigMap and Secret (v1), EndpointSlice (discovery.k8s.io/v1), Ingress (networking.k8s.io/v1, extensions/v1beta1), RateLimitPolicy (shunt.io/v1alpha1) and the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io)"#,
         ),
         (
             "- just\n- a list".to_owned(),

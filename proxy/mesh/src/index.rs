@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use crate::ids::PodUid;
-use crate::model::{MeshState, Service, Workload, selects, target_port};
+use crate::model::{MeshState, Service, Workload, reaches};
 use crate::routing::{self, RouteTable};
 use crate::security::{AuthzTable, MtlsMode, PeerAuthnTable, RequestAuthnTable};
 use crate::spiffe::SpiffeId;
@@ -139,17 +139,16 @@ impl MeshIndex {
         self.by_uid.get(uid)
     }
 
-    /// The Service that reaches `workload` on `port`: one selecting the pod with a TCP port
-    /// whose `targetPort` resolves to `port` (Istio's `destination_service` for a connection
-    /// addressed to the pod itself).
+    /// The Service that reaches `workload` on `port`: one with a TCP port that reaches the
+    /// pod at `port` ([`reaches`]: its EndpointSlices, else its selector and `targetPort`),
+    /// Istio's `destination_service` for a connection addressed to the pod itself.
     #[must_use]
     pub fn destination_service(&self, workload: &Workload, port: u16) -> Option<&Arc<Service>> {
         self.services.iter().find(|service| {
-            selects(service, workload)
-                && service
-                    .ports
-                    .iter()
-                    .any(|p| is_tcp(&p.protocol) && target_port(p, workload) == Some(port))
+            service
+                .ports
+                .iter()
+                .any(|p| is_tcp(&p.protocol) && reaches(service, p, workload, port))
         })
     }
 
@@ -210,13 +209,21 @@ impl MeshIndex {
         &self.peer_authn
     }
 
-    /// A ready pod behind the Service whose FQDN is `host`, at the target of its `port`: what
-    /// the proxy dials for a Service it reaches by name outside routing (an ext_authz
-    /// provider). The lowest address, so every proxy picks the same one.
+    /// A ready endpoint of the Service whose FQDN is `host`, at the target of its `port`
+    /// (from its EndpointSlices, else a pod its selector picks): what the proxy dials for a
+    /// Service it reaches by name outside routing (an ext_authz provider). The lowest
+    /// address, so every proxy picks the same one.
     #[must_use]
     pub fn service_pod_addr(&self, host: &str, port: u16) -> Option<SocketAddrV4> {
         let service = self.services.iter().find(|s| s.hostname() == host)?;
         let service_port = service.ports.iter().find(|p| p.port == port)?;
+        if let Some(endpoints) = &service_port.endpoints {
+            return endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| SocketAddrV4::new(e.address, e.port))
+                .min();
+        }
         self.by_uid
             .values()
             .filter(|w| w.ready && crate::model::selects(service, w))

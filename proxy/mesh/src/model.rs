@@ -183,6 +183,28 @@ pub struct ServicePort {
     pub protocol: String,
     /// `appProtocol`; wins over the name's prefix in choosing the port's protocol.
     pub app_protocol: Option<String>,
+    /// The port's endpoints from the Service's EndpointSlices (`discovery.k8s.io/v1`, the
+    /// slice port of this port's name and protocol), as kube-proxy reads them; `None` when
+    /// the Service has no EndpointSlice at all, and then its selector picks the pods
+    /// ([`selects`], [`target_port`]). Every port of a Service is `None`, or none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Endpoint>>,
+}
+
+/// One address of an EndpointSlice, at one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The first of the endpoint's `addresses` (kube-proxy reads no other).
+    pub address: Ipv4Addr,
+    /// The slice port's `port`.
+    pub port: u16,
+    /// The pod behind it (its [`Workload::uid`]), by `targetRef` or else by address; `None`
+    /// when no known pod is: such an endpoint is dialled, but has no workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<PodUid>,
+    /// `conditions.ready` (absent means ready): only a ready endpoint is served. Kubernetes
+    /// marks not-ready pods ready when the Service has `publishNotReadyAddresses`.
+    pub ready: bool,
 }
 
 /// `targetPort`: a number, or the name of a container port.
@@ -204,6 +226,18 @@ pub fn selects(service: &Service, workload: &Workload) -> bool {
             .selector
             .iter()
             .all(|(key, value)| workload.labels.get(key) == Some(value))
+}
+
+/// Whether `port` of `service` reaches `workload` at `number` (ready or not): an endpoint of
+/// the pod at that port when the Service has EndpointSlices, else its selector and the
+/// port's `targetPort`.
+pub fn reaches(service: &Service, port: &ServicePort, workload: &Workload, number: u16) -> bool {
+    match &port.endpoints {
+        Some(endpoints) => endpoints
+            .iter()
+            .any(|e| e.port == number && e.workload.as_ref() == Some(&workload.uid)),
+        None => selects(service, workload) && target_port(port, workload) == Some(number),
+    }
 }
 
 /// `port`'s `targetPort` on `workload`: a number as is; a name through the pod's container

@@ -56,6 +56,7 @@ pub fn service(
                 target_port: target_port.clone(),
                 protocol: "TCP".into(),
                 app_protocol: None,
+                endpoints: None,
             })
             .collect(),
         selector: labels(&[("app", app)]),

@@ -4,6 +4,7 @@
 
 mod fake_apiserver;
 mod install;
+mod model_equivalence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 const PODS: Resource = "/v1/pods";
 const NAMESPACES: Resource = "/v1/namespaces";
 const SERVICES: Resource = "/v1/services";
+const ENDPOINT_SLICES: Resource = "discovery.k8s.io/v1/endpointslices";
 const CONFIG_MAPS: Resource = "/v1/configmaps";
 const SECRETS: Resource = "/v1/secrets";
 const VIRTUAL_SERVICES: Resource = "networking.istio.io/v1/virtualservices";
@@ -32,9 +34,10 @@ const RATE_LIMIT_POLICIES: Resource = "shunt.io/v1alpha1/ratelimitpolicies";
 const INGRESSES: Resource = "networking.k8s.io/v1/ingresses";
 const EVENTS: Resource = "events.k8s.io/v1/events";
 /// Every resource the source watches besides pods (and the gateways' Secrets).
-const WATCHED: [Resource; 12] = [
+const WATCHED: [Resource; 13] = [
     NAMESPACES,
     SERVICES,
+    ENDPOINT_SLICES,
     INGRESSES,
     CONFIG_MAPS,
     VIRTUAL_SERVICES,

@@ -258,6 +258,7 @@ pub fn agent_rules() -> Vec<PolicyRule> {
     daemon_sets.resource_names = Some(vec![AGENT.into()]);
     vec![
         rule(&[""], &["pods", "services", "namespaces"], WATCH),
+        rule(&["discovery.k8s.io"], &["endpointslices"], WATCH),
         // `shunt.io/captured` on the pods the agent captures, as istio-cni marks ambient's
         // pods: the status subresource, so no write access to pods themselves.
         rule(&[""], &["pods/status"], &["patch"]),

@@ -3,9 +3,11 @@
 use k8s_openapi::api::core::v1 as core;
 use kube::core::{ApiResource, DynamicObject};
 use shunt_api::k8s::NodeName;
+
+use crate::config::capture::annotations_read;
+use crate::config::endpoints::SERVICE_NAME_LABEL;
 use shunt_mesh::istio::SHUNT_API_VERSION;
 
-use crate::config::mesh::{AMBIENT_REDIRECTION_ANNOTATION, CAPTURED_ANNOTATION};
 
 /// The Istio kinds shunt implements, each watched at `v1` (the API server converts the older
 /// versions of a stored object).
@@ -43,6 +45,9 @@ pub enum Watch {
     AllPods,
     Namespaces,
     Services,
+    /// `discovery.k8s.io/v1` EndpointSlices, trimmed ([`trim_endpoint_slice`]): the
+    /// Services' endpoints.
+    EndpointSlices,
     /// `networking.k8s.io/v1` Ingresses (class `istio`, served by the gateway pods).
     Ingresses,
     /// An index into the Istio kinds.
@@ -76,6 +81,7 @@ impl Watch {
             Self::AllPods,
             Self::Namespaces,
             Self::Services,
+            Self::EndpointSlices,
             Self::Ingresses,
         ];
         watches.extend((0..ISTIO_KINDS.len()).map(Self::Istio));
@@ -113,6 +119,9 @@ impl Watch {
             Self::AllPods => core(ApiResource::erase::<core::Pod>(&())),
             Self::Namespaces => core(ApiResource::erase::<core::Namespace>(&())),
             Self::Services => core(ApiResource::erase::<core::Service>(&())),
+            Self::EndpointSlices => core(ApiResource::erase::<
+                k8s_openapi::api::discovery::v1::EndpointSlice,
+            >(&())),
             Self::Ingresses => core(ApiResource::erase::<
                 k8s_openapi::api::networking::v1::Ingress,
             >(&())),
@@ -151,15 +160,16 @@ pub fn keep(watch: &Watch, api: &ApiResource, object: DynamicObject) -> serde_js
     }
     match watch {
         Watch::AllPods => trim_pod(&value),
+        Watch::EndpointSlices => trim_endpoint_slice(&value),
         Watch::Namespaces => pick(&value, &["apiVersion", "kind", "metadata"]),
         _ => value,
     }
 }
 
-/// A pod of another node: its IP, node, labels, service account, owner and phase, the two
-/// things selector evaluation needs of an endpoint (its Ready condition and its container
-/// ports), and the annotations saying its node captures it (`shunt.io/captured`,
-/// `ambient.istio.io/redirection`).
+/// A pod of another node: its IP, node, labels, service account, owner and phase, the
+/// annotations the agent reads ([`annotations_read`]: capture, workload, and the marks saying
+/// its node captures it), and the two things selector evaluation needs of an endpoint (its
+/// Ready condition and its container ports).
 pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
     let mut trimmed = pick(pod, &["apiVersion", "kind"]);
     trimmed["metadata"] = pick(
@@ -173,13 +183,10 @@ pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
             "ownerReferences",
         ],
     );
-    // The two annotations that say the pod's node captures it (an HBONE peer).
-    let marks = pick(
-        &pod["metadata"]["annotations"],
-        &[CAPTURED_ANNOTATION, AMBIENT_REDIRECTION_ANNOTATION],
-    );
-    if marks.as_object().is_some_and(|m| !m.is_empty()) {
-        trimmed["metadata"]["annotations"] = marks;
+    // Those that decide its capture and its workload, as local mode reads them.
+    let annotations = pick(&pod["metadata"]["annotations"], &annotations_read());
+    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        trimmed["metadata"]["annotations"] = annotations;
     }
     let mut spec = pick(
         &pod["spec"],
@@ -201,6 +208,40 @@ pub fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
             .collect();
     }
     trimmed["status"] = status;
+    trimmed
+}
+
+/// An EndpointSlice: what the endpoints of its Service need ([`crate::config::endpoints`]):
+/// its Service's label, address type, ports, and each endpoint's addresses, readiness and pod.
+pub fn trim_endpoint_slice(slice: &serde_json::Value) -> serde_json::Value {
+    let mut trimmed = pick(slice, &["apiVersion", "kind", "addressType"]);
+    trimmed["metadata"] = pick(
+        &slice["metadata"],
+        &["name", "namespace", "uid", "resourceVersion"],
+    );
+    trimmed["metadata"]["labels"] = pick(&slice["metadata"]["labels"], &[SERVICE_NAME_LABEL]);
+    if let Some(ports) = slice["ports"].as_array() {
+        trimmed["ports"] = ports
+            .iter()
+            .map(|port| pick(port, &["name", "port", "protocol"]))
+            .collect();
+    }
+    if let Some(endpoints) = slice["endpoints"].as_array() {
+        trimmed["endpoints"] = endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut kept = pick(endpoint, &["addresses"]);
+                if endpoint.get("conditions").is_some() {
+                    kept["conditions"] = pick(&endpoint["conditions"], &["ready"]);
+                }
+                if endpoint.get("targetRef").is_some() {
+                    kept["targetRef"] =
+                        pick(&endpoint["targetRef"], &["kind", "namespace", "name"]);
+                }
+                kept
+            })
+            .collect();
+    }
     trimmed
 }
 
@@ -227,7 +268,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
                          "labels": {"app": "db"},
-                         "annotations": {"big": "x", "shunt.io/captured": "true",
+                         "annotations": {"big": "x", "sidecar.istio.io/inject": "false",
+                                         "shunt.io/captured": "true",
                                          "ambient.istio.io/redirection": "enabled"},
                          "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}],
                          "managedFields": [{}]},
@@ -242,7 +284,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
                          "labels": {"app": "db"},
-                         "annotations": {"shunt.io/captured": "true",
+                         "annotations": {"sidecar.istio.io/inject": "false",
+                                         "shunt.io/captured": "true",
                                          "ambient.istio.io/redirection": "enabled"},
                          "ownerReferences": [{"kind": "ReplicaSet", "name": "db-1"}]},
             "spec": {"nodeName": "node-b", "serviceAccountName": "db",
@@ -251,6 +294,43 @@ mod tests {
                        "conditions": [{"type": "Ready", "status": "True"}]}
         });
         assert_eq!(trim_pod(&pod), want);
+    }
+
+    #[test]
+    fn an_endpoint_slice_keeps_only_what_its_services_endpoints_need() {
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "cart-x", "namespace": "shop", "uid": "s1",
+                         "resourceVersion": "9", "generateName": "cart-",
+                         "labels": {"kubernetes.io/service-name": "cart",
+                                    "endpointslice.kubernetes.io/managed-by": "c"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "t"},
+                         "ownerReferences": [{"kind": "Service", "name": "cart"}]},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "appProtocol": "http"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "n", "zone": "z",
+                 "conditions": {"ready": false, "serving": true, "terminating": true},
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "cart-1",
+                               "uid": "u", "resourceVersion": "3"},
+                 "hints": {"forZones": [{"name": "z"}]}},
+                {"addresses": ["10.0.0.2"]}
+            ]
+        });
+        let want = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "cart-x", "namespace": "shop", "uid": "s1",
+                         "resourceVersion": "9",
+                         "labels": {"kubernetes.io/service-name": "cart"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": false},
+                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "cart-1"}},
+                {"addresses": ["10.0.0.2"]}
+            ]
+        });
+        assert_eq!(trim_endpoint_slice(&slice), want);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use shunt_api::config::{Config, LoadError, Sourced};
 use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Secret, Service};
 
-use crate::config::{LoadOptions, Snapshot, routing};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::config::{LoadOptions, Snapshot, endpoints, routing};
 use shunt_mesh::istio::{INGRESS_V1, INGRESS_V1BETA1, SHUNT_API_VERSION};
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
@@ -23,6 +25,10 @@ const ISTIO_GROUPS: [&str; 3] = [
     "security.istio.io",
     "telemetry.istio.io",
 ];
+
+/// EndpointSlices: their group, and the one version read (`v1beta1` left Kubernetes in 1.25).
+const ENDPOINT_SLICE_GROUP: &str = "discovery.k8s.io";
+const ENDPOINT_SLICE_V1: &str = "discovery.k8s.io/v1";
 
 mod error;
 pub mod watch;
@@ -161,6 +167,8 @@ enum Kind {
     ConfigMap,
     /// `networking.k8s.io/v1` or `extensions/v1beta1` `Ingress`.
     Ingress,
+    /// `discovery.k8s.io/v1` `EndpointSlice`.
+    EndpointSlice,
 }
 
 impl Kind {
@@ -375,6 +383,16 @@ impl Loader {
                 let raw = to_json(value, "")?;
                 self.config.ingresses.push(sourced(place, raw));
             }
+            Kind::EndpointSlice => {
+                let slice: EndpointSlice = typed(value)?;
+                endpoints::check(&slice).map_err(|e| Problem::at(e.field, e.message))?;
+                // Kept in Kubernetes' shape (what `GET /config` shows), as parsed.
+                let raw = serde_json::to_value(&slice).map_err(|e| Problem {
+                    field: None,
+                    message: format!("cannot be kept: {e}"),
+                })?;
+                self.config.endpoint_slices.push(sourced(place, raw));
+            }
         }
         self.defined.insert(key, place.clone());
         Ok(())
@@ -437,6 +455,18 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
             ))
         };
     }
+    if kind == "EndpointSlice" && api_group(api_version) == ENDPOINT_SLICE_GROUP {
+        return if api_version == ENDPOINT_SLICE_V1 {
+            Ok(Kind::EndpointSlice)
+        } else {
+            Err(Problem::at(
+                "apiVersion",
+                format!(
+                    "expected \"{ENDPOINT_SLICE_V1}\" for an EndpointSlice, got {api_version:?}"
+                ),
+            ))
+        };
+    }
     let core = match kind {
         "Namespace" => Kind::Namespace,
         "Pod" => Kind::Pod,
@@ -448,9 +478,9 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
                 "kind",
                 format!(
                     "unknown kind {kind:?} (apiVersion {api_version:?}): local mode reads \
-                     Namespace, Pod, Service, ConfigMap and Secret (v1), Ingress \
-                     ({INGRESS_V1}, {INGRESS_V1BETA1}), RateLimitPolicy ({SHUNT_API_VERSION}) \
-                     and the Istio kinds ({})",
+                     Namespace, Pod, Service, ConfigMap and Secret (v1), EndpointSlice \
+                     ({ENDPOINT_SLICE_V1}), Ingress ({INGRESS_V1}, {INGRESS_V1BETA1}), \
+                     RateLimitPolicy ({SHUNT_API_VERSION}) and the Istio kinds ({})",
                     ISTIO_GROUPS.join(", ")
                 ),
             ));

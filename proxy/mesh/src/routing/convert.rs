@@ -13,7 +13,7 @@ use super::decision::{
     HeaderOps, LoadBalancer, OutlierDetection, PortProtocol, RetryOn, RetryPolicy, StringMatch,
 };
 use crate::istio;
-use crate::model::{Service, Workload, target_port};
+use crate::model::{Service, Workload, reaches};
 
 /// The problems of one object: `(field path, what is wrong)`.
 #[derive(Debug, Default)]
@@ -762,8 +762,8 @@ pub(super) fn service_entry_protocol(
     })
 }
 
-/// The protocol `service` declares (port name or `appProtocol`) for its port whose
-/// `targetPort` is `port` on `workload`; `Sniff` when nothing declares it.
+/// The protocol `service` declares (port name or `appProtocol`) for its port that reaches
+/// `workload` at `port` ([`reaches`]); `Sniff` when nothing declares it.
 pub fn declared_protocol(
     service: Option<&Service>,
     workload: Option<&Workload>,
@@ -775,7 +775,7 @@ pub fn declared_protocol(
     service
         .ports
         .iter()
-        .find(|p| p.protocol.eq_ignore_ascii_case("TCP") && target_port(p, workload) == Some(port))
+        .find(|p| p.protocol.eq_ignore_ascii_case("TCP") && reaches(service, p, workload, port))
         .map_or(PortProtocol::Sniff, |p| {
             service_port_protocol(p.name.as_deref(), p.app_protocol.as_deref())
         })

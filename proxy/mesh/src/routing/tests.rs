@@ -1944,6 +1944,7 @@ fn destination_rule_tls_merges_top_subset_and_port() {
         target_port: TargetPort::Number(8443),
         protocol: "TCP".into(),
         app_protocol: None,
+        endpoints: None,
     });
     state.destination_rules.push(dr("shop", "cart", json!({
         "host": "cart",

@@ -11,6 +11,8 @@ use crate::routing::decision::{Cluster, ClusterEndpoint, ClusterKey, LoadBalance
 
 impl RouteTable {
     pub(super) fn build_clusters(&mut self, workloads: &[Arc<Workload>]) {
+        let workloads = Workloads::new(workloads);
+        let workloads = &workloads;
         let mut clusters = HashMap::new();
         for entry in self.registry.values() {
             // Every rule that may be in force for this host, for some client.
@@ -35,7 +37,7 @@ impl RouteTable {
         entry: &RegistryHost,
         rule_index: Option<usize>,
         rule: Option<&Arc<CompiledDestinationRule>>,
-        workloads: &[Arc<Workload>],
+        workloads: &Workloads<'_>,
     ) {
         {
             let subsets: Vec<Option<&CompiledSubset>> = std::iter::once(None)
@@ -107,27 +109,69 @@ pub(super) fn service_endpoints(
     service: &Service,
     port: &RegistryPort,
     subset: Option<&BTreeMap<String, String>>,
-    workloads: &[Arc<Workload>],
+    workloads: &Workloads<'_>,
 ) -> Vec<ClusterEndpoint> {
     let Some(service_port) = &port.service_port else {
         return Vec::new();
     };
-    let mut endpoints: Vec<ClusterEndpoint> = workloads
-        .iter()
-        .filter(|w| w.ready && crate::model::selects(service, w))
-        .filter(|w| {
-            subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-        })
-        .filter_map(|w| {
-            Some(ClusterEndpoint {
-                addr: EndpointAddr::new(w.ip?, crate::model::target_port(service_port, w)?),
-                workload: Some(w.clone()),
-                weight: 1,
+    let in_subset = |w: &Workload| {
+        subset.is_none_or(|labels| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+    };
+    let mut endpoints: Vec<ClusterEndpoint> = match &service_port.endpoints {
+        // From EndpointSlices: the ready ones. One without a known pod has no labels, so a
+        // subset with labels never takes it, and no workload (no identity) is claimed for it.
+        Some(endpoints) => endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| {
+                let workload = e
+                    .workload
+                    .as_ref()
+                    .and_then(|uid| workloads.by_uid.get(uid.as_str()))
+                    .map(|w| Arc::clone(w));
+                let taken = match &workload {
+                    Some(w) => in_subset(w),
+                    None => subset.is_none_or(BTreeMap::is_empty),
+                };
+                taken.then(|| ClusterEndpoint {
+                    addr: EndpointAddr::new(e.address, e.port),
+                    workload,
+                    weight: 1,
+                })
             })
-        })
-        .collect();
+            .collect(),
+        None => workloads
+            .all
+            .iter()
+            .filter(|w| w.ready && crate::model::selects(service, w) && in_subset(w))
+            .filter_map(|w| {
+                Some(ClusterEndpoint {
+                    addr: EndpointAddr::new(w.ip?, crate::model::target_port(service_port, w)?),
+                    workload: Some(w.clone()),
+                    weight: 1,
+                })
+            })
+            .collect(),
+    };
     endpoints.sort_by_key(|e| e.addr);
+    // Several slices may list one address (as the controller moves it between them).
+    endpoints.dedup_by_key(|e| e.addr);
     endpoints
+}
+
+/// The workloads, and by uid (how an EndpointSlice endpoint names its pod).
+pub(super) struct Workloads<'a> {
+    pub(super) all: &'a [Arc<Workload>],
+    pub(super) by_uid: HashMap<&'a str, &'a Arc<Workload>>,
+}
+
+impl<'a> Workloads<'a> {
+    pub(super) fn new(all: &'a [Arc<Workload>]) -> Self {
+        Self {
+            all,
+            by_uid: all.iter().map(|w| (w.uid.as_str(), w)).collect(),
+        }
+    }
 }
 
 /// The `version` label all endpoints share, if they do.
