@@ -12,6 +12,9 @@
 //!   client that acts on a half-listed state;
 //! - [`FakeApiServer::unserve`]: 404 for a resource, as for a custom resource whose CRD is
 //!   not installed.
+//! - `GET` of one object, and `PATCH` (a server-side apply: the body replaces the object);
+//! - `POST` of TokenReviews, answered from the tokens the test gives
+//!   ([`FakeApiServer::token`]), or with 500 ([`FakeApiServer::fail_token_reviews`]).
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -61,9 +64,36 @@ struct Store {
     /// Resources answered with 404, as a cluster without their CRD does.
     unserved: HashSet<String>,
     served: Vec<Served>,
+    /// TokenReview answers by token: (audience, `status.user`).
+    tokens: BTreeMap<String, (String, Value)>,
+    fail_token_reviews: bool,
 }
 
+/// TokenReviews, as the server names them.
+pub const TOKEN_REVIEWS: Resource = "authentication.k8s.io/v1/tokenreviews";
+
 impl Store {
+    /// Creates or replaces `object`, with an event; returns its new resourceVersion.
+    fn put(&mut self, resource: &str, mut object: Value) -> (Value, u64) {
+        self.version += 1;
+        let version = self.version;
+        object["metadata"]["resourceVersion"] = version.to_string().into();
+        let key = key(&object);
+        let objects = self.objects.entry(resource.to_owned()).or_default();
+        let kind = if objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.log.push(Event {
+            resource: resource.to_owned(),
+            version,
+            kind,
+            object: object.clone(),
+        });
+        (object, version)
+    }
+
     /// Removes an object the test says the server has; returns it and the version its removal
     /// takes.
     fn remove(&mut self, resource: Resource, name: &str) -> (Value, u64) {
@@ -148,29 +178,28 @@ impl FakeApiServer {
 
     /// Creates or replaces `object` (it names its namespace and name); returns its new
     /// resourceVersion.
-    pub fn apply(&self, resource: Resource, mut object: Value) -> u64 {
-        let version = {
-            let mut store = self.store();
-            store.version += 1;
-            let version = store.version;
-            object["metadata"]["resourceVersion"] = version.to_string().into();
-            let key = key(&object);
-            let objects = store.objects.entry(resource.to_owned()).or_default();
-            let kind = if objects.insert(key, object.clone()).is_some() {
-                "MODIFIED"
-            } else {
-                "ADDED"
-            };
-            store.log.push(Event {
-                resource: resource.to_owned(),
-                version,
-                kind,
-                object,
-            });
-            version
-        };
+    pub fn apply(&self, resource: Resource, object: Value) -> u64 {
+        let (_, version) = self.store().put(resource, object);
         self.bump();
         version
+    }
+
+    /// The object `namespace/name` of `resource`, if the server has it.
+    pub fn object(&self, resource: Resource, name: &str) -> Option<Value> {
+        self.store().objects.get(resource)?.get(name).cloned()
+    }
+
+    /// A TokenReview of `token` with audience `audience` authenticates it as `user` (the
+    /// review's `status.user`); any other token, or audience, is not authenticated.
+    pub fn token(&self, token: &str, audience: &str, user: Value) {
+        self.store()
+            .tokens
+            .insert(token.to_owned(), (audience.to_owned(), user));
+    }
+
+    /// TokenReviews answer 500 (`true`) or are reviewed again (`false`).
+    pub fn fail_token_reviews(&self, fail: bool) {
+        self.store().fail_token_reviews = fail;
     }
 
     /// Deletes `namespace/name` (`name` alone when cluster-scoped), with a DELETED event.
@@ -270,6 +299,8 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 struct Query {
     resource: String,
     namespace: Option<String>,
+    /// One object's name (`GET`, `PATCH`), none for a list.
+    name: Option<String>,
     params: BTreeMap<String, String>,
 }
 
@@ -280,9 +311,14 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural),
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", namespace, plural] => (Some((*namespace).to_owned()), *plural, None),
+        ["namespaces", namespace, plural, name] => (
+            Some((*namespace).to_owned()),
+            *plural,
+            Some((*name).to_owned()),
+        ),
         _ => return None,
     };
     let params = request
@@ -296,6 +332,7 @@ fn parse(request: &Request<hyper::body::Incoming>) -> Option<Query> {
     Some(Query {
         resource: format!("{group}/{version}/{plural}"),
         namespace,
+        name,
         params,
     })
 }
@@ -370,6 +407,9 @@ async fn serve(
         );
         return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
     }
+    if request.method() != hyper::Method::GET || query.name.is_some() {
+        return one_object(store, changed, query, request).await;
+    }
     let watching = query
         .params
         .get("watch")
@@ -438,6 +478,98 @@ async fn serve(
     drop(store);
     changed.send_modify(|n| *n += 1);
     json_response(StatusCode::OK, &body)
+}
+
+/// A request about one object: a TokenReview, a `GET`, or a `PATCH` (its body replaces the
+/// object, as a server-side apply of the whole object would leave it).
+async fn one_object(
+    store: &Arc<Mutex<Store>>,
+    changed: &watch::Sender<u64>,
+    query: Query,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut store = store.lock().unwrap();
+    store.served.push(Served {
+        resource: query.resource.clone(),
+        watch: false,
+        page: None,
+    });
+    changed.send_modify(|n| *n += 1);
+    let key = format!(
+        "{}/{}",
+        query.namespace.as_deref().unwrap_or_default(),
+        query.name.as_deref().unwrap_or_default()
+    );
+    match (method, query.name.is_some()) {
+        (hyper::Method::POST, false) if query.resource == TOKEN_REVIEWS => {
+            if store.fail_token_reviews {
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status(500, "InternalError", "the fake API server was told to fail"),
+                );
+            }
+            let token = body["spec"]["token"].as_str().unwrap_or_default();
+            let asked: Vec<&str> = body["spec"]["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let answer = match store.tokens.get(token) {
+                Some((audience, user)) if asked.contains(&audience.as_str()) => {
+                    json!({"authenticated": true, "audiences": [audience], "user": user})
+                }
+                Some(_) => json!({"authenticated": false,
+                                  "error": "token audiences are invalid for the target audiences"}),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+            let mut review = body.clone();
+            review["status"] = answer;
+            json_response(StatusCode::CREATED, &review)
+        }
+        (hyper::Method::GET, true) => {
+            match store
+                .objects
+                .get(&query.resource)
+                .and_then(|objects| objects.get(&key))
+            {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &status(
+                        404,
+                        "NotFound",
+                        &format!("{} {key} not found", query.resource),
+                    ),
+                ),
+            }
+        }
+        (hyper::Method::PATCH, true) => {
+            let mut object = body;
+            object["metadata"]["namespace"] = query.namespace.clone().into();
+            object["metadata"]["name"] = query.name.clone().into();
+            let (object, _) = store.put(&query.resource, object);
+            drop(store);
+            changed.send_modify(|n| *n += 1);
+            json_response(StatusCode::OK, &object)
+        }
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(
+                405,
+                "MethodNotAllowed",
+                "the fake API server does not serve this",
+            ),
+        ),
+    }
 }
 
 /// The events after the watch's `resourceVersion`, then every later batch, each followed by a

@@ -2,6 +2,7 @@
 //! ([`fake_apiserver`]: a test double on loopback, not a kube-apiserver), driven in-process:
 //! no netns, no privileges. What the fake leaves untested is in the README, "Kubernetes mode".
 
+mod ca;
 mod fake_apiserver;
 
 use std::sync::Arc;
