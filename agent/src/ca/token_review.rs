@@ -107,6 +107,16 @@ impl ReviewAuthorizer {
         }
     }
 
+    /// The trusted node accounts, for messages.
+    fn trusted(&self) -> String {
+        self.options
+            .trusted
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn cached(&self, key: &[u8]) -> Option<String> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache
@@ -180,12 +190,7 @@ impl ReviewAuthorizer {
             return Err(TokenRefusal::Refused(format!(
                 "the token is {username:?}'s, not a node proxy's; the CA trusts the service \
                  accounts {} (--ca-trusted-node-account)",
-                self.options
-                    .trusted
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.trusted()
             )));
         };
         let extra = user.extra.unwrap_or_default();
@@ -258,12 +263,7 @@ impl Authorizer for ReviewAuthorizer {
             "a node's proxy must send its projected service-account token (audience {}) of \
              one of the service accounts {} with --ca-token-file",
             self.options.audience,
-            self.options
-                .trusted
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            self.trusted()
         ))
     }
 }

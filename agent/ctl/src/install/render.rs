@@ -459,28 +459,21 @@ fn ca_deployment(values: &Values) -> Deployment {
         format!("--log-format={}", values.agent.log_format.as_str()),
     ];
     // The CA listens once its key material is loaded and its roots published.
-    let listening = |period: i32, failures: i32| Probe {
-        tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::Int(port),
-            ..TCPSocketAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
+    let listening = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(port),
+                    ..TCPSocketAction::default()
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
     };
     let container = Container {
-        name: "ca".into(),
-        image: Some(values.image.reference()),
-        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
-        command: Some(vec![format!("{BIN_DIR}/shunt-agent")]),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc-ca".into()),
-            container_port: port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![tcp_port("grpc-ca", port)]),
         resources: Some(resources(&values.ca.resources)),
         // No privilege at all: the CA only talks to the API server and its clients.
         security_context: Some(SecurityContext {
@@ -500,8 +493,7 @@ fn ca_deployment(values: &Values) -> Deployment {
             ..listening(15, 3)
         }),
         volume_mounts: Some(vec![mount("state", CA_STATE, false, None)]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
+        ..container(values, "ca", "shunt-agent", args)
     };
     let pod = PodSpec {
         service_account_name: Some(CA.into()),
@@ -645,6 +637,38 @@ fn pod_labels(values: &Values, name: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// The container `name` running `{BIN_DIR}/<binary> <args>` from shunt's image.
+fn container(values: &Values, name: &str, binary: &str, args: Vec<String>) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(values.image.reference()),
+        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
+        command: Some(vec![format!("{BIN_DIR}/{binary}")]),
+        args: Some(args),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+fn tcp_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// `action` every `period` seconds, each try given 5 s, failing after `failures` misses.
+fn probe(action: Probe, period: i32, failures: i32) -> Probe {
+    Probe {
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..action
+    }
+}
+
 fn host_path(name: &str, path: &str, kind: &str) -> Volume {
     Volume {
         name: name.into(),
@@ -732,25 +756,23 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
     }
     // `shuntctl status` answers once the agent serves its admin socket, which it does after
     // loading capture and the config.
-    let status_probe = |period: i32, failures: i32| Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                format!("{BIN_DIR}/shuntctl"),
-                "status".into(),
-                "--output=json".into(),
-            ]),
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
+    let status_probe = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        format!("{BIN_DIR}/shuntctl"),
+                        "status".into(),
+                        "--output=json".into(),
+                    ]),
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
     };
     let container = Container {
-        name: "agent".into(),
-        image: Some(values.image.reference()),
-        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
-        command: Some(vec![format!("{BIN_DIR}/shunt-agent")]),
-        args: Some(args),
         env: Some(vec![EnvVar {
             // shunt-agent's --node-name reads NODE_NAME.
             name: "NODE_NAME".into(),
@@ -788,8 +810,7 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
             mount("run", RUN_DIR, false, None),
             mount("config", CONFIG_DIR, true, None),
         ]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
+        ..container(values, "agent", "shunt-agent", args)
     };
     let pod = PodSpec {
         service_account_name: Some(AGENT.into()),
@@ -887,29 +908,22 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
             ..Volume::default()
         });
     }
-    let metrics_probe = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/metrics".into()),
-            port: IntOrString::Int(port),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
+    let metrics_probe = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/metrics".into()),
+                    port: IntOrString::Int(port),
+                    ..HTTPGetAction::default()
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
     };
     let container = Container {
-        name: "proxy".into(),
-        image: Some(values.image.reference()),
-        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
-        command: Some(vec![format!("{BIN_DIR}/shunt-proxy")]),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("http-monitoring".into()),
-            container_port: port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![tcp_port("http-monitoring", port)]),
         resources: Some(resources(&proxy.resources)),
         // No hostNetwork and no privilege: entering each pod's netns (through the fds the
         // agent sends) needs SYS_ADMIN, its listeners NET_ADMIN, and SO_MARK NET_RAW.
@@ -933,8 +947,7 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
             ..metrics_probe(15, 3)
         }),
         volume_mounts: Some(mounts),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
+        ..container(values, "proxy", "shunt-proxy", args)
     };
     let pod = PodSpec {
         service_account_name: Some(PROXY.into()),
