@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminContext, AdminServer};
 use crate::bpf_log::{self, Forwarder};
-use crate::ca::{CaMode, CaOptions};
+use crate::ca::token_review::ReviewOptions;
+use crate::ca::{self, CaMode, CaOptions, Cluster};
 use crate::capture::ebpf::{BpfLogLevel, CaptureOptions};
 use crate::capture::{self, Capture, Installed};
 use crate::cni_install::{self, CniInstall};
@@ -24,8 +25,8 @@ use crate::cni_server::{self, CniContext, CniServer};
 use crate::config;
 use crate::control::{self, ControlServer};
 use crate::discovery;
-use crate::pod_marks;
 use crate::own_daemon_set;
+use crate::pod_marks;
 use crate::pods::Reconciler;
 use crate::source;
 use shunt_api::capture::CaptureMode;
@@ -58,6 +59,10 @@ pub struct Options {
     pub load: config::LoadOptions,
     /// The CA mode (`--ca-listen`), when on.
     pub ca: Option<CaOptions>,
+    /// With `--source kube`: how the CA reviews the proxies' tokens.
+    pub ca_review: ReviewOptions,
+    /// With `--source kube`: the ConfigMap (namespace, name) the CA publishes its roots to.
+    pub ca_root_config_map: Option<(String, String)>,
     /// What the eBPF programs report to the agent's log (`--bpf-log`).
     pub bpf_log: BpfLogLevel,
     /// Where the `/proc` scan of netns discovery reads (`--proc-root`; the host's `/proc`).
@@ -103,6 +108,8 @@ pub enum Error {
     CniUninstall(#[from] cni_install::Error),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    #[error("--ca-only needs --source kube and --ca-listen")]
+    CaOnly,
 }
 
 /// A source that has read its first config, to be watched from then on.
@@ -199,7 +206,15 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     let mut tasks = JoinSet::new();
     // Beside everything else: a CA that cannot start is reported, and capture goes on.
     let ca = options.ca.clone().map(|ca_options| {
-        let (ca, status) = CaMode::new(ca_options);
+        let (mut ca, status) = CaMode::new(ca_options);
+        // In a cluster, nodes are authenticated as istiod does it: TokenReviews.
+        if let Some(client) = kube_client.clone() {
+            ca = ca.in_cluster(Cluster {
+                client,
+                review: options.ca_review.clone(),
+                root_config_map: options.ca_root_config_map.clone(),
+            });
+        }
         tasks.spawn(ca.run(snapshots.clone(), shutdown.clone()));
         status
     });
@@ -318,6 +333,40 @@ async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &Adm
         ),
     }
     true
+}
+
+/// The CA-only process (`--ca-only`): the CA of a cluster, nothing else, until SIGTERM/SIGINT.
+pub async fn run_ca_only(options: Options) -> Result<Stopped, Error> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let (SourceOptions::Kube { kubeconfig }, Some(ca_options)) = (&options.source, &options.ca)
+    else {
+        return Err(Error::CaOnly);
+    };
+    let client = source::kube::connect(kubeconfig.as_deref()).await?;
+    let shutdown = CancellationToken::new();
+    let cluster = Cluster {
+        client,
+        review: options.ca_review.clone(),
+        root_config_map: options.ca_root_config_map.clone(),
+    };
+    let (_status, task) = ca::spawn_in_cluster(
+        ca_options.clone(),
+        cluster,
+        options.load.clone(),
+        shutdown.clone(),
+    );
+    tracing::info!(listen = %ca_options.listen, "shunt-agent running as the CA only");
+    let stopped = tokio::select! {
+        _ = terminate.recv() => Stopped::Signal("SIGTERM"),
+        _ = interrupt.recv() => Stopped::Signal("SIGINT"),
+    };
+    tracing::info!(?stopped, "stopping");
+    shutdown.cancel();
+    if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
+        tracing::warn!("the CA did not stop within {STOP_TIMEOUT:?}");
+    }
+    Ok(stopped)
 }
 
 /// Chains `shunt-cni` into the node's CNI config, and keeps it there: at start, then every

@@ -110,6 +110,28 @@ struct Cli {
     /// valid CSR, without a token or a node check. Never on a shared machine or in a cluster.
     #[arg(long, requires = "ca_listen")]
     ca_allow_unauthenticated: bool,
+    /// Runs only the CA, for a cluster (shunt's `shunt-ca` Deployment): no capture, no BPF,
+    /// no proxy control, no admin socket. Needs --source kube and --ca-listen. It watches
+    /// every pod, the mesh config and the Secrets cacerts and istio-system's
+    /// istio-ca-secret, authenticates each node proxy by a TokenReview of its projected
+    /// service-account token (--ca-token-audience, --ca-trusted-node-account), and publishes
+    /// the trust bundle to --ca-root-config-map.
+    #[arg(long, requires = "ca_listen", conflicts_with_all = ["config_dir", "install_cni"])]
+    ca_only: bool,
+    /// --source kube: the audience the proxies' tokens must have (istiod's: istio-ca).
+    #[arg(long, value_name = "AUDIENCE", requires = "ca_listen",
+          default_value = ca::token_review::DEFAULT_AUDIENCE)]
+    ca_token_audience: String,
+    /// --source kube: a service account (NAMESPACE/NAME) whose pods' tokens name their node,
+    /// as istiod's CA_TRUSTED_NODE_ACCOUNTS. Repeatable
+    /// [default: <system-namespace>/shunt-proxy].
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "ca_listen",
+          value_parser = ca::token_review::ServiceAccountRef::parse)]
+    ca_trusted_node_account: Vec<ca::token_review::ServiceAccountRef>,
+    /// --source kube: the ConfigMap in --system-namespace that gets the trust bundle as
+    /// root-cert.pem, for the proxies to mount (none when not given).
+    #[arg(long, value_name = "NAME", requires = "ca_listen")]
+    ca_root_config_map: Option<String>,
     /// What the eBPF programs report to this log, with the pod each message concerns: refused
     /// direct connects to 15001/15006, full maps, original destinations not found, shortcut
     /// fallbacks. Off by default, and then free: each site costs the programs a map lookup
@@ -271,11 +293,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.config_dir.is_some() {
                 anyhow::bail!("--config-dir is local mode's; --source kube reads the API server");
             }
-            let Some(node_name) = cli.node_name else {
-                anyhow::bail!(
+            let node_name = match cli.node_name {
+                Some(node_name) => node_name,
+                // The CA-only process runs on no node of its own: it captures nothing.
+                None if cli.ca_only => NodeName::default(),
+                None => anyhow::bail!(
                     "--source kube needs this node's name: give --node-name or set NODE_NAME \
                      (in a DaemonSet, from the downward API's spec.nodeName)"
-                );
+                ),
             };
             (
                 SourceOptions::Kube {
@@ -285,6 +310,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
     };
+    if cli.ca_only && !matches!(source, SourceOptions::Kube { .. }) {
+        anyhow::bail!("--ca-only is the CA of a cluster: it needs --source kube");
+    }
+    let review = ca::token_review::ReviewOptions {
+        audience: cli.ca_token_audience,
+        trusted: if cli.ca_trusted_node_account.is_empty() {
+            vec![ca::token_review::ServiceAccountRef {
+                namespace: cli.system_namespace.clone(),
+                name: ca::token_review::PROXY_SERVICE_ACCOUNT.to_owned(),
+            }]
+        } else {
+            cli.ca_trusted_node_account
+        },
+    };
+    let root_config_map = cli
+        .ca_root_config_map
+        .map(|name| (cli.system_namespace.clone(), name));
+    let ca_only = cli.ca_only;
     let options = Options {
         source,
         run_dir,
@@ -301,6 +344,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             },
         },
+        ca_review: review,
+        ca_root_config_map: root_config_map,
         ca: cli.ca_listen.map(|listen| {
             let state_dir = cli
                 .ca_state_dir
@@ -318,7 +363,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cni,
         system_namespace: cli.system_namespace,
     };
-    runtime.block_on(app::run(options))?;
+    if ca_only {
+        runtime.block_on(app::run_ca_only(options))?;
+    } else {
+        runtime.block_on(app::run(options))?;
+    }
     Ok(())
 }
 

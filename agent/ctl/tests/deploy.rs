@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize as _;
 
@@ -33,13 +33,31 @@ fn shuntctl(args: &[&str]) -> Output {
 }
 
 fn render(profile: &str) -> String {
-    let out = shuntctl(&["install", "--render", "--profile", profile]);
+    render_with(&["--profile", profile])
+}
+
+fn render_with(args: &[&str]) -> String {
+    let out = shuntctl(&[&["install", "--render"], args].concat());
     assert!(
         out.status.success(),
-        "profile {profile}: {}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every profile's render, and the default with shunt's own CA (its Deployment, Service and
+/// roles), each with a name for messages.
+fn renders() -> Vec<(String, String)> {
+    let mut renders: Vec<(String, String)> = PROFILES
+        .iter()
+        .map(|profile| ((*profile).to_owned(), render(profile)))
+        .collect();
+    renders.push((
+        "default with ca.mode=shunt".to_owned(),
+        render_with(&["--profile", "default", "--set", "ca.mode=shunt"]),
+    ));
+    renders
 }
 
 /// The documents of a YAML stream, as JSON values keyed by kind/namespace/name.
@@ -124,8 +142,7 @@ fn deploy_is_what_shuntctl_renders() {
 
 #[test]
 fn every_profile_parses_back_into_kubernetes_types() {
-    for profile in PROFILES {
-        let text = render(profile);
+    for (profile, text) in renders() {
         let mut kinds = Vec::new();
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value = serde_yaml::Value::deserialize(document).unwrap();
@@ -143,7 +160,11 @@ fn every_profile_parses_back_into_kubernetes_types() {
                     "ClusterRoleBinding" => {
                         serde_yaml::from_value::<ClusterRoleBinding>(value.clone()).map(drop)
                     }
+                    "Role" => serde_yaml::from_value::<Role>(value.clone()).map(drop),
+                    "RoleBinding" => serde_yaml::from_value::<RoleBinding>(value.clone()).map(drop),
                     "ConfigMap" => serde_yaml::from_value::<ConfigMap>(value.clone()).map(drop),
+                    "Service" => serde_yaml::from_value::<Service>(value.clone()).map(drop),
+                    "Deployment" => serde_yaml::from_value::<Deployment>(value.clone()).map(drop),
                     "DaemonSet" => serde_yaml::from_value::<DaemonSet>(value.clone()).map(drop),
                     "CustomResourceDefinition" => {
                         serde_yaml::from_value::<CustomResourceDefinition>(value.clone()).map(drop)
@@ -186,9 +207,9 @@ fn kubernetes_validate() -> PathBuf {
 fn every_profile_passes_strict_schema_validation() {
     let validate = kubernetes_validate();
     let dir = tempfile::tempdir().unwrap();
-    for profile in PROFILES {
-        let file = dir.path().join(format!("{profile}.yaml"));
-        std::fs::write(&file, render(profile)).unwrap();
+    for (index, (profile, text)) in renders().into_iter().enumerate() {
+        let file = dir.path().join(format!("{index}.yaml"));
+        std::fs::write(&file, text).unwrap();
         for version in ["1.33.0", "1.37.0"] {
             let out = Command::new(&validate)
                 .args(["--strict", "--kubernetes-version", version])

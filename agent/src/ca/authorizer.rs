@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ring::digest::{SHA256, digest};
 use shunt_api::k8s::Secret;
 use shunt_identity::SpiffeId;
-use shunt_identity::grpc::Authorizer;
+use shunt_identity::grpc::{Authorizer, NodeLookup, TokenRefusal};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 
@@ -36,18 +36,21 @@ impl NodeAuthorizer {
 }
 
 impl Authorizer for NodeAuthorizer {
-    fn node_for_token(&self, token: &str) -> Option<String> {
+    fn node_for_token<'a>(&'a self, token: &'a str) -> NodeLookup<'a> {
         let snapshot = self.snapshot();
         let namespace = &snapshot.mesh.mesh.root_namespace;
-        let Some(secret) = snapshot.secret(namespace, NODE_TOKENS_SECRET) else {
-            tracing::warn!(
-                "CA: a node presented a token, but there is no Secret \
-                 {namespace}/{NODE_TOKENS_SECRET} in the config dir: every node is refused \
-                 until it exists"
-            );
-            return None;
+        let node = match snapshot.secret(namespace, NODE_TOKENS_SECRET) {
+            Some(secret) => node_for_token(secret, token),
+            None => {
+                tracing::warn!(
+                    "CA: a node presented a token, but there is no Secret \
+                     {namespace}/{NODE_TOKENS_SECRET} in the config dir: every node is refused \
+                     until it exists"
+                );
+                None
+            }
         };
-        node_for_token(secret, token)
+        Box::pin(std::future::ready(node.ok_or(TokenRefusal::Unknown)))
     }
 
     fn may_issue(&self, node: &str, id: &SpiffeId) -> Result<(), String> {
@@ -96,7 +99,7 @@ fn node_for_token(secret: &Secret, token: &str) -> Option<String> {
 }
 
 /// Whether a pod running as `id` is scheduled on `node`; the error says what to fix.
-fn may_issue(snapshot: &Snapshot, node: &str, id: &SpiffeId) -> Result<(), String> {
+pub(super) fn may_issue(snapshot: &Snapshot, node: &str, id: &SpiffeId) -> Result<(), String> {
     let trust_domain = &snapshot.mesh.mesh.trust_domain;
     if id.trust_domain() != trust_domain {
         return Err(format!(

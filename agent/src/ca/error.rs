@@ -79,6 +79,16 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The trust bundle could not be published for the proxies in a cluster.
+    #[error(
+        "publishing the CA's roots to ConfigMap {namespace}/{name}: {source}; check that the \
+         CA's service account may patch that ConfigMap (Role shunt-ca)"
+    )]
+    PublishRoot {
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
     /// The listening address is taken or not ours.
     #[error("cannot listen on {addr} (--ca-listen): {source} (is another CA or istiod there?)")]
     Listen {

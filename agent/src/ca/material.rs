@@ -76,6 +76,12 @@ impl Inputs {
         }
     }
 
+    /// The namespace whose Secrets are read.
+    #[must_use]
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
     /// What differs from `earlier` that a CA started from `earlier` would load differently.
     #[must_use]
     pub fn changes_since(&self, earlier: &Self) -> Vec<String> {

@@ -6,6 +6,10 @@
 //! - The trust bundle (the CA's root, then every `--ca-extra-root`) is written to
 //!   `<state dir>/root-cert.pem` (or `--ca-root-out`), for the proxies' `--ca-root-cert`.
 //! - Who may have what ([`authorizer`]): a node's token, then its own pods' identities.
+//! - In a cluster ([`Cluster`], the CA-only process `shunt-agent --ca-only` of
+//!   [`spawn_in_cluster`]): the node comes from a TokenReview of the proxy's projected token
+//!   ([`token_review`]), and the trust bundle is also published in a ConfigMap that the proxy
+//!   DaemonSet mounts.
 //!
 //! A CA that cannot start (bad Secret, port taken) logs why and reports it in
 //! `shuntctl status`; the rest of the agent runs on, and the CA tries again at the next
@@ -14,6 +18,7 @@
 pub mod authorizer;
 mod error;
 pub mod material;
+pub mod token_review;
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write as _;
@@ -23,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use ring::digest::{SHA256, digest};
 use shunt_api::admin as api;
 use shunt_identity::ca::{CaSigner, SignerOptions};
@@ -33,14 +41,18 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use authorizer::{NODE_TOKENS_SECRET, NodeAuthorizer};
 pub use error::Error;
 pub use material::{ISTIOD_SECRET, PLUGIN_SECRET};
 
-use crate::config::Snapshot;
+use crate::config::{LoadOptions, Snapshot};
+use crate::source::kube::KubeSource;
+use crate::source::kube::resources::Watch;
 use material::Inputs;
+use token_review::{ReviewAuthorizer, ReviewOptions};
 
 /// Where an instance's CA state lives by default: `/var/lib/shunt/<instance>/ca`.
 pub const DEFAULT_STATE_ROOT: &str = "/var/lib/shunt";
@@ -121,10 +133,56 @@ impl CaOptions {
     }
 }
 
+/// The CA in a cluster: nodes authenticated by TokenReview, and where the trust bundle is
+/// published.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: kube::Client,
+    pub review: ReviewOptions,
+    /// The ConfigMap (`namespace`, `name`) that gets the trust bundle as `root-cert.pem`,
+    /// applied server-side (verb `patch`).
+    pub root_config_map: Option<(String, String)>,
+}
+
+/// The field manager of what the CA applies.
+const FIELD_MANAGER: &str = "shunt-ca";
+
 /// The CA mode: [`CaMode::run`] serves; its status is on the receiver [`CaMode::new`] gives.
 pub struct CaMode {
     options: CaOptions,
     status: watch::Sender<api::CaStatus>,
+    cluster: Option<Cluster>,
+}
+
+/// The CA-only process of a cluster (`shunt-agent --ca-only`): watches every pod, the mesh
+/// config and the CA Secrets of `istio-system` ([`Watch::ca`]), and serves once they are
+/// listed, until `shutdown`. Nothing is captured, no proxy is served.
+pub fn spawn_in_cluster(
+    options: CaOptions,
+    cluster: Cluster,
+    load: LoadOptions,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<api::CaStatus>, JoinHandle<()>) {
+    let (ca, status) = CaMode::new(options);
+    let ca = ca.in_cluster(cluster.clone());
+    let task = tokio::spawn(async move {
+        let mut source = KubeSource::start_watches(
+            cluster.client,
+            load,
+            crate::source::kube::DEFAULT_PAGE_SIZE,
+            Watch::ca([PLUGIN_SECRET, ISTIOD_SECRET]),
+        );
+        tracing::info!("CA: listing pods, the mesh config and the CA Secrets");
+        let initial = tokio::select! {
+            () = shutdown.cancelled() => return,
+            listed = source.listed() => listed,
+        };
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(initial));
+        let watcher = source.spawn(snapshots_tx, shutdown.clone());
+        ca.run(snapshots, shutdown).await;
+        let _ = watcher.await;
+    });
+    (status, task)
 }
 
 /// A CA ready to serve.
@@ -147,7 +205,21 @@ impl CaMode {
             error: None,
             note: None,
         });
-        (Self { options, status }, receiver)
+        (
+            Self {
+                options,
+                status,
+                cluster: None,
+            },
+            receiver,
+        )
+    }
+
+    /// Authenticates nodes by TokenReview, and publishes the trust bundle, as `cluster` says.
+    #[must_use]
+    pub fn in_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Starts the CA from the latest snapshot and serves until `shutdown`. A start that
@@ -218,7 +290,22 @@ impl CaMode {
         }
         let roots = root_statuses(signer.trust_bundle())?;
         let root_file = self.options.root_file();
-        write_public(&root_file, &signer.trust_bundle().to_pem())?;
+        let bundle = signer.trust_bundle().to_pem();
+        write_public(&root_file, &bundle)?;
+        if let Some(cluster) = &self.cluster {
+            if let Some((namespace, name)) = &cluster.root_config_map {
+                publish_root(&cluster.client, namespace, name, &bundle).await?;
+            }
+            if matches!(material.source, api::CaSource::SelfSigned { .. }) {
+                tracing::warn!(
+                    "CA: no Secret {}/{PLUGIN_SECRET} or {ISTIOD_SECRET}: serving a self-signed \
+                     root kept in {}; if that is not durable, a restart makes a new root and \
+                     every proxy must fetch again: create {PLUGIN_SECRET} for a lasting root",
+                    inputs.root_namespace(),
+                    self.options.self_signed_dir().display()
+                );
+            }
+        }
         let listener = TcpListener::bind(self.options.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -265,9 +352,17 @@ impl CaMode {
         } else {
             vec![listen.ip()]
         };
+        let authorizer: Arc<dyn shunt_identity::grpc::Authorizer> = match &self.cluster {
+            Some(cluster) => Arc::new(ReviewAuthorizer::new(
+                cluster.client.clone(),
+                cluster.review.clone(),
+                snapshots.clone(),
+            )),
+            None => Arc::new(NodeAuthorizer::new(snapshots.clone())),
+        };
         let server = CaServer::new(
             Arc::new(started.signer),
-            Arc::new(NodeAuthorizer::new(snapshots.clone())),
+            authorizer,
             CaServerConfig {
                 extra_dns_names: self.options.dns_names.clone(),
                 ip_addresses,
@@ -307,6 +402,45 @@ impl CaMode {
             }
         }
     }
+}
+
+/// Applies `bundle` as `root-cert.pem` of ConfigMap `namespace/name` (server-side apply:
+/// created or updated by the one `patch`).
+async fn publish_root(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    bundle: &str,
+) -> Result<(), Error> {
+    let config_map = ConfigMap {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            ROOT_FILE.to_owned(),
+            bundle.to_owned(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut value = serde_json::to_value(&config_map).unwrap_or_default();
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .map_err(|source| Error::PublishRoot {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source: Box::new(source),
+    })?;
+    tracing::info!("CA: published the trust bundle to ConfigMap {namespace}/{name}");
+    Ok(())
 }
 
 fn source_text(source: &api::CaSource) -> String {

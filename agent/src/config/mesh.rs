@@ -67,7 +67,9 @@ pub fn marked_captured(pod: &Pod) -> bool {
             == Some("enabled")
 }
 
-pub use super::capture::{AMBIENT_REDIRECTION_ANNOTATION, CAPTURED_ANNOTATION, PROXY_CONFIG_ANNOTATION};
+pub use super::capture::{
+    AMBIENT_REDIRECTION_ANNOTATION, CAPTURED_ANNOTATION, PROXY_CONFIG_ANNOTATION,
+};
 
 /// `gatewayTopology.numTrustedProxies` of the pod's `proxy.istio.io/config` annotation
 /// (ProxyConfig as YAML or JSON; only that field is read). `Err` says what is wrong.

@@ -21,6 +21,8 @@
 //! - single objects: GET, DELETE, and PATCH with `application/apply-patch+yaml` (server-side
 //!   apply, simplified: the body replaces the object, its `status` kept, `resourceVersion`
 //!   and `generation` bumped), each apply recorded in order ([`FakeApiServer::applied`]).
+//! - `POST` of TokenReviews, answered from the tokens the test gives
+//!   ([`FakeApiServer::token`]), or with 500 ([`FakeApiServer::fail_token_reviews`]).
 #![expect(
     clippy::unwrap_used,
     reason = "a test double: its failure is the test's, and a poisoned lock one already"
@@ -53,6 +55,8 @@ pub struct Served {
     /// The verb as RBAC names it: `get`, `list`, `watch`, `create`, `patch`, `update`,
     /// `delete`.
     pub verb: &'static str,
+    /// The object's name, for a request about one object (`get`, `patch`, `delete`).
+    pub name: Option<String>,
     /// `status` of `pods/status`.
     pub subresource: Option<String>,
     /// The `fieldSelector` query parameter.
@@ -102,9 +106,36 @@ struct Store {
     served: Vec<Served>,
     /// `resource namespace/name` of each server-side apply, in order.
     applied: Vec<String>,
+    /// TokenReview answers by token: (audience, `status.user`).
+    tokens: BTreeMap<String, (String, Value)>,
+    fail_token_reviews: bool,
 }
 
+/// TokenReviews, as the server names them.
+pub const TOKEN_REVIEWS: Resource = "authentication.k8s.io/v1/tokenreviews";
+
 impl Store {
+    /// Creates or replaces `object`, with an event; returns its new resourceVersion.
+    fn put(&mut self, resource: &str, mut object: Value) -> (Value, u64) {
+        self.version += 1;
+        let version = self.version;
+        object["metadata"]["resourceVersion"] = version.to_string().into();
+        let key = key(&object);
+        let objects = self.objects.entry(resource.to_owned()).or_default();
+        let kind = if objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.log.push(Event {
+            resource: resource.to_owned(),
+            version,
+            kind,
+            object: object.clone(),
+        });
+        (object, version)
+    }
+
     /// Removes an object the test says the server has; returns it and the version its removal
     /// takes.
     fn remove(&mut self, resource: Resource, name: &str) -> (Value, u64) {
@@ -189,29 +220,23 @@ impl FakeApiServer {
 
     /// Creates or replaces `object` (it names its namespace and name); returns its new
     /// resourceVersion.
-    pub fn apply(&self, resource: Resource, mut object: Value) -> u64 {
-        let version = {
-            let mut store = self.store();
-            store.version += 1;
-            let version = store.version;
-            object["metadata"]["resourceVersion"] = version.to_string().into();
-            let key = key(&object);
-            let objects = store.objects.entry(resource.to_owned()).or_default();
-            let kind = if objects.insert(key, object.clone()).is_some() {
-                "MODIFIED"
-            } else {
-                "ADDED"
-            };
-            store.log.push(Event {
-                resource: resource.to_owned(),
-                version,
-                kind,
-                object,
-            });
-            version
-        };
+    pub fn apply(&self, resource: Resource, object: Value) -> u64 {
+        let (_, version) = self.store().put(resource, object);
         self.bump();
         version
+    }
+
+    /// A TokenReview of `token` with audience `audience` authenticates it as `user` (the
+    /// review's `status.user`); any other token, or audience, is not authenticated.
+    pub fn token(&self, token: &str, audience: &str, user: Value) {
+        self.store()
+            .tokens
+            .insert(token.to_owned(), (audience.to_owned(), user));
+    }
+
+    /// TokenReviews answer 500 (`true`) or are reviewed again (`false`).
+    pub fn fail_token_reviews(&self, fail: bool) {
+        self.store().fail_token_reviews = fail;
     }
 
     /// Deletes `namespace/name` (`name` alone when cluster-scoped), with a DELETED event.
@@ -370,6 +395,7 @@ impl Query {
             watch: self.verb == "watch",
             page: self.params.get("continue").cloned(),
             verb: self.verb,
+            name: self.name.clone(),
             subresource: self.subresource.clone(),
             fields: self.params.get("fieldSelector").cloned(),
             status: status.as_u16(),
@@ -522,6 +548,17 @@ async fn serve(
             watch_stream(store, changed, query)
         }
         "list" => list(store, changed, query).await,
+        "create" if query.resource == TOKEN_REVIEWS => {
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let (code, answer) = token_review(store, &body);
+            record(store, changed, query.served(code));
+            json_response(code, &answer)
+        }
         "patch" | "create" => {
             let content_type = request
                 .headers()
@@ -667,20 +704,13 @@ async fn list(
     if !held {
         store.served.push(query.served(StatusCode::OK));
     }
-    let items: Vec<Value> = store
+    // References first: only the page's objects are copied (a list of 20k pods is 40 pages).
+    let items: Vec<&Value> = store
         .objects
         .get(&query.resource)
         .into_iter()
         .flat_map(BTreeMap::values)
         .filter(|object| matches(&query, object))
-        .map(|object| {
-            let mut item = object.clone();
-            if let Some(map) = item.as_object_mut() {
-                map.remove("apiVersion");
-                map.remove("kind");
-            }
-            item
-        })
         .collect();
     let start: usize = page.as_deref().map_or(0, |p| p.parse().unwrap_or(0));
     let limit: usize = query
@@ -694,8 +724,18 @@ async fn list(
     if end < items.len() {
         metadata["continue"] = end.to_string().into();
     }
-    let body = json!({"apiVersion": "v1", "kind": "List", "metadata": metadata,
-                      "items": items[start.min(end)..end]});
+    let page: Vec<Value> = items[start.min(end)..end]
+        .iter()
+        .map(|object| {
+            let mut item = (*object).clone();
+            if let Some(map) = item.as_object_mut() {
+                map.remove("apiVersion");
+                map.remove("kind");
+            }
+            item
+        })
+        .collect();
+    let body = json!({"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": page});
     drop(store);
     changed.send_modify(|n| *n += 1);
     json_response(StatusCode::OK, &body)
@@ -771,6 +811,37 @@ fn watch_stream(
         .header("content-type", "application/json")
         .body(StreamBody::new(body).boxed())
         .unwrap()
+}
+
+/// A TokenReview, answered from the tokens the test gave.
+fn token_review(store: &Arc<Mutex<Store>>, body: &[u8]) -> (StatusCode, Value) {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let store = store.lock().unwrap();
+    if store.fail_token_reviews {
+        let message = "the fake API server was told to fail";
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            status(500, "InternalError", message),
+        );
+    }
+    let token = body["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<&str> = body["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let answer = match store.tokens.get(token) {
+        Some((audience, user)) if asked.contains(&audience.as_str()) => {
+            json!({"authenticated": true, "audiences": [audience], "user": user})
+        }
+        Some(_) => json!({"authenticated": false,
+                          "error": "token audiences are invalid for the target audiences"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let mut review = body.clone();
+    review["status"] = answer;
+    (StatusCode::CREATED, review)
 }
 
 /// GET or DELETE of the object `query` names.

@@ -2,6 +2,7 @@
 //! ([`fake_apiserver`]: a test double on loopback, not a kube-apiserver), driven in-process:
 //! no netns, no privileges. What the fake leaves untested is in the README, "Kubernetes mode".
 
+mod ca;
 mod fake_apiserver;
 mod install;
 mod model_equivalence;
@@ -1012,6 +1013,12 @@ async fn the_rendered_cluster_role_allows_exactly_what_the_agent_calls() {
     marks.shutdown.cancel();
     marks.task.await.unwrap();
     running.stop().await;
+    // What the agent asks at SIGTERM: is its own DaemonSet still there?
+    let dir = tempfile::tempdir().unwrap();
+    let client = shunt_agent::source::kube::connect(Some(&server.kubeconfig(dir.path())))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    shunt_agent::own_daemon_set::check(&client, "shunt-system").await;
 
     let served = server.served();
     let got = server.rbac();
@@ -1023,13 +1030,15 @@ async fn the_rendered_cluster_role_allows_exactly_what_the_agent_calls() {
         "the ClusterRole (deploy/base) and the agent's calls differ:\n  called, not allowed: \
          {missing:?}\n  allowed, never called: {unused:?}"
     );
-    // A rule limited to names: every such call names one (a watch of one object).
+    // A rule limited to names: every such call names one (a watch of one object, or a
+    // request about one object).
     for (triple, names) in named {
         for call in served.iter().filter(|s| s.rbac() == triple) {
-            let name = call
-                .fields
-                .as_deref()
-                .and_then(|f| f.strip_prefix("metadata.name="));
+            let name = call.name.as_deref().or_else(|| {
+                call.fields
+                    .as_deref()
+                    .and_then(|f| f.strip_prefix("metadata.name="))
+            });
             assert!(
                 name.is_some_and(|n| names.iter().any(|want| want == n)),
                 "{triple:?} is allowed for {names:?} only, but was called with {call:?}"

@@ -12,9 +12,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -136,7 +136,11 @@ impl Target {
             Object::ServiceAccount(_) => ApiResource::erase::<ServiceAccount>(&()),
             Object::ClusterRole(_) => ApiResource::erase::<ClusterRole>(&()),
             Object::ClusterRoleBinding(_) => ApiResource::erase::<ClusterRoleBinding>(&()),
+            Object::Role(_) => ApiResource::erase::<Role>(&()),
+            Object::RoleBinding(_) => ApiResource::erase::<RoleBinding>(&()),
             Object::ConfigMap(_) => ApiResource::erase::<ConfigMap>(&()),
+            Object::Service(_) => ApiResource::erase::<Service>(&()),
+            Object::Deployment(_) => ApiResource::erase::<Deployment>(&()),
             Object::DaemonSet(_) => ApiResource::erase::<DaemonSet>(&()),
             Object::CustomResourceDefinition(_) => {
                 ApiResource::erase::<CustomResourceDefinition>(&())

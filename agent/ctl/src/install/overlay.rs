@@ -95,24 +95,12 @@ pub fn typed(tree: Value) -> Result<Values, Error> {
 
 /// What the types cannot say.
 fn check(values: &Values) -> Result<(), Error> {
-    use super::values::{AccessLogEncoding, CaMode};
+    use super::values::AccessLogEncoding;
     if values.values.global.proxy.access_log_encoding == AccessLogEncoding::Text {
         return Err(Error::Refused {
             path: "values.global.proxy.accessLogEncoding",
             message: "TEXT is not available: shunt-proxy writes its access log as JSON only; \
                       set JSON (the default)"
-                .into(),
-        });
-    }
-    if values.ca.mode == CaMode::Shunt {
-        // Refused rather than rendered half-working: shunt-agent's CA (`--ca-listen`) runs
-        // only inside a node agent that also loads capture and reads a local config dir, and
-        // it authenticates nodes by a token Secret in that dir, not by TokenReview.
-        return Err(Error::Refused {
-            path: "ca.mode",
-            message: "shunt's own CA cannot run in a cluster yet: shunt-agent has no CA-only \
-                      mode and no TokenReview authentication; use `istiod` (istiod issues \
-                      the certificates) or `none` (no identities)"
                 .into(),
         });
     }
@@ -262,7 +250,6 @@ mod tests {
                 &["values.global.proxy.accessLogEncoding=TEXT"],
                 &["values.global.proxy.accessLogEncoding", "JSON only"],
             ),
-            (&["ca.mode=shunt"], &["ca.mode", "no CA-only"]),
         ];
         for (sets, expected) in cases {
             let error = with_sets(sets).unwrap_err().to_string();

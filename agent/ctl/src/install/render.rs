@@ -5,18 +5,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
+    RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, HostPathVolumeSource, Namespace, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceQuota, ResourceQuotaSpec,
-    ResourceRequirements, ScopeSelector, ScopedResourceSelectorRequirement, SecurityContext,
-    ServiceAccount, ServiceAccountTokenProjection, Toleration, Volume, VolumeMount,
-    VolumeProjection,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, HostPathVolumeSource,
+    Namespace, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, ScopeSelector,
+    ScopedResourceSelectorRequirement, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume,
+    VolumeMount, VolumeProjection,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -38,6 +42,14 @@ pub const AGENT: &str = "shunt-agent";
 pub const PROXY: &str = "shunt-proxy";
 pub const CONFIG: &str = "shunt-config";
 pub const QUOTA: &str = "shunt-critical-pods";
+/// shunt's own CA (`ca.mode: shunt`): its Deployment, Service, account and roles.
+pub const CA: &str = "shunt-ca";
+/// istiod's CA port, which shunt's CA serves too.
+const CA_PORT: u16 = 15012;
+/// Where the CA keeps its state (a self-signed root when no CA Secret exists).
+const CA_STATE: &str = "/var/lib/shunt";
+/// Where Istio keeps the CA Secrets and the mesh config.
+const ISTIO_NAMESPACE: &str = "istio-system";
 /// Inside the image.
 const BIN_DIR: &str = "/usr/local/bin";
 /// The agent's run dir root, shared with the proxy: `control.sock` and `admin.sock` live in
@@ -66,7 +78,11 @@ pub enum Object {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
+    Service(Box<Service>),
+    Deployment(Box<Deployment>),
     DaemonSet(Box<DaemonSet>),
     CustomResourceDefinition(Box<CustomResourceDefinition>),
 }
@@ -79,7 +95,11 @@ impl Object {
             Self::ServiceAccount(_) => "ServiceAccount",
             Self::ClusterRole(_) => "ClusterRole",
             Self::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Self::Role(_) => "Role",
+            Self::RoleBinding(_) => "RoleBinding",
             Self::ConfigMap(_) => "ConfigMap",
+            Self::Service(_) => "Service",
+            Self::Deployment(_) => "Deployment",
             Self::DaemonSet(_) => "DaemonSet",
             Self::CustomResourceDefinition(_) => "CustomResourceDefinition",
         }
@@ -92,7 +112,11 @@ impl Object {
             Self::ServiceAccount(o) => &o.metadata,
             Self::ClusterRole(o) => &o.metadata,
             Self::ClusterRoleBinding(o) => &o.metadata,
+            Self::Role(o) => &o.metadata,
+            Self::RoleBinding(o) => &o.metadata,
             Self::ConfigMap(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::Deployment(o) => &o.metadata,
             Self::DaemonSet(o) => &o.metadata,
             Self::CustomResourceDefinition(o) => &o.metadata,
         }
@@ -113,7 +137,11 @@ impl Object {
             Self::ServiceAccount(o) => yaml(o),
             Self::ClusterRole(o) => yaml(o),
             Self::ClusterRoleBinding(o) => yaml(o),
+            Self::Role(o) => yaml(o),
+            Self::RoleBinding(o) => yaml(o),
             Self::ConfigMap(o) => yaml(o),
+            Self::Service(o) => yaml(o.as_ref()),
+            Self::Deployment(o) => yaml(o.as_ref()),
             Self::DaemonSet(o) => yaml(o.as_ref()),
             Self::CustomResourceDefinition(o) => yaml(o.as_ref()),
         }
@@ -147,6 +175,9 @@ pub fn render(values: &Values) -> Vec<Object> {
         values,
     )));
     objects.push(Object::ConfigMap(config_map(values)));
+    if values.ca.mode == CaMode::Shunt {
+        objects.extend(ca_objects(values));
+    }
     objects.push(Object::DaemonSet(Box::new(agent_daemon_set(values))));
     objects.push(Object::DaemonSet(Box::new(proxy_daemon_set(values))));
     objects
@@ -305,17 +336,217 @@ fn agent_cluster_role(values: &Values) -> ClusterRole {
 fn agent_cluster_role_binding(values: &Values) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(values, AGENT, false),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: AGENT.into(),
+        role_ref: role_ref("ClusterRole", AGENT),
+        subjects: Some(vec![account_subject(values, AGENT)]),
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+/// The service account `name` of shunt's namespace.
+fn account_subject(values: &Values, name: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(values.namespace.clone()),
+        ..Subject::default()
+    }
+}
+
+/// What shunt's CA (`shunt-agent --ca-only`) calls, cluster-wide: TokenReviews of the
+/// proxies' tokens, the pod each token is bound to (`get`), and every pod's node
+/// (`list`, `watch`).
+pub fn ca_cluster_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(&[""], &["pods"], &["get", "list", "watch"]),
+    ]
+}
+
+/// What shunt's CA reads in `istio-system`: the CA Secrets and the mesh config, each
+/// watched by name (a list and a watch with `metadata.name`, which RBAC's resourceNames
+/// allow).
+pub fn ca_istio_rules() -> Vec<PolicyRule> {
+    let named = |resource: &str, names: &[&str]| PolicyRule {
+        resource_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+        ..rule(&[""], &[resource], &["list", "watch"])
+    };
+    vec![
+        named("secrets", &["cacerts", "istio-ca-secret"]),
+        named("configmaps", &["istio"]),
+    ]
+}
+
+/// What shunt's CA writes in shunt's namespace: its trust bundle, applied server-side
+/// (`patch`, which creates it too).
+pub fn ca_root_rules(values: &Values) -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        resource_names: Some(vec![values.ca.root_cert_config_map.clone()]),
+        ..rule(&[""], &["configmaps"], &["patch"])
+    }]
+}
+
+/// The CA's DNS name in the cluster, which its TLS certificate carries.
+fn ca_host(values: &Values) -> String {
+    format!("{CA}.{}.svc", values.namespace)
+}
+
+/// `ca.mode: shunt`: the CA's account, roles, Service and Deployment.
+fn ca_objects(values: &Values) -> Vec<Object> {
+    let role = |namespace: &str, name: &str, rules: Vec<PolicyRule>| Role {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.into()),
+            ..meta(values, name, true)
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: AGENT.into(),
-            namespace: Some(values.namespace.clone()),
-            ..Subject::default()
+        rules: Some(rules),
+    };
+    let binding = |namespace: &str, name: &str| RoleBinding {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.into()),
+            ..meta(values, name, true)
+        },
+        role_ref: role_ref("Role", name),
+        subjects: Some(vec![account_subject(values, CA)]),
+    };
+    let istio_role = format!("{CA}-istio");
+    vec![
+        Object::ServiceAccount(service_account(values, CA, true)),
+        Object::ClusterRole(ClusterRole {
+            metadata: meta(values, CA, false),
+            rules: Some(ca_cluster_rules()),
+            ..ClusterRole::default()
+        }),
+        Object::ClusterRoleBinding(ClusterRoleBinding {
+            metadata: meta(values, CA, false),
+            role_ref: role_ref("ClusterRole", CA),
+            subjects: Some(vec![account_subject(values, CA)]),
+        }),
+        Object::Role(role(ISTIO_NAMESPACE, &istio_role, ca_istio_rules())),
+        Object::RoleBinding(binding(ISTIO_NAMESPACE, &istio_role)),
+        Object::Role(role(&values.namespace, CA, ca_root_rules(values))),
+        Object::RoleBinding(binding(&values.namespace, CA)),
+        Object::Service(Box::new(ca_service(values))),
+        Object::Deployment(Box::new(ca_deployment(values))),
+    ]
+}
+
+fn ca_service(values: &Values) -> Service {
+    Service {
+        metadata: meta(values, CA, true),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(CA)),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc-ca".into()),
+                port: i32::from(CA_PORT),
+                target_port: Some(IntOrString::Int(i32::from(CA_PORT))),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn ca_deployment(values: &Values) -> Deployment {
+    let port = i32::from(CA_PORT);
+    let args = vec![
+        "--source=kube".to_owned(),
+        "--ca-only".to_owned(),
+        format!("--ca-listen=0.0.0.0:{port}"),
+        format!("--ca-state-dir={CA_STATE}/ca"),
+        format!("--ca-dns-name={}", ca_host(values)),
+        format!("--ca-root-config-map={}", values.ca.root_cert_config_map),
+        format!("--ca-token-audience={}", values.ca.token_audience),
+        format!("--ca-trusted-node-account={}/{PROXY}", values.namespace),
+        format!("--system-namespace={}", values.namespace),
+        format!("--log-format={}", values.agent.log_format.as_str()),
+    ];
+    // The CA listens once its key material is loaded and its roots published.
+    let listening = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(port),
+                    ..TCPSocketAction::default()
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
+    };
+    let container = Container {
+        ports: Some(vec![tcp_port("grpc-ca", port)]),
+        resources: Some(resources(&values.ca.resources)),
+        // No privilege at all: the CA only talks to the API server and its clients.
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        readiness_probe: Some(listening(5, 3)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(30),
+            ..listening(15, 3)
+        }),
+        volume_mounts: Some(vec![mount("state", CA_STATE, false, None)]),
+        ..container(values, "ca", "shunt-agent", args)
+    };
+    let pod = PodSpec {
+        service_account_name: Some(CA.into()),
+        automount_service_account_token: Some(true),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            // The image has no users: a fixed non-root uid (distroless's nonroot).
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        node_selector: Some(node_selector(values)),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
         }]),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: meta(values, CA, true),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(CA)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(values, CA)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
     }
 }
 
@@ -404,6 +635,38 @@ fn pod_labels(values: &Values, name: &str) -> BTreeMap<String, String> {
     labels.insert("shunt.io/capture".into(), "disabled".into());
     labels.insert("sidecar.istio.io/inject".into(), "false".into());
     labels
+}
+
+/// The container `name` running `{BIN_DIR}/<binary> <args>` from shunt's image.
+fn container(values: &Values, name: &str, binary: &str, args: Vec<String>) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(values.image.reference()),
+        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
+        command: Some(vec![format!("{BIN_DIR}/{binary}")]),
+        args: Some(args),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+fn tcp_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// `action` every `period` seconds, each try given 5 s, failing after `failures` misses.
+fn probe(action: Probe, period: i32, failures: i32) -> Probe {
+    Probe {
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..action
+    }
 }
 
 fn host_path(name: &str, path: &str, kind: &str) -> Volume {
@@ -497,25 +760,23 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
     }
     // `shuntctl status` answers once the agent serves its admin socket, which it does after
     // loading capture and the config.
-    let status_probe = |period: i32, failures: i32| Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                format!("{BIN_DIR}/shuntctl"),
-                "status".into(),
-                "--output=json".into(),
-            ]),
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
+    let status_probe = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        format!("{BIN_DIR}/shuntctl"),
+                        "status".into(),
+                        "--output=json".into(),
+                    ]),
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
     };
     let container = Container {
-        name: "agent".into(),
-        image: Some(values.image.reference()),
-        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
-        command: Some(vec![format!("{BIN_DIR}/shunt-agent")]),
-        args: Some(args),
         env: Some(vec![EnvVar {
             // shunt-agent's --node-name reads NODE_NAME.
             name: "NODE_NAME".into(),
@@ -553,8 +814,7 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
             mount("run", RUN_DIR, false, None),
             mount("config", CONFIG_DIR, true, None),
         ]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
+        ..container(values, "agent", "shunt-agent", args)
     };
     let pod = PodSpec {
         service_account_name: Some(AGENT.into()),
@@ -613,10 +873,15 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
     }
     let mut mounts = vec![mount("run", RUN_DIR, false, None)];
     let mut volumes = vec![host_path("run", RUN_DIR, "DirectoryOrCreate")];
-    if values.ca.mode == CaMode::Istiod {
+    let ca = match values.ca.mode {
+        CaMode::Istiod => Some((values.ca.address.clone(), values.ca.server_name.clone())),
+        CaMode::Shunt => Some((format!("{}:{CA_PORT}", ca_host(values)), ca_host(values))),
+        CaMode::None => None,
+    };
+    if let Some((address, server_name)) = ca {
         args.extend([
-            format!("--ca-address={}", values.ca.address),
-            format!("--ca-server-name={}", values.ca.server_name),
+            format!("--ca-address={address}"),
+            format!("--ca-server-name={server_name}"),
             format!("--ca-root-cert={ISTIO_SECRETS}/root-cert.pem"),
             format!("--ca-token-file={TOKENS}/{TOKEN_FILE}"),
         ]);
@@ -647,29 +912,22 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
             ..Volume::default()
         });
     }
-    let metrics_probe = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/metrics".into()),
-            port: IntOrString::Int(port),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
+    let metrics_probe = |period: i32, failures: i32| {
+        probe(
+            Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/metrics".into()),
+                    port: IntOrString::Int(port),
+                    ..HTTPGetAction::default()
+                }),
+                ..Probe::default()
+            },
+            period,
+            failures,
+        )
     };
     let container = Container {
-        name: "proxy".into(),
-        image: Some(values.image.reference()),
-        image_pull_policy: Some(values.image.pull_policy.as_str().into()),
-        command: Some(vec![format!("{BIN_DIR}/shunt-proxy")]),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("http-monitoring".into()),
-            container_port: port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![tcp_port("http-monitoring", port)]),
         resources: Some(resources(&proxy.resources)),
         // No hostNetwork and no privilege: entering each pod's netns (through the fds the
         // agent sends) needs SYS_ADMIN, its listeners NET_ADMIN, and SO_MARK NET_RAW.
@@ -693,8 +951,7 @@ fn proxy_daemon_set(values: &Values) -> DaemonSet {
             ..metrics_probe(15, 3)
         }),
         volume_mounts: Some(mounts),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
+        ..container(values, "proxy", "shunt-proxy", args)
     };
     let pod = PodSpec {
         service_account_name: Some(PROXY.into()),

@@ -60,8 +60,13 @@ fn host_mounts(ds: &DaemonSet) -> Vec<(String, String, String, bool, Option<Stri
 
 #[test]
 fn every_profile_reads_back_into_the_same_objects() {
-    for name in profiles::names() {
-        let rendered = objects(name, &[]);
+    let shunt_ca: &[&str] = &["ca.mode=shunt"];
+    let renders = profiles::names()
+        .into_iter()
+        .map(|name| (name, &[][..]))
+        .chain([("default", shunt_ca)]);
+    for (name, sets) in renders {
+        let rendered = objects(name, sets);
         let text = render::to_yaml(&rendered, "test").unwrap();
         let documents: Vec<&str> = text.split("\n---\n").skip(1).collect();
         assert_eq!(documents.len(), rendered.len(), "profile {name}");
@@ -80,7 +85,17 @@ fn every_profile_reads_back_into_the_same_objects() {
                 Object::ClusterRoleBinding(_) => {
                     Object::ClusterRoleBinding(serde_yaml::from_str(document).unwrap())
                 }
+                Object::Role(_) => Object::Role(serde_yaml::from_str(document).unwrap()),
+                Object::RoleBinding(_) => {
+                    Object::RoleBinding(serde_yaml::from_str(document).unwrap())
+                }
                 Object::ConfigMap(_) => Object::ConfigMap(serde_yaml::from_str(document).unwrap()),
+                Object::Service(_) => {
+                    Object::Service(Box::new(serde_yaml::from_str(document).unwrap()))
+                }
+                Object::Deployment(_) => {
+                    Object::Deployment(Box::new(serde_yaml::from_str(document).unwrap()))
+                }
                 Object::DaemonSet(_) => {
                     Object::DaemonSet(Box::new(serde_yaml::from_str(document).unwrap()))
                 }
@@ -398,4 +413,179 @@ fn crds_come_first_and_istios_can_be_left_out() {
     );
     let without = objects("default", &["crds.istio=false"]);
     assert_eq!(crd_names(&without), ["ratelimitpolicies.shunt.io"]);
+}
+
+/// `ca.mode=shunt`: the CA's one-replica Deployment without privileges, its Service on
+/// 15012, its account and exactly the verbs it uses, and the proxy pointed at it.
+#[test]
+fn shunts_own_ca_is_rendered_with_its_service_and_roles() {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+
+    let rendered = objects("default", &["ca.mode=shunt", "namespace=mesh"]);
+    let find = |kind: &str, namespace: Option<&str>, name: &str| {
+        rendered
+            .iter()
+            .find(|o| {
+                o.kind() == kind
+                    && o.name() == name
+                    && o.metadata().namespace.as_deref() == namespace
+            })
+            .unwrap_or_else(|| panic!("no {kind} {namespace:?}/{name}"))
+    };
+    let Object::Deployment(deployment) = find("Deployment", Some("mesh"), render::CA) else {
+        unreachable!()
+    };
+    assert_eq!(deployment.spec.replicas, Some(1));
+    let ca_pod = deployment.spec.template.spec.as_ref().unwrap();
+    assert_eq!(ca_pod.service_account_name.as_deref(), Some(render::CA));
+    assert!(ca_pod.host_network.is_none() && ca_pod.priority_class_name.is_none());
+    let ca = &ca_pod.containers[0];
+    let args = ca.args.as_ref().unwrap();
+    for arg in [
+        "--source=kube",
+        "--ca-only",
+        "--ca-listen=0.0.0.0:15012",
+        "--ca-dns-name=shunt-ca.mesh.svc",
+        "--ca-root-config-map=istio-ca-root-cert",
+        "--ca-token-audience=istio-ca",
+        "--ca-trusted-node-account=mesh/shunt-proxy",
+    ] {
+        assert!(args.contains(&arg.to_owned()), "{arg} in {args:?}");
+    }
+    let security = ca.security_context.as_ref().unwrap();
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert!(security.capabilities.as_ref().unwrap().add.is_none());
+    assert!(ca.readiness_probe.is_some() && ca.liveness_probe.is_some());
+    assert!(ca.resources.as_ref().unwrap().requests.is_some());
+    assert!(
+        ca_pod
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.host_path.is_none()),
+        "no host paths"
+    );
+
+    let Object::Service(service) = find("Service", Some("mesh"), render::CA) else {
+        unreachable!()
+    };
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.ports.as_ref().unwrap()[0].port, 15012);
+    assert_eq!(
+        spec.selector, deployment.spec.selector.match_labels,
+        "the Service selects the CA's pods"
+    );
+    find("ServiceAccount", Some("mesh"), render::CA);
+
+    // (resource, resourceNames, verbs) of each rule.
+    let rules = |rules: &[PolicyRule]| -> Vec<(String, Vec<String>, Vec<String>)> {
+        rules
+            .iter()
+            .flat_map(|r| {
+                r.resources.iter().flatten().map(move |resource| {
+                    (
+                        resource.clone(),
+                        r.resource_names.clone().unwrap_or_default(),
+                        r.verbs.clone(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let owned = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let Object::ClusterRole(cluster) = find("ClusterRole", None, render::CA) else {
+        unreachable!()
+    };
+    assert_eq!(
+        rules(cluster.rules.as_deref().unwrap()),
+        [
+            ("tokenreviews".into(), vec![], owned(&["create"])),
+            ("pods".into(), vec![], owned(&["get", "list", "watch"])),
+        ]
+    );
+    let Object::Role(istio) = find("Role", Some("istio-system"), "shunt-ca-istio") else {
+        unreachable!()
+    };
+    assert_eq!(
+        rules(istio.rules.as_deref().unwrap()),
+        [
+            (
+                "secrets".into(),
+                owned(&["cacerts", "istio-ca-secret"]),
+                owned(&["list", "watch"])
+            ),
+            (
+                "configmaps".into(),
+                owned(&["istio"]),
+                owned(&["list", "watch"])
+            ),
+        ]
+    );
+    let Object::Role(root) = find("Role", Some("mesh"), render::CA) else {
+        unreachable!()
+    };
+    assert_eq!(
+        rules(root.rules.as_deref().unwrap()),
+        [(
+            "configmaps".into(),
+            owned(&["istio-ca-root-cert"]),
+            owned(&["patch"])
+        )]
+    );
+    for (namespace, name, role) in [
+        (None, render::CA, "ClusterRole"),
+        (Some("istio-system"), "shunt-ca-istio", "Role"),
+        (Some("mesh"), render::CA, "Role"),
+    ] {
+        let kind = if role == "Role" {
+            "RoleBinding"
+        } else {
+            "ClusterRoleBinding"
+        };
+        let (role_ref, subjects) = match find(kind, namespace, name) {
+            Object::RoleBinding(b) => (&b.role_ref, &b.subjects),
+            Object::ClusterRoleBinding(b) => (&b.role_ref, &b.subjects),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            (role_ref.kind.as_str(), role_ref.name.as_str()),
+            (role, name)
+        );
+        let subject = &subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (render::CA, Some("mesh"))
+        );
+    }
+
+    let proxy = pod(daemon_set(&rendered, render::PROXY));
+    let args = proxy.containers[0].args.as_ref().unwrap();
+    for arg in [
+        "--ca-address=shunt-ca.mesh.svc:15012",
+        "--ca-server-name=shunt-ca.mesh.svc",
+        "--ca-root-cert=/var/run/secrets/istio/root-cert.pem",
+    ] {
+        assert!(args.contains(&arg.to_owned()), "{arg} in {args:?}");
+    }
+    let root = proxy
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.config_map.as_ref())
+        .unwrap();
+    assert_eq!(
+        root.name, "istio-ca-root-cert",
+        "the ConfigMap the CA publishes"
+    );
+
+    let default = objects("default", &[]);
+    assert!(
+        !default.iter().any(|o| o.name() == render::CA),
+        "the default (istiod) renders no CA"
+    );
 }

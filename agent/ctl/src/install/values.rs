@@ -230,6 +230,8 @@ pub struct Ca {
     pub root_cert_config_map: String,
     /// The audience of the proxy's projected service-account token (istiod: `istio-ca`).
     pub token_audience: String,
+    /// The `shunt-ca` Deployment's container (`mode: shunt`).
+    pub resources: Resources,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,7 +240,10 @@ pub enum CaMode {
     /// istiod issues the certificates; its `CA_TRUSTED_NODE_ACCOUNTS` must name the proxy's
     /// service account.
     Istiod,
-    /// shunt's own CA, a Deployment of its own.
+    /// shunt's own CA, a one-replica Deployment `shunt-ca` (`shunt-agent --ca-only`) behind
+    /// the Service `shunt-ca`: its root from `istio-system/cacerts` or `istio-ca-secret`,
+    /// nodes authenticated by TokenReview, the trust bundle published to
+    /// `rootCertConfigMap` in shunt's namespace.
     Shunt,
     /// No identities: no HBONE, traffic between nodes stays plaintext.
     None,

@@ -90,6 +90,18 @@ impl KubeSource {
     /// lists' `limit` ([`DEFAULT_PAGE_SIZE`]).
     #[must_use]
     pub fn start(client: kube::Client, options: LoadOptions, page_size: u32) -> Self {
+        Self::start_watches(client, options, page_size, Watch::base())
+    }
+
+    /// Starts `watches` only (e.g. [`Watch::ca`]); gateway Secrets are still watched as the
+    /// config names them, which without Gateway watches is never.
+    #[must_use]
+    pub fn start_watches(
+        client: kube::Client,
+        options: LoadOptions,
+        page_size: u32,
+        watches: Vec<Watch>,
+    ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENTS);
         let reporter = events::Reporter::start(client.clone(), options.node_name.clone());
         let mut source = Self {
@@ -102,7 +114,7 @@ impl KubeSource {
             events_tx,
             events,
         };
-        for watch in Watch::base() {
+        for watch in watches {
             source.start_watch(watch);
         }
         source

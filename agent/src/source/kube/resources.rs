@@ -8,7 +8,6 @@ use crate::config::capture::annotations_read;
 use crate::config::endpoints::SERVICE_NAME_LABEL;
 use shunt_mesh::istio::SHUNT_API_VERSION;
 
-
 /// The Istio kinds shunt implements, each watched at `v1` (the API server converts the older
 /// versions of a stored object).
 const ISTIO_KINDS: [(&str, &str, &str); 7] = [
@@ -55,6 +54,8 @@ pub enum Watch {
     RateLimitPolicies,
     /// `istio-system/istio`.
     MeshConfig,
+    /// A CA Secret of `istio-system` (`cacerts`, `istio-ca-secret`): the CA-only process's.
+    CaSecret(&'static str),
     /// A Secret a gateway on this node names.
     Secret {
         namespace: String,
@@ -86,6 +87,14 @@ impl Watch {
         ];
         watches.extend((0..ISTIO_KINDS.len()).map(Self::Istio));
         watches.extend([Self::RateLimitPolicies, Self::MeshConfig]);
+        watches
+    }
+
+    /// What the CA-only process watches (`shunt-agent --ca-only`): every pod (trimmed: the
+    /// node of each identity), the mesh config, and the CA Secrets of `istio-system`.
+    pub fn ca(secrets: [&'static str; 2]) -> Vec<Self> {
+        let mut watches = vec![Self::AllPods, Self::MeshConfig];
+        watches.extend(secrets.map(Self::CaSecret));
         watches
     }
 
@@ -137,6 +146,11 @@ impl Watch {
                 fields: Some(format!("metadata.name={}", MESH_CONFIG.1)),
                 ..core(ApiResource::erase::<core::ConfigMap>(&()))
             },
+            Self::CaSecret(name) => Self::Secret {
+                namespace: MESH_CONFIG.0.to_owned(),
+                name: (*name).to_owned(),
+            }
+            .resource(node),
             Self::Secret { namespace, name } => Resource {
                 namespace: Some(namespace.clone()),
                 fields: Some(format!("metadata.name={name}")),

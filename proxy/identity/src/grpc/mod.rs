@@ -11,7 +11,7 @@ pub use client::{CaClient, CaClientConfig, ClientError};
 pub use proto::{
     AUTHORIZATION, CLUSTER_ID, DEFAULT_PORT, DEFAULT_SERVER_NAME, IMPERSONATED_IDENTITY, pb,
 };
-pub use server::{Authorizer, CaServer, CaServerConfig, ServerError};
+pub use server::{Authorizer, CaServer, CaServerConfig, NodeLookup, ServerError, TokenRefusal};
 
 #[cfg(test)]
 mod tests;

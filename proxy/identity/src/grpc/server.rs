@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -52,12 +53,29 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Why a bearer token names no node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Nobody was given this token: `Unauthenticated`, with the authorizer's hint.
+    Unknown,
+    /// The token is valid but not a node's (another account, no bound pod, ...):
+    /// `Unauthenticated` with this reason.
+    Refused(String),
+    /// The token could not be checked (the API server failed or refused the review):
+    /// `Unavailable` with this reason. Never treated as valid.
+    Unavailable(String),
+}
+
+/// What [`Authorizer::node_for_token`] returns: a future, since a check may ask the API
+/// server (a TokenReview).
+pub type NodeLookup<'a> = Pin<Box<dyn Future<Output = Result<String, TokenRefusal>> + Send + 'a>>;
+
 /// Who may have which certificate; the agent implements it from what it knows of nodes and
 /// pods (ztunnel's model: a node's token, then the identities of that node's pods).
 pub trait Authorizer: Send + Sync {
-    /// The node a bearer token belongs to (e.g. from a TokenReview, or a token file the
-    /// node's proxy reads), or `None` for a token nobody was given.
-    fn node_for_token(&self, token: &str) -> Option<String>;
+    /// The node a bearer token belongs to (from a TokenReview, or a token file the node's
+    /// proxy reads), or why it names none.
+    fn node_for_token<'a>(&'a self, token: &'a str) -> NodeLookup<'a>;
 
     /// Whether `node` may have a certificate for `id` (a pod with that service account
     /// runs there); the error is the reason, sent to the caller and logged.
@@ -286,7 +304,10 @@ struct Refusal {
 }
 
 impl CaService {
-    fn create(&self, request: Request<IstioCertificateRequest>) -> Result<Vec<String>, Refusal> {
+    async fn create(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Vec<String>, Refusal> {
         let claimed = impersonated(request.get_ref());
         let refuse = |status: Status, node: &str| Refusal {
             status,
@@ -307,9 +328,18 @@ impl CaService {
                 refuse(Status::unauthenticated(message), "-")
             };
             let token = bearer_token(request.metadata()).map_err(unauthenticated)?;
-            let node = self.authorizer.node_for_token(token).ok_or_else(|| {
-                unauthenticated("the bearer token is not known to this CA".to_owned())
-            })?;
+            let node = match self.authorizer.node_for_token(token).await {
+                Ok(node) => node,
+                Err(TokenRefusal::Unknown) => {
+                    return Err(unauthenticated(
+                        "the bearer token is not known to this CA".to_owned(),
+                    ));
+                }
+                Err(TokenRefusal::Refused(reason)) => return Err(unauthenticated(reason)),
+                Err(TokenRefusal::Unavailable(reason)) => {
+                    return Err(refuse(Status::unavailable(reason), "-"));
+                }
+            };
             Some(node)
         };
         let node_name = node.as_deref().unwrap_or("-");
@@ -369,7 +399,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        match self.create(request) {
+        match self.create(request).await {
             Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse { cert_chain })),
             Err(refusal) => {
                 tracing::warn!(

@@ -40,8 +40,17 @@ impl Nodes {
 }
 
 impl Authorizer for Nodes {
-    fn node_for_token(&self, token: &str) -> Option<String> {
-        self.tokens.get(token).map(|node| (*node).to_owned())
+    fn node_for_token<'a>(&'a self, token: &'a str) -> NodeLookup<'a> {
+        let node = match token {
+            // A token whose check cannot be made: the API server is down.
+            "token-unavailable" => Err(TokenRefusal::Unavailable("the API server failed".into())),
+            _ => self
+                .tokens
+                .get(token)
+                .map(|node| (*node).to_owned())
+                .ok_or(TokenRefusal::Unknown),
+        };
+        Box::pin(std::future::ready(node))
     }
 
     fn may_issue(&self, node: &str, id: &SpiffeId) -> Result<(), String> {
@@ -207,6 +216,14 @@ async fn the_server_issues_only_what_the_node_may_have() {
             csr_for(SLEEP),
             day,
             Code::Unauthenticated,
+        ),
+        (
+            "a token that cannot be checked: fails closed",
+            Some("Bearer token-unavailable"),
+            Some(SLEEP),
+            csr_for(SLEEP),
+            day,
+            Code::Unavailable,
         ),
         (
             "not a bearer token",
