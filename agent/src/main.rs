@@ -25,6 +25,12 @@ use shunt_api::k8s::NodeName;
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 use shunt_mesh::routing::OutboundTrafficPolicy;
 
+// The Kubernetes source rebuilds its snapshot from tens of thousands of small objects; glibc's
+// per-thread arenas kept freed ones resident (an eighth of the agent's RSS at 10k pods in
+// `cargo xtask bench --kube-scale`), mimalloc returns more of them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "shunt-agent", version, about)]
 struct Cli {

@@ -1,6 +1,7 @@
-//! `cargo xtask image`: shunt's image (the Dockerfile: the three static musl binaries `FROM
+//! `cargo xtask image`: shunt's image (the Dockerfile: the four static musl binaries `FROM
 //! scratch`), built offline with podman from binaries built here. `--check`, which `cargo
-//! xtask test` runs, then starts each binary in the image and asks it for `--version`.
+//! xtask test` runs, then starts each binary in the image and asks it for its version
+//! (`--version`; the CNI plugin, as a runtime asks it, `CNI_COMMAND=VERSION`).
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +13,9 @@ use crate::cmd::{Privilege, elevate, run};
 use crate::toolchain::MUSL_TARGET;
 
 /// The binaries the image holds, as the Dockerfile copies them.
-const BINARIES: [&str; 3] = ["shunt-agent", "shunt-proxy", "shuntctl"];
+const BINARIES: [&str; 4] = ["shunt-agent", "shunt-proxy", "shuntctl", "shunt-cni"];
+/// The CNI plugin: a runtime asks its version through the environment, not a flag.
+const CNI_PLUGIN: &str = "shunt-cni";
 
 /// `localhost/shunt:<version>`, the tag deploy/ runs unless told otherwise.
 fn tag() -> String {
@@ -60,15 +63,26 @@ fn smoke() -> Result<()> {
             "--ulimit",
             "nproc=4096:4096",
         ]);
+        if binary == CNI_PLUGIN {
+            podman.args(["--env", "CNI_COMMAND=VERSION"]);
+        }
         podman
             .arg("--entrypoint")
             .arg(format!("/usr/local/bin/{binary}"))
-            .args([&tag(), "--version"]);
+            .arg(tag());
+        if binary != CNI_PLUGIN {
+            podman.arg("--version");
+        }
         let out = elevate(&podman, Privilege::Root)
             .output()
             .context("could not run podman")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let want = format!("{binary} {}", env!("CARGO_PKG_VERSION"));
+        let want = if binary == CNI_PLUGIN {
+            // The CNI VERSION result: the spec versions it speaks.
+            "{\"cniVersion\"".to_owned()
+        } else {
+            format!("{binary} {}", env!("CARGO_PKG_VERSION"))
+        };
         if !out.status.success() || !stdout.trim().starts_with(&want) {
             bail!(
                 "{binary} --version in {}: exit {}, printed {:?}, wanted {want:?}; stderr: {}",

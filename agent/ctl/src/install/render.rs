@@ -754,6 +754,12 @@ fn agent_daemon_set(values: &Values) -> DaemonSet {
         ),
         format!("--bpf-log={}", agent.bpf_log.as_str()),
         format!("--log-format={}", agent.log_format.as_str()),
+        // shunt-cni (beside shunt-agent in the image) into the node's CNI bin dir, chained into
+        // its primary CNI's conflist: a pod whose capture the agent cannot set up does not
+        // start. Its entry names the CNI socket under the run dir, the same path on the host.
+        "--install-cni".into(),
+        format!("--cni-bin-dir={}", in_host(&values.cni.bin_dir)),
+        format!("--cni-conf-dir={}", in_host(&values.cni.conf_dir)),
     ];
     if agent.sockmap_shortcut {
         args.push("--sockmap-shortcut".into());

@@ -22,11 +22,34 @@ pub const SOURCE_NAME: &str = "kube";
 /// `namespace` (empty for a cluster-scoped object) and `name`.
 type Key = (String, String);
 
+/// An object as kept between snapshots: its compact JSON text. A parsed `serde_json::Value`
+/// takes several times its text in small allocations, which at tens of thousands of pods is
+/// most of the agent's memory; the text is parsed again only to build a snapshot.
+struct Stored {
+    text: Box<str>,
+    /// `spec.nodeName` (pods), read for every pod at each snapshot.
+    node: Option<Box<str>>,
+}
+
+impl Stored {
+    fn new(value: &serde_json::Value) -> Self {
+        Self {
+            text: value.to_string().into_boxed_str(),
+            node: value["spec"]["nodeName"].as_str().map(Into::into),
+        }
+    }
+
+    fn value(&self) -> serde_json::Value {
+        // It was written from a Value.
+        serde_json::from_str(&self.text).unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct Objects {
-    live: BTreeMap<Key, serde_json::Value>,
+    live: BTreeMap<Key, Stored>,
     /// A list in progress, swapped in at its end.
-    pending: Option<BTreeMap<Key, serde_json::Value>>,
+    pending: Option<BTreeMap<Key, Stored>>,
     /// Whether a list has completed once.
     listed: bool,
 }
@@ -69,7 +92,7 @@ impl State {
                 object.metadata.namespace.clone().unwrap_or_default(),
                 object.metadata.name.clone().unwrap_or_default(),
             );
-            (key, keep(watch, api, object))
+            (key, Stored::new(&keep(watch, api, object)))
         };
         match event {
             Ok(watcher::Event::Init) => {
@@ -128,10 +151,16 @@ impl State {
         let empty = Objects::default();
         let of = |watch: &Watch| self.watches.get(watch).unwrap_or(&empty);
         let mut loader = Loader::default();
-        let mut load = |value: &serde_json::Value| match serde_yaml::to_value(value) {
-            Ok(yaml) => loader.load_object(&origin(value), yaml),
-            Err(e) => tracing::error!("cannot convert an object for the loader: {e}"),
-        };
+        let mut load =
+            |stored: &Stored| match serde_json::from_str::<serde_yaml::Value>(&stored.text) {
+                Ok(yaml) => {
+                    let version = yaml["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_owned);
+                    loader.load_object(&origin(version.as_deref()), yaml);
+                }
+                Err(e) => tracing::error!("cannot convert an object for the loader: {e}"),
+            };
         of(&Watch::Namespaces).live.values().for_each(&mut load);
         let node_pods = &of(&Watch::NodePods).live;
         node_pods.values().for_each(&mut load);
@@ -139,7 +168,7 @@ impl State {
         for (key, pod) in &of(&Watch::AllPods).live {
             // This node's pods come whole from their own watch; an unscheduled pod is nobody's
             // (local mode would count it as this node's).
-            let on = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+            let on = pod.node.as_deref().unwrap_or_default();
             if !on.is_empty() && on != node && !node_pods.contains_key(key) {
                 load(pod);
             }
@@ -180,7 +209,11 @@ impl State {
             .iter()
             .filter(|(watch, _)| **watch != Watch::AllPods)
             .filter_map(|(_, objects)| objects.live.get(&key))
-            .find(|object| object["kind"] == kind && origin(object) == error.file)?;
+            .map(Stored::value)
+            .find(|object| {
+                object["kind"] == kind
+                    && origin(object["metadata"]["resourceVersion"].as_str()) == error.file
+            })?;
         let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
         let metadata = &object["metadata"];
         Some(ObjectReference {
@@ -196,10 +229,8 @@ impl State {
 }
 
 /// Where an object from the API server "was read": its resourceVersion, since there is no file.
-fn origin(object: &serde_json::Value) -> PathBuf {
-    let version = object["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("unknown");
+fn origin(version: Option<&str>) -> PathBuf {
+    let version = version.unwrap_or("unknown");
     PathBuf::from(format!("{SOURCE_NAME} resourceVersion {version}"))
 }
 
