@@ -38,7 +38,41 @@ pub struct Config {
     /// EndpointSlices (`discovery.k8s.io/v1`), checked, in Kubernetes' shape: a Service's
     /// endpoints when it has any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoint_slices: Vec<Sourced<serde_json::Value>>,
+    pub endpoint_slices: Vec<Sourced<CompactJson>>,
+}
+
+/// A JSON value kept as its compact text. A parsed `serde_json::Value` costs several times its
+/// text in small allocations, which for the tens of thousands of EndpointSlices of a large
+/// cluster was the largest part of the agent's memory. It (de)serializes as the JSON it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactJson(Box<str>);
+
+impl CompactJson {
+    #[must_use]
+    pub fn new(value: &serde_json::Value) -> Self {
+        Self(value.to_string().into_boxed_str())
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for CompactJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Written from a Value, so it parses; a Value only while being serialized.
+        let value: serde_json::Value =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        value.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CompactJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(|value| Self::new(&value))
+    }
 }
 
 /// A problem in the config: which file, which object, which field, and what is wrong.

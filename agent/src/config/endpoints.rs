@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
-use shunt_api::config::Sourced;
+use shunt_api::config::{CompactJson, Sourced};
 use shunt_api::k8s::{Pod, PodPhase, ServicePort};
 use shunt_mesh::model as mesh;
 
@@ -101,11 +101,11 @@ pub struct Slices {
 impl Slices {
     /// Groups `slices` (as the loader kept them, checked) by `(namespace, service name)`.
     #[must_use]
-    pub fn new(slices: &[Sourced<serde_json::Value>]) -> Self {
+    pub fn new(slices: &[Sourced<CompactJson>]) -> Self {
         let mut by_service: HashMap<(String, String), Vec<EndpointSlice>> = HashMap::new();
         for sourced in slices {
             // The loader kept only slices that parse and pass `check`.
-            let Ok(slice) = serde_json::from_value::<EndpointSlice>(sourced.object.clone()) else {
+            let Ok(slice) = serde_json::from_str::<EndpointSlice>(sourced.object.as_str()) else {
                 continue;
             };
             let Some(service) = slice

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use shunt_api::config::{Config, LoadError, Sourced};
+use shunt_api::config::{CompactJson, Config, LoadError, Sourced};
 use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Secret, Service};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -391,7 +391,9 @@ impl Loader {
                     field: None,
                     message: format!("cannot be kept: {e}"),
                 })?;
-                self.config.endpoint_slices.push(sourced(place, raw));
+                self.config
+                    .endpoint_slices
+                    .push(sourced(place, CompactJson::new(&raw)));
             }
         }
         self.defined.insert(key, place.clone());
