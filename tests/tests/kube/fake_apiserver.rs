@@ -548,17 +548,6 @@ async fn serve(
             watch_stream(store, changed, query)
         }
         "list" => list(store, changed, query).await,
-        "create" if query.resource == TOKEN_REVIEWS => {
-            let body = request
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let (code, answer) = token_review(store, &body);
-            record(store, changed, query.served(code));
-            json_response(code, &answer)
-        }
         "patch" | "create" => {
             let content_type = request
                 .headers()
@@ -572,7 +561,9 @@ async fn serve(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let (code, answer) = if content_type == "application/apply-patch+yaml" {
+            let (code, answer) = if query.resource == TOKEN_REVIEWS && query.verb == "create" {
+                token_review(store, &body)
+            } else if content_type == "application/apply-patch+yaml" {
                 apply_patch(store, &query, &body)
             } else {
                 write(store, &query, &content_type, &body)
