@@ -1,10 +1,12 @@
-//! The Kubernetes objects local mode understands, as serde types.
+//! The Kubernetes objects shunt reads, in the checked form the agent works with.
 //!
-//! Unknown fields are ignored (real manifests carry many that shunt does not need), but every
-//! field shunt reads is checked, so a bad value fails with its exact path
-//! (`spec.ports[1].port: expected an integer 1-65535, got "http"`). Values that Kubernetes
-//! would default are defaulted the same way. Each type serializes back in Kubernetes' own
-//! shape, which is what `shuntctl config dump` shows.
+//! Pods, Services and Namespaces are read as k8s-openapi's types, in local mode and from the
+//! API server alike, and checked into these by the agent (`shunt_agent::config::kinds`), so a
+//! bad value fails with its exact path (`spec.ports[1].port: expected an integer 1-65535, got
+//! 70000`). These hold only what shunt uses, already checked (ports, names, addresses), with
+//! Kubernetes' defaults applied. Each serializes back in Kubernetes' own shape, which is what
+//! `GET /config` and `shuntctl config dump` show, and reads that back with the same checks.
+//! Secrets are read here directly: their values are key material and never kept as text.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -223,6 +225,23 @@ pub enum PodPhase {
     Unknown,
 }
 
+impl PodPhase {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "Pending" => Self::Pending,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            "Unknown" => Self::Unknown,
+            _ => {
+                return Err(format!(
+                    "expected one of Pending, Running, Succeeded, Failed, Unknown, got {text:?}"
+                ));
+            }
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodCondition {
     #[serde(rename = "type")]
@@ -416,6 +435,19 @@ pub struct Port(pub u16);
 impl Port {
     const EXPECTED: &str = "an integer 1-65535";
 
+    /// Checks `number`; the error says what a port must be. Kubernetes' own types read a
+    /// missing port as 0, so 0 is named as possibly missing.
+    pub fn new(number: i32) -> Result<Self, String> {
+        match u16::try_from(number) {
+            Ok(0) => Err(format!(
+                "required field is missing (or 0): expected {}",
+                Self::EXPECTED
+            )),
+            Ok(port) => Ok(Self(port)),
+            Err(_) => Err(format!("expected {}, got {number}", Self::EXPECTED)),
+        }
+    }
+
     fn from_json(value: &serde_json::Value) -> Option<Self> {
         value
             .as_u64()
@@ -448,6 +480,15 @@ impl PortName {
     const EXPECTED: &str =
         "a port name (at most 15 lowercase letters, digits and dashes, with a letter)";
 
+    /// Checks `name`; the error says what a port name must be.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if Self::is_valid(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!("expected {}, got {name:?}", Self::EXPECTED))
+        }
+    }
+
     fn is_valid(name: &str) -> bool {
         (1..=15).contains(&name.len())
             && name
@@ -477,6 +518,23 @@ pub enum TargetPort {
     Name(PortName),
 }
 
+impl TargetPort {
+    const EXPECTED: &str = "an integer 1-65535 or a container port name";
+
+    /// A number or a name, as Kubernetes' `IntOrString` holds it.
+    pub fn from_number(number: i32) -> Result<Self, String> {
+        Port::new(number)
+            .map(Self::Number)
+            .map_err(|_| format!("expected {}, got {number}", Self::EXPECTED))
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        PortName::new(name)
+            .map(Self::Name)
+            .map_err(|_| format!("expected {}, got {name:?}", Self::EXPECTED))
+    }
+}
+
 impl<'de> Deserialize<'de> for TargetPort {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -485,10 +543,7 @@ impl<'de> Deserialize<'de> for TargetPort {
         }
         match value.as_str() {
             Some(name) if PortName::is_valid(name) => Ok(Self::Name(PortName(name.to_owned()))),
-            _ => Err(expected(
-                "an integer 1-65535 or a container port name",
-                &value,
-            )),
+            _ => Err(expected(Self::EXPECTED, &value)),
         }
     }
 }
@@ -512,6 +567,17 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    const EXPECTED: &str = "one of TCP, UDP, SCTP";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
+            _ => Err(format!("expected {}, got {text:?}", Self::EXPECTED)),
+        }
+    }
+
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -526,10 +592,8 @@ impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
         match value.as_str() {
-            Some("TCP") => Ok(Self::Tcp),
-            Some("UDP") => Ok(Self::Udp),
-            Some("SCTP") => Ok(Self::Sctp),
-            _ => Err(expected("one of TCP, UDP, SCTP", &value)),
+            Some(text) => Self::parse(text).map_err(de::Error::custom),
+            None => Err(expected(Self::EXPECTED, &value)),
         }
     }
 }
@@ -546,6 +610,14 @@ impl Serialize for Protocol {
 #[serde(transparent)]
 pub struct PodIp(pub Ipv4Addr);
 
+impl PodIp {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map(Self)
+            .map_err(|_| format!("expected an IPv4 address, got {text:?}"))
+    }
+}
+
 impl<'de> Deserialize<'de> for PodIp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -561,17 +633,27 @@ impl<'de> Deserialize<'de> for PodIp {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterIp(pub Option<Ipv4Addr>);
 
+impl ClusterIp {
+    const EXPECTED: &str = "an IPv4 address or \"None\"";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "" | "None" => Ok(Self(None)),
+            ip => ip
+                .parse()
+                .map(|ip| Self(Some(ip)))
+                .map_err(|_| format!("expected {}, got {text:?}", Self::EXPECTED)),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ClusterIp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
         match value.as_str() {
-            Some("" | "None") => Ok(Self(None)),
-            Some(ip) => ip
-                .parse()
-                .map(|ip| Self(Some(ip)))
-                .map_err(|_| expected("an IPv4 address or \"None\"", &value)),
+            Some(text) => Self::parse(text).map_err(de::Error::custom),
             None if value.is_null() => Ok(Self(None)),
-            None => Err(expected("an IPv4 address or \"None\"", &value)),
+            None => Err(expected(Self::EXPECTED, &value)),
         }
     }
 }

@@ -108,7 +108,7 @@ async fn workloads_and_config_are_served_as_json() {
     assert_eq!(
         errors,
         vec![format!(
-            "{}: Service shop/web: spec.ports[0].port: expected an integer 1-65535, got \"http\"",
+            "{}: Service shop/web: spec.ports[0].port: invalid type: string \"http\", expected i32",
             dump.dir.join("node.yaml").display()
         )]
     );

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod capture;
 pub mod endpoints;
 pub mod gateway_credentials;
+pub mod kinds;
 pub mod mesh;
 pub mod mesh_config;
 pub mod request_authn;

@@ -13,6 +13,7 @@ use crate::fake_apiserver::{FakeApiServer, Resource};
 
 const CRDS: Resource = "apiextensions.k8s.io/v1/customresourcedefinitions";
 const DAEMON_SETS: Resource = "apps/v1/daemonsets";
+const DEPLOYMENTS: Resource = "apps/v1/deployments";
 /// How often the controllers look at the objects.
 const TICK: Duration = Duration::from_millis(50);
 /// The most any shuntctl run may take (bounded by its own --timeout well before).
@@ -61,6 +62,16 @@ fn control(server: &FakeApiServer, daemon_sets: DaemonSets) {
         daemon_set["status"] = json!({"observedGeneration": generation,
             "desiredNumberScheduled": 1, "updatedNumberScheduled": 1, "numberReady": ready});
         server.apply(DAEMON_SETS, daemon_set);
+    }
+    // shunt's CA: its one replica available.
+    for (_, mut deployment) in server.objects(DEPLOYMENTS) {
+        let generation = deployment["metadata"]["generation"].clone();
+        if deployment["status"]["observedGeneration"] == generation {
+            continue;
+        }
+        deployment["status"] = json!({"observedGeneration": generation, "replicas": 1,
+            "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1});
+        server.apply(DEPLOYMENTS, deployment);
     }
 }
 
@@ -143,7 +154,10 @@ async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_dele
         stdout,
         stderr,
     } = cluster
-        .shuntctl(DaemonSets::Ready, &["install", "--timeout=60s"])
+        .shuntctl(
+            DaemonSets::Ready,
+            &["install", "--timeout=60s", "--set", "ca.mode=shunt"],
+        )
         .await;
     assert!(success, "{stdout}\n{stderr}");
 
@@ -179,8 +193,16 @@ async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_dele
         );
     }
 
+    assert!(
+        stdout.contains("✔ Deployment shunt-system/shunt-ca ready (1/1 ready, 1 updated)"),
+        "the CA is waited for: {stdout}"
+    );
+
     let uninstall = cluster
-        .shuntctl(DaemonSets::Ready, &["uninstall", "--cluster"])
+        .shuntctl(
+            DaemonSets::Ready,
+            &["uninstall", "--cluster", "--set", "ca.mode=shunt"],
+        )
         .await;
     assert!(
         uninstall.success,
@@ -191,7 +213,16 @@ async fn install_applies_crds_first_waits_for_the_daemon_sets_and_uninstall_dele
     assert_eq!(left, applied[..crds].to_vec(), "{}", uninstall.stdout);
 
     let purge = cluster
-        .shuntctl(DaemonSets::Ready, &["uninstall", "--cluster", "--purge"])
+        .shuntctl(
+            DaemonSets::Ready,
+            &[
+                "uninstall",
+                "--cluster",
+                "--purge",
+                "--set",
+                "ca.mode=shunt",
+            ],
+        )
         .await;
     assert!(purge.success, "{}", purge.stderr);
     assert_eq!(held(server, &applied), Vec::<String>::new());

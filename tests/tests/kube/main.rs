@@ -558,7 +558,9 @@ async fn a_custom_resource_without_its_crd_counts_as_none() {
     let server = FakeApiServer::start().await;
     seed(&server);
     server.unserve(RATE_LIMIT_POLICIES);
+    // No CRD: none of its versions is served.
     server.unserve(PEER_AUTHENTICATIONS);
+    server.unserve("security.istio.io/v1beta1/peerauthentications");
     let (mut source, _dir) = source_on(&server, 500).await;
     let snapshot = listed(&mut source).await;
     assert_eq!(snapshot.config.shunt, vec![]);
@@ -571,6 +573,67 @@ async fn a_custom_resource_without_its_crd_counts_as_none() {
     );
     assert_eq!(pod_names(&snapshot).len(), 3, "everything else applies");
     assert_eq!(snapshot.errors, vec![]);
+}
+
+/// Istio before 1.22 serves no `v1`: each kind is read at the newest version that is served,
+/// and its objects apply as they do at `v1`.
+#[tokio::test]
+async fn an_istio_older_than_v1_is_watched_at_the_newest_version_it_serves() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    for resource in [
+        VIRTUAL_SERVICES,
+        "networking.istio.io/v1beta1/virtualservices",
+        PEER_AUTHENTICATIONS,
+    ] {
+        server.unserve(resource);
+    }
+    let mut routes = good_routes();
+    routes["apiVersion"] = "networking.istio.io/v1alpha3".into();
+    server.apply("networking.istio.io/v1alpha3/virtualservices", routes);
+    server.apply(
+        "security.istio.io/v1beta1/peerauthentications",
+        json!({"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+               "metadata": {"name": "default", "namespace": "shop"},
+               "spec": {"mtls": {"mode": "STRICT"}}}),
+    );
+    let (mut source, _dir) = source_on(&server, 500).await;
+    let snapshot = listed(&mut source).await;
+
+    assert_eq!(snapshot.errors, vec![]);
+    let versions: Vec<(String, String)> = snapshot
+        .config
+        .istio
+        .iter()
+        .map(|o| {
+            let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+            (text(&o.object["kind"]), text(&o.object["apiVersion"]))
+        })
+        .collect();
+    for (kind, version) in [
+        ("VirtualService", "networking.istio.io/v1alpha3"),
+        ("PeerAuthentication", "security.istio.io/v1beta1"),
+        ("Gateway", "networking.istio.io/v1"),
+    ] {
+        assert!(
+            versions.contains(&(kind.to_owned(), version.to_owned())),
+            "{kind} read at {version}: {versions:?}"
+        );
+    }
+    let mtls = &snapshot.mesh.peer_authentications;
+    assert_eq!(
+        mtls.len(),
+        1,
+        "the v1beta1 PeerAuthentication applies: {mtls:?}"
+    );
+    assert_eq!(
+        istio_names(&snapshot),
+        [
+            "Gateway istio-system/shop",
+            "PeerAuthentication shop/default",
+            "VirtualService shop/cart-routes"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -71,11 +71,12 @@ pub enum Error {
     )]
     NotEstablished { name: String, timeout: Duration },
     #[error(
-        "DaemonSet {namespace}/{name} was not ready within {}s ({state}): check `kubectl -n \
-         {namespace} describe daemonset {name}` and its pods' events (image pull, scheduling, \
-         probes), or give a longer --timeout", timeout.as_secs()
+        "{kind} {namespace}/{name} was not ready within {}s ({state}): check `kubectl -n \
+         {namespace} describe {} {name}` and its pods' events (image pull, scheduling, \
+         probes), or give a longer --timeout", timeout.as_secs(), kind.to_lowercase()
     )]
     NotReady {
+        kind: String,
         namespace: String,
         name: String,
         state: String,
@@ -243,22 +244,25 @@ pub async fn install(
         apply(target).await?;
         println!("✔ {target} applied");
     }
-    for daemon_set in rest.iter().filter(|t| t.kind == "DaemonSet") {
+    // The DaemonSets, and shunt's CA when it is installed: the proxies need it for their
+    // first certificates.
+    for workload in rest.iter().filter(|t| Rollout::KINDS.contains(&t.kind)) {
         let mut last = None;
         loop {
-            let rollout = Rollout::of(&daemon_set.get(client).await?);
+            let rollout = Rollout::of(workload.kind, &workload.get(client).await?);
             if rollout.done() {
-                println!("✔ {daemon_set} ready ({})", rollout.summary());
+                println!("✔ {workload} ready ({})", rollout.summary());
                 break;
             }
             if last.as_ref() != Some(&rollout) {
-                println!("… {} {}", daemon_set.name, rollout.summary());
+                println!("… {} {}", workload.name, rollout.summary());
                 last = Some(rollout.clone());
             }
             if Instant::now() >= deadline {
                 return Err(Error::NotReady {
-                    namespace: daemon_set.namespace.clone().unwrap_or_default(),
-                    name: daemon_set.name.clone(),
+                    kind: workload.kind.to_owned(),
+                    namespace: workload.namespace.clone().unwrap_or_default(),
+                    name: workload.name.clone(),
                     state: rollout.summary(),
                     timeout,
                 });
@@ -315,37 +319,64 @@ fn established(crd: &DynamicObject) -> bool {
         .any(|c| c["type"] == "Established" && c["status"] == "True")
 }
 
-/// A DaemonSet's rollout, from its status.
+/// A DaemonSet's or a Deployment's rollout, from its status, as `kubectl rollout status`
+/// judges it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Rollout {
+    kind: String,
     generation: i64,
-    /// `None` until the controller has seen the DaemonSet.
+    /// `None` until the controller has seen the object.
     observed_generation: Option<i64>,
     desired: i64,
     updated: i64,
     ready: i64,
+    /// Pods of any spec (a Deployment's `status.replicas`): old ones must be gone. `None` for
+    /// a DaemonSet, whose old pods are replaced in place.
+    running: Option<i64>,
 }
 
 impl Rollout {
-    fn of(daemon_set: &DynamicObject) -> Self {
-        let status = &daemon_set.data["status"];
+    /// The kinds whose rollout `install` waits for.
+    const KINDS: [&str; 2] = ["DaemonSet", "Deployment"];
+
+    fn of(kind: &str, object: &DynamicObject) -> Self {
+        let status = &object.data["status"];
         let number = |field: &str| status[field].as_i64().unwrap_or_default();
+        let (desired, updated, ready, running) = if kind == "Deployment" {
+            (
+                // Kubernetes' default.
+                object.data["spec"]["replicas"].as_i64().unwrap_or(1),
+                number("updatedReplicas"),
+                number("availableReplicas"),
+                Some(number("replicas")),
+            )
+        } else {
+            (
+                number("desiredNumberScheduled"),
+                number("updatedNumberScheduled"),
+                number("numberReady"),
+                None,
+            )
+        };
         Self {
-            generation: daemon_set.metadata.generation.unwrap_or_default(),
+            kind: kind.to_owned(),
+            generation: object.metadata.generation.unwrap_or_default(),
             observed_generation: status["observedGeneration"].as_i64(),
-            desired: number("desiredNumberScheduled"),
-            updated: number("updatedNumberScheduled"),
-            ready: number("numberReady"),
+            desired,
+            updated,
+            ready,
+            running,
         }
     }
 
-    /// Every scheduled pod updated and ready, as seen by a controller that has seen the
-    /// current spec.
+    /// Every wanted pod updated and ready (a Deployment: available), no pod of an old spec
+    /// left, as seen by a controller that has seen the current spec.
     fn done(&self) -> bool {
         self.observed_generation
             .is_some_and(|observed| observed >= self.generation)
             && self.updated == self.desired
             && self.ready == self.desired
+            && self.running.is_none_or(|running| running == self.updated)
     }
 
     fn summary(&self) -> String {
@@ -353,7 +384,18 @@ impl Rollout {
             .observed_generation
             .is_some_and(|observed| observed >= self.generation)
         {
-            return "waiting for the DaemonSet controller to see the new spec".into();
+            return format!(
+                "waiting for the {} controller to see the new spec",
+                self.kind
+            );
+        }
+        if let Some(old) = self.running.map(|running| running - self.updated)
+            && old > 0
+        {
+            return format!(
+                "{}/{} ready, {} updated, {old} of the old spec",
+                self.ready, self.desired, self.updated
+            );
         }
         format!(
             "{}/{} ready, {} updated",
@@ -372,13 +414,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_daemon_set_is_ready_when_every_pod_is_updated_and_ready() {
+    fn a_rollout_is_done_when_every_pod_is_updated_and_ready() {
         let current = Rollout {
+            kind: "DaemonSet".into(),
             generation: 2,
             observed_generation: Some(2),
             desired: 3,
             updated: 3,
             ready: 3,
+            running: None,
+        };
+        let deployment = Rollout {
+            kind: "Deployment".into(),
+            desired: 1,
+            updated: 1,
+            ready: 1,
+            running: Some(1),
+            ..current.clone()
         };
         let cases = [
             ("every pod updated and ready", current.clone(), true),
@@ -421,6 +473,27 @@ mod tests {
                 Rollout {
                     observed_generation: None,
                     ..current.clone()
+                },
+                false,
+            ),
+            (
+                "a Deployment's one replica available",
+                deployment.clone(),
+                true,
+            ),
+            (
+                "a Deployment's old pod still running",
+                Rollout {
+                    running: Some(2),
+                    ..deployment.clone()
+                },
+                false,
+            ),
+            (
+                "a Deployment's new pod not available yet",
+                Rollout {
+                    ready: 0,
+                    ..deployment
                 },
                 false,
             ),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use kube::Api;
-use kube::core::DynamicObject;
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
@@ -61,7 +61,12 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
     kube::Client::try_from(config).map_err(Error::Client)
 }
 
-type WatchEvent = (Watch, Result<watcher::Event<DynamicObject>, watcher::Error>);
+/// An event of a watch, and the resource (the version, for the Istio kinds) it was watched at.
+type WatchEvent = (
+    Watch,
+    Arc<ApiResource>,
+    Result<watcher::Event<DynamicObject>, watcher::Error>,
+);
 
 /// The watches and what they have listed.
 pub struct KubeSource {
@@ -189,10 +194,9 @@ impl KubeSource {
         changed
     }
 
-    fn apply(&mut self, (watch, event): WatchEvent) -> bool {
-        let resource = watch.resource(&self.options.node_name);
-        self.state
-            .apply(&watch, &resource.api, resource.optional, event)
+    fn apply(&mut self, (watch, api, event): WatchEvent) -> bool {
+        let optional = watch.resource(&self.options.node_name).optional;
+        self.state.apply(&watch, &api, optional, event)
     }
 
     /// Watches exactly the Secrets that `snapshot`'s gateways on this node name; true when a
@@ -227,10 +231,19 @@ impl KubeSource {
 
     fn start_watch(&mut self, watch: Watch) {
         let resource = watch.resource(&self.options.node_name);
-        let api: Api<DynamicObject> = match &resource.namespace {
-            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource.api),
-            None => Api::all_with(self.client.clone(), &resource.api),
+        let client = self.client.clone();
+        let namespace = resource.namespace.clone();
+        let api_of = move |api: &ApiResource| -> Api<DynamicObject> {
+            match &namespace {
+                Some(namespace) => Api::namespaced_with(client.clone(), namespace, api),
+                None => Api::all_with(client.clone(), api),
+            }
         };
+        // Newest first: the first version the API server serves is the one watched.
+        let versions: Vec<Arc<ApiResource>> = std::iter::once(resource.api)
+            .chain(resource.older)
+            .map(Arc::new)
+            .collect();
         let mut config = watcher::Config::default().page_size(self.page_size);
         if let Some(fields) = &resource.fields {
             config = config.fields(fields);
@@ -244,8 +257,17 @@ impl KubeSource {
             // `Ok` item, and the watcher yields `Ok(Init)` before each list attempt: a list
             // that keeps failing would then be retried every 0.8 s forever.
             let mut backoff = watcher::DefaultBackoff::default();
-            let mut stream = watcher(api, config).boxed();
+            let mut at = 0;
+            let mut stream = watcher(api_of(&versions[at]), config.clone()).boxed();
             while let Some(event) = stream.next().await {
+                let unserved = matches!(&event, Err(e) if state::not_found(e));
+                if unserved && at + 1 < versions.len() {
+                    // An older release of the CRD: try the next version at once.
+                    tracing::debug!("{} is not served", versions[at].api_version);
+                    at += 1;
+                    stream = watcher(api_of(&versions[at]), config.clone()).boxed();
+                    continue;
+                }
                 let delay = match &event {
                     // It never ends; should it, keep to its longest wait.
                     Err(_) => Some(backoff.next().unwrap_or(MAX_BACKOFF)),
@@ -255,11 +277,25 @@ impl KubeSource {
                         None
                     }
                 };
-                if events.send((task_watch.clone(), event)).await.is_err() {
+                let api = Arc::clone(&versions[at]);
+                if at > 0 && matches!(event, Ok(watcher::Event::InitDone)) {
+                    tracing::info!(
+                        "{} {}: listed at {}, the newest version the API server serves",
+                        api.group,
+                        api.plural,
+                        api.api_version
+                    );
+                }
+                if events.send((task_watch.clone(), api, event)).await.is_err() {
                     return;
                 }
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
+                }
+                if unserved && at > 0 {
+                    // No version is served (no CRD): when one comes, the newest is wanted.
+                    at = 0;
+                    stream = watcher(api_of(&versions[at]), config.clone()).boxed();
                 }
             }
         });

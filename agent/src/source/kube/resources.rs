@@ -6,10 +6,12 @@ use shunt_api::k8s::NodeName;
 
 use crate::config::capture::annotations_read;
 use crate::config::endpoints::SERVICE_NAME_LABEL;
-use shunt_mesh::istio::SHUNT_API_VERSION;
+use shunt_mesh::istio::{NETWORKING_VERSIONS, SECURITY_VERSIONS, SHUNT_API_VERSION};
 
-/// The Istio kinds shunt implements, each watched at `v1` (the API server converts the older
-/// versions of a stored object).
+/// The Istio kinds shunt implements. Each is watched at one version: the newest of those shunt
+/// reads that the API server serves ([`Resource::older`]). The API server converts a stored
+/// object to any version its CRD serves, so one watch sees them all; but Istio releases before
+/// 1.22 serve no `v1`, and there the older versions are the only way to see any of them.
 const ISTIO_KINDS: [(&str, &str, &str); 7] = [
     ("networking.istio.io", "VirtualService", "virtualservices"),
     ("networking.istio.io", "DestinationRule", "destinationrules"),
@@ -66,6 +68,9 @@ pub enum Watch {
 /// How to watch a [`Watch`].
 pub struct Resource {
     pub api: ApiResource,
+    /// Older versions of `api`, newest first, each watched instead when the API server answers
+    /// 404 for every version before it.
+    pub older: Vec<ApiResource>,
     /// Only this namespace's objects, when set.
     pub namespace: Option<String>,
     pub fields: Option<String>,
@@ -101,24 +106,27 @@ impl Watch {
     pub fn resource(&self, node: &NodeName) -> Resource {
         let core = |api: ApiResource| Resource {
             api,
+            older: Vec::new(),
             namespace: None,
             fields: None,
             optional: false,
         };
-        let custom = |api_version: &str, kind: &str, plural: &str| {
+        let custom_api = |api_version: &str, kind: &str, plural: &str| {
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-            Resource {
-                api: ApiResource {
-                    group: group.to_owned(),
-                    version: version.to_owned(),
-                    api_version: api_version.to_owned(),
-                    kind: kind.to_owned(),
-                    plural: plural.to_owned(),
-                },
-                namespace: None,
-                fields: None,
-                optional: true,
+            ApiResource {
+                group: group.to_owned(),
+                version: version.to_owned(),
+                api_version: api_version.to_owned(),
+                kind: kind.to_owned(),
+                plural: plural.to_owned(),
             }
+        };
+        let custom = |newest: &str, older: &[&str], kind: &str, plural: &str| Resource {
+            api: custom_api(newest, kind, plural),
+            older: older.iter().map(|v| custom_api(v, kind, plural)).collect(),
+            namespace: None,
+            fields: None,
+            optional: true,
         };
         match self {
             Self::NodePods => Resource {
@@ -136,11 +144,21 @@ impl Watch {
             >(&())),
             Self::Istio(index) => {
                 let (group, kind, plural) = ISTIO_KINDS[*index];
-                custom(&format!("{group}/v1"), kind, plural)
+                let (newest, older): (&str, &[&str]) = if group == "security.istio.io" {
+                    let [newest, older @ ..] = &SECURITY_VERSIONS;
+                    (newest, older)
+                } else {
+                    let [newest, older @ ..] = &NETWORKING_VERSIONS;
+                    (newest, older)
+                };
+                custom(newest, older, kind, plural)
             }
-            Self::RateLimitPolicies => {
-                custom(SHUNT_API_VERSION, "RateLimitPolicy", "ratelimitpolicies")
-            }
+            Self::RateLimitPolicies => custom(
+                SHUNT_API_VERSION,
+                &[],
+                "RateLimitPolicy",
+                "ratelimitpolicies",
+            ),
             Self::MeshConfig => Resource {
                 namespace: Some(MESH_CONFIG.0.to_owned()),
                 fields: Some(format!("metadata.name={}", MESH_CONFIG.1)),

@@ -234,7 +234,7 @@ fn origin(version: Option<&str>) -> PathBuf {
     PathBuf::from(format!("{SOURCE_NAME} resourceVersion {version}"))
 }
 
-fn not_found(e: &watcher::Error) -> bool {
+pub(super) fn not_found(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => {

@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use shunt_api::config::{CompactJson, Config, LoadError, Sourced};
-use shunt_api::k8s::{DEFAULT_NAMESPACE, Namespace, Pod, Secret, Service};
+use shunt_api::k8s::{DEFAULT_NAMESPACE, Secret};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::config::{LoadOptions, Snapshot, endpoints, routing};
+use crate::config::capture::FieldError;
+use crate::config::{LoadOptions, Snapshot, endpoints, kinds, routing};
 use shunt_mesh::istio::{INGRESS_V1, INGRESS_V1BETA1, SHUNT_API_VERSION};
 
 /// API groups whose objects are kept as written, for the L7 and security work to come.
@@ -328,11 +329,11 @@ impl Loader {
         }
         match kind {
             Kind::Namespace => {
-                let namespace: Namespace = typed(value)?;
+                let namespace = checked(kinds::namespace(typed(value)?))?;
                 self.config.namespaces.push(sourced(place, namespace));
             }
             Kind::Pod => {
-                let pod: Pod = typed(value)?;
+                let pod = checked(kinds::pod(typed(value)?))?;
                 let uid = pod.uid();
                 if let Some((holder, at)) = self.pod_uids.get(&uid) {
                     return Err(Problem::at(
@@ -347,7 +348,7 @@ impl Loader {
                 self.config.pods.push(sourced(place, pod));
             }
             Kind::Service => {
-                let service: Service = typed(value)?;
+                let service = checked(kinds::service(typed(value)?))?;
                 self.config.services.push(sourced(place, service));
             }
             Kind::Secret => {
@@ -385,7 +386,7 @@ impl Loader {
             }
             Kind::EndpointSlice => {
                 let slice: EndpointSlice = typed(value)?;
-                endpoints::check(&slice).map_err(|e| Problem::at(e.field, e.message))?;
+                checked(endpoints::check(&slice))?;
                 // Kept in Kubernetes' shape (what `GET /config` shows), as parsed.
                 let raw = serde_json::to_value(&slice).map_err(|e| Problem {
                     field: None,
@@ -498,6 +499,11 @@ fn classify(api_version: &str, kind: &str) -> Result<Kind, Problem> {
 }
 
 /// Deserializes a checked object; the error names the field by its path in the document.
+/// A check's error ([`kinds`], [`endpoints`]) as the loader reports it.
+fn checked<T>(result: Result<T, FieldError>) -> Result<T, Problem> {
+    result.map_err(|e| Problem::at(e.field, e.message))
+}
+
 fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
