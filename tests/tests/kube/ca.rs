@@ -5,8 +5,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use shunt_agent::ca::token_review::{ReviewOptions, ServiceAccountRef};
 use shunt_agent::ca::{self, CaOptions, Cluster, ROOT_FILE};
@@ -16,6 +19,7 @@ use shunt_api::admin::CaStatus;
 use shunt_identity::SpiffeId;
 use shunt_identity::grpc::{CaClient, CaClientConfig, ClientError};
 use shunt_identity::trust::TrustBundle;
+use shunt_tests::binaries::Binaries;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -213,4 +217,132 @@ async fn the_cluster_ca_reviews_tokens_and_issues_only_a_nodes_own_pods() {
         .await
         .unwrap_or_else(|_| panic!("the CA did not stop"))
         .unwrap_or_else(|e| panic!("the CA's task: {e}"));
+}
+
+/// The CA Deployment's container args, as `shuntctl install --render --set ca.mode=shunt`
+/// renders them.
+fn rendered_ca_args() -> Vec<String> {
+    let shuntctl = Binaries::from_env()
+        .shuntctl()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(shuntctl)
+        .args(["install", "--render", "--set", "ca.mode=shunt"])
+        .output()
+        .unwrap_or_else(|e| panic!("running shuntctl: {e}"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(document).unwrap_or_else(|e| panic!("{e}"));
+        if value["kind"] != "Deployment" {
+            continue;
+        }
+        let deployment: Deployment =
+            serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"));
+        let spec = deployment.spec.template.spec;
+        let container = spec.and_then(|s| s.containers.into_iter().next());
+        return container
+            .and_then(|c| c.args)
+            .unwrap_or_else(|| panic!("the CA Deployment's container has no args"));
+    }
+    panic!("no Deployment rendered with ca.mode=shunt");
+}
+
+/// The `shunt-agent --ca-only` binary, started with exactly the rendered Deployment's args
+/// (only the listen address and the state volume's path are this test's), serves a node's
+/// own pods, refuses an app's token, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_ca_deployment_runs_the_ca_only_binary() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = server.kubeconfig(dir.path());
+    // A free loopback port: the rendered 0.0.0.0:15012 is the pod's.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.path().join("state");
+    let args: Vec<String> = rendered_ca_args()
+        .into_iter()
+        .map(|arg| match arg.split_once('=') {
+            Some(("--ca-listen", _)) => format!("--ca-listen={addr}"),
+            Some(("--ca-state-dir", _)) => format!("--ca-state-dir={}", state.display()),
+            _ => arg,
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--ca-only"), "{args:?}");
+    let agent = Binaries::from_env()
+        .agent()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(agent)
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running shunt-agent {args:?}: {e}"));
+
+    let mut published = None;
+    for _ in 0..600 {
+        published = server.object(CONFIG_MAPS, &format!("{SYSTEM}/{ROOT_CONFIG_MAP}"));
+        if published.is_some() || child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(published) = published else {
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        panic!(
+            "no root ConfigMap published within 60 s: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let pem = published["data"][ROOT_FILE].as_str().unwrap_or_default();
+    let roots = TrustBundle::from_pem(pem).unwrap_or_else(|e| panic!("{e}"));
+    let mut answers = Vec::new();
+    for (token, identity) in [("token-a", CART), ("token-cart", CART)] {
+        // The listener may come up just after the ConfigMap is written.
+        let mut answer = (Code::Unavailable, String::new());
+        for _ in 0..100 {
+            answer = ask(addr, &roots, dir.path(), token, identity).await;
+            if answer.0 != Code::Unavailable {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answers.push((token, answer.0));
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut status = None;
+    for _ in 0..300 {
+        status = child.try_wait().ok().flatten();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        answers,
+        [("token-a", Code::Ok), ("token-cart", Code::Unauthenticated)],
+        "{stderr}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "shunt-agent --ca-only did not stop cleanly within 30 s of SIGTERM ({status:?}): {stderr}"
+    );
 }
