@@ -271,11 +271,20 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
         () = uninstalled.cancelled() => Stopped::Uninstalled,
     };
     tracing::info!(?stopped, "stopping");
-    shutdown.cancel();
-    if let (Stopped::Signal(_), Some(client)) = (stopped, &kube_client)
-        && uninstall_at_stop(client, &options.system_namespace, &context).await
-    {
+    let uninstall_at_stop = match (stopped, &kube_client) {
+        (Stopped::Signal(_), Some(client)) => {
+            own_daemon_set_gone(client, &options.system_namespace).await
+        }
+        _ => false,
+    };
+    if uninstall_at_stop {
         stopped = Stopped::Uninstalled;
+        // Before `shutdown`: the marks task sees it as it stops, and clears the pods' marks.
+        uninstalled.cancel();
+    }
+    shutdown.cancel();
+    if uninstall_at_stop {
+        remove_capture(&context);
     }
     let finished = tokio::time::timeout(STOP_TIMEOUT, async {
         let _ = watcher.await;
@@ -308,9 +317,9 @@ pub async fn run(options: Options) -> Result<Stopped, Error> {
     Ok(stopped)
 }
 
-/// Kubernetes mode at SIGTERM: unpins capture when the agent's DaemonSet is gone or being
-/// deleted (an uninstall), and says whether it did; a rollout keeps everything.
-async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &AdminContext) -> bool {
+/// Kubernetes mode at SIGTERM: whether the agent's DaemonSet is gone or being deleted (an
+/// uninstall: capture, marks and CNI entries go); a rollout keeps everything.
+async fn own_daemon_set_gone(client: &kube::Client, namespace: &str) -> bool {
     let own = own_daemon_set::check(client, namespace).await;
     if !own.uninstalls() {
         tracing::info!(
@@ -321,6 +330,11 @@ async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &Adm
         return false;
     }
     tracing::info!(state = ?own, "the agent's DaemonSet is being deleted: uninstalling");
+    true
+}
+
+/// Unpins capture as the agent stops uninstalled.
+fn remove_capture(context: &AdminContext) {
     match context.capture.uninstall(&context.installed) {
         Ok(removed) => {
             for path in removed {
@@ -332,7 +346,6 @@ async fn uninstall_at_stop(client: &kube::Client, namespace: &str, context: &Adm
              connections keep going to a proxy that is gone"
         ),
     }
-    true
 }
 
 /// The CA-only process (`--ca-only`): the CA of a cluster, nothing else, until SIGTERM/SIGINT.
