@@ -3,6 +3,7 @@
 //! admin API.
 #![deny(unsafe_code)]
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod bpf_log;
 pub mod ca;

@@ -215,6 +215,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    shunt_agent::allocator::purge_freed_memory_at_once();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match run(cli) {

@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use shunt_api::control::{AgentMessage, InboundBind, ListenerKind, PodRole, ProxyMessage};
 use shunt_api::credentials::GatewayCredential;
-use shunt_mesh::model::MeshState;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -280,9 +279,9 @@ pub struct Reconciler<C> {
     open_netns: OpenNetns,
     /// By pod uid.
     pods: BTreeMap<PodUid, CapturedPod>,
-    /// The last config's plans, for the view.
-    plans: Vec<PodPlan>,
-    mesh: MeshState,
+    /// The last config reading: its plans (for the view) and its mesh (as last sent). Shared
+    /// with the source rather than copied: at tens of thousands of pods a copy is tens of MiB.
+    snapshot: Arc<Snapshot>,
     /// The TLS credentials of this node's gateway servers, as last sent.
     credentials: Vec<GatewayCredential>,
     proxy: Option<ProxyLink>,
@@ -316,8 +315,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             capture,
             open_netns: open_pod_netns,
             pods: BTreeMap::new(),
-            plans: Vec::new(),
-            mesh: MeshState::default(),
+            snapshot: Arc::default(),
             credentials: Vec::new(),
             proxy: None,
             refused: None,
@@ -392,7 +390,7 @@ impl<C: CaptureMaps> Reconciler<C> {
     }
 
     /// Brings capture and the proxy in line with a config reading.
-    pub fn apply(&mut self, snapshot: &Snapshot) {
+    pub fn apply(&mut self, snapshot: &Arc<Snapshot>) {
         // Before the state whose gateway servers need them.
         let credentials = gateway_credentials(snapshot, &snapshot.gateway_secret_refs());
         if credentials != self.credentials {
@@ -401,13 +399,11 @@ impl<C: CaptureMaps> Reconciler<C> {
                 credentials: self.credentials.clone(),
             });
         }
-        if snapshot.mesh != self.mesh {
-            self.mesh = snapshot.mesh.clone();
-            self.send(AgentMessage::State {
-                state: self.mesh.clone(),
-            });
+        let previous = std::mem::replace(&mut self.snapshot, Arc::clone(snapshot));
+        if snapshot.mesh != previous.mesh {
+            drop(previous);
+            self.send_state();
         }
-        self.plans = snapshot.pods.clone();
         self.reconcile();
 
         if let Some(inherited) = self.inherited.take() {
@@ -451,7 +447,8 @@ impl<C: CaptureMaps> Reconciler<C> {
     /// Brings capture and the proxy in line with the last config's plans and what discovery
     /// knows.
     fn reconcile(&mut self) {
-        let plans = std::mem::take(&mut self.plans);
+        let snapshot = Arc::clone(&self.snapshot);
+        let plans = &snapshot.pods;
         // Only this node's pods: another node's are its agent's to capture.
         let wanted: BTreeMap<&PodUid, (&PodPlan, &CaptureSpec, Resolved)> = plans
             .iter()
@@ -489,7 +486,6 @@ impl<C: CaptureMaps> Reconciler<C> {
                 self.add(plan, spec, target);
             }
         }
-        self.plans = plans;
     }
 
     /// Where the pod's netns is: its annotation, or what discovery found.
@@ -784,9 +780,7 @@ impl<C: CaptureMaps> Reconciler<C> {
                 credentials: self.credentials.clone(),
             });
         }
-        self.send(AgentMessage::State {
-            state: self.mesh.clone(),
-        });
+        self.send_state();
         if let Some(maps) = self.capture.splice_maps() {
             self.send_outgoing(Outgoing {
                 message: AgentMessage::SpliceMaps,
@@ -889,6 +883,16 @@ impl<C: CaptureMaps> Reconciler<C> {
         self.pods.insert(uid.to_owned(), pod);
     }
 
+    /// The mesh of the last config reading, whole. Not copied when there is no proxy to take
+    /// it.
+    fn send_state(&self) {
+        if self.proxy.is_some() {
+            self.send(AgentMessage::State {
+                state: self.snapshot.mesh.clone(),
+            });
+        }
+    }
+
     fn send(&self, message: AgentMessage) {
         self.send_outgoing(Outgoing {
             message,
@@ -905,7 +909,8 @@ impl<C: CaptureMaps> Reconciler<C> {
 
     fn publish(&self) {
         let workloads = self
-            .plans
+            .snapshot
+            .pods
             .iter()
             .map(|plan| {
                 let pod = self.pods.get(&plan.uid);

@@ -92,46 +92,66 @@ pub fn check(slice: &EndpointSlice) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// The slices of a config, by the Service they belong to.
+/// The slices of a config, by the Service they belong to: their text, each parsed only when
+/// its Service is built (parsing them all at once held every slice twice at the peak).
 #[derive(Default)]
-pub struct Slices {
-    by_service: HashMap<(String, String), Vec<EndpointSlice>>,
+pub struct Slices<'a> {
+    by_service: HashMap<(String, String), Vec<&'a str>>,
 }
 
-impl Slices {
+/// What grouping a slice needs of it.
+#[derive(serde::Deserialize)]
+struct SliceOwner {
+    metadata: SliceOwnerMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct SliceOwnerMeta {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+impl<'a> Slices<'a> {
     /// Groups `slices` (as the loader kept them, checked) by `(namespace, service name)`.
     #[must_use]
-    pub fn new(slices: &[Sourced<CompactJson>]) -> Self {
-        let mut by_service: HashMap<(String, String), Vec<EndpointSlice>> = HashMap::new();
+    pub fn new(slices: &'a [Sourced<CompactJson>]) -> Self {
+        let mut by_service: HashMap<(String, String), Vec<&str>> = HashMap::new();
         for sourced in slices {
+            let text = sourced.object.as_str();
             // The loader kept only slices that parse and pass `check`.
-            let Ok(slice) = serde_json::from_str::<EndpointSlice>(sourced.object.as_str()) else {
+            let Ok(owner) = serde_json::from_str::<SliceOwner>(text) else {
                 continue;
             };
-            let Some(service) = slice
+            let Some(service) = owner
                 .metadata
                 .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .cloned()
+                .and_then(|mut labels| labels.remove(SERVICE_NAME_LABEL))
             else {
                 continue;
             };
-            let namespace = slice.metadata.namespace.clone().unwrap_or_default();
+            let namespace = owner.metadata.namespace.unwrap_or_default();
             by_service
                 .entry((namespace, service))
                 .or_default()
-                .push(slice);
+                .push(text);
         }
         Self { by_service }
     }
 
-    /// The slices of Service `namespace/name`; `None` when it has none.
+    /// The slices of Service `namespace/name`, parsed; `None` when it has none.
     #[must_use]
-    pub fn of(&self, namespace: &str, name: &str) -> Option<&[EndpointSlice]> {
-        self.by_service
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(Vec::as_slice)
+    pub fn of(&self, namespace: &str, name: &str) -> Option<Vec<EndpointSlice>> {
+        let texts = self
+            .by_service
+            .get(&(namespace.to_owned(), name.to_owned()))?;
+        Some(
+            texts
+                .iter()
+                .filter_map(|text| serde_json::from_str(text).ok())
+                .collect(),
+        )
     }
 }
 

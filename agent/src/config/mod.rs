@@ -122,7 +122,7 @@ impl Snapshot {
             .map(|s| {
                 let meta = &s.object.metadata;
                 let slices = slices.of(meta.namespace(), &meta.name);
-                mesh::service(&s.object, slices, &pod_refs)
+                mesh::service(&s.object, slices.as_deref(), &pod_refs)
             })
             .collect();
         routing::add_to_mesh(&config, options, &mut mesh, &mut errors);
@@ -138,23 +138,28 @@ impl Snapshot {
                 spec.fail_closed = peer_authn.fail_closed(workload) || authz.enforces(workload);
             }
         }
-        // Gateway pods: served by the proxy, their own traffic not captured.
-        let (routes, _) = shunt_mesh::routing::RouteTable::build(&mesh);
-        for ((plan, workload), sourced) in
-            pods.iter_mut().zip(&mut mesh.workloads).zip(&config.pods)
-        {
-            let gateways = gateway_names(&routes, &workload.uid);
-            if gateways.is_empty() {
-                continue;
+        // Gateway pods: served by the proxy, their own traffic not captured. Only Gateways
+        // (written, or made of Ingresses) select them; without any, the route table (which
+        // copies every workload) is not built.
+        let has_gateways = !mesh.gateways.is_empty() || !mesh.ingresses.is_empty();
+        let routes = has_gateways.then(|| shunt_mesh::routing::RouteTable::build(&mesh).0);
+        if let Some(routes) = &routes {
+            for ((plan, workload), sourced) in
+                pods.iter_mut().zip(&mut mesh.workloads).zip(&config.pods)
+            {
+                let gateways = gateway_names(routes, &workload.uid);
+                if gateways.is_empty() {
+                    continue;
+                }
+                let problems = capture::make_gateway(&sourced.object, plan, &gateways);
+                errors.extend(problems.into_iter().map(|problem| LoadError {
+                    file: sourced.file.clone(),
+                    object: Some(format!("Pod {}/{}", plan.namespace, plan.name)),
+                    field: Some(problem.field),
+                    message: problem.message,
+                }));
+                workload.captured = false;
             }
-            let problems = capture::make_gateway(&sourced.object, plan, &gateways);
-            errors.extend(problems.into_iter().map(|problem| LoadError {
-                file: sourced.file.clone(),
-                object: Some(format!("Pod {}/{}", plan.namespace, plan.name)),
-                field: Some(problem.field),
-                message: problem.message,
-            }));
-            workload.captured = false;
         }
         Self {
             dir: dir.to_owned(),

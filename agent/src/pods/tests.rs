@@ -1,7 +1,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use shunt_mesh::model::Workload;
+use shunt_mesh::model::{MeshState, Workload};
 
 use std::path::Path;
 
@@ -243,7 +243,7 @@ fn uncaptured(name: &str, ip: u8) -> PodPlan {
     }
 }
 
-fn snapshot(plans: &[PodPlan]) -> Snapshot {
+fn snapshot(plans: &[PodPlan]) -> Arc<Snapshot> {
     let workloads = plans
         .iter()
         .map(|plan| Workload {
@@ -262,7 +262,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
             num_trusted_proxies: None,
         })
         .collect();
-    Snapshot {
+    Arc::new(Snapshot {
         pods: plans.to_vec(),
         mesh: MeshState {
             workloads,
@@ -270,7 +270,7 @@ fn snapshot(plans: &[PodPlan]) -> Snapshot {
             ..Default::default()
         },
         ..Snapshot::default()
-    }
+    })
 }
 
 #[test]
@@ -495,7 +495,7 @@ fn changes_that_do_not_concern_capture_leave_the_pod_alone() {
 
     // Another pod's arrival, or a label change, only updates the proxy's state.
     let mut relabelled = snapshot(&[a.clone(), uncaptured("b", 2)]);
-    relabelled.mesh.workloads[0]
+    Arc::make_mut(&mut relabelled).mesh.workloads[0]
         .labels
         .insert("version".into(), "v2".into());
     node.reconciler.apply(&relabelled);
