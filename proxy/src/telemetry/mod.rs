@@ -1,4 +1,5 @@
-//! What the proxy reports: Prometheus metrics, the metrics endpoint and the access log.
+//! What the proxy reports: Prometheus metrics, the metrics endpoint, the access log and
+//! tracing spans.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -7,6 +8,7 @@ pub mod metrics;
 pub mod peer;
 pub mod security;
 pub mod server;
+pub mod trace;
 
 use serde::Serialize;
 
