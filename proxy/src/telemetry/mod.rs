@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod export;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;
