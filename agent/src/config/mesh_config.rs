@@ -289,7 +289,8 @@ fn parse_mesh(text: &str, origin: &MeshOrigin, errors: &mut Vec<LoadError>) -> M
 const IGNORED_MESH_FIELD: &str = "a MeshConfig field shunt does not read (it reads \
     outboundTrafficPolicy.mode, protocolDetectionTimeout, accessLogFile, trustDomain, \
     rootNamespace, extensionProviders, pathNormalization.normalization, ingressClass, \
-    ingressSelector and defaultConfig.gatewayTopology.numTrustedProxies)";
+    ingressSelector, defaultProviders.tracing, defaultConfig.gatewayTopology.numTrustedProxies \
+    and defaultConfig.tracing.sampling)";
 
 /// `spec.http[0].timout`, from serde_ignored's path.
 pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -419,6 +420,36 @@ mod tests {
             assert_eq!(got.access_log, case.access_log, "{}", case.name);
             assert_eq!(got.trust_domain, case.trust_domain, "{}", case.name);
             assert_eq!(got.num_trusted_proxies, case.hops, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn tracing_providers_reach_the_settings_and_bad_ones_name_the_config_map() {
+        let (got, errors) = settings(
+            "",
+            Some(
+                "extensionProviders: [{name: z, zipkin: {service: zipkin.obs, port: 9411}}]\n\
+                 defaultProviders: {tracing: [z]}\ndefaultConfig: {tracing: {sampling: 100}}",
+            ),
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(got.tracing.providers[0].service, "zipkin.obs");
+        assert_eq!(got.tracing.sampling_per_million, 1_000_000);
+        let (got, errors) = settings(
+            "",
+            Some("defaultConfig: {tracing: {sampling: 150}}\ndefaultProviders: {tracing: [z]}"),
+        );
+        assert!(!got.tracing.is_on());
+        for field in [
+            "data.mesh.defaultConfig.tracing.sampling",
+            "data.mesh.defaultProviders.tracing[0]",
+        ] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("ConfigMap istio-system/istio") && e.contains(field)),
+                "{field}: {errors:?}"
+            );
         }
     }
 

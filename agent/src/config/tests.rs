@@ -585,6 +585,7 @@ fn routing_objects_are_checked_and_the_valid_ones_reach_the_mesh() {
             num_trusted_proxies: shunt_mesh::settings::TrustedProxies::Hops(0),
             ingress_class: "istio".into(),
             ingress_selector: "ingressgateway".into(),
+            tracing: shunt_mesh::trace_config::TracingSettings::default(),
         }
     );
     // What the agent sends compiles without a problem in the proxy.

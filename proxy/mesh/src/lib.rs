@@ -22,3 +22,4 @@ pub mod settings;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace_config;

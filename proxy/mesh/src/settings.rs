@@ -67,6 +67,10 @@ pub struct MeshSettings {
     /// `ingressgateway` by default.
     #[serde(default = "default_ingress_selector")]
     pub ingress_selector: String,
+    /// Tracing: the `zipkin`/`opentelemetry` providers `defaultProviders.tracing` names and
+    /// `defaultConfig.tracing.sampling` (see [`crate::trace_config`]).
+    #[serde(default)]
+    pub tracing: crate::trace_config::TracingSettings,
 }
 
 fn default_ingress_class() -> String {
@@ -90,6 +94,7 @@ impl Default for MeshSettings {
             num_trusted_proxies: TrustedProxies::default(),
             ingress_class: default_ingress_class(),
             ingress_selector: default_ingress_selector(),
+            tracing: crate::trace_config::TracingSettings::default(),
         }
     }
 }

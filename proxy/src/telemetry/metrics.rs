@@ -391,6 +391,8 @@ pub struct Metrics {
     limit_rejections: Family<LimitLabels, Counter>,
     /// `shunt_listener_connections_refused_total{listener}`.
     connections_refused: Family<ListenerLabels, Counter>,
+    /// Span export: dropped, exported, failed ([`super::export`]).
+    pub trace: std::sync::Arc<super::export::TraceMetrics>,
 }
 
 /// One workload identity.
@@ -519,6 +521,7 @@ impl Metrics {
         let hbone = std::sync::Arc::new(crate::hbone::HboneMetrics::register(&mut registry));
         let gateway = std::sync::Arc::new(crate::gateway::GatewayMetrics::register(&mut registry));
         let authz = std::sync::Arc::new(crate::authz::AuthzMetrics::register(&mut registry));
+        let trace = std::sync::Arc::new(super::export::TraceMetrics::register(&mut registry));
         let cert_expiry = Family::<IdentityLabels, Gauge>::default();
         registry.register(
             "shunt_workload_certificate_expiry_timestamp_seconds",
@@ -568,6 +571,7 @@ impl Metrics {
             cert_expiry,
             peer_authn_refused,
             authz,
+            trace,
         }
     }
 

@@ -1,12 +1,15 @@
-//! What the proxy reports: Prometheus metrics, the metrics endpoint and the access log.
+//! What the proxy reports: Prometheus metrics, the metrics endpoint, the access log and
+//! tracing spans.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod export;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;
 pub mod security;
 pub mod server;
+pub mod trace;
 
 use serde::Serialize;
 

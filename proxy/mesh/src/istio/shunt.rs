@@ -56,8 +56,30 @@ pub struct MeshConfig {
     pub ingress_class: Option<String>,
     /// `ingressSelector`: the gateway pods' `istio` label; absent: `ingressgateway`.
     pub ingress_selector: Option<String>,
-    /// `defaultConfig`: the ProxyConfig defaults; shunt reads `gatewayTopology`.
+    /// `defaultConfig`: the ProxyConfig defaults; shunt reads `gatewayTopology` and
+    /// `tracing.sampling`.
     pub default_config: Option<ProxyConfigDefaults>,
+    /// `defaultProviders`: shunt reads `tracing`, the tracing providers the mesh reports to.
+    pub default_providers: Option<DefaultProviders>,
+}
+
+/// MeshConfig `defaultProviders`, the part shunt reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, rename_all = "camelCase")]
+pub struct DefaultProviders {
+    /// `tracing`: names of `extensionProviders` (`zipkin` or `opentelemetry`).
+    pub tracing: Vec<String>,
+}
+
+/// ProxyConfig `tracing`, the part shunt reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProxyTracing {
+    /// `sampling`: the percentage (0.0-100.0) of undecided requests traced. Any value, so
+    /// that a wrong one is refused by field rather than failing the document.
+    pub sampling: Option<serde_json::Value>,
 }
 
 /// MeshConfig `defaultConfig` (ProxyConfig), the part shunt reads.
@@ -67,6 +89,8 @@ pub struct MeshConfig {
 pub struct ProxyConfigDefaults {
     /// `gatewayTopology`.
     pub gateway_topology: Option<GatewayTopology>,
+    /// `tracing`.
+    pub tracing: Option<ProxyTracing>,
 }
 
 /// ProxyConfig `gatewayTopology`.

@@ -99,6 +99,10 @@ pub fn mesh_settings(
     // Reported apart, like the providers: an invalid value costs only remote-IP conditions,
     // which then fail closed; not the whole mesh config.
     let num_trusted_proxies = trusted_proxies(config).0;
+    let (tracing, tracing_problems) = crate::trace_config::tracing_settings(config, field);
+    for (at, message) in tracing_problems {
+        p.add(at, message);
+    }
     if p.is_empty() {
         Ok(MeshSettings {
             num_trusted_proxies,
@@ -117,6 +121,7 @@ pub fn mesh_settings(
             root_namespace,
             extension_providers,
             path_normalization,
+            tracing,
         })
     } else {
         Err(p.list)
