@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod peer;
 pub mod security;
 pub mod server;
+pub mod tcp;
 
 use serde::Serialize;
 
