@@ -70,6 +70,11 @@ pub trait CaptureMaps {
     fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
         None
     }
+    /// The ring buffer of closed connections' TCP figures (`TCP_EVENTS`), when this capture
+    /// has one.
+    fn tcp_events(&self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 impl CaptureMaps for Capture {
@@ -101,6 +106,17 @@ impl CaptureMaps for Capture {
 
     fn captured_netns(&self) -> Result<Vec<u64>, Self::Error> {
         self.with(|capture| capture.captured_netns())
+    }
+
+    fn tcp_events(&self) -> Option<OwnedFd> {
+        match self.with(|capture| capture.tcp_events()) {
+            Ok(events) => events,
+            Err(e) => {
+                // The proxy still samples TCP_INFO; only the figures at close are lost.
+                tracing::warn!("cannot hand the TCP events ring buffer to the proxy: {e}");
+                None
+            }
+        }
     }
 
     fn splice_maps(&self) -> Option<Vec<OwnedFd>> {
@@ -785,6 +801,12 @@ impl<C: CaptureMaps> Reconciler<C> {
             self.send_outgoing(Outgoing {
                 message: AgentMessage::SpliceMaps,
                 fds: maps.into_iter().map(Arc::new).collect(),
+            });
+        }
+        if let Some(events) = self.capture.tcp_events() {
+            self.send_outgoing(Outgoing {
+                message: AgentMessage::TcpEvents,
+                fds: vec![Arc::new(events)],
             });
         }
         let mut handed = Vec::new();

@@ -351,6 +351,7 @@ async fn a_new_proxy_connection_replaces_the_old_one() {
             AgentMessage::Synced { .. } => "synced",
             AgentMessage::RemovePod { .. } => "remove_pod",
             AgentMessage::SpliceMaps => "splice_maps",
+            AgentMessage::TcpEvents => "tcp_events",
             AgentMessage::Refused { .. } => "refused",
             AgentMessage::Credentials { .. } => "credentials",
             AgentMessage::Superseded => "superseded",

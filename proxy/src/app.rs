@@ -195,7 +195,8 @@ impl App {
             pods.clone(),
             proxy.splice.clone(),
             proxy.gateway_tls.credentials().clone(),
-        );
+        )
+        .with_tcp_watches(proxy.metrics.tcp.clone());
         let control = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { client.run(shutdown).await })

@@ -4,7 +4,7 @@
 //! Modules depend downwards only (`cargo xtask layers` checks it):
 //! `app` → `inpod`, `control` → `conn` → `http` → `context` → `telemetry`, `ratelimit`,
 //! `splice` → `gateway` (gateway servers' TLS and credentials) → `upstream` → `pod`,
-//! `addrs`, `orig_dst`, `peer_security`, `progress`, `response_flag`, `socket`, `drain`,
+//! `addrs`, `orig_dst`, `peer_security`, `progress`, `response_flag`, `socket`, `tcp_info`, `drain`,
 //! `state`; `ext_authz` (the CUSTOM policies' HTTP client, which dials through a seam) below
 //! `http`; shunt-mesh and shunt-api below all of them.
 #![deny(unsafe_code)]
@@ -32,6 +32,7 @@ pub mod response_flag;
 pub mod socket;
 pub mod splice;
 pub mod state;
+pub mod tcp_info;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

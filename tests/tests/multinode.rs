@@ -1197,3 +1197,115 @@ fn authorization_policies_see_hbone_principals_and_refuse_a_connect_with_401() {
     let problems = cluster.teardown();
     assert!(problems.is_empty(), "cleanup problems: {problems:?}");
 }
+
+/// `iptables -A INPUT` in `pod`'s netns: drops data segments arriving on `eth0` at random
+/// (the kernel here has no netem). Pure ACKs and FINs (under 200 bytes) pass, so the end of
+/// each connection is never retransmitted after the proxy last read its `TCP_INFO`.
+fn drop_data_segments(pod: &Pod, probability: &str) {
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pod.netns_path().display()))
+        .args([
+            "iptables",
+            "-w",
+            "5",
+            "-A",
+            "INPUT",
+            "-i",
+            "eth0",
+            "-p",
+            "tcp",
+            "-m",
+            "length",
+            "--length",
+            "200:65535",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+        ])
+        .arg(probability)
+        .args(["-j", "DROP"])
+        .status()
+        .or_panic("running iptables");
+    assert!(
+        status.success(),
+        "iptables in {}'s netns: {status}",
+        pod.name
+    );
+}
+
+#[test]
+fn kernel_tcp_telemetry_counts_what_tcp_info_says_under_packet_loss() {
+    const TEST: &str =
+        "multinode::kernel_tcp_telemetry_counts_what_tcp_info_says_under_packet_loss";
+    const RTT: &str = "shunt_tcp_rtt_seconds";
+    const RETRANSMITS: &str = "shunt_tcp_retransmits_total";
+    const LOST: &str = "shunt_tcp_lost_packets_total";
+    let Some((mut cluster, a, b)) = two_nodes_one_pod_each(TEST, Security::Plaintext) else {
+        return;
+    };
+    let _echo = cluster
+        .node_of(&b)
+        .or_panic("b's node")
+        .start_server(&b, &["echo-server", "--port", &ECHO_PORT.to_string()])
+        .or_panic("echo server on b");
+    // Segments a's node proxy sends to b are lost: its upstream socket retransmits.
+    drop_data_segments(&b, "0.1");
+    let client_node = cluster.node_of(&a).or_panic("a's node");
+    send_ok_with(client_node, &a, b.addr(ECHO_PORT), 4 * MIB, 1, &[]);
+
+    let labels = flow("source", "a", "b");
+    let node = cluster.node_mut(0).or_panic("node-0");
+    // The kernel's event at TCP_CLOSE is what observes the RTT of a connection shorter than
+    // the sampling interval.
+    let metrics = node
+        .wait_metrics("the kernel's event for a → b", REPORT_TIMEOUT, |m| {
+            m.sum(&format!("{RTT}_count"), &labels) >= 1.0
+        })
+        .or_panic("metrics");
+    let source_side = [
+        ("reporter", "source"),
+        ("src_workload", "a"),
+        ("dst_workload", "b"),
+    ];
+    // The line is written on the log's own interval, the event comes on its own.
+    let log = node
+        .wait_access_log("the source line of a → b", REPORT_TIMEOUT, |log| {
+            !log.matching(&source_side).is_empty()
+        })
+        .or_panic("access log");
+    let lines = log.matching(&source_side);
+    assert_eq!(lines.len(), 1, "{}", log.describe());
+    let line = lines[0];
+    let logged = |field: &str| {
+        line[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {line}"))
+    };
+    // TCP_INFO of the upstream socket, as the proxy read it at the end.
+    let (rtt_us, retransmits, lost) = (logged("rtt_us"), logged("retransmits"), logged("lost"));
+    let described = metrics.describe(RETRANSMITS);
+    assert!(
+        retransmits > 0,
+        "10% of data segments dropped, none retransmitted: {line}"
+    );
+    assert_eq!(
+        sum(&metrics, RETRANSMITS, &labels),
+        retransmits,
+        "{line} {described}"
+    );
+    assert_eq!(sum(&metrics, LOST, &labels), lost, "{line} {described}");
+    assert_eq!(
+        metrics.sum(&format!("{RTT}_count"), &labels),
+        1.0,
+        "{described}"
+    );
+    let kernel_rtt_us = metrics.sum(&format!("{RTT}_sum"), &labels) * 1e6;
+    assert!(
+        (kernel_rtt_us - rtt_us as f64).abs() <= 0.1 * rtt_us as f64,
+        "kernel srtt {kernel_rtt_us} µs, TCP_INFO {rtt_us} µs: {line}"
+    );
+    let problems = cluster.teardown();
+    assert!(problems.is_empty(), "cleanup problems: {problems:?}");
+}

@@ -71,6 +71,10 @@ pub enum AgentMessage {
     /// `SPLICED_BYTES` and `SPLICE_ROUTES` maps, with which the proxy splices opaque TCP
     /// connections between two pods of this node (see `proxy::splice`).
     SpliceMaps,
+    /// Carries one descriptor, the `TCP_EVENTS` ring buffer: the `TcpEvent` of each closed
+    /// connection that crossed the network, which the proxy matches to its own connections
+    /// by socket cookie (kernel TCP telemetry). Sent with eBPF capture only.
+    TcpEvents,
     /// A newer proxy has connected and takes over every pod. This proxy stops talking to the
     /// agent (it does not redial, which would take the pods back) and serves the connections
     /// it holds, and what it still accepts from the shared listeners, until it is stopped.

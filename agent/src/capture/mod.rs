@@ -96,6 +96,14 @@ impl Backend {
         }
     }
 
+    /// The ring buffer of closed connections' TCP figures, for the proxy: eBPF capture has it.
+    pub fn tcp_events(&self) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+        match self {
+            Self::Ebpf(capture) => Ok(Some(capture.tcp_events()?)),
+            Self::Iptables(_) => Ok(None),
+        }
+    }
+
     /// A map's entries as JSON.
     pub fn dump_map(&self, name: &str) -> Result<serde_json::Value, Error> {
         match self {

@@ -219,6 +219,7 @@ impl Proxy {
                 AgentMessage::RemovePod { uid } => format!("RemovePod({uid})"),
                 AgentMessage::Synced { pods } => format!("Synced({})", pods.join(",")),
                 AgentMessage::SpliceMaps => format!("SpliceMaps({} fds)", fds.len()),
+                AgentMessage::TcpEvents => format!("TcpEvents({} fds)", fds.len()),
                 AgentMessage::Refused { reason } => format!("Refused({reason})"),
             });
         }

@@ -43,13 +43,18 @@ pub mod map_names {
     pub const SPLICED_BYTES: &str = "SPLICED_BYTES";
     pub const SPLICE_ROUTES: &str = "SPLICE_ROUTES";
     pub const SETTINGS: &str = "SETTINGS";
+    /// Socket cookie → when a reported socket was established (`bpf_ktime_get_ns`).
+    pub const TCP_STARTS: &str = "TCP_STARTS";
+    /// The ring buffer of `TcpEvent`s; its one reader is the proxy. Not in [`ALL`], like
+    /// `AYA_LOGS`: it has no entries to show.
+    pub const TCP_EVENTS: &str = "TCP_EVENTS";
     pub const STATS: &str = "STATS";
     /// aya-log's ring buffer (its name is aya-log's). Pinned like the others, so a restarted
     /// agent reads what the adopted programs log; not in [`ALL`]: it has no entries to show.
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map, in the order `shuntctl status` lists them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         MESHED_NETNS,
         OUTBOUND_EXCLUDED_PORTS,
         INBOUND_EXCLUDED_PORTS,
@@ -62,6 +67,7 @@ pub mod map_names {
         SHORTCUT_BYTES,
         SPLICED_BYTES,
         SPLICE_ROUTES,
+        TCP_STARTS,
         SETTINGS,
         STATS,
     ];
@@ -217,6 +223,55 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 
+/// Which side of a flow a reported socket is (`TcpEvent::kind`).
+pub const TCP_SOCKET_UPSTREAM: u32 = 1;
+/// An inbound connection the proxy accepted from another pod or node.
+pub const TCP_SOCKET_ACCEPTED: u32 = 2;
+
+/// One closed TCP connection, as `sock_ops` reads it from the socket at `TCP_CLOSE` and sends
+/// it through the `TCP_EVENTS` ring buffer. Only sockets that carry a flow across the network
+/// are reported (the proxy's upstream dials and the connections it accepts from other pods),
+/// never the app↔proxy loopback hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// `SO_COOKIE` of the socket: what the proxy matches its connections by.
+    pub socket_cookie: u64,
+    pub netns_cookie: u64,
+    /// From `ESTABLISHED` to `TCP_CLOSE`, nanoseconds.
+    pub duration_ns: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// The smoothed RTT in microseconds (the kernel's `srtt_us >> 3`).
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    /// Segments presumed lost when the socket closed (`lost_out`).
+    pub lost_out: u32,
+    pub local_ip4_be: u32,
+    pub remote_ip4_be: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
+    /// `TCP_SOCKET_*`.
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 72);
+
+/// `TCP_STARTS` value: a watched socket, from its establishment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStart {
+    /// `bpf_ktime_get_ns` at `ESTABLISHED`.
+    pub started_ns: u64,
+    /// `TCP_SOCKET_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpStart>() == 16);
+
+/// Bytes of the `TCP_EVENTS` ring buffer (a power of two, as ring buffers need): about 3600
+/// events waiting, far beyond what closes between two reads of the proxy.
+pub const TCP_EVENTS_BYTES: u32 = 1 << 18;
+
 /// `Settings::flags`: redirect app↔proxy loopback hops with sk_msg (the same-node shortcut).
 pub const SETTING_SOCKMAP_SHORTCUT: u32 = 1 << 0;
 
@@ -249,7 +304,13 @@ pub mod stats {
     /// An inbound connection to a fail-closed pod (STRICT mTLS) found no proxy listener and
     /// was dropped instead of reaching the app without policy.
     pub const INBOUND_FAIL_CLOSED_DROPS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// A closed connection's `TcpEvent` went into `TCP_EVENTS`.
+    pub const TCP_EVENTS_SENT: u32 = 13;
+    /// `TCP_EVENTS` was full (the proxy is not reading it): the event was lost.
+    pub const TCP_EVENTS_DROPPED: u32 = 14;
+    /// `TCP_STARTS` refused a socket: it is not reported when it closes.
+    pub const TCP_WATCH_FAILED: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -266,6 +327,9 @@ pub mod stats {
         "splice_redirects",
         "splice_misses",
         "inbound_fail_closed_drops",
+        "tcp_events_sent",
+        "tcp_events_dropped",
+        "tcp_watch_failed",
     ];
 }
 
@@ -289,6 +353,10 @@ mod user {
     unsafe impl aya::Pod for super::SpliceRoute {}
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::Settings {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::TcpEvent {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::TcpStart {}
 }
 
 #[cfg(test)]

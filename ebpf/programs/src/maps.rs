@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use shunt_common::{
     ClientKey, MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, Settings, SockKey, SpliceRoute,
-    stats,
+    TCP_EVENTS_BYTES, TcpStart, stats,
 };
 
 /// Captured pods per node: a few thousand is far beyond any node's pod limit.
@@ -85,6 +85,18 @@ pub static SPLICED_BYTES: LruHashMap<SockKey, u64> = LruHashMap::with_max_entrie
 #[map]
 pub static SPLICE_ROUTES: HashMap<SockKey, SpliceRoute> =
     HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
+
+/// Socket cookie → `bpf_ktime_get_ns` when a socket the TCP telemetry reports on was
+/// established; its state callback at `TCP_CLOSE` takes the entry and sends a `TcpEvent`.
+/// LRU: a socket whose close is never seen (the programs were replaced meanwhile) must not
+/// fill the map for good.
+#[map]
+pub static TCP_STARTS: LruHashMap<u64, TcpStart> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Closed connections' `TcpEvent`s, for the proxy. A full ring drops the event (and the
+/// connection's kernel figures), never the connection.
+#[map]
+pub static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_BYTES, 0);
 
 /// Index 0: the agent's `Settings`.
 #[map]

@@ -1,4 +1,7 @@
-//! sock_ops: original destination bookkeeping, and the shortcut's socket registration.
+//! sock_ops: original destination bookkeeping, the shortcut's socket registration, and the
+//! kernel TCP telemetry of sockets that cross the network (`tcp_stats`).
+
+mod tcp_stats;
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -14,7 +17,7 @@ use aya_ebpf::{
 };
 use shunt_common::{
     AF_INET, ClientKey, MeshedNetns, OUTBOUND_PORT, PROXY_MARK, SETTING_SOCKMAP_SHORTCUT, SockKey,
-    stats,
+    TCP_SOCKET_ACCEPTED, TCP_SOCKET_UPSTREAM, stats,
 };
 
 use crate::helpers::{
@@ -97,10 +100,17 @@ fn on_active_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
         let _ = ORIG_DST_BY_COOKIE.remove(&socket_cookie);
     }
 
+    let key = sock_ops_key(ctx, netns_cookie);
+    // The proxy's upstream dial from a captured pod to another pod or node.
+    if let Some(pod) = meshed_netns(netns_cookie)
+        && tcp_stats::crosses_network(&pod, &key)
+        && sock_ops_mark(ctx) == PROXY_MARK
+    {
+        tcp_stats::watch(ctx, TCP_SOCKET_UPSTREAM);
+    }
     let Some(pod) = shortcut_pod(netns_cookie) else {
         return Ok(());
     };
-    let key = sock_ops_key(ctx, netns_cookie);
     let to_outbound_listener =
         key.remote_ip4_be == LOCALHOST_BE && key.remote_port == u32::from(OUTBOUND_PORT);
     // The proxy delivering an inbound connection to the app: its marked socket dials the pod's
@@ -126,6 +136,12 @@ fn on_passive_established(ctx: &SockOpsContext) -> Result<(), HelperError> {
         // See `on_state_change`. Without it the entry would only go on LRU eviction, key reuse
         // or the pod's removal; the connection works either way.
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+    // A connection into a captured pod from another pod or node.
+    if let Some(pod) = meshed_netns(netns_cookie)
+        && tcp_stats::crosses_network(&pod, &key)
+    {
+        tcp_stats::watch(ctx, TCP_SOCKET_ACCEPTED);
     }
     let Some(pod) = shortcut_pod(netns_cookie) else {
         return Ok(());
@@ -192,6 +208,7 @@ fn on_state_change(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
         let key = sock_ops_key(ctx, netns_cookie(ctx));
         forget_shortcut_socket(&key);
+        tcp_stats::closed(ctx, &key);
         if is_outbound_listener_side(&key) {
             // Usually the entry is there; a failed removal has nothing to undo.
             let _ = ORIG_DST_BY_CLIENT.remove(&peer_client(&key));

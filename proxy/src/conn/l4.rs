@@ -21,11 +21,13 @@ use crate::progress::{self, Progress};
 use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::socket;
 use crate::splice::{self, Splicing};
+use crate::tcp_info::{self, TcpFigures};
 use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
 use crate::telemetry::security::{PeerSecurity, SecurityPolicy};
+use crate::telemetry::tcp::{self, FlowLabels, TcpWatch};
 use crate::upstream::{
     ClusterState, Delivery, DialError, Dialed, Picked, TcpConnection, Transport, Tunnel,
     UpstreamError,
@@ -224,6 +226,8 @@ struct Ending {
     /// The connection as the destination pod's inbound listener would have seen it, when it
     /// was delivered straight to that pod.
     delivered: Option<Accepted>,
+    /// The upstream socket's last `TCP_INFO` reading, when it crossed the network.
+    tcp: Option<TcpFigures>,
 }
 
 /// Carries out `plan` for `downstream` (the accepted connection, possibly behind the bytes
@@ -257,6 +261,7 @@ pub(super) async fn run<S>(
             error: Some(error),
             security: accepted.security.clone(),
             delivered: None,
+            tcp: None,
         },
         Decision::Dial { upstream } => {
             let target = Target::Addr(upstream);
@@ -433,6 +438,7 @@ where
         error,
         security: accepted.security.clone(),
         delivered: None,
+        tcp: None,
     };
     // A same-node delivery skips the destination's inbound listener: its policies are
     // checked here, with both pods' identities, before the app sees a connection.
@@ -454,6 +460,7 @@ where
                     error: Some(error),
                     security: accepted.security.clone(),
                     delivered: Some(side),
+                    tcp: None,
                 };
             }
         }
@@ -490,13 +497,46 @@ where
         let labels = tcp_labels(proxy, delivered, delivered.security.clone());
         let _ = meter.delivered.set(proxy.metrics.open_connection(labels));
     }
-    let ending = |reason, error: Option<String>, delivered| Ending {
-        upstream: Some(upstream_addr),
-        reason,
-        flags: ResponseFlags::NONE,
-        error,
-        security: security.clone(),
-        delivered,
+    // The upstream socket's kernel figures, when it crosses the network: not a same-node
+    // delivery, and not a stream inside an HBONE connection (the tunnel's socket carries
+    // other connections too).
+    // A second descriptor of the socket, so that it can be sampled while the forwarding
+    // holds the stream; dropped with it, at the end of this function.
+    let tcp_socket = upstream
+        .plain_tcp()
+        .filter(|_| delivered.is_none())
+        .and_then(|socket| std::os::fd::AsFd::as_fd(socket).try_clone_to_owned().ok());
+    let tcp_watch = tcp_socket
+        .as_ref()
+        .and_then(|socket| tcp_info::socket_cookie(socket).ok())
+        .map(|cookie| {
+            proxy.metrics.tcp.watch(
+                cookie,
+                FlowLabels::new(
+                    accepted.reporter,
+                    accepted.peers.source.as_deref(),
+                    accepted.peers.destination.as_deref(),
+                ),
+            )
+        });
+    let tcp_sample = || {
+        tcp_socket
+            .as_ref()
+            .and_then(|socket| tcp_info::sample(socket).ok())
+    };
+    let ending = |reason, error: Option<String>, delivered| {
+        // Read before the socket is dropped: once the forwarding is over it has usually
+        // reached TCP_CLOSE already, where its figures no longer change.
+        let last = tcp_watch.as_ref().and_then(|_| tcp_sample());
+        Ending {
+            upstream: Some(upstream_addr),
+            reason,
+            flags: ResponseFlags::NONE,
+            error,
+            security: security.clone(),
+            delivered,
+            tcp: last.map(|sample| sample.figures),
+        }
     };
     // Delivered to another pod: it counts among that pod's connections, whose drain waits for
     // it and cuts it at the deadline, as it would the connection its inbound listener accepted.
@@ -541,19 +581,20 @@ where
             }
             upstream.reset_on_close();
             let error = format!("{}: {}", authz::DENIED_BODY, decision.reason);
-            return ending(CloseReason::Denied, Some(error), delivered);
+            return finish(ending(CloseReason::Denied, Some(error), delivered), tcp_watch);
         }
         forwarded = forward::forward(downstream, &mut upstream, &progress) => Some(forwarded),
         never = report_spliced(splice.as_deref(), &count_spliced) => match never {},
+        never = sample_tcp(tcp_watch.as_ref(), tcp_sample) => match never {},
     };
     if let Some(splice) = &splice {
         count_spliced(splice.finish());
     }
     let Some(forwarded) = forwarded else {
         upstream.reset_on_close();
-        return ending(CloseReason::Drained, None, delivered);
+        return finish(ending(CloseReason::Drained, None, delivered), tcp_watch);
     };
-    match forwarded.end {
+    let ended = match forwarded.end {
         End::Eof => ending(CloseReason::Eof, None, delivered),
         End::Reset { side, error } => ending(
             CloseReason::Reset,
@@ -565,6 +606,38 @@ where
             Some(format!("{side} I/O failed: {error}")),
             delivered,
         ),
+    };
+    finish(ended, tcp_watch)
+}
+
+/// Hands the connection's last `TCP_INFO` reading to its watch.
+fn finish(ending: Ending, watch: Option<TcpWatch>) -> Ending {
+    if let Some(watch) = watch {
+        watch.finish(ending.tcp.map(|figures| tcp_info::Sample {
+            figures,
+            closed: false,
+        }));
+    }
+    ending
+}
+
+/// Samples the watched socket every [`tcp::SAMPLE_INTERVAL`]; never returns, and never wakes
+/// without a watch.
+async fn sample_tcp(
+    watch: Option<&TcpWatch>,
+    sample: impl Fn() -> Option<tcp_info::Sample>,
+) -> std::convert::Infallible {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    let first = tokio::time::Instant::now() + tcp::SAMPLE_INTERVAL;
+    let mut interval = tokio::time::interval_at(first, tcp::SAMPLE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Some(sample) = sample() {
+            watch.sample(&sample);
+        }
     }
 }
 
@@ -735,6 +808,9 @@ fn entry(accepted: &Accepted, security: &PeerSecurity, ending: &Ending, meter: &
         bytes_sent: meter.sent.load(Ordering::Relaxed),
         close_reason: ending.reason,
         response_flags: ending.flags,
+        rtt_us: ending.tcp.map(|t| u64::from(t.rtt_us)),
+        retransmits: ending.tcp.map(|t| u64::from(t.retransmits)),
+        lost: ending.tcp.map(|t| u64::from(t.lost)),
         error: ending.error.clone(),
     }
 }

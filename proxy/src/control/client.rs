@@ -11,10 +11,12 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use super::tcp_events;
 use crate::gateway::CredentialStore;
 use crate::inpod::PodRegistry;
 use crate::splice::{AgentMaps, Splicer};
 use crate::state::StateStore;
+use crate::telemetry::tcp::TcpWatches;
 use shunt_api::control::{
     self as wire, AgentMessage, InboundBind, ListenerKind, PodRole, ProxyMessage,
 };
@@ -44,6 +46,9 @@ pub struct ControlClient {
     pods: Arc<PodRegistry>,
     splice: Arc<Splicer>,
     credentials: Arc<CredentialStore>,
+    /// Where the kernel's TCP events go, and the task reading the agent's ring buffer.
+    tcp: Option<Arc<TcpWatches>>,
+    tcp_reader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ControlClient {
@@ -61,6 +66,47 @@ impl ControlClient {
             pods,
             splice,
             credentials,
+            tcp: None,
+            tcp_reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reads the agent's `TCP_EVENTS` ring buffer (`AgentMessage::TcpEvents`) into `watches`.
+    #[must_use]
+    pub fn with_tcp_watches(mut self, watches: Arc<TcpWatches>) -> Self {
+        self.tcp = Some(watches);
+        self
+    }
+
+    /// A (newer) ring buffer from the agent: its reader replaces the previous one.
+    fn read_tcp_events(&self, fds: Vec<OwnedFd>) {
+        let Some(watches) = &self.tcp else {
+            return;
+        };
+        let count = fds.len();
+        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+            tracing::warn!(
+                "the agent's TcpEvents message carried {count} descriptors; expected 1 \
+                 (TCP_EVENTS): kernel TCP telemetry falls back to TCP_INFO readings"
+            );
+            return;
+        };
+        let mut reader = self
+            .tcp_reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = reader.take() {
+            old.abort();
+        }
+        match tcp_events::spawn(fd, Arc::clone(watches)) {
+            Ok(task) => {
+                *reader = Some(task);
+                tracing::info!("reading the kernel's TCP events (RTT, retransmits at close)");
+            }
+            Err(error) => {
+                watches.set_kernel_events(false);
+                tracing::warn!(%error, "kernel TCP events off");
+            }
         }
     }
 
@@ -199,6 +245,7 @@ impl ControlClient {
                     }
                     Err(error) => tracing::warn!(%error, "splicing stays off"),
                 },
+                AgentMessage::TcpEvents => self.read_tcp_events(fds),
                 AgentMessage::Refused { reason } => return Err(Error::Refused(reason)),
                 AgentMessage::Superseded => return Err(Error::Superseded),
                 AgentMessage::Credentials { credentials } => {

@@ -128,6 +128,11 @@ pub struct Entry {
     /// none.
     #[cfg_attr(test, serde(serialize_with = "tests::shown"))]
     pub response_flags: ResponseFlags,
+    /// The upstream socket's `TCP_INFO` at the end, when it crossed the network (null
+    /// otherwise): smoothed RTT in µs, segments retransmitted, segments presumed lost.
+    pub rtt_us: Option<u64>,
+    pub retransmits: Option<u64>,
+    pub lost: Option<u64>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub error: Option<String>,
 }
@@ -164,6 +169,9 @@ impl LogEntry for Entry {
         json.u64("bytes_sent", self.bytes_sent);
         json.str("close_reason", self.close_reason.as_str());
         json.display("response_flags", &self.response_flags);
+        json.opt_u64("rtt_us", self.rtt_us);
+        json.opt_u64("retransmits", self.retransmits);
+        json.opt_u64("lost", self.lost);
         if let Some(error) = &self.error {
             json.str("error", error);
         }
@@ -628,6 +636,7 @@ mod tests {
         failed.reporter = Reporter::Destination;
         failed.error = Some("refused: \"10.0.0.3:8080\"\n\t(twice)".into());
         failed.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
+        (failed.rtt_us, failed.retransmits, failed.lost) = (None, None, None);
         let mut authenticated = entry();
         authenticated.reporter = Reporter::Destination;
         authenticated.src_principal = Some(Principal::new("spiffe://cluster.local/ns/shop/sa/web"));
@@ -689,6 +698,9 @@ mod tests {
             bytes_sent: 20,
             close_reason: CloseReason::Eof,
             response_flags: ResponseFlags::NONE,
+            rtt_us: Some(250),
+            retransmits: Some(3),
+            lost: Some(0),
             error: None,
         }
     }
@@ -705,6 +717,7 @@ mod tests {
         failed.reporter = Reporter::Destination;
         failed.error = Some("connect to 10.0.0.3:8080 refused".into());
         failed.response_flags = ResponseFlag::UpstreamConnectionFailure.into();
+        (failed.rtt_us, failed.retransmits, failed.lost) = (None, None, None);
         failed.src_principal = Some(Principal::new("spiffe://cluster.local/ns/shop/sa/web"));
         failed.connection_security_policy = SecurityPolicy::None;
         log.record(&failed).unwrap();
@@ -734,9 +747,13 @@ mod tests {
                 "bytes_sent": 20,
                 "close_reason": "eof",
                 "response_flags": "-",
+                "rtt_us": 250,
+                "retransmits": 3,
+                "lost": 0,
             })
         );
         assert_eq!(lines[1]["upstream_addr"], serde_json::Value::Null);
+        assert_eq!(lines[1]["rtt_us"], serde_json::Value::Null);
         assert_eq!(lines[1]["close_reason"], "connect_refused");
         assert_eq!(lines[1]["direction"], "inbound");
         assert_eq!(lines[1]["reporter"], "destination");

@@ -381,6 +381,9 @@ pub struct Metrics {
     pub hbone: std::sync::Arc<crate::hbone::HboneMetrics>,
     /// Gateway servers' refused handshakes and unusable credentials.
     pub gateway: std::sync::Arc<crate::gateway::GatewayMetrics>,
+    /// Kernel TCP telemetry: `shunt_tcp_rtt_seconds`, `shunt_tcp_retransmits_total`,
+    /// `shunt_tcp_lost_packets_total`, and the watched sockets.
+    pub tcp: std::sync::Arc<super::tcp::TcpWatches>,
     /// `shunt_workload_certificate_expiry_timestamp_seconds{identity}`.
     cert_expiry: Family<IdentityLabels, Gauge>,
     /// `shunt_peer_authentication_refused_total`.
@@ -522,6 +525,7 @@ impl Metrics {
         let gateway = std::sync::Arc::new(crate::gateway::GatewayMetrics::register(&mut registry));
         let authz = std::sync::Arc::new(crate::authz::AuthzMetrics::register(&mut registry));
         let trace = std::sync::Arc::new(super::export::TraceMetrics::register(&mut registry));
+        let tcp = std::sync::Arc::new(super::tcp::TcpWatches::register(&mut registry));
         let cert_expiry = Family::<IdentityLabels, Gauge>::default();
         registry.register(
             "shunt_workload_certificate_expiry_timestamp_seconds",
@@ -568,6 +572,7 @@ impl Metrics {
             upstream,
             hbone,
             gateway,
+            tcp,
             cert_expiry,
             peer_authn_refused,
             authz,

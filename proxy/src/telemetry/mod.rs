@@ -10,6 +10,7 @@ pub mod peer;
 pub mod security;
 pub mod server;
 pub mod trace;
+pub mod tcp;
 
 use serde::Serialize;
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use shunt_common::{
     AF_INET, AF_INET6, ClientKey, LOG_OFF, MESHED_CAPTURE_INBOUND, MESHED_CAPTURE_OUTBOUND,
     MeshedNetns, NetnsPortKey, OrigDst, PodPortKey, SETTING_SOCKMAP_SHORTCUT, Settings, SockKey,
-    SpliceRoute, map_names, stats,
+    SpliceRoute, TcpStart, map_names, stats,
 };
 
 use super::Error;
@@ -382,6 +382,17 @@ pub fn splice_map_fds(ebpf: &Ebpf) -> Result<Vec<OwnedFd>, Error> {
     ])
 }
 
+/// A descriptor of `TCP_EVENTS`, the ring buffer of closed connections' TCP figures, for the
+/// proxy to read.
+pub fn tcp_events_fd(ebpf: &Ebpf) -> Result<OwnedFd, Error> {
+    let name = map_names::TCP_EVENTS;
+    let ring: aya::maps::RingBuf<&MapData> =
+        aya::maps::RingBuf::try_from(map(ebpf, name)?).map_err(map_error(name, "opening"))?;
+    ring.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| map_error(name, "duplicating the descriptor of")(MapError::from(e)))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Status and dumps
 
@@ -402,6 +413,7 @@ pub fn size(ebpf: &Ebpf, name: &'static str) -> Result<(usize, u32), Error> {
             hash_keys::<SockKey, u64>(ebpf, name)?.len()
         }
         map_names::SPLICE_ROUTES => hash_keys::<SockKey, SpliceRoute>(ebpf, name)?.len(),
+        map_names::TCP_STARTS => hash_keys::<u64, TcpStart>(ebpf, name)?.len(),
         _ => usize::try_from(max).unwrap_or(usize::MAX),
     };
     Ok((entries, max))
@@ -529,6 +541,15 @@ pub fn dump(ebpf: &Ebpf, name: &str) -> Result<Value, Error> {
                 })
                 .collect()
         }
+        map_names::TCP_STARTS => hash_entries::<u64, TcpStart>(ebpf, map_names::TCP_STARTS)?
+            .iter()
+            .map(|(cookie, start)| {
+                entry(
+                    json!({ "socket_cookie": cookie }),
+                    json!({ "started_ns": start.started_ns, "kind": start.kind }),
+                )
+            })
+            .collect(),
         map_names::SETTINGS => {
             let settings: Array<&MapData, Settings> =
                 Array::try_from(map(ebpf, map_names::SETTINGS)?)

@@ -167,6 +167,8 @@ impl EbpfCapture {
         }
         // The programs' log ring: adopted programs keep writing into it after a restart.
         loader.map_pin_path(map_names::AYA_LOGS, pins.map(map_names::AYA_LOGS));
+        // Pinned for the same reason: adopted programs keep sending into it.
+        loader.map_pin_path(map_names::TCP_EVENTS, pins.map(map_names::TCP_EVENTS));
         let mut ebpf = loader.load(object).map_err(|source| Error::Object {
             pin_dir: pins.root().to_owned(),
             error: Box::new(source),
@@ -403,6 +405,11 @@ impl EbpfCapture {
             return Ok(None);
         }
         maps::splice_map_fds(&self.ebpf).map(Some)
+    }
+
+    /// A descriptor of `TCP_EVENTS`, for the proxy's kernel TCP telemetry.
+    pub fn tcp_events(&self) -> Result<std::os::fd::OwnedFd, Error> {
+        maps::tcp_events_fd(&self.ebpf)
     }
 
     /// Netns cookies that have state (MESHED_NETNS entry or pinned sk_lookup link), so the

@@ -50,6 +50,14 @@ const REQUIREMENTS: &[Requirement] = &[
         shortcut_only: false,
     },
     Requirement {
+        // Never missing where the netns cookie is there (5.15): no perf-buffer fallback.
+        name: "BPF ring buffers in sock_ops",
+        since: "5.8",
+        check: Check::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_ringbuf_output),
+        missing_disables: "the sock_ops program, which sends kernel TCP telemetry through one",
+        shortcut_only: false,
+    },
+    Requirement {
         name: "cgroup/getsockopt programs",
         since: "5.3",
         check: Check::Program(ProgramType::CgroupSockopt),
