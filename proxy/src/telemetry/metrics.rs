@@ -20,9 +20,9 @@ use super::security::{PeerSecurity, SecurityPolicy, principal_label};
 use crate::response_flag::ResponseFlags;
 use shunt_mesh::model::{Service, Workload};
 
-/// What `GET /metrics` answers with: the OpenMetrics text format that `prometheus-client`
-/// writes, which Prometheus asks for first in its `Accept` header.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]: the OpenMetrics text format that
+/// `prometheus-client` writes ([`Metrics::encode_as`] serves the classic text too).
+pub const CONTENT_TYPE: &str = super::exposition::Format::OpenMetrics.content_type();
 
 pub use super::UNKNOWN;
 
@@ -391,6 +391,8 @@ pub struct Metrics {
     limit_rejections: Family<LimitLabels, Counter>,
     /// `shunt_listener_connections_refused_total{listener}`.
     connections_refused: Family<ListenerLabels, Counter>,
+    /// Every listener's connections, reported against their limit at scrape time.
+    pub listeners: Arc<super::saturation::Listeners>,
 }
 
 /// One workload identity.
@@ -548,8 +550,13 @@ impl Metrics {
              --max-connections-per-listener already",
             connections_refused.clone(),
         );
+        let listeners = Arc::new(super::saturation::Listeners::default());
+        registry.register_collector(Box::new(super::saturation::Saturation::new(
+            listeners.clone(),
+        )));
         Self {
             registry,
+            listeners,
             limit_rejections,
             connections_refused,
             opened,
@@ -638,6 +645,15 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// The whole registry in `format`.
+    pub fn encode_as(&self, format: super::exposition::Format) -> Result<String, Error> {
+        let text = self.encode()?;
+        Ok(match format {
+            super::exposition::Format::OpenMetrics => text,
+            super::exposition::Format::Classic => super::exposition::classic(&text),
+        })
     }
 }
 

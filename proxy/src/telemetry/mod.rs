@@ -2,9 +2,11 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod exposition;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;
+pub mod saturation;
 pub mod security;
 pub mod server;
 
