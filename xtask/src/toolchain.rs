@@ -26,6 +26,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// L4 forwarder (`cargo xtask bench`, scenario S4); curl and openssl as real clients (and
 /// openssl's TLS server) in the L7 end-to-end tests (`tests/tests/l7.rs`); tcpdump for the
 /// multi-node tests' capture of the underlay between nodes (`tests/src/cluster.rs`);
+/// prometheus for `promtool check metrics` on a scrape (the proxy's unit tests) and the real
+/// Prometheus that `tests/tests/prometheus.rs` runs the Istio dashboard queries against;
 /// qemu-system-x86 and busybox-static for the kernel matrix's guests (`cargo xtask
 /// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe);
 /// python3-venv for the virtualenv that holds kubernetes-validate (the manifests' schema
@@ -44,6 +46,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "tcpdump",
+    "prometheus",
     "qemu-system-x86",
     "busybox-static",
     "python3-venv",

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -635,7 +634,10 @@ impl PodRegistry {
         let proxy = self.proxy.clone();
         let context = context.clone();
         let stop = stop.unwrap_or_default();
-        let held = Arc::new(ConnectionCount::default());
+        let held = proxy
+            .metrics
+            .listeners
+            .track(name, proxy.http_limits.max_connections_per_listener);
         context.pod.drain.clone().spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -646,9 +648,7 @@ impl PodRegistry {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let Some(slot) =
-                            held.take(proxy.http_limits.max_connections_per_listener)
-                        else {
+                        let Some(slot) = held.take() else {
                             proxy.metrics.connection_refused(name);
                             tracing::debug!(pod = %context.pod.uid, listener = name, client = %peer, "listener at its connection limit; closed a new connection");
                             drop(stream);
@@ -672,31 +672,6 @@ impl PodRegistry {
                 }
             }
         })
-    }
-}
-
-/// The connections one listener holds.
-#[derive(Debug, Default)]
-struct ConnectionCount(AtomicUsize);
-
-/// One of a listener's connections, held until dropped.
-struct ConnectionSlot(Arc<ConnectionCount>);
-
-impl ConnectionCount {
-    /// A slot for one more connection, unless `max` are held.
-    fn take(self: &Arc<Self>, max: Option<usize>) -> Option<ConnectionSlot> {
-        let held = self.0.fetch_add(1, Ordering::AcqRel);
-        if max.is_some_and(|max| held >= max) {
-            self.0.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(self.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -746,23 +746,6 @@ async fn removing_the_destination_pod_ends_its_same_node_connections() {
     registry.shutdown().await;
 }
 
-#[test]
-fn a_listener_holds_at_most_its_connection_limit() {
-    let count = Arc::new(super::ConnectionCount::default());
-    let first = count.take(Some(2)).expect("room for the first");
-    let second = count.take(Some(2)).expect("room for the second");
-    assert!(count.take(Some(2)).is_none(), "the third is over the limit");
-    drop(first);
-    let third = count
-        .take(Some(2))
-        .expect("a closed connection frees its slot");
-    assert!(count.take(Some(2)).is_none());
-    let unlimited: Vec<_> = (0..10).map(|_| count.take(None)).collect();
-    assert!(unlimited.iter().all(Option::is_some));
-    drop((second, third, unlimited));
-    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 0);
-}
-
 /// A proxy rollout, in one process: the second registry takes the first one's listeners (as
 /// the agent hands them over), the first stops, and the same addresses go on being served.
 #[tokio::test]

@@ -20,9 +20,9 @@ use super::security::{PeerSecurity, SecurityPolicy, principal_label};
 use crate::response_flag::ResponseFlags;
 use shunt_mesh::model::{Service, Workload};
 
-/// What `GET /metrics` answers with: the OpenMetrics text format that `prometheus-client`
-/// writes, which Prometheus asks for first in its `Accept` header.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]: the OpenMetrics text format that
+/// `prometheus-client` writes ([`Metrics::encode_as`] serves the classic text too).
+pub const CONTENT_TYPE: &str = super::exposition::Format::OpenMetrics.content_type();
 
 pub use super::UNKNOWN;
 
@@ -396,6 +396,8 @@ pub struct Metrics {
     connections_refused: Family<ListenerLabels, Counter>,
     /// Span export: dropped, exported, failed ([`super::export`]).
     pub trace: std::sync::Arc<super::export::TraceMetrics>,
+    /// Every listener's connections, reported against their limit at scrape time.
+    pub listeners: Arc<super::saturation::Listeners>,
 }
 
 /// One workload identity.
@@ -555,8 +557,13 @@ impl Metrics {
              --max-connections-per-listener already",
             connections_refused.clone(),
         );
+        let listeners = Arc::new(super::saturation::Listeners::default());
+        registry.register_collector(Box::new(super::saturation::Saturation::new(
+            listeners.clone(),
+        )));
         Self {
             registry,
+            listeners,
             limit_rejections,
             connections_refused,
             opened,
@@ -647,6 +654,15 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// The whole registry in `format`.
+    pub fn encode_as(&self, format: super::exposition::Format) -> Result<String, Error> {
+        let text = self.encode()?;
+        Ok(match format {
+            super::exposition::Format::OpenMetrics => text,
+            super::exposition::Format::Classic => super::exposition::classic(&text),
+        })
     }
 }
 

@@ -4,9 +4,11 @@
 
 pub mod access_log;
 pub mod export;
+pub mod exposition;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;
+pub mod saturation;
 pub mod security;
 pub mod server;
 pub mod trace;
