@@ -11,8 +11,8 @@ pub mod peer;
 pub mod saturation;
 pub mod security;
 pub mod server;
-pub mod trace;
 pub mod tcp;
+pub mod trace;
 
 use serde::Serialize;
 
