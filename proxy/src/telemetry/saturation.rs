@@ -343,13 +343,16 @@ mod tests {
     #[test]
     fn this_process_is_measured() {
         let before = ProcessStats::read().unwrap();
+        // Other tests of this binary open and close files meanwhile, so only a floor is
+        // certain: the five files held open here.
         let extra: Vec<_> = (0..5)
             .map(|_| std::fs::File::open("/proc/self/status").unwrap())
             .collect();
         let after = ProcessStats::read().unwrap();
+        assert!(after.open_fds >= 5, "{after:?}");
         assert!(
-            after.open_fds >= before.open_fds + 5,
-            "{before:?} {after:?}"
+            after.max_fds.is_some_and(|max| max >= after.open_fds),
+            "{after:?}"
         );
         drop(extra);
         assert!(after.resident_memory_bytes > 1024 * 1024, "{after:?}");
