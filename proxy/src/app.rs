@@ -160,6 +160,7 @@ impl App {
                  accepts nor sends mTLS (HBONE); traffic between nodes is plaintext"
             );
         }
+        proxy.spans = Some(span_queue(&state, metrics.trace.clone()));
         let proxy = Arc::new(proxy);
         Self::start_with(config, factory, proxy).await
     }
@@ -260,6 +261,21 @@ pub async fn run(config: Config, factory: Arc<dyn SocketFactory>) -> Result<(), 
     tracing::info!(signal = received, drain_timeout = ?config.drain_timeout, "shutting down");
     app.shutdown().await;
     Ok(())
+}
+
+/// The span exporter: it reads the mesh's tracing providers and the index to find their
+/// collectors in at each batch, so a MeshConfig change applies without a restart.
+fn span_queue(
+    state: &Arc<StateStore>,
+    metrics: Arc<crate::telemetry::export::TraceMetrics>,
+) -> crate::telemetry::export::SpanQueue {
+    use shunt_mesh::routing::RouteSource as _;
+    let state = state.clone();
+    crate::telemetry::export::SpanQueue::spawn(
+        crate::telemetry::export::QUEUE_CAPACITY,
+        Arc::new(move || (state.routes().mesh().tracing.clone(), state.load())),
+        metrics,
+    )
 }
 
 #[cfg(test)]

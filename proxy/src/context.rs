@@ -57,6 +57,9 @@ pub struct ProxyContext {
     pub gateway_tls: Arc<GatewayTls>,
     /// What every HTTP listener (mesh and gateway) enforces on its clients.
     pub http_limits: HttpLimits,
+    /// Finished spans on their way to the tracing providers; `None` (no spans reported,
+    /// headers still propagated) until the binary starts the exporter.
+    pub spans: Option<crate::telemetry::export::SpanQueue>,
 }
 
 impl ProxyContext {
@@ -98,6 +101,7 @@ impl ProxyContext {
             state,
             gateway_tls,
             http_limits,
+            spans: None,
         }
     }
 

@@ -119,6 +119,7 @@ impl TestProxy {
             ))),
             gateway_tls,
             http_limits: crate::context::HttpLimits::default(),
+            spans: None,
         });
         Self {
             proxy,

@@ -30,8 +30,8 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// Prometheus that `tests/tests/prometheus.rs` runs the Istio dashboard queries against;
 /// qemu-system-x86 and busybox-static for the kernel matrix's guests (`cargo xtask
 /// kernel-matrix`: the emulator, and the guest's initramfs, cpio, depmod and modprobe);
-/// python3-venv for the virtualenv that holds kubernetes-validate (the manifests' schema
-/// check, `agent/ctl/tests/deploy.rs`).
+/// python3-venv for the virtualenvs that hold kubernetes-validate (the manifests' schema
+/// check, `agent/ctl/tests/deploy.rs`) and the OTLP gRPC receiver (`tests/tests/tracing.rs`).
 /// containernetworking-plugins (`/usr/lib/cni`: bridge, host-local) as the primary CNI that
 /// `tests/tests/cni.rs` chains shunt-cni after. podman, runc (crun cannot run a container
 /// under hybrid cgroups) and musl-tools (ring's C for the musl target) for the image
@@ -66,6 +66,19 @@ pub fn kubernetes_validate_venv() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubernetes-validate")
 }
 
+/// The OTLP gRPC collector of `tests/tests/tracing.rs` (`tracing/otlp_grpc_receiver.py`) is
+/// made of these (PyPI), pinned.
+const OTLP_RECEIVER: &[&str] = &[
+    "opentelemetry-proto==1.39.1",
+    "grpcio==1.76.0",
+    "protobuf==6.33.6",
+];
+
+/// The virtualenv holding the OTLP receiver's packages; the tracing tests run its python.
+pub fn otlp_receiver_venv() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/otlp-receiver")
+}
+
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
@@ -90,6 +103,7 @@ pub fn setup() -> Result<()> {
     toolchain(EBPF_TOOLCHAIN, &["rust-src"])?;
     bpf_linker()?;
     kubernetes_validate()?;
+    otlp_receiver()?;
     kubectl()?;
     println!("==> setup: done");
     Ok(())
@@ -255,6 +269,45 @@ fn kubernetes_validate() -> Result<()> {
         bail!(
             "kubernetes-validate installed but {} --version fails",
             bin.display()
+        );
+    }
+    Ok(())
+}
+
+fn otlp_receiver() -> Result<()> {
+    let venv = otlp_receiver_venv();
+    let python = venv.join("bin/python");
+    let imports = "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc";
+    if succeeds(Command::new(&python).args(["-c", imports])) {
+        println!(
+            "    OTLP receiver (grpcio, opentelemetry-proto): installed in {}",
+            venv.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "    OTLP receiver: installing {} from PyPI into {}",
+        OTLP_RECEIVER.join(" "),
+        venv.display()
+    );
+    run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+        Privilege::User,
+    )?;
+    run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .args(OTLP_RECEIVER),
+        Privilege::User,
+    )?;
+    if !succeeds(Command::new(&python).args(["-c", imports])) {
+        bail!(
+            "the OTLP receiver's packages installed but {} cannot import grpc and \
+             opentelemetry.proto",
+            python.display()
         );
     }
     Ok(())

@@ -27,11 +27,13 @@ use super::connection::{HttpConnection, SeriesKey, Side};
 use super::limits::InFlight;
 use super::local_reply::{LocalReply, Reply};
 use super::route_policy as policy;
+use super::span::{self, SpanStart};
 use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::telemetry::access_log::{Direction, HttpEntry};
 use crate::telemetry::metrics::{DestinationService, HttpLabels, RequestSample, UNKNOWN};
-use crate::telemetry::peer::Peer;
+use crate::telemetry::peer::{Peer, PeerLabels};
 use crate::telemetry::security::{PeerSecurity, SecurityPolicy, principal_label};
+use crate::telemetry::trace::{RequestFacts, SpanKind, SpanWorkload};
 use crate::upstream::{self, Body, BoxError, Picked};
 use shunt_mesh::model::{Service, Workload};
 use shunt_mesh::routing::Cluster;
@@ -80,6 +82,8 @@ pub(super) struct Exchange {
     pub(super) security: PeerSecurity,
     /// Whether the mesh config has the access log on (`accessLogFile`), as of the request.
     pub(super) access_log: bool,
+    /// The request's tracing span, when tracing is on ([`span::begin`]).
+    pub(super) span: Option<SpanStart>,
 }
 
 impl Exchange {
@@ -148,6 +152,7 @@ impl Exchange {
             upstream_service_time: None,
             security: PeerSecurity::None,
             access_log: true,
+            span: None,
         }
     }
 
@@ -187,17 +192,13 @@ impl Exchange {
             reason = "a duration in milliseconds fits an f64 exactly for any real request"
         )]
         let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
-        connection.record_request(
-            self,
-            status,
-            grpc_status,
-            &RequestSample {
-                duration_ms,
-                request_bytes: self.request_header_bytes
-                    + self.request_body.bytes.load(Ordering::Relaxed),
-                response_bytes: response_header_bytes + response_body_bytes,
-            },
-        );
+        let sample = RequestSample {
+            duration_ms,
+            request_bytes: self.request_header_bytes
+                + self.request_body.bytes.load(Ordering::Relaxed),
+            response_bytes: response_header_bytes + response_body_bytes,
+        };
+        connection.record_request(self, status, grpc_status, &sample);
         // Only the connection that served the request holds it in flight (not a same-node
         // delivery's destination side, recorded below); released once both are recorded.
         let in_flight = self.in_flight.take();
@@ -222,9 +223,12 @@ impl Exchange {
             }
         }
         connection.log_request(self, status, response_body_bytes);
+        connection.report_span(self, status, grpc_status, &sample);
         if let Some(delivered) = self.delivered.take()
             && let Side::Inbound(app) = &delivered.side
         {
+            // The destination side's own span, the child of this one.
+            self.span = self.span.as_ref().map(SpanStart::delivered);
             // As the inbound listener would have seen it: its own cluster, no route, and only
             // the flags of its own leg.
             self.cluster = Some(app.cluster.clone());
@@ -430,6 +434,103 @@ impl HttpConnection {
         if let Err(error) = self.proxy.access_log.record(&entry) {
             tracing::warn!(%error, "access log entry lost");
         }
+    }
+}
+
+impl HttpConnection {
+    /// Reports the request's span, when it has one: this side's workload, the request's
+    /// facts as Istio tags them.
+    fn report_span(
+        &self,
+        exchange: &Exchange,
+        status: u16,
+        grpc_status: Option<u32>,
+        sample: &RequestSample,
+    ) {
+        let Some(start) = &exchange.span else {
+            return;
+        };
+        if !start.context.sampled {
+            return;
+        }
+        let destination = self.destination_workload(exchange);
+        let workload = match start.kind {
+            SpanKind::Client => self.source.as_ref(),
+            SpanKind::Server => destination.as_ref(),
+        };
+        let peers = &self.proxy.metrics.peers;
+        let labels = peers.get(workload);
+        let known = PeerLabels::or_unknown(labels.as_deref());
+        let span_workload = SpanWorkload {
+            app: Some(known.app()).filter(|app| *app != UNKNOWN),
+            workload_name: known.workload(),
+            namespace: known.namespace(),
+            canonical_service: known.canonical_service(),
+            canonical_revision: known.canonical_revision(),
+        };
+        let node_id = workload.map_or_else(
+            || UNKNOWN.to_owned(),
+            |w| {
+                let ip = w.ip.map_or_else(|| UNKNOWN.to_owned(), |ip| ip.to_string());
+                format!(
+                    "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
+                    w.name, w.namespace, w.namespace
+                )
+            },
+        );
+        let cluster = exchange.cluster.as_deref();
+        let authority = exchange
+            .authority
+            .clone()
+            .unwrap_or_else(|| self.orig_dst.to_string());
+        // The route's host: the Service (or ServiceEntry host), else what the client asked.
+        let host = cluster
+            .and_then(|c| c.service.as_ref().map(|s| s.hostname()))
+            .or_else(|| {
+                cluster
+                    .map(|c| c.key.host.0.to_string())
+                    .filter(|host| !host.is_empty())
+            })
+            .or_else(|| exchange.target_service.as_ref().map(|s| s.hostname()))
+            .unwrap_or_else(|| {
+                authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(host, _)| host)
+                    .to_owned()
+            });
+        let upstream_cluster = cluster.map_or_else(
+            || UNKNOWN.to_owned(),
+            |c| upstream::ClusterName(&c.key).to_string(),
+        );
+        let flags = exchange.flags.to_string();
+        let url = format!("http://{authority}{}", exchange.path);
+        let routes = self.proxy.routes.routes();
+        let facts = RequestFacts {
+            host: &host,
+            port: self.orig_dst.port(),
+            url: &url,
+            method: exchange.method.as_ref().map_or(UNPARSED, Method::as_str),
+            protocol: exchange.protocol,
+            status,
+            grpc_status,
+            upstream_cluster: &upstream_cluster,
+            upstream_address: exchange.upstream.as_ref().map(|p| p.addr.socket_addr()),
+            response_flags: &flags,
+            request_size: sample.request_bytes,
+            response_size: sample.response_bytes,
+            peer_address: Some(self.client.0),
+            request_id: &exchange.request_id,
+            node_id: &node_id,
+            mesh_id: &routes.mesh().trust_domain,
+            cluster_id: peers.cluster_id(),
+        };
+        span::report(
+            self,
+            start,
+            &span_workload,
+            &facts,
+            (exchange.start_time, exchange.started.elapsed()),
+        );
     }
 }
 

@@ -5,7 +5,8 @@
 //! `server` (serve loop) → `filters` (request phases, in Envoy's order) → `forward`
 //! (attempts, retries, mirrors, inbound delivery) → `security` (the inbound `authn` and
 //! `authz` phases) → `exchange` (one request's facts, labels,
-//! log line, body wrappers) → `connection` (the connection and what its requests share) and
+//! log line, body wrappers) → `span` (its tracing span: begun, propagated, reported) →
+//! `connection` (the connection and what its requests share) and
 //! `local_reply` (answers the proxy makes itself) → `headers`, `forwarded` (the client
 //! address behind `X-Forwarded-For`), `limits` (the listener's
 //! limits: head scanning, request checks, what a connection's requests share), `replay`,
@@ -24,3 +25,4 @@ pub mod replay;
 pub mod route_policy;
 pub mod security;
 pub mod server;
+pub mod span;

@@ -186,7 +186,10 @@ async fn handle(
         .then(|| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let request_id = headers::ensure_request_id(&mut parts.headers);
+    // Before anything reads the headers on: the next hop gets this side's span as parent.
+    let span = super::span::begin(&connection, &mut parts.headers);
     let (mut exchange, body) = Exchange::new(connection.clone(), &parts, request_id, incoming);
+    exchange.span = span;
     exchange.hold_in_flight(in_flight);
     let limits = &connection.proxy.http_limits;
     if let Some(refusal) = limits::check_request(limits, &parts) {

@@ -1,7 +1,9 @@
 //! Span export, off the request path: requests hand finished spans to a bounded queue
 //! ([`SpanQueue::push`] never waits: a full queue drops the span and counts it), and one task
-//! drains it in batches to the mesh's tracing providers (Zipkin v2 JSON, `POST
-//! /api/v2/spans`). A slow or dead collector only fills the queue.
+//! drains it in batches to the mesh's tracing providers: Zipkin v2 JSON (`POST
+//! /api/v2/spans`), OTLP HTTP/protobuf (`POST /v1/traces`) and OTLP gRPC
+//! (`TraceService/Export`, one unary call per batch over HTTP/2). A slow or dead collector
+//! only fills the queue.
 //!
 //! The collector is a Service host of the mesh, dialled at a ready pod behind it (the same
 //! lookup as ext_authz providers) from the proxy's own netns, marked
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use shunt_mesh::index::MeshIndex;
@@ -23,6 +25,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::trace::{Span, zipkin_json};
+use super::trace_otlp::{export_request, grpc_frame};
+
+/// The gRPC method OTLP collectors serve on 4317.
+pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Spans waiting for export at most; past it they are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -69,10 +75,16 @@ pub enum Error {
         status: http::StatusCode,
     },
     #[error(
-        "tracing provider {provider}: OTLP export is not available in this build of the \
-         proxy; use a zipkin provider (OpenTelemetry collectors accept Zipkin on 9411)"
+        "tracing provider {provider}: the OTLP gRPC collector at {addr} answered grpc-status \
+         {code:?} (check that it serves TraceService on this port, and its headers' \
+         credentials)"
     )]
-    Unsupported { provider: String },
+    GrpcStatus {
+        provider: String,
+        addr: SocketAddr,
+        /// `None`: the answer carried no `grpc-status` at all.
+        code: Option<u32>,
+    },
 }
 
 /// `shunt_tracing_spans_dropped_total`, `shunt_tracing_spans_exported_total`,
@@ -187,14 +199,24 @@ async fn export(
     index: &MeshIndex,
     batch: &[Span],
 ) -> Result<(), Error> {
-    if provider.protocol != TraceProtocol::Zipkin {
-        return Err(Error::Unsupported {
-            provider: provider.name.clone(),
-        });
-    }
+    use prost::Message as _;
     let addr = collector_addr(provider, index)?;
-    let body = zipkin_json(batch);
-    tokio::time::timeout(provider.timeout, post(provider, addr, body))
+    let sent = async {
+        match provider.protocol {
+            TraceProtocol::Zipkin => {
+                post(provider, addr, "application/json", zipkin_json(batch)).await
+            }
+            TraceProtocol::OtlpHttp => {
+                let body = export_request(batch).encode_to_vec();
+                post(provider, addr, "application/x-protobuf", body).await
+            }
+            TraceProtocol::OtlpGrpc => {
+                let body = export_request(batch).encode_to_vec();
+                grpc_export(provider, addr, grpc_frame(&body)).await
+            }
+        }
+    };
+    tokio::time::timeout(provider.timeout, sent)
         .await
         .map_err(|_| Error::Timeout {
             provider: provider.name.clone(),
@@ -238,7 +260,12 @@ async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
-async fn post(provider: &TracingProvider, addr: SocketAddr, body: Vec<u8>) -> Result<(), Error> {
+async fn post(
+    provider: &TracingProvider,
+    addr: SocketAddr,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Result<(), Error> {
     let stream = dial(addr).await.map_err(|source| Error::Connect {
         provider: provider.name.clone(),
         addr,
@@ -258,7 +285,7 @@ async fn post(provider: &TracingProvider, addr: SocketAddr, body: Vec<u8>) -> Re
             http::header::HOST,
             format!("{}:{}", provider.service, provider.port),
         )
-        .header(http::header::CONTENT_TYPE, "application/json");
+        .header(http::header::CONTENT_TYPE, content_type);
     for (name, value) in &provider.headers {
         request = request.header(name.as_str(), value.as_str());
     }
@@ -283,6 +310,72 @@ async fn post(provider: &TracingProvider, addr: SocketAddr, body: Vec<u8>) -> Re
             status,
         })
     }
+}
+
+/// One OTLP `TraceService/Export` call: `frame` (the request, gRPC-framed) over HTTP/2, the
+/// provider's headers as metadata; OK only on `grpc-status: 0`.
+async fn grpc_export(
+    provider: &TracingProvider,
+    addr: SocketAddr,
+    frame: Vec<u8>,
+) -> Result<(), Error> {
+    let stream = dial(addr).await.map_err(|source| Error::Connect {
+        provider: provider.name.clone(),
+        addr,
+        source,
+    })?;
+    let http_error = |source| Error::Http {
+        provider: provider.name.clone(),
+        addr,
+        source,
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(http_error)?;
+    let driver = tokio::spawn(connection);
+    let mut request = http::Request::post(format!(
+        "http://{}:{}{GRPC_EXPORT_PATH}",
+        provider.service, provider.port
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers");
+    for (name, value) in &provider.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(frame)))
+        .map_err(|_| Error::Status {
+            provider: provider.name.clone(),
+            addr,
+            status: http::StatusCode::BAD_REQUEST,
+        })?;
+    let response = sender.send_request(request).await.map_err(http_error)?;
+    let status = response.status();
+    // A trailers-only answer (an error at once) has grpc-status in its headers.
+    let in_headers = grpc_status(response.headers());
+    let collected = response.into_body().collect().await.map_err(http_error)?;
+    let code = collected.trailers().and_then(grpc_status).or(in_headers);
+    driver.abort();
+    if !status.is_success() {
+        return Err(Error::Status {
+            provider: provider.name.clone(),
+            addr,
+            status,
+        });
+    }
+    match code {
+        Some(0) => Ok(()),
+        code => Err(Error::GrpcStatus {
+            provider: provider.name.clone(),
+            addr,
+            code,
+        }),
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 #[cfg(test)]

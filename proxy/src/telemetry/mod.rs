@@ -13,6 +13,7 @@ pub mod security;
 pub mod server;
 pub mod tcp;
 pub mod trace;
+pub mod trace_otlp;
 
 use serde::Serialize;
 

@@ -136,6 +136,15 @@ impl Sampler {
         Some(Self { per_million })
     }
 
+    /// `per_million` millionths of the undecided requests (MeshConfig's sampling as
+    /// `TracingSettings` carries it), at most all of them.
+    #[must_use]
+    pub fn from_per_million(per_million: u32) -> Self {
+        Self {
+            per_million: per_million.min(1_000_000),
+        }
+    }
+
     /// Whether a request whose uniform random `roll` this is gets traced.
     #[must_use]
     pub fn sample(self, roll: u32) -> bool {
