@@ -168,7 +168,13 @@ impl GrpcReceiver {
             .unwrap_or_else(|e| {
                 panic!("{python} {script}: {e} (`cargo xtask setup` installs its venv)")
             });
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut lines = BufReader::new(
+            child
+                .stdout
+                .take()
+                .unwrap_or_else(|| panic!("piped stdout")),
+        )
+        .lines();
         let first = lines
             .next()
             .and_then(Result::ok)
@@ -219,7 +225,7 @@ fn zipkin_spans(receiver: &Receiver) -> Vec<Value> {
         let batch: Value = serde_json::from_slice(&body).or_panic("Zipkin body is JSON");
         let batch = batch
             .as_array()
-            .expect("a Zipkin v2 body is a list of spans");
+            .unwrap_or_else(|| panic!("a Zipkin v2 body is a list of spans"));
         for span in batch {
             check_zipkin_v2(span);
             spans.push(span.clone());
@@ -344,7 +350,7 @@ fn otlp_spans(receiver: &Receiver) -> Vec<(String, String, String, i32, String)>
                     ) => Some(s.clone()),
                     _ => None,
                 })
-                .expect("every OTLP resource names its service.name");
+                .unwrap_or_else(|| panic!("every OTLP resource names its service.name"));
             for scope in resource.scope_spans {
                 for span in scope.spans {
                     assert_eq!(span.trace_id.len(), 16, "OTLP trace ids are 16 bytes");
@@ -626,7 +632,10 @@ fn spans_reach_zipkin_and_otlp_and_continue_incoming_contexts() {
             // OTLP SpanKind: SERVER 2, CLIENT 3.
             let kinds: BTreeSet<i32> = of_trace.iter().map(|s| s.3).collect();
             assert_eq!(kinds, BTreeSet::from([2, 3]));
-            let server = of_trace.iter().find(|s| s.3 == 2).expect("server");
+            let server = of_trace
+                .iter()
+                .find(|s| s.3 == 2)
+                .unwrap_or_else(|| panic!("server"));
             assert_eq!(Some(server.2.as_str()), client["id"].as_str());
             break;
         }
@@ -648,7 +657,10 @@ fn spans_reach_zipkin_and_otlp_and_continue_incoming_contexts() {
             assert_eq!(server["parent_span_id"], client["id"], "{server}");
             assert_eq!(server["service"], "backend.mesh", "{server}");
             assert_eq!(server["attributes"]["http.status_code"], "200", "{server}");
-            let client_span = of_trace.iter().find(|s| s["kind"] == 3).expect("CLIENT");
+            let client_span = of_trace
+                .iter()
+                .find(|s| s["kind"] == 3)
+                .unwrap_or_else(|| panic!("CLIENT"));
             assert_eq!(client_span["name"], name.as_str(), "{client_span}");
             break;
         }
