@@ -142,7 +142,7 @@ istio_struct! {
     pub struct TagOverride {
         /// `operation`: `UPSERT` (absent) or `REMOVE`.
         pub operation: Option<String>,
-        /// `value`: a CEL expression in Istio; shunt takes it as a literal unless quoted CEL.
+        /// `value`: a CEL expression in Istio; shunt carries it as written (not evaluated yet).
         pub value: Option<String>,
     }
 }

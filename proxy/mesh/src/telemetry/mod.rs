@@ -227,7 +227,7 @@ pub struct TracingSettings {
 pub struct MetricSettings {
     /// Not recorded at all.
     pub disabled: bool,
-    /// Tags to add or replace, with their value.
+    /// Tags to add or replace, with their `value` as written (Istio's CEL, not evaluated yet).
     pub upsert: BTreeMap<String, String>,
     /// Tags to drop.
     pub remove: BTreeSet<String>,
