@@ -20,6 +20,7 @@ pub mod routing;
 pub mod security;
 pub mod settings;
 pub mod spiffe;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace_config;

@@ -32,6 +32,7 @@ mod object;
 mod request_authn;
 mod security;
 mod shunt;
+mod telemetry;
 
 pub use authz::*;
 pub use decimal::Decimal;
@@ -42,6 +43,7 @@ pub use networking::*;
 pub use request_authn::*;
 pub use security::*;
 pub use shunt::*;
+pub use telemetry::*;
 
 pub use object::{DEFAULT_NAMESPACE, Metadata, Resource};
 
@@ -59,6 +61,12 @@ pub type RateLimitPolicy = Resource<RateLimitPolicySpec>;
 pub type PeerAuthentication = Resource<PeerAuthenticationSpec>;
 /// `security.istio.io` `RequestAuthentication`.
 pub type RequestAuthentication = Resource<RequestAuthenticationSpec>;
+
+/// `telemetry.istio.io` `Telemetry`.
+pub type Telemetry = Resource<TelemetrySpec>;
+
+/// The API versions of `telemetry.istio.io` shunt reads; both share one schema.
+pub const TELEMETRY_VERSIONS: [&str; 2] = ["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"];
 
 /// The API versions of `networking.istio.io` shunt reads; all three share one schema.
 pub const NETWORKING_VERSIONS: [&str; 3] = [
