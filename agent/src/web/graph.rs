@@ -272,10 +272,10 @@ pub fn compute(first: &Scrape, last: &Scrape) -> Graph {
     let before: BTreeMap<Key, f64> = first.samples.iter().map(|s| (key(s), s.value)).collect();
     let mut has_dest_report = std::collections::BTreeSet::new();
     for s in &last.samples {
-        if label(s, "reporter") == "destination" {
-            if let Some(e) = edge_of(s) {
-                has_dest_report.insert(e);
-            }
+        if label(s, "reporter") == "destination"
+            && let Some(e) = edge_of(s)
+        {
+            has_dest_report.insert(e);
         }
     }
     let mut accs: BTreeMap<(Node, Node), Acc> = BTreeMap::new();
