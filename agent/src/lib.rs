@@ -19,3 +19,4 @@ pub mod pod_marks;
 pub mod pods;
 pub mod proxy_cgroup;
 pub mod source;
+pub mod web;
