@@ -129,13 +129,13 @@ impl FlowRing {
     /// event after it as it comes, until the client goes or `shutdown` fires.
     #[must_use]
     pub fn stream(self: &Arc<Self>, query: Query, shutdown: CancellationToken) -> FlowBody {
-        let backlog = self.read(None, query.last);
+        let backlog = self.read(query.after, query.last);
         if !query.follow {
             return FlowBody::Done(Some(ndjson(&backlog)));
         }
         let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
         let ring = Arc::clone(self);
-        let mut after = backlog.last().map(|f| f.seq);
+        let mut after = backlog.last().map(|f| f.seq).or(query.after);
         if after.is_none() {
             // Nothing shown yet: follow from what is pushed after now.
             after = ring.lock().next_seq.checked_sub(1);
@@ -173,12 +173,14 @@ impl FlowRing {
 pub struct Query {
     /// Only the newest N of the ring (all when `None`).
     pub last: Option<usize>,
+    /// Only events after this `seq` (a follower resuming where a read ended).
+    pub after: Option<u64>,
     /// Keep the response open and stream new events.
     pub follow: bool,
 }
 
 impl Query {
-    /// Parses `last=N&follow=1` (any order; unknown parameters are refused, so a typo is not
+    /// Parses `last=N&after=SEQ&follow=1` (any order; unknown parameters are refused, so a typo is not
     /// silently ignored).
     pub fn parse(query: Option<&str>) -> Result<Self, Error> {
         let mut parsed = Self::default();
@@ -201,6 +203,13 @@ impl Query {
                             .map_err(|_| invalid("a count of events, 0 or more"))?,
                     );
                 }
+                "after" => {
+                    parsed.after = Some(
+                        value
+                            .parse()
+                            .map_err(|_| invalid("an event's seq number"))?,
+                    );
+                }
                 "follow" => {
                     parsed.follow = match value {
                         "" | "1" | "true" => true,
@@ -208,7 +217,7 @@ impl Query {
                         _ => return Err(invalid("1, true, 0 or false")),
                     };
                 }
-                _ => return Err(invalid("the parameters are last and follow")),
+                _ => return Err(invalid("the parameters are last, after and follow")),
             }
         }
         Ok(parsed)
@@ -587,7 +596,7 @@ mod tests {
                 Some("last=5"),
                 Ok(Query {
                     last: Some(5),
-                    follow: false,
+                    ..Query::default()
                 }),
             ),
             (
@@ -595,15 +604,18 @@ mod tests {
                 Ok(Query {
                     last: Some(0),
                     follow: true,
+                    ..Query::default()
                 }),
             ),
             (
-                Some("follow"),
+                Some("follow&after=41"),
                 Ok(Query {
-                    last: None,
+                    after: Some(41),
                     follow: true,
+                    ..Query::default()
                 }),
             ),
+            (Some("after=x"), Err("after=\"x\"")),
             (Some("last=-1"), Err("last=\"-1\"")),
             (Some("follow=yes"), Err("follow=\"yes\"")),
             (Some("lsat=3"), Err("lsat=\"3\"")),
@@ -628,6 +640,7 @@ mod tests {
             Query {
                 last: Some(1),
                 follow: true,
+                ..Query::default()
             },
             shutdown.clone(),
         );
@@ -643,6 +656,23 @@ mod tests {
         assert_eq!(next_line().await.seq, 2);
         shutdown.cancel();
         assert!(body.frame().await.is_none(), "the stream ends at shutdown");
+
+        // A follower resuming after seq 1 gets 2, then what comes next.
+        let mut resumed = ring.stream(
+            Query {
+                after: Some(1),
+                follow: true,
+                ..Query::default()
+            },
+            CancellationToken::new(),
+        );
+        let mut next_line = async || {
+            let data = resumed.frame().await.unwrap().unwrap().into_data().unwrap();
+            serde_json::from_slice::<Flow>(data.strip_suffix(b"\n").unwrap()).unwrap()
+        };
+        assert_eq!(next_line().await.seq, 2);
+        ring.push(tcp_open(&ends()));
+        assert_eq!(next_line().await.seq, 3);
 
         let once = ring.stream(Query::default(), CancellationToken::new());
         let text = once.collect().await.unwrap().to_bytes();
