@@ -149,10 +149,7 @@ impl Scrape {
 
 /// `name{labels} value` (a timestamp after the value is ignored).
 fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    let (name, rest) = match line.find(['{', ' ']) {
-        Some(i) => line.split_at(i),
-        None => return None,
-    };
+    let (name, rest) = line.split_at(line.find(['{', ' '])?);
     let mut labels = BTreeMap::new();
     let rest = if let Some(mut rest) = rest.strip_prefix('{') {
         loop {

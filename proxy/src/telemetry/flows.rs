@@ -680,7 +680,7 @@ mod tests {
             text.split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
                 .count(),
-            3
+            4
         );
     }
 }
