@@ -72,6 +72,8 @@ pub struct Config {
     /// Whether a connection to a pod this proxy serves is delivered from that pod's netns
     /// (one proxy pass) rather than through its inbound listener.
     pub same_node_shortcut: bool,
+    /// Events the flow ring keeps (0: none).
+    pub flows_capacity: usize,
     /// Where workload certificates come from; `None`: no identities, no mTLS.
     pub ca: Option<CaConfig>,
     /// Istio's `CLUSTER_ID`.
@@ -136,6 +138,7 @@ impl App {
     ) -> Result<Self, Error> {
         let state = Arc::new(StateStore::new());
         let metrics = Arc::new(Metrics::with_cluster_id(&config.cluster_id));
+        metrics.flows.set_capacity(config.flows_capacity);
         // Outbound HTTP/TCP/TLS is routed by the Istio config in the state the agent sends.
         let routes: Arc<dyn shunt_mesh::routing::RouteSource> = state.clone();
         let mut proxy = ProxyContext::new(
@@ -303,6 +306,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             protocol_detection_timeout: Duration::from_millis(100),
             same_node_shortcut: true,
+            flows_capacity: crate::telemetry::flows::DEFAULT_CAPACITY,
             ca: None,
             cluster_id: "Kubernetes".into(),
             http_limits: HttpLimits::default(),

@@ -50,6 +50,10 @@ struct Cli {
     /// way.
     #[arg(long)]
     no_same_node_shortcut: bool,
+    /// Connection and request events the flow ring keeps for `shuntctl flows` (GET /flows);
+    /// 0 keeps none and builds none.
+    #[arg(long, value_name = "N", default_value_t = shunt_proxy::telemetry::flows::DEFAULT_CAPACITY)]
+    flows_capacity: usize,
     /// Worker threads that carry traffic (Envoy's `--concurrency`). Default: one per CPU this
     /// process may run on. With one, the proxy runs a single-threaded scheduler, which skips
     /// the cross-thread bookkeeping of work stealing.
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> ExitCode {
         connect_timeout: cli.connect_timeout,
         protocol_detection_timeout: cli.protocol_detection_timeout,
         same_node_shortcut: !cli.no_same_node_shortcut,
+        flows_capacity: cli.flows_capacity,
         ca: cli.ca_address.map(|address| app::CaConfig {
             address,
             root_cert: cli.ca_root_cert,

@@ -4,6 +4,7 @@
 //! - [`admin`], [`capture`], [`config`], [`clusters`]: the admin API's JSON types, and its
 //!   client (`admin_client`, feature `client`);
 //! - [`certs`]: what the proxy reports of its workload certificates (`/debug/certs`);
+//! - [`flows`]: the proxy's flow events (`/flows`), which `shuntctl flows` reads;
 //! - [`k8s`]: the Kubernetes objects a config source reads;
 //! - [`cni`]: the `shunt-cni` plugin ↔ agent protocol (`cni.sock`);
 //! - [`mounts`]: /proc/mounts parsed (the agent's bpffs and cgroup2, `shuntctl precheck`);
@@ -20,6 +21,7 @@ pub mod cni;
 pub mod config;
 pub mod control;
 pub mod credentials;
+pub mod flows;
 pub mod k8s;
 pub mod mounts;
 pub mod netns;

@@ -1,11 +1,13 @@
 //! `shuntctl`: the node-level debugging CLI, a client of the agent's admin socket (and, for
-//! `clusters` and `certs`, of the proxy's metrics endpoint); the installer (`install`,
+//! `clusters`, `certs`, `flows` and `top`, of the proxy's metrics endpoint); the installer (`install`,
 //! `profile`), and the node's `precheck`.
 #![deny(unsafe_code)]
 
 mod certs;
 mod clusters;
 mod config;
+mod flows;
+mod flows_filter;
 mod install;
 mod maps;
 mod output;
@@ -16,6 +18,7 @@ mod proxy_client;
 mod routes;
 mod status;
 mod table;
+mod top;
 mod uninstall;
 mod workloads;
 
@@ -27,7 +30,7 @@ use clap::{Parser, Subcommand};
 use shunt_api::admin::ExplainRequest;
 use shunt_api::run_dir::{DEFAULT_INSTANCE, RunDir};
 
-use crate::output::Output;
+use crate::output::OutputFlag;
 use shunt_api::admin_client::AdminClient;
 
 #[derive(Debug, Parser)]
@@ -43,9 +46,9 @@ struct Cli {
     /// The agent's admin socket, instead of the instance's.
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "instance")]
     admin_socket: Option<PathBuf>,
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    /// Output format [default: table; compact for flows].
+    #[arg(short, long, global = true, value_enum)]
+    output: Option<OutputFlag>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +128,14 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15020")]
         proxy_addr: SocketAddr,
     },
+    /// The proxy's connection and request events, as `hubble observe` shows flows: source ->
+    /// destination workloads and services, type, verdict, and a summary (method, path, code,
+    /// latency; or bytes, RTT, retransmits, duration). Read from the proxy's flow ring
+    /// (GET /flows on its metrics endpoint).
+    Flows(flows::FlowsArgs),
+    /// The golden signals per workload, live, from two scrapes of the proxy's /metrics: rps,
+    /// error rps (5xx), p50/p90/p99 latency, TCP bytes per second.
+    Top(top::TopArgs),
     /// Detach and unpin everything of this instance; the agent then exits. With --cluster:
     /// delete what `shuntctl install` created in the cluster instead.
     Uninstall {
@@ -197,6 +208,8 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         output,
         command,
     } = cli;
+    let flag = output;
+    let output = OutputFlag::plain(flag);
     // Built per command, as `clusters` and `certs` talk to the proxy only and need no instance.
     let agent = || admin_client(&instance, admin_socket.as_deref());
     match command {
@@ -231,6 +244,15 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             clusters::run(proxy_addr, pod.as_deref(), output).await
         }
         Command::Certs { proxy_addr } => certs::run(proxy_addr, output).await,
+        Command::Flows(args) => {
+            let format = match flag {
+                None | Some(OutputFlag::Compact) => flows::Format::Compact,
+                Some(OutputFlag::Table) => flows::Format::Table,
+                Some(OutputFlag::Json) => flows::Format::Json,
+            };
+            flows::run(&args, format).await
+        }
+        Command::Top(args) => top::run(&args, output).await,
         Command::Uninstall {
             cluster: true,
             purge,

@@ -9,6 +9,26 @@ pub enum Output {
     Json,
 }
 
+/// `-o` as given: `table` and `json` for every command; `compact` (one line a flow) is
+/// `flows`' own and its default, and the others print their table for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFlag {
+    Table,
+    Json,
+    Compact,
+}
+
+impl OutputFlag {
+    /// What every command but `flows` prints: a table unless `json`.
+    #[must_use]
+    pub fn plain(flag: Option<Self>) -> Output {
+        match flag {
+            Some(Self::Json) => Output::Json,
+            _ => Output::Table,
+        }
+    }
+}
+
 impl Output {
     /// `body` pretty-printed, or decoded as `T` (from `path`, for the error) and rendered.
     pub fn show<T: DeserializeOwned>(

@@ -22,12 +22,12 @@ use crate::response_flag::{ResponseFlag, ResponseFlags};
 use crate::socket;
 use crate::splice::{self, Splicing};
 use crate::tcp_info::{self, TcpFigures};
-use crate::telemetry::Reporter;
 use crate::telemetry::access_log::{self, CloseReason, Entry};
 use crate::telemetry::metrics::{ConnectionMetrics, TcpLabels, UNKNOWN};
 use crate::telemetry::peer::Peer;
 use crate::telemetry::security::{PeerSecurity, SecurityPolicy};
 use crate::telemetry::tcp::{self, FlowLabels, TcpWatch};
+use crate::telemetry::{self, Reporter};
 use crate::upstream::{
     ClusterState, Delivery, DialError, Dialed, Picked, TcpConnection, Transport, Tunnel,
     UpstreamError,
@@ -246,6 +246,10 @@ pub(super) async fn run<S>(
         received: AtomicU64::new(0),
         sent: AtomicU64::new(0),
     };
+    let flows = &proxy.metrics.flows;
+    if flows.is_on() && !matches!(decision, Decision::Refuse { .. }) {
+        flows.push(opened(&accepted));
+    }
 
     let ending = match decision {
         Decision::Refuse { reason, error } => Ending {
@@ -302,6 +306,20 @@ pub(super) async fn run<S>(
         .close(ending.flags);
     if let Some(delivered) = delivered.into_inner() {
         delivered.close(ending.flags);
+    }
+    if flows.is_on() {
+        if let (Some(delivered_entry), Some(delivered)) = (&delivered_entry, &ending.delivered) {
+            flows.push(telemetry::flows::tcp_close(
+                delivered_entry,
+                delivered.peers.source.as_deref(),
+                delivered.peers.destination.as_deref(),
+            ));
+        }
+        flows.push(telemetry::flows::tcp_close(
+            &entry,
+            accepted.peers.source.as_deref(),
+            accepted.peers.destination.as_deref(),
+        ));
     }
     let access_log = proxy.access_log_on();
     if access_log
@@ -775,6 +793,33 @@ fn connect_close_reason(error: &DialError) -> CloseReason {
         DialError::Socket(socket::Error::Unreachable { .. }) => CloseReason::Unreachable,
         _ => CloseReason::Error,
     }
+}
+
+/// The flow ring's `tcp_open` event for `accepted`.
+fn opened(accepted: &Accepted) -> shunt_api::flows::Flow {
+    let source = Peer::new(accepted.peers.source.as_deref());
+    let destination = Peer::new(accepted.peers.destination.as_deref());
+    let dst_addr = accepted
+        .orig_dst
+        .map_or_else(|| UNKNOWN.to_owned(), |d| d.to_string());
+    let dst_service = accepted
+        .peers
+        .service
+        .as_ref()
+        .map_or_else(|| UNKNOWN.to_owned(), |s| s.hostname());
+    telemetry::flows::tcp_open(&telemetry::flows::Ends {
+        reporter: accepted.reporter,
+        pod: &accepted.pod,
+        src_pod: accepted.peers.source.as_deref(),
+        dst_pod: accepted.peers.destination.as_deref(),
+        src_addr: &accepted.client.to_string(),
+        dst_addr: &dst_addr,
+        src_workload: source.workload(),
+        src_namespace: source.namespace(),
+        dst_workload: destination.workload(),
+        dst_namespace: destination.namespace(),
+        dst_service: &dst_service,
+    })
 }
 
 fn entry(accepted: &Accepted, security: &PeerSecurity, ending: &Ending, meter: &Meter) -> Entry {

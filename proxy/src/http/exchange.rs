@@ -359,9 +359,10 @@ impl HttpConnection {
         }
     }
 
-    /// Writes the request's access log line.
+    /// Writes the request's access log line and its flow event.
     fn log_request(&self, exchange: &Exchange, status: u16, response_body_bytes: u64) {
-        if !exchange.access_log {
+        let flows = &self.proxy.metrics.flows;
+        if !exchange.access_log && !flows.is_on() {
             return;
         }
         let destination = self.destination_workload(exchange);
@@ -431,7 +432,17 @@ impl HttpConnection {
             connection_security_policy: SecurityPolicy::of(security, self.reporter()).as_str(),
             peer_security: security.kind(),
         };
-        if let Err(error) = self.proxy.access_log.record(&entry) {
+        if flows.is_on() {
+            flows.push(crate::telemetry::flows::http(
+                &entry,
+                exchange.grpc,
+                self.source.as_deref(),
+                destination.as_deref(),
+            ));
+        }
+        if exchange.access_log
+            && let Err(error) = self.proxy.access_log.record(&entry)
+        {
             tracing::warn!(%error, "access log entry lost");
         }
     }

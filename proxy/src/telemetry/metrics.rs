@@ -398,6 +398,8 @@ pub struct Metrics {
     pub trace: std::sync::Arc<super::export::TraceMetrics>,
     /// Every listener's connections, reported against their limit at scrape time.
     pub listeners: Arc<super::saturation::Listeners>,
+    /// The last connection and request events, for `GET /flows` (`shuntctl flows`).
+    pub flows: Arc<super::flows::FlowRing>,
 }
 
 /// One workload identity.
@@ -584,6 +586,7 @@ impl Metrics {
             peer_authn_refused,
             authz,
             trace,
+            flows: Arc::default(),
         }
     }
 

@@ -1,10 +1,11 @@
-//! What the proxy reports: Prometheus metrics, the metrics endpoint, the access log and
-//! tracing spans.
+//! What the proxy reports: Prometheus metrics, the metrics endpoint, the access log, the
+//! flow ring and tracing spans.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod export;
 pub mod exposition;
+pub mod flows;
 pub mod json_line;
 pub mod metrics;
 pub mod peer;

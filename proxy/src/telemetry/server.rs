@@ -1,6 +1,7 @@
 //! The metrics endpoint: Prometheus text (or OpenMetrics, if `Accept` prefers it) on `GET /metrics` and `GET /stats/prometheus` (the
 //! path Istio's sidecars serve, so existing scrape configs keep working), and the upstream
-//! clusters' runtime state as JSON on `GET /debug/clusters` (pools, ejections; for `shuntctl`).
+//! clusters' runtime state as JSON on `GET /debug/clusters` (pools, ejections; for `shuntctl`),
+//! and the flow ring as NDJSON on `GET /flows?last=N&follow=1` (for `shuntctl flows`).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -8,7 +9,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::exposition::Format;
+use super::flows::Query;
 use super::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +75,12 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let clusters = clusters.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let (metrics, clusters) = (metrics.clone(), clusters.clone());
-                async move { Ok::<_, Infallible>(respond(&metrics, &*clusters, &request)) }
+                let shutdown = shutdown.clone();
+                async move { Ok::<_, Infallible>(respond(&metrics, &*clusters, &request, shutdown)) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -91,22 +96,24 @@ fn respond(
     metrics: &Metrics,
     clusters: &dyn ClustersSource,
     request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
+    shutdown: CancellationToken,
+) -> Response<BoxBody<Bytes, Infallible>> {
     let text = |status: StatusCode, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
         *response.status_mut() = status;
         response
     };
     let path = request.uri().path();
     if !matches!(
         path,
-        "/metrics" | "/stats/prometheus" | "/debug/clusters" | "/debug/certs"
+        "/metrics" | "/stats/prometheus" | "/debug/clusters" | "/debug/certs" | "/flows"
     ) {
         return text(
             StatusCode::NOT_FOUND,
             format!(
                 "no such endpoint {path}; metrics are at /metrics and /stats/prometheus, \
-                 upstream clusters at /debug/clusters, certificates at /debug/certs\n"
+                 upstream clusters at /debug/clusters, certificates at /debug/certs, flows \
+                 at /flows\n"
             ),
         );
     }
@@ -119,6 +126,19 @@ fn respond(
             .headers_mut()
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
         return response;
+    }
+    if path == "/flows" {
+        return match Query::parse(request.uri().query()) {
+            Ok(query) => {
+                let mut response = Response::new(metrics.flows.stream(query, shutdown).boxed());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/x-ndjson"),
+                );
+                response
+            }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        };
     }
     if path == "/debug/clusters" || path == "/debug/certs" {
         let body = if path == "/debug/certs" {
@@ -178,6 +198,21 @@ mod tests {
             None,
             PeerSecurity::None,
         ));
+        metrics.flows.push(crate::telemetry::flows::tcp_open(
+            &crate::telemetry::flows::Ends {
+                reporter: Reporter::Source,
+                pod: "shop/web-1",
+                src_pod: None,
+                dst_pod: None,
+                src_addr: "10.0.0.1:4000",
+                dst_addr: "10.0.0.2:80",
+                src_workload: "web",
+                src_namespace: "shop",
+                dst_workload: "cart",
+                dst_namespace: "shop",
+                dst_service: "cart.shop.svc.cluster.local",
+            },
+        ));
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -228,6 +263,18 @@ mod tests {
                 "200 OK",
                 "{\"shop/web-1\":{}}",
                 Some("application/json"),
+            ),
+            (
+                "GET /flows?last=1 HTTP/1.1",
+                "200 OK",
+                "\"type\":\"tcp_open\",\"verdict\":\"FORWARDED\"",
+                Some("application/x-ndjson"),
+            ),
+            (
+                "GET /flows?last=many HTTP/1.1",
+                "400 Bad Request",
+                "last=\"many\"",
+                None,
             ),
         ] {
             let response = get(addr, request).await;
