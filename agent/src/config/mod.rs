@@ -86,6 +86,7 @@ impl Snapshot {
             .collect();
         let mut pods = Vec::with_capacity(config.pods.len());
         let mut mesh = MeshState::default();
+        mesh.workloads.reserve_exact(config.pods.len());
         for sourced in &config.pods {
             let pod = &sourced.object;
             let namespace = namespaces.get(pod.metadata.namespace()).copied();

@@ -188,6 +188,12 @@ impl Proxy {
         let mut got = Vec::new();
         while let Ok(Outgoing { message, fds }) = self.inbox.try_recv() {
             let fd = if fds.is_empty() { "" } else { " +fd" };
+            let message = match message {
+                Frame::Message(message) => message,
+                Frame::State(snapshot) => AgentMessage::State {
+                    state: snapshot.mesh.clone(),
+                },
+            };
             got.push(match message {
                 AgentMessage::State { state } => format!(
                     "State({})",
