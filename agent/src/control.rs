@@ -318,6 +318,11 @@ mod tests {
         .unwrap();
         assert_eq!(borrowed, owned);
         let read: AgentMessage = serde_json::from_value(borrowed).unwrap();
-        assert_eq!(read, AgentMessage::State { state: snapshot.mesh });
+        assert_eq!(
+            read,
+            AgentMessage::State {
+                state: snapshot.mesh
+            }
+        );
     }
 }
