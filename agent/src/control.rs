@@ -42,6 +42,10 @@ pub struct Outgoing {
 
 /// What one frame for the proxy says.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "as AgentMessage itself: one frame is built, sent and dropped at a time"
+)]
 pub enum Frame {
     Message(AgentMessage),
     /// `AgentMessage::State` with this snapshot's mesh, written from the snapshot the
