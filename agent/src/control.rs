@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use shunt_api::control::{self as wire, AgentMessage, ProxyMessage};
+use shunt_mesh::model::MeshState;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use shunt_api::run_dir;
 
+use crate::config::Snapshot;
 use crate::proxy_cgroup::{self, CgroupRequirement};
 
 /// A proxy that connects must say hello within this time.
@@ -33,8 +36,34 @@ pub type ConnectionId = u64;
 /// splice maps for `SpliceMaps`).
 #[derive(Debug)]
 pub struct Outgoing {
-    pub message: AgentMessage,
+    pub message: Frame,
     pub fds: Vec<Arc<OwnedFd>>,
+}
+
+/// What one frame for the proxy says.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "as AgentMessage itself: one frame is built, sent and dropped at a time"
+)]
+pub enum Frame {
+    Message(AgentMessage),
+    /// `AgentMessage::State` with this snapshot's mesh, written from the snapshot the
+    /// reconciler shares: the mesh (tens of MiB at issue 18's scale) is not copied for it.
+    State(Arc<Snapshot>),
+}
+
+impl From<AgentMessage> for Frame {
+    fn from(message: AgentMessage) -> Self {
+        Self::Message(message)
+    }
+}
+
+/// `AgentMessage::State` of a borrowed mesh: the same JSON as that message.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StateRef<'a> {
+    State { state: &'a MeshState },
 }
 
 /// What the control server tells the reconciler.
@@ -255,7 +284,15 @@ async fn write_messages(
 ) -> Result<&'static str, Error> {
     while let Some(Outgoing { message, fds }) = outgoing.recv().await {
         let fds: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        wire::send(writer, &message, &fds).await?;
+        match &message {
+            Frame::Message(message) => wire::send(writer, message, &fds).await?,
+            Frame::State(snapshot) => {
+                let state = StateRef::State {
+                    state: &snapshot.mesh,
+                };
+                wire::send(writer, &state, &fds).await?;
+            }
+        }
     }
     Ok("a newer proxy connection replaced it")
 }
@@ -265,4 +302,31 @@ fn duplicate(stream: &UnixStream) -> std::io::Result<UnixStream> {
     let stream = std::os::unix::net::UnixStream::from(fd);
     stream.set_nonblocking(true)?;
     UnixStream::from_std(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_state_is_written_as_the_state_message() {
+        let mut snapshot = Snapshot::default();
+        snapshot.mesh.node_name = Some("node-a".into());
+        let borrowed = serde_json::to_value(StateRef::State {
+            state: &snapshot.mesh,
+        })
+        .unwrap();
+        let owned = serde_json::to_value(AgentMessage::State {
+            state: snapshot.mesh.clone(),
+        })
+        .unwrap();
+        assert_eq!(borrowed, owned);
+        let read: AgentMessage = serde_json::from_value(borrowed).unwrap();
+        assert_eq!(
+            read,
+            AgentMessage::State {
+                state: snapshot.mesh
+            }
+        );
+    }
 }

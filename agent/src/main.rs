@@ -216,8 +216,14 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     shunt_agent::allocator::purge_freed_memory_at_once();
+    let thp = shunt_agent::allocator::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Err(e) = thp {
+        tracing::warn!(
+            "cannot turn transparent huge pages off (prctl PR_SET_THP_DISABLE): {e}; the agent's RSS may be higher"
+        );
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -35,7 +35,7 @@ use crate::capture::ebpf::PodCapture;
 use crate::capture::{self, Capture};
 use crate::config::gateway_credentials::gateway_credentials;
 use crate::config::{CaptureSpec, NetnsSource, PodPlan, Snapshot};
-use crate::control::{ConnectionId, Outgoing, ProxyEvent};
+use crate::control::{ConnectionId, Frame, Outgoing, ProxyEvent};
 use crate::discovery::{Discovery, DiscoveryEvent, NetnsDiscovery, Origin, PendingPod, PodRef};
 use shunt_mesh::ids::PodUid;
 
@@ -787,7 +787,7 @@ impl<C: CaptureMaps> Reconciler<C> {
             // The old proxy then stops redialing, which would take the pods back, and serves
             // what it holds until it is stopped. Its connection ends as the outbox drops.
             let _ = old.outbox.send(Outgoing {
-                message: AgentMessage::Superseded,
+                message: AgentMessage::Superseded.into(),
                 fds: Vec::new(),
             });
         }
@@ -799,13 +799,13 @@ impl<C: CaptureMaps> Reconciler<C> {
         self.send_state();
         if let Some(maps) = self.capture.splice_maps() {
             self.send_outgoing(Outgoing {
-                message: AgentMessage::SpliceMaps,
+                message: AgentMessage::SpliceMaps.into(),
                 fds: maps.into_iter().map(Arc::new).collect(),
             });
         }
         if let Some(events) = self.capture.tcp_events() {
             self.send_outgoing(Outgoing {
-                message: AgentMessage::TcpEvents,
+                message: AgentMessage::TcpEvents.into(),
                 fds: vec![Arc::new(events)],
             });
         }
@@ -905,19 +905,20 @@ impl<C: CaptureMaps> Reconciler<C> {
         self.pods.insert(uid.to_owned(), pod);
     }
 
-    /// The mesh of the last config reading, whole. Not copied when there is no proxy to take
-    /// it.
+    /// The mesh of the last config reading, whole: the shared snapshot, written out by the
+    /// connection's writer, not a copy.
     fn send_state(&self) {
         if self.proxy.is_some() {
-            self.send(AgentMessage::State {
-                state: self.snapshot.mesh.clone(),
+            self.send_outgoing(Outgoing {
+                message: Frame::State(Arc::clone(&self.snapshot)),
+                fds: Vec::new(),
             });
         }
     }
 
     fn send(&self, message: AgentMessage) {
         self.send_outgoing(Outgoing {
-            message,
+            message: message.into(),
             fds: Vec::new(),
         });
     }
@@ -1035,7 +1036,8 @@ fn add_pod(
             inbound_bind,
             role,
             listeners: listeners.iter().map(|(kind, _)| *kind).collect(),
-        },
+        }
+        .into(),
         fds,
     }
 }

@@ -28,6 +28,15 @@ fn field(field: impl Into<String>) -> impl FnOnce(String) -> FieldError {
     }
 }
 
+/// `items` in an allocation of their own size. A `collect` from a `Vec`'s `into_iter` reuses
+/// the source's buffer, sized for k8s-openapi's far larger element (a `Container` is over a
+/// kilobyte): without this, every pod kept its wire types' buffers (a fifth of the agent's
+/// memory at issue 18's scale, `cargo xtask bench --kube-scale`).
+fn compact<T>(mut items: Vec<T>) -> Vec<T> {
+    items.shrink_to_fit();
+    items
+}
+
 /// A Namespace: only its metadata is read.
 pub fn namespace(raw: core::Namespace) -> Result<k8s::Namespace, FieldError> {
     Ok(k8s::Namespace {
@@ -48,7 +57,8 @@ pub fn pod(raw: core::Pod) -> Result<k8s::Pod, FieldError> {
         .into_iter()
         .enumerate()
         .map(|(i, c)| container(i, c))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map(compact)?;
     let status = raw.status.unwrap_or_default();
     let phase = status
         .phase
@@ -71,6 +81,7 @@ pub fn pod(raw: core::Pod) -> Result<k8s::Pod, FieldError> {
             status: c.status,
         })
         .collect();
+    let conditions = compact(conditions);
     Ok(k8s::Pod {
         metadata,
         spec: k8s::PodSpec {
@@ -98,7 +109,8 @@ pub fn service(raw: core::Service) -> Result<k8s::Service, FieldError> {
         .into_iter()
         .enumerate()
         .map(|(i, p)| service_port(i, p))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map(compact)?;
     Ok(k8s::Service {
         metadata,
         spec: k8s::ServiceSpec {
@@ -133,7 +145,8 @@ fn metadata(raw: meta::ObjectMeta) -> Result<k8s::ObjectMeta, FieldError> {
                 controller: owner.controller,
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map(compact)?;
     Ok(k8s::ObjectMeta {
         // The loader has checked it.
         name: raw.name.unwrap_or_default(),
@@ -165,7 +178,8 @@ fn container(i: usize, raw: core::Container) -> Result<k8s::Container, FieldErro
                 protocol: protocol(port.protocol.as_deref()).map_err(field(path("protocol")))?,
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map(compact)?;
     Ok(k8s::Container {
         name: Some(raw.name).filter(|name| !name.is_empty()),
         ports,

@@ -86,6 +86,7 @@ impl Snapshot {
             .collect();
         let mut pods = Vec::with_capacity(config.pods.len());
         let mut mesh = MeshState::default();
+        mesh.workloads.reserve_exact(config.pods.len());
         for sourced in &config.pods {
             let pod = &sourced.object;
             let namespace = namespaces.get(pod.metadata.namespace()).copied();
@@ -175,6 +176,11 @@ impl Snapshot {
     /// The Secrets that this node's gateway servers name (`namespace`, `name`).
     #[must_use]
     pub fn gateway_secret_refs(&self) -> Vec<(String, String)> {
+        if self.mesh.gateways.is_empty() && self.mesh.ingresses.is_empty() {
+            // Only gateway servers name Secrets; the route table (a copy of every workload)
+            // is not built to find none, after every snapshot.
+            return Vec::new();
+        }
         let (routes, _) = shunt_mesh::routing::RouteTable::build(&self.mesh);
         routes.gateway_credentials(self.options.node_name.as_str())
     }

@@ -188,6 +188,12 @@ impl Proxy {
         let mut got = Vec::new();
         while let Ok(Outgoing { message, fds }) = self.inbox.try_recv() {
             let fd = if fds.is_empty() { "" } else { " +fd" };
+            let message = match message {
+                Frame::Message(message) => message,
+                Frame::State(snapshot) => AgentMessage::State {
+                    state: snapshot.mesh.clone(),
+                },
+            };
             got.push(match message {
                 AgentMessage::State { state } => format!(
                     "State({})",
@@ -430,8 +436,8 @@ fn the_proxy_is_told_where_the_capture_needs_the_inbound_listener() {
         let mut proxy = node.connect(7);
         let mut sent = None;
         while let Ok(outgoing) = proxy.inbox.try_recv() {
-            if let AgentMessage::AddPod { .. } = outgoing.message {
-                sent = Some(outgoing.message);
+            if let Frame::Message(message @ AgentMessage::AddPod { .. }) = outgoing.message {
+                sent = Some(message);
             }
         }
         assert_eq!(

@@ -229,7 +229,15 @@ impl Loader {
         self.load_document(place, value);
     }
 
-    pub(crate) fn finish(self) -> Loaded {
+    pub(crate) fn finish(mut self) -> Loaded {
+        // Grown by doubling: up to half of each list would be spare for as long as the
+        // snapshot is held (a `Sourced<Pod>` is hundreds of bytes, and there are tens of
+        // thousands in a large cluster).
+        let config = &mut self.config;
+        config.pods.shrink_to_fit();
+        config.services.shrink_to_fit();
+        config.endpoint_slices.shrink_to_fit();
+        config.namespaces.shrink_to_fit();
         Loaded {
             config: self.config,
             secrets: self.secrets,
